@@ -1,0 +1,31 @@
+// Package learn carries addresses the DNS firewall learned for allowed names
+// to whatever enforces them: the in-memory store (backend none) or the
+// nftables backend.
+package learn
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+)
+
+// Entry is one learned address: clients in Group may reach Addr on the
+// ports of Rule until Expires. Group is empty for rules without from, whose
+// addresses are open to every source.
+type Entry struct {
+	Name    dnsname.Name
+	Rule    string
+	Group   string
+	Addr    netip.Addr
+	Expires time.Time
+}
+
+// Publisher receives learned addresses. Publish must not return before the
+// addresses are enforceable (in the kernel, for the nftables backend): the
+// DNS firewall releases an answer only after Publish returned nil. A batch
+// may mix names and rules.
+type Publisher interface {
+	Publish(ctx context.Context, batch []Entry) error
+}

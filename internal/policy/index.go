@@ -1,0 +1,124 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// index answers Decide in time proportional to the number of labels in the
+// query name, not the number of rules: a trie over reversed labels whose
+// nodes list the rules (by index, ascending) that match at that depth.
+type index struct {
+	root  *node
+	cidrs []cidrRule // sorted by rule index
+}
+
+type node struct {
+	children map[string]*node
+	exact    []ref // rules naming this node exactly (or apex of ".x")
+	one      []ref // rules with *.this
+	many     []ref // rules with **.this or .this
+}
+
+// ref points at one pattern of one rule.
+type ref struct {
+	rule, pat int32
+}
+
+type cidrRule struct {
+	prefix netip.Prefix
+	rule   int32
+}
+
+func (n *node) child(label string) *node {
+	if n.children == nil {
+		n.children = make(map[string]*node)
+	}
+	c := n.children[label]
+	if c == nil {
+		c = &node{}
+		n.children[label] = c
+	}
+	return c
+}
+
+func buildIndex(rules []*Rule) *index {
+	ix := &index{root: &node{}}
+	for _, r := range rules {
+		ri := int32(r.Index)
+		for pi, p := range r.Names {
+			rf := ref{ri, int32(pi)}
+			n := ix.root
+			labels := strings.Split(string(p.Base), ".")
+			for i := len(labels) - 1; i >= 0; i-- {
+				n = n.child(labels[i])
+			}
+			switch p.Kind {
+			case Exact:
+				n.exact = appendOnce(n.exact, rf)
+			case OneLabel:
+				n.one = appendOnce(n.one, rf)
+			case AnyLabels:
+				n.many = appendOnce(n.many, rf)
+			case ApexAndAny:
+				n.exact = appendOnce(n.exact, rf)
+				n.many = appendOnce(n.many, rf)
+			}
+		}
+		for _, p := range r.Prefixes {
+			ix.cidrs = append(ix.cidrs, cidrRule{p, ri})
+		}
+	}
+	return ix
+}
+
+// appendOnce keeps lists ascending and free of duplicates; rules are added
+// in index order, so checking the last element suffices.
+func appendOnce(s []ref, v ref) []ref {
+	if len(s) > 0 && s[len(s)-1].rule == v.rule {
+		return s
+	}
+	return append(s, v)
+}
+
+// nameBuf holds a lower-cased query name on the stack.
+type nameBuf [256]byte
+
+// canonical lower-cases name into buf, dropping one trailing dot. It reports
+// false for names that cannot be valid (too long, empty label, bad byte), so
+// the hot path needs no separate validation pass. Unicode names are not
+// accepted here: DNS carries punycode, and the proxy converts first.
+func canonical(buf *nameBuf, name string) ([]byte, bool) {
+	if len(name) > 0 && name[len(name)-1] == '.' {
+		name = name[:len(name)-1]
+	}
+	if len(name) == 0 || len(name) > 253 {
+		return nil, false
+	}
+	prevDot, labelLen := true, 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if prevDot {
+				return nil, false
+			}
+			labelLen = -1
+		default:
+			return nil, false
+		}
+		labelLen++
+		if labelLen > 63 {
+			return nil, false
+		}
+		prevDot = c == '.'
+		buf[i] = c
+	}
+	if prevDot {
+		return nil, false
+	}
+	return buf[:len(name)], true
+}

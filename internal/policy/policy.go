@@ -1,0 +1,345 @@
+// Package policy is fqdngate's policy language: the YAML file is decoded with
+// positions, validated completely, and compiled once into an immutable
+// *Policy whose Decide answers "may this source reach this name on this port,
+// and by which rule?" without allocating.
+package policy
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+)
+
+// Mode says whether denials are enforced or only reported.
+type Mode uint8
+
+const (
+	Enforce Mode = iota // deny what no rule allows
+	Audit               // allow everything, report what Enforce would deny
+)
+
+func (m Mode) String() string {
+	if m == Audit {
+		return "audit"
+	}
+	return "enforce"
+}
+
+// Policy is a compiled, validated policy. It is immutable after Load returns
+// it and safe for concurrent use; reloads build a new one and swap pointers.
+type Policy struct {
+	// File is the path the policy was loaded from, for messages.
+	File     string
+	Mode     Mode
+	Listen   Listen
+	DNS      DNS
+	Firewall Firewall
+	Proxy    Proxy
+	Log      Log
+	// Sources maps each source group name to its address prefixes.
+	Sources map[string][]netip.Prefix
+	// Users maps proxy user names to their password hash and groups.
+	Users map[string]User
+	// Rules are in file order; Rule.Index is the position here.
+	Rules []*Rule
+
+	idx        *index
+	groupOrder []string // Sources' keys, sorted
+}
+
+// Listen holds listener addresses; an empty string disables the listener.
+type Listen struct {
+	DNS         string
+	Proxy       string
+	Transparent string
+	Admin       string
+}
+
+// DenyWith is how the DNS firewall answers a denied query.
+type DenyWith uint8
+
+const (
+	DenyNXDomain DenyWith = iota
+	DenyRefused
+	DenyDrop
+)
+
+func (d DenyWith) String() string { return [...]string{"nxdomain", "refused", "drop"}[d] }
+
+// Upstream is a resolver fqdngate forwards to.
+type Upstream struct {
+	Addr       netip.AddrPort
+	TLS        bool   // DNS-over-TLS
+	ServerName string // certificate name for TLS upstreams
+	CAFile     string // optional CA bundle for TLS upstreams; empty: system roots
+}
+
+func (u Upstream) String() string {
+	if u.TLS {
+		return "tls://" + u.ServerName + "@" + u.Addr.String()
+	}
+	return u.Addr.String()
+}
+
+// DNS configures the DNS firewall and fqdngate's own resolution.
+type DNS struct {
+	Upstreams           []Upstream
+	DenyWith            DenyWith
+	QTypes              []uint16 // DNS type codes answered for allowed names
+	MinTTL              time.Duration
+	MaxTTL              time.Duration
+	Grace               time.Duration
+	RebindingProtection bool
+	Cache               bool
+	CacheSize           int // entries
+	InspectCNAME        bool
+	StripECH            bool
+	Timeout             time.Duration // per upstream attempt
+	RateLimit           float64       // queries per second per client; 0 disables
+	RateBurst           int
+	MaxInFlight         int // queries outstanding upstream
+	MaxLearnedPerName   int
+}
+
+// Backend is the enforcement backend.
+type Backend uint8
+
+const (
+	BackendNone Backend = iota
+	BackendNftables
+)
+
+func (b Backend) String() string { return [...]string{"none", "nftables"}[b] }
+
+// Hook is where the nftables backend enforces.
+type Hook uint8
+
+const (
+	HookOutput  Hook = iota // traffic this host originates
+	HookForward             // traffic routed through this host
+)
+
+func (h Hook) String() string { return [...]string{"output", "forward"}[h] }
+
+// Firewall configures kernel enforcement.
+type Firewall struct {
+	Backend          Backend
+	Hook             Hook
+	Table            string
+	TransparentPorts []uint16
+	StateFile        string
+}
+
+// Proxy configures the explicit and transparent proxy.
+type Proxy struct {
+	DenyPrivate    bool
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+	MaxConns       int
+	AllowNoSNI     bool // transparent TLS without SNI (or with ECH) is denied unless set
+}
+
+// Log configures the audit log.
+type Log struct {
+	Format string // "json" or "text"
+	File   string // empty: standard output
+}
+
+// User is a proxy user authenticated with Proxy-Authorization: Basic.
+type User struct {
+	Hash   string // bcrypt hash
+	Groups []string
+}
+
+// Proto is a transport protocol.
+type Proto uint8
+
+const (
+	TCP Proto = iota
+	UDP
+)
+
+func (p Proto) String() string {
+	if p == UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// PortRange is an inclusive range of ports of one protocol.
+type PortRange struct {
+	Lo, Hi uint16
+	Proto  Proto
+}
+
+func (r PortRange) Contains(port uint16, p Proto) bool {
+	return p == r.Proto && port >= r.Lo && port <= r.Hi
+}
+
+// PatternKind is how a name pattern matches.
+type PatternKind uint8
+
+const (
+	Exact      PatternKind = iota // example.com
+	OneLabel                      // *.example.com: exactly one more label
+	AnyLabels                     // **.example.com: one or more labels
+	ApexAndAny                    // .example.com: the apex and every subdomain (Squid spelling)
+)
+
+// Pattern is a compiled name pattern.
+type Pattern struct {
+	Kind PatternKind
+	Base dnsname.Name // the name without its wildcard prefix
+	Raw  string       // as written in the policy
+}
+
+// Match reports whether the canonical name n matches p.
+func (p Pattern) Match(n dnsname.Name) bool {
+	s, b := string(n), string(p.Base)
+	switch p.Kind {
+	case Exact:
+		return s == b
+	case ApexAndAny:
+		if s == b {
+			return true
+		}
+		fallthrough
+	case AnyLabels:
+		return len(s) > len(b)+1 && s[len(s)-len(b)-1] == '.' && s[len(s)-len(b):] == b
+	case OneLabel:
+		if !(len(s) > len(b)+1 && s[len(s)-len(b)-1] == '.' && s[len(s)-len(b):] == b) {
+			return false
+		}
+		for i := 0; i < len(s)-len(b)-1; i++ {
+			if s[i] == '.' {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// TLS is a rule's upstream certificate requirement, enforced by the proxy.
+type TLS struct {
+	Verify     bool
+	Pins       [][32]byte // SHA-256 of SubjectPublicKeyInfo
+	CAFile     string
+	MinVersion uint16 // crypto/tls version constant
+}
+
+// Rule allows its sources to reach its targets on its ports.
+type Rule struct {
+	Name  string
+	Index int
+	// From lists source group names; nil means every source.
+	From     []string
+	Names    []Pattern
+	Prefixes []netip.Prefix // CIDR and single-IP targets
+	Ports    []PortRange
+	Refresh  time.Duration
+	TLS      *TLS
+	// AllowPublicSuffix permits wildcards based on a public suffix.
+	AllowPublicSuffix bool
+
+	fromGroups []groupRef
+}
+
+type groupRef struct {
+	name     string
+	prefixes []netip.Prefix
+}
+
+// AnySource reports whether the rule applies to every source.
+func (r *Rule) AnySource() bool { return r.From == nil }
+
+// ExactNames returns the rule's exact-name patterns, the names refresh
+// re-resolves.
+func (r *Rule) ExactNames() []dnsname.Name {
+	var out []dnsname.Name
+	for _, p := range r.Names {
+		if p.Kind == Exact || p.Kind == ApexAndAny {
+			out = append(out, p.Base)
+		}
+	}
+	return out
+}
+
+// Action is the outcome of a decision.
+type Action uint8
+
+const (
+	Deny      Action = iota
+	Allow            // a rule allowed it
+	WouldDeny        // audit mode: allowed, but Enforce would deny
+)
+
+func (a Action) String() string { return [...]string{"deny", "allow", "would-deny"}[a] }
+
+// Permits reports whether traffic may proceed.
+func (a Action) Permits() bool { return a != Deny }
+
+// Reason says why a decision came out as it did.
+type Reason uint8
+
+const (
+	ReasonMatched      Reason = iota // a rule matched name/address, source and port
+	ReasonNoRule                     // no rule names this destination
+	ReasonSource                     // a rule names the destination, but not for this source
+	ReasonPort                       // a rule names the destination and source, but not this port
+	ReasonInvalidName                // the name is not a valid host name
+	ReasonNotAllowedIP               // an IP literal that no CIDR rule covers
+)
+
+var reasonText = [...]string{
+	"matched",
+	"no rule allows this destination",
+	"destination is allowed, but not for this source",
+	"destination is allowed for this source, but not on this port",
+	"invalid host name",
+	"no CIDR rule covers this address",
+}
+
+func (r Reason) String() string { return reasonText[r] }
+
+// Query is what Decide is asked.
+type Query struct {
+	Source netip.Addr
+	// User is the authenticated proxy user, if any; its groups count as the
+	// source's groups.
+	User string
+	// Name is the destination host name as received: any case, optional
+	// trailing dot. Empty when Addr is the destination.
+	Name string
+	// Addr is the destination address when there is no name.
+	Addr netip.Addr
+	Port uint16
+	// Proto is the transport protocol of Port.
+	Proto Proto
+	// AnyPort ignores Port and Proto: the DNS firewall asks whether a name
+	// may be resolved at all.
+	AnyPort bool
+}
+
+// Decision is the answer to a Query. Rule is nil when no rule allowed it.
+type Decision struct {
+	Action Action
+	Reason Reason
+	Rule   *Rule
+	// Pattern is the pattern (or CIDR) that matched, as written; empty if none.
+	Pattern string
+	// Group is the source group that matched; empty for rules without from.
+	Group string
+	// NearRule is, for a denial, the rule that named the destination but
+	// not this source or port; nil otherwise. It explains, never permits.
+	NearRule *Rule
+}
+
+// RuleName returns the deciding rule's name, or "".
+func (d Decision) RuleName() string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.Name
+}
