@@ -1,8 +1,24 @@
 package policy
 
 import (
-	"errors"
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/net/publicsuffix"
+	"gopkg.in/yaml.v3"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 )
 
 // Load reads and compiles the policy file at path. Validation problems come
@@ -10,12 +26,696 @@ import (
 func Load(path string) (*Policy, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading policy: %w", err)
 	}
 	return Parse(path, data)
 }
 
+// ResolvConf is where omitted dns.upstreams come from.
+const ResolvConf = "/etc/resolv.conf"
+
+// Defaults, documented in docs/policy.md.
+func defaults(file string) *Policy {
+	return &Policy{
+		File: file,
+		Listen: Listen{
+			DNS:   "127.0.0.1:5353",
+			Proxy: "127.0.0.1:3128",
+			Admin: "127.0.0.1:9090",
+		},
+		DNS: DNS{
+			QTypes:              []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeHTTPS, dns.TypeSVCB},
+			MinTTL:              30 * time.Second,
+			MaxTTL:              time.Hour,
+			Grace:               10 * time.Minute,
+			RebindingProtection: true,
+			Cache:               true,
+			CacheSize:           100_000,
+			StripECH:            true,
+			Timeout:             2 * time.Second,
+			RateLimit:           1000,
+			RateBurst:           2000,
+			MaxInFlight:         4096,
+			MaxLearnedPerName:   1000,
+		},
+		Firewall: Firewall{Table: "fqdngate", StateFile: "/var/lib/fqdngate/state.json"},
+		Proxy: Proxy{
+			DenyPrivate:    true,
+			ConnectTimeout: 10 * time.Second,
+			IdleTimeout:    5 * time.Minute,
+			MaxConns:       10_000,
+		},
+		Log:     Log{Format: "json"},
+		Sources: map[string][]netip.Prefix{},
+		Users:   map[string]User{},
+	}
+}
+
+// wireRule is a rule as written, with positions kept for late checks.
+type wireRule struct {
+	node                     *yaml.Node
+	name                     positioned
+	from, to, ports          []positioned
+	fromSet, toSet, portsSet bool
+	refresh                  time.Duration
+	refreshNode              *yaml.Node
+	tls                      *wireTLS
+	allowPublicSuffix        bool
+}
+
+type wireTLS struct {
+	verify     bool
+	pins       []positioned
+	pinsSet    bool
+	caFile     string
+	minVersion string
+	node       *yaml.Node
+}
+
+type wireUser struct {
+	hash    string
+	groups  []positioned
+	set     bool
+	keyNode *yaml.Node
+}
+
 // Parse compiles the policy in data; file names it in messages.
 func Parse(file string, data []byte) (*Policy, error) {
-	return nil, errors.New("policy: loader not written yet")
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, ErrorList{yamlError(file, err)}
+	}
+	p := defaults(file)
+	d := &decoder{file: file}
+	if len(root.Content) == 0 {
+		return nil, ErrorList{{File: file, Msg: "the policy is empty; start from examples/quickstart.yaml"}}
+	}
+	var (
+		mode, denyWith, backend, hook       string
+		upstreams, qtypes, tports           []positioned
+		upSet, qtSet, tpSet                 bool
+		upNode, qtNode                      *yaml.Node
+		rules                               []*wireRule
+		users                               = map[string]*wireUser{}
+		groupNodes                          = map[string]*yaml.Node{}
+		modeNode, dwNode, beNode, hkNode    *yaml.Node
+		tableNode, fmtNode, ttlNode, toNode *yaml.Node
+	)
+	d.mapping(root.Content[0], "",
+		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
+		field{"listen", func(n *yaml.Node) {
+			d.mapping(n, "listen",
+				field{"dns", d.addr(&p.Listen.DNS, "listen.dns")},
+				field{"proxy", d.addr(&p.Listen.Proxy, "listen.proxy")},
+				field{"transparent", d.addr(&p.Listen.Transparent, "listen.transparent")},
+				field{"admin", d.addr(&p.Listen.Admin, "listen.admin")},
+			)
+		}},
+		field{"dns", func(n *yaml.Node) {
+			d.mapping(n, "dns",
+				field{"upstreams", func(n *yaml.Node) { upNode = n; d.positionedList(&upstreams, &upSet, "dns.upstreams")(n) }},
+				field{"deny_with", func(n *yaml.Node) { dwNode = n; d.str(&denyWith, "dns.deny_with")(n) }},
+				field{"qtypes", func(n *yaml.Node) { qtNode = n; d.positionedList(&qtypes, &qtSet, "dns.qtypes")(n) }},
+				field{"min_ttl", d.duration(&p.DNS.MinTTL, "dns.min_ttl")},
+				field{"max_ttl", func(n *yaml.Node) { ttlNode = n; d.duration(&p.DNS.MaxTTL, "dns.max_ttl")(n) }},
+				field{"grace", d.duration(&p.DNS.Grace, "dns.grace")},
+				field{"rebinding_protection", d.boolean(&p.DNS.RebindingProtection, "dns.rebinding_protection")},
+				field{"cache", d.boolean(&p.DNS.Cache, "dns.cache")},
+				field{"cache_size", d.integer(&p.DNS.CacheSize, "dns.cache_size", 1, 10_000_000)},
+				field{"inspect_cname", d.boolean(&p.DNS.InspectCNAME, "dns.inspect_cname")},
+				field{"strip_ech", d.boolean(&p.DNS.StripECH, "dns.strip_ech")},
+				field{"timeout", func(n *yaml.Node) { toNode = n; d.duration(&p.DNS.Timeout, "dns.timeout")(n) }},
+				field{"rate_limit", d.float(&p.DNS.RateLimit, "dns.rate_limit")},
+				field{"rate_burst", d.integer(&p.DNS.RateBurst, "dns.rate_burst", 1, 1_000_000)},
+				field{"max_inflight", d.integer(&p.DNS.MaxInFlight, "dns.max_inflight", 1, 1_000_000)},
+				field{"max_learned_per_name", d.integer(&p.DNS.MaxLearnedPerName, "dns.max_learned_per_name", 1, 1_000_000)},
+			)
+		}},
+		field{"firewall", func(n *yaml.Node) {
+			d.mapping(n, "firewall",
+				field{"backend", func(n *yaml.Node) { beNode = n; d.str(&backend, "firewall.backend")(n) }},
+				field{"hook", func(n *yaml.Node) { hkNode = n; d.str(&hook, "firewall.hook")(n) }},
+				field{"table", func(n *yaml.Node) { tableNode = n; d.str(&p.Firewall.Table, "firewall.table")(n) }},
+				field{"transparent_ports", d.positionedList(&tports, &tpSet, "firewall.transparent_ports")},
+				field{"state_file", d.str(&p.Firewall.StateFile, "firewall.state_file")},
+			)
+		}},
+		field{"proxy", func(n *yaml.Node) {
+			d.mapping(n, "proxy",
+				field{"deny_private", d.boolean(&p.Proxy.DenyPrivate, "proxy.deny_private")},
+				field{"connect_timeout", d.duration(&p.Proxy.ConnectTimeout, "proxy.connect_timeout")},
+				field{"idle_timeout", d.duration(&p.Proxy.IdleTimeout, "proxy.idle_timeout")},
+				field{"max_conns", d.integer(&p.Proxy.MaxConns, "proxy.max_conns", 1, 10_000_000)},
+				field{"allow_no_sni", d.boolean(&p.Proxy.AllowNoSNI, "proxy.allow_no_sni")},
+			)
+		}},
+		field{"log", func(n *yaml.Node) {
+			d.mapping(n, "log",
+				field{"format", func(n *yaml.Node) { fmtNode = n; d.str(&p.Log.Format, "log.format")(n) }},
+				field{"file", d.str(&p.Log.File, "log.file")},
+			)
+		}},
+		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes) }},
+		field{"users", func(n *yaml.Node) { d.users(n, users) }},
+		field{"rules", func(n *yaml.Node) {
+			d.list(n, "rules", func(it *yaml.Node) { rules = append(rules, d.rule(it)) })
+		}},
+	)
+
+	switch mode {
+	case "", "enforce":
+	case "audit":
+		p.Mode = Audit
+	default:
+		d.errorf(modeNode, "mode must be enforce or audit, not %q", mode)
+	}
+	switch denyWith {
+	case "", "nxdomain":
+	case "refused":
+		p.DNS.DenyWith = DenyRefused
+	case "drop":
+		p.DNS.DenyWith = DenyDrop
+	default:
+		d.errorf(dwNode, "dns.deny_with must be nxdomain, refused or drop, not %q", denyWith)
+	}
+	switch backend {
+	case "", "none":
+	case "nftables":
+		p.Firewall.Backend = BackendNftables
+	default:
+		d.errorf(beNode, "firewall.backend must be none or nftables, not %q", backend)
+	}
+	switch hook {
+	case "", "output":
+	case "forward":
+		p.Firewall.Hook = HookForward
+	default:
+		d.errorf(hkNode, "firewall.hook must be output (protect this host) or forward (gateway), not %q", hook)
+	}
+	if !validTable.MatchString(p.Firewall.Table) {
+		d.errorf(tableNode, "firewall.table %q must be 1 to 32 letters, digits, '_' or '-'", p.Firewall.Table)
+	}
+	if p.Log.Format != "json" && p.Log.Format != "text" {
+		d.errorf(fmtNode, "log.format must be json or text, not %q", p.Log.Format)
+	}
+	for _, tp := range tports {
+		v, err := strconv.ParseUint(tp.v, 10, 16)
+		if err != nil || v == 0 {
+			d.errorf(tp.n, "firewall.transparent_ports: %q is not a port from 1 to 65535", tp.v)
+			continue
+		}
+		p.Firewall.TransparentPorts = append(p.Firewall.TransparentPorts, uint16(v))
+	}
+	if p.DNS.MinTTL > p.DNS.MaxTTL {
+		d.errorf(ttlNode, "dns.min_ttl (%v) is longer than dns.max_ttl (%v); lower min_ttl or raise max_ttl", p.DNS.MinTTL, p.DNS.MaxTTL)
+	}
+	if p.DNS.Timeout == 0 {
+		d.errorf(toNode, "dns.timeout must be longer than 0s")
+	}
+	if qtSet {
+		p.DNS.QTypes = nil
+		if len(qtypes) == 0 {
+			d.errorf(qtNode, "dns.qtypes is empty, so no query could be answered; list at least A and AAAA")
+		}
+		for _, q := range qtypes {
+			t, ok := dns.StringToType[strings.ToUpper(q.v)]
+			if !ok || t == dns.TypeANY || t == dns.TypeAXFR || t == dns.TypeIXFR {
+				d.errorf(q.n, "dns.qtypes: %q is not a record type fqdngate can answer; use names like A, AAAA, HTTPS", q.v)
+				continue
+			}
+			p.DNS.QTypes = append(p.DNS.QTypes, t)
+		}
+	}
+	if upSet {
+		for _, u := range upstreams {
+			up, err := ParseUpstream(u.v)
+			if err != nil {
+				d.errorf(u.n, "dns.upstreams: %v", err)
+				continue
+			}
+			p.DNS.Upstreams = append(p.DNS.Upstreams, up)
+		}
+		if len(upstreams) == 0 {
+			d.errorf(upNode, "dns.upstreams is empty; list resolvers like 192.0.2.53:53, or omit the key to use %s", ResolvConf)
+		}
+	} else if p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "" {
+		ups, err := upstreamsFromResolvConf(ResolvConf, p.Listen.DNS)
+		if err != nil {
+			d.errorf(nil, "dns.upstreams is not set and %v; list upstreams explicitly", err)
+		}
+		p.DNS.Upstreams = ups
+	}
+
+	for name, u := range users {
+		usr := User{Hash: u.hash}
+		if _, err := bcrypt.Cost([]byte(u.hash)); err != nil {
+			d.errorf(u.keyNode, "users.%s.hash is not a bcrypt hash; generate one with `htpasswd -nbB user password` (never put the password itself here)", name)
+		}
+		for _, g := range u.groups {
+			if _, ok := p.Sources[g.v]; !ok {
+				d.errorf(g.n, "users.%s: source group %q is not defined under sources", name, g.v)
+				continue
+			}
+			usr.Groups = append(usr.Groups, g.v)
+		}
+		p.Users[name] = usr
+	}
+
+	ruleNames := map[string]*yaml.Node{}
+	for _, w := range rules {
+		if w == nil {
+			continue
+		}
+		r := d.compileRule(w, p)
+		if r == nil {
+			continue
+		}
+		if prev, dup := ruleNames[r.Name]; dup {
+			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique", r.Name, prev.Line)
+			continue
+		}
+		ruleNames[r.Name] = w.name.n
+		r.Index = len(p.Rules)
+		p.Rules = append(p.Rules, r)
+	}
+
+	if len(d.errs) > 0 {
+		d.errs.sort()
+		return nil, d.errs
+	}
+	p.groupOrder = sortedKeys(p.Sources)
+	p.idx = buildIndex(p.Rules)
+	return p, nil
+}
+
+var (
+	validTable    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+	validRuleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+	validGroup    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+)
+
+func yamlError(file string, err error) *Error {
+	// yaml.v3 says "yaml: line 7: did not find expected key"; keep the line.
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	var line int
+	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+		msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])
+		return &Error{File: file, Line: line, Col: 1, Msg: "not valid YAML: " + msg}
+	}
+	return &Error{File: file, Msg: "not valid YAML: " + msg}
+}
+
+func (d *decoder) addr(dst *string, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		if isNull(n) {
+			*dst = ""
+			return
+		}
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		if s != "" {
+			if _, err := netip.ParseAddrPort(s); err != nil {
+				d.errorf(n, "%s: %q is not an IP:port; write it like 127.0.0.1:5353 or [::1]:5353, or \"\" to disable", path, s)
+				return
+			}
+		}
+		*dst = s
+	}
+}
+
+func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) {
+	if n.Kind != yaml.MappingNode {
+		if !isNull(n) {
+			d.errorf(n, "sources must map group names to lists of addresses")
+		}
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if prev, dup := nodes[k.Value]; dup {
+			d.errorf(k, "source group %q is defined twice (first at line %d); merge the two lists", k.Value, prev.Line)
+			continue
+		}
+		nodes[k.Value] = k
+		if !validGroup.MatchString(k.Value) {
+			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
+		}
+		var pfx []netip.Prefix
+		path := "sources." + k.Value
+		d.list(v, path, func(it *yaml.Node) {
+			s, ok := d.scalar(it, path+" item")
+			if !ok {
+				return
+			}
+			if pp, err := parsePrefix(s); err != nil {
+				d.errorf(it, "%s: %v", path, err)
+			} else {
+				pfx = append(pfx, pp)
+			}
+		})
+		if len(pfx) == 0 {
+			d.errorf(k, "source group %q has no addresses", k.Value)
+		}
+		p.Sources[k.Value] = pfx
+	}
+}
+
+func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
+	if n.Kind != yaml.MappingNode {
+		if !isNull(n) {
+			d.errorf(n, "users must map user names to {hash, groups}")
+		}
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if _, dup := users[k.Value]; dup {
+			d.errorf(k, "user %q is defined twice", k.Value)
+			continue
+		}
+		u := &wireUser{keyNode: k}
+		path := "users." + k.Value
+		d.mapping(v, path,
+			field{"hash", d.str(&u.hash, path+".hash")},
+			field{"groups", d.positionedList(&u.groups, &u.set, path+".groups")},
+		)
+		users[k.Value] = u
+	}
+}
+
+func (d *decoder) rule(n *yaml.Node) *wireRule {
+	w := &wireRule{node: n}
+	var nameSet bool
+	var names []positioned
+	d.mapping(n, "rule",
+		field{"name", d.positionedList(&names, &nameSet, "rule name")},
+		field{"from", d.positionedList(&w.from, &w.fromSet, "from")},
+		field{"to", d.positionedList(&w.to, &w.toSet, "to")},
+		field{"ports", d.positionedList(&w.ports, &w.portsSet, "ports")},
+		field{"refresh", func(v *yaml.Node) { w.refreshNode = v; d.duration(&w.refresh, "refresh")(v) }},
+		field{"allow_public_suffix", d.boolean(&w.allowPublicSuffix, "allow_public_suffix")},
+		field{"tls", func(v *yaml.Node) {
+			t := &wireTLS{node: v}
+			d.mapping(v, "tls",
+				field{"verify", d.boolean(&t.verify, "tls.verify")},
+				field{"pins", d.positionedList(&t.pins, &t.pinsSet, "tls.pins")},
+				field{"ca_file", d.str(&t.caFile, "tls.ca_file")},
+				field{"min_version", d.str(&t.minVersion, "tls.min_version")},
+			)
+			w.tls = t
+		}},
+	)
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if len(names) != 1 || names[0].v == "" {
+		d.errorf(n, "rule has no name; give it one, like name: bank-api (names appear in the audit log)")
+		return nil
+	}
+	w.name = names[0]
+	return w
+}
+
+func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
+	r := &Rule{Name: w.name.v, AllowPublicSuffix: w.allowPublicSuffix, Refresh: w.refresh}
+	ok := true
+	if !validRuleName.MatchString(r.Name) {
+		d.errorf(w.name.n, "rule name %q must start with a letter or digit and hold at most 63 letters, digits, '_', '.' or '-'", r.Name)
+		ok = false
+	}
+	if w.fromSet {
+		r.From = []string{}
+		if len(w.from) == 0 {
+			d.errorf(w.node, "rule %q: from is empty, so it would allow nothing; omit from to apply to every source", r.Name)
+			ok = false
+		}
+		for _, g := range w.from {
+			pfx, defined := p.Sources[g.v]
+			if !defined {
+				d.errorf(g.n, "rule %q: source group %q is not defined under sources", r.Name, g.v)
+				ok = false
+				continue
+			}
+			r.From = append(r.From, g.v)
+			r.fromGroups = append(r.fromGroups, groupRef{g.v, pfx})
+		}
+	}
+	if len(w.to) == 0 {
+		d.errorf(w.node, "rule %q has no targets; list names or CIDRs under to", r.Name)
+		ok = false
+	}
+	for _, t := range w.to {
+		if pfx, err := parsePrefix(t.v); err == nil {
+			r.Prefixes = append(r.Prefixes, pfx)
+			continue
+		} else if strings.Contains(t.v, "/") || looksNumeric(t.v) {
+			d.errorf(t.n, "rule %q: %v", r.Name, err)
+			ok = false
+			continue
+		}
+		pat, err := ParsePattern(t.v)
+		if err != nil {
+			d.errorf(t.n, "rule %q: %v", r.Name, err)
+			ok = false
+			continue
+		}
+		if pat.Kind != Exact && !w.allowPublicSuffix {
+			if ps, icann := publicsuffix.PublicSuffix(string(pat.Base)); ps == string(pat.Base) {
+				kind := "a public suffix"
+				if !icann {
+					kind = "a shared hosting suffix"
+				}
+				d.errorf(t.n, "rule %q: %q opens every tenant of %s, %s; name the subdomain you need, or add allow_public_suffix: true if you mean it", r.Name, t.v, pat.Base, kind)
+				ok = false
+				continue
+			}
+		}
+		r.Names = append(r.Names, pat)
+	}
+	if !w.portsSet {
+		r.Ports = []PortRange{{Lo: 443, Hi: 443, Proto: TCP}}
+	}
+	if w.portsSet && len(w.ports) == 0 {
+		d.errorf(w.node, "rule %q: ports is empty; omit it for 443/tcp or list ports", r.Name)
+		ok = false
+	}
+	for _, ps := range w.ports {
+		pr, err := ParsePortRange(ps.v)
+		if err != nil {
+			d.errorf(ps.n, "rule %q: %v", r.Name, err)
+			ok = false
+			continue
+		}
+		r.Ports = append(r.Ports, pr)
+	}
+	if w.refreshNode != nil && r.Refresh > 0 && len(r.ExactNames()) == 0 {
+		d.errorf(w.refreshNode, "rule %q: refresh needs at least one exact name to re-resolve (wildcards and CIDRs cannot be resolved); remove refresh or add a name", r.Name)
+		ok = false
+	}
+	if w.refreshNode != nil && r.Refresh > 0 && r.Refresh < time.Second {
+		d.errorf(w.refreshNode, "rule %q: refresh %v is too short; use 1s or more", r.Name, r.Refresh)
+		ok = false
+	}
+	if t := w.tls; t != nil {
+		r.TLS = &TLS{Verify: t.verify, CAFile: t.caFile, MinVersion: tls.VersionTLS12}
+		for _, pin := range t.pins {
+			h, err := parsePin(pin.v)
+			if err != nil {
+				d.errorf(pin.n, "rule %q: %v", r.Name, err)
+				ok = false
+				continue
+			}
+			r.TLS.Pins = append(r.TLS.Pins, h)
+		}
+		switch t.minVersion {
+		case "", "1.2":
+		case "1.3":
+			r.TLS.MinVersion = tls.VersionTLS13
+		default:
+			d.errorf(t.node, "rule %q: tls.min_version must be 1.2 or 1.3, not %q", r.Name, t.minVersion)
+			ok = false
+		}
+		if len(r.TLS.Pins) > 0 && !r.TLS.Verify {
+			d.errorf(t.node, "rule %q: tls.pins are only checked with verify: true; add it", r.Name)
+			ok = false
+		}
+		if t.caFile != "" {
+			if _, err := os.Stat(t.caFile); err != nil {
+				d.errorf(t.node, "rule %q: tls.ca_file: %v", r.Name, err)
+				ok = false
+			}
+		}
+	}
+	if !ok {
+		return nil
+	}
+	return r
+}
+
+func looksNumeric(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// ParsePattern parses a name pattern: example.com, *.example.com,
+// **.example.com or .example.com.
+func ParsePattern(s string) (Pattern, error) {
+	pat := Pattern{Raw: s, Kind: Exact}
+	rest := s
+	switch {
+	case strings.HasPrefix(s, "**."):
+		pat.Kind, rest = AnyLabels, s[3:]
+	case strings.HasPrefix(s, "*."):
+		pat.Kind, rest = OneLabel, s[2:]
+	case strings.HasPrefix(s, "."):
+		pat.Kind, rest = ApexAndAny, s[1:]
+	}
+	if strings.Contains(rest, "*") {
+		return Pattern{}, fmt.Errorf("%q: '*' may only stand as the whole first label, as in *.example.com or **.example.com", s)
+	}
+	n, err := dnsname.Parse(rest)
+	if err != nil {
+		return Pattern{}, fmt.Errorf("%q is not a valid name pattern: %v", s, err)
+	}
+	if pat.Kind != Exact && n.Labels() < 1 {
+		return Pattern{}, fmt.Errorf("%q has no base name after the wildcard", s)
+	}
+	pat.Base = n
+	return pat, nil
+}
+
+// ParsePortRange parses "443", "443/udp", "8000-8100" or "8000-8100/tcp".
+func ParsePortRange(s string) (PortRange, error) {
+	pr := PortRange{Proto: TCP}
+	spec := s
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		switch strings.ToLower(s[i+1:]) {
+		case "tcp":
+		case "udp":
+			pr.Proto = UDP
+		default:
+			return pr, fmt.Errorf("port %q: protocol must be tcp or udp", s)
+		}
+		spec = s[:i]
+	}
+	lo, hi, isRange := strings.Cut(spec, "-")
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
+	h := l
+	var err2 error
+	if isRange {
+		h, err2 = strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
+	}
+	if err1 != nil || err2 != nil {
+		return pr, fmt.Errorf("port %q is not a port, a range like 8000-8100, or either with /tcp or /udp", s)
+	}
+	if l < 1 || h > 65535 || l > h {
+		return pr, fmt.Errorf("port %q is out of range; ports run from 1 to 65535, low before high", s)
+	}
+	pr.Lo, pr.Hi = uint16(l), uint16(h)
+	return pr, nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			return pfx, fmt.Errorf("%q is not a CIDR; write it like 203.0.113.0/24", s)
+		}
+		if m := pfx.Masked(); m != pfx {
+			return pfx, fmt.Errorf("%q has bits set past the prefix length; write %s", s, m)
+		}
+		return pfx, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR", s)
+	}
+	a = a.WithZone("")
+	if a.Is4In6() {
+		a = a.Unmap()
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func parsePin(s string) ([32]byte, error) {
+	var h [32]byte
+	b64, ok := strings.CutPrefix(s, "sha256/")
+	if !ok {
+		return h, fmt.Errorf("pin %q must look like sha256/<base64 of the SPKI SHA-256>", s)
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(raw) != 32 {
+		return h, fmt.Errorf("pin %q: not 32 bytes of base64; compute it with: openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64", s)
+	}
+	copy(h[:], raw)
+	return h, nil
+}
+
+// ParseUpstream parses "192.0.2.53", "192.0.2.53:53", "[2001:db8::53]:53" or
+// "tls://dns.example@192.0.2.53:853".
+func ParseUpstream(s string) (Upstream, error) {
+	var u Upstream
+	rest := s
+	if r, ok := strings.CutPrefix(s, "tls://"); ok {
+		u.TLS = true
+		rest = r
+		name, addr, hasName := strings.Cut(r, "@")
+		if hasName {
+			u.ServerName, rest = name, addr
+		}
+	} else if strings.Contains(s, "://") {
+		return u, fmt.Errorf("%q: only plain ip:port and tls://name@ip:853 upstreams are supported", s)
+	}
+	port := uint16(53)
+	if u.TLS {
+		port = 853
+	}
+	if ap, err := netip.ParseAddrPort(rest); err == nil {
+		u.Addr = ap
+	} else if a, err := netip.ParseAddr(strings.Trim(rest, "[]")); err == nil {
+		u.Addr = netip.AddrPortFrom(a, port)
+	} else {
+		return u, fmt.Errorf("%q: upstreams are IP addresses (a name would need a resolver to find the resolver); write it like 192.0.2.53:53 or tls://dns.example@192.0.2.53:853", s)
+	}
+	if u.TLS && u.ServerName == "" {
+		u.ServerName = u.Addr.Addr().String()
+	}
+	return u, nil
+}
+
+// upstreamsFromResolvConf reads nameservers, skipping fqdngate's own DNS
+// listener so it never forwards to itself.
+func upstreamsFromResolvConf(path, self string) ([]Upstream, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s cannot be read: %v", path, err)
+	}
+	selfAP, _ := netip.ParseAddrPort(self)
+	var out []Upstream
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		a, err := netip.ParseAddr(f[1])
+		if err != nil {
+			continue
+		}
+		ap := netip.AddrPortFrom(a.WithZone(""), 53)
+		if ap == selfAP || (selfAP.Port() == 53 && selfAP.Addr().IsUnspecified()) {
+			continue
+		}
+		out = append(out, Upstream{Addr: ap})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s lists no nameserver other than fqdngate itself", path)
+	}
+	return out, nil
 }

@@ -1,0 +1,237 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// decoder walks yaml.v3 nodes so every value keeps its position, and
+// collects every problem instead of stopping at the first.
+type decoder struct {
+	file string
+	errs ErrorList
+}
+
+func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
+	e := &Error{File: d.file, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		e.Line, e.Col = n.Line, n.Column
+	}
+	d.errs = append(d.errs, e)
+}
+
+// field is one key of a mapping with the function that decodes its value.
+type field struct {
+	key    string
+	decode func(v *yaml.Node)
+}
+
+// mapping decodes n as a mapping with exactly the given keys: unknown and
+// repeated keys are errors; path names the mapping in messages.
+func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
+	if n.Kind != yaml.MappingNode {
+		if isNull(n) {
+			return
+		}
+		d.errorf(n, "%s must be a mapping of keys to values", pathOr(path))
+		return
+	}
+	seen := make(map[string]bool, len(fields))
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		var f *field
+		for j := range fields {
+			if fields[j].key == k.Value {
+				f = &fields[j]
+				break
+			}
+		}
+		if f == nil {
+			known := make([]string, len(fields))
+			for j, f := range fields {
+				known[j] = f.key
+			}
+			msg := fmt.Sprintf("unknown key %q in %s", k.Value, pathOr(path))
+			if s := suggest(k.Value, known); s != "" {
+				msg += fmt.Sprintf("; did you mean %q?", s)
+			} else {
+				msg += "; valid keys are " + strings.Join(known, ", ")
+			}
+			d.errorf(k, "%s", msg)
+			continue
+		}
+		if seen[k.Value] {
+			d.errorf(k, "%s is set twice in %s; keep one", k.Value, pathOr(path))
+			continue
+		}
+		seen[k.Value] = true
+		f.decode(v)
+	}
+}
+
+func pathOr(p string) string {
+	if p == "" {
+		return "the policy"
+	}
+	return p
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode {
+		d.errorf(n, "%s must be a single value, not a list or mapping", path)
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d *decoder) str(dst *string, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		if isNull(n) {
+			*dst = ""
+			return
+		}
+		if s, ok := d.scalar(n, path); ok {
+			*dst = s
+		}
+	}
+}
+
+func (d *decoder) boolean(dst *bool, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		switch strings.ToLower(s) {
+		case "true", "yes", "on":
+			*dst = true
+		case "false", "no", "off":
+			*dst = false
+		default:
+			d.errorf(n, "%s must be true or false, not %q", path, s)
+		}
+	}
+}
+
+func (d *decoder) duration(dst *time.Duration, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			if _, nerr := strconv.Atoi(s); nerr == nil {
+				d.errorf(n, "%s: %q has no unit; write it like %ss or %sm", path, s, s, s)
+			} else {
+				d.errorf(n, "%s: %q is not a duration; write it like 30s, 5m or 1h", path, s)
+			}
+			return
+		}
+		if v < 0 {
+			d.errorf(n, "%s must not be negative", path)
+			return
+		}
+		*dst = v
+	}
+}
+
+func (d *decoder) integer(dst *int, path string, lo, hi int) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		v, err := strconv.Atoi(s)
+		if err != nil || v < lo || v > hi {
+			d.errorf(n, "%s must be a whole number from %d to %d, not %q", path, lo, hi, s)
+			return
+		}
+		*dst = v
+	}
+}
+
+func (d *decoder) float(dst *float64, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil || v < 0 {
+			d.errorf(n, "%s must be a number of at least 0, not %q", path, s)
+			return
+		}
+		*dst = v
+	}
+}
+
+// list calls each for every item of a sequence; a single scalar is taken as
+// a list of one, since that is what a person writing `to: example.com` means.
+func (d *decoder) list(n *yaml.Node, path string, each func(*yaml.Node)) {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		for _, it := range n.Content {
+			each(it)
+		}
+	case yaml.ScalarNode:
+		if !isNull(n) {
+			each(n)
+		}
+	default:
+		d.errorf(n, "%s must be a list", path)
+	}
+}
+
+func (d *decoder) strings(dst *[]string, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		*dst = []string{}
+		d.list(n, path, func(it *yaml.Node) {
+			if s, ok := d.scalar(it, path+" item"); ok {
+				*dst = append(*dst, s)
+			}
+		})
+	}
+}
+
+// positioned is a value with the node it came from, for errors found after
+// decoding (undefined groups, refresh without an exact name).
+type positioned struct {
+	v string
+	n *yaml.Node
+}
+
+func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func(*yaml.Node) {
+	return func(n *yaml.Node) {
+		*set = true
+		*dst = nil
+		d.list(n, path, func(it *yaml.Node) {
+			if s, ok := d.scalar(it, path+" item"); ok {
+				*dst = append(*dst, positioned{s, it})
+			}
+		})
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
