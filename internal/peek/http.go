@@ -1,0 +1,210 @@
+package peek
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ErrConnect is returned for a CONNECT request: spliced to a server that
+// happens to be a proxy it would open a tunnel to a target we never saw.
+var ErrConnect = errors.New("CONNECT request on a transparent connection")
+
+var headEnd = []byte("\r\n\r\n")
+
+// HTTPHost reads an HTTP/1.x request head from r and returns the host and
+// port it is addressed to. At most limit bytes are read; limit <= 0 means
+// DefaultMax. Reads may run past the head into the body, so buffered, every
+// byte read (also on error), is what must be replayed upstream.
+//
+// host is either a canonical DNS name (as dnsname.Parse returns it) or an IP
+// address literal in netip.Addr form, IPv6 without brackets; callers tell
+// them apart with netip.ParseAddr. port is the decimal port from the Host
+// header, or "" when it has none.
+//
+// The parser is stricter than most servers on purpose: anything a server
+// could read as a different host than we do — a missing or repeated Host, a
+// header folded over two lines, bare CR or LF, whitespace before a colon, an
+// absolute URI naming another host — is an error, not a guess.
+func HTTPHost(r io.Reader, limit int) (host, port string, buffered []byte, err error) {
+	if limit <= 0 {
+		limit = DefaultMax
+	}
+	buf := make([]byte, 0, min(limit, 4096))
+	end := -1
+	for end < 0 {
+		if len(buf) >= limit {
+			return "", "", buf, fmt.Errorf("%w: no end of request head in %d bytes", ErrTooLarge, limit)
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), limit-len(buf)))
+		}
+		n, rerr := r.Read(buf[len(buf):min(cap(buf), limit)])
+		from := max(0, len(buf)-len(headEnd)+1)
+		buf = buf[:len(buf)+n]
+		if len(buf) > 0 && Sniff(buf[0]) != HTTP {
+			// Decide on the first byte so a TLS client is not kept waiting
+			// for a blank line it will never send.
+			return "", "", buf, fmt.Errorf("%w: first byte %#02x", ErrNotHTTP, buf[0])
+		}
+		if i := bytes.Index(buf[from:], headEnd); i >= 0 {
+			end = from + i + len(headEnd)
+		} else if rerr != nil {
+			return "", "", buf, readError(rerr, len(buf), "HTTP request head")
+		}
+	}
+	host, port, err = parseHead(string(buf[:end-len(headEnd)]))
+	return host, port, buf, err
+}
+
+// parseHead parses a request head without its final CRLF CRLF (RFC 9112).
+func parseHead(head string) (host, port string, err error) {
+	lines := strings.Split(head, "\r\n")
+	for i, l := range lines {
+		if strings.ContainsAny(l, "\r\n") {
+			return "", "", fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, i+1)
+		}
+	}
+	method, target, version, err := parseRequestLine(lines[0])
+	if err != nil {
+		return "", "", err
+	}
+	var hosts []string
+	for _, l := range lines[1:] {
+		if l[0] == ' ' || l[0] == '\t' {
+			return "", "", fmt.Errorf("%w: folded header line %q", ErrMalformed, l)
+		}
+		name, value, ok := strings.Cut(l, ":")
+		if !ok || !isToken(name) {
+			return "", "", fmt.Errorf("%w: header line %q", ErrMalformed, l)
+		}
+		value = strings.Trim(value, " \t")
+		for i := 0; i < len(value); i++ {
+			if c := value[i]; c < 0x20 && c != '\t' || c == 0x7f {
+				return "", "", fmt.Errorf("%w: control byte %#02x in header %s", ErrMalformed, c, name)
+			}
+		}
+		if strings.EqualFold(name, "Host") {
+			hosts = append(hosts, value)
+		}
+	}
+	switch len(hosts) {
+	case 0:
+		return "", "", fmt.Errorf("%w (%s)", ErrNoHost, version)
+	case 1:
+	default:
+		return "", "", fmt.Errorf("%w: %q", ErrManyHosts, hosts)
+	}
+	host, port, err = parseAuthority(hosts[0])
+	if err != nil {
+		return "", "", fmt.Errorf("parsing Host header: %w", err)
+	}
+
+	switch {
+	case method == "CONNECT":
+		return "", "", fmt.Errorf("%w: target %q", ErrConnect, target)
+	case target == "*" && method == "OPTIONS", target[0] == '/':
+		return host, port, nil
+	}
+	// Absolute form: RFC 9112 3.2.2 has the server use the target's
+	// authority and ignore Host, so the two must name the same place.
+	scheme, rest, ok := strings.Cut(target, "://")
+	scheme = strings.ToLower(scheme)
+	if !ok || scheme != "http" && scheme != "https" {
+		return "", "", fmt.Errorf("%w: request target %q", ErrMalformed, target)
+	}
+	auth := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		auth = rest[:i]
+	}
+	if strings.Contains(auth, "@") {
+		return "", "", fmt.Errorf("%w: user information in request target %q", ErrMalformed, target)
+	}
+	thost, tport, err := parseAuthority(auth)
+	if err != nil {
+		return "", "", fmt.Errorf("parsing request target: %w", err)
+	}
+	def := map[string]string{"http": "80", "https": "443"}[scheme]
+	if thost != host || cmp.Or(tport, def) != cmp.Or(port, def) {
+		return "", "", fmt.Errorf("%w: target %q, Host %q", ErrHostMismatch, auth, hosts[0])
+	}
+	return host, port, nil
+}
+
+func parseRequestLine(l string) (method, target, version string, err error) {
+	parts := strings.Split(l, " ")
+	if len(parts) != 3 || !isToken(parts[0]) || parts[1] == "" {
+		return "", "", "", fmt.Errorf("%w: request line %q", ErrNotHTTP, l)
+	}
+	method, target, version = parts[0], parts[1], parts[2]
+	if version != "HTTP/1.1" && version != "HTTP/1.0" {
+		return "", "", "", fmt.Errorf("%w: version %q", ErrNotHTTP, version)
+	}
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= 0x20 || c >= 0x7f {
+			return "", "", "", fmt.Errorf("%w: byte %#02x in request target", ErrMalformed, c)
+		}
+	}
+	return method, target, version, nil
+}
+
+// parseAuthority parses host[:port] as found in Host and in absolute URIs.
+func parseAuthority(s string) (host, port string, err error) {
+	rest := ""
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return "", "", fmt.Errorf("%w: unclosed bracket in %q", ErrBadName, s)
+		}
+		a, err := netip.ParseAddr(s[1:end])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return "", "", fmt.Errorf("%w: %q is not an IPv6 address", ErrBadName, s[1:end])
+		}
+		host, rest = a.String(), s[end+1:]
+	} else {
+		h := s
+		if i := strings.IndexByte(s, ':'); i >= 0 {
+			h, rest = s[:i], s[i:]
+		}
+		if a, err := netip.ParseAddr(h); err == nil {
+			host = a.String()
+		} else {
+			n, err := parseName(h)
+			if err != nil {
+				return "", "", err
+			}
+			host = string(n)
+		}
+	}
+	if rest == "" {
+		return host, "", nil
+	}
+	p, ok := strings.CutPrefix(rest, ":")
+	n, err := strconv.ParseUint(p, 10, 16)
+	if !ok || err != nil || n == 0 || p[0] < '0' || p[0] > '9' {
+		return "", "", fmt.Errorf("%w: bad port in %q", ErrBadName, s)
+	}
+	return host, strconv.FormatUint(n, 10), nil
+}
+
+// isToken reports whether s is an RFC 9110 token, the syntax of methods and
+// header names.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
