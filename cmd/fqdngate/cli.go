@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/fqdngate/fqdngate/internal/daemon"
+	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `NAME
+    fqdngate - domain-name based egress control: DNS firewall, nftables
+    enforcement that follows DNS, and an egress proxy, from one policy
+
+SYNOPSIS
+    fqdngate run      -c POLICY [--dry-run]
+    fqdngate check    -c POLICY
+    fqdngate explain  -c POLICY --from IP --to NAME[:PORT][/PROTO] [--json]
+    fqdngate firewall show|remove [-c POLICY] [--table NAME]
+    fqdngate version
+
+DESCRIPTION
+    fqdngate lets hosts reach only the external names a policy lists. Clients
+    resolve through its DNS firewall, which answers allowlisted names only;
+    the addresses it hands out are programmed into the kernel (nftables)
+    before the answer is released, and everything else is dropped. Clients
+    that use a proxy, or whose traffic is redirected to it, are checked by
+    name, with fqdngate resolving and dialling on their behalf.
+
+COMMANDS
+    run        Run the daemon on POLICY until SIGTERM or SIGINT. SIGHUP, or
+               saving the file, reloads the policy; a policy with errors is
+               rejected and the previous one stays in force.
+    check      Validate POLICY. Exit 0 with a one-line summary, or exit 1
+               with every error as file:line:col: message.
+    explain    Say whether a source may reach a destination under POLICY,
+               which rule decides and why.
+    firewall   Show or remove the nftables table fqdngate manages.
+    version    Print the version.
+
+    Run "fqdngate COMMAND --help" for a command's options.
+
+EXIT STATUS
+    0 success; 1 the policy is invalid, the destination is denied (explain),
+    or the daemon failed; 2 wrong usage.
+
+FILES
+    examples/quickstart.yaml   a policy that runs without root
+    docs/policy.md             every policy field, with examples
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "explain":
+		return cmdExplain(args[1:], stdout, stderr)
+	case "firewall":
+		return cmdFirewall(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "fqdngate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func versionString() string {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return fmt.Sprintf("fqdngate %s (%s)", v, bi.GoVersion)
+	}
+	return "fqdngate " + v
+}
+
+// flagSet returns a FlagSet whose --help prints help (a man-page section)
+// and the options.
+func flagSet(name, help string, stdout, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), help)
+		fmt.Fprintln(fs.Output(), "\nOPTIONS")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses args; it returns -1 to continue, or an exit code.
+func parse(fs *flag.FlagSet, args []string, stdout io.Writer) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "fqdngate %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2
+	}
+	return -1
+}
+
+func configFlag(fs *flag.FlagSet) *string {
+	p := new(string)
+	fs.StringVar(p, "c", "", "policy file (`POLICY`)")
+	fs.StringVar(p, "config", "", "same as -c")
+	return p
+}
+
+const runHelp = `NAME
+    fqdngate run - run the DNS firewall, enforcement and proxy on a policy
+
+SYNOPSIS
+    fqdngate run -c POLICY [--dry-run] [--log-format text|json]
+
+DESCRIPTION
+    Starts every component the policy configures and logs one line per
+    component started, with its address. Decisions go to the audit log
+    (standard output, or log.file) as one line each.
+
+    Signals: SIGHUP reloads the policy and reopens the audit log file (for
+    logrotate). Saving the policy file reloads it too. A policy with errors
+    is logged and rejected; the previous policy stays in force. SIGTERM and
+    SIGINT stop accepting, let in-flight work finish, and exit 0.
+
+    Operational messages (not decisions) go to standard error.
+
+EXAMPLES
+    fqdngate run -c examples/quickstart.yaml
+    fqdngate run -c /etc/fqdngate/policy.yaml --dry-run
+`
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("run", runHelp, stdout, stderr)
+	cfg := configFlag(fs)
+	dryRun := fs.Bool("dry-run", false, "print the nftables ruleset the policy would program, then exit")
+	logFormat := fs.String("log-format", "text", "format of operational messages on standard error: text or json")
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	if *cfg == "" {
+		fmt.Fprintln(stderr, "fqdngate run: give the policy file with -c POLICY (try examples/quickstart.yaml)")
+		return 2
+	}
+	if *dryRun {
+		return dryRunRuleset(*cfg, stdout, stderr)
+	}
+	var h slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *logFormat == "json" {
+		h = slog.NewJSONHandler(stderr, nil)
+	}
+	logger := slog.New(h)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup})
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+const checkHelp = `NAME
+    fqdngate check - validate a policy file
+
+SYNOPSIS
+    fqdngate check -c POLICY
+
+DESCRIPTION
+    Loads POLICY exactly as "run" would. On success prints a one-line
+    summary and exits 0. Otherwise prints every problem, one per line, as
+    file:line:col: message (the message says what to write instead), and
+    exits 1. Use it in CI before shipping a policy.
+`
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("check", checkHelp, stdout, stderr)
+	cfg := configFlag(fs)
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	if *cfg == "" {
+		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
+		return 2
+	}
+	p, err := policy.Load(*cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	names := 0
+	for _, r := range p.Rules {
+		names += len(r.Names) + len(r.Prefixes)
+	}
+	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s\n",
+		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+	return 0
+}
+
+const explainHelp = `NAME
+    fqdngate explain - say whether a source may reach a destination, and why
+
+SYNOPSIS
+    fqdngate explain -c POLICY --from IP --to DESTINATION [--json]
+
+DESCRIPTION
+    DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
+    followed by /tcp or /udp; the port defaults to 443 and the protocol to
+    tcp. Prints ALLOW or DENY, the source groups of IP, the rule that
+    decided and the pattern and group that matched; for a denial, the
+    closest rule and what it lacked (the source or the port).
+
+    With --json prints one object with action (allow | deny | would-deny),
+    rule (empty when none), reason, pattern, group, near_rule,
+    source_groups, from, to, port, proto and mode.
+
+    Exits 0 when the traffic would pass, 1 when it would be denied.
+
+EXAMPLES
+    fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
+    fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
+`
+
+func cmdExplain(args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("explain", explainHelp, stdout, stderr)
+	cfg := configFlag(fs)
+	from := fs.String("from", "", "source `IP` address")
+	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	if *cfg == "" || *from == "" || *to == "" {
+		fmt.Fprintln(stderr, "fqdngate explain: give -c POLICY, --from IP and --to DESTINATION")
+		return 2
+	}
+	p, err := policy.Load(*cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	res, err := explain.Explain(p, *from, *to)
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate explain: %v\n", err)
+		return 2
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
+	} else {
+		fmt.Fprint(stdout, res.Text())
+	}
+	if res.Action == "deny" {
+		return 1
+	}
+	return 0
+}
+
+func usageErr(stderr io.Writer, cmd, msg string) int {
+	fmt.Fprintf(stderr, "fqdngate %s: %s\n", cmd, strings.TrimSpace(msg))
+	return 2
+}

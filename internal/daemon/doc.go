@@ -1,0 +1,20 @@
+// Package daemon wires fqdngate's components together and owns their
+// lifecycle: load, start, reload, shut down.
+//
+// The data flow:
+//
+//	                     policy.yaml ──Load──▶ *policy.Policy (atomic swap on SIGHUP / file change)
+//	                                                │ Decide()
+//	client ──DNS──▶ dnsfw ──allowed──▶ resolver ──▶ upstreams
+//	                  │ learned addresses (before the answer is released)
+//	                  ▼
+//	           learn.Publisher ──▶ nft backend (kernel sets with timeouts) | learn.Store (backend none)
+//
+//	client ──CONNECT / http://──▶ proxy ──Decide──▶ resolve via dnsfw ──▶ dial (deny private, verify TLS)
+//	client ──redirected :443──▶ transparent proxy ──peek SNI/Host──▶ same path
+//
+//	every decision ──▶ audit.Logger (one line) + metrics; admin serves health, metrics, /v1/*
+//
+// Only this package knows every component; each component depends on small
+// interfaces it defines itself.
+package daemon
