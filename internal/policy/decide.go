@@ -20,14 +20,19 @@ func (p *Policy) Decide(q Query) Decision {
 
 func (p *Policy) decide(q Query) Decision {
 	if q.Name == "" {
-		return p.decideAddr(q)
+		return p.decideAddr(q, q.Addr)
+	}
+	if a, ok := ipLiteral(q.Name); ok {
+		// An address where a name was expected must not fall through to
+		// name matching: only CIDR rules speak for addresses.
+		return p.decideAddr(q, a)
 	}
 	var buf nameBuf
 	b, ok := canonical(&buf, q.Name)
 	if !ok {
 		return Decision{Reason: ReasonInvalidName}
 	}
-	m := matcher{p: p, q: &q, best: -1}
+	m := matcher{p: p, q: q, best: -1}
 	n := p.idx.root
 	end := len(b)
 	for {
@@ -53,18 +58,55 @@ func (p *Policy) decide(q Query) Decision {
 	return m.decision()
 }
 
+// ipLiteral reports whether name is an IP address rather than a host name.
+// netip.ParseAddr allocates its error, so it is only called on text shaped
+// like an address: four dotted decimals, or hex digits with two or more
+// colons.
+func ipLiteral(name string) (netip.Addr, bool) {
+	dots, colons, digitRun, decOnly := 0, 0, 0, true
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c >= '0' && c <= '9':
+			digitRun++
+			if digitRun > 3 {
+				decOnly = false
+			}
+		case c == '.':
+			if digitRun == 0 {
+				decOnly = false
+			}
+			dots, digitRun = dots+1, 0
+		case c == ':':
+			colons, digitRun, decOnly = colons+1, 0, false
+		case c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+			decOnly = false
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	v4 := decOnly && dots == 3 && digitRun > 0
+	v6 := colons >= 2
+	if !v4 && !v6 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(name)
+	return a, err == nil
+}
+
 // matcher tracks the best rule seen while walking the trie, and the most
-// informative near miss for when nothing matches.
+// informative near miss for when nothing matches. The trie is walked from
+// the shortest suffix to the longest, not in rule order, so both are chosen
+// by rule index rather than by the order they are seen.
 type matcher struct {
 	p                *Policy
-	q                *Query
+	q                Query // by value: a pointer would move the caller's Query to the heap
 	best             int32 // rule index of the best full match, -1 if none
 	bestPat, bestGrp string
 
-	miss      Reason // best near miss: ReasonPort beats ReasonSource beats ReasonNoRule
-	missRule  *Rule
-	missPat   string
-	missGroup string
+	missReason Reason // ReasonPort or ReasonSource, valid when missRule != nil
+	missRule   *Rule
+	missPat    string
+	missGroup  string
 }
 
 func (m *matcher) consider(refs []ref) {
@@ -73,26 +115,37 @@ func (m *matcher) consider(refs []ref) {
 			return // lists are ascending; nothing later can win
 		}
 		r := m.p.Rules[rf.rule]
-		pat := r.Names[rf.pat].Raw
-		m.check(r, rf.rule, pat)
+		m.check(r, rf.rule, r.Names[rf.pat].Raw)
 	}
 }
 
 func (m *matcher) check(r *Rule, ri int32, pat string) {
-	grp, srcOK := m.p.sourceCovered(r, m.q)
+	grp, srcOK := m.p.sourceCovered(r, &m.q)
 	if !srcOK {
-		if m.miss == ReasonNoRule && m.missRule == nil {
-			m.miss, m.missRule, m.missPat = ReasonSource, r, pat
-		}
+		m.nearMiss(ReasonSource, r, pat, "")
 		return
 	}
 	if !m.q.AnyPort && !r.portAllowed(m.q.Port, m.q.Proto) {
-		if m.missRule == nil || m.miss == ReasonSource {
-			m.miss, m.missRule, m.missPat, m.missGroup = ReasonPort, r, pat, grp
-		}
+		m.nearMiss(ReasonPort, r, pat, grp)
 		return
 	}
 	m.best, m.bestPat, m.bestGrp = ri, pat, grp
+}
+
+// nearMiss records a rule that named the destination but did not allow it.
+// A port miss explains more than a source miss (the source was right); among
+// equals the earliest rule is reported, as a reader scanning the file would
+// find it.
+func (m *matcher) nearMiss(reason Reason, r *Rule, pat, grp string) {
+	if m.missRule != nil {
+		if m.missReason == ReasonPort && reason == ReasonSource {
+			return
+		}
+		if m.missReason == reason && m.missRule.Index <= r.Index {
+			return
+		}
+	}
+	m.missReason, m.missRule, m.missPat, m.missGroup = reason, r, pat, grp
 }
 
 func (m *matcher) decision() Decision {
@@ -104,21 +157,25 @@ func (m *matcher) decision() Decision {
 	}
 	// Deny: Rule stays nil so nothing mistakes a near miss for permission;
 	// the near miss is reported through Reason, Pattern and NearRule.
-	return Decision{Reason: m.miss, Pattern: m.missPat, Group: m.missGroup, NearRule: m.missRule}
+	return Decision{Reason: m.missReason, Pattern: m.missPat, Group: m.missGroup, NearRule: m.missRule}
 }
 
-func (p *Policy) decideAddr(q Query) Decision {
-	a := netaddr.Unmap(q.Addr)
+func (p *Policy) decideAddr(q Query, a netip.Addr) Decision {
 	if !a.IsValid() {
 		return Decision{Reason: ReasonInvalidName}
 	}
-	m := matcher{p: p, q: &q, best: -1}
+	a = a.WithZone("")
+	// A mapped or NAT64 address reaches the IPv4 host it carries, so a rule
+	// for that host covers it; a rule written for the IPv6 spelling itself
+	// covers it too.
+	u := netaddr.Unmap(a)
+	m := matcher{p: p, q: q, best: -1}
 	for _, c := range p.idx.cidrs {
 		if m.best >= 0 && c.rule >= m.best {
 			break
 		}
-		if c.prefix.Contains(a) {
-			m.check(p.Rules[c.rule], c.rule, c.prefix.String())
+		if c.prefix.Contains(u) || c.prefix.Contains(a) {
+			m.check(p.Rules[c.rule], c.rule, c.raw)
 		}
 	}
 	d := m.decision()
@@ -134,7 +191,7 @@ func (p *Policy) sourceCovered(r *Rule, q *Query) (string, bool) {
 	if r.From == nil {
 		return "", true
 	}
-	src := netaddr.Unmap(q.Source)
+	src := sourceAddr(q.Source)
 	for _, g := range r.fromGroups {
 		for _, pfx := range g.prefixes {
 			if pfx.Contains(src) {
@@ -156,6 +213,15 @@ func (p *Policy) sourceCovered(r *Rule, q *Query) (string, bool) {
 	return "", false
 }
 
+// sourceAddr is the address a source group is checked against. An IPv4
+// client on a dual-stack socket appears as ::ffff:a.b.c.d, so that is
+// unmapped. NAT64 is not: a packet from 64:ff9b::a00:1 came from an IPv6
+// host, and reading it as 10.0.0.1 would let anyone who can choose their
+// IPv6 source address claim an IPv4 group.
+func sourceAddr(a netip.Addr) netip.Addr {
+	return a.WithZone("").Unmap()
+}
+
 func (r *Rule) portAllowed(port uint16, proto Proto) bool {
 	for _, pr := range r.Ports {
 		if pr.Contains(port, proto) {
@@ -167,7 +233,7 @@ func (r *Rule) portAllowed(port uint16, proto Proto) bool {
 
 // GroupsOf returns the source groups containing addr, in name order.
 func (p *Policy) GroupsOf(addr netip.Addr) []string {
-	addr = netaddr.Unmap(addr)
+	addr = sourceAddr(addr)
 	var out []string
 	for _, g := range p.groupOrder {
 		for _, pfx := range p.Sources[g] {
@@ -184,9 +250,10 @@ func (p *Policy) GroupsOf(addr netip.Addr) []string {
 // addr, for any source. Rebinding and private-address protection make an
 // exception for such addresses: the operator asked for them.
 func (p *Policy) NamesAddr(addr netip.Addr) bool {
-	addr = netaddr.Unmap(addr)
+	addr = addr.WithZone("")
+	u := netaddr.Unmap(addr)
 	for _, c := range p.idx.cidrs {
-		if c.prefix.Contains(addr) {
+		if c.prefix.Contains(u) || c.prefix.Contains(addr) {
 			return true
 		}
 	}

@@ -81,13 +81,6 @@ func pathOr(p string) string {
 	return p
 }
 
-func join(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
 func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
@@ -194,17 +187,6 @@ func (d *decoder) list(n *yaml.Node, path string, each func(*yaml.Node)) {
 		}
 	default:
 		d.errorf(n, "%s must be a list", path)
-	}
-}
-
-func (d *decoder) strings(dst *[]string, path string) func(*yaml.Node) {
-	return func(n *yaml.Node) {
-		*dst = []string{}
-		d.list(n, path, func(it *yaml.Node) {
-			if s, ok := d.scalar(it, path+" item"); ok {
-				*dst = append(*dst, s)
-			}
-		})
 	}
 }
 

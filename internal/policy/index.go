@@ -27,6 +27,7 @@ type ref struct {
 
 type cidrRule struct {
 	prefix netip.Prefix
+	raw    string // prefix.String(), kept so Decide need not allocate it
 	rule   int32
 }
 
@@ -66,7 +67,7 @@ func buildIndex(rules []*Rule) *index {
 			}
 		}
 		for _, p := range r.Prefixes {
-			ix.cidrs = append(ix.cidrs, cidrRule{p, ri})
+			ix.cidrs = append(ix.cidrs, cidrRule{p, p.String(), ri})
 		}
 	}
 	return ix
@@ -101,7 +102,13 @@ func canonical(buf *nameBuf, name string) ([]byte, bool) {
 		switch {
 		case c >= 'A' && c <= 'Z':
 			c += 'a' - 'A'
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
+		case c == '-':
+			// dnsname.Check refuses hyphens at either end of a label; so
+			// must the hot path, or a name Parse rejects could match.
+			if prevDot || i+1 == len(name) || name[i+1] == '.' {
+				return nil, false
+			}
 		case c == '.':
 			if prevDot {
 				return nil, false
