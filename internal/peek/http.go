@@ -120,7 +120,7 @@ func parseHead(head string) (host, port string, err error) {
 		return "", "", fmt.Errorf("%w: request target %q", ErrMalformed, target)
 	}
 	auth := rest
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
 		auth = rest[:i]
 	}
 	if strings.Contains(auth, "@") {
@@ -147,8 +147,10 @@ func parseRequestLine(l string) (method, target, version string, err error) {
 		return "", "", "", fmt.Errorf("%w: version %q", ErrNotHTTP, version)
 	}
 	for i := 0; i < len(target); i++ {
-		if c := target[i]; c <= 0x20 || c >= 0x7f {
-			return "", "", "", fmt.Errorf("%w: byte %#02x in request target", ErrMalformed, c)
+		// A fragment is never sent (RFC 9112 3.2), and parsers disagree on
+		// whether "#" ends an authority.
+		if c := target[i]; c <= 0x20 || c >= 0x7f || c == '#' {
+			return "", "", "", fmt.Errorf("%w: byte %q in request target", ErrMalformed, c)
 		}
 	}
 	return method, target, version, nil

@@ -59,6 +59,7 @@ var hostCases = []hostCase{
 	{name: "absolute form, userinfo", in: "GET http://a.example@b.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n", err: ErrMalformed},
 	{name: "absolute form, bad host", in: "GET http://a..example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrBadName},
 	{name: "absolute form, other scheme", in: "GET ftp://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
+	{name: "fragment", in: "GET http://a.example#@b.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
 	{name: "asterisk with GET", in: "GET * HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
 	{name: "CONNECT", in: "CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n", err: ErrConnect},
 	{name: "space before colon", in: "GET / HTTP/1.1\r\nHost : b.example\r\nHost: a.example\r\n\r\n", err: ErrMalformed},

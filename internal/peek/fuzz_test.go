@@ -1,0 +1,115 @@
+package peek
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+)
+
+// Seed with: go test ./internal/peek -run '^$' -fuzz FuzzClientHello -fuzztime 30s
+
+func FuzzClientHello(f *testing.F) {
+	for _, tc := range helloCases(f) {
+		f.Add(tc.in, uint16(tc.limit))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, limit uint16) {
+		h, raw, err := ClientHello(bytes.NewReader(in), int(limit))
+		if !bytes.HasPrefix(in, raw) {
+			t.Fatalf("returned bytes are not a prefix of the input")
+		}
+		if max := cmpOr(int(limit), DefaultMax); len(raw) > max {
+			t.Fatalf("read %d bytes, limit %d", len(raw), max)
+		}
+		// Where the reads fall must not change anything.
+		h1, raw1, err1 := ClientHello(iotest.OneByteReader(bytes.NewReader(in)), int(limit))
+		if !reflect.DeepEqual(h, h1) || !bytes.Equal(raw, raw1) || fmt.Sprint(err) != fmt.Sprint(err1) {
+			t.Fatalf("whole: %+v, %d bytes, %v; byte-wise: %+v, %d bytes, %v", h, len(raw), err, h1, len(raw1), err1)
+		}
+		if err != nil {
+			return
+		}
+		if n := string(h.ServerName); n != "" {
+			if err := dnsname.Check(n); err != nil || isIPLiteral(n) || looksNumeric(n) {
+				t.Fatalf("accepted server name %q: %v", n, err)
+			}
+		}
+		for _, p := range h.ALPN {
+			if p == "" {
+				t.Fatal("accepted an empty ALPN protocol")
+			}
+		}
+	})
+}
+
+// Seed with: go test ./internal/peek -run '^$' -fuzz FuzzHTTPHost -fuzztime 30s
+
+func FuzzHTTPHost(f *testing.F) {
+	for _, tc := range hostCases {
+		f.Add(tc.in, uint16(tc.limit))
+	}
+	f.Fuzz(func(t *testing.T, in string, limit uint16) {
+		host, port, buf, err := HTTPHost(strings.NewReader(in), int(limit))
+		if !strings.HasPrefix(in, string(buf)) {
+			t.Fatalf("returned bytes are not a prefix of the input")
+		}
+		if max := cmpOr(int(limit), DefaultMax); len(buf) > max {
+			t.Fatalf("read %d bytes, limit %d", len(buf), max)
+		}
+		host1, port1, _, err1 := HTTPHost(iotest.OneByteReader(strings.NewReader(in)), int(limit))
+		if host != host1 || port != port1 || fmt.Sprint(err) != fmt.Sprint(err1) {
+			t.Fatalf("whole: %q %q %v; byte-wise: %q %q %v", host, port, err, host1, port1, err1)
+		}
+		if err != nil {
+			return
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			if a.Zone() != "" || a.String() != host {
+				t.Fatalf("accepted address %q", host)
+			}
+		} else if err := dnsname.Check(host); err != nil || looksNumeric(host) {
+			t.Fatalf("accepted host %q: %v", host, err)
+		}
+		if port != "" {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+				t.Fatalf("accepted port %q", port)
+			}
+		}
+		// What we accept, net/http must read as the same host: a server
+		// that sees another host than we decided on is a policy bypass.
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(in)))
+		if err != nil {
+			t.Fatalf("we accepted %q as %q, net/http rejects it: %v", in, host, err)
+		}
+		rhost, rport := req.Host, ""
+		if h, p, err := net.SplitHostPort(rhost); err == nil {
+			rhost, rport = h, p
+		}
+		rhost = strings.TrimSuffix(strings.ToLower(strings.Trim(rhost, "[]")), ".")
+		if a, err := netip.ParseAddr(rhost); err == nil {
+			rhost = a.String()
+		}
+		if rhost != host {
+			t.Fatalf("we read host %q, net/http reads %q", host, req.Host)
+		}
+		if n, err := strconv.Atoi(rport); port != "" && rport != "" && (err != nil || strconv.Itoa(n) != port) {
+			t.Fatalf("we read port %q, net/http reads %q", port, rport)
+		}
+	})
+}
+
+func cmpOr(a, b int) int {
+	if a > 0 {
+		return a
+	}
+	return b
+}
