@@ -32,12 +32,12 @@ func (c *components) close() {}
 func (c *components) wait() {}
 
 // bind opens the sockets of one listener kind.
-func (c *components) bind(kind, addr string) (func(context.Context) error, func(), error) {
+func (c *components) bind(kind, addr string) (serve func(context.Context) error, closeFn func(), actual string, err error) {
 	switch kind {
 	case "admin":
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, "", err
 		}
 		h := admin.Handler(admin.Config{
 			Policy:     c.d.Policy,
@@ -46,7 +46,7 @@ func (c *components) bind(kind, addr string) (func(context.Context) error, func(
 			Learned:    c.learned,
 			Gatherer:   c.d.reg,
 		})
-		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, nil
+		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	}
-	return nil, nil, errors.New("not built yet")
+	return nil, nil, "", errors.New("not built yet")
 }

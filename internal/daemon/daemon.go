@@ -76,21 +76,27 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = 10 * time.Second
 	}
-	data, err := os.ReadFile(opts.PolicyPath)
-	if err != nil {
-		return fmt.Errorf("reading policy: %w", err)
-	}
-	p, err := policy.Parse(opts.PolicyPath, data)
-	if err != nil {
-		return fmt.Errorf("loading policy:\n%w", err)
-	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
 	d := &Daemon{
 		opts:    opts,
 		log:     opts.Logger,
 		reg:     prometheus.NewRegistry(),
 		running: map[string]*listener{},
 		fatal:   make(chan error, 8),
-		lastSum: sha256.Sum256(data),
+	}
+	// Watch before the first read, so that no change is missed in between.
+	watch := d.watch(runCtx)
+	defer d.wg.Wait()
+	defer cancel()
+	data, err := os.ReadFile(opts.PolicyPath)
+	if err != nil {
+		return fmt.Errorf("reading policy: %w", err)
+	}
+	d.lastSum = sha256.Sum256(data)
+	p, err := policy.Parse(opts.PolicyPath, data)
+	if err != nil {
+		return fmt.Errorf("loading policy:\n%w", err)
 	}
 	d.m = newMetrics(d.reg)
 	d.out, err = newReopenWriter(p.Log.File, opts.Stdout)
@@ -101,8 +107,6 @@ func Run(ctx context.Context, opts Options) error {
 	d.audit = audit.New(d.out, p.Log.Format, d.m)
 	d.setPolicy(p)
 
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
 	d.comps, err = newComponents(runCtx, d, p)
 	if err != nil {
 		return err
@@ -121,7 +125,6 @@ func Run(ctx context.Context, opts Options) error {
 		close(opts.Ready)
 	}
 
-	watch := d.watch(runCtx)
 	var fatal error
 loop:
 	for {

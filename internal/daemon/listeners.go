@@ -36,6 +36,7 @@ type listener struct {
 // bound is a listener whose sockets are open, ready to serve.
 type bound struct {
 	kind, addr string
+	actual     string // the bound address, which differs from addr for port 0
 	serve      func(ctx context.Context) error
 	close      func()
 }
@@ -54,14 +55,14 @@ func (d *Daemon) reconcileListeners(ctx context.Context, p *policy.Policy) error
 		if addr == "" {
 			continue
 		}
-		serve, closeFn, err := d.comps.bind(kind, addr)
+		serve, closeFn, actual, err := d.comps.bind(kind, addr)
 		if err != nil {
 			for _, b := range news {
 				b.close()
 			}
 			return fmt.Errorf("starting %s listener on %s: %w", kind, addr, err)
 		}
-		news = append(news, bound{kind, addr, serve, closeFn})
+		news = append(news, bound{kind, addr, actual, serve, closeFn})
 	}
 	for _, kind := range listenerKinds {
 		addr := listenAddr(kind, p.Listen)
@@ -82,7 +83,7 @@ func (d *Daemon) start(ctx context.Context, b bound) {
 	d.mu.Lock()
 	d.running[b.kind] = l
 	d.mu.Unlock()
-	d.log.Info("listening", "component", b.kind, "addr", b.addr)
+	d.log.Info("listening", "component", b.kind, "addr", b.actual)
 	go func() {
 		defer close(l.done)
 		err := b.serve(lctx)
@@ -126,7 +127,6 @@ func (d *Daemon) stopAll() {
 			d.mu.Unlock()
 		}
 	}
-	d.wg.Wait()
 }
 
 func (d *Daemon) listener(kind string) *listener {

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the fqdngate built once for the tests that run it as a process.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fqdngate-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "fqdngate")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building fqdngate: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+func writePolicy(t *testing.T, dir, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, "policy.yaml")
+	// Write then rename, as editors and config management do.
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckQuickstart(t *testing.T) {
+	out, errOut, code := runCLI(t, "check", "-c", "../../examples/quickstart.yaml")
+	if code != 0 {
+		t.Fatalf("check quickstart: exit %d, stderr %q", code, errOut)
+	}
+	if !strings.Contains(out, ": ok: 2 rules") {
+		t.Errorf("got summary %q, want it to count 2 rules", out)
+	}
+}
+
+func TestCheckReportsEveryError(t *testing.T) {
+	p := writePolicy(t, t.TempDir(), `mode: enforced
+listen: {dns: "127.0.0.1:5353", admn: ""}
+rules:
+  - name: a
+    to: ["api.*.example"]
+    ports: [70000]
+  - name: a
+    from: [nobody]
+    to: [b.example]
+`)
+	_, errOut, code := runCLI(t, "check", "-c", p)
+	if code != 1 {
+		t.Fatalf("got exit %d, want 1", code)
+	}
+	want := []string{
+		p + ":1:7: mode must be enforce or audit",
+		p + `:2:33: unknown key "admn" in listen; did you mean "admin"?`,
+		p + `:5:10: rule "a": "api.*.example": '*' may only stand as the whole first label`,
+		p + `:6:13: rule "a": port "70000" is out of range`,
+		p + `:7:11: rule name "a" is already used at line 4`,
+		p + `:8:12: rule "a": source group "nobody" is not defined under sources`,
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) != len(want) {
+		t.Errorf("got %d error lines, want %d:\n%s", len(lines), len(want), errOut)
+	}
+	for i, w := range want {
+		if i < len(lines) && !strings.HasPrefix(lines[i], w) {
+			t.Errorf("line %d:\n got %q\nwant prefix %q", i+1, lines[i], w)
+		}
+	}
+}
+
+func TestExplainJSON(t *testing.T) {
+	p := writePolicy(t, t.TempDir(), `listen: {dns: "", proxy: "", admin: ""}
+sources:
+  payments: [10.1.0.0/24]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example]
+`)
+	cases := []struct {
+		from, to         string
+		action, rule     string
+		code             int
+		reasonContaining string
+	}{
+		{"10.1.0.7", "api.bank.example:443", "allow", "bank-api", 0, "matched"},
+		{"10.1.0.7", "API.Bank.Example.", "allow", "bank-api", 0, "matched"},
+		{"10.9.0.7", "api.bank.example:443", "deny", "", 1, "not for this source"},
+		{"10.1.0.7", "api.bank.example:80", "deny", "", 1, "not on this port"},
+		{"10.1.0.7", "evil.example:443", "deny", "", 1, "no rule"},
+	}
+	for _, c := range cases {
+		out, errOut, code := runCLI(t, "explain", "-c", p, "--from", c.from, "--to", c.to, "--json")
+		if code != c.code {
+			t.Errorf("explain %s -> %s: got exit %d, want %d (%s)", c.from, c.to, code, c.code, errOut)
+		}
+		var res struct{ Action, Rule, Reason string }
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("explain --json printed %q: %v", out, err)
+		}
+		if res.Action != c.action || res.Rule != c.rule || !strings.Contains(res.Reason, c.reasonContaining) {
+			t.Errorf("explain %s -> %s: got %+v, want action %s rule %q reason containing %q", c.from, c.to, res, c.action, c.rule, c.reasonContaining)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{{"run", "--help"}, {"check", "--help"}, {"explain", "--help"}, {"--help"}, {"firewall", "--help"}} {
+		out, _, code := runCLI(t, args...)
+		if code != 0 || !strings.Contains(out, "NAME") || !strings.Contains(out, "SYNOPSIS") {
+			t.Errorf("%v: got exit %d and %q, want a man-page style help", args, code, out)
+		}
+	}
+	if _, _, code := runCLI(t, "frobnicate"); code != 2 {
+		t.Errorf("unknown command: got exit %d, want 2", code)
+	}
+	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "fqdngate ") {
+		t.Errorf("version: got %d %q", code, out)
+	}
+}
+
+// daemonProc is fqdngate running as a child process.
+type daemonProc struct {
+	cmd   *exec.Cmd
+	admin string
+	mu    sync.Mutex
+	log   bytes.Buffer
+}
+
+func startDaemon(t *testing.T, policyPath string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: exec.Command(binary, "run", "-c", policyPath)}
+	stderr, err := d.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Stdout = io.Discard
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addrc := make(chan string, 1)
+	re := regexp.MustCompile(`component=admin addr=(\S+)`)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.log.WriteString(sc.Text() + "\n")
+			d.mu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				addrc <- m[1]
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		_ = d.cmd.Wait()
+	})
+	select {
+	case d.admin = <-addrc:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("fqdngate did not start its admin listener; stderr:\n%s", d.logs())
+	}
+	return d
+}
+
+func (d *daemonProc) logs() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.log.String()
+}
+
+func (d *daemonProc) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + d.admin + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func (d *daemonProc) explainAction(t *testing.T, from, to string) string {
+	t.Helper()
+	var res struct{ Action string }
+	body := d.get(t, "/v1/explain?from="+from+"&to="+to)
+	if err := json.Unmarshal([]byte(body), &res); err != nil {
+		t.Fatalf("/v1/explain: %q: %v", body, err)
+	}
+	return res.Action
+}
+
+// waitMetric polls /metrics until the series reaches at least min. Both
+// SIGHUP and the file watcher may reload, so counts are lower bounds.
+func (d *daemonProc) waitMetric(t *testing.T, series string, min float64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(d.get(t, "/metrics"), "\n") {
+			var v float64
+			if rest, ok := strings.CutPrefix(line, series+" "); ok {
+				if _, err := fmt.Sscan(rest, &v); err == nil && v >= min {
+					return
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("metric %s never reached %v; stderr:\n%s", series, min, d.logs())
+}
+
+const policyV1 = `listen: {dns: "", proxy: "", admin: "127.0.0.1:0"}
+rules:
+  - name: first
+    to: [a.example]
+`
+
+const policyV2 = `listen: {dns: "", proxy: "", admin: "127.0.0.1:0"}
+rules:
+  - name: second
+    to: [b.example]
+`
+
+func TestReloadOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	p := writePolicy(t, dir, policyV1)
+	d := startDaemon(t, p)
+	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "allow" {
+		t.Fatalf("a.example under v1: got %s, want allow", got)
+	}
+
+	// A broken file: the reload fails and the old policy still decides.
+	writePolicy(t, dir, "rules:\n  - name: broken\n    to: [\"*.com\"]\n")
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitMetric(t, `fqdngate_policy_reloads_total{result="failure"}`, 1)
+	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "allow" {
+		t.Errorf("after a broken reload: a.example got %s, want allow (old policy in force)", got)
+	}
+	if !strings.Contains(d.logs(), "previous policy stays in force") || !strings.Contains(d.logs(), "policy.yaml:3:") {
+		t.Errorf("the rejected reload was not logged with its position; stderr:\n%s", d.logs())
+	}
+
+	// A good file: the new policy decides.
+	writePolicy(t, dir, policyV2)
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitMetric(t, `fqdngate_policy_generation`, 2)
+	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "deny" {
+		t.Errorf("after reload: a.example got %s, want deny", got)
+	}
+	if got := d.explainAction(t, "192.0.2.1", "b.example"); got != "allow" {
+		t.Errorf("after reload: b.example got %s, want allow", got)
+	}
+
+	// SIGTERM: clean exit 0.
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("after SIGTERM: %v, want exit 0; stderr:\n%s", err, d.logs())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("fqdngate did not exit within 15s of SIGTERM")
+	}
+}
+
+func TestReloadOnFileChange(t *testing.T) {
+	dir := t.TempDir()
+	p := writePolicy(t, dir, policyV1)
+	d := startDaemon(t, p)
+	writePolicy(t, dir, policyV2)
+	d.waitMetric(t, `fqdngate_policy_generation`, 2)
+	if got := d.explainAction(t, "192.0.2.1", "b.example"); got != "allow" {
+		t.Errorf("after the file changed: b.example got %s, want allow", got)
+	}
+	if got := d.get(t, "/readyz"); got != "ready\n" {
+		t.Errorf("/readyz: got %q", got)
+	}
+}
+
+func TestRunRejectsBrokenPolicy(t *testing.T) {
+	p := writePolicy(t, t.TempDir(), "rules: [{name: x}]\n")
+	_, errOut, code := runCLI(t, "run", "-c", p)
+	if code != 1 || !strings.Contains(errOut, "has no targets") {
+		t.Errorf("got exit %d, stderr %q; want exit 1 naming the problem", code, errOut)
+	}
+}
