@@ -1,0 +1,118 @@
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+const testPolicy = `listen: {dns: "", proxy: "", admin: ""}
+sources:
+  payments: [10.1.0.0/24]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example, "*.edge.bank.example"]
+    ports: [443, "8000-8100/udp"]
+    refresh: 30s
+  - name: partner-db
+    to: [203.0.113.0/24]
+    ports: [5432]
+`
+
+func newServer(t *testing.T, ready func() error) *httptest.Server {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "fqdngate_test_total", Help: "test"})
+	c.Add(3)
+	reg.MustRegister(c)
+	srv := httptest.NewServer(Handler(Config{
+		Policy:     func() *policy.Policy { return p },
+		Generation: func() uint64 { return 7 },
+		Ready:      ready,
+		Gatherer:   reg,
+		Learned: func() []learn.Entry {
+			return []learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
+		},
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	srv := newServer(t, nil)
+	cases := []struct {
+		path     string
+		code     int
+		contains []string
+	}{
+		{"/healthz", 200, []string{"ok"}},
+		{"/readyz", 200, []string{"ready"}},
+		{"/metrics", 200, []string{"fqdngate_test_total 3"}},
+		{"/v1/policy", 200, []string{`"generation": 7`, `"name": "bank-api"`, `"8000-8100/udp"`, `"refresh": "30s"`, `"203.0.113.0/24"`}},
+		{"/v1/explain?from=10.1.0.7&to=x.edge.bank.example:443", 200, []string{`"action": "allow"`, `"rule": "bank-api"`, `"pattern": "*.edge.bank.example"`, `"group": "payments"`}},
+		{"/v1/explain?from=10.9.0.7&to=api.bank.example", 200, []string{`"action": "deny"`, `"rule": ""`, `"near_rule": "bank-api"`}},
+		{"/v1/explain?from=10.9.0.7&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"rule": "partner-db"`}},
+		{"/v1/explain?from=10.9.0.7", 400, []string{"give both from"}},
+		{"/v1/explain?from=nonsense&to=a.example", 400, []string{"not an IP"}},
+		{"/v1/learned", 200, []string{`"name": "api.bank.example"`, `"address": "192.0.2.10"`, `"group": "payments"`, `"expires_in": "1m30s"`}},
+		{"/nope", 404, nil},
+	}
+	for _, c := range cases {
+		code, body := get(t, srv.URL+c.path)
+		if code != c.code {
+			t.Errorf("GET %s: got status %d, want %d (%s)", c.path, code, c.code, body)
+		}
+		for _, w := range c.contains {
+			if !strings.Contains(body, w) {
+				t.Errorf("GET %s: body lacks %s:\n%s", c.path, w, body)
+			}
+		}
+	}
+}
+
+func TestNotReady(t *testing.T) {
+	srv := newServer(t, func() error { return errors.New("listeners not serving: dns") })
+	code, body := get(t, srv.URL+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "dns") {
+		t.Errorf("got %d %q, want 503 naming the listener", code, body)
+	}
+}
+
+func TestPolicySummaryIsJSON(t *testing.T) {
+	srv := newServer(t, nil)
+	_, body := get(t, srv.URL+"/v1/policy")
+	var s Summary
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Rules) != 2 || s.Rules[0].From[0] != "payments" || len(s.Rules[1].From) != 0 {
+		t.Errorf("got rules %+v", s.Rules)
+	}
+}

@@ -1,0 +1,110 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+type countRec struct{ calls []string }
+
+func (c *countRec) CountDecision(comp Component, a policy.Action, rule string) {
+	c.calls = append(c.calls, comp.String()+"/"+a.String()+"/"+rule)
+}
+
+func TestRecordJSON(t *testing.T) {
+	var buf bytes.Buffer
+	cnt := &countRec{}
+	l := New(&buf, "json", cnt)
+	rule := &policy.Rule{Name: "bank-api"}
+	l.Record(context.Background(), Event{
+		Component: DNS,
+		Source:    netip.MustParseAddr("10.1.0.7"),
+		Name:      "api.bank.example",
+		QType:     "A",
+		Decision:  policy.Decision{Action: policy.Allow, Reason: policy.ReasonMatched, Rule: rule},
+		Attrs:     []slog.Attr{slog.String("rcode", "NOERROR")},
+	})
+	l.Record(context.Background(), Event{
+		Component: Proxy,
+		Source:    netip.MustParseAddr("10.1.0.8"),
+		Name:      "evil.example",
+		Port:      443,
+		Decision:  policy.Decision{Action: policy.WouldDeny, Reason: policy.ReasonNoRule},
+	})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want one per decision:\n%s", len(lines), buf.String())
+	}
+	var first, second map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &second); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"msg": "decision", "component": "dns", "source": "10.1.0.7", "name": "api.bank.example", "qtype": "A", "action": "allow", "rule": "bank-api", "reason": "matched", "rcode": "NOERROR"}
+	for k, v := range want {
+		if first[k] != v {
+			t.Errorf("first line: %s = %v, want %v", k, first[k], v)
+		}
+	}
+	if _, ok := first["time"]; !ok {
+		t.Error("first line has no time")
+	}
+	if _, ok := first["port"]; ok {
+		t.Error("DNS line has a port; want none")
+	}
+	if second["action"] != "would-deny" || second["rule"] != "" || second["port"] != float64(443) || second["reason"] != "no rule allows this destination" {
+		t.Errorf("second line: got %v", second)
+	}
+	if got, want := strings.Join(cnt.calls, ","), "dns/allow/bank-api,proxy/would-deny/"; got != want {
+		t.Errorf("counter calls: got %q, want %q", got, want)
+	}
+}
+
+func TestRecordText(t *testing.T) {
+	var buf bytes.Buffer
+	New(&buf, "text", nil).Record(context.Background(), Event{Component: Firewall, Source: netip.MustParseAddr("2001:db8::1"), Name: "203.0.113.9", Port: 22})
+	got := buf.String()
+	for _, w := range []string{"msg=decision", "component=firewall", "source=2001:db8::1", "port=22", "action=deny"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("text line %q lacks %q", got, w)
+		}
+	}
+}
+
+func TestNilLogger(t *testing.T) {
+	var l *Logger
+	l.Record(context.Background(), Event{}) // must not panic
+}
+
+// BenchmarkRecord measures what one audit line costs on the hot path.
+func BenchmarkRecord(b *testing.B) {
+	rule := &policy.Rule{Name: "bank-api"}
+	ev := Event{
+		Component: DNS,
+		Source:    netip.MustParseAddr("10.1.0.7"),
+		Name:      "api.bank.example",
+		QType:     "A",
+		Decision:  policy.Decision{Action: policy.Allow, Reason: policy.ReasonMatched, Rule: rule},
+		Attrs:     []slog.Attr{slog.String("rcode", "NOERROR"), slog.String("answers", "192.0.2.1,192.0.2.2")},
+	}
+	for _, format := range []string{"json", "text"} {
+		b.Run(format, func(b *testing.B) {
+			l := New(io.Discard, format, nil)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				l.Record(ctx, ev)
+			}
+		})
+	}
+}
