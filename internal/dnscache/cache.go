@@ -1,0 +1,320 @@
+// Package dnscache is a bounded, sharded cache of DNS responses that keeps
+// each for its TTL, negative answers for their SOA's (RFC 2308).
+package dnscache
+
+import (
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Key identifies a cached response: the question with its name lower-cased,
+// and the DO and CD bits, because a DNSSEC-aware client or one that asked
+// the upstream not to validate gets a different answer than others.
+type Key struct {
+	name   string
+	qtype  uint16
+	qclass uint16
+	do, cd bool
+}
+
+// KeyOf returns the key of query q, or false if q does not have exactly one
+// question.
+func KeyOf(q *dns.Msg) (Key, bool) {
+	if len(q.Question) != 1 {
+		return Key{}, false
+	}
+	k := Key{
+		name:   lowerASCII(q.Question[0].Name),
+		qtype:  q.Question[0].Qtype,
+		qclass: q.Question[0].Qclass,
+		cd:     q.CheckingDisabled,
+	}
+	if opt := q.IsEdns0(); opt != nil {
+		k.do = opt.Do()
+	}
+	return k, true
+}
+
+func (k Key) String() string {
+	s := k.name + " " + dns.ClassToString[k.qclass] + " " + dns.TypeToString[k.qtype]
+	if k.do {
+		s += " +do"
+	}
+	if k.cd {
+		s += " +cd"
+	}
+	return s
+}
+
+// numShards spreads lock contention; a power of two so a mask picks one.
+const numShards = 16
+
+// Config configures a Cache.
+type Config struct {
+	// MaxEntries bounds the number of responses held. If zero, 10000.
+	MaxEntries int
+	// MaxTTL bounds how long a response is kept, whatever its TTL. The TTLs
+	// handed out are the upstream's, less the time in cache. If zero, 1h.
+	MaxTTL time.Duration
+	// Now is the clock. If nil, time.Now.
+	Now func() time.Time
+}
+
+// Cache holds DNS responses. It is safe for concurrent use.
+type Cache struct {
+	now    func() time.Time
+	maxTTL time.Duration
+	seed   maphash.Seed
+	shards [numShards]shard
+}
+
+type shard struct {
+	mu    sync.RWMutex // guards items
+	items map[Key]*entry
+	max   int
+}
+
+// entry is a cached response. msg is never modified after Put; Get copies.
+type entry struct {
+	msg     *dns.Msg
+	stored  time.Time
+	expires time.Time
+}
+
+// New returns an empty cache.
+func New(cfg Config) *Cache {
+	c := &Cache{now: cfg.Now, maxTTL: cfg.MaxTTL, seed: maphash.MakeSeed()}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.maxTTL <= 0 {
+		c.maxTTL = time.Hour
+	}
+	maxEntries := cfg.MaxEntries
+	if maxEntries <= 0 {
+		maxEntries = 10000
+	}
+	perShard := max(1, (maxEntries+numShards-1)/numShards)
+	for i := range c.shards {
+		c.shards[i] = shard{items: make(map[Key]*entry), max: perShard}
+	}
+	return c
+}
+
+func (c *Cache) shard(k Key) *shard {
+	return &c.shards[maphash.String(c.seed, k.name)&(numShards-1)]
+}
+
+// Put caches resp, the answer to the query with key k, and reports whether
+// it did. Only NOERROR and NXDOMAIN answers to k's question that are not
+// truncated are cached: positive ones for the smallest TTL among their
+// records, negative ones (NXDOMAIN, or NOERROR without answers) for
+// min(SOA TTL, SOA MINIMUM) and only if they carry a SOA, as RFC 2308 asks.
+// resp is copied; the caller may keep using it.
+func (c *Cache) Put(k Key, resp *dns.Msg) bool {
+	if resp == nil || resp.Truncated || len(resp.Question) != 1 {
+		return false
+	}
+	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+		return false
+	}
+	q := resp.Question[0]
+	if q.Qtype != k.qtype || q.Qclass != k.qclass || !equalFoldASCII(q.Name, k.name) {
+		return false
+	}
+	ttl, ok := cacheTTL(resp)
+	if !ok || ttl == 0 {
+		return false
+	}
+	life := min(time.Duration(ttl)*time.Second, c.maxTTL)
+
+	m := resp.Copy()
+	m.Id = 0
+	clampSOA(m.Ns)
+	if opt := m.IsEdns0(); opt != nil {
+		// Options (cookies, padding, NSID) belong to one exchange with
+		// the upstream, not to every client served from cache.
+		opt.Option = nil
+	}
+	now := c.now()
+	e := &entry{msg: m, stored: now, expires: now.Add(life)}
+
+	s := c.shard(k)
+	s.mu.Lock()
+	if _, exists := s.items[k]; !exists && len(s.items) >= s.max {
+		s.evictLocked(now)
+	}
+	s.items[k] = e
+	s.mu.Unlock()
+	return true
+}
+
+// maxTTL is the largest TTL RFC 2181 allows.
+const maxTTL = 1<<31 - 1
+
+// cacheTTL returns how long resp may be cached, in seconds: the smallest
+// TTL among its records, a SOA counting as min(TTL, MINIMUM). It reports
+// false for a negative answer without a SOA, which must not be cached.
+func cacheTTL(resp *dns.Msg) (uint32, bool) {
+	ttl := uint32(1<<32 - 1)
+	hasSOA := false
+	for _, sec := range [][]dns.RR{resp.Answer, resp.Ns, resp.Extra} {
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype == dns.TypeOPT {
+				continue // its TTL field holds flags
+			}
+			t := h.Ttl
+			if t > maxTTL {
+				t = 0 // RFC 2181 section 8: a TTL with the top bit set means 0
+			}
+			if soa, ok := rr.(*dns.SOA); ok {
+				hasSOA = true
+				t = min(t, soa.Minttl)
+			}
+			ttl = min(ttl, t)
+		}
+	}
+	negative := resp.Rcode == dns.RcodeNameError || len(resp.Answer) == 0
+	if negative && !hasSOA {
+		return 0, false
+	}
+	return ttl, true
+}
+
+// clampSOA lowers each SOA's TTL to its MINIMUM, so clients cache the
+// negative answer no longer than we do (RFC 2308 section 5).
+func clampSOA(rrs []dns.RR) {
+	for _, rr := range rrs {
+		if soa, ok := rr.(*dns.SOA); ok && soa.Minttl < soa.Hdr.Ttl {
+			soa.Hdr.Ttl = soa.Minttl
+		}
+	}
+}
+
+// evictSample is how many entries an eviction looks at. Sampling keeps
+// eviction O(1) without the per-Get bookkeeping an LRU list would need.
+const evictSample = 8
+
+// evictLocked removes one entry: an expired one if the sample holds one,
+// else the one closest to expiry, whose loss costs the least.
+func (s *shard) evictLocked(now time.Time) {
+	var victim Key
+	var soonest time.Time
+	n := 0
+	for k, e := range s.items { // map iteration starts at a random place
+		if !e.expires.After(now) {
+			victim = k
+			break
+		}
+		if n == 0 || e.expires.Before(soonest) {
+			victim, soonest = k, e.expires
+		}
+		if n++; n == evictSample {
+			break
+		}
+	}
+	delete(s.items, victim)
+}
+
+// Get returns a copy of the response cached for k, with every TTL lowered
+// by the whole seconds it spent in cache (never below 1), or false. The
+// copy's ID is 0 and its question is as first cached: the caller sets its
+// client's ID and question, in the client's case.
+func (c *Cache) Get(k Key) (*dns.Msg, bool) {
+	s := c.shard(k)
+	s.mu.RLock()
+	e, ok := s.items[k]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, false
+	}
+	now := c.now()
+	if !e.expires.After(now) {
+		s.mu.Lock()
+		if s.items[k] == e {
+			delete(s.items, k)
+		}
+		s.mu.Unlock()
+		return nil, false
+	}
+	// Every TTL is at least the entry's lifetime in seconds, and less than
+	// that has elapsed, so none reaches 0.
+	elapsed := uint32(max(0, now.Sub(e.stored)/time.Second))
+	m := e.msg.Copy()
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != dns.TypeOPT {
+				h.Ttl -= elapsed
+			}
+		}
+	}
+	return m, true
+}
+
+// Len returns the number of responses held, expired ones not yet evicted
+// included.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += len(s.items)
+		s.mu.RUnlock()
+	}
+	return n
+}
+
+// Flush empties the cache, for a reload that changed upstreams.
+func (c *Cache) Flush() {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		clear(s.items)
+		s.mu.Unlock()
+	}
+}
+
+// lowerASCII lower-cases the ASCII letters of a name, as DNS compares
+// them; strings.ToLower would also fold Unicode and merge distinct names.
+// It does not allocate when s is already lower case, as most names are.
+func lowerASCII(s string) string {
+	i := 0
+	for i < len(s) && !('A' <= s[i] && s[i] <= 'Z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if 'A' <= b[i] && b[i] <= 'Z' {
+			b[i] += 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// equalFoldASCII compares names the way DNS does: ASCII letters in any case,
+// every other byte exactly (strings.EqualFold would also fold Unicode).
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,57 @@
+package dnscache
+
+import (
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+)
+
+// FuzzPutGet caches whatever an upstream might send: nothing may panic, and
+// a hit must never carry a TTL of 0 or one above 2^31-1 (RFC 2181).
+func FuzzPutGet(f *testing.F) {
+	q := query("www.example.com", dns.TypeA)
+	for _, m := range []*dns.Msg{
+		reply(q, dns.RcodeSuccess, []dns.RR{dnstest.A("www.example.com", 300, "192.0.2.1")}),
+		reply(q, dns.RcodeSuccess, []dns.RR{dnstest.CNAME("www.example.com", 5, "a.example.net"), dnstest.A("a.example.net", 300, "192.0.2.1")}),
+		reply(q, dns.RcodeNameError, nil, dnstest.SOA("example.com", 3600, 60)),
+		reply(q, dns.RcodeSuccess, nil, dnstest.SOA("example.com", 1, 600)),
+	} {
+		m.SetEdns0(1232, true)
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, uint16(10))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, after uint16) {
+		m := new(dns.Msg)
+		if m.Unpack(b) != nil {
+			return
+		}
+		clk := &fakeClock{t: t0}
+		c := New(Config{Now: clk.now})
+		k, ok := KeyOf(m)
+		if !ok || !c.Put(k, m) {
+			return
+		}
+		ttl, _ := cacheTTL(m)
+		clk.set(t0.Add(time.Duration(after) * time.Second))
+		got, hit := c.Get(k)
+		if !hit {
+			if uint32(after) < ttl && time.Duration(after)*time.Second < time.Hour {
+				t.Fatalf("got a miss after %ds, want a hit for TTL %d", after, ttl)
+			}
+			return
+		}
+		for _, sec := range [][]dns.RR{got.Answer, got.Ns, got.Extra} {
+			for _, rr := range sec {
+				if h := rr.Header(); h.Rrtype != dns.TypeOPT && (h.Ttl == 0 || h.Ttl > maxTTL) {
+					t.Fatalf("got TTL %d after %ds in cache", h.Ttl, after)
+				}
+			}
+		}
+	})
+}
