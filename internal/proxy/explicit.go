@@ -1,0 +1,412 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// Serve runs the explicit proxy on ln until ctx is done: CONNECT tunnels
+// and absolute-form HTTP requests. When ctx is done it stops accepting,
+// lets in-flight requests and tunnels finish for up to DrainTimeout, then
+// cuts what remains and returns nil. It closes ln.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	p.addSelfAddr(ln.Addr())
+	dr := newDrainer()
+	defer dr.cut()
+	h := &explicitHandler{p: p, dr: dr}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
+		Transport:      p.forwardTransport(),
+		FlushInterval:  -1, // stream: an egress proxy must not buffer server-sent events
+		ErrorHandler:   h.forwardError,
+		ErrorLog:       log.New(io.Discard, "", 0),
+		ModifyResponse: nil,
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: p.cfg.HeaderTimeout,
+		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		// Requests outlive ctx while draining; dr.hard ends them.
+		BaseContext: func(net.Listener) context.Context { return dr.hard },
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateClosed {
+				p.release() // hijacked connections are released by their tunnel
+			}
+		},
+	}
+	lim := &limitListener{Listener: ln, p: p, dr: dr}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lim) }()
+	select {
+	case err := <-errc:
+		dr.wait(0)
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+	defer cancel()
+	stop := context.AfterFunc(sctx, dr.cut)
+	defer stop()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	dr.wait(p.cfg.DrainTimeout)
+	return nil
+}
+
+// limitListener refuses connections beyond the policy's max_conns with a
+// 503 the client can read, instead of leaving them queued.
+type limitListener struct {
+	net.Listener
+	p  *Proxy
+	dr *drainer
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		pol := l.p.cfg.Policy()
+		if l.p.acquire(pol) {
+			return c, nil
+		}
+		rec := &connRecord{listener: explicitListener, client: remoteAddrPort(c), start: time.Now(), refusal: RefusedBusy}
+		l.p.record(context.Background(), rec)
+		l.dr.add()
+		go func() {
+			defer l.dr.done()
+			refuseRaw(c, http.StatusServiceUnavailable, RefusedBusy.String())
+		}()
+	}
+}
+
+// refuseRaw answers a connection that will not be served, then lingers
+// briefly reading so closing does not reset the answer away.
+func refuseRaw(c net.Conn, status int, reason string) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	body := "fqdngate: " + reason + "\n"
+	io.WriteString(c, "HTTP/1.1 "+itoa(status)+" "+http.StatusText(status)+"\r\n"+
+		"Content-Type: text/plain; charset=utf-8\r\n"+
+		"X-Fqdngate-Reason: "+reason+"\r\n"+
+		"Connection: close\r\n"+
+		"Content-Length: "+itoa(len(body))+"\r\n\r\n"+body)
+	if hc, ok := c.(halfCloser); ok {
+		hc.CloseWrite()
+	}
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for ; n > 0; n /= 10 {
+		i--
+		b[i] = byte('0' + n%10)
+	}
+	return string(b[i:])
+}
+
+func remoteAddrPort(c net.Conn) netip.AddrPort {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	return ap
+}
+
+type explicitHandler struct {
+	p  *Proxy
+	dr *drainer
+	rp *httputil.ReverseProxy
+}
+
+// writeRefusal answers with status and a short plain-text reason, also in
+// X-Fqdngate-Reason so scripts need not parse the body.
+func writeRefusal(w http.ResponseWriter, status int, reason, detail string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Fqdngate-Reason", reason)
+	if status == http.StatusProxyAuthRequired {
+		h.Set("Proxy-Authenticate", `Basic realm="fqdngate"`)
+	}
+	w.WriteHeader(status)
+	msg := "fqdngate: " + reason
+	if detail != "" {
+		msg += ": " + strings.ReplaceAll(detail, "\n", " ")
+	}
+	io.WriteString(w, msg+"\n")
+}
+
+func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p := h.p
+	client, _ := netip.ParseAddrPort(r.RemoteAddr)
+	rec := &connRecord{listener: explicitListener, client: client, start: time.Now()}
+	defer func() { p.record(r.Context(), rec) }()
+
+	fail := func(e *refusalError) {
+		rec.fail(e)
+		detail := ""
+		if e.err != nil && e.r != RefusedAuth {
+			detail = e.err.Error()
+		}
+		writeRefusal(w, e.r.status(), e.r.String(), detail)
+	}
+
+	pol := p.cfg.Policy()
+	if pol == nil {
+		fail(refuse(RefusedNoPolicy, nil))
+		return
+	}
+	connect := r.Method == http.MethodConnect
+	var (
+		t   Target
+		err error
+	)
+	if connect {
+		t, err = parseTarget(r.Host, 0)
+	} else {
+		switch {
+		case !r.URL.IsAbs() || r.URL.Host == "":
+			err = errors.New("this is a proxy: send an absolute URL (http://host/path) or CONNECT host:port")
+		case r.URL.Scheme != "http":
+			err = errors.New("only http:// URLs are forwarded; use CONNECT for " + r.URL.Scheme)
+		default:
+			t, err = parseTarget(r.URL.Host, 80)
+		}
+	}
+	if err != nil {
+		fail(refuse(RefusedBadRequest, err))
+		return
+	}
+	rec.target = t
+
+	user, err := p.auth.check(r.Context(), pol, r.Header.Get("Proxy-Authorization"))
+	if err != nil {
+		fail(refuse(RefusedAuth, err))
+		return
+	}
+	rec.user = user
+
+	q := policy.Query{Source: client.Addr().Unmap(), User: user, Port: t.Port, Proto: policy.TCP}
+	if t.Name != "" {
+		q.Name = string(t.Name)
+	} else {
+		q.Addr = t.Addr
+	}
+	d := pol.Decide(q)
+	rec.decision = d
+	if !d.Action.Permits() {
+		rec.refusal = RefusedPolicy
+		// Credentials could change this answer: ask for them.
+		if user == "" && d.Reason == policy.ReasonSource && len(pol.Users) > 0 {
+			writeRefusal(w, http.StatusProxyAuthRequired, RefusedAuth.String(), d.Reason.String())
+			return
+		}
+		writeRefusal(w, http.StatusForbidden, d.Reason.String(), "")
+		return
+	}
+
+	if connect {
+		h.connect(w, r, pol, d, t, rec, fail)
+		return
+	}
+	if d.Rule != nil && d.Rule.TLS != nil && d.Rule.TLS.Verify {
+		fail(refuse(RefusedPlainHTTP, nil))
+		return
+	}
+	addrs, rerr := p.candidates(r.Context(), pol, t)
+	if rerr != nil {
+		fail(rerr)
+		return
+	}
+	h.forward(w, r, pol, addrs, t, rec)
+}
+
+func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *policy.Policy, d policy.Decision, t Target, rec *connRecord, fail func(*refusalError)) {
+	p := h.p
+	up, ap, rerr := p.connect(r.Context(), pol, d, t)
+	rec.dialled = ap
+	if rerr != nil {
+		fail(rerr)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		up.Close()
+		fail(refuse(RefusedBadRequest, errors.New("connection cannot be hijacked")))
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		up.Close()
+		rec.fail(refuse(RefusedDial, err))
+		return
+	}
+	defer p.release() // the server stopped counting this connection at Hijack
+	client, ok := conn.(halfCloser)
+	if !ok {
+		conn.Close()
+		up.Close()
+		rec.fail(refuse(RefusedBadRequest, errors.New("client connection cannot half-close")))
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		conn.Close()
+		up.Close()
+		return
+	}
+	// A client may send its first bytes (a ClientHello) without waiting for
+	// our answer; they are already in the server's buffer.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		if _, err := up.Write(b); err != nil {
+			conn.Close()
+			up.Close()
+			return
+		}
+		rec.up.Add(int64(n))
+	}
+	h.dr.add()
+	defer h.dr.done()
+	p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
+}
+
+// planKey carries a forwarded request's checked addresses from the handler
+// to the transport's dial, so the transport dials exactly what was checked.
+type planKey struct{}
+
+type dialPlan struct {
+	p     *Proxy
+	pol   *policy.Policy
+	addrs []netip.Addr
+	port  uint16
+
+	mu      sync.Mutex // guards following
+	dialled netip.AddrPort
+	rerr    *refusalError
+}
+
+// forwardTransport never pools upstream connections: every request is
+// decided and dialled on its own, so its audit line names the address it
+// reached and a policy reload applies to the very next request. It never
+// consults proxy environment variables.
+func (p *Proxy) forwardTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                  nil,
+		DisableKeepAlives:      true,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 1 << 20,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			plan, _ := ctx.Value(planKey{}).(*dialPlan)
+			if plan == nil {
+				return nil, errors.New("internal error: forwarded request without a dial plan")
+			}
+			c, ap, rerr := plan.p.dial(ctx, plan.pol, plan.addrs, plan.port)
+			plan.mu.Lock()
+			plan.dialled, plan.rerr = ap, rerr
+			plan.mu.Unlock()
+			if rerr != nil {
+				return nil, rerr
+			}
+			return c, nil
+		},
+	}
+}
+
+func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *policy.Policy, addrs []netip.Addr, t Target, rec *connRecord) {
+	plan := &dialPlan{p: h.p, pol: pol, addrs: addrs, port: t.Port}
+	ctx := context.WithValue(r.Context(), planKey{}, plan)
+	out := r.WithContext(ctx)
+	// WebSocket and other upgrades go through CONNECT; a hijacked upgrade
+	// here would escape connection accounting and the idle timeout.
+	out.Header.Del("Upgrade")
+	if r.Body != nil && r.Body != http.NoBody {
+		out.Body = &countingReader{r: r.Body, n: &rec.up}
+	}
+	cw := &countingWriter{ResponseWriter: w, rec: rec}
+	h.dr.add()
+	defer h.dr.done()
+	h.rp.ServeHTTP(cw, out)
+	plan.mu.Lock()
+	rec.dialled = plan.dialled
+	if plan.rerr != nil && rec.refusal == NotRefused {
+		rec.fail(plan.rerr)
+	}
+	plan.mu.Unlock()
+	h.p.metrics.carried(true, rec.up.Load())
+	h.p.metrics.carried(false, rec.down.Load())
+}
+
+// forwardError answers a failed forward with 502 or 504 and the reason.
+func (h *explicitHandler) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	var re *refusalError
+	if !errors.As(err, &re) {
+		r := RefusedDial
+		if isTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
+			r = RefusedDialTimeout
+		}
+		re = refuse(r, err)
+	}
+	if cw, ok := w.(*countingWriter); ok && cw.rec.refusal == NotRefused {
+		cw.rec.fail(re)
+	}
+	writeRefusal(w, re.r.status(), re.r.String(), errorDetail(re))
+}
+
+func errorDetail(e *refusalError) string {
+	if e.err == nil {
+		return ""
+	}
+	return e.err.Error()
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n interface{ Add(int64) int64 }
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// countingWriter counts response body bytes; Unwrap keeps flushing
+// available to http.ResponseController.
+type countingWriter struct {
+	http.ResponseWriter
+	rec *connRecord
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.rec.down.Add(int64(n))
+	return n, err
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

@@ -1,0 +1,228 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// mapResolver is the test Resolver: names map to fixed addresses.
+type mapResolver map[string][]netip.Addr
+
+func (m mapResolver) LookupNetIP(_ context.Context, host string) ([]netip.Addr, error) {
+	a, ok := m[host]
+	if !ok {
+		return nil, fmt.Errorf("lookup %s: no such host", host)
+	}
+	return a, nil
+}
+
+func addrs(ss ...string) []netip.Addr {
+	out := make([]netip.Addr, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParseAddr(s)
+	}
+	return out
+}
+
+// syncBuffer collects audit lines from concurrent connections.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func mustParse(t testing.TB, yaml string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatalf("policy.Parse: %v\n%s", err, yaml)
+	}
+	return p
+}
+
+type harness struct {
+	t     testing.TB
+	p     *Proxy
+	addr  string // the proxy's listener
+	audit *syncBuffer
+	pol   func() *policy.Policy
+	done  chan error
+	stop  context.CancelFunc
+}
+
+// startProxy runs an explicit proxy with policy pol (YAML) on 127.0.0.1.
+func startProxy(t testing.TB, yaml string, res Resolver, mod ...func(*Config)) *harness {
+	t.Helper()
+	pol := mustParse(t, yaml)
+	buf := &syncBuffer{}
+	cfg := Config{
+		Policy:   func() *policy.Policy { return pol },
+		Resolver: res,
+		Audit:    audit.New(buf, "json", nil),
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, p: p, addr: ln.Addr().String(), audit: buf, pol: cfg.Policy, done: make(chan error, 1), stop: cancel}
+	go func() { h.done <- p.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-h.done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("Serve did not return after cancel")
+		}
+	})
+	return h
+}
+
+// echoServer accepts on addr (127.0.0.x:0) and echoes every connection.
+func echoServer(t testing.TB, addr string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// dialFrom dials the proxy from the loopback address src ("" for any).
+func dialFrom(t testing.TB, proxyAddr, src string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	c, err := d.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+type connectResult struct {
+	status int
+	reason string // X-Fqdngate-Reason
+	conn   net.Conn
+	br     *bufio.Reader
+	header http.Header
+}
+
+// connect sends CONNECT target from src with optional Basic credentials
+// ("user:pass") and reads the response head.
+func connectVia(t testing.TB, proxyAddr, src, target, cred string) connectResult {
+	t.Helper()
+	c := dialFrom(t, proxyAddr, src)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	req := "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n"
+	if cred != "" {
+		req += "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(cred)) + "\r\n"
+	}
+	req += "\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("CONNECT %s: reading response: %v", target, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, resp.Body)
+	}
+	return connectResult{status: resp.StatusCode, reason: resp.Header.Get("X-Fqdngate-Reason"), conn: c, br: br, header: resp.Header}
+}
+
+// roundTrip checks a tunnel to an echo server carries bytes both ways.
+func (r connectResult) echo(t testing.TB) {
+	t.Helper()
+	msg := "ping through the tunnel\n"
+	if _, err := io.WriteString(r.conn, msg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.br.ReadString('\n')
+	if err != nil || got != msg {
+		t.Fatalf("echo through tunnel: got %q, %v; want %q", got, err, msg)
+	}
+}
+
+// waitFor polls cond until it holds or a generous deadline passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// auditLines returns the audit lines mentioning s.
+func (h *harness) auditLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(h.audit.String(), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(fmt.Sprint(err), "reset")
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

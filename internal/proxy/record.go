@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// Refusal is why the proxy did not carry a connection through, beyond the
+// policy decision itself. Checks that protect the network (private
+// addresses, fqdngate's own listeners, spoofed SNI, certificates) are
+// enforced in audit mode too: audit mode relaxes the policy, not the
+// proxy's safety.
+type Refusal uint8
+
+const (
+	NotRefused         Refusal = iota
+	RefusedPolicy              // the policy denied; Decision.Reason says why
+	RefusedPrivate             // every address of the destination is private
+	RefusedSelf                // the destination is fqdngate's own listener
+	RefusedSpoofed             // transparent: the original destination is not an address of the SNI/Host name
+	RefusedNoSNI               // transparent TLS without SNI, or with ECH
+	RefusedTLSVersion          // the client offers no TLS version the rule accepts
+	RefusedVerify              // the upstream certificate failed verification
+	RefusedPlainHTTP           // the rule requires verified TLS, and plain HTTP cannot be verified
+	RefusedResolve             // the name did not resolve
+	RefusedDial                // connecting upstream failed
+	RefusedDialTimeout         // connecting upstream timed out
+	RefusedBusy                // max_conns reached
+	RefusedBadRequest          // the request could not be parsed
+	RefusedAuth                // proxy credentials missing or wrong
+	RefusedNoPolicy            // no policy is loaded
+	RefusedOrigDst             // the original destination could not be read
+	RefusedProtocol            // transparent: neither TLS nor HTTP
+)
+
+var refusalText = [...]string{
+	"",
+	"denied by policy",
+	"destination resolves only to private addresses",
+	"destination is fqdngate itself",
+	"original destination is not an address of the requested name",
+	"TLS without server name",
+	"client offers no TLS version the rule accepts",
+	"upstream certificate verification failed",
+	"rule requires verified TLS; use CONNECT",
+	"destination name did not resolve",
+	"upstream connection failed",
+	"upstream connection timed out",
+	"too many connections",
+	"bad request",
+	"proxy authentication required",
+	"no policy loaded",
+	"original destination unknown",
+	"neither TLS nor HTTP",
+}
+
+func (r Refusal) String() string {
+	if int(r) < len(refusalText) {
+		return refusalText[r]
+	}
+	return "unknown"
+}
+
+// status is the HTTP status an explicit client sees for r.
+func (r Refusal) status() int {
+	switch r {
+	case RefusedVerify, RefusedResolve, RefusedDial:
+		return http.StatusBadGateway
+	case RefusedDialTimeout:
+		return http.StatusGatewayTimeout
+	case RefusedBusy, RefusedNoPolicy:
+		return http.StatusServiceUnavailable
+	case RefusedBadRequest:
+		return http.StatusBadRequest
+	case RefusedAuth:
+		return http.StatusProxyAuthRequired
+	}
+	return http.StatusForbidden
+}
+
+// refusalError carries a Refusal and the underlying detail.
+type refusalError struct {
+	r   Refusal
+	err error
+}
+
+func (e *refusalError) Error() string {
+	if e.err == nil {
+		return e.r.String()
+	}
+	return e.r.String() + ": " + e.err.Error()
+}
+
+func (e *refusalError) Unwrap() error { return e.err }
+
+func refuse(r Refusal, err error) *refusalError { return &refusalError{r, err} }
+
+// Listener names for the audit line.
+const (
+	explicitListener    = "explicit"
+	transparentListener = "transparent"
+)
+
+// connRecord accumulates what the one audit line of a connection says.
+type connRecord struct {
+	listener string
+	client   netip.AddrPort
+	user     string
+	target   Target
+	sni      string // transparent: the name the client sent
+	decision policy.Decision
+	refusal  Refusal
+	detail   string
+	dialled  netip.AddrPort
+	start    time.Time
+	up, down atomic.Int64
+}
+
+func (c *connRecord) fail(e *refusalError) {
+	c.refusal = e.r
+	if e.err != nil {
+		c.detail = e.err.Error()
+	}
+}
+
+// record writes c as its audit line and counts it. A connection the proxy
+// refused is a deny whatever the policy said; the rule stays on the line so
+// the reader sees which rule the refusal overrode.
+func (p *Proxy) record(ctx context.Context, c *connRecord) {
+	d := c.decision
+	if c.refusal != NotRefused && c.refusal != RefusedPolicy {
+		d.Action = policy.Deny
+	}
+	attrs := []slog.Attr{
+		slog.String("listener", c.listener),
+		slog.String("client", c.client.String()),
+	}
+	if c.user != "" {
+		attrs = append(attrs, slog.String("user", c.user))
+	}
+	if c.sni != "" {
+		attrs = append(attrs, slog.String("sni", c.sni))
+	}
+	if c.dialled.IsValid() {
+		attrs = append(attrs, slog.String("dialled", c.dialled.String()))
+	}
+	if c.refusal != NotRefused {
+		attrs = append(attrs, slog.String("refused", c.refusal.String()))
+	}
+	if c.detail != "" {
+		attrs = append(attrs, slog.String("error", c.detail))
+	}
+	attrs = append(attrs,
+		slog.Int64("bytes_up", c.up.Load()),
+		slog.Int64("bytes_down", c.down.Load()),
+		slog.Duration("duration", time.Since(c.start)),
+	)
+	p.cfg.Audit.Record(ctx, audit.Event{
+		Component: audit.Proxy,
+		Source:    c.client.Addr().Unmap(),
+		Name:      c.target.Host(),
+		Port:      c.target.Port,
+		Decision:  d,
+		Attrs:     attrs,
+	})
+	p.metrics.connection(c.listener, d, c.refusal)
+}
