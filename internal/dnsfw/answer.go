@@ -1,0 +1,250 @@
+package dnsfw
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/netaddr"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// maxChain bounds the CNAME chain followed from the question name. Real
+// chains are two or three long; the bound stops loops in hostile answers.
+const maxChain = 12
+
+// inspection is what inspecting one upstream answer for one client found.
+type inspection struct {
+	// addrs are the addresses left in the answer, each once, with the
+	// (capped) TTL of the record that carried it.
+	addrs []learnedAddr
+	// dropped counts addresses removed by rebinding protection;
+	// wouldDrop those audit mode let through that enforce mode would not.
+	dropped, wouldDrop int
+	// capped counts addresses removed because the answer held more than
+	// dns.max_learned_per_name.
+	capped int
+	// cname is the first name in the CNAME chain the policy does not allow
+	// this client, when dns.inspect_cname is on; cnameDec is its decision.
+	cname    string
+	cnameDec policy.Decision
+}
+
+type learnedAddr struct {
+	addr netip.Addr
+	ttl  uint32
+}
+
+func (in *inspection) reset() {
+	*in = inspection{addrs: in.addrs[:0]}
+}
+
+// inspect rewrites m, an upstream's answer to a question for qname that
+// the client src may ask, into what the client may see: only records of
+// the CNAME chain from qname, non-public addresses removed (rebinding
+// protection), ech removed from HTTPS/SVCB, TTLs at most dns.max_ttl. It
+// collects the addresses that remain into in. In audit mode nothing is
+// removed for security reasons; in notes what would have been. m is owned
+// by the caller and modified in place.
+//
+// A non-nil in.cname means the chain leaves the policy: the caller denies
+// the query and must not use m.
+func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *inspection) {
+	enforce := p.Mode == policy.Enforce
+
+	var chain [maxChain]string
+	chain[0] = qname
+	n := 1
+	for n < maxChain {
+		next := ""
+		for _, rr := range m.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && equalFoldASCII(c.Hdr.Name, chain[n-1]) {
+				next = c.Target
+				break
+			}
+		}
+		if next == "" {
+			break
+		}
+		chain[n] = next
+		n++
+	}
+	// src is invalid for the firewall's own lookups, which the caller
+	// decided on the name alone.
+	if p.DNS.InspectCNAME && src.IsValid() {
+		for _, name := range chain[1:n] {
+			d := p.Decide(policy.Query{Source: src, Name: name, AnyPort: true})
+			if d.Action != policy.Allow {
+				in.cname, in.cnameDec = name, d
+				if d.Action == policy.Deny {
+					return
+				}
+				break // audit mode: would deny; keep inspecting
+			}
+		}
+	}
+
+	maxTTL := durationTTL(p.DNS.MaxTTL)
+	out := m.Answer[:0]
+	for _, rr := range m.Answer {
+		h := rr.Header()
+		if !inChain(chain[:n], h.Name) {
+			// Records about other names could only smuggle addresses the
+			// client never asked for past the learned set.
+			continue
+		}
+		if h.Ttl > maxTTL {
+			h.Ttl = maxTTL
+		}
+		switch v := rr.(type) {
+		case *dns.A:
+			if !in.keep(p, enforce, ipAddr(v.A), h.Ttl) {
+				continue
+			}
+		case *dns.AAAA:
+			if !in.keep(p, enforce, ipAddr(v.AAAA), h.Ttl) {
+				continue
+			}
+		case *dns.HTTPS:
+			in.svcb(p, enforce, &v.SVCB)
+		case *dns.SVCB:
+			in.svcb(p, enforce, v)
+		}
+		out = append(out, rr)
+	}
+	clear(m.Answer[len(out):])
+	m.Answer = out
+	for _, rr := range m.Ns {
+		h := rr.Header()
+		if h.Ttl > maxTTL {
+			h.Ttl = maxTTL
+		}
+		if soa, ok := rr.(*dns.SOA); ok && soa.Minttl > maxTTL {
+			soa.Minttl = maxTTL // the negative TTL is min(TTL, Minttl)
+		}
+	}
+	// Glue and other additional records carry addresses nobody learns;
+	// the OPT record is the firewall's own, added when replying.
+	m.Extra = nil
+}
+
+// keep decides whether address a, in a record with ttl, stays in the
+// answer, and collects it if so.
+func (in *inspection) keep(p *policy.Policy, enforce bool, a netip.Addr, ttl uint32) bool {
+	if !a.IsValid() {
+		return false
+	}
+	if p.DNS.RebindingProtection && !netaddr.Classify(a).IsPublic() && !p.NamesAddr(a) {
+		if enforce {
+			in.dropped++
+			return false
+		}
+		in.wouldDrop++
+	}
+	for i := range in.addrs {
+		if in.addrs[i].addr == a {
+			in.addrs[i].ttl = max(in.addrs[i].ttl, ttl)
+			return true
+		}
+	}
+	if p.DNS.MaxLearnedPerName > 0 && len(in.addrs) >= p.DNS.MaxLearnedPerName {
+		in.capped++
+		return false
+	}
+	in.addrs = append(in.addrs, learnedAddr{a, ttl})
+	return true
+}
+
+// svcb inspects the parameters of an HTTPS or SVCB record: its address
+// hints are addresses the client may connect to, and ech hides from the
+// proxy the name a client connects to.
+func (in *inspection) svcb(p *policy.Policy, enforce bool, s *dns.SVCB) {
+	vals := s.Value[:0]
+	for _, kv := range s.Value {
+		switch v := kv.(type) {
+		case *dns.SVCBECHConfig:
+			if p.DNS.StripECH {
+				continue
+			}
+		case *dns.SVCBIPv4Hint:
+			if v.Hint = in.hints(p, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
+				continue
+			}
+		case *dns.SVCBIPv6Hint:
+			if v.Hint = in.hints(p, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
+				continue
+			}
+		}
+		vals = append(vals, kv)
+	}
+	clear(s.Value[len(vals):])
+	s.Value = vals
+}
+
+func (in *inspection) hints(p *policy.Policy, enforce bool, ips []net.IP, ttl uint32) []net.IP {
+	out := ips[:0]
+	for _, ip := range ips {
+		if in.keep(p, enforce, ipAddr(ip), ttl) {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+func ipAddr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
+func inChain(chain []string, name string) bool {
+	for _, c := range chain {
+		if equalFoldASCII(c, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// equalFoldASCII compares names the way DNS does: ASCII letters in any
+// case, every other byte exactly.
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// durationTTL converts d to a TTL in seconds, saturating.
+func durationTTL(d time.Duration) uint32 {
+	s := d / time.Second
+	if s < 0 {
+		return 0
+	}
+	if s > 1<<31-1 {
+		return 1<<31 - 1
+	}
+	return uint32(s)
+}
+
+// learnedExpiry is when an address seen with ttl stops being reachable:
+// the TTL clamped to the policy's bounds, plus grace for connections a
+// client opens just before its cached answer expires.
+func learnedExpiry(p *policy.Policy, now time.Time, ttl uint32) time.Time {
+	d := time.Duration(ttl) * time.Second
+	d = min(max(d, p.DNS.MinTTL), p.DNS.MaxTTL)
+	return now.Add(d + p.DNS.Grace)
+}

@@ -1,0 +1,152 @@
+// Package dnsfw is fqdngate's DNS firewall: it answers the queries the
+// policy allows by forwarding them upstream, refuses the rest, and publishes
+// the addresses in every allowed answer before the client sees it.
+//
+// One query, in order:
+//
+//	validate ─▶ rate limit ─▶ Decide(source, name) ─▶ record type ─▶ cache | upstream
+//	   ─▶ inspect answer (CNAME chain, rebinding, ECH, TTLs) ─▶ publish learned ─▶ reply ─▶ audit
+//
+// The policy is checked on every query before the cache is consulted, so a
+// cached answer never outlives the rule that allowed it, and a denied query
+// is never sent upstream.
+package dnsfw
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/dnscache"
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// Exchanger sends a query upstream and returns the answer and the upstream
+// that gave it. *resolver.Resolver is one.
+type Exchanger interface {
+	Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.Upstream, error)
+}
+
+// Config wires a Firewall. Policy and Exchanger are required.
+type Config struct {
+	// Policy returns the policy in force. It is called once per query, so
+	// a reload (an atomic swap behind this func) never splits one query
+	// between two policies.
+	Policy func() *policy.Policy
+	// Exchanger forwards allowed queries upstream.
+	Exchanger Exchanger
+	// Cache holds upstream answers while Policy().DNS.Cache is on. If nil,
+	// New makes a dnscache.Cache of Policy().DNS.CacheSize entries.
+	Cache Cache
+	// Publisher receives learned addresses before the client sees them. If
+	// nil, they go to an in-memory learn.Store (backend none), which
+	// Learned returns.
+	Publisher learn.Publisher
+	// Audit receives one decision per query. If nil, decisions are not
+	// logged (they are still counted in Metrics).
+	Audit *audit.Logger
+	// Logger receives operational messages (failures to publish, serve).
+	// If nil, they are discarded.
+	Logger *slog.Logger
+	// Metrics receive the firewall's series. If nil, New makes them and
+	// registers them with Registerer.
+	Metrics *Metrics
+	// Registerer is where New registers Metrics it makes. If nil, they are
+	// kept but not registered.
+	Registerer prometheus.Registerer
+	// IsBusy reports whether an Exchanger error means "too many queries in
+	// flight" (resolver.ErrBusy), which is answered REFUSED rather than
+	// SERVFAIL so clients back off rather than fail over. If nil, every
+	// error is SERVFAIL.
+	IsBusy func(error) bool
+	// PublishTimeout bounds one Publish; the client gets SERVFAIL when it
+	// runs out. If zero, 2s.
+	PublishTimeout time.Duration
+	// Now is the clock. If nil, time.Now.
+	Now func() time.Time
+}
+
+// Firewall is the DNS firewall. It is safe for concurrent use; one
+// Firewall may serve any number of sockets.
+type Firewall struct {
+	policy     func() *policy.Policy
+	exchanger  Exchanger
+	cache      Cache
+	publisher  learn.Publisher
+	store      *learn.Store // the publisher when Config.Publisher was nil
+	audit      *audit.Logger
+	log        *slog.Logger
+	metrics    *Metrics
+	isBusy     func(error) bool
+	pubTimeout time.Duration
+	now        func() time.Time
+	limiter    *limiter
+	bufs       bufPool
+}
+
+// New returns a Firewall for c.
+func New(c Config) (*Firewall, error) {
+	if c.Policy == nil {
+		return nil, errors.New("dnsfw: Config.Policy is nil; pass the daemon's current-policy func")
+	}
+	if c.Exchanger == nil {
+		return nil, errors.New("dnsfw: Config.Exchanger is nil; pass the resolver")
+	}
+	p := c.Policy()
+	if p == nil {
+		return nil, errors.New("dnsfw: Config.Policy returned nil; load a policy before starting the DNS firewall")
+	}
+	f := &Firewall{
+		policy:     c.Policy,
+		exchanger:  c.Exchanger,
+		cache:      c.Cache,
+		publisher:  c.Publisher,
+		audit:      c.Audit,
+		log:        c.Logger,
+		metrics:    c.Metrics,
+		isBusy:     c.IsBusy,
+		pubTimeout: c.PublishTimeout,
+		now:        c.Now,
+		limiter:    newLimiter(maxLimiters),
+	}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	if f.pubTimeout <= 0 {
+		f.pubTimeout = 2 * time.Second
+	}
+	if f.cache == nil {
+		f.cache = dnscache.New(dnscache.Config{MaxEntries: p.DNS.CacheSize, MaxTTL: p.DNS.MaxTTL, Now: f.now})
+	}
+	if f.publisher == nil {
+		f.store = learn.NewStore(learn.StoreConfig{MaxPerName: p.DNS.MaxLearnedPerName, Now: f.now})
+		f.publisher = f.store
+	}
+	if f.metrics == nil {
+		m, err := NewMetrics(c.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		f.metrics = m
+	}
+	if f.store != nil {
+		if err := f.metrics.watchStore(f.store); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// Learned returns the in-memory store learned addresses go to when
+// Config.Publisher is nil, for the admin endpoint's /v1/learned; nil when
+// another publisher receives them.
+func (f *Firewall) Learned() *learn.Store { return f.store }

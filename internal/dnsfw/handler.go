@@ -1,0 +1,465 @@
+package dnsfw
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/dnscache"
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// upstreamUDPSize is the EDNS0 buffer size asked of upstreams: the DNS
+// flag day 2020 value, which avoids IP fragmentation; larger answers come
+// over TCP (the resolver retries on TC).
+const upstreamUDPSize = 1232
+
+// Notes explain an outcome the policy's Reason does not: they go into the
+// audit line as dns_reason.
+const (
+	noteFormat     = "malformed query"
+	noteBadVers    = "unsupported EDNS version"
+	noteClass      = "query class is not IN"
+	noteRateLimit  = "client over dns.rate_limit"
+	noteQType      = "record type not in dns.qtypes"
+	noteBusy       = "upstream queries over dns.max_inflight"
+	noteUpstream   = "upstream failed"
+	noteRebinding  = "every address in the answer is non-public (rebinding protection)"
+	noteCNAME      = "CNAME target not allowed (inspect_cname): "
+	notePublish    = "publishing learned addresses failed"
+	noteWouldRebnd = "non-public addresses would be removed (rebinding protection)"
+)
+
+// handler serves one socket; ctx is the socket's Serve context.
+type handler struct {
+	f   *Firewall
+	ctx context.Context
+	tcp bool
+}
+
+func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	x := exchangePool.Get().(*exchange)
+	x.reset()
+	x.start = h.f.now()
+	x.src = remoteAddr(w)
+	x.tcp = h.tcp
+	h.f.serve(h.ctx, w, req, x)
+	exchangePool.Put(x)
+}
+
+// exchange is one query's state, pooled so a query allocates only what it
+// must.
+type exchange struct {
+	start    time.Time
+	src      netip.AddrPort
+	tcp      bool
+	decided  bool // dec is a policy decision
+	dec      policy.Decision
+	note     string
+	upstream string
+	cached   bool
+	in       inspection
+	attrs    []slog.Attr
+}
+
+var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
+
+func (x *exchange) reset() {
+	in, attrs := x.in, x.attrs
+	in.reset()
+	clear(attrs[:cap(attrs)])
+	*x = exchange{in: in, attrs: attrs[:0]}
+}
+
+func remoteAddr(w dns.ResponseWriter) netip.AddrPort {
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		return a.AddrPort()
+	case *net.TCPAddr:
+		return a.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(w.RemoteAddr().String())
+	return ap
+}
+
+// serve answers req, audits and counts it.
+func (f *Firewall) serve(ctx context.Context, w dns.ResponseWriter, req *dns.Msg, x *exchange) {
+	p := f.policy()
+	m := f.answer(ctx, p, req, x)
+	rcode := -1 // dropped
+	if m != nil {
+		rcode = f.write(w, req, m, x.tcp)
+	}
+	f.record(ctx, req, x, rcode, m)
+}
+
+// answer returns the reply to req, or nil to send none.
+func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x *exchange) *dns.Msg {
+	if len(req.Question) != 1 {
+		x.note = noteFormat
+		return reply(req, dns.RcodeFormatError)
+	}
+	if rc := checkEDNS(req); rc != dns.RcodeSuccess {
+		x.note = noteFormat
+		if rc == dns.RcodeBadVers {
+			x.note = noteBadVers
+		}
+		return reply(req, rc)
+	}
+	q := req.Question[0]
+	if q.Qclass != dns.ClassINET {
+		x.note = noteClass
+		return reply(req, dns.RcodeRefused)
+	}
+	if !f.limiter.allow(x.src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, x.start) {
+		x.note = noteRateLimit
+		f.metrics.refused.WithLabelValues("rate_limit").Inc()
+		return reply(req, dns.RcodeRefused)
+	}
+
+	x.dec = p.Decide(policy.Query{Source: x.src.Addr(), Name: q.Name, AnyPort: true})
+	x.decided = true
+	if x.dec.Action == policy.Deny {
+		return denyReply(p, req)
+	}
+	if !typeAllowed(p, q.Qtype) {
+		x.note = noteQType
+		if p.Mode == policy.Enforce {
+			x.dec = denied(x.dec)
+			return reply(req, dns.RcodeRefused)
+		}
+		x.dec.Action = policy.WouldDeny
+	}
+
+	opt := req.IsEdns0()
+	do := opt != nil && opt.Do()
+	m, err := f.resolve(ctx, p, req, do, x)
+	if err != nil {
+		if f.isBusy != nil && f.isBusy(err) {
+			x.note = noteBusy
+			f.metrics.refused.WithLabelValues("busy").Inc()
+			return reply(req, dns.RcodeRefused)
+		}
+		x.note = noteUpstream + ": " + err.Error()
+		return reply(req, dns.RcodeServerFailure)
+	}
+
+	inspect(p, x.src.Addr(), q.Name, m, &x.in)
+	if x.in.cname != "" {
+		x.note = noteCNAME + x.in.cname
+		if x.in.cnameDec.Action == policy.Deny {
+			x.dec = denied(x.dec)
+			return denyReply(p, req)
+		}
+		x.dec.Action = policy.WouldDeny
+	}
+	if x.in.dropped > 0 && len(x.in.addrs) == 0 {
+		x.note = noteRebinding
+		return reply(req, dns.RcodeServerFailure)
+	}
+	if x.in.wouldDrop > 0 && x.note == "" {
+		x.note = noteWouldRebnd
+	}
+	if x.in.capped > 0 {
+		f.metrics.capHits.Inc()
+	}
+	// Audit mode publishes too, for names a rule allows: turning
+	// enforcement on must not start from an empty learned set.
+	if x.dec.Rule != nil && len(x.in.addrs) > 0 {
+		if err := f.publish(ctx, p, q.Name, x); err != nil {
+			x.note = notePublish + ": " + err.Error()
+			f.metrics.publishFailures.Inc()
+			f.log.Warn("publishing learned addresses failed; answered SERVFAIL",
+				"name", q.Name, "error", err)
+			return reply(req, dns.RcodeServerFailure)
+		}
+	}
+
+	// m becomes the reply: the client's own header and question, the
+	// upstream's answer.
+	m.Id = req.Id
+	m.Opcode = dns.OpcodeQuery
+	m.Question = req.Question
+	m.Response = true
+	m.Authoritative = false
+	m.Truncated = false
+	m.RecursionDesired = req.RecursionDesired
+	m.RecursionAvailable = true
+	m.CheckingDisabled = req.CheckingDisabled
+	m.AuthenticatedData = m.AuthenticatedData && (do || req.AuthenticatedData)
+	m.Zero = false
+	return m
+}
+
+// resolve returns an answer to req's question that the caller owns: from
+// the cache, if the policy has it on and it holds one, else from upstream.
+func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, do bool, x *exchange) (*dns.Msg, error) {
+	var key dnscache.Key
+	useCache := p.DNS.Cache && f.cache != nil
+	if useCache {
+		key, _ = dnscache.KeyOf(req)
+		if m, ok := f.cache.Get(key); ok {
+			f.metrics.cacheHits.Inc()
+			x.cached = true
+			return m, nil
+		}
+		f.metrics.cacheMisses.Inc()
+	}
+	up := new(dns.Msg)
+	up.RecursionDesired = true
+	up.CheckingDisabled = req.CheckingDisabled
+	up.Question = req.Question
+	up.SetEdns0(upstreamUDPSize, do)
+	// The resolver bounds each attempt by dns.timeout and tries at most
+	// three upstreams; this bounds an Exchanger that does not.
+	ctx, cancel := context.WithTimeout(ctx, 3*p.DNS.Timeout)
+	m, u, err := f.exchanger.Exchange(ctx, up)
+	cancel()
+	if u.Addr.IsValid() {
+		x.upstream = u.String()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if useCache {
+		f.cache.Put(key, m) // copies m, which inspect is about to change
+	}
+	return m, nil
+}
+
+// publish hands the addresses in x to the publisher and waits until it
+// says they are enforceable.
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, x *exchange) error {
+	name, err := dnsname.Parse(qname)
+	if err != nil {
+		return err // Decide allowed it, so this does not happen
+	}
+	now := f.now()
+	// A fresh batch, not a pooled one: a Publisher may hold on to it.
+	batch := make([]learn.Entry, len(x.in.addrs))
+	for i, a := range x.in.addrs {
+		batch[i] = learn.Entry{
+			Name:    name,
+			Rule:    x.dec.Rule.Name,
+			Group:   x.dec.Group,
+			Addr:    a.addr,
+			Expires: learnedExpiry(p, now, a.ttl),
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.pubTimeout)
+	defer cancel()
+	return f.publisher.Publish(ctx, batch)
+}
+
+// write sends m to the client: with an OPT record if the query had one,
+// within the client's UDP size (else truncated, so it retries over TCP).
+// It returns the rcode sent.
+func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
+	size := dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		o.SetUDPSize(opt.UDPSize())
+		o.SetDo(opt.Do())
+		m.Extra = append(m.Extra, o)
+		size = max(size, int(opt.UDPSize()))
+	} else if m.Rcode > 0xF {
+		// An extended rcode cannot be said without OPT.
+		m.Rcode = dns.RcodeServerFailure
+	}
+	if tcp {
+		size = dns.MaxMsgSize
+	}
+	m.Truncate(size)
+	bp := f.bufs.get()
+	b, err := m.PackBuffer(*bp)
+	if err == nil {
+		_, err = w.Write(b)
+	}
+	f.bufs.put(bp)
+	if err != nil {
+		f.log.Debug("writing DNS reply", "client", w.RemoteAddr().String(), "error", err)
+	}
+	return m.Rcode
+}
+
+// record writes the query's audit line and counts it.
+func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode int, m *dns.Msg) {
+	action := "none"
+	if x.decided {
+		action = x.dec.Action.String()
+	}
+	var qtype uint16
+	if len(req.Question) == 1 {
+		qtype = req.Question[0].Qtype
+	}
+	f.metrics.countQuery(action, qtype, rcode)
+	if f.audit == nil || !x.decided {
+		// Only decisions are audited: a malformed or rate-limited flood
+		// must not become a flood of log lines. Metrics count them.
+		return
+	}
+	q := req.Question[0]
+	attrs := append(x.attrs[:0],
+		slog.String("transport", transport(x.tcp)),
+		slog.String("rcode", rcodeString(rcode)),
+		slog.String("answers", addrList(x.in.addrs, rcode)),
+		slog.String("upstream", upstreamLabel(x)),
+		slog.Duration("latency", f.now().Sub(x.start)),
+	)
+	if x.note != "" {
+		attrs = append(attrs, slog.String("dns_reason", x.note))
+	}
+	x.attrs = attrs
+	f.audit.Record(ctx, audit.Event{
+		Component: audit.DNS,
+		Source:    x.src.Addr(),
+		Name:      strings.TrimSuffix(q.Name, "."),
+		QType:     typeString(q.Qtype),
+		Decision:  x.dec,
+		Attrs:     attrs,
+	})
+}
+
+func upstreamLabel(x *exchange) string {
+	if x.cached {
+		return "cache"
+	}
+	return x.upstream
+}
+
+func addrList(addrs []learnedAddr, rcode int) string {
+	if rcode != dns.RcodeSuccess || len(addrs) == 0 {
+		return ""
+	}
+	var b []byte
+	for i, a := range addrs {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = a.addr.AppendTo(b)
+	}
+	return string(b)
+}
+
+func transport(tcp bool) string {
+	if tcp {
+		return "tcp"
+	}
+	return "udp"
+}
+
+func rcodeString(rc int) string {
+	if rc < 0 {
+		return "dropped"
+	}
+	if s, ok := dns.RcodeToString[rc]; ok {
+		return s
+	}
+	return "RCODE" + itoa(rc)
+}
+
+func typeString(t uint16) string {
+	if s, ok := dns.TypeToString[t]; ok {
+		return s
+	}
+	return "TYPE" + itoa(int(t))
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return string(b[i:])
+}
+
+// checkEDNS returns the rcode for req's EDNS: FORMERR for more than one OPT
+// record, BADVERS for a version other than 0 (RFC 6891 6.1.1, 6.1.3).
+func checkEDNS(req *dns.Msg) int {
+	var opt *dns.OPT
+	for _, rr := range req.Extra {
+		if o, ok := rr.(*dns.OPT); ok {
+			if opt != nil {
+				return dns.RcodeFormatError
+			}
+			opt = o
+		}
+	}
+	if opt != nil && opt.Version() != 0 {
+		return dns.RcodeBadVers
+	}
+	return dns.RcodeSuccess
+}
+
+func typeAllowed(p *policy.Policy, t uint16) bool {
+	for _, a := range p.DNS.QTypes {
+		if a == t {
+			return true
+		}
+	}
+	return false
+}
+
+// denied turns an allowing decision into a denial the firewall made on
+// top of the policy (record type, CNAME target). The rule is kept as the
+// near miss: it named the destination, and the audit line says so.
+func denied(d policy.Decision) policy.Decision {
+	return policy.Decision{Action: policy.Deny, Reason: d.Reason, Pattern: d.Pattern, Group: d.Group, NearRule: d.Rule}
+}
+
+// denyReply answers a denied query as dns.deny_with says; nil means drop.
+func denyReply(p *policy.Policy, req *dns.Msg) *dns.Msg {
+	switch p.DNS.DenyWith {
+	case policy.DenyRefused:
+		return reply(req, dns.RcodeRefused)
+	case policy.DenyDrop:
+		return nil
+	}
+	return reply(req, dns.RcodeNameError)
+}
+
+// reply returns an empty reply to req with rcode.
+func reply(req *dns.Msg, rcode int) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = req.Id
+	m.Response = true
+	m.Opcode = req.Opcode
+	m.RecursionDesired = req.RecursionDesired
+	m.RecursionAvailable = true
+	m.CheckingDisabled = req.CheckingDisabled
+	m.Rcode = rcode
+	m.Question = req.Question
+	return m
+}
+
+// maxPooledBuf bounds the pack buffers kept for reuse; TCP answers can be
+// 64 KiB, and one such answer should not pin that much per pooled buffer.
+const maxPooledBuf = 4096
+
+type bufPool struct{ p sync.Pool }
+
+func (b *bufPool) get() *[]byte {
+	if bp, ok := b.p.Get().(*[]byte); ok {
+		return bp
+	}
+	// PackBuffer needs the length, not just the capacity.
+	buf := make([]byte, maxPooledBuf)
+	return &buf
+}
+
+func (b *bufPool) put(bp *[]byte) { b.p.Put(bp) }
