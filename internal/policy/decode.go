@@ -15,9 +15,41 @@ import (
 type decoder struct {
 	file string
 	errs ErrorList
+	// aliasBudget bounds the work YAML aliases can cause: each expansion
+	// costs the size of what it expands, so a small file of aliases of
+	// aliases cannot make the loader walk billions of nodes.
+	aliasBudget int
+	truncated   bool // more than maxErrors problems were found
+}
+
+// maxErrors bounds an ErrorList: past a hundred, more messages help nobody
+// and a generated or hostile file could otherwise produce millions.
+const maxErrors = 100
+
+const maxAliasWork = 1_000_000
+
+// deref follows an alias (*name) to the node its anchor (&name) labels.
+// On an exhausted budget it reports once and returns a null node, which
+// every decoder treats as absent.
+func (d *decoder) deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		d.aliasBudget += 1 + len(n.Alias.Content)
+		if d.aliasBudget > maxAliasWork {
+			if d.aliasBudget-1-len(n.Alias.Content) <= maxAliasWork {
+				d.errorf(n, "YAML aliases expand to too much; write the values out")
+			}
+			return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null"}
+		}
+		n = n.Alias
+	}
+	return n
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
+	if len(d.errs) >= maxErrors {
+		d.truncated = true
+		return
+	}
 	e := &Error{File: d.file, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Col = n.Line, n.Column
@@ -34,6 +66,7 @@ type field struct {
 // mapping decodes n as a mapping with exactly the given keys: unknown and
 // repeated keys are errors; path names the mapping in messages.
 func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
+	n = d.deref(n)
 	if n.Kind != yaml.MappingNode {
 		if isNull(n) {
 			return
@@ -57,7 +90,9 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 				known[j] = f.key
 			}
 			msg := fmt.Sprintf("unknown key %q in %s", k.Value, pathOr(path))
-			if s := suggest(k.Value, known); s != "" {
+			if k.Value == "<<" {
+				msg = "YAML merge keys (<<) are not supported in " + pathOr(path) + "; write the keys out"
+			} else if s := suggest(k.Value, known); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
 			} else {
 				msg += "; valid keys are " + strings.Join(known, ", ")
@@ -74,6 +109,18 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 	}
 }
 
+// result returns the problems found, in file order, or nil.
+func (d *decoder) result() ErrorList {
+	if len(d.errs) == 0 {
+		return nil
+	}
+	d.errs.sort()
+	if d.truncated {
+		d.errs = append(d.errs, &Error{File: d.file, Msg: fmt.Sprintf("too many errors; fix these %d and run fqdngate check again", maxErrors)})
+	}
+	return d.errs
+}
+
 func pathOr(p string) string {
 	if p == "" {
 		return "the policy"
@@ -84,6 +131,7 @@ func pathOr(p string) string {
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
 func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
+	n = d.deref(n)
 	if n.Kind != yaml.ScalarNode {
 		d.errorf(n, "%s must be a single value, not a list or mapping", path)
 		return "", false
@@ -93,7 +141,7 @@ func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
 
 func (d *decoder) str(dst *string, path string) func(*yaml.Node) {
 	return func(n *yaml.Node) {
-		if isNull(n) {
+		if isNull(d.deref(n)) {
 			*dst = ""
 			return
 		}
@@ -176,6 +224,7 @@ func (d *decoder) float(dst *float64, path string) func(*yaml.Node) {
 // list calls each for every item of a sequence; a single scalar is taken as
 // a list of one, since that is what a person writing `to: example.com` means.
 func (d *decoder) list(n *yaml.Node, path string, each func(*yaml.Node)) {
+	n = d.deref(n)
 	switch n.Kind {
 	case yaml.SequenceNode:
 		for _, it := range n.Content {
@@ -203,7 +252,7 @@ func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func
 		*dst = nil
 		d.list(n, path, func(it *yaml.Node) {
 			if s, ok := d.scalar(it, path+" item"); ok {
-				*dst = append(*dst, positioned{s, it})
+				*dst = append(*dst, positioned{s, d.deref(it)})
 			}
 		})
 	}

@@ -34,6 +34,10 @@ func Load(path string) (*Policy, error) {
 // ResolvConf is where omitted dns.upstreams come from.
 const ResolvConf = "/etc/resolv.conf"
 
+// resolvConf is ResolvConf, replaced by tests so results do not depend on
+// the machine running them.
+var resolvConf = ResolvConf
+
 // Defaults, documented in docs/policy.md.
 func defaults(file string) *Policy {
 	return &Policy{
@@ -107,7 +111,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 	}
 	p := defaults(file)
 	d := &decoder{file: file}
-	if len(root.Content) == 0 {
+	if len(root.Content) == 0 || isNull(root.Content[0]) {
 		return nil, ErrorList{{File: file, Msg: "the policy is empty; start from examples/quickstart.yaml"}}
 	}
 	var (
@@ -256,10 +260,10 @@ func Parse(file string, data []byte) (*Policy, error) {
 			p.DNS.Upstreams = append(p.DNS.Upstreams, up)
 		}
 		if len(upstreams) == 0 {
-			d.errorf(upNode, "dns.upstreams is empty; list resolvers like 192.0.2.53:53, or omit the key to use %s", ResolvConf)
+			d.errorf(upNode, "dns.upstreams is empty; list resolvers like 192.0.2.53:53, or omit the key to use %s", resolvConf)
 		}
 	} else if p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "" {
-		ups, err := upstreamsFromResolvConf(ResolvConf, p.Listen.DNS)
+		ups, err := upstreamsFromResolvConf(resolvConf, p.Listen.DNS)
 		if err != nil {
 			d.errorf(nil, "dns.upstreams is not set and %v; list upstreams explicitly", err)
 		}
@@ -273,7 +277,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		}
 		for _, g := range u.groups {
 			if _, ok := p.Sources[g.v]; !ok {
-				d.errorf(g.n, "users.%s: source group %q is not defined under sources", name, g.v)
+				d.errorf(g.n, "users.%s: source group %q is not defined under sources; %s", name, g.v, defineGroupHint(g.v, p))
 				continue
 			}
 			usr.Groups = append(usr.Groups, g.v)
@@ -286,22 +290,25 @@ func Parse(file string, data []byte) (*Policy, error) {
 		if w == nil {
 			continue
 		}
+		// Checked before compiling, so a duplicate is reported even when
+		// either rule has other problems.
+		dup := false
+		if prev, ok := ruleNames[w.name.v]; ok {
+			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev.Line)
+			dup = true
+		} else {
+			ruleNames[w.name.v] = w.name.n
+		}
 		r := d.compileRule(w, p)
-		if r == nil {
+		if r == nil || dup {
 			continue
 		}
-		if prev, dup := ruleNames[r.Name]; dup {
-			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique", r.Name, prev.Line)
-			continue
-		}
-		ruleNames[r.Name] = w.name.n
 		r.Index = len(p.Rules)
 		p.Rules = append(p.Rules, r)
 	}
 
-	if len(d.errs) > 0 {
-		d.errs.sort()
-		return nil, d.errs
+	if errs := d.result(); errs != nil {
+		return nil, errs
 	}
 	p.groupOrder = sortedKeys(p.Sources)
 	p.idx = buildIndex(p.Rules)
@@ -346,6 +353,7 @@ func (d *decoder) addr(dst *string, path string) func(*yaml.Node) {
 }
 
 func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) {
+	n = d.deref(n)
 	if n.Kind != yaml.MappingNode {
 		if !isNull(n) {
 			d.errorf(n, "sources must map group names to lists of addresses")
@@ -363,8 +371,10 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) 
 			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
 		}
 		var pfx []netip.Prefix
+		items := 0
 		path := "sources." + k.Value
 		d.list(v, path, func(it *yaml.Node) {
+			items++
 			s, ok := d.scalar(it, path+" item")
 			if !ok {
 				return
@@ -375,14 +385,15 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) 
 				pfx = append(pfx, pp)
 			}
 		})
-		if len(pfx) == 0 {
-			d.errorf(k, "source group %q has no addresses", k.Value)
+		if items == 0 {
+			d.errorf(k, "source group %q has no addresses; list CIDRs or addresses, or remove the group", k.Value)
 		}
 		p.Sources[k.Value] = pfx
 	}
 }
 
 func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
+	n = d.deref(n)
 	if n.Kind != yaml.MappingNode {
 		if !isNull(n) {
 			d.errorf(n, "users must map user names to {hash, groups}")
@@ -406,18 +417,21 @@ func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
 }
 
 func (d *decoder) rule(n *yaml.Node) *wireRule {
+	n = d.deref(n)
 	w := &wireRule{node: n}
-	var nameSet bool
-	var names []positioned
 	d.mapping(n, "rule",
-		field{"name", d.positionedList(&names, &nameSet, "rule name")},
+		field{"name", func(v *yaml.Node) {
+			if s, ok := d.scalar(v, "rule name"); ok && !isNull(d.deref(v)) {
+				w.name = positioned{s, d.deref(v)}
+			}
+		}},
 		field{"from", d.positionedList(&w.from, &w.fromSet, "from")},
 		field{"to", d.positionedList(&w.to, &w.toSet, "to")},
 		field{"ports", d.positionedList(&w.ports, &w.portsSet, "ports")},
-		field{"refresh", func(v *yaml.Node) { w.refreshNode = v; d.duration(&w.refresh, "refresh")(v) }},
+		field{"refresh", func(v *yaml.Node) { w.refreshNode = d.deref(v); d.duration(&w.refresh, "refresh")(v) }},
 		field{"allow_public_suffix", d.boolean(&w.allowPublicSuffix, "allow_public_suffix")},
 		field{"tls", func(v *yaml.Node) {
-			t := &wireTLS{node: v}
+			t := &wireTLS{node: d.deref(v)}
 			d.mapping(v, "tls",
 				field{"verify", d.boolean(&t.verify, "tls.verify")},
 				field{"pins", d.positionedList(&t.pins, &t.pinsSet, "tls.pins")},
@@ -428,13 +442,15 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 		}},
 	)
 	if n.Kind != yaml.MappingNode {
+		if isNull(n) {
+			d.errorf(n, "rules has an empty item; remove the lone '-'")
+		}
 		return nil
 	}
-	if len(names) != 1 || names[0].v == "" {
+	if w.name.n == nil || w.name.v == "" {
 		d.errorf(n, "rule has no name; give it one, like name: bank-api (names appear in the audit log)")
 		return nil
 	}
-	w.name = names[0]
 	return w
 }
 
@@ -454,7 +470,7 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		for _, g := range w.from {
 			pfx, defined := p.Sources[g.v]
 			if !defined {
-				d.errorf(g.n, "rule %q: source group %q is not defined under sources", r.Name, g.v)
+				d.errorf(g.n, "rule %q: source group %q is not defined under sources; %s", r.Name, g.v, defineGroupHint(g.v, p))
 				ok = false
 				continue
 			}
@@ -467,6 +483,11 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		ok = false
 	}
 	for _, t := range w.to {
+		if hint := targetHint(t.v); hint != "" {
+			d.errorf(t.n, "rule %q: %q %s", r.Name, t.v, hint)
+			ok = false
+			continue
+		}
 		if pfx, err := parsePrefix(t.v); err == nil {
 			r.Prefixes = append(r.Prefixes, pfx)
 			continue
@@ -484,8 +505,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		if pat.Kind != Exact && !w.allowPublicSuffix {
 			if ps, icann := publicsuffix.PublicSuffix(string(pat.Base)); ps == string(pat.Base) {
 				kind := "a public suffix"
-				if !icann {
+				if !icann && strings.Contains(ps, ".") {
 					kind = "a shared hosting suffix"
+				} else if !icann {
+					kind = "a top-level domain"
 				}
 				d.errorf(t.n, "rule %q: %q opens every tenant of %s, %s; name the subdomain you need, or add allow_public_suffix: true if you mean it", r.Name, t.v, pat.Base, kind)
 				ok = false
@@ -554,6 +577,40 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	return r
 }
 
+// defineGroupHint says how to fix a reference to an undefined group.
+func defineGroupHint(g string, p *Policy) string {
+	if s := suggest(g, sortedKeys(p.Sources)); s != "" {
+		return fmt.Sprintf("did you mean %q?", s)
+	}
+	return fmt.Sprintf("define it, like sources: {%s: [10.0.0.0/24]}", g)
+}
+
+// targetHint recognises targets written as URLs or host:port, which people
+// paste from elsewhere, and says what to write instead.
+func targetHint(s string) string {
+	if i := strings.Index(s, "://"); i >= 0 {
+		host := s[i+3:]
+		if j := strings.IndexAny(host, "/:"); j >= 0 {
+			host = host[:j]
+		}
+		return fmt.Sprintf("is a URL; write the host name only (%s) and put ports under ports", host)
+	}
+	// One colon followed by digits: IPv6 addresses have at least two.
+	if host, port, ok := strings.Cut(s, ":"); ok && host != "" && isDigits(port) {
+		return fmt.Sprintf("has a port; write the host (%s) under to and the port (%s) under ports", host, port)
+	}
+	return ""
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
 func looksNumeric(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; !(c >= '0' && c <= '9' || c == '.' || c == ':') {
@@ -581,7 +638,7 @@ func ParsePattern(s string) (Pattern, error) {
 	}
 	n, err := dnsname.Parse(rest)
 	if err != nil {
-		return Pattern{}, fmt.Errorf("%q is not a valid name pattern: %v", s, err)
+		return Pattern{}, fmt.Errorf("%q is not a valid name pattern: %v; write a host name like api.example.com, optionally with a *., **. or . prefix", s, err)
 	}
 	if pat.Kind != Exact && n.Labels() < 1 {
 		return Pattern{}, fmt.Errorf("%q has no base name after the wildcard", s)
@@ -614,8 +671,11 @@ func ParsePortRange(s string) (PortRange, error) {
 	if err1 != nil || err2 != nil {
 		return pr, fmt.Errorf("port %q is not a port, a range like 8000-8100, or either with /tcp or /udp", s)
 	}
-	if l < 1 || h > 65535 || l > h {
-		return pr, fmt.Errorf("port %q is out of range; ports run from 1 to 65535, low before high", s)
+	if l < 1 || h > 65535 {
+		return pr, fmt.Errorf("port %q is out of range; ports run from 1 to 65535", s)
+	}
+	if l > h {
+		return pr, fmt.Errorf("port range %q runs backwards; write the low port first, like %d-%d", s, h, l)
 	}
 	pr.Lo, pr.Hi = uint16(l), uint16(h)
 	return pr, nil
@@ -709,7 +769,9 @@ func upstreamsFromResolvConf(path, self string) ([]Upstream, error) {
 			continue
 		}
 		ap := netip.AddrPortFrom(a.WithZone(""), 53)
-		if ap == selfAP || (selfAP.Port() == 53 && selfAP.Addr().IsUnspecified()) {
+		// Listening on the wildcard address on port 53, fqdngate is every
+		// local resolver; a remote nameserver is still a real upstream.
+		if ap == selfAP || (selfAP.Port() == 53 && selfAP.Addr().IsUnspecified() && ap.Addr().IsLoopback()) {
 			continue
 		}
 		out = append(out, Upstream{Addr: ap})

@@ -187,6 +187,20 @@ const (
 	ApexAndAny                    // .example.com: the apex and every subdomain (Squid spelling)
 )
 
+func (k PatternKind) String() string {
+	switch k {
+	case Exact:
+		return "exact"
+	case OneLabel:
+		return "one-label"
+	case AnyLabels:
+		return "any-labels"
+	case ApexAndAny:
+		return "apex-and-any"
+	}
+	return "unknown"
+}
+
 // Pattern is a compiled name pattern.
 type Pattern struct {
 	Kind PatternKind
