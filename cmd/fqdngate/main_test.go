@@ -28,7 +28,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "fqdngate")
-	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	// Built as released: static, without cgo (which capability dropping
+	// across all threads needs).
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building fqdngate: %v\n%s", err, out)
 		os.Exit(1)
@@ -325,5 +329,48 @@ func TestRunRejectsBrokenPolicy(t *testing.T) {
 	_, errOut, code := runCLI(t, "run", "-c", p)
 	if code != 1 || !strings.Contains(errOut, "has no targets") {
 		t.Errorf("got exit %d, stderr %q; want exit 1 naming the problem", code, errOut)
+	}
+}
+
+// TestDropsCapabilities runs fqdngate as root and reads its capability sets
+// from /proc: after start only CAP_NET_BIND_SERVICE may remain (the policy
+// has no nftables backend).
+func TestDropsCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI runs as root; this test must run there")
+		}
+		t.Skip("needs root: checks that fqdngate drops root's capabilities")
+	}
+	p := writePolicy(t, t.TempDir(), policyV1)
+	d := startDaemon(t, p)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.logs(), "dropped capabilities") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 'dropped capabilities' line; stderr:\n%s", d.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"CapEff": "0000000000000400", "CapPrm": "0000000000000400", "CapBnd": "0000000000000400", "CapAmb": "0000000000000000", "NoNewPrivs": "1"}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		if w, ok := want[k]; ok && strings.TrimSpace(v) != w {
+			t.Errorf("%s: got %s, want %s", k, strings.TrimSpace(v), w)
+		}
+	}
+	// Every thread, not only the main one.
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", d.cmd.Process.Pid))
+	for _, task := range tasks {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", d.cmd.Process.Pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		if !strings.Contains(string(st), "CapEff:\t0000000000000400") {
+			t.Errorf("thread %s kept other capabilities", task.Name())
+		}
 	}
 }

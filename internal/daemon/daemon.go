@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/caps"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -39,6 +40,10 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Ready, if not nil, is closed once every configured listener serves.
 	Ready chan<- struct{}
+	// DropCapabilities keeps only the capabilities fqdngate needs once its
+	// sockets and netlink handles are open. The command sets it; tests that
+	// run the daemon in-process must not.
+	DropCapabilities bool
 }
 
 // Daemon is a running fqdngate.
@@ -119,6 +124,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		d.stopAll()
 		return err
+	}
+	if opts.DropCapabilities {
+		d.dropCapabilities(p)
 	}
 	d.log.Info("policy loaded", "file", p.File, "rules", len(p.Rules), "mode", p.Mode.String(), "firewall", p.Firewall.Backend.String())
 	if opts.Ready != nil {
@@ -289,4 +297,20 @@ func (d *Daemon) ready() error {
 		return fmt.Errorf("listeners not serving: %s", strings.Join(down, ", "))
 	}
 	return nil
+}
+
+// dropCapabilities keeps CAP_NET_BIND_SERVICE (a reload may move a listener
+// to port 53) and, with the nftables backend, CAP_NET_ADMIN.
+func (d *Daemon) dropCapabilities(p *policy.Policy) {
+	keep := []int{caps.NetBindService}
+	names := "CAP_NET_BIND_SERVICE"
+	if p.Firewall.Backend == policy.BackendNftables {
+		keep = append(keep, caps.NetAdmin)
+		names += ", CAP_NET_ADMIN"
+	}
+	if err := caps.Keep(keep...); err != nil {
+		d.log.Warn("could not drop capabilities; run fqdngate under the systemd unit or as a non-root user to limit them", "err", err)
+		return
+	}
+	d.log.Info("dropped capabilities", "kept", names)
 }
