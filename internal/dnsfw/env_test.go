@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/learn"
@@ -29,15 +31,13 @@ const (
 	stranger = "127.0.0.4" // no group: only rules without from
 )
 
-// testPolicy is the policy the tests start from; UPSTREAM becomes the fake
+// testPolicy is the policy the tests start from (with the defaults min_ttl
+// 30s, max_ttl 1h, grace 10m, cache on); UPSTREAM becomes the fake
 // upstream's address, DNS and RULES extra lines under dns: and rules:.
 const testPolicy = `
 mode: MODE
 dns:
   upstreams: [UPSTREAM]
-  min_ttl: 30s
-  max_ttl: 1h
-  grace: 10m
   rate_limit: 0
 DNS
 sources:
@@ -277,4 +277,14 @@ func zone(extra ...dns.RR) dns.HandlerFunc {
 		dnstest.SOA("bank.example", 3600, 60),
 	}
 	return dnstest.Zone(append(rrs, extra...)...)
+}
+
+// testCounter returns the value of counter c.
+func testCounter(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
