@@ -85,6 +85,8 @@ func startProxy(t testing.TB, yaml string, res Resolver, mod ...func(*Config)) *
 		Policy:   func() *policy.Policy { return pol },
 		Resolver: res,
 		Audit:    audit.New(buf, "json", nil),
+		// Clients in tests keep idle tunnels open; do not wait 30s for them.
+		DrainTimeout: 2 * time.Second,
 	}
 	for _, m := range mod {
 		m(&cfg)
