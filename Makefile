@@ -1,0 +1,14 @@
+# Conveniences; the README's commands need nothing but Go.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build test check
+build: ## one static binary, ./fqdngate
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o fqdngate ./cmd/fqdngate
+
+test: ## the whole suite, as in the README and CI
+	go test -race -count=1 ./...
+
+check: ## what CI checks before the tests
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	go vet ./...
+	staticcheck ./...
