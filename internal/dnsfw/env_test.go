@@ -32,13 +32,13 @@ const (
 )
 
 // testPolicy is the policy the tests start from (with the defaults min_ttl
-// 30s, max_ttl 1h, grace 10m, cache on); UPSTREAM becomes the fake
+// 30s, max_ttl 1h, grace 10m, cache on, rate_limit 1000/s with bursts of
+// 2000); UPSTREAM becomes the fake
 // upstream's address, DNS and RULES extra lines under dns: and rules:.
 const testPolicy = `
 mode: MODE
 dns:
   upstreams: [UPSTREAM]
-  rate_limit: 0
 DNS
 sources:
   payments: [127.0.0.2/32]
