@@ -124,6 +124,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		groupNodes                          = map[string]*yaml.Node{}
 		modeNode, dwNode, beNode, hkNode    *yaml.Node
 		tableNode, fmtNode, ttlNode, toNode *yaml.Node
+		minTTLNode                          *yaml.Node
 	)
 	d.mapping(root.Content[0], "",
 		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
@@ -140,7 +141,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"upstreams", func(n *yaml.Node) { upNode = n; d.positionedList(&upstreams, &upSet, "dns.upstreams")(n) }},
 				field{"deny_with", func(n *yaml.Node) { dwNode = n; d.str(&denyWith, "dns.deny_with")(n) }},
 				field{"qtypes", func(n *yaml.Node) { qtNode = n; d.positionedList(&qtypes, &qtSet, "dns.qtypes")(n) }},
-				field{"min_ttl", d.duration(&p.DNS.MinTTL, "dns.min_ttl")},
+				field{"min_ttl", func(n *yaml.Node) { minTTLNode = n; d.duration(&p.DNS.MinTTL, "dns.min_ttl")(n) }},
 				field{"max_ttl", func(n *yaml.Node) { ttlNode = n; d.duration(&p.DNS.MaxTTL, "dns.max_ttl")(n) }},
 				field{"grace", d.duration(&p.DNS.Grace, "dns.grace")},
 				field{"rebinding_protection", d.boolean(&p.DNS.RebindingProtection, "dns.rebinding_protection")},
@@ -231,6 +232,9 @@ func Parse(file string, data []byte) (*Policy, error) {
 		p.Firewall.TransparentPorts = append(p.Firewall.TransparentPorts, uint16(v))
 	}
 	if p.DNS.MinTTL > p.DNS.MaxTTL {
+		if ttlNode == nil {
+			ttlNode = minTTLNode // only min_ttl was set, above the default max_ttl
+		}
 		d.errorf(ttlNode, "dns.min_ttl (%v) is longer than dns.max_ttl (%v); lower min_ttl or raise max_ttl", p.DNS.MinTTL, p.DNS.MaxTTL)
 	}
 	if p.DNS.Timeout == 0 {

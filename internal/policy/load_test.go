@@ -86,6 +86,7 @@ var errorCases = []errorCase{
 	{"integer not a number", "proxy:\n  max_conns: lots\n", 2, 14, []string{"proxy.max_conns must be a whole number"}},
 	{"negative rate", "dns:\n  rate_limit: -1\n", 2, 15, []string{"dns.rate_limit must be a number of at least 0"}},
 	{"min_ttl over max_ttl", "dns:\n  min_ttl: 2h\n  max_ttl: 1h\n", 3, 12, []string{"dns.min_ttl (2h0m0s) is longer than dns.max_ttl (1h0m0s)", "lower min_ttl or raise max_ttl"}},
+	{"min_ttl over default max_ttl", "dns:\n  min_ttl: 2h\n", 2, 12, []string{"dns.min_ttl (2h0m0s) is longer than dns.max_ttl (1h0m0s)"}},
 	{"zero timeout", "dns:\n  timeout: 0s\n", 2, 12, []string{"dns.timeout must be longer than 0s"}},
 	{"bad deny_with", "dns:\n  deny_with: servfail\n", 2, 14, []string{"dns.deny_with must be nxdomain, refused or drop"}},
 	{"empty qtypes", "dns:\n  qtypes: []\n", 2, 11, []string{"dns.qtypes is empty", "list at least A and AAAA"}},

@@ -1,0 +1,145 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// benchRules is the rule count for the matcher and loader benchmarks.
+const benchRules = 100_000
+
+// benchPolicyYAML generates a policy of n rules: a third exact names, a
+// third *. wildcards, a third **. wildcards, spread over 101 second-level
+// domains; every fourth rule is limited to one of 20 source groups and
+// every fifth has ports other than the default.
+func benchPolicyYAML(n int) []byte {
+	var b strings.Builder
+	b.WriteString("dns: {upstreams: [192.0.2.53]}\nsources:\n")
+	for g := range 20 {
+		fmt.Fprintf(&b, "  g%d: [10.%d.0.0/16]\n", g, g)
+	}
+	b.WriteString("rules:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - name: r%d\n    to: [%q]\n", i, benchTarget(i))
+		if i%4 == 0 {
+			fmt.Fprintf(&b, "    from: [g%d]\n", i%20)
+		}
+		if i%5 == 0 {
+			b.WriteString("    ports: [80, 443, 8000-8100]\n")
+		}
+	}
+	return []byte(b.String())
+}
+
+func benchTarget(i int) string {
+	switch i % 3 {
+	case 0:
+		return fmt.Sprintf("host%d.svc%d.example%d.com", i, i%997, i%101)
+	case 1:
+		return fmt.Sprintf("*.w%d.example%d.com", i, i%101)
+	}
+	return fmt.Sprintf("**.d%d.example%d.com", i, i%101)
+}
+
+var benchPolicy = sync.OnceValues(func() (*Policy, error) {
+	return Parse("bench.yaml", benchPolicyYAML(benchRules))
+})
+
+// benchQueries returns 1024 queries of one kind, so a benchmark does not
+// measure one cached path; every want is checked before timing starts.
+func benchQueries(b *testing.B, kind string) []Query {
+	p, err := benchPolicy()
+	if err != nil {
+		b.Fatal(err)
+	}
+	src := netip.MustParseAddr("192.168.1.1") // in no group
+	var qs []Query
+	for i := 0; len(qs) < 1024; i++ {
+		j := (i * 7919) % benchRules // spread over the whole file
+		if j%4 == 0 {
+			continue // rules with from would not match src
+		}
+		var name string
+		want := Allow
+		switch kind {
+		case "exact-hit":
+			if j%3 != 0 {
+				continue
+			}
+			name = benchTarget(j)
+		case "one-label-hit":
+			if j%3 != 1 {
+				continue
+			}
+			name = "api" + strings.TrimPrefix(benchTarget(j), "*")
+		case "any-labels-hit":
+			if j%3 != 2 {
+				continue
+			}
+			name = "a.b.c" + strings.TrimPrefix(benchTarget(j), "**")
+		case "miss":
+			name = fmt.Sprintf("nothing%d.example%d.com", j, j%101)
+			want = Deny
+		case "deep-miss":
+			// Shares a long suffix with an exact rule, so the walk goes deep.
+			if j%3 != 0 {
+				continue
+			}
+			name = "x.y." + benchTarget(j)
+			want = Deny
+		default:
+			b.Fatalf("unknown kind %q", kind)
+		}
+		q := Query{Source: src, Name: name, Port: 443, Proto: TCP}
+		if d := p.Decide(q); d.Action != want {
+			b.Fatalf("%s: Decide(%s) = %v (%v), want %v", kind, name, d.Action, d.Reason, want)
+		}
+		qs = append(qs, q)
+	}
+	return qs
+}
+
+// BenchmarkDecide measures Decide against 100,000 rules. Run with:
+//
+//	go test -run '^$' -bench . -benchmem -count 5 ./internal/policy/
+func BenchmarkDecide(b *testing.B) {
+	for _, kind := range []string{"exact-hit", "one-label-hit", "any-labels-hit", "miss", "deep-miss"} {
+		b.Run(kind, func(b *testing.B) {
+			p, _ := benchPolicy()
+			qs := benchQueries(b, kind)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				p.Decide(qs[i&1023])
+				i++
+			}
+		})
+	}
+	b.Run("group-hit", func(b *testing.B) {
+		p, _ := benchPolicy()
+		// Rule 12 is exact (12%3 == 0), limited to g12 (12%4 == 0).
+		q := Query{Source: netip.MustParseAddr("10.12.1.1"), Name: benchTarget(12), Port: 443, Proto: TCP}
+		if d := p.Decide(q); d.Action != Allow {
+			b.Fatalf("Decide(%s) = %v (%v), want allow", q.Name, d.Action, d.Reason)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			p.Decide(q)
+		}
+	})
+}
+
+// BenchmarkParse measures a reload: parsing and compiling 100,000 rules.
+func BenchmarkParse(b *testing.B) {
+	data := benchPolicyYAML(benchRules)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := Parse("bench.yaml", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

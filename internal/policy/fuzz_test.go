@@ -1,0 +1,249 @@
+package policy
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
+)
+
+// fuzzSources are the sources FuzzDecide picks from by index.
+var fuzzSources = []netip.Addr{srcOffice, srcOffice6, srcCI, srcLab, srcNoGroup, srcCIMapped, srcCINAT64, {}}
+
+var fuzzUsers = []string{"", "alice", "bob", "mallory"}
+
+// FuzzDecide checks Decide against reference, a brute-force loop over the
+// rules that uses Pattern.Match and nothing of the index. Run it with:
+//
+//	go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime 30s ./internal/policy/
+func FuzzDecide(f *testing.F) {
+	p := loadTestPolicy(f, "testdata/decide.yaml")
+	for _, c := range decideCases {
+		name := c.q.Name
+		if name == "" && c.q.Addr.IsValid() {
+			name = c.q.Addr.String()
+		}
+		src, user := 0, 0
+		for i, s := range fuzzSources {
+			if s == c.q.Source {
+				src = i
+			}
+		}
+		for i, u := range fuzzUsers {
+			if u == c.q.User {
+				user = i
+			}
+		}
+		f.Add(name, c.q.Port, c.q.Proto == UDP, c.q.AnyPort, uint8(src), uint8(user))
+	}
+	f.Fuzz(func(t *testing.T, name string, port uint16, udp, anyPort bool, src, user uint8) {
+		q := Query{
+			Source:  fuzzSources[int(src)%len(fuzzSources)],
+			User:    fuzzUsers[int(user)%len(fuzzUsers)],
+			Name:    name,
+			Port:    port,
+			AnyPort: anyPort,
+		}
+		if udp {
+			q.Proto = UDP
+		}
+		compareWithReference(t, p, q)
+		// The same text as an address query, when it is one.
+		if a, err := netip.ParseAddr(name); err == nil {
+			q.Name, q.Addr = "", a
+			compareWithReference(t, p, q)
+		}
+	})
+}
+
+func compareWithReference(t *testing.T, p *Policy, q Query) {
+	t.Helper()
+	got := p.Decide(q)
+	want := reference(p, q)
+	if got.Action != want.Action || got.Reason != want.Reason || got.Rule != want.Rule || got.NearRule != want.NearRule {
+		t.Fatalf("Decide(%+v) = {%v %v rule %q near %q}, reference says {%v %v rule %q near %q}",
+			q, got.Action, got.Reason, got.RuleName(), ruleName(got.NearRule),
+			want.Action, want.Reason, want.RuleName(), ruleName(want.NearRule))
+	}
+}
+
+func ruleName(r *Rule) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name
+}
+
+// reference decides q the slow, obvious way: every rule in order.
+func reference(p *Policy, q Query) Decision {
+	var (
+		matches   func(r *Rule) bool
+		isAddress bool
+	)
+	switch a, err := netip.ParseAddr(q.Name); {
+	case q.Name == "" || err == nil && a.Zone() == "":
+		if q.Name != "" {
+			q.Addr = a
+		}
+		if !q.Addr.IsValid() {
+			return Decision{Reason: ReasonInvalidName}
+		}
+		isAddress = true
+		raw := q.Addr.WithZone("")
+		unmapped := netaddr.Unmap(raw)
+		matches = func(r *Rule) bool {
+			for _, pfx := range r.Prefixes {
+				if pfx.Contains(raw) || pfx.Contains(unmapped) {
+					return true
+				}
+			}
+			return false
+		}
+	default:
+		// Decide takes names as they arrive on the wire: ASCII only.
+		for i := 0; i < len(q.Name); i++ {
+			if q.Name[i] >= 0x80 {
+				return Decision{Reason: ReasonInvalidName}
+			}
+		}
+		n, err := dnsname.Parse(q.Name)
+		if err != nil {
+			return Decision{Reason: ReasonInvalidName}
+		}
+		matches = func(r *Rule) bool {
+			for _, pat := range r.Names {
+				if pat.Match(n) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	var portMiss, sourceMiss *Rule
+	for _, r := range p.Rules {
+		if !matches(r) {
+			continue
+		}
+		if !referenceSource(p, r, q) {
+			if sourceMiss == nil {
+				sourceMiss = r
+			}
+			continue
+		}
+		if !q.AnyPort && !r.portAllowed(q.Port, q.Proto) {
+			if portMiss == nil {
+				portMiss = r
+			}
+			continue
+		}
+		return Decision{Action: Allow, Reason: ReasonMatched, Rule: r}
+	}
+	switch {
+	case portMiss != nil:
+		return Decision{Reason: ReasonPort, NearRule: portMiss}
+	case sourceMiss != nil:
+		return Decision{Reason: ReasonSource, NearRule: sourceMiss}
+	case isAddress:
+		return Decision{Reason: ReasonNotAllowedIP}
+	}
+	return Decision{Reason: ReasonNoRule}
+}
+
+func referenceSource(p *Policy, r *Rule, q Query) bool {
+	if r.From == nil {
+		return true
+	}
+	src := q.Source
+	if src.Is4In6() {
+		src = src.Unmap()
+	}
+	var groups []string
+	for g, pfxs := range p.Sources {
+		for _, pfx := range pfxs {
+			if pfx.Contains(src) {
+				groups = append(groups, g)
+			}
+		}
+	}
+	groups = append(groups, p.Users[q.User].Groups...)
+	for _, g := range r.From {
+		for _, have := range groups {
+			if g == have {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// FuzzParse feeds Parse arbitrary bytes: it must not panic, and must return
+// either a policy or an ErrorList whose entries are positioned. Run it with:
+//
+//	go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./internal/policy/
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	files = append(files, "../../examples/quickstart.yaml")
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, c := range errorCases {
+		f.Add([]byte(c.yaml))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("f.yaml", data)
+		if err == nil {
+			if p == nil || p.idx == nil {
+				t.Fatal("Parse returned neither a policy nor an error")
+			}
+			for i, r := range p.Rules {
+				if r.Index != i {
+					t.Fatalf("rule %q has Index %d at position %d", r.Name, r.Index, i)
+				}
+				for _, pat := range r.Names {
+					// Every name a rule lists is allowed by some rule from
+					// some source: Decide must at least not panic on it.
+					p.Decide(Query{Name: string(pat.Base), AnyPort: true})
+				}
+			}
+			return
+		}
+		if p != nil {
+			t.Fatal("Parse returned both a policy and an error")
+		}
+		var list ErrorList
+		if !errors.As(err, &list) || len(list) == 0 {
+			t.Fatalf("Parse error %v (%T) is not a non-empty ErrorList", err, err)
+		}
+		for _, e := range list {
+			if e.File != "f.yaml" {
+				t.Errorf("error names file %q, want f.yaml: %v", e.File, e)
+			}
+			if e.Line == 0 && !fileLevel(e.Msg) {
+				t.Errorf("error without a position: %v", e)
+			}
+			if e.Line > 0 && e.Col == 0 {
+				t.Errorf("error with a line but no column: %v", e)
+			}
+		}
+	})
+}
+
+// fileLevel reports whether msg is about the file as a whole, the only
+// errors allowed to have no position.
+func fileLevel(msg string) bool {
+	for _, prefix := range []string{"the policy is empty", "not valid YAML", "dns.upstreams is not set", "too many errors"} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}
