@@ -165,9 +165,11 @@ func newUpstream(uc policy.Upstream, dialer *net.Dialer) (*upstream, error) {
 // upstream that gave it. The answer's question is as the upstream wrote it,
 // possibly in another case; callers restore their client's. q is not
 // modified. An upstream's SERVFAIL or REFUSED is returned as an answer if no
-// other upstream answers better. Exchange takes at most maxAttempts ×
-// Timeout, less if ctx ends first; ErrBusy means too many queries are in
-// flight.
+// other upstream answers better. Exchange tries at most three upstreams,
+// so it takes at most 3 × Timeout (one Timeout once every upstream is known
+// to be sick), less if ctx ends first. ErrBusy means too many queries are
+// in flight; a context error means the caller gave up, which says nothing
+// about the upstream's health.
 func (r *Resolver) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, policy.Upstream, error) {
 	if len(q.Question) != 1 {
 		return nil, policy.Upstream{}, fmt.Errorf("resolver: query has %d questions, want 1", len(q.Question))

@@ -85,7 +85,8 @@ type Server struct {
 }
 
 // NewServer starts a server answering over UDP and TCP on one port of
-// 127.0.0.1 with h. It is closed when the test ends.
+// 127.0.0.1 with h; if h is nil, every name is NXDOMAIN. It is closed when
+// the test ends.
 func NewServer(t testing.TB, h dns.HandlerFunc) *Server {
 	t.Helper()
 	s := newServer(h)
