@@ -43,6 +43,9 @@ func Keep(keep ...int) error {
 		return fmt.Errorf("reading capabilities: %w", err)
 	}
 	permitted := uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	if permitted&^want == 0 {
+		return nil // an unprivileged process: nothing more to drop
+	}
 	// The bounding set can only shrink while CAP_SETPCAP is still held.
 	if permitted&(1<<unix.CAP_SETPCAP) != 0 {
 		for c := 0; c <= lastCap(); c++ {

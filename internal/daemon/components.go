@@ -3,33 +3,101 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
+	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/proxy"
+	"github.com/fqdngate/fqdngate/internal/resolver"
 )
 
 // components are the long-lived parts built once at start; listeners come
-// and go around them.
+// and go around them, and reloads hand them the new policy.
 type components struct {
 	d       *Daemon
+	ups     *upstreams
+	dns     *dnsfw.Firewall
+	proxy   *proxy.Proxy
 	learned func() []learn.Entry
+	wg      sync.WaitGroup
 }
 
 func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*components, error) {
 	c := &components{d: d}
+	dnsMetrics, err := dnsfw.NewMetrics(d.reg)
+	if err != nil {
+		return nil, err
+	}
+	c.ups = &upstreams{observer: dnsMetrics}
+	if len(p.DNS.Upstreams) > 0 {
+		if err := c.ups.apply(p); err != nil {
+			return nil, err
+		}
+	}
+	c.dns, err = dnsfw.New(dnsfw.Config{
+		Policy:    d.Policy,
+		Exchanger: c.ups,
+		Audit:     d.audit,
+		Logger:    d.log.With("component", "dns"),
+		Metrics:   dnsMetrics,
+		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
+	}
+	if s := c.dns.Learned(); s != nil {
+		c.learned = s.List
+	}
+	c.proxy, err = proxy.New(proxy.Config{
+		Policy:     d.Policy,
+		Resolver:   c.dns,
+		Audit:      d.audit,
+		Logger:     d.log.With("component", "proxy"),
+		Registerer: d.reg,
+		Self:       selfAddrs(p),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("starting the proxy: %w", err)
+	}
 	return c, nil
 }
 
-// apply hands a new policy to components that keep state derived from it
-// (the nftables table). It runs before the policy is published.
-func (c *components) apply(ctx context.Context, p *policy.Policy) error { return nil }
+// selfAddrs lists the listeners the proxy must never connect to.
+func selfAddrs(p *policy.Policy) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, s := range []string{p.Listen.DNS, p.Listen.Proxy, p.Listen.Transparent, p.Listen.Admin} {
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
 
-func (c *components) close() {}
+// apply hands a new policy to components that keep state derived from it.
+// It runs before the policy is published; an error keeps the old policy.
+func (c *components) apply(ctx context.Context, p *policy.Policy) error {
+	if len(p.DNS.Upstreams) > 0 {
+		if err := c.ups.apply(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *components) close() { c.ups.close() }
 
 // wait returns when every component goroutine has stopped.
-func (c *components) wait() {}
+func (c *components) wait() { c.wg.Wait() }
 
 // bind opens the sockets of one listener kind.
 func (c *components) bind(kind, addr string) (serve func(context.Context) error, closeFn func(), actual string, err error) {
@@ -47,6 +115,101 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Gatherer:   c.d.reg,
 		})
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
+	case "dns":
+		if c.ups.current() == nil {
+			return nil, nil, "", errors.New("no upstream resolvers: set dns.upstreams")
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		// TCP on the port UDP got, so that port 0 means one port for both.
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			return nil, nil, "", err
+		}
+		serve := func(ctx context.Context) error {
+			errc := make(chan error, 2)
+			go func() { errc <- c.dns.ServeUDP(ctx, pc) }()
+			go func() { errc <- c.dns.ServeTCP(ctx, ln) }()
+			err := <-errc
+			if ctx.Err() == nil {
+				// One transport failed on its own; stop the other too.
+				pc.Close()
+				ln.Close()
+			}
+			return errors.Join(err, <-errc)
+		}
+		return serve, func() { pc.Close(); ln.Close() }, pc.LocalAddr().String(), nil
+	case "proxy":
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		return func(ctx context.Context) error { return c.proxy.Serve(ctx, ln) }, func() { ln.Close() }, ln.Addr().String(), nil
+	case "transparent":
+		return nil, nil, "", errors.New("the transparent listener is not built into this version yet")
 	}
-	return nil, nil, "", errors.New("not built yet")
+	return nil, nil, "", fmt.Errorf("unknown listener kind %q", kind)
+}
+
+// upstreams is the resolver in force. A reload that changes dns.upstreams,
+// dns.timeout or dns.max_inflight builds a new resolver and swaps it in;
+// the old one finishes its in-flight queries and is closed.
+type upstreams struct {
+	observer resolver.Observer
+	cur      atomic.Pointer[resolver.Resolver]
+
+	mu      sync.Mutex // guards following
+	key     string
+	retired []*resolver.Resolver
+}
+
+func (u *upstreams) current() *resolver.Resolver { return u.cur.Load() }
+
+// Exchange implements dnsfw.Exchanger.
+func (u *upstreams) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.Upstream, error) {
+	r := u.cur.Load()
+	if r == nil {
+		return nil, policy.Upstream{}, errors.New("no upstream resolvers configured")
+	}
+	return r.Exchange(ctx, m)
+}
+
+func (u *upstreams) apply(p *policy.Policy) error {
+	key := fmt.Sprint(p.DNS.Upstreams, p.DNS.Timeout, p.DNS.MaxInFlight)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if key == u.key {
+		return nil
+	}
+	r, err := resolver.New(resolver.Config{
+		Upstreams:   slices.Clone(p.DNS.Upstreams),
+		Timeout:     p.DNS.Timeout,
+		MaxInFlight: p.DNS.MaxInFlight,
+		Observer:    u.observer,
+	})
+	if err != nil {
+		return fmt.Errorf("dns.upstreams: %w", err)
+	}
+	u.key = key
+	if old := u.cur.Swap(r); old != nil {
+		u.retired = append(u.retired, old)
+		// Queries in flight on the old resolver finish within its
+		// attempts' timeouts; close it after that.
+		time.AfterFunc(4*p.DNS.Timeout+time.Second, func() { old.Close() })
+	}
+	return nil
+}
+
+func (u *upstreams) close() {
+	if r := u.cur.Load(); r != nil {
+		r.Close()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, r := range u.retired {
+		r.Close()
+	}
 }
