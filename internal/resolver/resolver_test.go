@@ -147,6 +147,29 @@ func TestDoTReusesConnection(t *testing.T) {
 	}
 }
 
+// The server closes a connection after 128 queries (miekg/dns's default),
+// as real ones do after a limit or an idle time: the pool must notice and
+// redial without failing a query.
+func TestDoTSurvivesServerClosingConnections(t *testing.T) {
+	srv := dnstest.NewTLSServer(t, zone())
+	r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}, Timeout: 5 * time.Second})
+	for i := range 300 {
+		ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+		_, _, err := r.Exchange(ctx, query("www.example.com", dns.TypeA))
+		cancel()
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+	}
+	conns := map[netip.AddrPort]bool{}
+	for _, q := range srv.Queries() {
+		conns[q.From] = true
+	}
+	if len(conns) < 3 {
+		t.Errorf("got %d connections for 300 queries, want at least 3 as the server closes each after 128", len(conns))
+	}
+}
+
 func TestDoTVerifiesCertificate(t *testing.T) {
 	srv := dnstest.NewTLSServer(t, zone())
 	tests := []struct {
