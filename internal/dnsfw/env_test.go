@@ -169,16 +169,6 @@ func (e *env) ask(src, name string, qtype uint16) *dns.Msg {
 	return r
 }
 
-// sawQuery reports whether the upstream received a query for name.
-func (e *env) sawQuery(name string) bool {
-	for _, q := range e.up.Queries() {
-		if strings.EqualFold(q.Msg.Question[0].Name, dns.Fqdn(name)) {
-			return true
-		}
-	}
-	return false
-}
-
 // auditLines waits for the audit log to hold n lines (it is written just
 // after the reply is sent) and returns its lines, decoded.
 func (e *env) auditLines(n int) []map[string]any {

@@ -85,10 +85,6 @@ func (s *Store) Publish(_ context.Context, batch []Entry) error {
 			continue
 		}
 		set := s.names[e.Name]
-		if set == nil {
-			set = make(map[storeKey]time.Time, 1)
-			s.names[e.Name] = set
-		}
 		k := storeKey{e.Rule, e.Group, e.Addr}
 		if old, ok := set[k]; ok {
 			if e.Expires.After(old) {
@@ -105,6 +101,11 @@ func (s *Store) Publish(_ context.Context, batch []Entry) error {
 			if s.n >= s.max {
 				s.evictAnyLocked(e.Name)
 			}
+			set = s.names[e.Name] // the sweep drops emptied sets
+		}
+		if set == nil {
+			set = make(map[storeKey]time.Time, 1)
+			s.names[e.Name] = set
 		}
 		set[k] = e.Expires
 		s.n++
