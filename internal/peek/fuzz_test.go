@@ -3,11 +3,15 @@ package peek
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,8 +54,41 @@ func FuzzClientHello(f *testing.F) {
 				t.Fatal("accepted an empty ALPN protocol")
 			}
 		}
+		// When crypto/tls also accepts the hello, it must see the same
+		// name and protocols we decided on.
+		if info := goServerHello(raw); info != nil {
+			if got := strings.ToLower(info.ServerName); got != string(h.ServerName) {
+				t.Fatalf("we read server name %q, crypto/tls reads %q", h.ServerName, info.ServerName)
+			}
+			if !slices.Equal(info.SupportedProtos, h.ALPN) {
+				t.Fatalf("we read ALPN %q, crypto/tls reads %q", h.ALPN, info.SupportedProtos)
+			}
+		}
 	})
 }
+
+// goServerHello feeds raw to a crypto/tls server and returns what it parsed,
+// or nil if it rejected the hello.
+func goServerHello(raw []byte) *tls.ClientHelloInfo {
+	var info *tls.ClientHelloInfo
+	errStop := errors.New("stop")
+	cfg := &tls.Config{GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		info = chi
+		return nil, errStop
+	}}
+	tls.Server(replayConn{r: bytes.NewReader(raw)}, cfg).Handshake()
+	return info
+}
+
+// replayConn is a net.Conn that reads from r and swallows writes.
+type replayConn struct {
+	net.Conn // nil; calling anything not below panics, which a test would catch
+	r        io.Reader
+}
+
+func (c replayConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
+func (c replayConn) Write(p []byte) (int, error) { return len(p), nil }
+func (c replayConn) Close() error                { return nil }
 
 // Run with: go test ./internal/peek -run '^$' -fuzz FuzzHTTPHost -fuzztime 60s -fuzzminimizetime 5s
 
@@ -114,4 +151,14 @@ func cmpOr(a, b int) int {
 		return a
 	}
 	return b
+}
+
+// TestGoServerHelloOracle keeps the fuzz oracle honest: if crypto/tls never
+// got as far as the hello, the comparison in FuzzClientHello would be empty.
+func TestGoServerHelloOracle(t *testing.T) {
+	raw := captureHello(t, &tls.Config{ServerName: "www.example.com", NextProtos: []string{"h2"}})
+	info := goServerHello(raw)
+	if info == nil || info.ServerName != "www.example.com" || !slices.Equal(info.SupportedProtos, []string{"h2"}) {
+		t.Fatalf("got %+v, want server name www.example.com and ALPN [h2]", info)
+	}
 }

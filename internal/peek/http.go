@@ -152,6 +152,11 @@ func parseRequestLine(l string) (method, target, version string, err error) {
 		if c := target[i]; c <= 0x20 || c >= 0x7f || c == '#' {
 			return "", "", "", fmt.Errorf("%w: byte %q in request target", ErrMalformed, c)
 		}
+		// Servers that decode a bad escape each guess differently; every
+		// one of them answers 400, so refusing loses nothing.
+		if target[i] == '%' && (i+2 >= len(target) || !isHex(target[i+1]) || !isHex(target[i+2])) {
+			return "", "", "", fmt.Errorf("%w: bad percent-escape in request target", ErrMalformed)
+		}
 	}
 	return method, target, version, nil
 }
@@ -193,6 +198,10 @@ func parseAuthority(s string) (host, port string, err error) {
 		return "", "", fmt.Errorf("%w: bad port in %q", ErrBadName, s)
 	}
 	return host, strconv.FormatUint(n, 10), nil
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
 // isToken reports whether s is an RFC 9110 token, the syntax of methods and

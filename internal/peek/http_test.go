@@ -35,6 +35,7 @@ var hostCases = []hostCase{
 	{name: "absolute form", in: "GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n", wantHost: "a.example"},
 	{name: "absolute form, default port", in: "GET HTTP://A.example:80?q HTTP/1.1\r\nHost: a.example\r\n\r\n", wantHost: "a.example"},
 	{name: "absolute form, https port", in: "GET https://a.example/ HTTP/1.1\r\nHost: a.example:443\r\n\r\n", wantHost: "a.example", wantPort: "443"},
+	{name: "percent-escapes", in: "GET /a%2F%c3%bc HTTP/1.1\r\nHost: a.example\r\n\r\n", wantHost: "a.example"},
 	{name: "asterisk form", in: "OPTIONS * HTTP/1.1\r\nHost: a.example\r\n\r\n", wantHost: "a.example"},
 
 	{name: "no Host", in: "GET / HTTP/1.0\r\nAccept: */*\r\n\r\n", err: ErrNoHost},
@@ -60,6 +61,7 @@ var hostCases = []hostCase{
 	{name: "absolute form, bad host", in: "GET http://a..example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrBadName},
 	{name: "absolute form, other scheme", in: "GET ftp://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
 	{name: "fragment", in: "GET http://a.example#@b.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
+	{name: "bad percent-escape", in: "GET /a%2 HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
 	{name: "asterisk with GET", in: "GET * HTTP/1.1\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
 	{name: "CONNECT", in: "CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\r\n", err: ErrConnect},
 	{name: "space before colon", in: "GET / HTTP/1.1\r\nHost : b.example\r\nHost: a.example\r\n\r\n", err: ErrMalformed},
