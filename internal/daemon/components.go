@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/nft"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/proxy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
@@ -28,6 +30,7 @@ type components struct {
 	ups     *upstreams
 	dns     *dnsfw.Firewall
 	proxy   *proxy.Proxy
+	nft     *nft.Backend // nil unless firewall.backend is nftables
 	learned func() []learn.Entry
 	wg      sync.WaitGroup
 }
@@ -44,8 +47,35 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 			return nil, err
 		}
 	}
+	var publisher learn.Publisher
+	if p.Firewall.Backend == policy.BackendNftables {
+		c.nft, err = nft.New(NftConfig(p, d.log.With("component", "firewall")))
+		if err != nil {
+			c.ups.close()
+			return nil, err
+		}
+		// Default deny is in the kernel before any listener answers.
+		if err := c.nft.Apply(ctx, p); err != nil {
+			c.nft.Close()
+			c.ups.close()
+			return nil, err
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := c.nft.Run(ctx); err != nil {
+				select {
+				case d.fatal <- fmt.Errorf("nftables backend: %w", err):
+				default:
+				}
+			}
+		}()
+		publisher = c.nft
+		c.learned = c.nft.Learned
+	}
 	c.dns, err = dnsfw.New(dnsfw.Config{
 		Policy:    d.Policy,
+		Publisher: publisher,
 		Exchanger: c.ups,
 		Audit:     d.audit,
 		Logger:    d.log.With("component", "dns"),
@@ -55,7 +85,7 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 	if err != nil {
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
 	}
-	if s := c.dns.Learned(); s != nil {
+	if s := c.dns.Learned(); s != nil && c.learned == nil {
 		c.learned = s.List
 	}
 	c.proxy, err = proxy.New(proxy.Config{
@@ -91,10 +121,35 @@ func (c *components) apply(ctx context.Context, p *policy.Policy) error {
 			return err
 		}
 	}
+	if c.nft != nil {
+		if err := c.nft.Apply(ctx, p); err != nil {
+			return fmt.Errorf("programming nftables: %w", err)
+		}
+	}
 	return nil
 }
 
-func (c *components) close() { c.ups.close() }
+func (c *components) close() {
+	c.ups.close()
+	if c.nft != nil {
+		c.nft.Close()
+	}
+}
+
+// NftConfig is the nftables backend configuration a policy asks for.
+func NftConfig(p *policy.Policy, log *slog.Logger) nft.Config {
+	cfg := nft.Config{
+		Table:            p.Firewall.Table,
+		Hook:             p.Firewall.Hook,
+		Mode:             p.Mode,
+		TransparentPorts: p.Firewall.TransparentPorts,
+		StateFile:        p.Firewall.StateFile,
+		Logger:           log,
+	}
+	cfg.DNS, _ = netip.ParseAddrPort(p.Listen.DNS)
+	cfg.Transparent, _ = netip.ParseAddrPort(p.Listen.Transparent)
+	return cfg
+}
 
 // wait returns when every component goroutine has stopped.
 func (c *components) wait() { c.wg.Wait() }
