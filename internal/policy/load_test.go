@@ -459,3 +459,47 @@ func TestErrorListSorted(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsExample keeps the complete example in docs/policy.md loadable.
+func TestDocsExample(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = "```yaml\nmode: enforce"
+	s := string(doc)
+	i := strings.Index(s, start)
+	if i < 0 {
+		t.Fatalf("docs/policy.md has no example starting %q", start)
+	}
+	s = s[i+len("```yaml\n"):]
+	s, _, _ = strings.Cut(s, "```")
+	p, err := Parse("docs/policy.md", []byte(s))
+	if err != nil {
+		t.Fatalf("the complete example does not load:\n%v", err)
+	}
+	office := netip.MustParseAddr("10.1.0.7")
+	ci := netip.MustParseAddr("10.2.0.9")
+	tests := []struct {
+		src    netip.Addr
+		user   string
+		name   string
+		port   uint16
+		proto  Proto
+		want   Action
+		reason Reason
+	}{
+		{office, "", "api.bank.example", 443, TCP, Allow, ReasonMatched},
+		{office, "", "api.bank.example", 8443, TCP, Deny, ReasonPort},
+		{ci, "", "api.bank.example", 443, TCP, Deny, ReasonSource},
+		{netip.MustParseAddr("192.0.2.1"), "deploy-bot", "api.github.com", 443, TCP, Allow, ReasonMatched},
+		{netip.MustParseAddr("192.0.2.1"), "", "0.pool.ntp.org", 123, UDP, Allow, ReasonMatched},
+		{office, "", "evil.example", 443, TCP, Deny, ReasonNoRule},
+	}
+	for _, tt := range tests {
+		d := p.Decide(Query{Source: tt.src, User: tt.user, Name: tt.name, Port: tt.port, Proto: tt.proto})
+		if d.Action != tt.want || d.Reason != tt.reason {
+			t.Errorf("%s (%s) -> %s:%d/%v = %v (%v), want %v (%v)", tt.src, tt.user, tt.name, tt.port, tt.proto, d.Action, d.Reason, tt.want, tt.reason)
+		}
+	}
+}
