@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/origdst"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -55,7 +56,7 @@ type Config struct {
 	// nil, a Verifier with default cache bounds is used.
 	Verifier *Verifier
 	// OriginalDst returns the destination a transparently redirected
-	// connection was headed for. If nil, SO_ORIGINAL_DST is read.
+	// connection was headed for. If nil, origdst.Get (SO_ORIGINAL_DST).
 	// Tests stub it; the anti-spoofing check applies to whatever it returns.
 	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
 
@@ -123,7 +124,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.verifier = NewVerifier(VerifierConfig{})
 	}
 	if p.origDst == nil {
-		p.origDst = originalDst
+		p.origDst = origdst.Get
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
