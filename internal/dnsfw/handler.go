@@ -23,6 +23,9 @@ import (
 // over TCP (the resolver retries on TC).
 const upstreamUDPSize = 1232
 
+// maxUDPReply bounds UDP replies whatever buffer size the client offers.
+const maxUDPReply = 4096
+
 // Notes explain an outcome the policy's Reason does not: they go into the
 // audit line as dns_reason.
 const (
@@ -255,6 +258,10 @@ func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, 
 			Expires: learnedExpiry(p, now, a.ttl),
 		}
 	}
+	if f.store != nil {
+		// The in-memory store never blocks; spare it the timer.
+		return f.store.Publish(ctx, batch)
+	}
 	ctx, cancel := context.WithTimeout(ctx, f.pubTimeout)
 	defer cancel()
 	return f.publisher.Publish(ctx, batch)
@@ -270,7 +277,9 @@ func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
 		o.SetUDPSize(opt.UDPSize())
 		o.SetDo(opt.Do())
 		m.Extra = append(m.Extra, o)
-		size = max(size, int(opt.UDPSize()))
+		// Within the client's size, but no larger than 4096 bytes: bigger
+		// datagrams fragment, and fragments get lost (and spoofed).
+		size = min(max(size, int(opt.UDPSize())), maxUDPReply)
 	} else if m.Rcode > 0xF {
 		// An extended rcode cannot be said without OPT.
 		m.Rcode = dns.RcodeServerFailure
