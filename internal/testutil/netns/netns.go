@@ -62,6 +62,9 @@ func New(t testing.TB) *NS {
 	}
 	ns.file = f
 	ns.IP("link", "set", "lo", "up")
+	// Duplicate address detection would leave fresh IPv6 addresses,
+	// link-local ones included, unusable for a second or more.
+	ns.MustExec("sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	return ns
 }
 
@@ -123,6 +126,8 @@ func (ns *NS) Forwarding() {
 func Veth(t testing.TB, a *NS, aDev string, b *NS, bDev string) {
 	t.Helper()
 	mustRun(t, "ip", "-n", a.Name, "link", "add", aDev, "type", "veth", "peer", "name", bDev, "netns", b.Name)
+	a.MustExec("sysctl", "-q", "-w", "net.ipv6.conf."+aDev+".accept_dad=0")
+	b.MustExec("sysctl", "-q", "-w", "net.ipv6.conf."+bDev+".accept_dad=0")
 	a.IP("link", "set", aDev, "up")
 	b.IP("link", "set", bDev, "up")
 }

@@ -1,0 +1,496 @@
+// Package nft enforces a policy in the kernel: it owns one nftables table
+// whose sets hold the addresses the DNS firewall learned, and whose chains
+// drop everything else from the sources the policy covers.
+package nft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// Config is what the backend needs besides the policy. The zero value of
+// each optional field disables what it configures.
+type Config struct {
+	// Table is the name of the inet table fqdngate owns. Required.
+	Table string
+	Hook  policy.Hook
+	// Mode audit counts and logs what enforce would drop, and drops
+	// nothing.
+	Mode policy.Mode
+	// DNS is fqdngate's DNS listener. Covered sources' DNS (udp and tcp
+	// port 53) is redirected to it; where it cannot be (no listener, a
+	// loopback listener behind the forward hook, the other family), such
+	// DNS is dropped so that no client resolves around the policy.
+	DNS netip.AddrPort
+	// Transparent is the transparent proxy listener; TCP to
+	// TransparentPorts from covered sources is redirected to it.
+	Transparent      netip.AddrPort
+	TransparentPorts []uint16
+	// StateFile keeps learned addresses across restarts. If empty,
+	// learned addresses survive only in the kernel.
+	StateFile string
+	// NetNSFd, if not 0, is a network namespace file descriptor to work
+	// in instead of the current one (tests).
+	NetNSFd int
+	// LogGroup, if not 0, is the nflog group that receives a rate-limited
+	// sample of dropped packets; LogRate is the sample's packets per
+	// second (default 10).
+	LogGroup uint16
+	LogRate  uint32
+	// Logger, if nil, discards.
+	Logger *slog.Logger
+	// Now, if nil, is time.Now; tests move the clock.
+	Now func() time.Time
+}
+
+func (c *Config) logRate() uint32 {
+	if c.LogRate == 0 {
+		return 10
+	}
+	return c.LogRate
+}
+
+// ErrNoCapability is returned by New when the process may not program
+// nftables.
+var ErrNoCapability = errors.New("nftables backend needs CAP_NET_ADMIN: run as root or grant the capability; or set firewall.backend: none")
+
+// Backend owns the table. Apply, Publish, Show and Remove are safe for
+// concurrent use; Publish needs Run to be running.
+type Backend struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	table *nftables.Table
+	queue chan *request
+	// stop is closed when Run returns; running makes Run single-use.
+	stop    chan struct{}
+	running atomic.Bool
+
+	nlMu sync.Mutex // guards following, and serializes netlink transactions
+	conn *nftables.Conn
+	// sets are the table's sets as last applied or adopted, by name.
+	sets map[string]*nftables.Set
+	// restore holds state-file entries until the first Apply places them.
+	restore  []stateEntry
+	restored bool
+
+	memMu sync.Mutex // guards following; never held across netlink I/O
+	// learned maps rule×group×family to the name of its set.
+	learned map[learnKey]string
+	// owner is the inverse of learned, for the state file.
+	owner map[string]learnKey
+	// mirror is what the kernel's learned sets hold: expiry by set and
+	// address. It lets a re-learned address that is already programmed
+	// long enough skip netlink altogether.
+	mirror map[elemKey]time.Time
+	dirty  bool // mirror changed since the state file was written
+}
+
+type elemKey struct {
+	set  string
+	addr netip.Addr
+}
+
+// New connects to nftables and adopts the table if a previous process left
+// one: until the first Apply the old rules, and their learned addresses,
+// stay in force.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Table == "" {
+		return nil, errors.New("nftables backend: firewall.table is empty; name the table fqdngate may own")
+	}
+	b := &Backend{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		table:   &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+		queue:   make(chan *request, 1024),
+		stop:    make(chan struct{}),
+		sets:    make(map[string]*nftables.Set),
+		learned: make(map[learnKey]string),
+		owner:   make(map[string]learnKey),
+		mirror:  make(map[elemKey]time.Time),
+	}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if cfg.NetNSFd != 0 {
+		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, netlinkErr("opening netlink", err)
+	}
+	b.conn = conn
+	if err := b.adopt(); err != nil {
+		conn.CloseLasting()
+		return nil, err
+	}
+	if cfg.StateFile != "" {
+		entries, err := readState(cfg.StateFile)
+		if err != nil {
+			// A lost state file costs re-resolution, not safety.
+			b.log.Warn("ignoring unreadable state file", "file", cfg.StateFile, "err", err)
+		}
+		b.restore = entries
+	}
+	return b, nil
+}
+
+// Close releases the netlink connection. The table stays: enforcement
+// outlives the process.
+func (b *Backend) Close() error {
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	return b.conn.CloseLasting()
+}
+
+// netlinkErr turns permission failures into ErrNoCapability.
+func netlinkErr(doing string, err error) error {
+	if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return ErrNoCapability
+	}
+	return fmt.Errorf("nftables: %s: %w", doing, err)
+}
+
+// adopt reads an existing table's sets and learned elements.
+func (b *Backend) adopt() error {
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	// Listing needs CAP_NET_ADMIN too, so this is also the capability check.
+	tables, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return netlinkErr("listing tables", err)
+	}
+	found := false
+	for _, t := range tables {
+		found = found || t.Name == b.cfg.Table
+	}
+	if !found {
+		return nil
+	}
+	sets, err := b.conn.GetSets(b.table)
+	if err != nil {
+		return netlinkErr("listing sets of table "+b.cfg.Table, err)
+	}
+	now := b.now()
+	n := 0
+	for _, s := range sets {
+		b.sets[s.Name] = s
+		if !s.HasTimeout {
+			continue
+		}
+		elems, err := b.conn.GetSetElements(s)
+		if err != nil {
+			return netlinkErr("listing set "+s.Name, err)
+		}
+		for _, e := range elems {
+			a, ok := netip.AddrFromSlice(e.Key)
+			if !ok || e.Expires <= 0 {
+				continue
+			}
+			b.mirror[elemKey{s.Name, a}] = now.Add(e.Expires)
+			n++
+		}
+	}
+	b.log.Info("adopted existing nftables table", "table", b.cfg.Table, "sets", len(sets), "learned", n)
+	return nil
+}
+
+// Apply makes the table enforce p, in one netlink transaction: the kernel
+// switches from the old rules to the new ones atomically, and if anything
+// fails, keeps the old ones. Learned addresses of rule×group pairs that
+// survive are kept.
+func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d := build(&b.cfg, p)
+
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	chains, err := b.listChains()
+	if err != nil {
+		return err
+	}
+	c := b.conn
+	c.AddTable(b.table)
+	// Rules go first, so nothing references what is deleted below.
+	want := make(map[string]*chainSpec, len(d.chains))
+	for i := range d.chains {
+		want[d.chains[i].name] = &d.chains[i]
+	}
+	for _, ch := range chains {
+		c.FlushChain(ch)
+	}
+	for _, ch := range chains {
+		if w := want[ch.Name]; w == nil || !sameChain(ch, w) {
+			c.DelChain(ch)
+		}
+	}
+	wantSet := make(map[string]*setSpec, len(d.sets))
+	for i := range d.sets {
+		wantSet[d.sets[i].name] = &d.sets[i]
+	}
+	sets := make(map[string]*nftables.Set, len(d.sets))
+	var dropped []string
+	for name, s := range b.sets {
+		if w := wantSet[name]; w == nil || !sameSet(s, w) {
+			c.DelSet(s)
+			dropped = append(dropped, name)
+		}
+	}
+	for i := range d.sets {
+		w := &d.sets[i]
+		s := newSet(b.table, w)
+		elems := intervalElements(w)
+		if old := b.sets[w.name]; old != nil && sameSet(old, w) {
+			if w.interval() {
+				c.FlushSet(old)
+				if len(elems) > 0 {
+					if err := c.SetAddElements(old, elems); err != nil {
+						return fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
+					}
+				}
+			}
+			sets[w.name] = old
+			continue
+		}
+		if err := c.AddSet(s, elems); err != nil {
+			return fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
+		}
+		sets[w.name] = s
+	}
+	// Every chain exists before any rule jumps to it.
+	made := make([]*nftables.Chain, len(d.chains))
+	for i := range d.chains {
+		made[i] = c.AddChain(newChain(b.table, &d.chains[i]))
+	}
+	for i := range d.chains {
+		for _, r := range d.chains[i].rules {
+			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
+		}
+	}
+	restore := b.restoreElementsLocked(d, sets, dropped)
+	for name, elems := range restore {
+		if err := c.SetAddElements(sets[name], elems); err != nil {
+			return fmt.Errorf("nftables: encoding set %s: %w", name, err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		// The kernel aborted the whole transaction: the old table stands.
+		// Re-read it so the next attempt diffs against the truth.
+		b.resyncLocked()
+		return netlinkErr("applying policy to table "+b.cfg.Table+" (the previous rules stay in force)", err)
+	}
+	b.sets = sets
+	b.restored = true
+	b.restore = nil
+
+	b.memMu.Lock()
+	b.learned = d.learned
+	b.owner = make(map[string]learnKey, len(d.learned))
+	for k, name := range d.learned {
+		b.owner[name] = k
+	}
+	for k := range b.mirror {
+		if _, ok := b.owner[k.set]; !ok {
+			delete(b.mirror, k)
+			b.dirty = true
+		}
+	}
+	now := b.now()
+	for name, elems := range restore {
+		for _, e := range elems {
+			a, _ := netip.AddrFromSlice(e.Key)
+			b.mirror[elemKey{name, a}] = now.Add(e.Timeout)
+			b.dirty = true
+		}
+	}
+	b.memMu.Unlock()
+	b.log.Info("applied policy", "table", b.cfg.Table, "hook", b.cfg.Hook, "mode", b.cfg.Mode, "sets", len(sets), "restored", countElems(restore))
+	return nil
+}
+
+// restoreElementsLocked returns, on the first Apply, state-file entries for
+// learned sets that survive, unless the kernel already holds them longer.
+func (b *Backend) restoreElementsLocked(d *desired, sets map[string]*nftables.Set, dropped []string) map[string][]nftables.SetElement {
+	if b.restored || len(b.restore) == 0 {
+		return nil
+	}
+	now := b.now()
+	out := make(map[string][]nftables.SetElement)
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	for _, e := range b.restore {
+		a := e.Addr.Unmap()
+		name, ok := d.learned[learnKey{e.Rule, e.Group, familyOf(a)}]
+		if !ok {
+			continue
+		}
+		ttl := e.Expires.Sub(now)
+		if ttl < time.Second {
+			continue
+		}
+		if have, ok := b.mirror[elemKey{name, a}]; ok && !have.Before(e.Expires) {
+			continue
+		}
+		if sets[name] == nil {
+			continue
+		}
+		out[name] = append(out[name], nftables.SetElement{Key: a.AsSlice(), Timeout: ttl.Round(time.Millisecond)})
+	}
+	return out
+}
+
+func countElems(m map[string][]nftables.SetElement) int {
+	n := 0
+	for _, e := range m {
+		n += len(e)
+	}
+	return n
+}
+
+// resyncLocked reloads the kernel's sets after a failed transaction.
+func (b *Backend) resyncLocked() {
+	sets, err := b.conn.GetSets(b.table)
+	if err != nil {
+		return
+	}
+	b.sets = make(map[string]*nftables.Set, len(sets))
+	for _, s := range sets {
+		b.sets[s.Name] = s
+	}
+}
+
+func (b *Backend) listChains() ([]*nftables.Chain, error) {
+	all, err := b.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, netlinkErr("listing chains", err)
+	}
+	var out []*nftables.Chain
+	for _, ch := range all {
+		if ch.Table.Name == b.cfg.Table {
+			out = append(out, ch)
+		}
+	}
+	return out, nil
+}
+
+var hookNums = map[string]nftables.ChainHook{
+	"output":     *nftables.ChainHookOutput,
+	"forward":    *nftables.ChainHookForward,
+	"prerouting": *nftables.ChainHookPrerouting,
+}
+
+func newChain(t *nftables.Table, w *chainSpec) *nftables.Chain {
+	ch := &nftables.Chain{Name: w.name, Table: t}
+	if w.hook == "" {
+		return ch
+	}
+	h := hookNums[w.hook]
+	accept := nftables.ChainPolicyAccept
+	ch.Hooknum, ch.Policy, ch.Type, ch.Priority = &h, &accept, nftables.ChainTypeFilter, nftables.ChainPriorityFilter
+	if w.nat {
+		ch.Type, ch.Priority = nftables.ChainTypeNAT, nftables.ChainPriorityNATDest
+	}
+	return ch
+}
+
+// sameChain reports whether the kernel's chain can be updated in place
+// into w; a base chain cannot change hook or type.
+func sameChain(ch *nftables.Chain, w *chainSpec) bool {
+	want := newChain(ch.Table, w)
+	if (ch.Hooknum == nil) != (want.Hooknum == nil) {
+		return false
+	}
+	if ch.Hooknum == nil {
+		return true
+	}
+	return *ch.Hooknum == *want.Hooknum && ch.Type == want.Type && ch.Priority != nil && *ch.Priority == *want.Priority
+}
+
+func newSet(t *nftables.Table, w *setSpec) *nftables.Set {
+	s := &nftables.Set{Table: t, Name: w.name, KeyType: nftables.TypeIPAddr, Interval: w.interval(), HasTimeout: !w.interval()}
+	if w.fam == v6 {
+		s.KeyType = nftables.TypeIP6Addr
+	}
+	return s
+}
+
+// sameSet reports whether the kernel's set has the flags and type w needs.
+func sameSet(s *nftables.Set, w *setSpec) bool {
+	want := newSet(s.Table, w)
+	return s.KeyType.Name == want.KeyType.Name && s.Interval == want.Interval && s.HasTimeout == want.HasTimeout
+}
+
+// intervalElements encodes a static set's ranges: each starts with its first
+// address and ends, flagged, one past its last, except at the top of the
+// address space, where the open end is implied.
+func intervalElements(w *setSpec) []nftables.SetElement {
+	if !w.interval() {
+		return nil
+	}
+	var out []nftables.SetElement
+	for _, r := range ranges(w.prefixes) {
+		out = append(out, nftables.SetElement{Key: r.lo.AsSlice()})
+		if end := r.hi.Next(); end.IsValid() {
+			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// ruleComment is NFTNL_UDATA_RULE_COMMENT, which the userdata package
+// does not name.
+const ruleComment userdata.Type = 0
+
+// commentData encodes a rule comment the way nft does, so `nft list` shows
+// it. Userdata lengths are one byte, hence the cut.
+func commentData(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	if len(s) > 120 {
+		s = s[:120]
+	}
+	return userdata.AppendString(nil, ruleComment, s)
+}
+
+// Remove deletes the table: fqdngate stops enforcing. The state file is
+// left alone.
+func (b *Backend) Remove() error {
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	b.conn.DelTable(b.table)
+	if err := b.conn.Flush(); err != nil && !errors.Is(err, syscall.ENOENT) {
+		return netlinkErr("deleting table "+b.cfg.Table, err)
+	}
+	b.sets = make(map[string]*nftables.Set)
+	b.memMu.Lock()
+	clear(b.mirror)
+	b.memMu.Unlock()
+	return nil
+}
+
+// Render returns, in nft syntax, the table Apply would program for p. It
+// touches nothing (for fqdngate run --dry-run).
+func Render(cfg Config, p *policy.Policy) string {
+	return build(&cfg, p).render(cfg.Table)
+}

@@ -1,0 +1,529 @@
+package nft
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/netns"
+)
+
+// Timeouts for dials: an expected drop costs dropWait, so keep it short.
+const (
+	dropWait  = 300 * time.Millisecond
+	reachWait = 2 * time.Second
+)
+
+// Addresses of the forward topology:
+//
+//	client ns ── 198.51.100.0/24, 2001:db8:1::/64 ── gateway ns (fqdngate) ── 192.0.2.0/24, 2001:db8:2::/64 ── internet ns
+//
+// The internet ns also holds 203.0.113.5 and routes everything back via
+// the gateway. Clients use .10 (group payments) and .11 (group others).
+const (
+	srcPayments = "198.51.100.10"
+	srcOthers   = "198.51.100.11"
+	srcPay6     = "2001:db8:1::10"
+	srvA        = "192.0.2.2"
+	srvB        = "192.0.2.3"
+	srvC        = "192.0.2.4"
+	srvCIDR     = "203.0.113.5"
+	srvA6       = "2001:db8:2::2"
+)
+
+var serverPorts = []string{"443", "8080", "5432"}
+
+type forwardNet struct {
+	client, gw, inet *netns.NS
+}
+
+func newForwardNet(t *testing.T) *forwardNet {
+	t.Helper()
+	n := &forwardNet{client: netns.New(t), gw: netns.New(t), inet: netns.New(t)}
+	netns.Veth(t, n.client, "c0", n.gw, "g0")
+	netns.Veth(t, n.gw, "g1", n.inet, "i0")
+	for _, a := range []string{srcPayments + "/24", srcOthers + "/24", srcPay6 + "/64"} {
+		n.client.Addr("c0", a)
+	}
+	n.client.Route("default", "198.51.100.1")
+	n.client.Route("default", "2001:db8:1::1")
+	n.gw.Addr("g0", "198.51.100.1/24")
+	n.gw.Addr("g0", "2001:db8:1::1/64")
+	n.gw.Addr("g1", "192.0.2.1/24")
+	n.gw.Addr("g1", "2001:db8:2::1/64")
+	n.gw.Route("203.0.113.0/24", srvA)
+	n.gw.Forwarding()
+	for _, a := range []string{srvA + "/24", srvB + "/24", srvC + "/24", srvCIDR + "/24", srvA6 + "/64"} {
+		n.inet.Addr("i0", a)
+	}
+	n.inet.Route("default", "192.0.2.1")
+	n.inet.Route("default", "2001:db8:2::1")
+	for _, port := range serverPorts {
+		serve(t, n.inet.Listen("tcp", "[::]:"+port))
+	}
+	return n
+}
+
+// serve answers each connection with "ok" and then echoes lines, so tests
+// can tell a connection still works. It stops when the test ends.
+func serve(t *testing.T, ln net.Listener) {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				fmt.Fprintln(c, "ok")
+				s := bufio.NewScanner(c)
+				for s.Scan() {
+					fmt.Fprintln(c, s.Text())
+				}
+			}()
+		}
+	}()
+}
+
+// dial connects from src to dst:port in ns and reads the banner.
+func dial(ns *netns.NS, src, dst, port string, wait time.Duration) (net.Conn, error) {
+	c, err := ns.Dial("tcp", src, net.JoinHostPort(dst, port), wait)
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "ok\n" {
+		c.Close()
+		return nil, fmt.Errorf("reading banner: %q, %v", line, err)
+	}
+	c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// reachable reports whether src reaches dst:port. Expected successes get a
+// generous timeout; drops time out after dropWait, so call it with the
+// expectation.
+func reachable(ns *netns.NS, src, dst, port string, want bool) bool {
+	wait := dropWait
+	if want {
+		wait = reachWait
+	}
+	c, err := dial(ns, src, dst, port, wait)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+type reach struct {
+	src, dst, port string
+	want           bool
+}
+
+func checkReach(t *testing.T, ns *netns.NS, cases []reach) {
+	t.Helper()
+	var wg sync.WaitGroup
+	got := make([]bool, len(cases))
+	for i, c := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = reachable(ns, c.src, c.dst, c.port, c.want)
+		}()
+	}
+	wg.Wait()
+	for i, c := range cases {
+		if got[i] != c.want {
+			t.Errorf("%s → %s port %s: reachable %v, want %v", c.src, c.dst, c.port, got[i], c.want)
+		}
+	}
+}
+
+const forwardPolicy = `
+mode: enforce
+firewall: {backend: nftables, hook: forward, table: fqdngate}
+sources:
+  payments: [198.51.100.10/32, "2001:db8:1::10/128"]
+  others: [198.51.100.11/32]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example]
+    ports: [443]
+  - name: web
+    from: [others]
+    to: [www.example]
+    ports: [443, 8080]
+  - name: partner-db
+    from: [payments, others]
+    to: [203.0.113.0/24]
+    ports: [5432]
+`
+
+// startBackend makes a backend in ns, applies p and runs it until the test
+// ends.
+func startBackend(t *testing.T, ns *netns.NS, cfg Config, p *policy.Policy) *Backend {
+	t.Helper()
+	if cfg.Table == "" {
+		cfg.Table = "fqdngate"
+	}
+	cfg.NetNSFd = ns.Fd()
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if p != nil {
+		if err := b.Apply(context.Background(), p); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		b.Close()
+	})
+	return b
+}
+
+func publish(t *testing.T, b *Backend, rule, group, addr string, ttl time.Duration) {
+	t.Helper()
+	e := learn.Entry{Name: "x.example", Rule: rule, Group: group, Addr: netip.MustParseAddr(addr), Expires: time.Now().Add(ttl)}
+	if err := b.Publish(context.Background(), []learn.Entry{e}); err != nil {
+		t.Fatalf("Publish %s for %s/%s: %v", addr, rule, group, err)
+	}
+}
+
+// nftJSON lists the table with nft, for assertions on what the kernel holds.
+func nftJSON(t *testing.T, ns *netns.NS, table string) []map[string]json.RawMessage {
+	t.Helper()
+	out := ns.MustExec("nft", "-j", "list", "table", "inet", table)
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("decoding nft -j output: %v\n%s", err, out)
+	}
+	return doc.Nftables
+}
+
+// dropCount sums the packets counted by the default-deny rule.
+func dropCount(t *testing.T, ns *netns.NS) int {
+	t.Helper()
+	out := ns.MustExec("nft", "list", "chain", "inet", "fqdngate", enforceChain)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, `"default deny"`) {
+			var pk, by int
+			i := strings.Index(line, "counter packets ")
+			if i < 0 {
+				break
+			}
+			fmt.Sscanf(line[i:], "counter packets %d bytes %d", &pk, &by)
+			return pk
+		}
+	}
+	t.Fatalf("no default deny counter in:\n%s", out)
+	return 0
+}
+
+func TestForwardEnforce(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	publish(t, b, "bank-api", "payments", srvA6, time.Minute)
+	publish(t, b, "web", "others", srvB, time.Minute)
+
+	checkReach(t, n.client, []reach{
+		{srcPayments, srvA, "443", true},   // learned, on the rule's port
+		{srcPayments, srvA, "8080", false}, // learned, other port
+		{srcPay6, srvA6, "443", true},      // learned over IPv6
+		{srcPay6, srvA6, "8080", false},
+		{srcPayments, srvC, "443", false},    // never learned
+		{srcOthers, srvA, "443", false},      // learned for payments only: group isolation
+		{srcOthers, srvB, "443", true},       // learned for others
+		{srcPayments, srvB, "443", false},    // ...and not for payments
+		{srcOthers, srvB, "8080", true},      // others' rule has 8080
+		{srcPayments, srvCIDR, "5432", true}, // CIDR target
+		{srcOthers, srvCIDR, "5432", true},
+		{srcPayments, srvCIDR, "443", false},
+	})
+	if got := dropCount(t, n.gw); got == 0 {
+		t.Errorf("default deny counted %d packets, want some", got)
+	}
+}
+
+func TestUncoveredSourceUntouched(t *testing.T) {
+	n := newForwardNet(t)
+	n.client.Addr("c0", "198.51.100.50/24")
+	p := mustParse(t, forwardPolicy)
+	startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	checkReach(t, n.client, []reach{
+		{"198.51.100.50", srvC, "443", true}, // in no group, and every rule has from
+		{srcPayments, srvC, "443", false},
+	})
+}
+
+func TestExpiry(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+
+	publish(t, b, "bank-api", "payments", srvA, 1500*time.Millisecond)
+	est, err := dial(n.client, srcPayments, srvA, "443", reachWait)
+	if err != nil {
+		t.Fatalf("dial while learned: %v", err)
+	}
+	defer est.Close()
+	time.Sleep(2 * time.Second)
+
+	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", false}})
+	// The connection opened while the address was learned lives on in
+	// conntrack.
+	est.SetDeadline(time.Now().Add(reachWait))
+	fmt.Fprintln(est, "still there")
+	line, err := bufio.NewReader(est).ReadString('\n')
+	if err != nil || line != "still there\n" {
+		t.Errorf("established connection after expiry: read %q, %v; want the echo", line, err)
+	}
+
+	// Re-learning extends: a second publish with a longer expiry keeps the
+	// address open past the first one's end.
+	publish(t, b, "bank-api", "payments", srvA, time.Second)
+	publish(t, b, "bank-api", "payments", srvA, 4*time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}})
+}
+
+func TestApplyPolicyChange(t *testing.T) {
+	n := newForwardNet(t)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, mustParse(t, forwardPolicy))
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	publish(t, b, "web", "others", srvB, time.Minute)
+	checkReach(t, n.client, []reach{
+		{srcPayments, srvA, "443", true},
+		{srcOthers, srvB, "443", true},
+	})
+
+	// web is gone; bank-api gains a port; partner-db moves to others only.
+	changed := `
+firewall: {backend: nftables, hook: forward, table: fqdngate}
+sources:
+  payments: [198.51.100.10/32]
+  others: [198.51.100.11/32]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example]
+    ports: [443, 8080]
+  - name: partner-db
+    from: [others]
+    to: [203.0.113.0/24]
+    ports: [5432]
+`
+	if err := b.Apply(context.Background(), mustParse(t, changed)); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	checkReach(t, n.client, []reach{
+		{srcPayments, srvA, "443", true}, // learned element kept
+		{srcPayments, srvA, "8080", true},
+		{srcOthers, srvB, "443", false}, // rule removed
+		{srcPayments, srvCIDR, "5432", false},
+		{srcOthers, srvCIDR, "5432", true},
+	})
+	for _, e := range b.Learned() {
+		if e.Rule == "web" {
+			t.Errorf("Learned() still holds %v for the removed rule", e)
+		}
+	}
+	if err := b.Publish(context.Background(), []learn.Entry{{Rule: "web", Group: "others", Addr: netip.MustParseAddr(srvB), Expires: time.Now().Add(time.Minute)}}); err == nil {
+		t.Error("Publish for a removed rule succeeded, want an error")
+	}
+}
+
+func TestAuditDropsNothing(t *testing.T) {
+	n := newForwardNet(t)
+	startBackend(t, n.gw, Config{Hook: policy.HookForward, Mode: policy.Audit, LogGroup: 5}, mustParse(t, forwardPolicy))
+	checkReach(t, n.client, []reach{
+		{srcPayments, srvC, "443", true},
+		{srcOthers, srvA, "8080", true},
+	})
+	if got := dropCount(t, n.gw); got == 0 {
+		t.Errorf("audit counted %d would-be drops, want some", got)
+	}
+}
+
+func TestAdoptExistingTable(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	first := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	publish(t, first, "bank-api", "payments", srvA, time.Minute)
+
+	// A second process (the first was killed) adopts the table: before
+	// and after its Apply, the learned address stays open and the rest
+	// stays closed.
+	second := startBackend(t, n.gw, Config{Hook: policy.HookForward}, nil)
+	want := []reach{{srcPayments, srvA, "443", true}, {srcPayments, srvB, "443", false}}
+	checkReach(t, n.client, want)
+	if err := second.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	checkReach(t, n.client, want)
+	got := second.Learned()
+	if len(got) != 1 || got[0].Addr.String() != srvA || got[0].Rule != "bank-api" || time.Until(got[0].Expires) < 50*time.Second {
+		t.Errorf("adopted Learned() = %v, want %s for bank-api expiring in about a minute", got, srvA)
+	}
+}
+
+func TestStateFileRestore(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	state := t.TempDir() + "/learned.json"
+	first := startBackend(t, n.gw, Config{Hook: policy.HookForward, StateFile: state}, p)
+	publish(t, first, "bank-api", "payments", srvA, time.Minute)
+	publish(t, first, "web", "others", srvB, time.Minute)
+	time.Sleep(time.Second) // written within a second
+
+	// The table is gone (a reboot): the state file brings the addresses back.
+	if err := first.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", true}}) // no table, no enforcement
+	startBackend(t, n.gw, Config{Hook: policy.HookForward, StateFile: state}, p)
+	checkReach(t, n.client, []reach{
+		{srcPayments, srvA, "443", true},
+		{srcOthers, srvB, "443", true},
+		{srcPayments, srvC, "443", false},
+	})
+}
+
+func TestDNSRedirect(t *testing.T) {
+	n := newForwardNet(t)
+	// The "real" resolver outside, which clients must not reach directly.
+	udpEcho(t, n.inet.ListenPacket("udp", srvA+":53"), "upstream")
+	udpEcho(t, n.gw.ListenPacket("udp", "0.0.0.0:5353"), "fqdngate")
+	tcpBanner(t, n.gw.Listen("tcp", "0.0.0.0:5353"), "fqdngate")
+	tcpBanner(t, n.inet.Listen("tcp", srvA+":53"), "upstream")
+
+	startBackend(t, n.gw, Config{Hook: policy.HookForward, DNS: netip.MustParseAddrPort("0.0.0.0:5353")}, mustParse(t, forwardPolicy))
+	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "fqdngate" {
+		t.Errorf("udp dns to %s:53 answered by %q, want fqdngate", srvA, got)
+	}
+	if got := tcpRead(n.client, srcOthers, srvA+":53"); got != "fqdngate" {
+		t.Errorf("tcp dns to %s:53 answered by %q, want fqdngate", srvA, got)
+	}
+}
+
+func TestDNSDroppedWhenNotRedirectable(t *testing.T) {
+	n := newForwardNet(t)
+	udpEcho(t, n.inet.ListenPacket("udp", srvA+":53"), "upstream")
+	tcpBanner(t, n.inet.Listen("tcp", srvA+":53"), "upstream")
+	// A loopback listener cannot receive forwarded packets.
+	p := mustParse(t, forwardPolicy+`
+  - name: resolver
+    from: [payments]
+    to: [192.0.2.0/24]
+    ports: [53, 53/udp]
+`)
+	startBackend(t, n.gw, Config{Hook: policy.HookForward, DNS: netip.MustParseAddrPort("127.0.0.1:5353")}, p)
+	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "" {
+		t.Errorf("udp dns to %s:53 answered by %q, want a drop", srvA, got)
+	}
+	if got := tcpRead(n.client, srcPayments, srvA+":53"); got != "" {
+		t.Errorf("tcp dns to %s:53 answered by %q, want a drop", srvA, got)
+	}
+}
+
+func udpEcho(t *testing.T, pc net.PacketConn, answer string) {
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(answer), from)
+		}
+	}()
+}
+
+func tcpBanner(t *testing.T, ln net.Listener, banner string) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(banner))
+			c.Close()
+		}
+	}()
+}
+
+// udpAsk sends a datagram and returns the answer, or "" after dropWait.
+func udpAsk(t *testing.T, ns *netns.NS, src, dst string) string {
+	t.Helper()
+	c, err := ns.Dial("udp", src, dst, dropWait)
+	if err != nil {
+		t.Fatalf("udp dial: %v", err)
+	}
+	defer c.Close()
+	c.Write([]byte("query"))
+	c.SetReadDeadline(time.Now().Add(dropWait))
+	buf := make([]byte, 64)
+	k, err := c.Read(buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:k])
+}
+
+// tcpRead connects and returns what the server says, or "" on failure.
+func tcpRead(ns *netns.NS, src, dst string) string {
+	c, err := ns.Dial("tcp", src, dst, dropWait)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(reachWait))
+	buf := make([]byte, 64)
+	k, _ := c.Read(buf)
+	return string(buf[:k])
+}

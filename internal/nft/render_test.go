@@ -1,0 +1,39 @@
+package nft
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+const samplePolicy = `
+mode: enforce
+listen: {dns: 127.0.0.1:5353, admin: ""}
+firewall: {backend: nftables, hook: forward, table: fqdngate}
+sources:
+  payments: [198.51.100.10/32]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example, "*.edge.bank.example"]
+    ports: [443, "8000-8100", "443/udp"]
+  - name: partner-db
+    to: [203.0.113.0/24]
+    ports: [5432]
+`
+
+func mustParse(t testing.TB, y string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(y))
+	if err != nil {
+		t.Fatalf("parsing policy: %v", err)
+	}
+	return p
+}
+
+func TestRenderSample(t *testing.T) {
+	p := mustParse(t, samplePolicy)
+	cfg := Config{Table: "fqdngate", Hook: policy.HookForward, DNS: netip.MustParseAddrPort("0.0.0.0:5353")}
+	t.Log("\n" + Render(cfg, p))
+}

@@ -1,0 +1,616 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/sockmark"
+)
+
+// The ruleset is computed as plain values first (this file), then turned
+// into netlink messages (kernel.go) or text (Render). Keeping the desired
+// state pure makes --dry-run and reconciliation the same code.
+
+// family is an address family of a set or rule.
+type family uint8
+
+const (
+	v4 family = iota
+	v6
+)
+
+var families = [...]family{v4, v6}
+
+func (f family) String() string { return [...]string{"4", "6"}[f] }
+
+// ip is the nft keyword for the family's network header.
+func (f family) ip() string { return [...]string{"ip", "ip6"}[f] }
+
+func familyOf(a netip.Addr) family {
+	if a.Unmap().Is4() {
+		return v4
+	}
+	return v6
+}
+
+// setKind says what a set holds, which fixes its flags.
+type setKind uint8
+
+const (
+	sourceSet  setKind = iota // a group's source prefixes (interval, static)
+	coveredSet                // every covered source (interval, static)
+	cidrSet                   // a rule's CIDR targets (interval, static)
+	learnedSet                // addresses learned for rule×group (timeout, dynamic)
+)
+
+// setSpec is one named set of the desired table.
+type setSpec struct {
+	name     string
+	fam      family
+	kind     setKind
+	prefixes []netip.Prefix // static contents, for interval sets
+	// rule and group identify a learned set; group is "" for rules
+	// without from.
+	rule, group string
+}
+
+func (s *setSpec) interval() bool { return s.kind != learnedSet }
+
+// learnKey finds the learned set for an entry.
+type learnKey struct {
+	rule, group string
+	fam         family
+}
+
+// chainSpec is one chain of the desired table. Base chains have a hook.
+type chainSpec struct {
+	name  string
+	hook  string // "" for regular chains; else output, forward, prerouting
+	nat   bool   // type nat (else filter)
+	rules []ruleSpec
+}
+
+// ruleSpec is one rule: all matches must hold, then the statements run.
+type ruleSpec struct {
+	matches []match
+	stmts   []stmt
+	comment string
+}
+
+// match is one packet test.
+type match struct {
+	kind   matchKind
+	fam    family
+	set    string // for saddrIn, daddrIn
+	proto  policy.Proto
+	lo, hi uint16 // for dport, icmpv6Type
+}
+
+type matchKind uint8
+
+const (
+	ctEstablished matchKind = iota // ct state established,related
+	oifLoopback                    // meta oiftype loopback
+	ownMark                        // meta mark sockmark.Mark
+	daddrLocal                     // fib daddr type local
+	nfproto                        // meta nfproto ipv4|ipv6
+	saddrIn                        // ip saddr @set
+	daddrIn                        // ip daddr @set
+	l4proto                        // meta l4proto tcp|udp
+	dport                          // th dport lo-hi (after l4proto)
+	icmpv6Type                     // icmpv6 type lo-hi
+)
+
+// stmt is one action.
+type stmt struct {
+	kind  stmtKind
+	chain string     // jump target
+	port  uint16     // redirect / dnat port
+	addr  netip.Addr // dnat address
+	group uint16     // log group
+	rate  uint32     // log limit per second
+}
+
+type stmtKind uint8
+
+const (
+	counter stmtKind = iota
+	accept
+	drop
+	jump
+	ret
+	logSample // limit rate N/second log group G prefix "fqdngate drop "
+	redirect  // redirect to :port
+	dnat      // dnat ip to addr:port
+)
+
+// Chain names. The filter base chain is named after its hook so that a
+// changed hook replaces the chain instead of failing to update it.
+const (
+	enforceChain  = "enforce"
+	redirectChain = "redirect"
+	natChain      = "dnat"
+	logPrefix     = "fqdngate drop "
+)
+
+// desired is the whole table fqdngate wants.
+type desired struct {
+	sets    []setSpec
+	chains  []chainSpec
+	learned map[learnKey]string // learned set name by rule, group, family
+}
+
+// listener says how traffic for a local listener is steered per family.
+type steer uint8
+
+const (
+	steerNone     steer = iota // the listener cannot be reached: drop (DNS) or leave alone (transparent)
+	steerRedirect              // redirect to :port (the local address of the interface, or loopback on output)
+	steerDNAT                  // dnat to addr:port
+)
+
+// steering decides, per family, how packets reach the listener at ap from
+// the given hook. Redirect sends forwarded packets to the receiving
+// interface's address and local ones to loopback, so a loopback listener
+// is reachable only from the output hook, and a listener on one
+// family's wildcard only for that family.
+func steering(ap netip.AddrPort, hook policy.Hook) [2]steer {
+	var out [2]steer
+	if !ap.IsValid() {
+		return out
+	}
+	a := ap.Addr().Unmap()
+	f := familyOf(a)
+	switch {
+	case a.IsUnspecified():
+		out[f] = steerRedirect
+		if a.Is6() {
+			// Go listens dual-stack on "[::]:port".
+			out[v4] = steerRedirect
+		}
+	case a.IsLoopback():
+		if hook == policy.HookOutput {
+			out[f] = steerRedirect
+		}
+	default:
+		out[f] = steerDNAT
+	}
+	return out
+}
+
+var plainIdent = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ident turns a rule or group name into a set-name component. Names that
+// are not plain identifiers are hashed, so any policy name yields a valid,
+// stable, collision-free set name.
+func ident(s string) string {
+	if plainIdent.MatchString(s) {
+		return s
+	}
+	h := sha256.Sum256([]byte(s))
+	return "h" + hex.EncodeToString(h[:8])
+}
+
+func learnedSetName(rule, group string, f family) string {
+	n := "learn" + f.String() + "." + ident(rule)
+	if group != "" {
+		n += "." + ident(group)
+	}
+	return n
+}
+
+// build computes the table for p. It is pure: same inputs, same table.
+func build(cfg *Config, p *policy.Policy) *desired {
+	d := &desired{learned: make(map[learnKey]string)}
+	addSet := func(s setSpec) { d.sets = append(d.sets, s) }
+
+	// Which groups are used, and does any rule cover every source?
+	anySource := false
+	var groups []string
+	for _, r := range p.Rules {
+		if r.From == nil {
+			anySource = true
+		}
+		for _, g := range r.From {
+			if !slices.Contains(groups, g) {
+				groups = append(groups, g)
+			}
+		}
+	}
+	slices.Sort(groups)
+	groupPrefixes := func(g string, f family) []netip.Prefix {
+		var out []netip.Prefix
+		for _, pfx := range p.Sources[g] {
+			pfx = unmapPrefix(pfx)
+			if familyOf(pfx.Addr()) == f {
+				out = append(out, pfx)
+			}
+		}
+		return out
+	}
+	for _, g := range groups {
+		for _, f := range families {
+			addSet(setSpec{name: "src" + f.String() + "." + ident(g), fam: f, kind: sourceSet, prefixes: groupPrefixes(g, f), group: g})
+		}
+	}
+	if !anySource {
+		for _, f := range families {
+			var all []netip.Prefix
+			for _, g := range groups {
+				all = append(all, groupPrefixes(g, f)...)
+			}
+			addSet(setSpec{name: "covered" + f.String(), fam: f, kind: coveredSet, prefixes: all})
+		}
+	}
+
+	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
+	// first, then each rule's accepts, then default deny.
+	var enforce []ruleSpec
+	dns := steering(cfg.DNS, cfg.Hook)
+	for _, f := range families {
+		if dns[f] != steerNone {
+			continue
+		}
+		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
+			enforce = append(enforce, ruleSpec{
+				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
+				stmts:   verdictDrop(cfg.Mode),
+				comment: "dns that cannot reach fqdngate",
+			})
+		}
+	}
+	for _, r := range p.Rules {
+		from := r.From
+		if from == nil {
+			from = []string{""}
+		}
+		for _, f := range families {
+			var cidr string
+			var targets []netip.Prefix
+			for _, pfx := range r.Prefixes {
+				if pfx = unmapPrefix(pfx); familyOf(pfx.Addr()) == f {
+					targets = append(targets, pfx)
+				}
+			}
+			if len(targets) > 0 {
+				cidr = "cidr" + f.String() + "." + ident(r.Name)
+				addSet(setSpec{name: cidr, fam: f, kind: cidrSet, prefixes: targets, rule: r.Name})
+			}
+			for _, g := range from {
+				// Only rules with names learn; CIDR-only rules need no set.
+				var learned string
+				if len(r.Names) > 0 {
+					learned = learnedSetName(r.Name, g, f)
+					addSet(setSpec{name: learned, fam: f, kind: learnedSet, rule: r.Name, group: g})
+					d.learned[learnKey{r.Name, g, f}] = learned
+				}
+				var src []match
+				if g != "" {
+					if len(groupPrefixes(g, f)) == 0 {
+						continue // the group has no sources of this family
+					}
+					src = []match{{kind: saddrIn, fam: f, set: "src" + f.String() + "." + ident(g)}}
+				}
+				comment := "rule " + r.Name
+				if g != "" {
+					comment += " from " + g
+				}
+				for _, dst := range []string{learned, cidr} {
+					if dst == "" {
+						continue
+					}
+					ms := append(slices.Clone(src), match{kind: daddrIn, fam: f, set: dst})
+					for _, pm := range portMatches(r.Ports) {
+						enforce = append(enforce, ruleSpec{
+							matches: append(slices.Clone(ms), pm...),
+							stmts:   []stmt{{kind: accept}},
+							comment: comment,
+						})
+					}
+				}
+			}
+		}
+	}
+	if cfg.LogGroup != 0 {
+		enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.LogGroup, rate: cfg.logRate()}}, comment: "sample of drops"})
+	}
+	enforce = append(enforce, ruleSpec{stmts: verdictDrop(cfg.Mode), comment: "default deny"})
+
+	// The filter base chain decides who is held to the policy.
+	hook := cfg.Hook.String()
+	var gate []ruleSpec
+	gate = append(gate, ruleSpec{matches: []match{{kind: ctEstablished}}, stmts: []stmt{{kind: accept}}, comment: "replies and established flows"})
+	if cfg.Hook == policy.HookOutput {
+		gate = append(gate,
+			ruleSpec{matches: []match{{kind: oifLoopback}}, stmts: []stmt{{kind: accept}}, comment: "loopback"},
+			ruleSpec{matches: []match{{kind: ownMark}}, stmts: []stmt{{kind: accept}}, comment: "fqdngate's own traffic"},
+			// Redirected packets keep the original output device, so
+			// the loopback rule misses them.
+			ruleSpec{matches: []match{{kind: daddrLocal}}, stmts: []stmt{{kind: accept}}, comment: "redirected to fqdngate"},
+		)
+	}
+	// Without neighbour discovery nothing over IPv6 works, learned or not.
+	gate = append(gate, ruleSpec{
+		matches: []match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: 133, hi: 137}},
+		stmts:   []stmt{{kind: accept}}, comment: "ipv6 neighbour discovery",
+	})
+	gate = append(gate, coveredJumps(anySource, enforceChain, "covered sources")...)
+
+	// The nat chain steers covered sources' DNS, and the transparent
+	// ports, to fqdngate's listeners.
+	var redir []ruleSpec
+	tp := steering(cfg.Transparent, cfg.Hook)
+	for _, f := range families {
+		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
+			if st := steerStmt(dns[f], cfg.DNS); st != nil {
+				redir = append(redir, ruleSpec{
+					matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
+					stmts:   []stmt{*st}, comment: "dns to fqdngate",
+				})
+			}
+		}
+		st := steerStmt(tp[f], cfg.Transparent)
+		if st == nil {
+			continue
+		}
+		for _, port := range cfg.TransparentPorts {
+			redir = append(redir, ruleSpec{
+				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
+				stmts:   []stmt{*st}, comment: "transparent proxy",
+			})
+		}
+	}
+	var nat []ruleSpec
+	natHook := "prerouting"
+	if cfg.Hook == policy.HookOutput {
+		natHook = "output"
+		nat = append(nat,
+			ruleSpec{matches: []match{{kind: oifLoopback}}, stmts: []stmt{{kind: ret}}, comment: "loopback"},
+			ruleSpec{matches: []match{{kind: ownMark}}, stmts: []stmt{{kind: ret}}, comment: "fqdngate's own traffic"},
+		)
+	}
+	if len(redir) > 0 {
+		nat = append(nat, coveredJumps(anySource, redirectChain, "covered sources")...)
+	}
+
+	d.chains = []chainSpec{
+		{name: hook, hook: hook, rules: gate},
+		{name: enforceChain, rules: enforce},
+		{name: natChain, hook: natHook, nat: true, rules: nat},
+		{name: redirectChain, rules: redir},
+	}
+	return d
+}
+
+// coveredJumps sends covered sources to chain: everyone when a rule has no
+// from, else sources in the covered sets.
+func coveredJumps(anySource bool, chain, comment string) []ruleSpec {
+	if anySource {
+		return []ruleSpec{{stmts: []stmt{{kind: jump, chain: chain}}, comment: "every source"}}
+	}
+	var out []ruleSpec
+	for _, f := range families {
+		out = append(out, ruleSpec{
+			matches: []match{{kind: saddrIn, fam: f, set: "covered" + f.String()}},
+			stmts:   []stmt{{kind: jump, chain: chain}}, comment: comment,
+		})
+	}
+	return out
+}
+
+func steerStmt(s steer, ap netip.AddrPort) *stmt {
+	switch s {
+	case steerRedirect:
+		return &stmt{kind: redirect, port: ap.Port()}
+	case steerDNAT:
+		return &stmt{kind: dnat, addr: ap.Addr().Unmap(), port: ap.Port()}
+	}
+	return nil
+}
+
+// verdictDrop is the end of default deny: audit mode counts and falls
+// through to the chain's accept policy.
+func verdictDrop(m policy.Mode) []stmt {
+	if m == policy.Audit {
+		return []stmt{{kind: counter}}
+	}
+	return []stmt{{kind: counter}, {kind: drop}}
+}
+
+// portMatches turns a rule's ports into match lists, one per range. A rule
+// without ports is open on every port.
+func portMatches(ports []policy.PortRange) [][]match {
+	if len(ports) == 0 {
+		return [][]match{nil}
+	}
+	out := make([][]match, 0, len(ports))
+	for _, pr := range ports {
+		out = append(out, []match{{kind: l4proto, proto: pr.Proto}, {kind: dport, lo: pr.Lo, hi: pr.Hi}})
+	}
+	return out
+}
+
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() {
+		bits := p.Bits() - 96
+		if bits < 0 {
+			bits = 0
+		}
+		return netip.PrefixFrom(p.Addr().Unmap(), bits).Masked()
+	}
+	return p.Masked()
+}
+
+// addrRange is an inclusive range of addresses of one family.
+type addrRange struct{ lo, hi netip.Addr }
+
+// ranges merges prefixes into sorted, disjoint, non-adjacent ranges: the
+// kernel rejects overlapping interval elements, and policies may overlap.
+func ranges(prefixes []netip.Prefix) []addrRange {
+	rs := make([]addrRange, 0, len(prefixes))
+	for _, p := range prefixes {
+		p = p.Masked()
+		rs = append(rs, addrRange{p.Addr(), lastAddr(p)})
+	}
+	slices.SortFunc(rs, func(a, b addrRange) int { return a.lo.Compare(b.lo) })
+	var out []addrRange
+	for _, r := range rs {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			next := last.hi.Next()
+			if !next.IsValid() || r.lo.Compare(next) <= 0 {
+				if r.hi.Compare(last.hi) > 0 {
+					last.hi = r.hi
+				}
+				continue
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// Text rendering, in nft syntax, for --dry-run and Show.
+
+func (m match) String() string {
+	switch m.kind {
+	case ctEstablished:
+		return "ct state established,related"
+	case oifLoopback:
+		return "meta oiftype loopback"
+	case ownMark:
+		return fmt.Sprintf("meta mark %#x", sockmark.Mark)
+	case daddrLocal:
+		return "fib daddr type local"
+	case nfproto:
+		return "meta nfproto ipv" + m.fam.String()
+	case saddrIn:
+		return m.fam.ip() + " saddr @" + m.set
+	case daddrIn:
+		return m.fam.ip() + " daddr @" + m.set
+	case l4proto:
+		return "meta l4proto " + m.proto.String()
+	case dport:
+		return "th dport " + portText(m.lo, m.hi)
+	case icmpv6Type:
+		return "icmpv6 type " + portText(m.lo, m.hi)
+	}
+	return "?"
+}
+
+func portText(lo, hi uint16) string {
+	if lo == hi {
+		return fmt.Sprint(lo)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
+}
+
+func (s stmt) String() string {
+	switch s.kind {
+	case counter:
+		return "counter"
+	case accept:
+		return "accept"
+	case drop:
+		return "drop"
+	case jump:
+		return "jump " + s.chain
+	case ret:
+		return "return"
+	case logSample:
+		return fmt.Sprintf("limit rate %d/second log prefix %q group %d", s.rate, logPrefix, s.group)
+	case redirect:
+		return fmt.Sprintf("redirect to :%d", s.port)
+	case dnat:
+		if s.addr.Is6() {
+			return fmt.Sprintf("dnat ip6 to [%s]:%d", s.addr, s.port)
+		}
+		return fmt.Sprintf("dnat ip to %s:%d", s.addr, s.port)
+	}
+	return "?"
+}
+
+func (r ruleSpec) String() string {
+	var parts []string
+	for _, m := range r.matches {
+		// "meta nfproto" is implied by the ip/ip6 keywords nft prints.
+		parts = append(parts, m.String())
+	}
+	for _, s := range r.stmts {
+		parts = append(parts, s.String())
+	}
+	if r.comment != "" {
+		parts = append(parts, fmt.Sprintf("comment %q", r.comment))
+	}
+	return strings.Join(parts, " ")
+}
+
+// render writes d as an nft script.
+func (d *desired) render(table string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s {\n", table)
+	for _, s := range d.sets {
+		typ := "ipv4_addr"
+		if s.fam == v6 {
+			typ = "ipv6_addr"
+		}
+		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, typ)
+		if s.interval() {
+			b.WriteString("\t\tflags interval\n")
+			if len(s.prefixes) > 0 {
+				var el []string
+				for _, r := range ranges(s.prefixes) {
+					el = append(el, rangeText(r))
+				}
+				fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(el, ", "))
+			}
+		} else {
+			b.WriteString("\t\tflags timeout\n")
+		}
+		b.WriteString("\t}\n")
+	}
+	for _, c := range d.chains {
+		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
+		if c.hook != "" {
+			typ, prio := "filter", "filter"
+			if c.nat {
+				typ, prio = "nat", "dstnat"
+			}
+			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", typ, c.hook, prio)
+		}
+		for _, r := range c.rules {
+			fmt.Fprintf(&b, "\t\t%s\n", r)
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+func rangeText(r addrRange) string {
+	for bits := 0; bits <= r.lo.BitLen(); bits++ {
+		p := netip.PrefixFrom(r.lo, bits)
+		if p.Masked().Addr() == r.lo && lastAddr(p) == r.hi {
+			if bits == r.lo.BitLen() {
+				return r.lo.String()
+			}
+			return p.String()
+		}
+	}
+	return r.lo.String() + "-" + r.hi.String()
+}
