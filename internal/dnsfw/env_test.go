@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -101,7 +100,6 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 		Policy:    e.pol.Load,
 		Exchanger: res,
 		Audit:     audit.New(e.log, "json", nil),
-		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
 		Now:       e.clock.Now,
 	}
 	if o.cfg != nil {

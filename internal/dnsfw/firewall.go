@@ -25,6 +25,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/resolver"
 )
 
 // Exchanger sends a query upstream and returns the answer and the upstream
@@ -61,9 +62,9 @@ type Config struct {
 	// kept but not registered.
 	Registerer prometheus.Registerer
 	// IsBusy reports whether an Exchanger error means "too many queries in
-	// flight" (resolver.ErrBusy), which is answered REFUSED rather than
-	// SERVFAIL so clients back off rather than fail over. If nil, every
-	// error is SERVFAIL.
+	// flight", which is answered REFUSED rather than SERVFAIL so clients
+	// back off rather than fail over. If nil, errors.Is(err,
+	// resolver.ErrBusy).
 	IsBusy func(error) bool
 	// PublishTimeout bounds one Publish; the client gets SERVFAIL when it
 	// runs out. If zero, 2s.
@@ -114,6 +115,9 @@ func New(c Config) (*Firewall, error) {
 		pubTimeout: c.PublishTimeout,
 		now:        c.Now,
 		limiter:    newLimiter(maxLimiters),
+	}
+	if f.isBusy == nil {
+		f.isBusy = func(err error) bool { return errors.Is(err, resolver.ErrBusy) }
 	}
 	if f.now == nil {
 		f.now = time.Now

@@ -147,7 +147,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	do := opt != nil && opt.Do()
 	m, err := f.resolve(ctx, p, req, do, x)
 	if err != nil {
-		if f.isBusy != nil && f.isBusy(err) {
+		if f.isBusy(err) {
 			x.note = noteBusy
 			f.metrics.refused.WithLabelValues("busy").Inc()
 			return reply(req, dns.RcodeRefused)
@@ -194,7 +194,6 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	m.Question = req.Question
 	m.Response = true
 	m.Authoritative = false
-	m.Truncated = false
 	m.RecursionDesired = req.RecursionDesired
 	m.RecursionAvailable = true
 	m.CheckingDisabled = req.CheckingDisabled

@@ -411,3 +411,59 @@ func TestServeStopsGracefully(t *testing.T) {
 		t.Errorf("query in flight at shutdown: got %v, want its answer", r)
 	}
 }
+
+func TestTCPConnectionsBounded(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &limitListener{Listener: inner, sem: make(chan struct{}, 2)}
+	defer l.Close()
+	accepted := make(chan net.Conn, 3)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	var served []net.Conn
+	for range 2 {
+		served = append(served, <-accepted)
+	}
+	// The third was accepted and closed at once: its read sees EOF.
+	_ = clients[2].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := clients[2].Read(make([]byte, 1)); err == nil {
+		t.Error("third connection: read succeeded, want it closed")
+	}
+	select {
+	case <-accepted:
+		t.Error("third connection was served beyond the bound of 2")
+	default:
+	}
+	// Closing a served connection frees its slot.
+	served[0].Close()
+	c, err := net.Dial("tcp", inner.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case s := <-accepted:
+		s.Close()
+	case <-time.After(2 * time.Second):
+		t.Error("a connection after one closed was not served")
+	}
+	served[1].Close()
+}
