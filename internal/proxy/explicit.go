@@ -180,22 +180,7 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	connect := r.Method == http.MethodConnect
-	var (
-		t   Target
-		err error
-	)
-	if connect {
-		t, err = parseTarget(r.Host, 0)
-	} else {
-		switch {
-		case !r.URL.IsAbs() || r.URL.Host == "":
-			err = errors.New("this is a proxy: send an absolute URL (http://host/path) or CONNECT host:port")
-		case r.URL.Scheme != "http":
-			err = errors.New("only http:// URLs are forwarded; use CONNECT for " + r.URL.Scheme)
-		default:
-			t, err = parseTarget(r.URL.Host, 80)
-		}
-	}
+	t, err := requestTarget(r)
 	if err != nil {
 		fail(refuse(RefusedBadRequest, err))
 		return
@@ -242,6 +227,22 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.forward(w, r, pol, addrs, t, rec)
+}
+
+// requestTarget returns where an explicit request is going: the authority
+// of a CONNECT, or the host of an absolute http:// URL (whose Host header
+// RFC 9112 says to ignore).
+func requestTarget(r *http.Request) (Target, error) {
+	if r.Method == http.MethodConnect {
+		return parseTarget(r.Host, 0)
+	}
+	switch {
+	case !r.URL.IsAbs() || r.URL.Host == "":
+		return Target{}, errors.New("this is a proxy: send an absolute URL (http://host/path) or CONNECT host:port")
+	case r.URL.Scheme != "http":
+		return Target{}, errors.New("only http:// URLs are forwarded; use CONNECT for " + r.URL.Scheme)
+	}
+	return parseTarget(r.URL.Host, 80)
 }
 
 func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *policy.Policy, d policy.Decision, t Target, rec *connRecord, fail func(*refusalError)) {

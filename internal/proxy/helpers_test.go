@@ -228,3 +228,5 @@ func isClosed(err error) bool {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bufio"
+	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -137,6 +140,34 @@ func FuzzParseIPv4Loose(f *testing.F) {
 			if !ok || a != want {
 				t.Fatalf("parseIPv4Loose(%q) = %v, %v; want %v", s, a, ok, want)
 			}
+		}
+	})
+}
+
+// FuzzRequestHead runs request heads through net/http's request parser and
+// requestTarget, the path every explicit request takes before a decision.
+func FuzzRequestHead(f *testing.F) {
+	for _, tc := range targetCases {
+		f.Add("CONNECT " + tc.in + " HTTP/1.1\r\nHost: " + tc.in + "\r\n\r\n")
+		f.Add("GET http://" + tc.in + "/path HTTP/1.1\r\nHost: other.example\r\n\r\n")
+	}
+	f.Add("GET /relative HTTP/1.1\r\nHost: example.com\r\n\r\n")
+	f.Add("GET https://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+	f.Add("CONNECT example.com:443 HTTP/1.0\r\n\r\n")
+	f.Fuzz(func(t *testing.T, head string) {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+		if err != nil {
+			return
+		}
+		got, err := requestTarget(r)
+		if err != nil {
+			return
+		}
+		if (got.Name == "") == !got.Addr.IsValid() || got.Port == 0 {
+			t.Fatalf("requestTarget(%q) = %+v: want one of name and address, and a port", head, got)
+		}
+		if r.Method != http.MethodConnect && r.URL.Scheme != "http" {
+			t.Fatalf("requestTarget(%q) accepted scheme %q", head, r.URL.Scheme)
 		}
 	})
 }
