@@ -449,6 +449,34 @@ func TestStreamRetriesClosedPooledConn(t *testing.T) {
 	}
 }
 
+// Servers close idle connections together; a retry on another pooled
+// connection would meet the same fate.
+func TestStreamRetryDialsFresh(t *testing.T) {
+	p := &streamPool{addr: oneShotTCP(t), dialer: &net.Dialer{}}
+	defer p.close()
+	q := query("www.example.com", dns.TypeA)
+	wire, _ := q.Pack()
+	deadline := time.Now().Add(hangLimit)
+	var conns []*streamConn
+	for range 3 {
+		c, _, err := p.get(context.Background(), deadline, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := roundTrip(context.Background(), c, wire, q.Id, q.Question[0], deadline); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		p.put(c) // each already closed by the server
+	}
+	time.Sleep(10 * time.Millisecond)
+	if _, err := p.exchange(context.Background(), wire, q.Id, q.Question[0], deadline); err != nil {
+		t.Errorf("got %v with only stale connections pooled, want an answer over a fresh one", err)
+	}
+}
+
 type recordingObserver struct {
 	mu   sync.Mutex
 	errs map[string][]error

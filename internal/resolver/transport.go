@@ -174,11 +174,12 @@ type streamConn struct {
 	idleSince time.Time
 }
 
-// get returns an idle connection, reporting reused, or dials a new one.
-func (p *streamPool) get(ctx context.Context, deadline time.Time) (c *streamConn, reused bool, err error) {
+// get returns an idle connection, reporting reused, or dials a new one;
+// always a new one if fresh.
+func (p *streamPool) get(ctx context.Context, deadline time.Time, fresh bool) (c *streamConn, reused bool, err error) {
 	now := time.Now()
 	p.mu.Lock()
-	for len(p.idle) > 0 {
+	for !fresh && len(p.idle) > 0 {
 		n := len(p.idle)
 		c := p.idle[n-1]
 		p.idle = p.idle[:n-1]
@@ -230,10 +231,11 @@ func (p *streamPool) close() {
 // exchange sends the query over a pooled connection. A reused connection
 // the server has closed in the meantime (servers close idle ones, or after
 // a number of queries) fails on first use; the query is then retried once
-// on a fresh connection, which is safe as DNS queries are idempotent.
+// on a fresh connection, which is safe as DNS queries are idempotent. Not
+// on another pooled one: the server may have closed them all at once.
 func (p *streamPool) exchange(ctx context.Context, wire []byte, id uint16, q dns.Question, deadline time.Time) (*dns.Msg, error) {
 	for retried := false; ; retried = true {
-		c, reused, err := p.get(ctx, deadline)
+		c, reused, err := p.get(ctx, deadline, retried)
 		if err != nil {
 			return nil, err
 		}
