@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/resolver"
 )
 
 // Metrics are the DNS firewall's Prometheus series. They also implement
@@ -76,6 +77,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	return m, nil
 }
+
+var _ resolver.Observer = (*Metrics)(nil)
 
 // ObserveExchange implements resolver.Observer.
 func (m *Metrics) ObserveExchange(upstream string, d time.Duration, err error) {
