@@ -97,6 +97,10 @@ type Backend struct {
 	// long enough skip netlink altogether.
 	mirror map[elemKey]time.Time
 	dirty  bool // mirror changed since the state file was written
+
+	// breakApply, if set, adds a failing message to Apply's transaction
+	// (tests: a netlink failure must leave the old table intact).
+	breakApply func(*nftables.Conn)
 }
 
 type elemKey struct {
@@ -169,21 +173,27 @@ func netlinkErr(doing string, err error) error {
 	return fmt.Errorf("nftables: %s: %w", doing, err)
 }
 
+func (b *Backend) tableExistsLocked() (bool, error) {
+	tables, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, netlinkErr("listing tables", err)
+	}
+	for _, t := range tables {
+		if t.Name == b.cfg.Table {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // adopt reads an existing table's sets and learned elements.
 func (b *Backend) adopt() error {
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	// Listing needs CAP_NET_ADMIN too, so this is also the capability check.
-	tables, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return netlinkErr("listing tables", err)
-	}
-	found := false
-	for _, t := range tables {
-		found = found || t.Name == b.cfg.Table
-	}
-	if !found {
-		return nil
+	found, err := b.tableExistsLocked()
+	if err != nil || !found {
+		return err
 	}
 	sets, err := b.conn.GetSets(b.table)
 	if err != nil {
@@ -292,6 +302,9 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 		if err := c.SetAddElements(sets[name], elems); err != nil {
 			return fmt.Errorf("nftables: encoding set %s: %w", name, err)
 		}
+	}
+	if b.breakApply != nil {
+		b.breakApply(c)
 	}
 	if err := c.Flush(); err != nil {
 		// The kernel aborted the whole transaction: the old table stands.

@@ -3,7 +3,6 @@
 package netns
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -210,13 +209,17 @@ func (ns *NS) Dial(network, local, remote string, timeout time.Duration) (net.Co
 			return nil, err
 		}
 	}
+	return ns.DialWith(&d, network, remote)
+}
+
+// DialWith connects from inside the namespace with d (for a Control hook
+// or a local address); d.Timeout bounds the attempt.
+func (ns *NS) DialWith(d *net.Dialer, network, remote string) (net.Conn, error) {
 	var c net.Conn
 	err := ns.Do(func() (err error) {
 		// The socket is created, and the connect started, on this thread,
-		// so it belongs to the namespace even though the wait happens here.
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		c, err = d.DialContext(ctx, network, remote)
+		// so it belongs to the namespace.
+		c, err = d.Dial(network, remote)
 		return err
 	})
 	return c, err
