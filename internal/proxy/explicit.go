@@ -57,7 +57,10 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+	// One deadline for everything in flight: forwarded requests (which
+	// Shutdown waits for) and hijacked tunnels (which it does not).
+	deadline := time.Now().Add(p.cfg.DrainTimeout)
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	stop := context.AfterFunc(sctx, dr.cut)
 	defer stop()
@@ -65,7 +68,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		srv.Close()
 	}
 	<-errc
-	dr.wait(p.cfg.DrainTimeout)
+	dr.wait(time.Until(deadline))
 	return nil
 }
 
