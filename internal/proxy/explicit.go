@@ -335,9 +335,28 @@ func (p *Proxy) forwardTransport() *http.Transport {
 			if rerr != nil {
 				return nil, rerr
 			}
-			return c, nil
+			return &idleConn{TCPConn: c, idle: idleTimeout(plan.pol)}, nil
 		},
 	}
+}
+
+// idleConn gives a forwarded request's upstream connection the policy's
+// idle timeout: a server that stops sending (or reading) for that long is
+// cut off instead of holding the client forever. Forwarded HTTP is copied
+// through user space anyway, so the wrapper costs no splice.
+type idleConn struct {
+	*net.TCPConn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	c.TCPConn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.TCPConn.Read(b)
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	c.TCPConn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.TCPConn.Write(b)
 }
 
 func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *policy.Policy, addrs []netip.Addr, t Target, rec *connRecord) {

@@ -258,3 +258,38 @@ rules:
 		t.Errorf("curl denied: got %q, want 403", got)
 	}
 }
+
+func TestForwardIdleUpstream(t *testing.T) {
+	// An upstream that accepts and never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+	pol := fmt.Sprintf(`
+proxy: {deny_private: false, idle_timeout: 1s}
+rules:
+  - name: web
+    to: [web.test]
+    ports: [%s]
+`, port)
+	h := startProxy(t, pol, mapResolver{"web.test": addrs("127.0.0.1")})
+	resp, err := proxyClient(h.addr, nil).Get("http://web.test:" + port + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 502 && resp.StatusCode != 504 {
+		t.Fatalf("GET of a silent upstream: got %d, want 502 or 504 once the idle timeout passes", resp.StatusCode)
+	}
+}
