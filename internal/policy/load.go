@@ -407,7 +407,7 @@ func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if _, dup := users[k.Value]; dup {
-			d.errorf(k, "user %q is defined twice", k.Value)
+			d.errorf(k, "user %q is defined twice (first at line %d); keep one", k.Value, users[k.Value].keyNode.Line)
 			continue
 		}
 		u := &wireUser{keyNode: k}

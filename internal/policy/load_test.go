@@ -111,6 +111,7 @@ var errorCases = []errorCase{
 	{"users not a mapping", "users: [alice]\n", 1, 8, []string{"users must map user names to {hash, groups}"}},
 	{"plain password", "users:\n  alice:\n    hash: hunter2\n", 2, 3, []string{"users.alice.hash is not a bcrypt hash", "htpasswd -nbB"}},
 	{"user in undefined group", "sources:\n  ci: [10.2.0.0/16]\nusers:\n  alice:\n    hash: $2a$04$CKxvxTcDqB6cnxi.Chjma.9r/0VfUe5QryqVoh5azytZmaPdIyGwa\n    groups: [cj]\n", 6, 14, []string{`users.alice: source group "cj" is not defined`, `did you mean "ci"?`}},
+	{"user defined twice", "users:\n  alice:\n    hash: $2a$04$CKxvxTcDqB6cnxi.Chjma.9r/0VfUe5QryqVoh5azytZmaPdIyGwa\n  alice:\n    hash: $2a$04$CKxvxTcDqB6cnxi.Chjma.9r/0VfUe5QryqVoh5azytZmaPdIyGwa\n", 4, 3, []string{`user "alice" is defined twice (first at line 2); keep one`}},
 	{"rule without name", upstreams + "rules:\n  - to: example.com\n", 3, 5, []string{"rule has no name", "name: bank-api"}},
 	{"empty rule item", upstreams + "rules:\n  -\n  - name: x\n    to: example.com\n", 3, 4, []string{"rules has an empty item"}},
 	{"bad rule name", upstreams + "rules:\n  - name: \"bank api\"\n    to: example.com\n", 3, 11, []string{`rule name "bank api" must start with a letter or digit`}},
