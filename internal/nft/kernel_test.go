@@ -288,6 +288,36 @@ func TestForwardEnforce(t *testing.T) {
 	if got := dropCount(t, n.gw); got == 0 {
 		t.Errorf("default deny counted %d packets, want some", got)
 	}
+	// The kernel holds the element with its timeout.
+	for _, obj := range nftJSON(t, n.gw, "fqdngate") {
+		raw, ok := obj["set"]
+		if !ok {
+			continue
+		}
+		var named struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal(raw, &named); err != nil || named.Name != "learn4.bank-api.payments" {
+			continue // interval sets list elements in other shapes
+		}
+		var set struct {
+			Name string `json:"name"`
+			Elem []struct {
+				Elem struct {
+					Val     string `json:"val"`
+					Timeout int    `json:"timeout"`
+				} `json:"elem"`
+			} `json:"elem"`
+		}
+		if err := json.Unmarshal(raw, &set); err != nil {
+			t.Fatal(err)
+		}
+		if len(set.Elem) != 1 || set.Elem[0].Elem.Val != srvA || set.Elem[0].Elem.Timeout < 55 {
+			t.Errorf("set %s holds %+v, want %s with a timeout of about 60s", set.Name, set.Elem, srvA)
+		}
+		return
+	}
+	t.Error("set learn4.bank-api.payments not listed by nft")
 }
 
 func TestUncoveredSourceUntouched(t *testing.T) {

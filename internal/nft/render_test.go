@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"net/netip"
 	"testing"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -30,10 +29,4 @@ func mustParse(t testing.TB, y string) *policy.Policy {
 		t.Fatalf("parsing policy: %v", err)
 	}
 	return p
-}
-
-func TestRenderSample(t *testing.T) {
-	p := mustParse(t, samplePolicy)
-	cfg := Config{Table: "fqdngate", Hook: policy.HookForward, DNS: netip.MustParseAddrPort("0.0.0.0:5353")}
-	t.Log("\n" + Render(cfg, p))
 }

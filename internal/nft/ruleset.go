@@ -134,8 +134,8 @@ const (
 // changed hook replaces the chain instead of failing to update it.
 const (
 	enforceChain  = "enforce"
-	redirectChain = "redirect"
-	natChain      = "dnat"
+	redirectChain = "steer_covered"
+	natChain      = "steer"
 	logPrefix     = "fqdngate drop "
 )
 
@@ -589,7 +589,8 @@ func (d *desired) render(table string) string {
 		if c.hook != "" {
 			typ, prio := "filter", "filter"
 			if c.nat {
-				typ, prio = "nat", "dstnat"
+				// nft accepts the name dstnat only at prerouting.
+				typ, prio = "nat", "-100"
 			}
 			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", typ, c.hook, prio)
 		}
