@@ -294,7 +294,10 @@ func (a Action) String() string { return [...]string{"deny", "allow", "would-den
 // Permits reports whether traffic may proceed.
 func (a Action) Permits() bool { return a != Deny }
 
-// Reason says why a decision came out as it did.
+// Reason says why a decision came out as it did. The first six come from
+// Decide; the rest are set by the component that refused something a rule
+// allowed (or that it refused before asking), so the audit line always
+// carries the real reason.
 type Reason uint8
 
 const (
@@ -304,6 +307,20 @@ const (
 	ReasonPort                       // a rule names the destination and source, but not this port
 	ReasonInvalidName                // the name is not a valid host name
 	ReasonNotAllowedIP               // an IP literal that no CIDR rule covers
+
+	ReasonQType      // DNS: record type not in dns.qtypes
+	ReasonCNAME      // DNS: a name in the CNAME chain is not allowed (dns.inspect_cname)
+	ReasonRebinding  // DNS: every answer address was private (dns.rebinding_protection)
+	ReasonPrivate    // proxy: the destination address is private or internal (proxy.deny_private)
+	ReasonSelf       // proxy: the destination is one of fqdngate's own listeners
+	ReasonSpoofed    // transparent: the original destination is not an address of the name
+	ReasonNoSNI      // transparent: no server name visible (no SNI, or encrypted client hello)
+	ReasonTLSVersion // transparent: the client offers only TLS below the rule's min_version
+	ReasonVerify     // the upstream certificate failed verification or pinning
+	ReasonBadRequest // the request could not be parsed
+	ReasonBusy       // over a concurrency or rate bound
+	ReasonUpstream   // the upstream could not be reached or failed
+	ReasonUndecided  // refused before a decision could be made (no policy, no destination)
 )
 
 var reasonText = [...]string{
@@ -313,6 +330,19 @@ var reasonText = [...]string{
 	"destination is allowed for this source, but not on this port",
 	"invalid host name",
 	"no CIDR rule covers this address",
+	"record type not allowed by dns.qtypes",
+	"a name in the CNAME chain is not allowed (dns.inspect_cname)",
+	"answer pointed a public name at private addresses (dns.rebinding_protection)",
+	"destination address is private or internal (proxy.deny_private)",
+	"destination is fqdngate itself",
+	"original destination is not an address of the requested name (spoofing)",
+	"no server name visible (no SNI, or encrypted client hello)",
+	"client offers only TLS versions below the rule's min_version",
+	"upstream certificate failed verification",
+	"malformed request",
+	"over a concurrency or rate limit",
+	"upstream unreachable or failed",
+	"refused before a policy decision",
 }
 
 func (r Reason) String() string { return reasonText[r] }
