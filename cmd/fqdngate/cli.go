@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"syscall"
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
@@ -283,9 +282,4 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func usageErr(stderr io.Writer, cmd, msg string) int {
-	fmt.Fprintf(stderr, "fqdngate %s: %s\n", cmd, strings.TrimSpace(msg))
-	return 2
 }

@@ -4,6 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+
+	"github.com/fqdngate/fqdngate/internal/daemon"
+	"github.com/fqdngate/fqdngate/internal/nft"
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 const firewallHelp = `NAME
@@ -15,24 +20,77 @@ SYNOPSIS
 
 DESCRIPTION
     show prints the table (family inet) with its chains, rules, sets and
-    element counts. remove deletes the table, for uninstalling; traffic is
+    their elements. remove deletes the table, for uninstalling; traffic is
     then no longer filtered by fqdngate. The table name comes from
-    firewall.table in POLICY, or --table, or defaults to fqdngate.
-    Both need CAP_NET_ADMIN.
+    firewall.table in POLICY, or --table, or defaults to fqdngate. Other
+    tables are never touched. Both need CAP_NET_ADMIN.
 `
 
 func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "show" && args[0] != "remove") {
-		if len(args) > 0 && (args[0] == "--help" || args[0] == "-h") {
-			fmt.Fprint(stdout, firewallHelp)
-			return 0
-		}
+	if len(args) == 0 {
 		fmt.Fprint(stderr, firewallHelp)
 		return 2
 	}
-	return usageErr(stderr, "firewall", "the nftables backend is not built into this version yet")
+	sub := args[0]
+	if sub == "--help" || sub == "-h" || sub == "help" {
+		fmt.Fprint(stdout, firewallHelp)
+		return 0
+	}
+	if sub != "show" && sub != "remove" {
+		fmt.Fprintf(stderr, "fqdngate firewall: unknown subcommand %q; use show or remove\n", sub)
+		return 2
+	}
+	fs := flagSet("firewall "+sub, firewallHelp, stdout, stderr)
+	cfg := configFlag(fs)
+	table := fs.String("table", "", "table `NAME` (default: firewall.table of POLICY, else fqdngate)")
+	if code := parse(fs, args[1:], stdout); code >= 0 {
+		return code
+	}
+	name := "fqdngate"
+	if *cfg != "" {
+		p, err := policy.Load(*cfg)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		name = p.Firewall.Table
+	}
+	if *table != "" {
+		name = *table
+	}
+	b, err := nft.New(nft.Config{Table: name, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate firewall %s: %v\n", sub, err)
+		return 1
+	}
+	defer b.Close()
+	switch sub {
+	case "remove":
+		if err := b.Remove(); err != nil {
+			fmt.Fprintf(stderr, "fqdngate firewall remove: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "removed table inet %s\n", name)
+	case "show":
+		if err := b.Show(stdout); err != nil {
+			fmt.Fprintf(stderr, "fqdngate firewall show: %v\n", err)
+			return 1
+		}
+	}
+	return 0
 }
 
+// dryRunRuleset prints what the nftables backend would program for the
+// policy, without touching the kernel.
 func dryRunRuleset(cfg string, stdout, stderr io.Writer) int {
-	return usageErr(stderr, "run --dry-run", "the nftables backend is not built into this version yet")
+	p, err := policy.Load(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if p.Firewall.Backend != policy.BackendNftables {
+		fmt.Fprintf(stdout, "# firewall.backend is %s: fqdngate programs no nftables rules for this policy.\n# This is the table it would program with firewall.backend: nftables.\n", p.Firewall.Backend)
+	}
+	fmt.Fprint(stdout, nft.Render(daemon.NftConfig(p, nil), p))
+	return 0
 }
