@@ -393,7 +393,7 @@ rules:
 	if code != 0 {
 		t.Fatalf("dry-run: exit %d: %s", code, errOut)
 	}
-	for _, w := range []string{"table inet drytest", "hook output", "198.51.100.0/24", "203.0.113.0/24", "tcp dport 5432", "bank-api"} {
+	for _, w := range []string{"table inet drytest", "hook output", "198.51.100.0/24", "203.0.113.0/24", "dport 5432", "bank-api"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("dry-run output lacks %q:\n%s", w, out)
 		}
