@@ -30,13 +30,16 @@ type components struct {
 	ups     *upstreams
 	dns     *dnsfw.Firewall
 	proxy   *proxy.Proxy
+	// verifier checks upstream certificates for rules with tls.verify; the
+	// proxy and the DNS firewall share it, and its cache.
+	verifier *proxy.Verifier
 	nft     *nft.Backend // nil unless firewall.backend is nftables
 	learned func() []learn.Entry
 	wg      sync.WaitGroup
 }
 
 func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*components, error) {
-	c := &components{d: d}
+	c := &components{d: d, verifier: proxy.NewVerifier(proxy.VerifierConfig{})}
 	dnsMetrics, err := dnsfw.NewMetrics(d.reg)
 	if err != nil {
 		return nil, err
@@ -95,6 +98,7 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		Logger:     d.log.With("component", "proxy"),
 		Registerer: d.reg,
 		Self:       selfAddrs(p),
+		Verifier:   c.verifier,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the proxy: %w", err)
@@ -204,7 +208,11 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		}
 		return func(ctx context.Context) error { return c.proxy.Serve(ctx, ln) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "transparent":
-		return nil, nil, "", errors.New("the transparent listener is not built into this version yet")
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		return func(ctx context.Context) error { return c.proxy.ServeTransparent(ctx, ln) }, func() { ln.Close() }, ln.Addr().String(), nil
 	}
 	return nil, nil, "", fmt.Errorf("unknown listener kind %q", kind)
 }
