@@ -26,16 +26,16 @@ import (
 // components are the long-lived parts built once at start; listeners come
 // and go around them, and reloads hand them the new policy.
 type components struct {
-	d       *Daemon
-	ups     *upstreams
-	dns     *dnsfw.Firewall
-	proxy   *proxy.Proxy
+	d     *Daemon
+	ups   *upstreams
+	dns   *dnsfw.Firewall
+	proxy *proxy.Proxy
 	// verifier checks upstream certificates for rules with tls.verify; the
 	// proxy and the DNS firewall share it, and its cache.
 	verifier *proxy.Verifier
-	nft     *nft.Backend // nil unless firewall.backend is nftables
-	learned func() []learn.Entry
-	wg      sync.WaitGroup
+	nft      *nft.Backend // nil unless firewall.backend is nftables
+	learned  func() []learn.Entry
+	wg       sync.WaitGroup
 }
 
 func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*components, error) {
