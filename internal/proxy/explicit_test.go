@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // matrixPolicy allows open.test for everyone, bank.test for the payments
@@ -57,38 +59,46 @@ func TestConnectMatrix(t *testing.T) {
 	h := startProxy(t, matrixPolicy(t, port), res)
 	p := func(host string) string { return fmt.Sprintf("%s:%d", host, port) }
 
+	const (
+		matched   = "matched"
+		noRule    = "no rule allows this destination"
+		noCIDR    = "no CIDR rule covers this address"
+		undecided = "refused before a policy decision"
+		malformed = "malformed request"
+	)
 	cases := []struct {
 		name, src, target, cred string
 		wantStatus              int
-		wantReason              string
+		wantReason              string // X-Fqdngate-Reason
+		wantAudit               string // the audit line's reason; "" for no line
 	}{
-		{"allowed name", "", p("open.test"), "", 200, ""},
-		{"allowed name any case", "", p("OPEN.Test."), "", 200, ""},
-		{"wrong port", "", fmt.Sprintf("open.test:%d", port+1), "", 403, "destination is allowed for this source, but not on this port"},
-		{"no rule", "", p("other.test"), "", 403, "no rule allows this destination"},
-		{"group by source", "127.0.0.2", p("bank.test"), "", 200, ""},
-		{"group missing asks for credentials", "127.0.0.1", p("bank.test"), "", 407, "proxy authentication required"},
-		{"group by user", "127.0.0.1", p("bank.test"), "alice:s3cret", 200, ""},
-		{"user without the group", "127.0.0.1", p("bank.test"), "bob:s3cret", 403, "destination is allowed, but not for this source"},
-		{"wrong password", "127.0.0.1", p("bank.test"), "alice:wrong", 407, "proxy authentication required"},
-		{"unknown user", "127.0.0.1", p("bank.test"), "mallory:s3cret", 407, "proxy authentication required"},
-		{"malformed credentials", "127.0.0.1", p("bank.test"), "no-colon", 407, "proxy authentication required"},
-		{"ip literal without cidr rule", "", p("127.0.0.1"), "", 403, "no CIDR rule covers this address"},
-		{"ip literal with cidr rule", "", p("127.0.0.3"), "", 200, ""},
-		{"decimal spelling", "", p("2130706435"), "", 200, ""},
-		{"octal spelling", "", p("0177.0.0.03"), "", 200, ""},
-		{"hex spelling", "", p("0x7f.0.0.0x3"), "", 200, ""},
-		{"short spelling", "", p("127.3"), "", 200, ""},
-		{"trailing dot spelling", "", p("127.0.0.3."), "", 200, ""},
-		{"mapped v6 spelling", "", p("[::ffff:127.0.0.3]"), "", 200, ""},
-		{"decimal spelling of uncovered address", "", p("2130706433"), "", 403, "no CIDR rule covers this address"},
-		{"octal spelling of uncovered address", "", p("0313.0.0.1"), "", 403, "no CIDR rule covers this address"},
-		{"hex spelling of uncovered address", "", p("0xcb.0.0x71.7"), "", 403, "no CIDR rule covers this address"},
-		{"short spelling of uncovered address", "", p("127.1"), "", 403, "no CIDR rule covers this address"},
-		{"v6 loopback literal", "", p("[::1]"), "", 403, "no CIDR rule covers this address"},
-		{"missing port", "", "open.test", "", 400, "bad request"},
-		{"unbracketed v6", "", fmt.Sprintf("::1:%d", port), "", 400, ""}, // net/http refuses it before the handler
-		{"numeric last label", "", p("open.123"), "", 400, "bad request"},
+		{"allowed name", "", p("open.test"), "", 200, "", matched},
+		{"allowed name any case", "", p("OPEN.Test."), "", 200, "", matched},
+		{"wrong port", "", fmt.Sprintf("open.test:%d", port+1), "", 403, "destination is allowed for this source, but not on this port", "destination is allowed for this source, but not on this port"},
+		{"no rule", "", p("other.test"), "", 403, noRule, noRule},
+		{"group by source", "127.0.0.2", p("bank.test"), "", 200, "", matched},
+		{"group missing asks for credentials", "127.0.0.1", p("bank.test"), "", 407, "proxy authentication required", "destination is allowed, but not for this source"},
+		{"group by user", "127.0.0.1", p("bank.test"), "alice:s3cret", 200, "", matched},
+		{"user without the group", "127.0.0.1", p("bank.test"), "bob:s3cret", 403, "destination is allowed, but not for this source", "destination is allowed, but not for this source"},
+		{"wrong password", "127.0.0.1", p("bank.test"), "alice:wrong", 407, "proxy authentication required", undecided},
+		{"unknown user", "127.0.0.1", p("bank.test"), "mallory:s3cret", 407, "proxy authentication required", undecided},
+		{"malformed credentials", "127.0.0.1", p("bank.test"), "no-colon", 407, "proxy authentication required", undecided},
+		{"ip literal without cidr rule", "", p("127.0.0.1"), "", 403, noCIDR, noCIDR},
+		{"ip literal with cidr rule", "", p("127.0.0.3"), "", 200, "", matched},
+		{"decimal spelling", "", p("2130706435"), "", 200, "", matched},
+		{"octal spelling", "", p("0177.0.0.03"), "", 200, "", matched},
+		{"hex spelling", "", p("0x7f.0.0.0x3"), "", 200, "", matched},
+		{"short spelling", "", p("127.3"), "", 200, "", matched},
+		{"trailing dot spelling", "", p("127.0.0.3."), "", 200, "", matched},
+		{"mapped v6 spelling", "", p("[::ffff:127.0.0.3]"), "", 200, "", matched},
+		{"decimal spelling of uncovered address", "", p("2130706433"), "", 403, noCIDR, noCIDR},
+		{"octal spelling of uncovered address", "", p("0313.0.0.1"), "", 403, noCIDR, noCIDR},
+		{"hex spelling of uncovered address", "", p("0xcb.0.0x71.7"), "", 403, noCIDR, noCIDR},
+		{"short spelling of uncovered address", "", p("127.1"), "", 403, noCIDR, noCIDR},
+		{"v6 loopback literal", "", p("[::1]"), "", 403, noCIDR, noCIDR},
+		{"missing port", "", "open.test", "", 400, "bad request", malformed},
+		{"unbracketed v6", "", fmt.Sprintf("::1:%d", port), "", 400, "", ""}, // net/http refuses it before the handler
+		{"numeric last label", "", p("open.123"), "", 400, "bad request", malformed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,7 +111,17 @@ func TestConnectMatrix(t *testing.T) {
 			}
 			if r.status == 200 {
 				r.echo(t)
+				r.conn.Close()
 			}
+			if tc.wantAudit == "" {
+				return
+			}
+			want := map[string]any{"action": "deny", "reason": tc.wantAudit, "rule": ""}
+			if tc.wantStatus == 200 {
+				want["action"] = "allow"
+				delete(want, "rule")
+			}
+			checkAudit(t, h.auditOf(t, r.conn), want)
 		})
 	}
 	if strings.Contains(h.audit.String(), "s3cret") {
@@ -142,6 +162,7 @@ rules:
 			if r.status != 403 || r.reason != RefusedPrivate.String() {
 				t.Fatalf("CONNECT %s: got %d %q, want 403 %q", name, r.status, r.reason, RefusedPrivate)
 			}
+			checkAudit(t, h.auditOf(t, r.conn), refusedBy(RefusedPrivate, policy.ReasonPrivate, "names"))
 		})
 	}
 	t.Run("named address is the exception", func(t *testing.T) {
@@ -175,6 +196,7 @@ rules:
 	if r.status != 403 || r.reason != RefusedSelf.String() {
 		t.Fatalf("CONNECT to the proxy itself: got %d %q, want 403 %q", r.status, r.reason, RefusedSelf)
 	}
+	checkAudit(t, h.auditOf(t, r.conn), refusedBy(RefusedSelf, policy.ReasonSelf, "loop"))
 }
 
 func TestUpstreamFailures(t *testing.T) {
@@ -196,15 +218,16 @@ rules:
 	for _, tc := range []struct {
 		target string
 		want   int
-		reason string
+		reason Refusal
 	}{
-		{fmt.Sprintf("dead.test:%d", dead), 502, RefusedDial.String()},
-		{"nxdomain.test:443", 502, RefusedResolve.String()},
+		{fmt.Sprintf("dead.test:%d", dead), 502, RefusedDial},
+		{"nxdomain.test:443", 502, RefusedResolve},
 	} {
 		r := connectVia(t, h.addr, "", tc.target, "")
-		if r.status != tc.want || r.reason != tc.reason {
+		if r.status != tc.want || r.reason != tc.reason.String() {
 			t.Errorf("CONNECT %s: got %d %q, want %d %q", tc.target, r.status, r.reason, tc.want, tc.reason)
 		}
+		checkAudit(t, h.auditOf(t, r.conn), refusedBy(tc.reason, policy.ReasonUpstream, "any"))
 	}
 }
 
@@ -288,6 +311,7 @@ rules:
 	if second.status != 503 || second.reason != RefusedBusy.String() {
 		t.Fatalf("second CONNECT past max_conns: got %d %q, want 503 %q", second.status, second.reason, RefusedBusy)
 	}
+	checkAudit(t, h.auditOf(t, second.conn), refusedBy(RefusedBusy, policy.ReasonBusy, ""))
 	first.echo(t)
 	first.conn.Close()
 	waitFor(t, "the slot to be released", func() bool { return h.p.active.Load() == 0 })

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/certs"
 )
 
@@ -169,6 +170,7 @@ rules:
 	if resp.StatusCode != 403 || resp.Header.Get("X-Fqdngate-Reason") != RefusedPrivate.String() {
 		t.Fatalf("GET of a name resolving to loopback: got %d %q, want 403 %q", resp.StatusCode, resp.Header.Get("X-Fqdngate-Reason"), RefusedPrivate)
 	}
+	checkAudit(t, h.auditLine(t, `"name":"evil.test"`), refusedBy(RefusedPrivate, policy.ReasonPrivate, "web"))
 }
 
 func TestForwardUpstreamDown(t *testing.T) {
@@ -187,7 +189,7 @@ func TestForwardUpstreamDown(t *testing.T) {
 	if resp.StatusCode != 502 || resp.Header.Get("X-Fqdngate-Reason") != RefusedDial.String() {
 		t.Fatalf("GET of a dead upstream: got %d %q, want 502 %q", resp.StatusCode, resp.Header.Get("X-Fqdngate-Reason"), RefusedDial)
 	}
-	waitFor(t, "the audit line", func() bool { return len(h.auditLines(`"refused":"upstream connection failed"`)) == 1 })
+	checkAudit(t, h.auditLine(t, `"name":"web.test"`), refusedBy(RefusedDial, policy.ReasonUpstream, "web"))
 }
 
 // tlsBackend starts an HTTPS server on 127.0.0.1 with a leaf for hosts.

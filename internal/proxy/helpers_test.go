@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -230,3 +231,52 @@ func isClosed(err error) bool {
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// auditOf waits for the audit line of the connection whose client end is c
+// (the proxy logs that address as "client") and decodes it.
+func (h *harness) auditOf(t testing.TB, c net.Conn) map[string]any {
+	t.Helper()
+	return h.auditLine(t, `"client":"`+c.LocalAddr().String()+`"`)
+}
+
+// auditLine waits for an audit line containing s, checks it is the only
+// one, and decodes it.
+func (h *harness) auditLine(t testing.TB, s string) map[string]any {
+	t.Helper()
+	waitFor(t, "the audit line with "+s, func() bool { return len(h.auditLines(s)) > 0 })
+	lines := h.auditLines(s)
+	if len(lines) != 1 {
+		t.Errorf("audit lines with %s: got %d, want 1:\n%s", s, len(lines), strings.Join(lines, "\n"))
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
+		t.Fatalf("decoding audit line %q: %v", lines[0], err)
+	}
+	return m
+}
+
+// checkAudit compares the fields of an audit line with want; a want value
+// of nil means the field must be absent.
+func checkAudit(t testing.TB, got map[string]any, want map[string]any) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		switch {
+		case v == nil && ok:
+			t.Errorf("audit %s: got %v, want no such field", k, g)
+		case v != nil && g != v:
+			t.Errorf("audit %s: got %v, want %v (line %v)", k, g, v, got)
+		}
+	}
+}
+
+// refusedBy is what the audit line of a connection the proxy itself refused
+// says: a deny with reason, no rule, and the rule that had allowed it (if
+// any, else "") as near_rule.
+func refusedBy(r Refusal, reason policy.Reason, nearRule string) map[string]any {
+	m := map[string]any{"action": "deny", "rule": "", "reason": reason.String(), "refused": r.String(), "near_rule": nil}
+	if nearRule != "" {
+		m["near_rule"] = nearRule
+	}
+	return m
+}

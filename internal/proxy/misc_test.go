@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -147,7 +148,8 @@ rules:
 }
 
 func TestNoPolicy(t *testing.T) {
-	p, err := New(Config{Policy: func() *policy.Policy { return nil }, Resolver: mapResolver{}})
+	buf := &syncBuffer{}
+	p, err := New(Config{Policy: func() *policy.Policy { return nil }, Resolver: mapResolver{}, Audit: audit.New(buf, "json", nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +165,8 @@ func TestNoPolicy(t *testing.T) {
 	if r.status != 503 || r.reason != RefusedNoPolicy.String() {
 		t.Fatalf("CONNECT without a policy: got %d %q, want 503 %q", r.status, r.reason, RefusedNoPolicy)
 	}
+	h := &harness{audit: buf}
+	checkAudit(t, h.auditOf(t, r.conn), refusedBy(RefusedNoPolicy, policy.ReasonUndecided, ""))
 }
 
 func TestAuthCache(t *testing.T) {

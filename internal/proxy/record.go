@@ -68,6 +68,37 @@ func (r Refusal) String() string {
 	return "unknown"
 }
 
+// reason is the policy.Reason the audit line carries for r, so its
+// "reason" says what happened rather than what the policy would have said.
+// RefusedPolicy keeps the policy's own reason and is not asked.
+func (r Refusal) reason() policy.Reason {
+	switch r {
+	case RefusedPrivate:
+		return policy.ReasonPrivate
+	case RefusedSelf:
+		return policy.ReasonSelf
+	case RefusedSpoofed:
+		return policy.ReasonSpoofed
+	case RefusedNoSNI:
+		return policy.ReasonNoSNI
+	case RefusedTLSVersion:
+		return policy.ReasonTLSVersion
+	case RefusedVerify, RefusedPlainHTTP:
+		// Plain HTTP under tls.verify is refused because it cannot be
+		// verified; the refused attribute tells the two apart.
+		return policy.ReasonVerify
+	case RefusedResolve, RefusedDial, RefusedDialTimeout:
+		return policy.ReasonUpstream
+	case RefusedBusy:
+		return policy.ReasonBusy
+	case RefusedBadRequest, RefusedProtocol:
+		return policy.ReasonBadRequest
+	}
+	// RefusedAuth, RefusedNoPolicy, RefusedOrigDst: no decision was made,
+	// because there was no policy, no destination or no trusted source.
+	return policy.ReasonUndecided
+}
+
 // status is the HTTP status an explicit client sees for r.
 func (r Refusal) status() int {
 	switch r {
@@ -131,12 +162,17 @@ func (c *connRecord) fail(e *refusalError) {
 }
 
 // record writes c as its audit line and counts it. A connection the proxy
-// refused is a deny whatever the policy said; the rule stays on the line so
-// the reader sees which rule the refusal overrode.
+// refused is a deny whatever the policy said, with the refusal's own
+// reason. A deny names no rule: a rule that had allowed the connection
+// moves to near_rule, so the reader sees which rule the refusal overrode
+// without mistaking it for the rule that let the traffic through.
 func (p *Proxy) record(ctx context.Context, c *connRecord) {
 	d := c.decision
 	if c.refusal != NotRefused && c.refusal != RefusedPolicy {
-		d.Action = policy.Deny
+		if d.Rule != nil {
+			d.NearRule = d.Rule
+		}
+		d.Action, d.Reason, d.Rule = policy.Deny, c.refusal.reason(), nil
 	}
 	attrs := []slog.Attr{
 		slog.String("listener", c.listener),
@@ -150,6 +186,9 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 	}
 	if c.dialled.IsValid() {
 		attrs = append(attrs, slog.String("dialled", c.dialled.String()))
+	}
+	if d.NearRule != nil {
+		attrs = append(attrs, slog.String("near_rule", d.NearRule.Name))
 	}
 	if c.refusal != NotRefused {
 		attrs = append(attrs, slog.String("refused", c.refusal.String()))

@@ -86,15 +86,20 @@ func (th *transparentHarness) dial(t testing.TB, orig netip.AddrPort) net.Conn {
 }
 
 // httpClient is a client whose every connection is "redirected" to the
-// transparent listener, destined for orig.
-func (th *transparentHarness) httpClient(t testing.TB, orig netip.AddrPort, tlsCfg *tls.Config) *http.Client {
+// transparent listener, destined for orig. Each connection it opens is
+// also passed to the optional onDial, so a test can find its audit line.
+func (th *transparentHarness) httpClient(t testing.TB, orig netip.AddrPort, tlsCfg *tls.Config, onDial ...func(net.Conn)) *http.Client {
 	return &http.Client{
 		Timeout: 20 * time.Second,
 		Transport: &http.Transport{
 			TLSClientConfig:   tlsCfg,
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return th.dial(t, orig), nil
+				c := th.dial(t, orig)
+				for _, f := range onDial {
+					f(c)
+				}
+				return c, nil
 			},
 		},
 	}
@@ -155,26 +160,29 @@ rules:
 		}
 	})
 
+	noRule := map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonNoRule.String(), "refused": RefusedPolicy.String()}
 	denied := []struct {
-		name    string
-		orig    netip.AddrPort
-		url     string
-		tls     *tls.Config
-		refused string // the audit line's "refused", or the policy reason
+		name string
+		orig netip.AddrPort
+		url  string
+		tls  *tls.Config
+		want map[string]any // fields of the audit line
 	}{
-		{"SNI not allowed", tap, fmt.Sprintf("https://other.test:%d/", tap.Port()), &tls.Config{RootCAs: roots}, "no rule allows this destination"},
-		{"Host not allowed", pap, fmt.Sprintf("http://other.test:%d/", pap.Port()), nil, "no rule allows this destination"},
-		{"spoofed SNI", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), tap.Port()), fmt.Sprintf("https://web.test:%d/", tap.Port()), &tls.Config{RootCAs: roots}, RefusedSpoofed.String()},
-		{"no SNI", tap, fmt.Sprintf("https://127.0.0.1:%d/", tap.Port()), &tls.Config{InsecureSkipVerify: true}, RefusedNoSNI.String()},
-		{"TLS below the rule's minimum", tap, fmt.Sprintf("https://modern.test:%d/", tap.Port()), &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS12}, RefusedTLSVersion.String()},
+		{"SNI not allowed", tap, fmt.Sprintf("https://other.test:%d/", tap.Port()), &tls.Config{RootCAs: roots}, noRule},
+		{"Host not allowed", pap, fmt.Sprintf("http://other.test:%d/", pap.Port()), nil, noRule},
+		{"spoofed SNI", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), tap.Port()), fmt.Sprintf("https://web.test:%d/", tap.Port()), &tls.Config{RootCAs: roots}, refusedBy(RefusedSpoofed, policy.ReasonSpoofed, "web")},
+		{"no SNI", tap, fmt.Sprintf("https://127.0.0.1:%d/", tap.Port()), &tls.Config{InsecureSkipVerify: true}, refusedBy(RefusedNoSNI, policy.ReasonNoSNI, "")},
+		{"TLS below the rule's minimum", tap, fmt.Sprintf("https://modern.test:%d/", tap.Port()), &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS12}, refusedBy(RefusedTLSVersion, policy.ReasonTLSVersion, "modern")},
 	}
 	for _, tc := range denied {
 		t.Run(tc.name, func(t *testing.T) {
-			before := strings.Count(th.audit.String(), tc.refused)
-			if got, err := get(t, tc.orig, tc.url, tc.tls); err == nil {
-				t.Fatalf("%s: got %q, want the connection refused", tc.url, got)
+			var conn net.Conn
+			resp, err := th.httpClient(t, tc.orig, tc.tls, func(c net.Conn) { conn = c }).Get(tc.url)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("%s: got %s, want the connection refused", tc.url, resp.Status)
 			}
-			waitFor(t, "audit line "+tc.refused, func() bool { return strings.Count(th.audit.String(), tc.refused) > before })
+			checkAudit(t, th.auditOf(t, conn), tc.want)
 		})
 	}
 	_ = spoofTLS
@@ -216,7 +224,7 @@ rules:
 	if _, err := th.httpClient(t, pap, nil).Get(fmt.Sprintf("http://web.test:%d/", pap.Port())); err == nil {
 		t.Fatalf("transparent HTTP to a loopback original destination under deny_private: got success, want refused")
 	}
-	waitFor(t, "the audit line", func() bool { return len(th.auditLines(RefusedPrivate.String())) == 1 })
+	checkAudit(t, th.auditLine(t, RefusedPrivate.String()), refusedBy(RefusedPrivate, policy.ReasonPrivate, "web"))
 }
 
 // TestTransparentSlowClients: a hundred clients trickling their first bytes

@@ -85,6 +85,7 @@ rules:
 	if got := h.auditLines(`"name":"poisoned.test"`); len(got) != 1 || !strings.Contains(got[0], "certificate") {
 		t.Errorf("audit for poisoned.test: got %q, want one line with the certificate error", got)
 	}
+	checkAudit(t, h.auditLine(t, `"name":"poisoned.test"`), refusedBy(RefusedVerify, policy.ReasonVerify, "verified"))
 
 	// Pins are checked on a server whose certificate does match the name.
 	pinned := tlsBackend(t, ca, "leafpin.test", "capin.test", "wrongpin.test", "tls13.test")
@@ -143,6 +144,7 @@ rules:
 		if resp.StatusCode != 403 || resp.Header.Get("X-Fqdngate-Reason") != RefusedPlainHTTP.String() {
 			t.Fatalf("plain HTTP: got %d %q, want 403 %q", resp.StatusCode, resp.Header.Get("X-Fqdngate-Reason"), RefusedPlainHTTP)
 		}
+		checkAudit(t, h.auditLine(t, `"refused":"`+RefusedPlainHTTP.String()), refusedBy(RefusedPlainHTTP, policy.ReasonVerify, "verified"))
 	})
 	t.Run("HTTPS through a verified tunnel", func(t *testing.T) {
 		c := proxyClient(h.addr, &tls.Config{RootCAs: ca.Pool()})
