@@ -3,6 +3,7 @@ package dnsfw
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/miekg/dns"
@@ -247,4 +248,64 @@ func learnedExpiry(p *policy.Policy, now time.Time, ttl uint32) time.Time {
 	d := time.Duration(ttl) * time.Second
 	d = min(max(d, p.DNS.MinTTL), p.DNS.MaxTTL)
 	return now.Add(d + p.DNS.Grace)
+}
+
+// removeAddrs removes the addresses in bad from m's answer: A and AAAA
+// records, and HTTPS/SVCB address hints (a hint list left empty is removed).
+func removeAddrs(m *dns.Msg, bad []netip.Addr) {
+	out := m.Answer[:0]
+	for _, rr := range m.Answer {
+		switch v := rr.(type) {
+		case *dns.A:
+			if slices.Contains(bad, ipAddr(v.A)) {
+				continue
+			}
+		case *dns.AAAA:
+			if slices.Contains(bad, ipAddr(v.AAAA)) {
+				continue
+			}
+		case *dns.HTTPS:
+			removeHints(&v.SVCB, bad)
+		case *dns.SVCB:
+			removeHints(v, bad)
+		}
+		out = append(out, rr)
+	}
+	clear(m.Answer[len(out):])
+	m.Answer = out
+}
+
+func removeHints(s *dns.SVCB, bad []netip.Addr) {
+	keep := func(ip net.IP) bool { return !slices.Contains(bad, ipAddr(ip)) }
+	vals := s.Value[:0]
+	for _, kv := range s.Value {
+		switch v := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			if v.Hint = filterIPs(v.Hint, keep); len(v.Hint) == 0 {
+				continue
+			}
+		case *dns.SVCBIPv6Hint:
+			if v.Hint = filterIPs(v.Hint, keep); len(v.Hint) == 0 {
+				continue
+			}
+		}
+		vals = append(vals, kv)
+	}
+	clear(s.Value[len(vals):])
+	s.Value = vals
+}
+
+func filterIPs(ips []net.IP, keep func(net.IP) bool) []net.IP {
+	out := ips[:0]
+	for _, ip := range ips {
+		if keep(ip) {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// dropLearned returns addrs without the addresses in bad, in place.
+func dropLearned(addrs []learnedAddr, bad []netip.Addr) []learnedAddr {
+	return slices.DeleteFunc(addrs, func(a learnedAddr) bool { return slices.Contains(bad, a.addr) })
 }

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/miekg/dns"
@@ -69,6 +70,21 @@ type Config struct {
 	// PublishTimeout bounds one Publish; the client gets SERVFAIL when it
 	// runs out. If zero, 2s.
 	PublishTimeout time.Duration
+	// Verify checks that addr serves on port a certificate for name that
+	// meets t: the handshake the proxy makes before it relays a client,
+	// (*proxy.Verifier).Verify. When the rule that allows an answer has
+	// tls.verify, every address of the answer (and of a refresh) is
+	// verified before it is published or reaches the client, on the
+	// rule's 443/tcp, else its first TCP port; addresses that fail are
+	// removed from both, and the answer is SERVFAIL when none is left. In
+	// audit mode failures are only logged. Verify is called concurrently,
+	// within PublishTimeout, on every such answer, cached ones included, so
+	// it should cache its results (proxy.Verifier does). If nil, nothing is
+	// verified: right for backend none, where nothing but the proxy, which
+	// verifies each connection itself, can reach the addresses; with
+	// nftables it lets a poisoned answer open a kernel path the proxy
+	// would refuse.
+	Verify func(ctx context.Context, name string, addr netip.Addr, port uint16, t *policy.TLS) error
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
 }
@@ -87,8 +103,13 @@ type Firewall struct {
 	isBusy     func(error) bool
 	pubTimeout time.Duration
 	now        func() time.Time
+	verify     func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	limiter    *limiter
 	bufs       bufPool
+	flight     verifyFlights
+	// refreshTick is how often RunRefresh reads the policy and looks for
+	// names due; tests shorten it.
+	refreshTick time.Duration
 }
 
 // New returns a Firewall for c.
@@ -114,7 +135,10 @@ func New(c Config) (*Firewall, error) {
 		isBusy:     c.IsBusy,
 		pubTimeout: c.PublishTimeout,
 		now:        c.Now,
+		verify:     c.Verify,
 		limiter:    newLimiter(maxLimiters),
+
+		refreshTick: time.Second,
 	}
 	if f.isBusy == nil {
 		f.isBusy = func(err error) bool { return errors.Is(err, resolver.ErrBusy) }

@@ -40,7 +40,20 @@ const (
 	noteCNAME      = "CNAME target not allowed (inspect_cname): "
 	notePublish    = "publishing learned addresses failed"
 	noteWouldRebnd = "non-public addresses would be removed (rebinding protection)"
+	noteUnverified = "addresses failed tls.verify and were removed: "
+	noteWouldVerif = "addresses failed tls.verify and would be removed: "
+	noteNoVerified = "no address passed tls.verify: "
 )
+
+// deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
+// denied NXDOMAIN: clients and their caches keep the denial this long
+// (RFC 2308) rather than asking again at once, and a policy change that
+// allows the name reaches them at most this late.
+const deniedNegTTL = 60
+
+// deniedSOAMname is the primary server named in denials' SOA records: a
+// name that cannot exist (RFC 6761), so nothing mistakes it for a real one.
+const deniedSOAMname = "fqdngate.invalid."
 
 // handler serves one socket; ctx is the socket's Serve context.
 type handler struct {
@@ -62,25 +75,35 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // exchange is one query's state, pooled so a query allocates only what it
 // must.
 type exchange struct {
-	start    time.Time
-	src      netip.AddrPort
-	tcp      bool
-	decided  bool // dec is a policy decision
-	dec      policy.Decision
-	note     string
-	upstream string
-	cached   bool
-	in       inspection
-	attrs    []slog.Attr
+	start   time.Time
+	src     netip.AddrPort
+	tcp     bool
+	decided bool // dec is a policy decision
+	// dec is the decision recorded: the policy's, or the refusal the
+	// firewall made on top of it (refuse).
+	dec policy.Decision
+	// allow is the policy's decision when a rule allows the name for the
+	// client; its Rule and Group are what the answer's addresses are
+	// learned for, in audit mode too. Rule is nil otherwise.
+	allow policy.Decision
+	// quiet refusals are counted but not audited: load shedding must not
+	// turn a flood into a flood of log lines.
+	quiet      bool
+	unverified []netip.Addr // addresses removed (or, in audit mode, not) for failing tls.verify
+	note       string
+	upstream   string
+	cached     bool
+	in         inspection
+	attrs      []slog.Attr
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
 
 func (x *exchange) reset() {
-	in, attrs := x.in, x.attrs
+	in, attrs, unv := x.in, x.attrs, x.unverified
 	in.reset()
 	clear(attrs[:cap(attrs)])
-	*x = exchange{in: in, attrs: attrs[:0]}
+	*x = exchange{in: in, attrs: attrs[:0], unverified: unv[:0]}
 }
 
 func remoteAddr(w dns.ResponseWriter) netip.AddrPort {
@@ -134,39 +157,53 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.dec.Action == policy.Deny {
 		return denyReply(p, req)
 	}
+	if x.dec.Action == policy.Allow {
+		x.allow = x.dec
+	}
 	if !typeAllowed(p, q.Qtype) {
 		x.note = noteQType
 		if p.Mode == policy.Enforce {
-			x.dec = denied(x.dec)
+			x.dec = refuse(x.dec, policy.ReasonQType, policy.Deny)
 			return reply(req, dns.RcodeRefused)
 		}
-		x.dec.Action = policy.WouldDeny
+		x.dec = refuse(x.dec, policy.ReasonQType, policy.WouldDeny)
 	}
 
 	opt := req.IsEdns0()
 	do := opt != nil && opt.Do()
-	m, err := f.resolve(ctx, p, req, do, x)
+	m, err := f.resolve(ctx, p, req, do, false, x)
 	if err != nil {
 		if f.isBusy(err) {
 			x.note = noteBusy
+			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
+			x.quiet = true
 			f.metrics.refused.WithLabelValues("busy").Inc()
 			return reply(req, dns.RcodeRefused)
 		}
 		x.note = noteUpstream + ": " + err.Error()
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
 		return reply(req, dns.RcodeServerFailure)
+	}
+	if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
+		// What the resolver returns when every upstream it tried failed
+		// this way: relayed, but it is not the answer the rule allowed.
+		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		return reply(req, m.Rcode)
 	}
 
 	inspect(p, x.src.Addr(), q.Name, m, &x.in)
 	if x.in.cname != "" {
 		x.note = noteCNAME + x.in.cname
 		if x.in.cnameDec.Action == policy.Deny {
-			x.dec = denied(x.dec)
+			x.dec = refuse(x.dec, policy.ReasonCNAME, policy.Deny)
 			return denyReply(p, req)
 		}
-		x.dec.Action = policy.WouldDeny
+		x.dec = refuse(x.dec, policy.ReasonCNAME, policy.WouldDeny)
 	}
 	if x.in.dropped > 0 && len(x.in.addrs) == 0 {
 		x.note = noteRebinding
+		x.dec = refuse(x.dec, policy.ReasonRebinding, policy.Deny)
 		return reply(req, dns.RcodeServerFailure)
 	}
 	if x.in.wouldDrop > 0 && x.note == "" {
@@ -175,11 +212,20 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.in.capped > 0 {
 		f.metrics.capHits.Inc()
 	}
+	if x.allow.Rule != nil && len(x.in.addrs) > 0 && f.mustVerify(x.allow.Rule) {
+		if !f.verifyAnswer(ctx, p, q.Name, m, x) {
+			x.dec = refuse(x.dec, policy.ReasonVerify, policy.Deny)
+			return reply(req, dns.RcodeServerFailure)
+		}
+	}
 	// Audit mode publishes too, for names a rule allows: turning
 	// enforcement on must not start from an empty learned set.
-	if x.dec.Rule != nil && len(x.in.addrs) > 0 {
-		if err := f.publish(ctx, p, q.Name, x); err != nil {
+	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
+		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs); err != nil {
 			x.note = notePublish + ": " + err.Error()
+			// No Reason says "the backend failed"; it is the enforcement
+			// backend over its time or capacity bound, so busy, audited.
+			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
 			f.metrics.publishFailures.Inc()
 			f.log.Warn("publishing learned addresses failed; answered SERVFAIL",
 				"name", q.Name, "error", err)
@@ -203,12 +249,15 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 }
 
 // resolve returns an answer to req's question that the caller owns: from
-// the cache, if the policy has it on and it holds one, else from upstream.
-func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, do bool, x *exchange) (*dns.Msg, error) {
+// the cache, if the policy has it on and it holds one and fresh is false,
+// else from upstream (and then into the cache).
+func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, do, fresh bool, x *exchange) (*dns.Msg, error) {
 	var key dnscache.Key
 	useCache := p.DNS.Cache && f.cache != nil
 	if useCache {
 		key, _ = dnscache.KeyOf(req)
+	}
+	if useCache && !fresh {
 		if m, ok := f.cache.Get(key); ok {
 			f.metrics.cacheHits.Inc()
 			x.cached = true
@@ -238,25 +287,31 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 	return m, nil
 }
 
-// publish hands the addresses in x to the publisher and waits until it
-// says they are enforceable.
-func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, x *exchange) error {
+// publish hands addrs, learned for qname under d's rule and group, to the
+// publisher and waits until it says they are enforceable.
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr) error {
 	name, err := dnsname.Parse(qname)
 	if err != nil {
 		return err // Decide allowed it, so this does not happen
 	}
 	now := f.now()
 	// A fresh batch, not a pooled one: a Publisher may hold on to it.
-	batch := make([]learn.Entry, len(x.in.addrs))
-	for i, a := range x.in.addrs {
+	batch := make([]learn.Entry, len(addrs))
+	for i, a := range addrs {
 		batch[i] = learn.Entry{
 			Name:    name,
-			Rule:    x.dec.Rule.Name,
-			Group:   x.dec.Group,
+			Rule:    d.Rule.Name,
+			Group:   d.Group,
 			Addr:    a.addr,
 			Expires: learnedExpiry(p, now, a.ttl),
 		}
 	}
+	return f.publishBatch(ctx, batch)
+}
+
+// publishBatch hands batch to the publisher, bounded by the publish
+// timeout.
+func (f *Firewall) publishBatch(ctx context.Context, batch []learn.Entry) error {
 	if f.store != nil {
 		// The in-memory store never blocks; spare it the timer.
 		return f.store.Publish(ctx, batch)
@@ -310,9 +365,10 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 		qtype = req.Question[0].Qtype
 	}
 	f.metrics.countQuery(action, qtype, rcode)
-	if f.audit == nil || !x.decided {
-		// Only decisions are audited: a malformed or rate-limited flood
-		// must not become a flood of log lines. Metrics count them.
+	if f.audit == nil || !x.decided || x.quiet {
+		// Only decisions are audited: a malformed, rate-limited or
+		// over-bound flood must not become a flood of log lines. Metrics
+		// count them.
 		return
 	}
 	q := req.Question[0]
@@ -323,6 +379,12 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 		slog.String("upstream", upstreamLabel(x)),
 		slog.Duration("latency", f.now().Sub(x.start)),
 	)
+	if x.dec.NearRule != nil {
+		attrs = append(attrs, slog.String("near_rule", x.dec.NearRule.Name))
+	}
+	if len(x.unverified) > 0 {
+		attrs = append(attrs, slog.String("unverified", joinAddrs(x.unverified)))
+	}
 	if x.note != "" {
 		attrs = append(attrs, slog.String("dns_reason", x.note))
 	}
@@ -423,14 +485,29 @@ func typeAllowed(p *policy.Policy, t uint16) bool {
 	return false
 }
 
-// denied turns an allowing decision into a denial the firewall made on
-// top of the policy (record type, CNAME target). The rule is kept as the
-// near miss: it named the destination, and the audit line says so.
-func denied(d policy.Decision) policy.Decision {
-	return policy.Decision{Action: policy.Deny, Reason: d.Reason, Pattern: d.Pattern, Group: d.Group, NearRule: d.Rule}
+// refuse returns the decision for a refusal the firewall made on top of d
+// for reason r, with action a (Deny, or WouldDeny for what audit mode lets
+// through). A decision the policy already refused keeps its own reason,
+// unless the firewall's refusal changed the outcome (a would-deny that was
+// then answered SERVFAIL is a deny). Rule is always cleared: the audit
+// line's rule is empty on a refusal, so nothing mistakes it for
+// permission; the rule that named the destination becomes NearRule
+// (near_rule in the line), so an assessor sees which rule named it and why
+// it was still refused.
+func refuse(d policy.Decision, r policy.Reason, a policy.Action) policy.Decision {
+	if d.Action != policy.Allow && (a != policy.Deny || d.Action == policy.Deny) {
+		return d
+	}
+	near := d.Rule
+	if near == nil {
+		near = d.NearRule
+	}
+	return policy.Decision{Action: a, Reason: r, Pattern: d.Pattern, Group: d.Group, NearRule: near}
 }
 
 // denyReply answers a denied query as dns.deny_with says; nil means drop.
+// An NXDOMAIN carries an SOA, so that clients cache the denial (RFC 2308)
+// instead of asking again at once.
 func denyReply(p *policy.Policy, req *dns.Msg) *dns.Msg {
 	switch p.DNS.DenyWith {
 	case policy.DenyRefused:
@@ -438,7 +515,27 @@ func denyReply(p *policy.Policy, req *dns.Msg) *dns.Msg {
 	case policy.DenyDrop:
 		return nil
 	}
-	return reply(req, dns.RcodeNameError)
+	m := reply(req, dns.RcodeNameError)
+	if len(req.Question) == 1 {
+		m.Ns = []dns.RR{deniedSOA(req.Question[0].Name)}
+	}
+	return m
+}
+
+// deniedSOA is the SOA of a denied name's NXDOMAIN: the name as its own
+// zone, so it is an ancestor-or-self of the question as resolvers expect,
+// with the negative-caching TTL deniedNegTTL.
+func deniedSOA(name string) *dns.SOA {
+	return &dns.SOA{
+		Hdr:     dns.RR_Header{Name: name, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: deniedNegTTL},
+		Ns:      deniedSOAMname,
+		Mbox:    "hostmaster." + deniedSOAMname,
+		Serial:  1,
+		Refresh: 3600,
+		Retry:   600,
+		Expire:  86400,
+		Minttl:  deniedNegTTL,
+	}
 }
 
 // reply returns an empty reply to req with rcode.

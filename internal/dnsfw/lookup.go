@@ -40,7 +40,7 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 		x := exchangePool.Get().(*exchange)
 		defer exchangePool.Put(x)
 		x.reset()
-		m, err := f.resolve(ctx, p, req, false, x)
+		m, err := f.resolve(ctx, p, req, false, false, x)
 		if err != nil {
 			return result{err: err}
 		}

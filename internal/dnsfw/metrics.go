@@ -25,6 +25,8 @@ type Metrics struct {
 	cacheMisses     prometheus.Counter
 	capHits         prometheus.Counter
 	publishFailures prometheus.Counter
+	verifyFailures  prometheus.Counter
+	refreshes       *prometheus.CounterVec
 }
 
 // NewMetrics makes the series and registers them with reg; if reg is nil
@@ -65,12 +67,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "fqdngate_dns_publish_failures_total",
 			Help: "Answers withheld (SERVFAIL) because their addresses could not be published to the enforcement backend in time.",
 		}),
+		verifyFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fqdngate_dns_verify_failures_total",
+			Help: "Addresses in answers for tls.verify rules that failed the certificate check; removed from the answer and not learned (kept, in audit mode).",
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fqdngate_dns_refresh_total",
+			Help: "Re-resolutions of names of rules with refresh, by result: learned (addresses published), empty (no address to learn), failed (upstream, rebinding, verification or publishing failed).",
+		}, []string{"result"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.refused, m.upstreamLatency, m.upstreamFails,
-		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures} {
+		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 		}

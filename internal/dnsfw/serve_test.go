@@ -112,6 +112,14 @@ func TestInFlightBoundRefuses(t *testing.T) {
 	if got := testCounter(t, e.fw.metrics.refused.WithLabelValues("busy")); got != 1 {
 		t.Errorf("busy count: got %v, want 1", got)
 	}
+	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("deny", "A", "REFUSED")); got != 1 {
+		t.Errorf("denied queries counted: got %v, want 1", got)
+	}
+	// Counted, not audited: only the first query has a line.
+	time.Sleep(50 * time.Millisecond)
+	if lines := e.auditLines(1); len(lines) != 1 || lines[0]["name"] != "api.bank.example" {
+		t.Errorf("audit lines: got %v, want only the first query's", lines)
+	}
 }
 
 // gatePublisher blocks every Publish until released, or fails it.
@@ -304,7 +312,8 @@ func TestAuditLine(t *testing.T) {
 	if _, ok := lines[0]["latency"]; !ok {
 		t.Errorf("allowed query: no latency in %v", lines[0])
 	}
-	want = map[string]any{"qtype": "TXT", "action": "deny", "rule": "", "rcode": "REFUSED", "dns_reason": noteQType}
+	want = map[string]any{"qtype": "TXT", "action": "deny", "rule": "", "near_rule": "bank", "reason": "record type not allowed by dns.qtypes",
+		"rcode": "REFUSED", "dns_reason": noteQType}
 	for k, v := range want {
 		if got := lines[1][k]; got != v {
 			t.Errorf("TXT query: %s: got %v, want %v", k, got, v)
