@@ -146,6 +146,7 @@ type connRecord struct {
 	user     string
 	target   Target
 	sni      string // transparent: the name the client sent
+	ech      bool   // transparent: the ClientHello carried ECH; sni is its outer name
 	decision policy.Decision
 	refusal  Refusal
 	detail   string
@@ -183,6 +184,9 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 	}
 	if c.sni != "" {
 		attrs = append(attrs, slog.String("sni", c.sni))
+	}
+	if c.ech {
+		attrs = append(attrs, slog.Bool("ech", true))
 	}
 	if c.dialled.IsValid() {
 		attrs = append(attrs, slog.String("dialled", c.dialled.String()))

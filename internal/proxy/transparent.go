@@ -98,7 +98,7 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 	rec.target = Target{Addr: orig.Addr(), Port: orig.Port()}
 
 	in, rerr := p.peekName(tc, orig, pol)
-	rec.sni = in.sent
+	rec.sni, rec.ech = in.sent, in.ech
 	if in.target.Name != "" || in.target.Addr.IsValid() {
 		rec.target = in.target
 	}
@@ -186,6 +186,7 @@ type peeked struct {
 	target     Target // the name (or address) asked for, on the original port
 	sent       string // the name as the client sent it, for the audit line
 	tls        bool
+	ech        bool // the ClientHello carries ECH (or ESNI)
 	maxVersion uint16
 	raw        []byte // every byte read, to replay upstream
 }
@@ -214,20 +215,31 @@ func (p *Proxy) peekName(c *net.TCPConn, orig netip.AddrPort, pol *policy.Policy
 		}
 		out.maxVersion = hello.MaxVersion()
 		out.sent = string(hello.ServerName)
+		out.ech = hello.ECH || hello.ESNI
 		switch {
 		case hello.ServerName == "":
 			if !pol.Proxy.AllowNoSNI {
 				return out, refuse(RefusedNoSNI, nil)
 			}
 			out.target.Addr = orig.Addr()
-		case hello.ECH || hello.ESNI:
-			// The real name is encrypted; the outer name is not what the
-			// client will talk to, so it decides nothing.
+		case hello.ESNI || (hello.ECH && !pol.DNS.StripECH):
 			if !pol.Proxy.AllowNoSNI {
-				return out, refuse(RefusedNoSNI, errors.New("the ClientHello carries encrypted_client_hello; the real server name is hidden"))
+				return out, refuse(RefusedNoSNI, errors.New("the ClientHello carries an encrypted server name and dns.strip_ech is off; the real server name may be hidden"))
 			}
 			out.target.Addr = orig.Addr()
 		default:
+			// An ECH extension alone does not deny while dns.strip_ech is
+			// on. Chrome and Firefox send GREASE ECH on every connection,
+			// byte for byte like the real thing, so refusing it would
+			// refuse every browser. Real ECH needs an ECHConfig, which a
+			// client only gets from HTTPS/SVCB records; fqdngate strips
+			// them from every answer it gives, and default deny blocks
+			// every other resolver. So the outer name is the name the
+			// client talks to, and it decides, anti-spoofing included:
+			// the original destination must be one of its addresses.
+			// What remains (an ECHConfig obtained out of band) reaches at
+			// most the servers of an allowed name. ESNI has no GREASE
+			// form, so it is still refused.
 			out.target.Name = hello.ServerName
 		}
 	case peek.HTTP:
