@@ -46,6 +46,9 @@ type Options struct {
 	DropCapabilities bool
 }
 
+// flushInterval is how often buffered audit lines are written out.
+const flushInterval = 100 * time.Millisecond
+
 // Daemon is a running fqdngate.
 type Daemon struct {
 	opts    Options
@@ -134,9 +137,15 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	var fatal error
+	flush := time.NewTicker(flushInterval)
+	defer flush.Stop()
 loop:
 	for {
 		select {
+		case <-flush.C:
+			if err := d.out.Flush(); err != nil {
+				d.log.Error("writing the audit log", "err", err)
+			}
 		case <-ctx.Done():
 			break loop
 		case err := <-d.fatal:

@@ -1,0 +1,257 @@
+package audit
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// encoder appends one line in slog's JSON or text format.
+type encoder struct {
+	buf   []byte
+	text  bool
+	first bool
+}
+
+// textTime is how slog's text handler writes times: milliseconds.
+const textTime = "2006-01-02T15:04:05.000Z07:00"
+
+func (e *encoder) begin(t time.Time) {
+	if e.text {
+		e.buf = append(e.buf, "time="...)
+		e.buf = t.AppendFormat(e.buf, textTime)
+		e.buf = append(e.buf, " level=INFO msg=decision"...)
+		return
+	}
+	e.buf = append(e.buf, `{"time":"`...)
+	e.buf = t.AppendFormat(e.buf, time.RFC3339Nano)
+	e.buf = append(e.buf, `","level":"INFO","msg":"decision"`...)
+}
+
+func (e *encoder) end() {
+	if !e.text {
+		e.buf = append(e.buf, '}')
+	}
+	e.buf = append(e.buf, '\n')
+}
+
+func (e *encoder) key(k string) {
+	if e.text {
+		e.buf = append(e.buf, ' ')
+		e.buf = appendText(e.buf, k)
+		e.buf = append(e.buf, '=')
+		return
+	}
+	e.buf = append(e.buf, ',')
+	e.buf = appendJSONString(e.buf, k)
+	e.buf = append(e.buf, ':')
+}
+
+func (e *encoder) str(k, v string) {
+	e.key(k)
+	if e.text {
+		e.buf = appendText(e.buf, v)
+	} else {
+		e.buf = appendJSONString(e.buf, v)
+	}
+}
+
+// bytes is str for a value built in a scratch buffer, without a string.
+func (e *encoder) bytes(k string, v []byte) {
+	e.key(k)
+	if e.text {
+		e.buf = appendText(e.buf, v)
+	} else {
+		e.buf = appendJSONString(e.buf, v)
+	}
+}
+
+func (e *encoder) int(k string, v int64) {
+	e.key(k)
+	e.buf = strconv.AppendInt(e.buf, v, 10)
+}
+
+// attr encodes a as slog's handlers would: JSON nests groups as objects,
+// text flattens them to dotted keys.
+func (e *encoder) attr(prefix string, a slog.Attr) {
+	v := a.Value.Resolve()
+	if v.Kind() == slog.KindGroup {
+		g := v.Group()
+		if len(g) == 0 {
+			return
+		}
+		if a.Key == "" { // inline
+			for _, ga := range g {
+				e.attr(prefix, ga)
+			}
+			return
+		}
+		if e.text {
+			k := a.Key
+			if prefix != "" {
+				k = prefix + "." + k
+			}
+			for _, ga := range g {
+				e.attr(k, ga)
+			}
+			return
+		}
+		e.key(a.Key)
+		e.buf = append(e.buf, '{')
+		mark := len(e.buf)
+		for _, ga := range g {
+			e.attr("", ga)
+		}
+		// The members were written with leading commas; the first must go.
+		if len(e.buf) > mark && e.buf[mark] == ',' {
+			e.buf = append(e.buf[:mark], e.buf[mark+1:]...)
+		}
+		e.buf = append(e.buf, '}')
+		return
+	}
+	if a.Key == "" && v.Any() == nil {
+		return // the zero Attr, which slog drops
+	}
+	k := a.Key
+	if e.text && prefix != "" {
+		k = prefix + "." + k
+	}
+	switch v.Kind() {
+	case slog.KindString:
+		e.str(k, v.String())
+	case slog.KindInt64:
+		e.int(k, v.Int64())
+	case slog.KindUint64:
+		e.key(k)
+		e.buf = strconv.AppendUint(e.buf, v.Uint64(), 10)
+	case slog.KindFloat64:
+		e.key(k)
+		e.buf = strconv.AppendFloat(e.buf, v.Float64(), 'g', -1, 64)
+	case slog.KindBool:
+		e.key(k)
+		e.buf = strconv.AppendBool(e.buf, v.Bool())
+	case slog.KindDuration:
+		if e.text {
+			e.str(k, v.Duration().String())
+		} else {
+			e.int(k, int64(v.Duration()))
+		}
+	case slog.KindTime:
+		var t [64]byte
+		layout := time.RFC3339Nano
+		if e.text {
+			layout = textTime
+		}
+		e.bytes(k, v.Time().AppendFormat(t[:0], layout))
+	default:
+		e.any(k, v.Any())
+	}
+}
+
+// any follows slog: text prints with fmt, JSON marshals (errors as text).
+func (e *encoder) any(k string, v any) {
+	if e.text {
+		e.str(k, fmt.Sprint(v))
+		return
+	}
+	if err, ok := v.(error); ok {
+		e.str(k, err.Error())
+		return
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		e.str(k, fmt.Sprintf("!ERROR:%v", err))
+		return
+	}
+	e.key(k)
+	e.buf = append(e.buf, b...)
+}
+
+// appendJSONString quotes s for JSON: control characters escaped, invalid
+// UTF-8 replaced, as encoding/json does (without HTML escaping, like slog).
+func appendJSONString[S string | []byte](buf []byte, s S) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			buf = append(buf, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				buf = append(buf, '\\', c)
+			case '\n':
+				buf = append(buf, '\\', 'n')
+			case '\r':
+				buf = append(buf, '\\', 'r')
+			case '\t':
+				buf = append(buf, '\\', 't')
+			default:
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			buf = append(buf, s[start:i]...)
+			buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
+}
+
+// appendText writes s as slog's text handler does: bare when it is safe,
+// else Go-quoted.
+func appendText[S string | []byte](buf []byte, s S) []byte {
+	if needsQuoting(s) {
+		return strconv.AppendQuote(buf, string(s))
+	}
+	return append(buf, s...)
+}
+
+// needsQuoting is slog's rule: quote unless every byte is printable ASCII
+// other than space, '=' and '"' (DEL counts as printable there, as in
+// JSON), and every other rune is printable and not a space.
+func needsQuoting[S string | []byte](s S) bool {
+	if len(s) == 0 {
+		return true
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c == ' ' || c == '=' || c == '"' || c < 0x20 {
+				return true
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+		if r == utf8.RuneError || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+			return true
+		}
+		i += size
+	}
+	return false
+}
