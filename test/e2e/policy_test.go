@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// policySettings are the parts of a test policy outside its rules.
+type policySettings struct {
+	hook      string // forward or output
+	dnsListen string
+	grace     time.Duration
+	table     string
+	stateFile string
+	sources   string // YAML for the sources key, or ""
+}
+
+// render returns a whole policy: the settings, then rules (YAML for the
+// rules key's list, indented by two spaces).
+func (s policySettings) render(rules string) string {
+	p := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: "127.0.0.1:0"}
+dns:
+  upstreams: [%q]
+  min_ttl: 1s
+  max_ttl: 1h
+  grace: %s
+firewall:
+  backend: nftables
+  hook: %s
+  table: %s
+  state_file: %s
+`, s.dnsListen, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+	if s.sources != "" {
+		p += "sources:\n" + s.sources
+	}
+	return p + "rules:\n" + rules
+}
+
+// forwardSources are the two client groups of the forward topology.
+const forwardSources = `  a: [192.0.2.10/32, "2001:db8:c::10/128"]
+  b: [192.0.2.20/32, "2001:db8:c::20/128"]
+`
+
+// forward is a running gateway: the topology, fqdngate in its gateway
+// namespace, and a client of each group.
+type forward struct {
+	net      *forwardNet
+	gate     *gate
+	settings policySettings
+	a, b     *client
+}
+
+// startForward builds the forward topology and starts fqdngate on the
+// gateway with rules.
+func startForward(t *testing.T, grace time.Duration, rules string) *forward {
+	t.Helper()
+	n := newForwardNet(t)
+	g := newGate(t, n.gw)
+	f := &forward{
+		net:  n,
+		gate: g,
+		settings: policySettings{
+			hook:      "forward",
+			dnsListen: gatewayDNS,
+			grace:     grace,
+			table:     g.table,
+			stateFile: g.stateFile(),
+			sources:   forwardSources,
+		},
+		a: &client{ns: n.client, src4: srcA, src6: srcA6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
+		b: &client{ns: n.client, src4: srcB, src6: srcB6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
+	}
+	g.writePolicy(f.settings.render(rules))
+	g.start()
+	return f
+}
