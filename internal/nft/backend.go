@@ -22,38 +22,59 @@ import (
 )
 
 // Config is what the backend needs besides the policy. The zero value of
-// each optional field disables what it configures.
+// each optional field is useful and documented. What a reload may change
+// (mode, listeners, transparent ports) is not here: Apply reads it from
+// the policy it is given.
 type Config struct {
 	// Table is the name of the inet table fqdngate owns. Required.
 	Table string
-	Hook  policy.Hook
-	// Mode audit counts and logs what enforce would drop, and drops
-	// nothing.
-	Mode policy.Mode
-	// DNS is fqdngate's DNS listener. Covered sources' DNS (udp and tcp
-	// port 53) is redirected to it; where it cannot be (no listener, a
-	// loopback listener behind the forward hook, the other family), such
-	// DNS is dropped so that no client resolves around the policy.
-	DNS netip.AddrPort
-	// Transparent is the transparent proxy listener; TCP to
-	// TransparentPorts from covered sources is redirected to it.
+	// Hook is fixed for the backend's life: the daemon refuses a reload
+	// that changes firewall.hook.
+	Hook policy.Hook
+
+	// Mode, DNS, Transparent and TransparentPorts are ignored: Apply takes
+	// them from the policy (mode, listen.dns, listen.transparent and
+	// firewall.transparent_ports), so that a reload reprograms them. They
+	// remain until the daemon stops setting them, then go.
+	Mode             policy.Mode
+	DNS              netip.AddrPort
 	Transparent      netip.AddrPort
 	TransparentPorts []uint16
+
 	// StateFile keeps learned addresses across restarts. If empty,
 	// learned addresses survive only in the kernel.
 	StateFile string
 	// NetNSFd, if not 0, is a network namespace file descriptor to work
 	// in instead of the current one (tests).
 	NetNSFd int
-	// LogGroup, if not 0, is the nflog group that receives a rate-limited
-	// sample of dropped packets; LogRate is the sample's packets per
-	// second (default 10).
+	// LogGroup is the nflog group that receives a rate-limited sample of
+	// the packets default deny drops (or, in audit mode, would drop); 0
+	// means DefaultLogGroup. LogRate is the sample's packets per second;
+	// 0 means 10.
 	LogGroup uint16
 	LogRate  uint32
+	// OnDrop, if not nil, is called from Run for each sampled drop of a
+	// TCP or UDP packet: the daemon turns it into an audit record (deny,
+	// or would-deny in audit mode). It must not block for long: samples
+	// that arrive meanwhile queue in the socket, and are lost (counted in
+	// Stats) when it fills. If nil, Run does not read the samples.
+	OnDrop func(src, dst netip.Addr, proto policy.Proto, port uint16)
 	// Logger, if nil, discards.
 	Logger *slog.Logger
 	// Now, if nil, is time.Now; tests move the clock.
 	Now func() time.Time
+}
+
+// DefaultLogGroup is the nflog group of the drop sample when
+// Config.LogGroup is 0: "fq" in ASCII, to stay clear of the low numbers
+// other tools (ulogd's examples use 0-2) are configured with.
+const DefaultLogGroup = 0x6671
+
+func (c *Config) logGroup() uint16 {
+	if c.LogGroup == 0 {
+		return DefaultLogGroup
+	}
+	return c.LogGroup
 }
 
 func (c *Config) logRate() uint32 {
@@ -337,7 +358,7 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 		}
 	}
 	b.memMu.Unlock()
-	b.log.Info("applied policy", "table", b.cfg.Table, "hook", b.cfg.Hook, "mode", b.cfg.Mode, "sets", len(sets), "restored", countElems(restore))
+	b.log.Info("applied policy", "table", b.cfg.Table, "hook", b.cfg.Hook, "mode", p.Mode, "sets", len(sets), "restored", countElems(restore))
 	return nil
 }
 

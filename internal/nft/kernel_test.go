@@ -410,7 +410,7 @@ rules:
 
 func TestAuditDropsNothing(t *testing.T) {
 	n := newForwardNet(t)
-	startBackend(t, n.gw, Config{Hook: policy.HookForward, Mode: policy.Audit, LogGroup: 5}, mustParse(t, forwardPolicy))
+	startBackend(t, n.gw, Config{Hook: policy.HookForward, LogGroup: 5}, mustParse(t, override(forwardPolicy, "mode: audit")))
 	checkReach(t, n.client, []reach{
 		{srcPayments, srvC, "443", true},
 		{srcOthers, srvA, "8080", true},
@@ -472,7 +472,7 @@ func TestDNSRedirect(t *testing.T) {
 	tcpBanner(t, n.gw.Listen("tcp", "0.0.0.0:5353"), "fqdngate")
 	tcpBanner(t, n.inet.Listen("tcp", srvA+":53"), "upstream")
 
-	startBackend(t, n.gw, Config{Hook: policy.HookForward, DNS: netip.MustParseAddrPort("0.0.0.0:5353")}, mustParse(t, forwardPolicy))
+	startBackend(t, n.gw, Config{Hook: policy.HookForward}, mustParse(t, override(forwardPolicy, `listen: {dns: "0.0.0.0:5353"}`)))
 	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "fqdngate" {
 		t.Errorf("udp dns to %s:53 answered by %q, want fqdngate", srvA, got)
 	}
@@ -486,13 +486,13 @@ func TestDNSDroppedWhenNotRedirectable(t *testing.T) {
 	udpEcho(t, n.inet.ListenPacket("udp", srvA+":53"), "upstream")
 	tcpBanner(t, n.inet.Listen("tcp", srvA+":53"), "upstream")
 	// A loopback listener cannot receive forwarded packets.
-	p := mustParse(t, forwardPolicy+`
+	p := mustParse(t, override(forwardPolicy+`
   - name: resolver
     from: [payments]
     to: [192.0.2.0/24]
     ports: [53, 53/udp]
-`)
-	startBackend(t, n.gw, Config{Hook: policy.HookForward, DNS: netip.MustParseAddrPort("127.0.0.1:5353")}, p)
+`, `listen: {dns: "127.0.0.1:5353"}`))
+	startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
 	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "" {
 		t.Errorf("udp dns to %s:53 answered by %q, want a drop", srvA, got)
 	}
@@ -556,4 +556,34 @@ func tcpRead(ns *netns.NS, src, dst string) string {
 	buf := make([]byte, 64)
 	k, _ := c.Read(buf)
 	return string(buf[:k])
+}
+
+// TestApplyFollowsPolicySettings: mode and listeners come from the policy
+// Apply is given, so a reload that switches audit to enforce, or moves the
+// DNS listener, reprograms the table.
+func TestApplyFollowsPolicySettings(t *testing.T) {
+	n := newForwardNet(t)
+	udpEcho(t, n.gw.ListenPacket("udp", "0.0.0.0:5353"), "old listener")
+	udpEcho(t, n.gw.ListenPacket("udp", "0.0.0.0:5354"), "new listener")
+	audit := mustParse(t, override(forwardPolicy, "mode: audit", `listen: {dns: "0.0.0.0:5353"}`))
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, audit)
+	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", true}})
+	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "old listener" {
+		t.Errorf("audit: dns answered by %q, want the old listener", got)
+	}
+
+	enforce := mustParse(t, override(forwardPolicy, "mode: enforce", `listen: {dns: "0.0.0.0:5354"}`))
+	if err := b.Apply(context.Background(), enforce); err != nil {
+		t.Fatalf("Apply enforce: %v", err)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", false}})
+	if got := udpAsk(t, n.client, srcPayments, srvA+":53"); got != "new listener" {
+		t.Errorf("after the reload: dns answered by %q, want the new listener", got)
+	}
+
+	// And back: enforcement can be relaxed by a reload too.
+	if err := b.Apply(context.Background(), audit); err != nil {
+		t.Fatalf("Apply audit: %v", err)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", true}})
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -43,12 +42,10 @@ func TestOutputHook(t *testing.T) {
 	udpEcho(t, host.ListenPacket("udp", "127.0.0.1:5353"), "fqdngate")
 	tcpBanner(t, host.Listen("tcp", "127.0.0.1:15432"), "proxy")
 
-	b := startBackend(t, host, Config{
-		Hook:             policy.HookOutput,
-		DNS:              netip.MustParseAddrPort("127.0.0.1:5353"),
-		Transparent:      netip.MustParseAddrPort("127.0.0.1:15432"),
-		TransparentPorts: []uint16{5432},
-	}, mustParse(t, outputPolicy))
+	p := mustParse(t, override(outputPolicy,
+		`listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:15432"}`,
+		"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [5432]}"))
+	b := startBackend(t, host, Config{Hook: policy.HookOutput}, p)
 	publish(t, b, "bank-api", "", srvA, time.Minute)
 
 	checkReach(t, host, []reach{

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -29,4 +30,21 @@ func mustParse(t testing.TB, y string) *policy.Policy {
 		t.Fatalf("parsing policy: %v", err)
 	}
 	return p
+}
+
+// override replaces top-level keys of the policy y with the given lines
+// ("mode: audit", "listen: {dns: 0.0.0.0:53}"), adding those it lacks.
+func override(y string, lines ...string) string {
+	keys := make(map[string]bool, len(lines))
+	for _, l := range lines {
+		keys[l[:strings.Index(l, ":")+1]] = true
+	}
+	var out []string
+	for _, l := range strings.Split(y, "\n") {
+		if i := strings.Index(l, ":"); i > 0 && !strings.HasPrefix(l, " ") && keys[l[:i+1]] {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(lines, "\n") + "\n" + strings.Join(out, "\n")
 }

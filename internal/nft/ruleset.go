@@ -205,9 +205,29 @@ func learnedSetName(rule, group string, f family) string {
 	return n
 }
 
+// listeners is what the policy says about fqdngate's own listeners, as
+// the ruleset needs it.
+type listeners struct {
+	dns, transparent netip.AddrPort
+	ports            []uint16 // TCP ports steered to transparent
+}
+
+// listenersOf reads the listeners from p. An address that does not parse
+// (the loader forbids that) or is empty counts as no listener.
+func listenersOf(p *policy.Policy) listeners {
+	var l listeners
+	l.dns, _ = netip.ParseAddrPort(p.Listen.DNS)
+	l.transparent, _ = netip.ParseAddrPort(p.Listen.Transparent)
+	l.ports = p.Firewall.TransparentPorts
+	return l
+}
+
 // build computes the table for p. It is pure: same inputs, same table.
+// Mode and listeners come from p, so a reload can change them; the hook
+// and the drop sample come from cfg.
 func build(cfg *Config, p *policy.Policy) *desired {
 	d := &desired{learned: make(map[learnKey]string)}
+	lis := listenersOf(p)
 	addSet := func(s setSpec) { d.sets = append(d.sets, s) }
 
 	// Which groups are used, and does any rule cover every source?
@@ -252,7 +272,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
 	// first, then each rule's accepts, then default deny.
 	var enforce []ruleSpec
-	dns := steering(cfg.DNS, cfg.Hook)
+	dns := steering(lis.dns, cfg.Hook)
 	for _, f := range families {
 		if dns[f] != steerNone {
 			continue
@@ -260,7 +280,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
 			enforce = append(enforce, ruleSpec{
 				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
-				stmts:   verdictDrop(cfg.Mode),
+				stmts:   verdictDrop(p.Mode),
 				comment: "dns that cannot reach fqdngate",
 			})
 		}
@@ -317,10 +337,10 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			}
 		}
 	}
-	if cfg.LogGroup != 0 {
-		enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.LogGroup, rate: cfg.logRate()}}, comment: "sample of drops"})
-	}
-	enforce = append(enforce, ruleSpec{stmts: verdictDrop(cfg.Mode), comment: "default deny"})
+	enforce = append(enforce,
+		ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"},
+		ruleSpec{stmts: verdictDrop(p.Mode), comment: "default deny"},
+	)
 
 	// The filter base chain decides who is held to the policy.
 	hook := cfg.Hook.String()
@@ -345,21 +365,21 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	// The nat chain steers covered sources' DNS, and the transparent
 	// ports, to fqdngate's listeners.
 	var redir []ruleSpec
-	tp := steering(cfg.Transparent, cfg.Hook)
+	tp := steering(lis.transparent, cfg.Hook)
 	for _, f := range families {
 		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
-			if st := steerStmt(dns[f], cfg.DNS); st != nil {
+			if st := steerStmt(dns[f], lis.dns); st != nil {
 				redir = append(redir, ruleSpec{
 					matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
 					stmts:   []stmt{*st}, comment: "dns to fqdngate",
 				})
 			}
 		}
-		st := steerStmt(tp[f], cfg.Transparent)
+		st := steerStmt(tp[f], lis.transparent)
 		if st == nil {
 			continue
 		}
-		for _, port := range cfg.TransparentPorts {
+		for _, port := range lis.ports {
 			redir = append(redir, ruleSpec{
 				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
 				stmts:   []stmt{*st}, comment: "transparent proxy",

@@ -118,17 +118,20 @@ func TestSteering(t *testing.T) {
 // TestRenderGolden pins the dry-run output for the sample policy in both
 // hooks; run with -update after an intended change.
 func TestRenderGolden(t *testing.T) {
-	p := mustParse(t, samplePolicy)
 	tests := []struct {
-		name string
-		cfg  Config
+		name   string
+		cfg    Config
+		policy string
 	}{
-		{"forward", Config{Table: "fqdngate", Hook: policy.HookForward, DNS: netip.MustParseAddrPort("0.0.0.0:53"), LogGroup: 7}},
-		{"output", Config{Table: "fqdngate", Hook: policy.HookOutput, DNS: netip.MustParseAddrPort("127.0.0.1:5353"),
-			Transparent: netip.MustParseAddrPort("127.0.0.1:8443"), TransparentPorts: []uint16{443}, Mode: policy.Audit}},
+		{"forward", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
+			override(samplePolicy, `listen: {dns: "0.0.0.0:53", admin: ""}`)},
+		{"output", Config{Table: "fqdngate", Hook: policy.HookOutput},
+			override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:8443", admin: ""}`,
+				"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443]}")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			p := mustParse(t, tt.policy)
 			got := Render(tt.cfg, p)
 			file := "testdata/render-" + tt.name + ".nft"
 			if *update {
