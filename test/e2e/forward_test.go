@@ -76,3 +76,124 @@ func TestForwardAllowedAndUnlisted(t *testing.T) {
 		t.Log(f.gate.logs())
 	}
 }
+
+const isolationRules = `  - name: api
+    from: [a]
+    to: [api.example.com]
+  - name: shared
+    from: [a, b]
+    to: [shared.example.com]
+  - name: b-only
+    from: [b]
+    to: [b.example.com]
+`
+
+// TestForwardGroupIsolation: an address is opened for the group whose
+// query learned it, not for the other group, even when both may use the
+// name.
+func TestForwardGroupIsolation(t *testing.T) {
+	f := startForward(t, 2*time.Second, isolationRules)
+	auth := f.net.inet.auth
+	auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"), dnstest.AAAA("api.example.com", 300, "2001:db8:100::10"))
+	auth.Set("shared.example.com", dnstest.A("shared.example.com", 300, "203.0.113.40"))
+	auth.Set("b.example.com", dnstest.A("b.example.com", 300, "203.0.113.50"))
+
+	// a's name: open for a, closed for b, and b may not resolve it.
+	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		addr, err := f.a.resolveAndGet("api.example.com", qt, allowedPort)
+		if err != nil {
+			t.Fatalf("group a, its own name: %v\n%s", err, f.gate.logs())
+		}
+		mustDrop(t, f.b, netip.AddrPortFrom(addr, allowedPort))
+	}
+	if _, _, err := f.b.lookup("api.example.com", dns.TypeA); err == nil {
+		t.Error("group b resolved group a's name, want a refusal")
+	}
+	mustDrop(t, f.b, ap("203.0.113.10", allowedPort))
+
+	// A name both groups may use: a's query opens it for a only; b must
+	// ask for itself.
+	if _, err := f.a.resolveAndGet("shared.example.com", dns.TypeA, allowedPort); err != nil {
+		t.Fatalf("group a, shared name: %v", err)
+	}
+	mustDrop(t, f.b, ap("203.0.113.40", allowedPort))
+	if _, err := f.b.resolveAndGet("shared.example.com", dns.TypeA, allowedPort); err != nil {
+		t.Errorf("group b, shared name after its own query: %v", err)
+	}
+
+	// b's name: the reverse.
+	if _, err := f.b.resolveAndGet("b.example.com", dns.TypeA, allowedPort); err != nil {
+		t.Fatalf("group b, its own name: %v", err)
+	}
+	mustDrop(t, f.a, ap("203.0.113.50", allowedPort))
+	if t.Failed() {
+		t.Log(f.gate.logs())
+	}
+}
+
+// TestForwardDirectDNS: clients that query the outside resolver directly
+// are answered by fqdngate (their DNS is redirected to it), so they learn
+// nothing the policy forbids; DNS over IPv6, which fqdngate does not
+// listen for here, and DNS-over-TLS are dropped; TXT is refused.
+func TestForwardDirectDNS(t *testing.T) {
+	f := startForward(t, 2*time.Second, basicRules)
+	auth := f.net.inet.auth
+	auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"), rrTXT("api.example.com", 300, "exfiltrate me"))
+	auth.Set("evil.example.com", dnstest.A("evil.example.com", 300, "203.0.113.66"))
+
+	for _, server := range []string{authorityAddr, "203.0.113.53:53"} {
+		for _, network := range []string{"udp", "tcp"} {
+			// An allowed name asked of the outside resolver: fqdngate
+			// answers and learns, so the address opens.
+			r, err := f.a.exchange(network, server, "api.example.com", dns.TypeA, reachWait)
+			if err != nil {
+				t.Fatalf("direct query to %s over %s: %v\n%s", server, network, err, f.gate.logs())
+			}
+			addrs, _ := answerAddrs(r)
+			if len(addrs) != 1 || addrs[0] != netip.MustParseAddr("203.0.113.10") {
+				t.Errorf("direct query to %s over %s: got %v (%s), want 203.0.113.10", server, network, addrs, dns.RcodeToString[r.Rcode])
+			}
+			// An unlisted name: NXDOMAIN, though the authority has it.
+			r, err = f.a.exchange(network, server, "evil.example.com", dns.TypeA, reachWait)
+			if err != nil {
+				t.Fatalf("direct query to %s over %s: %v", server, network, err)
+			}
+			if r.Rcode != dns.RcodeNameError {
+				t.Errorf("direct query to %s over %s for an unlisted name: got %s %v, want NXDOMAIN", server, network, dns.RcodeToString[r.Rcode], r.Answer)
+			}
+			// TXT for an allowed name: refused.
+			r, err = f.a.exchange(network, server, "api.example.com", dns.TypeTXT, reachWait)
+			if err != nil {
+				t.Fatalf("TXT query to %s over %s: %v", server, network, err)
+			}
+			if r.Rcode != dns.RcodeRefused || len(r.Answer) != 0 {
+				t.Errorf("TXT query to %s over %s: got %s with %d answers, want REFUSED", server, network, dns.RcodeToString[r.Rcode], len(r.Answer))
+			}
+		}
+	}
+	// Neither the unlisted name nor TXT ever left the gateway.
+	if n := auth.Seen("evil.example.com", 0); n != 0 {
+		t.Errorf("the authority saw %d queries for the unlisted name, want 0", n)
+	}
+	if n := auth.Seen("api.example.com", dns.TypeTXT); n != 0 {
+		t.Errorf("the authority saw %d TXT queries, want 0", n)
+	}
+	mustReach(t, f.a, "api.example.com", ap("203.0.113.10", allowedPort))
+	mustDrop(t, f.a, ap("203.0.113.66", allowedPort))
+
+	// fqdngate listens on IPv4 only: DNS over IPv6 cannot be redirected,
+	// so it is dropped rather than let through.
+	before := auth.Seen("api.example.com", 0)
+	if r, err := f.a.exchange("udp", authorityAddr6, "api.example.com", dns.TypeA, time.Second); err == nil {
+		t.Errorf("direct DNS over IPv6: got an answer (%s), want it dropped", dns.RcodeToString[r.Rcode])
+	}
+	mustDrop(t, f.a, ap(inet6, 53))
+	if n := auth.Seen("api.example.com", 0); n != before {
+		t.Errorf("the authority answered %d queries over IPv6, want 0", n-before)
+	}
+	// DNS-over-TLS to the outside resolver is just a closed port.
+	mustDrop(t, f.a, ap(inet4, 853))
+	if t.Failed() {
+		t.Log(f.gate.logs())
+	}
+}
