@@ -17,6 +17,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
 // binary is the fqdngate built once for the tests that run it as a process.
@@ -162,8 +166,27 @@ func TestUsage(t *testing.T) {
 type daemonProc struct {
 	cmd   *exec.Cmd
 	admin string
+	dns   string // the DNS listener's address, when it has one
 	mu    sync.Mutex
 	log   bytes.Buffer
+	out   syncBuffer // standard output: the audit log
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func startDaemon(t *testing.T, policyPath string) *daemonProc {
@@ -173,20 +196,36 @@ func startDaemon(t *testing.T, policyPath string) *daemonProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd.Stdout = io.Discard
+	d.cmd.Stdout = &d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	addrc := make(chan string, 1)
+	exited := make(chan struct{})
 	re := regexp.MustCompile(`component=admin addr=(\S+)`)
+	dnsRe := regexp.MustCompile(`component=dns addr=(\S+)`)
 	go func() {
+		defer close(exited)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			d.mu.Lock()
 			d.log.WriteString(sc.Text() + "\n")
 			d.mu.Unlock()
+			if m := dnsRe.FindStringSubmatch(sc.Text()); m != nil {
+				d.mu.Lock()
+				d.dns = m[1]
+				d.mu.Unlock()
+			}
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addrc <- m[1]
+				d.mu.Lock()
+				d.admin = m[1]
+				d.mu.Unlock()
+			}
+			// Logged once every listener serves.
+			if strings.Contains(sc.Text(), `msg="policy loaded"`) {
+				d.mu.Lock()
+				addrc <- d.admin
+				d.mu.Unlock()
 			}
 		}
 	}()
@@ -196,6 +235,8 @@ func startDaemon(t *testing.T, policyPath string) *daemonProc {
 	})
 	select {
 	case d.admin = <-addrc:
+	case <-exited:
+		t.Fatalf("fqdngate exited at start; stderr:\n%s", d.logs())
 	case <-time.After(20 * time.Second):
 		t.Fatalf("fqdngate did not start its admin listener; stderr:\n%s", d.logs())
 	}
@@ -467,5 +508,72 @@ rules:
 	}
 	if b, _ := exec.Command("ip", "netns", "exec", ns, "nft", "list", "tables").CombinedOutput(); strings.Contains(string(b), "clitest") {
 		t.Errorf("table still there after remove: %s", b)
+	}
+}
+
+// TestAuditTrail resolves through the running daemon and reads its audit
+// log: one JSON line per decision, with the fields an assessor needs.
+func TestAuditTrail(t *testing.T) {
+	up := dnstest.NewServer(t, dnstest.Zone(dnstest.A("api.bank.example.", 300, "192.0.2.10")))
+	p := writePolicy(t, t.TempDir(), `listen: {dns: "127.0.0.1:0", proxy: "", admin: "127.0.0.1:0"}
+dns: {upstreams: [`+up.Addr.String()+`]}
+rules:
+  - name: bank-api
+    to: [api.bank.example]
+`)
+	d := startDaemon(t, p)
+	d.mu.Lock()
+	dnsAddr := d.dns
+	d.mu.Unlock()
+	c := new(dns.Client)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+	}{
+		{"api.bank.example.", dns.TypeA, dns.RcodeSuccess},
+		{"exfil-data.attacker.example.", dns.TypeA, dns.RcodeNameError},
+		{"api.bank.example.", dns.TypeTXT, dns.RcodeRefused},
+	} {
+		r, _, err := c.Exchange(new(dns.Msg).SetQuestion(q.name, q.qtype), dnsAddr)
+		if err != nil {
+			t.Fatalf("query %s: %v", q.name, err)
+		}
+		if r.Rcode != q.rcode {
+			t.Errorf("query %s %s: got %s, want %s", q.name, dns.TypeToString[q.qtype], dns.RcodeToString[r.Rcode], dns.RcodeToString[q.rcode])
+		}
+	}
+	if n := len(up.Queries()); n != 1 {
+		t.Errorf("upstream saw %d queries, want 1: denied and refused queries must never leave", n)
+	}
+	var lines []map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for len(lines) < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // the audit log is flushed every 100ms
+		lines = lines[:0]
+		for _, l := range strings.Split(strings.TrimSpace(d.out.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "decision" {
+				lines = append(lines, m)
+			}
+		}
+	}
+	if len(lines) != 3 {
+		t.Fatalf("got %d decision lines, want 3:\n%s", len(lines), d.out.String())
+	}
+	want := []map[string]any{
+		{"component": "dns", "source": "127.0.0.1", "name": "api.bank.example", "qtype": "A", "action": "allow", "rule": "bank-api"},
+		{"component": "dns", "name": "exfil-data.attacker.example", "action": "deny", "rule": "", "reason": "no rule allows this destination"},
+		{"component": "dns", "name": "api.bank.example", "qtype": "TXT", "action": "deny"},
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if lines[i][k] != v {
+				t.Errorf("line %d: %s = %v, want %v", i+1, k, lines[i][k], v)
+			}
+		}
+		if _, ok := lines[i]["time"]; !ok {
+			t.Errorf("line %d has no time", i+1)
+		}
 	}
 }

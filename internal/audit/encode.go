@@ -12,9 +12,8 @@ import (
 
 // encoder appends one line in slog's JSON or text format.
 type encoder struct {
-	buf   []byte
-	text  bool
-	first bool
+	buf  []byte
+	text bool
 }
 
 // textTime is how slog's text handler writes times: milliseconds.

@@ -178,14 +178,8 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if c.ups.current() == nil {
 			return nil, nil, "", errors.New("no upstream resolvers: set dns.upstreams")
 		}
-		pc, err := net.ListenPacket("udp", addr)
+		pc, ln, err := listenDNS(addr)
 		if err != nil {
-			return nil, nil, "", err
-		}
-		// TCP on the port UDP got, so that port 0 means one port for both.
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
 			return nil, nil, "", err
 		}
 		serve := func(ctx context.Context) error {
@@ -275,4 +269,30 @@ func (u *upstreams) close() {
 	for _, r := range u.retired {
 		r.Close()
 	}
+}
+
+// listenDNS opens UDP and TCP on one address. For port 0 the TCP port must
+// be the one UDP was given, which another socket may hold: try a few.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	var lastErr error
+	for range 10 {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+		if ap.Port() != 0 {
+			break
+		}
+	}
+	return nil, nil, lastErr
 }
