@@ -577,3 +577,65 @@ rules:
 		}
 	}
 }
+
+// TestReloadKeepsListeners: a reload that leaves listen.* alone keeps every
+// listener (same socket, no restart); one that changes an address moves
+// just that listener.
+func TestReloadKeepsListeners(t *testing.T) {
+	up := dnstest.NewServer(t, dnstest.Zone(dnstest.A("a.example.", 300, "192.0.2.10"), dnstest.A("b.example.", 300, "192.0.2.11")))
+	dir := t.TempDir()
+	policyAt := func(dnsListen, rule string) string {
+		return `listen: {dns: "` + dnsListen + `", proxy: "", admin: "127.0.0.1:0"}
+dns: {upstreams: [` + up.Addr.String() + `]}
+rules:
+  - name: r
+    to: [` + rule + `]
+`
+	}
+	p := writePolicy(t, dir, policyAt("127.0.0.1:0", "a.example"))
+	d := startDaemon(t, p)
+	d.mu.Lock()
+	first := d.dns
+	d.mu.Unlock()
+	rcode := func(addr, name string) int {
+		r, _, err := new(dns.Client).Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), addr)
+		if err != nil {
+			t.Fatalf("query %s at %s: %v", name, addr, err)
+		}
+		return r.Rcode
+	}
+	if got := rcode(first, "a.example."); got != dns.RcodeSuccess {
+		t.Fatalf("a.example: got %s", dns.RcodeToString[got])
+	}
+
+	writePolicy(t, dir, policyAt("127.0.0.1:0", "b.example"))
+	d.waitMetric(t, `fqdngate_policy_generation`, 2)
+	if got := rcode(first, "b.example."); got != dns.RcodeSuccess {
+		t.Errorf("after reload, b.example on the same socket: got %s, want NOERROR", dns.RcodeToString[got])
+	}
+	if strings.Contains(d.logs(), "stopped listening") {
+		t.Errorf("a reload with unchanged listen addresses restarted a listener:\n%s", d.logs())
+	}
+
+	writePolicy(t, dir, policyAt("127.0.0.2:0", "b.example"))
+	d.waitMetric(t, `fqdngate_policy_generation`, 3)
+	deadline := time.Now().Add(5 * time.Second)
+	var moved string
+	for moved == "" && time.Now().Before(deadline) {
+		d.mu.Lock()
+		if d.dns != first {
+			moved = d.dns
+		}
+		d.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.HasPrefix(moved, "127.0.0.2:") {
+		t.Fatalf("the DNS listener did not move to 127.0.0.2; logs:\n%s", d.logs())
+	}
+	if got := rcode(moved, "b.example."); got != dns.RcodeSuccess {
+		t.Errorf("at the new address: got %s", dns.RcodeToString[got])
+	}
+	if _, _, err := (&dns.Client{Timeout: 300 * time.Millisecond}).Exchange(new(dns.Msg).SetQuestion("b.example.", dns.TypeA), first); err == nil {
+		t.Errorf("the old address %s still answers after the listener moved", first)
+	}
+}
