@@ -82,14 +82,7 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 	t.Helper()
 	e := &env{t: t, clock: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, log: &syncBuffer{}}
 	e.up = dnstest.NewServer(t, h)
-	if o.mode == "" {
-		o.mode = "enforce"
-	}
-	y := strings.NewReplacer("MODE", o.mode, "UPSTREAM", e.up.Addr.String(), "DNS", o.dns, "RULES", o.rules).Replace(testPolicy)
-	p, err := policy.Parse("test.yaml", []byte(y))
-	if err != nil {
-		t.Fatalf("policy: %v\n%s", err, y)
-	}
+	p := e.policy(o)
 	e.pol.Store(p)
 	res, err := resolver.New(resolver.Config{Upstreams: p.DNS.Upstreams, Timeout: p.DNS.Timeout, MaxInFlight: p.DNS.MaxInFlight})
 	if err != nil {
@@ -111,6 +104,21 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 	}
 	e.serve()
 	return e
+}
+
+// policy returns testPolicy with o's changes and e's upstream; storing it
+// in e.pol is a reload.
+func (e *env) policy(o opts) *policy.Policy {
+	e.t.Helper()
+	if o.mode == "" {
+		o.mode = "enforce"
+	}
+	y := strings.NewReplacer("MODE", o.mode, "UPSTREAM", e.up.Addr.String(), "DNS", o.dns, "RULES", o.rules).Replace(testPolicy)
+	p, err := policy.Parse("test.yaml", []byte(y))
+	if err != nil {
+		e.t.Fatalf("policy: %v\n%s", err, y)
+	}
+	return p
 }
 
 func (e *env) serve() {

@@ -93,6 +93,7 @@ type exchange struct {
 	note       string
 	upstream   string
 	cached     bool
+	refresh    bool // RunRefresh's, not a client's
 	in         inspection
 	attrs      []slog.Attr
 }
@@ -125,7 +126,7 @@ func (f *Firewall) serve(ctx context.Context, w dns.ResponseWriter, req *dns.Msg
 	if m != nil {
 		rcode = f.write(w, req, m, x.tcp)
 	}
-	f.record(ctx, req, x, rcode, m)
+	f.record(ctx, req, x, rcode)
 }
 
 // answer returns the reply to req, or nil to send none.
@@ -354,8 +355,9 @@ func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
 	return m.Rcode
 }
 
-// record writes the query's audit line and counts it.
-func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode int, m *dns.Msg) {
+// record writes the query's audit line and, for a client's query, counts
+// it. groups are those a refresh published for.
+func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode int, groups ...string) {
 	action := "none"
 	if x.decided {
 		action = x.dec.Action.String()
@@ -364,7 +366,9 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 	if len(req.Question) == 1 {
 		qtype = req.Question[0].Qtype
 	}
-	f.metrics.countQuery(action, qtype, rcode)
+	if !x.refresh {
+		f.metrics.countQuery(action, qtype, rcode)
+	}
 	if f.audit == nil || !x.decided || x.quiet {
 		// Only decisions are audited: a malformed, rate-limited or
 		// over-bound flood must not become a flood of log lines. Metrics
@@ -373,7 +377,7 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 	}
 	q := req.Question[0]
 	attrs := append(x.attrs[:0],
-		slog.String("transport", transport(x.tcp)),
+		slog.String("transport", transport(x)),
 		slog.String("rcode", rcodeString(rcode)),
 		slog.String("answers", addrList(x.in.addrs, rcode)),
 		slog.String("upstream", upstreamLabel(x)),
@@ -381,6 +385,9 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 	)
 	if x.dec.NearRule != nil {
 		attrs = append(attrs, slog.String("near_rule", x.dec.NearRule.Name))
+	}
+	if len(groups) > 0 && groups[0] != "" {
+		attrs = append(attrs, slog.String("groups", strings.Join(groups, ",")))
 	}
 	if len(x.unverified) > 0 {
 		attrs = append(attrs, slog.String("unverified", joinAddrs(x.unverified)))
@@ -420,8 +427,11 @@ func addrList(addrs []learnedAddr, rcode int) string {
 	return string(b)
 }
 
-func transport(tcp bool) string {
-	if tcp {
+func transport(x *exchange) string {
+	switch {
+	case x.refresh:
+		return "refresh"
+	case x.tcp:
 		return "tcp"
 	}
 	return "udp"
