@@ -18,6 +18,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -84,6 +85,10 @@ func (c *Config) logRate() uint32 {
 	return c.LogRate
 }
 
+// defaultPerName is dns.max_learned_per_name's default, for a backend
+// that has not applied a policy yet.
+const defaultPerName = 1000
+
 // ErrNoCapability is returned by New when the process may not program
 // nftables.
 var ErrNoCapability = errors.New("nftables backend needs CAP_NET_ADMIN: run as root or grant the capability; or set firewall.backend: none")
@@ -118,6 +123,20 @@ type Backend struct {
 	// long enough skip netlink altogether.
 	mirror map[elemKey]time.Time
 	dirty  bool // mirror changed since the state file was written
+	// names holds, per name, the elements its answers brought and until
+	// when (for the per-name cap); refs counts the names holding each
+	// element. Adopted and restored elements are held by no name.
+	names   map[dnsname.Name]map[elemKey]time.Time
+	refs    map[elemKey]int32
+	perName int // dns.max_learned_per_name of the applied policy
+
+	// replaceToExtend: the kernel ignores a new timeout on an element it
+	// holds (before Linux 6.10), so extending one takes a delete and an
+	// add in one transaction.
+	replaceToExtend bool
+
+	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
+	retriedWithoutDeletes                      atomic.Uint64 // for tests
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
@@ -147,6 +166,12 @@ func New(cfg Config) (*Backend, error) {
 		learned: make(map[learnKey]string),
 		owner:   make(map[string]learnKey),
 		mirror:  make(map[elemKey]time.Time),
+		names:   make(map[dnsname.Name]map[elemKey]time.Time),
+		refs:    make(map[elemKey]int32),
+		perName: defaultPerName,
+		// Without a release to read, assume an old kernel: a delete and
+		// an add extend an element on every kernel.
+		replaceToExtend: !timeoutUpdates(kernelRelease()),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -349,6 +374,23 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 			b.dirty = true
 		}
 	}
+	if len(dropped) > 0 {
+		for name, held := range b.names {
+			for k := range held {
+				if _, ok := b.owner[k.set]; !ok {
+					delete(held, k)
+					b.unrefLocked(k)
+				}
+			}
+			if len(held) == 0 {
+				delete(b.names, name)
+			}
+		}
+	}
+	b.perName = defaultPerName
+	if p.DNS.MaxLearnedPerName > 0 {
+		b.perName = p.DNS.MaxLearnedPerName
+	}
 	now := b.now()
 	for name, elems := range restore {
 		for _, e := range elems {
@@ -519,6 +561,8 @@ func (b *Backend) Remove() error {
 	b.sets = make(map[string]*nftables.Set)
 	b.memMu.Lock()
 	clear(b.mirror)
+	clear(b.names)
+	clear(b.refs)
 	b.memMu.Unlock()
 	return nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/google/nftables"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
@@ -27,6 +29,16 @@ const (
 	refreshSlack = time.Second
 	// saveDelay is how soon after a change the state file is written.
 	saveDelay = 500 * time.Millisecond
+	// deleteMargin: an element due to expire sooner than this is never
+	// deleted, since it may be gone by the time the transaction reaches
+	// the kernel, and deleting a missing element aborts the transaction.
+	// It is left to expire by itself.
+	deleteMargin = time.Second
+	// sweepEvery is how often expired entries leave the backend's memory
+	// (the kernel expires its elements itself); sweepChunk is how many
+	// entries a sweep visits before letting Publish have the lock.
+	sweepEvery = 10 * time.Second
+	sweepChunk = 4096
 )
 
 // ErrNotRunning is returned by Publish when Run is not running.
@@ -35,6 +47,9 @@ var ErrNotRunning = errors.New("nftables backend is not running: learned address
 // request is one Publish call's share of a transaction.
 type request struct {
 	elems []pending
+	// evict are elements pushed out by the per-name cap, to delete from
+	// the kernel if nothing else needs them by then.
+	evict []elemKey
 	done  chan error // buffered; receives exactly once
 }
 
@@ -42,15 +57,47 @@ type request struct {
 type pending struct {
 	key     elemKey
 	expires time.Time
+	// extend: the kernel holds the element already, with an earlier
+	// timeout (see Backend.replaceToExtend).
+	extend bool
+}
+
+// Stats are the backend's counters since New, for metrics.
+type Stats struct {
+	// CapEvictions counts learned addresses pushed out because their name
+	// reached dns.max_learned_per_name.
+	CapEvictions uint64
+	// DropSamples counts sampled drops handed to Config.OnDrop;
+	// DropSamplesLost counts samples lost before fqdngate read them
+	// (the socket overflowed) or that it could not parse.
+	DropSamples     uint64
+	DropSamplesLost uint64
+}
+
+// Stats returns the counters.
+func (b *Backend) Stats() Stats {
+	return Stats{
+		CapEvictions:    b.capEvictions.Load(),
+		DropSamples:     b.dropSamples.Load(),
+		DropSamplesLost: b.dropSamplesLost.Load(),
+	}
 }
 
 // Publish programs the learned addresses in batch, each with a timeout
 // that ends at its Expires, and returns once the kernel holds them, or
 // with an error if it does not. Concurrent calls share transactions. An
 // entry whose rule or group is not in the applied policy fails the call.
+//
+// A name holds at most the policy's dns.max_learned_per_name addresses
+// (across its rules and groups): a new one beyond that pushes out the
+// name's address that expires soonest, which leaves the kernel in the same
+// transaction unless another name still holds it.
 func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	now := b.now()
-	var todo []pending
+	var (
+		todo  []pending
+		evict []elemKey
+	)
 	b.memMu.Lock()
 	for _, e := range batch {
 		a := e.Addr.Unmap()
@@ -67,21 +114,28 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 			continue
 		}
 		k := elemKey{set, a}
-		if have, ok := b.mirror[k]; ok && have.After(now) && !have.Before(e.Expires.Add(-refreshSlack)) {
+		evict = b.holdLocked(e.Name, k, e.Expires, evict)
+		have, ok := b.mirror[k]
+		if ok && have.After(now) && !have.Before(e.Expires.Add(-refreshSlack)) {
 			continue
 		}
-		todo = append(todo, pending{k, e.Expires})
+		todo = append(todo, pending{k, e.Expires, ok && have.After(now)})
+	}
+	if len(evict) > 0 {
+		// A big answer can push out addresses it brought itself.
+		todo = slices.DeleteFunc(todo, func(p pending) bool { return b.refs[p.key] == 0 })
 	}
 	b.memMu.Unlock()
-	if len(todo) == 0 {
+	if len(todo) == 0 && len(evict) == 0 {
 		return nil
 	}
 
 	var reqs []*request
-	for len(todo) > 0 {
+	for len(todo) > 0 || len(evict) > 0 {
 		n := min(len(todo), maxBatch)
-		reqs = append(reqs, &request{elems: todo[:n], done: make(chan error, 1)})
-		todo = todo[n:]
+		m := min(len(evict), maxBatch-n)
+		reqs = append(reqs, &request{elems: todo[:n], evict: evict[:m], done: make(chan error, 1)})
+		todo, evict = todo[n:], evict[m:]
 	}
 	for _, r := range reqs {
 		select {
@@ -106,6 +160,61 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	return errors.Join(errs...)
 }
 
+// holdLocked records that name holds k until expires, and applies the
+// per-name cap. It returns evict with the elements that no name holds any
+// more appended.
+func (b *Backend) holdLocked(name dnsname.Name, k elemKey, expires time.Time, evict []elemKey) []elemKey {
+	held := b.names[name]
+	if old, ok := held[k]; ok {
+		if expires.After(old) {
+			held[k] = expires
+		}
+		return evict
+	}
+	for len(held) >= b.perName {
+		victim := soonest(held)
+		delete(held, victim)
+		if b.unrefLocked(victim) {
+			evict = append(evict, victim)
+		}
+		b.capEvictions.Add(1)
+	}
+	if held == nil {
+		held = make(map[elemKey]time.Time, 1)
+		b.names[name] = held
+	}
+	held[k] = expires
+	b.refs[k]++
+	return evict
+}
+
+// unrefLocked drops one name's hold on k, and reports whether it was the
+// last.
+func (b *Backend) unrefLocked(k elemKey) bool {
+	n := b.refs[k] - 1
+	if n > 0 {
+		b.refs[k] = n
+		return false
+	}
+	delete(b.refs, k)
+	return true
+}
+
+// soonest returns the key of held that expires first; held is not empty.
+func soonest(held map[elemKey]time.Time) elemKey {
+	var (
+		victim elemKey
+		when   time.Time
+		found  bool
+	)
+	for k, t := range held {
+		if !found || t.Before(when) {
+			victim, when, found = k, t, true
+		}
+	}
+	return victim
+}
+
 // Run programs what Publish queues, and writes the state file, until ctx
 // ends. It returns nil then, after a last write of the state file. Run
 // may be called once.
@@ -115,10 +224,14 @@ func (b *Backend) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	saveCtx, cancelSave := context.WithCancel(context.Background())
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		b.saveLoop(saveCtx)
+	}()
+	go func() {
+		defer wg.Done()
+		b.sweepLoop(saveCtx)
 	}()
 	defer func() {
 		close(b.stop)
@@ -178,54 +291,177 @@ func (b *Backend) flush(reqs []*request) {
 	}
 }
 
+// program runs reqs as one transaction. Deletes are an optimisation (the
+// cap's evictions) or a workaround (extending on old kernels) and can fail
+// only if an element left the kernel behind the backend's back; then the
+// transaction runs again without them, so that the additions, which are
+// what Publish promises, still happen.
 func (b *Backend) program(reqs []*request) error {
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
+	deleted, err := b.transactLocked(reqs, true)
+	if err != nil && deleted {
+		b.retriedWithoutDeletes.Add(1)
+		b.log.Warn("retrying learned addresses without deletes: an element left the kernel behind fqdngate's back (was the set flushed by hand?)", "err", err)
+		_, err = b.transactLocked(reqs, false)
+	}
+	return err
+}
+
+// transactLocked runs one transaction for reqs, with or without deletes,
+// and reports whether it had any.
+func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, err error) {
 	now := b.now()
-	bySet := make(map[string][]nftables.SetElement)
+	adds := make(map[string][]nftables.SetElement)
+	dels := make(map[string][]nftables.SetElement)
 	var order []string
-	for _, r := range reqs {
-		for _, p := range r.elems {
-			ttl := p.expires.Sub(now)
-			if ttl <= 0 {
-				continue
+	use := func(set string) {
+		if _, ok := adds[set]; !ok {
+			if _, ok := dels[set]; !ok {
+				order = append(order, set)
 			}
-			// Round up: an element must not expire before its answer.
-			ttl = (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
-			if _, ok := bySet[p.key.set]; !ok {
-				order = append(order, p.key.set)
-			}
-			bySet[p.key.set] = append(bySet[p.key.set], nftables.SetElement{Key: p.key.addr.AsSlice(), Timeout: ttl})
 		}
 	}
+	// Under memMu: which evictions still stand, and which elements are
+	// still wanted (another call may have pushed them out meanwhile).
+	b.memMu.Lock()
+	adding := make(map[elemKey]bool)
+	for _, r := range reqs {
+		for _, p := range r.elems {
+			if b.refs[p.key] == 0 || !p.expires.After(now) {
+				continue
+			}
+			adding[p.key] = true
+			if deletes && p.extend && b.replaceToExtend && b.surelyHeldLocked(p.key, now) {
+				use(p.key.set)
+				dels[p.key.set] = append(dels[p.key.set], nftables.SetElement{Key: p.key.addr.AsSlice()})
+				deleted = true
+			}
+			// Round up: an element must not expire before its answer.
+			ttl := (p.expires.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
+			use(p.key.set)
+			adds[p.key.set] = append(adds[p.key.set], nftables.SetElement{Key: p.key.addr.AsSlice(), Timeout: ttl})
+		}
+	}
+	var gone []elemKey
+	if deletes {
+		for _, r := range reqs {
+			for _, k := range r.evict {
+				if b.refs[k] != 0 || adding[k] || !b.surelyHeldLocked(k, now) {
+					continue
+				}
+				use(k.set)
+				dels[k.set] = append(dels[k.set], nftables.SetElement{Key: k.addr.AsSlice()})
+				gone = append(gone, k)
+				deleted = true
+			}
+		}
+	}
+	b.memMu.Unlock()
+	if len(order) == 0 {
+		return false, nil
+	}
+
 	for _, name := range order {
 		s := b.sets[name]
 		if s == nil {
-			return fmt.Errorf("nftables: set %s is not in the table (the policy was reloaded); retry the query", name)
+			return deleted, fmt.Errorf("nftables: set %s is not in the table (the policy was reloaded); retry the query", name)
 		}
-		elems := bySet[name]
-		for len(elems) > 0 {
-			n := min(len(elems), maxPerMsg)
-			if err := b.conn.SetAddElements(s, elems[:n]); err != nil {
-				return fmt.Errorf("nftables: encoding elements of set %s: %w", name, err)
-			}
-			elems = elems[n:]
+		// Deletes first: on old kernels an element is extended by deleting
+		// and adding it again.
+		if err := b.encodeLocked(s, dels[name], b.conn.SetDeleteElements); err != nil {
+			return deleted, err
+		}
+		if err := b.encodeLocked(s, adds[name], b.conn.SetAddElements); err != nil {
+			return deleted, err
 		}
 	}
 	if err := b.conn.Flush(); err != nil {
-		return netlinkErr("adding learned addresses", err)
+		return deleted, netlinkErr("adding learned addresses", err)
 	}
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if p.expires.After(b.mirror[p.key]) {
+			if adding[p.key] && p.expires.After(b.mirror[p.key]) {
 				b.mirror[p.key] = p.expires
 			}
 		}
 	}
+	for _, k := range gone {
+		delete(b.mirror, k)
+	}
 	b.dirty = true
 	b.memMu.Unlock()
+	return deleted, nil
+}
+
+// encodeLocked queues elems for s with op, in messages of at most
+// maxPerMsg elements.
+func (b *Backend) encodeLocked(s *nftables.Set, elems []nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
+	for len(elems) > 0 {
+		n := min(len(elems), maxPerMsg)
+		if err := op(s, elems[:n]); err != nil {
+			return fmt.Errorf("nftables: encoding elements of set %s: %w", s.Name, err)
+		}
+		elems = elems[n:]
+	}
 	return nil
+}
+
+// surelyHeldLocked reports whether the kernel holds k, and will for long
+// enough that a delete sent now cannot miss it.
+func (b *Backend) surelyHeldLocked(k elemKey, now time.Time) bool {
+	exp, ok := b.mirror[k]
+	return ok && exp.After(now.Add(deleteMargin))
+}
+
+// sweepLoop drops expired entries from memory every sweepEvery.
+func (b *Backend) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.sweep()
+		}
+	}
+}
+
+// sweep forgets expired holds and mirror entries. It lets go of memMu
+// every sweepChunk entries, so a large table never stalls Publish.
+func (b *Backend) sweep() {
+	now := b.now()
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	n := 0
+	yield := func() {
+		if n++; n%sweepChunk == 0 {
+			b.memMu.Unlock()
+			b.memMu.Lock()
+		}
+	}
+	// Ranging over a map while others change it between iterations is
+	// allowed: entries they add may or may not be visited.
+	for name, held := range b.names {
+		for k, t := range held {
+			if !t.After(now) {
+				delete(held, k)
+				b.unrefLocked(k)
+			}
+			yield()
+		}
+		if len(held) == 0 {
+			delete(b.names, name)
+		}
+	}
+	for k, t := range b.mirror {
+		if !t.After(now) {
+			delete(b.mirror, k)
+		}
+		yield()
+	}
 }
 
 // Learned returns the learned addresses the kernel holds, as the backend
