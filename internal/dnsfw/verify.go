@@ -116,6 +116,7 @@ func (f *Firewall) verifyOne(ctx context.Context, name string, addr netip.Addr, 
 	k := flightKey{name: name, ap: netip.AddrPortFrom(addr, port), tls: t}
 	f.flight.mu.Lock()
 	if c, ok := f.flight.calls[k]; ok {
+		c.shared++
 		f.flight.mu.Unlock()
 		select {
 		case <-c.done:
@@ -154,8 +155,9 @@ type flightKey struct {
 }
 
 type flightCall struct {
-	done chan struct{}
-	err  error // set before done is closed
+	done   chan struct{}
+	err    error // set before done is closed
+	shared int   // callers waiting for it; guarded by verifyFlights.mu
 }
 
 // verifyPort is the port r's addresses are verified on: 443 when r allows
