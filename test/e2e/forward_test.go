@@ -197,3 +197,81 @@ func TestForwardDirectDNS(t *testing.T) {
 		t.Log(f.gate.logs())
 	}
 }
+
+// TestForwardRelearnExtendsExpiry: a client that asks again for a name
+// whose answer has not changed must keep reaching it for the new answer's
+// TTL + grace, not the first answer's. (Re-learning the same address with
+// the same timeout must move its expiry.)
+func TestForwardRelearnExtendsExpiry(t *testing.T) {
+	const ttl = 2
+	grace := time.Second
+	f := startForward(t, grace, `  - name: relearn
+    from: [a]
+    to: [relearn.example.com]
+`)
+	f.net.inet.auth.Set("relearn.example.com", dnstest.A("relearn.example.com", ttl, "203.0.113.60"))
+	dst := ap("203.0.113.60", allowedPort)
+
+	t0 := time.Now()
+	if _, err := f.a.resolveAndGet("relearn.example.com", dns.TypeA, allowedPort); err != nil {
+		t.Fatalf("first answer: %v\n%s", err, f.gate.logs())
+	}
+	// Past fqdngate's cached copy: the second answer comes from upstream
+	// with the full TTL again.
+	time.Sleep(time.Until(t0.Add(ttl*time.Second + 200*time.Millisecond)))
+	_, got, err := f.a.lookup("relearn.example.com", dns.TypeA)
+	t1 := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != ttl {
+		t.Fatalf("test timing: the second answer has TTL %d, want a fresh %d", got, ttl)
+	}
+	// After the first answer's TTL + grace, before the second's TTL.
+	at := t0.Add(ttl*time.Second + grace + 500*time.Millisecond)
+	if valid := t1.Add(ttl * time.Second); !at.Before(valid) {
+		t.Fatalf("test timing: checking at t=%v, after the second answer expired at t=%v", at.Sub(t0), valid.Sub(t0))
+	}
+	time.Sleep(time.Until(at))
+	if err := f.a.get("relearn.example.com", dst, 2*time.Second); err != nil {
+		set, _ := f.gate.nft("list", "set", "inet", f.gate.table, "learn4.relearn.a")
+		t.Errorf("t=%.1fs, within the second answer's TTL: %v; want it reachable until t=%.1fs\n%s",
+			at.Sub(t0).Seconds(), err, t1.Add(ttl*time.Second+grace).Sub(t0).Seconds(), set)
+	}
+}
+
+// TestForwardCachedAnswerWithoutGrace: with dns.grace 0s an address must
+// stay open for exactly as long as the TTL of every answer that carried
+// it. A second client asking within the same second gets fqdngate's
+// cached answer with the TTL undiminished, so the address must stay open
+// until that answer's TTL ends, not the first one's.
+func TestForwardCachedAnswerWithoutGrace(t *testing.T) {
+	const ttl = 3
+	f := startForward(t, 0, `  - name: nograce
+    from: [a]
+    to: [nograce.example.com]
+`)
+	f.net.inet.auth.Set("nograce.example.com", dnstest.A("nograce.example.com", ttl, "203.0.113.61"))
+	dst := ap("203.0.113.61", allowedPort)
+
+	t0 := time.Now()
+	if _, err := f.a.resolveAndGet("nograce.example.com", dns.TypeA, allowedPort); err != nil {
+		t.Fatalf("first answer: %v\n%s", err, f.gate.logs())
+	}
+	time.Sleep(time.Until(t0.Add(600 * time.Millisecond)))
+	_, got, err := f.a.lookup("nograce.example.com", dns.TypeA)
+	t1 := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != ttl || t1.Sub(t0) >= time.Second {
+		t.Fatalf("test timing: the second answer came at t=%v with TTL %d, want TTL %d within the first second", t1.Sub(t0), got, ttl)
+	}
+	// After the first answer's TTL, before the second's.
+	at := t0.Add(ttl*time.Second + 300*time.Millisecond)
+	time.Sleep(time.Until(at))
+	if err := f.a.get("nograce.example.com", dst, 2*time.Second); err != nil {
+		t.Errorf("t=%.1fs, within the second answer's TTL (until t=%.1fs): %v; want it reachable",
+			at.Sub(t0).Seconds(), t1.Add(ttl*time.Second).Sub(t0).Seconds(), err)
+	}
+}
