@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/proxy"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
@@ -41,13 +42,56 @@ func BenchmarkQueryUDP(b *testing.B) {
 			if !bc.proxy {
 				target = e.up.Addr
 			}
-			benchUDP(b, target)
+			benchUDP(b, target, "api.bank.example.", 0)
 		})
 	}
 }
 
-func benchUDP(b *testing.B, target netip.AddrPort) {
-	m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+// BenchmarkVerifiedAnswer measures what tls.verify costs an answer with the
+// Verify hook set to a real proxy.Verifier and a TLS server on loopback:
+// "cached" verifies from the Verifier's cache, "handshake" makes the
+// Verifier forget at once, so every answer costs a full TLS handshake (what
+// a first answer pays). "off" is the same rule without a hook. The DNS
+// cache is on, so the upstream is not what is measured. One client asks at
+// a time, so p50 is one answer's latency.
+func BenchmarkVerifiedAnswer(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		verify func() *proxy.Verifier
+	}{
+		{"off", nil},
+		{"cached", func() *proxy.Verifier { return proxy.NewVerifier(proxy.VerifierConfig{}) }},
+		{"handshake", func() *proxy.Verifier { return proxy.NewVerifier(proxy.VerifierConfig{TTL: time.Nanosecond}) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			hosts := newTLSHosts(b, map[string]string{goodHost: "api.verified.example"})
+			e := newEnv(b, dnstest.Zone(dnstest.A("api.verified.example", 300, goodHost)), opts{
+				dns:   "  cache: true\n  rate_limit: 0\n  rebinding_protection: false",
+				rules: hosts.rule("", ""),
+				cfg: func(c *Config) {
+					c.Now = time.Now
+					c.Audit = audit.New(io.Discard, "json", nil)
+					if bc.verify != nil {
+						c.Verify = bc.verify().Verify
+					}
+				},
+			})
+			benchUDP(b, e.udp, "api.verified.example.", 1)
+			// The server counts a handshake after the client's ends.
+			for deadline := time.Now().Add(2 * time.Second); bc.verify != nil && hosts.handshakes.Load() == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					b.Fatal("no handshake reached the TLS server")
+				}
+			}
+		})
+	}
+}
+
+// benchUDP sends A queries for qname to target from one client (clients
+// 1) or GOMAXPROCS concurrent ones (0), and reports the median and 99th percentile
+// round trip.
+func benchUDP(b *testing.B, target netip.AddrPort, qname string, clients int) {
+	m := new(dns.Msg).SetQuestion(qname, dns.TypeA)
 	m.SetEdns0(1232, false)
 	wire, err := m.Pack()
 	if err != nil {
@@ -59,7 +103,7 @@ func benchUDP(b *testing.B, target netip.AddrPort) {
 	)
 	b.ReportAllocs()
 	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
+	client := func(next func() bool) {
 		conn, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(payments)}, net.UDPAddrFromAddrPort(target))
 		if err != nil {
 			b.Error(err)
@@ -70,7 +114,7 @@ func benchUDP(b *testing.B, target netip.AddrPort) {
 		buf := make([]byte, 1232)
 		var mine []time.Duration
 		var id uint16
-		for pb.Next() {
+		for next() {
 			id++
 			q[0], q[1] = byte(id>>8), byte(id)
 			start := time.Now()
@@ -99,7 +143,13 @@ func benchUDP(b *testing.B, target netip.AddrPort) {
 		mu.Lock()
 		lats = append(lats, mine...)
 		mu.Unlock()
-	})
+	}
+	if clients == 1 {
+		i := 0
+		client(func() bool { i++; return i <= b.N })
+	} else {
+		b.RunParallel(func(pb *testing.PB) { client(pb.Next) })
+	}
 	b.StopTimer()
 	if len(lats) > 0 {
 		slices.Sort(lats)
