@@ -25,7 +25,11 @@ type Entry struct {
 // Publisher receives learned addresses. Publish must not return before the
 // addresses are enforceable (in the kernel, for the nftables backend): the
 // DNS firewall releases an answer only after Publish returned nil. A batch
-// may mix names and rules.
+// may mix names, rules and groups: a client's answer is one batch for its
+// rule and group; a refresh (rules with refresh, re-resolved with no
+// client) is one batch with an entry per address and per source group of
+// the rule. Addresses of rules with tls.verify arrive only after they
+// passed verification, when the firewall has a verifier.
 type Publisher interface {
 	Publish(ctx context.Context, batch []Entry) error
 }
