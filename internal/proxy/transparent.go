@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -162,6 +164,11 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 		rec.fail(rerr)
 		return
 	}
+	if in.req != nil {
+		closeClient = false
+		p.forwardHTTP(ctx, tc, in.cr, in.req, up, idleTimeout(pol), rec)
+		return
+	}
 	if _, err := up.Write(in.raw); err != nil {
 		up.Close()
 		rec.fail(refuse(RefusedDial, err))
@@ -188,7 +195,10 @@ type peeked struct {
 	tls        bool
 	ech        bool // the ClientHello carries ECH (or ESNI)
 	maxVersion uint16
-	raw        []byte // every byte read, to replay upstream
+	raw        []byte // every byte read, to replay upstream (TLS)
+	// req is the plain HTTP request, whose body cr reads on; nil for TLS.
+	req *http.Request
+	cr  *clientReader
 }
 
 // peekName reads the ClientHello or HTTP head, bounded in bytes by the peek
@@ -243,7 +253,7 @@ func (p *Proxy) peekName(c *net.TCPConn, orig netip.AddrPort, pol *policy.Policy
 			out.target.Name = hello.ServerName
 		}
 	case peek.HTTP:
-		host, _, raw, err := peek.HTTPHost(r, p.cfg.MaxHeaderBytes)
+		host, port, raw, err := peek.HTTPHost(r, p.cfg.MaxHeaderBytes)
 		out.raw = raw
 		if err != nil {
 			return out, refuse(RefusedBadRequest, fmt.Errorf("reading the HTTP request head: %w", err))
@@ -257,8 +267,51 @@ func (p *Proxy) peekName(c *net.TCPConn, orig netip.AddrPort, pol *policy.Policy
 			return out, refuse(RefusedSpoofed, fmt.Errorf("Host %s is not the original destination %s", t.Addr, orig.Addr()))
 		}
 		out.target.Name, out.target.Addr = t.Name, t.Addr
+		// The server reads the port from Host too (absolute URLs it
+		// builds, virtual hosts by port): a Host naming another port than
+		// the one connected to is a request for another service.
+		hostPort := uint16(80)
+		if port != "" {
+			n, err := strconv.ParseUint(port, 10, 16)
+			if err != nil {
+				return out, refuse(RefusedBadRequest, fmt.Errorf("Host port %q: %w", port, err))
+			}
+			hostPort = uint16(n)
+		}
+		if hostPort != orig.Port() {
+			return out, refuse(RefusedSpoofed, fmt.Errorf("Host port %d is not the original destination port %d", hostPort, orig.Port()))
+		}
+		cr := &clientReader{c: c}
+		req, err := readRequest(raw, cr)
+		if err != nil {
+			return out, refuse(RefusedBadRequest, err)
+		}
+		// net/http parsed the head again: it must read the same host and
+		// port as the peek that was decided, or the server could too.
+		if !sameHost(req.Host, t, hostPort) {
+			return out, refuse(RefusedBadRequest, fmt.Errorf("the request head reads as Host %q to net/http", req.Host))
+		}
+		out.req, out.cr = req, cr
 	default:
 		return out, refuse(RefusedProtocol, fmt.Errorf("first byte %#02x", first[0]))
 	}
 	return out, nil
+}
+
+// sameHost reports whether the authority hp names t on port (80 when hp
+// has none).
+func sameHost(hp string, t Target, port uint16) bool {
+	host, ps, hasPort, err := splitAuthority(hp)
+	if err != nil {
+		return false
+	}
+	got, err := parseHost(host)
+	if err != nil || got.Name != t.Name || got.Addr != t.Addr {
+		return false
+	}
+	if !hasPort {
+		return port == 80
+	}
+	n, err := strconv.ParseUint(ps, 10, 16)
+	return err == nil && uint16(n) == port
 }
