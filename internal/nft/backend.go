@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -135,6 +136,11 @@ type Backend struct {
 	// add in one transaction.
 	replaceToExtend bool
 
+	// nflog is the drop sample's socket, if Config.OnDrop is set and the
+	// group could be bound; Run reads it. closeNflog closes it once.
+	nflog      *netlink.Conn
+	closeNflog func()
+
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
 	retriedWithoutDeletes                      atomic.Uint64 // for tests
 
@@ -192,6 +198,16 @@ func New(cfg Config) (*Backend, error) {
 		conn.CloseLasting()
 		return nil, err
 	}
+	b.closeNflog = func() {}
+	if cfg.OnDrop != nil {
+		// Bound now, not in Run, so no drop after New goes unsampled.
+		if c, err := openNflog(cfg.NetNSFd, cfg.logGroup()); err != nil {
+			// Enforcement does not depend on it; the counters still count.
+			b.log.Warn("drops will not reach the audit log", "err", err)
+		} else {
+			b.nflog, b.closeNflog = c, sync.OnceFunc(func() { c.Close() })
+		}
+	}
 	if cfg.StateFile != "" {
 		entries, err := readState(cfg.StateFile)
 		if err != nil {
@@ -206,6 +222,7 @@ func New(cfg Config) (*Backend, error) {
 // Close releases the netlink connection. The table stays: enforcement
 // outlives the process.
 func (b *Backend) Close() error {
+	b.closeNflog()
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	return b.conn.CloseLasting()

@@ -233,6 +233,13 @@ func (b *Backend) Run(ctx context.Context) error {
 		defer wg.Done()
 		b.sweepLoop(saveCtx)
 	}()
+	if b.nflog != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.readDrops(saveCtx, b.nflog)
+		}()
+	}
 	defer func() {
 		close(b.stop)
 		// Fail whatever is still queued; Publish watches stop for
