@@ -27,6 +27,10 @@
 #   SERVERS="upstream fqdngate-cache fqdngate-nocache dnsmasq-cache dnsmasq-nocache coredns-cache coredns-nocache"
 #   MEM_TARGETS="fqdngate-cache"   servers given the memory run ("" skips it)
 #   MEM_QUERIES=1000000
+#   FOREIGN_MAX=0.10 a run is clean if other work used at most this many cores
+#   QUIET_MAX=0.10  wait before each measurement until other work is below this
+#   QUIET_WAIT=900  seconds to wait for quiet before measuring anyway
+#   MAX_REPS=$((REPS * 3)) rounds at most, to collect REPS clean runs per server
 #   COREDNS=/root/go/bin/coredns
 set -euo pipefail
 
@@ -39,6 +43,10 @@ CACHE=${CACHE:-150000}
 SERVERS=${SERVERS:-upstream fqdngate-cache fqdngate-nocache dnsmasq-cache dnsmasq-nocache coredns-cache coredns-nocache}
 MEM_TARGETS=${MEM_TARGETS-fqdngate-cache}
 MEM_QUERIES=${MEM_QUERIES:-1000000}
+FOREIGN_MAX=${FOREIGN_MAX:-0.10}
+QUIET_MAX=${QUIET_MAX:-0.10}
+QUIET_WAIT=${QUIET_WAIT:-900}
+MAX_REPS=${MAX_REPS:-$((REPS * 3))}
 COREDNS=${COREDNS:-/root/go/bin/coredns}
 NAMES=100000
 
@@ -95,6 +103,7 @@ bash "$ROOT/bench/dns/genqueries.sh" "$NAMES" >"$QUERIES"
 	echo "dnsmasq: $($DNSMASQ --version | head -1)"
 	[[ $HAVE_COREDNS = 1 ]] && echo "coredns: $($COREDNS -version | head -1)"
 	echo "fqdngate: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
+	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "settings: REPS=$REPS DURATION=$DURATION CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING LAT_N=$LAT_N CACHE=$CACHE"
 } | tee "$OUT/machine.txt" >&2
 
@@ -140,7 +149,7 @@ start() {
 			  - name: bench
 			    to: ["**.bench.example"]
 		EOF
-		"$BIN/fqdngate" run -c "$pol" >>"$OUT/$name.log" 2>&1 &
+		"$BIN/fqdngate" run -c "$pol" >>"$OUT/$name${LOGTAG:-}.log" 2>&1 &
 		;;
 	dnsmasq-*)
 		local size=$CACHE
@@ -150,7 +159,7 @@ start() {
 		$DNSMASQ --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
 			--server=127.0.0.1#$UP_PORT --port=$DM_PORT --listen-address=127.0.0.1 \
 			--bind-interfaces --cache-size=$size --dns-forward-max=1000 \
-			--pid-file= --log-facility=- >>"$OUT/$name.log" 2>&1 &
+			--pid-file= --log-facility=- >>"$OUT/$name${LOGTAG:-}.log" 2>&1 &
 		;;
 	coredns-*)
 		local cf=$OUT/Corefile-$cache
@@ -165,7 +174,7 @@ start() {
 			fi
 			echo "}"
 		} >"$cf"
-		"$COREDNS" -conf "$cf" -quiet >>"$OUT/$name.log" 2>&1 &
+		"$COREDNS" -conf "$cf" -quiet >>"$OUT/$name${LOGTAG:-}.log" 2>&1 &
 		;;
 	esac
 	SPID=$!
@@ -187,106 +196,207 @@ stop() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-dnsperf_run() { # PORT OUTFILE ARGS...
-	local port=$1 out=$2
-	shift 2
-	dnsperf -s 127.0.0.1 -p "$port" -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" >"$out" 2>&1
-}
-
 # --- upstream --------------------------------------------------------------
+# SO_REUSEPORT would let a stray upstream from an earlier run share the port
+# and take part of the load, and a stray server would answer in place of the
+# one started; refuse to start instead.
+for port in $UP_PORT $FQ_PORT $FQ_ADMIN $DM_PORT $CD_PORT; do
+	if [[ -n $(ss -Hlnut "sport = :$port") ]]; then
+		log "port $port is in use on this host; stop what holds it:"
+		ss -Hlnutp "sport = :$port" >&2
+		exit 1
+	fi
+done
 "$BIN/upstream" -addr 127.0.0.1:$UP_PORT 2>>"$OUT/upstream.log" &
 UPID=$!
 PIDS+=("$UPID")
 probe $UP_PORT || { log "the upstream did not start; see $OUT/upstream.log"; exit 1; }
 
-# --- throughput and latency ------------------------------------------------
+# --- contention ------------------------------------------------------------
+# Other work on the machine (builds, tests, other benchmarks) takes CPU from
+# the servers and skews the comparison. Before each measurement the script
+# waits for the machine to go quiet; during it, it counts the CPU time used
+# by anything but the server, the upstream and the load generator. A run
+# where that exceeded FOREIGN_MAX cores stays in raw.tsv but is left out of
+# the medians, and is repeated (up to MAX_REPS rounds).
 TICK=$(getconf CLK_TCK)
-printf 'rep\tserver\tqps\tlost\tp50_us\tp99_us\tserver_cpu_us_per_q\tupstream_cpu_us_per_q\trss_kib\n' >"$RAW"
-for rep in $(seq "$REPS"); do
+NCPU=$(nproc)
+stat_ticks() { awk '/^cpu / {print $2 + $3 + $4, $9}' /proc/stat; } # busy (user+nice+system), steal
+
+wait_quiet() {
+	local waited=0 b0 b1 busy
+	while :; do
+		read -r b0 _ < <(stat_ticks)
+		sleep 2
+		read -r b1 _ < <(stat_ticks)
+		busy=$(awk -v a="$b0" -v b="$b1" -v t="$TICK" 'BEGIN {printf "%.2f", (b - a) / t / 2}')
+		awk -v b="$busy" -v m="$QUIET_MAX" 'BEGIN {exit !(b <= m)}' && return 0
+		((waited == 0)) && log "waiting for the machine to go quiet: other work uses $busy cores"
+		if ((waited >= QUIET_WAIT)); then
+			log "still $busy cores busy after ${QUIET_WAIT}s; measuring anyway"
+			return 1
+		fi
+		sleep 3
+		waited=$((waited + 5))
+	done
+}
+
+# counted OUTFILE CMD...: runs CMD, output to OUTFILE, and sets KID_TICKS to
+# the CPU ticks it used (the wrapping shell's waited-for children).
+counted() {
+	local out=$1
+	shift
+	KID_TICKS=$(sh -c '"$@" >"$0" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat' "$out" "$@")
+}
+
+# measure OUTFILE CMD...: runs CMD under counted and sets FOREIGN (cores
+# used by others meanwhile), STEAL (cores the hypervisor took), SRV_TICKS
+# and UP_TICKS.
+measure() {
+	local b0 b1 st0 st1 s0 s1 u0 u1 w0 w1
+	read -r b0 st0 < <(stat_ticks)
+	s0=$(cpu_ticks "$SPID")
+	u0=$(cpu_ticks "$UPID")
+	w0=$(date +%s.%N)
+	counted "$@"
+	read -r b1 st1 < <(stat_ticks)
+	s1=$(cpu_ticks "$SPID")
+	u1=$(cpu_ticks "$UPID")
+	w1=$(date +%s.%N)
+	SRV_TICKS=$((s1 - s0))
+	UP_TICKS=$((u1 - u0))
+	local mine=$((UP_TICKS + KID_TICKS))
+	[[ $SPID != "$UPID" ]] && mine=$((mine + SRV_TICKS))
+	FOREIGN=$(awk -v b=$((b1 - b0)) -v m=$mine -v t="$TICK" -v a="$w0" -v z="$w1" 'BEGIN {f = (b - m) / t / (z - a); printf "%.2f", f < 0 ? 0 : f}')
+	STEAL=$(awk -v s=$((st1 - st0)) -v t="$TICK" -v a="$w0" -v z="$w1" 'BEGIN {printf "%.2f", s / t / (z - a)}')
+}
+
+dnsperf_args() { echo -s 127.0.0.1 -p "$1" -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -t 2; }
+
+# --- throughput and latency ------------------------------------------------
+printf 'rep\tserver\tqps\tlost\tp50_us\tp99_us\tserver_cpu_us_per_q\tupstream_cpu_us_per_q\trss_kib\tforeign_cores_dnsperf\tforeign_cores_dnslat\tsteal_cores\tclean\n' >"$RAW"
+available() {
+	case $1 in
+	fqdngate-*) [[ $HAVE_FQDNGATE = 1 ]] ;;
+	coredns-*) [[ $HAVE_COREDNS = 1 ]] ;;
+	*) true ;;
+	esac
+}
+declare -A CLEAN
+rep=0
+while :; do
+	need=0
 	for name in $SERVERS; do
-		case $name in
-		fqdngate-*) [[ $HAVE_FQDNGATE = 1 ]] || continue ;;
-		coredns-*) [[ $HAVE_COREDNS = 1 ]] || continue ;;
-		esac
+		available "$name" && ((${CLEAN[$name]:-0} < REPS)) && need=1
+	done
+	((need)) || break
+	rep=$((rep + 1))
+	if ((rep > MAX_REPS)); then
+		log "gave up after $MAX_REPS rounds: some servers have fewer than $REPS clean runs"
+		break
+	fi
+	for name in $SERVERS; do
+		available "$name" || continue
+		((${CLEAN[$name]:-0} < REPS)) || continue
 		port=$(port_of "$name")
 		start "$name" || { [[ $name = fqdngate-* ]] && HAVE_FQDNGATE=0; continue; }
 		if [[ $name = *-cache ]]; then
-			dnsperf_run "$port" "$OUT/$name-r$rep-warm.txt" -n 1
+			# shellcheck disable=SC2046
+			counted "$OUT/$name-r$rep-warm.txt" dnsperf $(dnsperf_args "$port") -n 1
 		fi
-		s0=$(cpu_ticks "$SPID")
-		u0=$(cpu_ticks "$UPID")
-		dnsperf_run "$port" "$OUT/$name-r$rep-dnsperf.txt" -l "$DURATION"
-		s1=$(cpu_ticks "$SPID")
-		u1=$(cpu_ticks "$UPID")
-		"$BIN/dnslat" -s 127.0.0.1:"$port" -d "$QUERIES" -n "$LAT_N" -seed "$rep" >"$OUT/$name-r$rep-dnslat.txt" 2>&1 || true
+		wait_quiet || true
+		# shellcheck disable=SC2046
+		measure "$OUT/$name-r$rep-dnsperf.txt" dnsperf $(dnsperf_args "$port") -l "$DURATION"
+		ftp=$FOREIGN steal=$STEAL stk=$SRV_TICKS utk=$UP_TICKS
+		measure "$OUT/$name-r$rep-dnslat.txt" "$BIN/dnslat" -s 127.0.0.1:"$port" -d "$QUERIES" -n "$LAT_N" -seed "$rep"
+		flat=$FOREIGN
 		rss=$(rss_kib "$SPID")
 		stop
-		qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$OUT/$name-r$rep-dnsperf.txt")
-		done_q=$(awk '/Queries completed/ {print $3}' "$OUT/$name-r$rep-dnsperf.txt")
-		lost=$(awk '/Queries lost/ {print $3}' "$OUT/$name-r$rep-dnsperf.txt")
+		f=$OUT/$name-r$rep-dnsperf.txt
+		qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$f")
+		done_q=$(awk '/Queries completed/ {print $3}' "$f")
+		lost=$(awk '/Queries lost/ {print $3}' "$f")
 		p50=$(grep -o 'p50_us=[0-9.]*' "$OUT/$name-r$rep-dnslat.txt" | cut -d= -f2)
 		p99=$(grep -o 'p99_us=[0-9.]*' "$OUT/$name-r$rep-dnslat.txt" | cut -d= -f2)
-		scpu=$(awk -v a="$s0" -v b="$s1" -v n="$done_q" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
-		ucpu=$(awk -v a="$u0" -v b="$u1" -v n="$done_q" -v t="$TICK" 'BEGIN {printf "%.1f", (b-a)/t*1e6/n}')
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "${qps:-0}" "${lost:-?}" "${p50:-NA}" "${p99:-NA}" "$scpu" "$ucpu" "$rss" >>"$RAW"
-		log "rep $rep $name: ${qps:-?} q/s (lost ${lost:-?}), p50 ${p50:-?} us, p99 ${p99:-?} us, server CPU $scpu us/q"
+		scpu=$(awk -v d="$stk" -v n="${done_q:-1}" -v t="$TICK" 'BEGIN {printf "%.1f", d / t * 1e6 / n}')
+		ucpu=$(awk -v d="$utk" -v n="${done_q:-1}" -v t="$TICK" 'BEGIN {printf "%.1f", d / t * 1e6 / n}')
+		clean=$(awk -v a="$ftp" -v b="$flat" -v m="$FOREIGN_MAX" 'BEGIN {print (a <= m && b <= m) ? "yes" : "no"}')
+		[[ -n $qps && -n $p50 && $clean = yes ]] && CLEAN[$name]=$((${CLEAN[$name]:-0} + 1))
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$name" "${qps:-0}" "${lost:-?}" "${p50:-NA}" "${p99:-NA}" "$scpu" "$ucpu" "$rss" "$ftp" "$flat" "$steal" "$clean" >>"$RAW"
+		log "round $rep $name: ${qps:-?} q/s (lost ${lost:-?}), p50 ${p50:-?} us, p99 ${p99:-?} us, server CPU $scpu us/q; others used $ftp/$flat cores, steal $steal: clean $clean (${CLEAN[$name]:-0}/$REPS)"
 	done
 done
 
 # --- memory ----------------------------------------------------------------
+# The first pass over the names (100,000 queries) is the warm-up; then the
+# rest of MEM_QUERIES at capacity, VmRSS sampled every half second. Go
+# servers run with GODEBUG=gctrace=1, so the live heap after each GC is in
+# their log: RSS alone mixes what is live with what the GC has yet to free.
 MEMOUT=$OUT/memory.txt
 : >"$MEMOUT"
+live_heap() { { grep '^gc ' "$1" || true; } | tail -1 | grep -o '[0-9]*->[0-9]*->[0-9]* MB' | awk -F'->' '{print $3 + 0}' || true; }
 for name in $MEM_TARGETS; do
-	case $name in
-	fqdngate-*) [[ $HAVE_FQDNGATE = 1 ]] || { echo "$name: not run (fqdngate does not serve DNS)" >>"$MEMOUT"; continue; } ;;
-	coredns-*) [[ $HAVE_COREDNS = 1 ]] || continue ;;
-	esac
+	available "$name" || { echo "$name: not run (not available)" >>"$MEMOUT"; continue; }
 	port=$(port_of "$name")
-	start "$name" || { echo "$name: not run (did not start)" >>"$MEMOUT"; continue; }
-	# The first pass over the names (100,000 queries) is the warm-up; then
-	# the rest of MEM_QUERIES with VmRSS sampled every half second.
-	dnsperf_run "$port" "$OUT/$name-mem-warm.txt" -n 1
+	LOGTAG=-mem GODEBUG=gctrace=1 start "$name" || { echo "$name: not run (did not start)" >>"$MEMOUT"; continue; }
+	mlog=$OUT/$name-mem.log
+	# shellcheck disable=SC2046
+	counted "$OUT/$name-mem-warm.txt" dnsperf $(dnsperf_args "$port") -n 1
+	wait_quiet || true
 	rss_start=$(rss_kib "$SPID")
+	heap_start=$(live_heap "$mlog")
 	passes=$(((MEM_QUERIES - NAMES) / NAMES))
 	samples=$OUT/$name-mem-rss.tsv
 	printf 'seconds\tvmrss_kib\n' >"$samples"
-	dnsperf_run "$port" "$OUT/$name-mem-dnsperf.txt" -n "$passes" &
+	# shellcheck disable=SC2046
+	dnsperf $(dnsperf_args "$port") -n "$passes" >"$OUT/$name-mem-dnsperf.txt" 2>&1 &
 	DP=$!
 	PIDS+=("$DP")
 	t0=$(date +%s.%N)
 	while kill -0 "$DP" 2>/dev/null; do
-		printf '%s\t%s\n' "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b-a}')" "$(rss_kib "$SPID")" >>"$samples"
+		printf '%s\t%s\n' "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')" "$(rss_kib "$SPID")" >>"$samples"
 		sleep 0.5
 	done
 	wait "$DP" || true
 	rss_end=$(rss_kib "$SPID")
+	heap_end=$(live_heap "$mlog")
 	stop
-	sent=$(($(awk '/Queries completed/ {print $3}' "$OUT/$name-mem-warm.txt") + $(awk '/Queries completed/ {print $3}' "$OUT/$name-mem-dnsperf.txt")))
+	answered=$(($(awk '/Queries completed/ {print $3}' "$OUT/$name-mem-warm.txt") + $(awk '/Queries completed/ {print $3}' "$OUT/$name-mem-dnsperf.txt")))
 	lost=$(($(awk '/Queries lost/ {print $3}' "$OUT/$name-mem-warm.txt") + $(awk '/Queries lost/ {print $3}' "$OUT/$name-mem-dnsperf.txt")))
-	awk -v name="$name" -v s="$rss_start" -v e="$rss_end" -v done_q="$sent" -v lost="$lost" -F'\t' '
+	heap=""
+	[[ -n $heap_start && -n $heap_end ]] && heap="; Go live heap after the last GC: $heap_start MB at start, $heap_end MB at end"
+	awk -v name="$name" -v s="$rss_start" -v e="$rss_end" -v answered="$answered" -v lost="$lost" -v names="$NAMES" -v heap="$heap" -F'\t' '
 		NR > 1 { v[++n] = $2; if (min == "" || $2 < min) min = $2; if ($2 > max) max = $2 }
 		END {
 			m = v[int((n + 1) / 2)]
 			dev = 0
 			for (i = 1; i <= n; i++) { d = (v[i] - s) / s; if (d < 0) d = -d; if (d > dev) dev = d }
 			de = (e - s) / s; if (de < 0) de = -de; if (de > dev) dev = de
-			printf "%s: %d queries answered (%d lost) over %d distinct names; VmRSS start %.1f MiB (after the first %d), middle %.1f MiB, end %.1f MiB; min %.1f, max %.1f MiB over %d samples; largest deviation from start %.1f%%: %s\n",
-				name, done_q, lost, 100000, s/1024, 100000, m/1024, e/1024, min/1024, max/1024, n, dev*100, (dev <= 0.10 ? "within 10%" : "NOT within 10%")
+			printf "- %s: %d queries answered (%d lost) over %d distinct names. VmRSS %.1f MiB at start (after the first %d), %.1f MiB in the middle, %.1f MiB at the end (min %.1f, max %.1f over %d samples); largest deviation from start %.1f%%: %s%s.\n",
+				name, answered, lost, names, s / 1024, names, m / 1024, e / 1024, min / 1024, max / 1024, n, dev * 100, (dev <= 0.10 ? "within 10%" : "NOT within 10%"), heap
 		}' "$samples" >>"$MEMOUT"
 done
 
 # --- report ----------------------------------------------------------------
 median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) {print "NA"} else if (NR % 2) {print v[(NR + 1) / 2]} else {print (v[NR / 2] + v[NR / 2 + 1]) / 2}}'; }
-col() { awk -F'\t' -v s="$1" -v c="$2" 'NR > 1 && $2 == s && $c != "NA" {print $c}' "$RAW"; }
+# col SERVER COLUMN: the column's values over the server's clean runs, or
+# over all its runs if none was clean.
+col() {
+	local any
+	any=$(awk -F'\t' -v s="$1" 'NR > 1 && $2 == s && $13 == "yes"' "$RAW" | wc -l)
+	awk -F'\t' -v s="$1" -v c="$2" -v any="$any" 'NR > 1 && $2 == s && $c != "NA" && (any == 0 || $13 == "yes") {print $c}' "$RAW"
+}
 
 UP_P50=$(col upstream 5 | median)
 UP_QPS=$(col upstream 3 | median)
 {
-	echo "| server | cache | queries/s (median) | × upstream | lost (max) | p50 µs | p99 µs | added p50 µs | server CPU µs/query | upstream CPU µs/query |"
-	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| server | cache | queries/s | × upstream | p50 µs | p99 µs | added p50 µs | server CPU µs/query | upstream CPU µs/query | lost (max) | clean runs |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for name in $SERVERS; do
 		n=$(col "$name" 3 | wc -l)
 		[[ $n -gt 0 ]] || continue
+		nclean=$(awk -F'\t' -v s="$name" 'NR > 1 && $2 == s && $13 == "yes"' "$RAW" | wc -l)
+		nall=$(awk -F'\t' -v s="$name" 'NR > 1 && $2 == s' "$RAW" | wc -l)
 		qps=$(col "$name" 3 | median)
 		lost=$(col "$name" 4 | sort -g | tail -1)
 		p50=$(col "$name" 5 | median)
@@ -297,13 +407,15 @@ UP_QPS=$(col upstream 3 | median)
 		cache=on
 		[[ $name = *-nocache ]] && cache=off
 		[[ $name = upstream ]] && { server="upstream (direct)"; cache="—"; }
-		awk -v s="$server" -v c="$cache" -v q="$qps" -v uq="$UP_QPS" -v l="$lost" -v a="$p50" -v b="$p99" -v u="$UP_P50" -v sc="$scpu" -v uc="$ucpu" -v name="$name" 'BEGIN {
+		awk -v s="$server" -v c="$cache" -v q="$qps" -v uq="$UP_QPS" -v l="$lost" -v a="$p50" -v b="$p99" -v u="$UP_P50" -v sc="$scpu" -v uc="$ucpu" -v name="$name" -v runs="$nclean of $nall" 'BEGIN {
 			added = (name == "upstream") ? "—" : sprintf("%+.0f", a - u)
-			printf "| %s | %s | %.0f | %.2f | %s | %.0f | %.0f | %s | %s | %s |\n", s, c, q, q / uq, l, a, b, added, (name == "upstream") ? "—" : sc, uc
+			printf "| %s | %s | %.0f | %.2f | %.0f | %.0f | %s | %s | %s | %s | %s |\n", s, c, q, q / uq, a, b, added, (name == "upstream") ? "—" : sc, uc, l, runs
 		}'
 	done
 	echo
-	echo "Medians over $REPS repetitions; dnsperf -c $CLIENTS -q $OUTSTANDING -l $DURATION; dnslat $LAT_N queries, one in flight."
+	echo "Medians over the clean runs (other work on the machine used at most $FOREIGN_MAX cores during dnsperf and dnslat; all runs if none was clean). dnsperf -c $CLIENTS -q $OUTSTANDING -t 2 -l $DURATION over $NAMES names, after one warm-up pass for cache-on servers; dnslat $LAT_N queries (after 1,000 untimed), one in flight, random names."
+	echo
+	echo "Memory:"
 	echo
 	cat "$MEMOUT"
 } | tee "$OUT/summary.md"

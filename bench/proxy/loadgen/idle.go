@@ -20,6 +20,7 @@ func idle(args []string) error {
 	settle := fs.Duration("settle", 3*time.Second, "wait after the last tunnel opened before reading RSS")
 	hold := fs.Duration("hold", 0, "keep the tunnels this much longer (for profiling)")
 	pid := fs.Int("pid", 0, "proxy process whose RSS to measure (0: none)")
+	maxErr := fs.Int64("maxerr", 50, "stop opening tunnels after this many have failed")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func idle(args []string) error {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= *n {
+				if i >= *n || errs.Load() >= *maxErr {
 					return
 				}
 				c, _, err := d.open(10 * time.Second)
@@ -110,7 +111,12 @@ func idle(args []string) error {
 	}
 	wg.Wait()
 
-	opened := *n - int(errs.Load())
+	opened := 0
+	for _, c := range conns {
+		if c != nil {
+			opened++
+		}
+	}
 	fmt.Printf("tunnels=%d opened=%d alive=%d open_s=%.2f errors=%d", *n, opened, alive.Load(), openS, errs.Load())
 	if *pid != 0 && opened > 0 {
 		fmt.Printf(" rss_base_mib=%.1f rss_mib=%.1f kib_per_tunnel=%.2f",

@@ -49,7 +49,8 @@ var tables = []struct {
 		{"non-2xx + socket errors", "http", "errors", "%.0f", false},
 	}},
 	{"Memory per idle tunnel (concurrent CONNECT tunnels held open)", []column{
-		{"tunnels", "idle", "tunnels", "%.0f", false},
+		{"tunnels asked", "idle", "tunnels", "%.0f", false},
+		{"tunnels opened", "idle", "opened", "%.0f", false},
 		{"RSS idle MiB", "idle", "rss_base_mib", "%.1f", false},
 		{"RSS with tunnels MiB", "idle", "rss_mib", "%.1f", false},
 		{"KiB per tunnel", "idle", "kib_per_tunnel", "%.1f", true},
