@@ -116,19 +116,28 @@ func (p *Proxy) dial(ctx context.Context, pol *policy.Policy, addrs []netip.Addr
 		err error
 	}
 	results := make(chan result, len(order))
-	d := newDialer()
+	dialContext := p.cfg.DialContext
+	if dialContext == nil {
+		dialContext = newDialer().DialContext
+	}
 	next, pending := 0, 0
 	launch := func() {
 		ap := netip.AddrPortFrom(order[next], port)
 		next++
 		pending++
 		go func() {
-			c, err := d.DialContext(ctx, "tcp", ap.String())
+			c, err := dialContext(ctx, "tcp", ap.String())
 			if err != nil {
 				results <- result{ap: ap, err: err}
 				return
 			}
-			results <- result{c: c.(*net.TCPConn), ap: ap}
+			tc, ok := c.(*net.TCPConn)
+			if !ok {
+				c.Close()
+				results <- result{ap: ap, err: fmt.Errorf("dialling %s: got a %T, not a TCP connection", ap, c)}
+				return
+			}
+			results <- result{c: tc, ap: ap}
 		}()
 	}
 	launch()

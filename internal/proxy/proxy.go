@@ -59,6 +59,12 @@ type Config struct {
 	// connection was headed for. If nil, origdst.Get (SO_ORIGINAL_DST).
 	// Tests stub it; the anti-spoofing check applies to whatever it returns.
 	OriginalDst func(*net.TCPConn) (netip.AddrPort, error)
+	// DialContext opens an upstream TCP connection to address, always an
+	// IP literal and port that every check has already passed; it must
+	// return a *net.TCPConn. If nil, a net.Dialer whose Control marks
+	// the socket (sockmark), so fqdngate's own nftables rules let it out.
+	// Tests use it to dial from inside a network namespace.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 
 	// HeaderTimeout bounds reading an explicit request head, and
 	// PeekTimeout reading a transparent ClientHello or HTTP head: slow
