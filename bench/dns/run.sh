@@ -32,6 +32,7 @@
 #   QUIET_WAIT=900  seconds to wait for quiet before measuring anyway
 #   MAX_REPS=$((REPS * 3)) rounds at most, to collect REPS clean runs per server
 #   COREDNS=/root/go/bin/coredns
+#   FQDNGATE_REF=HEAD  the commit fqdngate is built from; "worktree": as it is
 set -euo pipefail
 
 REPS=${REPS:-3}
@@ -75,8 +76,21 @@ trap cleanup EXIT
 # --- build -----------------------------------------------------------------
 log "building into $BIN"
 (cd "$ROOT" && go build -o "$BIN/upstream" ./bench/dns/upstream && go build -o "$BIN/dnslat" ./bench/dns/dnslat)
+# fqdngate is built from a commit (FQDNGATE_REF, default HEAD), exported
+# with git archive, so that others' uncommitted edits in the working tree do
+# not end up in the figures; FQDNGATE_REF=worktree builds the tree as it is.
 HAVE_FQDNGATE=1
-if ! (cd "$ROOT" && go build -o "$BIN/fqdngate" ./cmd/fqdngate) 2>"$OUT/fqdngate-build.txt"; then
+FQDNGATE_REF=${FQDNGATE_REF:-HEAD}
+if [[ $FQDNGATE_REF = worktree ]]; then
+	FQ_SRC=$ROOT
+	FQ_DESC="working tree at $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
+else
+	FQ_SRC=$OUT/fqdngate-src
+	mkdir -p "$FQ_SRC"
+	(cd "$ROOT" && git archive "$FQDNGATE_REF") | tar -x -C "$FQ_SRC"
+	FQ_DESC="commit $(cd "$ROOT" && git rev-parse --short "$FQDNGATE_REF")"
+fi
+if ! (cd "$FQ_SRC" && go build -o "$BIN/fqdngate" ./cmd/fqdngate) 2>"$OUT/fqdngate-build.txt"; then
 	log "fqdngate does not build (see $OUT/fqdngate-build.txt); skipping it"
 	HAVE_FQDNGATE=0
 fi
@@ -102,7 +116,7 @@ bash "$ROOT/bench/dns/genqueries.sh" "$NAMES" >"$QUERIES"
 	echo "dnsperf: $(dnsperf -h 2>&1 | grep -m1 Version || true)"
 	echo "dnsmasq: $($DNSMASQ --version | head -1)"
 	[[ $HAVE_COREDNS = 1 ]] && echo "coredns: $($COREDNS -version | head -1)"
-	echo "fqdngate: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
+	echo "fqdngate: $FQ_DESC"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "settings: REPS=$REPS DURATION=$DURATION CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING LAT_N=$LAT_N CACHE=$CACHE"
 } | tee "$OUT/machine.txt" >&2
@@ -408,8 +422,9 @@ UP_QPS=$(col upstream 3 | median)
 		[[ $name = *-nocache ]] && cache=off
 		[[ $name = upstream ]] && { server="upstream (direct)"; cache="—"; }
 		awk -v s="$server" -v c="$cache" -v q="$qps" -v uq="$UP_QPS" -v l="$lost" -v a="$p50" -v b="$p99" -v u="$UP_P50" -v sc="$scpu" -v uc="$ucpu" -v name="$name" -v runs="$nclean of $nall" 'BEGIN {
-			added = (name == "upstream") ? "—" : sprintf("%+.0f", a - u)
-			printf "| %s | %s | %.0f | %.2f | %.0f | %.0f | %s | %s | %s | %s | %s |\n", s, c, q, q / uq, a, b, added, (name == "upstream") ? "—" : sc, uc, l, runs
+			added = (name == "upstream" || u == "NA") ? "—" : sprintf("%+.0f", a - u)
+			ratio = (uq == "NA" || uq == 0) ? "—" : sprintf("%.2f", q / uq)
+			printf "| %s | %s | %.0f | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", s, c, q, ratio, a, b, added, (name == "upstream") ? "—" : sc, uc, l, runs
 		}'
 	done
 	echo
