@@ -25,7 +25,7 @@ const (
 	RefusedPrivate             // every address of the destination is private
 	RefusedSelf                // the destination is fqdngate's own listener
 	RefusedSpoofed             // transparent: the original destination is not an address of the SNI/Host name
-	RefusedNoSNI               // transparent TLS without SNI, or with ECH
+	RefusedNoSNI               // transparent TLS without SNI, or with ECH while dns.strip_ech is off
 	RefusedTLSVersion          // the client offers no TLS version the rule accepts
 	RefusedVerify              // the upstream certificate failed verification
 	RefusedPlainHTTP           // the rule requires verified TLS, and plain HTTP cannot be verified

@@ -34,9 +34,9 @@ const lingerTime = time.Second
 
 // readRequest parses the request head already peeked into raw (and
 // checked by the strict peek parser); its body, if any, is read on from
-// cr. The head is entirely in raw, so this never waits for the client.
-func readRequest(raw []byte, cr *clientReader) (*http.Request, error) {
-	req, err := http.ReadRequest(bufio.NewReader(io.MultiReader(bytes.NewReader(raw), cr)))
+// rest. The head is entirely in raw, so this never waits for the client.
+func readRequest(raw []byte, rest io.Reader) (*http.Request, error) {
+	req, err := http.ReadRequest(bufio.NewReader(io.MultiReader(bytes.NewReader(raw), rest)))
 	if err != nil {
 		return nil, fmt.Errorf("parsing the HTTP request head: %w", err)
 	}

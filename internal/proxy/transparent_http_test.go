@@ -2,16 +2,20 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/peek"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -216,4 +220,54 @@ func TestTransparentHTTPOneRequest(t *testing.T) {
 	if n := len(th.auditLines(`"action":"allow"`)); n != 6 {
 		t.Errorf("allowed connections in the audit log: got %d, want 6", n)
 	}
+}
+
+// FuzzTransparentHTTP runs request heads the way a transparent plain HTTP
+// connection does (the strict peek, net/http's parser, the agreement
+// check) and checks that the request written upstream names the host and
+// port that were decided.
+func FuzzTransparentHTTP(f *testing.F) {
+	for _, tc := range targetCases {
+		f.Add("GET / HTTP/1.1\r\nHost: " + tc.in + "\r\n\r\n")
+		f.Add("GET http://" + tc.in + "/path HTTP/1.1\r\nHost: " + tc.in + "\r\n\r\n")
+	}
+	f.Add("GET /1 HTTP/1.1\r\nHost: web.test\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.1\r\nHost: other.test\r\n\r\n")
+	f.Add("POST /p HTTP/1.1\r\nHost: web.test:8080\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n")
+	f.Add("POST /c HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello")
+	f.Add("GET / HTTP/1.0\r\nHost: [2001:db8::1]:80\r\nConnection: X-Hop, Upgrade\r\nX-Hop: 1\r\nUpgrade: websocket\r\n\r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		host, port, raw, err := peek.HTTPHost(strings.NewReader(in), 0)
+		if err != nil {
+			return
+		}
+		want, err := parseHost(host)
+		if err != nil {
+			return
+		}
+		wantPort := uint16(80)
+		if port != "" {
+			n, err := strconv.ParseUint(port, 10, 16)
+			if err != nil {
+				t.Fatalf("peek returned port %q", port)
+			}
+			wantPort = uint16(n)
+		}
+		req, err := readRequest(raw, strings.NewReader(""))
+		if err != nil || !sameHost(req.Host, want, wantPort) {
+			return
+		}
+		var out bytes.Buffer
+		req.Write(&out) // the head is written even if the body is cut short
+		h := out.String()
+		gotHost, gotPort, _, err := peek.HTTPHost(strings.NewReader(h), 0)
+		if err != nil {
+			t.Fatalf("the request written upstream for %q does not parse: %v\n%q", in, err, h)
+		}
+		if gotHost != host || cmp.Or(gotPort, "80") != strconv.Itoa(int(wantPort)) {
+			t.Fatalf("for %q, decided %s port %d, but wrote Host %s port %q upstream", in, host, wantPort, gotHost, gotPort)
+		}
+		if !strings.Contains(strings.ToLower(h[:strings.Index(h, "\r\n\r\n")]), "\r\nconnection: close") {
+			t.Fatalf("the request written upstream for %q lacks Connection: close:\n%q", in, h)
+		}
+	})
 }
