@@ -108,6 +108,9 @@ type Backend struct {
 
 	nlMu sync.Mutex // guards following, and serializes netlink transactions
 	conn *nftables.Conn
+	// elems programs learned elements (the hot path); tx is its scratch.
+	elems *elemConn
+	tx    txScratch
 	// sets are the table's sets as last applied or adopted, by name.
 	sets map[string]*nftables.Set
 	// restore holds state-file entries until the first Apply places them.
@@ -198,6 +201,10 @@ func New(cfg Config) (*Backend, error) {
 		conn.CloseLasting()
 		return nil, err
 	}
+	if b.elems, err = openElemConn(cfg.NetNSFd, cfg.Table); err != nil {
+		conn.CloseLasting()
+		return nil, err
+	}
 	b.closeNflog = func() {}
 	if cfg.OnDrop != nil {
 		// Bound now, not in Run, so no drop after New goes unsampled.
@@ -225,7 +232,7 @@ func (b *Backend) Close() error {
 	b.closeNflog()
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
-	return b.conn.CloseLasting()
+	return errors.Join(b.elems.Close(), b.conn.CloseLasting())
 }
 
 // netlinkErr turns permission failures into ErrNoCapability.
@@ -298,6 +305,19 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
+	// The table may have gone behind fqdngate's back (nft flush ruleset,
+	// a firewall manager's restart): then there is nothing to diff against.
+	exists, err := b.tableExistsLocked()
+	if err != nil {
+		return err
+	}
+	if !exists && len(b.sets) > 0 {
+		b.log.Warn("the nftables table was deleted by someone else; programming it again", "table", b.cfg.Table)
+		b.sets = make(map[string]*nftables.Set)
+		b.memMu.Lock()
+		clear(b.mirror)
+		b.memMu.Unlock()
+	}
 	chains, err := b.listChains()
 	if err != nil {
 		return err

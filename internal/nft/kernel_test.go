@@ -587,3 +587,29 @@ func TestApplyFollowsPolicySettings(t *testing.T) {
 	}
 	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", true}})
 }
+
+// TestPublishReportsKernelFailure: Publish returns only what the kernel
+// confirmed. Elements are sent without acknowledgements, so a failed
+// transaction must still be seen: here the table went behind the
+// backend's back.
+func TestPublishReportsKernelFailure(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	n.gw.MustExec("nft", "delete", "table", "inet", "fqdngate")
+	e := learn.Entry{Name: "x.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr(srvB), Expires: time.Now().Add(time.Minute)}
+	err := b.Publish(context.Background(), []learn.Entry{e})
+	if err == nil || !strings.Contains(err.Error(), "learn4.bank-api.payments") {
+		t.Fatalf("Publish into a deleted table: %v, want an error naming the set", err)
+	}
+	// Apply programs the table again, and the socket holds no stale
+	// replies: the next Publish succeeds.
+	if err := b.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(context.Background(), []learn.Entry{e}); err != nil {
+		t.Fatalf("Publish after Apply: %v", err)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvB, "443", true}})
+}

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/nftables"
-
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
@@ -319,82 +317,75 @@ func (b *Backend) program(reqs []*request) error {
 // and reports whether it had any.
 func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, err error) {
 	now := b.now()
-	adds := make(map[string][]nftables.SetElement)
-	dels := make(map[string][]nftables.SetElement)
-	var order []string
-	use := func(set string) {
-		if _, ok := adds[set]; !ok {
-			if _, ok := dels[set]; !ok {
-				order = append(order, set)
-			}
-		}
-	}
+	x := &b.tx
+	x.reset()
 	// Under memMu: which evictions still stand, and which elements are
 	// still wanted (another call may have pushed them out meanwhile).
 	b.memMu.Lock()
-	adding := make(map[elemKey]bool)
 	for _, r := range reqs {
 		for _, p := range r.elems {
 			if b.refs[p.key] == 0 || !p.expires.After(now) {
 				continue
 			}
-			adding[p.key] = true
+			x.adding[p.key] = true
 			if deletes && p.extend && b.replaceToExtend && b.surelyHeldLocked(p.key, now) {
-				use(p.key.set)
-				dels[p.key.set] = append(dels[p.key.set], nftables.SetElement{Key: p.key.addr.AsSlice()})
+				x.put(x.dels, p.key.set, elem{addr: p.key.addr})
 				deleted = true
 			}
 			// Round up: an element must not expire before its answer.
 			ttl := (p.expires.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
-			use(p.key.set)
-			adds[p.key.set] = append(adds[p.key.set], nftables.SetElement{Key: p.key.addr.AsSlice(), Timeout: ttl})
+			x.put(x.adds, p.key.set, elem{p.key.addr, ttl})
 		}
 	}
-	var gone []elemKey
 	if deletes {
 		for _, r := range reqs {
 			for _, k := range r.evict {
-				if b.refs[k] != 0 || adding[k] || !b.surelyHeldLocked(k, now) {
+				if b.refs[k] != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
 					continue
 				}
-				use(k.set)
-				dels[k.set] = append(dels[k.set], nftables.SetElement{Key: k.addr.AsSlice()})
-				gone = append(gone, k)
+				x.put(x.dels, k.set, elem{addr: k.addr})
+				x.gone = append(x.gone, k)
 				deleted = true
 			}
 		}
 	}
 	b.memMu.Unlock()
-	if len(order) == 0 {
+	if len(x.order) == 0 {
 		return false, nil
 	}
 
-	for _, name := range order {
-		s := b.sets[name]
-		if s == nil {
+	w := b.elems
+	w.begin()
+	for _, name := range x.order {
+		if b.sets[name] == nil {
 			return deleted, fmt.Errorf("nftables: set %s is not in the table (the policy was reloaded); retry the query", name)
 		}
 		// Deletes first: on old kernels an element is extended by deleting
 		// and adding it again.
-		if err := b.encodeLocked(s, dels[name], b.conn.SetDeleteElements); err != nil {
-			return deleted, err
-		}
-		if err := b.encodeLocked(s, adds[name], b.conn.SetAddElements); err != nil {
-			return deleted, err
+		for _, del := range [2]bool{true, false} {
+			elems := x.adds[name]
+			if del {
+				elems = x.dels[name]
+			}
+			for len(elems) > 0 {
+				n := min(len(elems), maxPerMsg)
+				w.add(name, elems[:n], del)
+				elems = elems[n:]
+			}
 		}
 	}
-	if err := b.conn.Flush(); err != nil {
+	if err := w.commit(); err != nil {
 		return deleted, netlinkErr("adding learned addresses", err)
 	}
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if adding[p.key] && p.expires.After(b.mirror[p.key]) {
+			if x.adding[p.key] && p.expires.After(b.mirror[p.key]) {
 				b.mirror[p.key] = p.expires
 			}
 		}
 	}
-	for _, k := range gone {
+	for _, k := range x.gone {
 		delete(b.mirror, k)
 	}
 	b.dirty = true
@@ -402,17 +393,34 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	return deleted, nil
 }
 
-// encodeLocked queues elems for s with op, in messages of at most
-// maxPerMsg elements.
-func (b *Backend) encodeLocked(s *nftables.Set, elems []nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
-	for len(elems) > 0 {
-		n := min(len(elems), maxPerMsg)
-		if err := op(s, elems[:n]); err != nil {
-			return fmt.Errorf("nftables: encoding elements of set %s: %w", s.Name, err)
-		}
-		elems = elems[n:]
+// txScratch is transactLocked's working memory, kept between
+// transactions (under nlMu) so that a transaction allocates nothing once
+// the backend has warmed up.
+type txScratch struct {
+	adds, dels map[string][]elem
+	order      []string // sets in first-seen order
+	adding     map[elemKey]bool
+	gone       []elemKey
+}
+
+func (x *txScratch) reset() {
+	if x.adds == nil {
+		x.adds, x.dels, x.adding = make(map[string][]elem), make(map[string][]elem), make(map[elemKey]bool)
 	}
-	return nil
+	for _, name := range x.order {
+		x.adds[name] = x.adds[name][:0]
+		x.dels[name] = x.dels[name][:0]
+	}
+	x.order = x.order[:0]
+	clear(x.adding)
+	x.gone = x.gone[:0]
+}
+
+func (x *txScratch) put(m map[string][]elem, set string, e elem) {
+	if len(x.adds[set]) == 0 && len(x.dels[set]) == 0 {
+		x.order = append(x.order, set)
+	}
+	m[set] = append(m[set], e)
 }
 
 // surelyHeldLocked reports whether the kernel holds k, and will for long
