@@ -97,21 +97,25 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 		evict []elemKey
 	)
 	b.memMu.Lock()
+	// Check the whole batch before holding any of it, so that a failed
+	// call leaves no trace.
 	for _, e := range batch {
 		a := e.Addr.Unmap()
 		if !a.IsValid() {
 			b.memMu.Unlock()
 			return fmt.Errorf("nftables: publishing %s for rule %q: invalid address", e.Name, e.Rule)
 		}
-		set, ok := b.learned[learnKey{e.Rule, e.Group, familyOf(a)}]
-		if !ok {
+		if _, ok := b.learned[learnKey{e.Rule, e.Group, familyOf(a)}]; !ok {
 			b.memMu.Unlock()
 			return fmt.Errorf("nftables: publishing %s for rule %q group %q: not in the applied policy (was it reloaded?)", e.Name, e.Rule, e.Group)
 		}
+	}
+	for _, e := range batch {
 		if !e.Expires.After(now) {
 			continue
 		}
-		k := elemKey{set, a}
+		a := e.Addr.Unmap()
+		k := elemKey{b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a}
 		evict = b.holdLocked(e.Name, k, e.Expires, evict)
 		have, ok := b.mirror[k]
 		if ok && have.After(now) && !have.Before(e.Expires.Add(-refreshSlack)) {
@@ -444,21 +448,12 @@ func (b *Backend) sweepLoop(ctx context.Context) {
 	}
 }
 
-// sweep forgets expired holds and mirror entries. It lets go of memMu
-// every sweepChunk entries, so a large table never stalls Publish.
+// sweep forgets expired holds and mirror entries.
 func (b *Backend) sweep() {
 	now := b.now()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	n := 0
-	yield := func() {
-		if n++; n%sweepChunk == 0 {
-			b.memMu.Unlock()
-			b.memMu.Lock()
-		}
-	}
-	// Ranging over a map while others change it between iterations is
-	// allowed: entries they add may or may not be visited.
+	yield := b.yielderLocked()
 	for name, held := range b.names {
 		for k, t := range held {
 			if !t.After(now) {
@@ -485,19 +480,33 @@ func (b *Backend) Learned() []learn.Entry {
 	now := b.now()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
+	yield := b.yielderLocked()
 	out := make([]learn.Entry, 0, len(b.mirror))
 	for k, exp := range b.mirror {
 		if !exp.After(now) {
 			delete(b.mirror, k) // the kernel expired it too
-			continue
+		} else if o, ok := b.owner[k.set]; ok { // else adopted, and not yet claimed by an Apply
+			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
 		}
-		o, ok := b.owner[k.set]
-		if !ok {
-			continue // adopted, and not yet claimed by an Apply
-		}
-		out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+		yield() // last: exp is stale once the lock was let go
 	}
 	return out
+}
+
+// yielderLocked returns a function to call once per entry while ranging
+// over the backend's maps under memMu: every sweepChunk calls it lets
+// go of the lock for a moment, so that a walk over millions of entries
+// (a sweep, the state file, the admin API) never stalls Publish for long.
+// Ranging over a map that others change between iterations is allowed:
+// entries they add may or may not be visited.
+func (b *Backend) yielderLocked() func() {
+	n := 0
+	return func() {
+		if n++; n%sweepChunk == 0 {
+			b.memMu.Unlock()
+			b.memMu.Lock()
+		}
+	}
 }
 
 var _ learn.Publisher = (*Backend)(nil)
