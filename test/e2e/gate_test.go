@@ -163,17 +163,6 @@ func (g *gate) stop() {
 	}
 }
 
-// signal sends sig to the running fqdngate.
-func (g *gate) signal(sig os.Signal) {
-	g.t.Helper()
-	g.mu.Lock()
-	cmd := g.cmd
-	g.mu.Unlock()
-	if err := cmd.Process.Signal(sig); err != nil {
-		g.t.Fatal(err)
-	}
-}
-
 // get fetches an admin endpoint.
 func (g *gate) get(path string) (string, error) {
 	g.mu.Lock()
