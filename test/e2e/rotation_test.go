@@ -134,7 +134,9 @@ type closure struct {
 // a short TTL, while clients (IPv4 and IPv6) make requests continuously,
 // resolving through fqdngate and honouring the TTL. No request may fail,
 // and each address must close again once its last answer's TTL and the
-// grace have passed.
+// grace have passed. (As of 8b9aff4 a few requests fail exactly TTL +
+// grace after each address was first learned: the re-learn bug described
+// at TestForwardRelearnExtendsExpiry. With that fixed it passes.)
 func TestRotation(t *testing.T) {
 	f := startForward(t, rotGrace, `  - name: rot
     from: [a]
