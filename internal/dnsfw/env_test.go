@@ -63,6 +63,12 @@ type opts struct {
 	dns   string // extra lines under dns:, indented two spaces
 	rules string // extra rules, indented two spaces
 	cfg   func(*Config)
+	// packetConn serves UDP through the generic net.PacketConn path
+	// (dns.Server, a goroutine per datagram) rather than the worker pool
+	// a *net.UDPConn gets.
+	packetConn bool
+	// udpSessions serves UDP as on a wildcard address (IP_PKTINFO).
+	udpSessions bool
 }
 
 // env is a firewall serving UDP and TCP on 127.0.0.1 in front of a fake
@@ -102,7 +108,8 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.serve()
+	e.fw.udpSessions = o.udpSessions
+	e.serve(o.packetConn)
 	return e
 }
 
@@ -121,7 +128,7 @@ func (e *env) policy(o opts) *policy.Policy {
 	return p
 }
 
-func (e *env) serve() {
+func (e *env) serve(packetConn bool) {
 	e.t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -135,6 +142,9 @@ func (e *env) serve() {
 	e.tcp = l.Addr().(*net.TCPAddr).AddrPort()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
+	if packetConn {
+		pc = struct{ net.PacketConn }{pc} // no longer a *net.UDPConn
+	}
 	go func() { done <- e.fw.ServeUDP(ctx, pc) }()
 	go func() { done <- e.fw.ServeTCP(ctx, l) }()
 	e.t.Cleanup(func() {

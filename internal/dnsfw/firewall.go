@@ -110,6 +110,9 @@ type Firewall struct {
 	// refreshTick is how often RunRefresh reads the policy and looks for
 	// names due; tests shorten it.
 	refreshTick time.Duration
+	// udpSessions serves every UDP socket as a wildcard one (IP_PKTINFO),
+	// so tests reach that path on loopback.
+	udpSessions bool
 }
 
 // New returns a Firewall for c.

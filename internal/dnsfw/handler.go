@@ -118,13 +118,19 @@ func remoteAddr(w dns.ResponseWriter) netip.AddrPort {
 	return ap
 }
 
+// replyWriter sends one reply: a dns.ResponseWriter over TCP, a udpReply
+// over UDP.
+type replyWriter interface {
+	Write(b []byte) (int, error)
+}
+
 // serve answers req, audits and counts it.
-func (f *Firewall) serve(ctx context.Context, w dns.ResponseWriter, req *dns.Msg, x *exchange) {
+func (f *Firewall) serve(ctx context.Context, w replyWriter, req *dns.Msg, x *exchange) {
 	p := f.policy()
 	m := f.answer(ctx, p, req, x)
 	rcode := -1 // dropped
 	if m != nil {
-		rcode = f.write(w, req, m, x.tcp)
+		rcode = f.write(w, req, m, x)
 	}
 	f.record(ctx, req, x, rcode)
 }
@@ -325,7 +331,7 @@ func (f *Firewall) publishBatch(ctx context.Context, batch []learn.Entry) error 
 // write sends m to the client: with an OPT record if the query had one,
 // within the client's UDP size (else truncated, so it retries over TCP).
 // It returns the rcode sent.
-func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
+func (f *Firewall) write(w replyWriter, req, m *dns.Msg, x *exchange) int {
 	size := dns.MinMsgSize
 	if opt := req.IsEdns0(); opt != nil {
 		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
@@ -339,7 +345,7 @@ func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
 		// An extended rcode cannot be said without OPT.
 		m.Rcode = dns.RcodeServerFailure
 	}
-	if tcp {
+	if x.tcp {
 		size = dns.MaxMsgSize
 	}
 	m.Truncate(size)
@@ -350,7 +356,7 @@ func (f *Firewall) write(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) int {
 	}
 	f.bufs.put(bp)
 	if err != nil {
-		f.log.Debug("writing DNS reply", "client", w.RemoteAddr().String(), "error", err)
+		f.log.Debug("writing DNS reply", "client", x.src.String(), "error", err)
 	}
 	return m.Rcode
 }

@@ -476,3 +476,36 @@ func TestTCPConnectionsBounded(t *testing.T) {
 	}
 	served[1].Close()
 }
+
+// TestUDPSessions runs queries through the UDP path of wildcard sockets,
+// which replies from the address each query came to (IP_PKTINFO).
+func TestUDPSessions(t *testing.T) {
+	e := newEnv(t, zone(), opts{udpSessions: true})
+	tests := []struct {
+		msg  *dns.Msg
+		want int
+	}{
+		{new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA), dns.RcodeSuccess},
+		{new(dns.Msg).SetQuestion("evil.example.", dns.TypeA), dns.RcodeNameError},
+		{func() *dns.Msg {
+			m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+			m.Opcode = dns.OpcodeNotify
+			return m
+		}(), dns.RcodeNotImplemented},
+		{func() *dns.Msg {
+			m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+			m.Question = append(m.Question, m.Question[0])
+			return m
+		}(), dns.RcodeFormatError},
+	}
+	for _, tt := range tests {
+		r, err := e.exchange(payments, "udp", tt.msg, 2*time.Second)
+		if err != nil {
+			t.Errorf("%s: %v", tt.msg.Question[0].Name, err)
+			continue
+		}
+		if r.Rcode != tt.want || r.Id != tt.msg.Id {
+			t.Errorf("%s: got ID %d %s, want ID %d %s", tt.msg.Question[0].Name, r.Id, dns.RcodeToString[r.Rcode], tt.msg.Id, dns.RcodeToString[tt.want])
+		}
+	}
+}

@@ -52,6 +52,9 @@ func (f *Firewall) Serve(ctx context.Context, addr string) error {
 // queries in progress finish, closes pc and returns nil; or returns the
 // error reading pc failed with.
 func (f *Firewall) ServeUDP(ctx context.Context, pc net.PacketConn) error {
+	if uc, ok := pc.(*net.UDPConn); ok {
+		return f.serveUDPConn(ctx, uc)
+	}
 	return f.run(ctx, &dns.Server{PacketConn: pc, Net: "udp", UDPSize: udpReadSize}, false)
 }
 

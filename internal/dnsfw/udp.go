@@ -1,0 +1,239 @@
+package dnsfw
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+const (
+	// maxUDPWorkers bounds the queries one UDP socket has in progress;
+	// beyond it the reader waits for a worker, and the kernel's socket
+	// buffer absorbs (then drops) the excess.
+	maxUDPWorkers = 8192
+	// udpWorkerIdle is how long a worker waits for another query before
+	// it exits, so a burst's workers do not outlive it by much.
+	udpWorkerIdle = 10 * time.Second
+	// dnsHeaderSize is the fixed DNS header, all a datagram must hold to
+	// be looked at.
+	dnsHeaderSize = 12
+)
+
+// udpServer answers the queries on one UDP socket with long-lived workers,
+// where dns.Server starts a goroutine per datagram. A fresh goroutine
+// starts with a small stack, and unpacking a name and deciding grew (and
+// copied) it twice per query: about a sixth of the CPU of a cached answer.
+// A worker keeps its grown stack from one query to the next.
+//
+// Replies leave from the address the query came to, as dns.Server's do, so
+// a firewall listening on a wildcard address of a multi-homed gateway
+// answers from the right one: on a wildcard socket through IP_PKTINFO
+// (dns.SessionUDP); a socket bound to one address needs none of that.
+type udpServer struct {
+	f        *Firewall
+	conn     *net.UDPConn
+	wildcard bool            // bound to 0.0.0.0 or ::; replies need the session
+	ctx      context.Context // the handlers'; outlives Serve's by shutdownGrace
+	work     chan udpPacket  // to an idle worker; closed when reading stops
+	sem      chan struct{}   // a slot per worker
+	wg       sync.WaitGroup  // the workers
+	bufs     bufPool
+}
+
+type udpPacket struct {
+	buf  *[]byte
+	n    int
+	from netip.AddrPort
+	sess *dns.SessionUDP // on a wildcard socket only
+}
+
+// serveUDPConn is ServeUDP for a *net.UDPConn.
+func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
+	wildcard := true
+	if la, ok := conn.LocalAddr().(*net.UDPAddr); ok && la.IP != nil && !la.IP.IsUnspecified() && !f.udpSessions {
+		wildcard = false
+	}
+	if wildcard {
+		// As dns.Server does: ask for the destination address of each
+		// datagram, for one family or the other.
+		err6 := ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+		err4 := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+		if err4 != nil && err6 != nil {
+			conn.Close()
+			return fmt.Errorf("dnsfw: serving DNS over udp: %w", err4)
+		}
+	}
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	s := &udpServer{f: f, conn: conn, wildcard: wildcard, ctx: hctx, work: make(chan udpPacket), sem: make(chan struct{}, maxUDPWorkers)}
+	// A read deadline in the past ends the read in progress.
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	err := s.read(ctx)
+	close(s.work)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	t := time.NewTimer(shutdownGrace)
+	select {
+	case <-done:
+	case <-t.C:
+		hcancel() // out of patience: end the exchanges still running
+		<-done
+	}
+	t.Stop()
+	conn.Close()
+	if err != nil {
+		return fmt.Errorf("dnsfw: serving DNS over udp: %w", err)
+	}
+	return nil
+}
+
+// read hands datagrams to workers until ctx is done (nil) or reading
+// fails.
+func (s *udpServer) read(ctx context.Context) error {
+	for {
+		bp := s.bufs.get()
+		var (
+			p   = udpPacket{buf: bp}
+			err error
+		)
+		if s.wildcard {
+			p.n, p.sess, err = dns.ReadFromSessionUDP(s.conn, *bp)
+			if err == nil {
+				p.from = udpAddrPort(p.sess.RemoteAddr())
+			}
+		} else {
+			p.n, p.from, err = s.conn.ReadFromUDPAddrPort(*bp)
+		}
+		if err != nil {
+			s.bufs.put(bp)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				continue // a deadline not ours; keep reading
+			}
+			return err
+		}
+		if p.n < dnsHeaderSize {
+			s.bufs.put(bp) // too short to answer, even with FORMERR
+			continue
+		}
+		select {
+		case s.work <- p: // an idle worker took it
+			continue
+		default:
+		}
+		select {
+		case s.sem <- struct{}{}:
+			s.wg.Add(1)
+			go s.worker(p)
+		case s.work <- p: // at the bound: the first worker free
+		}
+	}
+}
+
+func (s *udpServer) worker(p udpPacket) {
+	defer s.wg.Done()
+	defer func() { <-s.sem }()
+	w := &udpReply{conn: s.conn}
+	idle := time.NewTimer(udpWorkerIdle)
+	defer idle.Stop()
+	for {
+		s.handle(p, w)
+		idle.Reset(udpWorkerIdle)
+		select {
+		case q, ok := <-s.work:
+			if !ok {
+				return
+			}
+			p = q
+		case <-idle.C:
+			return
+		}
+	}
+}
+
+// handle answers one datagram as dns.Server would: responses are ignored,
+// what acceptQuery rejects or cannot be unpacked gets FORMERR (NOTIMP for
+// other opcodes), the rest goes to the firewall.
+func (s *udpServer) handle(p udpPacket, w *udpReply) {
+	b := (*p.buf)[:p.n]
+	w.to, w.sess = p.from, p.sess
+	dh := dns.Header{
+		Id:      binary.BigEndian.Uint16(b[0:]),
+		Bits:    binary.BigEndian.Uint16(b[2:]),
+		Qdcount: binary.BigEndian.Uint16(b[4:]),
+		Ancount: binary.BigEndian.Uint16(b[6:]),
+		Nscount: binary.BigEndian.Uint16(b[8:]),
+		Arcount: binary.BigEndian.Uint16(b[10:]),
+	}
+	action := acceptQuery(dh)
+	var req *dns.Msg
+	if action == dns.MsgAccept {
+		req = new(dns.Msg)
+		if err := req.Unpack(b); err != nil {
+			action = dns.MsgReject
+		}
+	}
+	// Unpack copies what it keeps, as dns.Server relies on too.
+	s.bufs.put(p.buf)
+	switch action {
+	case dns.MsgIgnore:
+		return
+	case dns.MsgReject, dns.MsgRejectNotImplemented:
+		m := new(dns.Msg)
+		m.Id = dh.Id
+		m.Response = true
+		m.RecursionDesired = dh.Bits&(1<<8) != 0
+		m.CheckingDisabled = dh.Bits&(1<<4) != 0
+		m.Rcode = dns.RcodeFormatError
+		if action == dns.MsgRejectNotImplemented {
+			m.Opcode = int(dh.Bits>>11) & 0xF
+			m.Rcode = dns.RcodeNotImplemented
+		}
+		if b, err := m.Pack(); err == nil {
+			_, _ = w.Write(b)
+		}
+		return
+	}
+	x := exchangePool.Get().(*exchange)
+	x.reset()
+	x.start = s.f.now()
+	x.src = p.from
+	s.f.serve(s.ctx, w, req, x)
+	exchangePool.Put(x)
+}
+
+func udpAddrPort(a net.Addr) netip.AddrPort {
+	if u, ok := a.(*net.UDPAddr); ok {
+		return u.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// udpReply sends a reply to the client of one query, from the address it
+// asked.
+type udpReply struct {
+	conn *net.UDPConn
+	to   netip.AddrPort
+	sess *dns.SessionUDP // nil: the socket's one address
+}
+
+func (w *udpReply) Write(b []byte) (int, error) {
+	if w.sess != nil {
+		return dns.WriteToSessionUDP(w.conn, b, w.sess)
+	}
+	return w.conn.WriteToUDPAddrPort(b, w.to)
+}
