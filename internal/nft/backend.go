@@ -95,16 +95,23 @@ const defaultPerName = 1000
 var ErrNoCapability = errors.New("nftables backend needs CAP_NET_ADMIN: run as root or grant the capability; or set firewall.backend: none")
 
 // Backend owns the table. Apply, Publish, Show and Remove are safe for
-// concurrent use; Publish needs Run to be running.
+// concurrent use; Publish fails once Run has returned.
 type Backend struct {
 	cfg   Config
 	log   *slog.Logger
 	now   func() time.Time
 	table *nftables.Table
-	queue chan *request
+	// kick wakes Run to lead the flush (see lead).
+	kick chan struct{}
 	// stop is closed when Run returns; running makes Run single-use.
 	stop    chan struct{}
 	running atomic.Bool
+
+	qMu sync.Mutex // guards following
+	// pending are the requests waiting for a transaction, bounded by the
+	// Publish calls waiting for them; flushing says some call leads.
+	pending  []*request
+	flushing bool
 
 	nlMu sync.Mutex // guards following, and serializes netlink transactions
 	conn *nftables.Conn
@@ -169,7 +176,7 @@ func New(cfg Config) (*Backend, error) {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		table:   &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
-		queue:   make(chan *request, 1024),
+		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		sets:    make(map[string]*nftables.Set),
 		learned: make(map[learnKey]string),

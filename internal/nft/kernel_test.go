@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -612,4 +613,67 @@ func TestPublishReportsKernelFailure(t *testing.T) {
 		t.Fatalf("Publish after Apply: %v", err)
 	}
 	checkReach(t, n.client, []reach{{srcPayments, srvB, "443", true}})
+}
+
+// TestPublishConcurrent: calls that find a flush under way queue behind
+// it, callers that find none lead, and Run takes over what queues while a
+// caller leads; every address ends up in the kernel, and after Run
+// returns Publish fails instead of waiting.
+func TestPublishConcurrent(t *testing.T) {
+	ns := netns.New(t)
+	p := mustParse(t, benchPolicy)
+	b, err := New(Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: ns.Fd()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+
+	var addrs benchAddrs
+	var wg sync.WaitGroup
+	const callers, each = 16, 200
+	errs := make(chan error, callers)
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				batch := []learn.Entry{entry(addrs.next())}
+				if i%10 == 0 { // now and then a big answer
+					for range 300 {
+						batch = append(batch, entry(addrs.next()))
+					}
+				}
+				if err := b.Publish(context.Background(), batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("Publish: %v", err)
+	}
+	want := int(addrs.n.Load())
+	if got := len(b.Learned()); got != want {
+		t.Errorf("Learned() holds %d addresses, want %d", got, want)
+	}
+	if got := strings.Count(ns.MustExec("nft", "list", "set", "inet", "fqdngate", "learn6.web"), "2001:db8::"); got != want {
+		t.Errorf("kernel holds %d addresses, want %d", got, want)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := b.Publish(context.Background(), []learn.Entry{entry(addrs.next())}); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Publish after Run returned: %v, want ErrNotRunning", err)
+	}
 }

@@ -139,14 +139,16 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 		reqs = append(reqs, &request{elems: todo[:n], evict: evict[:m], done: make(chan error, 1)})
 		todo, evict = todo[n:], evict[m:]
 	}
-	for _, r := range reqs {
-		select {
-		case b.queue <- r:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-b.stop:
-			return ErrNotRunning
-		}
+	if b.stopped() {
+		return ErrNotRunning
+	}
+	b.qMu.Lock()
+	b.pending = append(b.pending, reqs...)
+	lead := !b.flushing
+	b.flushing = true
+	b.qMu.Unlock()
+	if lead {
+		b.lead(reqs)
 	}
 	var errs []error
 	for _, r := range reqs {
@@ -161,6 +163,68 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	}
 	return errors.Join(errs...)
 }
+
+func (b *Backend) stopped() bool {
+	select {
+	case <-b.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// lead flushes the pending requests, a transaction's worth at a time,
+// while it is the one call that may. A Publish that finds no flush under
+// way leads with its own requests (mine), so a lone answer costs no
+// hand-off to another goroutine and back; once they are done, it leaves
+// whatever queued meanwhile to Run, which leads until the queue is empty.
+// Requests that queue while a transaction runs share the next one.
+func (b *Backend) lead(mine []*request) {
+	var batch []*request
+	for {
+		b.qMu.Lock()
+		if len(b.pending) == 0 || b.stopped() {
+			for _, r := range b.pending {
+				r.done <- ErrNotRunning
+			}
+			b.pending = b.pending[:0]
+			b.flushing = false
+			b.qMu.Unlock()
+			return
+		}
+		if mine != nil && allDone(mine) {
+			// Still flushing: Run takes over.
+			b.qMu.Unlock()
+			select {
+			case b.kick <- struct{}{}:
+			default:
+			}
+			return
+		}
+		batch = batch[:0]
+		n := 0
+		for len(b.pending) > 0 && (n == 0 || n+b.pending[0].size() <= maxBatch) {
+			batch = append(batch, b.pending[0])
+			n += b.pending[0].size()
+			b.pending[0] = nil
+			b.pending = b.pending[1:]
+		}
+		b.qMu.Unlock()
+		b.flush(batch)
+	}
+}
+
+// allDone reports whether every request of reqs has its answer.
+func allDone(reqs []*request) bool {
+	for _, r := range reqs {
+		if len(r.done) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *request) size() int { return len(r.elems) + len(r.evict) }
 
 // holdLocked records that name holds k until expires, and applies the
 // per-name cap. It returns evict with the elements that no name holds any
@@ -243,43 +307,26 @@ func (b *Backend) Run(ctx context.Context) error {
 		}()
 	}
 	defer func() {
+		// Whoever leads fails what is still queued, and Publish watches
+		// stop for anything that slips in after this.
 		close(b.stop)
-		// Fail whatever is still queued; Publish watches stop for
-		// anything that slips in after this.
-		for {
-			select {
-			case r := <-b.queue:
-				r.done <- ErrNotRunning
-				continue
-			default:
-			}
-			break
+		b.qMu.Lock()
+		lead := !b.flushing
+		b.flushing = true
+		b.qMu.Unlock()
+		if lead {
+			b.lead(nil)
 		}
 		cancelSave()
 		wg.Wait()
 	}()
 
-	reqs := make([]*request, 0, 64)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case r := <-b.queue:
-			// Drain what queued up while the last transaction ran, up
-			// to a transaction's worth.
-			reqs = append(reqs[:0], r)
-			n := len(r.elems)
-		drain:
-			for n < maxBatch {
-				select {
-				case r := <-b.queue:
-					reqs = append(reqs, r)
-					n += len(r.elems)
-				default:
-					break drain
-				}
-			}
-			b.flush(reqs)
+		case <-b.kick:
+			b.lead(nil)
 		}
 	}
 }
