@@ -14,8 +14,8 @@ import (
 )
 
 // The ruleset is computed as plain values first (this file), then turned
-// into netlink messages (kernel.go) or text (Render). Keeping the desired
-// state pure makes --dry-run and reconciliation the same code.
+// into netlink messages (exprs.go, backend.go) or text (Render). Keeping
+// the desired state pure makes --dry-run and reconciliation the same code.
 
 // family is an address family of a set or rule.
 type family uint8
