@@ -76,9 +76,17 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		publisher = c.nft
 		c.learned = c.nft.Learned
 	}
+	var verify func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
+	if c.nft != nil {
+		// Verify before allow: a poisoned answer must not open the kernel
+		// path that the proxy would refuse. Without the kernel backend
+		// only the proxy connects, and it verifies itself.
+		verify = c.verifier.Verify
+	}
 	c.dns, err = dnsfw.New(dnsfw.Config{
 		Policy:    d.Policy,
 		Publisher: publisher,
+		Verify:    verify,
 		Exchanger: c.ups,
 		Audit:     d.audit,
 		Logger:    d.log.With("component", "dns"),
@@ -88,6 +96,15 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 	if err != nil {
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
 	}
+	// Rules with refresh are re-resolved on their timers, also before any
+	// client asks.
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.dns.RunRefresh(ctx); err != nil {
+			d.log.Error("refresh stopped", "component", "dns", "err", err)
+		}
+	}()
 	if s := c.dns.Learned(); s != nil && c.learned == nil {
 		c.learned = s.List
 	}

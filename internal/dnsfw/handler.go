@@ -230,9 +230,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
 		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs); err != nil {
 			x.note = notePublish + ": " + err.Error()
-			// No Reason says "the backend failed"; it is the enforcement
-			// backend over its time or capacity bound, so busy, audited.
-			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
+			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
 			f.metrics.publishFailures.Inc()
 			f.log.Warn("publishing learned addresses failed; answered SERVFAIL",
 				"name", q.Name, "error", err)

@@ -268,7 +268,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	}
 	if err := f.publishBatch(ctx, batch); err != nil {
 		x.note = notePublish + ": " + err.Error()
-		x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
 		f.metrics.publishFailures.Inc()
 		f.log.Warn("publishing refreshed addresses failed", "name", qname, "rule", rule.Name, "error", err)
 		return dns.RcodeServerFailure, nil

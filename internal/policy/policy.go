@@ -137,7 +137,11 @@ type Proxy struct {
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
 	MaxConns       int
-	AllowNoSNI     bool // transparent TLS without SNI (or with ECH) is denied unless set
+	// AllowNoSNI lets transparent TLS through that shows no name to check:
+	// no SNI, or ECH while dns.strip_ech is off (with strip_ech on, ECH is
+	// decided on the outer SNI, since clients of fqdngate's DNS cannot hold
+	// real ECH configs). Such connections are then decided by address.
+	AllowNoSNI bool
 }
 
 // Log configures the audit log.
@@ -314,13 +318,15 @@ const (
 	ReasonPrivate    // proxy: the destination address is private or internal (proxy.deny_private)
 	ReasonSelf       // proxy: the destination is one of fqdngate's own listeners
 	ReasonSpoofed    // transparent: the original destination is not an address of the name
-	ReasonNoSNI      // transparent: no server name visible (no SNI, or encrypted client hello)
+	ReasonNoSNI      // transparent: no server name visible (no SNI, or ECH with dns.strip_ech off)
 	ReasonTLSVersion // transparent: the client offers only TLS below the rule's min_version
 	ReasonVerify     // the upstream certificate failed verification or pinning
 	ReasonBadRequest // the request could not be parsed
 	ReasonBusy       // over a concurrency or rate bound
 	ReasonUpstream   // the upstream could not be reached or failed
 	ReasonUndecided  // refused before a decision could be made (no policy, no destination)
+	ReasonPublish    // DNS: the answer's addresses could not be enforced in time
+	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
 )
 
 var reasonText = [...]string{
@@ -343,6 +349,8 @@ var reasonText = [...]string{
 	"over a concurrency or rate limit",
 	"upstream unreachable or failed",
 	"refused before a policy decision",
+	"learned addresses could not be enforced in time",
+	"proxy credentials missing or wrong",
 }
 
 func (r Reason) String() string { return reasonText[r] }

@@ -60,11 +60,12 @@ func TestConnectMatrix(t *testing.T) {
 	p := func(host string) string { return fmt.Sprintf("%s:%d", host, port) }
 
 	const (
-		matched   = "matched"
-		noRule    = "no rule allows this destination"
-		noCIDR    = "no CIDR rule covers this address"
-		undecided = "refused before a policy decision"
-		malformed = "malformed request"
+		matched    = "matched"
+		noRule     = "no rule allows this destination"
+		noCIDR     = "no CIDR rule covers this address"
+		undecided  = "refused before a policy decision"
+		authFailed = "proxy credentials missing or wrong"
+		malformed  = "malformed request"
 	)
 	cases := []struct {
 		name, src, target, cred string
@@ -80,9 +81,9 @@ func TestConnectMatrix(t *testing.T) {
 		{"group missing asks for credentials", "127.0.0.1", p("bank.test"), "", 407, "proxy authentication required", "destination is allowed, but not for this source"},
 		{"group by user", "127.0.0.1", p("bank.test"), "alice:s3cret", 200, "", matched},
 		{"user without the group", "127.0.0.1", p("bank.test"), "bob:s3cret", 403, "destination is allowed, but not for this source", "destination is allowed, but not for this source"},
-		{"wrong password", "127.0.0.1", p("bank.test"), "alice:wrong", 407, "proxy authentication required", undecided},
-		{"unknown user", "127.0.0.1", p("bank.test"), "mallory:s3cret", 407, "proxy authentication required", undecided},
-		{"malformed credentials", "127.0.0.1", p("bank.test"), "no-colon", 407, "proxy authentication required", undecided},
+		{"wrong password", "127.0.0.1", p("bank.test"), "alice:wrong", 407, "proxy authentication required", authFailed},
+		{"unknown user", "127.0.0.1", p("bank.test"), "mallory:s3cret", 407, "proxy authentication required", authFailed},
+		{"malformed credentials", "127.0.0.1", p("bank.test"), "no-colon", 407, "proxy authentication required", authFailed},
 		{"ip literal without cidr rule", "", p("127.0.0.1"), "", 403, noCIDR, noCIDR},
 		{"ip literal with cidr rule", "", p("127.0.0.3"), "", 200, "", matched},
 		{"decimal spelling", "", p("2130706435"), "", 200, "", matched},

@@ -93,9 +93,11 @@ func (r Refusal) reason() policy.Reason {
 		return policy.ReasonBusy
 	case RefusedBadRequest, RefusedProtocol:
 		return policy.ReasonBadRequest
+	case RefusedAuth:
+		return policy.ReasonAuth
 	}
-	// RefusedAuth, RefusedNoPolicy, RefusedOrigDst: no decision was made,
-	// because there was no policy, no destination or no trusted source.
+	// RefusedNoPolicy, RefusedOrigDst: no decision was made, because there
+	// was no policy or no destination.
 	return policy.ReasonUndecided
 }
 
