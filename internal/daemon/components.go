@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
+	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/nft"
@@ -52,7 +54,9 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 	}
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
-		c.nft, err = nft.New(NftConfig(p, d.log.With("component", "firewall")))
+		cfg := NftConfig(p, d.log.With("component", "firewall"))
+		cfg.OnDrop = c.auditDrop
+		c.nft, err = nft.New(cfg)
 		if err != nil {
 			c.ups.close()
 			return nil, err
@@ -75,6 +79,7 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		}()
 		publisher = c.nft
 		c.learned = c.nft.Learned
+		registerFirewallMetrics(d.reg, c.nft)
 	}
 	var verify func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	if c.nft != nil {
@@ -157,19 +162,40 @@ func (c *components) close() {
 	}
 }
 
-// NftConfig is the nftables backend configuration a policy asks for.
+// NftConfig is the nftables backend configuration a policy asks for. The
+// backend takes mode and listener addresses from each policy it applies.
 func NftConfig(p *policy.Policy, log *slog.Logger) nft.Config {
-	cfg := nft.Config{
-		Table:            p.Firewall.Table,
-		Hook:             p.Firewall.Hook,
-		Mode:             p.Mode,
-		TransparentPorts: p.Firewall.TransparentPorts,
-		StateFile:        p.Firewall.StateFile,
-		Logger:           log,
+	return nft.Config{
+		Table:     p.Firewall.Table,
+		Hook:      p.Firewall.Hook,
+		StateFile: p.Firewall.StateFile,
+		Logger:    log,
 	}
-	cfg.DNS, _ = netip.ParseAddrPort(p.Listen.DNS)
-	cfg.Transparent, _ = netip.ParseAddrPort(p.Listen.Transparent)
-	return cfg
+}
+
+// auditDrop records a sampled kernel drop as a firewall decision, with the
+// reason the policy gives for it.
+func (c *components) auditDrop(src, dst netip.Addr, proto policy.Proto, port uint16) {
+	p := c.d.Policy()
+	dec := p.Decide(policy.Query{Source: src, Addr: dst, Port: port, Proto: proto})
+	if dec.Action == policy.Allow {
+		// A CIDR rule allows it, so the kernel dropped it for a reason the
+		// policy does not know (a learned address expired, say).
+		dec = policy.Decision{Reason: policy.ReasonNotAllowedIP}
+	}
+	if p.Mode == policy.Audit {
+		dec.Action = policy.WouldDeny
+	} else {
+		dec.Action = policy.Deny
+	}
+	c.d.audit.Record(context.Background(), audit.Event{
+		Component: audit.Firewall,
+		Source:    src,
+		Name:      dst.String(),
+		Port:      port,
+		Decision:  dec,
+		Attrs:     []slog.Attr{slog.String("proto", proto.String()), slog.Bool("sampled", true)},
+	})
 }
 
 // wait returns when every component goroutine has stopped.
@@ -312,4 +338,22 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 		}
 	}
 	return nil, nil, lastErr
+}
+
+// registerFirewallMetrics exposes the nftables backend's counters.
+func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_cap_evictions_total",
+			Help: "Learned addresses removed from the kernel because their name reached dns.max_learned_per_name.",
+		}, func() float64 { return float64(b.Stats().CapEvictions) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_drop_samples_total",
+			Help: "Sampled packets dropped (or, in audit mode, that would be dropped) by default deny, each written to the audit log.",
+		}, func() float64 { return float64(b.Stats().DropSamples) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_drop_samples_lost_total",
+			Help: "Drop samples lost before fqdngate could read them.",
+		}, func() float64 { return float64(b.Stats().DropSamplesLost) }),
+	)
 }
