@@ -212,6 +212,7 @@ func New(cfg Config) (*Backend, error) {
 		conn.CloseLasting()
 		return nil, err
 	}
+	b.elems.expiration = !b.replaceToExtend
 	b.closeNflog = func() {}
 	if cfg.OnDrop != nil {
 		// Bound now, not in Run, so no drop after New goes unsampled.

@@ -28,9 +28,11 @@ type elemConn struct {
 	c     *netlink.Conn
 	raw   syscall.RawConn
 	table []byte // NUL-terminated
-	seq   uint32
-	buf   []byte // the batch being built
-	rbuf  []byte // replies
+	// expiration: send each element's expiration along with its timeout.
+	expiration bool
+	seq        uint32
+	buf        []byte // the batch being built
+	rbuf       []byte // replies
 	// msgs maps the sequence numbers of this batch's messages to their
 	// sets, to name the set in an error.
 	msgs []seqSet
@@ -76,8 +78,12 @@ type elem struct {
 }
 
 // add queues a message adding elems to set (or, if del, deleting them).
-// Without NLM_F_EXCL an element the set holds is not an error: Linux 6.10
-// and later take its new timeout, older ones keep the old.
+// Without NLM_F_EXCL an element the set holds is not an error. Linux 6.10
+// and later update such an element's expiry, but only if the message
+// carries an expiration or a timeout other than the element's: a second
+// answer with the same TTL gives the same timeout, so with expiration set
+// every element carries one. Older kernels keep the old expiry either way
+// (see Backend.replaceToExtend) and are sent none.
 func (w *elemConn) add(set string, elems []elem, del bool) {
 	typ, flags := uint16(unix.NFT_MSG_NEWSETELEM), uint16(unix.NLM_F_REQUEST|unix.NLM_F_CREATE)
 	if del {
@@ -103,9 +109,15 @@ func (w *elemConn) add(set string, elems []elem, del bool) {
 		w.attrEnd(v)
 		w.attrEnd(key)
 		if e.timeout > 0 {
+			ms := uint64(e.timeout.Milliseconds())
 			t := w.attrStart(unix.NFTA_SET_ELEM_TIMEOUT)
-			w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(e.timeout.Milliseconds()))
+			w.buf = binary.BigEndian.AppendUint64(w.buf, ms)
 			w.attrEnd(t)
+			if w.expiration {
+				t := w.attrStart(unix.NFTA_SET_ELEM_EXPIRATION)
+				w.buf = binary.BigEndian.AppendUint64(w.buf, ms)
+				w.attrEnd(t)
+			}
 		}
 		w.attrEnd(item)
 	}

@@ -343,7 +343,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("dial while learned: %v", err)
 	}
 	defer est.Close()
-	time.Sleep(2 * time.Second)
+	time.Sleep(1500*time.Millisecond + refreshSlack + 500*time.Millisecond)
 
 	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", false}})
 	// The connection opened while the address was learned lives on in
@@ -676,4 +676,32 @@ func TestPublishConcurrent(t *testing.T) {
 	if err := b.Publish(context.Background(), []learn.Entry{entry(addrs.next())}); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("Publish after Run returned: %v, want ErrNotRunning", err)
 	}
+}
+
+// TestRelearnSameTimeout: a second answer with the same TTL yields the
+// same element timeout as the first; the kernel must still take the later
+// expiry (on Linux 6.10 and later only an expiration makes it do so).
+func TestRelearnSameTimeout(t *testing.T) {
+	n := newForwardNet(t)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, mustParse(t, forwardPolicy))
+	t0 := time.Now()
+	publish(t, b, "bank-api", "payments", srvA, 2*time.Second)
+	time.Sleep(time.Until(t0.Add(1200 * time.Millisecond)))
+	publish(t, b, "bank-api", "payments", srvA, 2*time.Second)
+	time.Sleep(time.Until(t0.Add(2500 * time.Millisecond)))
+	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}})
+}
+
+// TestAnswerNeverOutlivesElement: an answer re-learned shortly after the
+// last, and so not sent to the kernel again, still finds its address open
+// until the answer's own expiry.
+func TestAnswerNeverOutlivesElement(t *testing.T) {
+	n := newForwardNet(t)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, mustParse(t, forwardPolicy))
+	t0 := time.Now()
+	publish(t, b, "bank-api", "payments", srvA, 2*time.Second)
+	time.Sleep(time.Until(t0.Add(500 * time.Millisecond)))
+	publish(t, b, "bank-api", "payments", srvA, 2*time.Second) // until t0+2.5s
+	time.Sleep(time.Until(t0.Add(2300 * time.Millisecond)))
+	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}})
 }

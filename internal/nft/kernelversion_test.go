@@ -42,7 +42,8 @@ func TestTimeoutUpdates(t *testing.T) {
 func TestExtendByReplace(t *testing.T) {
 	n := newForwardNet(t)
 	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, mustParse(t, forwardPolicy))
-	b.replaceToExtend = true // before any Publish, so Run has not read it
+	// Before any Publish, so no transaction has read them.
+	b.replaceToExtend, b.elems.expiration = true, false
 
 	publish(t, b, "bank-api", "payments", srvA, 2*time.Second)
 	publish(t, b, "bank-api", "payments", srvA, 6*time.Second)
@@ -55,8 +56,8 @@ func TestExtendByReplace(t *testing.T) {
 	// Within deleteMargin of its expiry the element is not deleted (it
 	// could be gone by the time the kernel sees the delete); a plain add
 	// is sent, and Publish still succeeds.
-	publish(t, b, "bank-api", "payments", srvB, 1500*time.Millisecond)
-	time.Sleep(time.Second)
+	publish(t, b, "bank-api", "payments", srvB, 500*time.Millisecond) // programmed for 1.5s
+	time.Sleep(700 * time.Millisecond)
 	publish(t, b, "bank-api", "payments", srvB, time.Minute)
 	// If the element left the kernel behind the backend's back, the delete
 	// fails; the transaction is retried without it.

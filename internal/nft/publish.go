@@ -19,10 +19,13 @@ const (
 	// maxPerMsg bounds the elements of one netlink message, whose nested
 	// attribute length is 16 bits.
 	maxPerMsg = 512
-	// refreshSlack: a re-learned address already programmed to expire no
-	// more than this before its new expiry is not re-sent. Answers for
-	// popular names arrive constantly; each would otherwise cost a
-	// transaction to move an expiry by milliseconds.
+	// refreshSlack: elements are programmed to expire this much after
+	// their answer needs, so that answers re-learning an address within
+	// that time find it programmed long enough and cost no transaction.
+	// Answers for popular names arrive constantly; each would otherwise
+	// cost one to move an expiry by milliseconds. Programming early and
+	// skipping what is close instead would close addresses before answers
+	// handed out expire, which matters with a short dns.grace.
 	refreshSlack = time.Second
 	// saveDelay is how soon after a change the state file is written.
 	saveDelay = 500 * time.Millisecond
@@ -81,9 +84,10 @@ func (b *Backend) Stats() Stats {
 }
 
 // Publish programs the learned addresses in batch, each with a timeout
-// that ends at its Expires, and returns once the kernel holds them, or
-// with an error if it does not. Concurrent calls share transactions. An
-// entry whose rule or group is not in the applied policy fails the call.
+// that ends refreshSlack after its Expires, and returns once the kernel
+// holds them, or with an error if it does not. Concurrent calls share
+// transactions. An entry whose rule or group is not in the applied policy
+// fails the call.
 //
 // A name holds at most the policy's dns.max_learned_per_name addresses
 // (across its rules and groups): a new one beyond that pushes out the
@@ -117,10 +121,10 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 		k := elemKey{b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a}
 		evict = b.holdLocked(e.Name, k, e.Expires, evict)
 		have, ok := b.mirror[k]
-		if ok && have.After(now) && !have.Before(e.Expires.Add(-refreshSlack)) {
+		if ok && have.After(now) && !have.Before(e.Expires) {
 			continue
 		}
-		todo = append(todo, pending{k, e.Expires, ok && have.After(now)})
+		todo = append(todo, pending{k, e.Expires.Add(refreshSlack), ok && have.After(now)})
 	}
 	if len(evict) > 0 {
 		// A big answer can push out addresses it brought itself.
