@@ -34,15 +34,6 @@ type Config struct {
 	// that changes firewall.hook.
 	Hook policy.Hook
 
-	// Mode, DNS, Transparent and TransparentPorts are ignored: Apply takes
-	// them from the policy (mode, listen.dns, listen.transparent and
-	// firewall.transparent_ports), so that a reload reprograms them. They
-	// remain until the daemon stops setting them, then go.
-	Mode             policy.Mode
-	DNS              netip.AddrPort
-	Transparent      netip.AddrPort
-	TransparentPorts []uint16
-
 	// StateFile keeps learned addresses across restarts. If empty,
 	// learned addresses survive only in the kernel.
 	StateFile string
