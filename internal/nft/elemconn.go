@@ -48,6 +48,12 @@ func openElemConn(netnsFd int, table string) (*elemConn, error) {
 	if err != nil {
 		return nil, netlinkErr("opening netlink", err)
 	}
+	// Errors without a copy of the failed message, which may be tens of
+	// kilobytes: the errno is all commit reads.
+	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+		c.Close()
+		return nil, netlinkErr("opening netlink", err)
+	}
 	raw, err := c.SyscallConn()
 	if err != nil {
 		c.Close()
@@ -170,9 +176,10 @@ func (w *elemConn) replyErrors(b []byte) []error {
 	var errs []error
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b))
-		if l < unix.NLMSG_HDRLEN || l > len(b) {
+		if l < unix.NLMSG_HDRLEN {
 			return append(errs, errors.New("malformed netlink reply"))
 		}
+		l = min(l, len(b)) // a reply longer than rbuf was cut short
 		typ := binary.NativeEndian.Uint16(b[4:])
 		seq := binary.NativeEndian.Uint32(b[8:])
 		if typ == unix.NLMSG_ERROR && l >= unix.NLMSG_HDRLEN+4 {
