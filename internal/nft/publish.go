@@ -14,7 +14,7 @@ import (
 const (
 	// maxBatch bounds the elements of one transaction: the whole batch is
 	// one sendmsg, which must fit the netlink socket's send buffer
-	// (about 200 KiB by default; an element costs about 50 bytes).
+	// (about 200 KiB by default; an element costs at most 56 bytes).
 	maxBatch = 2048
 	// maxPerMsg bounds the elements of one netlink message, whose nested
 	// attribute length is 16 bits.
@@ -41,7 +41,7 @@ const (
 	sweepChunk = 4096
 )
 
-// ErrNotRunning is returned by Publish when Run is not running.
+// ErrNotRunning is returned by Publish once Run has returned.
 var ErrNotRunning = errors.New("nftables backend is not running: learned addresses cannot be programmed")
 
 // request is one Publish call's share of a transaction.
@@ -176,9 +176,10 @@ func (b *Backend) stopped() bool {
 	}
 }
 
-// Run programs what Publish queues, and writes the state file, until ctx
-// ends. It returns nil then, after a last write of the state file. Run
-// may be called once.
+// Run leads the transactions of Publish calls that queued behind another
+// (see lead), writes the state file, forgets what expired and hands drop
+// samples to Config.OnDrop, until ctx ends. It returns nil then, after a
+// last write of the state file. Run may be called once.
 func (b *Backend) Run(ctx context.Context) error {
 	if !b.running.CompareAndSwap(false, true) {
 		return errors.New("nftables: Run called twice")
