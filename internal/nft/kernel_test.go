@@ -321,13 +321,18 @@ func TestForwardEnforce(t *testing.T) {
 	t.Error("set learn4.bank-api.payments not listed by nft")
 }
 
-func TestUncoveredSourceUntouched(t *testing.T) {
+// TestSourceInNoGroupDenied: when every rule has from, a source in no group
+// may reach nothing, as Decide says; the kernel must not leave it open.
+func TestSourceInNoGroupDenied(t *testing.T) {
 	n := newForwardNet(t)
 	n.client.Addr("c0", "198.51.100.50/24")
 	p := mustParse(t, forwardPolicy)
 	startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	if d := p.Decide(policy.Query{Source: netip.MustParseAddr("198.51.100.50"), Addr: netip.MustParseAddr(srvC), Port: 443}); d.Action != policy.Deny {
+		t.Fatalf("the policy allows it (%v); the test needs a source it denies", d.Action)
+	}
 	checkReach(t, n.client, []reach{
-		{"198.51.100.50", srvC, "443", true}, // in no group, and every rule has from
+		{"198.51.100.50", srvC, "443", false}, // in no group, and every rule has from
 		{srcPayments, srvC, "443", false},
 	})
 }

@@ -44,7 +44,6 @@ type setKind uint8
 
 const (
 	sourceSet  setKind = iota // a group's source prefixes (interval, static)
-	coveredSet                // every covered source (interval, static)
 	cidrSet                   // a rule's CIDR targets (interval, static)
 	learnedSet                // addresses learned for rule×group (timeout, dynamic)
 )
@@ -230,13 +229,12 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	lis := listenersOf(p)
 	addSet := func(s setSpec) { d.sets = append(d.sets, s) }
 
-	// Which groups are used, and does any rule cover every source?
-	anySource := false
+	// Which groups do rules use? Every source is subject to the policy,
+	// whatever groups it is in: a source in no group may reach only what
+	// rules without from allow, as Decide (and explain) say. Filtering only
+	// the sources some rule names would leave every other host unfiltered.
 	var groups []string
 	for _, r := range p.Rules {
-		if r.From == nil {
-			anySource = true
-		}
 		for _, g := range r.From {
 			if !slices.Contains(groups, g) {
 				groups = append(groups, g)
@@ -259,16 +257,6 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			addSet(setSpec{name: "src" + f.String() + "." + ident(g), fam: f, kind: sourceSet, prefixes: groupPrefixes(g, f), group: g})
 		}
 	}
-	if !anySource {
-		for _, f := range families {
-			var all []netip.Prefix
-			for _, g := range groups {
-				all = append(all, groupPrefixes(g, f)...)
-			}
-			addSet(setSpec{name: "covered" + f.String(), fam: f, kind: coveredSet, prefixes: all})
-		}
-	}
-
 	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
 	// first, then each rule's accepts, then default deny.
 	var enforce []ruleSpec
@@ -360,7 +348,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		matches: []match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: 133, hi: 137}},
 		stmts:   []stmt{{kind: accept}}, comment: "ipv6 neighbour discovery",
 	})
-	gate = append(gate, coveredJumps(anySource, enforceChain, "covered sources")...)
+	gate = append(gate, everySource(enforceChain)...)
 
 	// The nat chain steers covered sources' DNS, and the transparent
 	// ports, to fqdngate's listeners.
@@ -396,7 +384,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		)
 	}
 	if len(redir) > 0 {
-		nat = append(nat, coveredJumps(anySource, redirectChain, "covered sources")...)
+		nat = append(nat, everySource(redirectChain)...)
 	}
 
 	d.chains = []chainSpec{
@@ -408,20 +396,9 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	return d
 }
 
-// coveredJumps sends covered sources to chain: everyone when a rule has no
-// from, else sources in the covered sets.
-func coveredJumps(anySource bool, chain, comment string) []ruleSpec {
-	if anySource {
-		return []ruleSpec{{stmts: []stmt{{kind: jump, chain: chain}}, comment: "every source"}}
-	}
-	var out []ruleSpec
-	for _, f := range families {
-		out = append(out, ruleSpec{
-			matches: []match{{kind: saddrIn, fam: f, set: "covered" + f.String()}},
-			stmts:   []stmt{{kind: jump, chain: chain}}, comment: comment,
-		})
-	}
-	return out
+// everySource sends every source to chain.
+func everySource(chain string) []ruleSpec {
+	return []ruleSpec{{stmts: []stmt{{kind: jump, chain: chain}}, comment: "every source"}}
 }
 
 func steerStmt(s steer, ap netip.AddrPort) *stmt {

@@ -9,7 +9,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -190,12 +189,9 @@ rules:
 	// the daemon does.
 	ctx, cancel := context.WithCancel(context.Background())
 	b, err := nft.New(nft.Config{
-		Table:            "fqdngate",
-		Hook:             pol.Firewall.Hook,
-		Mode:             pol.Mode,
-		Transparent:      netip.MustParseAddrPort(pol.Listen.Transparent),
-		TransparentPorts: pol.Firewall.TransparentPorts,
-		NetNSFd:          n.gw.Fd(),
+		Table:   "fqdngate",
+		Hook:    pol.Firewall.Hook,
+		NetNSFd: n.gw.Fd(),
 	})
 	if err != nil {
 		t.Fatalf("nft.New: %v", err)

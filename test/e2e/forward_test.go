@@ -200,15 +200,10 @@ func TestForwardDirectDNS(t *testing.T) {
 
 // TestForwardRelearnExtendsExpiry: a client that asks again for a name
 // whose answer has not changed must keep reaching it for the new answer's
-// TTL + grace, not the first answer's.
-//
-// BUG (internal/nft, fails as of 8b9aff4): re-learning sends the element
-// again with only a timeout. Linux refreshes an existing element's expiry
-// only when that timeout differs from the element's current one (or an
-// expiration is sent), and a fresh answer with the same TTL yields the
-// same timeout, so the kernel keeps the first expiry while the backend's
-// mirror records the new one. The address closes at first learn + TTL +
-// grace however often clients resolve it; TestRotation fails the same way.
+// TTL + grace, not the first answer's. (Regression: the backend once
+// re-sent elements with only a timeout, which Linux ignores when it equals
+// the element's current one, so addresses closed at first learn + TTL +
+// grace however often clients resolved them.)
 func TestForwardRelearnExtendsExpiry(t *testing.T) {
 	const ttl = 2
 	grace := time.Second
@@ -251,13 +246,9 @@ func TestForwardRelearnExtendsExpiry(t *testing.T) {
 // stay open for exactly as long as the TTL of every answer that carried
 // it. A second client asking within the same second gets fqdngate's
 // cached answer with the TTL undiminished, so the address must stay open
-// until that answer's TTL ends, not the first one's.
-//
-// BUG (internal/nft, lower severity: only dns.grace under 1s, which the
-// policy accepts): Publish skips re-sending an element whose programmed
-// expiry is within refreshSlack (1s) of the new one, so the address
-// closes up to 1s before an answer already handed out expires. It also
-// needs the re-learn fix above to pass.
+// until that answer's TTL ends, not the first one's. (Regression: Publish
+// once skipped elements programmed to expire within 1s of the new expiry,
+// closing addresses before answers already handed out expired.)
 func TestForwardCachedAnswerWithoutGrace(t *testing.T) {
 	const ttl = 3
 	f := startForward(t, 0, `  - name: nograce

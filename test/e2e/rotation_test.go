@@ -28,9 +28,11 @@ const (
 	rotPeriod = 3 * time.Second
 	rotations = 4
 	// closeSlack is how late after its expiry an address may still be
-	// open: the kernel checks element timeouts per packet, so a little
-	// scheduling noise is all this covers.
-	closeSlack = 300 * time.Millisecond
+	// open. The backend programs elements up to 1s past their answer's
+	// expiry (so that re-answers within a second cost no kernel
+	// transaction, and an element never expires before an answer handed
+	// out); 300ms more covers scheduling noise.
+	closeSlack = time.Second + 300*time.Millisecond
 )
 
 // rotAddr is the address of rot.example.com in epoch.
