@@ -207,6 +207,12 @@ func Parse(file string, data []byte) (*Policy, error) {
 	case "", "none":
 	case "nftables":
 		p.Firewall.Backend = BackendNftables
+		// The kernel redirects clients to these listeners by port.
+		for _, l := range []struct{ key, addr string }{{"listen.dns", p.Listen.DNS}, {"listen.transparent", p.Listen.Transparent}} {
+			if ap, err := netip.ParseAddrPort(l.addr); err == nil && ap.Port() == 0 {
+				d.errorf(beNode, "with firewall.backend: nftables, %s needs a fixed port (the kernel redirects clients to it), not %s", l.key, l.addr)
+			}
+		}
 	default:
 		d.errorf(beNode, "firewall.backend must be none or nftables, not %q", backend)
 	}

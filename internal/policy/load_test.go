@@ -504,3 +504,14 @@ func TestDocsExample(t *testing.T) {
 		}
 	}
 }
+
+func TestNftablesNeedsFixedListenerPorts(t *testing.T) {
+	_, err := Parse("p.yaml", []byte(`listen: {dns: "127.0.0.1:0", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53]}
+firewall: {backend: nftables}
+rules: [{name: a, to: [a.example]}]
+`))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml:3:21: with firewall.backend: nftables, listen.dns needs a fixed port") {
+		t.Errorf("got %v, want a positioned error about listen.dns port 0", err)
+	}
+}
