@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 )
 
 // Key identifies a cached response: the question with its name lower-cased,
@@ -122,7 +124,7 @@ func (c *Cache) Put(k Key, resp *dns.Msg) bool {
 		return false
 	}
 	q := resp.Question[0]
-	if q.Qtype != k.qtype || q.Qclass != k.qclass || !equalFoldASCII(q.Name, k.name) {
+	if q.Qtype != k.qtype || q.Qclass != k.qclass || !dnsname.EqualFold(q.Name, k.name) {
 		return false
 	}
 	ttl, ok := cacheTTL(resp)
@@ -296,25 +298,4 @@ func lowerASCII(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// equalFoldASCII compares names the way DNS does: ASCII letters in any case,
-// every other byte exactly (strings.EqualFold would also fold Unicode).
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }

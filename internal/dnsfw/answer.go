@@ -8,6 +8,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -61,7 +62,7 @@ func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *ins
 	for n < maxChain {
 		next := ""
 		for _, rr := range m.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && equalFoldASCII(c.Hdr.Name, chain[n-1]) {
+			if c, ok := rr.(*dns.CNAME); ok && dnsname.EqualFold(c.Hdr.Name, chain[n-1]) {
 				next = c.Target
 				break
 			}
@@ -201,32 +202,11 @@ func ipAddr(ip net.IP) netip.Addr {
 
 func inChain(chain []string, name string) bool {
 	for _, c := range chain {
-		if equalFoldASCII(c, name) {
+		if dnsname.EqualFold(c, name) {
 			return true
 		}
 	}
 	return false
-}
-
-// equalFoldASCII compares names the way DNS does: ASCII letters in any
-// case, every other byte exactly.
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // durationTTL converts d to a TTL in seconds, saturating.

@@ -86,3 +86,24 @@ func isASCII(s string) bool {
 	}
 	return true
 }
+
+// EqualFold compares names the way DNS does: ASCII letters in any case,
+// every other byte exactly (strings.EqualFold would also fold Unicode).
+func EqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

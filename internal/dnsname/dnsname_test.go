@@ -112,3 +112,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestEqualFold(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"www.Example.COM.", "www.example.com.", true},
+		{"www.example.com.", "www.example.com", false},
+		{"\\200.example.", "\\200.example.", true},
+		{"k.example.", "\u212a.example.", false}, // Kelvin sign folds to k in Unicode, not in DNS
+		{"a.", "b.", false},
+	}
+	for _, tt := range tests {
+		if got := EqualFold(tt.a, tt.b); got != tt.want {
+			t.Errorf("EqualFold(%q, %q): got %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}

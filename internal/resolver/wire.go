@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 
 	"github.com/miekg/dns"
 )
@@ -54,7 +55,7 @@ func parseResponse(b []byte, id uint16, q dns.Question) (*dns.Msg, error) {
 	switch len(m.Question) {
 	case 1:
 		got := m.Question[0]
-		if got.Qtype != q.Qtype || got.Qclass != q.Qclass || !equalFoldASCII(got.Name, q.Name) {
+		if got.Qtype != q.Qtype || got.Qclass != q.Qclass || !dnsname.EqualFold(got.Name, q.Name) {
 			return nil, errQuestion
 		}
 	case 0:
@@ -66,25 +67,4 @@ func parseResponse(b []byte, id uint16, q dns.Question) (*dns.Msg, error) {
 		return nil, errQuestion
 	}
 	return m, nil
-}
-
-// equalFoldASCII compares names the way DNS does: ASCII letters in any case,
-// every other byte exactly (strings.EqualFold would also fold Unicode).
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
