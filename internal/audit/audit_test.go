@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -106,5 +107,22 @@ func BenchmarkRecord(b *testing.B) {
 				l.Record(ctx, ev)
 			}
 		})
+	}
+}
+
+// BenchmarkRecordViaSlog is the same line through log/slog's JSON handler,
+// the baseline the direct encoder replaced.
+func BenchmarkRecordViaSlog(b *testing.B) {
+	rule := &policy.Rule{Name: "bank-api"}
+	h := slog.NewJSONHandler(io.Discard, nil)
+	ctx := context.Background()
+	src := netip.MustParseAddr("10.1.0.7")
+	b.ReportAllocs()
+	for b.Loop() {
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, "decision", 0)
+		r.AddAttrs(slog.String("component", "dns"), slog.String("source", src.String()), slog.String("name", "api.bank.example"),
+			slog.String("qtype", "A"), slog.String("action", "allow"), slog.String("rule", rule.Name), slog.String("reason", "matched"),
+			slog.String("rcode", "NOERROR"), slog.String("answers", "192.0.2.1,192.0.2.2"))
+		_ = h.Handle(ctx, r)
 	}
 }
