@@ -639,3 +639,25 @@ rules:
 		t.Errorf("the old address %s still answers after the listener moved", first)
 	}
 }
+
+// TestCheckTenMistakes: `fqdngate check` on a policy with ten distinct
+// mistakes prints all ten, positioned, as the policy package's golden file
+// records them, and exits 1.
+func TestCheckTenMistakes(t *testing.T) {
+	golden, err := os.ReadFile("../../internal/policy/testdata/ten-mistakes.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The golden file names the policy relative to internal/policy.
+	want := strings.ReplaceAll(string(golden), "testdata/ten-mistakes.yaml", "../../internal/policy/testdata/ten-mistakes.yaml")
+	out, errOut, code := runCLI(t, "check", "-c", "../../internal/policy/testdata/ten-mistakes.yaml")
+	if code != 1 || out != "" {
+		t.Errorf("got exit %d and stdout %q, want exit 1 and nothing on stdout", code, out)
+	}
+	if n := strings.Count(strings.TrimSpace(errOut), "\n") + 1; n != 10 {
+		t.Errorf("got %d error lines, want 10", n)
+	}
+	if strings.TrimSpace(errOut) != strings.TrimSpace(want) {
+		t.Errorf("check output differs from the golden file:\n got:\n%s\nwant:\n%s", errOut, want)
+	}
+}
