@@ -129,9 +129,6 @@ func (w *upstreamWriter) Write(b []byte) (int, error) {
 func (p *Proxy) forwardHTTP(ctx context.Context, client *net.TCPConn, cr *clientReader, req *http.Request, up *net.TCPConn, idle time.Duration, rec *connRecord) {
 	p.metrics.active.Inc()
 	defer p.metrics.active.Dec()
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	cr.idle, cr.last = idle, &last
 	abort := sync.OnceFunc(func() {
 		client.Close()
 		up.Close()
@@ -139,6 +136,12 @@ func (p *Proxy) forwardHTTP(ctx context.Context, client *net.TCPConn, cr *client
 	stop := context.AfterFunc(ctx, abort)
 	defer stop()
 	defer abort()
+	t := &tunnelState{idle: idle}
+	t.touch()
+	t.timer = time.AfterFunc(idle, func() { t.check(abort) })
+	defer t.timer.Stop()
+	last := &t.last
+	cr.idle, cr.last = idle, last
 
 	var finishing atomic.Bool // the response is complete; errors are ours
 	sent := make(chan struct{})
@@ -146,7 +149,7 @@ func (p *Proxy) forwardHTTP(ctx context.Context, client *net.TCPConn, cr *client
 		defer close(sent)
 		// A *bufio.Writer lets Write flush the head before the body, so a
 		// client waiting for "100 Continue" gets it.
-		bw := bufio.NewWriter(&upstreamWriter{p: p, c: up, idle: idle, last: &last, n: &rec.up})
+		bw := bufio.NewWriter(&upstreamWriter{p: p, c: up, idle: idle, last: last, n: &rec.up})
 		err := req.Write(bw)
 		if err == nil {
 			err = bw.Flush() // Write leaves a caller's bufio.Writer to it
@@ -157,7 +160,7 @@ func (p *Proxy) forwardHTTP(ctx context.Context, client *net.TCPConn, cr *client
 		// Not CloseWrite: servers take a half-close for a client that
 		// left, and may drop the response.
 	}()
-	if p.pipe(client, up, idle, &last, &rec.down, false) {
+	if p.pipe(client, up, t, &rec.down, false) {
 		// The response is complete and the client has its FIN. The
 		// server may have answered before the body was all sent: let the
 		// writer stop, and read what the client still sends for a

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Quick A/B of two fqdngate binaries on the explicit proxy, alternating runs
+# so drift on a shared machine hits both alike. Not a substitute for run.sh.
+#
+#   bash bench/proxy/ab.sh OLD_BIN NEW_BIN
+#
+# Settings (environment): ROUNDS=3, DURATION=5, TESTS="short32 short256 http".
+# Prints one raw line per run (loadgen or wrk figures, with proxy CPU).
+# Traffic goes to 127.0.0.1 only.
+set -euo pipefail
+A=$1 B=$2
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+TESTS=${TESTS:-short32 short256 http}
+PORT=18095
+SINK=127.0.0.1:19021
+ECHO=127.0.0.1:19022
+HTTPB=127.0.0.1:19023
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=$(mktemp -d)
+ulimit -n "$(ulimit -Hn)" || true
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$OUT"
+}
+trap cleanup EXIT
+(cd "$ROOT" && go build -o "$OUT/loadgen" ./bench/proxy/loadgen)
+LG=$OUT/loadgen
+cat >"$OUT/fq.yaml" <<YAML
+listen: {dns: "", proxy: 127.0.0.1:$PORT, admin: ""}
+dns: {upstreams: [127.0.0.1:53]}
+proxy: {deny_private: true, max_conns: 100000, idle_timeout: 5m}
+log: {file: /dev/null}
+rules:
+  - name: bench
+    to: [127.0.0.0/8]
+    ports: ["1-65535"]
+YAML
+wait_port() {
+	for _ in $(seq 100); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	return 1
+}
+"$LG" serve -sink $SINK -echo $ECHO -http $HTTPB 2>/dev/null &
+PIDS+=($!)
+wait_port "${HTTPB##*:}"
+for r in $(seq "$ROUNDS"); do
+	for which in A B; do
+		bin=$A
+		[[ $which == B ]] && bin=$B
+		"$bin" run -c "$OUT/fq.yaml" >/dev/null 2>&1 &
+		pid=$!
+		PIDS+=("$pid")
+		wait_port $PORT
+		for t in $TESTS; do
+			case $t in
+			short*) line=$("$LG" short -proxy 127.0.0.1:$PORT -pid "$pid" -target $ECHO -c "${t#short}" -t "${DURATION}s") ;;
+			bulk*) line=$("$LG" bulk -proxy 127.0.0.1:$PORT -pid "$pid" -target $SINK -n "${t#bulk}" -t "${DURATION}s") ;;
+			idle*) line=$("$LG" idle -proxy 127.0.0.1:$PORT -pid "$pid" -target $ECHO -n "${t#idle}") ;;
+			http)
+				c0=$("$LG" cpu -pid "$pid")
+				w=$(wrk -t2 -c32 -d"${DURATION}s" -s "$ROOT/bench/proxy/proxy.lua" "http://127.0.0.1:$PORT/" -- $HTTPB)
+				c1=$("$LG" cpu -pid "$pid")
+				line=$(echo "$w" | awk -v c0="$c0" -v c1="$c1" '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx|Socket errors/ {e=e" "$0}
+					END {printf "rps=%s cpu_us_per_req=%.1f%s", r, (c1-c0)*1e6/n, e}') ;;
+			esac
+			echo "round=$r bin=$which test=$t $line"
+			sleep 1
+		done
+		kill "$pid"
+		wait "$pid" 2>/dev/null || true
+		sleep 1
+	done
+done
