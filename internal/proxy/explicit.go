@@ -166,7 +166,12 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := h.p
 	client, _ := netip.ParseAddrPort(r.RemoteAddr)
 	rec := &connRecord{listener: explicitListener, client: client, start: time.Now()}
-	defer func() { p.record(r.Context(), rec) }()
+	tunnelled := false // a started tunnel writes the record when it ends
+	defer func() {
+		if !tunnelled {
+			p.record(r.Context(), rec)
+		}
+	}()
 
 	fail := func(e *refusalError) {
 		rec.fail(e)
@@ -217,7 +222,7 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if connect {
-		h.connect(w, r, pol, d, t, rec, fail)
+		tunnelled = h.connect(w, r, pol, d, t, rec, fail)
 		return
 	}
 	if d.Rule != nil && d.Rule.TLS != nil && d.Rule.TLS.Verify {
@@ -248,54 +253,70 @@ func requestTarget(r *http.Request) (Target, error) {
 	return parseTarget(r.URL.Host, 80)
 }
 
-func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *policy.Policy, d policy.Decision, t Target, rec *connRecord, fail func(*refusalError)) {
+// connect dials t and answers 200, then carries the tunnel in a goroutine
+// of its own and returns true: the handler returns at once, so net/http
+// releases the connection's buffers, request and deep stack instead of
+// keeping them for the tunnel's life. The tunnel's goroutine then owns rec,
+// the max_conns slot and a drainer count. On false, nothing was started
+// and the caller writes rec.
+func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *policy.Policy, d policy.Decision, t Target, rec *connRecord, fail func(*refusalError)) bool {
 	p := h.p
 	up, ap, rerr := p.connect(r.Context(), pol, d, t)
 	rec.dialled = ap
 	if rerr != nil {
 		fail(rerr)
-		return
+		return false
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		up.Close()
 		fail(refuse(RefusedBadRequest, errors.New("connection cannot be hijacked")))
-		return
+		return false
 	}
 	conn, brw, err := hj.Hijack()
 	if err != nil {
 		up.Close()
 		rec.fail(refuse(RefusedDial, err))
-		return
+		return false
 	}
-	defer p.release() // the server stopped counting this connection at Hijack
+	// The server stopped counting this connection at Hijack: release its
+	// max_conns slot when the tunnel ends, or now.
 	client, ok := conn.(halfCloser)
 	if !ok {
+		p.release()
 		conn.Close()
 		up.Close()
 		rec.fail(refuse(RefusedBadRequest, errors.New("client connection cannot half-close")))
-		return
+		return false
+	}
+	abort := func() bool {
+		p.release()
+		conn.Close()
+		up.Close()
+		return false
 	}
 	conn.SetDeadline(time.Time{})
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		conn.Close()
-		up.Close()
-		return
+		return abort()
 	}
 	// A client may send its first bytes (a ClientHello) without waiting for
 	// our answer; they are already in the server's buffer.
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
 		if _, err := up.Write(b); err != nil {
-			conn.Close()
-			up.Close()
-			return
+			return abort()
 		}
 		rec.up.Add(int64(n))
 	}
+	idle := idleTimeout(pol)
 	h.dr.add()
-	defer h.dr.done()
-	p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
+	go func() {
+		defer h.dr.done()
+		defer p.release()
+		p.tunnel(h.dr.hard, client, up, idle, &rec.up, &rec.down)
+		p.record(context.Background(), rec)
+	}()
+	return true
 }
 
 // planKey carries a forwarded request's checked addresses from the handler
