@@ -10,7 +10,6 @@
 set -euo pipefail
 
 DURATION=${DURATION:-15}
-QUERIES_TOTAL=${QUERIES_TOTAL:-1000000}
 UP_PORT=5300
 FQ_PORT=5310
 FQ_ADMIN=5319
@@ -24,6 +23,7 @@ cleanup() {
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for port in $UP_PORT $FQ_PORT $FQ_ADMIN; do
 	if [[ -n $(ss -Hlnut "sport = :$port") ]]; then
@@ -31,7 +31,17 @@ for port in $UP_PORT $FQ_PORT $FQ_ADMIN; do
 		exit 1
 	fi
 done
-(cd "$ROOT" && go build -o "$OUT/bin/upstream" ./bench/dns/upstream && go build -o "$OUT/bin/fqdngateprof" ./bench/dns/fqdngateprof)
+# Built from a commit (FQDNGATE_REF, default HEAD; "worktree": the tree as
+# it is), so others' uncommitted edits do not end up in the profile.
+FQDNGATE_REF=${FQDNGATE_REF:-HEAD}
+SRC=$ROOT
+if [[ $FQDNGATE_REF != worktree ]]; then
+	SRC=$OUT/src
+	mkdir -p "$SRC"
+	(cd "$ROOT" && git archive "$FQDNGATE_REF") | tar -x -C "$SRC"
+	log "fqdngate at commit $(cd "$ROOT" && git rev-parse --short "$FQDNGATE_REF")"
+fi
+(cd "$SRC" && go build -o "$OUT/bin/upstream" ./bench/dns/upstream && go build -o "$OUT/bin/fqdngateprof" ./bench/dns/fqdngateprof)
 bash "$ROOT/bench/dns/genqueries.sh" >"$OUT/queries.txt"
 "$OUT/bin/upstream" -addr 127.0.0.1:$UP_PORT 2>/dev/null &
 PIDS+=("$!")
@@ -60,8 +70,8 @@ for cache in on off; do
 	pid=$!
 	PIDS+=("$pid")
 	probe $FQ_PORT
-	# One pass to fill the cache and the learned set, then load for the
-	# CPU profile, then passes up to QUERIES_TOTAL for the heap profile.
+	# One pass to fill the cache and the learned set, then load; the CPU
+	# profile covers both, the heap profile is taken at exit.
 	dnsperf -s 127.0.0.1 -p $FQ_PORT -d "$OUT/queries.txt" -c 4 -q 200 -t 2 -n 1 >"$OUT/warm-$cache.txt"
 	dnsperf -s 127.0.0.1 -p $FQ_PORT -d "$OUT/queries.txt" -c 4 -q 200 -t 2 -l "$DURATION" >"$OUT/dnsperf-$cache.txt"
 	grep -E 'Queries per second' "$OUT/dnsperf-$cache.txt" >&2
