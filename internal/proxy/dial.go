@@ -104,11 +104,22 @@ func newDialer() *net.Dialer {
 
 // dial connects to one of addrs on port with Happy Eyeballs: attempts start
 // in interleave order, each 250 ms after the previous one or as soon as it
-// fails, and the first to connect wins. It never resolves anything.
+// fails, and the first to connect wins. A single address (an IP literal,
+// most names) is dialled inline, without the race's goroutine, channel and
+// timer. It never resolves anything.
 func (p *Proxy) dial(ctx context.Context, pol *policy.Policy, addrs []netip.Addr, port uint16) (*net.TCPConn, netip.AddrPort, *refusalError) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout(pol))
 	defer cancel()
+	if len(addrs) == 1 {
+		ap := netip.AddrPortFrom(addrs[0], port)
+		c, err := p.dialOne(ctx, ap)
+		if err != nil {
+			return nil, netip.AddrPort{}, dialRefusal(err)
+		}
+		p.metrics.dialled(time.Since(start))
+		return c, ap, nil
+	}
 	order := interleave(addrs)
 	type result struct {
 		c   *net.TCPConn
@@ -116,28 +127,14 @@ func (p *Proxy) dial(ctx context.Context, pol *policy.Policy, addrs []netip.Addr
 		err error
 	}
 	results := make(chan result, len(order))
-	dialContext := p.cfg.DialContext
-	if dialContext == nil {
-		dialContext = newDialer().DialContext
-	}
 	next, pending := 0, 0
 	launch := func() {
 		ap := netip.AddrPortFrom(order[next], port)
 		next++
 		pending++
 		go func() {
-			c, err := dialContext(ctx, "tcp", ap.String())
-			if err != nil {
-				results <- result{ap: ap, err: err}
-				return
-			}
-			tc, ok := c.(*net.TCPConn)
-			if !ok {
-				c.Close()
-				results <- result{ap: ap, err: fmt.Errorf("dialling %s: got a %T, not a TCP connection", ap, c)}
-				return
-			}
-			results <- result{c: tc, ap: ap}
+			c, err := p.dialOne(ctx, ap)
+			results <- result{c: c, ap: ap, err: err}
 		}()
 	}
 	launch()
@@ -177,10 +174,37 @@ func (p *Proxy) dial(ctx context.Context, pol *policy.Policy, addrs []netip.Addr
 			}
 		}
 	}
-	if errors.Is(firstErr, context.DeadlineExceeded) || errors.Is(firstErr, os.ErrDeadlineExceeded) || isTimeout(firstErr) {
-		return nil, netip.AddrPort{}, refuse(RefusedDialTimeout, firstErr)
+	return nil, netip.AddrPort{}, dialRefusal(firstErr)
+}
+
+// dialOne opens a connection to ap, a checked address: with
+// Config.DialContext if set, else with the marking dialer. (Not
+// net.Dialer.DialTCP, which would save formatting the address: it binds
+// an explicit local address even when given none, and runs out of ports
+// under load where connect's own port choice does not.)
+func (p *Proxy) dialOne(ctx context.Context, ap netip.AddrPort) (*net.TCPConn, error) {
+	dialContext := p.cfg.DialContext
+	if dialContext == nil {
+		dialContext = p.dialer.DialContext
 	}
-	return nil, netip.AddrPort{}, refuse(RefusedDial, firstErr)
+	c, err := dialContext(ctx, "tcp", ap.String())
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("dialling %s: got a %T, not a TCP connection", ap, c)
+	}
+	return tc, nil
+}
+
+// dialRefusal says whether a failed dial timed out or failed.
+func dialRefusal(err error) *refusalError {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {
+		return refuse(RefusedDialTimeout, err)
+	}
+	return refuse(RefusedDial, err)
 }
 
 func isTimeout(err error) bool {

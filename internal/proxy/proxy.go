@@ -87,6 +87,7 @@ type Proxy struct {
 	auth     *authenticator
 	metrics  *metrics
 	origDst  func(*net.TCPConn) (netip.AddrPort, error)
+	dialer   *net.Dialer // used when cfg.DialContext is nil
 
 	active atomic.Int64 // client connections counted against MaxConns
 
@@ -120,6 +121,7 @@ func New(cfg Config) (*Proxy, error) {
 		verifier: cfg.Verifier,
 		auth:     newAuthenticator(time.Now),
 		origDst:  cfg.OriginalDst,
+		dialer:   newDialer(),
 		self:     make(map[netip.AddrPort]bool),
 	}
 	if p.log == nil {
