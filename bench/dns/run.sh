@@ -409,7 +409,7 @@ col() {
 UP_P50=$(col upstream 5 | median)
 UP_QPS=$(col upstream 3 | median)
 {
-	echo "| server | cache | queries/s | × upstream | p50 µs | p99 µs | added p50 µs | server CPU µs/query | upstream CPU µs/query | lost (max) | clean runs |"
+	echo "| server | cache | queries/s (range) | × upstream | p50 µs (range) | p99 µs | added p50 µs | server CPU µs/query | upstream CPU µs/query | lost (max) | clean runs |"
 	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for name in $SERVERS; do
 		n=$(col "$name" 3 | wc -l)
@@ -417,6 +417,8 @@ UP_QPS=$(col upstream 3 | median)
 		nclean=$(awk -F'\t' -v s="$name" 'NR > 1 && $2 == s && $13 == "yes"' "$RAW" | wc -l)
 		nall=$(awk -F'\t' -v s="$name" 'NR > 1 && $2 == s' "$RAW" | wc -l)
 		qps=$(col "$name" 3 | median)
+		qrange=$(col "$name" 3 | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f–%.0f", lo / 1000, hi / 1000}')
+		prange=$(col "$name" 5 | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f–%.0f", lo, hi}')
 		lost=$(col "$name" 4 | sort -g | tail -1)
 		p50=$(col "$name" 5 | median)
 		p99=$(col "$name" 6 | median)
@@ -426,10 +428,10 @@ UP_QPS=$(col upstream 3 | median)
 		cache=on
 		[[ $name = *-nocache ]] && cache=off
 		[[ $name = upstream ]] && { server="upstream (direct)"; cache="—"; }
-		awk -v s="$server" -v c="$cache" -v q="$qps" -v uq="$UP_QPS" -v l="$lost" -v a="$p50" -v b="$p99" -v u="$UP_P50" -v sc="$scpu" -v uc="$ucpu" -v name="$name" -v runs="$nclean of $nall" 'BEGIN {
+		awk -v s="$server" -v c="$cache" -v q="$qps" -v uq="$UP_QPS" -v l="$lost" -v a="$p50" -v b="$p99" -v u="$UP_P50" -v sc="$scpu" -v uc="$ucpu" -v name="$name" -v runs="$nclean of $nall" -v qr="$qrange" -v pr="$prange" 'BEGIN {
 			added = (name == "upstream" || u == "NA") ? "—" : sprintf("%+.0f", a - u)
 			ratio = (uq == "NA" || uq == 0) ? "—" : sprintf("%.2f", q / uq)
-			printf "| %s | %s | %.0f | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", s, c, q, ratio, a, b, added, (name == "upstream") ? "—" : sc, uc, l, runs
+			printf "| %s | %s | %.0f (%sk) | %s | %.0f (%s) | %.0f | %s | %s | %s | %s | %s |\n", s, c, q, qr, ratio, a, pr, b, added, (name == "upstream") ? "—" : sc, uc, l, runs
 		}'
 	done
 	echo
