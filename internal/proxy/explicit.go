@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -27,9 +28,13 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	defer dr.cut()
 	h := &explicitHandler{p: p, dr: dr}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:        func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
-		Transport:      p.forwardTransport(),
-		FlushInterval:  -1, // stream: an egress proxy must not buffer server-sent events
+		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
+		Transport:  &forwardRoundTripper{fresh: p.forwardTransport(false)},
+		BufferPool: bufferPool{},
+		// Zero: ReverseProxy still flushes at once for streaming responses
+		// (text/event-stream, or no Content-Length), so server-sent events
+		// are not buffered; others go out in one write instead of two.
+		FlushInterval:  0,
 		ErrorHandler:   h.forwardError,
 		ErrorLog:       log.New(io.Discard, "", 0),
 		ModifyResponse: nil,
@@ -51,6 +56,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	lim := &limitListener{Listener: ln, p: p, dr: dr}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lim) }()
+	defer p.upstreams.closeAll()
 	select {
 	case err := <-errc:
 		dr.wait(0)
@@ -328,26 +334,112 @@ type dialPlan struct {
 	pol   *policy.Policy
 	addrs []netip.Addr
 	port  uint16
+	// pooled is the keep-alive transport of pol when the request may reuse
+	// a connection: its one candidate is the URL's host. If nil, the
+	// request dials a fresh connection.
+	pooled *http.Transport
 
 	mu      sync.Mutex // guards following
 	dialled netip.AddrPort
 	rerr    *refusalError
 }
 
-// forwardTransport never pools upstream connections: every request is
-// decided and dialled on its own, so its audit line names the address it
-// reached and a policy reload applies to the very next request. It never
+// forwardRoundTripper sends a forwarded request through the transport its
+// dial plan chose.
+type forwardRoundTripper struct {
+	fresh *http.Transport
+}
+
+func (f *forwardRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	if plan, _ := r.Context().Value(planKey{}).(*dialPlan); plan != nil && plan.pooled != nil {
+		return plan.pooled.RoundTrip(r)
+	}
+	return f.fresh.RoundTrip(r)
+}
+
+// bufferPool lends ReverseProxy the tunnels' copy buffers.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte { return *copyBufs.Get().(*[]byte) }
+
+func (bufferPool) Put(b []byte) {
+	if cap(b) == copyBufSize {
+		b = b[:copyBufSize]
+		copyBufs.Put(&b)
+	}
+}
+
+// Bounds of the upstream connection pool of one policy.
+const (
+	maxIdleUpstreams        = 256
+	maxIdleUpstreamsPerAddr = 64
+	upstreamIdleTimeout     = 60 * time.Second
+)
+
+// upstreamPools keeps forwarded HTTP's idle upstream connections, keyed by
+// the policy they were dialled under and the exact address dialled (the
+// request URL's host is rewritten to it): a pooled connection is only
+// taken for a request that was decided under that same policy and whose
+// one checked candidate is that address. A reload starts a new pool and
+// closes the old one's idle connections; the old transport closes the
+// connections still in use as they come back.
+type upstreamPools struct {
+	p   *Proxy
+	cur atomic.Pointer[policyTransport]
+}
+
+type policyTransport struct {
+	pol *policy.Policy
+	t   *http.Transport
+}
+
+// forPolicy returns the pool of pol, or nil when pol is no longer the
+// policy in force (a request decided just before a reload dials fresh).
+func (u *upstreamPools) forPolicy(pol *policy.Policy) *http.Transport {
+	for {
+		cur := u.cur.Load()
+		if cur != nil && cur.pol == pol {
+			return cur.t
+		}
+		if u.p.cfg.Policy() != pol {
+			return nil
+		}
+		next := &policyTransport{pol: pol, t: u.p.forwardTransport(true)}
+		if u.cur.CompareAndSwap(cur, next) {
+			if cur != nil {
+				cur.t.CloseIdleConnections()
+			}
+			return next.t
+		}
+		next.t.CloseIdleConnections()
+	}
+}
+
+func (u *upstreamPools) closeAll() {
+	if cur := u.cur.Swap(nil); cur != nil {
+		cur.t.CloseIdleConnections()
+	}
+}
+
+// forwardTransport returns the transport of forwarded requests. Either way
+// it dials only the request's checked candidates, so its audit line names
+// the address it reached. Without keepAlive every request dials a fresh
+// connection; with it (one transport per policy, see upstreamPools),
+// idle connections are kept, keyed by the address dialled. It never
 // consults proxy environment variables.
-func (p *Proxy) forwardTransport() *http.Transport {
-	return &http.Transport{
+func (p *Proxy) forwardTransport(keepAlive bool) *http.Transport {
+	t := &http.Transport{
 		Proxy:                  nil,
-		DisableKeepAlives:      true,
+		DisableKeepAlives:      !keepAlive,
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: 1 << 20,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			plan, _ := ctx.Value(planKey{}).(*dialPlan)
 			if plan == nil {
 				return nil, errors.New("internal error: forwarded request without a dial plan")
+			}
+			if keepAlive && (len(plan.addrs) != 1 || netip.AddrPortFrom(plan.addrs[0], plan.port).String() != addr) {
+				return nil, errors.New("internal error: pooled dial of an address that was not checked")
 			}
 			c, ap, rerr := plan.p.dial(ctx, plan.pol, plan.addrs, plan.port)
 			plan.mu.Lock()
@@ -359,6 +451,12 @@ func (p *Proxy) forwardTransport() *http.Transport {
 			return &idleConn{TCPConn: c, idle: idleTimeout(plan.pol)}, nil
 		},
 	}
+	if keepAlive {
+		t.MaxIdleConns = maxIdleUpstreams
+		t.MaxIdleConnsPerHost = maxIdleUpstreamsPerAddr
+		t.IdleConnTimeout = upstreamIdleTimeout
+	}
+	return t
 }
 
 // idleConn gives a forwarded request's upstream connection the policy's
@@ -384,6 +482,20 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 	plan := &dialPlan{p: h.p, pol: pol, addrs: addrs, port: t.Port}
 	ctx := context.WithValue(r.Context(), planKey{}, plan)
 	out := r.WithContext(ctx)
+	if len(addrs) == 1 {
+		// One checked address: the request may take an idle connection to
+		// exactly it, kept under this same policy.
+		if plan.pooled = h.p.upstreams.forPolicy(pol); plan.pooled != nil {
+			ap := netip.AddrPortFrom(addrs[0], t.Port)
+			u := *r.URL
+			u.Host = ap.String()
+			out.URL = &u
+			if out.Host == "" {
+				out.Host = r.URL.Host
+			}
+			rec.dialled = ap
+		}
+	}
 	// WebSocket and other upgrades go through CONNECT; a hijacked upgrade
 	// here would escape connection accounting and the idle timeout.
 	out.Header.Del("Upgrade")
@@ -395,7 +507,11 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 	defer h.dr.done()
 	h.rp.ServeHTTP(cw, out)
 	plan.mu.Lock()
-	rec.dialled = plan.dialled
+	if plan.pooled == nil || plan.rerr != nil {
+		// A pooled request that did not fail reached the one address
+		// its transport holds connections to, dialled now or before.
+		rec.dialled = plan.dialled
+	}
 	if plan.rerr != nil && rec.refusal == NotRefused {
 		rec.fail(plan.rerr)
 	}

@@ -81,13 +81,14 @@ type Config struct {
 // Proxy enforces the policy on proxied connections. Create it with New;
 // Serve and ServeTransparent may run concurrently on one Proxy.
 type Proxy struct {
-	cfg      Config
-	log      *slog.Logger
-	verifier *Verifier
-	auth     *authenticator
-	metrics  *metrics
-	origDst  func(*net.TCPConn) (netip.AddrPort, error)
-	dialer   *net.Dialer // used when cfg.DialContext is nil
+	cfg       Config
+	log       *slog.Logger
+	verifier  *Verifier
+	auth      *authenticator
+	metrics   *metrics
+	origDst   func(*net.TCPConn) (netip.AddrPort, error)
+	dialer    *net.Dialer   // used when cfg.DialContext is nil
+	upstreams upstreamPools // forwarded HTTP's idle upstream connections
 
 	active atomic.Int64 // client connections counted against MaxConns
 
@@ -124,6 +125,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialer:   newDialer(),
 		self:     make(map[netip.AddrPort]bool),
 	}
+	p.upstreams.p = p
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
