@@ -75,10 +75,21 @@ type tunnelState struct {
 	idle  time.Duration
 	last  atomic.Int64 // unix nanoseconds of the last byte either way
 	bulk  atomic.Int32 // splice runs in progress; they watch idleness with deadlines
+	ended atomic.Int32 // directions that reached end of stream
 	timer *time.Timer
 }
 
 func (t *tunnelState) touch() { t.last.Store(time.Now().UnixNano()) }
+
+// passEOF passes src's end of stream on to dst. The second direction to
+// end skips the shutdown(2): the tunnel closes both connections next, and
+// with both read to the end, close sends the same FIN.
+func (t *tunnelState) passEOF(dst halfCloser) bool {
+	if t.ended.Add(1) == 2 {
+		return true
+	}
+	return dst.CloseWrite() == nil
+}
 
 // idleFor is how long nothing has moved either way.
 func (t *tunnelState) idleFor() time.Duration {
@@ -135,7 +146,7 @@ func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, i
 		case err == nil:
 			continue
 		case errors.Is(err, io.EOF):
-			return dst.CloseWrite() == nil
+			return t.passEOF(dst)
 		default:
 			return false
 		}
@@ -220,7 +231,7 @@ func (p *Proxy) bulkRun(dst, src halfCloser, t *tunnelState, count *atomic.Int64
 		case err == nil:
 			continue // a full run: more is likely coming
 		case errors.Is(err, io.EOF):
-			return dst.CloseWrite() == nil
+			return t.passEOF(dst)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// A pause, or the idle timeout (possibly while the other
 			// direction was busy): go on unless nothing moved either way
