@@ -57,7 +57,11 @@ UP=127.0.0.1:5300
 DNS=127.0.0.1:5353
 mkdir -p "$OUT" "$BIN"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
-inns() { ip netns exec "$NS" "$@"; }
+# inns CMD...: runs CMD in the namespace, in the foreground. Background
+# processes are started with nsenter written out: it execs the command
+# itself (ip netns exec forks and waits, and a function would add a
+# subshell), so $! is the process to measure and to stop.
+inns() { nsenter --net="/run/netns/$NS" "$@"; }
 
 # Every process this script starts is recorded and stopped by its PID.
 PIDS=()
@@ -126,7 +130,7 @@ fi
 ip netns add "$NS"
 NS_MADE=1
 ip -n "$NS" link set lo up
-inns "$BIN/upstream" -addr "$UP" 2>>"$OUT/upstream.log" &
+nsenter --net="/run/netns/$NS" "$BIN/upstream" -addr "$UP" 2>>"$OUT/upstream.log" &
 UPID=$!
 PIDS+=("$UPID")
 
@@ -164,11 +168,15 @@ start() {
 		    to: ["**.bench.example"]
 	EOF
 	cp "$pol" "$OUT/policy-$backend.yaml"
-	GODEBUG=gctrace=1 inns "$FQ" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
+	GODEBUG=gctrace=1 nsenter --net="/run/netns/$NS" "$FQ" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
 	FPID=$!
 	PIDS+=("$FPID")
 	probe "$DNS" || { log "fqdngate ($backend) did not answer; see $OUT/fqdngate-$tag.log"; return 1; }
+	alive || return 1
 }
+# alive: fails, saying so, if the daemon has exited (a stale one could
+# otherwise answer in its place).
+alive() { kill -0 "$FPID" 2>/dev/null || { log "fqdngate exited; see its log in $OUT"; return 1; }; }
 stop() {
 	kill "$FPID" 2>/dev/null || true
 	wait "$FPID" 2>/dev/null || true
@@ -208,6 +216,7 @@ if has hold; then
 					"${other:--}" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
 				log "rep $rep $backend $sc: $line (machine busy $busy cores)"
 			done
+			alive || exit 1
 			# The kernel must hold what the new-name pass learned.
 			if [[ $backend = nftables ]]; then
 				inns nft -j list set inet "$TABLE" learn6.bench | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add' >"$OUT/hold-elements-r$rep.txt" || true
@@ -244,11 +253,16 @@ if has memory; then
 	snap before
 	fill nftables
 	sleep 2 # the state file is written 0.5 s after a change
+	alive || exit 1
 	rss_nft1=$(rss_kib "$FPID")
 	snap filled
 	elems6=$(inns nft -j list set inet "$TABLE" learn6.bench | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add')
 	elems4=$(inns nft -j list set inet "$TABLE" learn4.bench | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add')
 	inns curl -s http://127.0.0.1:9090/metrics | grep -E '^fqdngate_dns_(learned|publish_failures_total)|^go_memstats_(heap_inuse|sys)_bytes' >"$OUT/memory-metrics-nftables.txt" || true
+	# The table's ct expression turns connection tracking on in the
+	# namespace: every DNS flow (client and upstream) gets an entry.
+	ct_nft=$(inns cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo NA)
+	ct_max=$(inns cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null || echo NA)
 	stop
 	sleep 3 # the table outlives the daemon; let freed memory settle
 	snap stopped
@@ -262,12 +276,18 @@ if has memory; then
 	rss_none0=$(rss_kib "$FPID")
 	fill none
 	sleep 2
+	alive || exit 1
 	rss_none1=$(rss_kib "$FPID")
 	inns curl -s http://127.0.0.1:9090/metrics | grep -E '^fqdngate_dns_(learned|publish_failures_total)|^go_memstats_(heap_inuse|sys)_bytes' >"$OUT/memory-metrics-none.txt" || true
 	stop
 	{
 		echo "elements learn6.bench: $elems6; learn4.bench: $elems4"
 		echo "daemon VmRSS KiB: nftables $rss_nft0 -> $rss_nft1; none $rss_none0 -> $rss_none1"
+		echo "conntrack entries in the namespace after the nftables fill: $ct_nft (nf_conntrack_max $ct_max)"
+		echo "daemon metrics, nftables:"
+		sed 's/^/  /' "$OUT/memory-metrics-nftables.txt"
+		echo "daemon metrics, none:"
+		sed 's/^/  /' "$OUT/memory-metrics-none.txt"
 		for k in Slab SUnreclaim MemAvailable; do
 			echo "$k KiB: before $(kib before $k), filled $(kib filled $k), daemon stopped $(kib stopped $k), table deleted $(kib deleted $k)"
 		done
