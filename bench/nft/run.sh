@@ -19,7 +19,9 @@
 #      repeat10k  random names out of 10,000 already learned: each comes
 #                 back after more than a second, so most answers move the
 #                 element's timeout (a kernel transaction, no new element)
-#    The hold is the nftables figure minus the none figure.
+#    The hold is the nftables figure minus the none figure. Each run also
+#    records the daemon's CPU (utime+stime, warm-up included) per query and
+#    how many cores the whole machine was busy (others' work and ours).
 # 3. Memory: 100,000 distinct names (dnsperf, AAAA) through a fresh
 #    nftables daemon, then the same through backend none: daemon VmRSS,
 #    the kernel's slab memory before and after, and after the table is
@@ -181,6 +183,8 @@ stop() {
 	kill "$FPID" 2>/dev/null || true
 	wait "$FPID" 2>/dev/null || true
 }
+# cpu_ticks PID: user+system clock ticks the process has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # busy cores of the whole machine (every process, ours included) between
 # two stat_ticks readings.
@@ -190,7 +194,7 @@ TICK=$(getconf CLK_TCK)
 # --- 2. hold latency -------------------------------------------------------
 if has hold; then
 	RAW=$OUT/hold.tsv
-	printf 'rep\tbackend\tscenario\tn\tlost\tbad\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\tnon_noerror\tbusy_cores\tloadavg1\n' >"$RAW"
+	printf 'rep\tbackend\tscenario\tn\tlost\tbad\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\tnon_noerror\tbusy_cores\tloadavg1\tdaemon_cpu_us_per_q\n' >"$RAW"
 	for rep in $(seq "$REPS"); do
 		order="none nftables"
 		((rep % 2 == 0)) && order="nftables none"
@@ -198,23 +202,26 @@ if has hold; then
 			start "$backend" "$backend-r$rep" || exit 1
 			for sc in new hot repeat10k; do
 				case $sc in
-				new) args=(-d "$NAMES" -order seq -w "$LAT_W") ;;
-				hot) args=(-d "$SCRATCH/hot.txt" -order random -w 1000 -seed "$rep") ;;
-				repeat10k) args=(-d "$SCRATCH/repeat10k.txt" -order random -w 0 -seed "$rep") ;;
+				new) warm=$LAT_W args=(-d "$NAMES" -order seq) ;;
+				hot) warm=1000 args=(-d "$SCRATCH/hot.txt" -order random -seed "$rep") ;;
+				repeat10k) warm=0 args=(-d "$SCRATCH/repeat10k.txt" -order random -seed "$rep") ;;
 				esac
 				b0=$(stat_ticks)
+				c0=$(cpu_ticks "$FPID")
 				t0=$(date +%s.%N)
-				inns "$BIN/nftlat" -s "$DNS" -n "$LAT_N" "${args[@]}" >"$OUT/hold-$backend-$sc-r$rep.txt" 2>&1 || true
+				inns "$BIN/nftlat" -s "$DNS" -n "$LAT_N" -w "$warm" "${args[@]}" >"$OUT/hold-$backend-$sc-r$rep.txt" 2>&1 || true
 				b1=$(stat_ticks)
+				c1=$(cpu_ticks "$FPID")
 				t1=$(date +%s.%N)
+				dcpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="$((LAT_N + warm))" 'BEGIN {printf "%.1f", (b - a) / t * 1e6 / n}')
 				busy=$(awk -v a="$b0" -v b="$b1" -v t="$TICK" -v x="$t0" -v y="$t1" 'BEGIN {printf "%.2f", (b - a) / t / (y - x)}')
 				line=$(grep '^n=' "$OUT/hold-$backend-$sc-r$rep.txt" || echo "n=0")
 				get() { grep -o "$1=[0-9.]*" <<<"$line" | cut -d= -f2; }
 				other=$(awk '{for (i = 10; i <= NF; i++) printf "%s%s", $i, (i < NF ? "," : "")}' <<<"$line")
-				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$backend" "$sc" \
+				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$backend" "$sc" \
 					"$(get n)" "$(get lost)" "$(get bad)" "$(get p50_us)" "$(get p90_us)" "$(get p99_us)" "$(get p999_us)" "$(get max_us)" \
-					"${other:--}" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
-				log "rep $rep $backend $sc: $line (machine busy $busy cores)"
+					"${other:--}" "$busy" "$(cut -d' ' -f1 /proc/loadavg)" "$dcpu" >>"$RAW"
+				log "rep $rep $backend $sc: $line (machine busy $busy cores, daemon CPU $dcpu us/query)"
 			done
 			alive || exit 1
 			# The kernel must hold what the new-name pass learned.
@@ -319,19 +326,19 @@ fi
 		echo
 		echo "## Hold (medians over $REPS reps; nftlat one in flight, AAAA, cache off)"
 		echo
-		echo "| scenario | backend | p50 µs | p99 µs | p99.9 µs | non-NOERROR (all reps) | lost (all reps) | machine busy cores |"
-		echo "|---|---|---:|---:|---:|---|---:|---:|"
+		echo "| scenario | backend | p50 µs | p99 µs | p99.9 µs | non-NOERROR (all reps) | lost (all reps) | machine busy cores | daemon CPU µs/query |"
+		echo "|---|---|---:|---:|---:|---|---:|---:|---:|"
 		for sc in new hot repeat10k; do
 			for backend in none nftables; do
 				sel() { awk -F'\t' -v b="$backend" -v s="$sc" -v c="$1" 'NR > 1 && $2 == b && $3 == s && $c != "" {print $c}' "$RAW"; }
-				printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$sc" "$backend" "$(sel 7 | median)" "$(sel 9 | median)" "$(sel 10 | median)" \
-					"$(sel 12 | grep -v '^-$' | tr '\n' ' ' || true)" "$(sel 5 | awk '{s += $1} END {print s + 0}')" "$(sel 13 | median)"
+				printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$sc" "$backend" "$(sel 7 | median)" "$(sel 9 | median)" "$(sel 10 | median)" \
+					"$(sel 12 | grep -v '^-$' | tr '\n' ' ' || true)" "$(sel 5 | awk '{s += $1} END {print s + 0}')" "$(sel 13 | median)" "$(sel 15 | median)"
 			done
 			n50=$(awk -F'\t' -v s="$sc" 'NR > 1 && $2 == "nftables" && $3 == s {print $7}' "$RAW" | median)
 			o50=$(awk -F'\t' -v s="$sc" 'NR > 1 && $2 == "none" && $3 == s {print $7}' "$RAW" | median)
 			n99=$(awk -F'\t' -v s="$sc" 'NR > 1 && $2 == "nftables" && $3 == s {print $9}' "$RAW" | median)
 			o99=$(awk -F'\t' -v s="$sc" 'NR > 1 && $2 == "none" && $3 == s {print $9}' "$RAW" | median)
-			awk -v s="$sc" -v a="$n50" -v b="$o50" -v c="$n99" -v d="$o99" 'BEGIN {printf "| %s | **hold (nftables − none)** | %+.0f | %+.0f | | | | |\n", s, a - b, c - d}'
+			awk -v s="$sc" -v a="$n50" -v b="$o50" -v c="$n99" -v d="$o99" 'BEGIN {printf "| %s | **hold (nftables − none)** | %+.0f | %+.0f | | | | | |\n", s, a - b, c - d}'
 		done
 		echo
 		echo "Per-rep differences (nftables − none), new names: p50 / p99 µs:"
