@@ -343,6 +343,10 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 // registerFirewallMetrics exposes the nftables backend's counters.
 func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
 	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fqdngate_firewall_learned",
+			Help: "Learned addresses the kernel's sets hold (one per rule, group and address).",
+		}, func() float64 { return float64(b.Stats().Learned) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "fqdngate_firewall_cap_evictions_total",
 			Help: "Learned addresses removed from the kernel because their name reached dns.max_learned_per_name.",

@@ -72,14 +72,21 @@ type Stats struct {
 	// (the socket overflowed) or that it could not parse.
 	DropSamples     uint64
 	DropSamplesLost uint64
+	// Learned is how many learned elements the kernel's sets hold (expired
+	// ones count until the sweep forgets them, within seconds).
+	Learned int
 }
 
 // Stats returns the counters.
 func (b *Backend) Stats() Stats {
+	b.memMu.Lock()
+	n := len(b.mirror)
+	b.memMu.Unlock()
 	return Stats{
 		CapEvictions:    b.capEvictions.Load(),
 		DropSamples:     b.dropSamples.Load(),
 		DropSamplesLost: b.dropSamplesLost.Load(),
+		Learned:         n,
 	}
 }
 
