@@ -134,9 +134,10 @@ func TestTunnelIdleAfterBulk(t *testing.T) {
 }
 
 func TestTunnelTrickleIsNotIdle(t *testing.T) {
-	// One byte every 100ms, for several idle periods: never idle.
-	f := startTunnel(t, 400*time.Millisecond)
-	for range 15 {
+	// One byte every 100ms, for several idle periods: never idle. (The
+	// idle period leaves room for a loaded machine's scheduling stalls.)
+	f := startTunnel(t, time.Second)
+	for range 30 {
 		time.Sleep(100 * time.Millisecond)
 		if _, err := f.client.Write([]byte{'x'}); err != nil {
 			t.Fatal(err)
