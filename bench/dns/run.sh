@@ -18,36 +18,37 @@
 # generator, the server and the upstream share the machine's cores.
 #
 # Settings (environment):
-#   REPS=3          repetitions
+#   REPS=5          clean runs wanted per server
 #   DURATION=10     seconds per dnsperf run
 #   CLIENTS=4       dnsperf -c (sockets)
 #   OUTSTANDING=200 dnsperf -q (queries in flight)
 #   LAT_N=20000     queries timed by dnslat per run (after 1000 untimed)
 #   CACHE=150000    cache entries for every cache-on server (holds all names)
 #   SERVERS="upstream fqdngate-cache fqdngate-nocache dnsmasq-cache dnsmasq-nocache coredns-cache coredns-nocache"
-#   MEM_TARGETS="fqdngate-cache"   servers given the memory run ("" skips it)
+#   MEM_TARGETS="fqdngate-cache fqdngate-nocache dnsmasq-cache coredns-cache"
+#                   servers given the memory run ("" skips it)
 #   MEM_QUERIES=1000000
 #   FOREIGN_MAX=0.10 a run is clean if other work used at most this many cores
 #   QUIET_MAX=0.10  wait before each measurement until other work is below this
 #   QUIET_WAIT=900  seconds to wait for quiet before measuring anyway
-#   MAX_REPS=$((REPS * 3)) rounds at most, to collect REPS clean runs per server
+#   MAX_REPS=$((REPS * 2)) rounds at most, to collect REPS clean runs per server
 #   COREDNS=/root/go/bin/coredns
 #   FQDNGATE_REF=HEAD  the commit fqdngate is built from; "worktree": as it is
 set -euo pipefail
 
-REPS=${REPS:-3}
+REPS=${REPS:-5}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
 LAT_N=${LAT_N:-20000}
 CACHE=${CACHE:-150000}
 SERVERS=${SERVERS:-upstream fqdngate-cache fqdngate-nocache dnsmasq-cache dnsmasq-nocache coredns-cache coredns-nocache}
-MEM_TARGETS=${MEM_TARGETS-fqdngate-cache}
+MEM_TARGETS=${MEM_TARGETS-fqdngate-cache fqdngate-nocache dnsmasq-cache coredns-cache}
 MEM_QUERIES=${MEM_QUERIES:-1000000}
 FOREIGN_MAX=${FOREIGN_MAX:-0.10}
 QUIET_MAX=${QUIET_MAX:-0.10}
 QUIET_WAIT=${QUIET_WAIT:-900}
-MAX_REPS=${MAX_REPS:-$((REPS * 3))}
+MAX_REPS=${MAX_REPS:-$((REPS * 2))}
 COREDNS=${COREDNS:-/root/go/bin/coredns}
 NAMES=100000
 
@@ -314,7 +315,11 @@ while :; do
 		log "gave up after $MAX_REPS rounds: some servers have fewer than $REPS clean runs"
 		break
 	fi
-	for name in $SERVERS; do
+	# Odd rounds go through the servers in order, even rounds in reverse,
+	# so that drift within a round does not always favour the same ones.
+	order=$SERVERS
+	((rep % 2)) || order=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' ')
+	for name in $order; do
 		available "$name" || continue
 		((${CLEAN[$name]:-0} < REPS)) || continue
 		port=$(port_of "$name")
@@ -436,6 +441,10 @@ UP_QPS=$(col upstream 3 | median)
 	done
 	echo
 	echo "Medians over the clean runs (other work on the machine used at most $FOREIGN_MAX cores during dnsperf and dnslat; all runs if none was clean). dnsperf -c $CLIENTS -q $OUTSTANDING -t 2 -l $DURATION over $NAMES names, after one warm-up pass for cache-on servers; dnslat $LAT_N queries (after 1,000 untimed), one in flight, random names."
+	echo
+	echo "Round by round (the machine's speed drifts; ratios of runs a minute apart):"
+	echo
+	bash "$ROOT/bench/dns/paired.sh" "$RAW"
 	echo
 	echo "Memory:"
 	echo
