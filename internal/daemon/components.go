@@ -297,8 +297,14 @@ func (u *upstreams) apply(p *policy.Policy) error {
 	if old := u.cur.Swap(r); old != nil {
 		u.retired = append(u.retired, old)
 		// Queries in flight on the old resolver finish within its
-		// attempts' timeouts; close it after that.
-		time.AfterFunc(4*p.DNS.Timeout+time.Second, func() { old.Close() })
+		// attempts' timeouts; close it after that and forget it, so that
+		// many reloads do not pile up retired resolvers.
+		time.AfterFunc(4*p.DNS.Timeout+time.Second, func() {
+			old.Close()
+			u.mu.Lock()
+			u.retired = slices.DeleteFunc(u.retired, func(r *resolver.Resolver) bool { return r == old })
+			u.mu.Unlock()
+		})
 	}
 	return nil
 }
