@@ -3,7 +3,10 @@ package resolver
 import (
 	"context"
 	"net"
+	"runtime"
 	"slices"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,24 +44,53 @@ func BenchmarkDirectUDP(b *testing.B) {
 	}
 }
 
-func benchExchange(b *testing.B, up policy.Upstream, tune func(*Resolver), parallel bool) {
+// benchOpts shapes a benchExchange run.
+type benchOpts struct {
+	// parallel runs the queries from RunParallel's goroutines, inFlight of
+	// them if not zero (rounded up to a multiple of GOMAXPROCS).
+	parallel bool
+	inFlight int
+	// deadline gives each query its own context.WithTimeout, as the DNS
+	// firewall does, instead of context.Background.
+	deadline bool
+}
+
+func benchExchange(b *testing.B, up policy.Upstream, tune func(*Resolver), o benchOpts) {
 	r, err := New(Config{Upstreams: []policy.Upstream{up}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer r.Close()
+	// Count the UDP sockets opened, which pooling is to keep rare.
+	var dials atomic.Int64
+	if p := r.ups[0].udp; p != nil {
+		p.dialer = &net.Dialer{Control: func(string, string, syscall.RawConn) error { dials.Add(1); return nil }}
+	}
 	if tune != nil {
 		tune(r)
 	}
-	ctx := context.Background()
 	// Error, not Fatal: RunParallel's goroutines must not call FailNow.
 	run := func(q *dns.Msg) {
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if o.deadline {
+			ctx, cancel = context.WithTimeout(ctx, 3*r.timeout)
+		}
 		if _, _, err := r.Exchange(ctx, q); err != nil {
 			b.Error(err)
 		}
+		cancel()
 	}
 	b.ReportAllocs()
-	if parallel {
+	defer func() {
+		if r.ups[0].udp != nil {
+			b.ReportMetric(float64(dials.Load())/float64(b.N), "dials/op")
+		}
+	}()
+	if o.parallel {
+		if o.inFlight > 0 {
+			procs := runtime.GOMAXPROCS(0)
+			b.SetParallelism((o.inFlight + procs - 1) / procs)
+		}
 		b.RunParallel(func(pb *testing.PB) {
 			q := query("www.example.com", dns.TypeA)
 			for pb.Next() {
@@ -74,26 +106,26 @@ func benchExchange(b *testing.B, up policy.Upstream, tune func(*Resolver), paral
 }
 
 func BenchmarkExchangeUDP(b *testing.B) {
-	benchExchange(b, benchServer(b).Upstream(), nil, false)
+	benchExchange(b, benchServer(b).Upstream(), nil, benchOpts{})
 }
 
 // BenchmarkExchangeUDPSocketPerQuery is what pooling saves.
 func BenchmarkExchangeUDPSocketPerQuery(b *testing.B) {
-	benchExchange(b, benchServer(b).Upstream(), func(r *Resolver) { r.ups[0].udp.maxUses = 1 }, false)
+	benchExchange(b, benchServer(b).Upstream(), func(r *Resolver) { r.ups[0].udp.maxUses = 1 }, benchOpts{})
 }
 
 func BenchmarkExchangeUDPParallel(b *testing.B) {
-	benchExchange(b, benchServer(b).Upstream(), nil, true)
+	benchExchange(b, benchServer(b).Upstream(), nil, benchOpts{parallel: true})
 }
 
 func BenchmarkExchangeDoT(b *testing.B) {
 	srv := dnstest.NewTLSServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")))
-	benchExchange(b, srv.Upstream(), nil, false)
+	benchExchange(b, srv.Upstream(), nil, benchOpts{})
 }
 
 func BenchmarkExchangeDoTParallel(b *testing.B) {
 	srv := dnstest.NewTLSServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")))
-	benchExchange(b, srv.Upstream(), nil, true)
+	benchExchange(b, srv.Upstream(), nil, benchOpts{parallel: true})
 }
 
 // BenchmarkAddedLatency alternates a bare query on one socket with one
@@ -175,9 +207,22 @@ func rawServer(b *testing.B) policy.Upstream {
 }
 
 func BenchmarkExchangeUDPRawServer(b *testing.B) {
-	benchExchange(b, rawServer(b), nil, false)
+	benchExchange(b, rawServer(b), nil, benchOpts{})
+}
+
+// BenchmarkExchangeUDPRawServerDeadline gives each query a context with a
+// deadline, as the DNS firewall does.
+func BenchmarkExchangeUDPRawServerDeadline(b *testing.B) {
+	benchExchange(b, rawServer(b), nil, benchOpts{deadline: true})
 }
 
 func BenchmarkExchangeUDPRawServerParallel(b *testing.B) {
-	benchExchange(b, rawServer(b), nil, true)
+	benchExchange(b, rawServer(b), nil, benchOpts{parallel: true})
+}
+
+// BenchmarkExchangeUDPRawServer200InFlight is the DNS firewall with its
+// cache off under dnsperf: about 200 queries in flight, each with a
+// deadline. dials/op is the share of queries that opened a socket.
+func BenchmarkExchangeUDPRawServer200InFlight(b *testing.B) {
+	benchExchange(b, rawServer(b), nil, benchOpts{parallel: true, inFlight: 200, deadline: true})
 }
