@@ -5,6 +5,7 @@ package dnscache
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -38,6 +39,12 @@ func KeyOf(q *dns.Msg) (Key, bool) {
 		k.do = opt.Do()
 	}
 	return k, true
+}
+
+// MakeKey returns the key of a question for name, which must be in lower
+// case, as KeyOf would make it.
+func MakeKey(name string, qtype uint16, do, cd bool) Key {
+	return Key{name: name, qtype: qtype, qclass: dns.ClassINET, do: do, cd: cd}
 }
 
 func (k Key) String() string {
@@ -75,16 +82,39 @@ type Cache struct {
 
 type shard struct {
 	mu    sync.RWMutex // guards items
-	items map[Key]*entry
+	items map[Key]*Entry
 	max   int
 }
 
-// entry is a cached response. msg is never modified after Put; Get copies.
-type entry struct {
+// Entry is one cached response; its msg is never modified after Put (Get
+// copies). Callers may keep with it a form derived
+// from the response (the DNS firewall keeps its reply ready to send), which
+// lives and dies with the entry: a Put for the same key, an expiry or an
+// eviction drops both.
+type Entry struct {
 	msg     *dns.Msg
 	stored  time.Time
 	expires time.Time
+	derived atomic.Pointer[any]
 }
+
+// Stored returns when the response was cached: Get lowers its TTLs by the
+// whole seconds since.
+func (e *Entry) Stored() time.Time { return e.stored }
+
+// Expires returns when the entry stops being served.
+func (e *Entry) Expires() time.Time { return e.expires }
+
+// Derived returns what SetDerived last stored, or nil.
+func (e *Entry) Derived() any {
+	if p := e.derived.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// SetDerived keeps v with the entry, replacing what was kept before.
+func (e *Entry) SetDerived(v any) { e.derived.Store(&v) }
 
 // New returns an empty cache.
 func New(cfg Config) *Cache {
@@ -101,7 +131,7 @@ func New(cfg Config) *Cache {
 	}
 	perShard := max(1, (maxEntries+numShards-1)/numShards)
 	for i := range c.shards {
-		c.shards[i] = shard{items: make(map[Key]*entry), max: perShard}
+		c.shards[i] = shard{items: make(map[Key]*Entry), max: perShard}
 	}
 	return c
 }
@@ -117,19 +147,25 @@ func (c *Cache) shard(k Key) *shard {
 // min(SOA TTL, SOA MINIMUM) and only if they carry a SOA, as RFC 2308 asks.
 // resp is copied; the caller may keep using it.
 func (c *Cache) Put(k Key, resp *dns.Msg) bool {
+	return c.PutEntry(k, resp) != nil
+}
+
+// PutEntry is Put, returning the entry made, or nil if resp was not
+// cached.
+func (c *Cache) PutEntry(k Key, resp *dns.Msg) *Entry {
 	if resp == nil || resp.Truncated || len(resp.Question) != 1 {
-		return false
+		return nil
 	}
 	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
-		return false
+		return nil
 	}
 	q := resp.Question[0]
 	if q.Qtype != k.qtype || q.Qclass != k.qclass || !dnsname.EqualFold(q.Name, k.name) {
-		return false
+		return nil
 	}
 	ttl, ok := cacheTTL(resp)
 	if !ok || ttl == 0 {
-		return false
+		return nil
 	}
 	life := min(time.Duration(ttl)*time.Second, c.maxTTL)
 
@@ -142,7 +178,7 @@ func (c *Cache) Put(k Key, resp *dns.Msg) bool {
 		opt.Option = nil
 	}
 	now := c.now()
-	e := &entry{msg: m, stored: now, expires: now.Add(life)}
+	e := &Entry{msg: m, stored: now, expires: now.Add(life)}
 
 	s := c.shard(k)
 	s.mu.Lock()
@@ -151,7 +187,7 @@ func (c *Cache) Put(k Key, resp *dns.Msg) bool {
 	}
 	s.items[k] = e
 	s.mu.Unlock()
-	return true
+	return e
 }
 
 // maxTTL is the largest TTL RFC 2181 allows.
@@ -227,12 +263,33 @@ func (s *shard) evictLocked(now time.Time) {
 // copy's ID is 0 and its question is as first cached: the caller sets its
 // client's ID and question, in the client's case.
 func (c *Cache) Get(k Key) (*dns.Msg, bool) {
+	m, e, _ := c.GetEntry(k)
+	return m, e != nil
+}
+
+// Lookup returns the unexpired entry cached for k, or nil, without copying
+// its response: for callers that serve a form derived from it. k is not
+// retained, so its name may alias a buffer the caller reuses.
+func (c *Cache) Lookup(k Key, now time.Time) *Entry {
+	s := c.shard(k)
+	s.mu.RLock()
+	e := s.items[k]
+	s.mu.RUnlock()
+	if e == nil || !e.expires.After(now) {
+		return nil
+	}
+	return e
+}
+
+// GetEntry is Get, also returning the entry the copy was made from (nil
+// when nothing is cached for k) and the seconds its TTLs were lowered by.
+func (c *Cache) GetEntry(k Key) (*dns.Msg, *Entry, uint32) {
 	s := c.shard(k)
 	s.mu.RLock()
 	e, ok := s.items[k]
 	s.mu.RUnlock()
 	if !ok {
-		return nil, false
+		return nil, nil, 0
 	}
 	now := c.now()
 	if !e.expires.After(now) {
@@ -241,7 +298,7 @@ func (c *Cache) Get(k Key) (*dns.Msg, bool) {
 			delete(s.items, k)
 		}
 		s.mu.Unlock()
-		return nil, false
+		return nil, nil, 0
 	}
 	// Every TTL is at least the entry's lifetime in seconds, and less than
 	// that has elapsed, so none reaches 0.
@@ -254,7 +311,7 @@ func (c *Cache) Get(k Key) (*dns.Msg, bool) {
 			}
 		}
 	}
-	return m, true
+	return m, e, elapsed
 }
 
 // Len returns the number of responses held, expired ones not yet evicted

@@ -262,8 +262,8 @@ func TestEviction(t *testing.T) {
 }
 
 func TestEvictionPrefersExpiredThenSoonest(t *testing.T) {
-	mk := func(name string, expires time.Duration) (Key, *entry) {
-		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &entry{expires: t0.Add(expires)}
+	mk := func(name string, expires time.Duration) (Key, *Entry) {
+		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &Entry{expires: t0.Add(expires)}
 	}
 	tests := []struct {
 		name    string
@@ -275,7 +275,7 @@ func TestEvictionPrefersExpiredThenSoonest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := shard{items: map[Key]*entry{}}
+			s := shard{items: map[Key]*Entry{}}
 			for n, d := range tt.entries {
 				k, e := mk(n, d)
 				s.items[k] = e

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -95,6 +96,9 @@ type Firewall struct {
 	policy     func() *policy.Policy
 	exchanger  Exchanger
 	cache      Cache
+	wcache     *dnscache.Cache // cache, when it is one: the fast path's
+	drops      DropCounter     // publisher, when it is one
+	fastHits   atomic.Uint64   // answers the fast path sent
 	publisher  learn.Publisher
 	store      *learn.Store // the publisher when Config.Publisher was nil
 	audit      *audit.Logger
@@ -162,6 +166,8 @@ func New(c Config) (*Firewall, error) {
 		f.store = learn.NewStore(learn.StoreConfig{MaxPerName: p.DNS.MaxLearnedPerName, Now: f.now})
 		f.publisher = f.store
 	}
+	f.wcache, _ = f.cache.(*dnscache.Cache)
+	f.drops, _ = f.publisher.(DropCounter)
 	if f.metrics == nil {
 		m, err := NewMetrics(c.Registerer)
 		if err != nil {

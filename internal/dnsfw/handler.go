@@ -96,6 +96,18 @@ type exchange struct {
 	refresh    bool // RunRefresh's, not a client's
 	in         inspection
 	attrs      []slog.Attr
+	// answers, when set, is the audit line's answers, made in advance.
+	answers string
+	// centry is the cache entry the answer came from (or went into), and
+	// celapsed the whole seconds its TTLs were lowered by: where makeReady
+	// keeps the reply for the fast path.
+	centry   *dnscache.Entry
+	celapsed uint32
+	// published is set when the answer's addresses were published, with
+	// the earliest expiry given and the publisher's drop count before.
+	published bool
+	pubUntil  time.Time
+	pubDrops  uint64
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -228,7 +240,9 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	// Audit mode publishes too, for names a rule allows: turning
 	// enforcement on must not start from an empty learned set.
 	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
-		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs); err != nil {
+		drops, _ := f.dropped()
+		now := f.now()
+		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now); err != nil {
 			x.note = notePublish + ": " + err.Error()
 			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
 			f.metrics.publishFailures.Inc()
@@ -236,7 +250,10 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 				"name", q.Name, "error", err)
 			return reply(req, dns.RcodeServerFailure)
 		}
+		x.published, x.pubDrops = true, drops
+		x.pubUntil = learnedExpiry(p, now, minAddrTTL(x.in.addrs))
 	}
+	f.makeReady(p, m, x)
 
 	// m becomes the reply: the client's own header and question, the
 	// upstream's answer.
@@ -263,7 +280,17 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 		key, _ = dnscache.KeyOf(req)
 	}
 	if useCache && !fresh {
-		if m, ok := f.cache.Get(key); ok {
+		var (
+			m  *dns.Msg
+			ok bool
+		)
+		if f.wcache != nil {
+			m, x.centry, x.celapsed = f.wcache.GetEntry(key)
+			ok = x.centry != nil
+		} else {
+			m, ok = f.cache.Get(key)
+		}
+		if ok {
 			f.metrics.cacheHits.Inc()
 			x.cached = true
 			return m, nil
@@ -287,19 +314,23 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 		return nil, err
 	}
 	if useCache {
-		f.cache.Put(key, m) // copies m, which inspect is about to change
+		// Put copies m, which inspect is about to change.
+		if f.wcache != nil {
+			x.centry, x.celapsed = f.wcache.PutEntry(key, m), 0
+		} else {
+			f.cache.Put(key, m)
+		}
 	}
 	return m, nil
 }
 
 // publish hands addrs, learned for qname under d's rule and group, to the
 // publisher and waits until it says they are enforceable.
-func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr) error {
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, now time.Time) error {
 	name, err := dnsname.Parse(qname)
 	if err != nil {
 		return err // Decide allowed it, so this does not happen
 	}
-	now := f.now()
 	// A fresh batch, not a pooled one: a Publisher may hold on to it.
 	batch := make([]learn.Entry, len(addrs))
 	for i, a := range addrs {
@@ -362,13 +393,19 @@ func (f *Firewall) write(w replyWriter, req, m *dns.Msg, x *exchange) int {
 // record writes the query's audit line and, for a client's query, counts
 // it. groups are those a refresh published for.
 func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode int, groups ...string) {
+	var q dns.Question
+	if len(req.Question) == 1 {
+		q = req.Question[0]
+	}
+	f.recordQuestion(ctx, strings.TrimSuffix(q.Name, "."), q.Qtype, x, rcode, groups...)
+}
+
+// recordQuestion is record for a question given by its name (without the
+// trailing dot) and type; name is not retained.
+func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16, x *exchange, rcode int, groups ...string) {
 	action := "none"
 	if x.decided {
 		action = x.dec.Action.String()
-	}
-	var qtype uint16
-	if len(req.Question) == 1 {
-		qtype = req.Question[0].Qtype
 	}
 	if !x.refresh {
 		f.metrics.countQuery(action, qtype, rcode)
@@ -379,11 +416,14 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 		// count them.
 		return
 	}
-	q := req.Question[0]
+	answers := x.answers
+	if answers == "" {
+		answers = addrList(x.in.addrs, rcode)
+	}
 	attrs := append(x.attrs[:0],
 		slog.String("transport", transport(x)),
 		slog.String("rcode", rcodeString(rcode)),
-		slog.String("answers", addrList(x.in.addrs, rcode)),
+		slog.String("answers", answers),
 		slog.String("upstream", upstreamLabel(x)),
 		slog.Duration("latency", f.now().Sub(x.start)),
 	)
@@ -403,11 +443,20 @@ func (f *Firewall) record(ctx context.Context, req *dns.Msg, x *exchange, rcode 
 	f.audit.Record(ctx, audit.Event{
 		Component: audit.DNS,
 		Source:    x.src.Addr(),
-		Name:      strings.TrimSuffix(q.Name, "."),
-		QType:     typeString(q.Qtype),
+		Name:      name,
+		QType:     typeString(qtype),
 		Decision:  x.dec,
 		Attrs:     attrs,
 	})
+}
+
+// minAddrTTL returns the smallest TTL among addrs.
+func minAddrTTL(addrs []learnedAddr) uint32 {
+	ttl := uint32(maxTTLValue)
+	for _, a := range addrs {
+		ttl = min(ttl, a.ttl)
+	}
+	return ttl
 }
 
 func upstreamLabel(x *exchange) string {

@@ -47,6 +47,10 @@ type udpServer struct {
 	sem      chan struct{}   // a slot per worker
 	wg       sync.WaitGroup  // the workers
 	bufs     bufPool
+	// The reader answers what the fast path can itself, with these: a
+	// cached answer costs less to send than to hand to a worker.
+	fq    fastQuery
+	fastW udpReply
 }
 
 type udpPacket struct {
@@ -75,6 +79,7 @@ func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
 	s := &udpServer{f: f, conn: conn, wildcard: wildcard, ctx: hctx, work: make(chan udpPacket), sem: make(chan struct{}, maxUDPWorkers)}
+	s.fastW.conn = conn
 	// A read deadline in the past ends the read in progress.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -127,6 +132,11 @@ func (s *udpServer) read(ctx context.Context) error {
 		}
 		if p.n < dnsHeaderSize {
 			s.bufs.put(bp) // too short to answer, even with FORMERR
+			continue
+		}
+		s.fastW.to, s.fastW.sess = p.from, p.sess
+		if s.f.serveFast(s.ctx, &s.fq, (*bp)[:p.n], p.from, &s.fastW) {
+			s.bufs.put(bp)
 			continue
 		}
 		select {

@@ -1,0 +1,303 @@
+package dnsfw
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/dnscache"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// The fast path answers a repeated UDP query from the cache without
+// unpacking it, copying a dns.Msg, packing a reply or publishing again:
+// the reply was packed when the ordinary path last answered the question
+// (under the same policy) and is kept with the cache entry as a ready;
+// serving it is a copy with the client's ID, flags, question (in its
+// case) and the TTLs lowered by the time since. It keeps every guarantee
+// of the ordinary path:
+//
+//   - the policy decides every query, before the cache is looked at, under
+//     the policy in force: a ready made under another policy is not used;
+//   - what inspecting the answer removed stays removed: the ready is the
+//     inspected answer, and with dns.inspect_cname the chain is decided
+//     again for this client;
+//   - addresses are enforceable before the reply leaves: a ready remembers,
+//     per rule and source group, until when its addresses were published,
+//     and the publisher's count of entries it dropped early then; a query
+//     that needs a later expiry, or comes after the publisher dropped
+//     anything, takes the ordinary path, which publishes;
+//   - every query is rate limited, counted and audited as the ordinary
+//     path does.
+//
+// Everything else (TCP, audit mode, rules with tls.verify, answers that
+// need truncating, queries of any unusual shape) takes the ordinary path.
+
+// ready is a reply ready to send, derived from one cache entry under one
+// policy.
+type ready struct {
+	pol *policy.Policy
+	// wire is the reply packed without OPT; its header's ID and flags and
+	// its question are the first client's, replaced per query. Its TTLs
+	// are as of base.
+	wire    []byte
+	qlen    int // length of the question section
+	ttlOffs []uint16
+	base    time.Time
+	expires time.Time // base plus the smallest TTL: made again after
+	ad      bool      // the upstream's AD bit
+	addrs   []learnedAddr
+	answers string   // the audit line's answers
+	chain   []string // CNAME targets from the question name
+	pubs    atomic.Pointer[[]published]
+}
+
+// published records one publication of a ready's addresses.
+type published struct {
+	rule  *policy.Rule
+	group string
+	until time.Time // every address is enforceable at least until
+	drops uint64    // the publisher's Dropped() before publishing
+}
+
+// DropCounter is implemented by Publishers that can say how many entries
+// they removed before the expiry they were given (to respect a bound, or
+// because the kernel lost them). A cache hit whose addresses were
+// published before, to expiries still ahead, skips publishing only if
+// this count has not moved since; with a Publisher that does not
+// implement it, every answer is published.
+type DropCounter interface {
+	Dropped() uint64
+}
+
+func (f *Firewall) dropped() (uint64, bool) {
+	if f.drops == nil {
+		return 0, false
+	}
+	return f.drops.Dropped(), true
+}
+
+// makeReady keeps m, the inspected answer about to become the reply (its
+// header still the upstream's), with the cache entry it came from, for the
+// fast path; or, when one is kept already for this policy, adds the
+// publication just made (x.published) to it.
+func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
+	if x.centry == nil || !x.published || p.Mode != policy.Enforce || m.Rcode != dns.RcodeSuccess ||
+		len(m.Answer) == 0 || len(m.Extra) != 0 || x.note != "" || x.in.capped > 0 || len(x.unverified) > 0 {
+		return
+	}
+	pub := published{rule: x.allow.Rule, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
+	if r, ok := x.centry.Derived().(*ready); ok && r.pol == p {
+		r.addPublished(pub)
+		return
+	}
+	// Packed as the ordinary path packs replies, uncompressed: a pointer
+	// to the question would give the answer's names each client's case.
+	wire, err := m.Pack()
+	if err != nil || len(wire) > maxUDPReply {
+		return
+	}
+	offs, ok := ttlOffsets(wire, nil)
+	if !ok {
+		return
+	}
+	minTTL := uint32(maxTTLValue)
+	for _, o := range offs {
+		minTTL = min(minTTL, binary.BigEndian.Uint32(wire[o:]))
+	}
+	if minTTL == 0 || minTTL > maxTTLValue {
+		return
+	}
+	qend := skipName(wire, dnsHeaderSize)
+	if qend < 0 {
+		return
+	}
+	base := x.centry.Stored().Add(time.Duration(x.celapsed) * time.Second)
+	expires := base.Add(time.Duration(minTTL) * time.Second)
+	if x.centry.Expires().Before(expires) {
+		expires = x.centry.Expires()
+	}
+	r := &ready{
+		pol:     p,
+		wire:    wire,
+		qlen:    qend + 4 - dnsHeaderSize,
+		ttlOffs: offs,
+		base:    base,
+		expires: expires,
+		ad:      m.AuthenticatedData,
+		addrs:   append([]learnedAddr(nil), x.in.addrs...),
+		answers: addrList(x.in.addrs, dns.RcodeSuccess),
+	}
+	for _, rr := range m.Answer {
+		if c, ok := rr.(*dns.CNAME); ok {
+			r.chain = append(r.chain, c.Target)
+		}
+	}
+	r.addPublished(pub)
+	x.centry.SetDerived(r)
+}
+
+// maxTTLValue is the largest TTL RFC 2181 allows.
+const maxTTLValue = 1<<31 - 1
+
+// addPublished records pub, replacing an earlier one for its rule and
+// group.
+func (r *ready) addPublished(pub published) {
+	for {
+		old := r.pubs.Load()
+		var next []published
+		if old != nil {
+			next = make([]published, 0, len(*old)+1)
+			for _, o := range *old {
+				if o.rule != pub.rule || o.group != pub.group {
+					next = append(next, o)
+				}
+			}
+		}
+		next = append(next, pub)
+		if r.pubs.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// publishedUntil returns until when r's addresses were published for rule
+// and group, if the publisher has dropped nothing since.
+func (r *ready) publishedUntil(rule *policy.Rule, group string, drops uint64) (time.Time, bool) {
+	pubs := r.pubs.Load()
+	if pubs == nil {
+		return time.Time{}, false
+	}
+	for _, p := range *pubs {
+		if p.rule == rule && p.group == group {
+			return p.until, p.drops == drops
+		}
+	}
+	return time.Time{}, false
+}
+
+// fastQuery is the fast path's state for one socket's reader.
+type fastQuery struct {
+	q   wireQuery
+	out [maxUDPReply]byte
+}
+
+// serveFast answers the query in b from src through w and reports whether
+// it did; if not, nothing was sent and nothing counted, and the caller
+// takes the ordinary path.
+func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src netip.AddrPort, w replyWriter) bool {
+	if f.wcache == nil {
+		return false
+	}
+	q := &fq.q
+	if !q.parse(b) {
+		return false
+	}
+	p := f.policy()
+	if p.Mode != policy.Enforce || !p.DNS.Cache {
+		return false
+	}
+	lower := unsafe.String(unsafe.SliceData(q.lower), len(q.lower))
+	d := p.Decide(policy.Query{Source: src.Addr(), Name: lower, AnyPort: true})
+	if d.Action != policy.Allow || !typeAllowed(p, q.qtype) || f.mustVerify(d.Rule) {
+		return false
+	}
+	now := f.now()
+	e := f.wcache.Lookup(dnscache.MakeKey(lower, q.qtype, q.do, q.cd), now)
+	if e == nil {
+		return false
+	}
+	r, ok := e.Derived().(*ready)
+	if !ok || r.pol != p || !now.Before(r.expires) || len(q.question) != r.qlen {
+		return false
+	}
+	if p.DNS.InspectCNAME {
+		for _, name := range r.chain {
+			if p.Decide(policy.Query{Source: src.Addr(), Name: name, AnyPort: true}).Action != policy.Allow {
+				return false
+			}
+		}
+	}
+	age := uint32(max(0, now.Sub(r.base)/time.Second))
+	drops, ok := f.dropped()
+	if !ok {
+		return false
+	}
+	until, ok := r.publishedUntil(d.Rule, d.Group, drops)
+	if !ok {
+		return false
+	}
+	var maxTTL uint32
+	for _, a := range r.addrs {
+		maxTTL = max(maxTTL, a.ttl)
+	}
+	if learnedExpiry(p, now, maxTTL-min(age, maxTTL)).After(until) {
+		return false // the ordinary path publishes the later expiry
+	}
+
+	limit := dns.MinMsgSize
+	n := len(r.wire)
+	if q.edns {
+		limit = min(max(limit, int(q.size)), maxUDPReply)
+		n += 11
+	}
+	if n > limit {
+		return false // the ordinary path truncates
+	}
+	if !f.limiter.allow(src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, now) {
+		return false // the ordinary path refuses, and counts it
+	}
+
+	out := fq.out[:n]
+	copy(out, r.wire)
+	binary.BigEndian.PutUint16(out[0:], q.id)
+	bits := uint16(1<<15 | 1<<7) // QR, RA; opcode QUERY, rcode NOERROR
+	if q.rd {
+		bits |= 1 << 8
+	}
+	if r.ad && (q.do || q.ad) {
+		bits |= 1 << 5
+	}
+	if q.cd {
+		bits |= 1 << 4
+	}
+	binary.BigEndian.PutUint16(out[2:], bits)
+	copy(out[dnsHeaderSize:], q.question)
+	for _, o := range r.ttlOffs {
+		ttl := binary.BigEndian.Uint32(r.wire[o:])
+		binary.BigEndian.PutUint32(out[o:], ttl-min(age, ttl))
+	}
+	if q.edns {
+		binary.BigEndian.PutUint16(out[10:], 1)
+		opt := out[len(r.wire):]
+		opt[0] = 0 // root
+		binary.BigEndian.PutUint16(opt[1:], dns.TypeOPT)
+		binary.BigEndian.PutUint16(opt[3:], q.size)
+		binary.BigEndian.PutUint32(opt[5:], 0) // rcode, version, flags
+		if q.do {
+			opt[7] = 0x80
+		}
+		binary.BigEndian.PutUint16(opt[9:], 0)
+	}
+	if _, err := w.Write(out); err != nil {
+		f.log.Debug("writing DNS reply", "client", src.String(), "error", err)
+	}
+
+	f.fastHits.Add(1)
+	f.metrics.cacheHits.Inc()
+	x := exchangePool.Get().(*exchange)
+	x.reset()
+	x.start, x.src = now, src
+	x.decided, x.dec, x.allow = true, d, d
+	x.cached = true
+	x.answers = r.answers
+	name := q.name[:len(q.name)-1] // the audit line's names have no trailing dot
+	f.recordQuestion(ctx, unsafe.String(unsafe.SliceData(name), len(name)), q.qtype, x, dns.RcodeSuccess)
+	exchangePool.Put(x)
+	return true
+}

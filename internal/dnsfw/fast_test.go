@@ -1,0 +1,352 @@
+package dnsfw
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+)
+
+// droppingPublisher is a publisher that counts early drops, which lets the
+// fast path skip publishing; tests move the count.
+type droppingPublisher struct {
+	countingPublisher
+	drops atomic.Uint64
+}
+
+func (d *droppingPublisher) Dropped() uint64 { return d.drops.Load() }
+
+func (d *droppingPublisher) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.batches)
+}
+
+// fastEnv is an env whose publisher lets the fast path run.
+func fastEnv(t *testing.T, h dns.HandlerFunc, o opts) (*env, *droppingPublisher) {
+	pub := &droppingPublisher{}
+	cfg := o.cfg
+	o.cfg = func(c *Config) {
+		c.Publisher = pub
+		if cfg != nil {
+			cfg(c)
+		}
+	}
+	return newEnv(t, h, o), pub
+}
+
+// TestFastPathMatchesOrdinary sends the same queries to a firewall whose
+// publisher lets cache hits take the fast path and to one whose publisher
+// does not, and wants the same replies, first and repeated, at once and
+// after time passed: the fast path is an optimisation, not a behaviour.
+func TestFastPathMatchesOrdinary(t *testing.T) {
+	z := zone(
+		&dns.CNAME{Hdr: dns.RR_Header{Name: "cdn.edge.bank.example.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 120}, Target: "x.edge.bank.example."},
+		dnstest.SOA("example.com", 3600, 60),
+	)
+	fast, _ := fastEnv(t, z, opts{})
+	slow := newEnv(t, z, opts{cfg: func(c *Config) { c.Publisher = &countingPublisher{} }})
+
+	type query struct {
+		name  string
+		src   string
+		qtype uint16
+		mod   func(*dns.Msg)
+	}
+	queries := []query{
+		{name: "api.bank.example", src: payments, qtype: dns.TypeA},
+		{name: "ApI.bAnK.ExAmPlE", src: payments, qtype: dns.TypeA},
+		{name: "api.bank.example", src: payments, qtype: dns.TypeAAAA, mod: func(m *dns.Msg) { m.SetEdns0(1232, true) }},
+		{name: "API.BANK.EXAMPLE", src: payments, qtype: dns.TypeAAAA, mod: func(m *dns.Msg) { m.SetEdns0(512, false) }},
+		{name: "api.bank.example", src: payments, qtype: dns.TypeA, mod: func(m *dns.Msg) { m.CheckingDisabled = true }},
+		{name: "api.bank.example", src: payments, qtype: dns.TypeA, mod: func(m *dns.Msg) { m.AuthenticatedData = true; m.RecursionDesired = false }},
+		{name: "api.bank.example", src: payments, qtype: dns.TypeA, mod: func(m *dns.Msg) {
+			m.SetEdns0(4096, false)
+			o := m.IsEdns0()
+			o.Option = append(o.Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
+		}},
+		{name: "cdn.edge.bank.example", src: payments, qtype: dns.TypeA},
+		{name: "www.example.com", src: web, qtype: dns.TypeA},
+		{name: "public.example", src: stranger, qtype: dns.TypeA},
+		{name: "api.bank.example", src: web, qtype: dns.TypeA},          // denied
+		{name: "nothing.example.com", src: web, qtype: dns.TypeA},       // denied
+		{name: "api.bank.example", src: payments, qtype: dns.TypeTXT},   // refused type
+		{name: "www.example.com", src: web, qtype: dns.TypeAAAA},        // NODATA
+		{name: "x.edge.bank.example", src: payments, qtype: dns.TypeMX}, // refused type
+	}
+	ask := func(e *env, q query, id uint16) *dns.Msg {
+		t.Helper()
+		m := new(dns.Msg).SetQuestion(dns.Fqdn(q.name), q.qtype)
+		m.Id = id
+		if q.mod != nil {
+			q.mod(m)
+		}
+		r, err := e.exchange(q.src, "udp", m, 3*time.Second)
+		if err != nil {
+			t.Fatalf("%s %s from %s: %v", q.name, dns.TypeToString[q.qtype], q.src, err)
+		}
+		return r
+	}
+	for round, advance := range []time.Duration{0, 0, 0, 7 * time.Second, 95 * time.Second} {
+		fast.clock.Advance(advance)
+		slow.clock.Advance(advance)
+		for i, q := range queries {
+			id := uint16(round*100 + i + 1)
+			want, got := ask(slow, q, id), ask(fast, q, id)
+			if got.String() != want.String() {
+				t.Errorf("round %d, %s %s from %s:\nfast path:\n%s\nordinary:\n%s", round, q.name, dns.TypeToString[q.qtype], q.src, got, want)
+			}
+		}
+	}
+	if fast.fw.fastHits.Load() == 0 {
+		t.Fatal("the fast path answered nothing; the comparison compared the ordinary path with itself")
+	}
+	if slow.fw.fastHits.Load() != 0 {
+		t.Fatal("the fast path answered for a publisher without Dropped")
+	}
+	if f, s := fast.up.QueryCount(), slow.up.QueryCount(); f != s {
+		t.Errorf("upstream queries: %d with the fast path, %d without", f, s)
+	}
+
+	// The audit lines agree too, apart from the latency and the fake
+	// upstreams' addresses. A line is written after its reply, so lines
+	// of consecutive queries may swap: compare them sorted.
+	n := len(strings.Split(strings.TrimSpace(slow.log.String()), "\n"))
+	norm := func(lines []map[string]any) []string {
+		var out []string
+		for _, m := range lines {
+			delete(m, "latency")
+			delete(m, "time")
+			if m["upstream"] != "cache" {
+				m["upstream"] = "upstream"
+			}
+			j, _ := json.Marshal(m)
+			out = append(out, string(j))
+		}
+		slices.Sort(out)
+		return out
+	}
+	fl, sl := norm(fast.auditLines(n)), norm(slow.auditLines(n))
+	if len(fl) != len(sl) {
+		t.Fatalf("audit lines: %d with the fast path, %d without", len(fl), len(sl))
+	}
+	for i := range fl {
+		if fl[i] != sl[i] {
+			t.Errorf("audit lines differ:\nfast path: %s\nordinary:  %s", fl[i], sl[i])
+		}
+	}
+}
+
+func TestFastPathPublishes(t *testing.T) {
+	e, pub := fastEnv(t, zone(), opts{})
+	e.ask(payments, "api.bank.example", dns.TypeA) // upstream, published
+	e.ask(payments, "api.bank.example", dns.TypeA) // cache: makes the ready
+	hits := e.fw.fastHits.Load()
+	n := pub.count()
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	if e.fw.fastHits.Load() != hits+1 {
+		t.Fatal("third query: not answered by the fast path")
+	}
+	if pub.count() != n {
+		t.Errorf("a fast answer whose addresses are held published again")
+	}
+
+	// The publisher dropped something: the next answer publishes again.
+	pub.drops.Add(1)
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	if pub.count() != n+1 {
+		t.Errorf("after a drop: publishes %d, want %d", pub.count(), n+1)
+	}
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	if pub.count() != n+1 {
+		t.Errorf("after the republish: publishes %d, want %d", pub.count(), n+1)
+	}
+
+	// A record TTL below min_ttl (30s): the learned life is min_ttl from
+	// each answer, so a later answer needs a later expiry and publishes.
+	e2, pub2 := fastEnv(t, dnstest.Zone(dnstest.A("api.bank.example", 20, "192.0.2.10")), opts{})
+	e2.ask(payments, "api.bank.example", dns.TypeA)
+	e2.ask(payments, "api.bank.example", dns.TypeA)
+	n = pub2.count()
+	e2.clock.Advance(5 * time.Second)
+	r := e2.ask(payments, "api.bank.example", dns.TypeA)
+	if r.Answer[0].Header().Ttl != 15 {
+		t.Errorf("TTL after 5s: got %d, want 15", r.Answer[0].Header().Ttl)
+	}
+	last := pub2.last()
+	if pub2.count() != n+1 || len(last) != 1 || !last[0].Expires.Equal(e2.clock.Now().Add(30*time.Second+10*time.Minute)) {
+		t.Errorf("answer 5s later: %d publishes (want %d), last %+v", pub2.count(), n+1, last)
+	}
+
+	// A different group allowed by another rule for the same name gets
+	// its own publication.
+	e3, pub3 := fastEnv(t, zone(), opts{rules: "  - name: web-bank\n    from: [web]\n    to: [api.bank.example]\n    ports: [443]"})
+	e3.ask(payments, "api.bank.example", dns.TypeA)
+	e3.ask(payments, "api.bank.example", dns.TypeA)
+	e3.ask(web, "api.bank.example", dns.TypeA)
+	last = pub3.last()
+	if len(last) != 1 || last[0].Rule != "web-bank" || last[0].Group != "web" {
+		t.Errorf("other group's first answer from the ready: last publish %+v, want one for web-bank/web", last)
+	}
+}
+
+// TestFastPathFollowsPolicy: a reload, another group, inspect_cname and the
+// rate limit all apply to answers the fast path would send.
+func TestFastPathFollowsPolicy(t *testing.T) {
+	z := zone(&dns.CNAME{Hdr: dns.RR_Header{Name: "cdn.edge.bank.example.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 120}, Target: "api.bank.example."})
+	e, _ := fastEnv(t, z, opts{rules: "  - name: web-cdn\n    from: [web]\n    to: [cdn.edge.bank.example]\n    ports: [443]"})
+	for range 3 {
+		e.ask(payments, "api.bank.example", dns.TypeA)
+		e.ask(web, "cdn.edge.bank.example", dns.TypeA)
+	}
+	if e.fw.fastHits.Load() == 0 {
+		t.Fatal("no fast answers")
+	}
+	// inspect_cname: the chain's api.bank.example is not web's.
+	p := e.policy(opts{dns: "  inspect_cname: true", rules: "  - name: web-cdn\n    from: [web]\n    to: [cdn.edge.bank.example]\n    ports: [443]"})
+	e.pol.Store(p)
+	e.ask(payments, "cdn.edge.bank.example", dns.TypeA) // allowed for payments: makes a ready under p
+	e.ask(payments, "cdn.edge.bank.example", dns.TypeA)
+	if r := e.ask(web, "cdn.edge.bank.example", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Errorf("inspect_cname, chain outside web's rules: got %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	// A reload that removes the rule: denied at once.
+	e.pol.Store(e.policy(opts{}))
+	if r := e.ask(web, "cdn.edge.bank.example", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Errorf("after the reload removed web-cdn: got %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	// Rate limit: 5 queries/s, bursts of 5; the clock stands still.
+	e.pol.Store(e.policy(opts{dns: "  rate_limit: 5\n  rate_burst: 5"}))
+	refused := 0
+	for range 12 {
+		if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Rcode == dns.RcodeRefused {
+			refused++
+		}
+	}
+	if refused != 7 {
+		t.Errorf("rate limit 5 with burst 5, 12 queries: %d refused, want 7", refused)
+	}
+}
+
+// TestFastPathLeavesTruncationToOrdinary: a ready larger than the client's
+// UDP size is truncated by the ordinary path, never sent whole.
+func TestFastPathLeavesTruncationToOrdinary(t *testing.T) {
+	var rrs []dns.RR
+	for i := range 40 {
+		rrs = append(rrs, dnstest.A("api.bank.example", 300, "192.0.2."+itoa(i+1)))
+	}
+	e, _ := fastEnv(t, dnstest.Answer(rrs...), opts{})
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	hits := e.fw.fastHits.Load()
+	m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+	r, err := e.exchange(payments, "udp", m, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Truncated {
+		t.Error("40 addresses without EDNS: got no TC")
+	}
+	if e.fw.fastHits.Load() != hits {
+		t.Error("the fast path answered a query whose reply does not fit")
+	}
+	if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Truncated || len(r.Answer) != 40 || e.fw.fastHits.Load() != hits+1 {
+		t.Errorf("with EDNS 4096: TC %v, %d records, fast %v", r.Truncated, len(r.Answer), e.fw.fastHits.Load() != hits)
+	}
+}
+
+// blockingDropPublisher blocks its publishes until released; it counts no
+// drops.
+type blockingDropPublisher struct {
+	gate chan struct{}
+}
+
+func (b *blockingDropPublisher) Publish(ctx context.Context, _ []learn.Entry) error {
+	select {
+	case <-b.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *blockingDropPublisher) Dropped() uint64 { return 0 }
+
+// TestFastPathNeverBeforePublish: with a publisher that has not returned,
+// no answer leaves, not even one the fast path could build.
+func TestFastPathNeverBeforePublish(t *testing.T) {
+	pub := &blockingDropPublisher{gate: make(chan struct{})}
+	e := newEnv(t, zone(), opts{cfg: func(c *Config) { c.Publisher = pub; c.PublishTimeout = 300 * time.Millisecond }})
+	if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("publish timed out: got %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("cached, publish timed out: got %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if e.fw.fastHits.Load() != 0 {
+		t.Fatal("fast answers without a publication")
+	}
+	close(pub.gate)
+	for range 2 {
+		if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("published: got %s", dns.RcodeToString[r.Rcode])
+		}
+	}
+}
+
+// TestFastPathOnlyInEnforce: audit mode answers through the ordinary path,
+// which notes what it would have refused.
+func TestFastPathOnlyInEnforce(t *testing.T) {
+	e, _ := fastEnv(t, zone(), opts{mode: "audit"})
+	for range 3 {
+		e.ask(payments, "api.bank.example", dns.TypeA)
+	}
+	if e.fw.fastHits.Load() != 0 {
+		t.Error("fast answers in audit mode")
+	}
+	if e.pol.Load().Mode != policy.Audit {
+		t.Fatal("not in audit mode")
+	}
+}
+
+// FuzzWireQuery checks the fast path's query reader against miekg/dns: a
+// datagram it accepts unpacks, with the same ID, flags, question and EDNS.
+func FuzzWireQuery(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var q wireQuery
+		if !q.parse(b) {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatalf("accepted, but miekg/dns cannot unpack: %v", err)
+		}
+		if len(m.Question) != 1 || m.Response || m.Opcode != dns.OpcodeQuery || m.Truncated || len(m.Answer)+len(m.Ns) != 0 {
+			t.Fatalf("accepted an unusual message:\n%s", m)
+		}
+		mq := m.Question[0]
+		if m.Id != q.id || m.RecursionDesired != q.rd || m.CheckingDisabled != q.cd || m.AuthenticatedData != q.ad ||
+			mq.Name != string(q.name) || strings.ToLower(mq.Name) != string(q.lower) || mq.Qtype != q.qtype || mq.Qclass != dns.ClassINET {
+			t.Fatalf("read %+v, miekg/dns %s", q, m)
+		}
+		opt := m.IsEdns0()
+		if (opt != nil) != q.edns || opt != nil && (opt.UDPSize() != q.size || opt.Do() != q.do || opt.Version() != 0 || opt.ExtendedRcode() != 0) {
+			t.Fatalf("EDNS: read %v %d %v, miekg/dns %v", q.edns, q.size, q.do, opt)
+		}
+		if len(m.Extra) > 1 || len(m.Extra) == 1 && opt == nil {
+			t.Fatalf("extra records: %v", m.Extra)
+		}
+	})
+}
