@@ -143,6 +143,9 @@ type Backend struct {
 	closeNflog func()
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
+	// resets counts the times the mirror was emptied because the kernel's
+	// elements went (the table deleted by someone else, or by Remove).
+	resets atomic.Uint64
 	retriedWithoutDeletes                      atomic.Uint64 // for tests
 
 	// breakApply, if set, adds a failing message to Apply's transaction
@@ -316,6 +319,7 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 		b.memMu.Lock()
 		clear(b.mirror)
 		b.memMu.Unlock()
+		b.resets.Add(1)
 	}
 	chains, err := b.listChains()
 	if err != nil {
@@ -600,6 +604,7 @@ func (b *Backend) Remove() error {
 	clear(b.names)
 	clear(b.refs)
 	b.memMu.Unlock()
+	b.resets.Add(1)
 	return nil
 }
 

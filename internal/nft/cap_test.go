@@ -92,6 +92,9 @@ func TestPerNameCap(t *testing.T) {
 	if got := b.Stats().CapEvictions; got != 1 {
 		t.Errorf("CapEvictions = %d, want 1", got)
 	}
+	if got := b.Dropped(); got != 1 {
+		t.Errorf("Dropped() = %d, want 1: the DNS firewall must publish again", got)
+	}
 	checkReach(t, n.client, []reach{
 		{srcPayments, srvA, "443", false},
 		{srcPayments, srvC, "443", true},

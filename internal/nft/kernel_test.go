@@ -458,8 +458,12 @@ func TestStateFileRestore(t *testing.T) {
 	time.Sleep(time.Second) // written within a second
 
 	// The table is gone (a reboot): the state file brings the addresses back.
+	dropped := first.Dropped()
 	if err := first.Remove(); err != nil {
 		t.Fatal(err)
+	}
+	if got := first.Dropped(); got != dropped+1 {
+		t.Errorf("Dropped() after Remove = %d, want %d", got, dropped+1)
 	}
 	checkReach(t, n.client, []reach{{srcPayments, srvC, "443", true}}) // no table, no enforcement
 	startBackend(t, n.gw, Config{Hook: policy.HookForward, StateFile: state}, p)
@@ -709,4 +713,25 @@ func TestAnswerNeverOutlivesElement(t *testing.T) {
 	publish(t, b, "bank-api", "payments", srvA, 2*time.Second) // until t0+2.5s
 	time.Sleep(time.Until(t0.Add(2300 * time.Millisecond)))
 	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}})
+}
+
+// TestTableDeletedBehindOurBack: when someone else deletes the table, the
+// next Apply programs it again and Dropped moves, so the DNS firewall
+// publishes again what it had published before rather than trusting that
+// the kernel still holds it.
+func TestTableDeletedBehindOurBack(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, forwardPolicy)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	dropped := b.Dropped()
+	n.gw.MustExec("nft", "delete", "table", "inet", b.cfg.Table)
+	if err := b.Apply(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Dropped(); got != dropped+1 {
+		t.Errorf("Dropped() after the table was deleted = %d, want %d", got, dropped+1)
+	}
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}, {srcPayments, srvB, "443", false}})
 }

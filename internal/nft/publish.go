@@ -174,6 +174,14 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	return errors.Join(errs...)
 }
 
+// Dropped counts the learned elements that left the kernel before the
+// expiry they were published with: pushed out by the per-name cap, or
+// gone with the table (dnsfw.DropCounter). While it stands still, an
+// address published before is still held until its expiry.
+func (b *Backend) Dropped() uint64 {
+	return b.capEvictions.Load() + b.resets.Load()
+}
+
 func (b *Backend) stopped() bool {
 	select {
 	case <-b.stop:
