@@ -145,8 +145,8 @@ type Backend struct {
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
 	// resets counts the times the mirror was emptied because the kernel's
 	// elements went (the table deleted by someone else, or by Remove).
-	resets atomic.Uint64
-	retriedWithoutDeletes                      atomic.Uint64 // for tests
+	resets                atomic.Uint64
+	retriedWithoutDeletes atomic.Uint64 // for tests
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
