@@ -69,6 +69,9 @@ type opts struct {
 	packetConn bool
 	// udpSessions serves UDP as on a wildcard address (IP_PKTINFO).
 	udpSessions bool
+	// noBatch serves UDP one datagram per system call, as on a wildcard
+	// address but without IP_PKTINFO.
+	noBatch bool
 }
 
 // env is a firewall serving UDP and TCP on 127.0.0.1 in front of a fake
@@ -109,6 +112,7 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 		t.Fatal(err)
 	}
 	e.fw.udpSessions = o.udpSessions
+	e.fw.noBatch = o.noBatch
 	e.serve(o.packetConn)
 	return e
 }

@@ -3,6 +3,8 @@ package dnsfw
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -49,12 +52,25 @@ func fastEnv(t *testing.T, h dns.HandlerFunc, o opts) (*env, *droppingPublisher)
 // does not, and wants the same replies, first and repeated, at once and
 // after time passed: the fast path is an optimisation, not a behaviour.
 func TestFastPathMatchesOrdinary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    opts
+	}{
+		{"batched", opts{}},
+		{"one datagram per call", opts{noBatch: true}},
+		{"wildcard socket", opts{udpSessions: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFastPathMatchesOrdinary(t, tc.o) })
+	}
+}
+
+func testFastPathMatchesOrdinary(t *testing.T, o opts) {
 	z := zone(
 		&dns.CNAME{Hdr: dns.RR_Header{Name: "cdn.edge.bank.example.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 120}, Target: "x.edge.bank.example."},
 		dnstest.SOA("example.com", 3600, 60),
 	)
-	fast, _ := fastEnv(t, z, opts{})
-	slow := newEnv(t, z, opts{cfg: func(c *Config) { c.Publisher = &countingPublisher{} }})
+	fast, _ := fastEnv(t, z, o)
+	slow := newEnv(t, z, opts{noBatch: true, cfg: func(c *Config) { c.Publisher = &countingPublisher{} }})
 
 	type query struct {
 		name  string
@@ -359,4 +375,87 @@ func FuzzWireQuery(f *testing.F) {
 			t.Fatalf("extra records: %v", m.Extra)
 		}
 	})
+}
+
+// TestUDPBatches sends hundreds of queries without waiting, from several
+// sockets, a mix of fast answers, cache misses, denials and malformed
+// datagrams, and wants every reply to match its query.
+func TestUDPBatches(t *testing.T) {
+	e, _ := fastEnv(t, zone(), opts{dns: "  rate_limit: 0"})
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	type want struct {
+		name  string
+		rcode int
+	}
+	names := []want{
+		{"api.bank.example.", dns.RcodeSuccess},    // fast
+		{"x.edge.bank.example.", dns.RcodeSuccess}, // upstream, then cache
+		{"evil.example.", dns.RcodeNameError},      // denied
+		{"API.bank.EXAMPLE.", dns.RcodeSuccess},
+	}
+	const perConn = 300
+	var g errgroup.Group
+	for c := range 4 {
+		g.Go(func() error {
+			conn, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(payments)}, net.UDPAddrFromAddrPort(e.udp))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_ = conn.SetReadBuffer(1 << 20)
+			// Bursts of 25 queries in flight per socket: enough to fill
+			// batches, too few to overflow the server's socket buffer.
+			sent := map[uint16]want{}
+			buf := make([]byte, 4096)
+			for i := range perConn {
+				w := names[(i+c)%len(names)]
+				id := uint16(c*1000 + i + 1)
+				if i%50 == 7 {
+					if _, err := conn.Write([]byte{byte(id >> 8), byte(id), 0x01}); err != nil { // garbage: no reply
+						return err
+					}
+				}
+				m := new(dns.Msg).SetQuestion(w.name, dns.TypeA)
+				m.Id = id
+				if i%2 == 0 {
+					m.SetEdns0(1232, false)
+				}
+				b, _ := m.Pack()
+				if _, err := conn.Write(b); err != nil {
+					return err
+				}
+				sent[id] = w
+				if i%25 != 24 {
+					continue
+				}
+				for len(sent) > 0 {
+					_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+					n, err := conn.Read(buf)
+					if err != nil {
+						return fmt.Errorf("conn %d: %d replies missing: %v", c, len(sent), err)
+					}
+					r := new(dns.Msg)
+					if err := r.Unpack(buf[:n]); err != nil {
+						return err
+					}
+					w, ok := sent[r.Id]
+					if !ok {
+						return fmt.Errorf("conn %d: reply with ID %d: not asked, or answered twice", c, r.Id)
+					}
+					delete(sent, r.Id)
+					if r.Question[0].Name != w.name || r.Rcode != w.rcode {
+						return fmt.Errorf("conn %d: ID %d: got %s %s, want %s %s", c, r.Id, r.Question[0].Name, dns.RcodeToString[r.Rcode], w.name, dns.RcodeToString[w.rcode])
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if e.fw.fastHits.Load() < 4*perConn/4 {
+		t.Errorf("fast answers: %d of %d queries", e.fw.fastHits.Load(), 4*perConn)
+	}
 }

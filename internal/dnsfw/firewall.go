@@ -117,6 +117,9 @@ type Firewall struct {
 	// udpSessions serves every UDP socket as a wildcard one (IP_PKTINFO),
 	// so tests reach that path on loopback.
 	udpSessions bool
+	// noBatch reads and writes UDP one datagram per system call, so tests
+	// reach that path on a socket bound to one address.
+	noBatch bool
 }
 
 // New returns a Firewall for c.

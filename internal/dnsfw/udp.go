@@ -84,7 +84,12 @@ func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	err := s.read(ctx)
+	var err error
+	if mc := s.batched(); mc != nil {
+		err = s.readBatched(ctx, mc)
+	} else {
+		err = s.read(ctx)
+	}
 	close(s.work)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -139,18 +144,77 @@ func (s *udpServer) read(ctx context.Context) error {
 			s.bufs.put(bp)
 			continue
 		}
-		select {
-		case s.work <- p: // an idle worker took it
-			continue
-		default:
+		s.dispatch(p, nil)
+	}
+}
+
+// readBatched is read for a socket bound to one address, in batches: it
+// answers what the fast path can and queues those replies, hands the rest
+// to workers, and sends the queued replies once per batch.
+func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn) error {
+	for {
+		n, err := mc.recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+				continue // a deadline not ours; keep reading
+			}
+			return err
 		}
-		select {
-		case s.sem <- struct{}{}:
-			s.wg.Add(1)
-			go s.worker(p)
-		case s.work <- p: // at the bound: the first worker free
+		for i := range n {
+			b, from, truncated := mc.datagram(i)
+			if len(b) < dnsHeaderSize {
+				continue // too short to answer, even with FORMERR
+			}
+			if !truncated && s.f.serveFast(s.ctx, &s.fq, b, from, mc.replyTo(i)) {
+				continue
+			}
+			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from}
+			mc.setBuf(i, s.bufs.get())
+			s.dispatch(p, mc)
+		}
+		if err := mc.flush(); err != nil {
+			s.f.log.Debug("writing DNS replies", "error", err)
 		}
 	}
+}
+
+// dispatch hands p to a worker: an idle one, a new one, or at the bound
+// the first one free. Replies queued in mc (if any) go out before it
+// waits.
+func (s *udpServer) dispatch(p udpPacket, mc *mmsgConn) {
+	select {
+	case s.work <- p: // an idle worker took it
+		return
+	default:
+	}
+	if mc != nil && mc.nw > 0 {
+		if err := mc.flush(); err != nil {
+			s.f.log.Debug("writing DNS replies", "error", err)
+		}
+	}
+	select {
+	case s.sem <- struct{}{}:
+		s.wg.Add(1)
+		go s.worker(p)
+	case s.work <- p: // at the bound: the first worker free
+	}
+}
+
+// batched returns the batch reader of a socket bound to one address, or
+// nil: replies from a wildcard socket need each datagram's destination
+// (IP_PKTINFO), which read handles through dns.SessionUDP.
+func (s *udpServer) batched() *mmsgConn {
+	if s.wildcard || s.f.noBatch {
+		return nil
+	}
+	mc, err := newMmsgConn(s.conn, &s.bufs)
+	if err != nil {
+		return nil
+	}
+	return mc
 }
 
 func (s *udpServer) worker(p udpPacket) {
