@@ -117,7 +117,7 @@ func New(cfg Config) (*Resolver, error) {
 	}
 	dialer := &net.Dialer{Control: sockmark.Control}
 	for _, uc := range cfg.Upstreams {
-		u, err := newUpstream(uc, dialer)
+		u, err := newUpstream(uc, dialer, int(r.maxInFlight))
 		if err != nil {
 			return nil, err
 		}
@@ -127,14 +127,15 @@ func New(cfg Config) (*Resolver, error) {
 	return r, nil
 }
 
-func newUpstream(uc policy.Upstream, dialer *net.Dialer) (*upstream, error) {
+// newUpstream returns uc's upstream, keeping up to maxIdle idle UDP sockets.
+func newUpstream(uc policy.Upstream, dialer *net.Dialer, maxIdle int) (*upstream, error) {
 	if !uc.Addr.IsValid() || uc.Addr.Port() == 0 {
 		return nil, fmt.Errorf("resolver: upstream %q has no address and port; write it as ip:port", uc.String())
 	}
 	u := &upstream{cfg: uc, name: uc.String()}
 	addr := uc.Addr.String()
 	if !uc.TLS {
-		u.udp = &udpPool{addr: addr, dialer: dialer, maxUses: udpMaxUses}
+		u.udp = &udpPool{addr: addr, dialer: dialer, maxIdle: maxIdle, maxUses: udpMaxUses, maxAge: udpMaxAge}
 		u.stream = &streamPool{addr: addr, dialer: dialer}
 		return u, nil
 	}
