@@ -28,6 +28,9 @@ type upstream struct {
 // exchange asks u once: over UDP and, if the answer is truncated, over TCP;
 // or over TLS. It writes a fresh random ID into wire for each query sent.
 func (u *upstream) exchange(ctx context.Context, wire []byte, q dns.Question, deadline time.Time) (*dns.Msg, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	id := randomID()
 	setID(wire, id)
 	if u.udp != nil {
