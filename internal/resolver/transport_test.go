@@ -1,0 +1,210 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+)
+
+// Reads first wait unwatchedWait without watching the context; an answer
+// that takes longer must still be taken, over UDP and over TLS, and leave
+// the connection reusable.
+func TestSlowAnswer(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		name := "udp"
+		newServer := dnstest.NewServer
+		if tls {
+			name, newServer = "tls", dnstest.NewTLSServer
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := newServer(t, zone())
+			srv.SetFault(dnstest.Fault{Delay: 3 * unwatchedWait})
+			r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}, Timeout: hangLimit})
+			for _, ctx := range []context.Context{context.Background(), t.Context()} {
+				m, _, err := r.Exchange(ctx, query("www.example.com", dns.TypeA))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(m.Answer) != 1 {
+					t.Fatalf("got %v, want one A record", m.Answer)
+				}
+			}
+			from := map[netip.AddrPort]bool{}
+			for _, q := range srv.Queries() {
+				from[q.From] = true
+			}
+			if len(from) != 1 {
+				t.Errorf("got queries from %d sockets, want 1", len(from))
+			}
+		})
+	}
+}
+
+// Cancelling the context ends an exchange waiting on a silent upstream
+// promptly, long before its Timeout, whether it comes during the first,
+// unwatched wait or after.
+func TestCancelEndsWait(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		for _, after := range []time.Duration{0, 5 * unwatchedWait} {
+			name := "udp"
+			newServer := dnstest.NewServer
+			if tls {
+				name, newServer = "tls", dnstest.NewTLSServer
+			}
+			t.Run(name+"/after "+after.String(), func(t *testing.T) {
+				srv := newServer(t, zone())
+				srv.SetFault(dnstest.Fault{Drop: true})
+				r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}, Timeout: hangLimit})
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				cancelled := make(chan time.Time, 1)
+				go func() {
+					for srv.QueryCount() == 0 {
+						time.Sleep(time.Millisecond)
+					}
+					time.Sleep(after)
+					cancelled <- time.Now()
+					cancel()
+				}()
+				_, _, err := r.Exchange(ctx, query("www.example.com", dns.TypeA))
+				took := time.Since(<-cancelled)
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("got %v, want context.Canceled", err)
+				}
+				// Generous for a loaded machine; the Timeout is 10 s.
+				if took > time.Second {
+					t.Errorf("Exchange returned %v after the cancel, want within about %v", took, unwatchedWait)
+				}
+				if !r.Status()[0].Healthy {
+					t.Error("got upstream sick after the caller gave up, want healthy")
+				}
+			})
+		}
+	}
+}
+
+// A context cancelled before the exchange sends nothing.
+func TestCancelledBeforeSends(t *testing.T) {
+	srv := dnstest.NewServer(t, zone())
+	r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := r.Exchange(ctx, query("www.example.com", dns.TypeA)); !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want context.Canceled", err)
+	}
+	if n := srv.QueryCount(); n != 0 {
+		t.Errorf("upstream saw %d queries, want none", n)
+	}
+}
+
+// The pool keeps as many sockets as were in use at once, so a second wave
+// of as many concurrent queries dials none.
+func TestUDPPoolKeepsPeak(t *testing.T) {
+	const wave = 100
+	// Hold each answer until the whole wave has asked, so every query of
+	// a wave is in flight at once.
+	var (
+		mu      sync.Mutex
+		arrived int
+		release = make(chan struct{})
+	)
+	answer := zone()
+	srv := dnstest.NewServer(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		mu.Lock()
+		ch := release
+		if arrived++; arrived == wave {
+			arrived = 0
+			close(ch)
+			release = make(chan struct{})
+		}
+		mu.Unlock()
+		select {
+		case <-ch:
+			answer(w, r)
+		case <-time.After(hangLimit):
+		}
+	})
+	r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}, Timeout: 2 * hangLimit})
+	ports := func() map[uint16]bool {
+		var wg sync.WaitGroup
+		for range wave {
+			wg.Go(func() {
+				if _, _, err := r.Exchange(t.Context(), query("www.example.com", dns.TypeA)); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		ports := map[uint16]bool{}
+		for _, q := range srv.Queries() {
+			ports[q.From.Port()] = true
+		}
+		srv.Reset()
+		return ports
+	}
+	first := ports()
+	if len(first) != wave {
+		t.Fatalf("first wave used %d sockets, want %d", len(first), wave)
+	}
+	second := ports()
+	for p := range second {
+		if !first[p] {
+			t.Errorf("second wave used port %d, not used by the first: a socket was dialed again", p)
+		}
+	}
+	if n := len(r.ups[0].udp.idle); n != wave {
+		t.Errorf("pool holds %d idle sockets, want the %d the waves used", n, wave)
+	}
+}
+
+// Sockets are retired once udpMaxAge old, idle ones too, so ports keep
+// changing however light the load.
+func TestUDPSocketRetiredByAge(t *testing.T) {
+	srv := dnstest.NewServer(t, zone())
+	r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}})
+	p := r.ups[0].udp
+	p.maxAge = 100 * time.Millisecond
+	// Fill the pool with a few sockets.
+	srv.SetFault(dnstest.Fault{Delay: 50 * time.Millisecond})
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() { exchange(t, r, query("www.example.com", dns.TypeA)) })
+	}
+	wg.Wait()
+	srv.SetFault(dnstest.Fault{})
+	p.mu.Lock()
+	var old []*udpConn
+	old = append(old, p.idle...)
+	p.mu.Unlock()
+	if len(old) == 0 {
+		t.Fatal("no sockets pooled")
+	}
+	before := srv.Queries()
+	time.Sleep(p.maxAge)
+	exchange(t, r, query("www.example.com", dns.TypeA))
+	after := srv.Queries()[len(before):]
+	for _, q := range before {
+		if q.From == after[0].From {
+			t.Errorf("query after maxAge came from %v, an old socket", q.From)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) != 1 {
+		t.Errorf("got %d idle sockets after maxAge, want only the one just used", len(p.idle))
+	}
+	for _, c := range old {
+		if _, err := c.Write([]byte{0}); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("old socket %v: got %v writing, want it closed", c.LocalAddr(), err)
+		}
+	}
+}
