@@ -33,9 +33,17 @@ func FuzzParseResponse(f *testing.F) {
 	}
 	f.Add([]byte{0x12, 0x34, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// checkHeader looks at the start of a datagram cut short: it must
+		// not panic, and must accept no other ID than the query's.
+		if checkHeader(b, q.Id, q.Question[0]) == nil && (len(b) < 12 || b[0] != 0x12 || b[1] != 0x34 || b[2]&0x80 == 0) {
+			t.Fatalf("checkHeader accepted % x", b[:min(len(b), 12)])
+		}
 		m, err := parseResponse(b, q.Id, q.Question[0])
 		if err != nil {
 			return
+		}
+		if len(m.Question) == 1 && checkHeader(b, q.Id, q.Question[0]) != nil {
+			t.Fatal("checkHeader rejected the start of a response parseResponse accepts")
 		}
 		if m.Id != q.Id || !m.Response {
 			t.Fatalf("accepted ID %#x response=%v, want ID %#x and a response", m.Id, m.Response, q.Id)

@@ -385,6 +385,14 @@ func spoofServer(t *testing.T) policy.Upstream {
 			other.Question[0].Name = "evil.example."
 			send(dnstest.Reply(other, dns.RcodeSuccess, dnstest.A("evil.example", 300, "203.0.113.66")))
 			_, _ = pc.WriteTo([]byte("garbage that is not DNS"), from)
+			// Too big for the read buffer, and not an answer to the
+			// query: no reason to retry over TCP, which this server
+			// does not serve.
+			big := make([]byte, 2*udpReadSize)
+			copy(big, buf[:n])
+			big[0]++       // another ID
+			big[2] |= 0x80 // QR
+			_, _ = pc.WriteTo(big, from)
 			send(dnstest.Reply(q, dns.RcodeSuccess, dnstest.A(q.Question[0].Name, 300, "192.0.2.1")))
 		}
 	}()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -45,8 +46,17 @@ const (
 	streamIdleTimeout = 10 * time.Second
 )
 
-// bufPool holds read buffers large enough for any DNS message, so a large
-// EDNS answer is never cut short.
+// udpReadSize is the buffer a UDP answer is read into. Upstreams are asked
+// for at most 1,232 bytes (EDNS0) or 512 (without), so 4 KiB is ample; a
+// datagram that fills the buffer may have been cut, and counts as too big:
+// the query is retried over TCP, as after a truncated answer.
+const udpReadSize = 4096
+
+// errTooBig reports a UDP answer larger than udpReadSize.
+var errTooBig = errors.New("UDP answer larger than " + strconv.Itoa(udpReadSize-1) + " bytes")
+
+// bufPool holds read buffers large enough for any DNS message over a
+// stream, so a large answer is never cut short.
 var bufPool = sync.Pool{New: func() any {
 	b := make([]byte, dns.MaxMsgSize)
 	return &b
@@ -153,6 +163,7 @@ type udpConn struct {
 	*net.UDPConn
 	uses int
 	born time.Time
+	buf  [udpReadSize]byte // answers are read here
 }
 
 // get returns an idle socket younger than maxAge, or dials one. Every
@@ -224,9 +235,10 @@ func (p *udpPool) close() {
 }
 
 // exchange sends the packed query wire, whose ID is id, and returns the
-// first datagram that answers it. Datagrams that do not (late answers to
-// an earlier query, spoofs, garbage) are skipped: giving up on them would
-// let anyone who can send a packet make the query fail.
+// first datagram that answers it, or errTooBig if that is larger than
+// udpReadSize. Datagrams that do not answer it (late answers to an earlier
+// query, spoofs, garbage) are skipped: giving up on them would let anyone
+// who can send a packet make the query fail.
 func (p *udpPool) exchange(ctx context.Context, wire []byte, id uint16, q dns.Question, deadline time.Time) (*dns.Msg, error) {
 	now := time.Now()
 	c, err := p.get(ctx, now)
@@ -235,7 +247,7 @@ func (p *udpPool) exchange(ctx context.Context, wire []byte, id uint16, q dns.Qu
 	}
 	w := wait{ctx: ctx, conn: c, deadline: deadline}
 	m, err := c.roundTrip(&w, now, wire, id, q)
-	if w.release() && err == nil {
+	if w.release() && (err == nil || err == errTooBig) {
 		p.put(c)
 	} else {
 		c.Close()
@@ -250,9 +262,7 @@ func (c *udpConn) roundTrip(w *wait, now time.Time, wire []byte, id uint16, q dn
 	if _, err := c.Write(wire); err != nil {
 		return nil, w.fail(err)
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	buf := c.buf[:]
 	var skipped error
 	for {
 		n, err := c.Read(buf)
@@ -265,6 +275,15 @@ func (c *udpConn) roundTrip(w *wait, now time.Time, wire []byte, id uint16, q dn
 				return nil, fmt.Errorf("%w (after ignoring a datagram: %v)", err, skipped)
 			}
 			return nil, err
+		}
+		if n == len(buf) {
+			// Perhaps cut short: the header and question are intact, so
+			// check them; the rest may be missing.
+			if err := checkHeader(buf, id, q); err != nil {
+				skipped = err
+				continue
+			}
+			return nil, errTooBig
 		}
 		m, err := parseResponse(buf[:n], id, q)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,91 @@ import (
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
+
+// sizedAnswer returns an answer to q packing to exactly size bytes, its
+// bulk in TXT records.
+func sizedAnswer(t testing.TB, q *dns.Msg, size int) *dns.Msg {
+	t.Helper()
+	m := dnstest.Reply(q, dns.RcodeSuccess)
+	name := q.Question[0].Name
+	for {
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		short := size - len(b)
+		n := len(m.Answer)
+		switch {
+		case short == 0:
+			return m
+		case short < 0:
+			// A record added overshot: take it from the string before.
+			prev := m.Answer[n-2].(*dns.TXT)
+			prev.Txt[0] = prev.Txt[0][:len(prev.Txt[0])+short]
+		case n > 0 && len(m.Answer[n-1].(*dns.TXT).Txt[0]) < 255:
+			last := m.Answer[n-1].(*dns.TXT)
+			last.Txt[0] += strings.Repeat("x", min(short, 255-len(last.Txt[0])))
+		default:
+			m.Answer = append(m.Answer, &dns.TXT{
+				Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+				Txt: []string{""},
+			})
+		}
+	}
+}
+
+// sizedServer answers every query, over UDP and TCP, with sizedAnswer.
+func sizedServer(t *testing.T, size int) *dnstest.Server {
+	return dnstest.NewServer(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		_ = w.WriteMsg(sizedAnswer(t, r, size))
+	})
+}
+
+func nets(srv *dnstest.Server) string {
+	var nets []string
+	for _, q := range srv.Queries() {
+		nets = append(nets, q.Net)
+	}
+	return strings.Join(nets, ",")
+}
+
+// An answer too big for the UDP read buffer must not be cut short: it is
+// fetched again over TCP. One that fits is taken as it is.
+func TestLargeUDPAnswer(t *testing.T) {
+	tests := []struct {
+		size int
+		nets string
+	}{
+		{udpReadSize - 1, "udp"},
+		{udpReadSize, "udp,tcp"},
+		{udpReadSize + 1, "udp,tcp"},
+		{3 * udpReadSize, "udp,tcp"},
+	}
+	for _, tt := range tests {
+		srv := sizedServer(t, tt.size)
+		r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream()}})
+		q := query("www.example.com", dns.TypeTXT)
+		m, _ := exchange(t, r, q)
+		if got := m.Len(); got != tt.size {
+			t.Errorf("%d-byte answer: got %d bytes", tt.size, got)
+		}
+		if got := nets(srv); got != tt.nets {
+			t.Errorf("%d-byte answer: got queries over %s, want %s", tt.size, got, tt.nets)
+		}
+		// The socket survives an answer too big for it.
+		exchange(t, r, q)
+		qs := srv.Queries()
+		var ports []uint16
+		for _, q := range qs {
+			if q.Net == "udp" {
+				ports = append(ports, q.From.Port())
+			}
+		}
+		if len(ports) != 2 || ports[0] != ports[1] {
+			t.Errorf("%d-byte answer: got UDP queries from ports %v, want two from one", tt.size, ports)
+		}
+	}
+}
 
 // Reads first wait unwatchedWait without watching the context; an answer
 // that takes longer must still be taken, over UDP and over TLS, and leave

@@ -25,8 +25,9 @@ type upstream struct {
 	probing   atomic.Bool // a probe is in flight
 }
 
-// exchange asks u once: over UDP and, if the answer is truncated, over TCP;
-// or over TLS. It writes a fresh random ID into wire for each query sent.
+// exchange asks u once: over UDP and, if the answer is truncated or too
+// big for the UDP read buffer, over TCP; or over TLS. It writes a fresh
+// random ID into wire for each query sent.
 func (u *upstream) exchange(ctx context.Context, wire []byte, q dns.Question, deadline time.Time) (*dns.Msg, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -35,7 +36,7 @@ func (u *upstream) exchange(ctx context.Context, wire []byte, q dns.Question, de
 	setID(wire, id)
 	if u.udp != nil {
 		m, err := u.udp.exchange(ctx, wire, id, q, deadline)
-		if err != nil || !m.Truncated {
+		if err == nil && !m.Truncated || err != nil && err != errTooBig {
 			return m, err
 		}
 		id = randomID()

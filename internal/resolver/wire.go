@@ -37,16 +37,10 @@ func setID(wire []byte, id uint16) { binary.BigEndian.PutUint16(wire, id) }
 // A response without a question is accepted only if it carries an error
 // rcode and no records, as some servers answer FORMERR or NOTIMP.
 func parseResponse(b []byte, id uint16, q dns.Question) (*dns.Msg, error) {
-	if len(b) < 12 {
-		return nil, errShort
-	}
 	// Check the cheap things before unpacking, so a flood of spoofed
 	// datagrams costs little.
-	if binary.BigEndian.Uint16(b) != id {
-		return nil, errID
-	}
-	if b[2]&0x80 == 0 {
-		return nil, errNotReply
+	if err := checkID(b, id); err != nil {
+		return nil, err
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil {
@@ -67,4 +61,39 @@ func parseResponse(b []byte, id uint16, q dns.Question) (*dns.Msg, error) {
 		return nil, errQuestion
 	}
 	return m, nil
+}
+
+// checkID checks that b is a response with id.
+func checkID(b []byte, id uint16) error {
+	if len(b) < 12 {
+		return errShort
+	}
+	if binary.BigEndian.Uint16(b) != id {
+		return errID
+	}
+	if b[2]&0x80 == 0 {
+		return errNotReply
+	}
+	return nil
+}
+
+// checkHeader checks what a reply to the query with id and question q must
+// have in b, the start of a response that may be cut short: the ID, the QR
+// bit and the question.
+func checkHeader(b []byte, id uint16, q dns.Question) error {
+	if err := checkID(b, id); err != nil {
+		return err
+	}
+	if binary.BigEndian.Uint16(b[4:]) != 1 {
+		return errQuestion
+	}
+	name, off, err := dns.UnpackDomainName(b, 12)
+	if err != nil || off+4 > len(b) {
+		return errQuestion
+	}
+	if binary.BigEndian.Uint16(b[off:]) != q.Qtype || binary.BigEndian.Uint16(b[off+2:]) != q.Qclass ||
+		!dnsname.EqualFold(name, q.Name) {
+		return errQuestion
+	}
+	return nil
 }
