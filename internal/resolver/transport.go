@@ -88,15 +88,22 @@ type wait struct {
 	stop     func() bool // from context.AfterFunc, if ctx is watched
 }
 
-// begin sets conn's deadlines: the exchange's for writes, which must not
-// fail merely because the first reads' deadline passed before them (a
-// goroutine may wait that long for a CPU), and for reads the first reads'.
-func (w *wait) begin(now time.Time) error {
+// begin sets conn's deadline for the first reads, and for writes too
+// unless separateWrite, which gives them the exchange's. A write must not
+// fail merely because the first reads' deadline passed before it (a
+// goroutine may wait that long for a CPU): on a stream, where a write that
+// times out may have sent part of a message (and corrupts a TLS
+// connection), writes need separateWrite; a UDP write that times out sent
+// nothing, and is tried again after extend.
+func (w *wait) begin(now time.Time, separateWrite bool) error {
 	short := now.Add(unwatchedWait)
 	if !short.Before(w.deadline) {
 		// The deadline comes first: it ends a wait soon enough.
 		w.extended = true
 		return w.conn.SetDeadline(w.deadline)
+	}
+	if !separateWrite {
+		return w.conn.SetDeadline(short)
 	}
 	if err := w.conn.SetWriteDeadline(w.deadline); err != nil {
 		return err
@@ -104,9 +111,9 @@ func (w *wait) begin(now time.Time) error {
 	return w.conn.SetReadDeadline(short)
 }
 
-// extend reports whether a read that failed with err should be tried
-// again: the first reads' deadline passed with neither ctx nor the
-// exchange done. It then watches ctx and moves the read deadline to the
+// extend reports whether a read (or UDP write) that failed with err
+// should be tried again: the first deadline passed with neither ctx nor
+// the exchange done. It then watches ctx and moves conn's deadline to the
 // exchange's.
 func (w *wait) extend(err error) bool {
 	if w.extended || !isTimeout(err) || w.ctx.Err() != nil || !time.Now().Before(w.deadline) {
@@ -115,7 +122,7 @@ func (w *wait) extend(err error) bool {
 	w.extended = true
 	// The deadline first: if ctx is cancelled in between, the watch's
 	// past deadline must win.
-	if w.conn.SetReadDeadline(w.deadline) != nil {
+	if w.conn.SetDeadline(w.deadline) != nil {
 		return false
 	}
 	if w.ctx.Done() != nil {
@@ -256,11 +263,17 @@ func (p *udpPool) exchange(ctx context.Context, wire []byte, id uint16, q dns.Qu
 }
 
 func (c *udpConn) roundTrip(w *wait, now time.Time, wire []byte, id uint16, q dns.Question) (*dns.Msg, error) {
-	if err := w.begin(now); err != nil {
+	if err := w.begin(now, false); err != nil {
 		return nil, err
 	}
-	if _, err := c.Write(wire); err != nil {
-		return nil, w.fail(err)
+	for {
+		_, err := c.Write(wire)
+		if err == nil {
+			break
+		}
+		if !w.extend(err) {
+			return nil, w.fail(err)
+		}
 	}
 	buf := c.buf[:]
 	var skipped error
@@ -401,7 +414,7 @@ func roundTrip(ctx context.Context, c net.Conn, wire []byte, id uint16, q dns.Qu
 
 // roundTrip sends the query wire over the stream w.conn and reads the answer.
 func (w *wait) roundTrip(wire []byte, id uint16, q dns.Question) (*dns.Msg, error) {
-	if err := w.begin(time.Now()); err != nil {
+	if err := w.begin(time.Now(), true); err != nil {
 		return nil, err
 	}
 	// One write for length and message: two would cost a segment each.

@@ -294,3 +294,34 @@ func TestUDPSocketRetiredByAge(t *testing.T) {
 		}
 	}
 }
+
+// A UDP exchange whose goroutine waited for a CPU past the first deadline
+// before it could send (here: began a second ago) still sends and reads:
+// the write, which sent nothing, is tried again with the exchange's
+// deadline.
+func TestUDPWriteAfterFirstDeadline(t *testing.T) {
+	srv := dnstest.NewServer(t, zone())
+	p := &udpPool{addr: srv.Addr.String(), dialer: &net.Dialer{}, maxIdle: 1, maxUses: udpMaxUses, maxAge: udpMaxAge}
+	defer p.close()
+	q := query("www.example.com", dns.TypeA)
+	wire, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.get(context.Background(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := wait{ctx: t.Context(), conn: c, deadline: time.Now().Add(hangLimit)}
+	m, err := c.roundTrip(&w, time.Now().Add(-time.Second), wire, q.Id, q.Question[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Answer) != 1 {
+		t.Errorf("got %v, want one A record", m.Answer)
+	}
+	if !w.release() {
+		t.Error("got the socket spoilt, want it reusable")
+	}
+}
