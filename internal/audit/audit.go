@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -35,6 +36,8 @@ type Event struct {
 	QType     string // DNS only
 	Decision  policy.Decision
 	Attrs     []slog.Attr
+	// Time is when the decision was made; if zero, Record reads the clock.
+	Time time.Time
 }
 
 // Counter is told about every decision, for metrics. If nil, nothing counts.
@@ -54,6 +57,7 @@ type Logger struct {
 	counter Counter
 	bufs    sync.Pool
 	now     func() time.Time // tests fix the clock
+	stamp   atomic.Pointer[stamp]
 }
 
 // New returns a Logger writing to w in format "json" (default) or "text".
@@ -81,7 +85,11 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		bp = &b
 	}
 	enc := encoder{buf: (*bp)[:0], text: l.text}
-	enc.begin(l.now())
+	t := e.Time
+	if t.IsZero() {
+		t = l.now()
+	}
+	enc.begin(t, l.stampOf(t))
 	enc.str("component", e.Component.String())
 	if e.Source.IsValid() {
 		var a [48]byte

@@ -19,16 +19,73 @@ type encoder struct {
 // textTime is how slog's text handler writes times: milliseconds.
 const textTime = "2006-01-02T15:04:05.000Z07:00"
 
-func (e *encoder) begin(t time.Time) {
+func (e *encoder) begin(t time.Time, st *stamp) {
 	if e.text {
 		e.buf = append(e.buf, "time="...)
-		e.buf = t.AppendFormat(e.buf, textTime)
+		e.buf = st.append(e.buf, t, true)
 		e.buf = append(e.buf, " level=INFO msg=decision"...)
 		return
 	}
 	e.buf = append(e.buf, `{"time":"`...)
-	e.buf = t.AppendFormat(e.buf, time.RFC3339Nano)
+	e.buf = st.append(e.buf, t, false)
 	e.buf = append(e.buf, `","level":"INFO","msg":"decision"`...)
+}
+
+// stamp is the formatted whole second of the last line's time: lines come
+// many a second, and formatting a date costs more than the rest of the
+// timestamp.
+type stamp struct {
+	sec  int64
+	loc  *time.Location
+	head []byte // 2006-01-02T15:04:05
+	zone []byte // Z07:00
+}
+
+// stampOf returns the stamp of t's second, or nil when t cannot have one
+// (a year that is not four digits).
+func (l *Logger) stampOf(t time.Time) *stamp {
+	st := l.stamp.Load()
+	if st != nil && st.sec == t.Unix() && st.loc == t.Location() {
+		return st
+	}
+	if y := t.Year(); y < 0 || y > 9999 {
+		return nil
+	}
+	b := t.AppendFormat(nil, "2006-01-02T15:04:05Z07:00")
+	st = &stamp{sec: t.Unix(), loc: t.Location(), head: b[:19], zone: b[19:]}
+	l.stamp.Store(st)
+	return st
+}
+
+// append appends t as slog formats times: RFC 3339 with nanoseconds
+// (trailing zeros trimmed) for JSON, with milliseconds for text. st is
+// t's stamp; nil formats from scratch.
+func (st *stamp) append(buf []byte, t time.Time, text bool) []byte {
+	if st == nil {
+		if text {
+			return t.AppendFormat(buf, textTime)
+		}
+		return t.AppendFormat(buf, time.RFC3339Nano)
+	}
+	buf = append(buf, st.head...)
+	ns := t.Nanosecond()
+	if text {
+		ms := ns / 1e6
+		buf = append(buf, '.', byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10))
+	} else if ns != 0 {
+		var d [9]byte
+		for i := 8; i >= 0; i-- {
+			d[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 9
+		for d[n-1] == '0' {
+			n--
+		}
+		buf = append(buf, '.')
+		buf = append(buf, d[:n]...)
+	}
+	return append(buf, st.zone...)
 }
 
 func (e *encoder) end() {
@@ -170,13 +227,33 @@ func (e *encoder) any(k string, v any) {
 	e.buf = append(e.buf, b...)
 }
 
+// jsonSafe reports the bytes JSON strings hold as they are: printable
+// ASCII other than the quote and the backslash.
+var jsonSafe = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // appendJSONString quotes s for JSON: control characters escaped, invalid
 // UTF-8 replaced, as encoding/json does (without HTML escaping, like slog).
 func appendJSONString[S string | []byte](buf []byte, s S) []byte {
 	const hex = "0123456789abcdef"
 	buf = append(buf, '"')
+	// Most strings (keys, names, rule names, addresses) need no escaping:
+	// find the first byte that might, and copy everything before it at
+	// once.
+	i := 0
+	for i < len(s) && jsonSafe[s[i]] {
+		i++
+	}
+	if i == len(s) {
+		buf = append(buf, s...)
+		return append(buf, '"')
+	}
 	start := 0
-	for i := 0; i < len(s); {
+	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if c >= 0x20 && c != '"' && c != '\\' {

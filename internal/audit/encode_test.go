@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -91,4 +92,40 @@ func FuzzEncoderMatchesSlog(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestStampMatchesFormat holds the cached timestamp to time.Format, across
+// seconds, zones, fractions with and without trailing zeros, and years
+// that cannot be cached.
+func TestStampMatchesFormat(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		berlin = time.FixedZone("CET", 3600)
+	}
+	zones := []*time.Location{time.UTC, time.FixedZone("X", -(9*3600 + 30*60)), berlin}
+	rng := rand.New(rand.NewPCG(1, 2))
+	l := New(nil, "json", nil)
+	for i := range 20000 {
+		sec := rng.Int64N(1 << 33)
+		if i%50 == 0 {
+			sec = -rng.Int64N(1 << 36) // years before 0000 and far back
+		}
+		ns := rng.Int64N(1e9)
+		switch i % 4 {
+		case 0:
+			ns = 0
+		case 1:
+			ns -= ns % 1e6
+		}
+		at := time.Unix(sec, ns).In(zones[i%len(zones)])
+		for _, text := range []bool{false, true} {
+			layout := time.RFC3339Nano
+			if text {
+				layout = textTime
+			}
+			if got, want := string(l.stampOf(at).append(nil, at, text)), at.Format(layout); got != want {
+				t.Fatalf("%v (text %v): got %s, want %s", at, text, got, want)
+			}
+		}
+	}
 }

@@ -416,6 +416,7 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 		// count them.
 		return
 	}
+	end := f.now()
 	answers := x.answers
 	if answers == "" {
 		answers = addrList(x.in.addrs, rcode)
@@ -425,7 +426,7 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 		slog.String("rcode", rcodeString(rcode)),
 		slog.String("answers", answers),
 		slog.String("upstream", upstreamLabel(x)),
-		slog.Duration("latency", f.now().Sub(x.start)),
+		slog.Duration("latency", end.Sub(x.start)),
 	)
 	if x.dec.NearRule != nil {
 		attrs = append(attrs, slog.String("near_rule", x.dec.NearRule.Name))
@@ -447,6 +448,7 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 		QType:     typeString(qtype),
 		Decision:  x.dec,
 		Attrs:     attrs,
+		Time:      end,
 	})
 }
 
