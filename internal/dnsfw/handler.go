@@ -108,15 +108,16 @@ type exchange struct {
 	published bool
 	pubUntil  time.Time
 	pubDrops  uint64
+	batch     []learn.Entry // publish's, reused
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
 
 func (x *exchange) reset() {
-	in, attrs, unv := x.in, x.attrs, x.unverified
+	in, attrs, unv, batch := x.in, x.attrs, x.unverified, x.batch
 	in.reset()
 	clear(attrs[:cap(attrs)])
-	*x = exchange{in: in, attrs: attrs[:0], unverified: unv[:0]}
+	*x = exchange{in: in, attrs: attrs[:0], unverified: unv[:0], batch: batch[:0]}
 }
 
 func remoteAddr(w dns.ResponseWriter) netip.AddrPort {
@@ -242,7 +243,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
 		drops, _ := f.dropped()
 		now := f.now()
-		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now); err != nil {
+		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now, &x.batch); err != nil {
 			x.note = notePublish + ": " + err.Error()
 			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
 			f.metrics.publishFailures.Inc()
@@ -326,23 +327,27 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 
 // publish hands addrs, learned for qname under d's rule and group, to the
 // publisher and waits until it says they are enforceable.
-func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, now time.Time) error {
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, now time.Time, batchp *[]learn.Entry) error {
 	name, err := dnsname.Parse(qname)
 	if err != nil {
 		return err // Decide allowed it, so this does not happen
 	}
-	// A fresh batch, not a pooled one: a Publisher may hold on to it.
-	batch := make([]learn.Entry, len(addrs))
-	for i, a := range addrs {
-		batch[i] = learn.Entry{
+	// Publishers do not keep the batch (learn.Publisher): the exchange's
+	// serves again.
+	batch := (*batchp)[:0]
+	for _, a := range addrs {
+		batch = append(batch, learn.Entry{
 			Name:    name,
 			Rule:    d.Rule.Name,
 			Group:   d.Group,
 			Addr:    a.addr,
 			Expires: learnedExpiry(p, now, a.ttl),
-		}
+		})
 	}
-	return f.publishBatch(ctx, batch)
+	err = f.publishBatch(ctx, batch)
+	clear(batch) // holds no names or rules while pooled
+	*batchp = batch[:0]
+	return err
 }
 
 // publishBatch hands batch to the publisher, bounded by the publish

@@ -133,7 +133,7 @@ func (g *gatePublisher) Publish(ctx context.Context, batch []learn.Entry) error 
 	if g.err != nil {
 		return g.err
 	}
-	g.got <- batch
+	g.got <- slices.Clone(batch) // the caller reuses batch
 	select {
 	case <-g.release:
 		return nil
@@ -213,7 +213,7 @@ type countingPublisher struct {
 func (c *countingPublisher) Publish(_ context.Context, batch []learn.Entry) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.batches = append(c.batches, batch)
+	c.batches = append(c.batches, slices.Clone(batch)) // the caller reuses batch
 	return nil
 }
 

@@ -29,7 +29,8 @@ type Entry struct {
 // rule and group; a refresh (rules with refresh, re-resolved with no
 // client) is one batch with an entry per address and per source group of
 // the rule. Addresses of rules with tls.verify arrive only after they
-// passed verification, when the firewall has a verifier.
+// passed verification, when the firewall has a verifier. Publish must not
+// keep batch once it returns: the caller reuses it.
 type Publisher interface {
 	Publish(ctx context.Context, batch []Entry) error
 }
