@@ -31,7 +31,9 @@ import (
 )
 
 // Exchanger sends a query upstream and returns the answer and the upstream
-// that gave it. *resolver.Resolver is one.
+// that gave it. Exchange must return in bounded time whatever the
+// upstreams do: the firewall sets no timer of its own. *resolver.Resolver
+// is one (each attempt bounded by dns.timeout, at most three upstreams).
 type Exchanger interface {
 	Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.Upstream, error)
 }
