@@ -72,14 +72,14 @@ const unwatchedWait = 20 * time.Millisecond
 // when ctx is done. Arranging for a cancellation to interrupt a read
 // (context.AfterFunc) costs five allocations, where the rest of a UDP
 // exchange makes one, unpacking the answer aside; yet most answers arrive
-// well within a millisecond. So reads first get a deadline unwatchedWait away, with no
-// watch; only when that passes with neither ctx nor the exchange's
-// deadline done does the exchange watch ctx and wait on to its deadline.
-// Local and LAN upstreams, the case at capacity, answer well within
-// unwatchedWait; a slower answer costs one more wake-up, little next to its
-// wait. A cancellation ends the exchange within unwatchedWait at worst,
-// and immediately once ctx is watched; a deadline (the exchange's includes
-// ctx's) is exact.
+// well within a millisecond. So reads first get a deadline unwatchedWait
+// away, with no watch; only when that passes with neither ctx nor the
+// exchange's deadline done does the exchange watch ctx and wait on to its
+// deadline. Local and LAN upstreams, the case at capacity, answer well
+// within unwatchedWait; a slower answer costs one more wake-up, little
+// next to its wait. A cancellation ends the exchange within unwatchedWait
+// at worst, and immediately once ctx is watched; a deadline (the
+// exchange's includes ctx's) is exact.
 type wait struct {
 	ctx      context.Context
 	conn     net.Conn
