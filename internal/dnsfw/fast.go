@@ -41,7 +41,9 @@ import (
 // ready is a reply ready to send, derived from one cache entry under one
 // policy.
 type ready struct {
-	pol *policy.Policy
+	// epoch is the policy's (Firewall.epoch): a number, not the policy,
+	// so that readies do not keep replaced policies alive.
+	epoch uint64
 	// wire is the reply packed without OPT; its header's ID and flags and
 	// its question are the first client's, replaced per query. Its TTLs
 	// are as of base.
@@ -59,7 +61,7 @@ type ready struct {
 
 // published records one publication of a ready's addresses.
 type published struct {
-	rule  *policy.Rule
+	rule  string // its name
 	group string
 	until time.Time // every address is enforceable at least until
 	drops uint64    // the publisher's Dropped() before publishing
@@ -91,8 +93,9 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		len(m.Answer) == 0 || len(m.Extra) != 0 || x.note != "" || x.in.capped > 0 || len(x.unverified) > 0 {
 		return
 	}
-	pub := published{rule: x.allow.Rule, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
-	if r, ok := x.centry.Derived().(*ready); ok && r.pol == p {
+	pub := published{rule: x.allow.Rule.Name, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
+	epoch := f.epoch(p)
+	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch {
 		r.addPublished(pub)
 		return
 	}
@@ -123,7 +126,7 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		expires = x.centry.Expires()
 	}
 	r := &ready{
-		pol:     p,
+		epoch:   epoch,
 		wire:    wire,
 		qlen:    qend + 4 - dnsHeaderSize,
 		ttlOffs: offs,
@@ -152,6 +155,33 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 // for the same reason.
 const publishSlack = time.Second
 
+// policyEpoch numbers a policy for readies.
+type policyEpoch struct {
+	p *policy.Policy
+	n uint64
+}
+
+// epoch returns the number of policy p: the same for as long as p is the
+// policy in force, a new one whenever the policy seen changes (a reload;
+// or, briefly, a query still running under the policy before it). A
+// number is never given to two policies, so a ready made under one is
+// never used under another.
+func (f *Firewall) epoch(p *policy.Policy) uint64 {
+	for {
+		e := f.polEpoch.Load()
+		if e != nil && e.p == p {
+			return e.n
+		}
+		next := &policyEpoch{p: p, n: 1}
+		if e != nil {
+			next.n = e.n + 1
+		}
+		if f.polEpoch.CompareAndSwap(e, next) {
+			return next.n
+		}
+	}
+}
+
 // maxTTLValue is the largest TTL RFC 2181 allows.
 const maxTTLValue = 1<<31 - 1
 
@@ -178,7 +208,7 @@ func (r *ready) addPublished(pub published) {
 
 // publishedUntil returns until when r's addresses were published for rule
 // and group, if the publisher has dropped nothing since.
-func (r *ready) publishedUntil(rule *policy.Rule, group string, drops uint64) (time.Time, bool) {
+func (r *ready) publishedUntil(rule, group string, drops uint64) (time.Time, bool) {
 	pubs := r.pubs.Load()
 	if pubs == nil {
 		return time.Time{}, false
@@ -223,7 +253,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 		return false
 	}
 	r, ok := e.Derived().(*ready)
-	if !ok || r.pol != p || !now.Before(r.expires) || len(q.question) != r.qlen {
+	if !ok || r.epoch != f.epoch(p) || !now.Before(r.expires) || len(q.question) != r.qlen {
 		return false
 	}
 	if p.DNS.InspectCNAME {
@@ -238,7 +268,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	if !ok {
 		return false
 	}
-	until, ok := r.publishedUntil(d.Rule, d.Group, drops)
+	until, ok := r.publishedUntil(d.Rule.Name, d.Group, drops)
 	if !ok {
 		return false
 	}

@@ -459,3 +459,22 @@ func TestUDPBatches(t *testing.T) {
 		t.Errorf("fast answers: %d of %d queries", e.fw.fastHits.Load(), 4*perConn)
 	}
 }
+
+// TestPolicyEpoch: a policy keeps its number while it is the one seen,
+// and no number ever stands for two policies, even when a query under the
+// old policy runs after the reload.
+func TestPolicyEpoch(t *testing.T) {
+	e, _ := fastEnv(t, zone(), opts{})
+	p1, p2 := e.policy(opts{}), e.policy(opts{})
+	seen := map[uint64]*policy.Policy{}
+	for i, p := range []*policy.Policy{p1, p1, p2, p2, p1, p2, p2} {
+		n := e.fw.epoch(p)
+		if q, ok := seen[n]; ok && q != p {
+			t.Fatalf("step %d: epoch %d stands for two policies", i, n)
+		}
+		seen[n] = p
+	}
+	if a, b := e.fw.epoch(p2), e.fw.epoch(p2); a != b {
+		t.Errorf("the same policy twice in a row: epochs %d and %d", a, b)
+	}
+}

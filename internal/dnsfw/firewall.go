@@ -101,6 +101,7 @@ type Firewall struct {
 	wcache     *dnscache.Cache // cache, when it is one: the fast path's
 	drops      DropCounter     // publisher, when it is one
 	fastHits   atomic.Uint64   // answers the fast path sent
+	polEpoch   atomic.Pointer[policyEpoch]
 	publisher  learn.Publisher
 	store      *learn.Store // the publisher when Config.Publisher was nil
 	audit      *audit.Logger
