@@ -59,39 +59,101 @@ func HTTPHost(r io.Reader, limit int) (host, port string, buffered []byte, err e
 			return "", "", buf, readError(rerr, len(buf), "HTTP request head")
 		}
 	}
-	host, port, err = parseHead(string(buf[:end-len(headEnd)]))
+	host, port, err = parseHead(string(buf[:end]))
 	return host, port, buf, err
 }
 
-// parseHead parses a request head without its final CRLF CRLF (RFC 9112).
-func parseHead(head string) (host, port string, err error) {
-	lines := strings.Split(head, "\r\n")
-	for i, l := range lines {
-		if strings.ContainsAny(l, "\r\n") {
-			return "", "", fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, i+1)
-		}
+// Request is the request line and header fields of an HTTP/1.x request
+// head, as ParseRequest reads them. Its strings are slices of the head.
+type Request struct {
+	Method, Target, Proto string
+	// Fields are the header fields in the order sent: names as sent,
+	// values without leading and trailing spaces and tabs.
+	Fields []Field
+}
+
+// Field is one header field of a Request.
+type Field struct{ Name, Value string }
+
+// HeadLen returns the length of the request head at the start of b,
+// through the empty line that ends it, or -1 if b holds no whole head.
+func HeadLen(b []byte) int {
+	if i := bytes.Index(b, headEnd); i >= 0 {
+		return i + len(headEnd)
 	}
-	method, target, version, err := parseRequestLine(lines[0])
+	return -1
+}
+
+// ParseRequest parses an HTTP/1.x request head as HeadLen delimits it
+// (ending in CRLF CRLF), appending its header fields to fields, whose
+// array it may reuse. It applies HTTPHost's rules of syntax: a request line
+// of method, target and HTTP/1.0 or HTTP/1.1 separated by single spaces;
+// no bare CR or LF; no header folded over two lines; header names that are
+// tokens; no control bytes in the target or in header values. It leaves
+// the meaning of the target and the fields to the caller.
+func ParseRequest(head string, fields []Field) (Request, error) {
+	if !strings.HasSuffix(head, "\r\n\r\n") || strings.Index(head, "\r\n\r\n") != len(head)-len(headEnd) {
+		return Request{}, fmt.Errorf("%w: request head does not end at its first empty line", ErrMalformed)
+	}
+	body := head[:len(head)-len(headEnd)]
+	if i := bareCRLF(body); i >= 0 {
+		return Request{}, fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, strings.Count(body[:i], "\r\n")+1)
+	}
+	line, rest, _ := strings.Cut(body, "\r\n")
+	method, target, version, err := parseRequestLine(line)
 	if err != nil {
-		return "", "", err
+		return Request{}, err
 	}
-	var hosts []string
-	for _, l := range lines[1:] {
-		if l[0] == ' ' || l[0] == '\t' {
-			return "", "", fmt.Errorf("%w: folded header line %q", ErrMalformed, l)
+	r := Request{Method: method, Target: target, Proto: version, Fields: fields[:0]}
+	for rest != "" {
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		if line[0] == ' ' || line[0] == '\t' {
+			return Request{}, fmt.Errorf("%w: folded header line %q", ErrMalformed, line)
 		}
-		name, value, ok := strings.Cut(l, ":")
+		name, value, ok := strings.Cut(line, ":")
 		if !ok || !isToken(name) {
-			return "", "", fmt.Errorf("%w: header line %q", ErrMalformed, l)
+			return Request{}, fmt.Errorf("%w: header line %q", ErrMalformed, line)
 		}
 		value = strings.Trim(value, " \t")
 		for i := 0; i < len(value); i++ {
 			if c := value[i]; c < 0x20 && c != '\t' || c == 0x7f {
-				return "", "", fmt.Errorf("%w: control byte %#02x in header %s", ErrMalformed, c, name)
+				return Request{}, fmt.Errorf("%w: control byte %#02x in header %s", ErrMalformed, c, name)
 			}
 		}
-		if strings.EqualFold(name, "Host") {
-			hosts = append(hosts, value)
+		r.Fields = append(r.Fields, Field{name, value})
+	}
+	return r, nil
+}
+
+// bareCRLF returns the index in s of the first CR not followed by LF or LF
+// not preceded by CR, or -1.
+func bareCRLF(s string) int {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\r':
+			if i+1 == len(s) || s[i+1] != '\n' {
+				return i
+			}
+			i++
+		case '\n':
+			return i
+		}
+	}
+	return -1
+}
+
+// parseHead parses a request head through its final CRLF CRLF (RFC 9112).
+func parseHead(head string) (host, port string, err error) {
+	var fields [16]Field
+	r, err := ParseRequest(head, fields[:0])
+	if err != nil {
+		return "", "", err
+	}
+	method, target, version := r.Method, r.Target, r.Proto
+	var hosts []string
+	for _, f := range r.Fields {
+		if strings.EqualFold(f.Name, "Host") {
+			hosts = append(hosts, f.Value)
 		}
 	}
 	switch len(hosts) {
