@@ -1,13 +1,16 @@
 package dnsfw
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -26,6 +29,11 @@ const (
 	// dnsHeaderSize is the fixed DNS header, all a datagram must hold to
 	// be looked at.
 	dnsHeaderSize = 12
+	// maxUDPReaders bounds the goroutines reading one socket bound to one
+	// address, one per CPU up to this: two readers on two cores served
+	// 20-60% more cached answers than one under dnsperf, at the same
+	// latency with one query in flight.
+	maxUDPReaders = 4
 )
 
 // udpServer answers the queries on one UDP socket with long-lived workers,
@@ -48,9 +56,11 @@ type udpServer struct {
 	wg       sync.WaitGroup  // the workers
 	bufs     bufPool
 	// The reader answers what the fast path can itself, with these: a
-	// cached answer costs less to send than to hand to a worker.
-	fq    fastQuery
-	fastW udpReply
+	// cached answer costs less to send than to hand to a worker. (Batch
+	// readers other than the first have their own fastQuery.)
+	fq       fastQuery
+	fastW    udpReply
+	stopping atomic.Bool // the batch readers are to stop
 }
 
 type udpPacket struct {
@@ -85,8 +95,8 @@ func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
 	defer stop()
 
 	var err error
-	if mc := s.batched(); mc != nil {
-		err = s.readBatched(ctx, mc)
+	if mcs := s.batched(); mcs != nil {
+		err = s.readAll(ctx, mcs)
 	} else {
 		err = s.read(ctx)
 	}
@@ -148,14 +158,36 @@ func (s *udpServer) read(ctx context.Context) error {
 	}
 }
 
+// readAll runs a batch reader per mmsgConn until ctx is done or one
+// fails; it returns the first failure.
+func (s *udpServer) readAll(ctx context.Context, mcs []*mmsgConn) error {
+	errs := make(chan error, len(mcs))
+	for i, mc := range mcs {
+		fq := &s.fq
+		if i > 0 {
+			fq = new(fastQuery)
+		}
+		go func() { errs <- s.readBatched(ctx, mc, fq) }()
+	}
+	err := <-errs
+	s.stopping.Store(true)
+	_ = s.conn.SetReadDeadline(time.Unix(1, 0)) // ends the others' reads
+	for range len(mcs) - 1 {
+		err = cmp.Or(err, <-errs)
+	}
+	return err
+}
+
 // readBatched is read for a socket bound to one address, in batches: it
 // answers what the fast path can and queues those replies, hands the rest
-// to workers, and sends the queued replies once per batch.
-func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn) error {
+// to workers, and sends the queued replies once per batch. Several may
+// read one socket: the kernel hands each datagram to one of them, and one
+// processes and sends its batch while another reads the next.
+func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn, fq *fastQuery) error {
 	for {
 		n, err := mc.recv()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || s.stopping.Load() {
 				return nil
 			}
 			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
@@ -168,7 +200,7 @@ func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn) error {
 			if len(b) < dnsHeaderSize {
 				continue // too short to answer, even with FORMERR
 			}
-			if !truncated && s.f.serveFast(s.ctx, &s.fq, b, from, mc.replyTo(i)) {
+			if !truncated && s.f.serveFast(s.ctx, fq, b, from, mc.replyTo(i)) {
 				continue
 			}
 			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from}
@@ -203,18 +235,22 @@ func (s *udpServer) dispatch(p udpPacket, mc *mmsgConn) {
 	}
 }
 
-// batched returns the batch reader of a socket bound to one address, or
+// batched returns the batch readers of a socket bound to one address, or
 // nil: replies from a wildcard socket need each datagram's destination
 // (IP_PKTINFO), which read handles through dns.SessionUDP.
-func (s *udpServer) batched() *mmsgConn {
+func (s *udpServer) batched() []*mmsgConn {
 	if s.wildcard || s.f.noBatch {
 		return nil
 	}
-	mc, err := newMmsgConn(s.conn, &s.bufs)
-	if err != nil {
-		return nil
+	var mcs []*mmsgConn
+	for range min(runtime.GOMAXPROCS(0), maxUDPReaders) {
+		mc, err := newMmsgConn(s.conn, &s.bufs)
+		if err != nil {
+			return nil
+		}
+		mcs = append(mcs, mc)
 	}
-	return mc
+	return mcs
 }
 
 func (s *udpServer) worker(p udpPacket) {
