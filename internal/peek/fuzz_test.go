@@ -162,3 +162,52 @@ func TestGoServerHelloOracle(t *testing.T) {
 		t.Fatalf("got %+v, want server name www.example.com and ALPN [h2]", info)
 	}
 }
+
+// Run with: go test ./internal/peek -run '^$' -fuzz FuzzParseRequest -fuzztime 60s -fuzzminimizetime 5s
+
+// FuzzParseRequest checks ParseRequest against net/http: a head it
+// accepts and net/http reads too must give the same method, target,
+// version and header fields, in order.
+func FuzzParseRequest(f *testing.F) {
+	for _, tc := range hostCases {
+		f.Add(tc.in)
+	}
+	f.Add("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\nProxy-Authorization: Basic YTpi\r\n\r\n")
+	f.Add("CONNECT [2001:db8::1]:443 HTTP/1.1\r\nUser-Agent: x\r\nProxy-Connection: keep-alive\r\nConnection: keep-alive\r\n\r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		n := HeadLen([]byte(in))
+		if n < 0 {
+			return
+		}
+		head := in[:n]
+		var fields [4]Field
+		r, err := ParseRequest(head, fields[:0])
+		if err != nil {
+			return
+		}
+		if r.Method == "" || r.Target == "" || r.Proto != "HTTP/1.1" && r.Proto != "HTTP/1.0" {
+			t.Fatalf("accepted request line %q %q %q", r.Method, r.Target, r.Proto)
+		}
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+		if err != nil {
+			return // e.g. a target net/http's URL parser refuses
+		}
+		if req.Method != r.Method || req.RequestURI != r.Target || req.Proto != r.Proto {
+			t.Fatalf("we read %q %q %q, net/http reads %q %q %q", r.Method, r.Target, r.Proto, req.Method, req.RequestURI, req.Proto)
+		}
+		want := http.Header{}
+		for _, f := range r.Fields {
+			want.Add(f.Name, f.Value)
+		}
+		if hosts := want["Host"]; len(hosts) == 1 && req.URL.Host == "" && req.Host != hosts[0] {
+			t.Fatalf("we read Host %q, net/http reads %q", hosts[0], req.Host)
+		}
+		delete(want, "Host") // net/http moves it to Request.Host
+		if p := want["Pragma"]; len(p) > 0 && p[0] == "no-cache" && want["Cache-Control"] == nil {
+			want["Cache-Control"] = []string{"no-cache"} // net/http adds it
+		}
+		if !reflect.DeepEqual(map[string][]string(want), map[string][]string(req.Header)) {
+			t.Fatalf("we read fields %q, net/http reads %q", want, req.Header)
+		}
+	})
+}

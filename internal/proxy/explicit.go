@@ -22,11 +22,15 @@ import (
 // and absolute-form HTTP requests. When ctx is done it stops accepting,
 // lets in-flight requests and tunnels finish for up to DrainTimeout, then
 // cuts what remains and returns nil. It closes ln.
+//
+// Connections are accepted by explicit_conn.go's loop, which answers
+// CONNECT heads itself and hands every other connection to an
+// http.Server, with the bytes it read replayed.
 func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 	p.addSelfAddr(ln.Addr())
 	dr := newDrainer()
 	defer dr.cut()
-	h := &explicitHandler{p: p, dr: dr}
+	h := &explicitHandler{p: p, dr: dr, hand: newHandoffListener(ln.Addr()), conns: newFastConns()}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:    func(*httputil.ProxyRequest) {}, // the URL is already absolute; no X-Forwarded-*
 		Transport:  &forwardRoundTripper{fresh: p.forwardTransport(false)},
@@ -43,7 +47,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		Handler:           h,
 		ReadHeaderTimeout: p.cfg.HeaderTimeout,
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       explicitIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		// Requests outlive ctx while draining; dr.hard ends them.
 		BaseContext: func(net.Listener) context.Context { return dr.hard },
@@ -53,57 +57,44 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 			}
 		},
 	}
-	lim := &limitListener{Listener: ln, p: p, dr: dr}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lim) }()
+	go func() { errc <- srv.Serve(h.hand) }()
+	var closing atomic.Bool
+	acceptc := make(chan error, 1)
+	go func() { acceptc <- h.accept(ln, &closing) }()
 	defer p.upstreams.closeAll()
 	select {
-	case err := <-errc:
+	case err := <-acceptc:
+		ln.Close()
+		h.hand.Close()
+		<-errc
 		dr.wait(0)
+		h.conns.wait(0)
 		return err
 	case <-ctx.Done():
 	}
+	closing.Store(true)
+	ln.Close()
+	<-acceptc
+	h.conns.drain()
 	// One deadline for everything in flight: forwarded requests (which
-	// Shutdown waits for) and hijacked tunnels (which it does not).
+	// Shutdown waits for), hijacked tunnels (which it does not) and the
+	// fast path's requests and tunnels.
 	deadline := time.Now().Add(p.cfg.DrainTimeout)
 	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	stop := context.AfterFunc(sctx, dr.cut)
+	stop := context.AfterFunc(sctx, func() {
+		dr.cut()
+		h.conns.cut()
+	})
 	defer stop()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
 	}
 	<-errc
 	dr.wait(time.Until(deadline))
+	h.conns.wait(time.Until(deadline))
 	return nil
-}
-
-// limitListener refuses connections beyond the policy's max_conns with a
-// 503 the client can read, instead of leaving them queued.
-type limitListener struct {
-	net.Listener
-	p  *Proxy
-	dr *drainer
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		pol := l.p.cfg.Policy()
-		if l.p.acquire(pol) {
-			return c, nil
-		}
-		rec := &connRecord{listener: explicitListener, client: remoteAddrPort(c), start: time.Now(), refusal: RefusedBusy}
-		l.p.record(context.Background(), rec)
-		l.dr.add()
-		go func() {
-			defer l.dr.done()
-			refuseRaw(c, http.StatusServiceUnavailable, RefusedBusy.String())
-		}()
-	}
 }
 
 // refuseRaw answers a connection that will not be served, then lingers
@@ -145,9 +136,11 @@ func remoteAddrPort(c net.Conn) netip.AddrPort {
 }
 
 type explicitHandler struct {
-	p  *Proxy
-	dr *drainer
-	rp *httputil.ReverseProxy
+	p     *Proxy
+	dr    *drainer
+	rp    *httputil.ReverseProxy
+	hand  *handoffListener // to the http.Server
+	conns *fastConns       // served by the fast path
 }
 
 // writeRefusal answers with status and a short plain-text reason, also in
@@ -180,54 +173,17 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	fail := func(e *refusalError) {
-		rec.fail(e)
-		detail := ""
-		if e.err != nil && e.r != RefusedAuth {
-			detail = e.err.Error()
-		}
-		writeRefusal(w, e.r.status(), e.r.String(), detail)
+		a := failure(rec, e)
+		writeRefusal(w, a.status, a.reason, a.detail)
 	}
 
-	pol := p.cfg.Policy()
-	if pol == nil {
-		fail(refuse(RefusedNoPolicy, nil))
+	t, terr := requestTarget(r)
+	pol, d, a := h.admit(r.Context(), rec, t, terr, r.Header.Get("Proxy-Authorization"))
+	if a.status != 0 {
+		writeRefusal(w, a.status, a.reason, a.detail)
 		return
 	}
-	connect := r.Method == http.MethodConnect
-	t, err := requestTarget(r)
-	if err != nil {
-		fail(refuse(RefusedBadRequest, err))
-		return
-	}
-	rec.target = t
-
-	user, err := p.auth.check(r.Context(), pol, r.Header.Get("Proxy-Authorization"))
-	if err != nil {
-		fail(refuse(RefusedAuth, err))
-		return
-	}
-	rec.user = user
-
-	q := policy.Query{Source: client.Addr().Unmap(), User: user, Port: t.Port, Proto: policy.TCP}
-	if t.Name != "" {
-		q.Name = string(t.Name)
-	} else {
-		q.Addr = t.Addr
-	}
-	d := pol.Decide(q)
-	rec.decision = d
-	if !d.Action.Permits() {
-		rec.refusal = RefusedPolicy
-		// Credentials could change this answer: ask for them.
-		if user == "" && d.Reason == policy.ReasonSource && len(pol.Users) > 0 {
-			writeRefusal(w, http.StatusProxyAuthRequired, RefusedAuth.String(), d.Reason.String())
-			return
-		}
-		writeRefusal(w, http.StatusForbidden, d.Reason.String(), "")
-		return
-	}
-
-	if connect {
+	if r.Method == http.MethodConnect {
 		tunnelled = h.connect(w, r, pol, d, t, rec, fail)
 		return
 	}
@@ -241,6 +197,65 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.forward(w, r, pol, addrs, t, rec)
+}
+
+// answer is a refusal as writeRefusal sends it; status 0 is no refusal.
+type answer struct {
+	status         int
+	reason, detail string
+}
+
+// failure records e in rec and returns the answer that tells the client.
+// The detail of an authentication failure is not given away.
+func failure(rec *connRecord, e *refusalError) answer {
+	rec.fail(e)
+	detail := ""
+	if e.err != nil && e.r != RefusedAuth {
+		detail = e.err.Error()
+	}
+	return answer{e.r.status(), e.r.String(), detail}
+}
+
+// admit is what every explicit request goes through before anything is
+// resolved or dialled, whichever way it came in: a policy must be loaded,
+// the target t (or terr) must parse, the Proxy-Authorization header must
+// be absent or name a user with the right password, and the policy must
+// permit the request. It fills rec as it goes and returns the policy and
+// its decision, or the answer that refuses the request.
+func (h *explicitHandler) admit(ctx context.Context, rec *connRecord, t Target, terr error, authorization string) (*policy.Policy, policy.Decision, answer) {
+	p := h.p
+	pol := p.cfg.Policy()
+	if pol == nil {
+		return nil, policy.Decision{}, failure(rec, refuse(RefusedNoPolicy, nil))
+	}
+	if terr != nil {
+		return nil, policy.Decision{}, failure(rec, refuse(RefusedBadRequest, terr))
+	}
+	rec.target = t
+
+	user, err := p.auth.check(ctx, pol, authorization)
+	if err != nil {
+		return nil, policy.Decision{}, failure(rec, refuse(RefusedAuth, err))
+	}
+	rec.user = user
+
+	q := policy.Query{Source: rec.client.Addr().Unmap(), User: user, Port: t.Port, Proto: policy.TCP}
+	if t.Name != "" {
+		q.Name = string(t.Name)
+	} else {
+		q.Addr = t.Addr
+	}
+	d := pol.Decide(q)
+	rec.decision = d
+	if !d.Action.Permits() {
+		rec.refusal = RefusedPolicy
+		// Credentials could change this answer: ask for them.
+		if user == "" && d.Reason == policy.ReasonSource && len(pol.Users) > 0 {
+			return nil, d, answer{http.StatusProxyAuthRequired, RefusedAuth.String(), d.Reason.String()}
+		}
+		return nil, d, answer{http.StatusForbidden, d.Reason.String(), ""}
+	}
+	return pol, d, answer{}
 }
 
 // requestTarget returns where an explicit request is going: the authority
@@ -284,6 +299,9 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 		up.Close()
 		rec.fail(refuse(RefusedDial, err))
 		return false
+	}
+	if hc, ok := conn.(*handoffConn); ok {
+		conn = hc.unwrap() // the connection itself, which splices
 	}
 	// The server stopped counting this connection at Hijack: release its
 	// max_conns slot when the tunnel ends, or now.

@@ -92,6 +92,13 @@ type Proxy struct {
 
 	active atomic.Int64 // client connections counted against MaxConns
 
+	// noFastPath sends every explicit connection to net/http, as before
+	// the fast path; tests compare the two.
+	noFastPath bool
+	// onFastConnect, if set, is called for each CONNECT the fast path
+	// answers, with its client connection.
+	onFastConnect func(net.Conn)
+
 	mu   sync.Mutex // guards following
 	self map[netip.AddrPort]bool
 }

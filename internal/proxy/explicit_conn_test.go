@@ -1,0 +1,605 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// funcResolver resolves with a function, for resolvers that block or fail
+// in chosen ways.
+type funcResolver func(ctx context.Context, host string) ([]netip.Addr, error)
+
+func (f funcResolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	return f(ctx, host)
+}
+
+// startExplicit is startProxy with a choice: fast false sends every
+// connection to net/http, as the proxy did before the fast path.
+func startExplicit(t testing.TB, yaml string, res Resolver, fast bool, mod ...func(*Config)) *harness {
+	t.Helper()
+	pol := mustParse(t, yaml)
+	buf := &syncBuffer{}
+	cfg := Config{
+		Policy:       func() *policy.Policy { return pol },
+		Resolver:     res,
+		Audit:        audit.New(buf, "json", nil),
+		DrainTimeout: 2 * time.Second,
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.noFastPath = !fast
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, p: p, addr: ln.Addr().String(), audit: buf, pol: cfg.Policy, done: make(chan error, 1), stop: cancel}
+	go func() { h.done <- p.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-h.done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("Serve did not return after cancel")
+		}
+	})
+	return h
+}
+
+// exchange is one client connection of a scenario.
+type exchange struct {
+	src       string   // client address ("" for any loopback)
+	parts     []string // written in turn, each after the answer to the last went quiet
+	burst     bool     // write the parts 2ms apart, reading only after the last
+	hangUp    bool     // close right after the last part instead of reading
+	halfClose bool     // shut the write side after the last part
+}
+
+// run plays x against the proxy at addr and returns everything the proxy
+// sent, with Date values blanked, and the connection's local address.
+func (x exchange) run(t *testing.T, addr string) (string, string) {
+	t.Helper()
+	c := dialFrom(t, addr, x.src)
+	var got strings.Builder
+	read := func() {
+		b := make([]byte, 64<<10)
+		for {
+			c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+			n, err := c.Read(b)
+			got.Write(b[:n])
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !isTimeout(err) && !strings.Contains(err.Error(), "reset") {
+					got.WriteString("<" + err.Error() + ">")
+				}
+				if !isTimeout(err) {
+					got.WriteString("<closed>")
+				}
+				return
+			}
+		}
+	}
+	for i, p := range x.parts {
+		if strings.HasPrefix(p, "\x00sleep") {
+			time.Sleep(300 * time.Millisecond)
+			continue
+		}
+		if _, err := io.WriteString(c, p); err != nil {
+			got.WriteString("<write: " + err.Error() + ">")
+			break
+		}
+		last := i == len(x.parts)-1
+		switch {
+		case x.hangUp && last:
+			c.Close()
+			return "", c.LocalAddr().String()
+		case x.halfClose && last:
+			c.(*net.TCPConn).CloseWrite()
+		case x.burst && !last:
+			time.Sleep(2 * time.Millisecond)
+			continue
+		}
+		read()
+	}
+	c.Close()
+	return dateRE.ReplaceAllString(got.String(), "Date: DATE\r\n"), c.LocalAddr().String()
+}
+
+var dateRE = regexp.MustCompile(`Date: [^\r\n]*\r\n`)
+
+// auditFor waits until the audit lines of client have settled and returns
+// them without the fields that differ from run to run.
+func auditFor(t *testing.T, h *harness, client string) []map[string]any {
+	t.Helper()
+	var lines []string
+	for i, stable := 0, 0; i < 100 && stable < 4; i++ {
+		time.Sleep(25 * time.Millisecond)
+		l := h.auditLines(`"client":"` + client + `"`)
+		if len(l) == len(lines) {
+			stable++
+		} else {
+			stable = 0
+		}
+		lines = l
+	}
+	var out []map[string]any
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("audit line %q: %v", l, err)
+		}
+		delete(m, "time")
+		delete(m, "duration")
+		delete(m, "client")
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestFastPathMatchesNetHTTP plays the same exchanges against the proxy
+// with and without the CONNECT fast path: the bytes each client receives,
+// whether the connection stays open, the audit lines and the metrics must
+// all be the same.
+func TestFastPathMatchesNetHTTP(t *testing.T) {
+	echo := echoServer(t, "127.0.0.1:0")
+	port := echo.Port()
+	echoServer(t, fmt.Sprintf("127.0.0.3:%d", port))
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "web %s %s\n", r.Method, r.URL.Path)
+	}))
+	defer web.Close()
+	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := fmt.Sprintf(`
+proxy: {deny_private: false, connect_timeout: 5s}
+sources:
+  payments: [127.0.0.2/32]
+users:
+  alice: {hash: %q, groups: [payments]}
+rules:
+  - name: open
+    to: [open.test, slow.test, dead.test, nx.test, long.test]
+    ports: ["1-65535"]
+  - name: bank
+    from: [payments]
+    to: [bank.test]
+    ports: [%d]
+  - name: one-address
+    to: [127.0.0.3/32]
+    ports: [%d]
+`, hash, port, port)
+	names := map[string][]netip.Addr{
+		"open.test": addrs("127.0.0.1"), "bank.test": addrs("127.0.0.1"), "dead.test": addrs("127.0.0.1"),
+	}
+	res := funcResolver(func(ctx context.Context, host string) ([]netip.Addr, error) {
+		switch host {
+		case "slow.test":
+			<-ctx.Done()
+			return nil, ctx.Err()
+		case "long.test":
+			return nil, errors.New("no such host: " + strings.Repeat("very long reason ", 300))
+		}
+		if a, ok := names[host]; ok {
+			return a, nil
+		}
+		return nil, fmt.Errorf("lookup %s: no such host", host)
+	})
+	regs := [2]*prometheus.Registry{prometheus.NewRegistry(), prometheus.NewRegistry()}
+	hs := [2]*harness{}
+	for i, fast := range []bool{true, false} {
+		hs[i] = startExplicit(t, pol, res, fast, func(c *Config) { c.Registerer = regs[i] })
+	}
+	var mu sync.Mutex
+	answered := map[string]int{} // client address: CONNECTs on the fast path
+	hs[0].p.onFastConnect = func(c net.Conn) {
+		mu.Lock()
+		answered[c.RemoteAddr().String()]++
+		mu.Unlock()
+	}
+
+	connect := func(target string, fields ...string) string {
+		return "CONNECT " + target + " HTTP/1.1\r\n" + strings.Join(fields, "\r\n") + map[bool]string{true: "", false: "\r\n"}[len(fields) == 0] + "\r\n"
+	}
+	open := fmt.Sprintf("open.test:%d", port)
+	hostOpen := "Host: " + open
+	cred := "Proxy-Authorization: Basic " + b64("alice:s3cret")
+	get := fmt.Sprintf("GET http://open.test:%d/x HTTP/1.1\r\nHost: open.test:%d\r\n\r\n", webPort, webPort)
+	var bytewise []string
+	for _, b := range []byte(connect(open, hostOpen)) {
+		bytewise = append(bytewise, string(b))
+	}
+	bytewise = append(bytewise, "ping\n")
+
+	cases := []struct {
+		name string
+		fast int // CONNECTs the fast path answers
+		x    exchange
+	}{
+		{"tunnel", 1, exchange{parts: []string{connect(open, hostOpen), "ping\n"}}},
+		{"tunnel without Host", 1, exchange{parts: []string{connect(open), "ping\n"}}},
+		{"tunnel like curl", 1, exchange{parts: []string{connect(open, hostOpen, "User-Agent: curl/8.5.0", "Proxy-Connection: Keep-Alive"), "ping\n"}}},
+		{"tunnel like firefox", 1, exchange{parts: []string{connect(open, "User-Agent: Mozilla/5.0", "Proxy-Connection: keep-alive", "Connection: keep-alive", hostOpen), "ping\n"}}},
+		{"early bytes", 1, exchange{parts: []string{connect(open, hostOpen) + "early\n", "late\n"}}},
+		{"head byte by byte", 1, exchange{parts: bytewise, burst: true}},
+		{"address", 1, exchange{parts: []string{connect(fmt.Sprintf("127.0.0.3:%d", port)), "ping\n"}}},
+		{"denied", 1, exchange{parts: []string{connect("other.test:443")}}},
+		{"denied, then allowed on the same connection", 2, exchange{parts: []string{connect("other.test:443"), connect(open), "ping\n"}}},
+		{"denied with early bytes", 1, exchange{parts: []string{connect("other.test:443") + "\x16\x03\x01\x00\x05hello"}}},
+		{"denied, then GET pipelined", 1, exchange{parts: []string{connect("other.test:443") + get}}},
+		{"Connection: close", 1, exchange{parts: []string{connect("other.test:443", "Connection: close")}}},
+		{"Connection: keep-alive, Close", 1, exchange{parts: []string{connect("other.test:443", "Connection: keep-alive, Close")}}},
+		{"Connection: closed", 2, exchange{parts: []string{connect("other.test:443", "Connection: closed"), connect(open), "ping\n"}}},
+		{"407, then credentials", 2, exchange{src: "127.0.0.1", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), connect(fmt.Sprintf("bank.test:%d", port), cred), "ping\n"}}},
+		{"wrong password", 1, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Basic "+b64("alice:nope"))}}},
+		{"bearer", 1, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Bearer x")}}},
+		{"by source", 1, exchange{src: "127.0.0.2", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), "ping\n"}}},
+		{"numeric last label", 1, exchange{parts: []string{connect("open.123:443")}}},
+		{"octal address", 1, exchange{parts: []string{connect(fmt.Sprintf("0177.0.0.03:%d", port)), "ping\n"}}},
+		{"bracketed v6", 1, exchange{parts: []string{connect("[::1]:443")}}},
+		{"mapped v6", 1, exchange{parts: []string{connect(fmt.Sprintf("[::ffff:127.0.0.3]:%d", port)), "ping\n"}}},
+		{"unbracketed v6", 0, exchange{parts: []string{connect("::1:443")}}},
+		{"bracketed non-address", 0, exchange{parts: []string{connect("[0]:443")}}},
+		{"bracketed v4", 0, exchange{parts: []string{connect("[127.0.0.3]:443")}}},
+		{"bracketed zone", 0, exchange{parts: []string{connect("[fe80::1%25lo]:443")}}},
+		{"missing port", 0, exchange{parts: []string{connect("open.test")}}},
+		{"empty port", 0, exchange{parts: []string{connect("open.test:")}}},
+		{"port 0", 1, exchange{parts: []string{connect("open.test:0")}}},
+		{"port too big", 1, exchange{parts: []string{connect("open.test:65536")}}},
+		{"userinfo", 0, exchange{parts: []string{connect("user@open.test:443")}}},
+		{"percent-escape", 0, exchange{parts: []string{connect(fmt.Sprintf("op%%65n.test:%d", port)), "ping\n"}}},
+		{"path target", 0, exchange{parts: []string{connect("/open.test:443")}}},
+		{"dial refused", 1, exchange{parts: []string{connect(fmt.Sprintf("dead.test:%d", dead))}}},
+		{"no such name", 1, exchange{parts: []string{connect("nx.test:443")}}},
+		{"chunked refusal", 1, exchange{parts: []string{connect("long.test:443")}}},
+		{"chunked bad request", 1, exchange{parts: []string{connect(strings.Repeat("a", 3000) + ".test:443")}}},
+		{"hang-up while resolving", 1, exchange{parts: []string{connect("slow.test:443"), "\x00sleep", ""}, hangUp: true}},
+		{"half-close while resolving", 1, exchange{parts: []string{connect("slow.test:443")}, halfClose: true}},
+		{"HTTP/1.0", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.0\r\n\r\n", "ping\n"}}},
+		{"HTTP/1.0 denied", 0, exchange{parts: []string{"CONNECT other.test:443 HTTP/1.0\r\n\r\n"}}},
+		{"lower-case method", 0, exchange{parts: []string{"connect " + open + " HTTP/1.1\r\n\r\n"}}},
+		{"two Hosts", 0, exchange{parts: []string{connect(open, hostOpen, hostOpen)}}},
+		{"bad Host", 0, exchange{parts: []string{connect(open, "Host: a b")}}},
+		{"empty Host", 1, exchange{parts: []string{connect(open, "Host:"), "ping\n"}}},
+		{"two credentials", 0, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), cred, cred), "ping\n"}}},
+		{"Content-Length", 0, exchange{parts: []string{connect(open, "Content-Length: 5") + "hello", "ping\n"}}},
+		{"Transfer-Encoding", 0, exchange{parts: []string{connect(open, "Transfer-Encoding: chunked") + "0\r\n\r\n", "ping\n"}}},
+		{"Expect", 0, exchange{parts: []string{connect(open, "Expect: 100-continue"), "ping\n"}}},
+		{"Expect other", 0, exchange{parts: []string{connect(open, "Expect: magic")}}},
+		{"folded field", 0, exchange{parts: []string{connect(open, "X-A: b", " c"), "ping\n"}}},
+		{"space before colon", 0, exchange{parts: []string{connect(open, "X-A : b")}}},
+		{"bad line, rest never sent", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\r\nno colon here\r\n"}}},
+		{"bad request line, rest never sent", 0, exchange{parts: []string{"CONNECT a b c\r\n"}}},
+		{"two spaces", 0, exchange{parts: []string{"CONNECT  " + open + " HTTP/1.1\r\n\r\n"}}},
+		{"bare LF", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\n\n"}}},
+		{"oversized", 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", 64<<10))}}},
+		{"just under the first read", 1, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize-len(connect(open, "X-Big: "))-8)), "ping\n"}}},
+		{"just over the first read", 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize)), "ping\n"}}},
+		{"TLS", 0, exchange{parts: []string{"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"}}},
+		{"garbage line", 0, exchange{parts: []string{"hello\r\n"}}},
+		{"GET", 0, exchange{parts: []string{get}}},
+		{"GET, then CONNECT", 0, exchange{parts: []string{get, connect(open), "ping\n"}}},
+		{"GET, then denied CONNECT, then GET", 0, exchange{parts: []string{get, connect("other.test:443"), get}}},
+		{"origin-form GET", 0, exchange{parts: []string{"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n"}}},
+	}
+	type result struct {
+		reply, client string
+		audit         []map[string]any
+	}
+	results := make([][2]result, len(cases))
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		for j := range hs {
+			wg.Go(func() {
+				reply, client := tc.x.run(t, hs[j].addr)
+				results[i][j] = result{reply, client, auditFor(t, hs[j], client)}
+			})
+		}
+	}
+	wg.Wait()
+	for i, tc := range cases {
+		fast, slow := results[i][0], results[i][1]
+		mu.Lock()
+		n := answered[fast.client]
+		mu.Unlock()
+		if n != tc.fast {
+			t.Errorf("%s: the fast path answered %d CONNECTs, want %d", tc.name, n, tc.fast)
+		}
+		if fast.reply != slow.reply {
+			t.Errorf("%s: the fast path answers\n%q\nnet/http answers\n%q", tc.name, fast.reply, slow.reply)
+		}
+		fa, _ := json.Marshal(fast.audit)
+		sa, _ := json.Marshal(slow.audit)
+		if string(fa) != string(sa) {
+			t.Errorf("%s: fast path audit\n%s\nnet/http audit\n%s", tc.name, fa, sa)
+		}
+		if testing.Verbose() {
+			t.Logf("%s: %q\n%s", tc.name, fast.reply, fa)
+		}
+	}
+	if f, s := metricsText(t, regs[0]), metricsText(t, regs[1]); f != s {
+		t.Errorf("metrics differ:\nfast path\n%s\nnet/http\n%s", f, s)
+	}
+}
+
+// metricsText is reg's counters and gauges (not the dial histogram, whose
+// timings differ), one per line.
+func metricsText(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.GetHistogram() != nil {
+				continue
+			}
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			lines = append(lines, fmt.Sprintf("%s{%s} %v", mf.GetName(), strings.Join(labels, ","), m.GetCounter().GetValue()+m.GetGauge().GetValue()))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+func fastPolicy(port uint16) string {
+	return fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d]\n", port)
+}
+
+func TestFastPathPipelinedBytes(t *testing.T) {
+	// Everything the client sends with the head, in the same segment,
+	// reaches the upstream first, and is counted.
+	echo := echoServer(t, "127.0.0.1:0")
+	h := startProxy(t, fastPolicy(echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	early := strings.Repeat("x", 3000)
+	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\n\r\n%s", echo.Port(), early)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v, %v", resp, err)
+	}
+	got := make([]byte, len(early))
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != early {
+		t.Fatalf("echo of the pipelined bytes: %d bytes, %v", len(got), err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, br)
+	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "allow", "bytes_up": float64(len(early)), "bytes_down": float64(len(early))})
+}
+
+func TestFastPathHeadInManySegments(t *testing.T) {
+	echo := echoServer(t, "127.0.0.1:0")
+	h := startProxy(t, fastPolicy(echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "")
+	c.(*net.TCPConn).SetNoDelay(true)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	head := fmt.Sprintf("CONNECT open.test:%d HTTP/1.1\r\nHost: open.test:%d\r\nUser-Agent: test\r\n\r\n", echo.Port(), echo.Port())
+	for i := 0; i < len(head); i += 3 {
+		if _, err := io.WriteString(c, head[i:min(i+3, len(head))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	r := connectResult{conn: c, br: bufio.NewReader(c)}
+	resp, err := http.ReadResponse(r.br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT in 3-byte segments: %v, %v", resp, err)
+	}
+	r.echo(t)
+}
+
+func TestFastPathOversizedHead(t *testing.T) {
+	h := startProxy(t, `rules: []`, mapResolver{}, func(c *Config) { c.MaxHeaderBytes = 4 << 10 })
+	c := dialFrom(t, h.addr, "")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go io.WriteString(c, "CONNECT open.test:443 HTTP/1.1\r\nX-Big: "+strings.Repeat("a", 64<<10)+"\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("oversized CONNECT head: got %d, want 431", resp.StatusCode)
+	}
+}
+
+func TestFastPathSlowHeadAfterHandoff(t *testing.T) {
+	// A head that outgrows the fast path's buffer slowly is handed to
+	// net/http with the deadline it had: handing over does not give a
+	// slow client more time.
+	h := startProxy(t, `rules: []`, mapResolver{}, func(c *Config) { c.HeaderTimeout = 500 * time.Millisecond })
+	c := dialFrom(t, h.addr, "")
+	start := time.Now()
+	io.WriteString(c, "CONNECT open.test:443 HTTP/1.1\r\nX-Big: "+strings.Repeat("a", headBufSize))
+	closed := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, c)
+		close(closed)
+	}()
+	for {
+		select {
+		case <-closed:
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("cut off after %v, want about 500ms", d)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if _, err := io.WriteString(c, "a"); err != nil {
+			return
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("a trickling head was not cut off")
+		}
+	}
+}
+
+func TestFastPathKeepAlive(t *testing.T) {
+	// A GET kept alive by net/http, then a CONNECT on the same connection:
+	// the CONNECT is net/http's to answer, and its tunnel works.
+	echo := echoServer(t, "127.0.0.1:0")
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer web.Close()
+	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
+	pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d, %d]\n", echo.Port(), webPort)
+	h := startProxy(t, pol, mapResolver{"open.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for range 2 {
+		fmt.Fprintf(c, "GET http://open.test:%d/ HTTP/1.1\r\nHost: open.test:%d\r\n\r\n", webPort, webPort)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != "hello" {
+			t.Fatalf("GET: %d %q", resp.StatusCode, b)
+		}
+	}
+	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\n\r\n", echo.Port())
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT after GETs: %v, %v", resp, err)
+	}
+	connectResult{conn: c, br: br}.echo(t)
+	c.Close()
+	waitFor(t, "the connection's slot", func() bool { return h.p.active.Load() == 0 })
+}
+
+func TestFastPathRefusedThenRetried(t *testing.T) {
+	// What curl does: CONNECT, 407, the same CONNECT with credentials on
+	// the same connection.
+	echo := echoServer(t, "127.0.0.1:0")
+	h := startProxy(t, matrixPolicy(t, echo.Port()), mapResolver{"bank.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "127.0.0.1")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	target := fmt.Sprintf("bank.test:%d", echo.Port())
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 407 || resp.Header.Get("Proxy-Authenticate") == "" || resp.Close {
+		t.Fatalf("CONNECT without credentials: %v, %v; want 407, kept alive", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", target, target, b64("alice:s3cret"))
+	resp, err = http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT with credentials: %v, %v", resp, err)
+	}
+	connectResult{conn: c, br: br}.echo(t)
+	c.Close()
+	waitFor(t, "two audit lines", func() bool { return len(h.auditLines(`"client":"`+c.LocalAddr().String()+`"`)) == 2 })
+}
+
+func TestFastPathDrain(t *testing.T) {
+	// At shutdown, a connection still sending its head and one waiting
+	// after a refusal are closed unanswered, as net/http closes its idle
+	// connections; a tunnel carries on until the drain deadline.
+	echo := echoServer(t, "127.0.0.1:0")
+	h := startProxy(t, fastPolicy(echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")},
+		func(c *Config) { c.DrainTimeout = time.Second })
+	tun := connectVia(t, h.addr, "", fmt.Sprintf("open.test:%d", echo.Port()), "")
+	refused := connectVia(t, h.addr, "", "other.test:443", "")
+	if refused.status != 403 {
+		t.Fatalf("CONNECT other.test: got %d", refused.status)
+	}
+	partial := dialFrom(t, h.addr, "")
+	io.WriteString(partial, "CONNECT open.test:443 HTTP/1.1\r\n")
+	waitFor(t, "three connections", func() bool { return h.p.active.Load() == 3 })
+	start := time.Now()
+	h.stop()
+	for _, c := range []net.Conn{refused.conn, partial} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); !isClosed(err) {
+			t.Fatalf("idle connection at shutdown: read %d, %v; want it closed", n, err)
+		}
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("idle connections closed after %v, want at once", d)
+	}
+	tun.echo(t)
+	tun.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tun.br.ReadByte(); !isClosed(err) {
+		t.Fatalf("tunnel after the drain deadline: %v, want closed", err)
+	}
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Errorf("tunnel cut after %v, want at the 1s drain deadline", d)
+	}
+}
+
+func TestFastPathHangUpWhileDialling(t *testing.T) {
+	// net/http cancels a request whose client hangs up; the fast path's
+	// watch does too, so a resolution that would wait for ever ends.
+	started := make(chan struct{}, 1)
+	res := funcResolver(func(ctx context.Context, host string) ([]netip.Addr, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	h := startProxy(t, "proxy: {deny_private: false, connect_timeout: 1m}\nrules:\n  - name: open\n    to: [slow.test]\n    ports: [443]\n", res)
+	c := dialFrom(t, h.addr, "")
+	io.WriteString(c, "CONNECT slow.test:443 HTTP/1.1\r\n\r\n")
+	<-started
+	c.Close()
+	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "deny", "refused": RefusedResolve.String(), "error": "context canceled"})
+	waitFor(t, "the slot", func() bool { return h.p.active.Load() == 0 })
+}
+
+func TestAppendRefusalChunks(t *testing.T) {
+	// The chunked body of a long refusal decodes to the message.
+	for _, n := range []int{chunkSize - 40, chunkSize, chunkSize * 2, chunkSize*2 + 1} {
+		detail := strings.Repeat("d", n)
+		b := appendRefusal(nil, answer{502, "upstream connection failed", detail}, false, time.Now())
+		resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(string(b))), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if want := "fqdngate: upstream connection failed: " + detail + "\n"; err != nil || string(body) != want {
+			t.Errorf("detail of %d bytes: body %d bytes, %v; want %d", n, len(body), err, len(want))
+		}
+	}
+}
