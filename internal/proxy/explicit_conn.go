@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,20 +126,22 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			p.release()
 		}
 	}()
+	r := newHeadReader(c)
 	for kept := false; ; kept = true {
 		if kept && n == 0 {
 			// Wait for the next request; its head has HeaderTimeout
 			// from its first byte.
-			c.SetReadDeadline(time.Now().Add(explicitIdleTimeout))
-			m, err := c.Read(buf)
+			r.deadline = time.Now().Add(explicitIdleTimeout)
+			m, err := r.Read(buf)
 			if err != nil {
 				return
 			}
 			n = m
 		}
 		deadline := time.Now().Add(p.cfg.HeaderTimeout)
-		c.SetReadDeadline(deadline)
-		end, handoff := readConnectHead(c, buf, &n)
+		r.deadline = deadline
+		end, handoff := readConnectHead(r, buf, &n)
+		r.disarm()
 		var req connectRequest
 		if end > 0 {
 			var ok bool
@@ -193,6 +196,76 @@ func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, 
 	p.release()
 }
 
+// headReader reads a connection under a deadline it arms only when a read
+// would wait: a head that has arrived by the time it is read, as most
+// have, costs no timer.
+type headReader struct {
+	c        *net.TCPConn
+	rc       syscall.RawConn
+	readFn   func(fd uintptr) bool
+	deadline time.Time // for reads from now on
+	armed    time.Time // the connection's read deadline, if set by a read
+
+	// Of the read in progress:
+	b    []byte
+	n    int
+	rerr error
+}
+
+func newHeadReader(c *net.TCPConn) *headReader {
+	r := &headReader{c: c}
+	r.rc, _ = c.SyscallConn()
+	r.readFn = r.read
+	return r
+}
+
+func (r *headReader) Read(b []byte) (int, error) {
+	if r.rc == nil {
+		r.arm()
+		return r.c.Read(b)
+	}
+	r.b, r.n, r.rerr = b, 0, nil
+	if err := r.rc.Read(r.readFn); err != nil {
+		return 0, err
+	}
+	switch {
+	case r.rerr != nil:
+		return 0, os.NewSyscallError("read", r.rerr)
+	case r.n <= 0:
+		return 0, io.EOF
+	}
+	return r.n, nil
+}
+
+func (r *headReader) read(fd uintptr) bool {
+	for {
+		r.n, r.rerr = syscall.Read(int(fd), r.b)
+		if r.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if r.rerr == syscall.EAGAIN {
+		r.arm() // before RawConn.Read waits
+		return false
+	}
+	return true
+}
+
+func (r *headReader) arm() {
+	if !r.armed.Equal(r.deadline) {
+		r.c.SetReadDeadline(r.deadline)
+		r.armed = r.deadline
+	}
+}
+
+// disarm clears the read deadline if a read set it.
+func (r *headReader) disarm() {
+	if !r.armed.IsZero() {
+		r.c.SetReadDeadline(time.Time{})
+		r.armed = time.Time{}
+	}
+}
+
 // readConnectHead reads into buf, which holds *n bytes already, until
 // buf[:end] is a whole request head that starts as a CONNECT. It hands the
 // connection off (to net/http) as soon as the bytes so far cannot be a head
@@ -200,7 +273,7 @@ func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, 
 // would have; and when the head does not fit in buf or the read fails after
 // something was read, so that net/http meets the same end. It returns end 0
 // and no handoff when the connection ended before a byte was read.
-func readConnectHead(c net.Conn, buf []byte, n *int) (end int, handoff bool) {
+func readConnectHead(c io.Reader, buf []byte, n *int) (end int, handoff bool) {
 	lines := 0 // buf[:lines] are whole lines, checked
 	for {
 		b := buf[:*n]
@@ -408,7 +481,6 @@ func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.Cancel
 		p.record(ctx, rec)
 		return nil, err == nil && !closeAfter
 	}
-	c.SetReadDeadline(time.Time{})
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		up.Close()
 		p.record(ctx, rec)

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -602,4 +603,51 @@ func TestAppendRefusalChunks(t *testing.T) {
 			t.Errorf("detail of %d bytes: body %d bytes, %v; want %d", n, len(body), err, len(want))
 		}
 	}
+}
+
+// BenchmarkShortTunnels runs short tunnels through the fast path as
+// bench/proxy/loadgen short does: dial, CONNECT, 64 bytes each way, close.
+// The client and the echo server run in the same process, so the figures
+// include their work; compare them between versions of the proxy.
+func BenchmarkShortTunnels(b *testing.B) {
+	b.Run("fast", func(b *testing.B) { benchmarkShortTunnels(b, true) })
+	b.Run("net-http", func(b *testing.B) { benchmarkShortTunnels(b, false) })
+}
+
+func benchmarkShortTunnels(b *testing.B, fast bool) {
+	echo := echoServer(b, "127.0.0.1:0")
+	h := startExplicit(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%d]\n", echo.Port()), mapResolver{}, fast)
+	head := []byte(fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo))
+	const want = "HTTP/1.1 200 Connection established\r\n\r\n"
+	msg := make([]byte, 64)
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	defer func() {
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		b.ReportMetric(float64(time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()))/float64(b.N), "user-ns/op")
+		b.ReportMetric(float64(time.Duration(ru1.Stime.Nano()-ru0.Stime.Nano()))/float64(b.N), "sys-ns/op")
+	}()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 256)
+		for pb.Next() {
+			c, err := net.Dial("tcp", h.addr)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			c.Write(head)
+			if _, err := io.ReadFull(c, buf[:len(want)]); err != nil || string(buf[:len(want)]) != want {
+				b.Errorf("CONNECT: %q, %v", buf[:len(want)], err)
+				c.Close()
+				return
+			}
+			c.Write(msg)
+			if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil {
+				b.Error(err)
+			}
+			c.Close()
+		}
+	})
 }

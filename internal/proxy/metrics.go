@@ -16,6 +16,8 @@ type metrics struct {
 	refusals      *prometheus.CounterVec // reason
 	active        prometheus.Gauge
 	bytes         *prometheus.CounterVec // direction
+	bytesUp       prometheus.Counter     // bytes, direction up
+	bytesDown     prometheus.Counter     // bytes, direction down
 	dialSeconds   prometheus.Histogram
 	verifyFailure prometheus.Counter
 }
@@ -48,6 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Upstream certificate verifications that failed.",
 		}),
 	}
+	m.bytesUp, m.bytesDown = m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
 	if reg == nil {
 		return m, nil
 	}
@@ -77,8 +80,8 @@ func (m *metrics) carried(up bool, n int64) {
 		return
 	}
 	if up {
-		m.bytes.WithLabelValues("up").Add(float64(n))
+		m.bytesUp.Add(float64(n))
 	} else {
-		m.bytes.WithLabelValues("down").Add(float64(n))
+		m.bytesDown.Add(float64(n))
 	}
 }

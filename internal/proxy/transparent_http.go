@@ -118,7 +118,7 @@ func (w *upstreamWriter) Write(b []byte) (int, error) {
 	if n > 0 {
 		w.last.Store(time.Now().UnixNano())
 		w.n.Add(int64(n))
-		w.p.metrics.carried(true, int64(n))
+		w.p.metrics.bytesUp.Add(float64(n))
 	}
 	return n, err
 }
@@ -129,16 +129,13 @@ func (w *upstreamWriter) Write(b []byte) (int, error) {
 func (p *Proxy) forwardHTTP(ctx context.Context, client *net.TCPConn, cr *clientReader, req *http.Request, up *net.TCPConn, idle time.Duration, rec *connRecord) {
 	p.metrics.active.Inc()
 	defer p.metrics.active.Dec()
-	abort := sync.OnceFunc(func() {
-		client.Close()
-		up.Close()
-	})
+	t := &tunnelState{idle: idle, client: client, upstream: up}
+	abort := t.closeBoth
 	stop := context.AfterFunc(ctx, abort)
 	defer stop()
 	defer abort()
-	t := &tunnelState{idle: idle}
 	t.touch()
-	t.timer = time.AfterFunc(idle, func() { t.check(abort) })
+	t.timer = time.AfterFunc(idle, t.check)
 	defer t.timer.Stop()
 	last := &t.last
 	cr.idle, cr.last = idle, last

@@ -42,41 +42,50 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 func (p *Proxy) tunnel(ctx context.Context, client, upstream halfCloser, idle time.Duration, up, down *atomic.Int64) {
 	p.metrics.active.Inc()
 	defer p.metrics.active.Dec()
-	closeBoth := sync.OnceFunc(func() {
-		client.Close()
-		upstream.Close()
-	})
-	stop := context.AfterFunc(ctx, closeBoth)
+	t := &tunnelState{idle: idle, client: client, upstream: upstream}
+	stop := context.AfterFunc(ctx, t.closeBoth)
 	defer stop()
-	defer closeBoth()
+	defer t.closeBoth()
 
-	t := &tunnelState{idle: idle}
 	t.last.Store(time.Now().UnixNano())
-	t.timer = time.AfterFunc(idle, func() { t.check(closeBoth) })
+	t.timer = time.AfterFunc(idle, t.check)
 	defer t.timer.Stop()
 
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if !p.pipe(upstream, client, t, up, true) {
-			closeBoth()
-		}
-	}()
+	t.wg.Add(1)
+	go t.pipeUp(p, up)
 	if !p.pipe(client, upstream, t, down, false) {
-		closeBoth()
+		t.closeBoth()
 	}
-	wg.Wait()
+	t.wg.Wait()
+}
+
+// pipeUp carries the client's bytes upstream, in a goroutine of its own.
+func (t *tunnelState) pipeUp(p *Proxy, up *atomic.Int64) {
+	defer t.wg.Done()
+	if !p.pipe(t.upstream, t.client, t, up, true) {
+		t.closeBoth()
+	}
 }
 
 // tunnelState is what both directions of a tunnel share for the idle
 // timeout: one timer per tunnel instead of deadlines re-armed per read.
 type tunnelState struct {
-	idle  time.Duration
-	last  atomic.Int64 // unix nanoseconds of the last byte either way
-	bulk  atomic.Int32 // splice runs in progress; they watch idleness with deadlines
-	ended atomic.Int32 // directions that reached end of stream
-	timer *time.Timer
+	idle             time.Duration
+	client, upstream halfCloser
+	last             atomic.Int64 // unix nanoseconds of the last byte either way
+	bulk             atomic.Int32 // splice runs in progress; they watch idleness with deadlines
+	ended            atomic.Int32 // directions that reached end of stream
+	timer            *time.Timer
+	closed           sync.Once
+	wg               sync.WaitGroup // the upward pipe's goroutine
+}
+
+// closeBoth closes both connections, once.
+func (t *tunnelState) closeBoth() {
+	t.closed.Do(func() {
+		t.client.Close()
+		t.upstream.Close()
+	})
 }
 
 func (t *tunnelState) touch() { t.last.Store(time.Now().UnixNano()) }
@@ -100,13 +109,13 @@ func (t *tunnelState) idleFor() time.Duration {
 // for idle, else re-arms for the rest of the period. A splice run in
 // progress moves bytes without touching last, and has deadlines of its
 // own, so it counts as activity.
-func (t *tunnelState) check(closeBoth func()) {
+func (t *tunnelState) check() {
 	since := t.idleFor()
 	switch {
 	case t.bulk.Load() > 0:
 		t.timer.Reset(t.idle)
 	case since >= t.idle:
-		closeBoth()
+		t.closeBoth()
 	default:
 		t.timer.Reset(t.idle - since)
 	}
@@ -116,12 +125,17 @@ func (t *tunnelState) check(closeBoth func()) {
 // end was passed on; false on error or idleness, when the caller tears the
 // whole tunnel down.
 func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, isUp bool) bool {
-	var rc syscall.RawConn
+	r := smallReader{src: src}
 	if sc, ok := src.(syscall.Conn); ok {
-		rc, _ = sc.SyscallConn()
+		r.rc, _ = sc.SyscallConn()
+	}
+	r.readFn = r.read // bound once: each read would allocate it anew
+	carried := p.metrics.bytesDown
+	if isUp {
+		carried = p.metrics.bytesUp
 	}
 	for {
-		buf, n, err := readSmall(src, rc)
+		buf, n, err := r.readSmall()
 		if n > 0 {
 			t.touch()
 			_, werr := dst.Write((*buf)[:n])
@@ -132,7 +146,7 @@ func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, i
 			}
 			t.touch()
 			count.Add(int64(n))
-			p.metrics.carried(isUp, int64(n))
+			carried.Add(float64(n))
 			if full {
 				if !p.bulkRun(dst, src, t, count, isUp) {
 					return false
@@ -153,49 +167,60 @@ func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, i
 	}
 }
 
-// readSmall reads what src has into a pooled buffer, taken only once src
-// is readable, so a goroutine waiting for data holds nothing. It returns
-// the buffer (nil if none was taken) and io.EOF at end of stream.
-func readSmall(src halfCloser, rc syscall.RawConn) (*[]byte, int, error) {
-	if rc == nil {
+// smallReader reads what src has into a pooled buffer, taken only once src
+// is readable, so a goroutine waiting for data holds nothing.
+type smallReader struct {
+	src    halfCloser
+	rc     syscall.RawConn // nil: plain reads
+	readFn func(fd uintptr) bool
+
+	// Of the read in progress:
+	buf  *[]byte
+	n    int
+	rerr error
+}
+
+// readSmall returns the buffer (nil if none was taken), the bytes read and
+// io.EOF at end of stream.
+func (r *smallReader) readSmall() (*[]byte, int, error) {
+	if r.rc == nil {
 		buf := copyBufs.Get().(*[]byte)
-		n, err := src.Read(*buf)
+		n, err := r.src.Read(*buf)
 		return buf, n, err
 	}
-	var (
-		buf  *[]byte
-		n    int
-		rerr error
-	)
-	err := rc.Read(func(fd uintptr) bool {
-		if buf == nil {
-			buf = copyBufs.Get().(*[]byte)
-		}
-		for {
-			n, rerr = syscall.Read(int(fd), *buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			copyBufs.Put(buf) // wait empty-handed
-			buf = nil
-			return false
-		}
-		return true
-	})
-	if n < 0 {
-		n = 0
-	}
+	r.buf, r.n, r.rerr = nil, 0, nil
+	err := r.rc.Read(r.readFn)
+	buf, n := r.buf, max(r.n, 0)
+	r.buf = nil
 	switch {
 	case err != nil:
 		return buf, 0, err
-	case rerr != nil:
-		return buf, 0, os.NewSyscallError("read", rerr)
+	case r.rerr != nil:
+		return buf, 0, os.NewSyscallError("read", r.rerr)
 	case n == 0:
 		return buf, 0, io.EOF
 	}
 	return buf, n, nil
+}
+
+// read is the RawConn.Read callback: it takes a buffer and reads, and gives
+// the buffer back to wait empty-handed when there is nothing to read.
+func (r *smallReader) read(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = copyBufs.Get().(*[]byte)
+	}
+	for {
+		r.n, r.rerr = syscall.Read(int(fd), *r.buf)
+		if r.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if r.rerr == syscall.EAGAIN {
+		copyBufs.Put(r.buf)
+		r.buf = nil
+		return false
+	}
+	return true
 }
 
 // bulkPause is how long a splice run waits for more data before the
@@ -225,7 +250,11 @@ func (p *Proxy) bulkRun(dst, src halfCloser, t *tunnelState, count *atomic.Int64
 		if n > 0 {
 			t.touch()
 			count.Add(n)
-			p.metrics.carried(isUp, n)
+			if isUp {
+				p.metrics.bytesUp.Add(float64(n))
+			} else {
+				p.metrics.bytesDown.Add(float64(n))
+			}
 		}
 		switch {
 		case err == nil:
