@@ -95,7 +95,7 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 	}
 	pub := published{rule: x.allow.Rule.Name, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
 	epoch := f.epoch(p)
-	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch {
+	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch && f.now().Before(r.expires) {
 		r.addPublished(pub)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -476,5 +477,179 @@ func TestPolicyEpoch(t *testing.T) {
 	}
 	if a, b := e.fw.epoch(p2), e.fw.epoch(p2); a != b {
 		t.Errorf("the same policy twice in a row: epochs %d and %d", a, b)
+	}
+}
+
+// TestWireQueryOptions: EDNS options the fast path cannot vouch for send
+// the query the ordinary way, where miekg/dns unpacks (or refuses) it.
+func TestWireQueryOptions(t *testing.T) {
+	base, err := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opt  []byte // the OPT record appended to base
+		want bool
+	}{
+		{"no options", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0}, true},
+		{"cookie", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 12, 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8}, true},
+		{"padding", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 6, 0, 12, 0, 2, 0, 0}, true},
+		{"option length past rdata", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 4, 0, 10, 0, 200}, false},
+		{"option header cut short", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 2, 0, 10}, false},
+		{"client subnet, bad family", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 8, 0, 8, 0, 4, 0, 9, 0, 0}, false},
+		{"client subnet, good", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 192, 0, 2}, false},
+		{"rdata past the datagram", []byte{0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 9, 0, 10}, false},
+	}
+	for _, tt := range tests {
+		b := append([]byte(nil), base...)
+		b[11] = 1 // ARCOUNT
+		b = append(b, tt.opt...)
+		var q wireQuery
+		if got := q.parse(b); got != tt.want {
+			t.Errorf("%s: parse = %v, want %v", tt.name, got, tt.want)
+		}
+		if err := new(dns.Msg).Unpack(b); q.parse(b) && err != nil {
+			t.Errorf("%s: accepted, but miekg/dns refuses it: %v", tt.name, err)
+		}
+	}
+}
+
+// TestFastPathInspectCNAMEPerClient: a client in two groups makes the
+// ready; a client in only one of them, allowed the question by the same
+// rule and group, is still refused the chain by inspect_cname.
+func TestFastPathInspectCNAMEPerClient(t *testing.T) {
+	z := dnstest.Zone(
+		&dns.CNAME{Hdr: dns.RR_Header{Name: "api.bank.example.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 300}, Target: "target.example."},
+		dnstest.A("target.example", 300, "192.0.2.50"),
+	)
+	e, _ := fastEnv(t, z, opts{})
+	y := strings.NewReplacer("UPSTREAM", e.up.Addr.String()).Replace(`
+dns:
+  upstreams: [UPSTREAM]
+  inspect_cname: true
+sources:
+  payments: [127.0.0.2/32, 127.0.0.5/32]
+  extra: [127.0.0.5/32]
+rules:
+  - name: bank
+    from: [payments]
+    to: [api.bank.example]
+    ports: [443]
+  - name: t
+    from: [extra]
+    to: [target.example]
+    ports: [443]
+`)
+	p, err := policy.Parse("cname.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pol.Store(p)
+	const both, one = "127.0.0.5", "127.0.0.2"
+	for range 3 {
+		if r := e.ask(both, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("client in both groups: %s", dns.RcodeToString[r.Rcode])
+		}
+	}
+	if e.fw.fastHits.Load() == 0 {
+		t.Fatal("no fast answers")
+	}
+	if r := e.ask(one, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Errorf("client only in payments: got %s with %d answers, want NXDOMAIN", dns.RcodeToString[r.Rcode], len(r.Answer))
+	}
+}
+
+// TestFastPathAfterReload: a reload that keeps the name allowed but lowers
+// max_ttl is answered with the new TTL at once (no ready of the old policy
+// serves it), and once the new ready's TTL has run out while the cache
+// entry lives on, a new ready is made.
+func TestFastPathAfterReload(t *testing.T) {
+	e, _ := fastEnv(t, zone(), opts{})
+	for range 3 {
+		e.ask(payments, "api.bank.example", dns.TypeA)
+	}
+	if e.fw.fastHits.Load() == 0 {
+		t.Fatal("no fast answers")
+	}
+	e.pol.Store(e.policy(opts{dns: "  max_ttl: 60s"}))
+	for i := range 3 {
+		if ttl := e.ask(payments, "api.bank.example", dns.TypeA).Answer[0].Header().Ttl; ttl != 60 {
+			t.Errorf("answer %d after the reload to max_ttl 60s: TTL %d", i, ttl)
+		}
+	}
+	e.clock.Advance(61 * time.Second)
+	for range 2 {
+		e.ask(payments, "api.bank.example", dns.TypeA)
+	}
+	h := e.fw.fastHits.Load()
+	e.ask(payments, "api.bank.example", dns.TypeA)
+	if e.fw.fastHits.Load() != h+1 {
+		t.Error("no fast answer once the ready's TTL ran out before its cache entry's")
+	}
+}
+
+// TestFastPathADBit: the AD bit of a cached answer reaches only clients
+// that asked with DO or AD, from either path.
+func TestFastPathADBit(t *testing.T) {
+	z := zone()
+	authentic := func(w dns.ResponseWriter, r *dns.Msg) {
+		z(adWriter{w}, r)
+	}
+	e, _ := fastEnv(t, authentic, opts{})
+	for _, tc := range []struct {
+		name   string
+		mod    func(*dns.Msg)
+		wantAD bool
+	}{
+		{"plain", func(*dns.Msg) {}, false},
+		{"DO", func(m *dns.Msg) { m.SetEdns0(1232, true) }, true},
+		{"AD", func(m *dns.Msg) { m.AuthenticatedData = true }, true},
+	} {
+		for i := range 3 {
+			m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+			tc.mod(m)
+			r, err := e.exchange(payments, "udp", m, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.AuthenticatedData != tc.wantAD {
+				t.Errorf("%s, answer %d: AD %v, want %v", tc.name, i, r.AuthenticatedData, tc.wantAD)
+			}
+		}
+	}
+	if e.fw.fastHits.Load() == 0 {
+		t.Fatal("no fast answers")
+	}
+}
+
+// adWriter sets AD on the upstream's answers.
+type adWriter struct{ dns.ResponseWriter }
+
+func (w adWriter) WriteMsg(m *dns.Msg) error {
+	m.AuthenticatedData = true
+	return w.ResponseWriter.WriteMsg(m)
+}
+
+// TestFastPathNotForVerifiedRules: answers for a rule with tls.verify are
+// verified every time, so never come from the fast path.
+func TestFastPathNotForVerifiedRules(t *testing.T) {
+	var calls atomic.Int64
+	e, _ := fastEnv(t, zone(dnstest.A("verified.example", 300, "192.0.2.40")), opts{
+		rules: "  - name: verified\n    from: [web]\n    to: [verified.example]\n    ports: [443]\n    tls: {verify: true}",
+		cfg: func(c *Config) {
+			c.Verify = func(context.Context, string, netip.Addr, uint16, *policy.TLS) error { calls.Add(1); return nil }
+		},
+	})
+	for range 4 {
+		if r := e.ask(web, "verified.example", dns.TypeA); r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("got %s", dns.RcodeToString[r.Rcode])
+		}
+	}
+	if n := calls.Load(); n != 4 {
+		t.Errorf("Verify called %d times for 4 answers, want 4", n)
+	}
+	if e.fw.fastHits.Load() != 0 {
+		t.Error("fast answers for a tls.verify rule")
 	}
 }

@@ -43,6 +43,17 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	q("api.bank.example.", dns.TypeA, func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) })
 	q("api.bank.example.", dns.TypeA, func(m *dns.Msg) { m.SetEdns0(512, false); m.IsEdns0().SetVersion(1) })
 	q("api.bank.example.", dns.TypeA, func(m *dns.Msg) { m.Response = true })
+	q("api.bank.example.", dns.TypeA, func(m *dns.Msg) {
+		m.SetEdns0(1232, false)
+		o := m.IsEdns0()
+		o.Option = append(o.Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+			&dns.EDNS0_PADDING{Padding: make([]byte, 7)})
+	})
+	q("api.bank.example.", dns.TypeA, func(m *dns.Msg) {
+		m.SetEdns0(1232, false)
+		o := m.IsEdns0()
+		o.Option = append(o.Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0)})
+	})
 	out = append(out, nil, []byte{0}, make([]byte, 12), []byte("\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"))
 	return out
 }

@@ -110,8 +110,31 @@ func (q *wireQuery) parse(b []byte) bool {
 	q.size = binary.BigEndian.Uint16(b[off+3:])
 	q.do = b[off+7]&0x80 != 0
 	rdlen := int(binary.BigEndian.Uint16(b[off+9:]))
-	return off+11+rdlen == len(b)
+	if off+11+rdlen != len(b) {
+		return false
+	}
+	// Options are dropped from the reply, as the ordinary path drops them,
+	// but they must be what miekg/dns would accept: whole, and of a kind
+	// it takes whatever the contents (a cookie, padding). Anything else
+	// (client subnet, whose address it checks, say) goes the ordinary way.
+	for opts := b[off+11:]; len(opts) > 0; {
+		if len(opts) < 4 {
+			return false
+		}
+		code, n := binary.BigEndian.Uint16(opts), int(binary.BigEndian.Uint16(opts[2:]))
+		if 4+n > len(opts) || code != optCookie && code != optPadding {
+			return false
+		}
+		opts = opts[4+n:]
+	}
+	return true
 }
+
+// EDNS option codes the fast path accepts in a query.
+const (
+	optCookie  = 10 // RFC 7873
+	optPadding = 12 // RFC 7830
+)
 
 // skipName returns the offset just past the (possibly compressed) name at
 // off in msg, or -1.

@@ -143,8 +143,10 @@ type Backend struct {
 	closeNflog func()
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
-	// resets counts the times the mirror was emptied because the kernel's
-	// elements went (the table deleted by someone else, or by Remove).
+	// resets counts the times learned elements went from the kernel
+	// wholesale: sets deleted by Apply (a rule or group removed or
+	// changed), the table deleted by someone else (seen at the next
+	// Apply), or by Remove.
 	resets                atomic.Uint64
 	retriedWithoutDeletes atomic.Uint64 // for tests
 
@@ -391,6 +393,12 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	}
 	if b.breakApply != nil {
 		b.breakApply(c)
+	}
+	if len(dropped) > 0 {
+		// Elements go with their sets, before their expiry: Dropped must
+		// move before they do (a spurious move on failure costs only a
+		// publication).
+		b.resets.Add(1)
 	}
 	if err := c.Flush(); err != nil {
 		// The kernel aborted the whole transaction: the old table stands.

@@ -394,8 +394,18 @@ rules:
     to: [203.0.113.0/24]
     ports: [5432]
 `
+	dropped := b.Dropped()
+	if err := b.Apply(context.Background(), mustParse(t, forwardPolicy)); err != nil {
+		t.Fatalf("Apply of the same policy: %v", err)
+	}
+	if got := b.Dropped(); got != dropped {
+		t.Errorf("Dropped() after applying the same policy: %d, want %d", got, dropped)
+	}
 	if err := b.Apply(context.Background(), mustParse(t, changed)); err != nil {
 		t.Fatalf("Apply: %v", err)
+	}
+	if got := b.Dropped(); got == dropped {
+		t.Errorf("Dropped() did not move when web's learned set went")
 	}
 	checkReach(t, n.client, []reach{
 		{srcPayments, srvA, "443", true}, // learned element kept

@@ -174,10 +174,12 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	return errors.Join(errs...)
 }
 
-// Dropped counts the learned elements that left the kernel before the
-// expiry they were published with: pushed out by the per-name cap, or
-// gone with the table (dnsfw.DropCounter). While it stands still, an
-// address published before is still held until its expiry.
+// Dropped counts the times learned elements left the kernel before the
+// expiry they were published with: pushed out by the per-name cap, gone
+// with their set (Apply) or the table (dnsfw.DropCounter). While it
+// stands still, an address published before is still held until its
+// expiry. A table deleted behind fqdngate's back is noticed only at the
+// next Apply; until then neither this count nor Publish knows.
 func (b *Backend) Dropped() uint64 {
 	return b.capEvictions.Load() + b.resets.Load()
 }
