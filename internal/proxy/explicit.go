@@ -354,8 +354,10 @@ type dialPlan struct {
 	port  uint16
 	// pooled is the keep-alive transport of pol when the request may reuse
 	// a connection: its one candidate is the URL's host. If nil, the
-	// request dials a fresh connection.
+	// request dials a fresh connection. conns sends the requests it can
+	// (see connPool) over connections to that candidate.
 	pooled *http.Transport
+	conns  *connPool
 
 	mu      sync.Mutex // guards following
 	dialled netip.AddrPort
@@ -370,6 +372,9 @@ type forwardRoundTripper struct {
 
 func (f *forwardRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if plan, _ := r.Context().Value(planKey{}).(*dialPlan); plan != nil && plan.pooled != nil {
+		if pooledRequest(r) && !plan.p.noConnPool {
+			return plan.conns.roundTrip(r, plan, netip.AddrPortFrom(plan.addrs[0], plan.port))
+		}
 		return plan.pooled.RoundTrip(r)
 	}
 	return f.fresh.RoundTrip(r)
@@ -407,35 +412,41 @@ type upstreamPools struct {
 }
 
 type policyTransport struct {
-	pol *policy.Policy
-	t   *http.Transport
+	pol   *policy.Policy
+	t     *http.Transport
+	conns *connPool
+}
+
+func (pt *policyTransport) closeIdle() {
+	pt.t.CloseIdleConnections()
+	pt.conns.closeIdle()
 }
 
 // forPolicy returns the pool of pol, or nil when pol is no longer the
 // policy in force (a request decided just before a reload dials fresh).
-func (u *upstreamPools) forPolicy(pol *policy.Policy) *http.Transport {
+func (u *upstreamPools) forPolicy(pol *policy.Policy) *policyTransport {
 	for {
 		cur := u.cur.Load()
 		if cur != nil && cur.pol == pol {
-			return cur.t
+			return cur
 		}
 		if u.p.cfg.Policy() != pol {
 			return nil
 		}
-		next := &policyTransport{pol: pol, t: u.p.forwardTransport(true)}
+		next := &policyTransport{pol: pol, t: u.p.forwardTransport(true), conns: newConnPool()}
 		if u.cur.CompareAndSwap(cur, next) {
 			if cur != nil {
-				cur.t.CloseIdleConnections()
+				cur.closeIdle()
 			}
-			return next.t
+			return next
 		}
-		next.t.CloseIdleConnections()
+		next.closeIdle()
 	}
 }
 
 func (u *upstreamPools) closeAll() {
 	if cur := u.cur.Swap(nil); cur != nil {
-		cur.t.CloseIdleConnections()
+		cur.closeIdle()
 	}
 }
 
@@ -503,7 +514,8 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 	if len(addrs) == 1 {
 		// One checked address: the request may take an idle connection to
 		// exactly it, kept under this same policy.
-		if plan.pooled = h.p.upstreams.forPolicy(pol); plan.pooled != nil {
+		if pt := h.p.upstreams.forPolicy(pol); pt != nil {
+			plan.pooled, plan.conns = pt.t, pt.conns
 			ap := netip.AddrPortFrom(addrs[0], t.Port)
 			u := *r.URL
 			u.Host = ap.String()

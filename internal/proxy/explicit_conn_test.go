@@ -651,3 +651,81 @@ func benchmarkShortTunnels(b *testing.B, fast bool) {
 		}
 	})
 }
+
+// BenchmarkForwardKeepAlive sends absolute-form GETs over kept-alive
+// client connections through the proxy, to a backend answering 64 bytes,
+// as bench/proxy's wrk run does. The clients and the backend are raw
+// sockets writing and reading fixed bytes, so what the benchmark counts
+// beyond them is the proxy's work.
+func BenchmarkForwardKeepAlive(b *testing.B) {
+	body := strings.Repeat("x", 64)
+	resp := "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 64\r\nDate: Sun, 22 Nov 2026 07:00:00 GMT\r\n\r\n" + body
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					// Requests have no body: answer each head.
+					for {
+						l, err := br.ReadSlice('\n')
+						if err != nil {
+							return
+						}
+						if len(l) == 2 {
+							break
+						}
+					}
+					if _, err := io.WriteString(c, resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	backend := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(backend)
+	h := startProxy(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%s]\n", port), mapResolver{})
+	req := []byte("GET http://" + backend + "/ HTTP/1.1\r\nHost: " + backend + "\r\n\r\n")
+	b.ReportAllocs()
+	b.SetParallelism(16)
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	defer func() {
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		b.ReportMetric(float64(time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()))/float64(b.N), "user-ns/op")
+		b.ReportMetric(float64(time.Duration(ru1.Stime.Nano()-ru0.Stime.Nano()))/float64(b.N), "sys-ns/op")
+	}()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for pb.Next() {
+			c.Write(req)
+			r, err := http.ReadResponse(br, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, r.Body)
+			r.Body.Close()
+			if r.StatusCode != 200 {
+				b.Errorf("status %d", r.StatusCode)
+				return
+			}
+		}
+	})
+}

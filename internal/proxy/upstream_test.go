@@ -1,0 +1,389 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// scriptedBackend is an HTTP/1.1 server of raw bytes: each request's path
+// picks the bytes it answers with and whether it then closes. It counts
+// the connections it accepted.
+type scriptedBackend struct {
+	addr  netip.AddrPort
+	conns atomic.Int32
+}
+
+type script struct {
+	reply string
+	close bool // close the connection after the reply
+}
+
+func newScriptedBackend(t *testing.T, scripts map[string]script) *scriptedBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	b := &scriptedBackend{addr: ln.Addr().(*net.TCPAddr).AddrPort()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					s, ok := scripts[req.URL.Path]
+					if !ok {
+						s = script{reply: "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"}
+					}
+					if strings.Contains(s.reply, "%s") {
+						s.reply = fmt.Sprintf(s.reply, req.Method+" "+req.URL.Path)
+					}
+					if _, err := io.WriteString(c, s.reply); err != nil || s.close {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return b
+}
+
+// TestConnPoolMatchesTransport sends the same requests through the proxy
+// with its connection pool and with http.Transport alone: what the client
+// receives, the audit lines, and the upstream connections opened must be
+// the same.
+func TestConnPoolMatchesTransport(t *testing.T) {
+	big := strings.Repeat("x", maxResponseHeaderBytes)
+	scripts := map[string]script{
+		"/ok":           {reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok"},
+		"/echo":         {reply: "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"},
+		"/chunked":      {reply: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n0\r\nX-T: v\r\n\r\n"},
+		"/until-close":  {reply: "HTTP/1.1 200 OK\r\n\r\nbody until close", close: true},
+		"/no-content":   {reply: "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n"},
+		"/not-modified": {reply: "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"},
+		"/early-hints":  {reply: "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		"/continue":     {reply: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		"/many-1xx":     {reply: strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 6) + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		"/close":        {reply: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"},
+		"/close-after":  {reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close: true},
+		"/http10":       {reply: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		"/http10-ka":    {reply: "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"},
+		"/big-header":   {reply: "HTTP/1.1 200 OK\r\nX-Big: " + big + "\r\nContent-Length: 2\r\n\r\nok"},
+		"/garbage":      {reply: "garbage\r\n\r\n", close: true},
+		"/hang-up":      {reply: "", close: true},
+		"/half-head":    {reply: "HTTP/1.1 200 OK\r\nContent-Le", close: true},
+		"/short-body":   {reply: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close: true},
+		"/bad-chunk":    {reply: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", close: true},
+		"/switch":       {reply: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"},
+		"/switch-bare":  {reply: "HTTP/1.1 101 Switching Protocols\r\n\r\nraw bytes"},
+		"/streaming":    {reply: "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nevent\r\n0\r\n\r\n"},
+	}
+	type run struct {
+		name   string
+		reqs   []string // paths, sent in turn on one client connection
+		method string
+		extra  string // header lines for the requests
+		conns  bool   // compare the upstream connections opened
+	}
+	runs := []run{
+		{name: "reuse", reqs: []string{"/ok", "/ok", "/chunked", "/ok"}, conns: true},
+		{name: "HEAD", reqs: []string{"/ok", "/ok"}, method: "HEAD", conns: true},
+		{name: "OPTIONS", reqs: []string{"/ok"}, method: "OPTIONS", conns: true},
+		{name: "POST goes to the transport", reqs: []string{"/ok", "/ok"}, method: "POST", extra: "Content-Length: 3\r\n", conns: true},
+		{name: "DELETE without body", reqs: []string{"/ok"}, method: "DELETE", conns: true},
+		{name: "client asks to close", reqs: []string{"/ok"}, extra: "Connection: close\r\n", conns: true},
+		{name: "Expect", reqs: []string{"/ok"}, extra: "Expect: 100-continue\r\n", conns: true},
+		{name: "until close", reqs: []string{"/until-close", "/ok"}, conns: true},
+		{name: "no content", reqs: []string{"/no-content", "/not-modified", "/ok"}, conns: true},
+		{name: "1xx", reqs: []string{"/early-hints", "/continue", "/ok"}, conns: true},
+		{name: "too many 1xx", reqs: []string{"/many-1xx"}},
+		{name: "close", reqs: []string{"/close", "/ok"}, conns: true},
+		{name: "close after", reqs: []string{"/close-after", "/ok"}, conns: true},
+		{name: "HTTP/1.0", reqs: []string{"/http10", "/http10-ka", "/ok"}, conns: true},
+		{name: "big header", reqs: []string{"/big-header"}},
+		{name: "garbage", reqs: []string{"/garbage"}},
+		{name: "hang-up", reqs: []string{"/hang-up"}},
+		{name: "half head", reqs: []string{"/half-head"}},
+		{name: "short body", reqs: []string{"/short-body"}},
+		{name: "bad chunk", reqs: []string{"/bad-chunk"}},
+		{name: "switch", reqs: []string{"/switch"}},
+		{name: "switch without Upgrade", reqs: []string{"/switch-bare"}},
+		{name: "streaming", reqs: []string{"/streaming"}},
+		{name: "trace", reqs: []string{"/ok"}, method: "TRACE"},
+	}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			var replies, audits [2]string
+			var opened [2]int32
+			for i, pool := range []bool{true, false} {
+				b := newScriptedBackend(t, scripts)
+				pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: web\n    to: [web.test]\n    ports: [%d]\n", b.addr.Port())
+				h := startExplicit(t, pol, mapResolver{"web.test": addrs("127.0.0.1")}, true)
+				h.p.noConnPool = !pool
+				c := dialFrom(t, h.addr, "")
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				br := bufio.NewReader(c)
+				var got strings.Builder
+				method := r.method
+				if method == "" {
+					method = "GET"
+				}
+				for _, path := range r.reqs {
+					body := ""
+					if strings.Contains(r.extra, "Content-Length: 3") {
+						body = "abc"
+					}
+					fmt.Fprintf(c, "%s http://web.test:%d%s HTTP/1.1\r\nHost: web.test:%d\r\n%s\r\n%s", method, b.addr.Port(), path, b.addr.Port(), r.extra, body)
+					resp, err := http.ReadResponse(br, &http.Request{Method: method})
+					if err != nil {
+						fmt.Fprintf(&got, "<%v>", err)
+						break
+					}
+					resp.Header.Del("Date")
+					if resp.ContentLength < 0 {
+						// ReverseProxy flushes the head of a response of
+						// unknown length from a timer that races the first
+						// body write, which would sniff a Content-Type: with
+						// either transport, the type may or may not be there.
+						resp.Header.Del("Content-Type")
+					}
+					data, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					fmt.Fprintf(&got, "%s %v %q %q %v|", resp.Status, resp.Header, data, resp.Trailer, err)
+					for resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != 101 {
+						resp, err = http.ReadResponse(br, &http.Request{Method: method})
+						if err != nil {
+							fmt.Fprintf(&got, "<%v>", err)
+							break
+						}
+						resp.Header.Del("Date")
+						data, err := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						fmt.Fprintf(&got, "%s %v %q %v|", resp.Status, resp.Header, data, err)
+					}
+					if resp.Close {
+						break
+					}
+				}
+				c.Close()
+				replies[i] = got.String()
+				time.Sleep(50 * time.Millisecond)
+				opened[i] = b.conns.Load()
+				lines := auditFor(t, h, c.LocalAddr().String())
+				for _, l := range lines {
+					delete(l, "dialled") // the backends' ports differ
+					delete(l, "port")
+				}
+				a, _ := json.Marshal(lines)
+				audits[i] = string(a)
+			}
+			if replies[0] != replies[1] {
+				t.Errorf("with the pool the client gets\n%s\nwith the transport alone\n%s", replies[0], replies[1])
+			}
+			if audits[0] != audits[1] {
+				t.Errorf("audit with the pool\n%s\nwith the transport alone\n%s", audits[0], audits[1])
+			}
+			if r.conns && opened[0] != opened[1] {
+				t.Errorf("upstream connections: %d with the pool, %d with the transport alone", opened[0], opened[1])
+			}
+			if testing.Verbose() {
+				t.Logf("%s\n%s\nconnections %d", replies[0], audits[0], opened[0])
+			}
+		})
+	}
+}
+
+func TestConnPoolRetriesClosedIdle(t *testing.T) {
+	// The backend closes every connection after a moment idle: a request
+	// on a pooled connection the server has closed is sent again on a
+	// fresh one, without the client noticing.
+	var mu sync.Mutex
+	var conns []net.Conn
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() {
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	h := startProxy(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")})
+	client := proxyClient(h.addr, nil)
+	get := func() {
+		t.Helper()
+		resp, err := client.Get(fmt.Sprintf("http://web.test:%d/", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("GET: %d %q", resp.StatusCode, b)
+		}
+	}
+	get()
+	mu.Lock()
+	for _, c := range conns { // the server drops its idle connections
+		c.Close()
+	}
+	mu.Unlock()
+	time.Sleep(50 * time.Millisecond)
+	get()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 2 {
+		t.Errorf("upstream connections: got %d, want 2 (the second after the first was closed)", len(conns))
+	}
+}
+
+func TestConnPoolClientGoneMidBody(t *testing.T) {
+	// A client that leaves while the response streams: the upstream
+	// connection is closed, not kept with half a body unread.
+	closed := make(chan struct{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		// More than the proxy buffers, so that the client sees it.
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst"+strings.Repeat("x", 100<<10))
+		io.Copy(io.Discard, br) // until the proxy closes
+		close(closed)
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	h := startProxy(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "")
+	fmt.Fprintf(c, "GET http://web.test:%d/ HTTP/1.1\r\nHost: web.test:%d\r\n\r\n", port, port)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, b); err != nil || string(b) != "first" {
+		t.Fatalf("first bytes: %q, %v", b, err)
+	}
+	c.Close()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream connection stayed open after the client left")
+	}
+}
+
+func TestConnPoolReap(t *testing.T) {
+	cp := newConnPool()
+	tc, tb := tcpPair(t)
+	key := netip.MustParseAddrPort("127.0.0.1:1")
+	uc := newUpConn(cp, key, tc, time.Minute)
+	cp.put(uc)
+	if got := cp.get(key); got != uc {
+		t.Fatalf("get after put: got %p, want %p", got, uc)
+	}
+	cp.put(uc)
+	uc.since = time.Now().Add(-upstreamIdleTimeout - time.Second)
+	cp.reap()
+	if cp.n != 0 || len(cp.idle) != 0 {
+		t.Fatalf("after reaping a connection idle too long: %d idle", cp.n)
+	}
+	tb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tb.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("reaped connection: peer read %v, want EOF", err)
+	}
+	cp.closeIdle()
+	tc2, _ := tcpPair(t)
+	cp.put(newUpConn(cp, key, tc2, time.Minute))
+	if cp.n != 0 {
+		t.Errorf("a closed pool kept a connection")
+	}
+}
+
+func TestConnPoolClientGoneBeforeResponse(t *testing.T) {
+	// A client that leaves while the upstream has not answered yet: the
+	// request is cancelled and the upstream connection closed at once.
+	closed := make(chan struct{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan struct{})
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		close(got)
+		io.Copy(io.Discard, br) // no answer; until the proxy closes
+		close(closed)
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	h := startProxy(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")})
+	c := dialFrom(t, h.addr, "")
+	fmt.Fprintf(c, "GET http://web.test:%d/ HTTP/1.1\r\nHost: web.test:%d\r\n\r\n", port, port)
+	<-got
+	c.Close()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream connection stayed open after the client left")
+	}
+	line := h.auditLine(t, `"name":"web.test"`)
+	if line["error"] != "context canceled" {
+		t.Errorf("audit error: got %v, want context canceled", line["error"])
+	}
+}
