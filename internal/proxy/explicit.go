@@ -517,9 +517,12 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 		if pt := h.p.upstreams.forPolicy(pol); pt != nil {
 			plan.pooled, plan.conns = pt.t, pt.conns
 			ap := netip.AddrPortFrom(addrs[0], t.Port)
-			u := *r.URL
-			u.Host = ap.String()
-			out.URL = &u
+			var buf [len("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")]byte
+			if host := ap.AppendTo(buf[:0]); string(host) != r.URL.Host {
+				u := *r.URL
+				u.Host = string(host)
+				out.URL = &u
+			}
 			if out.Host == "" {
 				out.Host = r.URL.Host
 			}

@@ -177,10 +177,11 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		}
 		d.Action, d.Reason, d.Rule = policy.Deny, c.refusal.reason(), nil
 	}
-	attrs := []slog.Attr{
+	attrs := make([]slog.Attr, 0, 12) // every attribute below: one allocation
+	attrs = append(attrs,
 		slog.String("listener", c.listener),
 		slog.String("client", c.client.String()),
-	}
+	)
 	if c.user != "" {
 		attrs = append(attrs, slog.String("user", c.user))
 	}
