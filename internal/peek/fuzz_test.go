@@ -127,6 +127,13 @@ func FuzzHTTPHost(f *testing.F) {
 		// that sees another host than we decided on is a policy bypass.
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(in)))
 		if err != nil {
+			// Refused for its body's framing (an empty or repeated
+			// Content-Length, an unknown Transfer-Encoding), which
+			// HTTPHost leaves to net/http: the transparent proxy's own
+			// ReadRequest refuses it too, so no server reads a host.
+			if s := err.Error(); strings.Contains(s, "Content-Length") || strings.Contains(s, "ransfer") {
+				return
+			}
 			t.Fatalf("we accepted %q as %q, net/http rejects it: %v", in, host, err)
 		}
 		rhost, rport := req.Host, ""
