@@ -203,10 +203,11 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 	if c.detail != "" {
 		attrs = append(attrs, slog.String("error", c.detail))
 	}
+	now := time.Now() // one clock reading for the duration and the line
 	attrs = append(attrs,
 		slog.Int64("bytes_up", c.up.Load()),
 		slog.Int64("bytes_down", c.down.Load()),
-		slog.Duration("duration", time.Since(c.start)),
+		slog.Duration("duration", now.Sub(c.start)),
 	)
 	p.cfg.Audit.Record(ctx, audit.Event{
 		Component: audit.Proxy,
@@ -215,6 +216,7 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		Port:      c.target.Port,
 		Decision:  d,
 		Attrs:     attrs,
+		Time:      now,
 	})
 	p.metrics.connection(c.listener, d, c.refusal)
 }
