@@ -239,13 +239,13 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		}
 		return serve, func() { pc.Close(); ln.Close() }, pc.LocalAddr().String(), nil
 	case "proxy":
-		ln, err := net.Listen("tcp", addr)
+		ln, err := proxy.Listen(context.Background(), addr)
 		if err != nil {
 			return nil, nil, "", err
 		}
 		return func(ctx context.Context) error { return c.proxy.Serve(ctx, ln) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "transparent":
-		ln, err := net.Listen("tcp", addr)
+		ln, err := proxy.Listen(context.Background(), addr)
 		if err != nil {
 			return nil, nil, "", err
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/netaddr"
@@ -96,10 +97,31 @@ func interleave(addrs []netip.Addr) []netip.Addr {
 	return out
 }
 
-// dialer is how every upstream connection is opened: marked so fqdngate's
-// own nftables rules let it out.
+// upstreamKeepAliveIdle is how long an upstream connection is idle before
+// keep-alive probes start (then every clientKeepAliveInterval, at most
+// clientKeepAliveCount).
+const upstreamKeepAliveIdle = 30 * time.Second
+
+// newDialer is how every upstream connection is opened: marked so
+// fqdngate's own nftables rules let it out, with keep-alive set on the
+// socket before it connects, where the setting arms no timer yet (after
+// connecting, as net.Dialer does it, every call re-arms one).
 func newDialer() *net.Dialer {
-	return &net.Dialer{Control: sockmark.Control, KeepAlive: 30 * time.Second}
+	return &net.Dialer{KeepAlive: -1, Control: dialControl}
+}
+
+func dialControl(network, address string, c syscall.RawConn) error {
+	if err := sockmark.Control(network, address, c); err != nil {
+		return err
+	}
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = setKeepAlive(int(fd), upstreamKeepAliveIdle)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // dial connects to one of addrs on port with Happy Eyeballs: attempts start
