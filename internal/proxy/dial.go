@@ -114,14 +114,7 @@ func dialControl(network, address string, c syscall.RawConn) error {
 	if err := sockmark.Control(network, address, c); err != nil {
 		return err
 	}
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = setKeepAlive(int(fd), upstreamKeepAliveIdle)
-	})
-	if err != nil {
-		return err
-	}
-	return serr
+	return setKeepAlive(c, upstreamKeepAliveIdle)
 }
 
 // dial connects to one of addrs on port with Happy Eyeballs: attempts start

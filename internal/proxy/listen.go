@@ -27,20 +27,23 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{
 		KeepAlive: -1, // the socket's own settings, inherited
 		Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) { serr = setKeepAlive(int(fd), clientKeepAliveIdle) })
-			if err != nil {
-				return err
-			}
-			return serr
+			return setKeepAlive(c, clientKeepAliveIdle)
 		},
 	}
 	return lc.Listen(ctx, "tcp", addr)
 }
 
-// setKeepAlive turns keep-alive on for socket fd, idle seconds before the
-// first probe.
-func setKeepAlive(fd int, idle time.Duration) error {
+// setKeepAlive turns keep-alive on for socket c, idle before the first
+// probe.
+func setKeepAlive(c syscall.RawConn, idle time.Duration) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setKeepAliveFD(int(fd), idle) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+func setKeepAliveFD(fd int, idle time.Duration) error {
 	for _, o := range []struct{ level, opt, v int }{
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(idle / time.Second)},
