@@ -344,7 +344,9 @@ rules:
 func TestDrainOnShutdown(t *testing.T) {
 	echo := echoServer(t, "127.0.0.1:0")
 	h := startProxy(t, matrixPolicy(t, echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")},
-		func(c *Config) { c.DrainTimeout = 500 * time.Millisecond })
+		// Long enough for the echo below to finish before the deadline
+		// on a loaded machine.
+		func(c *Config) { c.DrainTimeout = 3 * time.Second })
 	r := connectVia(t, h.addr, "", fmt.Sprintf("open.test:%d", echo.Port()), "")
 	h.stop()
 	// In-flight tunnels keep working while draining...
