@@ -178,25 +178,39 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	t, terr := requestTarget(r)
-	pol, d, a := h.admit(r.Context(), rec, t, terr, r.Header.Get("Proxy-Authorization"))
+	authorization := r.Header.Get("Proxy-Authorization")
+	if r.Method != http.MethodConnect {
+		pol, addrs, a := h.admitForward(r.Context(), rec, t, terr, authorization)
+		if a.status != 0 {
+			writeRefusal(w, a.status, a.reason, a.detail)
+			return
+		}
+		h.forward(w, r, pol, addrs, t, rec)
+		return
+	}
+	pol, d, a := h.admit(r.Context(), rec, t, terr, authorization)
 	if a.status != 0 {
 		writeRefusal(w, a.status, a.reason, a.detail)
 		return
 	}
-	if r.Method == http.MethodConnect {
-		tunnelled = h.connect(w, r, pol, d, t, rec, fail)
-		return
+	tunnelled = h.connect(w, r, pol, d, t, rec, fail)
+}
+
+// admitForward is admit for a request to forward, which must also not need
+// verified TLS and must resolve: it returns the candidates to dial.
+func (h *explicitHandler) admitForward(ctx context.Context, rec *connRecord, t Target, terr error, authorization string) (*policy.Policy, []netip.Addr, answer) {
+	pol, d, a := h.admit(ctx, rec, t, terr, authorization)
+	if a.status != 0 {
+		return nil, nil, a
 	}
 	if d.Rule != nil && d.Rule.TLS != nil && d.Rule.TLS.Verify {
-		fail(refuse(RefusedPlainHTTP, nil))
-		return
+		return nil, nil, failure(rec, refuse(RefusedPlainHTTP, nil))
 	}
-	addrs, rerr := p.candidates(r.Context(), pol, t)
+	addrs, rerr := h.p.candidates(ctx, pol, t)
 	if rerr != nil {
-		fail(rerr)
-		return
+		return nil, nil, failure(rec, rerr)
 	}
-	h.forward(w, r, pol, addrs, t, rec)
+	return pol, addrs, answer{}
 }
 
 // answer is a refusal as writeRefusal sends it; status 0 is no refusal.
@@ -373,7 +387,7 @@ type forwardRoundTripper struct {
 func (f *forwardRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if plan, _ := r.Context().Value(planKey{}).(*dialPlan); plan != nil && plan.pooled != nil {
 		if pooledRequest(r) && !plan.p.noConnPool {
-			return plan.conns.roundTrip(r, plan, netip.AddrPortFrom(plan.addrs[0], plan.port))
+			return plan.conns.roundTrip(r, nil, plan, netip.AddrPortFrom(plan.addrs[0], plan.port))
 		}
 		return plan.pooled.RoundTrip(r)
 	}
@@ -507,26 +521,52 @@ func (c *idleConn) Write(b []byte) (int, error) {
 	return c.TCPConn.Write(b)
 }
 
-func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *policy.Policy, addrs []netip.Addr, t Target, rec *connRecord) {
-	plan := &dialPlan{p: h.p, pol: pol, addrs: addrs, port: t.Port}
-	ctx := context.WithValue(r.Context(), planKey{}, plan)
-	out := r.WithContext(ctx)
+// newDialPlan plans how a forwarded request reaches port on one of addrs:
+// with one checked address, over an idle connection to exactly it, kept
+// under this same policy, or a fresh one to be kept; else a fresh
+// connection for this request alone.
+func (h *explicitHandler) newDialPlan(pol *policy.Policy, addrs []netip.Addr, port uint16, rec *connRecord) *dialPlan {
+	plan := &dialPlan{p: h.p, pol: pol, addrs: addrs, port: port}
 	if len(addrs) == 1 {
-		// One checked address: the request may take an idle connection to
-		// exactly it, kept under this same policy.
 		if pt := h.p.upstreams.forPolicy(pol); pt != nil {
 			plan.pooled, plan.conns = pt.t, pt.conns
-			ap := netip.AddrPortFrom(addrs[0], t.Port)
-			var buf [len("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")]byte
-			if host := ap.AppendTo(buf[:0]); string(host) != r.URL.Host {
-				u := *r.URL
-				u.Host = string(host)
-				out.URL = &u
-			}
-			if out.Host == "" {
-				out.Host = r.URL.Host
-			}
-			rec.dialled = ap
+			rec.dialled = plan.key()
+		}
+	}
+	return plan
+}
+
+// key is the address a pooled plan's connections go to.
+func (plan *dialPlan) key() netip.AddrPort { return netip.AddrPortFrom(plan.addrs[0], plan.port) }
+
+// finish records in rec the address the request reached, and why its dial
+// failed if it did.
+func (plan *dialPlan) finish(rec *connRecord) {
+	plan.mu.Lock()
+	defer plan.mu.Unlock()
+	if plan.pooled == nil || plan.rerr != nil {
+		// A pooled request that did not fail reached the one address
+		// its transport holds connections to, dialled now or before.
+		rec.dialled = plan.dialled
+	}
+	if plan.rerr != nil && rec.refusal == NotRefused {
+		rec.fail(plan.rerr)
+	}
+}
+
+func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *policy.Policy, addrs []netip.Addr, t Target, rec *connRecord) {
+	plan := h.newDialPlan(pol, addrs, t.Port, rec)
+	ctx := context.WithValue(r.Context(), planKey{}, plan)
+	out := r.WithContext(ctx)
+	if plan.pooled != nil {
+		var buf [len("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")]byte
+		if host := plan.key().AppendTo(buf[:0]); string(host) != r.URL.Host {
+			u := *r.URL
+			u.Host = string(host)
+			out.URL = &u
+		}
+		if out.Host == "" {
+			out.Host = r.URL.Host
 		}
 	}
 	// WebSocket and other upgrades go through CONNECT; a hijacked upgrade
@@ -539,22 +579,25 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 	h.dr.add()
 	defer h.dr.done()
 	h.rp.ServeHTTP(cw, out)
-	plan.mu.Lock()
-	if plan.pooled == nil || plan.rerr != nil {
-		// A pooled request that did not fail reached the one address
-		// its transport holds connections to, dialled now or before.
-		rec.dialled = plan.dialled
-	}
-	if plan.rerr != nil && rec.refusal == NotRefused {
-		rec.fail(plan.rerr)
-	}
-	plan.mu.Unlock()
+	plan.finish(rec)
 	h.p.metrics.carried(true, rec.up.Load())
 	h.p.metrics.carried(false, rec.down.Load())
 }
 
 // forwardError answers a failed forward with 502 or 504 and the reason.
 func (h *explicitHandler) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	re := forwardRefusal(err)
+	if cw, ok := w.(*countingWriter); ok {
+		if cw.rec.refusal == NotRefused {
+			cw.rec.fail(re)
+		}
+		w = cw.ResponseWriter // our answer is not bytes carried
+	}
+	writeRefusal(w, re.r.status(), re.r.String(), errorDetail(re))
+}
+
+// forwardRefusal is the refusal of a forward that failed with err.
+func forwardRefusal(err error) *refusalError {
 	var re *refusalError
 	if !errors.As(err, &re) {
 		r := RefusedDial
@@ -563,10 +606,7 @@ func (h *explicitHandler) forwardError(w http.ResponseWriter, r *http.Request, e
 		}
 		re = refuse(r, err)
 	}
-	if cw, ok := w.(*countingWriter); ok && cw.rec.refusal == NotRefused {
-		cw.rec.fail(re)
-	}
-	writeRefusal(w, re.r.status(), re.r.String(), errorDetail(re))
+	return re
 }
 
 func errorDetail(e *refusalError) string {
@@ -594,6 +634,17 @@ func (c *countingReader) Close() error { return c.r.Close() }
 type countingWriter struct {
 	http.ResponseWriter
 	rec *connRecord
+}
+
+// WriteHeader keeps net/http from adding a Content-Type the upstream did
+// not send: a proxy passes the response on as it came.
+func (c *countingWriter) WriteHeader(code int) {
+	if h := c.Header(); code >= 200 {
+		if _, ok := h["Content-Type"]; !ok {
+			h["Content-Type"] = nil
+		}
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {

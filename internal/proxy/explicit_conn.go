@@ -127,6 +127,8 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 		}
 	}()
 	r := newHeadReader(c)
+	forwards := !p.noConnPool // the fast path forwards with the pool
+	var fields [16]peek.Field
 	for kept := false; ; kept = true {
 		if kept && n == 0 {
 			// Wait for the next request; its head has HeaderTimeout
@@ -140,12 +142,18 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 		}
 		deadline := time.Now().Add(p.cfg.HeaderTimeout)
 		r.deadline = deadline
-		end, handoff := readConnectHead(r, buf, &n)
+		end, handoff := readFastHead(r, buf, &n, forwards)
 		r.disarm()
 		var req connectRequest
+		var fr forwardRequest
+		forward := false
 		if end > 0 {
 			var ok bool
-			req, ok = parseConnect(buf[:end])
+			if forward = !isConnect(buf); forward {
+				fr, ok = parseForward(string(buf[:end]), fields[:0], false)
+			} else {
+				req, ok = parseConnect(buf[:end])
+			}
 			handoff = !ok
 		}
 		if !handoff && end == 0 {
@@ -167,6 +175,15 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 		if !h.conns.busy(f, cancel) {
 			cancel()
 			return
+		}
+		if forward {
+			keep := h.fastForward(ctx, cancel, c, &fr)
+			cancel()
+			if !keep || !h.conns.waiting(f) {
+				return
+			}
+			n = copy(buf, buf[end:n])
+			continue
 		}
 		tun, keep := h.fastConnect(ctx, cancel, c, req, buf[end:n])
 		if tun != nil {
@@ -266,18 +283,19 @@ func (r *headReader) disarm() {
 	}
 }
 
-// readConnectHead reads into buf, which holds *n bytes already, until
-// buf[:end] is a whole request head that starts as a CONNECT. It hands the
-// connection off (to net/http) as soon as the bytes so far cannot be a head
-// the fast path takes, so that net/http answers a malformed line when it
-// would have; and when the head does not fit in buf or the read fails after
-// something was read, so that net/http meets the same end. It returns end 0
-// and no handoff when the connection ended before a byte was read.
-func readConnectHead(c io.Reader, buf []byte, n *int) (end int, handoff bool) {
+// readFastHead reads into buf, which holds *n bytes already, until
+// buf[:end] is a whole request head that starts as a CONNECT or, if
+// forwards, as a GET or HEAD in absolute form. It hands the connection off
+// (to net/http) as soon as the bytes so far cannot be a head the fast path
+// takes, so that net/http answers a malformed line when it would have; and
+// when the head does not fit in buf or the read fails after something was
+// read, so that net/http meets the same end. It returns end 0 and no
+// handoff when the connection ended before a byte was read.
+func readFastHead(c io.Reader, buf []byte, n *int, forwards bool) (end int, handoff bool) {
 	lines := 0 // buf[:lines] are whole lines, checked
 	for {
 		b := buf[:*n]
-		if !maybeConnect(b) {
+		if !maybeFast(b, forwards) {
 			return 0, true
 		}
 		if end := peek.HeadLen(b); end >= 0 {
@@ -288,7 +306,7 @@ func readConnectHead(c io.Reader, buf []byte, n *int) (end int, handoff bool) {
 			// a bare LF): it must fit a head the fast path takes, else
 			// net/http may already have an answer for it.
 			lines = i + 1
-			if _, ok := parseConnect(append(b[:lines:lines], "\r\n"...)); !ok {
+			if !takesPartialHead(append(b[:lines:lines], "\r\n"...)) {
 				return 0, true
 			}
 		}
@@ -303,12 +321,36 @@ func readConnectHead(c io.Reader, buf []byte, n *int) (end int, handoff bool) {
 	}
 }
 
-// maybeConnect reports whether b could start a CONNECT head.
-func maybeConnect(b []byte) bool {
-	if len(b) >= len(connectPrefix) {
-		return string(b[:len(connectPrefix)]) == connectPrefix
+// takesPartialHead reports whether the fast path may take a head that
+// starts with these lines.
+func takesPartialHead(head []byte) bool {
+	if isConnect(head) {
+		_, ok := parseConnect(head)
+		return ok
 	}
-	return string(b) == connectPrefix[:len(b)]
+	var fields [16]peek.Field
+	_, ok := parseForward(string(head), fields[:0], true)
+	return ok
+}
+
+func isConnect(b []byte) bool { return bytes.HasPrefix(b, []byte(connectPrefix)) }
+
+// maybeFast reports whether b could start a head the fast path takes: a
+// CONNECT or, if forwards, a GET or HEAD in absolute form.
+func maybeFast(b []byte, forwards bool) bool {
+	if hasPrefixSoFar(b, connectPrefix) {
+		return true
+	}
+	return forwards && (hasPrefixSoFar(b, getPrefix) || hasPrefixSoFar(b, headPrefix))
+}
+
+// hasPrefixSoFar reports whether b starts with prefix, or is the start of
+// it.
+func hasPrefixSoFar(b []byte, prefix string) bool {
+	if len(b) >= len(prefix) {
+		return string(b[:len(prefix)]) == prefix
+	}
+	return string(b) == prefix[:len(b)]
 }
 
 // connectRequest is what the fast path needs from a CONNECT head.
@@ -359,7 +401,11 @@ func parseConnect(head []byte) (connectRequest, bool) {
 // (FuzzParseConnect checks this).
 func fastAuthority(s string) bool {
 	host, port, ok := cutLast(s, ':')
-	if !ok || port == "" || len(port) > 5 {
+	return ok && fastPort(port) && fastAuthorityHost(host)
+}
+
+func fastPort(port string) bool {
+	if port == "" || len(port) > 5 {
 		return false
 	}
 	for i := 0; i < len(port); i++ {
@@ -367,6 +413,11 @@ func fastAuthority(s string) bool {
 			return false
 		}
 	}
+	return true
+}
+
+// fastAuthorityHost is fastAuthority's test of the host.
+func fastAuthorityHost(host string) bool {
 	if v6, ok := strings.CutPrefix(host, "["); ok {
 		s, ok := strings.CutSuffix(v6, "]")
 		if !ok {

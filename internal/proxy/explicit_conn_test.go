@@ -34,9 +34,17 @@ func (f funcResolver) LookupNetIP(ctx context.Context, host string) ([]netip.Add
 	return f(ctx, host)
 }
 
-// startExplicit is startProxy with a choice: fast false sends every
-// connection to net/http, as the proxy did before the fast path.
-func startExplicit(t testing.TB, yaml string, res Resolver, fast bool, mod ...func(*Config)) *harness {
+// paths picks the ways through the explicit proxy, and hooks into them,
+// before it serves.
+type paths struct {
+	slow      bool // every connection to net/http, as before the fast path
+	noPool    bool // every forwarded request through http.Transport
+	onConnect func(net.Conn)
+	onForward func(net.Conn)
+}
+
+// startExplicit is startProxy with the choice of paths.
+func startExplicit(t testing.TB, yaml string, res Resolver, ps paths, mod ...func(*Config)) *harness {
 	t.Helper()
 	pol := mustParse(t, yaml)
 	buf := &syncBuffer{}
@@ -53,7 +61,8 @@ func startExplicit(t testing.TB, yaml string, res Resolver, fast bool, mod ...fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.noFastPath = !fast
+	p.noFastPath, p.noConnPool = ps.slow, ps.noPool
+	p.onFastConnect, p.onFastForward = ps.onConnect, ps.onForward
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -223,16 +232,16 @@ rules:
 		return nil, fmt.Errorf("lookup %s: no such host", host)
 	})
 	regs := [2]*prometheus.Registry{prometheus.NewRegistry(), prometheus.NewRegistry()}
-	hs := [2]*harness{}
-	for i, fast := range []bool{true, false} {
-		hs[i] = startExplicit(t, pol, res, fast, func(c *Config) { c.Registerer = regs[i] })
-	}
 	var mu sync.Mutex
 	answered := map[string]int{} // client address: CONNECTs on the fast path
-	hs[0].p.onFastConnect = func(c net.Conn) {
+	onConnect := func(c net.Conn) {
 		mu.Lock()
 		answered[c.RemoteAddr().String()]++
 		mu.Unlock()
+	}
+	hs := [2]*harness{}
+	for i, ps := range []paths{{onConnect: onConnect}, {slow: true}} {
+		hs[i] = startExplicit(t, pol, res, ps, func(c *Config) { c.Registerer = regs[i] })
 	}
 
 	connect := func(target string, fields ...string) string {
@@ -315,8 +324,8 @@ rules:
 		{"TLS", 0, exchange{parts: []string{"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"}}},
 		{"garbage line", 0, exchange{parts: []string{"hello\r\n"}}},
 		{"GET", 0, exchange{parts: []string{get}}},
-		{"GET, then CONNECT", 0, exchange{parts: []string{get, connect(open), "ping\n"}}},
-		{"GET, then denied CONNECT, then GET", 0, exchange{parts: []string{get, connect("other.test:443"), get}}},
+		{"GET, then CONNECT", 1, exchange{parts: []string{get, connect(open), "ping\n"}}},
+		{"GET, then denied CONNECT, then GET", 1, exchange{parts: []string{get, connect("other.test:443"), get}}},
 		{"origin-form GET", 0, exchange{parts: []string{"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n"}}},
 	}
 	type result struct {
@@ -620,7 +629,7 @@ func BenchmarkShortTunnels(b *testing.B) {
 
 func benchmarkShortTunnels(b *testing.B, fast bool) {
 	echo := echoServer(b, "127.0.0.1:0")
-	h := startExplicit(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%d]\n", echo.Port()), mapResolver{}, fast)
+	h := startExplicit(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%d]\n", echo.Port()), mapResolver{}, paths{slow: !fast})
 	head := []byte(fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo))
 	const want = "HTTP/1.1 200 Connection established\r\n\r\n"
 	msg := make([]byte, 64)

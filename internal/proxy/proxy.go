@@ -98,6 +98,9 @@ type Proxy struct {
 	// onFastConnect, if set, is called for each CONNECT the fast path
 	// answers, with its client connection.
 	onFastConnect func(net.Conn)
+	// onFastForward, if set, is called for each GET or HEAD the fast path
+	// forwards, with its client connection.
+	onFastForward func(net.Conn)
 	// noConnPool sends every forwarded request through http.Transport,
 	// as before connPool; tests compare the two.
 	noConnPool bool

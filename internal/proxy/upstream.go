@@ -68,8 +68,11 @@ func pooledRequest(r *http.Request) bool {
 const maxResponseHeaderBytes = 1 << 20
 
 // roundTrip sends r to the address plan checked, over an idle connection
-// to it or a fresh one dialled by plan.
-func (cp *connPool) roundTrip(r *http.Request, plan *dialPlan, key netip.AddrPort) (*http.Response, error) {
+// to it or a fresh one dialled by plan. head, if not nil, is the request
+// head to write instead of r (which then only needs its method and
+// context). A nil pool dials every request afresh and closes the
+// connection after it: head must then ask the server to close.
+func (cp *connPool) roundTrip(r *http.Request, head []byte, plan *dialPlan, key netip.AddrPort) (*http.Response, error) {
 	for {
 		uc := cp.get(key)
 		reused := uc != nil
@@ -83,7 +86,7 @@ func (cp *connPool) roundTrip(r *http.Request, plan *dialPlan, key netip.AddrPor
 			}
 			uc = newUpConn(cp, key, c, idleTimeout(plan.pol))
 		}
-		resp, answered, err := uc.roundTrip(r)
+		resp, answered, err := uc.roundTrip(r, head)
 		if err == nil {
 			return resp, nil
 		}
@@ -98,6 +101,9 @@ func (cp *connPool) roundTrip(r *http.Request, plan *dialPlan, key netip.AddrPor
 
 // get takes an idle connection to key, or returns nil.
 func (cp *connPool) get(key netip.AddrPort) *upConn {
+	if cp == nil {
+		return nil
+	}
 	now := time.Now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
@@ -122,6 +128,10 @@ func (cp *connPool) get(key netip.AddrPort) *upConn {
 // read as the next response: such a connection is closed, as the
 // transport closes one that speaks while idle.
 func (cp *connPool) put(uc *upConn) {
+	if cp == nil {
+		uc.c.Close()
+		return
+	}
 	uc.since = time.Now()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
@@ -297,11 +307,11 @@ func (l *limitReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// roundTrip writes r and reads the response head. answered reports
+// roundTrip writes r, or head if not nil, and reads the response head. answered reports
 // whether any byte of a response came back (a failed request that got
 // none may be sent again on a fresh connection). On error the caller
 // closes the connection.
-func (uc *upConn) roundTrip(r *http.Request) (resp *http.Response, answered bool, err error) {
+func (uc *upConn) roundTrip(r *http.Request, head []byte) (resp *http.Response, answered bool, err error) {
 	ctx := r.Context()
 	// The request's end (the client went away) aborts the exchange, as
 	// it does the transport's.
@@ -313,11 +323,17 @@ func (uc *upConn) roundTrip(r *http.Request) (resp *http.Response, answered bool
 		}
 		return nil, uc.lr.read > 0, err
 	}
-	if err := r.Write(uc.bw); err != nil {
-		return fail(err)
-	}
-	if err := uc.bw.Flush(); err != nil {
-		return fail(err)
+	if head != nil {
+		if _, err := uc.c.Write(head); err != nil {
+			return fail(err)
+		}
+	} else {
+		if err := r.Write(uc.bw); err != nil {
+			return fail(err)
+		}
+		if err := uc.bw.Flush(); err != nil {
+			return fail(err)
+		}
 	}
 	uc.lr.remain, uc.lr.read = maxResponseHeaderBytes, 0
 	// The transport's errors: the read error itself when no byte came
