@@ -233,14 +233,17 @@ rules:
 	})
 	regs := [2]*prometheus.Registry{prometheus.NewRegistry(), prometheus.NewRegistry()}
 	var mu sync.Mutex
-	answered := map[string]int{} // client address: CONNECTs on the fast path
-	onConnect := func(c net.Conn) {
-		mu.Lock()
-		answered[c.RemoteAddr().String()]++
-		mu.Unlock()
+	answered := map[string]int{}  // client address: CONNECTs on the fast path
+	forwarded := map[string]int{} // and GETs and HEADs
+	count := func(m map[string]int) func(net.Conn) {
+		return func(c net.Conn) {
+			mu.Lock()
+			m[c.RemoteAddr().String()]++
+			mu.Unlock()
+		}
 	}
 	hs := [2]*harness{}
-	for i, ps := range []paths{{onConnect: onConnect}, {slow: true}} {
+	for i, ps := range []paths{{onConnect: count(answered), onForward: count(forwarded)}, {slow: true}} {
 		hs[i] = startExplicit(t, pol, res, ps, func(c *Config) { c.Registerer = regs[i] })
 	}
 
@@ -251,82 +254,109 @@ rules:
 	hostOpen := "Host: " + open
 	cred := "Proxy-Authorization: Basic " + b64("alice:s3cret")
 	get := fmt.Sprintf("GET http://open.test:%d/x HTTP/1.1\r\nHost: open.test:%d\r\n\r\n", webPort, webPort)
-	var bytewise []string
-	for _, b := range []byte(connect(open, hostOpen)) {
-		bytewise = append(bytewise, string(b))
+	bytewise := append(splitBytes(connect(open, hostOpen)), "ping\n")
+	openWeb := fmt.Sprintf("open.test:%d", webPort)
+	bankWeb := fmt.Sprintf("bank.test:%d", port)
+	getOf := func(authority, field string) string {
+		if field != "" {
+			field += "\r\n"
+		}
+		return "GET http://" + authority + "/x HTTP/1.1\r\nHost: " + authority + "\r\n" + field + "\r\n"
 	}
-	bytewise = append(bytewise, "ping\n")
 
 	cases := []struct {
 		name string
 		fast int // CONNECTs the fast path answers
+		fwd  int // GETs and HEADs it forwards
 		x    exchange
 	}{
-		{"tunnel", 1, exchange{parts: []string{connect(open, hostOpen), "ping\n"}}},
-		{"tunnel without Host", 1, exchange{parts: []string{connect(open), "ping\n"}}},
-		{"tunnel like curl", 1, exchange{parts: []string{connect(open, hostOpen, "User-Agent: curl/8.5.0", "Proxy-Connection: Keep-Alive"), "ping\n"}}},
-		{"tunnel like firefox", 1, exchange{parts: []string{connect(open, "User-Agent: Mozilla/5.0", "Proxy-Connection: keep-alive", "Connection: keep-alive", hostOpen), "ping\n"}}},
-		{"early bytes", 1, exchange{parts: []string{connect(open, hostOpen) + "early\n", "late\n"}}},
-		{"head byte by byte", 1, exchange{parts: bytewise, burst: true}},
-		{"address", 1, exchange{parts: []string{connect(fmt.Sprintf("127.0.0.3:%d", port)), "ping\n"}}},
-		{"denied", 1, exchange{parts: []string{connect("other.test:443")}}},
-		{"denied, then allowed on the same connection", 2, exchange{parts: []string{connect("other.test:443"), connect(open), "ping\n"}}},
-		{"denied with early bytes", 1, exchange{parts: []string{connect("other.test:443") + "\x16\x03\x01\x00\x05hello"}}},
-		{"denied, then GET pipelined", 1, exchange{parts: []string{connect("other.test:443") + get}}},
-		{"Connection: close", 1, exchange{parts: []string{connect("other.test:443", "Connection: close")}}},
-		{"Connection: keep-alive, Close", 1, exchange{parts: []string{connect("other.test:443", "Connection: keep-alive, Close")}}},
-		{"Connection: closed", 2, exchange{parts: []string{connect("other.test:443", "Connection: closed"), connect(open), "ping\n"}}},
-		{"407, then credentials", 2, exchange{src: "127.0.0.1", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), connect(fmt.Sprintf("bank.test:%d", port), cred), "ping\n"}}},
-		{"wrong password", 1, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Basic "+b64("alice:nope"))}}},
-		{"bearer", 1, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Bearer x")}}},
-		{"by source", 1, exchange{src: "127.0.0.2", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), "ping\n"}}},
-		{"numeric last label", 1, exchange{parts: []string{connect("open.123:443")}}},
-		{"octal address", 1, exchange{parts: []string{connect(fmt.Sprintf("0177.0.0.03:%d", port)), "ping\n"}}},
-		{"bracketed v6", 1, exchange{parts: []string{connect("[::1]:443")}}},
-		{"mapped v6", 1, exchange{parts: []string{connect(fmt.Sprintf("[::ffff:127.0.0.3]:%d", port)), "ping\n"}}},
-		{"unbracketed v6", 0, exchange{parts: []string{connect("::1:443")}}},
-		{"bracketed non-address", 0, exchange{parts: []string{connect("[0]:443")}}},
-		{"bracketed v4", 0, exchange{parts: []string{connect("[127.0.0.3]:443")}}},
-		{"bracketed zone", 0, exchange{parts: []string{connect("[fe80::1%25lo]:443")}}},
-		{"missing port", 0, exchange{parts: []string{connect("open.test")}}},
-		{"empty port", 0, exchange{parts: []string{connect("open.test:")}}},
-		{"port 0", 1, exchange{parts: []string{connect("open.test:0")}}},
-		{"port too big", 1, exchange{parts: []string{connect("open.test:65536")}}},
-		{"userinfo", 0, exchange{parts: []string{connect("user@open.test:443")}}},
-		{"percent-escape", 0, exchange{parts: []string{connect(fmt.Sprintf("op%%65n.test:%d", port)), "ping\n"}}},
-		{"path target", 0, exchange{parts: []string{connect("/open.test:443")}}},
-		{"dial refused", 1, exchange{parts: []string{connect(fmt.Sprintf("dead.test:%d", dead))}}},
-		{"no such name", 1, exchange{parts: []string{connect("nx.test:443")}}},
-		{"chunked refusal", 1, exchange{parts: []string{connect("long.test:443")}}},
-		{"chunked bad request", 1, exchange{parts: []string{connect(strings.Repeat("a", 3000) + ".test:443")}}},
-		{"hang-up while resolving", 1, exchange{parts: []string{connect("slow.test:443"), "\x00sleep", ""}, hangUp: true}},
-		{"half-close while resolving", 1, exchange{parts: []string{connect("slow.test:443")}, halfClose: true}},
-		{"HTTP/1.0", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.0\r\n\r\n", "ping\n"}}},
-		{"HTTP/1.0 denied", 0, exchange{parts: []string{"CONNECT other.test:443 HTTP/1.0\r\n\r\n"}}},
-		{"lower-case method", 0, exchange{parts: []string{"connect " + open + " HTTP/1.1\r\n\r\n"}}},
-		{"two Hosts", 0, exchange{parts: []string{connect(open, hostOpen, hostOpen)}}},
-		{"bad Host", 0, exchange{parts: []string{connect(open, "Host: a b")}}},
-		{"empty Host", 1, exchange{parts: []string{connect(open, "Host:"), "ping\n"}}},
-		{"two credentials", 0, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), cred, cred), "ping\n"}}},
-		{"Content-Length", 0, exchange{parts: []string{connect(open, "Content-Length: 5") + "hello", "ping\n"}}},
-		{"Transfer-Encoding", 0, exchange{parts: []string{connect(open, "Transfer-Encoding: chunked") + "0\r\n\r\n", "ping\n"}}},
-		{"Expect", 0, exchange{parts: []string{connect(open, "Expect: 100-continue"), "ping\n"}}},
-		{"Expect other", 0, exchange{parts: []string{connect(open, "Expect: magic")}}},
-		{"folded field", 0, exchange{parts: []string{connect(open, "X-A: b", " c"), "ping\n"}}},
-		{"space before colon", 0, exchange{parts: []string{connect(open, "X-A : b")}}},
-		{"bad line, rest never sent", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\r\nno colon here\r\n"}}},
-		{"bad request line, rest never sent", 0, exchange{parts: []string{"CONNECT a b c\r\n"}}},
-		{"two spaces", 0, exchange{parts: []string{"CONNECT  " + open + " HTTP/1.1\r\n\r\n"}}},
-		{"bare LF", 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\n\n"}}},
-		{"oversized", 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", 64<<10))}}},
-		{"just under the first read", 1, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize-len(connect(open, "X-Big: "))-8)), "ping\n"}}},
-		{"just over the first read", 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize)), "ping\n"}}},
-		{"TLS", 0, exchange{parts: []string{"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"}}},
-		{"garbage line", 0, exchange{parts: []string{"hello\r\n"}}},
-		{"GET", 0, exchange{parts: []string{get}}},
-		{"GET, then CONNECT", 1, exchange{parts: []string{get, connect(open), "ping\n"}}},
-		{"GET, then denied CONNECT, then GET", 1, exchange{parts: []string{get, connect("other.test:443"), get}}},
-		{"origin-form GET", 0, exchange{parts: []string{"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n"}}},
+		{"tunnel", 1, 0, exchange{parts: []string{connect(open, hostOpen), "ping\n"}}},
+		{"tunnel without Host", 1, 0, exchange{parts: []string{connect(open), "ping\n"}}},
+		{"tunnel like curl", 1, 0, exchange{parts: []string{connect(open, hostOpen, "User-Agent: curl/8.5.0", "Proxy-Connection: Keep-Alive"), "ping\n"}}},
+		{"tunnel like firefox", 1, 0, exchange{parts: []string{connect(open, "User-Agent: Mozilla/5.0", "Proxy-Connection: keep-alive", "Connection: keep-alive", hostOpen), "ping\n"}}},
+		{"early bytes", 1, 0, exchange{parts: []string{connect(open, hostOpen) + "early\n", "late\n"}}},
+		{"head byte by byte", 1, 0, exchange{parts: bytewise, burst: true}},
+		{"address", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("127.0.0.3:%d", port)), "ping\n"}}},
+		{"denied", 1, 0, exchange{parts: []string{connect("other.test:443")}}},
+		{"denied, then allowed on the same connection", 2, 0, exchange{parts: []string{connect("other.test:443"), connect(open), "ping\n"}}},
+		{"denied with early bytes", 1, 0, exchange{parts: []string{connect("other.test:443") + "\x16\x03\x01\x00\x05hello"}}},
+		{"Connection: close", 1, 0, exchange{parts: []string{connect("other.test:443", "Connection: close")}}},
+		{"Connection: keep-alive, Close", 1, 0, exchange{parts: []string{connect("other.test:443", "Connection: keep-alive, Close")}}},
+		{"Connection: closed", 2, 0, exchange{parts: []string{connect("other.test:443", "Connection: closed"), connect(open), "ping\n"}}},
+		{"407, then credentials", 2, 0, exchange{src: "127.0.0.1", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), connect(fmt.Sprintf("bank.test:%d", port), cred), "ping\n"}}},
+		{"wrong password", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Basic "+b64("alice:nope"))}}},
+		{"bearer", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), "Proxy-Authorization: Bearer x")}}},
+		{"by source", 1, 0, exchange{src: "127.0.0.2", parts: []string{connect(fmt.Sprintf("bank.test:%d", port)), "ping\n"}}},
+		{"numeric last label", 1, 0, exchange{parts: []string{connect("open.123:443")}}},
+		{"octal address", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("0177.0.0.03:%d", port)), "ping\n"}}},
+		{"bracketed v6", 1, 0, exchange{parts: []string{connect("[::1]:443")}}},
+		{"mapped v6", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("[::ffff:127.0.0.3]:%d", port)), "ping\n"}}},
+		{"unbracketed v6", 0, 0, exchange{parts: []string{connect("::1:443")}}},
+		{"bracketed non-address", 0, 0, exchange{parts: []string{connect("[0]:443")}}},
+		{"bracketed v4", 0, 0, exchange{parts: []string{connect("[127.0.0.3]:443")}}},
+		{"bracketed zone", 0, 0, exchange{parts: []string{connect("[fe80::1%25lo]:443")}}},
+		{"missing port", 0, 0, exchange{parts: []string{connect("open.test")}}},
+		{"empty port", 0, 0, exchange{parts: []string{connect("open.test:")}}},
+		{"port 0", 1, 0, exchange{parts: []string{connect("open.test:0")}}},
+		{"port too big", 1, 0, exchange{parts: []string{connect("open.test:65536")}}},
+		{"userinfo", 0, 0, exchange{parts: []string{connect("user@open.test:443")}}},
+		{"percent-escape", 0, 0, exchange{parts: []string{connect(fmt.Sprintf("op%%65n.test:%d", port)), "ping\n"}}},
+		{"path target", 0, 0, exchange{parts: []string{connect("/open.test:443")}}},
+		{"dial refused", 1, 0, exchange{parts: []string{connect(fmt.Sprintf("dead.test:%d", dead))}}},
+		{"no such name", 1, 0, exchange{parts: []string{connect("nx.test:443")}}},
+		{"chunked refusal", 1, 0, exchange{parts: []string{connect("long.test:443")}}},
+		{"chunked bad request", 1, 0, exchange{parts: []string{connect(strings.Repeat("a", 3000) + ".test:443")}}},
+		{"hang-up while resolving", 1, 0, exchange{parts: []string{connect("slow.test:443"), "\x00sleep", ""}, hangUp: true}},
+		{"half-close while resolving", 1, 0, exchange{parts: []string{connect("slow.test:443")}, halfClose: true}},
+		{"HTTP/1.0", 0, 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.0\r\n\r\n", "ping\n"}}},
+		{"HTTP/1.0 denied", 0, 0, exchange{parts: []string{"CONNECT other.test:443 HTTP/1.0\r\n\r\n"}}},
+		{"lower-case method", 0, 0, exchange{parts: []string{"connect " + open + " HTTP/1.1\r\n\r\n"}}},
+		{"two Hosts", 0, 0, exchange{parts: []string{connect(open, hostOpen, hostOpen)}}},
+		{"bad Host", 0, 0, exchange{parts: []string{connect(open, "Host: a b")}}},
+		{"empty Host", 1, 0, exchange{parts: []string{connect(open, "Host:"), "ping\n"}}},
+		{"two credentials", 0, 0, exchange{parts: []string{connect(fmt.Sprintf("bank.test:%d", port), cred, cred), "ping\n"}}},
+		{"Content-Length", 0, 0, exchange{parts: []string{connect(open, "Content-Length: 5") + "hello", "ping\n"}}},
+		{"Transfer-Encoding", 0, 0, exchange{parts: []string{connect(open, "Transfer-Encoding: chunked") + "0\r\n\r\n", "ping\n"}}},
+		{"Expect", 0, 0, exchange{parts: []string{connect(open, "Expect: 100-continue"), "ping\n"}}},
+		{"Expect other", 0, 0, exchange{parts: []string{connect(open, "Expect: magic")}}},
+		{"folded field", 0, 0, exchange{parts: []string{connect(open, "X-A: b", " c"), "ping\n"}}},
+		{"space before colon", 0, 0, exchange{parts: []string{connect(open, "X-A : b")}}},
+		{"bad line, rest never sent", 0, 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\r\nno colon here\r\n"}}},
+		{"bad request line, rest never sent", 0, 0, exchange{parts: []string{"CONNECT a b c\r\n"}}},
+		{"two spaces", 0, 0, exchange{parts: []string{"CONNECT  " + open + " HTTP/1.1\r\n\r\n"}}},
+		{"bare LF", 0, 0, exchange{parts: []string{"CONNECT " + open + " HTTP/1.1\n\n"}}},
+		{"oversized", 0, 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", 64<<10))}}},
+		{"just under the first read", 1, 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize-len(connect(open, "X-Big: "))-8)), "ping\n"}}},
+		{"just over the first read", 0, 0, exchange{parts: []string{connect(open, "X-Big: "+strings.Repeat("a", headBufSize)), "ping\n"}}},
+		{"TLS", 0, 0, exchange{parts: []string{"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"}}},
+		{"garbage line", 0, 0, exchange{parts: []string{"hello\r\n"}}},
+		{"GET", 0, 1, exchange{parts: []string{get}}},
+		{"GET, then CONNECT", 1, 1, exchange{parts: []string{get, connect(open), "ping\n"}}},
+		{"GET, then denied CONNECT, then GET", 1, 2, exchange{parts: []string{get, connect("other.test:443"), get}}},
+		{"denied, then GET pipelined", 1, 1, exchange{parts: []string{connect("other.test:443") + get}}},
+		{"GET denied", 0, 1, exchange{parts: []string{getOf("other.test", "")}}},
+		{"GET denied port", 0, 1, exchange{parts: []string{getOf("bank.test:1", "")}}},
+		{"GET 407, then credentials", 0, 2, exchange{src: "127.0.0.1", parts: []string{getOf(bankWeb, ""), getOf(bankWeb, cred)}}},
+		{"GET wrong password", 0, 1, exchange{parts: []string{getOf(bankWeb, "Proxy-Authorization: Basic "+b64("alice:nope"))}}},
+		{"GET by source", 0, 1, exchange{src: "127.0.0.2", parts: []string{getOf(bankWeb, "")}}},
+		{"GET no such name", 0, 1, exchange{parts: []string{getOf("nx.test", "")}}},
+		{"GET dial refused", 0, 1, exchange{parts: []string{getOf(fmt.Sprintf("dead.test:%d", dead), "")}}},
+		{"GET long refusal", 0, 1, exchange{parts: []string{getOf("long.test", "")}}},
+		{"GET hang-up while resolving", 0, 1, exchange{parts: []string{getOf("slow.test", ""), "\x00sleep", ""}, hangUp: true}},
+		{"GET Connection: close", 0, 1, exchange{parts: []string{getOf(openWeb, "Connection: close")}}},
+		{"GET denied, Connection: close", 0, 1, exchange{parts: []string{getOf("other.test", "Connection: close")}}},
+		{"GET pipelined", 0, 3, exchange{parts: []string{get + getOf(openWeb, "") + strings.Replace(get, "GET", "HEAD", 1)}}},
+		{"GET bytewise", 0, 1, exchange{parts: splitBytes(get), burst: true}},
+		{"GET port 0", 0, 1, exchange{parts: []string{getOf("open.test:0", "")}}},
+		{"GET address", 0, 1, exchange{parts: []string{getOf(fmt.Sprintf("127.0.0.3:%d", port), "")}}},
+		{"GET without port", 0, 1, exchange{parts: []string{getOf("open.test", "")}}},
+		{"GET without Host", 0, 0, exchange{parts: []string{fmt.Sprintf("GET http://%s/ HTTP/1.1\r\n\r\n", openWeb)}}},
+		{"GET HTTP/1.0", 0, 0, exchange{parts: []string{fmt.Sprintf("GET http://%s/ HTTP/1.0\r\nHost: a\r\n\r\n", openWeb)}}},
+		{"GET https URL", 0, 0, exchange{parts: []string{"GET https://open.test/ HTTP/1.1\r\nHost: a\r\n\r\n"}}},
+		{"GET with body", 0, 0, exchange{parts: []string{getOf(openWeb, "Content-Length: 2") + "hi"}}},
+		{"GET query with ;", 0, 0, exchange{parts: []string{fmt.Sprintf("GET http://%s/?a;b HTTP/1.1\r\nHost: a\r\n\r\n", openWeb)}}},
+		{"POST", 0, 0, exchange{parts: []string{fmt.Sprintf("POST http://%s/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", openWeb)}}},
+		{"origin-form GET", 0, 0, exchange{parts: []string{"GET / HTTP/1.1\r\nHost: open.test\r\n\r\n"}}},
 	}
 	type result struct {
 		reply, client string
@@ -346,10 +376,10 @@ rules:
 	for i, tc := range cases {
 		fast, slow := results[i][0], results[i][1]
 		mu.Lock()
-		n := answered[fast.client]
+		n, fwd := answered[fast.client], forwarded[fast.client]
 		mu.Unlock()
-		if n != tc.fast {
-			t.Errorf("%s: the fast path answered %d CONNECTs, want %d", tc.name, n, tc.fast)
+		if n != tc.fast || fwd != tc.fwd {
+			t.Errorf("%s: the fast path answered %d CONNECTs and forwarded %d requests, want %d and %d", tc.name, n, fwd, tc.fast, tc.fwd)
 		}
 		if fast.reply != slow.reply {
 			t.Errorf("%s: the fast path answers\n%q\nnet/http answers\n%q", tc.name, fast.reply, slow.reply)
@@ -366,6 +396,14 @@ rules:
 	if f, s := metricsText(t, regs[0]), metricsText(t, regs[1]); f != s {
 		t.Errorf("metrics differ:\nfast path\n%s\nnet/http\n%s", f, s)
 	}
+}
+
+func splitBytes(s string) []string {
+	var parts []string
+	for _, b := range []byte(s) {
+		parts = append(parts, string(b))
+	}
+	return parts
 }
 
 // metricsText is reg's counters and gauges (not the dial histogram, whose

@@ -34,8 +34,8 @@ import (
 // HTTP/1.1" (or HEAD) with an authority the CONNECT fast path would take
 // (its port optional), a path and query of characters net/url gives back
 // unchanged and ReverseProxy does not clean, exactly one Host field (of
-// fastHost's characters), at most one Connection and Proxy-Authorization
-// field, and no Content-Length, Transfer-Encoding, Expect, TE or Upgrade
+// fastHost's characters), at most one Connection, Proxy-Authorization and
+// User-Agent field, and no Content-Length, Transfer-Encoding, Expect, TE or Upgrade
 // field. Anything else goes to net/http.
 
 // Prefixes of the forwarded heads the fast path takes.
@@ -70,9 +70,11 @@ func parseForward(head string, fields []peek.Field, partial bool) (forwardReques
 		return forwardRequest{}, false
 	}
 	req := forwardRequest{method: r.Method, authority: authority, uri: uri, fields: r.Fields}
-	var hosts, auths, conns int
+	var hosts, auths, conns, agents int
 	for _, f := range r.Fields {
 		switch {
+		case strings.EqualFold(f.Name, "User-Agent"):
+			agents++ // Request.Write sends only the first
 		case strings.EqualFold(f.Name, "Host"):
 			hosts++
 			if hosts > 1 || !fastHost(f.Value) {
@@ -90,7 +92,7 @@ func parseForward(head string, fields []peek.Field, partial bool) (forwardReques
 			return forwardRequest{}, false
 		}
 	}
-	if auths > 1 || conns > 1 || hosts == 0 && !partial {
+	if auths > 1 || conns > 1 || agents > 1 || hosts == 0 && !partial {
 		return forwardRequest{}, false
 	}
 	return req, true
@@ -186,7 +188,8 @@ func appendUpstreamHead(b []byte, r *forwardRequest, closeConn bool) []byte {
 	b = append(b, r.authority...)
 	b = append(b, "\r\n"...)
 	for _, f := range r.fields {
-		if r.forwarded(f.Name) {
+		// An empty User-Agent is how ReverseProxy says "none".
+		if r.forwarded(f.Name) && (f.Value != "" || !strings.EqualFold(f.Name, "User-Agent")) {
 			b = append(b, f.Name...)
 			b = append(b, ": "...)
 			b = append(b, f.Value...)

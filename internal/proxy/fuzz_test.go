@@ -1,14 +1,19 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fqdngate/fqdngate/internal/peek"
 )
 
 // Run with: go test ./internal/proxy -run '^$' -fuzz FuzzParseConnect -fuzztime 60s -fuzzminimizetime 5s
@@ -122,3 +127,125 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// Run with: go test ./internal/proxy -run '^$' -fuzz FuzzParseForward -fuzztime 60s -fuzzminimizetime 5s
+
+// FuzzParseForward checks the fast path's forwarding against net/http and
+// ReverseProxy: a head parseForward takes must reach an http.Server's
+// handler as a request for the same host, with the same credentials and
+// wish to close, and the head the fast path sends upstream must read back
+// as the request ReverseProxy sends.
+func FuzzParseForward(f *testing.F) {
+	for _, s := range []string{
+		"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+		"GET http://a.example:8080/p/a%2Fb;x?q=1&r=%41 HTTP/1.1\r\nHost: a.example:8080\r\nUser-Agent: curl/8\r\nAccept: */*\r\nProxy-Connection: Keep-Alive\r\n\r\n",
+		"HEAD http://[2001:db8::1]:80 HTTP/1.1\r\nhost: x\r\nConnection: close, X-A\r\nX-A: 1\r\nx-a: 2\r\nX-B: \r\n\r\n",
+		"GET http://a.example/?x HTTP/1.1\r\nHost:\r\nProxy-Authorization: Basic YTpi\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=x\r\nKeep-Alive: 5\r\n\r\n",
+		"GET http://a.example/ HTTP/1.1\r\nHost: a\r\nUser-Agent:\r\nUser-Agent: b\r\nTrailer: X\r\n\r\n",
+		"GET http://A.Example./%7e HTTP/1.1\r\nHost: a\r\nCookie: a=b; c=d\r\nCookie: e=f\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	o := newForwardOracle(f)
+	f.Fuzz(func(t *testing.T, in string) {
+		n := strings.Index(in, "\r\n\r\n")
+		if n < 0 {
+			return
+		}
+		head := in[:n+4]
+		var fields [16]peek.Field
+		req, ok := parseForward(head, fields[:0], false)
+		if !ok {
+			return
+		}
+		if _, ok := parseForward(head, fields[:0], true); !ok {
+			t.Fatalf("head %q is taken whole but not as a partial head", head)
+		}
+		got, up, err := o.serve(head)
+		if err != nil {
+			t.Fatalf("the fast path takes %q, net/http: %v", head, err)
+		}
+		want := fmt.Sprintf("%s http %s auth=%q close=%v", req.method, req.authority, req.authorization, req.close)
+		if got != want {
+			t.Fatalf("head %q: the fast path reads %s, net/http's handler gets %s", head, want, got)
+		}
+		fast := string(appendUpstreamHead(nil, &req, false))
+		if a, b := readHead(t, fast), readHead(t, up); a != b {
+			t.Fatalf("head %q: the fast path sends\n%q (%s)\nReverseProxy sends\n%q (%s)", head, fast, a, up, b)
+		}
+	})
+}
+
+// readHead reads a request head as a server would and prints what it
+// means.
+func readHead(t *testing.T, head string) string {
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+	if err != nil {
+		t.Fatalf("reading %q: %v", head, err)
+	}
+	return fmt.Sprintf("%s %s host=%q close=%v header=%q", r.Method, r.RequestURI, r.Host, r.Close, r.Header)
+}
+
+// forwardOracle is an http.Server whose handler reports what it was given
+// and runs ReverseProxy as forward does, capturing the request it sends.
+type forwardOracle struct {
+	conns chan net.Conn
+	got   chan [2]string
+}
+
+func newForwardOracle(tb testing.TB) *forwardOracle {
+	o := &forwardOracle{conns: make(chan net.Conn), got: make(chan [2]string, 1)}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		closing := r.Close || hasToken(r.Header.Get("Connection"), "close")
+		got := fmt.Sprintf("%s %s %s auth=%q close=%v", r.Method, r.URL.Scheme, r.URL.Host, r.Header.Get("Proxy-Authorization"), closing)
+		var up bytes.Buffer
+		rp := &httputil.ReverseProxy{
+			Rewrite: func(*httputil.ProxyRequest) {},
+			Transport: roundTripFunc(func(out *http.Request) (*http.Response, error) {
+				out.Write(&up)
+				return &http.Response{StatusCode: 204, Body: http.NoBody, Header: http.Header{}, Request: out}, nil
+			}),
+		}
+		out := r.Clone(r.Context())
+		out.Header.Del("Upgrade") // as forward does
+		rp.ServeHTTP(w, out)
+		o.got <- [2]string{got, up.String()}
+	})}
+	ln := &chanListener{conns: o.conns, done: make(chan struct{})}
+	go srv.Serve(ln)
+	tb.Cleanup(func() { srv.Close() })
+	return o
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// serve sends head to the server and returns what its handler was given
+// and the head ReverseProxy sent upstream.
+func (o *forwardOracle) serve(head string) (got, up string, err error) {
+	client, server := net.Pipe()
+	defer client.Close()
+	o.conns <- server
+	go func() {
+		client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(client, head)
+	}()
+	reply := make(chan string, 1)
+	go func() {
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(client)
+		reply <- string(b)
+	}()
+	select {
+	case g := <-o.got:
+		return g[0], g[1], nil
+	case r := <-reply:
+		select {
+		case g := <-o.got:
+			return g[0], g[1], nil
+		default:
+		}
+		return "", "", fmt.Errorf("handler not called; answer %q", r)
+	}
+}
