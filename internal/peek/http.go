@@ -200,11 +200,11 @@ func parseHead(head string) (host, port string, err error) {
 }
 
 func parseRequestLine(l string) (method, target, version string, err error) {
-	parts := strings.Split(l, " ")
-	if len(parts) != 3 || !isToken(parts[0]) || parts[1] == "" {
+	method, rest, ok1 := strings.Cut(l, " ")
+	target, version, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || strings.IndexByte(version, ' ') >= 0 || !isToken(method) || target == "" {
 		return "", "", "", fmt.Errorf("%w: request line %q", ErrNotHTTP, l)
 	}
-	method, target, version = parts[0], parts[1], parts[2]
 	if version != "HTTP/1.1" && version != "HTTP/1.0" {
 		return "", "", "", fmt.Errorf("%w: version %q", ErrNotHTTP, version)
 	}
