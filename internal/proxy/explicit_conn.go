@@ -20,13 +20,14 @@ import (
 )
 
 // The explicit listener's connections are accepted here, not by net/http:
-// the first request head is read with peek's parser, and a CONNECT is
-// decided, dialled, answered and tunnelled by this file's fast path, which
-// saves net/http's per-connection work (its reader and writer, the request
-// and its header map, contexts, the background read, Hijack) on every
-// tunnel. Anything else, and every CONNECT the fast path is not certain to
-// answer exactly as net/http would, goes to the http.Server unchanged: its
-// bytes already read are replayed, and its head keeps the deadline it had.
+// request heads are read with peek's parser, and a CONNECT is decided,
+// dialled, answered and tunnelled by this file's fast path, which saves
+// net/http's per-connection work (its reader and writer, the request and
+// its header map, contexts, the background read, Hijack) on every tunnel;
+// a plain GET or HEAD is forwarded by explicit_forward.go. Anything else,
+// and every head the fast path is not certain to answer exactly as
+// net/http would, goes to the http.Server unchanged: its bytes already
+// read are replayed, and its head keeps the deadline it had.
 //
 // The fast path takes a head only when it is a CONNECT whose request line
 // is "CONNECT host:port HTTP/1.1" (host a name of letters, digits, '-',
