@@ -308,7 +308,8 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 // ReverseProxy and net/http's server would: without hop-by-hop fields,
 // with Go's status text, a Date if the upstream sent none, the upstream's
 // Content-Length if it sent one and chunked otherwise, trailers after a
-// chunked body, and Connection: close if closeAfter. It counts the body in
+// chunked body, and Connection: close if closeAfter. A body of unknown
+// length, or server-sent events, is passed on as it comes. It counts the body in
 // rec and closes resp's body. An error means the client connection must
 // be closed (the response may be cut short, as net/http cuts it when
 // ReverseProxy aborts).
@@ -356,32 +357,12 @@ func writeResponse(bw *bufio.Writer, method string, resp *http.Response, closeAf
 		}
 		hdr["Trailer"] = []string{strings.Join(keys, ", ")}
 	}
-	cb := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(cb)
-	buf := *cb
-	n, rerr := 0, error(nil)
-	emptyBody := false
-	if chunked {
-		// net/http's server writes the head with the first bytes of the
-		// body (none if the upstream fails first); a body that ends
-		// before any, without trailers, it sends as Content-Length: 0.
-		n, rerr = body.Read(buf)
-		if n == 0 && rerr != nil && rerr != io.EOF {
-			return rerr
-		}
-		if n == 0 && rerr == io.EOF && len(resp.Trailer) == 0 {
-			chunked, emptyBody = false, true
-		}
-	}
 	writeStatusLine(bw, code)
 	hdr.Write(bw)
 	if _, ok := hdr["Date"]; !ok {
 		bw.WriteString("Date: ")
 		bw.Write(time.Now().UTC().AppendFormat(bw.AvailableBuffer(), http.TimeFormat))
 		bw.WriteString("\r\n")
-	}
-	if emptyBody {
-		bw.WriteString("Content-Length: 0\r\n")
 	}
 	if closeAfter {
 		bw.WriteString("Connection: close\r\n")
@@ -390,13 +371,22 @@ func writeResponse(bw *bufio.Writer, method string, resp *http.Response, closeAf
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	bw.WriteString("\r\n")
-	if noBody || emptyBody {
+	if noBody {
 		return bw.Flush()
 	}
-	for first := chunked; ; first = false {
-		if !first {
-			n, rerr = body.Read(buf)
+	ub, _ := body.(*upBody)
+	if streaming && (ub == nil || ub.uc.br.Buffered() == 0) {
+		// ReverseProxy sends a stream's head at once, not with its first
+		// event; when the body is already here they go out together.
+		if err := bw.Flush(); err != nil {
+			return err
 		}
+	}
+	cb := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(cb)
+	buf := *cb
+	for {
+		n, rerr := body.Read(buf)
 		if n > 0 {
 			if chunked {
 				bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(n), 16))
