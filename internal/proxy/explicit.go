@@ -387,7 +387,7 @@ type forwardRoundTripper struct {
 func (f *forwardRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	if plan, _ := r.Context().Value(planKey{}).(*dialPlan); plan != nil && plan.pooled != nil {
 		if pooledRequest(r) && !plan.p.noConnPool {
-			return plan.conns.roundTrip(r, nil, plan, netip.AddrPortFrom(plan.addrs[0], plan.port))
+			return plan.conns.roundTrip(r, nil, plan, plan.key())
 		}
 		return plan.pooled.RoundTrip(r)
 	}

@@ -454,3 +454,55 @@ func TestForwardStreamHeadAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestForwardSeveralAddresses: a name with several addresses is dialled
+// afresh for every request (Happy Eyeballs over its candidates), asking the
+// server to close, on both paths alike.
+func TestForwardSeveralAddresses(t *testing.T) {
+	var replies, audits [2]string
+	for i, ps := range []paths{{}, {slow: true}} {
+		b := newScriptedBackend(t, map[string]script{
+			"/ok": {reply: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		})
+		pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: web\n    to: [web.test]\n    ports: [%d]\n", b.addr.Port())
+		var forwarded atomic.Int32
+		ps.onForward = func(net.Conn) { forwarded.Add(1) }
+		// 127.0.0.2 refuses: Happy Eyeballs reaches the backend first or
+		// after it.
+		h := startExplicit(t, pol, mapResolver{"web.test": addrs("127.0.0.1", "127.0.0.2")}, ps)
+		c := dialFrom(t, h.addr, "")
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		br := bufio.NewReader(c)
+		var got strings.Builder
+		for range 3 {
+			fmt.Fprintf(c, "GET http://web.test:%d/ok HTTP/1.1\r\nHost: web.test\r\n\r\n", b.addr.Port())
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := io.ReadAll(resp.Body)
+			fmt.Fprintf(&got, "%s %q %v|", resp.Status, data, err)
+		}
+		c.Close()
+		replies[i] = got.String()
+		if n := b.conns.Load(); n != 3 {
+			t.Errorf("slow=%v: %d upstream connections for 3 requests, want 3", ps.slow, n)
+		}
+		if got, want := forwarded.Load(), map[bool]int32{false: 3, true: 0}[ps.slow]; got != want {
+			t.Errorf("slow=%v: the fast path forwarded %d requests, want %d", ps.slow, got, want)
+		}
+		lines := auditFor(t, h, c.LocalAddr().String())
+		for _, l := range lines {
+			delete(l, "port")
+			if d, _ := l["dialled"].(string); !strings.HasPrefix(d, "127.0.0.1:") {
+				t.Errorf("slow=%v: dialled %q", ps.slow, d)
+			}
+			delete(l, "dialled")
+		}
+		a, _ := json.Marshal(lines)
+		audits[i] = string(a)
+	}
+	if replies[0] != replies[1] || audits[0] != audits[1] {
+		t.Errorf("the fast path: %s\n%s\nnet/http: %s\n%s", replies[0], audits[0], replies[1], audits[1])
+	}
+}
