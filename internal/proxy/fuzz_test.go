@@ -35,7 +35,7 @@ func FuzzParseConnect(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	srv := newOracle(f)
+	o := newOracle(f, func(_ http.ResponseWriter, r *http.Request) [2]string { return [2]string{describeRequest(r)} })
 	f.Fuzz(func(t *testing.T, in string) {
 		n := strings.Index(in, "\r\n\r\n")
 		if n < 0 {
@@ -46,30 +46,28 @@ func FuzzParseConnect(f *testing.F) {
 		if !ok {
 			return
 		}
-		got, err := srv.serve(head)
+		got, err := o.serve(head)
 		if err != nil {
 			t.Fatalf("the fast path takes %q, net/http: %v", head, err)
 		}
 		want := fmt.Sprintf("CONNECT %s auth=%q close=%v", req.authority, req.authorization, req.close)
-		if got != want {
+		if got[0] != want {
 			t.Fatalf("head %q: the fast path reads %s, net/http's handler gets %s", head, want, got)
 		}
 	})
 }
 
-// oracle is an http.Server whose handler reports what it was given.
+// oracle is an http.Server whose handler reports what handle makes of
+// each request it is given.
 type oracle struct {
 	conns chan net.Conn
-	got   chan string
+	got   chan [2]string
 }
 
-func newOracle(tb testing.TB) *oracle {
-	o := &oracle{conns: make(chan net.Conn), got: make(chan string, 1)}
+func newOracle(tb testing.TB, handle func(http.ResponseWriter, *http.Request) [2]string) *oracle {
+	o := &oracle{conns: make(chan net.Conn), got: make(chan [2]string, 1)}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// As net/http's response would: Connection: close on the request
-		// (or HTTP/1.0 without keep-alive) closes after the answer.
-		closing := r.Close || hasToken(r.Header.Get("Connection"), "close")
-		o.got <- fmt.Sprintf("%s %s auth=%q close=%v", r.Method, r.Host, r.Header.Get("Proxy-Authorization"), closing)
+		o.got <- handle(w, r)
 	})}
 	ln := &chanListener{conns: o.conns, done: make(chan struct{})}
 	go srv.Serve(ln)
@@ -77,9 +75,18 @@ func newOracle(tb testing.TB) *oracle {
 	return o
 }
 
-// serve sends head to the server and returns what its handler was given,
+// describeRequest is what an oracle reports of a request: its method, host,
+// credentials and wish to close (as net/http's response would: Connection:
+// close on the request, or HTTP/1.0 without keep-alive, closes after the
+// answer).
+func describeRequest(r *http.Request) string {
+	closing := r.Close || hasToken(r.Header.Get("Connection"), "close")
+	return fmt.Sprintf("%s %s auth=%q close=%v", r.Method, r.Host, r.Header.Get("Proxy-Authorization"), closing)
+}
+
+// serve sends head to the server and returns what its handler reported,
 // or an error with the server's answer if the handler was not called.
-func (o *oracle) serve(head string) (string, error) {
+func (o *oracle) serve(head string) ([2]string, error) {
 	client, server := net.Pipe()
 	defer client.Close()
 	o.conns <- server
@@ -102,7 +109,7 @@ func (o *oracle) serve(head string) (string, error) {
 			return g, nil
 		default:
 		}
-		return "", fmt.Errorf("handler not called; answer %q", r)
+		return [2]string{}, fmt.Errorf("handler not called; answer %q", r)
 	}
 }
 
@@ -146,7 +153,7 @@ func FuzzParseForward(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	o := newForwardOracle(f)
+	o := forwardOracle(f)
 	f.Fuzz(func(t *testing.T, in string) {
 		n := strings.Index(in, "\r\n\r\n")
 		if n < 0 {
@@ -161,12 +168,13 @@ func FuzzParseForward(f *testing.F) {
 		if _, ok := parseForward(head, fields[:0], true); !ok {
 			t.Fatalf("head %q is taken whole but not as a partial head", head)
 		}
-		got, up, err := o.serve(head)
+		got, err := o.serve(head)
 		if err != nil {
 			t.Fatalf("the fast path takes %q, net/http: %v", head, err)
 		}
-		want := fmt.Sprintf("%s http %s auth=%q close=%v", req.method, req.authority, req.authorization, req.close)
-		if got != want {
+		up := got[1]
+		want := fmt.Sprintf("http %s %s %s auth=%q close=%v", req.authority, req.method, req.authority, req.authorization, req.close)
+		if got[0] != want {
 			t.Fatalf("head %q: the fast path reads %s, net/http's handler gets %s", head, want, got)
 		}
 		fast := string(appendUpstreamHead(nil, &req, false))
@@ -186,18 +194,10 @@ func readHead(t *testing.T, head string) string {
 	return fmt.Sprintf("%s %s host=%q close=%v header=%q", r.Method, r.RequestURI, r.Host, r.Close, r.Header)
 }
 
-// forwardOracle is an http.Server whose handler reports what it was given
-// and runs ReverseProxy as forward does, capturing the request it sends.
-type forwardOracle struct {
-	conns chan net.Conn
-	got   chan [2]string
-}
-
-func newForwardOracle(tb testing.TB) *forwardOracle {
-	o := &forwardOracle{conns: make(chan net.Conn), got: make(chan [2]string, 1)}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		closing := r.Close || hasToken(r.Header.Get("Connection"), "close")
-		got := fmt.Sprintf("%s %s %s auth=%q close=%v", r.Method, r.URL.Scheme, r.URL.Host, r.Header.Get("Proxy-Authorization"), closing)
+// forwardOracle is an oracle whose handler also runs ReverseProxy as
+// forward does and reports the request it sends upstream.
+func forwardOracle(tb testing.TB) *oracle {
+	return newOracle(tb, func(w http.ResponseWriter, r *http.Request) [2]string {
 		var up bytes.Buffer
 		rp := &httputil.ReverseProxy{
 			Rewrite: func(*httputil.ProxyRequest) {},
@@ -206,46 +206,15 @@ func newForwardOracle(tb testing.TB) *forwardOracle {
 				return &http.Response{StatusCode: 204, Body: http.NoBody, Header: http.Header{}, Request: out}, nil
 			}),
 		}
+		// requestTarget reads the URL's host.
+		got := r.URL.Scheme + " " + r.URL.Host + " " + describeRequest(r)
 		out := r.Clone(r.Context())
 		out.Header.Del("Upgrade") // as forward does
 		rp.ServeHTTP(w, out)
-		o.got <- [2]string{got, up.String()}
-	})}
-	ln := &chanListener{conns: o.conns, done: make(chan struct{})}
-	go srv.Serve(ln)
-	tb.Cleanup(func() { srv.Close() })
-	return o
+		return [2]string{got, up.String()}
+	})
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// serve sends head to the server and returns what its handler was given
-// and the head ReverseProxy sent upstream.
-func (o *forwardOracle) serve(head string) (got, up string, err error) {
-	client, server := net.Pipe()
-	defer client.Close()
-	o.conns <- server
-	go func() {
-		client.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(client, head)
-	}()
-	reply := make(chan string, 1)
-	go func() {
-		client.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b, _ := io.ReadAll(client)
-		reply <- string(b)
-	}()
-	select {
-	case g := <-o.got:
-		return g[0], g[1], nil
-	case r := <-reply:
-		select {
-		case g := <-o.got:
-			return g[0], g[1], nil
-		default:
-		}
-		return "", "", fmt.Errorf("handler not called; answer %q", r)
-	}
-}
