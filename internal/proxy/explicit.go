@@ -366,10 +366,11 @@ type dialPlan struct {
 	pol   *policy.Policy
 	addrs []netip.Addr
 	port  uint16
-	// pooled is the keep-alive transport of pol when the request may reuse
-	// a connection: its one candidate is the URL's host. If nil, the
-	// request dials a fresh connection. conns sends the requests it can
-	// (see connPool) over connections to that candidate.
+	// conns is the connection pool of pol: requests it can send (see
+	// connPool) go over an idle connection to any candidate, or a fresh
+	// one kept for later. pooled is pol's keep-alive transport for the
+	// others, when there is one candidate (the URL's host is rewritten to
+	// it). Without either, the request dials a fresh connection.
 	pooled *http.Transport
 	conns  *connPool
 
@@ -385,10 +386,12 @@ type forwardRoundTripper struct {
 }
 
 func (f *forwardRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	if plan, _ := r.Context().Value(planKey{}).(*dialPlan); plan != nil && plan.pooled != nil {
-		if pooledRequest(r) && !plan.p.noConnPool {
-			return plan.conns.roundTrip(r, nil, plan, plan.key())
-		}
+	plan, _ := r.Context().Value(planKey{}).(*dialPlan)
+	switch {
+	case plan == nil:
+	case plan.conns != nil && pooledRequest(r) && !plan.p.noConnPool:
+		return plan.conns.roundTrip(r, nil, plan)
+	case plan.pooled != nil:
 		return plan.pooled.RoundTrip(r)
 	}
 	return f.fresh.RoundTrip(r)
@@ -522,14 +525,15 @@ func (c *idleConn) Write(b []byte) (int, error) {
 }
 
 // newDialPlan plans how a forwarded request reaches port on one of addrs:
-// with one checked address, over an idle connection to exactly it, kept
-// under this same policy, or a fresh one to be kept; else a fresh
-// connection for this request alone.
+// over an idle connection to one of them kept under this same policy, or
+// a fresh one to be kept. A request decided under a policy no longer in
+// force dials a fresh connection for itself alone.
 func (h *explicitHandler) newDialPlan(pol *policy.Policy, addrs []netip.Addr, port uint16, rec *connRecord) *dialPlan {
 	plan := &dialPlan{p: h.p, pol: pol, addrs: addrs, port: port}
-	if len(addrs) == 1 {
-		if pt := h.p.upstreams.forPolicy(pol); pt != nil {
-			plan.pooled, plan.conns = pt.t, pt.conns
+	if pt := h.p.upstreams.forPolicy(pol); pt != nil {
+		plan.conns = pt.conns
+		if len(addrs) == 1 {
+			plan.pooled = pt.t
 			rec.dialled = plan.key()
 		}
 	}
@@ -544,9 +548,9 @@ func (plan *dialPlan) key() netip.AddrPort { return netip.AddrPortFrom(plan.addr
 func (plan *dialPlan) finish(rec *connRecord) {
 	plan.mu.Lock()
 	defer plan.mu.Unlock()
-	if plan.pooled == nil || plan.rerr != nil {
-		// A pooled request that did not fail reached the one address
-		// its transport holds connections to, dialled now or before.
+	if plan.pooled == nil || plan.dialled.IsValid() || plan.rerr != nil {
+		// A request over the pooled transport that reused a connection
+		// reached its one address, already in rec.
 		rec.dialled = plan.dialled
 	}
 	if plan.rerr != nil && rec.refusal == NotRefused {

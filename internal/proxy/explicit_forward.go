@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/netip"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -233,14 +232,14 @@ func (h *explicitHandler) fastForward(ctx context.Context, cancel context.Cancel
 	if a.status == 0 {
 		plan := h.newDialPlan(pol, addrs, t.Port, rec)
 		hb := upHeadBufs.Get().(*[]byte)
-		head := appendUpstreamHead((*hb)[:0], fr, plan.pooled == nil)
+		head := appendUpstreamHead((*hb)[:0], fr, plan.conns == nil)
 		req := (&http.Request{Method: fr.method}).WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
 				return writeInformational(bw, code, http.Header(header))
 			},
 		}))
 		var err error
-		resp, err = plan.conns.roundTrip(req, head, plan, plan.keyOrZero())
+		resp, err = plan.conns.roundTrip(req, head, plan)
 		*hb = head
 		upHeadBufs.Put(hb)
 		plan.finish(rec)
@@ -265,15 +264,6 @@ func (h *explicitHandler) fastForward(ctx context.Context, cancel context.Cancel
 	p.metrics.carried(true, 0)
 	p.metrics.carried(false, rec.down.Load())
 	return err == nil && !closeAfter
-}
-
-// keyOrZero is the pooled plan's key; a plan that is not pooled dials
-// afresh and needs none.
-func (plan *dialPlan) keyOrZero() (k netip.AddrPort) {
-	if plan.conns != nil {
-		k = plan.key()
-	}
-	return k
 }
 
 // writeInformational passes on a 1xx response as net/http's server writes

@@ -67,16 +67,21 @@ func pooledRequest(r *http.Request) bool {
 // MaxResponseHeaderBytes.
 const maxResponseHeaderBytes = 1 << 20
 
-// roundTrip sends r to the address plan checked, over an idle connection
-// to it or a fresh one dialled by plan. head, if not nil, is the request
-// head to write instead of r (which then only needs its method and
-// context). A nil pool dials every request afresh and closes the
-// connection after it: head must then ask the server to close.
-func (cp *connPool) roundTrip(r *http.Request, head []byte, plan *dialPlan, key netip.AddrPort) (*http.Response, error) {
+// roundTrip sends r to one of the addresses plan checked, over an idle
+// connection to any of them or a fresh one dialled by plan, and records in
+// plan the address it used. head, if not nil, is the request head to write
+// instead of r (which then only needs its method and context). A nil pool
+// dials every request afresh and closes the connection after it: head
+// must then ask the server to close.
+func (cp *connPool) roundTrip(r *http.Request, head []byte, plan *dialPlan) (*http.Response, error) {
 	for {
-		uc := cp.get(key)
+		uc := cp.getAny(plan.addrs, plan.port)
 		reused := uc != nil
-		if uc == nil {
+		if reused {
+			plan.mu.Lock()
+			plan.dialled = uc.key
+			plan.mu.Unlock()
+		} else {
 			c, ap, rerr := plan.p.dial(r.Context(), plan.pol, plan.addrs, plan.port)
 			plan.mu.Lock()
 			plan.dialled, plan.rerr = ap, rerr
@@ -84,7 +89,7 @@ func (cp *connPool) roundTrip(r *http.Request, head []byte, plan *dialPlan, key 
 			if rerr != nil {
 				return nil, rerr
 			}
-			uc = newUpConn(cp, key, c, idleTimeout(plan.pol))
+			uc = newUpConn(cp, ap, c, idleTimeout(plan.pol))
 		}
 		resp, answered, err := uc.roundTrip(r, head)
 		if err == nil {
@@ -97,6 +102,17 @@ func (cp *connPool) roundTrip(r *http.Request, head []byte, plan *dialPlan, key 
 		}
 		return nil, err
 	}
+}
+
+// getAny takes an idle connection to any of addrs (at port), trying them
+// in order, or returns nil.
+func (cp *connPool) getAny(addrs []netip.Addr, port uint16) *upConn {
+	for _, a := range addrs {
+		if uc := cp.get(netip.AddrPortFrom(a, port)); uc != nil {
+			return uc
+		}
+	}
+	return nil
 }
 
 // get takes an idle connection to key, or returns nil.
