@@ -163,6 +163,9 @@ func writeRefusal(w http.ResponseWriter, status int, reason, detail string) {
 
 func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := h.p
+	// A forwarded response sets write deadlines (see countingWriter) that
+	// net/http leaves on the connection: clear the last one.
+	http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	client, _ := netip.ParseAddrPort(r.RemoteAddr)
 	rec := &connRecord{listener: explicitListener, client: client, start: time.Now()}
 	tunnelled := false // a started tunnel writes the record when it ends
@@ -579,10 +582,12 @@ func (h *explicitHandler) forward(w http.ResponseWriter, r *http.Request, pol *p
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = &countingReader{r: r.Body, n: &rec.up}
 	}
-	cw := &countingWriter{ResponseWriter: w, rec: rec}
+	cw := &countingWriter{ResponseWriter: w, rec: rec, idle: idleTimeout(pol)}
 	h.dr.add()
 	defer h.dr.done()
 	h.rp.ServeHTTP(cw, out)
+	// net/http flushes what is left after we return: under a fresh deadline.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(cw.idle))
 	plan.finish(rec)
 	h.p.metrics.carried(true, rec.up.Load())
 	h.p.metrics.carried(false, rec.down.Load())
@@ -633,11 +638,13 @@ func (c *countingReader) Read(b []byte) (int, error) {
 
 func (c *countingReader) Close() error { return c.r.Close() }
 
-// countingWriter counts response body bytes; Unwrap keeps flushing
-// available to http.ResponseController.
+// countingWriter counts response body bytes, and gives the client idle to
+// take each write (a client that stops reading is cut off like an idle
+// tunnel); Unwrap keeps flushing available to http.ResponseController.
 type countingWriter struct {
 	http.ResponseWriter
-	rec *connRecord
+	rec  *connRecord
+	idle time.Duration
 }
 
 // WriteHeader keeps net/http from adding a Content-Type the upstream did
@@ -652,6 +659,7 @@ func (c *countingWriter) WriteHeader(code int) {
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
+	http.NewResponseController(c.ResponseWriter).SetWriteDeadline(time.Now().Add(c.idle))
 	n, err := c.ResponseWriter.Write(b)
 	c.rec.down.Add(int64(n))
 	return n, err

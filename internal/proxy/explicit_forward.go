@@ -202,9 +202,22 @@ func appendUpstreamHead(b []byte, r *forwardRequest, closeConn bool) []byte {
 }
 
 var (
-	upHeadBufs   = sync.Pool{New: func() any { b := make([]byte, 0, headBufSize+256); return &b }}
-	clientWriter = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	upHeadBufs    = sync.Pool{New: func() any { b := make([]byte, 0, headBufSize+256); return &b }}
+	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 )
+
+// idleWriter writes to a client that must take each write within idle: a
+// client that stops reading a response is cut off like an idle tunnel,
+// instead of holding its upstream connection for ever.
+type idleWriter struct {
+	c    *net.TCPConn
+	idle time.Duration
+}
+
+func (w *idleWriter) Write(b []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(w.idle))
+	return w.c.Write(b)
+}
 
 // fastForward does for a GET or HEAD head what ServeHTTP, forward and
 // ReverseProxy do for one read by net/http: decide, resolve, send it
@@ -217,11 +230,11 @@ func (h *explicitHandler) fastForward(ctx context.Context, cancel context.Cancel
 	}
 	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now()}
 	defer func() { p.record(ctx, rec) }()
-	bw := clientWriter.Get().(*bufio.Writer)
+	bw := clientWriters.Get().(*bufio.Writer)
 	bw.Reset(c)
 	defer func() {
 		bw.Reset(nil)
-		clientWriter.Put(bw)
+		clientWriters.Put(bw)
 	}()
 	// net/http would notice a client that hangs up before the answer, and
 	// cancel the request: so do we.
@@ -230,6 +243,8 @@ func (h *explicitHandler) fastForward(ctx context.Context, cancel context.Cancel
 	pol, addrs, a := h.admitForward(ctx, rec, t, terr, fr.authorization)
 	var resp *http.Response
 	if a.status == 0 {
+		bw.Reset(&idleWriter{c: c, idle: idleTimeout(pol)})
+		defer c.SetWriteDeadline(time.Time{})
 		plan := h.newDialPlan(pol, addrs, t.Port, rec)
 		hb := upHeadBufs.Get().(*[]byte)
 		head := appendUpstreamHead((*hb)[:0], fr, plan.conns == nil)

@@ -506,3 +506,67 @@ func TestForwardSeveralAddresses(t *testing.T) {
 		t.Errorf("the fast path: %s\n%s\nnet/http: %s\n%s", replies[0], audits[0], replies[1], audits[1])
 	}
 }
+
+// TestForwardClientStopsReading: a client that stops reading a response
+// is cut off after the idle timeout, on both paths, and the upstream
+// connection is closed with it rather than held for ever.
+func TestForwardClientStopsReading(t *testing.T) {
+	for _, ps := range []paths{{}, {slow: true}} {
+		t.Run(fmt.Sprintf("slow=%v", ps.slow), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			const size = 64 << 20 // far more than the sockets buffer
+			upErr := make(chan error, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
+				_, err = io.Copy(c, io.LimitReader(zeros{}, size))
+				upErr <- err
+			}()
+			port := ln.Addr().(*net.TCPAddr).Port
+			pol := fmt.Sprintf("proxy: {deny_private: false, idle_timeout: 300ms}\nrules:\n  - name: web\n    to: [web.test]\n    ports: [%d]\n", port)
+			h := startExplicit(t, pol, mapResolver{"web.test": addrs("127.0.0.1")}, ps)
+			c := dialFrom(t, h.addr, "")
+			defer c.Close()
+			fmt.Fprintf(c, "GET http://web.test:%d/big HTTP/1.1\r\nHost: web.test\r\n\r\n", port)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+				t.Fatal(err)
+			}
+			// Read nothing more.
+			select {
+			case err := <-upErr:
+				if err == nil {
+					t.Fatal("the upstream wrote the whole body to a client that does not read")
+				}
+				if isTimeout(err) {
+					t.Fatalf("the proxy held the upstream connection until the backend gave up: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the upstream connection is still held")
+			}
+			line := h.auditLine(t, `"name":"web.test"`)
+			if n, _ := line["bytes_down"].(float64); n <= 0 || n >= size {
+				t.Errorf("bytes_down %v, want part of the body", line["bytes_down"])
+			}
+		})
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(b []byte) (int, error) {
+	clear(b)
+	return len(b), nil
+}
