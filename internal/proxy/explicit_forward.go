@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/peek"
@@ -208,15 +210,76 @@ var (
 
 // idleWriter writes to a client that must take each write within idle: a
 // client that stops reading a response is cut off like an idle tunnel,
-// instead of holding its upstream connection for ever.
+// instead of holding its upstream connection for ever. Like headReader, it
+// arms the deadline only when a write would wait, so a client that reads
+// costs no timer.
 type idleWriter struct {
-	c    *net.TCPConn
-	idle time.Duration
+	c     *net.TCPConn
+	rc    syscall.RawConn
+	idle  time.Duration
+	armed bool
+
+	// Of the write in progress:
+	b    []byte
+	n    int
+	werr error
+	fn   func(fd uintptr) bool
+}
+
+func newIdleWriter(c *net.TCPConn, idle time.Duration) *idleWriter {
+	w := &idleWriter{c: c, idle: idle}
+	w.rc, _ = c.SyscallConn()
+	w.fn = w.write
+	return w
 }
 
 func (w *idleWriter) Write(b []byte) (int, error) {
-	w.c.SetWriteDeadline(time.Now().Add(w.idle))
-	return w.c.Write(b)
+	if w.rc == nil {
+		w.c.SetWriteDeadline(time.Now().Add(w.idle))
+		w.armed = true
+		return w.c.Write(b)
+	}
+	w.b, w.n, w.werr = b, 0, nil
+	if err := w.rc.Write(w.fn); err != nil {
+		return w.n, err
+	}
+	if w.werr != nil {
+		return w.n, os.NewSyscallError("write", w.werr)
+	}
+	return w.n, nil
+}
+
+func (w *idleWriter) write(fd uintptr) bool {
+	for len(w.b) > 0 {
+		n, err := syscall.Write(int(fd), w.b)
+		switch {
+		case n > 0:
+			w.n += n
+			w.b = w.b[n:]
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			// The client's window is full: it has idle to make room,
+			// from now (RawConn.Write waits under the deadline).
+			w.c.SetWriteDeadline(time.Now().Add(w.idle))
+			w.armed = true
+			return false
+		default:
+			if err == nil {
+				err = io.ErrShortWrite
+			}
+			w.werr = err
+			return true
+		}
+	}
+	return true
+}
+
+// disarm clears the write deadline if a write set it.
+func (w *idleWriter) disarm() {
+	if w.armed {
+		w.c.SetWriteDeadline(time.Time{})
+		w.armed = false
+	}
 }
 
 // fastForward does for a GET or HEAD head what ServeHTTP, forward and
@@ -243,8 +306,9 @@ func (h *explicitHandler) fastForward(ctx context.Context, cancel context.Cancel
 	pol, addrs, a := h.admitForward(ctx, rec, t, terr, fr.authorization)
 	var resp *http.Response
 	if a.status == 0 {
-		bw.Reset(&idleWriter{c: c, idle: idleTimeout(pol)})
-		defer c.SetWriteDeadline(time.Time{})
+		iw := newIdleWriter(c, idleTimeout(pol))
+		bw.Reset(iw)
+		defer iw.disarm()
 		plan := h.newDialPlan(pol, addrs, t.Port, rec)
 		hb := upHeadBufs.Get().(*[]byte)
 		head := appendUpstreamHead((*hb)[:0], fr, plan.conns == nil)
