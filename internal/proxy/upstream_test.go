@@ -292,27 +292,12 @@ func TestConnPoolClientGoneMidBody(t *testing.T) {
 	// A client that leaves while the response streams: the upstream
 	// connection is closed, not kept with half a body unread.
 	closed := make(chan struct{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
+	port := oneShotBackend(t, func(c net.Conn, br *bufio.Reader) {
 		// More than the proxy buffers, so that the client sees it.
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nfirst"+strings.Repeat("x", 100<<10))
 		io.Copy(io.Discard, br) // until the proxy closes
 		close(closed)
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	})
 	h := startProxy(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")})
 	c := dialFrom(t, h.addr, "")
 	fmt.Fprintf(c, "GET http://web.test:%d/ HTTP/1.1\r\nHost: web.test:%d\r\n\r\n", port, port)
@@ -364,27 +349,12 @@ func TestConnPoolClientGoneBeforeResponse(t *testing.T) {
 	// A client that leaves while the upstream has not answered yet: the
 	// request is cancelled and the upstream connection closed at once.
 	closed := make(chan struct{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	got := make(chan struct{})
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
+	port := oneShotBackend(t, func(c net.Conn, br *bufio.Reader) {
 		close(got)
 		io.Copy(io.Discard, br) // no answer; until the proxy closes
 		close(closed)
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	})
 	h := startProxy(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")})
 	c := dialFrom(t, h.addr, "")
 	fmt.Fprintf(c, "GET http://web.test:%d/ HTTP/1.1\r\nHost: web.test:%d\r\n\r\n", port, port)
@@ -401,6 +371,31 @@ func TestConnPoolClientGoneBeforeResponse(t *testing.T) {
 	}
 }
 
+// oneShotBackend accepts one connection on loopback, reads one request
+// head from it and hands the connection to serve, then closes it. It
+// returns the port.
+func oneShotBackend(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		serve(c, br)
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 // TestForwardStreamHeadAtOnce: the head of a response of unknown length
 // reaches the client before its first bytes of body do, on both paths, so
 // a client of server-sent events knows the stream is open while it waits
@@ -408,27 +403,13 @@ func TestConnPoolClientGoneBeforeResponse(t *testing.T) {
 func TestForwardStreamHeadAtOnce(t *testing.T) {
 	for _, ps := range []paths{{}, {slow: true}} {
 		t.Run(fmt.Sprintf("slow=%v", ps.slow), func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			release := make(chan struct{})
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
+			port := oneShotBackend(t, func(c net.Conn, _ *bufio.Reader) {
 				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
 				<-release
 				io.WriteString(c, "b\r\ndata: 1\r\n\r\n\r\n0\r\n\r\n")
-			}()
+			})
 			defer close(release)
-			port := ln.Addr().(*net.TCPAddr).Port
 			var forwarded atomic.Int32
 			ps.onForward = func(net.Conn) { forwarded.Add(1) }
 			h := startExplicit(t, webPolicy(fmt.Sprint(port)), mapResolver{"web.test": addrs("127.0.0.1")}, ps)
@@ -513,28 +494,14 @@ func TestForwardSeveralAddresses(t *testing.T) {
 func TestForwardClientStopsReading(t *testing.T) {
 	for _, ps := range []paths{{}, {slow: true}} {
 		t.Run(fmt.Sprintf("slow=%v", ps.slow), func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			const size = 64 << 20 // far more than the sockets buffer
 			upErr := make(chan error, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-					return
-				}
+			port := oneShotBackend(t, func(c net.Conn, _ *bufio.Reader) {
 				c.SetWriteDeadline(time.Now().Add(30 * time.Second))
 				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
-				_, err = io.Copy(c, io.LimitReader(zeros{}, size))
+				_, err := io.Copy(c, io.LimitReader(zeros{}, size))
 				upErr <- err
-			}()
-			port := ln.Addr().(*net.TCPAddr).Port
+			})
 			pol := fmt.Sprintf("proxy: {deny_private: false, idle_timeout: 300ms}\nrules:\n  - name: web\n    to: [web.test]\n    ports: [%d]\n", port)
 			h := startExplicit(t, pol, mapResolver{"web.test": addrs("127.0.0.1")}, ps)
 			c := dialFrom(t, h.addr, "")
