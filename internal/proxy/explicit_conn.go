@@ -371,29 +371,57 @@ func parseConnect(head []byte) (connectRequest, bool) {
 	if err != nil || r.Method != http.MethodConnect || r.Proto != "HTTP/1.1" || !fastAuthority(r.Target) {
 		return connectRequest{}, false
 	}
-	req := connectRequest{authority: r.Target}
-	var hosts, auths, conns int
-	for _, f := range r.Fields {
-		switch {
-		case strings.EqualFold(f.Name, "Host"):
-			hosts++
-			if hosts > 1 || !fastHost(f.Value) {
-				return connectRequest{}, false
-			}
-		case strings.EqualFold(f.Name, "Proxy-Authorization"):
-			auths++
-			req.authorization = f.Value
-		case strings.EqualFold(f.Name, "Connection"):
-			conns++
-			req.close = hasToken(f.Value, "close")
-		case strings.EqualFold(f.Name, "Content-Length"), strings.EqualFold(f.Name, "Transfer-Encoding"), strings.EqualFold(f.Name, "Expect"):
-			return connectRequest{}, false
-		}
-	}
-	if auths > 1 || conns > 1 {
+	hf, ok := scanFields(r.Fields, connectRefused)
+	if !ok {
 		return connectRequest{}, false
 	}
-	return req, true
+	return connectRequest{authority: r.Target, authorization: hf.authorization, close: hf.close}, true
+}
+
+// connectRefused are the fields that send a CONNECT to net/http: they give
+// it a body or an expectation.
+var connectRefused = []string{"Content-Length", "Transfer-Encoding", "Expect"}
+
+// headFields is what the fast path reads from a head's fields.
+type headFields struct {
+	hosts, agents int    // Host and User-Agent fields
+	authorization string // Proxy-Authorization, or ""
+	connection    string // the Connection field, or ""
+	close         bool   // Connection: close
+}
+
+// scanFields reads fields for the fast path. It reports false, for the
+// head to go to net/http, on a second Host, Proxy-Authorization or
+// Connection field, a Host net/http might read otherwise, or any field
+// named in refused.
+func scanFields(fields []peek.Field, refused []string) (headFields, bool) {
+	var hf headFields
+	var auths, conns int
+	for _, f := range fields {
+		switch {
+		case strings.EqualFold(f.Name, "Host"):
+			hf.hosts++
+			if hf.hosts > 1 || !fastHost(f.Value) {
+				return hf, false
+			}
+		case strings.EqualFold(f.Name, "User-Agent"):
+			hf.agents++
+		case strings.EqualFold(f.Name, "Proxy-Authorization"):
+			auths++
+			hf.authorization = f.Value
+		case strings.EqualFold(f.Name, "Connection"):
+			conns++
+			hf.connection = f.Value
+			hf.close = hasToken(f.Value, "close")
+		default:
+			for _, name := range refused {
+				if strings.EqualFold(f.Name, name) {
+					return hf, false
+				}
+			}
+		}
+	}
+	return hf, auths <= 1 && conns <= 1
 }
 
 // fastAuthority reports whether a CONNECT target is host:port with a host

@@ -70,34 +70,22 @@ func parseForward(head string, fields []peek.Field, partial bool) (forwardReques
 	if !ok {
 		return forwardRequest{}, false
 	}
-	req := forwardRequest{method: r.Method, authority: authority, uri: uri, fields: r.Fields}
-	var hosts, auths, conns, agents int
-	for _, f := range r.Fields {
-		switch {
-		case strings.EqualFold(f.Name, "User-Agent"):
-			agents++ // Request.Write sends only the first
-		case strings.EqualFold(f.Name, "Host"):
-			hosts++
-			if hosts > 1 || !fastHost(f.Value) {
-				return forwardRequest{}, false
-			}
-		case strings.EqualFold(f.Name, "Proxy-Authorization"):
-			auths++
-			req.authorization = f.Value
-		case strings.EqualFold(f.Name, "Connection"):
-			conns++
-			req.connection = f.Value
-			req.close = hasToken(f.Value, "close")
-		case strings.EqualFold(f.Name, "Content-Length"), strings.EqualFold(f.Name, "Transfer-Encoding"),
-			strings.EqualFold(f.Name, "Expect"), strings.EqualFold(f.Name, "Te"), strings.EqualFold(f.Name, "Upgrade"):
-			return forwardRequest{}, false
-		}
-	}
-	if auths > 1 || conns > 1 || agents > 1 || hosts == 0 && !partial {
+	hf, ok := scanFields(r.Fields, forwardRefused)
+	// Request.Write sends only the first User-Agent; net/http answers a
+	// head without Host with 400.
+	if !ok || hf.agents > 1 || hf.hosts == 0 && !partial {
 		return forwardRequest{}, false
 	}
-	return req, true
+	return forwardRequest{
+		method: r.Method, authority: authority, uri: uri,
+		authorization: hf.authorization, connection: hf.connection, close: hf.close,
+		fields: r.Fields,
+	}, true
 }
+
+// forwardRefused are the fields that send a GET or HEAD to net/http: a
+// body, an expectation, trailers asked for, an upgrade.
+var forwardRefused = []string{"Content-Length", "Transfer-Encoding", "Expect", "Te", "Upgrade"}
 
 // originForm splits an absolute http:// target into its authority and the
 // origin-form target net/http would send for it, if the fast path takes
