@@ -753,6 +753,9 @@ func ParseUpstream(s string) (Upstream, error) {
 	} else {
 		return u, fmt.Errorf("%q: upstreams are IP addresses (a name would need a resolver to find the resolver); write it like 192.0.2.53:53 or tls://dns.example@192.0.2.53:853", s)
 	}
+	if u.Addr.Port() == 0 {
+		return u, fmt.Errorf("%q: port 0 is no resolver's port; write the port it listens on, or leave it out for %d", s, port)
+	}
 	if u.TLS && u.ServerName == "" {
 		u.ServerName = u.Addr.Addr().String()
 	}

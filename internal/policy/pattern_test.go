@@ -169,6 +169,8 @@ func TestParseUpstream(t *testing.T) {
 		{"https://dns.example/dns-query", "", false, "only plain ip:port and tls://"},
 		{"dns.example", "", false, "upstreams are IP addresses"},
 		{"192.0.2.53:99999", "", false, "upstreams are IP addresses"},
+		{"192.0.2.53:0", "", false, "port 0"},
+		{"tls://dns.example@192.0.2.53:0", "", false, "port 0"},
 	}
 	for _, tt := range tests {
 		got, err := ParseUpstream(tt.in)
