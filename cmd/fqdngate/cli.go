@@ -180,7 +180,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true})
+	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version})
 	if err != nil {
 		fmt.Fprintf(stderr, "fqdngate: %v\n", err)
 		return 1

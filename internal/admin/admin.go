@@ -35,6 +35,20 @@ type Config struct {
 	Learned func() []learn.Entry
 	// Gatherer provides /metrics. If nil, /metrics is 404.
 	Gatherer prometheus.Gatherer
+	// RestartPending lists the settings of the policy in force that wait
+	// for a restart. If nil, /v1/policy lists none.
+	RestartPending func() []Pending
+}
+
+// Pending is a setting the policy changed that only takes effect when
+// fqdngate restarts: InForce is what fqdngate still uses, Policy what the
+// policy asks for. Part, if not empty, says which part of the setting
+// waits, when the rest of it applied.
+type Pending struct {
+	Key     string `json:"key"`
+	Part    string `json:"part,omitempty"`
+	InForce string `json:"in_force"`
+	Policy  string `json:"policy"`
 }
 
 // Handler returns the endpoint's routes.
@@ -63,7 +77,13 @@ func Handler(c Config) http.Handler {
 		if c.Generation != nil {
 			gen = c.Generation()
 		}
-		writeJSON(w, http.StatusOK, Summarize(c.Policy(), gen))
+		s := Summarize(c.Policy(), gen)
+		if c.RestartPending != nil {
+			if pending := c.RestartPending(); pending != nil {
+				s.RestartPending = pending
+			}
+		}
+		writeJSON(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("GET /v1/explain", func(w http.ResponseWriter, r *http.Request) {
 		from, to := r.URL.Query().Get("from"), r.URL.Query().Get("to")
@@ -119,6 +139,9 @@ type Summary struct {
 	Upstreams  []string            `json:"upstreams"`
 	Sources    map[string][]string `json:"sources"`
 	Rules      []RuleSummary       `json:"rules"`
+	// RestartPending lists the settings that wait for a restart; empty
+	// when every setting of the policy is in force.
+	RestartPending []Pending `json:"restart_pending"`
 }
 
 // RuleSummary is one rule in a Summary.
@@ -139,6 +162,8 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 		Backend: p.Firewall.Backend.String(),
 		Sources: map[string][]string{},
 		Rules:   []RuleSummary{},
+
+		RestartPending: []Pending{},
 	}
 	for _, u := range p.DNS.Upstreams {
 		s.Upstreams = append(s.Upstreams, u.String())

@@ -37,46 +37,28 @@ type components struct {
 	verifier *proxy.Verifier
 	nft      *nft.Backend // nil unless firewall.backend is nftables
 	learned  func() []learn.Entry
+	runOnce  sync.Once
 	wg       sync.WaitGroup
 }
 
-func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*components, error) {
+// newComponents builds the components for p. It changes nothing outside
+// the process: the nftables backend adopts the table it finds, and the
+// first commit programs it (see Daemon.commit).
+func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	c := &components{d: d, verifier: proxy.NewVerifier(proxy.VerifierConfig{})}
 	dnsMetrics, err := dnsfw.NewMetrics(d.reg)
 	if err != nil {
 		return nil, err
 	}
 	c.ups = &upstreams{observer: dnsMetrics}
-	if len(p.DNS.Upstreams) > 0 {
-		if err := c.ups.apply(p); err != nil {
-			return nil, err
-		}
-	}
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
 		cfg.OnDrop = c.auditDrop
 		c.nft, err = nft.New(cfg)
 		if err != nil {
-			c.ups.close()
 			return nil, err
 		}
-		// Default deny is in the kernel before any listener answers.
-		if err := c.nft.Apply(ctx, p); err != nil {
-			c.nft.Close()
-			c.ups.close()
-			return nil, err
-		}
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			if err := c.nft.Run(ctx); err != nil {
-				select {
-				case d.fatal <- fmt.Errorf("nftables backend: %w", err):
-				default:
-				}
-			}
-		}()
 		publisher = c.nft
 		c.learned = c.nft.Learned
 		registerFirewallMetrics(d.reg, c.nft)
@@ -99,17 +81,9 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
 	})
 	if err != nil {
+		c.close()
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
 	}
-	// Rules with refresh are re-resolved on their timers, also before any
-	// client asks.
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		if err := c.dns.RunRefresh(ctx); err != nil {
-			d.log.Error("refresh stopped", "component", "dns", "err", err)
-		}
-	}()
 	if s := c.dns.Learned(); s != nil && c.learned == nil {
 		c.learned = s.List
 	}
@@ -123,9 +97,40 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		Verifier:   c.verifier,
 	})
 	if err != nil {
+		c.close()
 		return nil, fmt.Errorf("starting the proxy: %w", err)
 	}
 	return c, nil
+}
+
+// run starts the components' background work, once: the nftables
+// backend's flusher and drop reader, and the refresh of rules with
+// refresh. The first commit calls it, after the kernel has the policy and
+// before any listener serves.
+func (c *components) run(ctx context.Context) {
+	c.runOnce.Do(func() {
+		if c.nft != nil {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				if err := c.nft.Run(ctx); err != nil {
+					select {
+					case c.d.fatal <- fmt.Errorf("nftables backend: %w", err):
+					default:
+					}
+				}
+			}()
+		}
+		// Rules with refresh are re-resolved on their timers, also before
+		// any client asks.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := c.dns.RunRefresh(ctx); err != nil {
+				c.d.log.Error("refresh stopped", "component", "dns", "err", err)
+			}
+		}()
+	})
 }
 
 // selfAddrs lists the listeners the proxy must never connect to.
@@ -137,22 +142,6 @@ func selfAddrs(p *policy.Policy) []netip.AddrPort {
 		}
 	}
 	return out
-}
-
-// apply hands a new policy to components that keep state derived from it.
-// It runs before the policy is published; an error keeps the old policy.
-func (c *components) apply(ctx context.Context, p *policy.Policy) error {
-	if len(p.DNS.Upstreams) > 0 {
-		if err := c.ups.apply(p); err != nil {
-			return err
-		}
-	}
-	if c.nft != nil {
-		if err := c.nft.Apply(ctx, p); err != nil {
-			return fmt.Errorf("programming nftables: %w", err)
-		}
-	}
-	return nil
 }
 
 func (c *components) close() {
@@ -210,17 +199,15 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			return nil, nil, "", err
 		}
 		h := admin.Handler(admin.Config{
-			Policy:     c.d.Policy,
-			Generation: c.d.gen.Load,
-			Ready:      c.d.ready,
-			Learned:    c.learned,
-			Gatherer:   c.d.reg,
+			Policy:         c.d.Policy,
+			Generation:     c.d.gen.Load,
+			Ready:          c.d.ready,
+			Learned:        c.learned,
+			Gatherer:       c.d.reg,
+			RestartPending: c.d.restartPending,
 		})
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":
-		if c.ups.current() == nil {
-			return nil, nil, "", errors.New("no upstream resolvers: set dns.upstreams")
-		}
 		pc, ln, err := listenDNS(addr)
 		if err != nil {
 			return nil, nil, "", err
@@ -255,11 +242,14 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 }
 
 // upstreams is the resolver in force. A reload that changes dns.upstreams,
-// dns.timeout or dns.max_inflight builds a new resolver and swaps it in;
-// the old one finishes its in-flight queries and is closed.
+// dns.timeout or dns.max_inflight builds a new resolver before it commits
+// anything, and swaps it in at the commit; the old one finishes its
+// in-flight queries and is closed.
 type upstreams struct {
 	observer resolver.Observer
 	cur      atomic.Pointer[resolver.Resolver]
+	// build makes a resolver; if nil, resolver.New. Tests make it fail.
+	build func(resolver.Config) (*resolver.Resolver, error)
 
 	mu      sync.Mutex // guards following
 	key     string
@@ -277,36 +267,55 @@ func (u *upstreams) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.
 	return r.Exchange(ctx, m)
 }
 
-func (u *upstreams) apply(p *policy.Policy) error {
+// prepare builds the resolver p asks for. It returns nil when the one in
+// force already is that resolver, or when p names no upstreams (then the
+// one in force, if any, stays). Nothing changes until commit.
+func (u *upstreams) prepare(p *policy.Policy) (*resolver.Resolver, string, error) {
+	if len(p.DNS.Upstreams) == 0 {
+		return nil, "", nil
+	}
 	key := fmt.Sprint(p.DNS.Upstreams, p.DNS.Timeout, p.DNS.MaxInFlight)
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if key == u.key {
-		return nil
+	same := key == u.key
+	u.mu.Unlock()
+	if same {
+		return nil, "", nil
 	}
-	r, err := resolver.New(resolver.Config{
+	build := u.build
+	if build == nil {
+		build = resolver.New
+	}
+	r, err := build(resolver.Config{
 		Upstreams:   slices.Clone(p.DNS.Upstreams),
 		Timeout:     p.DNS.Timeout,
 		MaxInFlight: p.DNS.MaxInFlight,
 		Observer:    u.observer,
 	})
 	if err != nil {
-		return fmt.Errorf("dns.upstreams: %w", err)
+		return nil, "", fmt.Errorf("dns.upstreams: %w", err)
 	}
+	return r, key, nil
+}
+
+// commit puts r, made by prepare for key, in force. Queries in flight on
+// the old resolver finish within drain; it is closed after that.
+func (u *upstreams) commit(r *resolver.Resolver, key string, drain time.Duration) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	u.key = key
-	if old := u.cur.Swap(r); old != nil {
-		u.retired = append(u.retired, old)
-		// Queries in flight on the old resolver finish within its
-		// attempts' timeouts; close it after that and forget it, so that
-		// many reloads do not pile up retired resolvers.
-		time.AfterFunc(4*p.DNS.Timeout+time.Second, func() {
-			old.Close()
-			u.mu.Lock()
-			u.retired = slices.DeleteFunc(u.retired, func(r *resolver.Resolver) bool { return r == old })
-			u.mu.Unlock()
-		})
+	old := u.cur.Swap(r)
+	if old == nil {
+		return
 	}
-	return nil
+	u.retired = append(u.retired, old)
+	// Forget it once closed, so that many reloads do not pile up retired
+	// resolvers.
+	time.AfterFunc(drain, func() {
+		old.Close()
+		u.mu.Lock()
+		u.retired = slices.DeleteFunc(u.retired, func(r *resolver.Resolver) bool { return r == old })
+		u.mu.Unlock()
+	})
 }
 
 func (u *upstreams) close() {

@@ -18,9 +18,11 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/caps"
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/resolver"
 )
 
 // Options configure Run.
@@ -44,6 +46,9 @@ type Options struct {
 	// sockets and netlink handles are open. The command sets it; tests that
 	// run the daemon in-process must not.
 	DropCapabilities bool
+	// Version is the version fqdngate_build_info reports. If empty,
+	// "unknown".
+	Version string
 }
 
 // flushInterval is how often buffered audit lines are written out.
@@ -63,6 +68,11 @@ type Daemon struct {
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
+	// boot is the policy the components were built from: restart-only
+	// settings are in force as it has them. Set once by start.
+	boot *policy.Policy
+	// pending lists the restart-only settings the policy in force changed.
+	pending atomic.Pointer[[]admin.Pending]
 
 	mu      sync.Mutex // guards following; never held across I/O
 	running map[string]*listener
@@ -75,59 +85,17 @@ type Daemon struct {
 // ctx is cancelled, then drains and returns nil. A policy that does not load
 // or a listener that cannot bind is an error: fqdngate never starts open.
 func Run(ctx context.Context, opts Options) error {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Stdout == nil {
-		opts.Stdout = io.Discard
-	}
-	if opts.ShutdownTimeout == 0 {
-		opts.ShutdownTimeout = 10 * time.Second
-	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	d := &Daemon{
-		opts:    opts,
-		log:     opts.Logger,
-		reg:     prometheus.NewRegistry(),
-		running: map[string]*listener{},
-		fatal:   make(chan error, 8),
-	}
+	d := newDaemon(opts)
 	// Watch before the first read, so that no change is missed in between.
 	watch := d.watch(runCtx)
 	defer d.wg.Wait()
 	defer cancel()
-	data, err := os.ReadFile(opts.PolicyPath)
-	if err != nil {
-		return fmt.Errorf("reading policy: %w", err)
-	}
-	d.lastSum = sha256.Sum256(data)
-	p, err := policy.Parse(opts.PolicyPath, data)
-	if err != nil {
-		return fmt.Errorf("loading policy:\n%w", err)
-	}
-	d.m = newMetrics(d.reg)
-	d.out, err = newReopenWriter(p.Log.File, opts.Stdout)
-	if err != nil {
-		return fmt.Errorf("opening audit log %s: %w", p.Log.File, err)
-	}
-	defer d.out.Close()
-	d.audit = audit.New(d.out, p.Log.Format, d.m)
-	d.setPolicy(p)
-
-	d.comps, err = newComponents(runCtx, d, p)
-	if err != nil {
+	if err := d.start(runCtx); err != nil {
 		return err
 	}
-	defer d.comps.close()
-
-	d.reloadMu.Lock()
-	err = d.reconcileListeners(runCtx, p)
-	d.reloadMu.Unlock()
-	if err != nil {
-		d.stopAll()
-		return err
-	}
+	p := d.Policy()
 	if opts.DropCapabilities {
 		d.dropCapabilities(p)
 	}
@@ -151,17 +119,95 @@ loop:
 		case err := <-d.fatal:
 			fatal = err
 			break loop
-		case <-opts.Reload:
+		case <-d.opts.Reload:
 			d.reload(runCtx, "SIGHUP", true)
 		case <-watch:
 			d.reload(runCtx, "file change", false)
 		}
 	}
-	d.log.Info("shutting down", "deadline", opts.ShutdownTimeout.String())
+	d.log.Info("shutting down", "deadline", d.opts.ShutdownTimeout.String())
+	// Listeners drain first: their in-flight queries still publish to the
+	// components, which stop after them.
 	d.stopAll()
 	cancel()
-	d.comps.wait()
+	d.close()
 	return fatal
+}
+
+func newDaemon(opts Options) *Daemon {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Stdout == nil {
+		opts.Stdout = io.Discard
+	}
+	if opts.ShutdownTimeout == 0 {
+		opts.ShutdownTimeout = 10 * time.Second
+	}
+	if opts.Version == "" {
+		opts.Version = "unknown"
+	}
+	d := &Daemon{
+		opts:    opts,
+		log:     opts.Logger,
+		reg:     prometheus.NewRegistry(),
+		running: map[string]*listener{},
+		fatal:   make(chan error, 8),
+	}
+	d.m = newMetrics(d.reg, opts.Version)
+	d.out = newReopenWriter(opts.Stdout)
+	d.pending.Store(&[]admin.Pending{})
+	return d
+}
+
+// start loads the policy and puts it in force the way a reload does:
+// everything that can fail is prepared first (the components, the
+// resolver, the audit file, every listener's sockets), then the kernel
+// gets the ruleset, and only then does anything serve. On error nothing is
+// left open, and a table adopted from a previous process keeps its rules.
+// ctx bounds the components' background work and the listeners.
+func (d *Daemon) start(ctx context.Context) error {
+	data, err := os.ReadFile(d.opts.PolicyPath)
+	if err != nil {
+		return fmt.Errorf("reading policy: %w", err)
+	}
+	p, err := policy.Parse(d.opts.PolicyPath, data)
+	if err != nil {
+		return fmt.Errorf("loading policy:\n%w", err)
+	}
+	d.audit = audit.New(d.out, p.Log.Format, d.m)
+	// The components read the policy while they are built; nothing serves
+	// it before the commit below publishes it as generation 1.
+	d.pol.Store(p)
+	d.boot = p
+	d.comps, err = newComponents(d, p)
+	if err != nil {
+		return err
+	}
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	ch, err := d.prepare(p)
+	if err == nil {
+		err = d.commit(ctx, ch)
+	}
+	if err != nil {
+		d.comps.close()
+		d.out.Close()
+		return err
+	}
+	d.lastSum = sha256.Sum256(data)
+	d.m.loaded(true, false, time.Now())
+	return nil
+}
+
+// close waits for the components' background work, whose context must be
+// cancelled once stopAll has returned, and releases what start opened.
+func (d *Daemon) close() {
+	d.comps.wait()
+	d.comps.close()
+	if err := d.out.Close(); err != nil {
+		d.log.Error("writing the audit log", "err", err)
+	}
 }
 
 func (d *Daemon) setPolicy(p *policy.Policy) {
@@ -173,17 +219,21 @@ func (d *Daemon) setPolicy(p *policy.Policy) {
 // Policy returns the policy in force.
 func (d *Daemon) Policy() *policy.Policy { return d.pol.Load() }
 
-// reload loads the file again. A policy that fails to load, or that a
-// component cannot apply, is logged with every error and the old policy
-// stays in force: never a half-loaded policy, never an open door. force
-// reloads even an unchanged file (SIGHUP also reopens the audit log).
+// restartPending lists the settings of the policy in force that wait for
+// a restart.
+func (d *Daemon) restartPending() []admin.Pending { return *d.pending.Load() }
+
+// reload loads the file again and puts it in force, all or nothing: a
+// policy that fails to load, or any part of it that cannot be applied,
+// is logged with every error and the old policy stays in force, in
+// userspace and in the kernel. force reloads even an unchanged file
+// (SIGHUP also reopens the audit log).
 func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	old := d.pol.Load()
 	if force {
-		if err := d.out.reopen(old.Log.File); err != nil {
-			d.log.Error("reopening audit log", "file", old.Log.File, "err", err)
+		if err := d.out.reopen(); err != nil {
+			d.log.Error("reopening audit log", "file", d.out.path(), "err", err)
 		}
 	}
 	data, err := os.ReadFile(d.opts.PolicyPath)
@@ -195,17 +245,24 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 		var p *policy.Policy
 		p, err = policy.Parse(d.opts.PolicyPath, data)
 		if err == nil {
-			err = d.apply(ctx, old, p)
+			var ch *change
+			ch, err = d.prepare(p)
+			if err == nil {
+				err = d.commit(ctx, ch)
+			}
 		}
 		if err == nil {
 			d.lastSum = sum
-			d.setPolicy(p)
-			d.m.reloads.WithLabelValues("success").Inc()
-			d.log.Info("policy reloaded", "trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String())
+			d.m.loaded(true, true, time.Now())
+			attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String()}
+			if pending := d.restartPending(); len(pending) > 0 {
+				attrs = append(attrs, "restart_pending", pendingKeys(pending))
+			}
+			d.log.Info("policy reloaded", attrs...)
 			return
 		}
 	}
-	d.m.reloads.WithLabelValues("failure").Inc()
+	d.m.loaded(false, true, time.Now())
 	var list policy.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -216,26 +273,108 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 	d.log.Error("policy reload failed; the previous policy stays in force", "trigger", why, "err", err)
 }
 
-// apply makes components follow p before it is published. Settings that
-// only take effect at start are reported, not silently ignored.
-func (d *Daemon) apply(ctx context.Context, old, p *policy.Policy) error {
-	if old.Firewall.Backend != p.Firewall.Backend || old.Firewall.Table != p.Firewall.Table || old.Firewall.Hook != p.Firewall.Hook {
-		return errors.New("firewall.backend, firewall.table and firewall.hook cannot change on reload; restart fqdngate to change them")
+// change is what putting a policy in force takes, prepared: every part
+// that can fail is built, and nothing in force is touched yet. commit puts
+// it in force; abort undoes the preparation.
+type change struct {
+	p *policy.Policy
+	// resolver, if not nil, replaces the one in force; resolverKey says
+	// what it was built from.
+	resolver    *resolver.Resolver
+	resolverKey string
+	// audit, if not nil, replaces the audit log's destination.
+	audit *auditDest
+	// binds are the sockets of listeners that start; stops the kinds of
+	// running listeners that stop (moved or removed).
+	binds []bound
+	stops []string
+	// pending are the restart-only settings p changes.
+	pending []admin.Pending
+}
+
+// prepare builds everything p needs that can fail, in the order of least
+// cost to undo: the checks, the resolver, the audit file, the listeners'
+// sockets. On error it undoes what it did. Callers hold reloadMu.
+func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
+	if err := checkFixed(d.boot, p); err != nil {
+		return nil, err
 	}
-	if err := d.comps.apply(ctx, p); err != nil {
-		return err
+	ch := &change{p: p, pending: restartPending(d.boot, p)}
+	defer func() {
+		if err != nil {
+			ch.abort()
+		}
+	}()
+	ch.resolver, ch.resolverKey, err = d.comps.ups.prepare(p)
+	if err != nil {
+		return nil, err
 	}
-	if err := d.reconcileListeners(ctx, p); err != nil {
-		return err
+	if p.Listen.DNS != "" && ch.resolver == nil && d.comps.ups.current() == nil {
+		return nil, errors.New("the DNS listener has no upstream resolvers: set dns.upstreams")
 	}
-	if old.Log.File != p.Log.File {
-		if err := d.out.reopen(p.Log.File); err != nil {
-			return fmt.Errorf("opening audit log %s: %w", p.Log.File, err)
+	if path := p.Log.File; path != d.out.path() {
+		if ch.audit, err = openAuditDest(path); err != nil {
+			return nil, fmt.Errorf("opening audit log %s: %w", path, err)
 		}
 	}
-	if old.Log.Format != p.Log.Format {
-		d.log.Warn("log.format changes take effect at the next restart", "now", old.Log.Format, "policy", p.Log.Format)
+	if ch.binds, ch.stops, err = d.bindListeners(p); err != nil {
+		return nil, err
 	}
+	return ch, nil
+}
+
+// abort undoes prepare: the new sockets, resolver and audit file close;
+// what is in force never changed.
+func (ch *change) abort() {
+	for _, b := range ch.binds {
+		b.close()
+	}
+	ch.binds = nil
+	if ch.resolver != nil {
+		ch.resolver.Close()
+		ch.resolver = nil
+	}
+	if ch.audit != nil {
+		_ = ch.audit.close()
+		ch.audit = nil
+	}
+}
+
+// commit puts a prepared change in force. The kernel transaction is the
+// only step left that can fail, so it goes first: the kernel applies it
+// whole or not at all, and if it fails the old rules stand and abort
+// undoes the preparation. Nothing after it can fail. Userspace then
+// follows the kernel at once (a learned set the kernel no longer has
+// cannot take a publication): the resolver, the audit destination and the
+// policy pointer are swapped, then the new listeners serve, already bound,
+// and last the ones they replace stop. Callers hold reloadMu.
+func (d *Daemon) commit(ctx context.Context, ch *change) error {
+	if b := d.comps.nft; b != nil {
+		if err := b.Apply(ctx, ch.p); err != nil {
+			ch.abort()
+			return fmt.Errorf("programming nftables: %w", err)
+		}
+	}
+	d.comps.run(ctx)
+	if ch.resolver != nil {
+		// In-flight queries on the old resolver finish within its
+		// attempts' timeouts.
+		d.comps.ups.commit(ch.resolver, ch.resolverKey, 4*d.Policy().DNS.Timeout+time.Second)
+	}
+	if ch.audit != nil {
+		d.out.swap(ch.audit)
+	}
+	d.setPolicy(ch.p)
+	d.pending.Store(&ch.pending)
+	d.m.restartPending.Set(float64(len(ch.pending)))
+	for _, s := range ch.pending {
+		attrs := []any{"key", s.Key, "in_force", s.InForce, "policy", s.Policy}
+		if s.Part != "" {
+			attrs = append(attrs, "part", s.Part)
+		}
+		d.log.Warn("setting takes effect only at the next restart; the value in force stays", attrs...)
+	}
+	d.switchListeners(ctx, ch.binds, ch.stops)
 	return nil
 }
 
@@ -288,13 +427,29 @@ func (d *Daemon) watch(ctx context.Context) <-chan struct{} {
 	return out
 }
 
-// ready reports nil when every configured listener serves.
+// ready reports nil when fqdngate serves and enforces what the policy in
+// force asks for, or an error naming what does not. Each check is one
+// condition; add one to the list for a new one.
 func (d *Daemon) ready() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	for _, check := range []func() error{d.policyReady, d.listenersReady} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) policyReady() error {
 	if d.pol.Load() == nil {
 		return errors.New("no policy loaded")
 	}
+	return nil
+}
+
+// listenersReady reports listeners that stopped serving.
+func (d *Daemon) listenersReady() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	var down []string
 	for name, l := range d.running {
 		if !l.serving.Load() {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -41,42 +42,57 @@ type bound struct {
 	close      func()
 }
 
-// reconcileListeners starts, moves and stops listeners to match p. New
-// sockets are all bound before any old one stops, so a reload whose new
-// address cannot be bound changes nothing. Listeners whose address did not
-// change keep running untouched. Callers hold reloadMu.
-func (d *Daemon) reconcileListeners(ctx context.Context, p *policy.Policy) error {
-	var news []bound
+// bindListeners opens the sockets of every listener p configures at an
+// address other than the running one's, and lists the running listeners
+// that p moves or removes. Listeners whose address did not change are left
+// alone. On error it closes what it opened. Callers hold reloadMu.
+func (d *Daemon) bindListeners(p *policy.Policy) (binds []bound, stops []string, err error) {
 	for _, kind := range listenerKinds {
 		addr := listenAddr(kind, p.Listen)
-		if cur := d.listener(kind); cur != nil && cur.addr == addr {
+		cur := d.listener(kind)
+		if cur != nil && cur.addr == addr {
 			continue
+		}
+		if cur != nil {
+			stops = append(stops, kind)
 		}
 		if addr == "" {
 			continue
 		}
 		serve, closeFn, actual, err := d.comps.bind(kind, addr)
 		if err != nil {
-			for _, b := range news {
+			for _, b := range binds {
 				b.close()
 			}
-			return fmt.Errorf("starting %s listener on %s: %w", kind, addr, err)
+			return nil, nil, fmt.Errorf("starting %s listener on %s: %w", kind, addr, err)
 		}
-		news = append(news, bound{kind, addr, actual, serve, closeFn})
+		binds = append(binds, bound{kind, addr, actual, serve, closeFn})
 	}
-	for _, kind := range listenerKinds {
-		addr := listenAddr(kind, p.Listen)
-		if cur := d.listener(kind); cur != nil && cur.addr != addr {
-			d.stop(kind, cur)
-		}
-	}
-	for _, b := range news {
-		d.start(ctx, b)
-	}
-	return nil
+	return binds, stops, nil
 }
 
-func (d *Daemon) start(ctx context.Context, b bound) {
+// switchListeners starts the bound listeners, then stops the running ones
+// of the kinds in stops: a moved listener's new address serves before its
+// old one stops. It cannot fail. Callers hold reloadMu.
+func (d *Daemon) switchListeners(ctx context.Context, binds []bound, stops []string) {
+	old := make(map[string]*listener, len(stops))
+	for _, kind := range stops {
+		old[kind] = d.listener(kind)
+	}
+	for _, b := range binds {
+		d.startListener(ctx, b)
+	}
+	for _, kind := range stops {
+		d.stop(kind, old[kind])
+	}
+}
+
+func (d *Daemon) startListener(ctx context.Context, b bound) {
+	if ap, err := netip.ParseAddrPort(b.actual); err == nil {
+		// The proxy adds its own listeners when they serve; it must never
+		// connect to the others either, wherever a reload moved them.
+		d.comps.proxy.AddSelf(ap)
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	l := &listener{addr: b.addr, cancel: cancel, done: make(chan struct{})}
 	l.serving.Store(true)
@@ -100,11 +116,15 @@ func (d *Daemon) start(ctx context.Context, b bound) {
 	}()
 }
 
+// stop stops l, a listener of kind, and forgets it unless another
+// listener of its kind has taken its place.
 func (d *Daemon) stop(kind string, l *listener) {
 	l.cancel()
 	<-l.done
 	d.mu.Lock()
-	delete(d.running, kind)
+	if d.running[kind] == l {
+		delete(d.running, kind)
+	}
 	d.mu.Unlock()
 	d.log.Info("stopped listening", "component", kind, "addr", l.addr)
 }

@@ -15,48 +15,82 @@ const auditBufferSize = 64 << 10
 // reopenWriter is the audit log's destination. It buffers lines so that a
 // busy DNS firewall does not pay a write system call per decision; Flush
 // runs every flushInterval and at shutdown, so at most that much of the log
-// is in memory should the process die. It reopens its file on every reload
-// so that logrotate's "move, then SIGHUP" works.
+// is in memory should the process die. SIGHUP reopens its file so that
+// logrotate's "move, then SIGHUP" works.
 type reopenWriter struct {
-	mu     sync.Mutex // guards following
-	path   string
-	f      *os.File
 	stdout io.Writer
-	buf    *bufio.Writer
+
+	mu   sync.Mutex // guards following
+	dest *auditDest
+	buf  *bufio.Writer
 }
 
-func newReopenWriter(path string, stdout io.Writer) (*reopenWriter, error) {
-	rw := &reopenWriter{stdout: stdout}
-	rw.buf = bufio.NewWriterSize(stdout, auditBufferSize)
-	return rw, rw.reopen(path)
+// auditDest is an opened audit log destination: the file at path, or
+// standard output when path is "".
+type auditDest struct {
+	path string
+	f    *os.File // nil for standard output
 }
 
-// reopen switches to path ("" for standard output), flushing what the old
-// destination still owes. On error the old destination stays.
-func (rw *reopenWriter) reopen(path string) error {
-	var f *os.File
-	if path != "" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-			return err
-		}
-		var err error
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			return err
-		}
+// openAuditDest opens path for appending, creating it and its directory;
+// "" is standard output. It is the part of switching destinations that can
+// fail, so a reload does it before it commits anything.
+func openAuditDest(path string) (*auditDest, error) {
+	if path == "" {
+		return &auditDest{}, nil
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	return &auditDest{path: path, f: f}, nil
+}
+
+func (a *auditDest) close() error {
+	if a.f == nil {
+		return nil
+	}
+	return a.f.Close()
+}
+
+// newReopenWriter writes to stdout until swap gives it another destination.
+func newReopenWriter(stdout io.Writer) *reopenWriter {
+	return &reopenWriter{stdout: stdout, dest: &auditDest{}, buf: bufio.NewWriterSize(stdout, auditBufferSize)}
+}
+
+// path is the file written to; "" for standard output.
+func (rw *reopenWriter) path() string {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	return rw.dest.path
+}
+
+// swap makes a the destination, flushing what the old one still owes and
+// closing it. It cannot fail.
+func (rw *reopenWriter) swap(a *auditDest) {
 	rw.mu.Lock()
 	defer rw.mu.Unlock()
 	_ = rw.buf.Flush()
-	if rw.f != nil {
-		rw.f.Close()
-	}
-	rw.path, rw.f = path, f
-	if f != nil {
-		rw.buf.Reset(f)
+	_ = rw.dest.close()
+	rw.dest = a
+	if a.f != nil {
+		rw.buf.Reset(a.f)
 	} else {
 		rw.buf.Reset(rw.stdout)
 	}
+}
+
+// reopen opens the current file again (logrotate moved it away). On error
+// the open file stays.
+func (rw *reopenWriter) reopen() error {
+	a, err := openAuditDest(rw.path())
+	if err != nil {
+		return err
+	}
+	rw.swap(a)
 	return nil
 }
 
@@ -79,8 +113,8 @@ func (rw *reopenWriter) Close() error {
 	rw.mu.Lock()
 	defer rw.mu.Unlock()
 	err := rw.buf.Flush()
-	if rw.f != nil {
-		return rw.f.Close()
+	if cerr := rw.dest.close(); cerr != nil {
+		return cerr
 	}
 	return err
 }

@@ -160,6 +160,11 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
+// AddSelf adds one of fqdngate's own listeners to those the proxy never
+// connects to: the daemon calls it for the listeners it starts after New
+// (the actual address of a port-0 listener, a listener a reload moved).
+func (p *Proxy) AddSelf(ap netip.AddrPort) { p.addSelf(ap) }
+
 func (p *Proxy) addSelf(ap netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

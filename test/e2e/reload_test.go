@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
@@ -110,5 +111,56 @@ func TestReload(t *testing.T) {
 	f.gate.waitMetric(`fqdngate_policy_generation`, 3)
 	if _, err := f.a.resolveAndGet("api.example.com", dns.TypeA, allowedPort); err != nil {
 		t.Errorf("api.example.com after restoring its rule: %v\n%s", err, f.gate.logs())
+	}
+}
+
+// TestReloadBindFailureKeepsRedirect: a reload that moves the DNS listener
+// to a port another socket holds is rejected as a whole. The kernel keeps
+// redirecting clients' DNS to the port fqdngate still listens on, so DNS
+// sent to the outside resolver is still answered, by the old policy.
+func TestReloadBindFailureKeepsRedirect(t *testing.T) {
+	f := startForward(t, 2*time.Second, basicRules)
+	auth := f.net.inet.auth
+	auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"))
+	auth.Set("b.example.com", dnstest.A("b.example.com", 300, "203.0.113.50"))
+	before := f.gate.ruleset()
+
+	// Another process holds the new port, over UDP and TCP.
+	moved := f.settings
+	moved.dnsListen = gwClient4 + ":5353"
+	f.net.gw.ListenPacket("udp", moved.dnsListen)
+	f.net.gw.Listen("tcp", moved.dnsListen)
+	// The new policy also lets group a resolve b.example.com: it must not
+	// apply either.
+	f.gate.writePolicy(moved.render(basicRules + "  - name: a-too\n    from: [a]\n    to: [b.example.com]\n"))
+	f.gate.waitMetric(`fqdngate_policy_reloads_total{result="failure"}`, 1)
+
+	if after := f.gate.ruleset(); after != before {
+		t.Errorf("a reload whose listener could not be bound changed the kernel's table:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		// Redirected to fqdngate, which answers on its old port.
+		r, err := f.a.exchange(network, authorityAddr, "api.example.com", dns.TypeA, reachWait)
+		if err != nil {
+			t.Fatalf("direct DNS over %s after the failed reload: %v\n%s", network, err, f.gate.logs())
+		}
+		if addrs, _ := answerAddrs(r); len(addrs) != 1 || addrs[0] != netip.MustParseAddr("203.0.113.10") {
+			t.Errorf("direct DNS over %s after the failed reload: got %v (%s), want 203.0.113.10", network, addrs, dns.RcodeToString[r.Rcode])
+		}
+		// The old policy decides.
+		r, err = f.a.exchange(network, gatewayDNS, "b.example.com", dns.TypeA, reachWait)
+		if err != nil {
+			t.Fatalf("DNS over %s to the old listener: %v", network, err)
+		}
+		if r.Rcode != dns.RcodeNameError {
+			t.Errorf("b.example.com for group a after the failed reload: got %s, want NXDOMAIN (the old policy)", dns.RcodeToString[r.Rcode])
+		}
+	}
+	mustReach(t, f.a, "api.example.com", ap("203.0.113.10", allowedPort))
+	if got := f.gate.metric(`fqdngate_policy_generation`); got != 1 {
+		t.Errorf("fqdngate_policy_generation = %v after the failed reload, want 1", got)
+	}
+	if t.Failed() {
+		t.Log(f.gate.logs())
 	}
 }
