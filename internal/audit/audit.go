@@ -27,7 +27,9 @@ func (c Component) String() string { return [...]string{"dns", "proxy", "firewal
 
 // Event is one decision. Attrs carries component-specific detail (rcode and
 // answers for DNS, bytes and duration for the proxy); they are appended to
-// the line after the common fields.
+// the line after the common fields. A slog.Duration attribute is written
+// with its unit: key "latency" becomes "latency_ms", its value milliseconds
+// as a decimal number.
 type Event struct {
 	Component Component
 	Source    netip.Addr
@@ -48,7 +50,8 @@ type Counter interface {
 // Logger writes decisions. A nil *Logger discards them.
 //
 // Lines are the ones log/slog's JSON and text handlers would write for the
-// same record (tests hold it to that), but encoded directly into a pooled
+// same record, durations given their unit as ReplaceAttr would (tests hold
+// it to that), but encoded directly into a pooled
 // buffer: the audit line is on every query's path, and slog's general
 // machinery cost more than the DNS firewall's own work on cached answers.
 type Logger struct {

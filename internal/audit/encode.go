@@ -126,6 +126,58 @@ func (e *encoder) bytes(k string, v []byte) {
 	}
 }
 
+// durationSuffix is appended to the key of every duration in an audit
+// line, whose value is written by appendMillis: a duration never appears
+// without its unit, in either format ("latency_ms":0.412, latency_ms=0.412).
+const durationSuffix = "_ms"
+
+// millis writes duration d under k + durationSuffix.
+func (e *encoder) millis(k string, d time.Duration) {
+	if e.text && needsQuoting(k) {
+		e.key(k + durationSuffix) // keys are the code's own; never on the hot path
+	} else {
+		// The key with its suffix, without building the string.
+		e.key(k)
+		e.buf = e.buf[:len(e.buf)-1] // '=' or ':'
+		if !e.text {
+			e.buf = e.buf[:len(e.buf)-1] // the closing quote
+		}
+		e.buf = append(e.buf, durationSuffix...)
+		if !e.text {
+			e.buf = append(e.buf, '"', ':')
+		} else {
+			e.buf = append(e.buf, '=')
+		}
+	}
+	e.buf = appendMillis(e.buf, d)
+}
+
+// appendMillis writes d in milliseconds as a decimal number, exactly (to
+// the nanosecond) and without an exponent: 412µs is 0.412, 2m is 120000.
+func appendMillis(buf []byte, d time.Duration) []byte {
+	n := uint64(d)
+	if d < 0 {
+		buf = append(buf, '-')
+		n = -n
+	}
+	buf = strconv.AppendUint(buf, n/1e6, 10)
+	frac := n % 1e6
+	if frac == 0 {
+		return buf
+	}
+	var digits [7]byte
+	digits[0] = '.'
+	for i := 6; i >= 1; i-- {
+		digits[i] = byte('0' + frac%10)
+		frac /= 10
+	}
+	end := 7
+	for digits[end-1] == '0' {
+		end--
+	}
+	return append(buf, digits[:end]...)
+}
+
 func (e *encoder) int(k string, v int64) {
 	e.key(k)
 	e.buf = strconv.AppendInt(e.buf, v, 10)
@@ -191,11 +243,7 @@ func (e *encoder) attr(prefix string, a slog.Attr) {
 		e.key(k)
 		e.buf = strconv.AppendBool(e.buf, v.Bool())
 	case slog.KindDuration:
-		if e.text {
-			e.str(k, v.Duration().String())
-		} else {
-			e.int(k, int64(v.Duration()))
-		}
+		e.millis(k, v.Duration())
 	case slog.KindTime:
 		var t [64]byte
 		layout := time.RFC3339Nano

@@ -3,8 +3,10 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -18,9 +20,10 @@ import (
 func slogLine(t *testing.T, format string, at time.Time, e Event) string {
 	t.Helper()
 	var buf bytes.Buffer
-	var h slog.Handler = slog.NewJSONHandler(&buf, nil)
+	opts := &slog.HandlerOptions{ReplaceAttr: withUnit}
+	var h slog.Handler = slog.NewJSONHandler(&buf, opts)
 	if format == "text" {
-		h = slog.NewTextHandler(&buf, nil)
+		h = slog.NewTextHandler(&buf, opts)
 	}
 	r := slog.NewRecord(at, slog.LevelInfo, "decision", 0)
 	src := ""
@@ -42,6 +45,38 @@ func slogLine(t *testing.T, format string, at time.Time, e Event) string {
 	return buf.String()
 }
 
+// withUnit does to durations what the encoder does, as slog's
+// ReplaceAttr: the key gets durationSuffix, the value is appendMillis'
+// decimal, which both handlers write as a bare number.
+func withUnit(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.Any(a.Key+durationSuffix, json.Number(appendMillis(nil, a.Value.Duration())))
+	}
+	return a
+}
+
+func TestAppendMillis(t *testing.T) {
+	for _, tt := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0"},
+		{time.Nanosecond, "0.000001"},
+		{412 * time.Microsecond, "0.412"},
+		{123456 * time.Nanosecond, "0.123456"},
+		{time.Millisecond, "1"},
+		{1500 * time.Millisecond, "1500"},
+		{2*time.Minute + 7*time.Nanosecond, "120000.000007"},
+		{-1500 * time.Nanosecond, "-0.0015"},
+		{math.MaxInt64, "9223372036854.775807"},
+		{math.MinInt64, "-9223372036854.775808"},
+	} {
+		if got := string(appendMillis(nil, tt.d)); got != tt.want {
+			t.Errorf("appendMillis(%v) = %s, want %s", tt.d, got, tt.want)
+		}
+	}
+}
+
 type stringer struct{}
 
 func (stringer) String() string { return "i am \"stringer\"" }
@@ -55,6 +90,9 @@ var oracleEvents = []Event{
 		Attrs:    []slog.Attr{slog.Any("err", errors.New("dial tcp: refused")), slog.Any("s", stringer{}), slog.Any("list", []string{"a", "b"}), slog.Group("bytes", slog.Int("up", 1), slog.Int("down", 2))}},
 	{Component: Firewall, Name: "ünïcode\u2028sep \xff\xfe bad utf8", Decision: policy.Decision{Reason: policy.ReasonNotAllowedIP},
 		Attrs: []slog.Attr{slog.Time("at", time.Date(2026, 11, 22, 1, 2, 3, 4, time.UTC)), slog.String("", "dropped empty key"), slog.String("empty", "")}},
+	{Component: Proxy, Name: "durations", Port: 443, Decision: policy.Decision{Action: policy.Allow, Rule: &policy.Rule{Name: "r"}},
+		Attrs: []slog.Attr{slog.Duration("duration", 2*time.Minute+7*time.Nanosecond), slog.Duration("zero", 0), slog.Duration("neg", -1500*time.Nanosecond),
+			slog.Group("phase", slog.Duration("dial", 3*time.Millisecond)), slog.Duration("odd key=", time.Millisecond)}},
 	{Component: DNS, Source: netip.MustParseAddr("::ffff:192.0.2.1"), Name: "a\\b", QType: "TYPE65534"},
 }
 

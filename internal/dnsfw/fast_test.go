@@ -142,7 +142,7 @@ func testFastPathMatchesOrdinary(t *testing.T, o opts) {
 	norm := func(lines []map[string]any) []string {
 		var out []string
 		for _, m := range lines {
-			delete(m, "latency")
+			delete(m, "latency_ms")
 			delete(m, "time")
 			if m["upstream"] != "cache" {
 				m["upstream"] = "upstream"

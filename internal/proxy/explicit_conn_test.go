@@ -166,7 +166,7 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 			t.Fatalf("audit line %q: %v", l, err)
 		}
 		delete(m, "time")
-		delete(m, "duration")
+		delete(m, "duration_ms")
 		delete(m, "client")
 		out = append(out, m)
 	}

@@ -253,8 +253,8 @@ func TestAuditLine(t *testing.T) {
 			t.Errorf("audit %s: got %v, want %v", k, got[k], v)
 		}
 	}
-	if _, ok := got["duration"]; !ok {
-		t.Errorf("audit line has no duration: %v", got)
+	if v, ok := got["duration_ms"].(float64); !ok || v <= 0 {
+		t.Errorf("audit line has no duration_ms (a number of milliseconds): %v", got)
 	}
 }
 
