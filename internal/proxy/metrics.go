@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"listener", "action", "rule"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_proxy_refusals_total",
-			Help: "Connections the proxy refused or could not complete, by reason.",
+			Help: "Connections the proxy refused or could not complete, by reason (policy, private, self, spoofed, no_sni, tls_version, verify, plain_http, resolve, dial, dial_timeout, busy, bad_request, auth, no_policy, orig_dst, protocol).",
 		}, []string{"reason"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "fqdngate_proxy_active_tunnels",
@@ -69,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 func (m *metrics) connection(listener string, d policy.Decision, r Refusal) {
 	m.conns.WithLabelValues(listener, d.Action.String(), d.RuleName()).Inc()
 	if r != NotRefused {
-		m.refusals.WithLabelValues(r.String()).Inc()
+		m.refusals.WithLabelValues(r.Label()).Inc()
 	}
 }
 

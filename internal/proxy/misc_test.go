@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -235,4 +236,24 @@ func value(t testing.TB, m prometheus.Metric) float64 {
 		t.Fatal(err)
 	}
 	return pb.GetCounter().GetValue() + pb.GetGauge().GetValue()
+}
+
+// TestRefusalLabels: every Refusal has a metric label of its own, short
+// snake_case (String is the audit line's human text).
+func TestRefusalLabels(t *testing.T) {
+	if len(refusalLabel) != len(refusalText) {
+		t.Fatalf("%d refusal labels for %d refusals: give every Refusal a label", len(refusalLabel), len(refusalText))
+	}
+	snake := regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	seen := map[string]Refusal{}
+	for r := NotRefused + 1; int(r) < len(refusalText); r++ {
+		l := r.Label()
+		if !snake.MatchString(l) {
+			t.Errorf("Refusal %d (%s): label %q is not snake_case", r, r, l)
+		}
+		if prev, ok := seen[l]; ok {
+			t.Errorf("Refusals %d (%s) and %d (%s) share the label %q", prev, prev, r, r, l)
+		}
+		seen[l] = r
+	}
 }

@@ -68,6 +68,38 @@ func (r Refusal) String() string {
 	return "unknown"
 }
 
+// refusalLabel is each Refusal's value of the reason label of
+// fqdngate_proxy_refusals_total: short snake_case, where String is the
+// human text of the audit line.
+var refusalLabel = [...]string{
+	"",
+	"policy",
+	"private",
+	"self",
+	"spoofed",
+	"no_sni",
+	"tls_version",
+	"verify",
+	"plain_http",
+	"resolve",
+	"dial",
+	"dial_timeout",
+	"busy",
+	"bad_request",
+	"auth",
+	"no_policy",
+	"orig_dst",
+	"protocol",
+}
+
+// Label is r as a metric label value.
+func (r Refusal) Label() string {
+	if int(r) < len(refusalLabel) {
+		return refusalLabel[r]
+	}
+	return "unknown"
+}
+
 // reason is the policy.Reason the audit line carries for r, so its
 // "reason" says what happened rather than what the policy would have said.
 // RefusedPolicy keeps the policy's own reason and is not asked.
