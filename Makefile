@@ -1,9 +1,10 @@
 # Conveniences; the README's commands need nothing but Go.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 
 .PHONY: build test check
 build: ## one static binary, ./fqdngate
-	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o fqdngate ./cmd/fqdngate
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)" -o fqdngate ./cmd/fqdngate
 
 test: ## the whole suite, as in the README and CI
 	go test -race -count=1 ./...

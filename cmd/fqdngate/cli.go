@@ -18,8 +18,12 @@ import (
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and revision (the VCS commit) are set at build time with
+// -ldflags "-X main.version=... -X main.revision=..." (see the Makefile).
+var (
+	version  = "dev"
+	revision = ""
+)
 
 const usage = `NAME
     fqdngate - domain-name based egress control: DNS firewall, nftables
@@ -180,7 +184,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version})
+	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version, Revision: revision})
 	if err != nil {
 		fmt.Fprintf(stderr, "fqdngate: %v\n", err)
 		return 1

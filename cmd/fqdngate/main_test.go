@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -191,7 +192,13 @@ func (b *syncBuffer) String() string {
 
 func startDaemon(t *testing.T, policyPath string) *daemonProc {
 	t.Helper()
-	d := &daemonProc{cmd: exec.Command(binary, "run", "-c", policyPath)}
+	return startBinary(t, binary, policyPath)
+}
+
+// startBinary runs the fqdngate at bin on policyPath.
+func startBinary(t *testing.T, bin, policyPath string) *daemonProc {
+	t.Helper()
+	d := &daemonProc{cmd: exec.Command(bin, "run", "-c", policyPath)}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -291,6 +298,42 @@ func (d *daemonProc) waitMetric(t *testing.T, series string, min float64) {
 	t.Fatalf("metric %s never reached %v; stderr:\n%s", series, min, d.logs())
 }
 
+// metric reads one series from /metrics; -1 if it is absent.
+func (d *daemonProc) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(d.get(t, "/metrics"), "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			if _, err := fmt.Sscan(rest, &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// TestBuildInfo: the version and revision the Makefile sets with -ldflags
+// reach fqdngate_build_info, with the Go version.
+func TestBuildInfo(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "fqdngate")
+	build := exec.Command("go", "build", "-ldflags", "-X main.version=v1.2.3-buildinfo -X main.revision=0123456789abcdef0123456789abcdef01234567", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building fqdngate: %v\n%s", err, out)
+	}
+	d := startBinary(t, bin, writePolicy(t, t.TempDir(), policyV1))
+	re := regexp.MustCompile(`(?m)^fqdngate_build_info\{goversion="` + regexp.QuoteMeta(runtime.Version()) + `",revision="0123456789abcdef0123456789abcdef01234567",version="v1\.2\.3-buildinfo"\} 1$`)
+	if body := d.get(t, "/metrics"); !re.MatchString(body) {
+		var got []string
+		for _, l := range strings.Split(body, "\n") {
+			if strings.HasPrefix(l, "fqdngate_build_info") {
+				got = append(got, l)
+			}
+		}
+		t.Errorf("fqdngate_build_info: got %q, want version v1.2.3-buildinfo, goversion %s and the revision", got, runtime.Version())
+	}
+}
+
 const policyV1 = `listen: {dns: "", proxy: "", admin: "127.0.0.1:0"}
 rules:
   - name: first
@@ -320,6 +363,13 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "allow" {
 		t.Errorf("after a broken reload: a.example got %s, want allow (old policy in force)", got)
 	}
+	if got := d.metric(t, `fqdngate_config_last_reload_successful`); got != 0 {
+		t.Errorf("fqdngate_config_last_reload_successful = %v after a broken reload, want 0", got)
+	}
+	loadedAt := d.metric(t, `fqdngate_config_last_reload_success_timestamp_seconds`)
+	if now := float64(time.Now().Unix()); loadedAt < now-60 || loadedAt > now+1 {
+		t.Errorf("fqdngate_config_last_reload_success_timestamp_seconds = %v, want the start, about %v", loadedAt, now)
+	}
 	if !strings.Contains(d.logs(), "previous policy stays in force") || !strings.Contains(d.logs(), "policy.yaml:3:") {
 		t.Errorf("the rejected reload was not logged with its position; stderr:\n%s", d.logs())
 	}
@@ -332,6 +382,12 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	d.waitMetric(t, `fqdngate_policy_generation`, 2)
 	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "deny" {
 		t.Errorf("after reload: a.example got %s, want deny", got)
+	}
+	if got := d.metric(t, `fqdngate_config_last_reload_successful`); got != 1 {
+		t.Errorf("fqdngate_config_last_reload_successful = %v after a good reload, want 1", got)
+	}
+	if got := d.metric(t, `fqdngate_config_last_reload_success_timestamp_seconds`); got <= loadedAt {
+		t.Errorf("fqdngate_config_last_reload_success_timestamp_seconds = %v after a good reload, want later than %v", got, loadedAt)
 	}
 	if got := d.explainAction(t, "192.0.2.1", "b.example"); got != "allow" {
 		t.Errorf("after reload: b.example got %s, want allow", got)

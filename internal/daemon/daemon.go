@@ -46,9 +46,10 @@ type Options struct {
 	// sockets and netlink handles are open. The command sets it; tests that
 	// run the daemon in-process must not.
 	DropCapabilities bool
-	// Version is the version fqdngate_build_info reports. If empty,
-	// "unknown".
-	Version string
+	// Version and Revision are what fqdngate_build_info reports. If
+	// Version is empty, "unknown"; if Revision is, the VCS revision Go
+	// stamped into the binary, or "unknown".
+	Version, Revision string
 }
 
 // flushInterval is how often buffered audit lines are written out.
@@ -147,6 +148,9 @@ func newDaemon(opts Options) *Daemon {
 	if opts.Version == "" {
 		opts.Version = "unknown"
 	}
+	if opts.Revision == "" {
+		opts.Revision = stampedRevision()
+	}
 	d := &Daemon{
 		opts:    opts,
 		log:     opts.Logger,
@@ -154,7 +158,7 @@ func newDaemon(opts Options) *Daemon {
 		running: map[string]*listener{},
 		fatal:   make(chan error, 8),
 	}
-	d.m = newMetrics(d.reg, opts.Version)
+	d.m = newMetrics(d.reg, opts.Version, opts.Revision)
 	d.out = newReopenWriter(opts.Stdout)
 	d.pending.Store(&[]admin.Pending{})
 	return d

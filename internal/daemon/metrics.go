@@ -27,7 +27,7 @@ type metrics struct {
 	restartPending prometheus.Gauge
 }
 
-func newMetrics(reg *prometheus.Registry, version string) *metrics {
+func newMetrics(reg *prometheus.Registry, version, revision string) *metrics {
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_decisions_total",
@@ -61,7 +61,7 @@ func newMetrics(reg *prometheus.Registry, version string) *metrics {
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "fqdngate_build_info",
 		Help:        "Always 1; the labels say which fqdngate runs: version (set at build time), goversion, and the VCS revision it was built from.",
-		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision()},
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision},
 	})
 	buildInfo.Set(1)
 	reg.MustRegister(m.decisions, m.reloads, m.generation, m.rules, m.lastOK, m.lastOKTime, m.restartPending, buildInfo,
@@ -71,9 +71,10 @@ func newMetrics(reg *prometheus.Registry, version string) *metrics {
 	return m
 }
 
-// revision is the VCS revision the binary was built from, or "unknown"
-// (test binaries, builds outside a checkout).
-func revision() string {
+// stampedRevision is the VCS revision Go stamped into the binary, or
+// "unknown" (test binaries, builds outside a checkout or with
+// -buildvcs=false).
+func stampedRevision() string {
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" && s.Value != "" {
