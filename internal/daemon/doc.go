@@ -17,4 +17,11 @@
 //
 // Only this package knows every component; each component depends on small
 // interfaces it defines itself.
+//
+// Start and reload take the same path: prepare builds everything that can
+// fail (resolver, audit file, listener sockets) without touching what is in
+// force; commit runs the kernel transaction, which applies whole or not at
+// all, and then swaps what cannot fail (resolver, audit file, policy
+// pointer, listeners); a failure before the swap closes what was prepared.
+// restart.go lists the settings that only take effect at start.
 package daemon
