@@ -116,3 +116,35 @@ func TestPolicySummaryIsJSON(t *testing.T) {
 		t.Errorf("got rules %+v", s.Rules)
 	}
 }
+
+// TestPolicyRestartPending: /v1/policy lists the settings waiting for a
+// restart, and an empty list (not null) when there are none.
+func TestPolicyRestartPending(t *testing.T) {
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		pending func() []Pending
+		want    string
+	}{
+		{nil, `"restart_pending": []`},
+		{func() []Pending { return nil }, `"restart_pending": []`},
+		{func() []Pending {
+			return []Pending{{Key: "dns.cache_size", InForce: "100000", Policy: "5"}}
+		}, `"restart_pending": [
+    {
+      "key": "dns.cache_size",
+      "in_force": "100000",
+      "policy": "5"
+    }
+  ]`},
+	} {
+		srv := httptest.NewServer(Handler(Config{Policy: func() *policy.Policy { return p }, RestartPending: tt.pending}))
+		_, body := get(t, srv.URL+"/v1/policy")
+		srv.Close()
+		if !strings.Contains(body, tt.want) {
+			t.Errorf("/v1/policy: got\n%s\nwant it to contain\n%s", body, tt.want)
+		}
+	}
+}
