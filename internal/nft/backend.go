@@ -165,9 +165,10 @@ type Backend struct {
 	closeNflog func()
 
 	// mon is the watcher's subscription to nftables changes, if
-	// Config.Watch; closeMon closes it once.
+	// Config.Watch; closeMon closes it once. wake wakes the watcher.
 	mon      *monitor
 	closeMon func()
+	wake     chan struct{}
 	watchMu  sync.Mutex // guards following
 	// bad is what another process did to the table, from the moment the
 	// watcher saw it until the table is put back; nil while the table is
@@ -183,7 +184,12 @@ type Backend struct {
 	// has yet to read, oldest first: true for a rebuild (see
 	// noteNotifications).
 	commits []bool
-	wake    chan struct{}
+
+	stateMu sync.Mutex // guards following, and serializes writes (see save)
+	// statePath is where the state file is written; stateErr the
+	// condition of the last write ("" if it succeeded).
+	statePath string
+	stateErr  string
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
 	// restores counts the times the watcher (or an Apply) put the table
@@ -221,20 +227,21 @@ func New(cfg Config) (*Backend, error) {
 		return nil, errors.New("nftables backend: firewall.table is empty; name the table fqdngate may own")
 	}
 	b := &Backend{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		table:   &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		sets:    make(map[string]*nftables.Set),
-		learned: make(map[learnKey]string),
-		owner:   make(map[string]learnKey),
-		mirror:  make(map[elemKey]time.Time),
-		names:   make(map[dnsname.Name]map[elemKey]time.Time),
-		refs:    make(map[elemKey]int32),
-		perName: defaultPerName,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		table:     &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		sets:      make(map[string]*nftables.Set),
+		learned:   make(map[learnKey]string),
+		owner:     make(map[string]learnKey),
+		mirror:    make(map[elemKey]time.Time),
+		names:     make(map[dnsname.Name]map[elemKey]time.Time),
+		refs:      make(map[elemKey]int32),
+		perName:   defaultPerName,
+		statePath: cfg.StateFile,
 		// Without a release to read, assume an old kernel: a delete and
 		// an add extend an element on every kernel.
 		replaceToExtend: !timeoutUpdates(kernelRelease()),

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -203,21 +204,25 @@ func assertKernelHolds(t *testing.T, ns *netns.NS, b *Backend, want []learn.Entr
 	}
 }
 
-// kernelExpiries reads, with a backend of its own, when each learned
-// element the kernel holds in b's table expires.
+// kernelElem matches an element with a timeout in `nft list` output.
+var kernelElem = regexp.MustCompile(`([0-9a-f:.]+) timeout ([0-9hms]+) expires ([0-9hms]+)`)
+
+// kernelExpiries reads with nft when each learned element of b's table
+// expires: independently of the backend, which reads them back the same
+// way it adopts them.
 func kernelExpiries(t *testing.T, ns *netns.NS, b *Backend) map[string]time.Time {
 	t.Helper()
-	r, err := New(Config{Table: b.cfg.Table, NetNSFd: ns.Fd()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	now := time.Now()
 	out := make(map[string]time.Time)
-	for k, exp := range r.mirror {
-		if _, dup := out[k.addr.String()]; dup {
-			t.Fatalf("%s is in two learned sets", k.addr)
+	for _, m := range kernelElem.FindAllStringSubmatch(ns.MustExec("nft", "list", "table", "inet", b.cfg.Table), -1) {
+		left, err := time.ParseDuration(m[3])
+		if err != nil {
+			t.Fatalf("nft says %s expires in %q: %v", m[1], m[3], err)
 		}
-		out[k.addr.String()] = exp
+		if _, dup := out[m[1]]; dup {
+			t.Fatalf("%s is in two learned sets", m[1])
+		}
+		out[m[1]] = now.Add(left)
 	}
 	return out
 }
