@@ -103,6 +103,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.lastSum = sha256.Sum256(data)
 	p, err := policy.Parse(opts.PolicyPath, data)
+	if err == nil {
+		err = CheckHost(p)
+	}
 	if err != nil {
 		return fmt.Errorf("loading policy:\n%w", err)
 	}
@@ -288,13 +291,20 @@ func (d *Daemon) watch(ctx context.Context) <-chan struct{} {
 	return out
 }
 
-// ready reports nil when every configured listener serves.
+// ready reports nil when the kernel enforces the table as programmed and
+// every configured listener serves.
 func (d *Daemon) ready() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.pol.Load() == nil {
 		return errors.New("no policy loaded")
 	}
+	// comps is set before any listener, the admin endpoint included, starts.
+	if c := d.comps; c != nil && c.nft != nil {
+		if err := c.nft.Enforcing(); err != nil {
+			return err
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	var down []string
 	for name, l := range d.running {
 		if !l.serving.Load() {

@@ -351,6 +351,13 @@ func netlinkErr(doing string, err error) error {
 	return fmt.Errorf("nftables: %s: %w", doing, err)
 }
 
+// Installed reports whether the table exists.
+func (b *Backend) Installed() (bool, error) {
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	return b.tableExistsLocked()
+}
+
 func (b *Backend) tableExistsLocked() (bool, error) {
 	tables, err := b.conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
