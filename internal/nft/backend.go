@@ -1,6 +1,9 @@
 // Package nft enforces a policy in the kernel: it owns one nftables table
 // whose sets hold the addresses the DNS firewall learned, and whose chains
-// drop everything else from the sources the policy covers.
+// drop everything else from the sources the policy covers. The table
+// outlives the process; while the process runs, it watches the table and
+// puts it back when another process changes it (watch.go), and it keeps
+// learned addresses in a state file for the next start (state.go).
 package nft
 
 import (
