@@ -367,10 +367,11 @@ func (b *Backend) restoredLocked(t *tamper, res commitResult, took time.Duration
 	if quiet > 0 {
 		attrs = append(attrs, "restores_not_logged", quiet)
 	}
-	b.log.Warn("another process changed the nftables table; restored it", attrs...)
 	if t.comm == "fqdngate" {
-		b.log.Error("another fqdngate programs this table: two daemons on one table undo each other's changes; give each its own firewall.table, or stop one", "table", b.cfg.Table, "pid", t.pid)
+		// fqdngate firewall remove, or a second daemon.
+		attrs = append(attrs, "hint", "to uninstall, stop this daemon before fqdngate firewall remove; two daemons on one table undo each other's changes: give each its own firewall.table")
 	}
+	b.log.Warn("another process changed the nftables table; restored it", attrs...)
 }
 
 // check compares the table with what the backend programmed, and records
