@@ -203,6 +203,10 @@ DESCRIPTION
     summary and exits 0. Otherwise prints every problem, one per line, as
     file:line:col: message (the message says what to write instead), and
     exits 1. Use it in CI before shipping a policy.
+
+    Besides the policy itself, check reports what run would refuse on
+    this host: with firewall.backend: nftables, a firewall.state_file
+    whose directory does not exist.
 `
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
@@ -216,6 +220,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	p, err := policy.Load(*cfg)
+	if err == nil {
+		// What run would refuse on this host, such as a state file
+		// directory that does not exist.
+		err = daemon.CheckHost(p)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/nft"
@@ -24,7 +25,16 @@ DESCRIPTION
     then no longer filtered by fqdngate. The table name comes from
     firewall.table in POLICY, or --table, or defaults to fqdngate. Other
     tables are never touched. Both need CAP_NET_ADMIN.
+
+    A running fqdngate watches its table and puts it back at once when
+    anyone else deletes it, this command included: stop the daemon first
+    (systemctl stop fqdngate). remove waits two seconds to see whether the
+    table comes back, and if it does, says so and exits 1.
 `
+
+// restoreWait is how long firewall remove watches for a running daemon
+// putting the table back; a daemon does it within milliseconds.
+const restoreWait = 2 * time.Second
 
 func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -69,6 +79,17 @@ func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		if err := b.Remove(); err != nil {
 			fmt.Fprintf(stderr, "fqdngate firewall remove: %v\n", err)
 			return 1
+		}
+		for deadline := time.Now().Add(restoreWait); time.Now().Before(deadline); {
+			select {
+			case <-ctx.Done():
+				return 1
+			case <-time.After(50 * time.Millisecond):
+			}
+			if back, err := b.Installed(); err == nil && back {
+				fmt.Fprintf(stderr, "fqdngate firewall remove: a running fqdngate put table inet %s back at once (it watches its table); stop it first (systemctl stop fqdngate), then run this again\n", name)
+				return 1
+			}
 		}
 		fmt.Fprintf(stdout, "removed table inet %s\n", name)
 	case "show":

@@ -112,6 +112,44 @@ rules:
 	}
 }
 
+// TestCheckStateFileDirectory: a state file in a directory that does not
+// exist is one positioned error from check, the same error run refuses
+// to start with (it used to be a warning every half second). run is
+// tried in a namespace of its own, so that a run that does start cannot
+// touch the host's firewall.
+func TestCheckStateFileDirectory(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	p := writePolicy(t, dir, `listen: {dns: "127.0.0.1:5353", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53]}
+firewall:
+  backend: nftables
+  state_file: `+filepath.Join(missing, "state.json")+`
+`)
+	want := p + ":5:15: firewall.state_file: the directory " + missing + " does not exist: create it, writable by the user fqdngate runs as"
+	_, errOut, code := runCLI(t, "check", "-c", p)
+	if code != 1 || !strings.Contains(errOut, want) || strings.Count(errOut, "does not exist") != 1 {
+		t.Errorf("check: exit %d, stderr:\n%s\nwant exit 1 and one line containing %q", code, errOut, want)
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI runs as root; this test must run there")
+		}
+		t.Skip("needs root for run in a network namespace")
+	}
+	ns := fmt.Sprintf("fqdngate-statedir-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, binary, "run", "-c", p).CombinedOutput()
+	if ctx.Err() != nil || err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("run: %v, output:\n%s\nwant it to refuse to start with %q", err, out, want)
+	}
+}
+
 func TestExplainJSON(t *testing.T) {
 	p := writePolicy(t, t.TempDir(), `listen: {dns: "", proxy: "", admin: ""}
 sources:
@@ -554,6 +592,14 @@ rules:
 			t.Fatalf("table never appeared: %v %s\ndaemon: %s", err, out, logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The daemon watches its table: remove under it is undone at once,
+	// and remove says so.
+	if out, err := inNS("firewall", "remove", "-c", p); err == nil || !strings.Contains(out, "a running fqdngate put table inet clitest back at once") {
+		t.Errorf("remove under a running daemon: %v %s; want exit 1 saying the daemon put the table back", err, out)
+	}
+	if out, err := inNS("firewall", "show", "-c", p); err != nil || !strings.Contains(out, "tcp th dport 5432 accept") {
+		t.Errorf("after remove under a running daemon the table should be back: %v %s", err, out)
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	_ = cmd.Wait()

@@ -55,6 +55,9 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
 		cfg.OnDrop = c.auditDrop
+		// Put the table back at once if someone else deletes or changes
+		// it; readiness says so meanwhile (see ready).
+		cfg.Watch = true
 		c.nft, err = nft.New(cfg)
 		if err != nil {
 			return nil, err
@@ -374,5 +377,21 @@ func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
 			Name: "fqdngate_firewall_drop_samples_lost_total",
 			Help: "Drop samples lost before fqdngate could read them.",
 		}, func() float64 { return float64(b.Stats().DropSamplesLost) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_restores_total",
+			Help: "Times the nftables table was put back, with every learned address, after another process deleted or changed it.",
+		}, func() float64 { return float64(b.Stats().Restores) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_restore_failures_total",
+			Help: "Attempts to put the nftables table back that failed (each is retried; /readyz reports not ready until one succeeds).",
+		}, func() float64 { return float64(b.Stats().RestoreFailures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_watch_overruns_total",
+			Help: "Times nftables change notifications were lost (the socket buffer overflowed) and the table was checked as a whole instead.",
+		}, func() float64 { return float64(b.Stats().WatchOverruns) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_state_write_failures_total",
+			Help: "Failed writes of firewall.state_file; learned addresses written last survive a restart, later ones do not.",
+		}, func() float64 { return float64(b.Stats().StateWriteFailures) }),
 	)
 }

@@ -303,6 +303,9 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if err := checkFixed(d.boot, p); err != nil {
 		return nil, err
 	}
+	if err := CheckHost(p); err != nil {
+		return nil, err
+	}
 	ch := &change{p: p, pending: restartPending(d.boot, p)}
 	defer func() {
 		if err != nil {
@@ -360,6 +363,10 @@ func (d *Daemon) commit(ctx context.Context, ch *change) error {
 		}
 	}
 	d.comps.run(ctx)
+	if b := d.comps.nft; b != nil {
+		// CheckHost vouched for the directory in prepare.
+		b.SetStateFile(ch.p.Firewall.StateFile)
+	}
 	if ch.resolver != nil {
 		// In-flight queries on the old resolver finish within its
 		// attempts' timeouts.
@@ -435,7 +442,7 @@ func (d *Daemon) watch(ctx context.Context) <-chan struct{} {
 // force asks for, or an error naming what does not. Each check is one
 // condition; add one to the list for a new one.
 func (d *Daemon) ready() error {
-	for _, check := range []func() error{d.policyReady, d.listenersReady} {
+	for _, check := range []func() error{d.policyReady, d.firewallReady, d.listenersReady} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -446,6 +453,16 @@ func (d *Daemon) ready() error {
 func (d *Daemon) policyReady() error {
 	if d.pol.Load() == nil {
 		return errors.New("no policy loaded")
+	}
+	return nil
+}
+
+// firewallReady reports a table the kernel does not enforce as programmed
+// (deleted or changed by someone else, and not yet restored).
+func (d *Daemon) firewallReady() error {
+	// comps is set before any listener, the admin endpoint included, starts.
+	if c := d.comps; c != nil && c.nft != nil {
+		return c.nft.Enforcing()
 	}
 	return nil
 }

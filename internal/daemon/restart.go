@@ -19,7 +19,8 @@ import (
 // pointer; listen.* by moving listeners; dns.upstreams, dns.timeout and
 // dns.max_inflight by a new resolver; log.file by a new audit file;
 // firewall.transparent_ports, dns.max_learned_per_name (nftables) and the
-// ruleset by the kernel transaction; every other dns.* and proxy.* key is
+// ruleset by the kernel transaction; firewall.state_file by the
+// backend's next save; every other dns.* and proxy.* key is
 // read from the policy in force on each query or connection.
 var restartOnly = []struct {
 	key string
@@ -42,11 +43,6 @@ var restartOnly = []struct {
 		part:  "the bound of the in-memory learned store (answers follow the new value at once)",
 		value: func(p *policy.Policy) string { return strconv.Itoa(p.DNS.MaxLearnedPerName) },
 		when:  func(p *policy.Policy) bool { return p.Firewall.Backend == policy.BackendNone },
-	},
-	{
-		key:   "firewall.state_file",
-		value: func(p *policy.Policy) string { return p.Firewall.StateFile },
-		when:  func(p *policy.Policy) bool { return p.Firewall.Backend == policy.BackendNftables },
 	},
 	{key: "log.format", value: func(p *policy.Policy) string { return p.Log.Format }},
 }

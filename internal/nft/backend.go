@@ -1,6 +1,9 @@
 // Package nft enforces a policy in the kernel: it owns one nftables table
 // whose sets hold the addresses the DNS firewall learned, and whose chains
-// drop everything else from the sources the policy covers.
+// drop everything else from the sources the policy covers. The table
+// outlives the process; while the process runs, it watches the table and
+// puts it back when another process changes it (watch.go), and it keeps
+// learned addresses in a state file for the next start (state.go).
 package nft
 
 import (
@@ -18,6 +21,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -35,8 +39,15 @@ type Config struct {
 	Hook policy.Hook
 
 	// StateFile keeps learned addresses across restarts. If empty,
-	// learned addresses survive only in the kernel.
+	// learned addresses survive only in the kernel. CheckStateFile says
+	// whether it can be written; SetStateFile changes it.
 	StateFile string
+	// Watch makes the backend watch its table from New on, and Run put
+	// it back, with every learned element, as soon as another process
+	// deletes or changes it (see watch.go). The daemon sets it; fqdngate
+	// firewall show and remove, and tests that break the table on
+	// purpose, do not.
+	Watch bool
 	// NetNSFd, if not 0, is a network namespace file descriptor to work
 	// in instead of the current one (tests).
 	NetNSFd int
@@ -106,14 +117,28 @@ type Backend struct {
 
 	nlMu sync.Mutex // guards following, and serializes netlink transactions
 	conn *nftables.Conn
+	// connRaw is conn's socket, to drain what a failed transaction left
+	// (see drainLocked).
+	connRaw syscall.RawConn
 	// elems programs learned elements (the hot path); tx is its scratch.
 	elems *elemConn
 	tx    txScratch
 	// sets are the table's sets as last applied or adopted, by name.
 	sets map[string]*nftables.Set
-	// restore holds state-file entries until the first Apply places them.
-	restore  []stateEntry
+	// saved holds state-file entries until the first Apply places them.
+	saved    []stateEntry
 	restored bool
+	// applied is what the last Apply committed: what the watcher puts
+	// back. nil before the first Apply and after Remove.
+	applied *desired
+	// shape is the table's structure as the last commit left it (see
+	// shapeLocked), for the watcher's periodic check; "" if unknown.
+	shape string
+	// query reads the table's structure for the watcher (nil unless
+	// Config.Watch); ports are the netlink ports of conn and elems, whose
+	// transactions are the backend's own.
+	query *netlink.Conn
+	ports []uint32
 
 	memMu sync.Mutex // guards following; never held across netlink I/O
 	// learned maps rule×group×family to the name of its set.
@@ -142,17 +167,52 @@ type Backend struct {
 	nflog      *netlink.Conn
 	closeNflog func()
 
+	// mon is the watcher's subscription to nftables changes, if
+	// Config.Watch; closeMon closes it once. wake wakes the watcher.
+	mon      *monitor
+	closeMon func()
+	wake     chan struct{}
+	watchMu  sync.Mutex // guards following
+	// bad is what another process did to the table, from the moment the
+	// watcher saw it until the table is put back; nil while the table is
+	// as the backend programmed it.
+	bad    *tamper
+	badSeq uint64
+	// lastRestoreLog rate-limits the restore warning (see restoredLocked).
+	lastRestoreLog time.Time
+	quietRestores  int
+	// overrun: notifications were lost; the watcher checks everything.
+	overrun bool
+	// commits are the backend's table commits whose NEWGEN the monitor
+	// has yet to read, oldest first: true for a rebuild (see
+	// noteNotifications).
+	commits []bool
+
+	stateMu sync.Mutex // guards following, and serializes writes (see save)
+	// statePath is where the state file is written; stateErr the
+	// condition of the last write ("" if it succeeded).
+	statePath string
+	stateErr  string
+
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
+	// restores counts the times the watcher (or an Apply) put the table
+	// back after someone else changed it; restoreFailures the attempts
+	// that failed; stateWriteFailures the failed writes of the state file.
+	// watchOverruns counts the times the watcher lost notifications.
+	restores, restoreFailures, stateWriteFailures, watchOverruns atomic.Uint64
 	// resets counts the times learned elements went from the kernel
 	// wholesale: sets deleted by Apply (a rule or group removed or
-	// changed), the table deleted by someone else (seen at the next
-	// Apply), or by Remove.
+	// changed), or the table deleted by Remove. A table someone else
+	// deleted comes back with its elements, so it does not count.
 	resets                atomic.Uint64
 	retriedWithoutDeletes atomic.Uint64 // for tests
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
 	breakApply func(*nftables.Conn)
+	// beforeRead, if set, runs before the watcher waits for notifications
+	// (tests: holding it lets the monitor's buffer overflow).
+	beforeRead func()
 }
 
 type elemKey struct {
@@ -162,28 +222,34 @@ type elemKey struct {
 
 // New connects to nftables and adopts the table if a previous process left
 // one: until the first Apply the old rules, and their learned addresses,
-// stay in force.
+// stay in force. With Config.Watch it subscribes to nftables changes
+// before it reads the table, so that nothing another process does after
+// that goes unseen.
 func New(cfg Config) (*Backend, error) {
 	if cfg.Table == "" {
 		return nil, errors.New("nftables backend: firewall.table is empty; name the table fqdngate may own")
 	}
 	b := &Backend{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		table:   &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		sets:    make(map[string]*nftables.Set),
-		learned: make(map[learnKey]string),
-		owner:   make(map[string]learnKey),
-		mirror:  make(map[elemKey]time.Time),
-		names:   make(map[dnsname.Name]map[elemKey]time.Time),
-		refs:    make(map[elemKey]int32),
-		perName: defaultPerName,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		table:     &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+		kick:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		sets:      make(map[string]*nftables.Set),
+		learned:   make(map[learnKey]string),
+		owner:     make(map[string]learnKey),
+		mirror:    make(map[elemKey]time.Time),
+		names:     make(map[dnsname.Name]map[elemKey]time.Time),
+		refs:      make(map[elemKey]int32),
+		perName:   defaultPerName,
+		statePath: cfg.StateFile,
 		// Without a release to read, assume an old kernel: a delete and
 		// an add extend an element on every kernel.
 		replaceToExtend: !timeoutUpdates(kernelRelease()),
+		closeNflog:      func() {},
+		closeMon:        func() {},
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -191,7 +257,21 @@ func New(cfg Config) (*Backend, error) {
 	if b.now == nil {
 		b.now = time.Now
 	}
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	var connPort uint32
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) error {
+		// A restore puts the whole table back, learned elements and
+		// all, in one transaction: one sendmsg, and an acknowledgement
+		// per message.
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		setBuffer(raw, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, 64<<20)
+		setBuffer(raw, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, 8<<20)
+		b.connRaw = raw
+		connPort, err = netlinkPort(c)
+		return err
+	})}
 	if cfg.NetNSFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
 	}
@@ -200,16 +280,38 @@ func New(cfg Config) (*Backend, error) {
 		return nil, netlinkErr("opening netlink", err)
 	}
 	b.conn = conn
-	if err := b.adopt(); err != nil {
-		conn.CloseLasting()
-		return nil, err
-	}
 	if b.elems, err = openElemConn(cfg.NetNSFd, cfg.Table); err != nil {
 		conn.CloseLasting()
 		return nil, err
 	}
 	b.elems.expiration = !b.replaceToExtend
-	b.closeNflog = func() {}
+	fail := func(err error) (*Backend, error) {
+		b.closeMon()
+		if b.query != nil {
+			b.query.Close()
+		}
+		b.elems.Close()
+		conn.CloseLasting()
+		return nil, err
+	}
+	if cfg.Watch {
+		elemsPort, err := netlinkPort(b.elems.c)
+		if err != nil {
+			return fail(netlinkErr("opening netlink", err))
+		}
+		b.ports = []uint32{connPort, elemsPort}
+		if b.query, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNSFd}); err != nil {
+			return fail(netlinkErr("opening netlink", err))
+		}
+		mon, err := openMonitor(cfg.NetNSFd, connPort, elemsPort)
+		if err != nil {
+			return fail(err)
+		}
+		b.mon, b.closeMon = mon, sync.OnceFunc(func() { mon.Close() })
+	}
+	if err := b.adopt(); err != nil {
+		return fail(err)
+	}
 	if cfg.OnDrop != nil {
 		// Bound now, not in Run, so no drop after New goes unsampled.
 		if c, err := openNflog(cfg.NetNSFd, cfg.logGroup()); err != nil {
@@ -225,18 +327,23 @@ func New(cfg Config) (*Backend, error) {
 			// A lost state file costs re-resolution, not safety.
 			b.log.Warn("ignoring unreadable state file", "file", cfg.StateFile, "err", err)
 		}
-		b.restore = entries
+		b.saved = entries
 	}
 	return b, nil
 }
 
-// Close releases the netlink connection. The table stays: enforcement
+// Close releases the netlink connections. The table stays: enforcement
 // outlives the process.
 func (b *Backend) Close() error {
 	b.closeNflog()
+	b.closeMon()
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
-	return errors.Join(b.elems.Close(), b.conn.CloseLasting())
+	var qerr error
+	if b.query != nil {
+		qerr = b.query.Close()
+	}
+	return errors.Join(b.elems.Close(), b.conn.CloseLasting(), qerr)
 }
 
 // netlinkErr turns permission failures into ErrNoCapability.
@@ -245,6 +352,13 @@ func netlinkErr(doing string, err error) error {
 		return ErrNoCapability
 	}
 	return fmt.Errorf("nftables: %s: %w", doing, err)
+}
+
+// Installed reports whether the table exists.
+func (b *Backend) Installed() (bool, error) {
+	b.nlMu.Lock()
+	defer b.nlMu.Unlock()
+	return b.tableExistsLocked()
 }
 
 func (b *Backend) tableExistsLocked() (bool, error) {
@@ -260,7 +374,10 @@ func (b *Backend) tableExistsLocked() (bool, error) {
 	return false, nil
 }
 
-// adopt reads an existing table's sets and learned elements.
+// adopt reads an existing table's sets and learned elements, with the
+// time each has left: the kernel reports it (NFTA_SET_ELEM_EXPIRATION,
+// which google/nftables decodes from milliseconds) for every element
+// with a timeout.
 func (b *Backend) adopt() error {
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
@@ -300,7 +417,10 @@ func (b *Backend) adopt() error {
 // Apply makes the table enforce p, in one netlink transaction: the kernel
 // switches from the old rules to the new ones atomically, and if anything
 // fails, keeps the old ones. Learned addresses of rule×group pairs that
-// survive are kept.
+// survive are kept. The first Apply also restores the state file's
+// entries that the kernel does not hold. A table that is missing, or that
+// the watcher saw someone else change, is rebuilt from scratch in the same
+// single transaction, with every learned address the backend holds.
 func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -309,25 +429,64 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
-	// The table may have gone behind fqdngate's back (nft flush ruleset,
-	// a firewall manager's restart): then there is nothing to diff against.
 	exists, err := b.tableExistsLocked()
 	if err != nil {
 		return err
 	}
-	if !exists && len(b.sets) > 0 {
-		b.log.Warn("the nftables table was deleted by someone else; programming it again", "table", b.cfg.Table)
-		b.sets = make(map[string]*nftables.Set)
-		b.memMu.Lock()
-		clear(b.mirror)
-		b.memMu.Unlock()
-		b.resets.Add(1)
+	bad := b.tampered()
+	if bad == nil && !exists && len(b.sets) > 0 {
+		// Deleted behind fqdngate's back, and no watcher noticed.
+		bad = &tamper{what: "table deleted", since: b.now()}
 	}
-	chains, err := b.listChains()
+	start := time.Now()
+	res, err := b.commitLocked(d, !exists || bad != nil)
 	if err != nil {
 		return err
 	}
+	b.memMu.Lock()
+	b.perName = defaultPerName
+	if p.DNS.MaxLearnedPerName > 0 {
+		b.perName = p.DNS.MaxLearnedPerName
+	}
+	b.memMu.Unlock()
+	b.log.Info("applied policy", "table", b.cfg.Table, "hook", b.cfg.Hook, "mode", p.Mode, "sets", res.sets, "learned", res.learned, "restored", res.restored)
+	if bad != nil {
+		b.restoredLocked(bad, res, time.Since(start))
+	}
+	return nil
+}
+
+// commitResult is what a commit left in the kernel.
+type commitResult struct {
+	sets int
+	// learned counts the live learned elements the kernel holds after
+	// the commit; restored, those of them that came from the state file.
+	learned, restored int
+}
+
+// commitLocked programs d in one transaction. Without rebuild it updates
+// the table in place: chains are flushed and refilled, sets whose flags
+// changed or whose rule or group went are replaced, and the learned
+// elements of the others stay where they are. With rebuild, whatever the
+// table holds goes, and the table is programmed from d and the mirror,
+// as if new: for a table that is missing or that someone else changed.
+func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
+	var (
+		chains []*nftables.Chain
+		err    error
+	)
+	old := b.sets
 	c := b.conn
+	if rebuild {
+		// Adding first makes the delete valid whether or not the table
+		// exists; the kernel sees one transaction, so no packet passes
+		// between the old table and the new one.
+		c.AddTable(b.table)
+		c.DelTable(b.table)
+		old = nil
+	} else if chains, err = b.listChains(); err != nil {
+		return commitResult{}, err
+	}
 	c.AddTable(b.table)
 	// Rules go first, so nothing references what is deleted below.
 	want := make(map[string]*chainSpec, len(d.chains))
@@ -350,7 +509,9 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	var dropped []string
 	for name, s := range b.sets {
 		if w := wantSet[name]; w == nil || !sameSet(s, w) {
-			c.DelSet(s)
+			if !rebuild {
+				c.DelSet(s)
+			}
 			dropped = append(dropped, name)
 		}
 	}
@@ -358,20 +519,20 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 		w := &d.sets[i]
 		s := newSet(b.table, w)
 		elems := intervalElements(w)
-		if old := b.sets[w.name]; old != nil && sameSet(old, w) {
+		if prev := old[w.name]; prev != nil && sameSet(prev, w) {
 			if w.interval() {
-				c.FlushSet(old)
+				c.FlushSet(prev)
 				if len(elems) > 0 {
-					if err := c.SetAddElements(old, elems); err != nil {
-						return fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
+					if err := c.SetAddElements(prev, elems); err != nil {
+						return commitResult{}, fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
 					}
 				}
 			}
-			sets[w.name] = old
+			sets[w.name] = prev
 			continue
 		}
 		if err := c.AddSet(s, elems); err != nil {
-			return fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
+			return commitResult{}, fmt.Errorf("nftables: encoding set %s: %w", w.name, err)
 		}
 		sets[w.name] = s
 	}
@@ -385,15 +546,20 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
 		}
 	}
-	restore := b.restoreElementsLocked(d, sets, dropped)
-	for name, elems := range restore {
-		if err := c.SetAddElements(sets[name], elems); err != nil {
-			return fmt.Errorf("nftables: encoding set %s: %w", name, err)
+	elems, fromState := b.learnedElementsLocked(d, sets, rebuild)
+	for name, es := range elems {
+		for len(es) > 0 {
+			n := min(len(es), maxPerMsg)
+			if err := c.SetAddElements(sets[name], es[:n]); err != nil {
+				return commitResult{}, fmt.Errorf("nftables: encoding set %s: %w", name, err)
+			}
+			es = es[n:]
 		}
 	}
 	if b.breakApply != nil {
 		b.breakApply(c)
 	}
+	b.expectCommit(rebuild)
 	if len(dropped) > 0 {
 		// Elements go with their sets, before their expiry: Dropped must
 		// move before they do (a spurious move on failure costs only a
@@ -403,13 +569,20 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	if err := c.Flush(); err != nil {
 		// The kernel aborted the whole transaction: the old table stands.
 		// Re-read it so the next attempt diffs against the truth.
+		b.forgetCommit()
+		b.drainLocked()
 		b.resyncLocked()
-		return netlinkErr("applying policy to table "+b.cfg.Table+" (the previous rules stay in force)", err)
+		if errors.Is(err, syscall.EPERM) && rebuild {
+			return commitResult{}, fmt.Errorf("nftables: the kernel refused to replace table inet %s (%w): another process may own a table of that name (nft's owner flag)", b.cfg.Table, err)
+		}
+		return commitResult{}, netlinkErr("applying policy to table "+b.cfg.Table+" (the previous rules stay in force)", err)
 	}
 	b.sets = sets
+	b.applied = d
 	b.restored = true
-	b.restore = nil
+	b.saved = nil
 
+	now := b.now()
 	b.memMu.Lock()
 	b.learned = d.learned
 	b.owner = make(map[string]learnKey, len(d.learned))
@@ -435,60 +608,93 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 			}
 		}
 	}
-	b.perName = defaultPerName
-	if p.DNS.MaxLearnedPerName > 0 {
-		b.perName = p.DNS.MaxLearnedPerName
+	for k, exp := range fromState {
+		b.mirror[k] = exp
+		b.dirty = true
 	}
-	now := b.now()
-	for name, elems := range restore {
-		for _, e := range elems {
-			a, _ := netip.AddrFromSlice(e.Key)
-			b.mirror[elemKey{name, a}] = now.Add(e.Timeout)
-			b.dirty = true
+	res := commitResult{sets: len(sets), restored: len(fromState)}
+	for _, exp := range b.mirror {
+		if exp.After(now) {
+			res.learned++
 		}
 	}
 	b.memMu.Unlock()
-	b.log.Info("applied policy", "table", b.cfg.Table, "hook", b.cfg.Hook, "mode", p.Mode, "sets", len(sets), "restored", countElems(restore))
-	return nil
+	b.recordShapeLocked()
+	return res, nil
 }
 
-// restoreElementsLocked returns, on the first Apply, state-file entries for
-// learned sets that survive, unless the kernel already holds them longer.
-func (b *Backend) restoreElementsLocked(d *desired, sets map[string]*nftables.Set, dropped []string) map[string][]nftables.SetElement {
-	if b.restored || len(b.restore) == 0 {
-		return nil
-	}
+// learnedElementsLocked returns the learned elements a commit adds: with
+// rebuild, every live element of the mirror whose set d keeps, each with
+// the time it has left; and, on the first commit, the state file's live
+// entries for sets d keeps that the kernel does not hold (fromState, with
+// their expiries). An element the kernel holds keeps the expiry the
+// kernel gives it: the state file was written from the same mirror, so
+// it never knows a later one, and an older kernel would not take a later
+// one from a plain add anyway.
+func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Set, rebuild bool) (map[string][]nftables.SetElement, map[elemKey]time.Time) {
 	now := b.now()
 	out := make(map[string][]nftables.SetElement)
+	kept := make(map[string]bool, len(d.learned))
+	for _, name := range d.learned {
+		kept[name] = sets[name] != nil
+	}
+	add := func(k elemKey, exp time.Time) bool {
+		// Round up: an element must not expire before its answer.
+		ttl := (exp.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
+		if ttl <= 0 || !kept[k.set] {
+			return false
+		}
+		out[k.set] = append(out[k.set], nftables.SetElement{Key: k.addr.AsSlice(), Timeout: ttl})
+		return true
+	}
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	for _, e := range b.restore {
-		a := e.Addr.Unmap()
-		name, ok := d.learned[learnKey{e.Rule, e.Group, familyOf(a)}]
-		if !ok {
-			continue
+	if rebuild {
+		for k, exp := range b.mirror {
+			add(k, exp)
 		}
-		ttl := e.Expires.Sub(now)
-		if ttl < time.Second {
-			continue
-		}
-		if have, ok := b.mirror[elemKey{name, a}]; ok && !have.Before(e.Expires) {
-			continue
-		}
-		if sets[name] == nil {
-			continue
-		}
-		out[name] = append(out[name], nftables.SetElement{Key: a.AsSlice(), Timeout: ttl.Round(time.Millisecond)})
 	}
-	return out
+	var fromState map[elemKey]time.Time
+	if !b.restored {
+		fromState = make(map[elemKey]time.Time)
+		for _, e := range b.saved {
+			a := e.Addr.Unmap()
+			name, ok := d.learned[learnKey{e.Rule, e.Group, familyOf(a)}]
+			if !ok {
+				continue
+			}
+			k := elemKey{name, a}
+			if exp, held := b.mirror[k]; held && exp.After(now) {
+				continue
+			}
+			if _, dup := fromState[k]; dup || e.Expires.Sub(now) < time.Millisecond {
+				continue
+			}
+			if add(k, e.Expires) {
+				fromState[k] = e.Expires
+			}
+		}
+	}
+	return out, fromState
 }
 
-func countElems(m map[string][]nftables.SetElement) int {
-	n := 0
-	for _, e := range m {
-		n += len(e)
+// drainLocked discards the replies a failed transaction left on conn's
+// socket. The kernel acknowledges every message of a batch, and reports
+// every error, before sendmsg returns; nftables.Conn.Flush stops reading
+// at the first EPERM, and the next transaction would read the rest as its
+// own.
+func (b *Backend) drainLocked() {
+	buf := make([]byte, 64<<10)
+	for {
+		var rerr error
+		err := b.connRaw.Read(func(fd uintptr) bool {
+			_, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return true
+		})
+		if err != nil || rerr == unix.EAGAIN || (rerr != nil && rerr != unix.ENOBUFS) {
+			return
+		}
 	}
-	return n
 }
 
 // resyncLocked reloads the kernel's sets after a failed transaction.
@@ -598,15 +804,22 @@ func commentData(s string) []byte {
 }
 
 // Remove deletes the table: fqdngate stops enforcing. The state file is
-// left alone.
+// left alone. A backend's own Remove is not a change its watcher undoes.
 func (b *Backend) Remove() error {
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	b.conn.DelTable(b.table)
-	if err := b.conn.Flush(); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return netlinkErr("deleting table "+b.cfg.Table, err)
+	b.expectCommit(false)
+	if err := b.conn.Flush(); err != nil {
+		b.forgetCommit()
+		b.drainLocked()
+		if !errors.Is(err, syscall.ENOENT) {
+			return netlinkErr("deleting table "+b.cfg.Table, err)
+		}
 	}
 	b.sets = make(map[string]*nftables.Set)
+	b.applied, b.shape = nil, "" // nothing for the watcher to put back
+	b.clearTamper(nil)
 	b.memMu.Lock()
 	clear(b.mirror)
 	clear(b.names)

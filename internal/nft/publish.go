@@ -75,6 +75,16 @@ type Stats struct {
 	// Learned is how many learned elements the kernel's sets hold (expired
 	// ones count until the sweep forgets them, within seconds).
 	Learned int
+	// Restores counts the times the table was put back after another
+	// process deleted or changed it; RestoreFailures counts attempts that
+	// failed (each is retried).
+	Restores        uint64
+	RestoreFailures uint64
+	// WatchOverruns counts the times change notifications were lost (the
+	// watcher's socket buffer overflowed) and the table was checked whole.
+	WatchOverruns uint64
+	// StateWriteFailures counts failed writes of the state file.
+	StateWriteFailures uint64
 }
 
 // Stats returns the counters.
@@ -87,6 +97,11 @@ func (b *Backend) Stats() Stats {
 		DropSamples:     b.dropSamples.Load(),
 		DropSamplesLost: b.dropSamplesLost.Load(),
 		Learned:         n,
+
+		Restores:           b.restores.Load(),
+		RestoreFailures:    b.restoreFailures.Load(),
+		WatchOverruns:      b.watchOverruns.Load(),
+		StateWriteFailures: b.stateWriteFailures.Load(),
 	}
 }
 
@@ -176,10 +191,12 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 
 // Dropped counts the times learned elements left the kernel before the
 // expiry they were published with: pushed out by the per-name cap, gone
-// with their set (Apply) or the table (dnsfw.DropCounter). While it
-// stands still, an address published before is still held until its
-// expiry. A table deleted behind fqdngate's back is noticed only at the
-// next Apply; until then neither this count nor Publish knows.
+// with their set (Apply) or the table (Remove) (dnsfw.DropCounter). While
+// it stands still, an address published before is held until its expiry
+// whenever the table enforces at all. A table deleted or changed behind
+// fqdngate's back is put back with every learned element (by the watcher
+// at once, or else by the next Apply), so it does not count; meanwhile
+// Publish fails for want of the sets, and Enforcing says so.
 func (b *Backend) Dropped() uint64 {
 	return b.capEvictions.Load() + b.resets.Load()
 }
@@ -194,9 +211,11 @@ func (b *Backend) stopped() bool {
 }
 
 // Run leads the transactions of Publish calls that queued behind another
-// (see lead), writes the state file, forgets what expired and hands drop
-// samples to Config.OnDrop, until ctx ends. It returns nil then, after a
-// last write of the state file. Run may be called once.
+// (see lead), writes the state file, forgets what expired, hands drop
+// samples to Config.OnDrop and, with Config.Watch, restores the table
+// when another process changes it (see watch.go), until ctx ends. It
+// returns nil then, after a last write of the state file. Run may be
+// called once.
 func (b *Backend) Run(ctx context.Context) error {
 	if !b.running.CompareAndSwap(false, true) {
 		return errors.New("nftables: Run called twice")
@@ -217,6 +236,13 @@ func (b *Backend) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			b.readDrops(saveCtx, b.nflog)
+		}()
+	}
+	if b.mon != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.watch(saveCtx)
 		}()
 	}
 	defer func() {

@@ -3,11 +3,13 @@ package nft
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -73,12 +75,60 @@ func writeState(path string, entries []stateEntry) error {
 	return nil
 }
 
+// CheckStateFile reports whether path can be the state file: it names a
+// file (not a directory) in a directory that exists. The daemon refuses
+// to start otherwise, and fqdngate check reports it, positioned at
+// firewall.state_file. Whether fqdngate's user may write there shows at
+// the first write (logged and counted, see save): check may run as
+// another user. An empty path, which keeps learned addresses only in
+// the kernel, is fine.
+func CheckStateFile(path string) error {
+	if path == "" {
+		return nil
+	}
+	fix := `set firewall.state_file to a file in an existing directory, or to "" to keep learned addresses only in the kernel (they then survive a restart of fqdngate, but not of the host)`
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("%s is a directory; name a file in it, like %s", path, filepath.Join(path, "state.json"))
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case os.IsNotExist(err):
+		return fmt.Errorf("the directory %s does not exist: create it, writable by the user fqdngate runs as (the systemd unit's StateDirectory=fqdngate does), or %s", dir, fix)
+	case err != nil:
+		return fmt.Errorf("the directory %s cannot be read (%v): let fqdngate's user reach it, or %s", dir, err, fix)
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory: %s", dir, fix)
+	}
+	return nil
+}
+
+// SetStateFile makes the next write of the state file go to path (""
+// stops writing it); the old file is left as it is. The learned
+// addresses are written there within saveDelay, whether or not they
+// changed. Check path with CheckStateFile first.
+func (b *Backend) SetStateFile(path string) {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	if path == b.statePath {
+		return
+	}
+	b.statePath, b.stateErr = path, ""
+	b.memMu.Lock()
+	b.dirty = true
+	b.memMu.Unlock()
+}
+
+// StateFile returns the path the state file is written to.
+func (b *Backend) StateFile() string {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	return b.statePath
+}
+
 // saveLoop writes the state file shortly after each change, and once more
 // when ctx ends.
 func (b *Backend) saveLoop(ctx context.Context) {
-	if b.cfg.StateFile == "" {
-		return
-	}
 	t := time.NewTicker(saveDelay)
 	defer t.Stop()
 	var next time.Time
@@ -99,7 +149,17 @@ func (b *Backend) saveLoop(ctx context.Context) {
 	}
 }
 
+// save writes the state file if the mirror changed since the last write.
+// A failed write is tried again at the next tick; it is logged when the
+// condition changes (a first failure, another error, success again), not
+// at every attempt, and counted every time.
 func (b *Backend) save() {
+	b.stateMu.Lock()
+	defer b.stateMu.Unlock()
+	path := b.statePath
+	if path == "" {
+		return
+	}
 	b.memMu.Lock()
 	dirty := b.dirty
 	b.dirty = false
@@ -113,10 +173,31 @@ func (b *Backend) save() {
 		entries = append(entries, stateEntry{Rule: e.Rule, Group: e.Group, Addr: e.Addr, Expires: e.Expires.UTC().Truncate(time.Millisecond)})
 	}
 	slices.SortFunc(entries, func(a, b stateEntry) int { return a.Expires.Compare(b.Expires) })
-	if err := writeState(b.cfg.StateFile, entries); err != nil {
-		b.log.Warn("learned addresses will not survive a restart", "err", err)
-		b.memMu.Lock()
-		b.dirty = true // try again next tick
-		b.memMu.Unlock()
+	err := writeState(path, entries)
+	if err == nil {
+		if b.stateErr != "" {
+			b.log.Info("state file written again", "file", path, "learned", len(entries))
+			b.stateErr = ""
+		}
+		return
 	}
+	b.stateWriteFailures.Add(1)
+	b.memMu.Lock()
+	b.dirty = true // try again next tick
+	b.memMu.Unlock()
+	if cond := errCondition(err); cond != b.stateErr {
+		b.stateErr = cond
+		b.log.Error("cannot write the state file: learned addresses will not survive a restart until it can be written; retrying", "file", path, "err", err)
+	}
+}
+
+// errCondition names the condition behind a write error, so that the same
+// condition (say, a full disk) is logged once however many temporary file
+// names it fails with.
+func errCondition(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
 }

@@ -162,7 +162,10 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"hook", func(n *yaml.Node) { hkNode = n; d.str(&hook, "firewall.hook")(n) }},
 				field{"table", func(n *yaml.Node) { tableNode = n; d.str(&p.Firewall.Table, "firewall.table")(n) }},
 				field{"transparent_ports", d.positionedList(&tports, &tpSet, "firewall.transparent_ports")},
-				field{"state_file", d.str(&p.Firewall.StateFile, "firewall.state_file")},
+				field{"state_file", func(n *yaml.Node) {
+					p.Firewall.StateFileAt = Pos{n.Line, n.Column}
+					d.str(&p.Firewall.StateFile, "firewall.state_file")(n)
+				}},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {

@@ -300,6 +300,8 @@ func TestParseEveryField(t *testing.T) {
 		{"firewall.table", p.Firewall.Table, "egress_1"},
 		{"firewall.transparent_ports", p.Firewall.TransparentPorts, []uint16{80, 443}},
 		{"firewall.state_file", p.Firewall.StateFile, "/run/fqdngate/state.json"},
+		{"firewall.state_file's position", p.Firewall.StateFileAt, Pos{30, 15}},
+		{"an error there", p.ErrorAt(p.Firewall.StateFileAt, "broken").Error(), "testdata/every-field.yaml:30:15: broken"},
 		{"proxy.deny_private", p.Proxy.DenyPrivate, false},
 		{"proxy.connect_timeout", p.Proxy.ConnectTimeout, 5 * time.Second},
 		{"proxy.idle_timeout", p.Proxy.IdleTimeout, time.Minute},

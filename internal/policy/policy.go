@@ -48,6 +48,16 @@ type Policy struct {
 	groupOrder []string // Sources' keys, sorted
 }
 
+// Pos is a position in the policy file.
+type Pos struct{ Line, Col int }
+
+// ErrorAt returns msg positioned at pos in p's file, or at the file
+// itself if pos is zero: for problems found after loading, such as a
+// state file's directory missing on this host.
+func (p *Policy) ErrorAt(pos Pos, msg string) *Error {
+	return &Error{File: p.File, Line: pos.Line, Col: pos.Col, Msg: msg}
+}
+
 // Listen holds listener addresses; an empty string disables the listener.
 type Listen struct {
 	DNS         string
@@ -129,6 +139,9 @@ type Firewall struct {
 	Table            string
 	TransparentPorts []uint16
 	StateFile        string
+	// StateFileAt is where the file sets state_file (zero if it does
+	// not), for problems found on the host (see Policy.ErrorAt).
+	StateFileAt Pos
 }
 
 // Proxy configures the explicit and transparent proxy.

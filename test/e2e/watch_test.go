@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+)
+
+// openWindow breaks the gateway's table with tamper at t0 and returns how
+// long after t0 group a's traffic to an unlisted address was dropped
+// again (closed) and its learned address reachable again (reachable). A
+// probe that fails was dropped when its SYN went out, at its start (a
+// connect that works takes a millisecond, not dropWait); closed is the
+// start of the first of three failures in a row, so that a probe slowed
+// by a loaded machine does not pass for a drop. The learned address is
+// probed all along; reachable is the first connect to it that started
+// once the drops were back.
+func openWindow(t *testing.T, f *forward, unlisted, learned string, tamper func()) (closed, reachable time.Duration) {
+	t.Helper()
+	t0 := time.Now()
+	tamper()
+	deadline := t0.Add(20 * time.Second)
+	var (
+		mu        sync.Mutex // guards successes
+		successes []time.Duration
+		done      = make(chan struct{})
+		wg        sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			start := time.Now()
+			if c, err := f.a.ns.Dial("tcp", srcA, learned, reachWait); err == nil {
+				c.Close()
+				mu.Lock()
+				successes = append(successes, start.Sub(t0))
+				mu.Unlock()
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	defer func() {
+		close(done)
+		wg.Wait()
+	}()
+	for fails := 0; fails < 3; {
+		start := time.Now()
+		c, err := f.a.ns.Dial("tcp", srcA, unlisted, 150*time.Millisecond)
+		if err == nil {
+			c.Close()
+			fails = 0
+			time.Sleep(2 * time.Millisecond)
+		} else if fails++; fails == 1 {
+			closed = start.Sub(t0)
+		}
+		if start.After(deadline) {
+			t.Fatalf("%s stayed reachable for 20s after the table was broken\n%s", unlisted, f.gate.logs())
+		}
+	}
+	for {
+		mu.Lock()
+		for _, s := range successes {
+			if s >= closed {
+				mu.Unlock()
+				return closed, s
+			}
+		}
+		mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("learned %s not reachable 20s after the table was broken\n%s", learned, f.gate.logs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestTableDeletedUnderDaemon: `nft delete table` under a running fqdngate
+// opened egress and direct DNS until the next reload, with /readyz saying
+// ready. Now the daemon puts the table back, learned addresses and all,
+// within a second (measured from a client: unlisted traffic dropped
+// again, learned address reachable again), logs who did it and counts
+// it. While the table cannot be put back (another process took its name
+// with nft's owner flag), /readyz says not ready and why; once it can,
+// the daemon restores it and /readyz says ready again.
+func TestTableDeletedUnderDaemon(t *testing.T) {
+	f := startForward(t, 2*time.Second, basicRules)
+	auth := f.net.inet.auth
+	auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"))
+	auth.Set("evil.example.com", dnstest.A("evil.example.com", 300, "203.0.113.66"))
+	api, unlisted := ap("203.0.113.10", allowedPort), ap("203.0.113.77", allowedPort)
+	if _, _, err := f.a.lookup("api.example.com", dns.TypeA); err != nil {
+		t.Fatalf("%v\n%s", err, f.gate.logs())
+	}
+	mustReach(t, f.a, "api.example.com", api)
+	mustDrop(t, f.a, unlisted)
+	if got, err := f.gate.get("/readyz"); err != nil || got != "ready\n" {
+		t.Fatalf("/readyz before: %q, %v", got, err)
+	}
+
+	// Deleted by someone else: back within a second.
+	closed, reachable := openWindow(t, f, unlisted.String(), api.String(), func() {
+		if out, err := f.gate.nft("delete", "table", "inet", f.gate.table); err != nil {
+			t.Fatalf("deleting the table: %v\n%s", err, out)
+		}
+	})
+	t.Logf("after nft delete table: unlisted traffic dropped again within %v, learned address reachable again within %v", closed, reachable)
+	if closed > time.Second || reachable > time.Second {
+		t.Errorf("after nft delete table: unlisted traffic dropped again after %v, learned address reachable again after %v; want both under 1s", closed, reachable)
+	}
+	f.gate.waitMetric("fqdngate_firewall_restores_total", 1)
+	if got, err := f.gate.get("/readyz"); err != nil || got != "ready\n" {
+		t.Errorf("/readyz after the restore: %q, %v", got, err)
+	}
+	mustReach(t, f.a, "api.example.com", api)
+	mustDrop(t, f.a, unlisted)
+	mustDrop(t, f.b, api)
+	// Direct DNS is redirected to fqdngate again: the unlisted name gets
+	// NXDOMAIN, not the authority's answer.
+	if r, err := f.a.exchange("udp", authorityAddr, "evil.example.com", dns.TypeA, reachWait); err != nil || r.Rcode != dns.RcodeNameError {
+		t.Errorf("direct DNS after the restore: %v, %v; want NXDOMAIN from fqdngate", r, err)
+	}
+	log := f.gate.stderr.String()
+	for _, want := range []string{`msg="another process changed the nftables table; restored it"`, `change="table deleted`, "(nft)", "learned=1"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("stderr lacks %s", want)
+		}
+	}
+
+	// Taken by someone else: not ready while it lasts.
+	squatter := squat(t, f, f.gate.table)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := f.gate.get("/readyz")
+		if err == nil && strings.HasPrefix(got, "not ready: nftables table inet "+f.gate.table+" was changed by another process (table deleted") &&
+			strings.Contains(got, "another process may own a table of that name") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz while the table is someone else's: %q, %v; want not ready, saying why\n%s", got, err, f.gate.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.gate.waitMetric("fqdngate_firewall_restore_failures_total", 1)
+	squatter.Close() // the kernel deletes the table it owned
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		got, err := f.gate.get("/readyz")
+		if err == nil && got == "ready\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz once the name is free: %q, %v; want ready\n%s", got, err, f.gate.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := f.gate.metric("fqdngate_firewall_restores_total"); got != 2 {
+		t.Errorf("fqdngate_firewall_restores_total = %v, want 2", got)
+	}
+	mustReach(t, f.a, "api.example.com", api)
+	mustDrop(t, f.a, unlisted)
+	if t.Failed() {
+		t.Log(f.gate.logs())
+	}
+}
+
+// squat replaces table (inet) in the gateway namespace, in one
+// transaction, with an empty table owned by the returned socket: only
+// that socket may change it, until it closes.
+func squat(t *testing.T, f *forward, table string) *netlink.Conn {
+	t.Helper()
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: f.net.gw.Fd()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	name, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)}})
+	owned, _ := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)},
+		{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 2}}, // NFT_TABLE_F_OWNER, big-endian
+	})
+	hdr := []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}
+	batch := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
+	msgs := []netlink.Message{
+		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: batch},
+		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELTABLE, Flags: netlink.Request | netlink.Acknowledge}, Data: append(hdr, name...)},
+		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE, Flags: netlink.Request | netlink.Acknowledge | netlink.Create}, Data: append(hdr, owned...)},
+		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: batch},
+	}
+	if _, err := c.SendMessages(msgs); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := c.Receive(); err != nil {
+			t.Fatalf("replacing the table with an owned one: %v", err)
+		}
+	}
+	return c
+}
