@@ -61,6 +61,7 @@ type settings struct {
 	rule      string // the name of the only rule, which allows <rule>.example
 	cacheSize int
 	logFormat string
+	stateFile string
 }
 
 func (s settings) render() string {
@@ -69,12 +70,12 @@ dns:
   upstreams: [%q]
   cache: false # every query reaches the upstream in force
   cache_size: %d
-firewall: {backend: nftables, hook: output, table: %s}
+firewall: {backend: nftables, hook: output, table: %s, state_file: %q}
 log: {file: %q, format: %s}
 rules:
   - name: %s
     to: [%s.example]
-`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, s.table, s.logFile, s.logFormat, s.rule, s.rule)
+`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule)
 }
 
 // world is a namespace, two upstream resolvers that know different
@@ -105,8 +106,8 @@ func newWorld(t *testing.T) *world {
 	w.up1, w.up2 = dnstest.NewServer(t, zone), dnstest.NewServer(t, zone)
 	tableSeq++
 	table := fmt.Sprintf("reload_%d_%d", os.Getpid(), tableSeq)
-	w.v1 = settings{listen: addrsV1, upstream: w.up1.Addr, table: table, logFile: filepath.Join(w.dir, "audit-1.log"), rule: "old", cacheSize: 1000, logFormat: "json"}
-	w.v2 = settings{listen: addrsV2, upstream: w.up2.Addr, table: table, logFile: filepath.Join(w.dir, "audit-2.log"), rule: "new", cacheSize: 2000, logFormat: "text"}
+	w.v1 = settings{listen: addrsV1, upstream: w.up1.Addr, table: table, logFile: filepath.Join(w.dir, "audit-1.log"), rule: "old", cacheSize: 1000, logFormat: "json", stateFile: filepath.Join(w.dir, "state-1.json")}
+	w.v2 = settings{listen: addrsV2, upstream: w.up2.Addr, table: table, logFile: filepath.Join(w.dir, "audit-2.log"), rule: "new", cacheSize: 2000, logFormat: "text", stateFile: filepath.Join(w.dir, "state-2.json")}
 	return w
 }
 
@@ -430,6 +431,22 @@ func TestReloadBindFailure(t *testing.T) {
 	}
 }
 
+// TestReloadStateFileFailure: a state file whose directory does not exist
+// fails the reload in prepare, as it fails a start; nothing changes.
+func TestReloadStateFileFailure(t *testing.T) {
+	w, d, started := startV1(t)
+	w.v2.stateFile = filepath.Join(w.dir, "missing", "state.json")
+	w.write(w.v2)
+	w.reload(d)
+	w.stillOld(d, started)
+	if got := d.comps.nft.StateFile(); got != w.v1.stateFile {
+		t.Errorf("the backend writes its state to %s after a failed reload, want %s", got, w.v1.stateFile)
+	}
+	if !strings.Contains(w.log.String(), "firewall.state_file") {
+		t.Errorf("the log does not name firewall.state_file:\n%s", w.log.String())
+	}
+}
+
 // TestReloadNftablesFailure: the kernel rejects the new ruleset after
 // every new socket is bound; the kernel keeps the old rules (the
 // transaction is aborted whole) and every new socket is closed.
@@ -524,6 +541,21 @@ func TestReloadSwitchesEverything(t *testing.T) {
 	}
 	if got := w.metric(admin, `fqdngate_config_last_reload_success_timestamp_seconds`); got <= started {
 		t.Errorf("fqdngate_config_last_reload_success_timestamp_seconds = %v after the reload, want later than %v", got, started)
+	}
+
+	// firewall.state_file is applied: the learned addresses go to the
+	// new file at the next save.
+	if got := d.comps.nft.StateFile(); got != w.v2.stateFile {
+		t.Errorf("the backend writes its state to %s, want %s", got, w.v2.stateFile)
+	}
+	for deadline := time.Now().Add(wait); ; time.Sleep(50 * time.Millisecond) {
+		if data, err := os.ReadFile(w.v2.stateFile); err == nil && strings.Contains(string(data), `"rule":"new"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s holds no address learned for rule new %v after the reload", w.v2.stateFile, wait)
+			break
+		}
 	}
 
 	// The restart-only settings: logged, and listed in /v1/policy.
