@@ -532,6 +532,12 @@ func TestDocsExample(t *testing.T) {
 		{netip.MustParseAddr("192.0.2.1"), "", "0.pool.ntp.org", 123, UDP, Allow, ReasonMatched},
 		{office, "", "evil.example", 443, TCP, Deny, ReasonNoRule},
 	}
+	if !p.Inside(ci) || p.Inside(netip.MustParseAddr("192.0.2.1")) {
+		t.Errorf("the example's inside is its source groups: Inside(%s) = %v, Inside(192.0.2.1) = %v", ci, p.Inside(ci), p.Inside(netip.MustParseAddr("192.0.2.1")))
+	}
+	if p.Firewall.ReversePath != ReversePathStrict || p.SourceInterfaces["ci"] == nil {
+		t.Errorf("the example's gateway: reverse_path %v, ci's interfaces %v; want strict and [eth2]", p.Firewall.ReversePath, p.SourceInterfaces["ci"])
+	}
 	for _, tt := range tests {
 		d := p.Decide(Query{Source: tt.src, User: tt.user, Name: tt.name, Port: tt.port, Proto: tt.proto})
 		if d.Action != tt.want || d.Reason != tt.reason {
