@@ -114,6 +114,16 @@ func TestReversePathForgedSource(t *testing.T) {
 		t.Errorf("forged payments sources from the others link reached the internet side: %s; want them dropped\n%s",
 			strings.Join(through, ", "), g.logs())
 	}
+	// Dropped by the reverse path check: two datagrams and two SYNs at
+	// least (SYNs are sent again).
+	out, err := g.nft("list", "chain", "inet", g.table, "reverse_path")
+	var dropped, bytes int
+	if i := strings.Index(out, "counter packets "); err == nil && i >= 0 {
+		fmt.Sscanf(out[i:], "counter packets %d bytes %d", &dropped, &bytes)
+	}
+	if dropped < 4 {
+		t.Errorf("the reverse path check counted %d drops, want at least 4:\n%s %v", dropped, out, err)
+	}
 	if t.Failed() {
 		out, _ := g.nft("list", "table", "inet", g.table)
 		t.Log(out)
