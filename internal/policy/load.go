@@ -412,57 +412,60 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*ya
 		if !validGroup.MatchString(k.Value) {
 			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
 		}
-		var pfx []netip.Prefix
-		items := 0
 		path := "sources." + k.Value
-		cidrs := func(v *yaml.Node, path string) {
-			d.list(v, path, func(it *yaml.Node) {
-				items++
-				s, ok := d.scalar(it, path+" item")
-				if !ok {
-					return
-				}
-				if pp, err := parsePrefix(s); err != nil {
-					d.errorf(it, "%s: %v", path, err)
-				} else {
-					pfx = append(pfx, pp)
-				}
-			})
-		}
-		if d.deref(v).Kind == yaml.MappingNode {
-			// The long form: {cidrs: [...], interfaces: [...]}.
-			var (
-				ifs              []positioned
-				cidrsSet, ifsSet bool
-			)
-			d.mapping(v, path,
-				field{"cidrs", func(c *yaml.Node) { cidrsSet = true; cidrs(c, path+".cidrs") }},
-				field{"interfaces", func(c *yaml.Node) {
-					ifNodes[k.Value] = d.deref(c)
-					d.positionedList(&ifs, &ifsSet, path+".interfaces")(c)
-				}},
-			)
-			if !cidrsSet {
-				// A misspelt cidrs is reported as an unknown key already.
-				if !hasOtherKeys(d.deref(v), "cidrs", "interfaces") {
-					d.errorf(k, "source group %q has no cidrs; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}", k.Value, k.Value)
-				}
-				items = -1
+		w := d.sourceGroup(k, v, path)
+		var pfx []netip.Prefix
+		for _, c := range w.cidrs {
+			if pp, err := parsePrefix(c.v); err != nil {
+				d.errorf(c.n, "%s: %v", w.cidrsPath, err)
+			} else {
+				pfx = append(pfx, pp)
 			}
-			if ifsSet {
-				if len(ifs) == 0 {
-					d.errorf(ifNodes[k.Value], "%s.interfaces is empty; list interfaces like [eth1], or remove the key to match on any", path)
-				}
-				p.SourceInterfaces[k.Value] = d.interfaceNames(ifs, path+".interfaces")
-			}
-		} else {
-			cidrs(v, path)
 		}
-		if items == 0 {
+		if w.cidrsSet && len(w.cidrs) == 0 {
 			d.errorf(k, "source group %q has no addresses; list CIDRs or addresses, or remove the group", k.Value)
+		}
+		if w.ifacesSet {
+			ifNodes[k.Value] = w.ifacesNode
+			if len(w.ifaces) == 0 {
+				d.errorf(w.ifacesNode, "%s.interfaces is empty; list interfaces like [eth1], or remove the key to match on any", path)
+			}
+			p.SourceInterfaces[k.Value] = d.interfaceNames(w.ifaces, path+".interfaces")
 		}
 		p.Sources[k.Value] = pfx
 	}
+}
+
+// wireGroup is a source group as written: a list of addresses, or the long
+// form, a mapping with the addresses under cidrs.
+type wireGroup struct {
+	cidrs      []positioned
+	cidrsSet   bool   // false only in a long form without (valid) cidrs
+	cidrsPath  string // for messages: sources.<group> or sources.<group>.cidrs
+	ifaces     []positioned
+	ifacesSet  bool
+	ifacesNode *yaml.Node
+}
+
+func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
+	w := wireGroup{cidrsPath: path}
+	if d.deref(v).Kind != yaml.MappingNode {
+		d.positionedList(&w.cidrs, &w.cidrsSet, path)(v)
+		return w
+	}
+	w.cidrsPath = path + ".cidrs"
+	d.mapping(v, path,
+		field{"cidrs", d.positionedList(&w.cidrs, &w.cidrsSet, w.cidrsPath)},
+		field{"interfaces", func(c *yaml.Node) {
+			w.ifacesNode = d.deref(c)
+			d.positionedList(&w.ifaces, &w.ifacesSet, path+".interfaces")(c)
+		}},
+	)
+	// A misspelt cidrs is reported as an unknown key already.
+	if !w.cidrsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces") {
+		d.errorf(k, "source group %q has no cidrs; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}", k.Value, k.Value)
+	}
+	return w
 }
 
 // hasOtherKeys reports whether the mapping n has a key not in keys.
