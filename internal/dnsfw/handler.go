@@ -63,6 +63,9 @@ type handler struct {
 }
 
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	if !h.f.fromInside(remoteAddr(w), addrPortOf(w.LocalAddr()).Addr()) {
+		return // no reply
+	}
 	x := exchangePool.Get().(*exchange)
 	x.reset()
 	x.start = h.f.now()

@@ -27,6 +27,7 @@ type Metrics struct {
 	publishFailures prometheus.Counter
 	verifyFailures  prometheus.Counter
 	refreshes       *prometheus.CounterVec
+	outside         prometheus.Counter // queries from outside the inside
 }
 
 // NewMetrics makes the series and registers them with reg; if reg is nil
@@ -76,8 +77,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Re-resolutions of names of rules with refresh, by result: learned (addresses published), empty (no address to learn), failed (upstream, rebinding, verification or publishing failed).",
 		}, []string{"result"}),
 	}
+	m.outside = newOutsideCounter()
 	if reg == nil {
 		return m, nil
+	}
+	if err := reg.Register(m.outside); err != nil {
+		return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.refused, m.upstreamLatency, m.upstreamFails,
 		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes} {

@@ -65,7 +65,7 @@ func (f *Firewall) ServeUDP(ctx context.Context, pc net.PacketConn) error {
 // without one. At most MaxTCPConns are open at once.
 func (f *Firewall) ServeTCP(ctx context.Context, l net.Listener) error {
 	return f.run(ctx, &dns.Server{
-		Listener:      &limitListener{Listener: l, sem: make(chan struct{}, MaxTCPConns)},
+		Listener:      &limitListener{Listener: l, sem: make(chan struct{}, MaxTCPConns), admit: f.connFromInside},
 		Net:           "tcp",
 		ReadTimeout:   tcpReadTimeout,
 		IdleTimeout:   func() time.Duration { return tcpIdleTimeout },
@@ -131,6 +131,9 @@ func acceptQuery(dh dns.Header) dns.MsgAcceptAction {
 type limitListener struct {
 	net.Listener
 	sem chan struct{}
+	// admit, if set, decides at once whether to serve a connection:
+	// those it refuses are closed before they take a slot.
+	admit func(net.Conn) bool
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -138,6 +141,10 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
+		}
+		if l.admit != nil && !l.admit(c) {
+			c.Close()
+			continue
 		}
 		select {
 		case l.sem <- struct{}{}:

@@ -50,6 +50,7 @@ type udpServer struct {
 	f        *Firewall
 	conn     *net.UDPConn
 	wildcard bool            // bound to 0.0.0.0 or ::; replies need the session
+	local    netip.Addr      // the address bound, for fromInside
 	ctx      context.Context // the handlers'; outlives Serve's by shutdownGrace
 	work     chan udpPacket  // to an idle worker; closed when reading stops
 	sem      chan struct{}   // a slot per worker
@@ -89,6 +90,7 @@ func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
 	s := &udpServer{f: f, conn: conn, wildcard: wildcard, ctx: hctx, work: make(chan udpPacket), sem: make(chan struct{}, maxUDPWorkers)}
+	s.local = addrPortOf(conn.LocalAddr()).Addr()
 	s.fastW.conn = conn
 	// A read deadline in the past ends the read in progress.
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
@@ -145,8 +147,8 @@ func (s *udpServer) read(ctx context.Context) error {
 			}
 			return err
 		}
-		if p.n < dnsHeaderSize {
-			s.bufs.put(bp) // too short to answer, even with FORMERR
+		if p.n < dnsHeaderSize || !s.f.fromInside(p.from, s.local) {
+			s.bufs.put(bp) // too short to answer, even with FORMERR; or from outside
 			continue
 		}
 		s.fastW.to, s.fastW.sess = p.from, p.sess
@@ -197,8 +199,8 @@ func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn, fq *fastQuery
 		}
 		for i := range n {
 			b, from, truncated := mc.datagram(i)
-			if len(b) < dnsHeaderSize {
-				continue // too short to answer, even with FORMERR
+			if len(b) < dnsHeaderSize || !s.f.fromInside(from, s.local) {
+				continue // too short to answer, even with FORMERR; or from outside
 			}
 			if !truncated && s.f.serveFast(s.ctx, fq, b, from, mc.replyTo(i)) {
 				continue

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -518,9 +519,9 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for i := range d.sets {
 		w := &d.sets[i]
 		s := newSet(b.table, w)
-		elems := intervalElements(w)
+		elems := staticElements(w)
 		if prev := old[w.name]; prev != nil && sameSet(prev, w) {
-			if w.interval() {
+			if w.static() {
 				c.FlushSet(prev)
 				if len(elems) > 0 {
 					if err := c.SetAddElements(prev, elems); err != nil {
@@ -727,6 +728,7 @@ var hookNums = map[string]nftables.ChainHook{
 	"output":     *nftables.ChainHookOutput,
 	"forward":    *nftables.ChainHookForward,
 	"prerouting": *nftables.ChainHookPrerouting,
+	"input":      *nftables.ChainHookInput,
 }
 
 func newChain(t *nftables.Table, w *chainSpec) *nftables.Chain {
@@ -737,6 +739,9 @@ func newChain(t *nftables.Table, w *chainSpec) *nftables.Chain {
 	h := hookNums[w.hook]
 	accept := nftables.ChainPolicyAccept
 	ch.Hooknum, ch.Policy, ch.Type, ch.Priority = &h, &accept, nftables.ChainTypeFilter, nftables.ChainPriorityFilter
+	if w.prio != 0 {
+		ch.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(w.prio))
+	}
 	if w.nat {
 		ch.Type, ch.Priority = nftables.ChainTypeNAT, nftables.ChainPriorityNATDest
 	}
@@ -757,9 +762,14 @@ func sameChain(ch *nftables.Chain, w *chainSpec) bool {
 }
 
 func newSet(t *nftables.Table, w *setSpec) *nftables.Set {
-	s := &nftables.Set{Table: t, Name: w.name, KeyType: nftables.TypeIPAddr, Interval: w.interval(), HasTimeout: !w.interval()}
+	s := &nftables.Set{Table: t, Name: w.name, KeyType: nftables.TypeIPAddr, Interval: w.interval(), HasTimeout: !w.static()}
 	if w.fam == v6 {
 		s.KeyType = nftables.TypeIP6Addr
+	}
+	if w.kind == ifnameSet {
+		// A string: nft reads the elements back in host order only if
+		// the set says so.
+		s.KeyType, s.KeyByteOrder = nftables.TypeIFName, binaryutil.NativeEndian
 	}
 	return s
 }
@@ -768,6 +778,15 @@ func newSet(t *nftables.Table, w *setSpec) *nftables.Set {
 func sameSet(s *nftables.Set, w *setSpec) bool {
 	want := newSet(s.Table, w)
 	return s.KeyType.Name == want.KeyType.Name && s.Interval == want.Interval && s.HasTimeout == want.HasTimeout
+}
+
+// staticElements encodes a static set's contents: interface names, or
+// address ranges.
+func staticElements(w *setSpec) []nftables.SetElement {
+	if w.kind == ifnameSet {
+		return ifnameElements(w.ifnames)
+	}
+	return intervalElements(w)
 }
 
 // intervalElements encodes a static set's ranges: each starts with its first

@@ -18,6 +18,7 @@ import (
 // way: the benchmarks measure programming, not eviction.
 const benchPolicy = `
 firewall: {backend: nftables, hook: forward, table: fqdngate}
+inside: {ranges: [198.51.100.0/24]}
 dns: {max_learned_per_name: 1000000}
 rules:
   - name: web

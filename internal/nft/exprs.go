@@ -75,6 +75,9 @@ func (m match) exprs(sets map[string]*nftables.Set) []expr.Any {
 			rangeExpr([]byte{byte(m.lo)}, []byte{byte(m.hi)}),
 		}
 	}
+	if e, ok := m.insideExprs(sets); ok {
+		return e
+	}
 	panic("nft: unknown match kind")
 }
 

@@ -116,6 +116,7 @@ func TestFailedApplyKeepsOldTable(t *testing.T) {
 	}
 	open := mustParse(t, `
 firewall: {backend: nftables, hook: forward, table: fqdngate}
+inside: {ranges: [198.51.100.0/24]}
 rules:
   - name: everything
     to: [0.0.0.0/0]

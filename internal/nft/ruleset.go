@@ -54,12 +54,17 @@ type setSpec struct {
 	fam      family
 	kind     setKind
 	prefixes []netip.Prefix // static contents, for interval sets
+	ifnames  []string       // static contents, for ifname sets
 	// rule and group identify a learned set; group is "" for rules
 	// without from.
 	rule, group string
 }
 
-func (s *setSpec) interval() bool { return s.kind != learnedSet }
+func (s *setSpec) interval() bool { return s.kind == sourceSet || s.kind == cidrSet }
+
+// static reports whether the set's contents come from the policy (and
+// are replaced on every Apply), not from learning.
+func (s *setSpec) static() bool { return s.kind != learnedSet }
 
 // learnKey finds the learned set for an entry.
 type learnKey struct {
@@ -73,6 +78,9 @@ type chainSpec struct {
 	hook  string // "" for regular chains; else output, forward, prerouting
 	nat   bool   // type nat (else filter)
 	rules []ruleSpec
+
+	// prio is a filter chain's priority: 0 is "filter", prioRaw "raw".
+	prio int32
 }
 
 // ruleSpec is one rule: all matches must hold, then the statements run.
@@ -89,6 +97,9 @@ type match struct {
 	set    string // for saddrIn, daddrIn
 	proto  policy.Proto
 	lo, hi uint16 // for dport, icmpv6Type
+
+	pfx    netip.Prefix // for saddrPrefix, daddrPrefix
+	strict bool         // for fibNoRoute: the route back must leave by the input interface
 }
 
 type matchKind uint8
@@ -304,6 +315,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 						continue // the group has no sources of this family
 					}
 					src = []match{{kind: saddrIn, fam: f, set: "src" + f.String() + "." + ident(g)}}
+					src = append(src, groupInterfaces(p, g)...)
 				}
 				comment := "rule " + r.Name
 				if g != "" {
@@ -384,7 +396,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		)
 	}
 	if len(redir) > 0 {
-		nat = append(nat, everySource(redirectChain)...)
+		nat = append(nat, steerSources(cfg, p, redirectChain)...)
 	}
 
 	d.chains = []chainSpec{
@@ -393,6 +405,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		{name: natChain, hook: natHook, nat: true, rules: nat},
 		{name: redirectChain, rules: redir},
 	}
+	addInside(d, cfg, p, lis)
 	return d
 }
 
@@ -507,6 +520,9 @@ func (m match) String() string {
 	case icmpv6Type:
 		return "icmpv6 type " + portText(m.lo, m.hi)
 	}
+	if s, ok := m.insideText(); ok {
+		return s
+	}
 	return "?"
 }
 
@@ -530,7 +546,7 @@ func (s stmt) String() string {
 	case ret:
 		return "return"
 	case logSample:
-		return fmt.Sprintf("limit rate %d/second log prefix %q group %d", s.rate, logPrefix, s.group)
+		return fmt.Sprintf("limit rate %d/second burst %d packets log prefix %q group %d", s.rate, s.rate, logPrefix, s.group)
 	case redirect:
 		return fmt.Sprintf("redirect to :%d", s.port)
 	case dnat:
@@ -566,8 +582,13 @@ func (d *desired) render(table string) string {
 		if s.fam == v6 {
 			typ = "ipv6_addr"
 		}
+		if s.kind == ifnameSet {
+			typ = "ifname"
+		}
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, typ)
-		if s.interval() {
+		if s.kind == ifnameSet {
+			fmt.Fprintf(&b, "\t\telements = { %s }\n", quoteAll(s.ifnames))
+		} else if s.interval() {
 			b.WriteString("\t\tflags interval\n")
 			if len(s.prefixes) > 0 {
 				var el []string
@@ -585,6 +606,9 @@ func (d *desired) render(table string) string {
 		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
 		if c.hook != "" {
 			typ, prio := "filter", "filter"
+			if c.prio == prioRaw {
+				prio = "raw"
+			}
 			if c.nat {
 				// nft accepts the name dstnat only at prerouting.
 				typ, prio = "nat", "-100"

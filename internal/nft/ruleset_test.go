@@ -115,21 +115,46 @@ func TestSteering(t *testing.T) {
 	}
 }
 
+// gatewayPolicy has what a gateway's policy can say about its inside:
+// groups tied to interfaces, listeners on a wildcard address and on one.
+const gatewayPolicy = `
+mode: enforce
+listen: {dns: "[::]:53", proxy: "198.51.100.1:3128", transparent: "[::]:3129", admin: ""}
+firewall: {backend: nftables, hook: forward, table: fqdngate, transparent_ports: [443]}
+sources:
+  payments: {cidrs: [198.51.100.0/26, "2001:db8:1::/64"], interfaces: [pay0]}
+  others: {cidrs: [198.51.100.64/26], interfaces: [oth0, oth1]}
+  lab: [198.51.100.128/26]
+rules:
+  - name: bank-api
+    from: [payments]
+    to: [api.bank.example]
+  - name: web
+    from: [others, lab]
+    to: [203.0.113.0/24]
+    ports: [80, 443]
+`
+
+var goldenCases = []struct {
+	name   string
+	cfg    Config
+	policy string
+}{
+	{"forward", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
+		override(samplePolicy, `listen: {dns: "0.0.0.0:53", admin: ""}`)},
+	{"output", Config{Table: "fqdngate", Hook: policy.HookOutput},
+		override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:8443", admin: ""}`,
+			"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443]}")},
+	{"gateway", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7}, gatewayPolicy},
+	{"inside", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
+		override(gatewayPolicy, "mode: audit", "inside: {ranges: [198.51.100.0/24, \"2001:db8:1::/48\"], interfaces: [eth1, eth2]}",
+			"firewall: {backend: nftables, hook: forward, table: fqdngate, reverse_path: loose}")},
+}
+
 // TestRenderGolden pins the dry-run output for the sample policy in both
 // hooks; run with -update after an intended change.
 func TestRenderGolden(t *testing.T) {
-	tests := []struct {
-		name   string
-		cfg    Config
-		policy string
-	}{
-		{"forward", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
-			override(samplePolicy, `listen: {dns: "0.0.0.0:53", admin: ""}`)},
-		{"output", Config{Table: "fqdngate", Hook: policy.HookOutput},
-			override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:8443", admin: ""}`,
-				"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443]}")},
-	}
-	for _, tt := range tests {
+	for _, tt := range goldenCases {
 		t.Run(tt.name, func(t *testing.T) {
 			p := mustParse(t, tt.policy)
 			got := Render(tt.cfg, p)

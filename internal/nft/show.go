@@ -51,6 +51,8 @@ func (b *Backend) Show(w io.Writer) error {
 		flags := "timeout"
 		if s.Interval {
 			flags = "interval"
+		} else if !s.HasTimeout {
+			flags = "" // interface names
 		}
 		fmt.Fprintf(&out, "  set %-40s %-9s %-8s %d elements\n", s.Name, s.KeyType.Name, flags, n)
 	}
@@ -95,31 +97,35 @@ func describe(exprs []expr.Any) string {
 	var parts []string
 	subject := "" // what the last load put in register 1
 	var imm [][]byte
+	var mask []byte // the last bitwise mask over register 1, for prefixes
 	for i, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Meta:
 			subject = map[expr.MetaKey]string{
 				expr.MetaKeyNFPROTO: "meta nfproto", expr.MetaKeyL4PROTO: "meta l4proto",
 				expr.MetaKeyOIFTYPE: "meta oiftype", expr.MetaKeyMARK: "meta mark",
+				expr.MetaKeyIIFTYPE: "meta iiftype", expr.MetaKeyIIFNAME: "iifname",
 			}[e.Key]
 			if subject == "" {
 				subject = fmt.Sprintf("meta key %d", e.Key)
 			}
 		case *expr.Payload:
-			subject = payloadName(e)
+			subject, mask = payloadName(e), nil
 		case *expr.Ct:
 			subject = "ct state"
 		case *expr.Bitwise:
-			// Only ct state tests mask; the cmp after it says "any of".
+			// ct state tests mask (the cmp after it says "any of"), and
+			// so do address prefixes.
+			mask = e.Mask
 		case *expr.Fib:
-			subject = "fib daddr type"
+			subject = fibName(e)
 		case *expr.Cmp:
 			if subject == "meta nfproto" && i+1 < len(exprs) {
 				if _, ok := exprs[i+1].(*expr.Payload); ok {
 					continue // implied by ip/ip6 saddr/daddr
 				}
 			}
-			parts = append(parts, subject+" "+value(subject, e.Data))
+			parts = append(parts, subject+" "+value(subject, e.Data)+prefixLen(subject, mask))
 		case *expr.Range:
 			parts = append(parts, subject+" "+value(subject, e.FromData)+"-"+value(subject, e.ToData))
 		case *expr.Lookup:
@@ -208,6 +214,9 @@ func value(subject string, b []byte) string {
 		if len(b) == 1 {
 			return fmt.Sprint(b[0])
 		}
+	}
+	if v, ok := insideValue(subject, b); ok {
+		return v
 	}
 	return fmt.Sprintf("%x", b)
 }

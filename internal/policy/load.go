@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -69,9 +70,10 @@ func defaults(file string) *Policy {
 			IdleTimeout:    5 * time.Minute,
 			MaxConns:       10_000,
 		},
-		Log:     Log{Format: "json"},
-		Sources: map[string][]netip.Prefix{},
-		Users:   map[string]User{},
+		Log:              Log{Format: "json"},
+		Sources:          map[string][]netip.Prefix{},
+		SourceInterfaces: map[string][]string{},
+		Users:            map[string]User{},
 	}
 }
 
@@ -125,14 +127,22 @@ func Parse(file string, data []byte) (*Policy, error) {
 		modeNode, dwNode, beNode, hkNode    *yaml.Node
 		tableNode, fmtNode, ttlNode, toNode *yaml.Node
 		minTTLNode                          *yaml.Node
+		reversePath                         string
+		rpNode                              *yaml.Node
+		inside                              *wireInside
+		listenNodes                         = map[string]*yaml.Node{}
+		ifNodes                             = map[string]*yaml.Node{}
 	)
 	d.mapping(root.Content[0], "",
 		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
 		field{"listen", func(n *yaml.Node) {
 			d.mapping(n, "listen",
-				field{"dns", d.addr(&p.Listen.DNS, "listen.dns")},
-				field{"proxy", d.addr(&p.Listen.Proxy, "listen.proxy")},
-				field{"transparent", d.addr(&p.Listen.Transparent, "listen.transparent")},
+				field{"dns", func(n *yaml.Node) { listenNodes["dns"] = n; d.addr(&p.Listen.DNS, "listen.dns")(n) }},
+				field{"proxy", func(n *yaml.Node) { listenNodes["proxy"] = n; d.addr(&p.Listen.Proxy, "listen.proxy")(n) }},
+				field{"transparent", func(n *yaml.Node) {
+					listenNodes["transparent"] = n
+					d.addr(&p.Listen.Transparent, "listen.transparent")(n)
+				}},
 				field{"admin", d.addr(&p.Listen.Admin, "listen.admin")},
 			)
 		}},
@@ -166,6 +176,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 					p.Firewall.StateFileAt = Pos{n.Line, n.Column}
 					d.str(&p.Firewall.StateFile, "firewall.state_file")(n)
 				}},
+				field{"reverse_path", func(n *yaml.Node) { rpNode = n; d.str(&reversePath, "firewall.reverse_path")(n) }},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {
@@ -183,7 +194,8 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"file", d.str(&p.Log.File, "log.file")},
 			)
 		}},
-		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes) }},
+		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes, ifNodes) }},
+		field{"inside", func(n *yaml.Node) { inside = d.inside(n) }},
 		field{"users", func(n *yaml.Node) { d.users(n, users) }},
 		field{"rules", func(n *yaml.Node) {
 			d.list(n, "rules", func(it *yaml.Node) { rules = append(rules, d.rule(it)) })
@@ -226,6 +238,26 @@ func Parse(file string, data []byte) (*Policy, error) {
 	default:
 		d.errorf(hkNode, "firewall.hook must be output (protect this host) or forward (gateway), not %q", hook)
 	}
+	switch reversePath {
+	case "":
+		// Forwarded packets are what a forged source gets through; this
+		// host's own traffic has no input interface to check.
+		if p.Firewall.Backend == BackendNftables && p.Firewall.Hook == HookForward {
+			p.Firewall.ReversePath = ReversePathStrict
+		}
+	case "off":
+	case "strict", "loose":
+		p.Firewall.ReversePath = ReversePathStrict
+		if reversePath == "loose" {
+			p.Firewall.ReversePath = ReversePathLoose
+		}
+		if p.Firewall.Backend != BackendNftables {
+			d.errorf(rpNode, "firewall.reverse_path: %s is checked in the kernel and needs firewall.backend: nftables; remove it or set backend: nftables", reversePath)
+		}
+	default:
+		d.errorf(rpNode, "firewall.reverse_path must be strict (the route back to the source leaves by the interface the packet came in on), loose (there is a route back at all) or off, not %q", reversePath)
+	}
+	d.compileInside(p, insideInputs{wire: inside, hookNode: hkNode, listenNode: listenNodes, groupNodes: groupNodes, ifNodes: ifNodes})
 	if !validTable.MatchString(p.Firewall.Table) {
 		d.errorf(tableNode, "firewall.table %q must be 1 to 32 letters, digits, '_' or '-'", p.Firewall.Table)
 	}
@@ -365,7 +397,7 @@ func (d *decoder) addr(dst *string, path string) func(*yaml.Node) {
 	}
 }
 
-func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) {
+func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*yaml.Node) {
 	n = d.deref(n)
 	if n.Kind != yaml.MappingNode {
 		if !isNull(n) {
@@ -383,26 +415,70 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes map[string]*yaml.Node) 
 		if !validGroup.MatchString(k.Value) {
 			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
 		}
-		var pfx []netip.Prefix
-		items := 0
 		path := "sources." + k.Value
-		d.list(v, path, func(it *yaml.Node) {
-			items++
-			s, ok := d.scalar(it, path+" item")
-			if !ok {
-				return
-			}
-			if pp, err := parsePrefix(s); err != nil {
-				d.errorf(it, "%s: %v", path, err)
+		w := d.sourceGroup(k, v, path)
+		var pfx []netip.Prefix
+		for _, c := range w.cidrs {
+			if pp, err := parsePrefix(c.v); err != nil {
+				d.errorf(c.n, "%s: %v", w.cidrsPath, err)
 			} else {
 				pfx = append(pfx, pp)
 			}
-		})
-		if items == 0 {
+		}
+		if w.cidrsSet && len(w.cidrs) == 0 {
 			d.errorf(k, "source group %q has no addresses; list CIDRs or addresses, or remove the group", k.Value)
+		}
+		if w.ifacesSet {
+			ifNodes[k.Value] = w.ifacesNode
+			if len(w.ifaces) == 0 {
+				d.errorf(w.ifacesNode, "%s.interfaces is empty; list interfaces like [eth1], or remove the key to match on any", path)
+			}
+			p.SourceInterfaces[k.Value] = d.interfaceNames(w.ifaces, path+".interfaces")
 		}
 		p.Sources[k.Value] = pfx
 	}
+}
+
+// wireGroup is a source group as written: a list of addresses, or the long
+// form, a mapping with the addresses under cidrs.
+type wireGroup struct {
+	cidrs      []positioned
+	cidrsSet   bool   // false only in a long form without (valid) cidrs
+	cidrsPath  string // for messages: sources.<group> or sources.<group>.cidrs
+	ifaces     []positioned
+	ifacesSet  bool
+	ifacesNode *yaml.Node
+}
+
+func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
+	w := wireGroup{cidrsPath: path}
+	if d.deref(v).Kind != yaml.MappingNode {
+		d.positionedList(&w.cidrs, &w.cidrsSet, path)(v)
+		return w
+	}
+	w.cidrsPath = path + ".cidrs"
+	d.mapping(v, path,
+		field{"cidrs", d.positionedList(&w.cidrs, &w.cidrsSet, w.cidrsPath)},
+		field{"interfaces", func(c *yaml.Node) {
+			w.ifacesNode = d.deref(c)
+			d.positionedList(&w.ifaces, &w.ifacesSet, path+".interfaces")(c)
+		}},
+	)
+	// A misspelt cidrs is reported as an unknown key already.
+	if !w.cidrsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces") {
+		d.errorf(k, "source group %q has no cidrs; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}", k.Value, k.Value)
+	}
+	return w
+}
+
+// hasOtherKeys reports whether the mapping n has a key not in keys.
+func hasOtherKeys(n *yaml.Node, keys ...string) bool {
+	for i := 0; i < len(n.Content); i += 2 {
+		if !slices.Contains(keys, n.Content[i].Value) {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {

@@ -65,6 +65,9 @@ type errorCase struct {
 // upstreams is a first line that keeps Parse from reading resolv.conf.
 const upstreams = "dns: {upstreams: [192.0.2.53]}\n"
 
+// gateway is a first line for a gateway (nftables, hook forward).
+const gateway = "firewall: {backend: nftables, hook: forward}\n"
+
 var errorCases = []errorCase{
 	{"not yaml", "mode: enforce\nrules: [\n", 2, 1, []string{"not valid YAML"}},
 	{"tab indentation", "dns:\n\tcache: true\n", 2, 1, []string{"not valid YAML"}},
@@ -108,6 +111,32 @@ var errorCases = []errorCase{
 	{"bad source address", "sources:\n  office: [10.1.0.0/16, 10.2.0.300]\n", 2, 25, []string{`sources.office: "10.2.0.300" is not an IP address or CIDR`}},
 	{"source cidr with host bits", "sources:\n  office: [10.1.2.3/16]\n", 2, 12, []string{`"10.1.2.3/16" has bits set past the prefix length; write 10.1.0.0/16`}},
 	{"empty group", "sources:\n  office: []\n", 2, 3, []string{`source group "office" has no addresses`}},
+	{"long-form group without cidrs", gateway + "sources:\n  office: {interfaces: [eth1]}\n", 3, 3, []string{`source group "office" has no cidrs`, "office: {cidrs: [10.0.0.0/24], interfaces: [eth1]}"}},
+	{"long-form group with cidrs misspelt", gateway + "sources:\n  office: {cidr: [10.1.0.0/16]}\n", 3, 12, []string{`unknown key "cidr" in sources.office`, `did you mean "cidrs"?`}},
+	{"long-form group with empty cidrs", gateway + "sources:\n  office: {cidrs: []}\n", 3, 3, []string{`source group "office" has no addresses`}},
+	{"long-form bad source address", gateway + "sources:\n  office: {cidrs: [10.1.0.0/33]}\n", 3, 20, []string{`sources.office.cidrs: "10.1.0.0/33" is not a CIDR`}},
+	{"interface name with a space", gateway + "sources:\n  office: {cidrs: [10.1.0.0/16], interfaces: [eth1, \"my if\"]}\n", 3, 53, []string{`sources.office.interfaces: "my if" holds '/', ':' or white space`}},
+	{"interface name too long", gateway + "sources:\n  office: {cidrs: [10.1.0.0/16], interfaces: [abcdefghijklmnop]}\n", 3, 47, []string{`"abcdefghijklmnop" is longer than 15 bytes`}},
+	{"interface wildcard", gateway + "sources:\n  office: {cidrs: [10.1.0.0/16], interfaces: [\"eth*\"]}\n", 3, 47, []string{`"eth*" is a wildcard; list each interface by its name`}},
+	{"empty interfaces", gateway + "sources:\n  office: {cidrs: [10.1.0.0/16], interfaces: []}\n", 3, 46, []string{"sources.office.interfaces is empty", "remove the key to match on any"}},
+	{"interfaces with hook output", "firewall: {backend: nftables}\nsources:\n  office: {cidrs: [10.1.0.0/16], interfaces: [eth1]}\n", 3, 46, []string{"sources.office.interfaces: with firewall.hook: output", "remove interfaces, or use hook: forward"}},
+	{"interfaces without nftables", "sources:\n  office: {cidrs: [10.1.0.0/16], interfaces: [eth1]}\n", 2, 46, []string{"sources.office.interfaces needs firewall.backend: nftables", "decide groups by address"}},
+	{"bad reverse_path", "firewall:\n  reverse_path: maybe\n", 2, 17, []string{"firewall.reverse_path must be strict", "loose", `or off, not "maybe"`}},
+	{"reverse_path without nftables", "firewall:\n  reverse_path: loose\n", 2, 17, []string{"firewall.reverse_path: loose is checked in the kernel and needs firewall.backend: nftables"}},
+	{"empty inside", "inside: {}\n", 1, 9, []string{"inside is empty", "inside: {ranges: [10.0.0.0/8]}", "remove it to serve the source groups"}},
+	{"null inside", "inside:\n", 1, 8, []string{"inside is empty"}},
+	{"inside not a mapping", "inside: [10.0.0.0/8]\n", 1, 9, []string{"inside must be a mapping"}},
+	{"unknown inside key", "inside: {ranges: [10.0.0.0/8], ranges6: [\"2001:db8::/32\"]}\n", 1, 32, []string{`unknown key "ranges6" in inside`, `did you mean "ranges"?`}},
+	{"empty inside ranges", "inside: {ranges: []}\n", 1, 18, []string{"inside.ranges is empty"}},
+	{"empty inside interfaces", gateway + "inside: {interfaces: []}\n", 2, 22, []string{"inside.interfaces is empty"}},
+	{"bad inside range", "inside: {ranges: [10.0.0.300]}\n", 1, 19, []string{`inside.ranges: "10.0.0.300" is not an IP address or CIDR`}},
+	{"bad inside interface", gateway + "inside: {interfaces: [\"..\"]}\n", 2, 23, []string{`inside.interfaces: ".." is not an interface name`}},
+	{"inside interfaces without nftables", "inside: {interfaces: [eth1]}\n", 1, 22, []string{"inside.interfaces needs firewall.backend: nftables", "inside.ranges instead"}},
+	{"group outside inside", "sources:\n  office: [10.1.0.0/16]\ninside: {ranges: [10.0.0.0/16, 10.1.0.0/17]}\n", 2, 3, []string{`source group "office": 10.1.0.0/16 is not in inside.ranges`, "add it to inside.ranges"}},
+	{"gateway without inside", "firewall: {backend: nftables, hook: forward}\n", 1, 37, []string{"firewall.hook: forward", "names none (no sources, no inside)", "inside: {ranges: [10.0.0.0/8]}", "or define source groups"}},
+	{"dns listener without inside", "listen: {dns: 0.0.0.0:53}\n", 1, 15, []string{"listen.dns: 0.0.0.0:53 can be reached from other hosts", "inside: {ranges: [10.0.0.0/8]}", "or listen on 127.0.0.1"}},
+	{"proxy listener without inside", "listen: {dns: \"[::1]:53\", proxy: 192.0.2.1:3128}\n", 1, 34, []string{"listen.proxy: 192.0.2.1:3128 can be reached"}},
+	{"transparent listener without inside", "listen: {transparent: \"[::]:3129\"}\n", 1, 23, []string{"listen.transparent: [::]:3129 can be reached"}},
 	{"users not a mapping", "users: [alice]\n", 1, 8, []string{"users must map user names to {hash, groups}"}},
 	{"plain password", "users:\n  alice:\n    hash: hunter2\n", 2, 3, []string{"users.alice.hash is not a bcrypt hash", "htpasswd -nbB"}},
 	{"user in undefined group", "sources:\n  ci: [10.2.0.0/16]\nusers:\n  alice:\n    hash: $2a$04$CKxvxTcDqB6cnxi.Chjma.9r/0VfUe5QryqVoh5azytZmaPdIyGwa\n    groups: [cj]\n", 6, 14, []string{`users.alice: source group "cj" is not defined`, `did you mean "ci"?`}},
@@ -252,6 +281,9 @@ func TestDefaults(t *testing.T) {
 		{"firewall.hook", p.Firewall.Hook, HookOutput},
 		{"firewall.table", p.Firewall.Table, "fqdngate"},
 		{"firewall.state_file", p.Firewall.StateFile, "/var/lib/fqdngate/state.json"},
+		{"firewall.reverse_path", p.Firewall.ReversePath, ReversePathOff},
+		{"sources interfaces", p.SourceInterfaces, map[string][]string{}},
+		{"inside", p.InsideSpec, Inside{}},
 		{"proxy.deny_private", p.Proxy.DenyPrivate, true},
 		{"proxy.connect_timeout", p.Proxy.ConnectTimeout, 10 * time.Second},
 		{"proxy.idle_timeout", p.Proxy.IdleTimeout, 5 * time.Minute},
@@ -302,6 +334,7 @@ func TestParseEveryField(t *testing.T) {
 		{"firewall.state_file", p.Firewall.StateFile, "/run/fqdngate/state.json"},
 		{"firewall.state_file's position", p.Firewall.StateFileAt, Pos{30, 15}},
 		{"an error there", p.ErrorAt(p.Firewall.StateFileAt, "broken").Error(), "testdata/every-field.yaml:30:15: broken"},
+		{"firewall.reverse_path", p.Firewall.ReversePath, ReversePathLoose},
 		{"proxy.deny_private", p.Proxy.DenyPrivate, false},
 		{"proxy.connect_timeout", p.Proxy.ConnectTimeout, 5 * time.Second},
 		{"proxy.idle_timeout", p.Proxy.IdleTimeout, time.Minute},
@@ -310,6 +343,8 @@ func TestParseEveryField(t *testing.T) {
 		{"log.format", p.Log.Format, "text"},
 		{"log.file", p.Log.File, "/var/log/fqdngate/audit.log"},
 		{"sources", fmt.Sprint(p.Sources), "map[ci:[10.2.0.0/16] office:[10.1.0.0/16 2001:db8:1::/48]]"},
+		{"sources interfaces", fmt.Sprint(p.SourceInterfaces), "map[ci:[eth1 eth2]]"},
+		{"inside", fmt.Sprintf("%+v", p.InsideSpec), "{Explicit:true Parts:[{Name: Prefixes:[10.0.0.0/8 2001:db8::/32] Interfaces:[eth1 eth2 eth3]}]}"},
 		{"users", fmt.Sprint(p.Users["alice"].Groups), "[ci]"},
 		{"rules", len(p.Rules), 2},
 	}
@@ -498,6 +533,12 @@ func TestDocsExample(t *testing.T) {
 		{netip.MustParseAddr("192.0.2.1"), "deploy-bot", "api.github.com", 443, TCP, Allow, ReasonMatched},
 		{netip.MustParseAddr("192.0.2.1"), "", "0.pool.ntp.org", 123, UDP, Allow, ReasonMatched},
 		{office, "", "evil.example", 443, TCP, Deny, ReasonNoRule},
+	}
+	if !p.Inside(ci) || p.Inside(netip.MustParseAddr("192.0.2.1")) {
+		t.Errorf("the example's inside is its source groups: Inside(%s) = %v, Inside(192.0.2.1) = %v", ci, p.Inside(ci), p.Inside(netip.MustParseAddr("192.0.2.1")))
+	}
+	if p.Firewall.ReversePath != ReversePathStrict || p.SourceInterfaces["ci"] == nil {
+		t.Errorf("the example's gateway: reverse_path %v, ci's interfaces %v; want strict and [eth2]", p.Firewall.ReversePath, p.SourceInterfaces["ci"])
 	}
 	for _, tt := range tests {
 		d := p.Decide(Query{Source: tt.src, User: tt.user, Name: tt.name, Port: tt.port, Proto: tt.proto})

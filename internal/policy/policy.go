@@ -39,6 +39,14 @@ type Policy struct {
 	Log      Log
 	// Sources maps each source group name to its address prefixes.
 	Sources map[string][]netip.Prefix
+	// SourceInterfaces maps each source group tied to interfaces (the
+	// long form's interfaces key) to their names, sorted: the kernel
+	// counts a packet in the group only when it arrives on one of them.
+	// Groups not here match on any interface. The DNS firewall and the
+	// proxy decide groups by address alone.
+	SourceInterfaces map[string][]string
+	// InsideSpec is the inside: the sources fqdngate serves (Inside).
+	InsideSpec Inside
 	// Users maps proxy user names to their password hash and groups.
 	Users map[string]User
 	// Rules are in file order; Rule.Index is the position here.
@@ -132,6 +140,18 @@ const (
 
 func (h Hook) String() string { return [...]string{"output", "forward"}[h] }
 
+// ReversePath is how the kernel checks a packet's source address against
+// the interface it arrived on, before anything else sees the packet.
+type ReversePath uint8
+
+const (
+	ReversePathOff    ReversePath = iota
+	ReversePathStrict             // the route back to the source leaves by the input interface
+	ReversePathLoose              // there is a route back to the source at all
+)
+
+func (r ReversePath) String() string { return [...]string{"off", "strict", "loose"}[r] }
+
 // Firewall configures kernel enforcement.
 type Firewall struct {
 	Backend          Backend
@@ -139,6 +159,7 @@ type Firewall struct {
 	Table            string
 	TransparentPorts []uint16
 	StateFile        string
+	ReversePath      ReversePath
 	// StateFileAt is where the file sets state_file (zero if it does
 	// not), for problems found on the host (see Policy.ErrorAt).
 	StateFileAt Pos

@@ -78,6 +78,10 @@ func (h *explicitHandler) accept(ln net.Listener, closing *atomic.Bool) error {
 			return err
 		}
 		delay = 0
+		if !p.fromInside(c, explicitListener) {
+			c.Close()
+			continue
+		}
 		if !p.acquire(p.cfg.Policy()) {
 			rec := &connRecord{listener: explicitListener, client: remoteAddrPort(c), start: time.Now(), refusal: RefusedBusy}
 			p.record(context.Background(), rec)

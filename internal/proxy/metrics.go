@@ -20,6 +20,7 @@ type metrics struct {
 	bytesDown     prometheus.Counter     // bytes, direction down
 	dialSeconds   prometheus.Histogram
 	verifyFailure prometheus.Counter
+	outside       *prometheus.CounterVec // listener
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,8 +52,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	m.bytesUp, m.bytesDown = m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
+	m.outside = newOutsideCounter()
 	if reg == nil {
 		return m, nil
+	}
+	if err := reg.Register(m.outside); err != nil {
+		return nil, err
 	}
 	for _, c := range []prometheus.Collector{m.conns, m.refusals, m.active, m.bytes, m.dialSeconds, m.verifyFailure} {
 		if err := reg.Register(c); err != nil {

@@ -175,6 +175,7 @@ func TestTransparentNetns(t *testing.T) {
 listen: {transparent: "`+nsListen+`"}
 dns: {upstreams: [192.0.2.53]}
 firewall: {backend: nftables, hook: forward, transparent_ports: [80, 443]}
+inside: {ranges: [198.51.100.0/24]}
 proxy: {deny_private: true}
 rules:
   - name: web

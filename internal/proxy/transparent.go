@@ -49,6 +49,10 @@ func (p *Proxy) ServeTransparent(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("transparent proxy: accepting: %w", err)
 		}
 		backoff = 0
+		if !p.fromInside(c, transparentListener) {
+			c.Close()
+			continue
+		}
 		pol := p.cfg.Policy()
 		if !p.acquire(pol) {
 			p.record(context.Background(), &connRecord{listener: transparentListener, client: remoteAddrPort(c), start: time.Now(), refusal: RefusedBusy})

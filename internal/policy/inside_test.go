@@ -1,0 +1,119 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+)
+
+// TestInside decides, for policies with and without an inside key, which
+// sources fqdngate serves.
+func TestInside(t *testing.T) {
+	const groups = upstreams + `firewall: {backend: nftables, hook: forward}
+sources:
+  payments: {cidrs: [10.1.0.0/24, "2001:db8:1::/64"], interfaces: [eth1]}
+  office: [10.2.0.0/16]
+  ci: 10.3.0.5
+`
+	tests := []struct {
+		name   string
+		policy string
+		parts  string // the inside's parts, as %+v prints them
+		in     []string
+		out    []string
+	}{
+		{
+			name:   "source groups",
+			policy: groups,
+			parts:  "[{Name: Prefixes:[10.3.0.5/32 10.2.0.0/16] Interfaces:[]} {Name:payments Prefixes:[10.1.0.0/24 2001:db8:1::/64] Interfaces:[eth1]}]",
+			in:     []string{"10.1.0.7", "2001:db8:1::9", "10.2.255.255", "10.3.0.5", "::ffff:10.2.0.1", "127.0.0.1", "::1"},
+			out:    []string{"10.3.0.6", "10.4.0.1", "192.0.2.1", "2001:db8:2::1", "64:ff9b::a02:1", "0.0.0.0", "::", "fe80::1%eth0"},
+		},
+		{
+			name:   "explicit ranges",
+			policy: groups + "inside: {ranges: [10.0.0.0/8, \"2001:db8::/32\"]}\n",
+			parts:  "[{Name: Prefixes:[10.0.0.0/8 2001:db8::/32] Interfaces:[]}]",
+			in:     []string{"10.1.0.7", "10.200.0.1", "2001:db8:ff::1", "::ffff:10.9.9.9", "127.0.0.2"},
+			out:    []string{"192.0.2.1", "11.0.0.1", "2001:db9::1"},
+		},
+		{
+			// Only the kernel sees interfaces: by address, everyone is in.
+			name:   "explicit interfaces",
+			policy: upstreams + "firewall: {backend: nftables, hook: forward}\ninside: {interfaces: [eth1, eth0, eth1]}\n",
+			parts:  "[{Name: Prefixes:[] Interfaces:[eth0 eth1]}]",
+			in:     []string{"10.1.0.7", "192.0.2.1", "2001:db8::1"},
+		},
+		{
+			name:   "nothing: this host only",
+			policy: upstreams,
+			parts:  "[]",
+			in:     []string{"127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"},
+			out:    []string{"10.0.0.1", "192.0.2.1", "::"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("p.yaml", []byte(tt.policy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprintf("%+v", p.InsideSpec.Parts); got != tt.parts {
+				t.Errorf("parts = %s, want %s", got, tt.parts)
+			}
+			for _, s := range tt.in {
+				if !p.Inside(netip.MustParseAddr(s)) {
+					t.Errorf("Inside(%s) = false, want true", s)
+				}
+			}
+			for _, s := range tt.out {
+				if p.Inside(netip.MustParseAddr(s)) {
+					t.Errorf("Inside(%s) = true, want false", s)
+				}
+			}
+		})
+	}
+}
+
+// TestInsideConn: a query or connection that arrived at a loopback address
+// came from this host, whatever its source (the kernel redirects this
+// host's DNS to 127.0.0.1 from its own outside address); elsewhere the
+// source decides.
+func TestInsideConn(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(upstreams+"sources:\n  office: [10.2.0.0/16]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		src, local string
+		want       bool
+	}{
+		{"192.0.2.7", "127.0.0.1", true},
+		{"192.0.2.7", "::1", true},
+		{"192.0.2.7", "::ffff:127.0.0.1", true},
+		{"192.0.2.7", "0.0.0.0", false},
+		{"192.0.2.7", "192.0.2.1", false},
+		{"10.2.0.1", "0.0.0.0", true},
+		{"10.2.0.1", "10.2.0.254", true},
+		{"127.0.0.1", "::", true},
+	}
+	for _, tt := range tests {
+		if got := p.InsideConn(netip.MustParseAddr(tt.src), netip.MustParseAddr(tt.local)); got != tt.want {
+			t.Errorf("InsideConn(%s, %s) = %v, want %v", tt.src, tt.local, got, tt.want)
+		}
+	}
+}
+
+func TestInsideDoesNotAllocate(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(upstreams+"sources:\n  office: [10.2.0.0/16, \"2001:db8:1::/64\"]\n  ci: [10.3.0.0/16]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcs := []netip.Addr{netip.MustParseAddr("10.3.0.1"), netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8:1::1")}
+	if n := testing.AllocsPerRun(100, func() {
+		for _, s := range srcs {
+			p.Inside(s)
+		}
+	}); n != 0 {
+		t.Errorf("Inside allocates %v times per run, want 0", n)
+	}
+}
