@@ -155,30 +155,21 @@ const (
 )
 
 // steering decides, per family, how packets reach the listener at ap from
-// the given hook. Redirect sends forwarded packets to the receiving
-// interface's address and local ones to loopback, so a loopback listener
-// is reachable only from the output hook, and a listener on one
-// family's wildcard only for that family.
+// the given hook: which families can be steered is policy.Steered's to
+// say; loopback and wildcard listeners are reached by redirect (to the
+// receiving interface's address, or loopback on output), others by DNAT.
 func steering(ap netip.AddrPort, hook policy.Hook) [2]steer {
 	var out [2]steer
-	if !ap.IsValid() {
-		return out
+	v4ok, v6ok := policy.Steered(ap, hook)
+	how := steerDNAT
+	if a := ap.Addr().Unmap(); a.IsUnspecified() || a.IsLoopback() {
+		how = steerRedirect
 	}
-	a := ap.Addr().Unmap()
-	f := familyOf(a)
-	switch {
-	case a.IsUnspecified():
-		out[f] = steerRedirect
-		if a.Is6() {
-			// Go listens dual-stack on "[::]:port".
-			out[v4] = steerRedirect
-		}
-	case a.IsLoopback():
-		if hook == policy.HookOutput {
-			out[f] = steerRedirect
-		}
-	default:
-		out[f] = steerDNAT
+	if v4ok {
+		out[v4] = how
+	}
+	if v6ok {
+		out[v6] = how
 	}
 	return out
 }
@@ -411,7 +402,7 @@ func steerStmt(s steer, ap netip.AddrPort) *stmt {
 	return nil
 }
 
-// verdictDrop is the end of default deny: audit mode counts and falls
+// verdictDrop ends a rule that discards: audit mode counts and falls
 // through to the chain's accept policy.
 func verdictDrop(m policy.Mode) []stmt {
 	if m == policy.Audit {

@@ -126,7 +126,7 @@ func TestRenderGolden(t *testing.T) {
 		{"forward", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
 			override(samplePolicy, `listen: {dns: "0.0.0.0:53", admin: ""}`)},
 		{"output", Config{Table: "fqdngate", Hook: policy.HookOutput},
-			override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:8443", admin: ""}`,
+			override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "[::]:8443", admin: ""}`,
 				"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443]}")},
 	}
 	for _, tt := range tests {

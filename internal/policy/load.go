@@ -125,6 +125,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		modeNode, dwNode, beNode, hkNode    *yaml.Node
 		tableNode, fmtNode, ttlNode, toNode *yaml.Node
 		minTTLNode                          *yaml.Node
+		fw                                  wireFirewall
 	)
 	d.mapping(root.Content[0], "",
 		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
@@ -132,7 +133,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 			d.mapping(n, "listen",
 				field{"dns", d.addr(&p.Listen.DNS, "listen.dns")},
 				field{"proxy", d.addr(&p.Listen.Proxy, "listen.proxy")},
-				field{"transparent", d.addr(&p.Listen.Transparent, "listen.transparent")},
+				field{"transparent", func(n *yaml.Node) { fw.listenNode = n; d.addr(&p.Listen.Transparent, "listen.transparent")(n) }},
 				field{"admin", d.addr(&p.Listen.Admin, "listen.admin")},
 			)
 		}},
@@ -161,7 +162,10 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"backend", func(n *yaml.Node) { beNode = n; d.str(&backend, "firewall.backend")(n) }},
 				field{"hook", func(n *yaml.Node) { hkNode = n; d.str(&hook, "firewall.hook")(n) }},
 				field{"table", func(n *yaml.Node) { tableNode = n; d.str(&p.Firewall.Table, "firewall.table")(n) }},
-				field{"transparent_ports", d.positionedList(&tports, &tpSet, "firewall.transparent_ports")},
+				field{"transparent_ports", func(n *yaml.Node) {
+					fw.portsNode = n
+					d.positionedList(&tports, &tpSet, "firewall.transparent_ports")(n)
+				}},
 				field{"state_file", d.str(&p.Firewall.StateFile, "firewall.state_file")},
 			)
 		}},
@@ -316,6 +320,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		r.Index = len(p.Rules)
 		p.Rules = append(p.Rules, r)
 	}
+	d.firewall(p, &fw)
 
 	if errs := d.result(); errs != nil {
 		return nil, errs

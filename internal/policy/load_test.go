@@ -277,7 +277,7 @@ func TestParseEveryField(t *testing.T) {
 		{"mode", p.Mode, Audit},
 		{"listen.dns", p.Listen.DNS, "0.0.0.0:53"},
 		{"listen.proxy", p.Listen.Proxy, ""},
-		{"listen.transparent", p.Listen.Transparent, "127.0.0.1:3129"},
+		{"listen.transparent", p.Listen.Transparent, "[::]:3129"},
 		{"listen.admin", p.Listen.Admin, "[::1]:9091"},
 		{"dns.upstreams", fmt.Sprint(p.DNS.Upstreams), "[192.0.2.53:53 tls://dns.example@192.0.2.54:853]"},
 		{"dns.deny_with", p.DNS.DenyWith, DenyRefused},
