@@ -88,22 +88,28 @@ type match struct {
 	fam    family
 	set    string // for saddrIn, daddrIn
 	proto  policy.Proto
-	lo, hi uint16 // for dport, icmpv6Type
+	lo, hi uint16       // for dport, icmpv6Type; lo for hopLimit
+	state  uint32       // for ctState: conntrack state bits, any of which match
+	prefix netip.Prefix // for daddrPrefix
 }
 
 type matchKind uint8
 
 const (
-	ctEstablished matchKind = iota // ct state established,related
-	oifLoopback                    // meta oiftype loopback
-	ownMark                        // meta mark sockmark.Mark
-	daddrLocal                     // fib daddr type local
-	nfproto                        // meta nfproto ipv4|ipv6
-	saddrIn                        // ip saddr @set
-	daddrIn                        // ip daddr @set
-	l4proto                        // meta l4proto tcp|udp
-	dport                          // th dport lo-hi (after l4proto)
-	icmpv6Type                     // icmpv6 type lo-hi
+	ctState     matchKind = iota // ct state established|related
+	oifLoopback                  // meta oiftype loopback
+	ownMark                      // meta mark sockmark.Mark
+	daddrLocal                   // fib daddr type local
+	nfproto                      // meta nfproto ipv4|ipv6
+	saddrIn                      // ip saddr @set
+	daddrIn                      // ip daddr @set
+	l4proto                      // meta l4proto tcp|udp
+	dport                        // th dport lo-hi (after l4proto)
+	icmpv6Type                   // icmpv6 type lo-hi
+	icmpProto                    // meta l4proto icmp (fam v4) | ipv6-icmp (fam v6)
+	hopLimit                     // ip6 hoplimit lo (after nfproto ipv6)
+	daddrPrefix                  // ip6 daddr prefix (after nfproto of the prefix's family)
+	socketOwned                  // meta skuid 0-4294967295: the packet comes from a process's socket
 )
 
 // stmt is one action.
@@ -324,7 +330,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	// The filter base chain decides who is held to the policy.
 	hook := cfg.Hook.String()
 	var gate []ruleSpec
-	gate = append(gate, ruleSpec{matches: []match{{kind: ctEstablished}}, stmts: []stmt{{kind: accept}}, comment: "replies and established flows"})
+	gate = append(gate, gateTracked()...)
 	if cfg.Hook == policy.HookOutput {
 		gate = append(gate,
 			ruleSpec{matches: []match{{kind: oifLoopback}}, stmts: []stmt{{kind: accept}}, comment: "loopback"},
@@ -334,11 +340,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			ruleSpec{matches: []match{{kind: daddrLocal}}, stmts: []stmt{{kind: accept}}, comment: "redirected to fqdngate"},
 		)
 	}
-	// Without neighbour discovery nothing over IPv6 works, learned or not.
-	gate = append(gate, ruleSpec{
-		matches: []match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: 133, hi: 137}},
-		stmts:   []stmt{{kind: accept}}, comment: "ipv6 neighbour discovery",
-	})
+	gate = append(gate, gateNeighbourDiscovery(cfg.Hook, p.Mode)...)
 	gate = append(gate, everySource(enforceChain)...)
 
 	// The nat chain steers covered sources' DNS, and the transparent
@@ -411,6 +413,60 @@ func verdictDrop(m policy.Mode) []stmt {
 	return []stmt{{kind: counter}, {kind: drop}}
 }
 
+// Conntrack state bits, as the kernel's ct expression reports them
+// (NF_CT_STATE_BIT in linux/netfilter/nf_conntrack_common.h).
+const (
+	stateEstablished uint32 = 2
+	stateRelated     uint32 = 4
+)
+
+// gateTracked accepts what belongs to flows the policy already let
+// through: established connections, and the ICMP errors conntrack relates
+// to them. Other related flows (a conntrack helper's expected connection,
+// such as an FTP data channel) are new connections and face the policy.
+func gateTracked() []ruleSpec {
+	acc := []stmt{{kind: accept}}
+	return []ruleSpec{
+		{matches: []match{{kind: ctState, state: stateEstablished}}, stmts: acc, comment: "established flows"},
+		{matches: []match{{kind: ctState, state: stateRelated}, {kind: icmpProto, fam: v4}}, stmts: acc, comment: "icmp errors of tracked flows"},
+		{matches: []match{{kind: ctState, state: stateRelated}, {kind: icmpProto, fam: v6}}, stmts: acc, comment: "icmp errors of tracked flows"},
+	}
+}
+
+// Link scope, where neighbour discovery belongs (RFC 4861).
+var (
+	linkLocal     = netip.MustParsePrefix("fe80::/10")
+	linkMulticast = netip.MustParsePrefix("ff02::/16")
+)
+
+// gateNeighbourDiscovery lets the host's own neighbour discovery (ICMPv6
+// types 133-137) out on the output hook as RFC 4861 has it: hop limit 255,
+// to a link-local or link-scope multicast address. Solicitations and
+// advertisements to an on-link global address (neighbour unreachability
+// detection, or the answer to a neighbour soliciting from its global
+// address) pass only when the kernel sends them: it sends them only to
+// neighbours on the link, and a process's packets are told apart by their
+// socket (meta skuid matches only packets of a process's socket). Every
+// other message of these types faces the policy, which allows no ICMPv6:
+// no process can hide data in them. On the forward hook nothing is
+// accepted: neighbour discovery is never forwarded.
+func gateNeighbourDiscovery(hook policy.Hook, m policy.Mode) []ruleSpec {
+	if hook != policy.HookOutput {
+		return nil
+	}
+	nd := func(lo, hi uint16, more ...match) []match {
+		return append([]match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: lo, hi: hi}}, more...)
+	}
+	hop255 := match{kind: hopLimit, lo: 255}
+	acc := []stmt{{kind: accept}}
+	return []ruleSpec{
+		{matches: nd(133, 137, hop255, match{kind: daddrPrefix, prefix: linkLocal}), stmts: acc, comment: "neighbour discovery on the link"},
+		{matches: nd(133, 137, hop255, match{kind: daddrPrefix, prefix: linkMulticast}), stmts: acc, comment: "neighbour discovery on the link"},
+		{matches: nd(133, 137, match{kind: socketOwned}), stmts: verdictDrop(m), comment: "neighbour discovery a process sends off the link"},
+		{matches: nd(135, 136, hop255), stmts: acc, comment: "the kernel's neighbour discovery, to on-link neighbours only"},
+	}
+}
+
 // portMatches turns a rule's ports into match lists, one per range. A rule
 // without ports is open on every port.
 func portMatches(ports []policy.PortRange) [][]match {
@@ -477,8 +533,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 func (m match) String() string {
 	switch m.kind {
-	case ctEstablished:
-		return "ct state established,related"
+	case ctState:
+		return "ct state " + ctStateText(m.state)
 	case oifLoopback:
 		return "meta oiftype loopback"
 	case ownMark:
@@ -497,8 +553,30 @@ func (m match) String() string {
 		return "th dport " + portText(m.lo, m.hi)
 	case icmpv6Type:
 		return "icmpv6 type " + portText(m.lo, m.hi)
+	case icmpProto:
+		return "meta l4proto " + [...]string{"icmp", "ipv6-icmp"}[m.fam]
+	case hopLimit:
+		return fmt.Sprintf("ip6 hoplimit %d", m.lo)
+	case daddrPrefix:
+		return familyOf(m.prefix.Addr()).ip() + " daddr " + m.prefix.String()
+	case socketOwned:
+		return "meta skuid 0-4294967295"
 	}
 	return "?"
+}
+
+// ctStateText names the conntrack state bits the way nft does.
+func ctStateText(bits uint32) string {
+	var names []string
+	for _, s := range []struct {
+		bit  uint32
+		name string
+	}{{stateEstablished, "established"}, {stateRelated, "related"}} {
+		if bits&s.bit != 0 {
+			names = append(names, s.name)
+		}
+	}
+	return strings.Join(names, ",")
 }
 
 func portText(lo, hi uint16) string {
