@@ -3,9 +3,37 @@ package nft
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
+
+// TestTransparentPortNeverFallsBack: TCP to a transparent port that the nat
+// chain could not steer (here IPv6, with an IPv4-only listener) is
+// dropped, not accepted by the learned sets: those know the address, not
+// the name the client asks for. The loader refuses such a listener; the
+// kernel holds the line on its own too.
+func TestTransparentPortNeverFallsBack(t *testing.T) {
+	n := newForwardNet(t)
+	tcpBanner(t, n.gw.Listen("tcp", "198.51.100.1:3129"), "proxy")
+	p := mustParse(t, override(forwardPolicy, `listen: {dns: "", transparent: "[::]:3129"}`,
+		"firewall: {backend: nftables, hook: forward, table: fqdngate, transparent_ports: [443]}"))
+	// What the loader would refuse: IPv6 sources, an IPv4-only listener.
+	p.Listen.Transparent = "198.51.100.1:3129"
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	publish(t, b, "bank-api", "payments", srvA6, time.Minute)
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+
+	if got := tcpRead(n.client, srcPay6, "["+srvA6+"]:443"); got != "" {
+		t.Errorf("IPv6 to the learned address on transparent port 443: server said %q, want the connection dropped", got)
+	}
+	if got := tcpRead(n.client, srcPayments, srvA+":443"); got != "proxy" {
+		t.Errorf("IPv4 to transparent port 443: got %q, want the transparent proxy", got)
+	}
+	// Other ports of learned addresses are the learned sets' to decide.
+	publish(t, b, "web", "others", srvB, time.Minute)
+	checkReach(t, n.client, []reach{{srcOthers, srvB, "8080", true}})
+}
 
 // TestShowNewStatements: firewall show reads back what the hardened
 // ruleset programs: conntrack states and neighbour discovery matches, as

@@ -270,6 +270,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			})
 		}
 	}
+	enforce = append(enforce, unsteeredTransparent(p, lis)...)
 	for _, r := range p.Rules {
 		from := r.From
 		if from == nil {
@@ -465,6 +466,24 @@ func gateNeighbourDiscovery(hook policy.Hook, m policy.Mode) []ruleSpec {
 		{matches: nd(133, 137, match{kind: socketOwned}), stmts: verdictDrop(m), comment: "neighbour discovery a process sends off the link"},
 		{matches: nd(135, 136, hop255), stmts: acc, comment: "the kernel's neighbour discovery, to on-link neighbours only"},
 	}
+}
+
+// unsteeredTransparent refuses TCP to a transparent port that reached the
+// policy chain: steered connections go to fqdngate, so these are ones the
+// nat chain could not steer (a family the listener does not receive).
+// Such a port is decided by name at the transparent proxy and must never
+// fall back to the learned sets, which would let any SNI reach a learned
+// address.
+func unsteeredTransparent(p *policy.Policy, lis listeners) []ruleSpec {
+	var out []ruleSpec
+	for _, port := range lis.ports {
+		out = append(out, ruleSpec{
+			matches: []match{{kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
+			stmts:   verdictDrop(p.Mode),
+			comment: "transparent port not steered to fqdngate",
+		})
+	}
+	return out
 }
 
 // portMatches turns a rule's ports into match lists, one per range. A rule

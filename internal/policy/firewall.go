@@ -25,7 +25,8 @@ func (d *decoder) firewall(p *Policy, w *wireFirewall) {
 
 // transparentSteering refuses a transparent listener the kernel cannot
 // steer some source's connections to: those connections would otherwise
-// reach the learned sets, where any SNI passes to a learned address.
+// bypass the SNI check (the kernel drops them, but the operator should
+// hear it from check, not from users).
 func (d *decoder) transparentSteering(p *Policy, w *wireFirewall) {
 	example := p.Firewall.TransparentPorts[0]
 	if p.Listen.Transparent == "" {
