@@ -35,13 +35,51 @@ func TestTransparentPortNeverFallsBack(t *testing.T) {
 	checkReach(t, n.client, []reach{{srcOthers, srvB, "8080", true}})
 }
 
+// TestDenyVerdicts: what ends a denial in each mode and with each
+// deny_with. Audit mode never drops or rejects, whatever deny_with says.
+func TestDenyVerdicts(t *testing.T) {
+	for _, tt := range []struct {
+		mode, denyWith string
+		want, never    []string
+	}{
+		{"enforce", "drop", []string{"counter drop comment \"default deny\""}, []string{"reject"}},
+		{"enforce", "reject", []string{
+			"meta l4proto tcp counter reject with tcp reset comment \"default deny\"",
+			"counter reject with icmpx admin-prohibited comment \"default deny\"",
+			"meta nfproto ipv6 meta l4proto udp th dport 53 counter reject with icmpx admin-prohibited",
+		}, []string{"drop comment \"default deny\"", "drop comment \"dns"}},
+		{"audit", "drop", []string{"counter comment \"default deny\""}, []string{"drop comment", "reject"}},
+		{"audit", "reject", []string{"counter comment \"default deny\""}, []string{"drop comment", "reject"}},
+	} {
+		for _, hook := range []string{"forward", "output"} {
+			p := mustParse(t, override(samplePolicy, "mode: "+tt.mode, `listen: {dns: "0.0.0.0:53", admin: ""}`,
+				"firewall: {backend: nftables, hook: "+hook+", table: fqdngate, deny_with: "+tt.denyWith+"}"))
+			h := policy.HookForward
+			if hook == "output" {
+				h = policy.HookOutput
+			}
+			got := Render(Config{Table: "fqdngate", Hook: h}, p)
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("%s, deny_with %s, hook %s: ruleset lacks %q:\n%s", tt.mode, tt.denyWith, hook, w, got)
+				}
+			}
+			for _, w := range tt.never {
+				if strings.Contains(got, w) {
+					t.Errorf("%s, deny_with %s, hook %s: ruleset has %q:\n%s", tt.mode, tt.denyWith, hook, w, got)
+				}
+			}
+		}
+	}
+}
+
 // TestShowNewStatements: firewall show reads back what the hardened
-// ruleset programs: conntrack states and neighbour discovery matches, as
-// nft would write them.
+// ruleset programs: conntrack states, neighbour discovery matches and
+// reject verdicts, as nft would write them.
 func TestShowNewStatements(t *testing.T) {
 	n := newForwardNet(t)
 	p := mustParse(t, override(outputPolicy, `listen: {dns: "127.0.0.1:5353"}`,
-		"firewall: {backend: nftables, hook: output, table: fqdngate}"))
+		"firewall: {backend: nftables, hook: output, table: fqdngate, deny_with: reject}"))
 	b := startBackend(t, n.gw, Config{Hook: policy.HookOutput, LogGroup: 3}, p)
 	var buf strings.Builder
 	if err := b.Show(&buf); err != nil {
@@ -55,6 +93,8 @@ func TestShowNewStatements(t *testing.T) {
 		"ip6 daddr ff02::/16 accept",
 		"icmpv6 type 133-137 meta skuid 0-4294967295 counter packets 0 bytes 0 drop",
 		"icmpv6 type 135-136 ip6 hoplimit 255 accept",
+		"meta l4proto tcp counter packets 0 bytes 0 reject with tcp reset  # default deny",
+		"counter packets 0 bytes 0 reject with icmpx admin-prohibited  # default deny",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("Show output lacks %q:\n%s", want, got)

@@ -130,9 +130,11 @@ const (
 	drop
 	jump
 	ret
-	logSample // limit rate N/second log group G prefix "fqdngate drop "
-	redirect  // redirect to :port
-	dnat      // dnat ip to addr:port
+	logSample  // limit rate N/second log group G prefix "fqdngate drop "
+	redirect   // redirect to :port
+	dnat       // dnat ip to addr:port
+	rejectTCP  // reject with tcp reset
+	rejectICMP // reject with icmpx admin-prohibited
 )
 
 // Chain names. The filter base chain is named after its hook so that a
@@ -265,7 +267,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
 			enforce = append(enforce, ruleSpec{
 				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
-				stmts:   verdictDrop(p.Mode),
+				stmts:   denyStmts(p, proto == policy.TCP),
 				comment: "dns that cannot reach fqdngate",
 			})
 		}
@@ -323,10 +325,8 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			}
 		}
 	}
-	enforce = append(enforce,
-		ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"},
-		ruleSpec{stmts: verdictDrop(p.Mode), comment: "default deny"},
-	)
+	enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"})
+	enforce = append(enforce, denyRules(p, "default deny")...)
 
 	// The filter base chain decides who is held to the policy.
 	hook := cfg.Hook.String()
@@ -414,6 +414,32 @@ func verdictDrop(m policy.Mode) []stmt {
 	return []stmt{{kind: counter}, {kind: drop}}
 }
 
+// denyStmts ends a rule that refuses what the policy denies, TCP or not:
+// audit mode counts and falls through; enforce mode drops, or with
+// firewall.deny_with: reject answers with a TCP reset, or ICMP
+// administratively prohibited, so the client fails at once instead of
+// waiting for a timeout.
+func denyStmts(p *policy.Policy, tcp bool) []stmt {
+	switch {
+	case p.Mode == policy.Audit || p.Firewall.DenyWith == policy.KernelDrop:
+		return verdictDrop(p.Mode)
+	case tcp:
+		return []stmt{{kind: counter}, {kind: rejectTCP}}
+	}
+	return []stmt{{kind: counter}, {kind: rejectICMP}}
+}
+
+// denyRules refuses whatever reaches them, as denyStmts has it.
+func denyRules(p *policy.Policy, comment string) []ruleSpec {
+	if p.Mode == policy.Audit || p.Firewall.DenyWith == policy.KernelDrop {
+		return []ruleSpec{{stmts: verdictDrop(p.Mode), comment: comment}}
+	}
+	return []ruleSpec{
+		{matches: []match{{kind: l4proto, proto: policy.TCP}}, stmts: denyStmts(p, true), comment: comment},
+		{stmts: denyStmts(p, false), comment: comment},
+	}
+}
+
 // Conntrack state bits, as the kernel's ct expression reports them
 // (NF_CT_STATE_BIT in linux/netfilter/nf_conntrack_common.h).
 const (
@@ -479,7 +505,7 @@ func unsteeredTransparent(p *policy.Policy, lis listeners) []ruleSpec {
 	for _, port := range lis.ports {
 		out = append(out, ruleSpec{
 			matches: []match{{kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
-			stmts:   verdictDrop(p.Mode),
+			stmts:   denyStmts(p, true),
 			comment: "transparent port not steered to fqdngate",
 		})
 	}
@@ -626,6 +652,10 @@ func (s stmt) String() string {
 			return fmt.Sprintf("dnat ip6 to [%s]:%d", s.addr, s.port)
 		}
 		return fmt.Sprintf("dnat ip to %s:%d", s.addr, s.port)
+	case rejectTCP:
+		return "reject with tcp reset"
+	case rejectICMP:
+		return "reject with icmpx admin-prohibited"
 	}
 	return "?"
 }

@@ -151,6 +151,8 @@ func describe(exprs []expr.Any) string {
 			parts = append(parts, "dnat to "+netip.AddrPortFrom(a, binaryPort(firstOr(imm, 1))).String())
 		case *expr.Verdict:
 			parts = append(parts, verdictName(e))
+		case *expr.Reject:
+			parts = append(parts, rejectName(e))
 		default:
 			parts = append(parts, fmt.Sprintf("<%T>", e))
 		}
@@ -286,6 +288,16 @@ func maskedPrefix(addr, mask []byte) string {
 		}
 	}
 	return a.String()
+}
+
+func rejectName(r *expr.Reject) string {
+	switch {
+	case r.Type == unix.NFT_REJECT_TCP_RST:
+		return "reject with tcp reset"
+	case r.Type == unix.NFT_REJECT_ICMPX_UNREACH && r.Code == unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED:
+		return "reject with icmpx admin-prohibited"
+	}
+	return fmt.Sprintf("reject type %d code %d", r.Type, r.Code)
 }
 
 func verdictName(v *expr.Verdict) string {

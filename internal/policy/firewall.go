@@ -10,14 +10,24 @@ import (
 // wireFirewall is what the firewall checks need beyond Policy's fields:
 // values as written, and positions, for checks that span sections.
 type wireFirewall struct {
+	denyWith   string
+	denyNode   *yaml.Node
 	listenNode *yaml.Node // listen.transparent
 	portsNode  *yaml.Node // firewall.transparent_ports
 }
 
-// firewall checks the firewall settings that depend on others: whether the
-// transparent ports can be steered for every family a source can use. It
-// runs after the rules are compiled.
+// firewall compiles the firewall settings that depend on others: the
+// kernel's verdicts, and whether the transparent ports can be steered for
+// every family a source can use. It runs after the rules are compiled.
 func (d *decoder) firewall(p *Policy, w *wireFirewall) {
+	switch w.denyWith {
+	case "", "drop":
+		p.Firewall.DenyWith = KernelDrop
+	case "reject":
+		p.Firewall.DenyWith = KernelReject
+	default:
+		d.errorf(w.denyNode, "firewall.deny_with must be drop or reject, not %q", w.denyWith)
+	}
 	if p.Firewall.Backend == BackendNftables && len(p.Firewall.TransparentPorts) > 0 {
 		d.transparentSteering(p, w)
 	}

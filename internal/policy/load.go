@@ -167,6 +167,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 					d.positionedList(&tports, &tpSet, "firewall.transparent_ports")(n)
 				}},
 				field{"state_file", d.str(&p.Firewall.StateFile, "firewall.state_file")},
+				field{"deny_with", func(n *yaml.Node) { fw.denyNode = n; d.str(&fw.denyWith, "firewall.deny_with")(n) }},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {

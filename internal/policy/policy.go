@@ -122,6 +122,16 @@ const (
 
 func (h Hook) String() string { return [...]string{"output", "forward"}[h] }
 
+// KernelDeny is how the kernel refuses what the policy denies.
+type KernelDeny uint8
+
+const (
+	KernelDrop   KernelDeny = iota // discard silently: the client waits for a timeout
+	KernelReject                   // TCP reset for TCP, ICMP administratively prohibited otherwise
+)
+
+func (k KernelDeny) String() string { return [...]string{"drop", "reject"}[k] }
+
 // Firewall configures kernel enforcement.
 type Firewall struct {
 	Backend          Backend
@@ -129,6 +139,7 @@ type Firewall struct {
 	Table            string
 	TransparentPorts []uint16
 	StateFile        string
+	DenyWith         KernelDeny
 }
 
 // Proxy configures the explicit and transparent proxy.
