@@ -52,6 +52,15 @@ type Config struct {
 	// that arrive meanwhile queue in the socket, and are lost (counted in
 	// Stats) when it fills. If nil, Run does not read the samples.
 	OnDrop func(src, dst netip.Addr, proto policy.Proto, port uint16)
+	// AllowLogGroup is the nflog group of the allow log
+	// (firewall.log_allowed); 0 means DefaultAllowLogGroup.
+	AllowLogGroup uint16
+	// OnAllow, if not nil, is called from Run for each new connection an
+	// accept rule logged (the policy's firewall.log_allowed decides which):
+	// the daemon turns it into an audit record. Like OnDrop it must not
+	// block for long; what overflows the socket is lost and counted. If
+	// nil, Run does not read the allow log.
+	OnAllow func(Allowed)
 	// Logger, if nil, discards.
 	Logger *slog.Logger
 	// Now, if nil, is time.Now; tests move the clock.
@@ -141,8 +150,14 @@ type Backend struct {
 	// group could be bound; Run reads it. closeNflog closes it once.
 	nflog      *netlink.Conn
 	closeNflog func()
+	// allowNflog is the allow log's socket, if Config.OnAllow is set and
+	// the group could be bound; allowNames resolves its prefixes.
+	allowNflog      *netlink.Conn
+	closeAllowNflog func()
+	allowNames      atomic.Pointer[allowNames]
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
+	allowLogs, allowLogsLost                   atomic.Uint64
 	// resets counts the times learned elements went from the kernel
 	// wholesale: sets deleted by Apply (a rule or group removed or
 	// changed), the table deleted by someone else (seen at the next
@@ -209,7 +224,7 @@ func New(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b.elems.expiration = !b.replaceToExtend
-	b.closeNflog = func() {}
+	b.closeNflog, b.closeAllowNflog = func() {}, func() {}
 	if cfg.OnDrop != nil {
 		// Bound now, not in Run, so no drop after New goes unsampled.
 		if c, err := openNflog(cfg.NetNSFd, cfg.logGroup()); err != nil {
@@ -217,6 +232,13 @@ func New(cfg Config) (*Backend, error) {
 			b.log.Warn("drops will not reach the audit log", "err", err)
 		} else {
 			b.nflog, b.closeNflog = c, sync.OnceFunc(func() { c.Close() })
+		}
+	}
+	if cfg.OnAllow != nil {
+		if c, err := openNflog(cfg.NetNSFd, cfg.allowLogGroup()); err != nil {
+			b.log.Warn("allowed connections will not reach the audit log", "err", err)
+		} else {
+			b.allowNflog, b.closeAllowNflog = c, sync.OnceFunc(func() { c.Close() })
 		}
 	}
 	if cfg.StateFile != "" {
@@ -234,6 +256,7 @@ func New(cfg Config) (*Backend, error) {
 // outlives the process.
 func (b *Backend) Close() error {
 	b.closeNflog()
+	b.closeAllowNflog()
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	return errors.Join(b.elems.Close(), b.conn.CloseLasting())
@@ -409,6 +432,7 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	b.sets = sets
 	b.restored = true
 	b.restore = nil
+	b.setAllowNames(d.allowLog)
 
 	b.memMu.Lock()
 	b.learned = d.learned

@@ -148,6 +148,12 @@ func (s stmt) exprs() []expr.Any {
 		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 	case rejectICMP:
 		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}}
+	case logAllow:
+		var out []expr.Any
+		if s.rate > 0 {
+			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate), Unit: expr.LimitTimeSecond, Burst: s.rate})
+		}
+		return append(out, &expr.Log{Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP, Group: s.group, Data: []byte(s.prefix)})
 	case redirect:
 		return []expr.Any{
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(s.port)},

@@ -72,6 +72,11 @@ type Stats struct {
 	// (the socket overflowed) or that it could not parse.
 	DropSamples     uint64
 	DropSamplesLost uint64
+	// AllowLogs counts new connections handed to Config.OnAllow;
+	// AllowLogsLost counts those lost before fqdngate read them, or that
+	// it could not parse or attribute.
+	AllowLogs     uint64
+	AllowLogsLost uint64
 	// Learned is how many learned elements the kernel's sets hold (expired
 	// ones count until the sweep forgets them, within seconds).
 	Learned int
@@ -86,6 +91,8 @@ func (b *Backend) Stats() Stats {
 		CapEvictions:    b.capEvictions.Load(),
 		DropSamples:     b.dropSamples.Load(),
 		DropSamplesLost: b.dropSamplesLost.Load(),
+		AllowLogs:       b.allowLogs.Load(),
+		AllowLogsLost:   b.allowLogsLost.Load(),
 		Learned:         n,
 	}
 }
@@ -195,7 +202,8 @@ func (b *Backend) stopped() bool {
 
 // Run leads the transactions of Publish calls that queued behind another
 // (see lead), writes the state file, forgets what expired and hands drop
-// samples to Config.OnDrop, until ctx ends. It returns nil then, after a
+// samples to Config.OnDrop and the allow log to Config.OnAllow, until ctx
+// ends. It returns nil then, after a
 // last write of the state file. Run may be called once.
 func (b *Backend) Run(ctx context.Context) error {
 	if !b.running.CompareAndSwap(false, true) {
@@ -216,7 +224,14 @@ func (b *Backend) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b.readDrops(saveCtx, b.nflog)
+			b.readNflog(saveCtx, b.nflog, b.closeNflog, &b.dropSamplesLost, "drop samples", b.handleDrop)
+		}()
+	}
+	if b.allowNflog != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.readNflog(saveCtx, b.allowNflog, b.closeAllowNflog, &b.allowLogsLost, "allowed connections", b.handleAllow)
 		}()
 	}
 	defer func() {

@@ -114,12 +114,13 @@ const (
 
 // stmt is one action.
 type stmt struct {
-	kind  stmtKind
-	chain string     // jump target
-	port  uint16     // redirect / dnat port
-	addr  netip.Addr // dnat address
-	group uint16     // log group
-	rate  uint32     // log limit per second
+	kind   stmtKind
+	chain  string     // jump target
+	port   uint16     // redirect / dnat port
+	addr   netip.Addr // dnat address
+	group  uint16     // log group
+	rate   uint32     // log limit per second; 0: no limit (logAllow)
+	prefix string     // log prefix (logAllow)
 }
 
 type stmtKind uint8
@@ -135,6 +136,7 @@ const (
 	dnat       // dnat ip to addr:port
 	rejectTCP  // reject with tcp reset
 	rejectICMP // reject with icmpx admin-prohibited
+	logAllow   // [limit rate N/second] log prefix P group G
 )
 
 // Chain names. The filter base chain is named after its hook so that a
@@ -151,6 +153,9 @@ type desired struct {
 	sets    []setSpec
 	chains  []chainSpec
 	learned map[learnKey]string // learned set name by rule, group, family
+	// allowLog names the rule and group behind each prefix the accept
+	// rules log under (firewall.log_allowed).
+	allowLog map[string]allowKey
 }
 
 // listener says how traffic for a local listener is steered per family.
@@ -224,7 +229,7 @@ func listenersOf(p *policy.Policy) listeners {
 // Mode and listeners come from p, so a reload can change them; the hook
 // and the drop sample come from cfg.
 func build(cfg *Config, p *policy.Policy) *desired {
-	d := &desired{learned: make(map[learnKey]string)}
+	d := &desired{learned: make(map[learnKey]string), allowLog: make(map[string]allowKey)}
 	lis := listenersOf(p)
 	addSet := func(s setSpec) { d.sets = append(d.sets, s) }
 
@@ -315,11 +320,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 					}
 					ms := append(slices.Clone(src), match{kind: daddrIn, fam: f, set: dst})
 					for _, pm := range portMatches(r.Ports) {
-						enforce = append(enforce, ruleSpec{
-							matches: append(slices.Clone(ms), pm...),
-							stmts:   []stmt{{kind: accept}},
-							comment: comment,
-						})
+						enforce = append(enforce, d.acceptRules(cfg, p, append(slices.Clone(ms), pm...), r.Name, g, comment)...)
 					}
 				}
 			}
@@ -656,6 +657,12 @@ func (s stmt) String() string {
 		return "reject with tcp reset"
 	case rejectICMP:
 		return "reject with icmpx admin-prohibited"
+	case logAllow:
+		l := fmt.Sprintf("log prefix %q group %d", s.prefix, s.group)
+		if s.rate > 0 {
+			l = fmt.Sprintf("limit rate %d/second ", s.rate) + l
+		}
+		return l
 	}
 	return "?"
 }

@@ -127,10 +127,10 @@ func TestRenderGolden(t *testing.T) {
 			override(samplePolicy, `listen: {dns: "0.0.0.0:53", admin: ""}`)},
 		{"output", Config{Table: "fqdngate", Hook: policy.HookOutput},
 			override(samplePolicy, "mode: audit", `listen: {dns: "127.0.0.1:5353", transparent: "[::]:8443", admin: ""}`,
-				"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443], deny_with: reject}")},
+				"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [443], deny_with: reject, log_allowed: all}")},
 		{"forward-reject", Config{Table: "fqdngate", Hook: policy.HookForward},
 			override(samplePolicy, `listen: {dns: "0.0.0.0:53", transparent: "[::]:3129", admin: ""}`,
-				"firewall: {backend: nftables, hook: forward, table: fqdngate, transparent_ports: [443], deny_with: reject}")},
+				"firewall: {backend: nftables, hook: forward, table: fqdngate, transparent_ports: [443], deny_with: reject, log_allowed: sampled}")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,10 +10,10 @@ import (
 // wireFirewall is what the firewall checks need beyond Policy's fields:
 // values as written, and positions, for checks that span sections.
 type wireFirewall struct {
-	denyWith   string
-	denyNode   *yaml.Node
-	listenNode *yaml.Node // listen.transparent
-	portsNode  *yaml.Node // firewall.transparent_ports
+	denyWith, logAllowed string
+	denyNode, logNode    *yaml.Node
+	listenNode           *yaml.Node // listen.transparent
+	portsNode            *yaml.Node // firewall.transparent_ports
 }
 
 // firewall compiles the firewall settings that depend on others: the
@@ -27,6 +27,16 @@ func (d *decoder) firewall(p *Policy, w *wireFirewall) {
 		p.Firewall.DenyWith = KernelReject
 	default:
 		d.errorf(w.denyNode, "firewall.deny_with must be drop or reject, not %q", w.denyWith)
+	}
+	switch w.logAllowed {
+	case "", "off":
+		p.Firewall.LogAllowed = LogAllowedOff
+	case "all":
+		p.Firewall.LogAllowed = LogAllowedAll
+	case "sampled":
+		p.Firewall.LogAllowed = LogAllowedSampled
+	default:
+		d.errorf(w.logNode, "firewall.log_allowed must be off, all or sampled, not %q", w.logAllowed)
 	}
 	if p.Firewall.Backend == BackendNftables && len(p.Firewall.TransparentPorts) > 0 {
 		d.transparentSteering(p, w)

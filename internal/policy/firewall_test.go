@@ -127,3 +127,18 @@ func TestSteered(t *testing.T) {
 		}
 	}
 }
+
+func TestRuleByName(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(steeringPolicy("forward", "[::]:3129", rulesA+"  - name: other\n    to: other.example\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"web", "other"} {
+		if r := p.Rule(name); r == nil || r.Name != name {
+			t.Errorf("Rule(%q) = %v", name, r)
+		}
+	}
+	if r := p.Rule("nope"); r != nil {
+		t.Errorf("Rule(nope) = %v, want nil", r)
+	}
+}

@@ -168,6 +168,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 				}},
 				field{"state_file", d.str(&p.Firewall.StateFile, "firewall.state_file")},
 				field{"deny_with", func(n *yaml.Node) { fw.denyNode = n; d.str(&fw.denyWith, "firewall.deny_with")(n) }},
+				field{"log_allowed", func(n *yaml.Node) { fw.logNode = n; d.str(&fw.logAllowed, "firewall.log_allowed")(n) }},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {

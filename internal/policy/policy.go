@@ -132,6 +132,18 @@ const (
 
 func (k KernelDeny) String() string { return [...]string{"drop", "reject"}[k] }
 
+// LogAllowed says which new connections the kernel allows are written to
+// the audit log.
+type LogAllowed uint8
+
+const (
+	LogAllowedOff     LogAllowed = iota // none
+	LogAllowedAll                       // every one
+	LogAllowedSampled                   // a rate-limited sample
+)
+
+func (l LogAllowed) String() string { return [...]string{"off", "all", "sampled"}[l] }
+
 // Firewall configures kernel enforcement.
 type Firewall struct {
 	Backend          Backend
@@ -140,6 +152,7 @@ type Firewall struct {
 	TransparentPorts []uint16
 	StateFile        string
 	DenyWith         KernelDeny
+	LogAllowed       LogAllowed
 }
 
 // Proxy configures the explicit and transparent proxy.
@@ -278,6 +291,17 @@ type Rule struct {
 type groupRef struct {
 	name     string
 	prefixes []netip.Prefix
+}
+
+// Rule returns the rule named name, or nil if the policy has none.
+func (p *Policy) Rule(name string) *Rule {
+	if p.idx == nil {
+		return nil
+	}
+	if i, ok := p.idx.names[name]; ok {
+		return p.Rules[i]
+	}
+	return nil
 }
 
 // AnySource reports whether the rule applies to every source.
