@@ -224,25 +224,13 @@ func waitUDP(t *testing.T, pc net.PacketConn, payload string) {
 // ways, including advertisements answering a neighbour that solicits from
 // its global address; IPv6 to allowed names still works.
 func TestOutputNeighbourDiscovery(t *testing.T) {
-	host := netns.New(t)
-	inet := newInternet(t, host, "h0")
-	host.Route("default", inet4)
-	host.Route("default", inet6)
-	const inetLL = "fe80::e2"
-	inet.ns.Addr("i0", inetLL+"/64")
-	g := newGate(t, host)
-	settings := policySettings{
-		hook:      "output",
-		dnsListen: "127.0.0.1:53",
-		grace:     2 * time.Second,
-		table:     g.table,
-		stateFile: g.stateFile(),
-	}
-	g.writePolicy(settings.render(`  - name: api
+	o := startOutput(t, `  - name: api
     to: [api.example.com]
     ports: [443]
-`))
-	g.start()
+`, nil)
+	host, inet, g := o.host, o.inet, o.gate
+	const inetLL = "fe80::e2"
+	inet.ns.Addr("i0", inetLL+"/64")
 	c := &client{ns: host, dns: "127.0.0.1:53", roots: inet.ca.Pool()}
 	inet.auth.Set("api.example.com", dnstest.AAAA("api.example.com", 300, "2001:db8:100::10"))
 	far := watchICMPv6(t, inet.ns)

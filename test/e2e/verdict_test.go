@@ -83,21 +83,10 @@ func TestDenyWithDrop(t *testing.T) {
 // socket at once too. (A datagram dropped or rejected on its way out fails
 // its send with EPERM in either case.)
 func TestDenyWithRejectOutput(t *testing.T) {
-	host := netns.New(t)
-	newInternet(t, host, "h0")
-	host.Route("default", inet4)
-	host.Route("default", inet6)
-	g := newGate(t, host)
-	settings := policySettings{
-		hook:      "output",
-		dnsListen: "127.0.0.1:53",
-		grace:     2 * time.Second,
-		table:     g.table,
-		stateFile: g.stateFile(),
-		firewall:  []string{"deny_with: reject"},
-	}
-	g.writePolicy(settings.render("  - name: api\n    to: [api.example.com]\n"))
-	g.start()
+	o := startOutput(t, "  - name: api\n    to: [api.example.com]\n", func(s *policySettings) {
+		s.firewall = []string{"deny_with: reject"}
+	})
+	host, g := o.host, o.gate
 	for _, dst := range []string{"203.0.113.77:443", "[2001:db8:100::77]:443"} {
 		c, err := host.Dial("tcp", "", dst, reachWait)
 		if err == nil {
