@@ -474,7 +474,8 @@ var (
 // detection, or the answer to a neighbour soliciting from its global
 // address) pass only when the kernel sends them: it sends them only to
 // neighbours on the link, and a process's packets are told apart by their
-// socket (meta skuid matches only packets of a process's socket). Every
+// socket (meta skuid matches only packets of a process's socket, so the
+// rule that takes those stands before the kernel's accept). Every
 // other message of these types faces the policy, which allows no ICMPv6:
 // no process can hide data in them. On the forward hook nothing is
 // accepted: neighbour discovery is never forwarded.
