@@ -150,6 +150,39 @@ firewall:
 	}
 }
 
+// TestCheckTransparentSteering: check refuses, positioned, a transparent
+// listener the kernel cannot steer every source's family to, and says
+// what to write; the run it stands for refuses the same policy.
+func TestCheckTransparentSteering(t *testing.T) {
+	for _, tt := range []struct {
+		name, listen, hook string
+		want               string
+	}{
+		{"loopback on a gateway", "127.0.0.1:3129", "forward", ":2:43: listen.transparent 127.0.0.1:3129 is on loopback, where the kernel cannot steer forwarded connections (firewall.hook: forward); listen on [::]:3129"},
+		{"IPv4 only", "192.0.2.1:3129", "forward", ":2:43: listen.transparent 192.0.2.1:3129 cannot receive IPv6 connections to firewall.transparent_ports (such as 443), and source group \"office\" of rule \"web\" has IPv6 addresses; listen on [::]:3129 to steer both families"},
+		{"IPv4 loopback on a host", "127.0.0.1:3129", "output", ":2:43: listen.transparent 127.0.0.1:3129 cannot receive IPv6 connections"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writePolicy(t, t.TempDir(), `dns: {upstreams: [192.0.2.53]}
+listen: {dns: "", proxy: "", transparent: "`+tt.listen+`"}
+firewall: {backend: nftables, hook: `+tt.hook+`, transparent_ports: [443]}
+sources:
+  office: [192.0.2.0/24, "2001:db8:1::/64"]
+rules:
+  - name: web
+    from: [office]
+    to: [example.com]
+`)
+			for _, cmd := range [][]string{{"check", "-c", p}, {"run", "-c", p, "--dry-run"}} {
+				_, errOut, code := runCLI(t, cmd...)
+				if code != 1 || !strings.Contains(errOut, p+tt.want) {
+					t.Errorf("%s: exit %d, stderr:\n%s\nwant exit 1 and %q", cmd[0], code, errOut, p+tt.want)
+				}
+			}
+		})
+	}
+}
+
 func TestExplainJSON(t *testing.T) {
 	p := writePolicy(t, t.TempDir(), `listen: {dns: "", proxy: "", admin: ""}
 sources:

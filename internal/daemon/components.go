@@ -58,6 +58,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		// Put the table back at once if someone else deletes or changes
 		// it; readiness says so meanwhile (see ready).
 		cfg.Watch = true
+		cfg.OnAllow = c.auditAllow
 		c.nft, err = nft.New(cfg)
 		if err != nil {
 			return nil, err
@@ -187,6 +188,26 @@ func (c *components) auditDrop(src, dst netip.Addr, proto policy.Proto, port uin
 		Port:      port,
 		Decision:  dec,
 		Attrs:     []slog.Attr{slog.String("proto", proto.String()), slog.Bool("sampled", true)},
+	})
+}
+
+// auditAllow records a new connection the kernel allowed
+// (firewall.log_allowed), naming the rule and group of the kernel rule
+// that accepted it.
+func (c *components) auditAllow(a nft.Allowed) {
+	p := c.d.Policy()
+	r := p.Rule(a.Rule)
+	if r == nil {
+		// Removed by a reload since the kernel accepted; the name stands.
+		r = &policy.Rule{Name: a.Rule}
+	}
+	c.d.audit.Record(context.Background(), audit.Event{
+		Component: audit.Firewall,
+		Source:    a.Src,
+		Name:      a.Dst.String(),
+		Port:      a.Port,
+		Decision:  policy.Decision{Action: policy.Allow, Reason: policy.ReasonMatched, Rule: r, Group: a.Group},
+		Attrs:     []slog.Attr{slog.String("proto", a.Proto.String()), slog.String("group", a.Group), slog.Bool("sampled", a.Sampled)},
 	})
 }
 
@@ -393,5 +414,13 @@ func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
 			Name: "fqdngate_firewall_state_write_failures_total",
 			Help: "Failed writes of firewall.state_file; learned addresses written last survive a restart, later ones do not.",
 		}, func() float64 { return float64(b.Stats().StateWriteFailures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_allow_logs_total",
+			Help: "New connections the kernel allowed that were written to the audit log (firewall.log_allowed).",
+		}, func() float64 { return float64(b.Stats().AllowLogs) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "fqdngate_firewall_allow_logs_lost_total",
+			Help: "Allowed connections the kernel logged that fqdngate could not read or attribute to a rule.",
+		}, func() float64 { return float64(b.Stats().AllowLogsLost) }),
 	)
 }

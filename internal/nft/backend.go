@@ -64,6 +64,15 @@ type Config struct {
 	// that arrive meanwhile queue in the socket, and are lost (counted in
 	// Stats) when it fills. If nil, Run does not read the samples.
 	OnDrop func(src, dst netip.Addr, proto policy.Proto, port uint16)
+	// AllowLogGroup is the nflog group of the allow log
+	// (firewall.log_allowed); 0 means DefaultAllowLogGroup.
+	AllowLogGroup uint16
+	// OnAllow, if not nil, is called from Run for each new connection an
+	// accept rule logged (the policy's firewall.log_allowed decides which):
+	// the daemon turns it into an audit record. Like OnDrop it must not
+	// block for long; what overflows the socket is lost and counted. If
+	// nil, Run does not read the allow log.
+	OnAllow func(Allowed)
 	// Logger, if nil, discards.
 	Logger *slog.Logger
 	// Now, if nil, is time.Now; tests move the clock.
@@ -167,6 +176,11 @@ type Backend struct {
 	// group could be bound; Run reads it. closeNflog closes it once.
 	nflog      *netlink.Conn
 	closeNflog func()
+	// allowNflog is the allow log's socket, if Config.OnAllow is set and
+	// the group could be bound; allowNames resolves its prefixes.
+	allowNflog      *netlink.Conn
+	closeAllowNflog func()
+	allowNames      atomic.Pointer[allowNames]
 
 	// mon is the watcher's subscription to nftables changes, if
 	// Config.Watch; closeMon closes it once. wake wakes the watcher.
@@ -201,6 +215,7 @@ type Backend struct {
 	// that failed; stateWriteFailures the failed writes of the state file.
 	// watchOverruns counts the times the watcher lost notifications.
 	restores, restoreFailures, stateWriteFailures, watchOverruns atomic.Uint64
+	allowLogs, allowLogsLost                                     atomic.Uint64
 	// resets counts the times learned elements went from the kernel
 	// wholesale: sets deleted by Apply (a rule or group removed or
 	// changed), or the table deleted by Remove. A table someone else
@@ -250,6 +265,7 @@ func New(cfg Config) (*Backend, error) {
 		// an add extend an element on every kernel.
 		replaceToExtend: !timeoutUpdates(kernelRelease()),
 		closeNflog:      func() {},
+		closeAllowNflog: func() {},
 		closeMon:        func() {},
 	}
 	if b.log == nil {
@@ -322,6 +338,13 @@ func New(cfg Config) (*Backend, error) {
 			b.nflog, b.closeNflog = c, sync.OnceFunc(func() { c.Close() })
 		}
 	}
+	if cfg.OnAllow != nil {
+		if c, err := openNflog(cfg.NetNSFd, cfg.allowLogGroup()); err != nil {
+			b.log.Warn("allowed connections will not reach the audit log", "err", err)
+		} else {
+			b.allowNflog, b.closeAllowNflog = c, sync.OnceFunc(func() { c.Close() })
+		}
+	}
 	if cfg.StateFile != "" {
 		entries, err := readState(cfg.StateFile)
 		if err != nil {
@@ -338,6 +361,7 @@ func New(cfg Config) (*Backend, error) {
 func (b *Backend) Close() error {
 	b.closeNflog()
 	b.closeMon()
+	b.closeAllowNflog()
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	var qerr error
@@ -582,6 +606,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	b.applied = d
 	b.restored = true
 	b.saved = nil
+	b.setAllowNames(d.allowLog)
 
 	now := b.now()
 	b.memMu.Lock()

@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"net/netip"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -20,6 +22,20 @@ var (
 
 const arphrdLoopback = 772 // ARPHRD_LOOPBACK in linux/if_arp.h
 
+// hopLimitOffset is the hop limit's offset in the IPv6 header.
+const hopLimitOffset = 7
+
+var icmpProtoNum = [2]byte{unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6}
+
+// prefixMask is the network mask of p, as many bytes as its address.
+func prefixMask(p netip.Prefix) []byte {
+	b := make([]byte, p.Addr().BitLen()/8)
+	for i := 0; i < p.Bits(); i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return b
+}
+
 func protoNum(p policy.Proto) byte {
 	if p == policy.UDP {
 		return unix.IPPROTO_UDP
@@ -34,11 +50,11 @@ func reg1cmp(data []byte) *expr.Cmp {
 // exprs compiles m; sets resolves set names to the sets of this batch.
 func (m match) exprs(sets map[string]*nftables.Set) []expr.Any {
 	switch m.kind {
-	case ctEstablished:
+	case ctState:
 		return []expr.Any{
 			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Mask: binaryutil.NativeEndian.PutUint32(m.state),
 				Xor:  binaryutil.NativeEndian.PutUint32(0)},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
 		}
@@ -73,6 +89,20 @@ func (m match) exprs(sets map[string]*nftables.Set) []expr.Any {
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, reg1cmp([]byte{unix.IPPROTO_ICMPV6}),
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
 			rangeExpr([]byte{byte(m.lo)}, []byte{byte(m.hi)}),
+		}
+	case icmpProto:
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, reg1cmp([]byte{icmpProtoNum[m.fam]})}
+	case hopLimit:
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: hopLimitOffset, Len: 1},
+			reg1cmp([]byte{byte(m.lo)}),
+		}
+	case socketOwned:
+		// The load fails, ending the rule, for packets without a process's
+		// socket (the kernel's own); any uid matches the rest.
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{0, 0, 0, 0}, ToData: []byte{0xff, 0xff, 0xff, 0xff}},
 		}
 	}
 	if e, ok := m.insideExprs(sets); ok {
@@ -109,6 +139,16 @@ func (s stmt) exprs() []expr.Any {
 			&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate), Unit: expr.LimitTimeSecond, Burst: s.rate},
 			&expr.Log{Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP, Group: s.group, Data: []byte(logPrefix)},
 		}
+	case rejectTCP:
+		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
+	case rejectICMP:
+		return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}}
+	case logAllow:
+		var out []expr.Any
+		if s.rate > 0 {
+			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(s.rate), Unit: expr.LimitTimeSecond, Burst: s.rate})
+		}
+		return append(out, &expr.Log{Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_GROUP, Group: s.group, Data: []byte(s.prefix)})
 	case redirect:
 		return []expr.Any{
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(s.port)},

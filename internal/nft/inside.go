@@ -3,7 +3,6 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
-	mbits "math/bits"
 	"net/netip"
 	"slices"
 	"strings"
@@ -221,7 +220,7 @@ func listenerGuard(p *policy.Policy, lis listeners) *chainSpec {
 	}
 	accept := []stmt{{kind: accept}}
 	rules := []ruleSpec{
-		{matches: []match{{kind: ctEstablished}}, stmts: accept, comment: "replies and established flows"},
+		{matches: []match{{kind: ctState, state: stateEstablished}}, stmts: accept, comment: "established flows"},
 		{matches: []match{{kind: iiftypeLoopback}}, stmts: accept, comment: "this host"},
 	}
 	for _, ms := range insideMatches(p) {
@@ -274,7 +273,7 @@ func (m match) insideExprs(sets map[string]*nftables.Set) ([]expr.Any, bool) {
 		out := append(nfprotoExprs(m.fam), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen[m.fam]})
 		if !m.pfx.IsSingleIP() {
 			out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: addrLen[m.fam],
-				Mask: maskBytes(m.pfx), Xor: make([]byte, addrLen[m.fam])})
+				Mask: prefixMask(m.pfx), Xor: make([]byte, addrLen[m.fam])})
 		}
 		return append(out, reg1cmp(m.pfx.Masked().Addr().AsSlice())), true
 	case fibNoRoute:
@@ -318,31 +317,6 @@ func insideValue(subject string, b []byte) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// prefixLen is "/bits" when an address was compared under a mask shorter
-// than the address.
-func prefixLen(subject string, mask []byte) string {
-	if !strings.HasPrefix(subject, "ip") || mask == nil {
-		return ""
-	}
-	bits := 0
-	for _, m := range mask {
-		bits += mbits.OnesCount8(m)
-	}
-	if bits == len(mask)*8 {
-		return ""
-	}
-	return fmt.Sprintf("/%d", bits)
-}
-
-// maskBytes is the network mask of p, as many bytes as its address.
-func maskBytes(p netip.Prefix) []byte {
-	b := make([]byte, p.Addr().BitLen()/8)
-	for i := 0; i < p.Bits(); i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	return b
 }
 
 // ifnameElements encodes interface names as nft does: 16 bytes, padded

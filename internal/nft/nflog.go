@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -13,7 +14,9 @@ import (
 
 // The drop sample reaches fqdngate over nfnetlink_log: the enforce chain's
 // log rule hands a rate-limited sample of default deny's packets to an
-// nflog group, and the backend binds that group. The subscription is a
+// nflog group, and the backend binds that group. The allow log
+// (allowlog.go) comes the same way, over a group of its own, so a burst of
+// new connections cannot crowd out the drop sample. The subscription is a
 // few messages of linux/netfilter/nfnetlink_log.h, spoken here over the
 // netlink package nftables already uses rather than through another
 // module.
@@ -92,12 +95,13 @@ func nfgenmsg(family uint8, group uint16) []byte {
 	return []byte{family, unix.NFNETLINK_V0, byte(group >> 8), byte(group)}
 }
 
-// readDrops hands each sampled packet to OnDrop until ctx ends, then
-// closes c.
-func (b *Backend) readDrops(ctx context.Context, c *netlink.Conn) {
-	stop := context.AfterFunc(ctx, b.closeNflog)
+// readNflog hands each packet logged to c's group to handle until ctx
+// ends, then closes c (with closeFn). lost counts what the socket could
+// not hold; what is the log, for the warning if reading fails.
+func (b *Backend) readNflog(ctx context.Context, c *netlink.Conn, closeFn func(), lost *atomic.Uint64, what string, handle func(prefix string, payload []byte)) {
+	stop := context.AfterFunc(ctx, closeFn)
 	defer stop()
-	defer b.closeNflog()
+	defer closeFn()
 	for {
 		msgs, err := c.Receive()
 		if err != nil {
@@ -106,55 +110,59 @@ func (b *Backend) readDrops(ctx context.Context, c *netlink.Conn) {
 			}
 			if errors.Is(err, unix.ENOBUFS) {
 				// The kernel does not say how many; at least one.
-				b.dropSamplesLost.Add(1)
+				lost.Add(1)
 				continue
 			}
-			b.log.Warn("drop samples will no longer reach the audit log", "err", err)
+			b.log.Warn(what+" will no longer reach the audit log", "err", err)
 			return
 		}
 		for _, m := range msgs {
 			if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket) {
 				continue
 			}
-			pi, ours, ok := parseNflog(m.Data)
-			switch {
-			case !ours:
-			case !ok:
-				b.dropSamplesLost.Add(1)
-			default:
-				b.dropSamples.Add(1)
-				b.cfg.OnDrop(pi.src, pi.dst, pi.proto, pi.port)
+			if prefix, payload, ok := parseNflog(m.Data); ok {
+				handle(prefix, payload)
 			}
 		}
 	}
 }
 
-// parseNflog reads one NFULNL_MSG_PACKET (after the netlink header). ours
-// is false for packets other rules logged to the group; ok is false when
-// the packet is not one the audit log can describe.
-func parseNflog(data []byte) (pi packetInfo, ours, ok bool) {
+// handleDrop hands one drop sample to Config.OnDrop.
+func (b *Backend) handleDrop(prefix string, payload []byte) {
+	if prefix != logPrefix {
+		return // another rule logged to the group
+	}
+	pi, ok := parsePacket(payload)
+	if !ok {
+		b.dropSamplesLost.Add(1)
+		return
+	}
+	b.dropSamples.Add(1)
+	b.cfg.OnDrop(pi.src, pi.dst, pi.proto, pi.port)
+}
+
+// parseNflog reads one NFULNL_MSG_PACKET (after the netlink header): the
+// rule's log prefix and the packet from its network header. ok is false
+// when the message does not parse.
+func parseNflog(data []byte) (prefix string, payload []byte, ok bool) {
 	if len(data) < 4 {
-		return pi, false, false
+		return "", nil, false
 	}
 	ad, err := netlink.NewAttributeDecoder(data[4:])
 	if err != nil {
-		return pi, false, false
+		return "", nil, false
 	}
-	var payload, prefix []byte
+	var pfx []byte
 	for ad.Next() {
 		switch ad.Type() {
 		case nfulaPayload:
 			payload = ad.Bytes()
 		case nfulaPrefix:
-			prefix = ad.Bytes()
+			pfx = ad.Bytes()
 		}
 	}
 	if ad.Err() != nil {
-		return pi, false, false
+		return "", nil, false
 	}
-	if !bytes.Equal(bytes.TrimRight(prefix, "\x00"), []byte(logPrefix)) {
-		return pi, false, false
-	}
-	pi, ok = parsePacket(payload)
-	return pi, true, ok
+	return string(bytes.TrimRight(pfx, "\x00")), payload, true
 }

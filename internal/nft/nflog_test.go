@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 	"time"
@@ -25,19 +26,34 @@ func nflogMessage(prefix string, pkt []byte) []byte {
 
 func TestParseNflog(t *testing.T) {
 	pkt := ipv4(6, "198.51.100.10", "192.0.2.4", ports(443))
-	if _, ours, ok := parseNflog(nflogMessage(logPrefix, pkt)); !ours || !ok {
-		t.Errorf("our prefix: ours %v, ok %v; want both", ours, ok)
-	}
-	if _, ours, _ := parseNflog(nflogMessage("someone else ", pkt)); ours {
-		t.Error("another rule's prefix counted as ours")
-	}
-	if _, ours, ok := parseNflog(nflogMessage(logPrefix, pkt[:10])); !ours || ok {
-		t.Errorf("truncated packet: ours %v, ok %v; want ours and not ok", ours, ok)
+	prefix, payload, ok := parseNflog(nflogMessage(logPrefix, pkt))
+	if !ok || prefix != logPrefix || !bytes.Equal(payload, pkt) {
+		t.Errorf("parseNflog = %q, %x, %v; want %q, the packet, true", prefix, payload, ok, logPrefix)
 	}
 	for _, bad := range [][]byte{nil, {1, 2}, {2, 0, 0, 0, 9, 0}} {
-		if _, ours, _ := parseNflog(bad); ours {
-			t.Errorf("parseNflog(%x) counted as ours", bad)
+		if _, _, ok := parseNflog(bad); ok {
+			t.Errorf("parseNflog(%x) parsed", bad)
 		}
+	}
+}
+
+// TestHandleDrop: only the drop sample's prefix reaches OnDrop; a packet
+// the audit log cannot describe is counted as lost.
+func TestHandleDrop(t *testing.T) {
+	var got []dropEvent
+	b := &Backend{cfg: Config{OnDrop: func(src, dst netip.Addr, proto policy.Proto, port uint16) {
+		got = append(got, dropEvent{src, dst, proto, port})
+	}}}
+	pkt := ipv4(6, "198.51.100.10", "192.0.2.4", ports(443))
+	b.handleDrop(logPrefix, pkt)
+	b.handleDrop("someone else ", pkt)
+	b.handleDrop(logPrefix, pkt[:10])
+	want := dropEvent{netip.MustParseAddr("198.51.100.10"), netip.MustParseAddr("192.0.2.4"), policy.TCP, 443}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("OnDrop got %v, want only %v", got, want)
+	}
+	if s := b.Stats(); s.DropSamples != 1 || s.DropSamplesLost != 1 {
+		t.Errorf("Stats = %+v, want 1 sample and 1 lost", s)
 	}
 }
 

@@ -40,10 +40,11 @@ func TestOutputHook(t *testing.T) {
 	serve(t, host.Listen("tcp", "127.0.0.1:9999"))
 	udpEcho(t, inet.ListenPacket("udp", srvA+":53"), "upstream")
 	udpEcho(t, host.ListenPacket("udp", "127.0.0.1:5353"), "fqdngate")
-	tcpBanner(t, host.Listen("tcp", "127.0.0.1:15432"), "proxy")
+	tcpBanner(t, host.Listen("tcp", "[::]:15432"), "proxy")
 
 	p := mustParse(t, override(outputPolicy,
-		`listen: {dns: "127.0.0.1:5353", transparent: "127.0.0.1:15432"}`,
+		`listen: {dns: "127.0.0.1:5353", transparent: "[::]:15432"}`,
+		"inside: {ranges: [192.0.2.0/24]}",
 		"firewall: {backend: nftables, hook: output, table: fqdngate, transparent_ports: [5432]}"))
 	b := startBackend(t, host, Config{Hook: policy.HookOutput}, p)
 	publish(t, b, "bank-api", "", srvA, time.Minute)

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -137,9 +138,9 @@ func FuzzPacket(f *testing.F) {
 		}
 		// The whole nflog message parses the same way.
 		msg := nflogMessage(logPrefix, pkt)
-		got, ours, ok2 := parseNflog(msg)
-		if !ours || !ok2 || got != pi {
-			t.Fatalf("parseNflog = %+v, %v, %v; want %+v", got, ours, ok2, pi)
+		prefix, payload, ok2 := parseNflog(msg)
+		if !ok2 || prefix != logPrefix || !bytes.Equal(payload, pkt) {
+			t.Fatalf("parseNflog = %q, %x, %v; want %q, the packet", prefix, payload, ok2, logPrefix)
 		}
 	})
 }

@@ -72,6 +72,11 @@ type Stats struct {
 	// (the socket overflowed) or that it could not parse.
 	DropSamples     uint64
 	DropSamplesLost uint64
+	// AllowLogs counts new connections handed to Config.OnAllow;
+	// AllowLogsLost counts those lost before fqdngate read them, or that
+	// it could not parse or attribute.
+	AllowLogs     uint64
+	AllowLogsLost uint64
 	// Learned is how many learned elements the kernel's sets hold (expired
 	// ones count until the sweep forgets them, within seconds).
 	Learned int
@@ -96,6 +101,8 @@ func (b *Backend) Stats() Stats {
 		CapEvictions:    b.capEvictions.Load(),
 		DropSamples:     b.dropSamples.Load(),
 		DropSamplesLost: b.dropSamplesLost.Load(),
+		AllowLogs:       b.allowLogs.Load(),
+		AllowLogsLost:   b.allowLogsLost.Load(),
 		Learned:         n,
 
 		Restores:           b.restores.Load(),
@@ -212,10 +219,10 @@ func (b *Backend) stopped() bool {
 
 // Run leads the transactions of Publish calls that queued behind another
 // (see lead), writes the state file, forgets what expired, hands drop
-// samples to Config.OnDrop and, with Config.Watch, restores the table
-// when another process changes it (see watch.go), until ctx ends. It
-// returns nil then, after a last write of the state file. Run may be
-// called once.
+// samples to Config.OnDrop and the allow log to Config.OnAllow and, with
+// Config.Watch, restores the table when another process changes it (see
+// watch.go), until ctx ends. It returns nil then, after a last write of
+// the state file. Run may be called once.
 func (b *Backend) Run(ctx context.Context) error {
 	if !b.running.CompareAndSwap(false, true) {
 		return errors.New("nftables: Run called twice")
@@ -235,7 +242,14 @@ func (b *Backend) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b.readDrops(saveCtx, b.nflog)
+			b.readNflog(saveCtx, b.nflog, b.closeNflog, &b.dropSamplesLost, "drop samples", b.handleDrop)
+		}()
+	}
+	if b.allowNflog != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.readNflog(saveCtx, b.allowNflog, b.closeAllowNflog, &b.allowLogsLost, "allowed connections", b.handleAllow)
 		}()
 	}
 	if b.mon != nil {

@@ -96,7 +96,8 @@ type match struct {
 	fam    family
 	set    string // for saddrIn, daddrIn
 	proto  policy.Proto
-	lo, hi uint16 // for dport, icmpv6Type
+	lo, hi uint16 // for dport, icmpv6Type; lo for hopLimit
+	state  uint32 // for ctState: conntrack state bits, any of which match
 
 	pfx    netip.Prefix // for saddrPrefix, daddrPrefix
 	strict bool         // for fibNoRoute: the route back must leave by the input interface
@@ -105,26 +106,30 @@ type match struct {
 type matchKind uint8
 
 const (
-	ctEstablished matchKind = iota // ct state established,related
-	oifLoopback                    // meta oiftype loopback
-	ownMark                        // meta mark sockmark.Mark
-	daddrLocal                     // fib daddr type local
-	nfproto                        // meta nfproto ipv4|ipv6
-	saddrIn                        // ip saddr @set
-	daddrIn                        // ip daddr @set
-	l4proto                        // meta l4proto tcp|udp
-	dport                          // th dport lo-hi (after l4proto)
-	icmpv6Type                     // icmpv6 type lo-hi
+	ctState     matchKind = iota // ct state established|related
+	oifLoopback                  // meta oiftype loopback
+	ownMark                      // meta mark sockmark.Mark
+	daddrLocal                   // fib daddr type local
+	nfproto                      // meta nfproto ipv4|ipv6
+	saddrIn                      // ip saddr @set
+	daddrIn                      // ip daddr @set
+	l4proto                      // meta l4proto tcp|udp
+	dport                        // th dport lo-hi (after l4proto)
+	icmpv6Type                   // icmpv6 type lo-hi
+	icmpProto                    // meta l4proto icmp (fam v4) | ipv6-icmp (fam v6)
+	hopLimit                     // ip6 hoplimit lo (after nfproto ipv6)
+	socketOwned                  // meta skuid 0-4294967295: the packet comes from a process's socket
 )
 
 // stmt is one action.
 type stmt struct {
-	kind  stmtKind
-	chain string     // jump target
-	port  uint16     // redirect / dnat port
-	addr  netip.Addr // dnat address
-	group uint16     // log group
-	rate  uint32     // log limit per second
+	kind   stmtKind
+	chain  string     // jump target
+	port   uint16     // redirect / dnat port
+	addr   netip.Addr // dnat address
+	group  uint16     // log group
+	rate   uint32     // log limit per second; 0: no limit (logAllow)
+	prefix string     // log prefix (logAllow)
 }
 
 type stmtKind uint8
@@ -135,9 +140,12 @@ const (
 	drop
 	jump
 	ret
-	logSample // limit rate N/second log group G prefix "fqdngate drop "
-	redirect  // redirect to :port
-	dnat      // dnat ip to addr:port
+	logSample  // limit rate N/second log group G prefix "fqdngate drop "
+	redirect   // redirect to :port
+	dnat       // dnat ip to addr:port
+	rejectTCP  // reject with tcp reset
+	rejectICMP // reject with icmpx admin-prohibited
+	logAllow   // [limit rate N/second] log prefix P group G
 )
 
 // Chain names. The filter base chain is named after its hook so that a
@@ -154,6 +162,9 @@ type desired struct {
 	sets    []setSpec
 	chains  []chainSpec
 	learned map[learnKey]string // learned set name by rule, group, family
+	// allowLog names the rule and group behind each prefix the accept
+	// rules log under (firewall.log_allowed).
+	allowLog map[string]allowKey
 }
 
 // listener says how traffic for a local listener is steered per family.
@@ -166,30 +177,21 @@ const (
 )
 
 // steering decides, per family, how packets reach the listener at ap from
-// the given hook. Redirect sends forwarded packets to the receiving
-// interface's address and local ones to loopback, so a loopback listener
-// is reachable only from the output hook, and a listener on one
-// family's wildcard only for that family.
+// the given hook: which families can be steered is policy.Steered's to
+// say; loopback and wildcard listeners are reached by redirect (to the
+// receiving interface's address, or loopback on output), others by DNAT.
 func steering(ap netip.AddrPort, hook policy.Hook) [2]steer {
 	var out [2]steer
-	if !ap.IsValid() {
-		return out
+	v4ok, v6ok := policy.Steered(ap, hook)
+	how := steerDNAT
+	if a := ap.Addr().Unmap(); a.IsUnspecified() || a.IsLoopback() {
+		how = steerRedirect
 	}
-	a := ap.Addr().Unmap()
-	f := familyOf(a)
-	switch {
-	case a.IsUnspecified():
-		out[f] = steerRedirect
-		if a.Is6() {
-			// Go listens dual-stack on "[::]:port".
-			out[v4] = steerRedirect
-		}
-	case a.IsLoopback():
-		if hook == policy.HookOutput {
-			out[f] = steerRedirect
-		}
-	default:
-		out[f] = steerDNAT
+	if v4ok {
+		out[v4] = how
+	}
+	if v6ok {
+		out[v6] = how
 	}
 	return out
 }
@@ -236,7 +238,7 @@ func listenersOf(p *policy.Policy) listeners {
 // Mode and listeners come from p, so a reload can change them; the hook
 // and the drop sample come from cfg.
 func build(cfg *Config, p *policy.Policy) *desired {
-	d := &desired{learned: make(map[learnKey]string)}
+	d := &desired{learned: make(map[learnKey]string), allowLog: make(map[string]allowKey)}
 	lis := listenersOf(p)
 	addSet := func(s setSpec) { d.sets = append(d.sets, s) }
 
@@ -279,11 +281,12 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		for _, proto := range []policy.Proto{policy.UDP, policy.TCP} {
 			enforce = append(enforce, ruleSpec{
 				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: proto}, {kind: dport, lo: 53, hi: 53}},
-				stmts:   verdictDrop(p.Mode),
+				stmts:   denyStmts(p, proto == policy.TCP),
 				comment: "dns that cannot reach fqdngate",
 			})
 		}
 	}
+	enforce = append(enforce, unsteeredTransparent(p, lis)...)
 	for _, r := range p.Rules {
 		from := r.From
 		if from == nil {
@@ -327,25 +330,19 @@ func build(cfg *Config, p *policy.Policy) *desired {
 					}
 					ms := append(slices.Clone(src), match{kind: daddrIn, fam: f, set: dst})
 					for _, pm := range portMatches(r.Ports) {
-						enforce = append(enforce, ruleSpec{
-							matches: append(slices.Clone(ms), pm...),
-							stmts:   []stmt{{kind: accept}},
-							comment: comment,
-						})
+						enforce = append(enforce, d.acceptRules(cfg, p, append(slices.Clone(ms), pm...), r.Name, g, comment)...)
 					}
 				}
 			}
 		}
 	}
-	enforce = append(enforce,
-		ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"},
-		ruleSpec{stmts: verdictDrop(p.Mode), comment: "default deny"},
-	)
+	enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"})
+	enforce = append(enforce, denyRules(p, "default deny")...)
 
 	// The filter base chain decides who is held to the policy.
 	hook := cfg.Hook.String()
 	var gate []ruleSpec
-	gate = append(gate, ruleSpec{matches: []match{{kind: ctEstablished}}, stmts: []stmt{{kind: accept}}, comment: "replies and established flows"})
+	gate = append(gate, gateTracked()...)
 	if cfg.Hook == policy.HookOutput {
 		gate = append(gate,
 			ruleSpec{matches: []match{{kind: oifLoopback}}, stmts: []stmt{{kind: accept}}, comment: "loopback"},
@@ -355,11 +352,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			ruleSpec{matches: []match{{kind: daddrLocal}}, stmts: []stmt{{kind: accept}}, comment: "redirected to fqdngate"},
 		)
 	}
-	// Without neighbour discovery nothing over IPv6 works, learned or not.
-	gate = append(gate, ruleSpec{
-		matches: []match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: 133, hi: 137}},
-		stmts:   []stmt{{kind: accept}}, comment: "ipv6 neighbour discovery",
-	})
+	gate = append(gate, gateNeighbourDiscovery(cfg.Hook, p.Mode)...)
 	gate = append(gate, everySource(enforceChain)...)
 
 	// The nat chain steers covered sources' DNS, and the transparent
@@ -424,13 +417,112 @@ func steerStmt(s steer, ap netip.AddrPort) *stmt {
 	return nil
 }
 
-// verdictDrop is the end of default deny: audit mode counts and falls
+// verdictDrop ends a rule that discards: audit mode counts and falls
 // through to the chain's accept policy.
 func verdictDrop(m policy.Mode) []stmt {
 	if m == policy.Audit {
 		return []stmt{{kind: counter}}
 	}
 	return []stmt{{kind: counter}, {kind: drop}}
+}
+
+// denyStmts ends a rule that refuses what the policy denies, TCP or not:
+// audit mode counts and falls through; enforce mode drops, or with
+// firewall.deny_with: reject answers with a TCP reset, or ICMP
+// administratively prohibited, so the client fails at once instead of
+// waiting for a timeout.
+func denyStmts(p *policy.Policy, tcp bool) []stmt {
+	switch {
+	case p.Mode == policy.Audit || p.Firewall.DenyWith == policy.KernelDrop:
+		return verdictDrop(p.Mode)
+	case tcp:
+		return []stmt{{kind: counter}, {kind: rejectTCP}}
+	}
+	return []stmt{{kind: counter}, {kind: rejectICMP}}
+}
+
+// denyRules refuses whatever reaches them, as denyStmts has it.
+func denyRules(p *policy.Policy, comment string) []ruleSpec {
+	if p.Mode == policy.Audit || p.Firewall.DenyWith == policy.KernelDrop {
+		return []ruleSpec{{stmts: verdictDrop(p.Mode), comment: comment}}
+	}
+	return []ruleSpec{
+		{matches: []match{{kind: l4proto, proto: policy.TCP}}, stmts: denyStmts(p, true), comment: comment},
+		{stmts: denyStmts(p, false), comment: comment},
+	}
+}
+
+// Conntrack state bits, as the kernel's ct expression reports them
+// (NF_CT_STATE_BIT in linux/netfilter/nf_conntrack_common.h).
+const (
+	stateEstablished uint32 = 2
+	stateRelated     uint32 = 4
+)
+
+// gateTracked accepts what belongs to flows the policy already let
+// through: established connections, and the ICMP errors conntrack relates
+// to them. Other related flows (a conntrack helper's expected connection,
+// such as an FTP data channel) are new connections and face the policy.
+func gateTracked() []ruleSpec {
+	acc := []stmt{{kind: accept}}
+	return []ruleSpec{
+		{matches: []match{{kind: ctState, state: stateEstablished}}, stmts: acc, comment: "established flows"},
+		{matches: []match{{kind: ctState, state: stateRelated}, {kind: icmpProto, fam: v4}}, stmts: acc, comment: "icmp errors of tracked flows"},
+		{matches: []match{{kind: ctState, state: stateRelated}, {kind: icmpProto, fam: v6}}, stmts: acc, comment: "icmp errors of tracked flows"},
+	}
+}
+
+// Link scope, where neighbour discovery belongs (RFC 4861).
+var (
+	linkLocal     = netip.MustParsePrefix("fe80::/10")
+	linkMulticast = netip.MustParsePrefix("ff02::/16")
+)
+
+// gateNeighbourDiscovery lets the host's own neighbour discovery (ICMPv6
+// types 133-137) out on the output hook as RFC 4861 has it: hop limit 255,
+// to a link-local or link-scope multicast address. Solicitations and
+// advertisements to an on-link global address (neighbour unreachability
+// detection, or the answer to a neighbour soliciting from its global
+// address) pass only when the kernel sends them: it sends them only to
+// neighbours on the link, and a process's packets are told apart by their
+// socket (meta skuid matches only packets of a process's socket, so the
+// rule that takes those stands before the kernel's accept). Every
+// other message of these types faces the policy, which allows no ICMPv6:
+// no process can hide data in them. On the forward hook nothing is
+// accepted: neighbour discovery is never forwarded.
+func gateNeighbourDiscovery(hook policy.Hook, m policy.Mode) []ruleSpec {
+	if hook != policy.HookOutput {
+		return nil
+	}
+	nd := func(lo, hi uint16, more ...match) []match {
+		return append([]match{{kind: nfproto, fam: v6}, {kind: icmpv6Type, lo: lo, hi: hi}}, more...)
+	}
+	hop255 := match{kind: hopLimit, lo: 255}
+	acc := []stmt{{kind: accept}}
+	return []ruleSpec{
+		{matches: nd(133, 137, hop255, match{kind: daddrPrefix, fam: v6, pfx: linkLocal}), stmts: acc, comment: "neighbour discovery on the link"},
+		{matches: nd(133, 137, hop255, match{kind: daddrPrefix, fam: v6, pfx: linkMulticast}), stmts: acc, comment: "neighbour discovery on the link"},
+		{matches: nd(133, 137, match{kind: socketOwned}), stmts: verdictDrop(m), comment: "neighbour discovery a process sends off the link"},
+		{matches: nd(135, 136, hop255), stmts: acc, comment: "the kernel's neighbour discovery, to on-link neighbours only"},
+	}
+}
+
+// unsteeredTransparent refuses TCP to a transparent port that reached the
+// policy chain: steered connections go to fqdngate, so these are ones the
+// nat chain could not steer (a family the listener does not receive).
+// Such a port is decided by name at the transparent proxy and must never
+// fall back to the learned sets, which would let any SNI reach a learned
+// address.
+func unsteeredTransparent(p *policy.Policy, lis listeners) []ruleSpec {
+	var out []ruleSpec
+	for _, port := range lis.ports {
+		out = append(out, ruleSpec{
+			matches: []match{{kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
+			stmts:   denyStmts(p, true),
+			comment: "transparent port not steered to fqdngate",
+		})
+	}
+	return out
 }
 
 // portMatches turns a rule's ports into match lists, one per range. A rule
@@ -499,8 +591,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 func (m match) String() string {
 	switch m.kind {
-	case ctEstablished:
-		return "ct state established,related"
+	case ctState:
+		return "ct state " + ctStateText(m.state)
 	case oifLoopback:
 		return "meta oiftype loopback"
 	case ownMark:
@@ -519,11 +611,31 @@ func (m match) String() string {
 		return "th dport " + portText(m.lo, m.hi)
 	case icmpv6Type:
 		return "icmpv6 type " + portText(m.lo, m.hi)
+	case icmpProto:
+		return "meta l4proto " + [...]string{"icmp", "ipv6-icmp"}[m.fam]
+	case hopLimit:
+		return fmt.Sprintf("ip6 hoplimit %d", m.lo)
+	case socketOwned:
+		return "meta skuid 0-4294967295"
 	}
 	if s, ok := m.insideText(); ok {
 		return s
 	}
 	return "?"
+}
+
+// ctStateText names the conntrack state bits the way nft does.
+func ctStateText(bits uint32) string {
+	var names []string
+	for _, s := range []struct {
+		bit  uint32
+		name string
+	}{{stateEstablished, "established"}, {stateRelated, "related"}} {
+		if bits&s.bit != 0 {
+			names = append(names, s.name)
+		}
+	}
+	return strings.Join(names, ",")
 }
 
 func portText(lo, hi uint16) string {
@@ -554,6 +666,16 @@ func (s stmt) String() string {
 			return fmt.Sprintf("dnat ip6 to [%s]:%d", s.addr, s.port)
 		}
 		return fmt.Sprintf("dnat ip to %s:%d", s.addr, s.port)
+	case rejectTCP:
+		return "reject with tcp reset"
+	case rejectICMP:
+		return "reject with icmpx admin-prohibited"
+	case logAllow:
+		l := fmt.Sprintf("log prefix %q group %d", s.prefix, s.group)
+		if s.rate > 0 {
+			l = fmt.Sprintf("limit rate %d/second burst %d packets ", s.rate, s.rate) + l
+		}
+		return l
 	}
 	return "?"
 }

@@ -95,9 +95,9 @@ func hookName(h nftables.ChainHook) string {
 // anything else is shown by type, so a foreign rule is visible, not hidden.
 func describe(exprs []expr.Any) string {
 	var parts []string
-	subject := "" // what the last load put in register 1
+	subject := ""   // what the last load put in register 1
+	var mask []byte // the mask applied to it since, if any
 	var imm [][]byte
-	var mask []byte // the last bitwise mask over register 1, for prefixes
 	for i, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Meta:
@@ -105,27 +105,36 @@ func describe(exprs []expr.Any) string {
 				expr.MetaKeyNFPROTO: "meta nfproto", expr.MetaKeyL4PROTO: "meta l4proto",
 				expr.MetaKeyOIFTYPE: "meta oiftype", expr.MetaKeyMARK: "meta mark",
 				expr.MetaKeyIIFTYPE: "meta iiftype", expr.MetaKeyIIFNAME: "iifname",
+				expr.MetaKeySKUID: "meta skuid",
 			}[e.Key]
 			if subject == "" {
 				subject = fmt.Sprintf("meta key %d", e.Key)
 			}
+			mask = nil
 		case *expr.Payload:
 			subject, mask = payloadName(e), nil
 		case *expr.Ct:
-			subject = "ct state"
+			subject, mask = "ct state", nil
 		case *expr.Bitwise:
-			// ct state tests mask (the cmp after it says "any of"), and
-			// so do address prefixes.
+			// ct state tests mask the states they want (the cmp after it
+			// says "any of"); address tests mask a prefix.
 			mask = e.Mask
 		case *expr.Fib:
-			subject = fibName(e)
+			subject, mask = fibName(e), nil
 		case *expr.Cmp:
 			if subject == "meta nfproto" && i+1 < len(exprs) {
 				if _, ok := exprs[i+1].(*expr.Payload); ok {
 					continue // implied by ip/ip6 saddr/daddr
 				}
 			}
-			parts = append(parts, subject+" "+value(subject, e.Data)+prefixLen(subject, mask))
+			v := value(subject, e.Data)
+			switch {
+			case subject == "ct state" && len(mask) == 4:
+				v = ctStateText(binary.NativeEndian.Uint32(mask))
+			case mask != nil && isAddrSubject(subject):
+				v = maskedPrefix(e.Data, mask)
+			}
+			parts = append(parts, subject+" "+v)
 		case *expr.Range:
 			parts = append(parts, subject+" "+value(subject, e.FromData)+"-"+value(subject, e.ToData))
 		case *expr.Lookup:
@@ -145,6 +154,8 @@ func describe(exprs []expr.Any) string {
 			parts = append(parts, "dnat to "+netip.AddrPortFrom(a, binaryPort(firstOr(imm, 1))).String())
 		case *expr.Verdict:
 			parts = append(parts, verdictName(e))
+		case *expr.Reject:
+			parts = append(parts, rejectName(e))
 		default:
 			parts = append(parts, fmt.Sprintf("<%T>", e))
 		}
@@ -173,6 +184,9 @@ func payloadName(p *expr.Payload) string {
 			return "icmpv6 type"
 		}
 	}
+	if p.Base == expr.PayloadBaseNetworkHeader && p.Offset == hopLimitOffset && p.Len == 1 {
+		return "ip6 hoplimit"
+	}
 	return fmt.Sprintf("payload base %d offset %d len %d", p.Base, p.Offset, p.Len)
 }
 
@@ -192,6 +206,8 @@ func value(subject string, b []byte) string {
 				return "udp"
 			case unix.IPPROTO_ICMPV6:
 				return "ipv6-icmp"
+			case unix.IPPROTO_ICMP:
+				return "icmp"
 			}
 		}
 	case "meta oiftype":
@@ -201,6 +217,18 @@ func value(subject string, b []byte) string {
 	case "meta mark":
 		if len(b) == 4 {
 			return fmt.Sprintf("%#x", binary.NativeEndian.Uint32(b))
+		}
+	case "meta skuid":
+		if len(b) == 4 {
+			return fmt.Sprint(binary.NativeEndian.Uint32(b))
+		}
+	case "ip6 hoplimit":
+		if len(b) == 1 {
+			return fmt.Sprint(b[0])
+		}
+	case "ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr":
+		if a, ok := netip.AddrFromSlice(b); ok {
+			return a.String()
 		}
 	case "ct state":
 		return "established,related"
@@ -236,6 +264,47 @@ func firstOr(imm [][]byte, i int) []byte {
 }
 
 func portOf(imm [][]byte, i int) string { return fmt.Sprint(binaryPort(firstOr(imm, i))) }
+
+func isAddrSubject(s string) bool {
+	switch s {
+	case "ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr":
+		return true
+	}
+	return false
+}
+
+// maskedPrefix writes an address compared under mask as a prefix, when
+// the mask is one (leading ones, then zeros).
+func maskedPrefix(addr, mask []byte) string {
+	a, ok := netip.AddrFromSlice(addr)
+	if !ok || len(mask) != len(addr) {
+		return fmt.Sprintf("%x/%x", addr, mask)
+	}
+	bits := 0
+	for _, m := range mask {
+		for i := 7; i >= 0; i-- {
+			if m&(1<<i) == 0 {
+				p := netip.PrefixFrom(a, bits)
+				if string(prefixMask(p)) != string(mask) {
+					return fmt.Sprintf("%s/%x", a, mask)
+				}
+				return p.String()
+			}
+			bits++
+		}
+	}
+	return a.String()
+}
+
+func rejectName(r *expr.Reject) string {
+	switch {
+	case r.Type == unix.NFT_REJECT_TCP_RST:
+		return "reject with tcp reset"
+	case r.Type == unix.NFT_REJECT_ICMPX_UNREACH && r.Code == unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED:
+		return "reject with icmpx admin-prohibited"
+	}
+	return fmt.Sprintf("reject type %d code %d", r.Type, r.Code)
+}
 
 func verdictName(v *expr.Verdict) string {
 	switch v.Kind {

@@ -11,6 +11,7 @@ import (
 type index struct {
 	root  *node
 	cidrs []cidrRule // sorted by rule index
+	names map[string]int32
 }
 
 type node struct {
@@ -44,9 +45,10 @@ func (n *node) child(label string) *node {
 }
 
 func buildIndex(rules []*Rule) *index {
-	ix := &index{root: &node{}}
+	ix := &index{root: &node{}, names: make(map[string]int32, len(rules))}
 	for _, r := range rules {
 		ri := int32(r.Index)
+		ix.names[r.Name] = ri
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
 			n := ix.root

@@ -132,6 +132,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		inside                              *wireInside
 		listenNodes                         = map[string]*yaml.Node{}
 		ifNodes                             = map[string]*yaml.Node{}
+		fw                                  wireFirewall
 	)
 	d.mapping(root.Content[0], "",
 		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
@@ -140,7 +141,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"dns", func(n *yaml.Node) { listenNodes["dns"] = n; d.addr(&p.Listen.DNS, "listen.dns")(n) }},
 				field{"proxy", func(n *yaml.Node) { listenNodes["proxy"] = n; d.addr(&p.Listen.Proxy, "listen.proxy")(n) }},
 				field{"transparent", func(n *yaml.Node) {
-					listenNodes["transparent"] = n
+					listenNodes["transparent"], fw.listenNode = n, n
 					d.addr(&p.Listen.Transparent, "listen.transparent")(n)
 				}},
 				field{"admin", d.addr(&p.Listen.Admin, "listen.admin")},
@@ -171,12 +172,17 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"backend", func(n *yaml.Node) { beNode = n; d.str(&backend, "firewall.backend")(n) }},
 				field{"hook", func(n *yaml.Node) { hkNode = n; d.str(&hook, "firewall.hook")(n) }},
 				field{"table", func(n *yaml.Node) { tableNode = n; d.str(&p.Firewall.Table, "firewall.table")(n) }},
-				field{"transparent_ports", d.positionedList(&tports, &tpSet, "firewall.transparent_ports")},
+				field{"transparent_ports", func(n *yaml.Node) {
+					fw.portsNode = n
+					d.positionedList(&tports, &tpSet, "firewall.transparent_ports")(n)
+				}},
 				field{"state_file", func(n *yaml.Node) {
 					p.Firewall.StateFileAt = Pos{n.Line, n.Column}
 					d.str(&p.Firewall.StateFile, "firewall.state_file")(n)
 				}},
 				field{"reverse_path", func(n *yaml.Node) { rpNode = n; d.str(&reversePath, "firewall.reverse_path")(n) }},
+				field{"deny_with", func(n *yaml.Node) { fw.denyNode = n; d.str(&fw.denyWith, "firewall.deny_with")(n) }},
+				field{"log_allowed", func(n *yaml.Node) { fw.logNode = n; d.str(&fw.logAllowed, "firewall.log_allowed")(n) }},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {
@@ -351,6 +357,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 		r.Index = len(p.Rules)
 		p.Rules = append(p.Rules, r)
 	}
+	d.firewall(p, &fw)
 
 	if errs := d.result(); errs != nil {
 		return nil, errs

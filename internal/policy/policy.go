@@ -152,6 +152,28 @@ const (
 
 func (r ReversePath) String() string { return [...]string{"off", "strict", "loose"}[r] }
 
+// KernelDeny is how the kernel refuses what the policy denies.
+type KernelDeny uint8
+
+const (
+	KernelDrop   KernelDeny = iota // discard silently: the client waits for a timeout
+	KernelReject                   // TCP reset for TCP, ICMP administratively prohibited otherwise
+)
+
+func (k KernelDeny) String() string { return [...]string{"drop", "reject"}[k] }
+
+// LogAllowed says which new connections the kernel allows are written to
+// the audit log.
+type LogAllowed uint8
+
+const (
+	LogAllowedOff     LogAllowed = iota // none
+	LogAllowedAll                       // every one
+	LogAllowedSampled                   // a rate-limited sample
+)
+
+func (l LogAllowed) String() string { return [...]string{"off", "all", "sampled"}[l] }
+
 // Firewall configures kernel enforcement.
 type Firewall struct {
 	Backend          Backend
@@ -163,6 +185,8 @@ type Firewall struct {
 	// StateFileAt is where the file sets state_file (zero if it does
 	// not), for problems found on the host (see Policy.ErrorAt).
 	StateFileAt Pos
+	DenyWith    KernelDeny
+	LogAllowed  LogAllowed
 }
 
 // Proxy configures the explicit and transparent proxy.
@@ -301,6 +325,17 @@ type Rule struct {
 type groupRef struct {
 	name     string
 	prefixes []netip.Prefix
+}
+
+// Rule returns the rule named name, or nil if the policy has none.
+func (p *Policy) Rule(name string) *Rule {
+	if p.idx == nil {
+		return nil
+	}
+	if i, ok := p.idx.names[name]; ok {
+		return p.Rules[i]
+	}
+	return nil
 }
 
 // AnySource reports whether the rule applies to every source.

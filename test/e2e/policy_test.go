@@ -14,12 +14,16 @@ type policySettings struct {
 	table     string
 	stateFile string
 	sources   string // YAML for the sources key, or ""
+	// transparent is listen.transparent, or "" for none; firewall holds
+	// more keys of the firewall section, one "key: value" per line.
+	transparent string
+	firewall    []string
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
 // rules key's list, indented by two spaces).
 func (s policySettings) render(rules string) string {
-	p := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: "127.0.0.1:0"}
+	p := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: "127.0.0.1:0", transparent: %q}
 dns:
   upstreams: [%q]
   min_ttl: 1s
@@ -30,7 +34,10 @@ firewall:
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.transparent, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+	for _, l := range s.firewall {
+		p += "  " + l + "\n"
+	}
 	if s.sources != "" {
 		p += "sources:\n" + s.sources
 	}
@@ -55,6 +62,12 @@ type forward struct {
 // gateway with rules.
 func startForward(t *testing.T, grace time.Duration, rules string) *forward {
 	t.Helper()
+	return startForwardWith(t, grace, rules, nil)
+}
+
+// startForwardWith is startForward with settings changed by edit first.
+func startForwardWith(t *testing.T, grace time.Duration, rules string, edit func(*policySettings)) *forward {
+	t.Helper()
 	n := newForwardNet(t)
 	g := newGate(t, n.gw)
 	f := &forward{
@@ -70,6 +83,9 @@ func startForward(t *testing.T, grace time.Duration, rules string) *forward {
 		},
 		a: &client{ns: n.client, src4: srcA, src6: srcA6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
 		b: &client{ns: n.client, src4: srcB, src6: srcB6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
+	}
+	if edit != nil {
+		edit(&f.settings)
 	}
 	g.writePolicy(f.settings.render(rules))
 	g.start()

@@ -1,0 +1,128 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+
+	"gopkg.in/yaml.v3"
+)
+
+// wireFirewall is what the firewall checks need beyond Policy's fields:
+// values as written, and positions, for checks that span sections.
+type wireFirewall struct {
+	denyWith, logAllowed string
+	denyNode, logNode    *yaml.Node
+	listenNode           *yaml.Node // listen.transparent
+	portsNode            *yaml.Node // firewall.transparent_ports
+}
+
+// firewall compiles the firewall settings that depend on others: the
+// kernel's verdicts, and whether the transparent ports can be steered for
+// every family a source can use. It runs after the rules are compiled.
+func (d *decoder) firewall(p *Policy, w *wireFirewall) {
+	switch w.denyWith {
+	case "", "drop":
+		p.Firewall.DenyWith = KernelDrop
+	case "reject":
+		p.Firewall.DenyWith = KernelReject
+	default:
+		d.errorf(w.denyNode, "firewall.deny_with must be drop or reject, not %q", w.denyWith)
+	}
+	switch w.logAllowed {
+	case "", "off":
+		p.Firewall.LogAllowed = LogAllowedOff
+	case "all":
+		p.Firewall.LogAllowed = LogAllowedAll
+	case "sampled":
+		p.Firewall.LogAllowed = LogAllowedSampled
+	default:
+		d.errorf(w.logNode, "firewall.log_allowed must be off, all or sampled, not %q", w.logAllowed)
+	}
+	if p.Firewall.Backend == BackendNftables && len(p.Firewall.TransparentPorts) > 0 {
+		d.transparentSteering(p, w)
+	}
+}
+
+// transparentSteering refuses a transparent listener the kernel cannot
+// steer some source's connections to: those connections would otherwise
+// bypass the SNI check (the kernel drops them, but the operator should
+// hear it from check, not from users).
+func (d *decoder) transparentSteering(p *Policy, w *wireFirewall) {
+	example := p.Firewall.TransparentPorts[0]
+	if p.Listen.Transparent == "" {
+		d.errorf(w.portsNode, "firewall.transparent_ports needs listen.transparent, the listener the kernel steers these ports to; set listen.transparent: \"[::]:3129\"")
+		return
+	}
+	ap, err := netip.ParseAddrPort(p.Listen.Transparent)
+	if err != nil {
+		return // reported where it was decoded
+	}
+	at := w.listenNode
+	if at == nil {
+		at = w.portsNode
+	}
+	dual := netip.AddrPortFrom(netip.IPv6Unspecified(), ap.Port())
+	if ap.Addr().IsLoopback() && p.Firewall.Hook == HookForward {
+		d.errorf(at, "listen.transparent %s is on loopback, where the kernel cannot steer forwarded connections (firewall.hook: forward); listen on %s (both families) or on an address of the inside interface", ap, dual)
+		return
+	}
+	v4, v6 := Steered(ap, p.Firewall.Hook)
+	for _, f := range []struct {
+		name    string
+		steered bool
+		is6     bool
+	}{{"IPv4", v4, false}, {"IPv6", v6, true}} {
+		if f.steered {
+			continue
+		}
+		if why := p.familyUser(f.is6); why != "" {
+			d.errorf(at, "listen.transparent %s cannot receive %s connections to firewall.transparent_ports (such as %d), and %s; listen on %s to steer both families",
+				ap, f.name, example, why, dual)
+		}
+	}
+}
+
+// Steered reports the address families whose connections nftables can
+// steer to a listener at ap when enforcing at hook. A redirect sends a
+// forwarded connection to the address of the interface it arrived on, and
+// a local one to loopback; so a loopback listener is reachable only from
+// the output hook, a wildcard listener for its own family ("[::]" is
+// dual-stack), and any other address, by DNAT, for its family only.
+func Steered(ap netip.AddrPort, hook Hook) (v4, v6 bool) {
+	if !ap.IsValid() {
+		return false, false
+	}
+	a := ap.Addr().Unmap()
+	switch {
+	case a.IsUnspecified():
+		return true, a.Is6()
+	case a.IsLoopback() && hook != HookOutput:
+		return false, false
+	}
+	return a.Is4(), a.Is6()
+}
+
+// familyUser says why some source may use IPv6 (is6) or IPv4: a rule
+// without from applies to every source, or a group a rule names has such
+// addresses. It returns "" when no source can.
+func (p *Policy) familyUser(is6 bool) string {
+	fam := "IPv4"
+	if is6 {
+		fam = "IPv6"
+	}
+	for _, r := range p.Rules {
+		if r.AnySource() {
+			return fmt.Sprintf("rule %q applies to every source, %s ones included", r.Name, fam)
+		}
+	}
+	for _, r := range p.Rules {
+		for _, g := range r.From {
+			for _, pfx := range p.Sources[g] {
+				if pfx.Addr().Unmap().Is6() == is6 {
+					return fmt.Sprintf("source group %q of rule %q has %s addresses", g, r.Name, fam)
+				}
+			}
+		}
+	}
+	return ""
+}
