@@ -168,6 +168,8 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	}
 	if !f.limiter.allow(x.src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, x.start) {
 		x.note = noteRateLimit
+		x.decided, x.quiet = true, true
+		x.dec = policy.Decision{Action: policy.Fail, Reason: policy.ReasonBusy}
 		f.metrics.refused.WithLabelValues("rate_limit").Inc()
 		return reply(req, dns.RcodeRefused)
 	}
@@ -195,20 +197,20 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if err != nil {
 		if f.isBusy(err) {
 			x.note = noteBusy
-			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
+			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Fail)
 			x.quiet = true
 			f.metrics.refused.WithLabelValues("busy").Inc()
 			return reply(req, dns.RcodeRefused)
 		}
 		x.note = noteUpstream + ": " + err.Error()
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return reply(req, dns.RcodeServerFailure)
 	}
 	if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
 		// What the resolver returns when every upstream it tried failed
 		// this way: relayed, but it is not the answer the rule allowed.
 		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return reply(req, m.Rcode)
 	}
 
@@ -245,7 +247,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		now := f.now()
 		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now, &x.batch); err != nil {
 			x.note = notePublish + ": " + err.Error()
-			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
+			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 			f.metrics.publishFailures.Inc()
 			f.log.Warn("publishing learned addresses failed; answered SERVFAIL",
 				"name", q.Name, "error", err)
@@ -554,16 +556,17 @@ func typeAllowed(p *policy.Policy, t uint16) bool {
 }
 
 // refuse returns the decision for a refusal the firewall made on top of d
-// for reason r, with action a (Deny, or WouldDeny for what audit mode lets
-// through). A decision the policy already refused keeps its own reason,
-// unless the firewall's refusal changed the outcome (a would-deny that was
-// then answered SERVFAIL is a deny). Rule is always cleared: the audit
+// for reason r, with action a (Deny; WouldDeny for what audit mode lets
+// through; Fail when the firewall could not carry out what was allowed). A
+// decision already refused or failed keeps its own reason, and so does a
+// would-deny that is only noted again; a would-deny that was then answered
+// with a refusal or a failure takes a and r. Rule is always cleared: the audit
 // line's rule is empty on a refusal, so nothing mistakes it for
 // permission; the rule that named the destination becomes NearRule
 // (near_rule in the line), so an assessor sees which rule named it and why
 // it was still refused.
 func refuse(d policy.Decision, r policy.Reason, a policy.Action) policy.Decision {
-	if d.Action != policy.Allow && (a != policy.Deny || d.Action == policy.Deny) {
+	if d.Action == policy.Deny || d.Action == policy.Fail || d.Action == policy.WouldDeny && a == policy.WouldDeny {
 		return d
 	}
 	near := d.Rule

@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		reg: reg,
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_dns_queries_total",
-			Help: "DNS queries answered, by policy action (allow, deny, would-deny; none when refused before a decision), query type and response code (dropped when no response was sent).",
+			Help: "DNS queries answered, by action (allow, deny, would-deny; fail when the upstream failed, the answer could not be enforced in time, or the query was over dns.rate_limit or dns.max_inflight; none when refused as malformed), query type and response code (dropped when no response was sent).",
 		}, []string{"action", "qtype", "rcode"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_dns_refused_total",

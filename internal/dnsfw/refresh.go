@@ -176,7 +176,7 @@ func (f *Firewall) refreshQuery(ctx context.Context, p *policy.Policy, rule *pol
 
 	retry := min(rule.Refresh, p.DNS.MinTTL)
 	switch {
-	case x.dec.Action == policy.Deny:
+	case !x.dec.Action.Permits():
 		f.metrics.refreshes.WithLabelValues("failed").Inc()
 		return retry
 	case len(x.in.addrs) == 0:
@@ -202,12 +202,12 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 		if f.isBusy(err) {
 			x.note, reason = noteBusy, policy.ReasonBusy
 		}
-		x.dec = refuse(x.dec, reason, policy.Deny)
+		x.dec = refuse(x.dec, reason, policy.Fail)
 		return dns.RcodeServerFailure, nil
 	}
 	if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
 		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return m.Rcode, nil
 	}
 	qname := req.Question[0].Name
@@ -268,7 +268,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	}
 	if err := f.publishBatch(ctx, batch); err != nil {
 		x.note = notePublish + ": " + err.Error()
-		x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 		f.metrics.publishFailures.Inc()
 		f.log.Warn("publishing refreshed addresses failed", "name", qname, "rule", rule.Name, "error", err)
 		return dns.RcodeServerFailure, nil

@@ -291,12 +291,18 @@ const (
 	Deny      Action = iota
 	Allow            // a rule allowed it
 	WouldDeny        // audit mode: allowed, but Enforce would deny
+	// Fail: nothing refused it, but fqdngate could not carry it out: the
+	// upstream resolver or server was unreachable or failed, the answer's
+	// addresses could not be enforced in time, or a concurrency or rate
+	// bound was reached. Kept apart from Deny so that an outage does not
+	// read (or alert) as an attack, and audit mode leaves it a failure.
+	Fail
 )
 
-func (a Action) String() string { return [...]string{"deny", "allow", "would-deny"}[a] }
+func (a Action) String() string { return [...]string{"deny", "allow", "would-deny", "fail"}[a] }
 
 // Permits reports whether traffic may proceed.
-func (a Action) Permits() bool { return a != Deny }
+func (a Action) Permits() bool { return a == Allow || a == WouldDeny }
 
 // Reason says why a decision came out as it did. The first six come from
 // Decide; the rest are set by the component that refused something a rule
