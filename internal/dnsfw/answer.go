@@ -28,10 +28,19 @@ type inspection struct {
 	// capped counts addresses removed because the answer held more than
 	// dns.max_learned_per_name.
 	capped int
-	// cname is the first name in the CNAME chain the policy does not allow
-	// this client, when dns.inspect_cname is on; cnameDec is its decision.
-	cname    string
-	cnameDec policy.Decision
+	// chain is the CNAME chain from the question name: chain[0] is the
+	// question name, chain[1:nchain] the targets, in order.
+	chain  [maxChain]string
+	nchain int
+}
+
+// targets returns the CNAME targets of the chain from the question name,
+// for release.
+func (in *inspection) targets() []string {
+	if in.nchain == 0 {
+		return nil
+	}
+	return in.chain[1:in.nchain]
 }
 
 type learnedAddr struct {
@@ -43,20 +52,18 @@ func (in *inspection) reset() {
 	*in = inspection{addrs: in.addrs[:0]}
 }
 
-// inspect rewrites m, an upstream's answer to a question for qname that
-// the client src may ask, into what the client may see: only records of
-// the CNAME chain from qname, non-public addresses removed (rebinding
-// protection), ech removed from HTTPS/SVCB, TTLs at most dns.max_ttl. It
-// collects the addresses that remain into in. In audit mode nothing is
-// removed for security reasons; in notes what would have been. m is owned
-// by the caller and modified in place.
-//
-// A non-nil in.cname means the chain leaves the policy: the caller denies
-// the query and must not use m.
-func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *inspection) {
+// inspect rewrites m, an upstream's answer to a question for qname, into
+// what a client may see: only records of the CNAME chain from qname,
+// non-public addresses removed (rebinding protection), ech removed from
+// HTTPS/SVCB, TTLs at most dns.max_ttl. It collects the chain and the
+// addresses that remain into in. In audit mode nothing is removed for
+// security reasons; in notes what would have been. m is owned by the
+// caller and modified in place. Whether the client may follow the chain
+// is release's to say.
+func inspect(p *policy.Policy, qname string, m *dns.Msg, in *inspection) {
 	enforce := p.Mode == policy.Enforce
 
-	var chain [maxChain]string
+	chain := &in.chain
 	chain[0] = qname
 	n := 1
 	for n < maxChain {
@@ -73,20 +80,7 @@ func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *ins
 		chain[n] = next
 		n++
 	}
-	// src is invalid for the firewall's own lookups, which the caller
-	// decided on the name alone.
-	if p.DNS.InspectCNAME && src.IsValid() {
-		for _, name := range chain[1:n] {
-			d := p.Decide(policy.Query{Source: src, Name: name, AnyPort: true})
-			if d.Action != policy.Allow {
-				in.cname, in.cnameDec = name, d
-				if d.Action == policy.Deny {
-					return
-				}
-				break // audit mode: would deny; keep inspecting
-			}
-		}
-	}
+	in.nchain = n
 
 	maxTTL := durationTTL(p.DNS.MaxTTL)
 	out := m.Answer[:0]

@@ -4,12 +4,14 @@
 //
 // One query, in order:
 //
-//	validate ─▶ rate limit ─▶ Decide(source, name) ─▶ record type ─▶ cache | upstream
-//	   ─▶ inspect answer (CNAME chain, rebinding, ECH, TTLs) ─▶ publish learned ─▶ reply ─▶ audit
+//	validate ─▶ admit (source, rate limit, Decide(source, name), record type) ─▶ cache | upstream
+//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (CNAME chain, tls.verify)
+//	   ─▶ publish learned ─▶ reply ─▶ audit
 //
 // The policy is checked on every query before the cache is consulted, so a
 // cached answer never outlives the rule that allowed it, and a denied query
-// is never sent upstream.
+// is never sent upstream. admit and release (admit.go) make these
+// decisions for the ordinary path and the fast path alike.
 package dnsfw
 
 import (
@@ -101,6 +103,7 @@ type Firewall struct {
 	wcache     *dnscache.Cache // cache, when it is one: the fast path's
 	drops      DropCounter     // publisher, when it is one
 	fastHits   atomic.Uint64   // answers the fast path sent
+	handovers  atomic.Uint64   // queries the fast path admitted and handed to the ordinary path
 	polEpoch   atomic.Pointer[policyEpoch]
 	publisher  learn.Publisher
 	store      *learn.Store // the publisher when Config.Publisher was nil
@@ -123,6 +126,9 @@ type Firewall struct {
 	// noBatch reads and writes UDP one datagram per system call, so tests
 	// reach that path on a socket bound to one address.
 	noBatch bool
+	// noFast sends every UDP query the ordinary way, so tests can hold the
+	// fast path's replies to the ordinary path's.
+	noFast bool
 }
 
 // New returns a Firewall for c.

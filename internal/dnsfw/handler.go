@@ -109,6 +109,11 @@ type exchange struct {
 	pubUntil  time.Time
 	pubDrops  uint64
 	batch     []learn.Entry // publish's, reused
+	// adm is the query's admission; handed is set when the fast path made
+	// it and handed the query over, and the ordinary path carries on from
+	// it instead of admitting the query again.
+	adm    admission
+	handed bool
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -137,9 +142,14 @@ type replyWriter interface {
 	Write(b []byte) (int, error)
 }
 
-// serve answers req, audits and counts it.
+// serve answers req, audits and counts it: under the policy it was
+// admitted under, when the fast path handed it over, else the policy in
+// force.
 func (f *Firewall) serve(ctx context.Context, w replyWriter, req *dns.Msg, x *exchange) {
 	p := f.policy()
+	if x.handed {
+		p = x.adm.pol
+	}
 	m := f.answer(ctx, p, req, x)
 	rcode := -1 // dropped
 	if m != nil {
@@ -166,29 +176,16 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		x.note = noteClass
 		return reply(req, dns.RcodeRefused)
 	}
-	if !f.limiter.allow(x.src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, x.start) {
-		x.note = noteRateLimit
-		x.decided, x.quiet = true, true
-		x.dec = policy.Decision{Action: policy.Fail, Reason: policy.ReasonBusy}
-		f.metrics.refused.WithLabelValues("rate_limit").Inc()
+	if !x.handed {
+		f.admit(&x.adm, p, x.src.Addr(), q.Name, q.Qtype, x.start)
+	}
+	a := &x.adm
+	x.decided, x.dec, x.allow, x.note, x.quiet = true, a.dec, a.allow, a.note, a.quiet
+	switch a.refusal {
+	case refusedLoad, refusedQType:
 		return reply(req, dns.RcodeRefused)
-	}
-
-	x.dec = p.Decide(policy.Query{Source: x.src.Addr(), Name: q.Name, AnyPort: true})
-	x.decided = true
-	if x.dec.Action == policy.Deny {
+	case refusedPolicy:
 		return denyReply(p, req)
-	}
-	if x.dec.Action == policy.Allow {
-		x.allow = x.dec
-	}
-	if !typeAllowed(p, q.Qtype) {
-		x.note = noteQType
-		if p.Mode == policy.Enforce {
-			x.dec = refuse(x.dec, policy.ReasonQType, policy.Deny)
-			return reply(req, dns.RcodeRefused)
-		}
-		x.dec = refuse(x.dec, policy.ReasonQType, policy.WouldDeny)
 	}
 
 	opt := req.IsEdns0()
@@ -214,10 +211,13 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		return reply(req, m.Rcode)
 	}
 
-	inspect(p, x.src.Addr(), q.Name, m, &x.in)
-	if x.in.cname != "" {
-		x.note = noteCNAME + x.in.cname
-		if x.in.cnameDec.Action == policy.Deny {
+	inspect(p, q.Name, m, &x.in)
+	// The ordinary path publishes every answer it sends: what the fast path
+	// may skip (rel.publish) it does anyway.
+	rel := f.release(p, x.src.Addr(), x.allow, x.in.targets(), nil, x.start)
+	if rel.cname != "" {
+		x.note = noteCNAME + rel.cname
+		if rel.cnameDec.Action == policy.Deny {
 			x.dec = refuse(x.dec, policy.ReasonCNAME, policy.Deny)
 			return denyReply(p, req)
 		}
@@ -234,7 +234,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.in.capped > 0 {
 		f.metrics.capHits.Inc()
 	}
-	if x.allow.Rule != nil && len(x.in.addrs) > 0 && f.mustVerify(x.allow.Rule) {
+	if rel.verify && len(x.in.addrs) > 0 {
 		if !f.verifyAnswer(ctx, p, q.Name, m, x) {
 			x.dec = refuse(x.dec, policy.ReasonVerify, policy.Deny)
 			return reply(req, dns.RcodeServerFailure)

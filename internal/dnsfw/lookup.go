@@ -44,7 +44,7 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 		if err != nil {
 			return result{err: err}
 		}
-		inspect(p, netip.Addr{}, fqdn, m, &x.in)
+		inspect(p, fqdn, m, &x.in)
 		r := result{rcode: m.Rcode, dropped: x.in.dropped}
 		for _, a := range x.in.addrs {
 			r.addrs = append(r.addrs, a.addr)
