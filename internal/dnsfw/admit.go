@@ -1,7 +1,9 @@
 package dnsfw
 
 import (
+	"errors"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -25,6 +27,11 @@ import (
 //     but "as it is".
 //
 // A check added to either function applies to both paths at once.
+//
+// A third decision, admitUpstream, is made only where a client's query
+// leaves for the upstream (resolve, on a cache miss): the fast path never
+// sends a query upstream, and an answer from the cache carries nothing
+// out, so it costs nothing.
 
 // refusal is how admit refused a query, if it did.
 type refusal uint8
@@ -163,4 +170,34 @@ func (pub *publication) holds(f *Firewall, p *policy.Policy, allow policy.Decisi
 		maxTTL = max(maxTTL, a.ttl)
 	}
 	return !learnedExpiry(p, now, maxTTL-min(pub.age, maxTTL)).After(until.Add(publishSlack))
+}
+
+// errOverBudget is resolve's error for a query admitUpstream kept from the
+// upstream.
+var errOverBudget = errors.New("over dns.wildcard_budget")
+
+// admitUpstream decides whether x, a client's admitted query for name (in
+// lower case), may go to the upstream at now: a name allowed by a wildcard
+// pattern is charged to the client's budget of new names under that
+// pattern (dns.wildcard_budget), since the name of a query that reaches
+// the upstream is how DNS tunnelling carries data out. A name the client
+// sent in the window already is free. Over the budget it returns false in
+// enforce mode; audit mode lets the query through and notes it.
+func (f *Firewall) admitUpstream(x *exchange, name string, now time.Time) bool {
+	a := &x.adm
+	if a.pol == nil || a.pol.DNS.WildcardBudget <= 0 {
+		return true // not a client's query (a refresh, the proxy's lookups), or no budget
+	}
+	pattern := wildcardPattern(a.allow)
+	if pattern == "" || f.budgets.charge(x.src.Addr(), pattern, name, a.pol.DNS.WildcardBudget, now) {
+		return true
+	}
+	f.metrics.budget.WithLabelValues(a.allow.Rule.Name).Inc()
+	x.note = noteBudget + strconv.Itoa(a.pol.DNS.WildcardBudget) + " new names a minute under " + pattern
+	if a.pol.Mode == policy.Enforce {
+		x.dec = refuse(x.dec, policy.ReasonBudget, policy.Deny)
+		return false
+	}
+	x.dec = refuse(x.dec, policy.ReasonBudget, policy.WouldDeny)
+	return true
 }

@@ -115,6 +115,7 @@ type Firewall struct {
 	now        func() time.Time
 	verify     func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	limiter    *limiter
+	budgets    *budgets
 	bufs       bufPool
 	flight     verifyFlights
 	// refreshTick is how often RunRefresh reads the policy and looks for
@@ -156,6 +157,7 @@ func New(c Config) (*Firewall, error) {
 		now:        c.Now,
 		verify:     c.Verify,
 		limiter:    newLimiter(maxLimiters),
+		budgets:    newBudgets(maxBudgetBuckets, maxBudgetNames),
 
 		refreshTick: time.Second,
 	}

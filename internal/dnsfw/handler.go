@@ -43,6 +43,7 @@ const (
 	noteUnverified = "addresses failed tls.verify and were removed: "
 	noteWouldVerif = "addresses failed tls.verify and would be removed: "
 	noteNoVerified = "no address passed tls.verify: "
+	noteBudget     = "client over dns.wildcard_budget: "
 )
 
 // deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
@@ -114,6 +115,7 @@ type exchange struct {
 	// it instead of admitting the query again.
 	adm    admission
 	handed bool
+	upq    [1]dns.Question // the question sent upstream
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -192,6 +194,9 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	do := opt != nil && opt.Do()
 	m, err := f.resolve(ctx, p, req, do, false, x)
 	if err != nil {
+		if err == errOverBudget {
+			return reply(req, dns.RcodeRefused) // admitUpstream noted why
+		}
 		if f.isBusy(err) {
 			x.note = noteBusy
 			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Fail)
@@ -300,10 +305,18 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 		}
 		f.metrics.cacheMisses.Inc()
 	}
+	// The question goes upstream in lower case: the case of a name the
+	// client was charged for already (admitUpstream) must not carry
+	// anything out either.
+	x.upq[0] = req.Question[0]
+	x.upq[0].Name = strings.ToLower(x.upq[0].Name)
+	if !f.admitUpstream(x, x.upq[0].Name, x.start) {
+		return nil, errOverBudget
+	}
 	up := new(dns.Msg)
 	up.RecursionDesired = true
 	up.CheckingDisabled = req.CheckingDisabled
-	up.Question = req.Question
+	up.Question = x.upq[:]
 	up.SetEdns0(upstreamUDPSize, do)
 	// The Exchanger bounds its time (Exchanger): a timer per query here
 	// cost 6% of the CPU of an uncached answer.

@@ -27,6 +27,7 @@ type Metrics struct {
 	publishFailures prometheus.Counter
 	verifyFailures  prometheus.Counter
 	refreshes       *prometheus.CounterVec
+	budget          *prometheus.CounterVec
 }
 
 // NewMetrics makes the series and registers them with reg; if reg is nil
@@ -75,12 +76,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "fqdngate_dns_refresh_total",
 			Help: "Re-resolutions of names of rules with refresh, by result: learned (addresses published), empty (no address to learn), failed (upstream, rebinding, verification or publishing failed).",
 		}, []string{"result"}),
+		budget: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fqdngate_dns_wildcard_budget_exceeded_total",
+			Help: "Queries for a new name under a wildcard from a client over dns.wildcard_budget, by allowing rule: refused, never sent upstream (in audit mode, sent and logged would-deny).",
+		}, []string{"rule"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.refused, m.upstreamLatency, m.upstreamFails,
-		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes} {
+		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes, m.budget} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 		}

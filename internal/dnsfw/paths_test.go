@@ -124,6 +124,17 @@ func TestOneDecisionPath(t *testing.T) {
 			warm:   []pathQuery{{payments, "extra.example", dns.TypeA}},
 			before: func(e *pathEnv) { e.pol.Store(e.policy(opts{})) },
 			ask:    pathQuery{payments, "extra.example", dns.TypeA}, want: dns.RcodeNameError, wantAction: "deny"},
+		// The budget charges only what goes upstream: a cached name costs
+		// nothing on either path, a new one is refused on both.
+		{name: "wildcard budget spent, cached name", zone: wildcardZone, o: opts{dns: "  wildcard_budget: 2", rules: budgetRules},
+			warm: []pathQuery{{payments, "a.cdn.bank.example", dns.TypeA}, {payments, "b.cdn.bank.example", dns.TypeA}},
+			ask:  pathQuery{payments, "a.cdn.bank.example", dns.TypeA}, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "wildcard budget spent, new name", zone: wildcardZone, o: opts{dns: "  wildcard_budget: 2", rules: budgetRules},
+			warm: []pathQuery{{payments, "a.cdn.bank.example", dns.TypeA}, {payments, "b.cdn.bank.example", dns.TypeA}},
+			ask:  pathQuery{payments, "c.cdn.bank.example", dns.TypeA}, times: 2, want: dns.RcodeRefused, wantAction: "deny"},
+		{name: "wildcard budget spent, audit mode", zone: wildcardZone, o: opts{mode: "audit", dns: "  wildcard_budget: 1", rules: budgetRules},
+			warm: []pathQuery{{payments, "a.cdn.bank.example", dns.TypeA}},
+			ask:  pathQuery{payments, "c.cdn.bank.example", dns.TypeA}, want: dns.RcodeSuccess, wantAction: "would-deny"},
 		{name: "publisher dropped entries since", warm: []pathQuery{apiA},
 			before: func(e *pathEnv) { e.pub.drops.Add(1) },
 			ask:    apiA, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},

@@ -100,6 +100,9 @@ type DNS struct {
 	RateBurst           int
 	MaxInFlight         int // queries outstanding upstream
 	MaxLearnedPerName   int
+	// WildcardBudget is how many distinct names under one wildcard
+	// pattern a client may send upstream per minute; 0 disables it.
+	WildcardBudget int
 }
 
 // Backend is the enforcement backend.
@@ -333,6 +336,7 @@ const (
 	ReasonUndecided  // refused before a decision could be made (no policy, no destination)
 	ReasonPublish    // DNS: the answer's addresses could not be enforced in time
 	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
+	ReasonBudget     // DNS: the client is over dns.wildcard_budget under the allowing wildcard
 )
 
 var reasonText = [...]string{
@@ -357,6 +361,7 @@ var reasonText = [...]string{
 	"refused before a policy decision",
 	"learned addresses could not be enforced in time",
 	"proxy credentials missing or wrong",
+	"too many new names under this wildcard (dns.wildcard_budget)",
 }
 
 func (r Reason) String() string { return reasonText[r] }
