@@ -55,6 +55,7 @@ func defaults(file string) *Policy {
 			RebindingProtection: true,
 			Cache:               true,
 			CacheSize:           100_000,
+			InspectCNAME:        true,
 			StripECH:            true,
 			Timeout:             2 * time.Second,
 			RateLimit:           1000,
