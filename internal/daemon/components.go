@@ -19,6 +19,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/localaddr"
 	"github.com/fqdngate/fqdngate/internal/nft"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/proxy"
@@ -38,6 +39,10 @@ type components struct {
 	nft      *nft.Backend // nil unless firewall.backend is nftables
 	learned  func() []learn.Entry
 	wg       sync.WaitGroup
+
+	// local is this host's addresses, followed as they come and go: the
+	// DNS firewall strips them from answers, the proxy never dials them.
+	local *localaddr.Set
 }
 
 func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*components, error) {
@@ -52,6 +57,23 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 			return nil, err
 		}
 	}
+	c.local, err = localaddr.New(localaddr.Config{})
+	if err != nil {
+		c.ups.close()
+		return nil, fmt.Errorf("reading this host's addresses: %w", err)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.local.Run(ctx); err != nil {
+			// A stale set could let the proxy dial an address added
+			// since: stop rather than carry on without knowing.
+			select {
+			case d.fatal <- fmt.Errorf("following this host's addresses: %w", err):
+			default:
+			}
+		}
+	}()
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
@@ -97,6 +119,7 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		Logger:    d.log.With("component", "dns"),
 		Metrics:   dnsMetrics,
 		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
+		Local:     c.local,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
@@ -120,6 +143,7 @@ func newComponents(ctx context.Context, d *Daemon, p *policy.Policy) (*component
 		Logger:     d.log.With("component", "proxy"),
 		Registerer: d.reg,
 		Self:       selfAddrs(p),
+		Local:      c.local,
 		Verifier:   c.verifier,
 	})
 	if err != nil {

@@ -98,7 +98,7 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		return
 	}
 	pub := published{rule: x.allow.Rule.Name, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
-	epoch := f.epoch(p)
+	epoch := x.epoch // taken before the answer was inspected
 	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch && f.now().Before(r.expires) {
 		r.addPublished(pub)
 		return
@@ -159,24 +159,33 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 // for the same reason.
 const publishSlack = time.Second
 
-// policyEpoch numbers a policy for readies.
+// policyEpoch numbers a policy, with the host's addresses it is applied
+// to, for readies.
 type policyEpoch struct {
-	p *policy.Policy
-	n uint64
+	p    *policy.Policy
+	host uint64 // the version of Config.Local
+	n    uint64
 }
 
-// epoch returns the number of policy p: the same for as long as p is the
-// policy in force, a new one whenever the policy seen changes (a reload;
-// or, briefly, a query still running under the policy before it). A
-// number is never given to two policies, so a ready made under one is
-// never used under another.
+// epoch returns the number of policy p as applied to the host's addresses
+// now: the same for as long as p is the policy in force and the host's
+// addresses do not change, a new one whenever either does (a reload, an
+// address added or removed; or, briefly, a query still running under the
+// policy before). A number is never given to two policies, or to two sets
+// of host addresses, so a ready made under one is never used under
+// another: an answer inspected before an address became the host's own
+// is inspected again.
 func (f *Firewall) epoch(p *policy.Policy) uint64 {
+	var host uint64
+	if f.local != nil {
+		host = f.local.Version()
+	}
 	for {
 		e := f.polEpoch.Load()
-		if e != nil && e.p == p {
+		if e != nil && e.p == p && e.host == host {
 			return e.n
 		}
-		next := &policyEpoch{p: p, n: 1}
+		next := &policyEpoch{p: p, host: host, n: 1}
 		if e != nil {
 			next.n = e.n + 1
 		}

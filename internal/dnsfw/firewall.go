@@ -28,6 +28,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 )
@@ -90,8 +91,19 @@ type Config struct {
 	// nftables it lets a poisoned answer open a kernel path the proxy
 	// would refuse.
 	Verify func(ctx context.Context, name string, addr netip.Addr, port uint16, t *policy.TLS) error
+	// Local is the set of this host's own addresses, kept current as they
+	// come and go (*localaddr.Set). Rebinding protection removes them from
+	// answers as it removes loopback. If nil, only loopback is.
+	Local HostAddrs
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
+}
+
+// HostAddrs is the set of this host's own addresses.
+type HostAddrs interface {
+	Contains(netip.Addr) bool
+	// Version changes whenever the set does.
+	Version() uint64
 }
 
 // Firewall is the DNS firewall. It is safe for concurrent use; one
@@ -116,6 +128,8 @@ type Firewall struct {
 	verify     func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	limiter    *limiter
 	budgets    *budgets
+	local      HostAddrs          // nil: none known
+	classes    netaddr.Classifier // knows local's addresses
 	bufs       bufPool
 	flight     verifyFlights
 	// refreshTick is how often RunRefresh reads the policy and looks for
@@ -158,8 +172,12 @@ func New(c Config) (*Firewall, error) {
 		verify:     c.Verify,
 		limiter:    newLimiter(maxLimiters),
 		budgets:    newBudgets(maxBudgetBuckets, maxBudgetNames),
+		local:      c.Local,
 
 		refreshTick: time.Second,
+	}
+	if f.local != nil {
+		f.classes.Host = f.local
 	}
 	if f.isBusy == nil {
 		f.isBusy = func(err error) bool { return errors.Is(err, resolver.ErrBusy) }

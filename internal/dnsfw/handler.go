@@ -36,7 +36,7 @@ const (
 	noteQType      = "record type not in dns.qtypes"
 	noteBusy       = "upstream queries over dns.max_inflight"
 	noteUpstream   = "upstream failed"
-	noteRebinding  = "every address in the answer is non-public (rebinding protection)"
+	noteRebinding  = "every address in the answer is non-public or this host's own (rebinding protection)"
 	noteCNAME      = "CNAME target not allowed (inspect_cname): "
 	notePublish    = "publishing learned addresses failed"
 	noteWouldRebnd = "non-public addresses would be removed (rebinding protection)"
@@ -116,6 +116,9 @@ type exchange struct {
 	adm    admission
 	handed bool
 	upq    [1]dns.Question // the question sent upstream
+	// epoch is the policy's and host addresses' number (Firewall.epoch)
+	// when the answer was inspected: the ready made from it carries it.
+	epoch uint64
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -216,7 +219,8 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		return reply(req, m.Rcode)
 	}
 
-	inspect(p, q.Name, m, &x.in)
+	x.epoch = f.epoch(p)
+	inspect(p, f.classes, q.Name, m, &x.in)
 	// The ordinary path publishes every answer it sends: what the fast path
 	// may skip (rel.publish) it does anyway.
 	rel := f.release(p, x.src.Addr(), x.allow, x.in.targets(), nil, x.start)

@@ -51,6 +51,7 @@ type pathCase struct {
 type pathEnv struct {
 	*env
 	pub      *droppingPublisher
+	host     *testHost
 	reg      *prometheus.Registry
 	verifyOK atomic.Bool
 }
@@ -111,6 +112,9 @@ func TestOneDecisionPath(t *testing.T) {
 			ask: apiA, want: dns.RcodeServerFailure, wantAction: "deny"},
 		{name: "rebinding, partly", zone: dnstest.Zone(dnstest.A("api.bank.example", 300, "10.0.0.1"), dnstest.A("api.bank.example", 300, "192.0.2.10")),
 			warm: []pathQuery{apiA}, ask: apiA, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "an answer's address became the host's", warm: []pathQuery{apiA},
+			before: func(e *pathEnv) { e.host.add("192.0.2.10") },
+			ask:    apiA, want: dns.RcodeServerFailure, wantAction: "deny"},
 		{name: "tls.verify passes", zone: zone(dnstest.A("verified.example", 300, "192.0.2.40")), o: opts{rules: verified},
 			warm: []pathQuery{{web, "verified.example", dns.TypeA}},
 			ask:  pathQuery{web, "verified.example", dns.TypeA}, want: dns.RcodeSuccess, wantAction: "allow"},
@@ -153,13 +157,14 @@ func testOneDecisionPath(t *testing.T, tc pathCase) {
 		z = zone()
 	}
 	newPathEnv := func(noFast bool) *pathEnv {
-		pe := &pathEnv{pub: &droppingPublisher{}, reg: prometheus.NewRegistry()}
+		pe := &pathEnv{pub: &droppingPublisher{}, host: &testHost{}, reg: prometheus.NewRegistry()}
 		pe.verifyOK.Store(true)
 		o := tc.o
 		o.noFast = noFast
 		o.cfg = func(c *Config) {
 			c.Publisher = pe.pub
 			c.Registerer = pe.reg
+			c.Local = pe.host
 			c.Verify = func(context.Context, string, netip.Addr, uint16, *policy.TLS) error {
 				if pe.verifyOK.Load() {
 					return nil

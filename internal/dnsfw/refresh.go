@@ -210,7 +210,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 		return m.Rcode, nil
 	}
 	qname := req.Question[0].Name
-	inspect(p, qname, m, &x.in)
+	inspect(p, f.classes, qname, m, &x.in)
 	if x.in.dropped > 0 && len(x.in.addrs) == 0 {
 		x.note = noteRebinding
 		x.dec = refuse(x.dec, policy.ReasonRebinding, policy.Deny)

@@ -337,6 +337,7 @@ const (
 	ReasonPublish    // DNS: the answer's addresses could not be enforced in time
 	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
 	ReasonBudget     // DNS: the client is over dns.wildcard_budget under the allowing wildcard
+	ReasonLocal      // proxy: the destination is an address of this host
 )
 
 var reasonText = [...]string{
@@ -362,6 +363,7 @@ var reasonText = [...]string{
 	"learned addresses could not be enforced in time",
 	"proxy credentials missing or wrong",
 	"too many new names under this wildcard (dns.wildcard_budget)",
+	"destination is an address of this host",
 }
 
 func (r Reason) String() string { return reasonText[r] }

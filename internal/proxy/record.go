@@ -38,6 +38,7 @@ const (
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
 	RefusedProtocol            // transparent: neither TLS nor HTTP
+	RefusedLocal               // the destination is an address of this host
 )
 
 var refusalText = [...]string{
@@ -59,6 +60,7 @@ var refusalText = [...]string{
 	"no policy loaded",
 	"original destination unknown",
 	"neither TLS nor HTTP",
+	"destination is an address of this host",
 }
 
 func (r Refusal) String() string {
@@ -77,6 +79,8 @@ func (r Refusal) reason() policy.Reason {
 		return policy.ReasonPrivate
 	case RefusedSelf:
 		return policy.ReasonSelf
+	case RefusedLocal:
+		return policy.ReasonLocal
 	case RefusedSpoofed:
 		return policy.ReasonSpoofed
 	case RefusedNoSNI:
