@@ -90,7 +90,10 @@ func (b *budgets) charge(client netip.Addr, pattern, name string, limit int, now
 		b.cur[key] = nb
 		b.curNames += len(nb.names)
 	}
-	if now.Sub(nb.start) >= budgetWindow || now.Before(nb.start) {
+	// Queries are charged in the order their workers get here, not
+	// quite that of their timestamps: a time a little before the window's
+	// start is in it.
+	if now.Sub(nb.start) >= budgetWindow {
 		b.curNames -= len(nb.names)
 		nb.start, nb.names = now, nb.names[:0]
 	}

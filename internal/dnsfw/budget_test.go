@@ -285,6 +285,15 @@ func TestBudgetsBounded(t *testing.T) {
 	if !b.charge(c, "**.cdn.example", "c2.cdn.example", 5, now) {
 		t.Error("a name charged already: refused")
 	}
+	// Timestamps a little out of order (queries from several readers and
+	// workers) stay in their window.
+	d := netip.MustParseAddr("192.0.2.2")
+	for i := range 10 {
+		b.charge(d, "p", fmt.Sprintf("d%d", i), 10, now.Add(time.Duration(i%2)*-time.Millisecond))
+	}
+	if b.charge(d, "p", "d10", 10, now.Add(-time.Millisecond)) {
+		t.Error("an eleventh name, budget 10, timestamps out of order: allowed")
+	}
 	// IPv6 clients share a budget per /64.
 	if !b.charge(netip.MustParseAddr("2001:db8::1"), "p", "a", 1, now) || b.charge(netip.MustParseAddr("2001:db8::2"), "p", "b", 1, now) {
 		t.Error("two addresses of one /64: want one budget between them")

@@ -14,6 +14,7 @@ type policySettings struct {
 	table     string
 	stateFile string
 	sources   string // YAML for the sources key, or ""
+	dns       string // more keys under dns:, each line indented two spaces, or ""
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
@@ -25,12 +26,12 @@ dns:
   min_ttl: 1s
   max_ttl: 1h
   grace: %s
-firewall:
+%sfirewall:
   backend: nftables
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+`, s.dnsListen, authorityAddr, s.grace, s.dns, s.hook, s.table, s.stateFile)
 	if s.sources != "" {
 		p += "sources:\n" + s.sources
 	}
@@ -55,6 +56,13 @@ type forward struct {
 // gateway with rules.
 func startForward(t *testing.T, grace time.Duration, rules string) *forward {
 	t.Helper()
+	return startForwardWith(t, policySettings{grace: grace}, rules)
+}
+
+// startForwardWith is startForward with the grace and the extra dns keys
+// of s; the gateway's settings are filled in.
+func startForwardWith(t *testing.T, s policySettings, rules string) *forward {
+	t.Helper()
 	n := newForwardNet(t)
 	g := newGate(t, n.gw)
 	f := &forward{
@@ -63,10 +71,11 @@ func startForward(t *testing.T, grace time.Duration, rules string) *forward {
 		settings: policySettings{
 			hook:      "forward",
 			dnsListen: gatewayDNS,
-			grace:     grace,
+			grace:     s.grace,
 			table:     g.table,
 			stateFile: g.stateFile(),
 			sources:   forwardSources,
+			dns:       s.dns,
 		},
 		a: &client{ns: n.client, src4: srcA, src6: srcA6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
 		b: &client{ns: n.client, src4: srcB, src6: srcB6, dns: gatewayDNS, roots: n.inet.ca.Pool()},
