@@ -19,6 +19,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/localaddr"
 	"github.com/fqdngate/fqdngate/internal/nft"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/proxy"
@@ -39,6 +40,10 @@ type components struct {
 	learned  func() []learn.Entry
 	runOnce  sync.Once
 	wg       sync.WaitGroup
+
+	// local is this host's addresses, followed as they come and go: the
+	// DNS firewall strips them from answers, the proxy never dials them.
+	local *localaddr.Set
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -51,6 +56,10 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		return nil, err
 	}
 	c.ups = &upstreams{observer: dnsMetrics}
+	c.local, err = localaddr.New(localaddr.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("reading this host's addresses: %w", err)
+	}
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
@@ -83,6 +92,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		Logger:    d.log.With("component", "dns"),
 		Metrics:   dnsMetrics,
 		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
+		Local:     c.local,
 	})
 	if err != nil {
 		c.close()
@@ -98,6 +108,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		Logger:     d.log.With("component", "proxy"),
 		Registerer: d.reg,
 		Self:       selfAddrs(p),
+		Local:      c.local,
 		Verifier:   c.verifier,
 	})
 	if err != nil {
@@ -113,6 +124,18 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 // before any listener serves.
 func (c *components) run(ctx context.Context) {
 	c.runOnce.Do(func() {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := c.local.Run(ctx); err != nil {
+				// A stale set could let the proxy dial an address added
+				// since: stop rather than carry on without knowing.
+				select {
+				case c.d.fatal <- fmt.Errorf("following this host's addresses: %w", err):
+				default:
+				}
+			}
+		}()
 		if c.nft != nil {
 			c.wg.Add(1)
 			go func() {

@@ -13,6 +13,9 @@
 //	client ──CONNECT / http://──▶ proxy ──Decide──▶ resolve via dnsfw ──▶ dial (deny private, verify TLS)
 //	client ──redirected :443──▶ transparent proxy ──peek SNI/Host──▶ same path
 //
+//	kernel ──RTM_NEWADDR/DELADDR──▶ localaddr.Set (this host's addresses): stripped from answers by
+//	                                 dnsfw, never dialled by the proxy (netaddr.Local)
+//
 //	every decision ──▶ audit.Logger (one line) + metrics; admin serves health, metrics, /v1/*
 //
 // Only this package knows every component; each component depends on small

@@ -31,7 +31,7 @@ func newMetrics(reg *prometheus.Registry, version, revision string) *metrics {
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_decisions_total",
-			Help: "Policy decisions by component (dns, proxy, firewall), action (allow, deny, would-deny) and deciding rule.",
+			Help: "Policy decisions by component (dns, proxy, firewall), action (allow, deny, would-deny, fail: could not be carried out, not refused) and deciding rule.",
 		}, []string{"component", "action", "rule"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_policy_reloads_total",

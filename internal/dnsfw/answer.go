@@ -22,16 +22,26 @@ type inspection struct {
 	// addrs are the addresses left in the answer, each once, with the
 	// (capped) TTL of the record that carried it.
 	addrs []learnedAddr
-	// dropped counts addresses removed by rebinding protection;
-	// wouldDrop those audit mode let through that enforce mode would not.
-	dropped, wouldDrop int
+	// dropped counts addresses removed by rebinding protection, and
+	// droppedLocal those of them that are this host's own; wouldDrop
+	// those audit mode let through that enforce mode would not.
+	dropped, droppedLocal, wouldDrop int
 	// capped counts addresses removed because the answer held more than
 	// dns.max_learned_per_name.
 	capped int
-	// cname is the first name in the CNAME chain the policy does not allow
-	// this client, when dns.inspect_cname is on; cnameDec is its decision.
-	cname    string
-	cnameDec policy.Decision
+	// chain is the CNAME chain from the question name: chain[0] is the
+	// question name, chain[1:nchain] the targets, in order.
+	chain  [maxChain]string
+	nchain int
+}
+
+// targets returns the CNAME targets of the chain from the question name,
+// for release.
+func (in *inspection) targets() []string {
+	if in.nchain == 0 {
+		return nil
+	}
+	return in.chain[1:in.nchain]
 }
 
 type learnedAddr struct {
@@ -43,20 +53,23 @@ func (in *inspection) reset() {
 	*in = inspection{addrs: in.addrs[:0]}
 }
 
-// inspect rewrites m, an upstream's answer to a question for qname that
-// the client src may ask, into what the client may see: only records of
-// the CNAME chain from qname, non-public addresses removed (rebinding
-// protection), ech removed from HTTPS/SVCB, TTLs at most dns.max_ttl. It
-// collects the addresses that remain into in. In audit mode nothing is
-// removed for security reasons; in notes what would have been. m is owned
-// by the caller and modified in place.
+// inspect rewrites m, an upstream's answer to a question for qname, into
+// what a client may see: only records of the CNAME chain from qname,
+// non-public addresses removed (rebinding protection), ech removed from
+// HTTPS/SVCB, TTLs at most dns.max_ttl. It collects the chain and the
+// addresses that remain into in. In audit mode nothing is removed for
+// security reasons; in notes what would have been. m is owned by the
+// caller and modified in place. Whether the client may follow the chain
+// is release's to say.
 //
-// A non-nil in.cname means the chain leaves the policy: the caller denies
-// the query and must not use m.
-func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *inspection) {
+// Addresses are classified by classes, which knows this host's own
+// addresses (netaddr.Local): rebinding protection removes them as it
+// removes loopback, so no answer points a client at the host fqdngate runs
+// on.
+func inspect(p *policy.Policy, classes netaddr.Classifier, qname string, m *dns.Msg, in *inspection) {
 	enforce := p.Mode == policy.Enforce
 
-	var chain [maxChain]string
+	chain := &in.chain
 	chain[0] = qname
 	n := 1
 	for n < maxChain {
@@ -73,20 +86,7 @@ func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *ins
 		chain[n] = next
 		n++
 	}
-	// src is invalid for the firewall's own lookups, which the caller
-	// decided on the name alone.
-	if p.DNS.InspectCNAME && src.IsValid() {
-		for _, name := range chain[1:n] {
-			d := p.Decide(policy.Query{Source: src, Name: name, AnyPort: true})
-			if d.Action != policy.Allow {
-				in.cname, in.cnameDec = name, d
-				if d.Action == policy.Deny {
-					return
-				}
-				break // audit mode: would deny; keep inspecting
-			}
-		}
-	}
+	in.nchain = n
 
 	maxTTL := durationTTL(p.DNS.MaxTTL)
 	out := m.Answer[:0]
@@ -102,17 +102,17 @@ func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *ins
 		}
 		switch v := rr.(type) {
 		case *dns.A:
-			if !in.keep(p, enforce, ipAddr(v.A), h.Ttl) {
+			if !in.keep(p, classes, enforce, ipAddr(v.A), h.Ttl) {
 				continue
 			}
 		case *dns.AAAA:
-			if !in.keep(p, enforce, ipAddr(v.AAAA), h.Ttl) {
+			if !in.keep(p, classes, enforce, ipAddr(v.AAAA), h.Ttl) {
 				continue
 			}
 		case *dns.HTTPS:
-			in.svcb(p, enforce, &v.SVCB)
+			in.svcb(p, classes, enforce, &v.SVCB)
 		case *dns.SVCB:
-			in.svcb(p, enforce, v)
+			in.svcb(p, classes, enforce, v)
 		}
 		out = append(out, rr)
 	}
@@ -134,16 +134,21 @@ func inspect(p *policy.Policy, src netip.Addr, qname string, m *dns.Msg, in *ins
 
 // keep decides whether address a, in a record with ttl, stays in the
 // answer, and collects it if so.
-func (in *inspection) keep(p *policy.Policy, enforce bool, a netip.Addr, ttl uint32) bool {
+func (in *inspection) keep(p *policy.Policy, classes netaddr.Classifier, enforce bool, a netip.Addr, ttl uint32) bool {
 	if !a.IsValid() {
 		return false
 	}
-	if p.DNS.RebindingProtection && !netaddr.Classify(a).IsPublic() && !p.NamesAddr(a) {
-		if enforce {
-			in.dropped++
-			return false
+	if p.DNS.RebindingProtection {
+		if c := classes.Classify(a); !c.IsPublic() && !p.NamesAddr(a) {
+			if enforce {
+				in.dropped++
+				if c == netaddr.Local {
+					in.droppedLocal++
+				}
+				return false
+			}
+			in.wouldDrop++
 		}
-		in.wouldDrop++
 	}
 	for i := range in.addrs {
 		if in.addrs[i].addr == a {
@@ -162,7 +167,7 @@ func (in *inspection) keep(p *policy.Policy, enforce bool, a netip.Addr, ttl uin
 // svcb inspects the parameters of an HTTPS or SVCB record: its address
 // hints are addresses the client may connect to, and ech hides from the
 // proxy the name a client connects to.
-func (in *inspection) svcb(p *policy.Policy, enforce bool, s *dns.SVCB) {
+func (in *inspection) svcb(p *policy.Policy, classes netaddr.Classifier, enforce bool, s *dns.SVCB) {
 	vals := s.Value[:0]
 	for _, kv := range s.Value {
 		switch v := kv.(type) {
@@ -171,11 +176,11 @@ func (in *inspection) svcb(p *policy.Policy, enforce bool, s *dns.SVCB) {
 				continue
 			}
 		case *dns.SVCBIPv4Hint:
-			if v.Hint = in.hints(p, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
+			if v.Hint = in.hints(p, classes, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
 				continue
 			}
 		case *dns.SVCBIPv6Hint:
-			if v.Hint = in.hints(p, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
+			if v.Hint = in.hints(p, classes, enforce, v.Hint, s.Hdr.Ttl); len(v.Hint) == 0 {
 				continue
 			}
 		}
@@ -185,10 +190,10 @@ func (in *inspection) svcb(p *policy.Policy, enforce bool, s *dns.SVCB) {
 	s.Value = vals
 }
 
-func (in *inspection) hints(p *policy.Policy, enforce bool, ips []net.IP, ttl uint32) []net.IP {
+func (in *inspection) hints(p *policy.Policy, classes netaddr.Classifier, enforce bool, ips []net.IP, ttl uint32) []net.IP {
 	out := ips[:0]
 	for _, ip := range ips {
-		if in.keep(p, enforce, ipAddr(ip), ttl) {
+		if in.keep(p, classes, enforce, ipAddr(ip), ttl) {
 			out = append(out, ip)
 		}
 	}

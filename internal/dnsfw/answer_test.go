@@ -27,8 +27,8 @@ func TestCNAMEChain(t *testing.T) {
 		wantRcode int
 		wantAddrs []string
 	}{
-		{"chain followed", "", "", dns.RcodeSuccess, []string{"198.51.100.7"}},
-		{"inspect_cname denies a chain leaving the policy", "  inspect_cname: true", "", dns.RcodeNameError, nil},
+		{"inspect_cname off: chain followed", "  inspect_cname: false", "", dns.RcodeSuccess, []string{"198.51.100.7"}},
+		{"inspect_cname (the default) denies a chain leaving the policy", "", "", dns.RcodeNameError, nil},
 		{"inspect_cname allows a chain inside the policy", "  inspect_cname: true",
 			"  - name: cdn\n    from: [payments]\n    to: [\"*.cdn.example\"]\n    ports: [443]",
 			dns.RcodeSuccess, []string{"198.51.100.7"}},

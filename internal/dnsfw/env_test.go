@@ -72,6 +72,8 @@ type opts struct {
 	// noBatch serves UDP one datagram per system call, as on a wildcard
 	// address but without IP_PKTINFO.
 	noBatch bool
+	// noFast sends every UDP query the ordinary way.
+	noFast bool
 }
 
 // env is a firewall serving UDP and TCP on 127.0.0.1 in front of a fake
@@ -113,6 +115,7 @@ func newEnv(t testing.TB, h dns.HandlerFunc, o opts) *env {
 	}
 	e.fw.udpSessions = o.udpSessions
 	e.fw.noBatch = o.noBatch
+	e.fw.noFast = o.noFast
 	e.serve(o.packetConn)
 	return e
 }

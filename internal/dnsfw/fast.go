@@ -19,8 +19,10 @@ import (
 // the reply was packed when the ordinary path last answered the question
 // (under the same policy) and is kept with the cache entry as a ready;
 // serving it is a copy with the client's ID, flags, question (in its
-// case) and the TTLs lowered by the time since. It keeps every guarantee
-// of the ordinary path:
+// case) and the TTLs lowered by the time since. It decides nothing of its
+// own: every query it reads is admitted by admit, and a ready goes out
+// only when release says it may go as it is (admit.go), the functions the
+// ordinary path decides with. So:
 //
 //   - the policy decides every query, before the cache is looked at, under
 //     the policy in force: a ready made under another policy is not used;
@@ -35,8 +37,10 @@ import (
 //   - every query is rate limited, counted and audited as the ordinary
 //     path does.
 //
-// Everything else (TCP, audit mode, rules with tls.verify, answers that
-// need truncating, queries of any unusual shape) takes the ordinary path.
+// Everything else (refusals, TCP, audit mode, rules with tls.verify,
+// answers that need truncating, queries of any unusual shape) takes the
+// ordinary path; a query the fast path admitted is handed over with its
+// admission, so it is admitted (and rate limited) once.
 
 // ready is a reply ready to send, derived from one cache entry under one
 // policy.
@@ -94,7 +98,7 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		return
 	}
 	pub := published{rule: x.allow.Rule.Name, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
-	epoch := f.epoch(p)
+	epoch := x.epoch // taken before the answer was inspected
 	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch && f.now().Before(r.expires) {
 		r.addPublished(pub)
 		return
@@ -155,24 +159,33 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 // for the same reason.
 const publishSlack = time.Second
 
-// policyEpoch numbers a policy for readies.
+// policyEpoch numbers a policy, with the host's addresses it is applied
+// to, for readies.
 type policyEpoch struct {
-	p *policy.Policy
-	n uint64
+	p    *policy.Policy
+	host uint64 // the version of Config.Local
+	n    uint64
 }
 
-// epoch returns the number of policy p: the same for as long as p is the
-// policy in force, a new one whenever the policy seen changes (a reload;
-// or, briefly, a query still running under the policy before it). A
-// number is never given to two policies, so a ready made under one is
-// never used under another.
+// epoch returns the number of policy p as applied to the host's addresses
+// now: the same for as long as p is the policy in force and the host's
+// addresses do not change, a new one whenever either does (a reload, an
+// address added or removed; or, briefly, a query still running under the
+// policy before). A number is never given to two policies, or to two sets
+// of host addresses, so a ready made under one is never used under
+// another: an answer inspected before an address became the host's own
+// is inspected again.
 func (f *Firewall) epoch(p *policy.Policy) uint64 {
+	var host uint64
+	if f.local != nil {
+		host = f.local.Version()
+	}
 	for {
 		e := f.polEpoch.Load()
-		if e != nil && e.p == p {
+		if e != nil && e.p == p && e.host == host {
 			return e.n
 		}
-		next := &policyEpoch{p: p, n: 1}
+		next := &policyEpoch{p: p, host: host, n: 1}
 		if e != nil {
 			next.n = e.n + 1
 		}
@@ -225,12 +238,19 @@ func (r *ready) publishedUntil(rule, group string, drops uint64) (time.Time, boo
 type fastQuery struct {
 	q   wireQuery
 	out [maxUDPReply]byte
+	// adm is the admission of the last query serveFast declined, when it
+	// made one (admitted): the ordinary path carries on from it.
+	adm      admission
+	admitted bool
 }
 
 // serveFast answers the query in b from src through w and reports whether
-// it did; if not, nothing was sent and nothing counted, and the caller
-// takes the ordinary path.
+// it did. If not, nothing was sent, and the caller takes the ordinary
+// path, handing it fq's admission when fq.admitted is set: the query was
+// then admitted (and rate limited, and counted if refused for load)
+// already, and must not be again.
 func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src netip.AddrPort, w replyWriter) bool {
+	fq.admitted = false
 	if f.wcache == nil {
 		return false
 	}
@@ -239,15 +259,17 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 		return false
 	}
 	p := f.policy()
-	if p.Mode != policy.Enforce || !p.DNS.Cache {
-		return false
-	}
-	lower := unsafe.String(unsafe.SliceData(q.lower), len(q.lower))
-	d := p.Decide(policy.Query{Source: src.Addr(), Name: lower, AnyPort: true})
-	if d.Action != policy.Allow || !typeAllowed(p, q.qtype) || f.mustVerify(d.Rule) {
-		return false
+	if !p.DNS.Cache {
+		return false // no ready to send: the ordinary path admits the query
 	}
 	now := f.now()
+	lower := unsafe.String(unsafe.SliceData(q.lower), len(q.lower))
+	a := &fq.adm
+	f.admit(a, p, src.Addr(), lower, q.qtype, now)
+	fq.admitted = true
+	if a.refusal != admitted || a.dec.Action != policy.Allow {
+		return false // the ordinary path writes the refusal
+	}
 	e := f.wcache.Lookup(dnscache.MakeKey(lower, q.qtype, q.do, q.cd), now)
 	if e == nil {
 		return false
@@ -256,28 +278,9 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	if !ok || r.epoch != f.epoch(p) || !now.Before(r.expires) || len(q.question) != r.qlen {
 		return false
 	}
-	if p.DNS.InspectCNAME {
-		for _, name := range r.chain {
-			if p.Decide(policy.Query{Source: src.Addr(), Name: name, AnyPort: true}).Action != policy.Allow {
-				return false
-			}
-		}
-	}
 	age := uint32(max(0, now.Sub(r.base)/time.Second))
-	drops, ok := f.dropped()
-	if !ok {
-		return false
-	}
-	until, ok := r.publishedUntil(d.Rule.Name, d.Group, drops)
-	if !ok {
-		return false
-	}
-	var maxTTL uint32
-	for _, a := range r.addrs {
-		maxTTL = max(maxTTL, a.ttl)
-	}
-	if learnedExpiry(p, now, maxTTL-min(age, maxTTL)).After(until.Add(publishSlack)) {
-		return false // the ordinary path publishes the later expiry
+	if f.release(p, src.Addr(), a.allow, r.chain, &publication{r: r, age: age}, now) != (release{}) {
+		return false // the ordinary path denies, verifies or publishes
 	}
 
 	limit := dns.MinMsgSize
@@ -288,9 +291,6 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	}
 	if n > limit {
 		return false // the ordinary path truncates
-	}
-	if !f.limiter.allow(src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, now) {
-		return false // the ordinary path refuses, and counts it
 	}
 
 	out := fq.out[:n]
@@ -333,7 +333,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	x := exchangePool.Get().(*exchange)
 	x.reset()
 	x.start, x.src = now, src
-	x.decided, x.dec, x.allow = true, d, d
+	x.decided, x.dec, x.allow = true, a.dec, a.allow
 	x.cached = true
 	x.answers = r.answers
 	name := q.name[:len(q.name)-1] // the audit line's names have no trailing dot

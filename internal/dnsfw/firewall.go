@@ -4,12 +4,14 @@
 //
 // One query, in order:
 //
-//	validate ─▶ rate limit ─▶ Decide(source, name) ─▶ record type ─▶ cache | upstream
-//	   ─▶ inspect answer (CNAME chain, rebinding, ECH, TTLs) ─▶ publish learned ─▶ reply ─▶ audit
+//	validate ─▶ admit (source, rate limit, Decide(source, name), record type) ─▶ cache | upstream
+//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (CNAME chain, tls.verify)
+//	   ─▶ publish learned ─▶ reply ─▶ audit
 //
 // The policy is checked on every query before the cache is consulted, so a
 // cached answer never outlives the rule that allowed it, and a denied query
-// is never sent upstream.
+// is never sent upstream. admit and release (admit.go) make these
+// decisions for the ordinary path and the fast path alike.
 package dnsfw
 
 import (
@@ -26,6 +28,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 )
@@ -88,8 +91,19 @@ type Config struct {
 	// nftables it lets a poisoned answer open a kernel path the proxy
 	// would refuse.
 	Verify func(ctx context.Context, name string, addr netip.Addr, port uint16, t *policy.TLS) error
+	// Local is the set of this host's own addresses, kept current as they
+	// come and go (*localaddr.Set). Rebinding protection removes them from
+	// answers as it removes loopback. If nil, only loopback is.
+	Local HostAddrs
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
+}
+
+// HostAddrs is the set of this host's own addresses.
+type HostAddrs interface {
+	Contains(netip.Addr) bool
+	// Version changes whenever the set does.
+	Version() uint64
 }
 
 // Firewall is the DNS firewall. It is safe for concurrent use; one
@@ -101,6 +115,7 @@ type Firewall struct {
 	wcache     *dnscache.Cache // cache, when it is one: the fast path's
 	drops      DropCounter     // publisher, when it is one
 	fastHits   atomic.Uint64   // answers the fast path sent
+	handovers  atomic.Uint64   // queries the fast path admitted and handed to the ordinary path
 	polEpoch   atomic.Pointer[policyEpoch]
 	publisher  learn.Publisher
 	store      *learn.Store // the publisher when Config.Publisher was nil
@@ -112,6 +127,9 @@ type Firewall struct {
 	now        func() time.Time
 	verify     func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	limiter    *limiter
+	budgets    *budgets
+	local      HostAddrs          // nil: none known
+	classes    netaddr.Classifier // knows local's addresses
 	bufs       bufPool
 	flight     verifyFlights
 	// refreshTick is how often RunRefresh reads the policy and looks for
@@ -123,6 +141,9 @@ type Firewall struct {
 	// noBatch reads and writes UDP one datagram per system call, so tests
 	// reach that path on a socket bound to one address.
 	noBatch bool
+	// noFast sends every UDP query the ordinary way, so tests can hold the
+	// fast path's replies to the ordinary path's.
+	noFast bool
 }
 
 // New returns a Firewall for c.
@@ -150,8 +171,13 @@ func New(c Config) (*Firewall, error) {
 		now:        c.Now,
 		verify:     c.Verify,
 		limiter:    newLimiter(maxLimiters),
+		budgets:    newBudgets(maxBudgetBuckets, maxBudgetNames),
+		local:      c.Local,
 
 		refreshTick: time.Second,
+	}
+	if f.local != nil {
+		f.classes.Host = f.local
 	}
 	if f.isBusy == nil {
 		f.isBusy = func(err error) bool { return errors.Is(err, resolver.ErrBusy) }

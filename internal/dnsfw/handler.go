@@ -36,13 +36,14 @@ const (
 	noteQType      = "record type not in dns.qtypes"
 	noteBusy       = "upstream queries over dns.max_inflight"
 	noteUpstream   = "upstream failed"
-	noteRebinding  = "every address in the answer is non-public (rebinding protection)"
+	noteRebinding  = "every address in the answer is non-public or this host's own (rebinding protection)"
 	noteCNAME      = "CNAME target not allowed (inspect_cname): "
 	notePublish    = "publishing learned addresses failed"
 	noteWouldRebnd = "non-public addresses would be removed (rebinding protection)"
 	noteUnverified = "addresses failed tls.verify and were removed: "
 	noteWouldVerif = "addresses failed tls.verify and would be removed: "
 	noteNoVerified = "no address passed tls.verify: "
+	noteBudget     = "client over dns.wildcard_budget: "
 )
 
 // deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
@@ -112,6 +113,15 @@ type exchange struct {
 	pubUntil  time.Time
 	pubDrops  uint64
 	batch     []learn.Entry // publish's, reused
+	// adm is the query's admission; handed is set when the fast path made
+	// it and handed the query over, and the ordinary path carries on from
+	// it instead of admitting the query again.
+	adm    admission
+	handed bool
+	upq    [1]dns.Question // the question sent upstream
+	// epoch is the policy's and host addresses' number (Firewall.epoch)
+	// when the answer was inspected: the ready made from it carries it.
+	epoch uint64
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -140,9 +150,14 @@ type replyWriter interface {
 	Write(b []byte) (int, error)
 }
 
-// serve answers req, audits and counts it.
+// serve answers req, audits and counts it: under the policy it was
+// admitted under, when the fast path handed it over, else the policy in
+// force.
 func (f *Firewall) serve(ctx context.Context, w replyWriter, req *dns.Msg, x *exchange) {
 	p := f.policy()
+	if x.handed {
+		p = x.adm.pol
+	}
 	m := f.answer(ctx, p, req, x)
 	rcode := -1 // dropped
 	if m != nil {
@@ -169,56 +184,52 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		x.note = noteClass
 		return reply(req, dns.RcodeRefused)
 	}
-	if !f.limiter.allow(x.src.Addr(), p.DNS.RateLimit, p.DNS.RateBurst, x.start) {
-		x.note = noteRateLimit
-		f.metrics.refused.WithLabelValues("rate_limit").Inc()
+	if !x.handed {
+		f.admit(&x.adm, p, x.src.Addr(), q.Name, q.Qtype, x.start)
+	}
+	a := &x.adm
+	x.decided, x.dec, x.allow, x.note, x.quiet = true, a.dec, a.allow, a.note, a.quiet
+	switch a.refusal {
+	case refusedLoad, refusedQType:
 		return reply(req, dns.RcodeRefused)
-	}
-
-	x.dec = p.Decide(policy.Query{Source: x.src.Addr(), Name: q.Name, AnyPort: true})
-	x.decided = true
-	if x.dec.Action == policy.Deny {
+	case refusedPolicy:
 		return denyReply(p, req)
-	}
-	if x.dec.Action == policy.Allow {
-		x.allow = x.dec
-	}
-	if !typeAllowed(p, q.Qtype) {
-		x.note = noteQType
-		if p.Mode == policy.Enforce {
-			x.dec = refuse(x.dec, policy.ReasonQType, policy.Deny)
-			return reply(req, dns.RcodeRefused)
-		}
-		x.dec = refuse(x.dec, policy.ReasonQType, policy.WouldDeny)
 	}
 
 	opt := req.IsEdns0()
 	do := opt != nil && opt.Do()
 	m, err := f.resolve(ctx, p, req, do, false, x)
 	if err != nil {
+		if err == errOverBudget {
+			return reply(req, dns.RcodeRefused) // admitUpstream noted why
+		}
 		if f.isBusy(err) {
 			x.note = noteBusy
-			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Deny)
+			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Fail)
 			x.quiet = true
 			f.metrics.refused.WithLabelValues("busy").Inc()
 			return reply(req, dns.RcodeRefused)
 		}
 		x.note = noteUpstream + ": " + err.Error()
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return reply(req, dns.RcodeServerFailure)
 	}
 	if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
 		// What the resolver returns when every upstream it tried failed
 		// this way: relayed, but it is not the answer the rule allowed.
 		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return reply(req, m.Rcode)
 	}
 
-	inspect(p, x.src.Addr(), q.Name, m, &x.in)
-	if x.in.cname != "" {
-		x.note = noteCNAME + x.in.cname
-		if x.in.cnameDec.Action == policy.Deny {
+	x.epoch = f.epoch(p)
+	inspect(p, f.classes, q.Name, m, &x.in)
+	// The ordinary path publishes every answer it sends: what the fast path
+	// may skip (rel.publish) it does anyway.
+	rel := f.release(p, x.src.Addr(), x.allow, x.in.targets(), nil, x.start)
+	if rel.cname != "" {
+		x.note = noteCNAME + rel.cname
+		if rel.cnameDec.Action == policy.Deny {
 			x.dec = refuse(x.dec, policy.ReasonCNAME, policy.Deny)
 			return denyReply(p, req)
 		}
@@ -235,7 +246,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.in.capped > 0 {
 		f.metrics.capHits.Inc()
 	}
-	if x.allow.Rule != nil && len(x.in.addrs) > 0 && f.mustVerify(x.allow.Rule) {
+	if rel.verify && len(x.in.addrs) > 0 {
 		if !f.verifyAnswer(ctx, p, q.Name, m, x) {
 			x.dec = refuse(x.dec, policy.ReasonVerify, policy.Deny)
 			return reply(req, dns.RcodeServerFailure)
@@ -248,7 +259,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		now := f.now()
 		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now, &x.batch); err != nil {
 			x.note = notePublish + ": " + err.Error()
-			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
+			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 			f.metrics.publishFailures.Inc()
 			f.log.Warn("publishing learned addresses failed; answered SERVFAIL",
 				"name", q.Name, "error", err)
@@ -301,10 +312,18 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 		}
 		f.metrics.cacheMisses.Inc()
 	}
+	// The question goes upstream in lower case: the case of a name the
+	// client was charged for already (admitUpstream) must not carry
+	// anything out either.
+	x.upq[0] = req.Question[0]
+	x.upq[0].Name = strings.ToLower(x.upq[0].Name)
+	if !f.admitUpstream(x, x.upq[0].Name, x.start) {
+		return nil, errOverBudget
+	}
 	up := new(dns.Msg)
 	up.RecursionDesired = true
 	up.CheckingDisabled = req.CheckingDisabled
-	up.Question = req.Question
+	up.Question = x.upq[:]
 	up.SetEdns0(upstreamUDPSize, do)
 	// The Exchanger bounds its time (Exchanger): a timer per query here
 	// cost 6% of the CPU of an uncached answer.
@@ -557,16 +576,17 @@ func typeAllowed(p *policy.Policy, t uint16) bool {
 }
 
 // refuse returns the decision for a refusal the firewall made on top of d
-// for reason r, with action a (Deny, or WouldDeny for what audit mode lets
-// through). A decision the policy already refused keeps its own reason,
-// unless the firewall's refusal changed the outcome (a would-deny that was
-// then answered SERVFAIL is a deny). Rule is always cleared: the audit
+// for reason r, with action a (Deny; WouldDeny for what audit mode lets
+// through; Fail when the firewall could not carry out what was allowed). A
+// decision already refused or failed keeps its own reason, and so does a
+// would-deny that is only noted again; a would-deny that was then answered
+// with a refusal or a failure takes a and r. Rule is always cleared: the audit
 // line's rule is empty on a refusal, so nothing mistakes it for
 // permission; the rule that named the destination becomes NearRule
 // (near_rule in the line), so an assessor sees which rule named it and why
 // it was still refused.
 func refuse(d policy.Decision, r policy.Reason, a policy.Action) policy.Decision {
-	if d.Action != policy.Allow && (a != policy.Deny || d.Action == policy.Deny) {
+	if d.Action == policy.Deny || d.Action == policy.Fail || d.Action == policy.WouldDeny && a == policy.WouldDeny {
 		return d
 	}
 	near := d.Rule

@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 )
 
 // LookupNetIP returns the IPv4 and IPv6 addresses of host, resolved the way
@@ -32,6 +33,7 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	type result struct {
 		addrs   []netip.Addr
 		dropped int
+		local   int // of dropped, this host's own
 		rcode   int
 		err     error
 	}
@@ -44,8 +46,8 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 		if err != nil {
 			return result{err: err}
 		}
-		inspect(p, netip.Addr{}, fqdn, m, &x.in)
-		r := result{rcode: m.Rcode, dropped: x.in.dropped}
+		inspect(p, f.classes, fqdn, m, &x.in)
+		r := result{rcode: m.Rcode, dropped: x.in.dropped, local: x.in.droppedLocal}
 		for _, a := range x.in.addrs {
 			r.addrs = append(r.addrs, a.addr)
 		}
@@ -65,7 +67,12 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 		err := errors.Join(r4.err, r6.err)
 		return nil, &net.DNSError{Err: err.Error(), Name: host, IsTemporary: true, IsTimeout: errors.Is(err, context.DeadlineExceeded)}
 	case r4.dropped+r6.dropped > 0:
-		return nil, &net.DNSError{Err: "every address is non-public (rebinding protection); name the addresses in a CIDR rule to allow them", Name: host}
+		// Wrapped, so the proxy tells a refusal from a failure to resolve.
+		ce := &netaddr.ClassError{Class: netaddr.Private}
+		if r4.local+r6.local == r4.dropped+r6.dropped {
+			ce.Class = netaddr.Local
+		}
+		return nil, &net.DNSError{Err: ce.Error() + " (rebinding protection); name the addresses in a CIDR rule to allow them", Name: host, UnwrapErr: ce}
 	case r4.rcode == dns.RcodeServerFailure || r6.rcode == dns.RcodeServerFailure:
 		return nil, &net.DNSError{Err: "server misbehaving", Name: host, IsTemporary: true}
 	}

@@ -28,6 +28,7 @@ type Metrics struct {
 	verifyFailures  prometheus.Counter
 	refreshes       *prometheus.CounterVec
 	outside         prometheus.Counter // queries from outside the inside
+	budget          *prometheus.CounterVec
 }
 
 // NewMetrics makes the series and registers them with reg; if reg is nil
@@ -37,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		reg: reg,
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_dns_queries_total",
-			Help: "DNS queries answered, by policy action (allow, deny, would-deny; none when refused before a decision), query type and response code (dropped when no response was sent).",
+			Help: "DNS queries answered, by action (allow, deny, would-deny; fail when the upstream failed, the answer could not be enforced in time, or the query was over dns.rate_limit or dns.max_inflight; none when refused as malformed), query type and response code (dropped when no response was sent).",
 		}, []string{"action", "qtype", "rcode"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_dns_refused_total",
@@ -76,6 +77,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "fqdngate_dns_refresh_total",
 			Help: "Re-resolutions of names of rules with refresh, by result: learned (addresses published), empty (no address to learn), failed (upstream, rebinding, verification or publishing failed).",
 		}, []string{"result"}),
+		budget: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fqdngate_dns_wildcard_budget_exceeded_total",
+			Help: "Queries for a new name under a wildcard from a client over dns.wildcard_budget, by allowing rule: refused, never sent upstream (in audit mode, sent and logged would-deny).",
+		}, []string{"rule"}),
 	}
 	m.outside = newOutsideCounter()
 	if reg == nil {
@@ -85,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.refused, m.upstreamLatency, m.upstreamFails,
-		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes} {
+		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes, m.budget} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 		}

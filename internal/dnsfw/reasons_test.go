@@ -1,11 +1,14 @@
 package dnsfw
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
@@ -37,10 +40,17 @@ func TestAuditReasons(t *testing.T) {
 			map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonCNAME.String(), "near_rule": "bank", "dns_reason": noteCNAME + "lb.cdn.example."}},
 		{"rebinding", dnstest.Answer(dnstest.A("api.bank.example", 300, "10.0.0.1")), opts{}, dnstest.Fault{}, payments, dns.TypeA, dns.RcodeServerFailure,
 			map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonRebinding.String(), "near_rule": "bank", "dns_reason": noteRebinding}},
+		// Failures are not denials: an outage must not read as an attack.
 		{"upstream SERVFAIL", zone(), opts{}, dnstest.Fault{Rcode: dns.RcodeServerFailure}, payments, dns.TypeA, dns.RcodeServerFailure,
-			map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank", "answers": ""}},
+			map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank", "answers": ""}},
 		{"upstream silent", zone(), opts{dns: "  timeout: 100ms"}, dnstest.Fault{Drop: true}, payments, dns.TypeA, dns.RcodeServerFailure,
-			map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank"}},
+			map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank"}},
+		{"upstream silent, audit mode", zone(), opts{mode: "audit", dns: "  timeout: 100ms"}, dnstest.Fault{Drop: true}, payments, dns.TypeA, dns.RcodeServerFailure,
+			map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank"}},
+		{"upstream REFUSED, audit mode, name not allowed", zone(), opts{mode: "audit"}, dnstest.Fault{Rcode: dns.RcodeRefused}, web, dns.TypeA, dns.RcodeRefused,
+			map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonUpstream.String(), "near_rule": "bank"}},
+		{"publish failed", zone(), opts{cfg: func(c *Config) { c.Publisher = failingPublisher{} }}, dnstest.Fault{}, payments, dns.TypeA, dns.RcodeServerFailure,
+			map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonPublish.String(), "near_rule": "bank"}},
 		{"policy: other group", zone(), opts{}, dnstest.Fault{}, web, dns.TypeA, dns.RcodeNameError,
 			map[string]any{"action": "deny", "rule": "", "reason": policy.ReasonSource.String(), "near_rule": "bank"}},
 		{"policy: source in no group", zone(), opts{}, dnstest.Fault{}, stranger, dns.TypeA, dns.RcodeNameError,
@@ -100,4 +110,11 @@ func TestDeniedNXDOMAINHasSOA(t *testing.T) {
 	if r := e.ask(payments, "evil.example", dns.TypeA); r.Rcode != dns.RcodeRefused || len(r.Ns) != 0 {
 		t.Errorf("deny_with refused: got %s with %d authority records, want REFUSED with none", dns.RcodeToString[r.Rcode], len(r.Ns))
 	}
+}
+
+// failingPublisher cannot enforce anything.
+type failingPublisher struct{}
+
+func (failingPublisher) Publish(context.Context, []learn.Entry) error {
+	return errors.New("the kernel refused the batch")
 }

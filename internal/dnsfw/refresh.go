@@ -3,7 +3,6 @@ package dnsfw
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -176,7 +175,7 @@ func (f *Firewall) refreshQuery(ctx context.Context, p *policy.Policy, rule *pol
 
 	retry := min(rule.Refresh, p.DNS.MinTTL)
 	switch {
-	case x.dec.Action == policy.Deny:
+	case !x.dec.Action.Permits():
 		f.metrics.refreshes.WithLabelValues("failed").Inc()
 		return retry
 	case len(x.in.addrs) == 0:
@@ -202,16 +201,16 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 		if f.isBusy(err) {
 			x.note, reason = noteBusy, policy.ReasonBusy
 		}
-		x.dec = refuse(x.dec, reason, policy.Deny)
+		x.dec = refuse(x.dec, reason, policy.Fail)
 		return dns.RcodeServerFailure, nil
 	}
 	if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
 		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
-		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return m.Rcode, nil
 	}
 	qname := req.Question[0].Name
-	inspect(p, netip.Addr{}, qname, m, &x.in)
+	inspect(p, f.classes, qname, m, &x.in)
 	if x.in.dropped > 0 && len(x.in.addrs) == 0 {
 		x.note = noteRebinding
 		x.dec = refuse(x.dec, policy.ReasonRebinding, policy.Deny)
@@ -268,7 +267,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	}
 	if err := f.publishBatch(ctx, batch); err != nil {
 		x.note = notePublish + ": " + err.Error()
-		x.dec = refuse(x.dec, policy.ReasonPublish, policy.Deny)
+		x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 		f.metrics.publishFailures.Inc()
 		f.log.Warn("publishing refreshed addresses failed", "name", qname, "rule", rule.Name, "error", err)
 		return dns.RcodeServerFailure, nil

@@ -278,7 +278,7 @@ func TestRefreshProtections(t *testing.T) {
 			[]string{"pinned/payments/api.pinned.example/192.0.2.1", "pinned/web/api.pinned.example/192.0.2.1"},
 			map[string]any{"action": "allow", "rule": "pinned", "answers": "192.0.2.1"}, time.Minute},
 		{"upstream fails", zone(), "", refreshRules, dnstest.Fault{Rcode: dns.RcodeServerFailure}, nil,
-			map[string]any{"action": "deny", "rule": "", "near_rule": "pinned", "reason": "upstream unreachable or failed"},
+			map[string]any{"action": "fail", "rule": "", "near_rule": "pinned", "reason": "upstream unreachable or failed"},
 			30 * time.Second},
 		{"CNAME leaves the policy for one group", dnstest.Answer(
 			dnstest.CNAME("api.pinned.example", 300, "lb.cdn.example"),

@@ -61,6 +61,13 @@ func TestRateLimit(t *testing.T) {
 	if got := testCounter(t, e.fw.metrics.refused.WithLabelValues("rate_limit")); got != 2 {
 		t.Errorf("rate-limited count: got %v, want 2", got)
 	}
+	// A refusal for load is a failure, not a denial; counted, not audited.
+	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED")); got != 2 {
+		t.Errorf("rate-limited queries counted as fail: got %v, want 2", got)
+	}
+	if lines := e.auditLines(4); len(lines) != 4 {
+		t.Errorf("audit lines: got %d, want 4 (the answered queries only)", len(lines))
+	}
 	e.clock.Advance(time.Second)
 	if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Rcode != dns.RcodeSuccess {
 		t.Errorf("a second later: got %s, want NOERROR", dns.RcodeToString[r.Rcode])
@@ -112,8 +119,8 @@ func TestInFlightBoundRefuses(t *testing.T) {
 	if got := testCounter(t, e.fw.metrics.refused.WithLabelValues("busy")); got != 1 {
 		t.Errorf("busy count: got %v, want 1", got)
 	}
-	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("deny", "A", "REFUSED")); got != 1 {
-		t.Errorf("denied queries counted: got %v, want 1", got)
+	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED")); got != 1 {
+		t.Errorf("failed (busy) queries counted: got %v, want 1", got)
 	}
 	// Counted, not audited: only the first query has a line.
 	time.Sleep(50 * time.Millisecond)

@@ -69,6 +69,9 @@ type udpPacket struct {
 	n    int
 	from netip.AddrPort
 	sess *dns.SessionUDP // on a wildcard socket only
+	// adm is the admission the fast path made, when handed is set.
+	adm    admission
+	handed bool
 }
 
 // serveUDPConn is ServeUDP for a *net.UDPConn.
@@ -152,10 +155,11 @@ func (s *udpServer) read(ctx context.Context) error {
 			continue
 		}
 		s.fastW.to, s.fastW.sess = p.from, p.sess
-		if s.f.serveFast(s.ctx, &s.fq, (*bp)[:p.n], p.from, &s.fastW) {
+		if !s.f.noFast && s.f.serveFast(s.ctx, &s.fq, (*bp)[:p.n], p.from, &s.fastW) {
 			s.bufs.put(bp)
 			continue
 		}
+		p.adm, p.handed = s.fq.adm, s.fq.admitted && !s.f.noFast
 		s.dispatch(p, nil)
 	}
 }
@@ -202,10 +206,11 @@ func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn, fq *fastQuery
 			if len(b) < dnsHeaderSize || !s.f.fromInside(from, s.local) {
 				continue // too short to answer, even with FORMERR; or from outside
 			}
-			if !truncated && s.f.serveFast(s.ctx, fq, b, from, mc.replyTo(i)) {
+			fq.admitted = false
+			if !truncated && !s.f.noFast && s.f.serveFast(s.ctx, fq, b, from, mc.replyTo(i)) {
 				continue
 			}
-			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from}
+			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from, adm: fq.adm, handed: fq.admitted}
 			mc.setBuf(i, s.bufs.get())
 			s.dispatch(p, mc)
 		}
@@ -323,6 +328,10 @@ func (s *udpServer) handle(p udpPacket, w *udpReply) {
 	x.reset()
 	x.start = s.f.now()
 	x.src = p.from
+	if p.handed {
+		s.f.handovers.Add(1)
+		x.adm, x.handed, x.start = p.adm, true, p.adm.at
+	}
 	s.f.serve(s.ctx, w, req, x)
 	exchangePool.Put(x)
 }

@@ -17,9 +17,14 @@ const (
 	Unspecified              // 0.0.0.0, ::
 	Multicast                // 224.0.0.0/4, ff00::/8, broadcast
 	Reserved                 // everything else not meant to be reached: 0/8, 240/4, benchmarking, ...
+	// Local is an address of one of this host's own interfaces (other
+	// than loopback, which stays Loopback): reaching it reaches this
+	// host's services, as loopback does. Only a Classifier that knows the
+	// host's addresses returns it.
+	Local
 )
 
-var classNames = [...]string{"public", "private", "loopback", "link-local", "cgnat", "unspecified", "multicast", "reserved"}
+var classNames = [...]string{"public", "private", "loopback", "link-local", "cgnat", "unspecified", "multicast", "reserved", "local"}
 
 func (c Class) String() string {
 	if int(c) < len(classNames) {
@@ -112,4 +117,52 @@ func Unmap(a netip.Addr) netip.Addr {
 		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
 	}
 	return a
+}
+
+// Host is the set of this host's own addresses; *localaddr.Set is one,
+// kept current as addresses come and go.
+type Host interface {
+	Contains(netip.Addr) bool
+}
+
+// Classifier classifies addresses the way Classify does, except that an
+// address of this host's interfaces is Local. Its zero value knows no host
+// addresses and is Classify.
+type Classifier struct {
+	// Host holds this host's addresses. If nil, none are Local.
+	Host Host
+}
+
+// Classify returns the class of a, Local for an address of c.Host (but
+// Loopback, Unspecified and Multicast addresses keep those classes).
+func (c Classifier) Classify(a netip.Addr) Class {
+	cl := Classify(a)
+	if c.Host == nil {
+		return cl
+	}
+	switch cl {
+	case Loopback, Unspecified, Multicast:
+		return cl
+	}
+	if c.Host.Contains(Unmap(a)) {
+		return Local
+	}
+	return cl
+}
+
+// ClassError says that every address a name resolved to was left out for
+// its class: what a resolver returns, wrapped, so that its caller can tell
+// an address it must not reach from a name that did not resolve.
+type ClassError struct {
+	// Class is Local when every address left out was one of this host's,
+	// else Private (non-public).
+	Class Class
+}
+
+func (e *ClassError) Error() string {
+	what := "non-public"
+	if e.Class == Local {
+		what = "an address of this host"
+	}
+	return "every address is " + what
 }

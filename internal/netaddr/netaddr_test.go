@@ -121,3 +121,57 @@ func TestUnmap(t *testing.T) {
 		})
 	}
 }
+
+// hostAddrs is a fixed Host.
+type hostAddrs []netip.Addr
+
+func (h hostAddrs) Contains(a netip.Addr) bool {
+	for _, x := range h {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+func TestClassifierLocal(t *testing.T) {
+	host := hostAddrs{
+		netip.MustParseAddr("192.0.2.1"),   // a public (documentation) address of the host
+		netip.MustParseAddr("10.0.0.1"),    // a private one
+		netip.MustParseAddr("2001:db8::1"), // IPv6
+		netip.MustParseAddr("fe80::1"),     // link-local
+		netip.MustParseAddr("127.0.0.1"),
+	}
+	c := Classifier{Host: host}
+	tests := []struct {
+		addr string
+		want Class
+	}{
+		{"192.0.2.1", Local},
+		{"::ffff:192.0.2.1", Local},
+		{"64:ff9b::c000:201", Local}, // NAT64 spelling of 192.0.2.1
+		{"10.0.0.1", Local},
+		{"2001:db8::1", Local},
+		{"fe80::1%eth0", Local},
+		{"127.0.0.1", Loopback},
+		{"192.0.2.2", Public},
+		{"10.0.0.2", Private},
+		{"0.0.0.0", Unspecified},
+	}
+	for _, tt := range tests {
+		a := netip.MustParseAddr(tt.addr)
+		if got := c.Classify(a); got != tt.want {
+			t.Errorf("Classify(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+		if got := c.Classify(a).IsPublic(); got != (tt.want == Public) {
+			t.Errorf("Classify(%s).IsPublic() = %v", tt.addr, got)
+		}
+	}
+	// The zero Classifier knows no host.
+	if got := (Classifier{}).Classify(netip.MustParseAddr("192.0.2.1")); got != Public {
+		t.Errorf("zero Classifier: Classify(192.0.2.1) = %v, want public", got)
+	}
+	if Local.String() != "local" {
+		t.Errorf("Local.String() = %q", Local.String())
+	}
+}

@@ -266,7 +266,7 @@ func TestActionPermits(t *testing.T) {
 	tests := []struct {
 		a    Action
 		want bool
-	}{{Deny, false}, {Allow, true}, {WouldDeny, true}}
+	}{{Deny, false}, {Allow, true}, {WouldDeny, true}, {Fail, false}}
 	for _, tt := range tests {
 		if got := tt.a.Permits(); got != tt.want {
 			t.Errorf("%v.Permits() = %v, want %v", tt.a, got, tt.want)

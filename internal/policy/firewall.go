@@ -103,16 +103,19 @@ func Steered(ap netip.AddrPort, hook Hook) (v4, v6 bool) {
 }
 
 // familyUser says why some source may use IPv6 (is6) or IPv4: a rule
-// without from applies to every source, or a group a rule names has such
+// without from applies to every source (on a gateway, every source of the
+// inside, which is all that is steered), or a group a rule names has such
 // addresses. It returns "" when no source can.
 func (p *Policy) familyUser(is6 bool) string {
 	fam := "IPv4"
 	if is6 {
 		fam = "IPv6"
 	}
-	for _, r := range p.Rules {
-		if r.AnySource() {
-			return fmt.Sprintf("rule %q applies to every source, %s ones included", r.Name, fam)
+	if p.Firewall.Hook == HookOutput || p.insideHasFamily(is6) {
+		for _, r := range p.Rules {
+			if r.AnySource() {
+				return fmt.Sprintf("rule %q applies to every source, %s ones included", r.Name, fam)
+			}
 		}
 	}
 	for _, r := range p.Rules {
@@ -125,4 +128,21 @@ func (p *Policy) familyUser(is6 bool) string {
 		}
 	}
 	return ""
+}
+
+// insideHasFamily reports whether the inside admits sources of IPv6 (is6)
+// or IPv4: a part with ranges of that family, or a part given by
+// interfaces alone.
+func (p *Policy) insideHasFamily(is6 bool) bool {
+	for _, part := range p.InsideSpec.Parts {
+		if part.Prefixes == nil {
+			return true
+		}
+		for _, pfx := range part.Prefixes {
+			if pfx.Addr().Unmap().Is6() == is6 {
+				return true
+			}
+		}
+	}
+	return false
 }

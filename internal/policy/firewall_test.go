@@ -142,3 +142,32 @@ func TestRuleByName(t *testing.T) {
 		t.Errorf("Rule(nope) = %v, want nil", r)
 	}
 }
+
+// TestTransparentSteeringInside: on a gateway only the inside is steered,
+// so a rule for every source needs the listener to receive the families
+// the inside has, not both.
+func TestTransparentSteeringInside(t *testing.T) {
+	for _, tt := range []struct {
+		name, inside string
+		wantErr      bool
+	}{
+		{"IPv4 inside", "inside: {ranges: [192.0.2.0/24]}", false},
+		{"dual-stack inside", `inside: {ranges: [192.0.2.0/24, "2001:db8:1::/64"]}`, true},
+		{"inside by interface", "inside: {interfaces: [eth1]}", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(`dns: {upstreams: [192.0.2.53]}
+listen: {transparent: "0.0.0.0:3129"}
+firewall: {backend: nftables, hook: forward, transparent_ports: [443]}
+`+tt.inside+`
+rules:
+`+rulesAny))
+			if gotErr := err != nil; gotErr != tt.wantErr {
+				t.Fatalf("Parse: %v, want error %v", err, tt.wantErr)
+			}
+			if tt.wantErr && !strings.Contains(err.Error(), "cannot receive IPv6 connections") {
+				t.Errorf("Parse: %v, want it to say the listener cannot receive IPv6", err)
+			}
+		})
+	}
+}

@@ -56,12 +56,14 @@ func defaults(file string) *Policy {
 			RebindingProtection: true,
 			Cache:               true,
 			CacheSize:           100_000,
+			InspectCNAME:        true,
 			StripECH:            true,
 			Timeout:             2 * time.Second,
 			RateLimit:           1000,
 			RateBurst:           2000,
 			MaxInFlight:         4096,
 			MaxLearnedPerName:   1000,
+			WildcardBudget:      300,
 		},
 		Firewall: Firewall{Table: "fqdngate", StateFile: "/var/lib/fqdngate/state.json"},
 		Proxy: Proxy{
@@ -165,6 +167,7 @@ func Parse(file string, data []byte) (*Policy, error) {
 				field{"rate_burst", d.integer(&p.DNS.RateBurst, "dns.rate_burst", 1, 1_000_000)},
 				field{"max_inflight", d.integer(&p.DNS.MaxInFlight, "dns.max_inflight", 1, 1_000_000)},
 				field{"max_learned_per_name", d.integer(&p.DNS.MaxLearnedPerName, "dns.max_learned_per_name", 1, 1_000_000)},
+				field{"wildcard_budget", d.integer(&p.DNS.WildcardBudget, "dns.wildcard_budget", 0, 1_000_000)},
 			)
 		}},
 		field{"firewall", func(n *yaml.Node) {

@@ -118,6 +118,9 @@ type DNS struct {
 	RateBurst           int
 	MaxInFlight         int // queries outstanding upstream
 	MaxLearnedPerName   int
+	// WildcardBudget is how many distinct names under one wildcard
+	// pattern a client may send upstream per minute; 0 disables it.
+	WildcardBudget int
 }
 
 // Backend is the enforcement backend.
@@ -360,12 +363,18 @@ const (
 	Deny      Action = iota
 	Allow            // a rule allowed it
 	WouldDeny        // audit mode: allowed, but Enforce would deny
+	// Fail: nothing refused it, but fqdngate could not carry it out: the
+	// upstream resolver or server was unreachable or failed, the answer's
+	// addresses could not be enforced in time, or a concurrency or rate
+	// bound was reached. Kept apart from Deny so that an outage does not
+	// read (or alert) as an attack, and audit mode leaves it a failure.
+	Fail
 )
 
-func (a Action) String() string { return [...]string{"deny", "allow", "would-deny"}[a] }
+func (a Action) String() string { return [...]string{"deny", "allow", "would-deny", "fail"}[a] }
 
 // Permits reports whether traffic may proceed.
-func (a Action) Permits() bool { return a != Deny }
+func (a Action) Permits() bool { return a == Allow || a == WouldDeny }
 
 // Reason says why a decision came out as it did. The first six come from
 // Decide; the rest are set by the component that refused something a rule
@@ -396,6 +405,8 @@ const (
 	ReasonUndecided  // refused before a decision could be made (no policy, no destination)
 	ReasonPublish    // DNS: the answer's addresses could not be enforced in time
 	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
+	ReasonBudget     // DNS: the client is over dns.wildcard_budget under the allowing wildcard
+	ReasonLocal      // proxy: the destination is an address of this host
 )
 
 var reasonText = [...]string{
@@ -420,6 +431,8 @@ var reasonText = [...]string{
 	"refused before a policy decision",
 	"learned addresses could not be enforced in time",
 	"proxy credentials missing or wrong",
+	"too many new names under this wildcard (dns.wildcard_budget)",
+	"destination is an address of this host",
 }
 
 func (r Reason) String() string { return reasonText[r] }

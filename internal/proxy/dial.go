@@ -31,6 +31,16 @@ func (p *Proxy) candidates(ctx context.Context, pol *policy.Policy, t Target) ([
 		res, err := p.cfg.Resolver.LookupNetIP(rctx, string(t.Name))
 		cancel()
 		if err != nil {
+			// A resolver that left every address out for its class (the
+			// DNS firewall's rebinding protection) refused the destination;
+			// that is not a failure to resolve.
+			var ce *netaddr.ClassError
+			switch {
+			case errors.As(err, &ce) && ce.Class == netaddr.Local:
+				return nil, refuse(RefusedLocal, err)
+			case errors.As(err, &ce):
+				return nil, refuse(RefusedPrivate, err)
+			}
 			return nil, refuse(RefusedResolve, err)
 		}
 		if len(res) == 0 {
@@ -42,8 +52,10 @@ func (p *Proxy) candidates(ctx context.Context, pol *policy.Policy, t Target) ([
 }
 
 // filter drops addresses the proxy must not dial: fqdngate's own
-// listeners, and under deny_private every address whose class is not
-// public unless a rule names it. The refusal names the first reason found.
+// listeners; this host's own addresses (netaddr.Local, whatever
+// deny_private says) and, under deny_private, every address whose class is
+// not public, unless a CIDR rule names it. The refusal names the first
+// reason found.
 func (p *Proxy) filter(pol *policy.Policy, addrs []netip.Addr, port uint16) ([]netip.Addr, *refusalError) {
 	out := make([]netip.Addr, 0, len(addrs))
 	var why *refusalError
@@ -58,8 +70,14 @@ func (p *Proxy) filter(pol *policy.Policy, addrs []netip.Addr, port uint16) ([]n
 			}
 			continue
 		}
-		if pol.Proxy.DenyPrivate {
-			if c := netaddr.Classify(a); !c.IsPublic() && !pol.NamesAddr(a) {
+		if c := p.classes.Classify(a); !c.IsPublic() && !pol.NamesAddr(a) {
+			switch {
+			case c == netaddr.Local:
+				if why == nil {
+					why = refuse(RefusedLocal, fmt.Errorf("%s is an address of this host; name it in a CIDR rule to allow it", a))
+				}
+				continue
+			case pol.Proxy.DenyPrivate:
 				if why == nil {
 					why = refuse(RefusedPrivate, fmt.Errorf("%s is %s; name it in a rule to allow it", a, c))
 				}

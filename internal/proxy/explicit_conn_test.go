@@ -636,7 +636,7 @@ func TestFastPathHangUpWhileDialling(t *testing.T) {
 	io.WriteString(c, "CONNECT slow.test:443 HTTP/1.1\r\n\r\n")
 	<-started
 	c.Close()
-	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "deny", "refused": RefusedResolve.String(), "error": "context canceled"})
+	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "fail", "refused": RefusedResolve.String(), "error": "context canceled"})
 	waitFor(t, "the slot", func() bool { return h.p.active.Load() == 0 })
 }
 

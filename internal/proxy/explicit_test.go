@@ -228,7 +228,7 @@ rules:
 		if r.status != tc.want || r.reason != tc.reason.String() {
 			t.Errorf("CONNECT %s: got %d %q, want %d %q", tc.target, r.status, r.reason, tc.want, tc.reason)
 		}
-		checkAudit(t, h.auditOf(t, r.conn), refusedBy(tc.reason, policy.ReasonUpstream, "any"))
+		checkAudit(t, h.auditOf(t, r.conn), failedBy(tc.reason, policy.ReasonUpstream, "any"))
 	}
 }
 
@@ -312,7 +312,7 @@ rules:
 	if second.status != 503 || second.reason != RefusedBusy.String() {
 		t.Fatalf("second CONNECT past max_conns: got %d %q, want 503 %q", second.status, second.reason, RefusedBusy)
 	}
-	checkAudit(t, h.auditOf(t, second.conn), refusedBy(RefusedBusy, policy.ReasonBusy, ""))
+	checkAudit(t, h.auditOf(t, second.conn), failedBy(RefusedBusy, policy.ReasonBusy, ""))
 	first.echo(t)
 	first.conn.Close()
 	waitFor(t, "the slot to be released", func() bool { return h.p.active.Load() == 0 })

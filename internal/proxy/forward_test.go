@@ -189,7 +189,7 @@ func TestForwardUpstreamDown(t *testing.T) {
 	if resp.StatusCode != 502 || resp.Header.Get("X-Fqdngate-Reason") != RefusedDial.String() {
 		t.Fatalf("GET of a dead upstream: got %d %q, want 502 %q", resp.StatusCode, resp.Header.Get("X-Fqdngate-Reason"), RefusedDial)
 	}
-	checkAudit(t, h.auditLine(t, `"name":"web.test"`), refusedBy(RefusedDial, policy.ReasonUpstream, "web"))
+	checkAudit(t, h.auditLine(t, `"name":"web.test"`), failedBy(RefusedDial, policy.ReasonUpstream, "web"))
 }
 
 // tlsBackend starts an HTTPS server on 127.0.0.1 with a leaf for hosts.

@@ -270,6 +270,13 @@ func checkAudit(t testing.TB, got map[string]any, want map[string]any) {
 	}
 }
 
+// failedBy is refusedBy for a refusal that is a failure (action fail).
+func failedBy(r Refusal, reason policy.Reason, nearRule string) map[string]any {
+	m := refusedBy(r, reason, nearRule)
+	m["action"] = "fail"
+	return m
+}
+
 // refusedBy is what the audit line of a connection the proxy itself refused
 // says: a deny with reason, no rule, and the rule that had allowed it (if
 // any, else "") as near_rule.

@@ -146,6 +146,32 @@ rules:
 	if _, err := New(Config{Policy: h.pol, Resolver: mapResolver{}, Registerer: reg}); err == nil {
 		t.Errorf("a second Proxy on the same registry: got nil, want an error")
 	}
+
+	// A failure stays a failure in audit mode, whether or not a rule
+	// allowed the destination: it is neither a denial nor a would-deny.
+	for _, name := range []string{"open.test", "unlisted.test", "nxdomain.test"} {
+		r := connectVia(t, h.addr, "", fmt.Sprintf("%s:%d", name, deadPort(t)), "")
+		if r.status < 500 {
+			t.Fatalf("audit mode CONNECT %s to a closed port: got %d, want a 5xx", name, r.status)
+		}
+		checkAudit(t, h.auditOf(t, r.conn), map[string]any{"action": "fail", "rule": "", "reason": policy.ReasonUpstream.String()})
+		r.conn.Close()
+	}
+	if got := value(t, h.p.metrics.conns.WithLabelValues("explicit", "fail", "")); got != 3 {
+		t.Errorf("failed connections: got %v, want 3", got)
+	}
+}
+
+// deadPort returns a loopback TCP port nothing listens on.
+func deadPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return port
 }
 
 func TestNoPolicy(t *testing.T) {

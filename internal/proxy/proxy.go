@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/origdst"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -52,6 +53,12 @@ type Config struct {
 	// proxy to launder its source address. Listeners passed to Serve and
 	// ServeTransparent are added automatically.
 	Self []netip.AddrPort
+	// Local is the set of this host's own addresses, kept current as they
+	// come and go (*localaddr.Set). The proxy never dials one unless a CIDR
+	// rule names it, whatever proxy.deny_private says: it would reach the
+	// gateway's own services. If nil, only fqdngate's listeners (Self) and,
+	// under deny_private, loopback are kept from.
+	Local netaddr.Host
 	// Verifier checks upstream certificates for rules with tls.verify. If
 	// nil, a Verifier with default cache bounds is used.
 	Verifier *Verifier
@@ -89,6 +96,8 @@ type Proxy struct {
 	origDst   func(*net.TCPConn) (netip.AddrPort, error)
 	dialer    *net.Dialer   // used when cfg.DialContext is nil
 	upstreams upstreamPools // forwarded HTTP's idle upstream connections
+
+	classes netaddr.Classifier // knows cfg.Local's addresses
 
 	active atomic.Int64 // client connections counted against MaxConns
 
@@ -136,6 +145,7 @@ func New(cfg Config) (*Proxy, error) {
 		auth:     newAuthenticator(time.Now),
 		origDst:  cfg.OriginalDst,
 		dialer:   newDialer(),
+		classes:  netaddr.Classifier{Host: cfg.Local},
 		self:     make(map[netip.AddrPort]bool),
 	}
 	p.upstreams.p = p

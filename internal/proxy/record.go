@@ -38,6 +38,7 @@ const (
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
 	RefusedProtocol            // transparent: neither TLS nor HTTP
+	RefusedLocal               // the destination is an address of this host
 )
 
 var refusalText = [...]string{
@@ -59,6 +60,7 @@ var refusalText = [...]string{
 	"no policy loaded",
 	"original destination unknown",
 	"neither TLS nor HTTP",
+	"destination is an address of this host",
 }
 
 func (r Refusal) String() string {
@@ -90,6 +92,7 @@ var refusalLabel = [...]string{
 	"no_policy",
 	"orig_dst",
 	"protocol",
+	"local",
 }
 
 // Label is r as a metric label value.
@@ -109,6 +112,8 @@ func (r Refusal) reason() policy.Reason {
 		return policy.ReasonPrivate
 	case RefusedSelf:
 		return policy.ReasonSelf
+	case RefusedLocal:
+		return policy.ReasonLocal
 	case RefusedSpoofed:
 		return policy.ReasonSpoofed
 	case RefusedNoSNI:
@@ -196,18 +201,31 @@ func (c *connRecord) fail(e *refusalError) {
 	}
 }
 
+// action is the audit line's action for a connection the proxy refused
+// with r: fail when it could not carry out what it would have allowed (the
+// name did not resolve, the upstream could not be reached, max_conns),
+// deny for every other refusal. Audit mode changes neither.
+func (r Refusal) action() policy.Action {
+	switch r {
+	case RefusedResolve, RefusedDial, RefusedDialTimeout, RefusedBusy:
+		return policy.Fail
+	}
+	return policy.Deny
+}
+
 // record writes c as its audit line and counts it. A connection the proxy
-// refused is a deny whatever the policy said, with the refusal's own
-// reason. A deny names no rule: a rule that had allowed the connection
-// moves to near_rule, so the reader sees which rule the refusal overrode
-// without mistaking it for the rule that let the traffic through.
+// refused is a deny (or, when it failed, a fail) whatever the policy said,
+// with the refusal's own reason. Neither names a rule: a rule that had
+// allowed the connection moves to near_rule, so the reader sees which rule
+// the refusal overrode without mistaking it for the rule that let the
+// traffic through.
 func (p *Proxy) record(ctx context.Context, c *connRecord) {
 	d := c.decision
 	if c.refusal != NotRefused && c.refusal != RefusedPolicy {
 		if d.Rule != nil {
 			d.NearRule = d.Rule
 		}
-		d.Action, d.Reason, d.Rule = policy.Deny, c.refusal.reason(), nil
+		d.Action, d.Reason, d.Rule = c.refusal.action(), c.refusal.reason(), nil
 	}
 	attrs := make([]slog.Attr, 0, 12) // every attribute below: one allocation
 	attrs = append(attrs,

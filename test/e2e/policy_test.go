@@ -18,6 +18,7 @@ type policySettings struct {
 	// more keys of the firewall section, one "key: value" per line.
 	transparent string
 	firewall    []string
+	dns         string // more keys under dns:, each line indented two spaces, or ""
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
@@ -29,12 +30,12 @@ dns:
   min_ttl: 1s
   max_ttl: 1h
   grace: %s
-firewall:
+%sfirewall:
   backend: nftables
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, s.transparent, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.transparent, authorityAddr, s.grace, s.dns, s.hook, s.table, s.stateFile)
 	for _, l := range s.firewall {
 		p += "  " + l + "\n"
 	}

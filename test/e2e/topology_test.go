@@ -227,10 +227,24 @@ func (a *authority) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		_ = w.WriteMsg(m)
 		return
 	}
-	for _, rr := range rrs {
-		if rr.Header().Rrtype == q.Qtype {
-			m.Answer = append(m.Answer, dns.Copy(rr))
+	// A CNAME answers every type: it goes into the answer, followed by
+	// what the authority has for its target (a few hops at most).
+	for hops := 0; hops < 8; hops++ {
+		var next string
+		for _, rr := range rrs {
+			if c, ok := rr.(*dns.CNAME); ok && q.Qtype != dns.TypeCNAME {
+				m.Answer = append(m.Answer, dns.Copy(rr))
+				next = strings.TrimSuffix(strings.ToLower(c.Target), ".")
+			} else if rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, dns.Copy(rr))
+			}
 		}
+		if next == "" {
+			break
+		}
+		a.mu.Lock()
+		rrs = a.records[next]
+		a.mu.Unlock()
 	}
 	_ = w.WriteMsg(m)
 }
