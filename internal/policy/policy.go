@@ -260,6 +260,11 @@ type Rule struct {
 	TLS      *TLS
 	// AllowPublicSuffix permits wildcards based on a public suffix.
 	AllowPublicSuffix bool
+	// UninspectedTunnels is inspect_tunnels: false: the proxy carries the
+	// rule's CONNECT tunnels without reading their first bytes, for
+	// clients that tunnel protocols other than TLS and HTTP. The zero
+	// value inspects.
+	UninspectedTunnels bool
 
 	fromGroups []groupRef
 }
@@ -327,6 +332,7 @@ const (
 	ReasonUndecided  // refused before a decision could be made (no policy, no destination)
 	ReasonPublish    // DNS: the answer's addresses could not be enforced in time
 	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
+	ReasonFronted    // proxy: a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
 var reasonText = [...]string{
@@ -351,6 +357,7 @@ var reasonText = [...]string{
 	"refused before a policy decision",
 	"learned addresses could not be enforced in time",
 	"proxy credentials missing or wrong",
+	"tunnel carries another name",
 }
 
 func (r Reason) String() string { return reasonText[r] }
