@@ -22,7 +22,11 @@ func slogLine(t *testing.T, format string, at time.Time, e Event) string {
 	if format == "text" {
 		h = slog.NewTextHandler(&buf, nil)
 	}
-	r := slog.NewRecord(at, slog.LevelInfo, "decision", 0)
+	msg := "decision"
+	if e.Closed {
+		msg = "closed"
+	}
+	r := slog.NewRecord(at, slog.LevelInfo, msg, 0)
 	src := ""
 	if e.Source.IsValid() {
 		src = e.Source.String()
@@ -56,6 +60,9 @@ var oracleEvents = []Event{
 	{Component: Firewall, Name: "ünïcode\u2028sep \xff\xfe bad utf8", Decision: policy.Decision{Reason: policy.ReasonNotAllowedIP},
 		Attrs: []slog.Attr{slog.Time("at", time.Date(2026, 11, 22, 1, 2, 3, 4, time.UTC)), slog.String("", "dropped empty key"), slog.String("empty", "")}},
 	{Component: DNS, Source: netip.MustParseAddr("::ffff:192.0.2.1"), Name: "a\\b", QType: "TYPE65534"},
+	{Component: Proxy, Source: netip.MustParseAddr("10.1.0.7"), Name: "api.bank.example", Port: 443, Closed: true,
+		Decision: policy.Decision{Action: policy.Allow, Rule: &policy.Rule{Name: "bank-api"}},
+		Attrs:    []slog.Attr{slog.String("conn", "1a2b3c4d-7"), slog.String("ended", "eof"), slog.Int64("bytes_up", 517)}},
 }
 
 func TestEncoderMatchesSlog(t *testing.T) {
