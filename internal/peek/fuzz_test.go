@@ -170,7 +170,7 @@ func FuzzReadFirst(f *testing.F) {
 	f.Add([]byte("SSH-2.0-OpenSSH_9.6\r\n"), uint16(0))
 	f.Add([]byte("ping\n"), uint16(0))
 	f.Fuzz(func(t *testing.T, in []byte, limit uint16) {
-		got, _, err := readFirstWays(t, in, int(limit))
+		got, least, err := readFirstWays(t, in, int(limit))
 		if len(in) == 0 {
 			if !errors.Is(err, ErrTruncated) {
 				t.Fatalf("no bytes: got %v, want ErrTruncated", err)
@@ -179,14 +179,20 @@ func FuzzReadFirst(f *testing.F) {
 		}
 		switch Sniff(in[0]) {
 		case TLS:
-			h, _, herr := ClientHello(bytes.NewReader(in), int(limit))
+			h, raw, herr := ClientHello(bytes.NewReader(in), int(limit))
 			if fmt.Sprint(err) != fmt.Sprint(herr) || err == nil && (got.Protocol != TLS || !reflect.DeepEqual(got.Hello, h)) {
 				t.Fatalf("ReadFirst: %+v, %v; ClientHello: %+v, %v", got, err, h, herr)
+			}
+			if err == nil && least < len(raw) {
+				t.Fatalf("ReadFirst kept %d bytes, less than the %d of the hello", least, len(raw))
 			}
 		case HTTP:
 			host, port, _, herr := HTTPHost(bytes.NewReader(in), int(limit))
 			if fmt.Sprint(err) != fmt.Sprint(herr) || err == nil && (got.Protocol != HTTP || got.Host != host || got.Port != port) {
 				t.Fatalf("ReadFirst: %+v, %v; HTTPHost: %q %q, %v", got, err, host, port, herr)
+			}
+			if err == nil && least < HeadLen(in) {
+				t.Fatalf("ReadFirst kept %d bytes, less than the head", least)
 			}
 		default:
 			if !errors.Is(err, ErrUnknown) {

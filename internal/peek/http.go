@@ -43,7 +43,8 @@ func HTTPHost(r io.Reader, limit int) (host, port string, buffered []byte, err e
 // already.
 func httpHead(r io.Reader, buf []byte, limit int) (host, port string, buffered []byte, err error) {
 	end := -1
-	from := 0 // where the next search for the head's end starts
+	from := 0         // where the next search for the head's end starts
+	lineDone := false // the request line is whole, and was checked
 	var rerr error
 	for {
 		if len(buf) > 0 && Sniff(buf[0]) != HTTP {
@@ -54,6 +55,18 @@ func httpHead(r io.Reader, buf []byte, limit int) (host, port string, buffered [
 		if i := bytes.Index(buf[from:], headEnd); i >= 0 {
 			end = from + i + len(headEnd)
 			break
+		}
+		if !lineDone {
+			// Decide on the request line as soon as it is whole, so a
+			// client of another protocol that starts with a capital
+			// letter (SSH, SMTP) is not kept waiting either. (A whole
+			// head is checked by parseHead, in the same order.)
+			if i := bytes.Index(buf, headEnd[:2]); i >= 0 {
+				if _, _, _, err := checkRequestLine(string(buf[:i])); err != nil {
+					return "", "", buf, err
+				}
+				lineDone = true
+			}
 		}
 		from = max(0, len(buf)-len(headEnd)+1)
 		if rerr != nil {
@@ -120,13 +133,13 @@ func scanRequest(head string, field func(name, value string)) (method, target, v
 		return "", "", "", fmt.Errorf("%w: request head does not end at its first empty line", ErrMalformed)
 	}
 	body := head[:len(head)-len(headEnd)]
-	if i := bareCRLF(body); i >= 0 {
-		return "", "", "", fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, strings.Count(body[:i], "\r\n")+1)
-	}
 	line, rest, _ := strings.Cut(body, "\r\n")
-	method, target, version, err = parseRequestLine(line)
+	method, target, version, err = checkRequestLine(line)
 	if err != nil {
 		return "", "", "", err
+	}
+	if i := bareCRLF(rest); i >= 0 {
+		return "", "", "", fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, strings.Count(rest[:i], "\r\n")+2)
 	}
 	for rest != "" {
 		line, rest, _ = strings.Cut(rest, "\r\n")
@@ -146,6 +159,16 @@ func scanRequest(head string, field func(name, value string)) (method, target, v
 		field(name, value)
 	}
 	return method, target, version, nil
+}
+
+// checkRequestLine parses the first line of a head (without its CRLF).
+// ParseRequest checks it before the rest, so that HTTPHost, which checks it
+// as soon as it is whole, reports what ParseRequest would.
+func checkRequestLine(line string) (method, target, version string, err error) {
+	if i := bareCRLF(line); i >= 0 {
+		return "", "", "", fmt.Errorf("%w: bare CR or LF in line 1", ErrMalformed)
+	}
+	return parseRequestLine(line)
 }
 
 // bareCRLF returns the index in s of the first CR not followed by LF or LF
