@@ -317,44 +317,50 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 		rec.fail(refuse(RefusedDial, err))
 		return false
 	}
+	// The bytes sent after the head, which a client may send (a
+	// ClientHello) without waiting for our answer: those net/http has
+	// buffered, then those the fast path had read and net/http had not.
+	bp := headBufs.Get().(*[]byte)
+	early := (*bp)[:0]
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		early = append(early, b...)
+	}
 	if hc, ok := conn.(*handoffConn); ok {
-		conn = hc.unwrap() // the connection itself, which splices
+		var rest []byte
+		rest, conn = hc.drain()
+		early = append(early, rest...)
 	}
 	// The server stopped counting this connection at Hijack: release its
 	// max_conns slot when the tunnel ends, or now.
-	client, ok := conn.(halfCloser)
-	if !ok {
+	client, ok := conn.(*net.TCPConn)
+	abort := func() bool {
+		headBufs.Put(bp)
 		p.release()
 		conn.Close()
 		up.Close()
-		rec.fail(refuse(RefusedBadRequest, errors.New("client connection cannot half-close")))
 		return false
 	}
-	abort := func() bool {
-		p.release()
-		conn.Close()
-		up.Close()
-		return false
+	if !ok {
+		rec.fail(refuse(RefusedBadRequest, errors.New("client connection is not TCP")))
+		return abort()
 	}
 	conn.SetDeadline(time.Time{})
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return abort()
 	}
-	// A client may send its first bytes (a ClientHello) without waiting for
-	// our answer; they are already in the server's buffer.
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		if _, err := up.Write(b); err != nil {
-			return abort()
-		}
-		rec.up.Add(int64(n))
-	}
-	idle := idleTimeout(pol)
 	h.dr.add()
 	go func() {
 		defer h.dr.done()
 		defer p.release()
-		p.tunnel(h.dr.hard, client, up, idle, &rec.up, &rec.down)
+		open := p.openTunnel(h.dr.hard, client, newHeadReader(client), early, pol, d, t, up, rec)
+		headBufs.Put(bp)
+		if open {
+			rec.ended = p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
+		} else {
+			client.Close()
+			up.Close()
+		}
 		p.record(context.Background(), rec)
 	}()
 	return true

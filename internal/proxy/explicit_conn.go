@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/peek"
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // The explicit listener's connections are accepted here, not by net/http:
@@ -186,11 +187,15 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			n = copy(buf, buf[end:n])
 			continue
 		}
-		tun, keep := h.fastConnect(ctx, cancel, c, req, buf[end:n])
+		tun, keep := h.fastConnect(ctx, cancel, c, req)
 		if tun != nil {
 			// A goroutine of its own carries the tunnel, so that this
 			// one's stack, grown deep by the dial, is not kept for the
-			// tunnel's life.
+			// tunnel's life. It takes the buffer, holding the bytes sent
+			// after the head, to read the tunnel's first bytes into.
+			tun.r, tun.buf = r, bp
+			tun.early = copy(buf, buf[end:n])
+			bp = nil
 			handed = true
 			go h.carry(ctx, cancel, f, tun)
 			return
@@ -203,10 +208,16 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 	}
 }
 
-// carry runs a tunnel the fast path answered, then ends f.
+// carry opens and runs a tunnel the fast path answered, then ends f.
 func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, f *fastConn, t *fastTunnel) {
 	p := h.p
-	p.tunnel(ctx, f.c, t.up, t.idle, &t.rec.up, &t.rec.down)
+	open := p.openTunnel(ctx, f.c, t.r, (*t.buf)[:t.early], t.pol, t.d, t.target, t.up, t.rec)
+	headBufs.Put(t.buf)
+	if open {
+		t.rec.ended = p.tunnel(ctx, f.c, t.up, idleTimeout(t.pol), &t.rec.up, &t.rec.down)
+	} else {
+		t.up.Close()
+	}
 	p.record(ctx, t.rec)
 	cancel()
 	h.conns.remove(f)
@@ -519,20 +530,25 @@ func hasToken(v, token string) bool {
 func isTokenBoundary(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
 
 // fastTunnel is a CONNECT the fast path answered 200: what is left is to
-// carry it and write its record.
+// inspect it (openTunnel), carry it and write its record.
 type fastTunnel struct {
-	up   *net.TCPConn
-	rec  *connRecord
-	idle time.Duration
+	up     *net.TCPConn
+	rec    *connRecord
+	pol    *policy.Policy
+	d      policy.Decision
+	target Target
+
+	r     *headReader // the client's, for the tunnel's first bytes
+	buf   *[]byte     // from headBufs: the bytes sent after the head, then the first bytes
+	early int         // (*buf)[:early] were sent after the head
 }
 
 // fastConnect does for a CONNECT head what ServeHTTP and connect do for
-// one read by net/http: decide, resolve, dial, answer. early holds the
-// bytes that followed the head. It returns the tunnel to carry once it has
-// answered 200, or else whether the connection may be kept for another
-// request; either way the audit record is written (by the tunnel, when it
-// ends).
-func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest, early []byte) (*fastTunnel, bool) {
+// one read by net/http: decide, resolve, dial, answer. It returns the
+// tunnel to carry once it has answered 200, or else whether the connection
+// may be kept for another request; either way the audit record is written
+// (by the tunnel, when it ends).
+func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest) (*fastTunnel, bool) {
 	p := h.p
 	if p.onFastConnect != nil {
 		p.onFastConnect(c)
@@ -566,17 +582,7 @@ func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.Cancel
 		p.record(ctx, rec)
 		return nil, false
 	}
-	// A client may send its first bytes (a ClientHello) without waiting
-	// for our answer.
-	if len(early) > 0 {
-		if _, err := up.Write(early); err != nil {
-			up.Close()
-			p.record(ctx, rec)
-			return nil, false
-		}
-		rec.up.Add(int64(len(early)))
-	}
-	return &fastTunnel{up: up, rec: rec, idle: idleTimeout(pol)}, false
+	return &fastTunnel{up: up, rec: rec, pol: pol, d: d, target: t}, false
 }
 
 // requestClient is the client's address as ServeHTTP reads it from
@@ -953,13 +959,13 @@ func (c *handoffConn) clamped(t time.Time) time.Time {
 	return t
 }
 
-// unwrap returns the connection itself once its replayed bytes are read,
-// so a tunnel can splice it.
-func (c *handoffConn) unwrap() net.Conn {
+// drain returns the replayed bytes not read yet, which are no longer
+// replayed, and the connection itself, so a tunnel can read (and splice)
+// it directly.
+func (c *handoffConn) drain() ([]byte, *net.TCPConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.buf) == 0 {
-		return c.TCPConn
-	}
-	return c
+	rest := c.buf
+	c.buf = nil
+	return rest, c.TCPConn
 }

@@ -160,6 +160,7 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 		lines = l
 	}
 	var out []map[string]any
+	ids := map[any]string{} // connection ids, numbered in order of appearance
 	for _, l := range lines {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
@@ -168,6 +169,12 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 		delete(m, "time")
 		delete(m, "duration")
 		delete(m, "client")
+		if id, ok := m["conn"]; ok {
+			if _, seen := ids[id]; !seen {
+				ids[id] = fmt.Sprintf("conn-%d", len(ids)+1)
+			}
+			m["conn"] = ids[id]
+		}
 		out = append(out, m)
 	}
 	return out
@@ -207,16 +214,23 @@ rules:
   - name: open
     to: [open.test, slow.test, dead.test, nx.test, long.test]
     ports: ["1-65535"]
+    inspect_tunnels: false
   - name: bank
     from: [payments]
     to: [bank.test]
     ports: [%d]
+    inspect_tunnels: false
   - name: one-address
     to: [127.0.0.3/32]
     ports: [%d]
-`, hash, port, port)
+    inspect_tunnels: false
+  - name: inspected
+    to: [insp.test, alt.test, far.test]
+    ports: [%d]
+`, hash, port, port, port)
 	names := map[string][]netip.Addr{
 		"open.test": addrs("127.0.0.1"), "bank.test": addrs("127.0.0.1"), "dead.test": addrs("127.0.0.1"),
+		"insp.test": addrs("127.0.0.1"), "alt.test": addrs("127.0.0.1"), "far.test": addrs("127.0.0.5"), "evil.test": addrs("127.0.0.1"),
 	}
 	res := funcResolver(func(ctx context.Context, host string) ([]netip.Addr, error) {
 		switch host {
@@ -264,12 +278,25 @@ rules:
 		return "GET http://" + authority + "/x HTTP/1.1\r\nHost: " + authority + "\r\n" + field + "\r\n"
 	}
 
+	insp := fmt.Sprintf("insp.test:%d", port)
+	asks := func(host string) string { return "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
 	cases := []struct {
 		name string
 		fast int // CONNECTs the fast path answers
 		fwd  int // GETs and HEADs it forwards
 		x    exchange
 	}{
+		{"inspected: the CONNECT name", 1, 0, exchange{parts: []string{connect(insp), asks(insp)}}},
+		{"inspected: another name of the rule at the address", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("alt.test:%d", port))}}},
+		{"inspected: a name of the rule elsewhere", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("far.test:%d", port))}}},
+		{"inspected: a name of no rule", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("evil.test:%d", port))}}},
+		{"inspected: another port", 1, 0, exchange{parts: []string{connect(insp), asks("insp.test:1")}}},
+		{"inspected: no port, not 80", 1, 0, exchange{parts: []string{connect(insp), asks("insp.test")}}},
+		{"inspected: garbage", 1, 0, exchange{parts: []string{connect(insp), "ping\n"}}},
+		{"inspected: early bytes", 1, 0, exchange{parts: []string{connect(insp) + asks(insp)}}},
+		{"inspected: early bytes fronted", 1, 0, exchange{parts: []string{connect(insp) + asks(fmt.Sprintf("evil.test:%d", port))}}},
+		{"inspected: early half, then the rest", 1, 0, exchange{parts: []string{connect(insp) + "GET / HT", "TP/1.1\r\nHost: " + insp + "\r\n\r\n"}}},
+		{"inspected: denied, then allowed", 2, 0, exchange{parts: []string{connect("other.test:443"), connect(insp), asks(insp)}}},
 		{"tunnel", 1, 0, exchange{parts: []string{connect(open, hostOpen), "ping\n"}}},
 		{"tunnel without Host", 1, 0, exchange{parts: []string{connect(open), "ping\n"}}},
 		{"tunnel like curl", 1, 0, exchange{parts: []string{connect(open, hostOpen, "User-Agent: curl/8.5.0", "Proxy-Connection: Keep-Alive"), "ping\n"}}},
@@ -442,7 +469,10 @@ func TestFastPathPipelinedBytes(t *testing.T) {
 	h := startProxy(t, fastPolicy(echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")})
 	c := dialFrom(t, h.addr, "")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	early := strings.Repeat("x", 3000)
+	// A request head padded to 3000 bytes: a tunnel's inspection reads it
+	// from what the fast path had read with the CONNECT.
+	early := fmt.Sprintf("GET / HTTP/1.1\r\nHost: open.test:%d\r\nX-Pad: ", echo.Port())
+	early += strings.Repeat("x", 3000-len(early)-4) + "\r\n\r\n"
 	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\n\r\n%s", echo.Port(), early)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
@@ -471,7 +501,7 @@ func TestFastPathHeadInManySegments(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	r := connectResult{conn: c, br: bufio.NewReader(c)}
+	r := connectResult{target: fmt.Sprintf("open.test:%d", echo.Port()), conn: c, br: bufio.NewReader(c)}
 	resp, err := http.ReadResponse(r.br, &http.Request{Method: http.MethodConnect})
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT in 3-byte segments: %v, %v", resp, err)
@@ -552,7 +582,7 @@ func TestFastPathKeepAlive(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT after GETs: %v, %v", resp, err)
 	}
-	connectResult{conn: c, br: br}.echo(t)
+	connectResult{target: fmt.Sprintf("open.test:%d", echo.Port()), conn: c, br: br}.echo(t)
 	c.Close()
 	waitFor(t, "the connection's slot", func() bool { return h.p.active.Load() == 0 })
 }
@@ -577,9 +607,10 @@ func TestFastPathRefusedThenRetried(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT with credentials: %v, %v", resp, err)
 	}
-	connectResult{conn: c, br: br}.echo(t)
+	connectResult{target: target, conn: c, br: br}.echo(t)
 	c.Close()
-	waitFor(t, "two audit lines", func() bool { return len(h.auditLines(`"client":"`+c.LocalAddr().String()+`"`)) == 2 })
+	// The 407's line, then the tunnel's opening and closing lines.
+	waitFor(t, "three audit lines", func() bool { return len(h.auditLines(`"client":"`+c.LocalAddr().String()+`"`)) == 3 })
 }
 
 func TestFastPathDrain(t *testing.T) {

@@ -89,6 +89,7 @@ type Proxy struct {
 	origDst   func(*net.TCPConn) (netip.AddrPort, error)
 	dialer    *net.Dialer   // used when cfg.DialContext is nil
 	upstreams upstreamPools // forwarded HTTP's idle upstream connections
+	ids       *connIDs      // the audit lines' connection ids
 
 	active atomic.Int64 // client connections counted against MaxConns
 
@@ -137,6 +138,7 @@ func New(cfg Config) (*Proxy, error) {
 		origDst:  cfg.OriginalDst,
 		dialer:   newDialer(),
 		self:     make(map[netip.AddrPort]bool),
+		ids:      newConnIDs(),
 	}
 	p.upstreams.p = p
 	if p.log == nil {

@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +41,7 @@ const (
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
 	RefusedProtocol            // transparent: neither TLS nor HTTP
+	RefusedFronted             // a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
 var refusalText = [...]string{
@@ -59,6 +63,7 @@ var refusalText = [...]string{
 	"no policy loaded",
 	"original destination unknown",
 	"neither TLS nor HTTP",
+	"tunnel carries another name",
 }
 
 func (r Refusal) String() string {
@@ -95,6 +100,8 @@ func (r Refusal) reason() policy.Reason {
 		return policy.ReasonBadRequest
 	case RefusedAuth:
 		return policy.ReasonAuth
+	case RefusedFronted:
+		return policy.ReasonFronted
 	}
 	// RefusedNoPolicy, RefusedOrigDst: no decision was made, because there
 	// was no policy or no destination.
@@ -141,20 +148,25 @@ const (
 	transparentListener = "transparent"
 )
 
-// connRecord accumulates what the one audit line of a connection says.
+// connRecord accumulates what the audit lines of a connection say: one
+// line for a refusal or a forwarded request; for a tunnel, one when it
+// opens and one when it ends.
 type connRecord struct {
 	listener string
 	client   netip.AddrPort
 	user     string
 	target   Target
-	sni      string // transparent: the name the client sent
-	ech      bool   // transparent: the ClientHello carried ECH; sni is its outer name
+	sni      string // the name the first bytes asked for (SNI or Host), as sent
+	ech      bool   // the ClientHello carried ECH; sni is its outer name
 	decision policy.Decision
 	refusal  Refusal
 	detail   string
 	dialled  netip.AddrPort
 	start    time.Time
 	up, down atomic.Int64
+	id       string   // the connection's id, once it has one
+	opened   bool     // the opening line is written: the last line is the closing one
+	ended    endCause // how a tunnel ended
 }
 
 func (c *connRecord) fail(e *refusalError) {
@@ -164,12 +176,62 @@ func (c *connRecord) fail(e *refusalError) {
 	}
 }
 
-// record writes c as its audit line and counts it. A connection the proxy
-// refused is a deny whatever the policy said, with the refusal's own
-// reason. A deny names no rule: a rule that had allowed the connection
-// moves to near_rule, so the reader sees which rule the refusal overrode
-// without mistaking it for the rule that let the traffic through.
+// connIDs issues connection ids: a random prefix drawn once per process,
+// so that ids of different runs never meet in one log, then a counter.
+type connIDs struct {
+	prefix [9]byte // 8 hex digits and '-'
+	n      atomic.Uint64
+}
+
+func newConnIDs() *connIDs {
+	ids := &connIDs{}
+	var r [4]byte
+	rand.Read(r[:])
+	hex.Encode(ids.prefix[:8], r[:])
+	ids.prefix[8] = '-'
+	return ids
+}
+
+func (ids *connIDs) next() string {
+	var b [32]byte
+	return string(strconv.AppendUint(append(b[:0], ids.prefix[:]...), ids.n.Add(1), 10))
+}
+
+// opened writes the line of a tunnel about to carry traffic: the decision
+// that allowed it, under a fresh connection id that the closing line
+// (record) repeats, so a long tunnel is in the log while it is open.
+func (p *Proxy) opened(ctx context.Context, c *connRecord) {
+	if c.id == "" {
+		c.id = p.ids.next()
+	}
+	c.opened = true
+	p.write(ctx, c, lineOpened)
+}
+
+// Kinds of audit line.
+const (
+	lineOnly   = iota // the one line of a refusal or a forwarded request
+	lineOpened        // a tunnel opens
+	lineClosed        // a tunnel ends
+)
+
+// record writes the line a connection ends with: its only line, or, for a
+// tunnel whose opening was written, its totals and how it ended.
 func (p *Proxy) record(ctx context.Context, c *connRecord) {
+	if c.opened {
+		p.write(ctx, c, lineClosed)
+		return
+	}
+	p.write(ctx, c, lineOnly)
+}
+
+// write writes one audit line of c and, unless it closes a tunnel,
+// counts the decision. A connection the proxy refused is a deny whatever
+// the policy said, with the refusal's own reason. A deny names no rule: a
+// rule that had allowed the connection moves to near_rule, so the reader
+// sees which rule the refusal overrode without mistaking it for the rule
+// that let the traffic through.
+func (p *Proxy) write(ctx context.Context, c *connRecord, kind int) {
 	d := c.decision
 	if c.refusal != NotRefused && c.refusal != RefusedPolicy {
 		if d.Rule != nil {
@@ -177,11 +239,14 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		}
 		d.Action, d.Reason, d.Rule = policy.Deny, c.refusal.reason(), nil
 	}
-	attrs := make([]slog.Attr, 0, 12) // every attribute below: one allocation
+	attrs := make([]slog.Attr, 0, 14) // every attribute below: one allocation
 	attrs = append(attrs,
 		slog.String("listener", c.listener),
 		slog.String("client", c.client.String()),
 	)
+	if c.id != "" {
+		attrs = append(attrs, slog.String("conn", c.id))
+	}
 	if c.user != "" {
 		attrs = append(attrs, slog.String("user", c.user))
 	}
@@ -204,11 +269,16 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		attrs = append(attrs, slog.String("error", c.detail))
 	}
 	now := time.Now() // one clock reading for the duration and the line
-	attrs = append(attrs,
-		slog.Int64("bytes_up", c.up.Load()),
-		slog.Int64("bytes_down", c.down.Load()),
-		slog.Duration("duration", now.Sub(c.start)),
-	)
+	if kind == lineClosed {
+		attrs = append(attrs, slog.String("ended", c.ended.String()))
+	}
+	if kind != lineOpened {
+		attrs = append(attrs,
+			slog.Int64("bytes_up", c.up.Load()),
+			slog.Int64("bytes_down", c.down.Load()),
+			slog.Duration("duration", now.Sub(c.start)),
+		)
+	}
 	p.cfg.Audit.Record(ctx, audit.Event{
 		Component: audit.Proxy,
 		Source:    c.client.Addr().Unmap(),
@@ -217,6 +287,9 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		Decision:  d,
 		Attrs:     attrs,
 		Time:      now,
+		Closed:    kind == lineClosed,
 	})
-	p.metrics.connection(c.listener, d, c.refusal)
+	if kind != lineClosed {
+		p.metrics.connection(c.listener, d, c.refusal)
+	}
 }

@@ -189,34 +189,43 @@ func TestIdleTunnelsHoldNoPipes(t *testing.T) {
 }
 
 func TestConnectEarlyBytesAndAudit(t *testing.T) {
-	// A client that sends its first bytes with the CONNECT head: they are
-	// in net/http's buffer at Hijack and must reach the server first; the
-	// tunnel then runs after the handler returned, and its audit line
-	// (written by the tunnel's goroutine) counts every byte.
+	// A client that sends its first bytes with the CONNECT head: on the
+	// fast path they are in its head buffer, through net/http in its
+	// buffer at Hijack. The tunnel's inspection reads them first and the
+	// rest of the request head after them; the whole head reaches the
+	// server first, then the tunnel carries on after the handler returned,
+	// and its closing audit line (written by the tunnel's goroutine)
+	// counts every byte.
 	echo := echoServer(t, "127.0.0.1:0")
 	pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d]\n", echo.Port())
-	h := startProxy(t, pol, mapResolver{"open.test": addrs("127.0.0.1")})
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, pol, mapResolver{"open.test": addrs("127.0.0.1")}, ps)
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		head := firstRequest(t, fmt.Sprintf("open.test:%d", echo.Port()))
+		early, late := head[:20], head[20:]
+		fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\nHost: open.test:%d\r\n\r\n%s", echo.Port(), echo.Port(), early)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: got %v, %v; want 200", resp, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, late)
+		got := make([]byte, len(head))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != head {
+			t.Fatalf("slow %v: echo of the early and later bytes: got %q, %v; want %q", ps.slow, got, err, head)
+		}
+		io.WriteString(c, "more")
+		if _, err := io.ReadFull(br, got[:4]); err != nil || string(got[:4]) != "more" {
+			t.Fatalf("slow %v: echo after the first bytes: got %q, %v; want more", ps.slow, got[:4], err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, br)
+		n := float64(len(head) + 4)
+		checkAudit(t, h.auditOf(t, c), map[string]any{"action": "allow", "sni": "open.test", "bytes_up": n, "bytes_down": n, "ended": "eof"})
 	}
-	defer c.Close()
-	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\nHost: open.test:%d\r\n\r\nearly", echo.Port(), echo.Port())
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: got %v, %v; want 200", resp, err)
-	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, 5)
-	if _, err := io.ReadFull(br, got); err != nil || string(got) != "early" {
-		t.Fatalf("echo of the early bytes: got %q, %v; want early", got, err)
-	}
-	io.WriteString(c, "late")
-	if _, err := io.ReadFull(br, got[:4]); err != nil || string(got[:4]) != "late" {
-		t.Fatalf("echo after the handler returned: got %q, %v; want late", got[:4], err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	io.Copy(io.Discard, br)
-	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "allow", "bytes_up": float64(9), "bytes_down": float64(9)})
 }
