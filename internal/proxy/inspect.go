@@ -26,9 +26,9 @@ import (
 type peeked struct {
 	target     Target // the name (or address) asked for, on the port connected to
 	sent       string // the name as the client sent it, for the audit line
-	tls        bool // a ClientHello was read
-	http       bool // an HTTP request head was read
-	ech        bool // the ClientHello carries ECH (or ESNI)
+	tls        bool   // a ClientHello was read
+	http       bool   // an HTTP request head was read
+	ech        bool   // the ClientHello carries ECH (or ESNI)
 	maxVersion uint16
 	hostPort   uint16 // HTTP: the Host's port, 80 when it has none
 	raw        []byte // every byte read, to replay upstream
