@@ -180,7 +180,7 @@ func (p *Proxy) inspectTunnel(ctx context.Context, r *headReader, buf []byte, po
 	case got.Name != "":
 		q.Name = string(got.Name)
 		if !pol.RuleAllows(d.Rule, q) {
-			return in, refuse(RefusedFronted, fmt.Errorf("the tunnel to %s asks for %s, which %s", t.Host(), got.Name, notAllowedBy(d.Rule)))
+			return in, refuse(RefusedFronted, fmt.Errorf("the tunnel to %s asks for another name: %s", t.Host(), notAllowed(d.Rule, string(got.Name))))
 		}
 		rctx, cancel := context.WithTimeout(ctx, connectTimeout(pol))
 		res, err := p.cfg.Resolver.LookupNetIP(rctx, string(got.Name))
@@ -199,21 +199,21 @@ func (p *Proxy) inspectTunnel(ctx context.Context, r *headReader, buf []byte, po
 		if !pol.RuleAllows(d.Rule, q) {
 			why := "shows no server name"
 			if !in.tls {
-				why = "asks for the address " + dialled.Addr().String()
+				why = "asks for an address"
 			}
-			return in, refuse(RefusedFronted, fmt.Errorf("the tunnel to %s %s, and %s the address %s", t.Host(), why, notAllowedBy(d.Rule), dialled.Addr()))
+			return in, refuse(RefusedFronted, fmt.Errorf("the tunnel to %s %s: %s", t.Host(), why, notAllowed(d.Rule, "the address "+dialled.Addr().String())))
 		}
 	}
 	return in, checkClientTLS(&in, d)
 }
 
-// notAllowedBy says that a name or address is not allowed by r, for a
-// refusal's detail.
-func notAllowedBy(r *policy.Rule) string {
+// notAllowed says, for a refusal's detail, that rule r (which allowed
+// the CONNECT) does not allow what as well.
+func notAllowed(r *policy.Rule, what string) string {
 	if r == nil {
-		return "no rule allowed (the CONNECT was let through by audit mode)"
+		return "only the CONNECT name may pass, which audit mode let through without a rule; not " + what
 	}
-	return "rule " + r.Name + " does not allow for this client and port"
+	return "rule " + r.Name + " does not allow " + what + " for this client and port"
 }
 
 // openTunnel does what follows the 200 of a CONNECT, on either path: unless

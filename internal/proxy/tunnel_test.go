@@ -49,6 +49,8 @@ type tunnelFixture struct {
 	client, server *net.TCPConn
 	up, down       atomic.Int64
 	done           chan struct{}
+	ended          endCause // once done is closed
+	cancel         context.CancelFunc
 }
 
 func startTunnel(t *testing.T, idle time.Duration) *tunnelFixture {
@@ -62,11 +64,51 @@ func startTunnel(t *testing.T, idle time.Duration) *tunnelFixture {
 	f := &tunnelFixture{client: client, server: server, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	f.cancel = cancel
 	go func() {
 		defer close(f.done)
-		p.tunnel(ctx, proxySide, proxyUp, idle, &f.up, &f.down)
+		f.ended = p.tunnel(ctx, proxySide, proxyUp, idle, &f.up, &f.down)
 	}()
 	return f
+}
+
+// TestTunnelEnds: how a tunnel ended, for its closing audit line.
+func TestTunnelEnds(t *testing.T) {
+	reset := func(c *net.TCPConn) {
+		c.SetLinger(0) // close with a reset
+		c.Close()
+	}
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+		end  func(f *tunnelFixture)
+		want endCause
+	}{
+		{"both sides finish", time.Minute, func(f *tunnelFixture) {
+			f.client.CloseWrite()
+			f.server.CloseWrite()
+		}, endEOF},
+		{"idle", 200 * time.Millisecond, func(*tunnelFixture) {}, endIdle},
+		{"shutdown", time.Minute, func(f *tunnelFixture) { f.cancel() }, endShutdown},
+		{"client resets", time.Minute, func(f *tunnelFixture) { reset(f.client) }, endClient},
+		{"server resets", time.Minute, func(f *tunnelFixture) { reset(f.server) }, endUpstream},
+	} {
+		f := startTunnel(t, tc.idle)
+		f.client.Write([]byte("hello"))
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(f.server, b); err != nil {
+			t.Fatal(err)
+		}
+		tc.end(f)
+		select {
+		case <-f.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the tunnel did not end", tc.name)
+		}
+		if f.ended != tc.want {
+			t.Errorf("%s: ended %v, want %v", tc.name, f.ended, tc.want)
+		}
+	}
 }
 
 func TestTunnelBulkThenSmall(t *testing.T) {
