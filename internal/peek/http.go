@@ -286,14 +286,14 @@ func parseAuthority(s string) (host, port string, err error) {
 		if err != nil || !a.Is6() || a.Zone() != "" {
 			return "", "", fmt.Errorf("%w: %q is not an IPv6 address", ErrBadName, s[1:end])
 		}
-		host, rest = a.String(), s[end+1:]
+		host, rest = canonicalAddr(a, s[1:end]), s[end+1:]
 	} else {
 		h := s
 		if i := strings.IndexByte(s, ':'); i >= 0 {
 			h, rest = s[:i], s[i:]
 		}
 		if a, ok := parseAddr(h); ok {
-			host = a.String()
+			host = canonicalAddr(a, h)
 		} else {
 			n, err := parseName(h)
 			if err != nil {
@@ -314,6 +314,16 @@ func parseAuthority(s string) (host, port string, err error) {
 		return host, p, nil // canonical already: no copy
 	}
 	return host, strconv.FormatUint(n, 10), nil
+}
+
+// canonicalAddr is a.String(), which is s itself when s is already
+// spelled that way: no copy.
+func canonicalAddr(a netip.Addr, s string) string {
+	var b [64]byte
+	if string(a.AppendTo(b[:0])) == s {
+		return s
+	}
+	return a.String()
 }
 
 func isHex(c byte) bool {

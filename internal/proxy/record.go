@@ -167,6 +167,16 @@ type connRecord struct {
 	id       string   // the connection's id, once it has one
 	opened   bool     // the opening line is written: the last line is the closing one
 	ended    endCause // how a tunnel ended
+
+	// The addresses as written in the first line, for a tunnel's second.
+	clientStr, dialledStr string
+}
+
+func (c *connRecord) clientString() string {
+	if c.clientStr == "" {
+		c.clientStr = c.client.String()
+	}
+	return c.clientStr
 }
 
 func (c *connRecord) fail(e *refusalError) {
@@ -242,7 +252,7 @@ func (p *Proxy) write(ctx context.Context, c *connRecord, kind int) {
 	attrs := make([]slog.Attr, 0, 14) // every attribute below: one allocation
 	attrs = append(attrs,
 		slog.String("listener", c.listener),
-		slog.String("client", c.client.String()),
+		slog.String("client", c.clientString()),
 	)
 	if c.id != "" {
 		attrs = append(attrs, slog.String("conn", c.id))
@@ -257,7 +267,10 @@ func (p *Proxy) write(ctx context.Context, c *connRecord, kind int) {
 		attrs = append(attrs, slog.Bool("ech", true))
 	}
 	if c.dialled.IsValid() {
-		attrs = append(attrs, slog.String("dialled", c.dialled.String()))
+		if c.dialledStr == "" {
+			c.dialledStr = c.dialled.String()
+		}
+		attrs = append(attrs, slog.String("dialled", c.dialledStr))
 	}
 	if d.NearRule != nil {
 		attrs = append(attrs, slog.String("near_rule", d.NearRule.Name))
