@@ -353,15 +353,18 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 	go func() {
 		defer h.dr.done()
 		defer p.release()
-		open := p.openTunnel(h.dr.hard, client, newHeadReader(client), early, pol, d, t, up, rec)
+		open, drain := p.openTunnel(h.dr.hard, client, newHeadReader(client), early, pol, d, t, up, rec)
 		headBufs.Put(bp)
 		if open {
 			rec.ended = p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
 		} else {
-			client.Close()
 			up.Close()
 		}
 		p.record(context.Background(), rec)
+		if drain {
+			drainClient(client)
+		}
+		client.Close()
 	}()
 	return true
 }

@@ -211,7 +211,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 // carry opens and runs a tunnel the fast path answered, then ends f.
 func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, f *fastConn, t *fastTunnel) {
 	p := h.p
-	open := p.openTunnel(ctx, f.c, t.r, (*t.buf)[:t.early], t.pol, t.d, t.target, t.up, t.rec)
+	open, drain := p.openTunnel(ctx, f.c, t.r, (*t.buf)[:t.early], t.pol, t.d, t.target, t.up, t.rec)
 	headBufs.Put(t.buf)
 	if open {
 		t.rec.ended = p.tunnel(ctx, f.c, t.up, idleTimeout(t.pol), &t.rec.up, &t.rec.down)
@@ -219,6 +219,9 @@ func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, 
 		t.up.Close()
 	}
 	p.record(ctx, t.rec)
+	if drain {
+		drainClient(f.c)
+	}
 	cancel()
 	h.conns.remove(f)
 	f.c.Close()

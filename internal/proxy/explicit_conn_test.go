@@ -103,7 +103,9 @@ func (x exchange) run(t *testing.T, addr string) (string, string) {
 	read := func() {
 		b := make([]byte, 64<<10)
 		for {
-			c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+			// Quiet for this long: the answer is complete. (Long enough
+			// for -race on a machine shared with other tests.)
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 			n, err := c.Read(b)
 			got.Write(b[:n])
 			if err != nil {
@@ -150,7 +152,10 @@ var dateRE = regexp.MustCompile(`Date: [^\r\n]*\r\n`)
 func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 	t.Helper()
 	var lines []string
-	for i, stable := 0, 0; i < 100 && stable < 4; i++ {
+	// Settled: unchanged for 100ms once there is a line, for 500ms while
+	// there is none (a few exchanges have none; most have a line coming).
+	settled := func(stable int) bool { return stable >= 4 && (len(lines) > 0 || stable >= 20) }
+	for i, stable := 0, 0; i < 100 && !settled(stable); i++ {
 		time.Sleep(25 * time.Millisecond)
 		l := h.auditLines(`"client":"` + client + `"`)
 		if len(l) == len(lines) {
@@ -170,6 +175,9 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 		delete(m, "time")
 		delete(m, "duration")
 		delete(m, "client")
+		// Whether the client's close found the echo unread depends on
+		// timing, not on the path.
+		delete(m, "ended")
 		if id, ok := m["conn"]; ok {
 			if _, seen := ids[id]; !seen {
 				ids[id] = fmt.Sprintf("conn-%d", len(ids)+1)

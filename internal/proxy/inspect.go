@@ -221,43 +221,41 @@ func notAllowed(r *policy.Rule, what string) string {
 // (inspectTunnel); then they go upstream and the tunnel's opening is
 // audited. buf holds the bytes the client sent before the 200 and lends
 // its capacity to the peek. It reports whether the tunnel is open and to
-// be carried; if not, rec says why and the caller closes both connections
-// (an HTTP client has had a refusal).
-func (p *Proxy) openTunnel(ctx context.Context, c *net.TCPConn, r *headReader, buf []byte, pol *policy.Policy, d policy.Decision, t Target, up *net.TCPConn, rec *connRecord) bool {
+// be carried; if not, rec says why and the caller writes it and closes
+// both connections, after draining the client (drainClient) when drain
+// says it was sent a refusal: an HTTP client gets one, with the reason.
+func (p *Proxy) openTunnel(ctx context.Context, c *net.TCPConn, r *headReader, buf []byte, pol *policy.Policy, d policy.Decision, t Target, up *net.TCPConn, rec *connRecord) (open, drain bool) {
 	raw := buf
 	if d.Rule == nil || !d.Rule.UninspectedTunnels {
 		in, rerr := p.inspectTunnel(ctx, r, buf, pol, d, t, rec.dialled, rec)
 		if rerr != nil {
-			rec.fail(rerr)
-			if in.http {
-				a := failure(rec, rerr)
-				refuseHTTP(c, appendRefusal(make([]byte, 0, 512), a, true, time.Now()))
+			a := failure(rec, rerr)
+			if !in.http {
+				return false, false
 			}
-			return false
+			c.SetWriteDeadline(time.Now().Add(lingerTime))
+			_, err := c.Write(appendRefusal(make([]byte, 0, 512), a, true, time.Now()))
+			return false, err == nil && c.CloseWrite() == nil
 		}
 		raw = in.raw
 	}
 	if len(raw) > 0 {
 		if _, err := up.Write(raw); err != nil {
 			rec.fail(refuse(RefusedDial, err))
-			return false
+			return false, false
 		}
 		rec.up.Add(int64(len(raw)))
 		p.metrics.carried(true, int64(len(raw)))
 	}
 	p.opened(ctx, rec)
-	return true
+	return true, false
 }
 
-// refuseHTTP sends an HTTP client the refusal b and closes its writing
-// side, then reads what it still sends for a moment, so that closing with
-// unread bytes does not reset the refusal away.
-func refuseHTTP(c *net.TCPConn, b []byte) {
-	c.SetDeadline(time.Now().Add(lingerTime))
-	if _, err := c.Write(b); err != nil {
-		return
-	}
-	c.CloseWrite()
+// drainClient reads what a client sent a refusal still sends, for a
+// moment, so that closing with unread bytes does not reset the refusal
+// away.
+func drainClient(c *net.TCPConn) {
+	c.SetReadDeadline(time.Now().Add(lingerTime))
 	var sink [512]byte
 	for {
 		if _, err := c.Read(sink[:]); err != nil {
