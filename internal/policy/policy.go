@@ -323,8 +323,8 @@ const (
 	ReasonPrivate    // proxy: the destination address is private or internal (proxy.deny_private)
 	ReasonSelf       // proxy: the destination is one of fqdngate's own listeners
 	ReasonSpoofed    // transparent: the original destination is not an address of the name
-	ReasonNoSNI      // transparent: no server name visible (no SNI, or ECH with dns.strip_ech off)
-	ReasonTLSVersion // transparent: the client offers only TLS below the rule's min_version
+	ReasonNoSNI      // proxy: no server name visible (no SNI, or ECH with dns.strip_ech off)
+	ReasonTLSVersion // proxy: the client offers only TLS below the rule's min_version
 	ReasonVerify     // the upstream certificate failed verification or pinning
 	ReasonBadRequest // the request could not be parsed
 	ReasonBusy       // over a concurrency or rate bound

@@ -28,7 +28,7 @@ const (
 	RefusedPrivate             // every address of the destination is private
 	RefusedSelf                // the destination is fqdngate's own listener
 	RefusedSpoofed             // transparent: the original destination is not an address of the SNI/Host name
-	RefusedNoSNI               // transparent TLS without SNI, or with ECH while dns.strip_ech is off
+	RefusedNoSNI               // TLS without SNI, or with ECH while dns.strip_ech is off
 	RefusedTLSVersion          // the client offers no TLS version the rule accepts
 	RefusedVerify              // the upstream certificate failed verification
 	RefusedPlainHTTP           // the rule requires verified TLS, and plain HTTP cannot be verified
@@ -40,7 +40,7 @@ const (
 	RefusedAuth                // proxy credentials missing or wrong
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
-	RefusedProtocol            // transparent: neither TLS nor HTTP
+	RefusedProtocol            // a connection's first bytes are neither TLS nor HTTP
 	RefusedFronted             // a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
