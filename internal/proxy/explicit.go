@@ -51,6 +51,15 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		// Requests outlive ctx while draining; dr.hard ends them.
 		BaseContext: func(net.Listener) context.Context { return dr.hard },
+		// Each connection's id for its audit lines: the fast path's, for
+		// a connection it handed over.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			id := &connID{}
+			if hc, ok := c.(*handoffConn); ok {
+				id = hc.id
+			}
+			return context.WithValue(ctx, connIDKey{}, id)
+		},
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateClosed {
 				p.release() // hijacked connections are released by their tunnel
@@ -167,7 +176,8 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// net/http leaves on the connection: clear the last one.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	client, _ := netip.ParseAddrPort(r.RemoteAddr)
-	rec := &connRecord{listener: explicitListener, client: client, start: time.Now()}
+	id, _ := r.Context().Value(connIDKey{}).(*connID)
+	rec := &connRecord{listener: explicitListener, client: client, start: time.Now(), conn: id}
 	tunnelled := false // a started tunnel writes the record when it ends
 	defer func() {
 		if !tunnelled {
@@ -183,6 +193,7 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t, terr := requestTarget(r)
 	authorization := r.Header.Get("Proxy-Authorization")
 	if r.Method != http.MethodConnect {
+		rec.ensureID(p.ids)
 		pol, addrs, a := h.admitForward(r.Context(), rec, t, terr, authorization)
 		if a.status != 0 {
 			writeRefusal(w, a.status, a.reason, a.detail)
@@ -368,6 +379,10 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 	}()
 	return true
 }
+
+// connIDKey carries a connection's *connID from ConnContext to its
+// requests.
+type connIDKey struct{}
 
 // planKey carries a forwarded request's checked addresses from the handler
 // to the transport's dial, so the transport dials exactly what was checked.

@@ -165,7 +165,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			if !h.conns.handOff(f) {
 				return // shutting down: net/http would close it unanswered
 			}
-			hc := &handoffConn{TCPConn: c, buf: bytes.Clone(buf[:n]), clamp: deadline}
+			hc := &handoffConn{TCPConn: c, buf: bytes.Clone(buf[:n]), clamp: deadline, id: &f.id}
 			handed = true
 			if !h.hand.deliver(hc) {
 				c.Close()
@@ -179,7 +179,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			return
 		}
 		if forward {
-			keep := h.fastForward(ctx, cancel, c, &fr)
+			keep := h.fastForward(ctx, cancel, c, &fr, &f.id)
 			cancel()
 			if !keep || !h.conns.waiting(f) {
 				return
@@ -187,7 +187,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			n = copy(buf, buf[end:n])
 			continue
 		}
-		tun, keep := h.fastConnect(ctx, cancel, c, req)
+		tun, keep := h.fastConnect(ctx, cancel, c, req, &f.id)
 		if tun != nil {
 			// A goroutine of its own carries the tunnel, so that this
 			// one's stack, grown deep by the dial, is not kept for the
@@ -551,12 +551,12 @@ type fastTunnel struct {
 // tunnel to carry once it has answered 200, or else whether the connection
 // may be kept for another request; either way the audit record is written
 // (by the tunnel, when it ends).
-func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest) (*fastTunnel, bool) {
+func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest, id *connID) (*fastTunnel, bool) {
 	p := h.p
 	if p.onFastConnect != nil {
 		p.onFastConnect(c)
 	}
-	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now()}
+	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now(), conn: id}
 	// net/http would notice a client that hangs up while we decide and
 	// dial, and cancel the request's context: so do we, if it takes long.
 	w := watchHangup(c, cancel)
@@ -731,7 +731,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // fastConn is a connection the fast path serves.
 type fastConn struct {
-	c *net.TCPConn
+	c  *net.TCPConn
+	id connID // for its audit lines, once it forwards or tunnels
 
 	// Guarded by fastConns.mu:
 	busy   bool               // deciding, dialling or tunnelling, not reading a head
@@ -894,6 +895,7 @@ func (l *handoffListener) deliver(c net.Conn) bool {
 // not extended by the handover.
 type handoffConn struct {
 	*net.TCPConn
+	id *connID // the connection's, for the audit lines of what net/http serves
 
 	mu    sync.Mutex // guards following
 	buf   []byte

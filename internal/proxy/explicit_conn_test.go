@@ -827,3 +827,64 @@ func BenchmarkForwardKeepAlive(b *testing.B) {
 		}
 	})
 }
+
+// TestConnIDs: every audit line of an explicit client connection, from
+// its first forwarded request or tunnel on, carries one connection id:
+// forwarded requests kept alive on it, a refusal after them, and the
+// tunnel it ends with; another connection has another id. On both paths,
+// and across the fast path's handover to net/http.
+func TestConnIDs(t *testing.T) {
+	echo := echoServer(t, "127.0.0.1:0")
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer web.Close()
+	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
+	pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d, %d]\n", echo.Port(), webPort)
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, pol, mapResolver{"open.test": addrs("127.0.0.1")}, ps)
+		var ids []any
+		for range 2 {
+			c := dialFrom(t, h.addr, "")
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			// A GET, a POST (which the fast path hands to net/http), a
+			// refused CONNECT, then a tunnel.
+			for _, m := range []string{"GET", "POST"} {
+				fmt.Fprintf(c, "%s http://open.test:%d/ HTTP/1.1\r\nHost: open.test:%d\r\nContent-Length: 0\r\n\r\n", m, webPort, webPort)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			fmt.Fprintf(c, "CONNECT other.test:443 HTTP/1.1\r\n\r\n")
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+			if err != nil || resp.StatusCode != 403 {
+				t.Fatalf("CONNECT other.test: %v, %v", resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			target := fmt.Sprintf("open.test:%d", echo.Port())
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\n\r\n", target)
+			if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT %s: %v, %v", target, resp, err)
+			}
+			connectResult{target: target, conn: c, br: br}.echo(t)
+			c.Close()
+			sel := `"client":"` + c.LocalAddr().String() + `"`
+			waitFor(t, "five audit lines", func() bool { return len(h.auditLines(sel)) == 5 })
+			var id any
+			for i, l := range h.auditLines(sel) {
+				m := decodeLine(t, l)
+				if i == 0 {
+					id = m["conn"]
+				}
+				if m["conn"] == nil || m["conn"] != id {
+					t.Errorf("slow %v: line %d has conn %v, want %v like the first: %s", ps.slow, i, m["conn"], id, l)
+				}
+			}
+			ids = append(ids, id)
+		}
+		if ids[0] == ids[1] {
+			t.Errorf("slow %v: two connections share the id %v", ps.slow, ids[0])
+		}
+	}
+}

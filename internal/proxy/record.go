@@ -165,6 +165,7 @@ type connRecord struct {
 	start    time.Time
 	up, down atomic.Int64
 	id       string   // the connection's id, once it has one
+	conn     *connID  // the client connection's id, for requests kept alive on it; nil: none
 	opened   bool     // the opening line is written: the last line is the closing one
 	ended    endCause // how a tunnel ended
 
@@ -207,13 +208,41 @@ func (ids *connIDs) next() string {
 	return string(strconv.AppendUint(append(b[:0], ids.prefix[:]...), ids.n.Add(1), 10))
 }
 
+// connID is the id of an explicit client connection, which may carry
+// several requests: drawn when the connection first needs one (its first
+// forwarded request or tunnel), so that every line of the connection from
+// then on carries it. A connection's requests come one after another, so
+// it needs no lock.
+type connID struct{ id string }
+
+// ensureID gives c an id: its connection's, or a fresh one.
+func (c *connRecord) ensureID(ids *connIDs) {
+	switch {
+	case c.id != "":
+	case c.conn == nil:
+		c.id = ids.next()
+	default:
+		if c.conn.id == "" {
+			c.conn.id = ids.next()
+		}
+		c.id = c.conn.id
+	}
+}
+
+// lineID is the id a line of c carries: its own, or its connection's if
+// the connection has one already (a refusal after a forwarded request).
+func (c *connRecord) lineID() string {
+	if c.id == "" && c.conn != nil {
+		return c.conn.id
+	}
+	return c.id
+}
+
 // opened writes the line of a tunnel about to carry traffic: the decision
-// that allowed it, under a fresh connection id that the closing line
+// that allowed it, under the connection's id, which the closing line
 // (record) repeats, so a long tunnel is in the log while it is open.
 func (p *Proxy) opened(ctx context.Context, c *connRecord) {
-	if c.id == "" {
-		c.id = p.ids.next()
-	}
+	c.ensureID(p.ids)
 	c.opened = true
 	p.write(ctx, c, lineOpened)
 }
@@ -254,8 +283,8 @@ func (p *Proxy) write(ctx context.Context, c *connRecord, kind int) {
 		slog.String("listener", c.listener),
 		slog.String("client", c.clientString()),
 	)
-	if c.id != "" {
-		attrs = append(attrs, slog.String("conn", c.id))
+	if id := c.lineID(); id != "" {
+		attrs = append(attrs, slog.String("conn", id))
 	}
 	if c.user != "" {
 		attrs = append(attrs, slog.String("user", c.user))

@@ -177,6 +177,7 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 	}
 	if req != nil {
 		closeClient = false
+		rec.ensureID(p.ids)
 		p.forwardHTTP(ctx, tc, cr, req, up, idleTimeout(pol), rec)
 		return
 	}
