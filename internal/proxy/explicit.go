@@ -364,7 +364,11 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 	go func() {
 		defer h.dr.done()
 		defer p.release()
+		// The drain deadline cuts a client that is still to send its
+		// first bytes, as the fast path's cut does by closing it.
+		stop := context.AfterFunc(h.dr.hard, func() { client.SetReadDeadline(aLongTimeAgo) })
 		open, drain := p.openTunnel(h.dr.hard, client, newHeadReader(client), early, pol, d, t, up, rec)
+		stop()
 		headBufs.Put(bp)
 		if open {
 			rec.ended = p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
