@@ -295,3 +295,30 @@ func TestTunnelSilentClient(t *testing.T) {
 		waitFor(t, "the tunnel's slot", func() bool { return h.p.active.Load() == 0 })
 	}
 }
+
+// TestTunnelInspectionAuditMode: audit mode lets a CONNECT no rule allows
+// through as would-deny, but not a tunnel that carries another name: with
+// no rule, only the CONNECT name passes.
+func TestTunnelInspectionAuditMode(t *testing.T) {
+	echo := echoServer(t, "127.0.0.1:0")
+	pol := fmt.Sprintf("mode: audit\nproxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d]\n", echo.Port())
+	res := mapResolver{"open.test": addrs("127.0.0.1"), "unlisted.test": addrs("127.0.0.1")}
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, pol, res, ps)
+		target := fmt.Sprintf("unlisted.test:%d", echo.Port())
+		r := connectVia(t, h.addr, "", target, "")
+		r.echo(t)
+		r.conn.Close()
+		checkAudit(t, h.auditOf(t, r.conn), map[string]any{"action": "would-deny", "sni": "unlisted.test", "refused": nil})
+
+		r = connectVia(t, h.addr, "", target, "")
+		r.conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(r.conn, "GET / HTTP/1.1\r\nHost: open.test:%d\r\n\r\n", echo.Port())
+		resp, err := http.ReadResponse(r.br, nil)
+		if err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("slow %v: audit mode, another name in a would-deny tunnel: %v, %v; want 403", ps.slow, resp, err)
+		}
+		r.conn.Close()
+		checkAudit(t, h.auditOf(t, r.conn), map[string]any{"action": "deny", "refused": RefusedFronted.String(), "sni": "open.test"})
+	}
+}
