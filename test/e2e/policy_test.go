@@ -14,12 +14,13 @@ type policySettings struct {
 	table     string
 	stateFile string
 	sources   string // YAML for the sources key, or ""
+	proxy     string // listen.proxy; "" for none
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
 // rules key's list, indented by two spaces).
 func (s policySettings) render(rules string) string {
-	p := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: "127.0.0.1:0"}
+	p := fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: "127.0.0.1:0"}
 dns:
   upstreams: [%q]
   min_ttl: 1s
@@ -30,7 +31,7 @@ firewall:
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.proxy, authorityAddr, s.grace, s.hook, s.table, s.stateFile)
 	if s.sources != "" {
 		p += "sources:\n" + s.sources
 	}

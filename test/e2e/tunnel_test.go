@@ -23,28 +23,12 @@ const gatewayProxy = gwClient4 + ":3128"
 // a forbidden one both resolve to it, as two customers of one CDN edge.
 const cdnAddr = "203.0.113.10"
 
-// proxyPolicy is the gateway with its explicit proxy: group a may reach
-// api.example.com on 80 and 443, nothing else.
-func (s policySettings) proxyPolicy() string {
-	return fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: "127.0.0.1:0"}
-dns:
-  upstreams: [%q]
-  min_ttl: 1s
-  max_ttl: 1h
-  grace: %s
-firewall:
-  backend: nftables
-  hook: forward
-  table: %s
-  state_file: %s
-sources:
-%srules:
-  - name: api
+// proxyRules: group a may reach api.example.com on 80 and 443.
+const proxyRules = `  - name: api
     from: [a]
     to: [api.example.com]
     ports: [80, 443]
-`, s.dnsListen, gatewayProxy, authorityAddr, s.grace, s.table, s.stateFile, forwardSources)
-}
+`
 
 // startProxyGateway starts the forward topology with fqdngate's explicit
 // proxy on the gateway, an HTTP server beside the HTTPS one on every
@@ -55,8 +39,9 @@ func startProxyGateway(t *testing.T) (*gate, *client) {
 	n := newForwardNet(t)
 	serveHTTP(t, n.inet)
 	g := newGate(t, n.gw)
-	s := policySettings{dnsListen: gatewayDNS, grace: 2 * time.Second, table: g.table, stateFile: g.stateFile()}
-	g.writePolicy(s.proxyPolicy())
+	s := policySettings{hook: "forward", dnsListen: gatewayDNS, proxy: gatewayProxy, grace: 2 * time.Second,
+		table: g.table, stateFile: g.stateFile(), sources: forwardSources}
+	g.writePolicy(s.render(proxyRules))
 	g.start()
 	n.inet.auth.Set("api.example.com", dnstest.A("api.example.com", 300, cdnAddr))
 	n.inet.auth.Set("evil.example.com", dnstest.A("evil.example.com", 300, cdnAddr))
