@@ -40,6 +40,11 @@ type Event struct {
 	Attrs     []slog.Attr
 	// Time is when the decision was made; if zero, Record reads the clock.
 	Time time.Time
+	// Closed marks the line that ends a connection an earlier Event
+	// allowed (a proxy tunnel): msg is "closed" instead of "decision", the
+	// decision is repeated so the line reads on its own, and it is not
+	// counted as a decision again.
+	Closed bool
 }
 
 // Counter is told about every decision, for metrics. If nil, nothing counts.
@@ -69,14 +74,14 @@ func New(w io.Writer, format string, c Counter) *Logger {
 	return &Logger{w: w, text: format == "text", counter: c, now: time.Now}
 }
 
-// Record writes e as one line "decision" with fields time, level,
+// Record writes e as one line "decision" (or "closed") with fields time, level,
 // component, source, name, port (when not 0), qtype (when set), action,
 // rule, reason, then e.Attrs.
 func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
 		return
 	}
-	if l.counter != nil {
+	if l.counter != nil && !e.Closed {
 		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
 	}
 	if l.w == nil {
@@ -92,7 +97,11 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	if t.IsZero() {
 		t = l.now()
 	}
-	enc.begin(t, l.stampOf(t))
+	msg := "decision"
+	if e.Closed {
+		msg = "closed"
+	}
+	enc.begin(t, l.stampOf(t), msg)
 	enc.str("component", e.Component.String())
 	if e.Source.IsValid() {
 		var a [48]byte

@@ -82,6 +82,33 @@ func TestRecordText(t *testing.T) {
 	}
 }
 
+// TestRecordClosed: the line that closes a connection says so in msg and
+// is not counted as another decision.
+func TestRecordClosed(t *testing.T) {
+	var buf bytes.Buffer
+	cnt := &countRec{}
+	l := New(&buf, "json", cnt)
+	d := policy.Decision{Action: policy.Allow, Reason: policy.ReasonMatched, Rule: &policy.Rule{Name: "bank-api"}}
+	l.Record(context.Background(), Event{Component: Proxy, Name: "api.bank.example", Port: 443, Decision: d})
+	l.Record(context.Background(), Event{Component: Proxy, Name: "api.bank.example", Port: 443, Decision: d, Closed: true})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d lines, want 2:\n%s", len(lines), buf.String())
+	}
+	for i, want := range []string{"decision", "closed"} {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m["msg"] != want || m["action"] != "allow" || m["rule"] != "bank-api" {
+			t.Errorf("line %d: got msg %v, action %v, rule %v; want msg %s, allow by bank-api", i, m["msg"], m["action"], m["rule"], want)
+		}
+	}
+	if got, want := strings.Join(cnt.calls, ","), "proxy/allow/bank-api"; got != want {
+		t.Errorf("counter calls: got %q, want %q (the closing line is no new decision)", got, want)
+	}
+}
+
 func TestNilLogger(t *testing.T) {
 	var l *Logger
 	l.Record(context.Background(), Event{}) // must not panic

@@ -19,16 +19,21 @@ type encoder struct {
 // textTime is how slog's text handler writes times: milliseconds.
 const textTime = "2006-01-02T15:04:05.000Z07:00"
 
-func (e *encoder) begin(t time.Time, st *stamp) {
+// begin starts a line with its time, level and msg (a word that needs no
+// quoting or escaping).
+func (e *encoder) begin(t time.Time, st *stamp, msg string) {
 	if e.text {
 		e.buf = append(e.buf, "time="...)
 		e.buf = st.append(e.buf, t, true)
-		e.buf = append(e.buf, " level=INFO msg=decision"...)
+		e.buf = append(e.buf, " level=INFO msg="...)
+		e.buf = append(e.buf, msg...)
 		return
 	}
 	e.buf = append(e.buf, `{"time":"`...)
 	e.buf = st.append(e.buf, t, false)
-	e.buf = append(e.buf, `","level":"INFO","msg":"decision"`...)
+	e.buf = append(e.buf, `","level":"INFO","msg":"`...)
+	e.buf = append(e.buf, msg...)
+	e.buf = append(e.buf, '"')
 }
 
 // stamp is the formatted whole second of the last line's time: lines come

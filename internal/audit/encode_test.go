@@ -25,7 +25,11 @@ func slogLine(t *testing.T, format string, at time.Time, e Event) string {
 	if format == "text" {
 		h = slog.NewTextHandler(&buf, opts)
 	}
-	r := slog.NewRecord(at, slog.LevelInfo, "decision", 0)
+	msg := "decision"
+	if e.Closed {
+		msg = "closed"
+	}
+	r := slog.NewRecord(at, slog.LevelInfo, msg, 0)
 	src := ""
 	if e.Source.IsValid() {
 		src = e.Source.String()
@@ -94,6 +98,9 @@ var oracleEvents = []Event{
 		Attrs: []slog.Attr{slog.Duration("duration", 2*time.Minute+7*time.Nanosecond), slog.Duration("zero", 0), slog.Duration("neg", -1500*time.Nanosecond),
 			slog.Group("phase", slog.Duration("dial", 3*time.Millisecond)), slog.Duration("odd key=", time.Millisecond)}},
 	{Component: DNS, Source: netip.MustParseAddr("::ffff:192.0.2.1"), Name: "a\\b", QType: "TYPE65534"},
+	{Component: Proxy, Source: netip.MustParseAddr("10.1.0.7"), Name: "api.bank.example", Port: 443, Closed: true,
+		Decision: policy.Decision{Action: policy.Allow, Rule: &policy.Rule{Name: "bank-api"}},
+		Attrs:    []slog.Attr{slog.String("conn", "1a2b3c4d-7"), slog.String("ended", "eof"), slog.Int64("bytes_up", 517)}},
 }
 
 func TestEncoderMatchesSlog(t *testing.T) {

@@ -153,6 +153,55 @@ func FuzzHTTPHost(f *testing.F) {
 	})
 }
 
+// Run with: go test ./internal/peek -run '^$' -fuzz FuzzReadFirst -fuzztime 60s -fuzzminimizetime 5s
+
+// FuzzReadFirst checks ReadFirst against the parsers it chooses between:
+// the same hello as ClientHello, the same host and port as HTTPHost
+// (which FuzzHTTPHost holds to net/http), whether the first bytes come
+// all at once, byte by byte, already read, or into a buffer that must
+// grow; and anything else refused on its first byte.
+func FuzzReadFirst(f *testing.F) {
+	for _, tc := range helloCases(f) {
+		f.Add(tc.in, uint16(tc.limit))
+	}
+	for _, tc := range hostCases {
+		f.Add([]byte(tc.in), uint16(tc.limit))
+	}
+	f.Add([]byte("SSH-2.0-OpenSSH_9.6\r\n"), uint16(0))
+	f.Add([]byte("ping\n"), uint16(0))
+	f.Fuzz(func(t *testing.T, in []byte, limit uint16) {
+		got, least, err := readFirstWays(t, in, int(limit))
+		if len(in) == 0 {
+			if !errors.Is(err, ErrTruncated) {
+				t.Fatalf("no bytes: got %v, want ErrTruncated", err)
+			}
+			return
+		}
+		switch Sniff(in[0]) {
+		case TLS:
+			h, raw, herr := ClientHello(bytes.NewReader(in), int(limit))
+			if fmt.Sprint(err) != fmt.Sprint(herr) || err == nil && (got.Protocol != TLS || !reflect.DeepEqual(got.Hello, h)) {
+				t.Fatalf("ReadFirst: %+v, %v; ClientHello: %+v, %v", got, err, h, herr)
+			}
+			if err == nil && least < len(raw) {
+				t.Fatalf("ReadFirst kept %d bytes, less than the %d of the hello", least, len(raw))
+			}
+		case HTTP:
+			host, port, _, herr := HTTPHost(bytes.NewReader(in), int(limit))
+			if fmt.Sprint(err) != fmt.Sprint(herr) || err == nil && (got.Protocol != HTTP || got.Host != host || got.Port != port) {
+				t.Fatalf("ReadFirst: %+v, %v; HTTPHost: %q %q, %v", got, err, host, port, herr)
+			}
+			if err == nil && least < HeadLen(in) {
+				t.Fatalf("ReadFirst kept %d bytes, less than the head", least)
+			}
+		default:
+			if !errors.Is(err, ErrUnknown) {
+				t.Fatalf("first byte %#02x: got %v, want ErrUnknown", in[0], err)
+			}
+		}
+	})
+}
+
 func cmpOr(a, b int) int {
 	if a > 0 {
 		return a

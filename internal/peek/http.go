@@ -36,18 +36,17 @@ func HTTPHost(r io.Reader, limit int) (host, port string, buffered []byte, err e
 	if limit <= 0 {
 		limit = DefaultMax
 	}
-	buf := make([]byte, 0, min(limit, 4096))
+	return httpHead(r, make([]byte, 0, min(limit, 4096)), limit)
+}
+
+// httpHead is HTTPHost reading into buf, which may hold bytes read
+// already.
+func httpHead(r io.Reader, buf []byte, limit int) (host, port string, buffered []byte, err error) {
 	end := -1
-	for end < 0 {
-		if len(buf) >= limit {
-			return "", "", buf, fmt.Errorf("%w: no end of request head in %d bytes", ErrTooLarge, limit)
-		}
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(cap(buf), limit-len(buf)))
-		}
-		n, rerr := r.Read(buf[len(buf):min(cap(buf), limit)])
-		from := max(0, len(buf)-len(headEnd)+1)
-		buf = buf[:len(buf)+n]
+	from := 0         // where the next search for the head's end starts
+	lineDone := false // the request line is whole, and was checked
+	var rerr error
+	for {
 		if len(buf) > 0 && Sniff(buf[0]) != HTTP {
 			// Decide on the first byte so a TLS client is not kept waiting
 			// for a blank line it will never send.
@@ -55,9 +54,33 @@ func HTTPHost(r io.Reader, limit int) (host, port string, buffered []byte, err e
 		}
 		if i := bytes.Index(buf[from:], headEnd); i >= 0 {
 			end = from + i + len(headEnd)
-		} else if rerr != nil {
+			break
+		}
+		if !lineDone {
+			// Decide on the request line as soon as it is whole, so a
+			// client of another protocol that starts with a capital
+			// letter (SSH, SMTP) is not kept waiting either. (A whole
+			// head is checked by parseHead, in the same order.)
+			if i := bytes.Index(buf, headEnd[:2]); i >= 0 {
+				if _, _, _, err := checkRequestLine(string(buf[:i])); err != nil {
+					return "", "", buf, err
+				}
+				lineDone = true
+			}
+		}
+		from = max(0, len(buf)-len(headEnd)+1)
+		if rerr != nil {
 			return "", "", buf, readError(rerr, len(buf), "HTTP request head")
 		}
+		if len(buf) >= limit {
+			return "", "", buf, fmt.Errorf("%w: no end of request head in %d bytes", ErrTooLarge, limit)
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(512, min(cap(buf), limit-len(buf))))
+		}
+		var n int
+		n, rerr = r.Read(buf[len(buf):min(cap(buf), limit)])
+		buf = buf[:len(buf)+n]
 	}
 	host, port, err = parseHead(string(buf[:end]))
 	return host, port, buf, err
@@ -92,37 +115,60 @@ func HeadLen(b []byte) int {
 // tokens; no control bytes in the target or in header values. It leaves
 // the meaning of the target and the fields to the caller.
 func ParseRequest(head string, fields []Field) (Request, error) {
-	if !strings.HasSuffix(head, "\r\n\r\n") || strings.Index(head, "\r\n\r\n") != len(head)-len(headEnd) {
-		return Request{}, fmt.Errorf("%w: request head does not end at its first empty line", ErrMalformed)
-	}
-	body := head[:len(head)-len(headEnd)]
-	if i := bareCRLF(body); i >= 0 {
-		return Request{}, fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, strings.Count(body[:i], "\r\n")+1)
-	}
-	line, rest, _ := strings.Cut(body, "\r\n")
-	method, target, version, err := parseRequestLine(line)
+	r := Request{Fields: fields[:0]}
+	var err error
+	r.Method, r.Target, r.Proto, err = scanRequest(head, func(name, value string) {
+		r.Fields = append(r.Fields, Field{name, value})
+	})
 	if err != nil {
 		return Request{}, err
 	}
-	r := Request{Method: method, Target: target, Proto: version, Fields: fields[:0]}
+	return r, nil
+}
+
+// scanRequest is ParseRequest giving each header field to field instead
+// of a slice, so a caller that wants one field keeps nothing on the heap.
+func scanRequest(head string, field func(name, value string)) (method, target, version string, err error) {
+	if !strings.HasSuffix(head, "\r\n\r\n") || strings.Index(head, "\r\n\r\n") != len(head)-len(headEnd) {
+		return "", "", "", fmt.Errorf("%w: request head does not end at its first empty line", ErrMalformed)
+	}
+	body := head[:len(head)-len(headEnd)]
+	line, rest, _ := strings.Cut(body, "\r\n")
+	method, target, version, err = checkRequestLine(line)
+	if err != nil {
+		return "", "", "", err
+	}
+	if i := bareCRLF(rest); i >= 0 {
+		return "", "", "", fmt.Errorf("%w: bare CR or LF in line %d", ErrMalformed, strings.Count(rest[:i], "\r\n")+2)
+	}
 	for rest != "" {
 		line, rest, _ = strings.Cut(rest, "\r\n")
 		if line[0] == ' ' || line[0] == '\t' {
-			return Request{}, fmt.Errorf("%w: folded header line %q", ErrMalformed, line)
+			return "", "", "", fmt.Errorf("%w: folded header line %q", ErrMalformed, line)
 		}
 		name, value, ok := strings.Cut(line, ":")
 		if !ok || !isToken(name) {
-			return Request{}, fmt.Errorf("%w: header line %q", ErrMalformed, line)
+			return "", "", "", fmt.Errorf("%w: header line %q", ErrMalformed, line)
 		}
 		value = strings.Trim(value, " \t")
 		for i := 0; i < len(value); i++ {
 			if c := value[i]; c < 0x20 && c != '\t' || c == 0x7f {
-				return Request{}, fmt.Errorf("%w: control byte %#02x in header %s", ErrMalformed, c, name)
+				return "", "", "", fmt.Errorf("%w: control byte %#02x in header %s", ErrMalformed, c, name)
 			}
 		}
-		r.Fields = append(r.Fields, Field{name, value})
+		field(name, value)
 	}
-	return r, nil
+	return method, target, version, nil
+}
+
+// checkRequestLine parses the first line of a head (without its CRLF).
+// ParseRequest checks it before the rest, so that HTTPHost, which checks it
+// as soon as it is whole, reports what ParseRequest would.
+func checkRequestLine(line string) (method, target, version string, err error) {
+	if i := bareCRLF(line); i >= 0 {
+		return "", "", "", fmt.Errorf("%w: bare CR or LF in line 1", ErrMalformed)
+	}
+	return parseRequestLine(line)
 }
 
 // bareCRLF returns the index in s of the first CR not followed by LF or LF
@@ -144,26 +190,31 @@ func bareCRLF(s string) int {
 
 // parseHead parses a request head through its final CRLF CRLF (RFC 9112).
 func parseHead(head string) (host, port string, err error) {
-	var fields [16]Field
-	r, err := ParseRequest(head, fields[:0])
+	hostField, hosts := "", 0
+	method, target, version, err := scanRequest(head, func(name, value string) {
+		if strings.EqualFold(name, "Host") {
+			if hosts++; hosts == 1 {
+				hostField = value
+			}
+		}
+	})
 	if err != nil {
 		return "", "", err
 	}
-	method, target, version := r.Method, r.Target, r.Proto
-	var hosts []string
-	for _, f := range r.Fields {
-		if strings.EqualFold(f.Name, "Host") {
-			hosts = append(hosts, f.Value)
-		}
-	}
-	switch len(hosts) {
+	switch hosts {
 	case 0:
 		return "", "", fmt.Errorf("%w (%s)", ErrNoHost, version)
 	case 1:
 	default:
-		return "", "", fmt.Errorf("%w: %q", ErrManyHosts, hosts)
+		var all []string
+		scanRequest(head, func(name, value string) {
+			if strings.EqualFold(name, "Host") {
+				all = append(all, value)
+			}
+		})
+		return "", "", fmt.Errorf("%w: %q", ErrManyHosts, all)
 	}
-	host, port, err = parseAuthority(hosts[0])
+	host, port, err = parseAuthority(hostField)
 	if err != nil {
 		return "", "", fmt.Errorf("parsing Host header: %w", err)
 	}
@@ -194,7 +245,7 @@ func parseHead(head string) (host, port string, err error) {
 	}
 	def := map[string]string{"http": "80", "https": "443"}[scheme]
 	if thost != host || cmp.Or(tport, def) != cmp.Or(port, def) {
-		return "", "", fmt.Errorf("%w: target %q, Host %q", ErrHostMismatch, auth, hosts[0])
+		return "", "", fmt.Errorf("%w: target %q, Host %q", ErrHostMismatch, auth, hostField)
 	}
 	return host, port, nil
 }
@@ -235,14 +286,14 @@ func parseAuthority(s string) (host, port string, err error) {
 		if err != nil || !a.Is6() || a.Zone() != "" {
 			return "", "", fmt.Errorf("%w: %q is not an IPv6 address", ErrBadName, s[1:end])
 		}
-		host, rest = a.String(), s[end+1:]
+		host, rest = canonicalAddr(a, s[1:end]), s[end+1:]
 	} else {
 		h := s
 		if i := strings.IndexByte(s, ':'); i >= 0 {
 			h, rest = s[:i], s[i:]
 		}
-		if a, err := netip.ParseAddr(h); err == nil {
-			host = a.String()
+		if a, ok := parseAddr(h); ok {
+			host = canonicalAddr(a, h)
 		} else {
 			n, err := parseName(h)
 			if err != nil {
@@ -259,7 +310,20 @@ func parseAuthority(s string) (host, port string, err error) {
 	if !ok || err != nil || n == 0 || p[0] < '0' || p[0] > '9' {
 		return "", "", fmt.Errorf("%w: bad port in %q", ErrBadName, s)
 	}
+	if p[0] != '0' {
+		return host, p, nil // canonical already: no copy
+	}
 	return host, strconv.FormatUint(n, 10), nil
+}
+
+// canonicalAddr is a.String(), which is s itself when s is already
+// spelled that way: no copy.
+func canonicalAddr(a netip.Addr, s string) string {
+	var b [64]byte
+	if string(a.AppendTo(b[:0])) == s {
+		return s
+	}
+	return a.String()
 }
 
 func isHex(c byte) bool {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
@@ -38,6 +39,7 @@ var (
 	ErrNoHost       = errors.New("request has no Host header")
 	ErrManyHosts    = errors.New("request has more than one Host header")
 	ErrHostMismatch = errors.New("request target and Host header disagree")
+	ErrUnknown      = errors.New("neither TLS nor HTTP")
 )
 
 // Protocol is what the first byte of a connection suggests it speaks.
@@ -71,27 +73,92 @@ func Sniff(first byte) Protocol {
 	return Unknown
 }
 
+// First is what the first message of a client connection asks for, as
+// ReadFirst reads it.
+type First struct {
+	Protocol Protocol // TLS or HTTP
+	Hello    Hello    // TLS: the ClientHello
+	// Host and Port are, for HTTP, what HTTPHost returns.
+	Host, Port string
+}
+
+// ReadFirst reads the first message a client sends on a connection: a TLS
+// ClientHello (as ClientHello reads it) or an HTTP/1.x request head (as
+// HTTPHost reads it), chosen by its first byte. Anything else is an error
+// wrapping ErrUnknown, decided on that first byte.
+//
+// buf holds the bytes of the connection already read, if any, and its
+// spare capacity is where ReadFirst reads more, so a caller can lend it a
+// pooled buffer. Every read fills as much of that capacity as r gives:
+// the message usually arrives in one read, and bytes past its end are
+// kept. The buffer grows (into new memory) only when the message does not
+// fit. ReadFirst returns buf extended by every byte read, also on error,
+// to replay upstream. At most limit bytes are read; limit <= 0 means
+// DefaultMax. The First returned holds no reference to buf.
+func ReadFirst(r io.Reader, buf []byte, limit int) (First, []byte, error) {
+	if limit <= 0 {
+		limit = DefaultMax
+	}
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, min(limit, 4096))
+	}
+	for len(buf) == 0 {
+		n, err := r.Read(buf[:min(cap(buf), limit)])
+		buf = buf[:n]
+		if n == 0 && err != nil {
+			return First{}, buf, readError(err, 0, "the first byte")
+		}
+	}
+	switch Sniff(buf[0]) {
+	case TLS:
+		b := &budget{r: r, limit: limit, raw: buf, greedy: true}
+		h, err := readHello(b)
+		return First{Protocol: TLS, Hello: h}, b.raw, err
+	case HTTP:
+		host, port, buf, err := httpHead(r, buf, limit)
+		return First{Protocol: HTTP, Host: host, Port: port}, buf, err
+	}
+	return First{}, buf, fmt.Errorf("%w: first byte %#02x", ErrUnknown, buf[0])
+}
+
 // budget reads from r, keeping every byte, and refuses to go past limit.
 type budget struct {
 	r     io.Reader
 	limit int
-	raw   []byte
+	raw   []byte // every byte read
+	off   int    // raw[:off] has been handed to the parser
+	// greedy reads as far as raw's capacity goes (up to limit) instead of
+	// just what next needs: one read for a whole ClientHello, at the cost
+	// of keeping bytes past its end, which a caller replays anyway.
+	greedy bool
 }
 
-// next reads exactly n more bytes. It never reads ahead, so for TLS the kept
-// bytes end on a record boundary.
+// next returns the next n bytes, reading what raw does not hold yet. Unless
+// greedy, it never reads ahead, so for TLS the kept bytes end on a record
+// boundary. The slice returned has no spare capacity: appending to it
+// copies, and never writes over the bytes that follow.
 func (b *budget) next(n int, what string) ([]byte, error) {
-	if len(b.raw)+n > b.limit {
+	need := b.off + n
+	if need > b.limit {
 		return nil, fmt.Errorf("%w: %s would pass %d bytes", ErrTooLarge, what, b.limit)
 	}
-	start := len(b.raw)
-	b.raw = append(b.raw, make([]byte, n)...)
-	m, err := io.ReadFull(b.r, b.raw[start:])
-	b.raw = b.raw[:start+m]
-	if err != nil {
-		return nil, readError(err, len(b.raw), what)
+	for len(b.raw) < need {
+		if cap(b.raw) < need {
+			b.raw = slices.Grow(b.raw, need-len(b.raw))
+		}
+		end := need
+		if b.greedy {
+			end = min(cap(b.raw), b.limit)
+		}
+		m, err := b.r.Read(b.raw[len(b.raw):end])
+		b.raw = b.raw[:len(b.raw)+m]
+		if err != nil && len(b.raw) < need {
+			return nil, readError(err, len(b.raw), what)
+		}
 	}
-	return b.raw[start:], nil
+	s := b.raw[b.off:need:need]
+	b.off = need
+	return s, nil
 }
 
 // readError keeps "the client hung up" (ErrTruncated) apart from deadlines
@@ -138,6 +205,21 @@ func looksNumeric(s string) bool {
 
 // isIPLiteral reports whether s (without brackets) is an IP address.
 func isIPLiteral(s string) bool {
-	_, err := netip.ParseAddr(s)
-	return err == nil
+	_, ok := parseAddr(s)
+	return ok
+}
+
+// parseAddr is netip.ParseAddr for text that is usually a name: it asks
+// ParseAddr, which allocates the error it returns for a name, only about
+// text with a colon (no name has one) or made of digits and dots.
+func parseAddr(s string) (netip.Addr, bool) {
+	if strings.IndexByte(s, ':') < 0 {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; (c < '0' || c > '9') && c != '.' {
+				return netip.Addr{}, false
+			}
+		}
+	}
+	a, err := netip.ParseAddr(s)
+	return a, err == nil
 }

@@ -109,7 +109,11 @@ func readHello(b *budget) (Hello, error) {
 		if err != nil {
 			return Hello{}, err
 		}
-		msg = append(msg, body...)
+		if msg == nil {
+			msg = body // most hellos fit one record: no copy
+		} else {
+			msg = append(msg, body...) // body has no spare capacity: a copy
+		}
 
 		if msg[0] != typeClientHello {
 			return Hello{}, fmt.Errorf("%w: handshake message type %d", ErrNotHello, msg[0])
@@ -154,7 +158,7 @@ func parseHello(body []byte) (Hello, error) {
 	if !s.ReadUint16LengthPrefixed(&exts) || !s.Empty() {
 		return Hello{}, malformed("extensions")
 	}
-	seen := make(map[uint16]bool)
+	var seen extSet
 	for !exts.Empty() {
 		var typ uint16
 		var data cryptobyte.String
@@ -163,13 +167,12 @@ func parseHello(body []byte) (Hello, error) {
 		}
 		// RFC 8446 4.2 forbids repeats; a duplicate SNI in particular lets
 		// us and the server read different names.
-		if seen[typ] {
+		if !seen.add(typ) {
 			if typ == extServerName {
 				return Hello{}, fmt.Errorf("%w: server_name extension repeated", ErrDuplicateSNI)
 			}
 			return Hello{}, fmt.Errorf("%w: extension %#04x repeated", ErrMalformed, typ)
 		}
-		seen[typ] = true
 		var err error
 		switch typ {
 		case extServerName:
@@ -188,6 +191,38 @@ func parseHello(body []byte) (Hello, error) {
 		}
 	}
 	return h, nil
+}
+
+// extSet is the set of extension types a hello has shown. Browsers send
+// about twenty, which a small array holds without allocating; a hello with
+// more spills into a map, so a hostile one with thousands costs linear
+// time, not quadratic.
+type extSet struct {
+	small [24]uint16
+	n     int
+	more  map[uint16]bool
+}
+
+// add adds typ and reports whether it was new.
+func (s *extSet) add(typ uint16) bool {
+	for _, t := range s.small[:s.n] {
+		if t == typ {
+			return false
+		}
+	}
+	switch {
+	case s.more != nil:
+		if s.more[typ] {
+			return false
+		}
+		s.more[typ] = true
+	case s.n < len(s.small):
+		s.small[s.n] = typ
+		s.n++
+	default:
+		s.more = map[uint16]bool{typ: true}
+	}
+	return true
 }
 
 // parseSNI parses a server_name extension (RFC 6066 3).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"reflect"
@@ -405,5 +406,135 @@ func TestClientHelloTCP(t *testing.T) {
 	got, _ := io.ReadAll(tc)
 	if string(got) != "ok" || tc.ConnectionState().NegotiatedProtocol != "h2" {
 		t.Errorf("got %q over %q, want \"ok\" over h2", got, tc.ConnectionState().NegotiatedProtocol)
+	}
+}
+
+// readFirstWays reads in through ReadFirst in the ways a proxy does: all
+// at once, one byte per Read, with the first bytes already read into the
+// buffer (the early bytes of a tunnel), and into a buffer too small for
+// the message, which must grow. Each must give the same answer. It
+// returns the answer and the fewest bytes any way returned, so that a
+// caller can check the message is in them.
+func readFirstWays(t testing.TB, in []byte, limit int) (First, int, error) {
+	t.Helper()
+	f, raw, err := ReadFirst(bytes.NewReader(in), nil, limit)
+	least := len(raw)
+	split := min(len(in), 7)
+	ways := []struct {
+		name string
+		r    io.Reader
+		buf  []byte
+	}{
+		{"one byte per read", iotest.OneByteReader(bytes.NewReader(in)), nil},
+		{"early bytes", bytes.NewReader(in[split:]), append(make([]byte, 0, 4096), in[:split]...)},
+		{"small buffer", bytes.NewReader(in), make([]byte, 0, 16)},
+	}
+	for _, w := range ways {
+		f1, raw1, err1 := ReadFirst(w.r, w.buf, limit)
+		if !reflect.DeepEqual(f, f1) || fmt.Sprint(err) != fmt.Sprint(err1) {
+			t.Fatalf("%s: got %+v, %v; all at once: %+v, %v", w.name, f1, err1, f, err)
+		}
+		if !bytes.HasPrefix(in, raw1) {
+			t.Fatalf("%s: returned bytes are not a prefix of the input", w.name)
+		}
+		least = min(least, len(raw1))
+	}
+	if !bytes.HasPrefix(in, raw) {
+		t.Fatalf("returned bytes are not a prefix of the input")
+	}
+	if max := cmpOr(limit, DefaultMax); len(raw) > max {
+		t.Fatalf("read %d bytes, limit %d", len(raw), max)
+	}
+	return f, least, err
+}
+
+// TestReadFirst: ReadFirst reads every ClientHello as ClientHello does and
+// every request head as HTTPHost does, whichever way the bytes arrive, and
+// refuses what is neither on its first byte.
+func TestReadFirst(t *testing.T) {
+	for _, tc := range helloCases(t) {
+		if len(tc.in) == 0 || Sniff(tc.in[0]) != TLS {
+			continue // nothing (see below), HTTP, SSLv2, an alert: not read as TLS
+		}
+		t.Run("tls/"+tc.name, func(t *testing.T) {
+			want, _, wantErr := ClientHello(bytes.NewReader(tc.in), tc.limit)
+			got, least, err := readFirstWays(t, tc.in, tc.limit)
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+				t.Fatalf("got error %v, ClientHello says %v", err, wantErr)
+			}
+			if err == nil && (got.Protocol != TLS || !reflect.DeepEqual(got.Hello, want) || least != len(tc.in)) {
+				t.Fatalf("got %+v and %d bytes, want %+v and %d", got, least, want, len(tc.in))
+			}
+		})
+	}
+	for _, tc := range hostCases {
+		if len(tc.in) == 0 || Sniff(tc.in[0]) != HTTP {
+			continue
+		}
+		t.Run("http/"+tc.name, func(t *testing.T) {
+			host, port, _, wantErr := HTTPHost(strings.NewReader(tc.in), tc.limit)
+			got, least, err := readFirstWays(t, []byte(tc.in), tc.limit)
+			if err == nil && least < HeadLen([]byte(tc.in)) {
+				t.Fatalf("returned %d bytes, less than the head", least)
+			}
+			if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+				t.Fatalf("got error %v, HTTPHost says %v", err, wantErr)
+			}
+			if err == nil && (got.Protocol != HTTP || got.Host != host || got.Port != port) {
+				t.Fatalf("got %+v, want host %q port %q", got, host, port)
+			}
+		})
+	}
+	hello := captureHello(t, &tls.Config{ServerName: "a.example"})
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		err  error
+	}{
+		{"nothing", nil, ErrTruncated},
+		{"lower-case", []byte("ping\n"), ErrUnknown},
+		{"NUL", []byte{0, 1, 2}, ErrUnknown},
+		{"SSH", []byte("SSH-2.0-OpenSSH_9.6\r\n"), ErrNotHTTP}, // 'S' reads as HTTP, the line does not
+		{"SMTP client", []byte("EHLO client.example\r\n"), ErrNotHTTP},
+		{"SSLv2", []byte{0x80, 0x2e, 0x01, 0x00, 0x02}, ErrUnknown},
+		{"TLS alert", []byte{21, 3, 3, 0, 2, 2, 40}, ErrUnknown},
+	} {
+		if _, _, err := readFirstWays(t, tc.in, 0); !errors.Is(err, tc.err) {
+			t.Errorf("%s: got %v, want %v", tc.name, err, tc.err)
+		}
+	}
+	// Bytes after the message are kept for the replay: a client may send
+	// early data right after its hello.
+	in := append(append([]byte{}, hello...), 23, 3, 3, 0, 1, 'x')
+	f, raw, err := ReadFirst(bytes.NewReader(in), nil, 0)
+	if err != nil || f.Hello.ServerName != "a.example" || !bytes.Equal(raw, in) {
+		t.Errorf("hello and early data: got %q, %d of %d bytes, %v", f.Hello.ServerName, len(raw), len(in), err)
+	}
+}
+
+func TestReadFirstAllocs(t *testing.T) {
+	hello := captureHello(t, &tls.Config{ServerName: "a.example", NextProtos: []string{"h2"}})
+	head := []byte("GET / HTTP/1.1\r\nHost: a.example:8080\r\nUser-Agent: x\r\n\r\n")
+	buf := make([]byte, 0, 4096)
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		max  float64
+	}{
+		// The name, the versions, the ALPN list and its protocol.
+		{"tls", hello, 4},
+		// The head as a string, of which host and port are slices.
+		{"http", head, 1},
+	} {
+		r := bytes.NewReader(tc.in)
+		n := testing.AllocsPerRun(50, func() {
+			r.Reset(tc.in)
+			if _, _, err := ReadFirst(r, buf[:0], 0); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n > tc.max {
+			t.Errorf("%s: ReadFirst allocates %v times, want at most %v", tc.name, n, tc.max)
+		}
 	}
 }

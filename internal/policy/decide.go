@@ -18,21 +18,36 @@ func (p *Policy) Decide(q Query) Decision {
 	return d
 }
 
-func (p *Policy) decide(q Query) Decision {
+// RuleAllows reports whether the rule r of p, on its own, allows q: what
+// Decide would answer if r were p's only rule. The proxy asks it when a
+// tunnel opened under r carries another name than the one decided, which
+// must be r's too. Audit mode plays no part: the answer is r's.
+func (p *Policy) RuleAllows(r *Rule, q Query) bool {
+	if r == nil || r.Index < 0 || r.Index >= len(p.Rules) || p.Rules[r.Index] != r {
+		return false
+	}
+	return p.decideOnly(q, int32(r.Index)).Action == Allow
+}
+
+func (p *Policy) decide(q Query) Decision { return p.decideOnly(q, -1) }
+
+// decideOnly is decide over the rule of index only, or over every rule
+// when only is -1: one walk of the index for both.
+func (p *Policy) decideOnly(q Query, only int32) Decision {
 	if q.Name == "" {
-		return p.decideAddr(q, q.Addr)
+		return p.decideAddr(q, q.Addr, only)
 	}
 	if a, ok := ipLiteral(q.Name); ok {
 		// An address where a name was expected must not fall through to
 		// name matching: only CIDR rules speak for addresses.
-		return p.decideAddr(q, a)
+		return p.decideAddr(q, a, only)
 	}
 	var buf nameBuf
 	b, ok := canonical(&buf, q.Name)
 	if !ok {
 		return Decision{Reason: ReasonInvalidName}
 	}
-	m := matcher{p: p, q: q, best: -1}
+	m := matcher{p: p, q: q, best: -1, only: only}
 	n := p.idx.root
 	end := len(b)
 	for {
@@ -102,6 +117,7 @@ type matcher struct {
 	q                Query // by value: a pointer would move the caller's Query to the heap
 	best             int32 // rule index of the best full match, -1 if none
 	bestPat, bestGrp string
+	only             int32 // the one rule index considered, or -1 for all
 
 	missReason Reason // ReasonPort or ReasonSource, valid when missRule != nil
 	missRule   *Rule
@@ -113,6 +129,9 @@ func (m *matcher) consider(refs []ref) {
 	for _, rf := range refs {
 		if m.best >= 0 && rf.rule >= m.best {
 			return // lists are ascending; nothing later can win
+		}
+		if m.only >= 0 && rf.rule != m.only {
+			continue
 		}
 		r := m.p.Rules[rf.rule]
 		m.check(r, rf.rule, r.Names[rf.pat].Raw)
@@ -160,7 +179,7 @@ func (m *matcher) decision() Decision {
 	return Decision{Reason: m.missReason, Pattern: m.missPat, Group: m.missGroup, NearRule: m.missRule}
 }
 
-func (p *Policy) decideAddr(q Query, a netip.Addr) Decision {
+func (p *Policy) decideAddr(q Query, a netip.Addr, only int32) Decision {
 	if !a.IsValid() {
 		return Decision{Reason: ReasonInvalidName}
 	}
@@ -169,10 +188,13 @@ func (p *Policy) decideAddr(q Query, a netip.Addr) Decision {
 	// for that host covers it; a rule written for the IPv6 spelling itself
 	// covers it too.
 	u := netaddr.Unmap(a)
-	m := matcher{p: p, q: q, best: -1}
+	m := matcher{p: p, q: q, best: -1, only: only}
 	for _, c := range p.idx.cidrs {
 		if m.best >= 0 && c.rule >= m.best {
 			break
+		}
+		if only >= 0 && c.rule != only {
+			continue
 		}
 		if c.prefix.Contains(u) || c.prefix.Contains(a) {
 			m.check(p.Rules[c.rule], c.rule, c.raw)
@@ -220,6 +242,16 @@ func (p *Policy) sourceCovered(r *Rule, q *Query) (string, bool) {
 // IPv6 source address claim an IPv4 group.
 func sourceAddr(a netip.Addr) netip.Addr {
 	return a.WithZone("").Unmap()
+}
+
+// allowsTCP reports whether any of r's ports is a TCP port.
+func (r *Rule) allowsTCP() bool {
+	for _, pr := range r.Ports {
+		if pr.Proto == TCP {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Rule) portAllowed(port uint16, proto Proto) bool {

@@ -323,3 +323,82 @@ func TestNamesAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestRuleAllows: a rule allows on its own what Decide allows by it, and
+// what a rule before it would have decided; nothing outside its names,
+// sources and ports; and a rule of another policy allows nothing.
+func TestRuleAllows(t *testing.T) {
+	p := loadTestPolicy(t, "testdata/decide.yaml")
+	rule := func(name string) *Rule {
+		for _, r := range p.Rules {
+			if r.Name == name {
+				return r
+			}
+		}
+		t.Fatalf("no rule %q", name)
+		return nil
+	}
+	// Every rule Decide names allows its query on its own, and no rule
+	// before it does.
+	for _, tt := range decideCases {
+		d := p.Decide(tt.q)
+		if d.Action != Allow {
+			continue
+		}
+		if !p.RuleAllows(d.Rule, tt.q) {
+			t.Errorf("%s: Decide allows by %s, RuleAllows(%s) says no", tt.name, d.Rule.Name, d.Rule.Name)
+		}
+		for _, r := range p.Rules[:d.Rule.Index] {
+			if p.RuleAllows(r, tt.q) {
+				t.Errorf("%s: Decide allows by %s, yet the earlier rule %s allows it on its own", tt.name, d.Rule.Name, r.Name)
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		rule string
+		q    Query
+		want bool
+	}{
+		{"shadowed by an earlier rule", "order-exact", tcp443("api.order.example"), true},
+		{"another name of the wildcard", "order-wildcard", tcp443("x.y.order.example"), true},
+		{"the apex is not the wildcard's", "order-wildcard", tcp443("order.example"), false},
+		{"a name of another rule", "exact", tcp443("web.example"), false},
+		{"not on this port", "exact", port("example.com", srcNoGroup, 80, TCP), false},
+		{"not for this source", "ci-only", tcp443("ci.example"), false},
+		{"for this source", "ci-only", fromSrc(srcCI, "ci.example"), true},
+		{"for this user", "ci-only", with(tcp443("ci.example"), func(q *Query) { q.User = "alice" }), true},
+		{"an address of its CIDR", "cidr-v4", addr("203.0.113.9", 5432), true},
+		{"an address of another rule's CIDR", "cidr-v4", addr("198.51.100.7", 5432), false},
+		{"an address where a name goes", "cidr-v4", with(addr("0.0.0.0", 5432), func(q *Query) { q.Addr = netip.Addr{}; q.Name = "203.0.113.9" }), true},
+		{"a name is not an address", "exact", addr("203.0.113.9", 443), false},
+		{"invalid name", "exact", tcp443("exa mple.com"), false},
+	}
+	for _, tt := range tests {
+		if got := p.RuleAllows(rule(tt.rule), tt.q); got != tt.want {
+			t.Errorf("%s: RuleAllows(%s, %s %s:%d) = %v, want %v", tt.name, tt.rule, tt.q.Source, cmpName(tt.q), tt.q.Port, got, tt.want)
+		}
+	}
+	other := loadTestPolicy(t, "testdata/decide.yaml")
+	if p.RuleAllows(other.Rules[0], tcp443("example.com")) {
+		t.Error("RuleAllows took a rule of another policy")
+	}
+	if p.RuleAllows(nil, tcp443("example.com")) {
+		t.Error("RuleAllows(nil) allowed")
+	}
+	audit := loadTestPolicy(t, "testdata/decide.yaml")
+	audit.Mode = Audit
+	if audit.RuleAllows(audit.Rules[0], tcp443("web.example")) {
+		t.Error("audit mode: RuleAllows allowed what the rule does not name")
+	}
+	if n := testing.AllocsPerRun(20, func() { p.RuleAllows(p.Rules[0], tcp443("example.com")) }); n != 0 {
+		t.Errorf("RuleAllows allocates %v times per call, want 0", n)
+	}
+}
+
+func cmpName(q Query) string {
+	if q.Name != "" {
+		return q.Name
+	}
+	return q.Addr.String()
+}

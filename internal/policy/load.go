@@ -89,6 +89,8 @@ type wireRule struct {
 	refreshNode              *yaml.Node
 	tls                      *wireTLS
 	allowPublicSuffix        bool
+	inspectTunnels           bool
+	inspectNode              *yaml.Node
 }
 
 type wireTLS struct {
@@ -517,7 +519,7 @@ func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
 
 func (d *decoder) rule(n *yaml.Node) *wireRule {
 	n = d.deref(n)
-	w := &wireRule{node: n}
+	w := &wireRule{node: n, inspectTunnels: true}
 	d.mapping(n, "rule",
 		field{"name", func(v *yaml.Node) {
 			if s, ok := d.scalar(v, "rule name"); ok && !isNull(d.deref(v)) {
@@ -529,6 +531,10 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 		field{"ports", d.positionedList(&w.ports, &w.portsSet, "ports")},
 		field{"refresh", func(v *yaml.Node) { w.refreshNode = d.deref(v); d.duration(&w.refresh, "refresh")(v) }},
 		field{"allow_public_suffix", d.boolean(&w.allowPublicSuffix, "allow_public_suffix")},
+		field{"inspect_tunnels", func(v *yaml.Node) {
+			w.inspectNode = d.deref(v)
+			d.boolean(&w.inspectTunnels, "inspect_tunnels")(v)
+		}},
 		field{"tls", func(v *yaml.Node) {
 			t := &wireTLS{node: d.deref(v)}
 			d.mapping(v, "tls",
@@ -554,7 +560,7 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 }
 
 func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
-	r := &Rule{Name: w.name.v, AllowPublicSuffix: w.allowPublicSuffix, Refresh: w.refresh}
+	r := &Rule{Name: w.name.v, AllowPublicSuffix: w.allowPublicSuffix, Refresh: w.refresh, UninspectedTunnels: !w.inspectTunnels}
 	ok := true
 	if !validRuleName.MatchString(r.Name) {
 		d.errorf(w.name.n, "rule name %q must start with a letter or digit and hold at most 63 letters, digits, '_', '.' or '-'", r.Name)
@@ -631,6 +637,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 			continue
 		}
 		r.Ports = append(r.Ports, pr)
+	}
+	if r.UninspectedTunnels && !r.allowsTCP() {
+		d.errorf(w.inspectNode, "rule %q: inspect_tunnels is about CONNECT tunnels, which are TCP, and the rule allows no TCP port; remove inspect_tunnels", r.Name)
+		ok = false
 	}
 	if w.refreshNode != nil && r.Refresh > 0 && len(r.ExactNames()) == 0 {
 		d.errorf(w.refreshNode, "rule %q: refresh needs at least one exact name to re-resolve (wildcards and CIDRs cannot be resolved); remove refresh or add a name", r.Name)

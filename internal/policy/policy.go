@@ -321,6 +321,11 @@ type Rule struct {
 	TLS      *TLS
 	// AllowPublicSuffix permits wildcards based on a public suffix.
 	AllowPublicSuffix bool
+	// UninspectedTunnels is inspect_tunnels: false: the proxy carries the
+	// rule's CONNECT tunnels without reading their first bytes, for
+	// clients that tunnel protocols other than TLS and HTTP. The zero
+	// value inspects.
+	UninspectedTunnels bool
 
 	fromGroups []groupRef
 }
@@ -396,8 +401,8 @@ const (
 	ReasonPrivate    // proxy: the destination address is private or internal (proxy.deny_private)
 	ReasonSelf       // proxy: the destination is one of fqdngate's own listeners
 	ReasonSpoofed    // transparent: the original destination is not an address of the name
-	ReasonNoSNI      // transparent: no server name visible (no SNI, or ECH with dns.strip_ech off)
-	ReasonTLSVersion // transparent: the client offers only TLS below the rule's min_version
+	ReasonNoSNI      // proxy: no server name visible (no SNI, or ECH with dns.strip_ech off)
+	ReasonTLSVersion // proxy: the client offers only TLS below the rule's min_version
 	ReasonVerify     // the upstream certificate failed verification or pinning
 	ReasonBadRequest // the request could not be parsed
 	ReasonBusy       // over a concurrency or rate bound
@@ -407,6 +412,7 @@ const (
 	ReasonAuth       // proxy: missing or wrong Proxy-Authorization credentials
 	ReasonBudget     // DNS: the client is over dns.wildcard_budget under the allowing wildcard
 	ReasonLocal      // proxy: the destination is an address of this host
+	ReasonFronted    // proxy: a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
 var reasonText = [...]string{
@@ -433,6 +439,7 @@ var reasonText = [...]string{
 	"proxy credentials missing or wrong",
 	"too many new names under this wildcard (dns.wildcard_budget)",
 	"destination is an address of this host",
+	"tunnel carries another name",
 }
 
 func (r Reason) String() string { return reasonText[r] }

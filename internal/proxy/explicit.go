@@ -51,6 +51,15 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		// Requests outlive ctx while draining; dr.hard ends them.
 		BaseContext: func(net.Listener) context.Context { return dr.hard },
+		// Each connection's id for its audit lines: the fast path's, for
+		// a connection it handed over.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			id := &connID{}
+			if hc, ok := c.(*handoffConn); ok {
+				id = hc.id
+			}
+			return context.WithValue(ctx, connIDKey{}, id)
+		},
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateClosed {
 				p.release() // hijacked connections are released by their tunnel
@@ -167,7 +176,8 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// net/http leaves on the connection: clear the last one.
 	http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	client, _ := netip.ParseAddrPort(r.RemoteAddr)
-	rec := &connRecord{listener: explicitListener, client: client, start: time.Now()}
+	id, _ := r.Context().Value(connIDKey{}).(*connID)
+	rec := &connRecord{listener: explicitListener, client: client, start: time.Now(), conn: id}
 	tunnelled := false // a started tunnel writes the record when it ends
 	defer func() {
 		if !tunnelled {
@@ -183,6 +193,7 @@ func (h *explicitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t, terr := requestTarget(r)
 	authorization := r.Header.Get("Proxy-Authorization")
 	if r.Method != http.MethodConnect {
+		rec.ensureID(p.ids)
 		pol, addrs, a := h.admitForward(r.Context(), rec, t, terr, authorization)
 		if a.status != 0 {
 			writeRefusal(w, a.status, a.reason, a.detail)
@@ -317,48 +328,65 @@ func (h *explicitHandler) connect(w http.ResponseWriter, r *http.Request, pol *p
 		rec.fail(refuse(RefusedDial, err))
 		return false
 	}
+	// The bytes sent after the head, which a client may send (a
+	// ClientHello) without waiting for our answer: those net/http has
+	// buffered, then those the fast path had read and net/http had not.
+	bp := headBufs.Get().(*[]byte)
+	early := (*bp)[:0]
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		early = append(early, b...)
+	}
 	if hc, ok := conn.(*handoffConn); ok {
-		conn = hc.unwrap() // the connection itself, which splices
+		var rest []byte
+		rest, conn = hc.drain()
+		early = append(early, rest...)
 	}
 	// The server stopped counting this connection at Hijack: release its
 	// max_conns slot when the tunnel ends, or now.
-	client, ok := conn.(halfCloser)
-	if !ok {
+	client, ok := conn.(*net.TCPConn)
+	abort := func() bool {
+		headBufs.Put(bp)
 		p.release()
 		conn.Close()
 		up.Close()
-		rec.fail(refuse(RefusedBadRequest, errors.New("client connection cannot half-close")))
 		return false
 	}
-	abort := func() bool {
-		p.release()
-		conn.Close()
-		up.Close()
-		return false
+	if !ok {
+		rec.fail(refuse(RefusedBadRequest, errors.New("client connection is not TCP")))
+		return abort()
 	}
 	conn.SetDeadline(time.Time{})
 	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return abort()
 	}
-	// A client may send its first bytes (a ClientHello) without waiting for
-	// our answer; they are already in the server's buffer.
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		if _, err := up.Write(b); err != nil {
-			return abort()
-		}
-		rec.up.Add(int64(n))
-	}
-	idle := idleTimeout(pol)
 	h.dr.add()
 	go func() {
 		defer h.dr.done()
 		defer p.release()
-		p.tunnel(h.dr.hard, client, up, idle, &rec.up, &rec.down)
+		// The drain deadline cuts a client that is still to send its
+		// first bytes, as the fast path's cut does by closing it.
+		stop := context.AfterFunc(h.dr.hard, func() { client.SetReadDeadline(aLongTimeAgo) })
+		open, drain := p.openTunnel(h.dr.hard, client, newHeadReader(client), early, pol, d, t, up, rec)
+		stop()
+		headBufs.Put(bp)
+		if open {
+			rec.ended = p.tunnel(h.dr.hard, client, up, idleTimeout(pol), &rec.up, &rec.down)
+		} else {
+			up.Close()
+		}
 		p.record(context.Background(), rec)
+		if drain {
+			drainClient(client)
+		}
+		client.Close()
 	}()
 	return true
 }
+
+// connIDKey carries a connection's *connID from ConnContext to its
+// requests.
+type connIDKey struct{}
 
 // planKey carries a forwarded request's checked addresses from the handler
 // to the transport's dial, so the transport dials exactly what was checked.

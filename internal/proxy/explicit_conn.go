@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/peek"
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // The explicit listener's connections are accepted here, not by net/http:
@@ -168,7 +169,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			if !h.conns.handOff(f) {
 				return // shutting down: net/http would close it unanswered
 			}
-			hc := &handoffConn{TCPConn: c, buf: bytes.Clone(buf[:n]), clamp: deadline}
+			hc := &handoffConn{TCPConn: c, buf: bytes.Clone(buf[:n]), clamp: deadline, id: &f.id}
 			handed = true
 			if !h.hand.deliver(hc) {
 				c.Close()
@@ -182,7 +183,7 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			return
 		}
 		if forward {
-			keep := h.fastForward(ctx, cancel, c, &fr)
+			keep := h.fastForward(ctx, cancel, c, &fr, &f.id)
 			cancel()
 			if !keep || !h.conns.waiting(f) {
 				return
@@ -190,11 +191,15 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 			n = copy(buf, buf[end:n])
 			continue
 		}
-		tun, keep := h.fastConnect(ctx, cancel, c, req, buf[end:n])
+		tun, keep := h.fastConnect(ctx, cancel, c, req, &f.id)
 		if tun != nil {
 			// A goroutine of its own carries the tunnel, so that this
 			// one's stack, grown deep by the dial, is not kept for the
-			// tunnel's life.
+			// tunnel's life. It takes the buffer, holding the bytes sent
+			// after the head, to read the tunnel's first bytes into.
+			tun.r, tun.buf = r, bp
+			tun.early = copy(buf, buf[end:n])
+			bp = nil
 			handed = true
 			go h.carry(ctx, cancel, f, tun)
 			return
@@ -207,11 +212,20 @@ func (h *explicitHandler) serveConn(f *fastConn) {
 	}
 }
 
-// carry runs a tunnel the fast path answered, then ends f.
+// carry opens and runs a tunnel the fast path answered, then ends f.
 func (h *explicitHandler) carry(ctx context.Context, cancel context.CancelFunc, f *fastConn, t *fastTunnel) {
 	p := h.p
-	p.tunnel(ctx, f.c, t.up, t.idle, &t.rec.up, &t.rec.down)
+	open, drain := p.openTunnel(ctx, f.c, t.r, (*t.buf)[:t.early], t.pol, t.d, t.target, t.up, t.rec)
+	headBufs.Put(t.buf)
+	if open {
+		t.rec.ended = p.tunnel(ctx, f.c, t.up, idleTimeout(t.pol), &t.rec.up, &t.rec.down)
+	} else {
+		t.up.Close()
+	}
 	p.record(ctx, t.rec)
+	if drain {
+		drainClient(f.c)
+	}
 	cancel()
 	h.conns.remove(f)
 	f.c.Close()
@@ -523,25 +537,30 @@ func hasToken(v, token string) bool {
 func isTokenBoundary(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
 
 // fastTunnel is a CONNECT the fast path answered 200: what is left is to
-// carry it and write its record.
+// inspect it (openTunnel), carry it and write its record.
 type fastTunnel struct {
-	up   *net.TCPConn
-	rec  *connRecord
-	idle time.Duration
+	up     *net.TCPConn
+	rec    *connRecord
+	pol    *policy.Policy
+	d      policy.Decision
+	target Target
+
+	r     *headReader // the client's, for the tunnel's first bytes
+	buf   *[]byte     // from headBufs: the bytes sent after the head, then the first bytes
+	early int         // (*buf)[:early] were sent after the head
 }
 
 // fastConnect does for a CONNECT head what ServeHTTP and connect do for
-// one read by net/http: decide, resolve, dial, answer. early holds the
-// bytes that followed the head. It returns the tunnel to carry once it has
-// answered 200, or else whether the connection may be kept for another
-// request; either way the audit record is written (by the tunnel, when it
-// ends).
-func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest, early []byte) (*fastTunnel, bool) {
+// one read by net/http: decide, resolve, dial, answer. It returns the
+// tunnel to carry once it has answered 200, or else whether the connection
+// may be kept for another request; either way the audit record is written
+// (by the tunnel, when it ends).
+func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, req connectRequest, id *connID) (*fastTunnel, bool) {
 	p := h.p
 	if p.onFastConnect != nil {
 		p.onFastConnect(c)
 	}
-	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now()}
+	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now(), conn: id}
 	// net/http would notice a client that hangs up while we decide and
 	// dial, and cancel the request's context: so do we, if it takes long.
 	w := watchHangup(c, cancel)
@@ -570,17 +589,7 @@ func (h *explicitHandler) fastConnect(ctx context.Context, cancel context.Cancel
 		p.record(ctx, rec)
 		return nil, false
 	}
-	// A client may send its first bytes (a ClientHello) without waiting
-	// for our answer.
-	if len(early) > 0 {
-		if _, err := up.Write(early); err != nil {
-			up.Close()
-			p.record(ctx, rec)
-			return nil, false
-		}
-		rec.up.Add(int64(len(early)))
-	}
-	return &fastTunnel{up: up, rec: rec, idle: idleTimeout(pol)}, false
+	return &fastTunnel{up: up, rec: rec, pol: pol, d: d, target: t}, false
 }
 
 // requestClient is the client's address as ServeHTTP reads it from
@@ -726,7 +735,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // fastConn is a connection the fast path serves.
 type fastConn struct {
-	c *net.TCPConn
+	c  *net.TCPConn
+	id connID // for its audit lines, once it forwards or tunnels
 
 	// Guarded by fastConns.mu:
 	busy   bool               // deciding, dialling or tunnelling, not reading a head
@@ -889,6 +899,7 @@ func (l *handoffListener) deliver(c net.Conn) bool {
 // not extended by the handover.
 type handoffConn struct {
 	*net.TCPConn
+	id *connID // the connection's, for the audit lines of what net/http serves
 
 	mu    sync.Mutex // guards following
 	buf   []byte
@@ -957,13 +968,13 @@ func (c *handoffConn) clamped(t time.Time) time.Time {
 	return t
 }
 
-// unwrap returns the connection itself once its replayed bytes are read,
-// so a tunnel can splice it.
-func (c *handoffConn) unwrap() net.Conn {
+// drain returns the replayed bytes not read yet, which are no longer
+// replayed, and the connection itself, so a tunnel can read (and splice)
+// it directly.
+func (c *handoffConn) drain() ([]byte, *net.TCPConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.buf) == 0 {
-		return c.TCPConn
-	}
-	return c
+	rest := c.buf
+	c.buf = nil
+	return rest, c.TCPConn
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -102,7 +103,9 @@ func (x exchange) run(t *testing.T, addr string) (string, string) {
 	read := func() {
 		b := make([]byte, 64<<10)
 		for {
-			c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+			// Quiet for this long: the answer is complete. (Long enough
+			// for -race on a machine shared with other tests.)
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 			n, err := c.Read(b)
 			got.Write(b[:n])
 			if err != nil {
@@ -149,7 +152,10 @@ var dateRE = regexp.MustCompile(`Date: [^\r\n]*\r\n`)
 func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 	t.Helper()
 	var lines []string
-	for i, stable := 0, 0; i < 100 && stable < 4; i++ {
+	// Settled: unchanged for 100ms once there is a line, for 500ms while
+	// there is none (a few exchanges have none; most have a line coming).
+	settled := func(stable int) bool { return stable >= 4 && (len(lines) > 0 || stable >= 20) }
+	for i, stable := 0, 0; i < 100 && !settled(stable); i++ {
 		time.Sleep(25 * time.Millisecond)
 		l := h.auditLines(`"client":"` + client + `"`)
 		if len(l) == len(lines) {
@@ -160,6 +166,7 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 		lines = l
 	}
 	var out []map[string]any
+	ids := map[any]string{} // connection ids, numbered in order of appearance
 	for _, l := range lines {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
@@ -168,6 +175,15 @@ func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 		delete(m, "time")
 		delete(m, "duration_ms")
 		delete(m, "client")
+		// Whether the client's close found the echo unread depends on
+		// timing, not on the path.
+		delete(m, "ended")
+		if id, ok := m["conn"]; ok {
+			if _, seen := ids[id]; !seen {
+				ids[id] = fmt.Sprintf("conn-%d", len(ids)+1)
+			}
+			m["conn"] = ids[id]
+		}
 		out = append(out, m)
 	}
 	return out
@@ -207,16 +223,23 @@ rules:
   - name: open
     to: [open.test, slow.test, dead.test, nx.test, long.test]
     ports: ["1-65535"]
+    inspect_tunnels: false
   - name: bank
     from: [payments]
     to: [bank.test]
     ports: [%d]
+    inspect_tunnels: false
   - name: one-address
     to: [127.0.0.3/32]
     ports: [%d]
-`, hash, port, port)
+    inspect_tunnels: false
+  - name: inspected
+    to: [insp.test, alt.test, far.test]
+    ports: [%d]
+`, hash, port, port, port)
 	names := map[string][]netip.Addr{
 		"open.test": addrs("127.0.0.1"), "bank.test": addrs("127.0.0.1"), "dead.test": addrs("127.0.0.1"),
+		"insp.test": addrs("127.0.0.1"), "alt.test": addrs("127.0.0.1"), "far.test": addrs("127.0.0.5"), "evil.test": addrs("127.0.0.1"),
 	}
 	res := funcResolver(func(ctx context.Context, host string) ([]netip.Addr, error) {
 		switch host {
@@ -264,12 +287,25 @@ rules:
 		return "GET http://" + authority + "/x HTTP/1.1\r\nHost: " + authority + "\r\n" + field + "\r\n"
 	}
 
+	insp := fmt.Sprintf("insp.test:%d", port)
+	asks := func(host string) string { return "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
 	cases := []struct {
 		name string
 		fast int // CONNECTs the fast path answers
 		fwd  int // GETs and HEADs it forwards
 		x    exchange
 	}{
+		{"inspected: the CONNECT name", 1, 0, exchange{parts: []string{connect(insp), asks(insp)}}},
+		{"inspected: another name of the rule at the address", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("alt.test:%d", port))}}},
+		{"inspected: a name of the rule elsewhere", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("far.test:%d", port))}}},
+		{"inspected: a name of no rule", 1, 0, exchange{parts: []string{connect(insp), asks(fmt.Sprintf("evil.test:%d", port))}}},
+		{"inspected: another port", 1, 0, exchange{parts: []string{connect(insp), asks("insp.test:1")}}},
+		{"inspected: no port, not 80", 1, 0, exchange{parts: []string{connect(insp), asks("insp.test")}}},
+		{"inspected: garbage", 1, 0, exchange{parts: []string{connect(insp), "ping\n"}}},
+		{"inspected: early bytes", 1, 0, exchange{parts: []string{connect(insp) + asks(insp)}}},
+		{"inspected: early bytes fronted", 1, 0, exchange{parts: []string{connect(insp) + asks(fmt.Sprintf("evil.test:%d", port))}}},
+		{"inspected: early half, then the rest", 1, 0, exchange{parts: []string{connect(insp) + "GET / HT", "TP/1.1\r\nHost: " + insp + "\r\n\r\n"}}},
+		{"inspected: denied, then allowed", 2, 0, exchange{parts: []string{connect("other.test:443"), connect(insp), asks(insp)}}},
 		{"tunnel", 1, 0, exchange{parts: []string{connect(open, hostOpen), "ping\n"}}},
 		{"tunnel without Host", 1, 0, exchange{parts: []string{connect(open), "ping\n"}}},
 		{"tunnel like curl", 1, 0, exchange{parts: []string{connect(open, hostOpen, "User-Agent: curl/8.5.0", "Proxy-Connection: Keep-Alive"), "ping\n"}}},
@@ -442,7 +478,10 @@ func TestFastPathPipelinedBytes(t *testing.T) {
 	h := startProxy(t, fastPolicy(echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")})
 	c := dialFrom(t, h.addr, "")
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	early := strings.Repeat("x", 3000)
+	// A request head padded to 3000 bytes: a tunnel's inspection reads it
+	// from what the fast path had read with the CONNECT.
+	early := fmt.Sprintf("GET / HTTP/1.1\r\nHost: open.test:%d\r\nX-Pad: ", echo.Port())
+	early += strings.Repeat("x", 3000-len(early)-4) + "\r\n\r\n"
 	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\n\r\n%s", echo.Port(), early)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
@@ -471,7 +510,7 @@ func TestFastPathHeadInManySegments(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	r := connectResult{conn: c, br: bufio.NewReader(c)}
+	r := connectResult{target: fmt.Sprintf("open.test:%d", echo.Port()), conn: c, br: bufio.NewReader(c)}
 	resp, err := http.ReadResponse(r.br, &http.Request{Method: http.MethodConnect})
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT in 3-byte segments: %v, %v", resp, err)
@@ -552,7 +591,7 @@ func TestFastPathKeepAlive(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT after GETs: %v, %v", resp, err)
 	}
-	connectResult{conn: c, br: br}.echo(t)
+	connectResult{target: fmt.Sprintf("open.test:%d", echo.Port()), conn: c, br: br}.echo(t)
 	c.Close()
 	waitFor(t, "the connection's slot", func() bool { return h.p.active.Load() == 0 })
 }
@@ -577,9 +616,10 @@ func TestFastPathRefusedThenRetried(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("CONNECT with credentials: %v, %v", resp, err)
 	}
-	connectResult{conn: c, br: br}.echo(t)
+	connectResult{target: target, conn: c, br: br}.echo(t)
 	c.Close()
-	waitFor(t, "two audit lines", func() bool { return len(h.auditLines(`"client":"`+c.LocalAddr().String()+`"`)) == 2 })
+	// The 407's line, then the tunnel's opening and closing lines.
+	waitFor(t, "three audit lines", func() bool { return len(h.auditLines(`"client":"`+c.LocalAddr().String()+`"`)) == 3 })
 }
 
 func TestFastPathDrain(t *testing.T) {
@@ -660,17 +700,24 @@ func TestAppendRefusalChunks(t *testing.T) {
 // bench/proxy/loadgen short does: dial, CONNECT, 64 bytes each way, close.
 // The client and the echo server run in the same process, so the figures
 // include their work; compare them between versions of the proxy.
+// BenchmarkShortTunnels is bench/proxy's short tunnel: CONNECT, a 64-byte
+// request head for the CONNECT target, its echo, close; inspected (the
+// default) and with inspect_tunnels: false, which tells what the peek
+// costs.
 func BenchmarkShortTunnels(b *testing.B) {
-	b.Run("fast", func(b *testing.B) { benchmarkShortTunnels(b, true) })
-	b.Run("net-http", func(b *testing.B) { benchmarkShortTunnels(b, false) })
+	b.Run("fast", func(b *testing.B) { benchmarkShortTunnels(b, true, true) })
+	b.Run("fast-uninspected", func(b *testing.B) { benchmarkShortTunnels(b, true, false) })
+	b.Run("net-http", func(b *testing.B) { benchmarkShortTunnels(b, false, true) })
 }
 
-func benchmarkShortTunnels(b *testing.B, fast bool) {
+func benchmarkShortTunnels(b *testing.B, fast, inspect bool) {
 	echo := echoServer(b, "127.0.0.1:0")
-	h := startExplicit(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%d]\n", echo.Port()), mapResolver{}, paths{slow: !fast})
+	h := startExplicit(b, fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [127.0.0.1/32]\n    ports: [%d]\n    inspect_tunnels: %v\n", echo.Port(), inspect), mapResolver{}, paths{slow: !fast})
 	head := []byte(fmt.Sprintf("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo))
 	const want = "HTTP/1.1 200 Connection established\r\n\r\n"
-	msg := make([]byte, 64)
+	// A request head of 64 bytes, padded in a field of its own.
+	msg := []byte(fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s\r\nX: \r\n\r\n", echo))
+	msg = slices.Insert(msg, len(msg)-4, bytes.Repeat([]byte("x"), 64-len(msg))...)
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	var ru0, ru1 syscall.Rusage
@@ -779,4 +826,65 @@ func BenchmarkForwardKeepAlive(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestConnIDs: every audit line of an explicit client connection, from
+// its first forwarded request or tunnel on, carries one connection id:
+// forwarded requests kept alive on it, a refusal after them, and the
+// tunnel it ends with; another connection has another id. On both paths,
+// and across the fast path's handover to net/http.
+func TestConnIDs(t *testing.T) {
+	echo := echoServer(t, "127.0.0.1:0")
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	defer web.Close()
+	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
+	pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d, %d]\n", echo.Port(), webPort)
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, pol, mapResolver{"open.test": addrs("127.0.0.1")}, ps)
+		var ids []any
+		for range 2 {
+			c := dialFrom(t, h.addr, "")
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			// A GET, a POST (which the fast path hands to net/http), a
+			// refused CONNECT, then a tunnel.
+			for _, m := range []string{"GET", "POST"} {
+				fmt.Fprintf(c, "%s http://open.test:%d/ HTTP/1.1\r\nHost: open.test:%d\r\nContent-Length: 0\r\n\r\n", m, webPort, webPort)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			fmt.Fprintf(c, "CONNECT other.test:443 HTTP/1.1\r\n\r\n")
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+			if err != nil || resp.StatusCode != 403 {
+				t.Fatalf("CONNECT other.test: %v, %v", resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			target := fmt.Sprintf("open.test:%d", echo.Port())
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\n\r\n", target)
+			if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT %s: %v, %v", target, resp, err)
+			}
+			connectResult{target: target, conn: c, br: br}.echo(t)
+			c.Close()
+			sel := `"client":"` + c.LocalAddr().String() + `"`
+			waitFor(t, "five audit lines", func() bool { return len(h.auditLines(sel)) == 5 })
+			var id any
+			for i, l := range h.auditLines(sel) {
+				m := decodeLine(t, l)
+				if i == 0 {
+					id = m["conn"]
+				}
+				if m["conn"] == nil || m["conn"] != id {
+					t.Errorf("slow %v: line %d has conn %v, want %v like the first: %s", ps.slow, i, m["conn"], id, l)
+				}
+			}
+			ids = append(ids, id)
+		}
+		if ids[0] == ids[1] {
+			t.Errorf("slow %v: two connections share the id %v", ps.slow, ids[0])
+		}
+	}
 }

@@ -274,12 +274,13 @@ func (w *idleWriter) disarm() {
 // ReverseProxy do for one read by net/http: decide, resolve, send it
 // upstream and pass the response on. It reports whether the connection
 // may be kept for another request; the audit record is written either way.
-func (h *explicitHandler) fastForward(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, fr *forwardRequest) bool {
+func (h *explicitHandler) fastForward(ctx context.Context, cancel context.CancelFunc, c *net.TCPConn, fr *forwardRequest, id *connID) bool {
 	p := h.p
 	if p.onFastForward != nil {
 		p.onFastForward(c)
 	}
-	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now()}
+	rec := &connRecord{listener: explicitListener, client: requestClient(c), start: time.Now(), conn: id}
+	rec.ensureID(p.ids)
 	defer func() { p.record(ctx, rec) }()
 	bw := clientWriters.Get().(*bufio.Writer)
 	bw.Reset(c)

@@ -1,11 +1,11 @@
 package proxy
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -232,29 +232,43 @@ rules:
 	}
 }
 
+// TestAuditLine: an allowed tunnel is logged when it opens, with the
+// decision and a connection id, and again when it closes, with the same
+// id, how it ended and its totals; the opening line is there while the
+// tunnel is open.
 func TestAuditLine(t *testing.T) {
 	echo := echoServer(t, "127.0.0.1:0")
-	h := startProxy(t, matrixPolicy(t, echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")})
-	r := connectVia(t, h.addr, "", fmt.Sprintf("open.test:%d", echo.Port()), "")
-	r.echo(t)
-	r.conn.Close()
-	waitFor(t, "the audit line", func() bool { return len(h.auditLines(`"name":"open.test"`)) == 1 })
-	var got map[string]any
-	if err := json.Unmarshal([]byte(h.auditLines(`"name":"open.test"`)[0]), &got); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]any{
-		"component": "proxy", "listener": "explicit", "name": "open.test", "port": float64(echo.Port()),
-		"action": "allow", "rule": "open", "reason": "matched", "dialled": echo.String(),
-		"bytes_up": float64(24), "bytes_down": float64(24), "source": "127.0.0.1",
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("audit %s: got %v, want %v", k, got[k], v)
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, matrixPolicy(t, echo.Port()), mapResolver{"open.test": addrs("127.0.0.1")}, ps)
+		r := connectVia(t, h.addr, "", fmt.Sprintf("open.test:%d", echo.Port()), "")
+		r.echo(t)
+		sel := `"client":"` + r.conn.LocalAddr().String() + `"`
+		waitFor(t, "the opening line", func() bool { return len(h.auditLines(sel)) == 1 })
+		open := decodeLine(t, h.auditLines(sel)[0])
+		decision := map[string]any{
+			"component": "proxy", "listener": "explicit", "name": "open.test", "port": float64(echo.Port()),
+			"action": "allow", "rule": "open", "reason": "matched", "dialled": echo.String(),
+			"sni": "open.test", "source": "127.0.0.1",
 		}
-	}
-	if v, ok := got["duration_ms"].(float64); !ok || v <= 0 {
-		t.Errorf("audit line has no duration_ms (a number of milliseconds): %v", got)
+		checkAudit(t, open, decision)
+		checkAudit(t, open, map[string]any{"msg": "decision", "bytes_up": nil, "bytes_down": nil, "duration_ms": nil, "ended": nil})
+		id, _ := open["conn"].(string)
+		if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9]+$`).MatchString(id) {
+			t.Errorf("slow %v: connection id %q, want 8 hex digits, '-' and a counter", ps.slow, id)
+		}
+		// Still open: no closing line yet.
+		time.Sleep(50 * time.Millisecond)
+		if n := len(h.auditLines(sel)); n != 1 {
+			t.Fatalf("slow %v: %d lines while the tunnel is open, want the opening line only", ps.slow, n)
+		}
+		r.conn.Close()
+		closed := h.auditOf(t, r.conn) // checks the pair
+		checkAudit(t, closed, decision)
+		n := float64(len(firstRequest(t, r.target)))
+		checkAudit(t, closed, map[string]any{"msg": "closed", "conn": id, "bytes_up": n, "bytes_down": n, "ended": "eof"})
+		if v, ok := closed["duration_ms"].(float64); !ok || v <= 0 {
+			t.Errorf("closing line has no duration: %v", closed)
+		}
 	}
 }
 
@@ -339,6 +353,7 @@ rules:
 	if !isClosed(err) {
 		t.Fatalf("idle tunnel: read got %v, want the proxy to close it", err)
 	}
+	checkAudit(t, h.auditOf(t, r.conn), map[string]any{"action": "allow", "ended": "idle_timeout"})
 }
 
 func TestDrainOnShutdown(t *testing.T) {
@@ -365,6 +380,7 @@ func TestDrainOnShutdown(t *testing.T) {
 	if _, err := r.br.ReadByte(); !isClosed(err) {
 		t.Fatalf("tunnel after drain: got %v, want closed", err)
 	}
+	checkAudit(t, h.auditOf(t, r.conn), map[string]any{"action": "allow", "ended": "shutdown"})
 	if _, err := net.DialTimeout("tcp", h.addr, time.Second); err == nil {
 		t.Errorf("listener still accepting after Serve returned")
 	}

@@ -156,6 +156,7 @@ func dialFrom(t testing.TB, proxyAddr, src string) net.Conn {
 }
 
 type connectResult struct {
+	target string // as sent in the CONNECT line
 	status int
 	reason string // X-Fqdngate-Reason
 	conn   net.Conn
@@ -185,20 +186,38 @@ func connectVia(t testing.TB, proxyAddr, src, target, cred string) connectResult
 	if resp.StatusCode != http.StatusOK {
 		io.Copy(io.Discard, resp.Body)
 	}
-	return connectResult{status: resp.StatusCode, reason: resp.Header.Get("X-Fqdngate-Reason"), conn: c, br: br, header: resp.Header}
+	return connectResult{target: target, status: resp.StatusCode, reason: resp.Header.Get("X-Fqdngate-Reason"), conn: c, br: br, header: resp.Header}
 }
 
-// roundTrip checks a tunnel to an echo server carries bytes both ways.
+// echo checks a tunnel to an echo server carries bytes both ways. It
+// sends what a tunnel's inspection lets through: an HTTP request head for
+// the CONNECT target.
 func (r connectResult) echo(t testing.TB) {
 	t.Helper()
-	msg := "ping through the tunnel\n"
+	msg := firstRequest(t, r.target)
 	if _, err := io.WriteString(r.conn, msg); err != nil {
 		t.Fatal(err)
 	}
-	got, err := r.br.ReadString('\n')
-	if err != nil || got != msg {
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r.br, got); err != nil || string(got) != msg {
 		t.Fatalf("echo through tunnel: got %q, %v; want %q", got, err, msg)
 	}
+}
+
+// firstRequest is an HTTP request head whose Host is the CONNECT target
+// (an address in its canonical spelling): first bytes a tunnel's
+// inspection lets through.
+func firstRequest(t testing.TB, target string) string {
+	t.Helper()
+	tg, err := parseTarget(target, 0)
+	if err != nil {
+		t.Fatalf("firstRequest(%q): %v", target, err)
+	}
+	host := tg.Host()
+	if tg.Addr.Is6() {
+		host = "[" + host + "]"
+	}
+	return fmt.Sprintf("GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host, tg.Port)
 }
 
 // waitFor polls cond until it holds or a generous deadline passes.
@@ -239,20 +258,65 @@ func (h *harness) auditOf(t testing.TB, c net.Conn) map[string]any {
 	return h.auditLine(t, `"client":"`+c.LocalAddr().String()+`"`)
 }
 
-// auditLine waits for an audit line containing s, checks it is the only
-// one, and decodes it.
+// auditLine waits for the audit lines containing s, of one connection,
+// and decodes the last: the only line of a refusal or forwarded request,
+// or the closing line of a tunnel, once checkTunnelLines has checked it
+// against the opening line.
 func (h *harness) auditLine(t testing.TB, s string) map[string]any {
 	t.Helper()
 	waitFor(t, "the audit line with "+s, func() bool { return len(h.auditLines(s)) > 0 })
-	lines := h.auditLines(s)
-	if len(lines) != 1 {
-		t.Errorf("audit lines with %s: got %d, want 1:\n%s", s, len(lines), strings.Join(lines, "\n"))
+	first := decodeLine(t, h.auditLines(s)[0])
+	want := 1
+	if first["msg"] == "decision" && first["action"] != "deny" && first["conn"] != nil && first["bytes_up"] == nil {
+		want = 2 // a tunnel's opening line: its closing line follows
+		waitFor(t, "the closing line with "+s, func() bool { return len(h.auditLines(s)) >= 2 })
 	}
+	lines := h.auditLines(s)
+	if len(lines) != want {
+		t.Errorf("audit lines with %s: got %d, want %d:\n%s", s, len(lines), want, strings.Join(lines, "\n"))
+	}
+	last := decodeLine(t, lines[len(lines)-1])
+	if want == 2 {
+		checkTunnelLines(t, first, last)
+	}
+	return last
+}
+
+func decodeLine(t testing.TB, l string) map[string]any {
+	t.Helper()
 	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
-		t.Fatalf("decoding audit line %q: %v", lines[0], err)
+	if err := json.Unmarshal([]byte(l), &m); err != nil {
+		t.Fatalf("decoding audit line %q: %v", l, err)
 	}
 	return m
+}
+
+// checkTunnelLines checks the two lines of a tunnel: the opening line is
+// the decision (no totals), the closing line repeats it with the same
+// connection id and adds how the tunnel ended and its totals.
+func checkTunnelLines(t testing.TB, open, closed map[string]any) {
+	t.Helper()
+	if open["msg"] != "decision" || closed["msg"] != "closed" {
+		t.Errorf("tunnel lines: msg %v then %v, want decision then closed", open["msg"], closed["msg"])
+	}
+	if id, _ := open["conn"].(string); id == "" || closed["conn"] != id {
+		t.Errorf("tunnel lines: conn %v then %v, want one id", open["conn"], closed["conn"])
+	}
+	for _, k := range []string{"component", "source", "name", "port", "action", "rule", "reason", "listener", "client", "user", "sni", "ech", "dialled"} {
+		if open[k] != closed[k] {
+			t.Errorf("tunnel lines: %s %v then %v, want the same", k, open[k], closed[k])
+		}
+	}
+	for _, k := range []string{"bytes_up", "bytes_down", "duration_ms", "ended", "refused", "error"} {
+		if v, ok := open[k]; ok {
+			t.Errorf("tunnel opening line has %s %v, want none", k, v)
+		}
+	}
+	for _, k := range []string{"bytes_up", "bytes_down", "duration_ms", "ended"} {
+		if _, ok := closed[k]; !ok {
+			t.Errorf("tunnel closing line has no %s", k)
+		}
+	}
 }
 
 // checkAudit compares the fields of an audit line with want; a want value

@@ -54,8 +54,7 @@ func TestHappyEyeballs(t *testing.T) {
 		r := connectVia(t, h.addr, "", fmt.Sprintf("dual.test:%d", v4.Port()), "")
 		r.echo(t)
 		r.conn.Close()
-		want := fmt.Sprintf(`"dialled":"[::1]:%d"`, v4.Port())
-		waitFor(t, "audit line with "+want, func() bool { return len(h.auditLines(want)) == 1 })
+		checkAudit(t, h.auditOf(t, r.conn), map[string]any{"dialled": fmt.Sprintf("[::1]:%d", v4.Port())})
 	})
 	t.Run("falls back to IPv4", func(t *testing.T) {
 		v4 := echoServer(t, "127.0.0.1:0") // nothing on [::1] at this port
@@ -88,11 +87,12 @@ func TestHalfClose(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).AddrPort().Port()
 	h := startProxy(t, dualPolicy(port), mapResolver{"dual.test": addrs("127.0.0.1")})
 	r := connectVia(t, h.addr, "", fmt.Sprintf("dual.test:%d", port), "")
-	io.WriteString(r.conn, "hello")
+	msg := firstRequest(t, r.target)
+	io.WriteString(r.conn, msg)
 	r.conn.(*net.TCPConn).CloseWrite()
 	got, err := io.ReadAll(r.br)
-	if err != nil || string(got) != "got 5 bytes" {
-		t.Fatalf("after half-close: got %q, %v; want %q", got, err, "got 5 bytes")
+	if want := fmt.Sprintf("got %d bytes", len(msg)); err != nil || string(got) != want {
+		t.Fatalf("after half-close: got %q, %v; want %q", got, err, want)
 	}
 }
 
@@ -117,9 +117,10 @@ rules:
 		r.echo(t)
 		r.conn.Close()
 	}
-	waitFor(t, "two audit lines", func() bool { return len(h.auditLines(`"component":"proxy"`)) == 2 })
-	if l := h.auditLines(`"name":"unlisted.test"`); len(l) != 1 || !strings.Contains(l[0], `"action":"would-deny"`) {
-		t.Errorf("audit mode line for unlisted.test: got %q, want action would-deny", l)
+	// Each tunnel's opening and closing lines.
+	waitFor(t, "four audit lines", func() bool { return len(h.auditLines(`"component":"proxy"`)) == 4 })
+	if l := h.auditLines(`"name":"unlisted.test"`); len(l) != 2 || !strings.Contains(l[0], `"action":"would-deny"`) || !strings.Contains(l[1], `"action":"would-deny"`) {
+		t.Errorf("audit mode lines for unlisted.test: got %q, want action would-deny", l)
 	}
 	if got := value(t, h.p.metrics.conns.WithLabelValues("explicit", "would-deny", "")); got != 1 {
 		t.Errorf("would-deny connections: got %v, want 1", got)
@@ -127,8 +128,9 @@ rules:
 	if got := value(t, h.p.metrics.conns.WithLabelValues("explicit", "allow", "open")); got != 1 {
 		t.Errorf("allowed connections by rule open: got %v, want 1", got)
 	}
-	if got := value(t, h.p.metrics.bytes.WithLabelValues("up")); got != 48 {
-		t.Errorf("bytes up: got %v, want 48", got)
+	n := len(firstRequest(t, fmt.Sprintf("open.test:%d", echo.Port()))) + len(firstRequest(t, fmt.Sprintf("unlisted.test:%d", echo.Port())))
+	if got := value(t, h.p.metrics.bytes.WithLabelValues("up")); got != float64(n) {
+		t.Errorf("bytes up: got %v, want %d", got, n)
 	}
 	mfs, err := reg.Gather()
 	if err != nil {

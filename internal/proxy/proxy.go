@@ -96,6 +96,7 @@ type Proxy struct {
 	origDst   func(*net.TCPConn) (netip.AddrPort, error)
 	dialer    *net.Dialer   // used when cfg.DialContext is nil
 	upstreams upstreamPools // forwarded HTTP's idle upstream connections
+	ids       *connIDs      // the audit lines' connection ids
 
 	classes netaddr.Classifier // knows cfg.Local's addresses
 
@@ -147,6 +148,7 @@ func New(cfg Config) (*Proxy, error) {
 		dialer:   newDialer(),
 		classes:  netaddr.Classifier{Host: cfg.Local},
 		self:     make(map[netip.AddrPort]bool),
+		ids:      newConnIDs(),
 	}
 	p.upstreams.p = p
 	if p.log == nil {

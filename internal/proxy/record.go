@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -25,7 +28,7 @@ const (
 	RefusedPrivate             // every address of the destination is private
 	RefusedSelf                // the destination is fqdngate's own listener
 	RefusedSpoofed             // transparent: the original destination is not an address of the SNI/Host name
-	RefusedNoSNI               // transparent TLS without SNI, or with ECH while dns.strip_ech is off
+	RefusedNoSNI               // TLS without SNI, or with ECH while dns.strip_ech is off
 	RefusedTLSVersion          // the client offers no TLS version the rule accepts
 	RefusedVerify              // the upstream certificate failed verification
 	RefusedPlainHTTP           // the rule requires verified TLS, and plain HTTP cannot be verified
@@ -37,8 +40,9 @@ const (
 	RefusedAuth                // proxy credentials missing or wrong
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
-	RefusedProtocol            // transparent: neither TLS nor HTTP
 	RefusedLocal               // the destination is an address of this host
+	RefusedProtocol            // a connection's first bytes are neither TLS nor HTTP
+	RefusedFronted             // a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
 var refusalText = [...]string{
@@ -61,6 +65,7 @@ var refusalText = [...]string{
 	"original destination unknown",
 	"neither TLS nor HTTP",
 	"destination is an address of this host",
+	"tunnel carries another name",
 }
 
 func (r Refusal) String() string {
@@ -93,6 +98,7 @@ var refusalLabel = [...]string{
 	"orig_dst",
 	"protocol",
 	"local",
+	"fronted",
 }
 
 // Label is r as a metric label value.
@@ -132,6 +138,8 @@ func (r Refusal) reason() policy.Reason {
 		return policy.ReasonBadRequest
 	case RefusedAuth:
 		return policy.ReasonAuth
+	case RefusedFronted:
+		return policy.ReasonFronted
 	}
 	// RefusedNoPolicy, RefusedOrigDst: no decision was made, because there
 	// was no policy or no destination.
@@ -178,20 +186,36 @@ const (
 	transparentListener = "transparent"
 )
 
-// connRecord accumulates what the one audit line of a connection says.
+// connRecord accumulates what the audit lines of a connection say: one
+// line for a refusal or a forwarded request; for a tunnel, one when it
+// opens and one when it ends.
 type connRecord struct {
 	listener string
 	client   netip.AddrPort
 	user     string
 	target   Target
-	sni      string // transparent: the name the client sent
-	ech      bool   // transparent: the ClientHello carried ECH; sni is its outer name
+	sni      string // the name the first bytes asked for (SNI or Host), as sent
+	ech      bool   // the ClientHello carried ECH; sni is its outer name
 	decision policy.Decision
 	refusal  Refusal
 	detail   string
 	dialled  netip.AddrPort
 	start    time.Time
 	up, down atomic.Int64
+	id       string   // the connection's id, once it has one
+	conn     *connID  // the client connection's id, for requests kept alive on it; nil: none
+	opened   bool     // the opening line is written: the last line is the closing one
+	ended    endCause // how a tunnel ended
+
+	// The addresses as written in the first line, for a tunnel's second.
+	clientStr, dialledStr string
+}
+
+func (c *connRecord) clientString() string {
+	if c.clientStr == "" {
+		c.clientStr = c.client.String()
+	}
+	return c.clientStr
 }
 
 func (c *connRecord) fail(e *refusalError) {
@@ -213,13 +237,90 @@ func (r Refusal) action() policy.Action {
 	return policy.Deny
 }
 
-// record writes c as its audit line and counts it. A connection the proxy
-// refused is a deny (or, when it failed, a fail) whatever the policy said,
-// with the refusal's own reason. Neither names a rule: a rule that had
-// allowed the connection moves to near_rule, so the reader sees which rule
-// the refusal overrode without mistaking it for the rule that let the
-// traffic through.
+// connIDs issues connection ids: a random prefix drawn once per process,
+// so that ids of different runs never meet in one log, then a counter.
+type connIDs struct {
+	prefix [9]byte // 8 hex digits and '-'
+	n      atomic.Uint64
+}
+
+func newConnIDs() *connIDs {
+	ids := &connIDs{}
+	var r [4]byte
+	rand.Read(r[:])
+	hex.Encode(ids.prefix[:8], r[:])
+	ids.prefix[8] = '-'
+	return ids
+}
+
+func (ids *connIDs) next() string {
+	var b [32]byte
+	return string(strconv.AppendUint(append(b[:0], ids.prefix[:]...), ids.n.Add(1), 10))
+}
+
+// connID is the id of an explicit client connection, which may carry
+// several requests: drawn when the connection first needs one (its first
+// forwarded request or tunnel), so that every line of the connection from
+// then on carries it. A connection's requests come one after another, so
+// it needs no lock.
+type connID struct{ id string }
+
+// ensureID gives c an id: its connection's, or a fresh one.
+func (c *connRecord) ensureID(ids *connIDs) {
+	switch {
+	case c.id != "":
+	case c.conn == nil:
+		c.id = ids.next()
+	default:
+		if c.conn.id == "" {
+			c.conn.id = ids.next()
+		}
+		c.id = c.conn.id
+	}
+}
+
+// lineID is the id a line of c carries: its own, or its connection's if
+// the connection has one already (a refusal after a forwarded request).
+func (c *connRecord) lineID() string {
+	if c.id == "" && c.conn != nil {
+		return c.conn.id
+	}
+	return c.id
+}
+
+// opened writes the line of a tunnel about to carry traffic: the decision
+// that allowed it, under the connection's id, which the closing line
+// (record) repeats, so a long tunnel is in the log while it is open.
+func (p *Proxy) opened(ctx context.Context, c *connRecord) {
+	c.ensureID(p.ids)
+	c.opened = true
+	p.write(ctx, c, lineOpened)
+}
+
+// Kinds of audit line.
+const (
+	lineOnly   = iota // the one line of a refusal or a forwarded request
+	lineOpened        // a tunnel opens
+	lineClosed        // a tunnel ends
+)
+
+// record writes the line a connection ends with: its only line, or, for a
+// tunnel whose opening was written, its totals and how it ended.
 func (p *Proxy) record(ctx context.Context, c *connRecord) {
+	if c.opened {
+		p.write(ctx, c, lineClosed)
+		return
+	}
+	p.write(ctx, c, lineOnly)
+}
+
+// write writes one audit line of c and, unless it closes a tunnel,
+// counts the decision. A connection the proxy refused is a deny whatever
+// the policy said, with the refusal's own reason. A deny names no rule: a
+// rule that had allowed the connection moves to near_rule, so the reader
+// sees which rule the refusal overrode without mistaking it for the rule
+// that let the traffic through.
+func (p *Proxy) write(ctx context.Context, c *connRecord, kind int) {
 	d := c.decision
 	if c.refusal != NotRefused && c.refusal != RefusedPolicy {
 		if d.Rule != nil {
@@ -227,11 +328,14 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		}
 		d.Action, d.Reason, d.Rule = c.refusal.action(), c.refusal.reason(), nil
 	}
-	attrs := make([]slog.Attr, 0, 12) // every attribute below: one allocation
+	attrs := make([]slog.Attr, 0, 14) // every attribute below: one allocation
 	attrs = append(attrs,
 		slog.String("listener", c.listener),
-		slog.String("client", c.client.String()),
+		slog.String("client", c.clientString()),
 	)
+	if id := c.lineID(); id != "" {
+		attrs = append(attrs, slog.String("conn", id))
+	}
 	if c.user != "" {
 		attrs = append(attrs, slog.String("user", c.user))
 	}
@@ -242,7 +346,10 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		attrs = append(attrs, slog.Bool("ech", true))
 	}
 	if c.dialled.IsValid() {
-		attrs = append(attrs, slog.String("dialled", c.dialled.String()))
+		if c.dialledStr == "" {
+			c.dialledStr = c.dialled.String()
+		}
+		attrs = append(attrs, slog.String("dialled", c.dialledStr))
 	}
 	if d.NearRule != nil {
 		attrs = append(attrs, slog.String("near_rule", d.NearRule.Name))
@@ -254,11 +361,16 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		attrs = append(attrs, slog.String("error", c.detail))
 	}
 	now := time.Now() // one clock reading for the duration and the line
-	attrs = append(attrs,
-		slog.Int64("bytes_up", c.up.Load()),
-		slog.Int64("bytes_down", c.down.Load()),
-		slog.Duration("duration", now.Sub(c.start)),
-	)
+	if kind == lineClosed {
+		attrs = append(attrs, slog.String("ended", c.ended.String()))
+	}
+	if kind != lineOpened {
+		attrs = append(attrs,
+			slog.Int64("bytes_up", c.up.Load()),
+			slog.Int64("bytes_down", c.down.Load()),
+			slog.Duration("duration", now.Sub(c.start)),
+		)
+	}
 	p.cfg.Audit.Record(ctx, audit.Event{
 		Component: audit.Proxy,
 		Source:    c.client.Addr().Unmap(),
@@ -267,6 +379,9 @@ func (p *Proxy) record(ctx context.Context, c *connRecord) {
 		Decision:  d,
 		Attrs:     attrs,
 		Time:      now,
+		Closed:    kind == lineClosed,
 	})
-	p.metrics.connection(c.listener, d, c.refusal)
+	if kind != lineClosed {
+		p.metrics.connection(c.listener, d, c.refusal)
+	}
 }

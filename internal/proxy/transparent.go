@@ -1,12 +1,9 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,7 +12,6 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/netaddr"
-	"github.com/fqdngate/fqdngate/internal/peek"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -103,7 +99,15 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 	orig = netip.AddrPortFrom(netaddr.Unmap(orig.Addr()), orig.Port())
 	rec.target = Target{Addr: orig.Addr(), Port: orig.Port()}
 
-	in, rerr := p.peekName(tc, orig, pol)
+	// The first bytes are read into a pooled buffer, given back once
+	// they are upstream (or, for plain HTTP, once the request is done).
+	bp := headBufs.Get().(*[]byte)
+	defer func() {
+		if bp != nil {
+			headBufs.Put(bp)
+		}
+	}()
+	in, rerr := p.peekFirst(newHeadReader(tc), (*bp)[:0], orig, pol, false, RefusedSpoofed)
 	rec.sni, rec.ech = in.sent, in.ech
 	if in.target.Name != "" || in.target.Addr.IsValid() {
 		rec.target = in.target
@@ -113,6 +117,22 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 		return
 	}
 	t := in.target
+	var cr *clientReader
+	var req *http.Request
+	if in.http {
+		cr = &clientReader{c: tc}
+		var err error
+		if req, err = readRequest(in.raw, cr); err != nil {
+			rec.fail(refuse(RefusedBadRequest, err))
+			return
+		}
+		// net/http parsed the head again: it must read the same host and
+		// port as the peek that was decided, or the server could too.
+		if !sameHost(req.Host, t, in.hostPort) {
+			rec.fail(refuse(RefusedBadRequest, fmt.Errorf("the request head reads as Host %q to net/http", req.Host)))
+			return
+		}
+	}
 
 	q := policy.Query{Source: rec.client.Addr().Unmap(), Port: t.Port, Proto: policy.TCP}
 	if t.Name != "" {
@@ -126,17 +146,8 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 		rec.refusal = RefusedPolicy
 		return
 	}
-	if in.tls {
-		minV := uint16(tls.VersionTLS12)
-		if d.Rule != nil && d.Rule.TLS != nil && d.Rule.TLS.MinVersion != 0 {
-			minV = d.Rule.TLS.MinVersion
-		}
-		if in.maxVersion < minV {
-			rec.fail(refuse(RefusedTLSVersion, fmt.Errorf("client offers at most %s, rule needs %s", tls.VersionName(in.maxVersion), tls.VersionName(minV))))
-			return
-		}
-	} else if d.Rule != nil && d.Rule.TLS != nil && d.Rule.TLS.Verify {
-		rec.fail(refuse(RefusedPlainHTTP, nil))
+	if rerr := checkClientTLS(&in, d); rerr != nil {
+		rec.fail(rerr)
 		return
 	}
 
@@ -168,19 +179,25 @@ func (p *Proxy) handleTransparent(ctx context.Context, c net.Conn, pol *policy.P
 		rec.fail(rerr)
 		return
 	}
-	if in.req != nil {
+	if req != nil {
 		closeClient = false
-		p.forwardHTTP(ctx, tc, in.cr, in.req, up, idleTimeout(pol), rec)
+		rec.ensureID(p.ids)
+		p.forwardHTTP(ctx, tc, cr, req, up, idleTimeout(pol), rec)
 		return
 	}
-	if _, err := up.Write(in.raw); err != nil {
+	_, err = up.Write(in.raw)
+	headBufs.Put(bp)
+	bp = nil
+	if err != nil {
 		up.Close()
 		rec.fail(refuse(RefusedDial, err))
 		return
 	}
 	rec.up.Add(int64(len(in.raw)))
+	p.metrics.carried(true, int64(len(in.raw)))
 	closeClient = false
-	p.tunnel(ctx, tc, up, idleTimeout(pol), &rec.up, &rec.down)
+	p.opened(ctx, rec)
+	rec.ended = p.tunnel(ctx, tc, up, idleTimeout(pol), &rec.up, &rec.down)
 }
 
 func containsAddr(list []netip.Addr, a netip.Addr) bool {
@@ -190,116 +207,6 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// peeked is what the first bytes of a transparent connection said.
-type peeked struct {
-	target     Target // the name (or address) asked for, on the original port
-	sent       string // the name as the client sent it, for the audit line
-	tls        bool
-	ech        bool // the ClientHello carries ECH (or ESNI)
-	maxVersion uint16
-	raw        []byte // every byte read, to replay upstream (TLS)
-	// req is the plain HTTP request, whose body cr reads on; nil for TLS.
-	req *http.Request
-	cr  *clientReader
-}
-
-// peekName reads the ClientHello or HTTP head, bounded in bytes by the peek
-// package and in time by PeekTimeout from now: a client trickling a byte a
-// second is cut off, and since every connection has its own goroutine and
-// deadline, slow clients cannot hold up anyone else.
-func (p *Proxy) peekName(c *net.TCPConn, orig netip.AddrPort, pol *policy.Policy) (peeked, *refusalError) {
-	var out peeked
-	out.target.Port = orig.Port()
-	c.SetReadDeadline(time.Now().Add(p.cfg.PeekTimeout))
-	defer c.SetReadDeadline(time.Time{})
-	var first [1]byte
-	if _, err := io.ReadFull(c, first[:]); err != nil {
-		return out, refuse(RefusedBadRequest, fmt.Errorf("reading the first byte: %w", err))
-	}
-	r := io.MultiReader(bytes.NewReader(first[:]), c)
-	switch peek.Sniff(first[0]) {
-	case peek.TLS:
-		out.tls = true
-		hello, raw, err := peek.ClientHello(r, p.cfg.MaxHeaderBytes)
-		out.raw = raw
-		if err != nil {
-			return out, refuse(RefusedBadRequest, fmt.Errorf("reading the ClientHello: %w", err))
-		}
-		out.maxVersion = hello.MaxVersion()
-		out.sent = string(hello.ServerName)
-		out.ech = hello.ECH || hello.ESNI
-		switch {
-		case hello.ServerName == "":
-			if !pol.Proxy.AllowNoSNI {
-				return out, refuse(RefusedNoSNI, nil)
-			}
-			out.target.Addr = orig.Addr()
-		case hello.ESNI || (hello.ECH && !pol.DNS.StripECH):
-			if !pol.Proxy.AllowNoSNI {
-				return out, refuse(RefusedNoSNI, errors.New("the ClientHello carries an encrypted server name and dns.strip_ech is off; the real server name may be hidden"))
-			}
-			out.target.Addr = orig.Addr()
-		default:
-			// An ECH extension alone does not deny while dns.strip_ech is
-			// on. Chrome and Firefox send GREASE ECH on every connection,
-			// byte for byte like the real thing, so refusing it would
-			// refuse every browser. Real ECH needs an ECHConfig, which a
-			// client only gets from HTTPS/SVCB records; fqdngate strips
-			// them from every answer it gives, and default deny blocks
-			// every other resolver. So the outer name is the name the
-			// client talks to, and it decides, anti-spoofing included:
-			// the original destination must be one of its addresses.
-			// What remains (an ECHConfig obtained out of band) reaches at
-			// most the servers of an allowed name. ESNI has no GREASE
-			// form, so it is still refused.
-			out.target.Name = hello.ServerName
-		}
-	case peek.HTTP:
-		host, port, raw, err := peek.HTTPHost(r, p.cfg.MaxHeaderBytes)
-		out.raw = raw
-		if err != nil {
-			return out, refuse(RefusedBadRequest, fmt.Errorf("reading the HTTP request head: %w", err))
-		}
-		out.sent = host
-		t, err := parseHost(host)
-		if err != nil {
-			return out, refuse(RefusedBadRequest, err)
-		}
-		if t.Addr.IsValid() && netaddr.Unmap(t.Addr) != orig.Addr() {
-			return out, refuse(RefusedSpoofed, fmt.Errorf("Host %s is not the original destination %s", t.Addr, orig.Addr()))
-		}
-		out.target.Name, out.target.Addr = t.Name, t.Addr
-		// The server reads the port from Host too (absolute URLs it
-		// builds, virtual hosts by port): a Host naming another port than
-		// the one connected to is a request for another service.
-		hostPort := uint16(80)
-		if port != "" {
-			n, err := strconv.ParseUint(port, 10, 16)
-			if err != nil {
-				return out, refuse(RefusedBadRequest, fmt.Errorf("Host port %q: %w", port, err))
-			}
-			hostPort = uint16(n)
-		}
-		if hostPort != orig.Port() {
-			return out, refuse(RefusedSpoofed, fmt.Errorf("Host port %d is not the original destination port %d", hostPort, orig.Port()))
-		}
-		cr := &clientReader{c: c}
-		req, err := readRequest(raw, cr)
-		if err != nil {
-			return out, refuse(RefusedBadRequest, err)
-		}
-		// net/http parsed the head again: it must read the same host and
-		// port as the peek that was decided, or the server could too.
-		if !sameHost(req.Host, t, hostPort) {
-			return out, refuse(RefusedBadRequest, fmt.Errorf("the request head reads as Host %q to net/http", req.Host))
-		}
-		out.req, out.cr = req, cr
-	default:
-		return out, refuse(RefusedProtocol, fmt.Errorf("first byte %#02x", first[0]))
-	}
-	return out, nil
 }
 
 // sameHost reports whether the authority hp names t on port (80 when hp

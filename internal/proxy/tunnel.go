@@ -29,21 +29,37 @@ const copyChunk = 1 << 20
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
+// endCause is how a tunnel ended, for its closing audit line.
+type endCause int32
+
+const (
+	endEOF      endCause = iota // both sides finished sending
+	endIdle                     // nothing moved either way for idle_timeout
+	endShutdown                 // fqdngate shut down, and the drain deadline passed
+	endClient                   // the client's side failed (a reset, ...)
+	endUpstream                 // the upstream's side failed
+	endError                    // a side failed during a splice, which one is not known
+)
+
+func (e endCause) String() string {
+	return [...]string{"eof", "idle_timeout", "shutdown", "client_error", "upstream_error", "error"}[e]
+}
+
 // tunnel carries bytes between client and upstream until both directions
 // have ended, the tunnel has been idle (no byte either way) for idle, or ctx
-// is done. End of stream in one direction is passed on with CloseWrite, so
-// protocols that half-close keep working. Both connections are closed on
-// return. up and down count bytes as they pass.
+// is done, and says which. End of stream in one direction is passed on
+// with CloseWrite, so protocols that half-close keep working. Both
+// connections are closed on return. up and down count bytes as they pass.
 //
 // Small runs are copied through a pooled buffer that is taken only once
 // data is readable, so an idle tunnel holds no buffer and no pipe; a read
 // that fills the buffer switches that direction to splice(2) for up to
 // copyChunk bytes.
-func (p *Proxy) tunnel(ctx context.Context, client, upstream halfCloser, idle time.Duration, up, down *atomic.Int64) {
+func (p *Proxy) tunnel(ctx context.Context, client, upstream halfCloser, idle time.Duration, up, down *atomic.Int64) endCause {
 	p.metrics.active.Inc()
 	defer p.metrics.active.Dec()
-	t := &tunnelState{idle: idle, client: client, upstream: upstream}
-	stop := context.AfterFunc(ctx, t.closeBoth)
+	t := &tunnelState{ctx: ctx, idle: idle, client: client, upstream: upstream}
+	stop := context.AfterFunc(ctx, t.shutdown)
 	defer stop()
 	defer t.closeBoth()
 
@@ -57,6 +73,7 @@ func (p *Proxy) tunnel(ctx context.Context, client, upstream halfCloser, idle ti
 		t.closeBoth()
 	}
 	t.wg.Wait()
+	return endCause(t.cause.Load())
 }
 
 // pipeUp carries the client's bytes upstream, in a goroutine of its own.
@@ -70,11 +87,13 @@ func (t *tunnelState) pipeUp(p *Proxy, up *atomic.Int64) {
 // tunnelState is what both directions of a tunnel share for the idle
 // timeout: one timer per tunnel instead of deadlines re-armed per read.
 type tunnelState struct {
+	ctx              context.Context // done: shutting down
 	idle             time.Duration
 	client, upstream halfCloser
 	last             atomic.Int64 // unix nanoseconds of the last byte either way
 	bulk             atomic.Int32 // splice runs in progress; they watch idleness with deadlines
 	ended            atomic.Int32 // directions that reached end of stream
+	cause            atomic.Int32 // the first endCause other than endEOF
 	timer            *time.Timer
 	closed           sync.Once
 	wg               sync.WaitGroup // the upward pipe's goroutine
@@ -88,6 +107,32 @@ func (t *tunnelState) closeBoth() {
 	})
 }
 
+// end records why the tunnel is ending, if nothing else ended it first:
+// once one side fails, the other's errors are only the consequence. A
+// side that fails during shutdown was closed by it.
+func (t *tunnelState) end(why endCause) {
+	if why != endIdle && t.ctx != nil && t.ctx.Err() != nil {
+		why = endShutdown
+	}
+	t.cause.CompareAndSwap(int32(endEOF), int32(why))
+}
+
+// shutdown ends the tunnel for fqdngate's own shutdown.
+func (t *tunnelState) shutdown() {
+	t.end(endShutdown)
+	t.closeBoth()
+}
+
+// failed records a failure of one side: the source's when reading failed
+// (src), the destination's when writing did.
+func (t *tunnelState) failed(isUp, src bool) {
+	if isUp == src { // reading the client or writing to it
+		t.end(endClient)
+	} else {
+		t.end(endUpstream)
+	}
+}
+
 func (t *tunnelState) touch() { t.last.Store(time.Now().UnixNano()) }
 
 // passEOF passes src's end of stream on to dst. The second direction to
@@ -97,7 +142,11 @@ func (t *tunnelState) passEOF(dst halfCloser) bool {
 	if t.ended.Add(1) == 2 {
 		return true
 	}
-	return dst.CloseWrite() == nil
+	if dst.CloseWrite() != nil {
+		t.end(endError)
+		return false
+	}
+	return true
 }
 
 // idleFor is how long nothing has moved either way.
@@ -115,6 +164,7 @@ func (t *tunnelState) check() {
 	case t.bulk.Load() > 0:
 		t.timer.Reset(t.idle)
 	case since >= t.idle:
+		t.end(endIdle)
 		t.closeBoth()
 	default:
 		t.timer.Reset(t.idle - since)
@@ -142,6 +192,7 @@ func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, i
 			full := n == len(*buf)
 			copyBufs.Put(buf)
 			if werr != nil {
+				t.failed(isUp, false)
 				return false
 			}
 			t.touch()
@@ -162,6 +213,7 @@ func (p *Proxy) pipe(dst, src halfCloser, t *tunnelState, count *atomic.Int64, i
 		case errors.Is(err, io.EOF):
 			return t.passEOF(dst)
 		default:
+			t.failed(isUp, true)
 			return false
 		}
 	}
@@ -265,8 +317,13 @@ func (p *Proxy) bulkRun(dst, src halfCloser, t *tunnelState, count *atomic.Int64
 			// A pause, or the idle timeout (possibly while the other
 			// direction was busy): go on unless nothing moved either way
 			// for idle.
-			return t.idleFor() < t.idle
+			if t.idleFor() < t.idle {
+				return true
+			}
+			t.end(endIdle)
+			return false
 		default:
+			t.end(endError)
 			return false
 		}
 	}

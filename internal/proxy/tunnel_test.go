@@ -49,6 +49,8 @@ type tunnelFixture struct {
 	client, server *net.TCPConn
 	up, down       atomic.Int64
 	done           chan struct{}
+	ended          endCause // once done is closed
+	cancel         context.CancelFunc
 }
 
 func startTunnel(t *testing.T, idle time.Duration) *tunnelFixture {
@@ -62,11 +64,51 @@ func startTunnel(t *testing.T, idle time.Duration) *tunnelFixture {
 	f := &tunnelFixture{client: client, server: server, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	f.cancel = cancel
 	go func() {
 		defer close(f.done)
-		p.tunnel(ctx, proxySide, proxyUp, idle, &f.up, &f.down)
+		f.ended = p.tunnel(ctx, proxySide, proxyUp, idle, &f.up, &f.down)
 	}()
 	return f
+}
+
+// TestTunnelEnds: how a tunnel ended, for its closing audit line.
+func TestTunnelEnds(t *testing.T) {
+	reset := func(c *net.TCPConn) {
+		c.SetLinger(0) // close with a reset
+		c.Close()
+	}
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+		end  func(f *tunnelFixture)
+		want endCause
+	}{
+		{"both sides finish", time.Minute, func(f *tunnelFixture) {
+			f.client.CloseWrite()
+			f.server.CloseWrite()
+		}, endEOF},
+		{"idle", 200 * time.Millisecond, func(*tunnelFixture) {}, endIdle},
+		{"shutdown", time.Minute, func(f *tunnelFixture) { f.cancel() }, endShutdown},
+		{"client resets", time.Minute, func(f *tunnelFixture) { reset(f.client) }, endClient},
+		{"server resets", time.Minute, func(f *tunnelFixture) { reset(f.server) }, endUpstream},
+	} {
+		f := startTunnel(t, tc.idle)
+		f.client.Write([]byte("hello"))
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(f.server, b); err != nil {
+			t.Fatal(err)
+		}
+		tc.end(f)
+		select {
+		case <-f.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the tunnel did not end", tc.name)
+		}
+		if f.ended != tc.want {
+			t.Errorf("%s: ended %v, want %v", tc.name, f.ended, tc.want)
+		}
+	}
 }
 
 func TestTunnelBulkThenSmall(t *testing.T) {
@@ -189,34 +231,43 @@ func TestIdleTunnelsHoldNoPipes(t *testing.T) {
 }
 
 func TestConnectEarlyBytesAndAudit(t *testing.T) {
-	// A client that sends its first bytes with the CONNECT head: they are
-	// in net/http's buffer at Hijack and must reach the server first; the
-	// tunnel then runs after the handler returned, and its audit line
-	// (written by the tunnel's goroutine) counts every byte.
+	// A client that sends its first bytes with the CONNECT head: on the
+	// fast path they are in its head buffer, through net/http in its
+	// buffer at Hijack. The tunnel's inspection reads them first and the
+	// rest of the request head after them; the whole head reaches the
+	// server first, then the tunnel carries on after the handler returned,
+	// and its closing audit line (written by the tunnel's goroutine)
+	// counts every byte.
 	echo := echoServer(t, "127.0.0.1:0")
 	pol := fmt.Sprintf("proxy: {deny_private: false}\nrules:\n  - name: open\n    to: [open.test]\n    ports: [%d]\n", echo.Port())
-	h := startProxy(t, pol, mapResolver{"open.test": addrs("127.0.0.1")})
-	c, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
+	for _, ps := range []paths{{}, {slow: true}} {
+		h := startExplicit(t, pol, mapResolver{"open.test": addrs("127.0.0.1")}, ps)
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		head := firstRequest(t, fmt.Sprintf("open.test:%d", echo.Port()))
+		early, late := head[:20], head[20:]
+		fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\nHost: open.test:%d\r\n\r\n%s", echo.Port(), echo.Port(), early)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: got %v, %v; want 200", resp, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, late)
+		got := make([]byte, len(head))
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != head {
+			t.Fatalf("slow %v: echo of the early and later bytes: got %q, %v; want %q", ps.slow, got, err, head)
+		}
+		io.WriteString(c, "more")
+		if _, err := io.ReadFull(br, got[:4]); err != nil || string(got[:4]) != "more" {
+			t.Fatalf("slow %v: echo after the first bytes: got %q, %v; want more", ps.slow, got[:4], err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, br)
+		n := float64(len(head) + 4)
+		checkAudit(t, h.auditOf(t, c), map[string]any{"action": "allow", "sni": "open.test", "bytes_up": n, "bytes_down": n, "ended": "eof"})
 	}
-	defer c.Close()
-	fmt.Fprintf(c, "CONNECT open.test:%d HTTP/1.1\r\nHost: open.test:%d\r\n\r\nearly", echo.Port(), echo.Port())
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: got %v, %v; want 200", resp, err)
-	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, 5)
-	if _, err := io.ReadFull(br, got); err != nil || string(got) != "early" {
-		t.Fatalf("echo of the early bytes: got %q, %v; want early", got, err)
-	}
-	io.WriteString(c, "late")
-	if _, err := io.ReadFull(br, got[:4]); err != nil || string(got[:4]) != "late" {
-		t.Fatalf("echo after the handler returned: got %q, %v; want late", got[:4], err)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	io.Copy(io.Discard, br)
-	checkAudit(t, h.auditOf(t, c), map[string]any{"action": "allow", "bytes_up": float64(9), "bytes_down": float64(9)})
 }

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -12,35 +10,24 @@ import (
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
-// auditLines returns the audit log's decision lines whose fields include
+// decisions returns the audit log's decision lines whose fields include
 // every one of want.
-func (g *gate) auditLines(want map[string]any) []map[string]any {
-	var out []map[string]any
-	for _, l := range strings.Split(g.stdout.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) != nil || m["msg"] != "decision" {
-			continue
-		}
-		match := true
-		for k, v := range want {
-			if fmt.Sprint(m[k]) != fmt.Sprint(v) {
-				match = false
-				break
-			}
-		}
-		if match {
-			out = append(out, m)
+func (g *gate) decisions(want map[string]any) []auditLine {
+	var out []auditLine
+	for _, l := range g.auditLog() {
+		if l["msg"] == "decision" && l.has(want) {
+			out = append(out, l)
 		}
 	}
 	return out
 }
 
-// waitAudit waits until at least n decision lines match want.
-func (g *gate) waitAudit(want map[string]any, n int) []map[string]any {
+// waitDecisions waits until at least n decision lines match want.
+func (g *gate) waitDecisions(want map[string]any, n int) []auditLine {
 	g.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := g.auditLines(want)
+		got := g.decisions(want)
 		if len(got) >= n {
 			return got
 		}
@@ -69,9 +56,9 @@ func TestLogAllowed(t *testing.T) {
 			// A denied connection afterwards: its drop sample is the
 			// barrier that an allow line, if any, had time to arrive by.
 			mustDrop(t, f.a, ap("203.0.113.77", allowedPort))
-			f.gate.waitAudit(map[string]any{"component": "firewall", "action": "deny", "name": "203.0.113.77"}, 1)
+			f.gate.waitDecisions(map[string]any{"component": "firewall", "action": "deny", "name": "203.0.113.77"}, 1)
 			if mode == "off" {
-				if got := f.gate.auditLines(allow); len(got) != 0 {
+				if got := f.gate.decisions(allow); len(got) != 0 {
 					t.Errorf("log_allowed off wrote %d allow lines, want none: %v", len(got), got)
 				}
 				if n := f.gate.metric("fqdngate_firewall_allow_logs_total"); n != 0 {
@@ -79,9 +66,9 @@ func TestLogAllowed(t *testing.T) {
 				}
 				return
 			}
-			f.gate.waitAudit(conn, 1)
+			f.gate.waitDecisions(conn, 1)
 			time.Sleep(300 * time.Millisecond) // a second line would be a duplicate
-			got := f.gate.auditLines(conn)
+			got := f.gate.decisions(conn)
 			if len(got) != 1 {
 				t.Fatalf("got %d allow lines for the connection, want 1: %v", len(got), got)
 			}
@@ -90,7 +77,7 @@ func TestLogAllowed(t *testing.T) {
 					t.Errorf("allow line: %s = %v, want %v\n%v", k, got[0][k], v, got[0])
 				}
 			}
-			if all := f.gate.auditLines(allow); len(all) != 1 {
+			if all := f.gate.decisions(allow); len(all) != 1 {
 				t.Errorf("got %d allow lines in all, want only the connection's: %v", len(all), all)
 			}
 			f.gate.waitMetric("fqdngate_firewall_allow_logs_total", 1)

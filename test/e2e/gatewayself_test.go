@@ -16,9 +16,6 @@ import (
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
-// gatewayProxy is the explicit proxy's address on the gateway's inside.
-const gatewayProxy = gwClient4 + ":3128"
-
 // TestForwardGatewayAddressesRefused (issue 11, item 5): names that
 // answer with the gateway's own addresses, inside (192.0.2.1) or outside
 // (192.0.2.129, a public documentation address), lose them from the

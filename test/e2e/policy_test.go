@@ -19,12 +19,13 @@ type policySettings struct {
 	transparent string
 	firewall    []string
 	dns         string // more keys under dns:, each line indented two spaces, or ""
+	proxy       string // listen.proxy; "" for none
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
 // rules key's list, indented by two spaces).
 func (s policySettings) render(rules string) string {
-	p := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: "127.0.0.1:0", transparent: %q}
+	p := fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: "127.0.0.1:0", transparent: %q}
 dns:
   upstreams: [%q]
   min_ttl: 1s
@@ -35,7 +36,7 @@ dns:
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, s.transparent, authorityAddr, s.grace, s.dns, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.proxy, s.transparent, authorityAddr, s.grace, s.dns, s.hook, s.table, s.stateFile)
 	for _, l := range s.firewall {
 		p += "  " + l + "\n"
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -15,6 +16,21 @@ import (
 type dest struct {
 	proxy  string
 	target string
+	// request is what a tunnel carries first: a request head for target
+	// of msgSize bytes. A proxy that inspects tunnels (fqdngate) lets it
+	// through, and every proxy carries the same bytes.
+	request []byte
+}
+
+// requestHead returns an HTTP/1.1 request head for target, padded to size
+// bytes in a field of its own.
+func requestHead(target string, size int) ([]byte, error) {
+	head := "GET / HTTP/1.1\r\nHost: " + target + "\r\nX: "
+	pad := size - len(head) - len("\r\n\r\n")
+	if pad < 0 {
+		return nil, fmt.Errorf("a request head for %s does not fit in %d bytes", target, size)
+	}
+	return []byte(head + strings.Repeat("x", pad) + "\r\n\r\n"), nil
 }
 
 // destFlags registers -proxy, -target and -direct on fs.
@@ -38,7 +54,9 @@ func destFlags(fs *flag.FlagSet) func() (dest, error) {
 				return d, err
 			}
 		}
-		return d, nil
+		var err error
+		d.request, err = requestHead(d.target, msgSize)
+		return d, err
 	}
 }
 

@@ -8,6 +8,10 @@
 //	loadgen cpu    -pid P                      CPU seconds of P and its descendants
 //	loadgen report FILE                        medians of result lines as markdown
 //
+// What a tunnel carries first is a 64-byte HTTP/1.1 request head whose
+// Host is the target, which a proxy that inspects tunnels lets through;
+// the echo backend answers it with the same 64 bytes.
+//
 // Every measuring mode prints one line of key=value pairs. With -pid, the
 // proxy's CPU time (utime+stime of the process and its descendants) is read
 // from /proc at the start and end of the measured window. Every address

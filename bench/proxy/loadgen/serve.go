@@ -19,7 +19,7 @@ const msgSize = 64
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	sink := fs.String("sink", "", "address of the sink: reads and discards until EOF")
-	echo := fs.String("echo", "", "address of the echo server: reads 64 bytes, answers 64 bytes, waits for EOF")
+	echo := fs.String("echo", "", "address of the echo server: echoes each 64 bytes read, until EOF")
 	httpAddr := fs.String("http", "", "address of the HTTP server: 64-byte body, keep-alive")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -105,16 +105,19 @@ func handleSink(c net.Conn) {
 	}
 }
 
+// handleEcho answers each 64 bytes read with the same 64 bytes: once for
+// a short tunnel, twice for an idle one (when it opens and at the end).
+// The client closes first, as an HTTP/1.0 client would after reading its
+// reply; the echo waits for that, so TIME_WAIT lands on the client side.
 func handleEcho(c net.Conn) {
 	defer c.Close()
 	var buf [msgSize]byte
-	if _, err := io.ReadFull(c, buf[:]); err != nil {
-		return
+	for {
+		if _, err := io.ReadFull(c, buf[:]); err != nil {
+			return
+		}
+		if _, err := c.Write(buf[:]); err != nil {
+			return
+		}
 	}
-	if _, err := c.Write(buf[:]); err != nil {
-		return
-	}
-	// The client closes first, as an HTTP/1.0 client would after reading
-	// its reply; wait for that so TIME_WAIT lands on the client side.
-	io.Copy(io.Discard, c)
 }

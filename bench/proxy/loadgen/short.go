@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -100,10 +101,8 @@ func short(args []string) error {
 	return nil
 }
 
-var request = bytes.Repeat([]byte("q"), msgSize)
-
-// oneShort is one short tunnel: connect, send 64 bytes, read the 64-byte
-// reply, close.
+// oneShort is one short tunnel: connect, send the 64-byte request head,
+// read the 64-byte reply (its echo), close.
 func oneShort(d dest, timeout time.Duration) error {
 	c, extra, err := d.open(timeout)
 	if err != nil {
@@ -111,6 +110,12 @@ func oneShort(d dest, timeout time.Duration) error {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
+	return exchange(c, d.request, extra)
+}
+
+// exchange sends request and reads its echo, of which extra was read
+// already.
+func exchange(c net.Conn, request, extra []byte) error {
 	if _, err := c.Write(request); err != nil {
 		return err
 	}
