@@ -40,32 +40,32 @@ const (
 	RefusedAuth                // proxy credentials missing or wrong
 	RefusedNoPolicy            // no policy is loaded
 	RefusedOrigDst             // the original destination could not be read
-	RefusedLocal               // the destination is an address of this host
 	RefusedProtocol            // a connection's first bytes are neither TLS nor HTTP
+	RefusedLocal               // the destination is an address of this host
 	RefusedFronted             // a CONNECT tunnel's first bytes ask for another name than the one allowed
 )
 
 var refusalText = [...]string{
-	"",
-	"denied by policy",
-	"destination resolves only to private addresses",
-	"destination is fqdngate itself",
-	"original destination is not an address of the requested name",
-	"TLS without server name",
-	"client offers no TLS version the rule accepts",
-	"upstream certificate verification failed",
-	"rule requires verified TLS; use CONNECT",
-	"destination name did not resolve",
-	"upstream connection failed",
-	"upstream connection timed out",
-	"too many connections",
-	"bad request",
-	"proxy authentication required",
-	"no policy loaded",
-	"original destination unknown",
-	"neither TLS nor HTTP",
-	"destination is an address of this host",
-	"tunnel carries another name",
+	NotRefused:         "",
+	RefusedPolicy:      "denied by policy",
+	RefusedPrivate:     "destination resolves only to private addresses",
+	RefusedSelf:        "destination is fqdngate itself",
+	RefusedSpoofed:     "original destination is not an address of the requested name",
+	RefusedNoSNI:       "TLS without server name",
+	RefusedTLSVersion:  "client offers no TLS version the rule accepts",
+	RefusedVerify:      "upstream certificate verification failed",
+	RefusedPlainHTTP:   "rule requires verified TLS; use CONNECT",
+	RefusedResolve:     "destination name did not resolve",
+	RefusedDial:        "upstream connection failed",
+	RefusedDialTimeout: "upstream connection timed out",
+	RefusedBusy:        "too many connections",
+	RefusedBadRequest:  "bad request",
+	RefusedAuth:        "proxy authentication required",
+	RefusedNoPolicy:    "no policy loaded",
+	RefusedOrigDst:     "original destination unknown",
+	RefusedProtocol:    "neither TLS nor HTTP",
+	RefusedLocal:       "destination is an address of this host",
+	RefusedFronted:     "tunnel carries another name",
 }
 
 func (r Refusal) String() string {
@@ -79,26 +79,26 @@ func (r Refusal) String() string {
 // fqdngate_proxy_refusals_total: short snake_case, where String is the
 // human text of the audit line.
 var refusalLabel = [...]string{
-	"",
-	"policy",
-	"private",
-	"self",
-	"spoofed",
-	"no_sni",
-	"tls_version",
-	"verify",
-	"plain_http",
-	"resolve",
-	"dial",
-	"dial_timeout",
-	"busy",
-	"bad_request",
-	"auth",
-	"no_policy",
-	"orig_dst",
-	"protocol",
-	"local",
-	"fronted",
+	NotRefused:         "",
+	RefusedPolicy:      "policy",
+	RefusedPrivate:     "private",
+	RefusedSelf:        "self",
+	RefusedSpoofed:     "spoofed",
+	RefusedNoSNI:       "no_sni",
+	RefusedTLSVersion:  "tls_version",
+	RefusedVerify:      "verify",
+	RefusedPlainHTTP:   "plain_http",
+	RefusedResolve:     "resolve",
+	RefusedDial:        "dial",
+	RefusedDialTimeout: "dial_timeout",
+	RefusedBusy:        "busy",
+	RefusedBadRequest:  "bad_request",
+	RefusedAuth:        "auth",
+	RefusedNoPolicy:    "no_policy",
+	RefusedOrigDst:     "orig_dst",
+	RefusedProtocol:    "protocol",
+	RefusedLocal:       "local",
+	RefusedFronted:     "fronted",
 }
 
 // Label is r as a metric label value.
