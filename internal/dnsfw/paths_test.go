@@ -191,6 +191,9 @@ func testOneDecisionPath(t *testing.T, tc pathCase) {
 	}
 	if tc.before != nil {
 		for _, e := range both {
+			// The warm queries' lines are written after their replies:
+			// wait for them, or a clock that before moves could stamp them.
+			pathAudit(t, e, sent)
 			tc.before(e)
 		}
 	}
