@@ -33,4 +33,9 @@ awk -F'\t' '
 		pair("fqdngate cache on ÷ dnsmasq cache on, queries/s", "fqdngate-cache", "dnsmasq-cache", "")
 		pair("fqdngate cache off ÷ the faster of dnsmasq and CoreDNS cache off, queries/s", "fqdngate-nocache", "dnsmasq-nocache", "coredns-nocache")
 		pair("fqdngate cache on ÷ CoreDNS cache on, queries/s", "fqdngate-cache", "coredns-cache", "")
+		for (r = 1; r <= rounds; r++) if ((r, "base-cache") in qps || (r, "base-nocache") in qps) base = 1
+		if (base) {
+			pair("fqdngate cache on ÷ base cache on (BASE_REF), queries/s", "fqdngate-cache", "base-cache", "")
+			pair("fqdngate cache off ÷ base cache off (BASE_REF), queries/s", "fqdngate-nocache", "base-nocache", "")
+		}
 	}' "$raw"

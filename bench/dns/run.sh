@@ -34,6 +34,8 @@
 #   MAX_REPS=$((REPS * 2)) rounds at most, to collect REPS clean runs per server
 #   COREDNS=/root/go/bin/coredns
 #   FQDNGATE_REF=HEAD  the commit fqdngate is built from; "worktree": as it is
+#   BASE_REF=         a second commit of fqdngate to measure in the same run
+#                     (servers base-cache and base-nocache), for before and after
 set -euo pipefail
 
 REPS=${REPS:-5}
@@ -96,6 +98,16 @@ if ! (cd "$FQ_SRC" && go build -o "$BIN/fqdngate" ./cmd/fqdngate) 2>"$OUT/fqdnga
 	log "fqdngate does not build (see $OUT/fqdngate-build.txt); skipping it"
 	HAVE_FQDNGATE=0
 fi
+HAVE_BASE=0
+if [[ -n ${BASE_REF:-} ]]; then
+	mkdir -p "$OUT/base-src"
+	(cd "$ROOT" && git archive "$BASE_REF") | tar -x -C "$OUT/base-src"
+	if (cd "$OUT/base-src" && go build -o "$BIN/fqdngate-base" ./cmd/fqdngate) 2>"$OUT/base-build.txt"; then
+		HAVE_BASE=1
+	else
+		log "fqdngate at $BASE_REF does not build (see $OUT/base-build.txt); skipping it"
+	fi
+fi
 HAVE_COREDNS=1
 if [[ ! -x $COREDNS ]]; then
 	log "no CoreDNS at $COREDNS; install it outside the module:"
@@ -119,6 +131,7 @@ bash "$ROOT/bench/dns/genqueries.sh" "$NAMES" >"$QUERIES"
 	echo "dnsmasq: $($DNSMASQ --version | head -1)"
 	[[ $HAVE_COREDNS = 1 ]] && echo "coredns: $($COREDNS -version | head -1)"
 	echo "fqdngate: $FQ_DESC"
+	[[ $HAVE_BASE = 1 ]] && echo "base: commit $(cd "$ROOT" && git rev-parse --short "$BASE_REF")"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "settings: REPS=$REPS DURATION=$DURATION CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING LAT_N=$LAT_N CACHE=$CACHE"
 } | tee "$OUT/machine.txt" >&2
@@ -138,7 +151,7 @@ probe() {
 port_of() {
 	case $1 in
 	upstream) echo $UP_PORT ;;
-	fqdngate-*) echo $FQ_PORT ;;
+	fqdngate-* | base-*) echo $FQ_PORT ;;
 	dnsmasq-*) echo $DM_PORT ;;
 	coredns-*) echo $CD_PORT ;;
 	esac
@@ -154,18 +167,25 @@ start() {
 		SPID=$UPID
 		return 0
 		;;
-	fqdngate-*)
-		local pol=$OUT/fqdngate-$cache.yaml
+	fqdngate-* | base-*)
+		# dnsperf is one client standing for many, so the per-client
+		# bounds are lifted: rate_limit off, and wildcard_budget (which a
+		# base before it existed does not know) at its highest, so that
+		# its check runs on every uncached query but refuses none.
+		local bin=$BIN/fqdngate pol=$OUT/fqdngate-$cache.yaml budget=", wildcard_budget: 1000000"
+		if [[ $name = base-* ]]; then
+			bin=$BIN/fqdngate-base pol=$OUT/base-$cache.yaml budget=""
+		fi
 		cat >"$pol" <<-EOF
 			listen: {dns: 127.0.0.1:$FQ_PORT, proxy: "", admin: 127.0.0.1:$FQ_ADMIN}
-			dns: {upstreams: [127.0.0.1:$UP_PORT], cache: $([[ $cache = on ]] && echo true || echo false), cache_size: $CACHE, rate_limit: 0}
+			dns: {upstreams: [127.0.0.1:$UP_PORT], cache: $([[ $cache = on ]] && echo true || echo false), cache_size: $CACHE, rate_limit: 0$budget}
 			firewall: {backend: none}
 			log: {file: /dev/null}
 			rules:
 			  - name: bench
 			    to: ["**.bench.example"]
 		EOF
-		"$BIN/fqdngate" run -c "$pol" >>"$OUT/$name${LOGTAG:-}.log" 2>&1 &
+		"$bin" run -c "$pol" >>"$OUT/$name${LOGTAG:-}.log" 2>&1 &
 		;;
 	dnsmasq-*)
 		local size=$CACHE
@@ -298,6 +318,7 @@ printf 'rep\tserver\tqps\tlost\tp50_us\tp99_us\tserver_cpu_us_per_q\tupstream_cp
 available() {
 	case $1 in
 	fqdngate-*) [[ $HAVE_FQDNGATE = 1 ]] ;;
+	base-*) [[ $HAVE_BASE = 1 ]] ;;
 	coredns-*) [[ $HAVE_COREDNS = 1 ]] ;;
 	*) true ;;
 	esac

@@ -4,7 +4,10 @@
 #
 #   bash bench/proxy/ab.sh OLD_BIN NEW_BIN
 #
-# Settings (environment): ROUNDS=3, DURATION=5, TESTS="short32 short256 http".
+# Settings (environment): ROUNDS=3, DURATION=5, TESTS="short32 short256 http";
+# RULE_A, RULE_B: more keys for the bench rule of A or B, one "key: value"
+# (for instance RULE_B="inspect_tunnels: false" to measure what inspecting
+# tunnels costs, with the same binary as A and B).
 # Prints one raw line per run (loadgen or wrk figures, with proxy CPU).
 # Traffic goes to 127.0.0.1 only.
 set -euo pipefail
@@ -28,7 +31,10 @@ cleanup() {
 trap cleanup EXIT
 (cd "$ROOT" && go build -o "$OUT/loadgen" ./bench/proxy/loadgen)
 LG=$OUT/loadgen
-cat >"$OUT/fq.yaml" <<YAML
+for which in A B; do
+	extra=${RULE_A:-}
+	[[ $which == B ]] && extra=${RULE_B:-}
+	cat >"$OUT/fq-$which.yaml" <<YAML
 listen: {dns: "", proxy: 127.0.0.1:$PORT, admin: ""}
 dns: {upstreams: [127.0.0.1:53]}
 proxy: {deny_private: true, max_conns: 100000, idle_timeout: 5m}
@@ -37,7 +43,9 @@ rules:
   - name: bench
     to: [127.0.0.0/8]
     ports: ["1-65535"]
+${extra:+    $extra}
 YAML
+done
 wait_port() {
 	for _ in $(seq 100); do
 		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
@@ -52,7 +60,7 @@ for r in $(seq "$ROUNDS"); do
 	for which in A B; do
 		bin=$A
 		[[ $which == B ]] && bin=$B
-		"$bin" run -c "$OUT/fq.yaml" >/dev/null 2>&1 &
+		"$bin" run -c "$OUT/fq-$which.yaml" >/dev/null 2>&1 &
 		pid=$!
 		PIDS+=("$pid")
 		wait_port $PORT
