@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"strings"
 	"sync"
@@ -52,77 +53,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// openWindow breaks the table with tamper at t0 and returns how long
-// after t0 the client's traffic to an address nothing allows was dropped
-// again (closed) and its learned address reachable again (reachable).
-// A probe that fails was dropped when it started: its SYN went out then,
-// and a successful connect takes a millisecond, not the probe's timeout;
-// closed is the start of the first of three failures in a row, so that a
-// probe slowed down by a loaded machine does not pass for a drop. The
-// learned address is probed all along; reachable is the first success
-// that started once the drops were back.
+// openWindow breaks the table with tamper and measures, from payments,
+// how long traffic to srvC (nothing allows it) passes and srvA (learned)
+// does not (see netns.OpenWindow).
 func openWindow(t *testing.T, n *forwardNet, tamper func()) (closed, reachable time.Duration) {
 	t.Helper()
-	t0 := time.Now()
-	tamper()
-	deadline := t0.Add(10 * time.Second)
-	var (
-		mu        sync.Mutex // guards successes
-		successes []time.Duration
-		done      = make(chan struct{})
-		wg        sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			start := time.Now()
-			if c, err := dial(n.client, srcPayments, srvA, "443", reachWait); err == nil {
-				c.Close()
-				mu.Lock()
-				successes = append(successes, start.Sub(t0))
-				mu.Unlock()
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
-	var fails int
-	for fails < 3 {
-		start := time.Now()
-		c, err := n.client.Dial("tcp", srcPayments, srvC+":443", 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			fails = 0
-			time.Sleep(2 * time.Millisecond)
-		} else if fails++; fails == 1 {
-			closed = start.Sub(t0)
-		}
-		if start.After(deadline) {
-			t.Fatalf("%s stayed reachable for 10s after the table was broken", srvC)
-		}
-	}
-	for reachable == 0 {
-		mu.Lock()
-		for _, s := range successes {
-			if s >= closed {
-				reachable = s
-				break
-			}
-		}
-		mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatalf("learned %s not reachable 10s after the table was broken", srvA)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	close(done)
-	wg.Wait()
-	return closed, reachable
+	return netns.OpenWindow(t, tamper,
+		func(d time.Duration) (net.Conn, error) { return n.client.Dial("tcp", srcPayments, srvC+":443", d) },
+		func(d time.Duration) (net.Conn, error) { return dial(n.client, srcPayments, srvA, "443", d) },
+		100*time.Millisecond, 10*time.Second, nil)
 }
 
 // TestWatchRestoresDeletedTable: `nft delete table` under a running
