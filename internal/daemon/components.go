@@ -376,7 +376,8 @@ func (u *upstreams) close() {
 	}
 }
 
-// listenDNS opens UDP and TCP on one address. For port 0 the TCP port must
+// listenDNS opens UDP and TCP on one address, of its family only for an
+// IPv4 address (policy.ListenNetwork). For port 0 the TCP port must
 // be the one UDP was given, which another socket may hold: try a few.
 func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	ap, err := netip.ParseAddrPort(addr)
@@ -385,11 +386,11 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	}
 	var lastErr error
 	for range 10 {
-		pc, err := net.ListenPacket("udp", addr)
+		pc, err := net.ListenPacket(policy.ListenNetwork("udp", addr), addr)
 		if err != nil {
 			return nil, nil, err
 		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		ln, err := net.Listen(policy.ListenNetwork("tcp", addr), pc.LocalAddr().String())
 		if err == nil {
 			return pc, ln, nil
 		}
