@@ -252,6 +252,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Learned:        c.learned,
 			Gatherer:       c.d.reg,
 			RestartPending: c.d.restartPending,
+			Local:          c.local,
 		})
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":

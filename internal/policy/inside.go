@@ -96,6 +96,37 @@ func (p *Policy) InsideConn(src, local netip.Addr, host netaddr.Host, handshake 
 	return host.Contains(a)
 }
 
+// DescribeInside says who the inside is, in the policy's words, for
+// explain: the inside key's ranges and interfaces, or the source groups
+// (with the interfaces of those tied to some), or that there is none.
+func (p *Policy) DescribeInside() string {
+	if p.InsideSpec.Explicit && len(p.InsideSpec.Parts) == 1 {
+		part := p.InsideSpec.Parts[0]
+		var out []string
+		if part.Prefixes != nil {
+			rs := make([]string, len(part.Prefixes))
+			for i, r := range part.Prefixes {
+				rs[i] = r.String()
+			}
+			out = append(out, "inside.ranges "+strings.Join(rs, ", "))
+		}
+		if part.Interfaces != nil {
+			out = append(out, "inside.interfaces "+strings.Join(part.Interfaces, ", "))
+		}
+		return strings.Join(out, " arriving on ")
+	}
+	if len(p.Sources) == 0 {
+		return "none: the policy has no source groups and no inside key"
+	}
+	groups := sortedKeys(p.Sources)
+	for i, g := range groups {
+		if ifs, ok := p.SourceInterfaces[g]; ok {
+			groups[i] = g + " (on " + strings.Join(ifs, ", ") + ")"
+		}
+	}
+	return "source groups " + strings.Join(groups, ", ")
+}
+
 // wireInside is the inside key as written.
 type wireInside struct {
 	node                   *yaml.Node

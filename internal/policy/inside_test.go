@@ -144,6 +144,32 @@ func TestInsideConn(t *testing.T) {
 	}
 }
 
+func TestDescribeInside(t *testing.T) {
+	tests := []struct{ name, policy, want string }{
+		{"source groups", upstreams + "sources: {office: [10.2.0.0/16], ci: [10.3.0.0/16]}\n", "source groups ci, office"},
+		{"a group tied to interfaces", upstreams + `firewall: {backend: nftables, hook: forward}
+sources:
+  payments: {cidrs: [10.1.0.0/24], interfaces: [eth1, eth2]}
+  office: [10.2.0.0/16]
+`, "source groups office, payments (on eth1, eth2)"},
+		{"ranges", upstreams + "inside: {ranges: [10.0.0.0/8, \"2001:db8::/32\"]}\n", "inside.ranges 10.0.0.0/8, 2001:db8::/32"},
+		{"interfaces", upstreams + "firewall: {backend: nftables, hook: forward}\ninside: {interfaces: [eth1]}\n", "inside.interfaces eth1"},
+		{"both", upstreams + "firewall: {backend: nftables, hook: forward}\ninside: {ranges: [10.0.0.0/8], interfaces: [eth1]}\n", "inside.ranges 10.0.0.0/8 arriving on inside.interfaces eth1"},
+		{"none", upstreams + "listen: {dns: 127.0.0.1:53}\n", "none: the policy has no source groups and no inside key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("p.yaml", []byte(tt.policy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.DescribeInside(); got != tt.want {
+				t.Errorf("DescribeInside() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestInsideDoesNotAllocate(t *testing.T) {
 	p, err := Parse("p.yaml", []byte(upstreams+"sources:\n  office: [10.2.0.0/16, \"2001:db8:1::/64\"]\n  ci: [10.3.0.0/16]\n"))
 	if err != nil {
