@@ -447,5 +447,39 @@ func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
 			Name: "fqdngate_firewall_allow_logs_lost_total",
 			Help: "Allowed connections the kernel logged that fqdngate could not read or attribute to a rule.",
 		}, func() float64 { return float64(b.Stats().AllowLogsLost) }),
+		newDropsCollector(b),
 	)
+}
+
+// dropsCollector reads the kernel's counters of the packets the table
+// drops before the policy (nft.Drops) when /metrics is scraped: they are
+// the kernel's, and no packet reaches fqdngate to be counted otherwise.
+type dropsCollector struct {
+	b                    *nft.Backend
+	reversePath, outside *prometheus.Desc
+}
+
+func newDropsCollector(b *nft.Backend) dropsCollector {
+	return dropsCollector{
+		b: b,
+		reversePath: prometheus.NewDesc("fqdngate_firewall_reverse_path_drops_total",
+			"Packets the kernel dropped because their source address does not route back the way they came (firewall.reverse_path; in audit mode counted, not dropped).", nil, nil),
+		outside: prometheus.NewDesc("fqdngate_firewall_outside_drops_total",
+			"Packets for fqdngate's listeners (dns, proxy, transparent) from outside the inside, dropped by the kernel.", []string{"listener"}, nil),
+	}
+}
+
+func (c dropsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.reversePath
+	ch <- c.outside
+}
+
+// Collect reports the counts; when the table cannot be read (it is being
+// put back, say), the last counts read, which the next scrape catches up on.
+func (c dropsCollector) Collect(ch chan<- prometheus.Metric) {
+	d, _ := c.b.Drops()
+	ch <- prometheus.MustNewConstMetric(c.reversePath, prometheus.CounterValue, float64(d.ReversePath))
+	for l, n := range d.Outside {
+		ch <- prometheus.MustNewConstMetric(c.outside, prometheus.CounterValue, float64(n), l)
+	}
 }
