@@ -386,6 +386,27 @@ func (d *daemonProc) metric(t *testing.T, series string) float64 {
 	return -1
 }
 
+// TestBuildsStamp: every way the repository builds fqdngate for release
+// (make build, make image and the Dockerfile under it, the systemd unit's
+// install note) sets main.version and main.revision, which TestBuildInfo
+// shows reach the binary.
+func TestBuildsStamp(t *testing.T) {
+	for _, f := range []struct{ file, want string }{
+		{"../../Makefile", `-X main.version=$(VERSION) -X main.revision=$(REVISION)`},
+		{"../../Makefile", `--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION)`},
+		{"../../deploy/kubernetes/Dockerfile", `-X main.version=${VERSION} -X main.revision=${REVISION}`},
+		{"../../deploy/systemd/fqdngate.service", `make build && install -m 0755 fqdngate /usr/local/bin/fqdngate`},
+	} {
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), f.want) {
+			t.Errorf("%s lacks %s", f.file, f.want)
+		}
+	}
+}
+
 // TestBuildInfo: the version and revision the Makefile sets with -ldflags
 // reach fqdngate_build_info, with the Go version.
 func TestBuildInfo(t *testing.T) {
