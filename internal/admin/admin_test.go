@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -47,7 +48,7 @@ func newServer(t *testing.T, ready func() error) *httptest.Server {
 		Generation: func() uint64 { return 7 },
 		Ready:      ready,
 		Gatherer:   reg,
-		Local:      hostAddrs{netip.MustParseAddr("192.0.2.129")},
+		Local:      netaddr.HostList{netip.MustParseAddr("192.0.2.129")},
 		Learned: func() []learn.Entry {
 			return []learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
 		},
@@ -99,18 +100,6 @@ func TestEndpoints(t *testing.T) {
 			}
 		}
 	}
-}
-
-// hostAddrs is a fixed set of this host's addresses.
-type hostAddrs []netip.Addr
-
-func (h hostAddrs) Contains(a netip.Addr) bool {
-	for _, x := range h {
-		if x == a {
-			return true
-		}
-	}
-	return false
 }
 
 func TestNotReady(t *testing.T) {

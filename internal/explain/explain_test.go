@@ -43,18 +43,6 @@ func TestParseTarget(t *testing.T) {
 	}
 }
 
-// hostAddrs is a fixed set of this host's addresses.
-type hostAddrs []netip.Addr
-
-func (h hostAddrs) Contains(a netip.Addr) bool {
-	for _, x := range h {
-		if x == a {
-			return true
-		}
-	}
-	return false
-}
-
 const explainPolicy = `listen: {dns: "", proxy: "", admin: ""}
 sources: {payments: [10.1.0.0/24]}
 rules:
@@ -78,7 +66,7 @@ dns: {upstreams: [192.0.2.53], wildcard_budget: 0}
 ` + explainPolicy
 
 func TestExplain(t *testing.T) {
-	this := hostAddrs{netip.MustParseAddr("192.0.2.129")}
+	this := netaddr.HostList{netip.MustParseAddr("192.0.2.129")}
 	tests := []struct {
 		name     string
 		policy   string

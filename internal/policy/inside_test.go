@@ -76,18 +76,6 @@ sources:
 	}
 }
 
-// hostAddrs is a fixed set of this host's addresses.
-type hostAddrs []netip.Addr
-
-func (h hostAddrs) Contains(a netip.Addr) bool {
-	for _, x := range h {
-		if x == a {
-			return true
-		}
-	}
-	return false
-}
-
 // TestInsideConn: a query or connection that arrived at a loopback address
 // came from this host, whatever its source (the kernel redirects this
 // host's DNS to 127.0.0.1 from its own outside address); so did one from
@@ -95,7 +83,7 @@ func (h hostAddrs) Contains(a netip.Addr) bool {
 // nftables backend's listeners chain vouches for it; elsewhere the inside
 // decides.
 func TestInsideConn(t *testing.T) {
-	host := hostAddrs{netip.MustParseAddr("192.0.2.129"), netip.MustParseAddr("2001:db8:e::1")}
+	host := netaddr.HostList{netip.MustParseAddr("192.0.2.129"), netip.MustParseAddr("2001:db8:e::1")}
 	const sources = "sources:\n  office: [10.2.0.0/16]\n"
 	none, err := Parse("p.yaml", []byte(upstreams+sources))
 	if err != nil {
@@ -109,7 +97,7 @@ func TestInsideConn(t *testing.T) {
 		name       string
 		p          *Policy
 		src, local string
-		host       hostAddrs
+		host       netaddr.HostList
 		handshake  bool
 		want       bool
 	}{
