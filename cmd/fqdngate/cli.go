@@ -280,7 +280,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	res, err := explain.Explain(p, *from, *to)
+	res, err := explain.Explain(p, *from, *to, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "fqdngate explain: %v\n", err)
 		return 2

@@ -187,6 +187,7 @@ func TestExplainJSON(t *testing.T) {
 	p := writePolicy(t, t.TempDir(), `listen: {dns: "", proxy: "", admin: ""}
 sources:
   payments: [10.1.0.0/24]
+  others: [10.9.0.0/24]
 rules:
   - name: bank-api
     from: [payments]
@@ -203,6 +204,8 @@ rules:
 		{"10.9.0.7", "api.bank.example:443", "deny", "", 1, "not for this source"},
 		{"10.1.0.7", "api.bank.example:80", "deny", "", 1, "not on this port"},
 		{"10.1.0.7", "evil.example:443", "deny", "", 1, "no rule"},
+		{"203.0.113.9", "api.bank.example:443", "deny", "", 1, "not served: 203.0.113.9 is outside the inside (inside: source groups others, payments)"},
+		{"127.0.0.1", "evil.example:443", "deny", "", 1, "no rule"},
 	}
 	for _, c := range cases {
 		out, errOut, code := runCLI(t, "explain", "-c", p, "--from", c.from, "--to", c.to, "--json")
@@ -383,6 +386,27 @@ func (d *daemonProc) metric(t *testing.T, series string) float64 {
 	return -1
 }
 
+// TestBuildsStamp: every way the repository builds fqdngate for release
+// (make build, make image and the Dockerfile under it, the systemd unit's
+// install note) sets main.version and main.revision, which TestBuildInfo
+// shows reach the binary.
+func TestBuildsStamp(t *testing.T) {
+	for _, f := range []struct{ file, want string }{
+		{"../../Makefile", `-X main.version=$(VERSION) -X main.revision=$(REVISION)`},
+		{"../../Makefile", `--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION)`},
+		{"../../deploy/kubernetes/Dockerfile", `-X main.version=${VERSION} -X main.revision=${REVISION}`},
+		{"../../deploy/systemd/fqdngate.service", `make build && install -m 0755 fqdngate /usr/local/bin/fqdngate`},
+	} {
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), f.want) {
+			t.Errorf("%s lacks %s", f.file, f.want)
+		}
+	}
+}
+
 // TestBuildInfo: the version and revision the Makefile sets with -ldflags
 // reach fqdngate_build_info, with the Go version.
 func TestBuildInfo(t *testing.T) {
@@ -421,7 +445,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	dir := t.TempDir()
 	p := writePolicy(t, dir, policyV1)
 	d := startDaemon(t, p)
-	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "allow" {
+	if got := d.explainAction(t, "127.0.0.1", "a.example"); got != "allow" {
 		t.Fatalf("a.example under v1: got %s, want allow", got)
 	}
 
@@ -431,7 +455,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.waitMetric(t, `fqdngate_policy_reloads_total{result="failure"}`, 1)
-	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "allow" {
+	if got := d.explainAction(t, "127.0.0.1", "a.example"); got != "allow" {
 		t.Errorf("after a broken reload: a.example got %s, want allow (old policy in force)", got)
 	}
 	if got := d.metric(t, `fqdngate_config_last_reload_successful`); got != 0 {
@@ -451,7 +475,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.waitMetric(t, `fqdngate_policy_generation`, 2)
-	if got := d.explainAction(t, "192.0.2.1", "a.example"); got != "deny" {
+	if got := d.explainAction(t, "127.0.0.1", "a.example"); got != "deny" {
 		t.Errorf("after reload: a.example got %s, want deny", got)
 	}
 	if got := d.metric(t, `fqdngate_config_last_reload_successful`); got != 1 {
@@ -460,7 +484,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if got := d.metric(t, `fqdngate_config_last_reload_success_timestamp_seconds`); got <= loadedAt {
 		t.Errorf("fqdngate_config_last_reload_success_timestamp_seconds = %v after a good reload, want later than %v", got, loadedAt)
 	}
-	if got := d.explainAction(t, "192.0.2.1", "b.example"); got != "allow" {
+	if got := d.explainAction(t, "127.0.0.1", "b.example"); got != "allow" {
 		t.Errorf("after reload: b.example got %s, want allow", got)
 	}
 
@@ -486,7 +510,7 @@ func TestReloadOnFileChange(t *testing.T) {
 	d := startDaemon(t, p)
 	writePolicy(t, dir, policyV2)
 	d.waitMetric(t, `fqdngate_policy_generation`, 2)
-	if got := d.explainAction(t, "192.0.2.1", "b.example"); got != "allow" {
+	if got := d.explainAction(t, "127.0.0.1", "b.example"); got != "allow" {
 		t.Errorf("after the file changed: b.example got %s, want allow", got)
 	}
 	if got := d.get(t, "/readyz"); got != "ready\n" {

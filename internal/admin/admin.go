@@ -19,6 +19,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -38,6 +39,10 @@ type Config struct {
 	// RestartPending lists the settings of the policy in force that wait
 	// for a restart. If nil, /v1/policy lists none.
 	RestartPending func() []Pending
+	// Local is this host's addresses: /v1/explain serves a source that is
+	// one of them as the DNS firewall and the proxy do. If nil, only
+	// loopback is this host.
+	Local netaddr.Host
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -91,7 +96,7 @@ func Handler(c Config) http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give both from (an IP) and to (name:port or ip:port), e.g. /v1/explain?from=10.1.0.7&to=api.bank.example:443"})
 			return
 		}
-		res, err := explain.Explain(c.Policy(), from, to)
+		res, err := explain.Explain(c.Policy(), from, to, c.Local)
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
@@ -138,10 +143,56 @@ type Summary struct {
 	Backend    string              `json:"firewall_backend"`
 	Upstreams  []string            `json:"upstreams"`
 	Sources    map[string][]string `json:"sources"`
-	Rules      []RuleSummary       `json:"rules"`
+	// SourceInterfaces lists the interfaces of the source groups tied to
+	// some (the long form's interfaces key); other groups match on any.
+	SourceInterfaces map[string][]string `json:"source_interfaces"`
+	Inside           InsideSummary       `json:"inside"`
+	Firewall         FirewallSummary     `json:"firewall"`
+	DNS              DNSSummary          `json:"dns"`
+	Rules            []RuleSummary       `json:"rules"`
 	// RestartPending lists the settings that wait for a restart; empty
 	// when every setting of the policy is in force.
 	RestartPending []Pending `json:"restart_pending"`
+}
+
+// InsideSummary is who fqdngate serves (policy.Inside).
+type InsideSummary struct {
+	// Explicit is true when the policy's inside key gives it, false when
+	// it is the source groups.
+	Explicit bool `json:"explicit"`
+	// Description says it in words, as explain does.
+	Description string `json:"description"`
+	// Parts are its ways of being inside: a source in a part's ranges
+	// (any, when empty) arriving on one of its interfaces (any, when
+	// empty). None: only this host is served.
+	Parts []InsidePartSummary `json:"parts"`
+}
+
+// InsidePartSummary is one way of being inside.
+type InsidePartSummary struct {
+	Group      string   `json:"group,omitempty"` // the source group tied to interfaces it comes from, if any
+	Ranges     []string `json:"ranges"`
+	Interfaces []string `json:"interfaces"`
+}
+
+// FirewallSummary is the kernel enforcement's settings.
+type FirewallSummary struct {
+	Backend          string   `json:"backend"`
+	Hook             string   `json:"hook"`
+	Table            string   `json:"table"`
+	ReversePath      string   `json:"reverse_path"`
+	DenyWith         string   `json:"deny_with"`
+	LogAllowed       string   `json:"log_allowed"`
+	TransparentPorts []uint16 `json:"transparent_ports"`
+}
+
+// DNSSummary is the DNS firewall's settings that decide what it answers.
+type DNSSummary struct {
+	DenyWith            string `json:"deny_with"`
+	InspectCNAME        bool   `json:"inspect_cname"`
+	WildcardBudget      int    `json:"wildcard_budget"`
+	RebindingProtection bool   `json:"rebinding_protection"`
+	StripECH            bool   `json:"strip_ech"`
 }
 
 // RuleSummary is one rule in a Summary.
@@ -152,16 +203,41 @@ type RuleSummary struct {
 	Ports   []string `json:"ports"`
 	Refresh string   `json:"refresh,omitempty"`
 	Verify  bool     `json:"tls_verify,omitempty"`
+	// InspectTunnels is the rule's inspect_tunnels: whether the proxy
+	// reads the first bytes of its CONNECT tunnels.
+	InspectTunnels bool `json:"inspect_tunnels"`
 }
 
 // Summarize describes p; generation is reported as given.
 func Summarize(p *policy.Policy, generation uint64) Summary {
 	s := Summary{
 		File: p.File, Generation: generation, Mode: p.Mode.String(),
-		Listen:  map[string]string{"dns": p.Listen.DNS, "proxy": p.Listen.Proxy, "transparent": p.Listen.Transparent, "admin": p.Listen.Admin},
-		Backend: p.Firewall.Backend.String(),
-		Sources: map[string][]string{},
-		Rules:   []RuleSummary{},
+		Listen:           map[string]string{"dns": p.Listen.DNS, "proxy": p.Listen.Proxy, "transparent": p.Listen.Transparent, "admin": p.Listen.Admin},
+		Backend:          p.Firewall.Backend.String(),
+		Sources:          map[string][]string{},
+		SourceInterfaces: map[string][]string{},
+		Inside: InsideSummary{
+			Explicit:    p.InsideSpec.Explicit,
+			Description: p.DescribeInside(),
+			Parts:       []InsidePartSummary{},
+		},
+		Firewall: FirewallSummary{
+			Backend:          p.Firewall.Backend.String(),
+			Hook:             p.Firewall.Hook.String(),
+			Table:            p.Firewall.Table,
+			ReversePath:      p.Firewall.ReversePath.String(),
+			DenyWith:         p.Firewall.DenyWith.String(),
+			LogAllowed:       p.Firewall.LogAllowed.String(),
+			TransparentPorts: append([]uint16{}, p.Firewall.TransparentPorts...),
+		},
+		DNS: DNSSummary{
+			DenyWith:            p.DNS.DenyWith.String(),
+			InspectCNAME:        p.DNS.InspectCNAME,
+			WildcardBudget:      p.DNS.WildcardBudget,
+			RebindingProtection: p.DNS.RebindingProtection,
+			StripECH:            p.DNS.StripECH,
+		},
+		Rules: []RuleSummary{},
 
 		RestartPending: []Pending{},
 	}
@@ -169,21 +245,27 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 		s.Upstreams = append(s.Upstreams, u.String())
 	}
 	for g, pfx := range p.Sources {
-		for _, x := range pfx {
-			s.Sources[g] = append(s.Sources[g], x.String())
-		}
+		s.Sources[g] = prefixStrings(pfx)
+	}
+	for g, ifs := range p.SourceInterfaces {
+		s.SourceInterfaces[g] = append([]string{}, ifs...)
+	}
+	for _, part := range p.InsideSpec.Parts {
+		s.Inside.Parts = append(s.Inside.Parts, InsidePartSummary{
+			Group:      part.Name,
+			Ranges:     prefixStrings(part.Prefixes),
+			Interfaces: append([]string{}, part.Interfaces...),
+		})
 	}
 	for _, r := range p.Rules {
-		rs := RuleSummary{Name: r.Name, From: r.From, To: []string{}, Verify: r.TLS != nil && r.TLS.Verify}
+		rs := RuleSummary{Name: r.Name, From: r.From, To: []string{}, Verify: r.TLS != nil && r.TLS.Verify, InspectTunnels: !r.UninspectedTunnels}
 		if rs.From == nil {
 			rs.From = []string{}
 		}
 		for _, n := range r.Names {
 			rs.To = append(rs.To, n.Raw)
 		}
-		for _, x := range r.Prefixes {
-			rs.To = append(rs.To, x.String())
-		}
+		rs.To = append(rs.To, prefixStrings(r.Prefixes)...)
 		for _, pr := range r.Ports {
 			rs.Ports = append(rs.Ports, FormatPorts(pr))
 		}
@@ -193,6 +275,15 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 		s.Rules = append(s.Rules, rs)
 	}
 	return s
+}
+
+// prefixStrings writes prefixes as the policy does; never nil.
+func prefixStrings(pfx []netip.Prefix) []string {
+	out := make([]string, 0, len(pfx))
+	for _, x := range pfx {
+		out = append(out, x.String())
+	}
+	return out
 }
 
 // FormatPorts writes a port range the way the policy spells it.

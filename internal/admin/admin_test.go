@@ -14,12 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 const testPolicy = `listen: {dns: "", proxy: "", admin: ""}
 sources:
   payments: [10.1.0.0/24]
+  others: [10.9.0.0/24]
 rules:
   - name: bank-api
     from: [payments]
@@ -46,6 +48,7 @@ func newServer(t *testing.T, ready func() error) *httptest.Server {
 		Generation: func() uint64 { return 7 },
 		Ready:      ready,
 		Gatherer:   reg,
+		Local:      netaddr.HostList{netip.MustParseAddr("192.0.2.129")},
 		Learned: func() []learn.Entry {
 			return []learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
 		},
@@ -78,7 +81,9 @@ func TestEndpoints(t *testing.T) {
 		{"/v1/policy", 200, []string{`"generation": 7`, `"name": "bank-api"`, `"8000-8100/udp"`, `"refresh": "30s"`, `"203.0.113.0/24"`}},
 		{"/v1/explain?from=10.1.0.7&to=x.edge.bank.example:443", 200, []string{`"action": "allow"`, `"rule": "bank-api"`, `"pattern": "*.edge.bank.example"`, `"group": "payments"`}},
 		{"/v1/explain?from=10.9.0.7&to=api.bank.example", 200, []string{`"action": "deny"`, `"rule": ""`, `"near_rule": "bank-api"`}},
-		{"/v1/explain?from=10.9.0.7&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"rule": "partner-db"`}},
+		{"/v1/explain?from=10.9.0.7&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"rule": "partner-db"`, `"served": true`, `"inspect_tunnels": true`}},
+		{"/v1/explain?from=203.0.113.9&to=203.0.113.5:5432", 200, []string{`"action": "deny"`, `"served": false`, `"reason": "not served: 203.0.113.9 is outside the inside (inside: source groups others, payments)"`}},
+		{"/v1/explain?from=192.0.2.129&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"served": true`}},
 		{"/v1/explain?from=10.9.0.7", 400, []string{"give both from"}},
 		{"/v1/explain?from=nonsense&to=a.example", 400, []string{"not an IP"}},
 		{"/v1/learned", 200, []string{`"name": "api.bank.example"`, `"address": "192.0.2.10"`, `"group": "payments"`, `"expires_in": "1m30s"`}},
@@ -114,6 +119,131 @@ func TestPolicySummaryIsJSON(t *testing.T) {
 	}
 	if len(s.Rules) != 2 || s.Rules[0].From[0] != "payments" || len(s.Rules[1].From) != 0 {
 		t.Errorf("got rules %+v", s.Rules)
+	}
+}
+
+// TestPolicySummary: /v1/policy shows who is served (the inside, and
+// whether the policy names it or it is the source groups), the source
+// groups' interfaces, the kernel's settings, the DNS settings that decide
+// answers, and each rule's tunnel inspection.
+func TestPolicySummary(t *testing.T) {
+	tests := []struct {
+		name, policy string
+		want         []string // pieces of the indented JSON
+	}{
+		{"source groups, one tied", `listen: {dns: "0.0.0.0:53", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53], wildcard_budget: 50, inspect_cname: false}
+firewall: {backend: nftables, hook: forward, reverse_path: loose, deny_with: reject, log_allowed: sampled, state_file: ""}
+sources:
+  payments: {cidrs: [10.1.0.0/24, "2001:db8:1::/64"], interfaces: [eth1]}
+  office: [10.2.0.0/16]
+rules:
+  - name: db
+    from: [office]
+    to: [203.0.113.0/24]
+    ports: [5432]
+    inspect_tunnels: false
+  - name: web
+    from: [payments]
+    to: ["*.bank.example"]
+`, []string{
+			`"source_interfaces": {
+    "payments": [
+      "eth1"
+    ]
+  }`,
+			`"inside": {
+    "explicit": false,
+    "description": "source groups office, payments (on eth1)",
+    "parts": [
+      {
+        "ranges": [
+          "10.2.0.0/16"
+        ],
+        "interfaces": []
+      },
+      {
+        "group": "payments",
+        "ranges": [
+          "10.1.0.0/24",
+          "2001:db8:1::/64"
+        ],
+        "interfaces": [
+          "eth1"
+        ]
+      }
+    ]
+  }`,
+			`"firewall": {
+    "backend": "nftables",
+    "hook": "forward",
+    "table": "fqdngate",
+    "reverse_path": "loose",
+    "deny_with": "reject",
+    "log_allowed": "sampled",
+    "transparent_ports": []
+  }`,
+			`"dns": {
+    "deny_with": "nxdomain",
+    "inspect_cname": false,
+    "wildcard_budget": 50,
+    "rebinding_protection": true,
+    "strip_ech": true
+  }`,
+			`"name": "db",`, `"inspect_tunnels": false`,
+			`"name": "web",`, `"inspect_tunnels": true`,
+		}},
+		{"an explicit inside, defaults", `listen: {dns: "0.0.0.0:53", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53]}
+firewall: {backend: nftables, hook: forward, state_file: ""}
+inside: {ranges: [10.0.0.0/8], interfaces: [eth1, eth2]}
+rules:
+  - name: web
+    to: [www.example.com]
+`, []string{
+			`"source_interfaces": {}`,
+			`"inside": {
+    "explicit": true,
+    "description": "inside.ranges 10.0.0.0/8 arriving on inside.interfaces eth1, eth2",
+    "parts": [
+      {
+        "ranges": [
+          "10.0.0.0/8"
+        ],
+        "interfaces": [
+          "eth1",
+          "eth2"
+        ]
+      }
+    ]
+  }`,
+			`"reverse_path": "strict"`, `"deny_with": "drop"`, `"log_allowed": "off"`,
+			`"inspect_cname": true`, `"wildcard_budget": 300`, `"inspect_tunnels": true`,
+		}},
+		{"no inside", testPolicy[:strings.Index(testPolicy, "sources:")] + "rules: [{name: a, to: a.example}]\n", []string{
+			`"inside": {
+    "explicit": false,
+    "description": "none: the policy has no source groups and no inside key",
+    "parts": []
+  }`,
+			`"sources": {}`, `"reverse_path": "off"`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := policy.Parse("test.yaml", []byte(tt.policy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(Handler(Config{Policy: func() *policy.Policy { return p }}))
+			defer srv.Close()
+			_, body := get(t, srv.URL+"/v1/policy")
+			for _, w := range tt.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("/v1/policy lacks\n%s\nin\n%s", w, body)
+				}
+			}
+		})
 	}
 }
 

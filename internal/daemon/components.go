@@ -252,6 +252,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Learned:        c.learned,
 			Gatherer:       c.d.reg,
 			RestartPending: c.d.restartPending,
+			Local:          c.local,
 		})
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":
@@ -376,7 +377,8 @@ func (u *upstreams) close() {
 	}
 }
 
-// listenDNS opens UDP and TCP on one address. For port 0 the TCP port must
+// listenDNS opens UDP and TCP on one address, of its family only for an
+// IPv4 address (policy.ListenNetwork). For port 0 the TCP port must
 // be the one UDP was given, which another socket may hold: try a few.
 func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	ap, err := netip.ParseAddrPort(addr)
@@ -385,11 +387,11 @@ func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	}
 	var lastErr error
 	for range 10 {
-		pc, err := net.ListenPacket("udp", addr)
+		pc, err := net.ListenPacket(policy.ListenNetwork("udp", addr), addr)
 		if err != nil {
 			return nil, nil, err
 		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		ln, err := net.Listen(policy.ListenNetwork("tcp", addr), pc.LocalAddr().String())
 		if err == nil {
 			return pc, ln, nil
 		}
@@ -445,5 +447,39 @@ func registerFirewallMetrics(reg prometheus.Registerer, b *nft.Backend) {
 			Name: "fqdngate_firewall_allow_logs_lost_total",
 			Help: "Allowed connections the kernel logged that fqdngate could not read or attribute to a rule.",
 		}, func() float64 { return float64(b.Stats().AllowLogsLost) }),
+		newDropsCollector(b),
 	)
+}
+
+// dropsCollector reads the kernel's counters of the packets the table
+// drops before the policy (nft.Drops) when /metrics is scraped: they are
+// the kernel's, and no packet reaches fqdngate to be counted otherwise.
+type dropsCollector struct {
+	b                    *nft.Backend
+	reversePath, outside *prometheus.Desc
+}
+
+func newDropsCollector(b *nft.Backend) dropsCollector {
+	return dropsCollector{
+		b: b,
+		reversePath: prometheus.NewDesc("fqdngate_firewall_reverse_path_drops_total",
+			"Packets the kernel dropped because their source address does not route back the way they came (firewall.reverse_path; in audit mode counted, not dropped).", nil, nil),
+		outside: prometheus.NewDesc("fqdngate_firewall_outside_drops_total",
+			"Packets for fqdngate's listeners (dns, proxy, transparent) from outside the inside, dropped by the kernel.", []string{"listener"}, nil),
+	}
+}
+
+func (c dropsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.reversePath
+	ch <- c.outside
+}
+
+// Collect reports the counts; when the table cannot be read (it is being
+// put back, say), the last counts read, which the next scrape catches up on.
+func (c dropsCollector) Collect(ch chan<- prometheus.Metric) {
+	d, _ := c.b.Drops()
+	ch <- prometheus.MustNewConstMetric(c.reversePath, prometheus.CounterValue, float64(d.ReversePath))
+	for l, n := range d.Outside {
+		ch <- prometheus.MustNewConstMetric(c.outside, prometheus.CounterValue, float64(n), l)
+	}
 }

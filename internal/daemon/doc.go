@@ -14,7 +14,9 @@
 //	client ──redirected :443──▶ transparent proxy ──peek SNI/Host──▶ same path
 //
 //	kernel ──RTM_NEWADDR/DELADDR──▶ localaddr.Set (this host's addresses): stripped from answers by
-//	                                 dnsfw, never dialled by the proxy (netaddr.Local)
+//	                                 dnsfw, never dialled by the proxy (netaddr.Local); as clients,
+//	                                 this host, served like loopback (policy.InsideConn)
+//	nft table's drop counters ──read at scrape──▶ fqdngate_firewall_{reverse_path,outside}_drops_total
 //
 //	every decision ──▶ audit.Logger (one line) + metrics; admin serves health, metrics, /v1/*
 //

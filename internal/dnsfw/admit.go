@@ -188,7 +188,7 @@ func (f *Firewall) admitUpstream(x *exchange, name string, now time.Time) bool {
 	if a.pol == nil || a.pol.DNS.WildcardBudget <= 0 {
 		return true // not a client's query (a refresh, the proxy's lookups), or no budget
 	}
-	pattern := wildcardPattern(a.allow)
+	pattern := a.allow.WildcardPattern()
 	if pattern == "" || f.budgets.charge(x.src.Addr(), pattern, name, a.pol.DNS.WildcardBudget, now) {
 		return true
 	}

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"sync"
 	"time"
-
-	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // budgetWindow is how long a client's budget of new names under a
@@ -126,22 +124,4 @@ func (b *budgets) size() (buckets, names int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.cur) + len(b.prev), b.curNames + b.prevNames
-}
-
-// wildcardPattern returns the pattern, as written, by which d's rule
-// allowed the name when it is a wildcard (*., **. or the .example.com
-// form); "" when an exact name did.
-func wildcardPattern(d policy.Decision) string {
-	if d.Rule == nil || d.Pattern == "" {
-		return ""
-	}
-	for _, pat := range d.Rule.Names {
-		if pat.Raw == d.Pattern {
-			if pat.Kind == policy.Exact {
-				return ""
-			}
-			return pat.Raw
-		}
-	}
-	return ""
 }

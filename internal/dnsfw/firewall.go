@@ -93,7 +93,9 @@ type Config struct {
 	Verify func(ctx context.Context, name string, addr netip.Addr, port uint16, t *policy.TLS) error
 	// Local is the set of this host's own addresses, kept current as they
 	// come and go (*localaddr.Set). Rebinding protection removes them from
-	// answers as it removes loopback. If nil, only loopback is.
+	// answers as it removes loopback, and a query from one of them is this
+	// host's own, served like loopback's (policy.InsideConn). If nil, only
+	// loopback is either.
 	Local HostAddrs
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time

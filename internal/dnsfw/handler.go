@@ -64,7 +64,7 @@ type handler struct {
 }
 
 func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	if !h.f.fromInside(remoteAddr(w), addrPortOf(w.LocalAddr()).Addr()) {
+	if !h.f.fromInside(remoteAddr(w), addrPortOf(w.LocalAddr()).Addr(), h.tcp) {
 		return // no reply
 	}
 	x := exchangePool.Get().(*exchange)

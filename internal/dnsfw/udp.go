@@ -150,7 +150,7 @@ func (s *udpServer) read(ctx context.Context) error {
 			}
 			return err
 		}
-		if p.n < dnsHeaderSize || !s.f.fromInside(p.from, s.local) {
+		if p.n < dnsHeaderSize || !s.f.fromInside(p.from, s.local, false) {
 			s.bufs.put(bp) // too short to answer, even with FORMERR; or from outside
 			continue
 		}
@@ -203,7 +203,7 @@ func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn, fq *fastQuery
 		}
 		for i := range n {
 			b, from, truncated := mc.datagram(i)
-			if len(b) < dnsHeaderSize || !s.f.fromInside(from, s.local) {
+			if len(b) < dnsHeaderSize || !s.f.fromInside(from, s.local, false) {
 				continue // too short to answer, even with FORMERR; or from outside
 			}
 			fq.admitted = false

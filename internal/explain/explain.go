@@ -1,6 +1,8 @@
 // Package explain turns one policy decision into the account an operator
-// reads: allow or deny, which rule decided, and why. The CLI's explain
-// command and the admin endpoint's /v1/explain both print it.
+// reads: allow or deny, which rule decided, and why; whether fqdngate
+// serves the source at all; and, for what is allowed, what else applies
+// (tunnel inspection, the wildcard budget). The CLI's explain command and
+// the admin endpoint's /v1/explain both print it.
 package explain
 
 import (
@@ -11,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -29,6 +32,33 @@ type Result struct {
 	Port         uint16   `json:"port"`
 	Proto        string   `json:"proto"`
 	Mode         string   `json:"mode"`
+	// Served is false when the source is outside the inside: the DNS
+	// firewall and the proxy do not serve it at all, whatever the rules
+	// say (Action is then deny, and Reason says so).
+	Served bool `json:"served"`
+	// Routed is, for a source that is not served on a gateway (hook:
+	// forward), the kernel's decision for its traffic routed through,
+	// when it lets it pass: rules without from apply to every source, and
+	// audit mode lets everything through. Nil otherwise.
+	Routed *Routed `json:"routed,omitempty"`
+	// InspectTunnels says, for TCP allowed by a rule, whether the proxy
+	// reads the first bytes of the rule's CONNECT tunnels (the rule's
+	// inspect_tunnels).
+	InspectTunnels *bool `json:"inspect_tunnels,omitempty"`
+	// BudgetPattern is, for an allowed name under a wildcard, the pattern
+	// whose dns.wildcard_budget the name's queries are charged to, and
+	// WildcardBudget that budget (new names per minute per client; 0:
+	// none).
+	BudgetPattern  string `json:"budget_pattern,omitempty"`
+	WildcardBudget int    `json:"wildcard_budget,omitempty"`
+}
+
+// Routed is the kernel's decision for traffic of a source the gateway does
+// not serve.
+type Routed struct {
+	Action  string `json:"action"`
+	Rule    string `json:"rule"`
+	Pattern string `json:"pattern,omitempty"`
 }
 
 // Target is a parsed destination: a name or an address, with a port.
@@ -74,8 +104,10 @@ func ParseTarget(s string) (Target, error) {
 	return t, nil
 }
 
-// Explain decides whether from may reach to under p.
-func Explain(p *policy.Policy, from, to string) (Result, error) {
+// Explain decides whether from may reach to under p, as the daemon would
+// on a host whose own addresses are host (nil: none known, as for the
+// CLI, which answers from the policy alone).
+func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, error) {
 	src, err := netip.ParseAddr(from)
 	if err != nil {
 		return Result{}, fmt.Errorf("source %q is not an IP address", from)
@@ -84,7 +116,8 @@ func Explain(p *policy.Policy, from, to string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	d := p.Decide(policy.Query{Source: src, Name: t.Name, Addr: t.Addr, Port: t.Port, Proto: t.Proto})
+	q := policy.Query{Source: src, Name: t.Name, Addr: t.Addr, Port: t.Port, Proto: t.Proto}
+	d := p.Decide(q)
 	r := Result{
 		Action:       d.Action.String(),
 		Rule:         d.RuleName(),
@@ -97,6 +130,8 @@ func Explain(p *policy.Policy, from, to string) (Result, error) {
 		Port:         t.Port,
 		Proto:        t.Proto.String(),
 		Mode:         p.Mode.String(),
+		// As a datagram query would be: the first thing a client asks.
+		Served: p.InsideConn(src, netip.Addr{}, host, false),
 	}
 	if r.To == "" {
 		r.To = t.Addr.String()
@@ -106,6 +141,32 @@ func Explain(p *policy.Policy, from, to string) (Result, error) {
 	}
 	if d.NearRule != nil {
 		r.NearRule = d.NearRule.Name
+	}
+	if !r.Served {
+		if p.Firewall.Backend == policy.BackendNftables && p.Firewall.Hook == policy.HookForward && d.Action.Permits() {
+			r.Routed = &Routed{Action: r.Action}
+			if d.Rule != nil {
+				r.Routed.Rule, r.Routed.Pattern = r.Rule, r.Pattern
+			}
+		}
+		r.Action, r.Rule, r.Pattern, r.Group, r.NearRule = policy.Deny.String(), "", "", "", ""
+		r.Reason = fmt.Sprintf("not served: %s is outside the inside (inside: %s)", r.From, p.DescribeInside())
+		return r, nil
+	}
+	if d.Action != policy.Allow {
+		return r, nil
+	}
+	if t.Proto == policy.TCP {
+		inspected := !d.Rule.UninspectedTunnels
+		r.InspectTunnels = &inspected
+	}
+	if t.Name != "" {
+		// The budget is charged by the DNS firewall's decision, which
+		// asks for the name on any port.
+		dq := policy.Query{Source: src, Name: t.Name, AnyPort: true}
+		if pat := p.Decide(dq).WildcardPattern(); pat != "" {
+			r.BudgetPattern, r.WildcardBudget = pat, p.DNS.WildcardBudget
+		}
 	}
 	return r, nil
 }
@@ -120,6 +181,17 @@ func (r Result) Text() string {
 	}
 	fmt.Fprintf(&b, "  source groups: %s\n", groups)
 	switch {
+	case !r.Served:
+		fmt.Fprintf(&b, "  reason:  %s\n", r.Reason)
+		b.WriteString("           fqdngate answers DNS and proxies only for its inside and this host\n")
+		switch {
+		case r.Routed == nil:
+		case r.Routed.Rule != "":
+			fmt.Fprintf(&b, "  routed:  the kernel still lets this source's traffic through the gateway by rule %s (pattern %s), which applies to every source\n", r.Routed.Rule, r.Routed.Pattern)
+		default:
+			b.WriteString("  routed:  in audit mode the kernel still lets this source's traffic through the gateway, counted as would-deny\n")
+		}
+		return b.String()
 	case r.Rule != "":
 		fmt.Fprintf(&b, "  rule:    %s\n  pattern: %s\n", r.Rule, r.Pattern)
 		if r.Group != "" {
@@ -131,6 +203,20 @@ func (r Result) Text() string {
 		fmt.Fprintf(&b, "  reason:  %s\n  closest: rule %s (pattern %s)\n", r.Reason, r.NearRule, r.Pattern)
 	default:
 		fmt.Fprintf(&b, "  reason:  %s\n", r.Reason)
+	}
+	if r.InspectTunnels != nil {
+		if *r.InspectTunnels {
+			b.WriteString("  tunnels: inspected: a CONNECT tunnel must begin with a TLS hello or HTTP request for a name this rule allows (inspect_tunnels)\n")
+		} else {
+			b.WriteString("  tunnels: not inspected (inspect_tunnels: false): a CONNECT tunnel may carry anything to the address dialled\n")
+		}
+	}
+	if r.BudgetPattern != "" {
+		if r.WildcardBudget > 0 {
+			fmt.Fprintf(&b, "  budget:  %d new names a minute per client under %s (dns.wildcard_budget)\n", r.WildcardBudget, r.BudgetPattern)
+		} else {
+			fmt.Fprintf(&b, "  budget:  none: dns.wildcard_budget is 0, every new name under %s reaches the upstream\n", r.BudgetPattern)
+		}
 	}
 	if r.Action == "would-deny" {
 		b.WriteString("  mode:    audit, so this traffic is let through and logged as would-deny\n")

@@ -1,10 +1,13 @@
 package explain
 
 import (
+	"encoding/json"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -40,28 +43,155 @@ func TestParseTarget(t *testing.T) {
 	}
 }
 
-func TestExplainText(t *testing.T) {
-	p, err := policy.Parse("t.yaml", []byte(`listen: {dns: "", proxy: "", admin: ""}
+const explainPolicy = `listen: {dns: "", proxy: "", admin: ""}
 sources: {payments: [10.1.0.0/24]}
 rules:
   - name: bank-api
     from: [payments]
     to: ["*.bank.example"]
-`))
+    ports: [443, 53/udp]
+  - name: db
+    from: [payments]
+    to: [db.partner.example]
+    ports: [5432]
+    inspect_tunnels: false
+  - name: partner
+    to: [203.0.113.0/24, "**.cdn.example"]
+`
+
+// gatewayPolicy is explainPolicy on a gateway, where the kernel applies
+// the rules to every source routed through.
+const gatewayPolicy = `firewall: {backend: nftables, hook: forward, state_file: ""}
+dns: {upstreams: [192.0.2.53], wildcard_budget: 0}
+` + explainPolicy
+
+func TestExplain(t *testing.T) {
+	this := netaddr.HostList{netip.MustParseAddr("192.0.2.129")}
+	tests := []struct {
+		name     string
+		policy   string
+		host     netaddr.Host
+		from, to string
+		want     Result   // the fields compared: Action, Rule, Served, InspectTunnels, BudgetPattern, WildcardBudget, Routed
+		text     []string // lines the text holds
+		notText  []string // and does not
+	}{
+		{
+			name: "allowed under a wildcard", policy: explainPolicy, from: "10.1.0.7", to: "api.bank.example:443",
+			want: Result{Action: "allow", Rule: "bank-api", Served: true, InspectTunnels: ptr(true), BudgetPattern: "*.bank.example", WildcardBudget: 300},
+			text: []string{"ALLOW: 10.1.0.7 -> api.bank.example port 443/tcp", "rule:    bank-api", "via:     source group payments",
+				"tunnels: inspected", "budget:  300 new names a minute per client under *.bank.example (dns.wildcard_budget)"},
+		},
+		{
+			name: "allowed over UDP: no tunnels", policy: explainPolicy, from: "10.1.0.7", to: "ns.bank.example:53/udp",
+			want: Result{Action: "allow", Rule: "bank-api", Served: true, BudgetPattern: "*.bank.example", WildcardBudget: 300},
+			text: []string{"budget:  300"}, notText: []string{"tunnels:"},
+		},
+		{
+			name: "exact name, tunnels not inspected, no budget", policy: explainPolicy, from: "10.1.0.7", to: "db.partner.example:5432",
+			want: Result{Action: "allow", Rule: "db", Served: true, InspectTunnels: ptr(false)},
+			text: []string{"tunnels: not inspected (inspect_tunnels: false)"}, notText: []string{"budget:"},
+		},
+		{
+			name: "CIDR: no budget", policy: explainPolicy, from: "10.1.0.7", to: "203.0.113.7:443",
+			want:    Result{Action: "allow", Rule: "partner", Served: true, InspectTunnels: ptr(true)},
+			notText: []string{"budget:"},
+		},
+		{
+			name: "budget off", policy: gatewayPolicy, from: "10.1.0.7", to: "a.b.cdn.example",
+			want: Result{Action: "allow", Rule: "partner", Served: true, InspectTunnels: ptr(true), BudgetPattern: "**.cdn.example"},
+			text: []string{"budget:  none: dns.wildcard_budget is 0, every new name under **.cdn.example reaches the upstream"},
+		},
+		{
+			name: "denied on a port: no extras", policy: explainPolicy, from: "10.1.0.7", to: "api.bank.example:80",
+			want:    Result{Action: "deny", Served: true},
+			text:    []string{"DENY: 10.1.0.7 -> api.bank.example port 80/tcp", "source groups: payments", "not on this port", "closest: rule bank-api (pattern *.bank.example)"},
+			notText: []string{"tunnels:", "budget:"},
+		},
+		{
+			name: "outside the inside", policy: explainPolicy, from: "203.0.113.9", to: "x.cdn.example",
+			want: Result{Action: "deny", Served: false},
+			text: []string{"DENY: 203.0.113.9 -> x.cdn.example port 443/tcp",
+				"reason:  not served: 203.0.113.9 is outside the inside (inside: source groups payments)",
+				"only for its inside and this host"},
+			notText: []string{"rule:", "tunnels:", "budget:", "routed:"},
+		},
+		{
+			name: "outside, on a gateway that routes it", policy: gatewayPolicy, from: "198.51.100.9", to: "203.0.113.7:443",
+			want: Result{Action: "deny", Served: false, Routed: &Routed{Action: "allow", Rule: "partner", Pattern: "203.0.113.0/24"}},
+			text: []string{"not served: 198.51.100.9 is outside the inside",
+				"routed:  the kernel still lets this source's traffic through the gateway by rule partner (pattern 203.0.113.0/24)"},
+		},
+		{
+			name: "outside, on a gateway that drops it", policy: gatewayPolicy, from: "198.51.100.9", to: "api.bank.example",
+			want: Result{Action: "deny", Served: false}, notText: []string{"routed:"},
+		},
+		{
+			name: "outside, on a gateway in audit mode", policy: "mode: audit\n" + gatewayPolicy, from: "198.51.100.9", to: "api.bank.example",
+			want: Result{Action: "deny", Served: false, Routed: &Routed{Action: "would-deny"}},
+			text: []string{"routed:  in audit mode the kernel still lets this source's traffic through the gateway, counted as would-deny"},
+		},
+		{
+			name: "loopback is this host", policy: explainPolicy, from: "127.0.0.1", to: "203.0.113.7:443",
+			want: Result{Action: "allow", Rule: "partner", Served: true, InspectTunnels: ptr(true)},
+		},
+		{
+			name: "an address of this host, known", policy: explainPolicy, host: this, from: "192.0.2.129", to: "203.0.113.7:443",
+			want: Result{Action: "allow", Rule: "partner", Served: true, InspectTunnels: ptr(true)},
+		},
+		{
+			name: "an address of this host, unknown", policy: explainPolicy, from: "192.0.2.129", to: "203.0.113.7:443",
+			want: Result{Action: "deny", Served: false},
+		},
+		{
+			name: "no inside at all", policy: "listen: {dns: \"\", proxy: \"\", admin: \"\"}\nrules: [{name: a, to: a.example}]\n", from: "192.0.2.1", to: "a.example",
+			want: Result{Action: "deny", Served: false},
+			text: []string{"(inside: none: the policy has no source groups and no inside key)"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := policy.Parse("t.yaml", []byte(tt.policy))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := Explain(p, tt.from, tt.to, tt.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := Result{Action: res.Action, Rule: res.Rule, Served: res.Served, InspectTunnels: res.InspectTunnels,
+				BudgetPattern: res.BudgetPattern, WildcardBudget: res.WildcardBudget, Routed: res.Routed}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %s, want %s", show(got), show(tt.want))
+			}
+			text := res.Text()
+			for _, w := range tt.text {
+				if !strings.Contains(text, w) {
+					t.Errorf("text lacks %q:\n%s", w, text)
+				}
+			}
+			for _, w := range tt.notText {
+				if strings.Contains(text, w) {
+					t.Errorf("text holds %q:\n%s", w, text)
+				}
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func show(r Result) string {
+	b, _ := json.Marshal(r)
+	return string(b)
+}
+
+func TestExplainBadSource(t *testing.T) {
+	p, err := policy.Parse("t.yaml", []byte(explainPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Explain(p, "10.1.0.7", "api.bank.example:80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := res.Text()
-	for _, w := range []string{"DENY: 10.1.0.7 -> api.bank.example port 80/tcp", "source groups: payments", "not on this port", "closest: rule bank-api (pattern *.bank.example)"} {
-		if !strings.Contains(got, w) {
-			t.Errorf("text lacks %q:\n%s", w, got)
-		}
-	}
-	if _, err := Explain(p, "not-an-ip", "a.example"); err == nil {
+	if _, err := Explain(p, "not-an-ip", "a.example", nil); err == nil {
 		t.Error("a source that is not an IP must be an error")
 	}
 }

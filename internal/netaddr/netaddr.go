@@ -125,6 +125,22 @@ type Host interface {
 	Contains(netip.Addr) bool
 }
 
+// HostList is a Host that holds a fixed list of addresses, for tests and
+// for callers that know them once. Like *localaddr.Set, it ignores zones
+// and reads an IPv4-mapped address as the IPv4 address it carries.
+type HostList []netip.Addr
+
+// Contains reports whether a is in the list.
+func (h HostList) Contains(a netip.Addr) bool {
+	a = a.WithZone("").Unmap()
+	for _, x := range h {
+		if x.WithZone("").Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
 // Classifier classifies addresses the way Classify does, except that an
 // address of this host's interfaces is Local. Its zero value knows no host
 // addresses and is Classify.

@@ -122,20 +122,8 @@ func TestUnmap(t *testing.T) {
 	}
 }
 
-// hostAddrs is a fixed Host.
-type hostAddrs []netip.Addr
-
-func (h hostAddrs) Contains(a netip.Addr) bool {
-	for _, x := range h {
-		if x == a {
-			return true
-		}
-	}
-	return false
-}
-
 func TestClassifierLocal(t *testing.T) {
-	host := hostAddrs{
+	host := HostList{
 		netip.MustParseAddr("192.0.2.1"),   // a public (documentation) address of the host
 		netip.MustParseAddr("10.0.0.1"),    // a private one
 		netip.MustParseAddr("2001:db8::1"), // IPv6

@@ -144,6 +144,8 @@ type Backend struct {
 	// shape is the table's structure as the last commit left it (see
 	// shapeLocked), for the watcher's periodic check; "" if unknown.
 	shape string
+	// drops adds up the drop counters commits reset (see Drops).
+	drops dropCounts
 	// query reads the table's structure for the watcher (nil unless
 	// Config.Watch); ports are the netlink ports of conn and elems, whose
 	// transactions are the backend's own.
@@ -512,6 +514,11 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	} else if chains, err = b.listChains(); err != nil {
 		return commitResult{}, err
 	}
+	// The commit replaces every rule, and the drop counters with them:
+	// what they hold is kept, added once the commit succeeds. Reading them
+	// sends nothing of the transaction. A failed read costs only what they
+	// held (Drops never reports less than it did).
+	counted, _ := b.readDropsLocked(chains)
 	c.AddTable(b.table)
 	// Rules go first, so nothing references what is deleted below.
 	want := make(map[string]*chainSpec, len(d.chains))
@@ -604,6 +611,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	}
 	b.sets = sets
 	b.applied = d
+	b.drops.base = b.drops.base.plus(counted)
 	b.restored = true
 	b.saved = nil
 	b.setAllowNames(d.allowLog)

@@ -184,15 +184,15 @@ func reversePath(p *policy.Policy) *chainSpec {
 func listenerGuard(p *policy.Policy, lis listeners) *chainSpec {
 	proxy, _ := netip.ParseAddrPort(p.Listen.Proxy)
 	type listener struct {
-		key    string
+		name   string // as guardedListeners has it
 		ap     netip.AddrPort
 		protos []policy.Proto
 	}
 	var drops []ruleSpec
 	for _, l := range []listener{
-		{"listen.dns", lis.dns, []policy.Proto{policy.UDP, policy.TCP}},
-		{"listen.proxy", proxy, []policy.Proto{policy.TCP}},
-		{"listen.transparent", lis.transparent, []policy.Proto{policy.TCP}},
+		{"dns", lis.dns, []policy.Proto{policy.UDP, policy.TCP}},
+		{"proxy", proxy, []policy.Proto{policy.TCP}},
+		{"transparent", lis.transparent, []policy.Proto{policy.TCP}},
 	} {
 		if !l.ap.IsValid() {
 			continue
@@ -211,7 +211,7 @@ func listenerGuard(p *policy.Policy, lis listeners) *chainSpec {
 		for _, dst := range dsts {
 			for _, proto := range l.protos {
 				ms := append(slices.Clone(dst), match{kind: l4proto, proto: proto}, match{kind: dport, lo: l.ap.Port(), hi: l.ap.Port()})
-				drops = append(drops, ruleSpec{matches: ms, stmts: []stmt{{kind: counter}, {kind: drop}}, comment: l.key + " from outside"})
+				drops = append(drops, ruleSpec{matches: ms, stmts: []stmt{{kind: counter}, {kind: drop}}, comment: outsideComment(l.name)})
 			}
 		}
 	}

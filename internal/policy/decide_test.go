@@ -402,3 +402,34 @@ func cmpName(q Query) string {
 	}
 	return q.Addr.String()
 }
+
+// TestWildcardPattern: the pattern a name's dns.wildcard_budget is charged
+// to is the wildcard that allowed it; an exact name, a CIDR or no rule has
+// none.
+func TestWildcardPattern(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(upstreams+`rules:
+  - name: exact
+    to: [api.example.com]
+  - name: cdn
+    to: ["*.cdn.example.com", "**.edge.example.com", .static.example.com]
+  - name: cidr
+    to: [203.0.113.0/24]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, want string }{
+		{"api.example.com", ""},
+		{"a.cdn.example.com", "*.cdn.example.com"},
+		{"a.b.edge.example.com", "**.edge.example.com"},
+		{"static.example.com", ".static.example.com"},
+		{"x.static.example.com", ".static.example.com"},
+		{"203.0.113.7", ""},
+		{"evil.example", ""},
+	} {
+		d := p.Decide(Query{Source: netip.MustParseAddr("192.0.2.1"), Name: tt.name, AnyPort: true})
+		if got := d.WildcardPattern(); got != tt.want {
+			t.Errorf("%s: WildcardPattern() = %q, want %q (decision %v by %q)", tt.name, got, tt.want, d.Action, d.RuleName())
+		}
+	}
+}

@@ -102,6 +102,19 @@ func Steered(ap netip.AddrPort, hook Hook) (v4, v6 bool) {
 	return a.Is4(), a.Is6()
 }
 
+// ListenNetwork returns the network a listener at addr ("ip:port") binds,
+// for base "tcp" or "udp": an IPv4 address, 0.0.0.0 included, receives
+// IPv4 only (base+"4"), as Steered and the kernel's guard of fqdngate's
+// listeners take it; an IPv6 address receives its own family, and "[::]"
+// both. Go alone would bind "0.0.0.0" to both families, and IPv6 would
+// reach the listener unguarded.
+func ListenNetwork(base, addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Unmap().Is4() {
+		return base + "4"
+	}
+	return base
+}
+
 // familyUser says why some source may use IPv6 (is6) or IPv4: a rule
 // without from applies to every source (on a gateway, every source of the
 // inside, which is all that is steered), or a group a rule names has such

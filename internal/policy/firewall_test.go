@@ -128,6 +128,25 @@ func TestSteered(t *testing.T) {
 	}
 }
 
+// TestListenNetwork: an IPv4 listener, 0.0.0.0 included, binds IPv4 only,
+// as Steered has it; "[::]" binds both families.
+func TestListenNetwork(t *testing.T) {
+	for _, tt := range []struct{ addr, want string }{
+		{"0.0.0.0:53", "udp4"},
+		{"127.0.0.1:53", "udp4"},
+		{"198.51.100.1:53", "udp4"},
+		{"[::ffff:198.51.100.1]:53", "udp4"},
+		{"[::]:53", "udp"},
+		{"[::1]:53", "udp"},
+		{"[2001:db8::1]:53", "udp"},
+		{"not an address", "udp"},
+	} {
+		if got := ListenNetwork("udp", tt.addr); got != tt.want {
+			t.Errorf("ListenNetwork(udp, %q) = %q, want %q", tt.addr, got, tt.want)
+		}
+	}
+}
+
 func TestRuleByName(t *testing.T) {
 	p, err := Parse("p.yaml", []byte(steeringPolicy("forward", "[::]:3129", rulesA+"  - name: other\n    to: other.example\n")))
 	if err != nil {

@@ -187,7 +187,8 @@ func referenceSource(p *Policy, r *Rule, q Query) bool {
 //	go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./internal/policy/
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*.yaml")
-	files = append(files, "../../examples/quickstart.yaml")
+	examples, _ := filepath.Glob("../../examples/*.yaml")
+	files = append(files, examples...)
 	for _, file := range files {
 		data, err := os.ReadFile(file)
 		if err != nil {

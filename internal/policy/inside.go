@@ -6,12 +6,14 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fqdngate/fqdngate/internal/netaddr"
 )
 
 // Inside is the part of the network fqdngate serves: it answers DNS, proxies
 // and steers traffic (DNS redirect, transparent ports) for packets from the
-// inside only. A packet is from the inside when it matches one of Parts, or
-// comes from this host itself (loopback).
+// inside only. A packet is from the inside when it matches one of Parts;
+// this host itself is served too (see InsideConn).
 type Inside struct {
 	// Explicit is set when the policy has an inside key; otherwise Parts
 	// are the source groups.
@@ -57,14 +59,72 @@ func (p *Policy) Inside(src netip.Addr) bool {
 	return false
 }
 
-// InsideConn is Inside for a query or connection from src that arrived at
-// the local address local: one sent to a loopback address came from this
-// host (Linux drops packets for 127.0.0.0/8 and ::1 from elsewhere), even
-// when the kernel redirected it there from another of its addresses. On a
-// socket bound to a wildcard address, pass the socket's address when the
-// datagram's own is not known: only src decides then.
-func (p *Policy) InsideConn(src, local netip.Addr) bool {
-	return local.Unmap().IsLoopback() || p.Inside(src)
+// InsideConn is the inside check of the DNS firewall and the proxy: it
+// reports whether they serve a query or connection from src that arrived
+// at the local address local, on a host whose own addresses are host (nil:
+// none known); handshake says that src completed a handshake (TCP), so
+// that it is not forged. Besides the inside, this host itself is always
+// served:
+//
+//   - what was sent to a loopback address came from this host (Linux drops
+//     packets for 127.0.0.0/8 and ::1 from elsewhere), even when the kernel
+//     redirected it there from another of the host's addresses;
+//   - what comes from an address of this host is this host's own: a query
+//     the kernel redirected to loopback, arriving at a socket bound to a
+//     wildcard address, which cannot see where it was sent, or one a
+//     process sent to the host's outside address. Linux drops IPv4 packets
+//     from elsewhere that claim a local source (martians, unless the
+//     accept_local sysctl is on), but delivers such IPv6 ones. So an IPv6
+//     source is taken on its word only after a handshake, or with the
+//     nftables backend, whose listeners chain drops packets to fqdngate's
+//     listeners that arrive from neither loopback nor the inside.
+//
+// On a socket bound to a wildcard address, pass the socket's address when
+// the datagram's own is not known. InsideConn does not allocate if
+// host.Contains does not.
+func (p *Policy) InsideConn(src, local netip.Addr, host netaddr.Host, handshake bool) bool {
+	if local.Unmap().IsLoopback() || p.Inside(src) {
+		return true
+	}
+	if host == nil {
+		return false
+	}
+	a := sourceAddr(src)
+	if a.Is6() && !handshake && p.Firewall.Backend != BackendNftables {
+		return false
+	}
+	return host.Contains(a)
+}
+
+// DescribeInside says who the inside is, in the policy's words, for
+// explain: the inside key's ranges and interfaces, or the source groups
+// (with the interfaces of those tied to some), or that there is none.
+func (p *Policy) DescribeInside() string {
+	if p.InsideSpec.Explicit && len(p.InsideSpec.Parts) == 1 {
+		part := p.InsideSpec.Parts[0]
+		var out []string
+		if part.Prefixes != nil {
+			rs := make([]string, len(part.Prefixes))
+			for i, r := range part.Prefixes {
+				rs[i] = r.String()
+			}
+			out = append(out, "inside.ranges "+strings.Join(rs, ", "))
+		}
+		if part.Interfaces != nil {
+			out = append(out, "inside.interfaces "+strings.Join(part.Interfaces, ", "))
+		}
+		return strings.Join(out, " arriving on ")
+	}
+	if len(p.Sources) == 0 {
+		return "none: the policy has no source groups and no inside key"
+	}
+	groups := sortedKeys(p.Sources)
+	for i, g := range groups {
+		if ifs, ok := p.SourceInterfaces[g]; ok {
+			groups[i] = g + " (on " + strings.Join(ifs, ", ") + ")"
+		}
+	}
+	return "source groups " + strings.Join(groups, ", ")
 }
 
 // wireInside is the inside key as written.

@@ -477,6 +477,25 @@ type Decision struct {
 	NearRule *Rule
 }
 
+// WildcardPattern returns the pattern, as written, by which d's rule
+// allowed the name when it is a wildcard (*., **. or the .example.com
+// form): the pattern whose dns.wildcard_budget a query for the name is
+// charged to. It returns "" when an exact name or a CIDR did, or no rule.
+func (d Decision) WildcardPattern() string {
+	if d.Rule == nil || d.Pattern == "" {
+		return ""
+	}
+	for _, pat := range d.Rule.Names {
+		if pat.Raw == d.Pattern {
+			if pat.Kind == Exact {
+				return ""
+			}
+			return pat.Raw
+		}
+	}
+	return ""
+}
+
 // RuleName returns the deciding rule's name, or "".
 func (d Decision) RuleName() string {
 	if d.Rule == nil {

@@ -8,15 +8,15 @@ import (
 )
 
 // fromInside reports whether the proxy serves the client of c, which
-// listener accepted: fqdngate proxies for its inside only
-// (policy.InsideConn), even when a rule without from would allow the
-// destination to any source. A connection from outside is closed at once
+// listener accepted: fqdngate proxies for its inside and this host only
+// (policy.InsideConn, with Config.Local's addresses), even when a rule
+// without from would allow the destination to any source. A connection from outside is closed at once
 // by the caller, with no reply, and counted, never audited: a flood must
 // not become a flood of log lines. Without a policy the connection goes on
 // to be refused like any other.
 func (p *Proxy) fromInside(c net.Conn, listener string) bool {
 	pol := p.cfg.Policy()
-	if pol == nil || pol.InsideConn(remoteAddrPort(c).Addr(), localAddr(c)) {
+	if pol == nil || pol.InsideConn(remoteAddrPort(c).Addr(), localAddr(c), p.cfg.Local, true) {
 		return true
 	}
 	p.metrics.outside.WithLabelValues(listener).Inc()

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // Client keep-alive probes: the values net/http and net.Listen give every
@@ -22,7 +24,8 @@ const (
 // on the listening socket, whose options Linux copies to every connection
 // it accepts, instead of with four setsockopt calls per connection as
 // net.Listen does: a short tunnel makes about 35 system calls in all, so
-// that is a tenth of them.
+// that is a tenth of them. An IPv4 address, 0.0.0.0 included, receives
+// IPv4 only (policy.ListenNetwork).
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{
 		KeepAlive: -1, // the socket's own settings, inherited
@@ -30,7 +33,7 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 			return setKeepAlive(c, clientKeepAliveIdle)
 		},
 	}
-	return lc.Listen(ctx, "tcp", addr)
+	return lc.Listen(ctx, policy.ListenNetwork("tcp", addr), addr)
 }
 
 // setKeepAlive turns keep-alive on for socket c, idle before the first

@@ -56,8 +56,10 @@ type Config struct {
 	// Local is the set of this host's own addresses, kept current as they
 	// come and go (*localaddr.Set). The proxy never dials one unless a CIDR
 	// rule names it, whatever proxy.deny_private says: it would reach the
-	// gateway's own services. If nil, only fqdngate's listeners (Self) and,
-	// under deny_private, loopback are kept from.
+	// gateway's own services. A client at one of them is this host, served
+	// like loopback (policy.InsideConn). If nil, only fqdngate's listeners
+	// (Self) and, under deny_private, loopback are kept from, and only
+	// loopback clients are this host.
 	Local netaddr.Host
 	// Verifier checks upstream certificates for rules with tls.verify. If
 	// nil, a Verifier with default cache bounds is used.

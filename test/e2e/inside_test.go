@@ -124,6 +124,10 @@ func TestReversePathForgedSource(t *testing.T) {
 	if dropped < 4 {
 		t.Errorf("the reverse path check counted %d drops, want at least 4:\n%s %v", dropped, out, err)
 	}
+	// /metrics reads the same counter from the kernel.
+	if got := g.metric("fqdngate_firewall_reverse_path_drops_total"); got < float64(dropped) {
+		t.Errorf("fqdngate_firewall_reverse_path_drops_total = %v, want at least the chain's %d", got, dropped)
+	}
 	if t.Failed() {
 		out, _ := g.nft("list", "table", "inet", g.table)
 		t.Log(out)
@@ -322,6 +326,17 @@ func TestOutsideNotServed(t *testing.T) {
 	mustDrop(t, out, ap(armPay4, 8443))
 	if servedOutside(g) {
 		t.Errorf("fqdngate's DNS firewall or proxy decided traffic from the internet side; want it never served\n%s", g.logs())
+	}
+	// The kernel dropped them before fqdngate saw them, and /metrics
+	// says so: three servers over UDP and TCP, the proxy three times.
+	if got := g.metric(`fqdngate_firewall_outside_drops_total{listener="dns"}`); got < 6 {
+		t.Errorf(`fqdngate_firewall_outside_drops_total{listener="dns"} = %v, want at least 6`, got)
+	}
+	if got := g.metric(`fqdngate_firewall_outside_drops_total{listener="proxy"}`); got < 3 {
+		t.Errorf(`fqdngate_firewall_outside_drops_total{listener="proxy"} = %v, want at least 3`, got)
+	}
+	if got := g.metric(`fqdngate_dns_outside_dropped_total`); got != 0 {
+		t.Errorf("fqdngate_dns_outside_dropped_total = %v: a query from outside reached the DNS firewall past the kernel", got)
 	}
 	if t.Failed() {
 		t.Log(g.logs())

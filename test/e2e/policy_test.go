@@ -20,11 +20,16 @@ type policySettings struct {
 	firewall    []string
 	dns         string // more keys under dns:, each line indented two spaces, or ""
 	proxy       string // listen.proxy; "" for none
+	backend     string // firewall.backend; "" is nftables
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
 // rules key's list, indented by two spaces).
 func (s policySettings) render(rules string) string {
+	backend := s.backend
+	if backend == "" {
+		backend = "nftables"
+	}
 	p := fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: "127.0.0.1:0", transparent: %q}
 dns:
   upstreams: [%q]
@@ -32,11 +37,11 @@ dns:
   max_ttl: 1h
   grace: %s
 %sfirewall:
-  backend: nftables
+  backend: %s
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, s.proxy, s.transparent, authorityAddr, s.grace, s.dns, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.proxy, s.transparent, authorityAddr, s.grace, s.dns, backend, s.hook, s.table, s.stateFile)
 	for _, l := range s.firewall {
 		p += "  " + l + "\n"
 	}
