@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// reachProbe bounds a probe that must pass: well under the second after
+// which TCP sends a lost SYN again.
+const reachProbe = 250 * time.Millisecond
+
 // Dialer opens one probe connection within timeout.
 type Dialer func(timeout time.Duration) (net.Conn, error)
 
@@ -17,9 +21,14 @@ type Dialer func(timeout time.Duration) (net.Conn, error)
 // started, since its SYN went out then and a connect that works takes a
 // millisecond, not dropTimeout; closed is the start of the first of three
 // failures in a row, so that a probe slowed down by a loaded machine does
-// not pass for a drop. learned is probed all along; reachable is the first
-// success that started once the drops were back. Either taking longer
-// than limit fails t, with explain's text if explain is not nil.
+// not pass for a drop. learned is probed all along, by connects that give
+// up well before TCP sends a lost SYN again (a second later): one whose SYN
+// the broken table dropped would otherwise succeed only then and hold back
+// the next probe, so that reachable came out a second late. reachable is
+// the first success that started once the drops were back; a success
+// within that timeout means its first SYN passed when it started. Either
+// taking longer than limit fails t, with explain's text if explain is not
+// nil.
 func OpenWindow(t testing.TB, tamper func(), unlisted, learned Dialer, dropTimeout, limit time.Duration, explain func() string) (closed, reachable time.Duration) {
 	t.Helper()
 	more := func() string {
@@ -47,7 +56,7 @@ func OpenWindow(t testing.TB, tamper func(), unlisted, learned Dialer, dropTimeo
 			default:
 			}
 			start := time.Now()
-			if c, err := learned(limit); err == nil {
+			if c, err := learned(reachProbe); err == nil {
 				c.Close()
 				mu.Lock()
 				successes = append(successes, start.Sub(t0))
