@@ -202,12 +202,7 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 	}))
 	defer web.Close()
 	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	dead := deadPort(t)
 
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
