@@ -301,3 +301,15 @@ func testCounter(t testing.TB, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// waitCounter waits until counter c reaches want, as a query is counted
+// just after its reply is sent (with its audit line), and returns its value
+// then, or after ten seconds.
+func waitCounter(t testing.TB, c prometheus.Counter, want float64) float64 {
+	t.Helper()
+	got := testCounter(t, c)
+	for deadline := time.Now().Add(10 * time.Second); got < want && time.Now().Before(deadline); got = testCounter(t, c) {
+		time.Sleep(time.Millisecond)
+	}
+	return got
+}

@@ -24,7 +24,8 @@ const refreshParallel = 16
 // name of such a rule (Rule.ExactNames) is resolved, A and AAAA, at once
 // when RunRefresh starts, so the kernel has its addresses before any client
 // asks, and then again after min(refresh, the answer's TTL raised to
-// dns.min_ttl), or min(refresh, dns.min_ttl) after a failure.
+// dns.min_ttl), or min(refresh, dns.min_ttl) after a failure, counted
+// from when the resolution started.
 //
 // A refresh takes the path of a client's query, without the cache for the
 // query itself (the answer then refreshes the cache): CNAME chain and
@@ -106,8 +107,13 @@ func (r *refresher) tick(ctx context.Context) {
 		r.wg.Go(func() {
 			defer func() { <-r.sem }()
 			next := r.f.refreshName(ctx, p, t.rule, k.name)
+			// Counted from when the resolution started, not from
+			// when it ended: the answer's TTL began to run no
+			// earlier than the question, and the schedule does
+			// not slip by each resolution's duration (nor, under
+			// a test's clock, by when a goroutine got to run).
 			r.mu.Lock()
-			t.due, t.running = r.f.now().Add(next), false
+			t.due, t.running = now.Add(next), false
 			r.mu.Unlock()
 		})
 	}

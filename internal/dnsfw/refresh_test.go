@@ -2,6 +2,7 @@ package dnsfw
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -65,10 +66,10 @@ func (p *recordingPublisher) take() []learn.Entry {
 	return out
 }
 
-// waitFor polls cond until it holds or two seconds pass.
+// waitFor polls cond until it holds or ten seconds pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		if cond() {
 			return
 		}
@@ -77,7 +78,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // settle lets RunRefresh tick a few times with the clock standing still.
+// Only for checking that nothing happens: to wait for something, wait for
+// it (waitRefreshes).
 func settle() { time.Sleep(30 * time.Millisecond) }
+
+// refreshesDone returns how many resolutions (one per name and type)
+// RunRefresh has finished: answered, published, audited and counted.
+func refreshesDone(t *testing.T, e *env) int {
+	t.Helper()
+	n := 0.0
+	for _, result := range []string{"learned", "empty", "failed"} {
+		n += testCounter(t, e.fw.metrics.refreshes.WithLabelValues(result))
+	}
+	return int(n)
+}
+
+// waitRefreshes waits until RunRefresh has finished n resolutions in all,
+// and no more: a round is over only when its A and its AAAA resolutions
+// both are. Until then one of them may still be asking upstream or
+// publishing, and moving the clock, reading the upstream's count or taking
+// the published entries races with it.
+func waitRefreshes(t *testing.T, e *env, n int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d refresh resolutions", n), func() bool { return refreshesDone(t, e) >= n })
+	if got := refreshesDone(t, e); got != n {
+		t.Fatalf("refresh resolutions: got %d, want %d", got, n)
+	}
+}
 
 const refreshRules = `
   - name: pinned
@@ -132,10 +159,8 @@ func TestRefresh(t *testing.T) {
 	// At start, before any client asks: each exact name, for each group of
 	// its rule, or for every source.
 	startRefresh(t, e)
-	var got []learn.Entry
-	waitFor(t, "the first refresh", func() bool { got = append(got, pub.take()...); return len(got) >= 3 })
-	settle()
-	got = append(got, pub.take()...)
+	waitRefreshes(t, e, 4) // A and AAAA of two names
+	got := pub.take()
 	want := []string{"open//open.example/192.0.2.9", "pinned/payments/api.pinned.example/192.0.2.1", "pinned/web/api.pinned.example/192.0.2.1"}
 	if g := entryStrings(got); !slices.Equal(g, want) {
 		t.Fatalf("published at start: got %v, want %v", g, want)
@@ -159,9 +184,8 @@ func TestRefresh(t *testing.T) {
 		t.Errorf("published before refresh ran out: %v", entryStrings(g))
 	}
 	e.clock.Advance(time.Second)
-	waitFor(t, "the refresh after 1m", func() bool { got = pub.take(); return len(got) > 0 })
-	settle()
-	got = append(got, pub.take()...)
+	waitRefreshes(t, e, 6) // api.pinned.example's A and AAAA
+	got = pub.take()
 	want = []string{"pinned/payments/api.pinned.example/192.0.2.2", "pinned/web/api.pinned.example/192.0.2.2"}
 	if g := entryStrings(got); !slices.Equal(g, want) {
 		t.Errorf("published after 1m: got %v, want %v", g, want)
@@ -169,9 +193,8 @@ func TestRefresh(t *testing.T) {
 
 	// A TTL shorter than refresh decides, raised to min_ttl (30s).
 	z.set("api.pinned.example", "192.0.2.3", 5)
-	e.clock.Advance(time.Minute) // pinned due; answer TTL 5s
-	waitFor(t, "the refresh after another 1m", func() bool { return len(pub.take()) > 0 })
-	settle()
+	e.clock.Advance(time.Minute) // both due (pinned 1m, open 2m); answer TTL 5s
+	waitRefreshes(t, e, 10)
 	pub.take()
 	e.clock.Advance(29 * time.Second)
 	settle()
@@ -179,7 +202,11 @@ func TestRefresh(t *testing.T) {
 		t.Errorf("published before min_ttl ran out: %v", entryStrings(g))
 	}
 	e.clock.Advance(time.Second)
-	waitFor(t, "the refresh after min_ttl", func() bool { return len(pub.take()) > 0 })
+	waitRefreshes(t, e, 14) // both names: the zone's TTL is one for all
+	want = []string{"open//open.example/192.0.2.9", "pinned/payments/api.pinned.example/192.0.2.3", "pinned/web/api.pinned.example/192.0.2.3"}
+	if g := entryStrings(pub.take()); !slices.Equal(g, want) {
+		t.Errorf("published after min_ttl: got %v, want %v", g, want)
+	}
 
 	// Client answers come from the cache the refresh filled; the refresh
 	// itself always asks upstream.
@@ -206,8 +233,10 @@ func TestRefresh(t *testing.T) {
 			t.Errorf("refresh audit line: %s: got %v, want %v", k, refreshLine[k], v)
 		}
 	}
-	if got := testCounter(t, e.fw.metrics.refreshes.WithLabelValues("learned")); got < 4 {
-		t.Errorf("refreshes counted: got %v, want at least 4", got)
+	// The A resolutions: two at start, one after 1m, two after 2m, two
+	// after 2m30s; the AAAA ones found nothing.
+	if got := testCounter(t, e.fw.metrics.refreshes.WithLabelValues("learned")); got != 7 {
+		t.Errorf("refreshes counted learned: got %v, want 7", got)
 	}
 }
 
@@ -219,8 +248,7 @@ func TestRefreshFollowsReload(t *testing.T) {
 	pub := &recordingPublisher{}
 	e := newEnv(t, z.handle, opts{rules: refreshRules, cfg: func(c *Config) { c.Publisher = pub }})
 	stop := startRefresh(t, e)
-	waitFor(t, "the first refresh", func() bool { return e.up.QueryCount() == 4 })
-	settle()
+	waitRefreshes(t, e, 4)
 	pub.take()
 
 	// Rule open removed, pinned changed (from), a new rule added: within
@@ -234,16 +262,14 @@ func TestRefreshFollowsReload(t *testing.T) {
   - name: newer
     to: [new.example]
     refresh: 10s`}))
-	var got []learn.Entry
-	waitFor(t, "the reload's refreshes", func() bool { got = append(got, pub.take()...); return len(got) >= 2 })
-	settle()
-	got = append(got, pub.take()...)
+	waitRefreshes(t, e, 8) // A and AAAA of the changed and the new rule's names
+	got := pub.take()
 	want := []string{"newer//new.example/192.0.2.7", "pinned/payments/api.pinned.example/192.0.2.1"}
 	if g := entryStrings(got); !slices.Equal(g, want) {
 		t.Errorf("published after reload: got %v, want %v", g, want)
 	}
 	e.clock.Advance(3 * time.Minute)
-	settle()
+	waitRefreshes(t, e, 12) // pinned and newer due once more; open not
 	for _, q := range e.up.Queries() {
 		if name := q.Msg.Question[0].Name; name == "open.example." {
 			t.Errorf("the removed rule's name was refreshed: %v", q.Msg.Question[0])
@@ -302,8 +328,7 @@ func TestRefreshProtections(t *testing.T) {
 			e := newEnv(t, tt.h, opts{dns: tt.dns, rules: tt.rules, cfg: func(c *Config) { c.Publisher = pub }})
 			e.up.SetFault(tt.fault)
 			startRefresh(t, e)
-			waitFor(t, "the first refresh", func() bool { return e.up.QueryCount() >= 4 })
-			settle()
+			waitRefreshes(t, e, 4)
 			var got []string
 			for _, s := range entryStrings(pub.take()) {
 				if strings.Contains(s, "api.pinned.example") {

@@ -62,7 +62,7 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("rate-limited count: got %v, want 2", got)
 	}
 	// A refusal for load is a failure, not a denial; counted, not audited.
-	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED")); got != 2 {
+	if got := waitCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED"), 2); got != 2 {
 		t.Errorf("rate-limited queries counted as fail: got %v, want 2", got)
 	}
 	if lines := e.auditLines(4); len(lines) != 4 {
@@ -119,7 +119,7 @@ func TestInFlightBoundRefuses(t *testing.T) {
 	if got := testCounter(t, e.fw.metrics.refused.WithLabelValues("busy")); got != 1 {
 		t.Errorf("busy count: got %v, want 1", got)
 	}
-	if got := testCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED")); got != 1 {
+	if got := waitCounter(t, e.fw.metrics.queries.WithLabelValues("fail", "A", "REFUSED"), 1); got != 1 {
 		t.Errorf("failed (busy) queries counted: got %v, want 1", got)
 	}
 	// Counted, not audited: only the first query has a line.

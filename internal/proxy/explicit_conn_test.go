@@ -85,7 +85,8 @@ func startExplicit(t testing.TB, yaml string, res Resolver, ps paths, mod ...fun
 	return h
 }
 
-// exchange is one client connection of a scenario.
+// exchange is one client connection of a scenario, played against both
+// proxies at once.
 type exchange struct {
 	src       string   // client address ("" for any loopback)
 	parts     []string // written in turn, each after the answer to the last went quiet
@@ -94,27 +95,77 @@ type exchange struct {
 	halfClose bool     // shut the write side after the last part
 }
 
-// run plays x against the proxy at addr and returns everything the proxy
-// sent, with Date values blanked, and the connection's local address.
-func (x exchange) run(t *testing.T, addr string) (string, string) {
+const (
+	// quiet is how long an answer must go without a byte to count as
+	// complete.
+	quiet = 500 * time.Millisecond
+	// answerWait bounds how long the two proxies may take to send the
+	// same bytes and write the same audit lines. On a loaded machine one
+	// of them can be later than quiet, and the comparison waits for it;
+	// a real difference fails the test after this long.
+	answerWait = 10 * time.Second
+)
+
+// side is an exchange's connection to one of the proxies.
+type side struct {
+	c       net.Conn
+	got     strings.Builder
+	stopped bool // closed by the proxy, or a write failed: nothing more to do
+}
+
+// read reads until the connection has been quiet for d or closes, and
+// reports whether anything came.
+func (s *side) read(d time.Duration) bool {
+	if s.stopped {
+		return false
+	}
+	b := make([]byte, 64<<10)
+	came := false
+	for {
+		s.c.SetReadDeadline(time.Now().Add(d))
+		n, err := s.c.Read(b)
+		s.got.Write(b[:n])
+		came = came || n > 0
+		if err != nil {
+			if isTimeout(err) {
+				return came
+			}
+			if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+				s.got.WriteString("<" + err.Error() + ">")
+			}
+			s.got.WriteString("<closed>")
+			s.stopped = true
+			return true
+		}
+	}
+}
+
+// reply is everything the proxy sent, with Date values blanked.
+func (s *side) reply() string { return dateRE.ReplaceAllString(s.got.String(), "Date: DATE\r\n") }
+
+// run plays x against the proxies at addrs and returns, for each,
+// everything it sent, with Date values blanked, and the connection's local
+// address. After each part both connections are read until each has been
+// quiet for quiet and both have received the same, or answerWait passes:
+// an answer later than quiet on one side (a loaded machine) is waited
+// for, not taken as a difference, and the next part is sent only once
+// both proxies have answered this one alike.
+func (x exchange) run(t *testing.T, addrs [2]string) (replies, clients [2]string) {
 	t.Helper()
-	c := dialFrom(t, addr, x.src)
-	var got strings.Builder
-	read := func() {
-		b := make([]byte, 64<<10)
-		for {
-			// Quiet for this long: the answer is complete. (Long enough
-			// for -race on a machine shared with other tests.)
-			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			n, err := c.Read(b)
-			got.Write(b[:n])
-			if err != nil {
-				if !errors.Is(err, io.EOF) && !isTimeout(err) && !strings.Contains(err.Error(), "reset") {
-					got.WriteString("<" + err.Error() + ">")
-				}
-				if !isTimeout(err) {
-					got.WriteString("<closed>")
-				}
+	var sides [2]*side
+	for i, addr := range addrs {
+		sides[i] = &side{c: dialFrom(t, addr, x.src)}
+		clients[i] = sides[i].c.LocalAddr().String()
+	}
+	readBoth := func() {
+		for deadline := time.Now().Add(answerWait); ; {
+			var wg sync.WaitGroup
+			for _, s := range sides {
+				wg.Go(func() { s.read(quiet) })
+			}
+			wg.Wait()
+			if sides[0].reply() == sides[1].reply() || time.Now().After(deadline) ||
+				(sides[0].stopped && sides[1].stopped) {
 				return
 			}
 		}
@@ -124,25 +175,37 @@ func (x exchange) run(t *testing.T, addr string) (string, string) {
 			time.Sleep(300 * time.Millisecond)
 			continue
 		}
-		if _, err := io.WriteString(c, p); err != nil {
-			got.WriteString("<write: " + err.Error() + ">")
-			break
+		for _, s := range sides {
+			if s.stopped {
+				continue
+			}
+			if _, err := io.WriteString(s.c, p); err != nil {
+				s.got.WriteString("<write: " + err.Error() + ">")
+				s.stopped = true
+			}
 		}
 		last := i == len(x.parts)-1
 		switch {
 		case x.hangUp && last:
-			c.Close()
-			return "", c.LocalAddr().String()
+			for _, s := range sides {
+				s.c.Close()
+			}
+			return [2]string{}, clients
 		case x.halfClose && last:
-			c.(*net.TCPConn).CloseWrite()
+			for _, s := range sides {
+				s.c.(*net.TCPConn).CloseWrite()
+			}
 		case x.burst && !last:
 			time.Sleep(2 * time.Millisecond)
 			continue
 		}
-		read()
+		readBoth()
 	}
-	c.Close()
-	return dateRE.ReplaceAllString(got.String(), "Date: DATE\r\n"), c.LocalAddr().String()
+	for i, s := range sides {
+		s.c.Close()
+		replies[i] = s.reply()
+	}
+	return replies, clients
 }
 
 var dateRE = regexp.MustCompile(`Date: [^\r\n]*\r\n`)
@@ -151,20 +214,55 @@ var dateRE = regexp.MustCompile(`Date: [^\r\n]*\r\n`)
 // them without the fields that differ from run to run.
 func auditFor(t *testing.T, h *harness, client string) []map[string]any {
 	t.Helper()
-	var lines []string
-	// Settled: unchanged for 100ms once there is a line, for 500ms while
-	// there is none (a few exchanges have none; most have a line coming).
-	settled := func(stable int) bool { return stable >= 4 && (len(lines) > 0 || stable >= 20) }
-	for i, stable := 0, 0; i < 100 && !settled(stable); i++ {
-		time.Sleep(25 * time.Millisecond)
-		l := h.auditLines(`"client":"` + client + `"`)
-		if len(l) == len(lines) {
-			stable++
-		} else {
-			stable = 0
+	return auditsFor(t, []*harness{h}, []string{client})[0]
+}
+
+// auditsFor is auditFor for the client clients[i] of each proxy hs[i],
+// which must write the same lines: it waits until they have settled and
+// are the same, or answerWait passes. Settled: unchanged for 100ms once
+// there is a line, for 500ms while there is none (a few exchanges have
+// none; most have a line coming).
+func auditsFor(t *testing.T, hs []*harness, clients []string) [][]map[string]any {
+	t.Helper()
+	out := make([][]map[string]any, len(hs))
+	norm := make([]string, len(hs)) // out[i] as JSON
+	counts := make([]int, len(hs))  // lines seen so far
+	stable := 0                     // polls since any side changed
+	settled := func() bool {
+		if stable < 4 {
+			return false
 		}
-		lines = l
+		for i := range hs {
+			if (counts[i] == 0 && stable < 20) || norm[i] != norm[0] {
+				return false
+			}
+		}
+		return true
 	}
+	for deadline := time.Now().Add(answerWait); !settled() && time.Now().Before(deadline); {
+		time.Sleep(25 * time.Millisecond)
+		stable++
+		for i, h := range hs {
+			lines := h.auditLines(`"client":"` + clients[i] + `"`)
+			if len(lines) == counts[i] && norm[i] != "" {
+				continue
+			}
+			if len(lines) != counts[i] {
+				stable = 0
+			}
+			counts[i] = len(lines)
+			out[i] = normalizeAudit(t, lines)
+			b, _ := json.Marshal(out[i])
+			norm[i] = string(b)
+		}
+	}
+	return out
+}
+
+// normalizeAudit decodes lines and leaves out the fields that differ from
+// run to run.
+func normalizeAudit(t *testing.T, lines []string) []map[string]any {
+	t.Helper()
 	var out []map[string]any
 	ids := map[any]string{} // connection ids, numbered in order of appearance
 	for _, l := range lines {
@@ -202,12 +300,7 @@ func TestFastPathMatchesNetHTTP(t *testing.T) {
 	}))
 	defer web.Close()
 	webPort := netip.MustParseAddrPort(web.Listener.Addr().String()).Port()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	dead := deadPort(t)
 
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
@@ -399,14 +492,21 @@ rules:
 		audit         []map[string]any
 	}
 	results := make([][2]result, len(cases))
+	// A few cases at a time: started all at once, under -race on a loaded
+	// machine, the proxies took longer than quiet to answer many of them
+	// on both sides, and a part was sent before the answer to the last.
+	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
 	for i, tc := range cases {
-		for j := range hs {
-			wg.Go(func() {
-				reply, client := tc.x.run(t, hs[j].addr)
-				results[i][j] = result{reply, client, auditFor(t, hs[j], client)}
-			})
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			replies, clients := tc.x.run(t, [2]string{hs[0].addr, hs[1].addr})
+			audits := auditsFor(t, hs[:], clients[:])
+			for j := range hs {
+				results[i][j] = result{replies[j], clients[j], audits[j]}
+			}
+		})
 	}
 	wg.Wait()
 	for i, tc := range cases {

@@ -201,13 +201,7 @@ rules:
 }
 
 func TestUpstreamFailures(t *testing.T) {
-	// A port nothing listens on: grab one and close it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	dead := deadPort(t)
 	pol := `
 proxy: {deny_private: false, connect_timeout: 2s}
 rules:

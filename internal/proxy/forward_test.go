@@ -174,12 +174,7 @@ rules:
 }
 
 func TestForwardUpstreamDown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
+	port := fmt.Sprint(deadPort(t))
 	h := startProxy(t, webPolicy(port), mapResolver{"web.test": addrs("127.0.0.1")})
 	resp, err := proxyClient(h.addr, nil).Get("http://web.test:" + port + "/")
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,16 +165,27 @@ rules:
 	}
 }
 
-// deadPort returns a loopback TCP port nothing listens on.
-func deadPort(t *testing.T) int {
+// deadPort returns a port of 127.0.0.1 on which nothing listens, nor can
+// until the test ends: a TCP socket bound to it, without SO_REUSEADDR and
+// never listening, holds it, so no listener can bind it and no connection
+// gets it as its ephemeral port. A connection to it is refused. (A port
+// found by closing a listener is free for anyone to take again: another
+// test's listener, or the proxy's own dial, whose source port it can be.)
+func deadPort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return port
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*syscall.SockaddrInet4).Port
 }
 
 func TestNoPolicy(t *testing.T) {
