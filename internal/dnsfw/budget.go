@@ -18,7 +18,9 @@ const budgetWindow = time.Minute
 // most maxBudgetBuckets buckets and maxBudgetNames names are kept; beyond
 // them the older generation is forgotten, which at worst hands an evicted
 // client a fresh budget: the limit softens, memory does not grow. A name
-// is kept as a 64-bit hash, so the names cost at most 8 MiB.
+// is kept as a 64-bit hash: 8 bytes in a small bucket, about five times
+// that in a large one's set, so the names cost between 8 and 40 MiB at
+// most (the latter only with budgets in the thousands).
 const (
 	maxBudgetBuckets = 1 << 16
 	maxBudgetNames   = 1 << 20
@@ -47,10 +49,59 @@ type budgetKey struct {
 	pattern string
 }
 
-// nameBucket holds the names charged in one window.
+// nameBucket holds the names charged in one window, as 64-bit hashes: in
+// a slice while they are few (most clients resolve a handful of names
+// under a wildcard), in a set once they are more, so that a large budget
+// costs a lookup, not a scan, per name.
 type nameBucket struct {
 	start time.Time
-	names []uint64 // hashes of the names charged since start
+	small []uint64
+	large map[uint64]struct{} // when not nil, holds every name, small is unused
+}
+
+// smallBucket is how many names a bucket scans before it keeps a set.
+const smallBucket = 32
+
+func (nb *nameBucket) len() int {
+	if nb.large != nil {
+		return len(nb.large)
+	}
+	return len(nb.small)
+}
+
+func (nb *nameBucket) has(h uint64) bool {
+	if nb.large != nil {
+		_, ok := nb.large[h]
+		return ok
+	}
+	for _, n := range nb.small {
+		if n == h {
+			return true
+		}
+	}
+	return false
+}
+
+func (nb *nameBucket) add(h uint64) {
+	switch {
+	case nb.large != nil:
+		nb.large[h] = struct{}{}
+	case len(nb.small) < smallBucket:
+		nb.small = append(nb.small, h)
+	default:
+		nb.large = make(map[uint64]struct{}, 2*smallBucket)
+		for _, n := range nb.small {
+			nb.large[n] = struct{}{}
+		}
+		nb.large[h] = struct{}{}
+		nb.small = nil
+	}
+}
+
+// reset starts a new window at now, keeping what was allocated.
+func (nb *nameBucket) reset(now time.Time) {
+	nb.start, nb.small = now, nb.small[:0]
+	clear(nb.large)
 }
 
 func newBudgets(maxBuckets, maxNames int) *budgets {
@@ -78,7 +129,7 @@ func (b *budgets) charge(client netip.Addr, pattern, name string, limit int, now
 	if nb == nil {
 		if nb = b.prev[key]; nb != nil {
 			delete(b.prev, key)
-			b.prevNames -= len(nb.names)
+			b.prevNames -= nb.len()
 		} else {
 			nb = &nameBucket{start: now}
 		}
@@ -86,24 +137,22 @@ func (b *budgets) charge(client netip.Addr, pattern, name string, limit int, now
 			b.rotateLocked()
 		}
 		b.cur[key] = nb
-		b.curNames += len(nb.names)
+		b.curNames += nb.len()
 	}
 	// Queries are charged in the order their workers get here, not
 	// quite that of their timestamps: a time a little before the window's
 	// start is in it.
 	if now.Sub(nb.start) >= budgetWindow {
-		b.curNames -= len(nb.names)
-		nb.start, nb.names = now, nb.names[:0]
+		b.curNames -= nb.len()
+		nb.reset(now)
 	}
-	for _, n := range nb.names {
-		if n == h {
-			return true
-		}
+	if nb.has(h) {
+		return true
 	}
-	if len(nb.names) >= limit {
+	if nb.len() >= limit {
 		return false
 	}
-	nb.names = append(nb.names, h)
+	nb.add(h)
 	b.curNames++
 	if b.curNames >= b.maxNames/2 {
 		// The bucket just charged goes to prev with the rest; its

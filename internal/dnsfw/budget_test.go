@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,58 @@ func TestBudgetsBounded(t *testing.T) {
 	// IPv6 clients share a budget per /64.
 	if !b.charge(netip.MustParseAddr("2001:db8::1"), "p", "a", 1, now) || b.charge(netip.MustParseAddr("2001:db8::2"), "p", "b", 1, now) {
 		t.Error("two addresses of one /64: want one budget between them")
+	}
+}
+
+// TestBudgetLargeBucket: a budget past the small bucket's size keeps
+// counting exactly: every name charged once, repeats free in either form,
+// the limit holds, and a new window starts empty.
+func TestBudgetLargeBucket(t *testing.T) {
+	b := newBudgets(maxBudgetBuckets, maxBudgetNames)
+	client := netip.MustParseAddr("192.0.2.7")
+	now := time.Unix(1_700_000_000, 0)
+	const limit = 5 * smallBucket
+	name := func(i int) string { return "n" + strconv.Itoa(i) + ".cdn.example" }
+	for i := range limit {
+		if !b.charge(client, "**.cdn.example", name(i), limit, now) {
+			t.Fatalf("name %d of %d refused", i+1, limit)
+		}
+	}
+	for _, i := range []int{0, smallBucket - 1, smallBucket, limit - 1} {
+		if !b.charge(client, "**.cdn.example", name(i), limit, now) {
+			t.Errorf("name %d, charged before, refused", i)
+		}
+	}
+	if b.charge(client, "**.cdn.example", name(limit), limit, now) {
+		t.Errorf("name %d over a budget of %d allowed", limit+1, limit)
+	}
+	if _, names := b.size(); names != limit {
+		t.Errorf("names held: %d, want %d", names, limit)
+	}
+	now = now.Add(budgetWindow)
+	if !b.charge(client, "**.cdn.example", name(limit), limit, now) {
+		t.Errorf("a new window refused a new name")
+	}
+	if _, names := b.size(); names != 1 {
+		t.Errorf("names held in the new window: %d, want 1", names)
+	}
+}
+
+// BenchmarkBudgetCharge: charging a new name under a budget large enough
+// never to refuse (what the DNS benchmark's one client does) costs a set
+// insertion, whatever the budget.
+func BenchmarkBudgetCharge(b *testing.B) {
+	bs := newBudgets(maxBudgetBuckets, maxBudgetNames)
+	client := netip.MustParseAddr("192.0.2.7")
+	names := make([]string, 100_000)
+	for i := range names {
+		names[i] = "n" + strconv.Itoa(i) + ".bench.example"
+	}
+	now := time.Unix(1_700_000_000, 0)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if !bs.charge(client, "**.bench.example", names[i%len(names)], 1_000_000, now) {
+			b.Fatal("refused")
+		}
 	}
 }
