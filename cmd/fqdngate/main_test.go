@@ -131,6 +131,11 @@ firewall:
 	if code != 1 || !strings.Contains(errOut, want) || strings.Count(errOut, "does not exist") != 1 {
 		t.Errorf("check: exit %d, stderr:\n%s\nwant exit 1 and one line containing %q", code, errOut, want)
 	}
+	// --host=false checks the policy alone, as a CI job on another machine
+	// than the gateways needs.
+	if out, errOut, code := runCLI(t, "check", "-c", p, "--host=false"); code != 0 || !strings.Contains(out, ": ok:") {
+		t.Errorf("check --host=false: exit %d, stdout %q, stderr:\n%s\nwant exit 0 and ok", code, out, errOut)
+	}
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("CI runs as root; this test must run there")
