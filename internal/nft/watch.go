@@ -291,8 +291,15 @@ func (b *Backend) readMonitor(ctx context.Context) {
 			buf, err = b.mon.read(false, time.Time{})
 		}
 		if err == nil && b.waitingForWho() {
-			// The transaction's NEWGEN follows its changes at once.
-			if buf, err = b.mon.read(true, time.Now().Add(whoWait)); buf != nil {
+			// The transaction's NEWGEN follows its changes at once, but a
+			// large transaction (a table deleted with its rules and sets)
+			// spans several datagrams: read them all, so that the restore
+			// starts once and the log names the whole change.
+			deadline := time.Now().Add(whoWait)
+			for err == nil && b.waitingForWho() {
+				if buf, err = b.mon.read(true, deadline); buf == nil {
+					break
+				}
 				b.noteNotifications(buf)
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
