@@ -22,6 +22,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // binary is the fqdngate built once for the tests that run it as a process.
@@ -252,22 +253,7 @@ type daemonProc struct {
 	out   syncBuffer // standard output: the audit log
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 func startDaemon(t *testing.T, policyPath string) *daemonProc {
 	t.Helper()

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/resolver"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // The reload tests run the daemon in-process, its sockets and its nftables
@@ -377,23 +377,7 @@ func (w *world) stillOld(d *Daemon, started float64) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer the daemon's goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // startV1 starts a daemon on v1 and checks that it serves it; it returns
 // the time of the policy's load as the metric says.

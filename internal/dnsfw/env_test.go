@@ -1,7 +1,6 @@
 package dnsfw
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -21,6 +20,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // Client source addresses: the policy puts each in its own group.
@@ -257,22 +257,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // zone is the upstream's data for most tests.
 func zone(extra ...dns.RR) dns.HandlerFunc {

@@ -3,7 +3,6 @@ package nft
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,9 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -344,7 +340,7 @@ func TestWatchReadiness(t *testing.T) {
 	publish(t, b, "bank-api", "payments", srvA, time.Minute)
 	before := b.Learned()
 
-	squatter := squat(t, n.gw, "fqdngate")
+	squatter := netns.SquatTable(t, n.gw, "fqdngate")
 	waitFor(t, "Enforcing to report the failed restore", func() bool {
 		err := b.Enforcing()
 		return err != nil && strings.Contains(err.Error(), "the last attempt failed")
@@ -373,37 +369,4 @@ func TestWatchReadiness(t *testing.T) {
 	if got := strings.Count(logs.String(), "could not restore the nftables table"); got != 1 {
 		t.Errorf("logged %d failures, want the same failure once:\n%s", got, logs.String())
 	}
-}
-
-// squat replaces table (inet) in ns, in one transaction, with an empty
-// table owned by the returned socket.
-func squat(t *testing.T, ns *netns.NS, table string) *netlink.Conn {
-	t.Helper()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: ns.Fd()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	name, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)}})
-	owned, _ := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)},
-		{Type: unix.NFTA_TABLE_FLAGS, Data: binary.BigEndian.AppendUint32(nil, 2)}, // NFT_TABLE_F_OWNER
-	})
-	hdr := []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}
-	batch := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
-	msgs := []netlink.Message{
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: batch},
-		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELTABLE, Flags: netlink.Request | netlink.Acknowledge}, Data: append(hdr, name...)},
-		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE, Flags: netlink.Request | netlink.Acknowledge | netlink.Create}, Data: append(hdr, owned...)},
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: batch},
-	}
-	if _, err := c.SendMessages(msgs); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if _, err := c.Receive(); err != nil {
-			t.Fatalf("replacing the table with an owned one: %v", err)
-		}
-	}
-	return c
 }

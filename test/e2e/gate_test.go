@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // gate is the fqdngate binary running as a process inside a namespace.
@@ -227,34 +227,4 @@ func tail(s string, n int) string {
 	return "…" + s[len(s)-n:]
 }
 
-// syncBuffer is a bytes.Buffer safe for a process's output goroutine and
-// the test to use at once.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
-}
-
-// From returns what was written after the first n bytes.
-func (s *syncBuffer) From(n int) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()[n:]
-}
+type syncBuffer = syncbuf.Buffer

@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
@@ -77,7 +75,7 @@ func TestTableDeletedUnderDaemon(t *testing.T) {
 	}
 
 	// Taken by someone else: not ready while it lasts.
-	squatter := squat(t, f, f.gate.table)
+	squatter := netns.SquatTable(t, f.net.gw, f.gate.table)
 	waitReadyz(t, f, "not ready while the table is someone else's, saying why", func(s string) bool {
 		return strings.HasPrefix(s, "not ready: nftables table inet "+f.gate.table+" was changed by another process (table deleted") &&
 			strings.Contains(s, "another process may own a table of that name")
@@ -113,38 +111,4 @@ func waitReadyz(t *testing.T, f *forward, want string, ok func(string) bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// squat replaces table (inet) in the gateway namespace, in one
-// transaction, with an empty table owned by the returned socket: only
-// that socket may change it, until it closes.
-func squat(t *testing.T, f *forward, table string) *netlink.Conn {
-	t.Helper()
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: f.net.gw.Fd()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	name, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)}})
-	owned, _ := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_TABLE_NAME, Data: append([]byte(table), 0)},
-		{Type: unix.NFTA_TABLE_FLAGS, Data: []byte{0, 0, 0, 2}}, // NFT_TABLE_F_OWNER, big-endian
-	})
-	hdr := []byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}
-	batch := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
-	msgs := []netlink.Message{
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: batch},
-		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELTABLE, Flags: netlink.Request | netlink.Acknowledge}, Data: append(hdr, name...)},
-		{Header: netlink.Header{Type: unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE, Flags: netlink.Request | netlink.Acknowledge | netlink.Create}, Data: append(hdr, owned...)},
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: batch},
-	}
-	if _, err := c.SendMessages(msgs); err != nil {
-		t.Fatal(err)
-	}
-	for range 2 {
-		if _, err := c.Receive(); err != nil {
-			t.Fatalf("replacing the table with an owned one: %v", err)
-		}
-	}
-	return c
 }
