@@ -31,9 +31,11 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    -c POLICY
+    fqdngate check    -c POLICY [--shared SHARED] [--host=false]
     fqdngate explain  -c POLICY --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
+    fqdngate policy   push|history|show|rollback -c POLICY ...
+    fqdngate fleet    status|forget -c POLICY ...
     fqdngate version
 
 DESCRIPTION
@@ -53,6 +55,9 @@ COMMANDS
     explain    Say whether a source may reach a destination under POLICY,
                which rule decides and why.
     firewall   Show or remove the nftables table fqdngate manages.
+    policy     Push, list and roll back the shared policy of a fleet of
+               gateways (POLICY has a cluster section; see docs/fleet.md).
+    fleet      Show the gateways of a fleet: revision, lag, errors.
     version    Print the version.
 
     Run "fqdngate COMMAND --help" for a command's options.
@@ -75,11 +80,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "run":
 		return cmdRun(ctx, args[1:], stdout, stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
 		return cmdExplain(args[1:], stdout, stderr)
 	case "firewall":
 		return cmdFirewall(ctx, args[1:], stdout, stderr)
+	case "policy":
+		return cmdPolicy(ctx, args[1:], stdout, stderr)
+	case "fleet":
+		return cmdFleet(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
@@ -196,7 +205,7 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check -c POLICY [--host=false]
+    fqdngate check -c POLICY [--shared SHARED] [--host=false]
 
 DESCRIPTION
     Loads POLICY exactly as "run" would. On success prints a one-line
@@ -208,12 +217,18 @@ DESCRIPTION
     this host: with firewall.backend: nftables, a firewall.state_file
     whose directory does not exist. --host=false leaves that out, for a
     CI job that checks policies on another machine than the gateways.
+
+    A POLICY with a cluster section is a fleet gateway's local file: check
+    validates it together with the shared policy, SHARED if given, else
+    the current revision in the fleet's etcd. Errors name the half they
+    are in (the file, or "shared revision N").
 `
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("check", checkHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
+	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
@@ -221,11 +236,30 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
 		return 2
 	}
-	p, err := policy.Load(*cfg)
-	if err == nil && *host {
-		// What run would refuse on this host, such as a state file
-		// directory that does not exist.
-		err = daemon.CheckHost(p)
+	data, err := os.ReadFile(*cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate check: reading policy: %v\n", err)
+		return 1
+	}
+	c, err := policy.ParseCluster(*cfg, data)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	var p *policy.Policy
+	switch {
+	case c != nil:
+		p, err = checkTwoHalves(ctx, *cfg, data, c, *shared, *host)
+	case *shared != "":
+		fmt.Fprintf(stderr, "fqdngate check: %s has no cluster section, so it is a standalone policy; --shared is for a fleet gateway's local file\n", *cfg)
+		return 2
+	default:
+		p, err = policy.Parse(*cfg, data)
+		if err == nil && *host {
+			// What run would refuse on this host, such as a state file
+			// directory that does not exist.
+			err = daemon.CheckHost(p)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -235,8 +269,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, r := range p.Rules {
 		names += len(r.Names) + len(r.Prefixes)
 	}
-	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s\n",
+	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s",
 		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+	if p.SharedName != "" {
+		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
+	}
+	fmt.Fprintln(stdout)
 	return 0
 }
 
