@@ -70,7 +70,10 @@ func newFleetState(ctx context.Context, d *Daemon, c *policy.Cluster) (*fleetSta
 		return nil, err
 	}
 	fl := &fleetState{cluster: c, cli: cli, store: cluster.NewStore(cli, c.Prefix), started: time.Now().UTC()}
-	fl.ann = cluster.NewAnnouncer(cli, cluster.AnnouncerOptions{Prefix: c.Prefix, Node: c.Node, Status: func() cluster.Status { return fl.status(d) }})
+	fl.ann = cluster.NewAnnouncer(cli, cluster.AnnouncerOptions{
+		Prefix: c.Prefix, Node: c.Node, Status: func() cluster.Status { return fl.status(d) },
+		Interval: d.statusInterval, TTL: d.statusTTL,
+	})
 	fl.applies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fqdngate_fleet_policy_applies_total",
 		Help: "Shared policy revisions this gateway tried to put in force, by result (success, failure). A failure keeps the revision in force.",
