@@ -135,6 +135,9 @@ loop:
 		}
 	}
 	d.log.Info("shutting down", "deadline", d.opts.ShutdownTimeout.String())
+	// A fleet gateway leaves the fleet first: no shared revision may
+	// start listeners while they drain, and its status key goes at once.
+	d.closeFleet()
 	// Listeners drain first: their in-flight queries still publish to the
 	// components, which stop after them.
 	d.stopAll()

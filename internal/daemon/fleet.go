@@ -45,8 +45,9 @@ type fleetState struct {
 	applies  *prometheus.CounterVec
 	revision prometheus.Gauge
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 
 	mu sync.Mutex // guards following
 	// latest is the newest shared revision etcd handed over whole (nil:
@@ -114,27 +115,31 @@ func newFleetState(ctx context.Context, d *Daemon, c *policy.Cluster) (*fleetSta
 }
 
 // run follows the shared policy and keeps the status key, until close.
+// ctx is the daemon's: what a revision starts (listeners) lives under it.
 func (fl *fleetState) run(ctx context.Context, d *Daemon) {
-	ctx, fl.cancel = context.WithCancel(ctx)
+	wctx, cancel := context.WithCancel(ctx)
+	fl.cancel = cancel
 	fl.wg.Add(2)
 	go func() {
 		defer fl.wg.Done()
-		fl.store.Watch(ctx, func(r cluster.Revision, err error) { d.applyShared(ctx, r, err) }, fl.setWatchErr)
+		fl.store.Watch(wctx, func(r cluster.Revision, err error) { d.applyShared(ctx, r, err) }, fl.setWatchErr)
 	}()
 	go func() {
 		defer fl.wg.Done()
-		_ = fl.ann.Run(ctx)
+		_ = fl.ann.Run(wctx)
 	}()
 }
 
 // close stops following etcd, withdraws the status key and closes the
-// client.
+// client. Only the first call does anything.
 func (fl *fleetState) close() {
-	if fl.cancel != nil {
-		fl.cancel()
-	}
-	fl.wg.Wait()
-	fl.cli.Close()
+	fl.closeOnce.Do(func() {
+		if fl.cancel != nil {
+			fl.cancel()
+		}
+		fl.wg.Wait()
+		fl.cli.Close()
+	})
 }
 
 // latestSource is the shared half to compose with: the newest revision, or
