@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -165,6 +166,11 @@ type Push struct {
 func (s *Store) Push(ctx context.Context, p Push) (r Revision, created bool, err error) {
 	if len(p.Content) > MaxPolicySize {
 		return Revision{}, false, fmt.Errorf("the shared policy is %d bytes, more than etcd takes in one revision (%d); split long lists or move comments out", len(p.Content), MaxPolicySize)
+	}
+	if !utf8.Valid(p.Content) {
+		// JSON would replace the bad bytes, and the record would no
+		// longer match its checksum.
+		return Revision{}, false, errors.New("the shared policy is not UTF-8 text; save it as UTF-8")
 	}
 	sum := Sum(p.Content)
 	for range 10 {
