@@ -282,6 +282,25 @@ func TestAnnouncer(t *testing.T) {
 	if a.Err() != nil {
 		t.Errorf("Err while etcd takes the status: %v", a.Err())
 	}
+	// A second gateway with gw-a's name does not take its key over; it
+	// says why.
+	twin := NewAnnouncer(cliB, AnnouncerOptions{Prefix: prefix, Node: "gw-a", Interval: 200 * time.Millisecond,
+		Status: func() Status { return Status{PolicyRevision: 99} }})
+	tctx, stopTwin := context.WithCancel(ctx)
+	twinDone := make(chan struct{})
+	go func() { defer close(twinDone); _ = twin.Run(tctx) }()
+	deadline := time.Now().Add(wait)
+	for twin.Err() == nil || !strings.Contains(twin.Err().Error(), `another gateway holds node name "gw-a"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a twin of gw-a: got Err %v", twin.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopTwin()
+	<-twinDone
+	if n := waitFleet(t, cli, func(Report) bool { return true }).Nodes[0]; n.PolicyRevision != 1 {
+		t.Errorf("the twin overwrote gw-a's status: %+v", n)
+	}
 
 	// A push gw-a has not applied: it lags until it says it has.
 	if _, _, err := s.Push(ctx, Push{Content: []byte(v2)}); err != nil {

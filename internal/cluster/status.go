@@ -176,10 +176,24 @@ func (a *Announcer) write(ctx context.Context, lease clientv3.LeaseID) (clientv3
 	if err != nil {
 		return lease, fmt.Errorf("encoding the status: %w", err)
 	}
-	if _, err := a.cli.Put(wctx, a.keys.status(a.node), string(b), clientv3.WithLease(lease)); errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	// The key is this gateway's if it holds it under its lease, or if
+	// nobody does; under another lease it is another gateway's with the
+	// same node name (or this one's previous run, until its lease
+	// expires), whose status and watermark this one would overwrite.
+	key := a.keys.status(a.node)
+	put := clientv3.OpPut(key, string(b), clientv3.WithLease(lease))
+	resp, err := a.cli.Txn(wctx).If(
+		clientv3.Compare(clientv3.LeaseValue(key), "=", lease),
+	).Then(put).Else(
+		clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, []clientv3.Op{put}, nil),
+	).Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return 0, unreachable("writing this node's status (its lease expired; the next write takes a new one)", err)
 	} else if err != nil {
 		return lease, unreachable("writing this node's status", err)
+	}
+	if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded {
+		return lease, fmt.Errorf("another gateway holds node name %q in etcd (or this gateway's previous run does, until its lease expires); give each gateway its own cluster.node", a.node)
 	}
 	return lease, nil
 }
