@@ -32,7 +32,7 @@ const usage = `NAME
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
     fqdngate check    -c POLICY [--shared SHARED] [--host=false]
-    fqdngate explain  -c POLICY --from IP --to NAME[:PORT][/PROTO] [--json]
+    fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
@@ -82,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "check":
 		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
-		return cmdExplain(args[1:], stdout, stderr)
+		return cmdExplain(ctx, args[1:], stdout, stderr)
 	case "firewall":
 		return cmdFirewall(ctx, args[1:], stdout, stderr)
 	case "policy":
@@ -182,7 +182,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *dryRun {
-		return dryRunRuleset(*cfg, stdout, stderr)
+		return dryRunRuleset(ctx, *cfg, stdout, stderr)
 	}
 	var h slog.Handler = slog.NewTextHandler(stderr, nil)
 	if *logFormat == "json" {
@@ -236,30 +236,11 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
 		return 2
 	}
-	data, err := os.ReadFile(*cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "fqdngate check: reading policy: %v\n", err)
-		return 1
-	}
-	c, err := policy.ParseCluster(*cfg, data)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	var p *policy.Policy
-	switch {
-	case c != nil:
-		p, err = checkTwoHalves(ctx, *cfg, data, c, *shared, *host)
-	case *shared != "":
-		fmt.Fprintf(stderr, "fqdngate check: %s has no cluster section, so it is a standalone policy; --shared is for a fleet gateway's local file\n", *cfg)
-		return 2
-	default:
-		p, err = policy.Parse(*cfg, data)
-		if err == nil && *host {
-			// What run would refuse on this host, such as a state file
-			// directory that does not exist.
-			err = daemon.CheckHost(p)
-		}
+	p, err := loadPolicy(ctx, *cfg, *shared)
+	if err == nil && *host {
+		// What run would refuse on this host, such as a state file
+		// directory that does not exist.
+		err = daemon.CheckHost(p)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -282,7 +263,7 @@ const explainHelp = `NAME
     fqdngate explain - say whether a source may reach a destination, and why
 
 SYNOPSIS
-    fqdngate explain -c POLICY --from IP --to DESTINATION [--json]
+    fqdngate explain -c POLICY [--shared SHARED] --from IP --to DESTINATION [--json]
 
 DESCRIPTION
     DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
@@ -297,17 +278,21 @@ DESCRIPTION
 
     Exits 0 when the traffic would pass, 1 when it would be denied.
 
+    For a fleet gateway's local file (with a cluster section) the shared
+    half is SHARED, or else the current revision in the fleet's etcd.
+
 EXAMPLES
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
 `
 
-func cmdExplain(args []string, stdout, stderr io.Writer) int {
+func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("explain", explainHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	from := fs.String("from", "", "source `IP` address")
 	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, with POLICY its local file (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
@@ -315,7 +300,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "fqdngate explain: give -c POLICY, --from IP and --to DESTINATION")
 		return 2
 	}
-	p, err := policy.Load(*cfg)
+	p, err := loadPolicy(ctx, *cfg, *shared)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -104,8 +104,8 @@ func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) i
 
 // dryRunRuleset prints what the nftables backend would program for the
 // policy, without touching the kernel.
-func dryRunRuleset(cfg string, stdout, stderr io.Writer) int {
-	p, err := policy.Load(cfg)
+func dryRunRuleset(ctx context.Context, cfg string, stdout, stderr io.Writer) int {
+	p, err := loadPolicy(ctx, cfg, "")
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -302,16 +302,32 @@ func checkFleet(local, shared policy.Source, host bool) (*policy.Policy, error) 
 	return p, err
 }
 
-// checkTwoHalves is check for a fleet gateway's local file: with the
-// shared half from sharedPath, or else the current revision in etcd.
-func checkTwoHalves(ctx context.Context, path string, data []byte, c *policy.Cluster, sharedPath string, host bool) (*policy.Policy, error) {
+// loadPolicy loads the policy run would put in force from the file at
+// path: a standalone policy, or a fleet gateway's local file composed with
+// its shared half, the file sharedPath if set, else the revision in force
+// in the fleet's etcd. check, explain and run --dry-run all load this way.
+func loadPolicy(ctx context.Context, path, sharedPath string) (*policy.Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading policy: %w", err)
+	}
+	c, err := policy.ParseCluster(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		if sharedPath != "" {
+			return nil, fmt.Errorf("%s has no cluster section, so it is a standalone policy; --shared is for a fleet gateway's local file", path)
+		}
+		return policy.Parse(path, data)
+	}
 	local := policy.Source{Name: path, Data: data}
 	if sharedPath != "" {
 		sdata, err := os.ReadFile(sharedPath)
 		if err != nil {
 			return nil, fmt.Errorf("reading the shared policy: %w", err)
 		}
-		return checkFleet(local, policy.Source{Name: sharedPath, Data: sdata}, host)
+		return policy.Compose(local, &policy.Source{Name: sharedPath, Data: sdata})
 	}
 	cli, err := cluster.Dial(c)
 	if err != nil {
@@ -324,7 +340,8 @@ func checkTwoHalves(ctx context.Context, path string, data []byte, c *policy.Clu
 	if err != nil {
 		return nil, fmt.Errorf("reading the shared policy from etcd (or give it with --shared FILE): %w", err)
 	}
-	return checkFleet(local, r.Source(), host)
+	src := r.Source()
+	return policy.Compose(local, &src)
 }
 
 // subcommand splits off a command's subcommand. It returns -1 to

@@ -133,7 +133,7 @@ func TestFleetCommandsNeedClusterSection(t *testing.T) {
 			t.Errorf("%v: exit %d %q", args, code, errOut)
 		}
 	}
-	if _, errOut, code := runCLI(t, "check", "-c", "../../examples/quickstart.yaml", "--shared", "x.yaml"); code != 2 || !strings.Contains(errOut, "--shared is for a fleet gateway's local file") {
+	if _, errOut, code := runCLI(t, "check", "-c", "../../examples/quickstart.yaml", "--shared", "x.yaml"); code != 1 || !strings.Contains(errOut, "--shared is for a fleet gateway's local file") {
 		t.Errorf("check --shared on a standalone policy: exit %d %q", code, errOut)
 	}
 	for _, args := range [][]string{{"policy", "--help"}, {"fleet", "--help"}} {
