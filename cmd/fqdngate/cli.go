@@ -15,7 +15,6 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
-	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // version and revision (the VCS commit) are set at build time with
