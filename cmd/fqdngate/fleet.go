@@ -340,7 +340,7 @@ func loadPolicy(ctx context.Context, path, sharedPath string) (*policy.Policy, e
 	if err != nil {
 		return nil, fmt.Errorf("reading the shared policy from etcd (or give it with --shared FILE): %w", err)
 	}
-	src := r.Source()
+	src := r.Document()
 	return policy.Compose(local, &src)
 }
 

@@ -41,8 +41,8 @@ type Revision struct {
 // 7:12:3: ...".
 func (r Revision) Name() string { return fmt.Sprintf("shared revision %d", r.Number) }
 
-// Source returns the revision as a policy document for policy.Compose.
-func (r Revision) Source() policy.Source {
+// Document returns the revision as a policy document for policy.Compose.
+func (r Revision) Document() policy.Source {
 	return policy.Source{Name: r.Name(), Data: []byte(r.Content)}
 }
 
@@ -249,7 +249,7 @@ func (s *Store) Rollback(ctx context.Context, n int64, author string, check func
 		return Revision{}, false, err
 	}
 	if check != nil {
-		if err := check(old.Source()); err != nil {
+		if err := check(old.Document()); err != nil {
 			return Revision{}, false, err
 		}
 	}

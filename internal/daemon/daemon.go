@@ -69,7 +69,11 @@ type Daemon struct {
 	localData []byte
 	// fl links a fleet gateway (a policy with a cluster section) to its
 	// etcd; nil for a standalone gateway. Set once by start.
-	fl    *fleetState
+	fl *fleetState
+	// statusInterval and statusTTL, if not zero, replace the status
+	// key's defaults (cluster.AnnouncerOptions); tests shorten them.
+	statusInterval, statusTTL time.Duration
+
 	reg   *prometheus.Registry
 	m     *metrics
 	audit *audit.Logger

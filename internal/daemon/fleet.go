@@ -150,7 +150,7 @@ func (fl *fleetState) latestSource() (*policy.Source, *cluster.Revision) {
 	if fl.latest == nil {
 		return nil, nil
 	}
-	src := fl.latest.Source()
+	src := fl.latest.Document()
 	return &src, fl.latest
 }
 

@@ -34,14 +34,15 @@ func parse(local Source, shared *Source, fleet bool) (*Policy, error) {
 	}
 	top := &yaml.Node{Kind: yaml.MappingNode}
 	var errs ErrorList
-	localTop, err := document(local)
-	if err != nil {
-		errs = append(errs, err)
+	localTop, lerr := document(local)
+	if lerr != nil {
+		errs = append(errs, lerr)
 	}
 	var sharedTop *yaml.Node
 	if shared != nil {
-		if sharedTop, err = document(*shared); err != nil {
-			errs = append(errs, err)
+		var serr *Error
+		if sharedTop, serr = document(*shared); serr != nil {
+			errs = append(errs, serr)
 		}
 	}
 	if errs != nil {
