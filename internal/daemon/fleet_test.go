@@ -218,9 +218,9 @@ func TestFleetBadRevisionKeptOut(t *testing.T) {
 	push(t, cli, sharedTwo)
 	a.eventually("applied revision 2", func() bool { return a.hasRule("two") })
 	var rep cluster.Report
-	a.eventually("saw gw-b refuse revision 2", func() bool {
+	a.eventually("saw gw-b refuse revision 2 and itself on it", func() bool {
 		rep = a.fleet()
-		return stateOf(rep, "gw-b").State == cluster.StateRejected
+		return stateOf(rep, "gw-b").State == cluster.StateRejected && stateOf(rep, "gw-a").State == cluster.StateOK
 	})
 	nb := stateOf(rep, "gw-b")
 	if nb.PolicyRevision != 1 || nb.RejectedRevision != 2 || !strings.Contains(nb.LastError, "resolver refused by the test") {
