@@ -406,3 +406,29 @@ func waitFleet(t *testing.T, cli *clientv3.Client, ok func(Report) bool) Report 
 }
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+// FuzzDecodeRevision feeds the revision record decoder what etcd could
+// hold: it must not panic, and a record it accepts is whole (its number,
+// and content matching its checksum). Run it with:
+//
+//	go test -run '^$' -fuzz '^FuzzDecodeRevision$' -fuzztime 30s ./internal/cluster/
+func FuzzDecodeRevision(f *testing.F) {
+	good, _ := json.Marshal(Revision{Number: 7, SHA256: Sum([]byte(v1)), Author: "a", Content: v1})
+	f.Add(int64(7), good)
+	f.Add(int64(8), good)
+	f.Add(int64(7), []byte(`{"revision":7,"sha256":"00","content":"rules: []"}`))
+	f.Add(int64(1), []byte(`not json`))
+	f.Add(int64(1), []byte(`{"revision":1,"content":"\ud800"}`))
+	f.Fuzz(func(t *testing.T, n int64, rec []byte) {
+		r, err := decodeRevision(n, rec)
+		if err != nil {
+			if !errors.Is(err, ErrBadRevision) {
+				t.Fatalf("error %v does not wrap ErrBadRevision", err)
+			}
+			return
+		}
+		if r.Number != n || Sum([]byte(r.Content)) != r.SHA256 {
+			t.Fatalf("accepted a record that is not whole: %+v", r)
+		}
+	})
+}

@@ -346,3 +346,42 @@ func (g *gateway) metric(series string) float64 {
 	}
 	return -1
 }
+
+// TestFleetLocalReload: a fleet gateway's local file still reloads,
+// composed with the shared revision in force; a local file that takes a
+// shared key is refused, positioned, and what is in force stays.
+func TestFleetLocalReload(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	push(t, cli, sharedOne)
+	a := startGateway(t, c, "gw-a")
+	path := a.d.opts.PolicyPath
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newLog := filepath.Join(t.TempDir(), "audit-2.log")
+	changed := strings.Replace(string(orig), "log: {file: ", fmt.Sprintf("log: {file: %q}\n# was: ", newLog), 1)
+	if err := os.WriteFile(path, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.d.reload(context.Background(), "test", false)
+	if p := a.d.Policy(); p.Log.File != newLog || p.SharedName != "shared revision 1" || !a.hasRule("one") {
+		t.Fatalf("after a local reload: log.file %q, shared %q\n%s", p.Log.File, p.SharedName, a.log.String())
+	}
+	if err := os.WriteFile(path, []byte(changed+"rules: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.d.reload(context.Background(), "test", false)
+	if !a.hasRule("one") {
+		t.Error("a refused local file dropped the shared rules")
+	}
+	if want := "rules is shared by the fleet"; !strings.Contains(a.log.String(), want) {
+		t.Errorf("the log does not say %q:\n%s", want, a.log.String())
+	}
+	// Its status says why, and that it is still on the revision in force.
+	a.eventually("reported the refused local file", func() bool {
+		n := stateOf(a.fleet(), "gw-a")
+		return strings.Contains(n.LastError, path+":") && strings.Contains(n.LastError, "rules is shared by the fleet") && n.State == cluster.StateOK
+	})
+}
