@@ -73,6 +73,17 @@ func TestPolicyPushHistoryRollback(t *testing.T) {
 	if out, errOut, code := runCLI(t, "check", "-c", local); code != 0 || !strings.Contains(out, "1 rules, 2 targets") || !strings.Contains(out, "shared policy shared revision 2") {
 		t.Errorf("check with the shared half from etcd: exit %d %q\n%s", code, out, errOut)
 	}
+	// explain and run --dry-run read the shared half from etcd too, or
+	// from --shared.
+	if out, errOut, code := runCLI(t, "explain", "-c", local, "--from", "127.0.0.1", "--to", "example.org:443"); code != 0 || !strings.HasPrefix(out, "ALLOW") {
+		t.Errorf("explain with revision 2: exit %d %q\n%s", code, out, errOut)
+	}
+	if out, _, code := runCLI(t, "explain", "-c", local, "--shared", one, "--from", "127.0.0.1", "--to", "example.org:443"); code != 1 || !strings.HasPrefix(out, "DENY") {
+		t.Errorf("explain with --shared one.yaml: exit %d %q", code, out)
+	}
+	if out, errOut, code := runCLI(t, "run", "-c", local, "--dry-run"); code != 0 || !strings.Contains(out, "table inet") {
+		t.Errorf("run --dry-run: exit %d %q\n%s", code, out, errOut)
+	}
 	if out, _, code := runCLI(t, "policy", "rollback", "-c", local, "1"); code != 0 || !strings.HasPrefix(out, "revision 3 is current") {
 		t.Errorf("rollback 1: exit %d %q", code, out)
 	}
