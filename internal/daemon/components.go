@@ -60,6 +60,9 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading this host's addresses: %w", err)
 	}
+	// With a cluster section, internal/fleet's Publisher is to wrap
+	// publisher here (local first, then etcd), and be set as
+	// d.fl.learned for readiness.
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
@@ -245,7 +248,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if err != nil {
 			return nil, nil, "", err
 		}
-		h := admin.Handler(admin.Config{
+		cfg := admin.Config{
 			Policy:         c.d.Policy,
 			Generation:     c.d.gen.Load,
 			Ready:          c.d.ready,
@@ -253,7 +256,12 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Gatherer:       c.d.reg,
 			RestartPending: c.d.restartPending,
 			Local:          c.local,
-		})
+			Degraded:       c.d.degraded,
+		}
+		if fl := c.d.fl; fl != nil {
+			cfg.Fleet = fl.report
+		}
+		h := admin.Handler(cfg)
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":
 		pc, ln, err := listenDNS(addr)
