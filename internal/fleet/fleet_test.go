@@ -15,6 +15,7 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
 )
@@ -384,3 +385,80 @@ func waitAcked(t testing.TB, cli *clientv3.Client, key string, nodes ...string) 
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestConcurrentPublishes: answers at three gateways at once, many for
+// the same elements with different expiries (two gateways resolving one
+// name together), share transactions; every hold is acknowledged, every
+// gateway ends with every element, and etcd with each element's latest
+// expiry: a write never shortens another's.
+func TestConcurrentPublishes(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	var gws []*gateway
+	for _, n := range []string{"a", "b", "c"} {
+		gws = append(gws, startGateway(t, c.Client(t), n, nil, nil))
+	}
+	for _, g := range gws {
+		g.waitLoaded(t)
+	}
+	for _, g := range gws {
+		waitFor(t, g.o.Node+" to see the others", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.live) == 2 })
+	}
+	const elements, rounds = 150, 4
+	base := time.Now().Add(5 * time.Minute).Truncate(time.Second)
+	elem := func(i, round int) learn.Entry {
+		return learn.Entry{
+			Name:    dnsname.Name(fmt.Sprintf("n%d.cdn.example", i)),
+			Addr:    netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}),
+			Rule:    "everyone",
+			Expires: base.Add(time.Duration(round) * time.Minute),
+		}
+	}
+	var wg sync.WaitGroup
+	for round := range rounds {
+		for i := range elements {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g := gws[(i+round)%len(gws)]
+				if err := g.Publish(context.Background(), []learn.Entry{elem(i, round)}); err != nil {
+					t.Errorf("Publish: %v", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	var acked float64
+	for _, g := range gws {
+		acked += g.holdsEnded("acked")
+	}
+	if acked != elements*rounds {
+		t.Errorf("holds acked: got %v, want %d", acked, elements*rounds)
+	}
+	latest := func(i int) learn.Entry { return elem(i, rounds-1) }
+	for _, g := range gws {
+		waitFor(t, g.o.Node+" to hold every element until its latest expiry", func() bool {
+			for i := range elements {
+				if !g.holds(latest(i)) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/fqdngate/learned/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != elements {
+		t.Fatalf("etcd holds %d elements, want %d", len(resp.Kvs), elements)
+	}
+	want := encodeExpiry(latest(0).Expires.Unix())
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) != want {
+			t.Errorf("%s expires at %s, want the latest, %s", kv.Key, kv.Value, want)
+		}
+	}
+}

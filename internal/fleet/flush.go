@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -112,11 +113,18 @@ func (f *Fleet) queueLocked(o *op) bool {
 	return true
 }
 
-// flushLoop writes the queued flushes, one transaction at a time, while
-// the fleet is up, until ctx ends. Concurrent answers share a flush: those
-// that arrive while one is written make up the next.
+// flushLoop writes the queued flushes while the fleet is up, until ctx
+// ends: up to maxInflight transactions at a time, so that a fleet's rate
+// of new addresses is not one transaction per round trip to etcd.
+// Concurrent answers share a flush: those that arrive while flushes are
+// written make up the next.
 func (f *Fleet) flushLoop(ctx context.Context) {
-	leases := map[int64]clientv3.LeaseID{} // by bucket end, Unix seconds
+	var (
+		wg     sync.WaitGroup
+		slots  = make(chan struct{}, maxInflight)
+		leases = &leases{ids: map[int64]clientv3.LeaseID{}}
+	)
+	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -124,23 +132,52 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 		case <-f.kick:
 		}
 		for ctx.Err() == nil {
-			f.mu.Lock()
-			if !f.up || len(f.queue) == 0 {
-				f.mu.Unlock()
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			fl := f.take()
+			if fl == nil {
+				<-slots
 				break
 			}
-			fl := f.queue[0]
-			f.queue[0] = nil
-			f.queue = f.queue[1:]
-			for _, o := range fl.ops {
-				delete(f.queued, o.key)
-				f.inflight[o.key] = o
-			}
-			f.m.pending.Set(float64(len(f.queued)))
-			f.mu.Unlock()
-			f.write(ctx, fl, leases)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f.write(ctx, fl, leases)
+				<-slots
+				f.wake() // a flush may have waited for a slot, or for a key
+			}()
 		}
 	}
+}
+
+// take returns the first queued flush none of whose elements is being
+// written (two writes of one element must not race), and marks its
+// elements in flight; nil if there is none, or the fleet is not up.
+func (f *Fleet) take() *flush {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.up {
+		return nil
+	}
+next:
+	for i, fl := range f.queue {
+		for _, o := range fl.ops {
+			if _, busy := f.inflight[o.key]; busy {
+				continue next
+			}
+		}
+		f.queue = append(f.queue[:i], f.queue[i+1:]...)
+		for _, o := range fl.ops {
+			delete(f.queued, o.key)
+			f.inflight[o.key] = o
+		}
+		f.m.pending.Set(float64(len(f.queued)))
+		return fl
+	}
+	return nil
 }
 
 // write writes fl in one transaction and records the outcome. Each element
@@ -148,7 +185,7 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 // by then (another gateway may have written it meanwhile): a nested
 // transaction per element compares the values, whose fixed width makes
 // etcd's byte order the order of expiries.
-func (f *Fleet) write(ctx context.Context, fl *flush, leases map[int64]clientv3.LeaseID) {
+func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 	var (
 		resp *clientv3.TxnResponse
 		err  error
@@ -157,7 +194,7 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases map[int64]clientv3.
 		ops := make([]clientv3.Op, 0, len(fl.ops))
 		for _, o := range fl.ops {
 			var lease clientv3.LeaseID
-			lease, err = f.leaseFor(ctx, o.exp, leases)
+			lease, err = leases.get(ctx, f, o.exp)
 			if err != nil {
 				break
 			}
@@ -184,7 +221,7 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases map[int64]clientv3.
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			// A bucket's lease expired or was revoked under us: grant
 			// anew and try once more.
-			clear(leases)
+			leases.forget()
 			continue
 		}
 		break
@@ -258,20 +295,28 @@ func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
 	}
 }
 
-// leaseFor returns the lease of the expiry bucket of exp (Unix seconds),
-// granting it if need be: elements that expire close together share one
-// lease, which etcd revokes, deleting them, a little after the last of
-// them expires.
-func (f *Fleet) leaseFor(ctx context.Context, exp int64, leases map[int64]clientv3.LeaseID) (clientv3.LeaseID, error) {
+// leases are the leases of the expiry buckets, shared by the flushes:
+// elements that expire close together share one lease, which etcd
+// revokes, deleting them, a little after the last of them expires.
+type leases struct {
+	mu  sync.Mutex                 // guards ids, and is held while granting
+	ids map[int64]clientv3.LeaseID // by bucket end, Unix seconds
+}
+
+// get returns the lease of the expiry bucket of exp (Unix seconds),
+// granting it if need be.
+func (l *leases) get(ctx context.Context, f *Fleet, exp int64) (clientv3.LeaseID, error) {
 	width := int64(f.o.Bucket / time.Second)
 	end := (exp + width - 1) / width * width
-	if id, ok := leases[end]; ok {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if id, ok := l.ids[end]; ok {
 		return id, nil
 	}
 	now := f.o.Now().Unix()
-	for e := range leases {
+	for e := range l.ids {
 		if e < now {
-			delete(leases, e)
+			delete(l.ids, e)
 		}
 	}
 	ttl := end - now + int64(leaseSlack/time.Second)
@@ -282,6 +327,13 @@ func (f *Fleet) leaseFor(ctx context.Context, exp int64, leases map[int64]client
 		return 0, fmt.Errorf("granting a lease for learned addresses: %w", err)
 	}
 	f.m.writes.WithLabelValues("lease").Inc()
-	leases[end] = resp.ID
+	l.ids[end] = resp.ID
 	return resp.ID, nil
+}
+
+// forget drops every lease: one was not found (expired, or revoked).
+func (l *leases) forget() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.ids)
 }

@@ -108,6 +108,9 @@ const (
 	// the same bound along each path; an element is a nested transaction
 	// two levels deep.
 	maxFlush = 64
+	// maxInflight bounds the transactions of learned elements in flight
+	// at once.
+	maxInflight = 4
 	// leaseSlack: a bucket's lease outlives the bucket's last expiry by
 	// this much, so that an element is never deleted before it expires.
 	leaseSlack = 10 * time.Second
