@@ -1,0 +1,149 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
+)
+
+// BenchmarkPublish publishes one new address at a time at the first of a
+// fleet of gateways on an embedded three-member etcd (fsync on), and
+// reports the latency of Publish, local programming and hold included:
+// p50-ms and p99-ms, and the etcd writes each publication cost.
+func BenchmarkPublish(b *testing.B) {
+	for _, fsync := range []bool{true, false} {
+		for _, tc := range []struct {
+			name     string
+			hold     Hold
+			gateways int
+		}{
+			{"hold=local", HoldLocal, 2},
+			{"hold=peers/gateways=2", HoldPeers, 2},
+			{"hold=peers/gateways=3", HoldPeers, 3},
+		} {
+			name := tc.name
+			if !fsync {
+				name += "/fsync=off"
+			}
+			b.Run(name, func(b *testing.B) { benchPublish(b, fsync, tc.hold, tc.gateways) })
+		}
+	}
+}
+
+// startFleet starts an embedded three-member etcd and n gateways with
+// hold, and returns them once the first sees the others.
+func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, []*gateway) {
+	var opts []etcdtest.Option
+	if !fsync {
+		opts = append(opts, etcdtest.NoFsync())
+	}
+	c := etcdtest.Start(b, 3, opts...)
+	var gws []*gateway
+	for i := range n {
+		gws = append(gws, startGateway(b, c.Client(b), fmt.Sprintf("g%d", i), nil, func(o *Options) { o.Hold = hold }))
+	}
+	for _, g := range gws {
+		g.waitLoaded(b)
+	}
+	first := gws[0]
+	waitFor(b, "the first gateway to see the others", func() bool {
+		first.mu.Lock()
+		defer first.mu.Unlock()
+		return len(first.live) == n-1
+	})
+	return c, gws
+}
+
+func benchPublish(b *testing.B, fsync bool, hold Hold, n int) {
+	c, gws := startFleet(b, fsync, hold, n)
+	first := gws[0]
+	cli := c.Client(b)
+	before := etcdWrites(b, cli, gws...)
+	var lat []time.Duration
+	batch := make([]learn.Entry, 1)
+	i := 0
+	for b.Loop() {
+		i++
+		batch[0] = benchEntry(i)
+		start := time.Now()
+		if err := first.Publish(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	// hold: local writes after Publish returns: count those writes too.
+	waitFor(b, "every element written", func() bool { return first.count(first.m.written) >= float64(len(lat)) })
+	writes := etcdWrites(b, cli, gws...) - before
+	slices.Sort(lat)
+	ms := func(q float64) float64 {
+		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(ms(0.50), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+	b.ReportMetric(float64(writes)/float64(len(lat)), "etcd-writes/op")
+	if timeouts := first.holdsEnded("timeout_release"); timeouts > 0 {
+		b.Errorf("%v holds timed out", timeouts)
+	}
+}
+
+// benchEntry is the i-th of distinct new elements.
+func benchEntry(i int) learn.Entry {
+	return learn.Entry{
+		Name:    dnsname.Name(fmt.Sprintf("n%d.cdn.example", i)),
+		Addr:    netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}),
+		Rule:    "everyone",
+		Expires: time.Now().Add(5 * time.Minute),
+	}
+}
+
+// BenchmarkPublishParallel: many answers at once at each of three
+// gateways with hold: peers, as a busy fleet sees them; elements/s is
+// the fleet's rate of new addresses, every one acknowledged by all three
+// before its Publish returned.
+func BenchmarkPublishParallel(b *testing.B) {
+	c, gws := startFleet(b, true, HoldPeers, 3)
+	for _, g := range gws[1:] {
+		waitFor(b, "every gateway to see the others", func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return len(g.live) == len(gws)-1
+		})
+	}
+	cli := c.Client(b)
+	before := etcdWrites(b, cli, gws...)
+	var seq atomic.Int64
+	b.SetParallelism(64) // goroutines per GOMAXPROCS: concurrent queries
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		batch := make([]learn.Entry, 1)
+		for pb.Next() {
+			i := int(seq.Add(1))
+			batch[0] = benchEntry(i)
+			if err := gws[i%len(gws)].Publish(context.Background(), batch); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	writes := etcdWrites(b, cli, gws...) - before
+	b.ReportMetric(float64(seq.Load())/elapsed.Seconds(), "elements/s")
+	b.ReportMetric(float64(writes)/float64(seq.Load()), "etcd-writes/op")
+	var timeouts float64
+	for _, g := range gws {
+		timeouts += g.holdsEnded("timeout_release")
+	}
+	if timeouts > 0 {
+		b.Errorf("%v holds timed out", timeouts)
+	}
+}
