@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -101,12 +102,17 @@ func newFleetNet(t *testing.T) *fleetNet {
 func etcdMemberAddr(i int) string { return fmt.Sprintf("192.0.2.%d", 101+i) }
 
 // etcdCluster is Debian's etcd binary, one process per member, in the
-// etcd namespace.
+// etcd namespace, serving clients and peers over TLS with client
+// certificates, as docs/fleet.md asks of production.
 type etcdCluster struct {
 	t       *testing.T
 	ns      *netns.NS
 	dir     string
 	members []*etcdMember
+
+	CA                 *certs.CA
+	CAFile             string
+	memberCert, memKey string
 }
 
 type etcdMember struct {
@@ -127,13 +133,19 @@ func startEtcd(t *testing.T, ns *netns.NS, size int) *etcdCluster {
 		}
 		t.Skip("needs the etcd binary: apt-get install etcd-server")
 	}
-	c := &etcdCluster{t: t, ns: ns, dir: t.TempDir()}
+	c := &etcdCluster{t: t, ns: ns, dir: t.TempDir(), CA: certs.NewCA(t)}
+	c.CAFile = c.CA.WriteFile(t)
+	hosts := []string{"etcd"}
+	for i := range size {
+		hosts = append(hosts, etcdMemberAddr(i))
+	}
+	c.memberCert, c.memKey = c.CA.LeafFiles(t, hosts...)
 	var initial []string
 	for i := range size {
 		m := &etcdMember{name: fmt.Sprintf("m%d", i), addr: etcdMemberAddr(i)}
 		m.dir = filepath.Join(c.dir, m.name)
 		c.members = append(c.members, m)
-		initial = append(initial, m.name+"=http://"+m.addr+":2380")
+		initial = append(initial, m.name+"=https://"+m.addr+":2380")
 	}
 	for _, m := range c.members {
 		c.start(m, strings.Join(initial, ","), "new")
@@ -151,8 +163,8 @@ func startEtcd(t *testing.T, ns *netns.NS, size int) *etcdCluster {
 
 func (c *etcdCluster) start(m *etcdMember, initial, state string) {
 	c.t.Helper()
-	client := "http://" + m.addr + ":2379"
-	peer := "http://" + m.addr + ":2380"
+	client := "https://" + m.addr + ":2379"
+	peer := "https://" + m.addr + ":2380"
 	m.cmd = exec.Command("ip", "netns", "exec", c.ns.Name, "etcd",
 		"--name", m.name,
 		"--data-dir", m.dir,
@@ -163,6 +175,10 @@ func (c *etcdCluster) start(m *etcdMember, initial, state string) {
 		"--initial-cluster", initial,
 		"--initial-cluster-state", state,
 		"--initial-cluster-token", "fqdngate-e2e",
+		"--cert-file", c.memberCert, "--key-file", c.memKey,
+		"--client-cert-auth", "--trusted-ca-file", c.CAFile,
+		"--peer-cert-file", c.memberCert, "--peer-key-file", c.memKey,
+		"--peer-client-cert-auth", "--peer-trusted-ca-file", c.CAFile,
 		"--log-level", "warn",
 	)
 	m.cmd.Stdout = &m.log
@@ -181,7 +197,7 @@ func (c *etcdCluster) start(m *etcdMember, initial, state string) {
 func (c *etcdCluster) Endpoints() []string {
 	var out []string
 	for _, m := range c.members {
-		out = append(out, "http://"+m.addr+":2379")
+		out = append(out, "https://"+m.addr+":2379")
 	}
 	return out
 }
@@ -203,7 +219,7 @@ func (c *etcdCluster) Restart(i int) {
 	c.t.Helper()
 	var initial []string
 	for _, m := range c.members {
-		initial = append(initial, m.name+"=http://"+m.addr+":2380")
+		initial = append(initial, m.name+"=https://"+m.addr+":2380")
 	}
 	c.start(c.members[i], strings.Join(initial, ","), "existing")
 	c.waitHealthy(i)
@@ -213,9 +229,14 @@ func (c *etcdCluster) Restart(i int) {
 func (c *etcdCluster) waitHealthy(i int) {
 	c.t.Helper()
 	m := c.members[i]
+	cert, err := tls.LoadX509KeyPair(c.memberCert, c.memKey)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	hc := &http.Client{
 		Timeout: time.Second,
 		Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), Certificates: []tls.Certificate{cert}},
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				return c.ns.DialWith(&net.Dialer{Timeout: time.Second}, network, addr)
 			},
@@ -224,7 +245,7 @@ func (c *etcdCluster) waitHealthy(i int) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := hc.Get("http://" + m.addr + ":2379/health")
+		resp, err := hc.Get("https://" + m.addr + ":2379/health")
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
