@@ -18,6 +18,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
+	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/localaddr"
 	"github.com/fqdngate/fqdngate/internal/nft"
@@ -44,6 +45,10 @@ type components struct {
 	// local is this host's addresses, followed as they come and go: the
 	// DNS firewall strips them from answers, the proxy never dials them.
 	local *localaddr.Set
+
+	// fleet shares learned addresses with the other gateways of a fleet
+	// (a policy with a cluster section); nil for a standalone gateway.
+	fleet *fleet.Fleet
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -60,9 +65,6 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading this host's addresses: %w", err)
 	}
-	// With a cluster section, internal/fleet's Publisher is to wrap
-	// publisher here (local first, then etcd), and be set as
-	// d.fl.learned for readiness.
 	var publisher learn.Publisher
 	if p.Firewall.Backend == policy.BackendNftables {
 		cfg := NftConfig(p, d.log.With("component", "firewall"))
@@ -79,6 +81,14 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		c.learned = c.nft.Learned
 		registerFirewallMetrics(d.reg, c.nft)
 	}
+	if d.fl != nil {
+		// A fleet gateway shares what it learns: the fleet programs this
+		// gateway first, then etcd and every other gateway.
+		if publisher, err = c.shareLearned(p, publisher); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
 	var verify func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	if c.nft != nil {
 		// Verify before allow: a poisoned answer must not open the kernel
@@ -87,15 +97,16 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		verify = c.verifier.Verify
 	}
 	c.dns, err = dnsfw.New(dnsfw.Config{
-		Policy:    d.Policy,
-		Publisher: publisher,
-		Verify:    verify,
-		Exchanger: c.ups,
-		Audit:     d.audit,
-		Logger:    d.log.With("component", "dns"),
-		Metrics:   dnsMetrics,
-		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
-		Local:     c.local,
+		Policy:        d.Policy,
+		Publisher:     publisher,
+		Verify:        verify,
+		Exchanger:     c.ups,
+		Audit:         d.audit,
+		Logger:        d.log.With("component", "dns"),
+		Metrics:       dnsMetrics,
+		IsBusy:        func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
+		Local:         c.local,
+		RefreshLeader: c.refreshLeader,
 	})
 	if err != nil {
 		c.close()
@@ -146,6 +157,18 @@ func (c *components) run(ctx context.Context) {
 				if err := c.nft.Run(ctx); err != nil {
 					select {
 					case c.d.fatal <- fmt.Errorf("nftables backend: %w", err):
+					default:
+					}
+				}
+			}()
+		}
+		if c.fleet != nil {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				if err := c.fleet.Run(ctx); err != nil {
+					select {
+					case c.d.fatal <- fmt.Errorf("fleet learned state: %w", err):
 					default:
 					}
 				}

@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"github.com/fqdngate/fqdngate/internal/fleet"
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// shareLearned wraps local, what enforces on this gateway (the nftables
+// backend, or nil for an in-memory store made here), in the fleet's shared
+// learned state, and returns what the DNS firewall publishes to. Elements
+// from etcd are checked against the policy in force (fleet.Accept),
+// updated at every commit (acceptPolicy).
+func (c *components) shareLearned(p *policy.Policy, local learn.Publisher) (learn.Publisher, error) {
+	d := c.d
+	if local == nil {
+		store := learn.NewStore(learn.StoreConfig{MaxPerName: p.DNS.MaxLearnedPerName})
+		local, c.learned = store, store.List
+	}
+	cl := d.fl.cluster
+	o := fleet.Options{
+		Prefix:      cl.Prefix,
+		Node:        cl.Node,
+		Hold:        fleet.HoldPeers,
+		HoldTimeout: cl.HoldTimeout,
+		OnTimeout:   fleet.Release,
+		Local:       local,
+		Accept:      fleet.Accept(p, c.local),
+		MaxPerName:  p.DNS.MaxLearnedPerName,
+		Logger:      d.log.With("component", "fleet"),
+		Registerer:  d.reg,
+	}
+	if cl.Hold == policy.HoldLocal {
+		o.Hold = fleet.HoldLocal
+	}
+	if cl.OnHoldTimeout == policy.TimeoutServFail {
+		o.OnTimeout = fleet.ServFail
+	}
+	f, err := fleet.New(d.fl.cli, o)
+	if err != nil {
+		return nil, err
+	}
+	c.fleet = f
+	d.fl.learned = f
+	return f, nil
+}
+
+// acceptPolicy makes p the policy elements from etcd are checked against,
+// once p is in force.
+func (c *components) acceptPolicy(p *policy.Policy) {
+	if c.fleet != nil {
+		c.fleet.SetAccept(fleet.Accept(p, c.local), p.DNS.MaxLearnedPerName)
+	}
+}
+
+// refreshLeader reports whether this gateway runs the refresh timers of
+// rules with refresh: always when standalone; in a fleet, when it is the
+// gateway the fleet elected (or has lost etcd, and so refreshes for
+// itself).
+func (c *components) refreshLeader() bool {
+	return c.fleet == nil || c.fleet.IsLeader()
+}
