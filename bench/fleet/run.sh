@@ -116,7 +116,7 @@ NEXT=0 # the first name of NAMES not asked yet
 take() { sed -n "$((NEXT + 1)),$((NEXT + $1))p" "$NAMES" >"$2"; NEXT=$((NEXT + $1)); }
 
 cat >"$SCRATCH/shared.yaml" <<EOF
-dns: {upstreams: [$UP], cache: true, rate_limit: 0, min_ttl: 30s, max_ttl: 1h, grace: 1m, wildcard_budget: 100000000}
+dns: {upstreams: [$UP], cache: true, rate_limit: 0, min_ttl: 30s, max_ttl: 1h, grace: 1m, wildcard_budget: 1000000}
 rules:
   - name: bench
     to: ["**.bench.example"]
@@ -170,6 +170,7 @@ start() {
 	for ((i = 0; i < n; i++)); do
 		for _ in $(seq 150); do
 			[[ $(inns curl -s "http://127.0.0.1:909$i/readyz" 2>/dev/null) = ready* ]] && continue 2
+			kill -0 "${GW[i]}" 2>/dev/null || break
 			sleep 0.2
 		done
 		log "gateway $i not ready; see $OUT/gw$i.log"
