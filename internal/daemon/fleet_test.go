@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/fqdngate/fqdngate/internal/cluster"
 	"github.com/fqdngate/fqdngate/internal/resolver"
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
 )
 
@@ -51,15 +53,22 @@ type gateway struct {
 // startGateway starts a fleet gateway called node on c.
 func startGateway(t *testing.T, c *etcdtest.Cluster, node string) *gateway {
 	t.Helper()
+	return startGatewayDNS(t, c, node, "")
+}
+
+// startGatewayDNS starts a fleet gateway called node on c, with its DNS
+// firewall on dnsAddr ("" for none).
+func startGatewayDNS(t *testing.T, c *etcdtest.Cluster, node, dnsAddr string) *gateway {
+	t.Helper()
 	g := &gateway{t: t, node: node, admin: freeAddr(t)}
 	dir := t.TempDir()
-	local := fmt.Sprintf(`listen: {dns: "", proxy: "", admin: %q}
+	local := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: %q}
 log: {file: %q}
 cluster:
   etcd: {endpoints: [%s]}
   prefix: %s
   node: %s
-`, g.admin, filepath.Join(dir, "audit.log"), quoteAll(c.Endpoints()), fleetPrefix, node)
+`, dnsAddr, g.admin, filepath.Join(dir, "audit.log"), quoteAll(c.Endpoints()), fleetPrefix, node)
 	path := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(path, []byte(local), 0o644); err != nil {
 		t.Fatal(err)
@@ -384,4 +393,21 @@ func TestFleetLocalReload(t *testing.T) {
 		n := stateOf(a.fleet(), "gw-a")
 		return strings.Contains(n.LastError, path+":") && strings.Contains(n.LastError, "rules is shared by the fleet") && n.State == cluster.StateOK
 	})
+}
+
+// TestFleetStatusCountsLearned: the status key counts the addresses the
+// gateway learned from the answers it gave.
+func TestFleetStatusCountsLearned(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	up := dnstest.NewServer(t, dnstest.Zone(dnstest.A("one.example.", 300, "192.0.2.10"), dnstest.A("one.example.", 300, "192.0.2.11")))
+	push(t, cli, fmt.Sprintf("dns: {upstreams: [%q]}\nrules:\n  - name: one\n    to: [one.example]\n", up.Addr.String()))
+	dnsAddr := freeAddr(t)
+	a := startGatewayDNS(t, c, "gw-a", dnsAddr)
+	cl := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	r, _, err := cl.Exchange(new(dns.Msg).SetQuestion("one.example.", dns.TypeA), dnsAddr)
+	if err != nil || len(r.Answer) != 2 {
+		t.Fatalf("one.example: %v %v", r, err)
+	}
+	a.eventually("counted 2 learned addresses", func() bool { return stateOf(a.fleet(), "gw-a").Learned == 2 })
 }
