@@ -279,9 +279,15 @@ func TestFleetBadRevisionKeptOut(t *testing.T) {
 func TestFleetStartsWithoutSharedPolicy(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	cli := c.Client(t)
-	a := startGateway(t, c, "gw-a")
+	dnsAddr := freeAddr(t)
+	a := startGatewayDNS(t, c, "gw-a", dnsAddr)
 	if n := len(a.d.Policy().Rules); n != 0 {
 		t.Errorf("got %d rules before any shared revision, want 0", n)
+	}
+	// Its DNS firewall serves, without upstreams, and denies.
+	cl := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	if r, _, err := cl.Exchange(new(dns.Msg).SetQuestion("one.example.", dns.TypeA), dnsAddr); err != nil || r.Rcode != dns.RcodeNameError {
+		t.Errorf("one.example before any shared revision: %v %v, want NXDOMAIN", r, err)
 	}
 	if code, body := a.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no shared policy revision applied yet") {
 		t.Errorf("/readyz before a shared revision: %d %q", code, body)
