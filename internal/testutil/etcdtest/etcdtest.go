@@ -29,7 +29,8 @@ const startTimeout = 60 * time.Second
 type Cluster struct {
 	t       testing.TB
 	cfgs    []memberConfig
-	initial string     // the initial-cluster flag: every member's peer URL
+	initial string // the initial-cluster flag: every member's peer URL
+	opts    []Option
 	mu      sync.Mutex // guards members
 	members []*embed.Etcd
 }
@@ -40,14 +41,22 @@ type memberConfig struct {
 	peerURL, clientURL url.URL
 }
 
+// Option changes how the members of a cluster run.
+type Option func(*embed.Config)
+
+// NoFsync runs the members without fsync (etcd's --unsafe-no-fsync), for
+// benchmarks that compare etcd's cost with and without the disk's. A
+// member's data survives Stop and Restart, not a crash of the machine.
+func NoFsync() Option { return func(c *embed.Config) { c.UnsafeNoFsync = true } }
+
 // Start starts a cluster of members members and waits until it has a
 // leader. Set FQDNGATE_ETCD_LOG=1 to see the members' logs on stderr.
-func Start(t testing.TB, members int) *Cluster {
+func Start(t testing.TB, members int, opts ...Option) *Cluster {
 	t.Helper()
 	if members < 1 {
 		t.Fatalf("etcdtest: a cluster needs at least one member, not %d", members)
 	}
-	c := &Cluster{t: t, members: make([]*embed.Etcd, members)}
+	c := &Cluster{t: t, members: make([]*embed.Etcd, members), opts: opts}
 	var peers []string
 	for i := range members {
 		m := memberConfig{
@@ -114,6 +123,9 @@ func (c *Cluster) start(i int) {
 		cfg.LogOutputs = []string{"stderr"}
 	} else {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	}
+	for _, o := range c.opts {
+		o(cfg)
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
