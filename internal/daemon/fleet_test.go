@@ -430,3 +430,27 @@ func TestFleetStatusCountsLearned(t *testing.T) {
 	}
 	a.eventually("counted 2 learned addresses", func() bool { return stateOf(a.fleet(), "gw-a").Learned == 2 })
 }
+
+// TestFleetNoQuorum: with two members of three down, the one left has no
+// leader: the gateway stays ready on what it has and says etcd is
+// degraded, until a quorum is back.
+func TestFleetNoQuorum(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	push(t, cli, sharedOne)
+	a := startGateway(t, c, "gw-a")
+	c.Stop(1)
+	c.Stop(2)
+	a.eventually("degraded", func() bool { return a.d.degraded() != nil })
+	if err := a.d.ready(); err != nil {
+		t.Errorf("not ready without a quorum: %v", err)
+	}
+	if !a.hasRule("one") {
+		t.Error("the policy in force was dropped without a quorum")
+	}
+	c.Restart(1)
+	c.Restart(2)
+	a.eventually("no longer degraded", func() bool { return a.d.degraded() == nil })
+	push(t, cli, sharedTwo)
+	a.eventually("applied revision 2", func() bool { return a.hasRule("two") })
+}
