@@ -214,7 +214,8 @@ DESCRIPTION
 
     Besides the policy itself, check reports what run would refuse on
     this host: with firewall.backend: nftables, a firewall.state_file
-    whose directory does not exist. --host=false leaves that out, for a
+    whose directory does not exist; for a fleet gateway, etcd credentials
+    that do not load. --host=false leaves that out, for a
     CI job that checks policies on another machine than the gateways.
 
     A POLICY with a cluster section is a fleet gateway's local file: check

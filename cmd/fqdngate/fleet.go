@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -122,7 +124,7 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintln(stderr, "fqdngate policy push: nothing pushed; fix the errors above")
 			return 1
 		}
-		r, created, err := store.Push(ctx, cluster.Push{Content: data, Author: author(), Source: filepath.Base(pos[0]), Message: *msg})
+		r, created, err := store.Push(ctx, cluster.Push{Content: data, Author: author(fl.cluster), Source: filepath.Base(pos[0]), Message: *msg})
 		if err != nil {
 			fmt.Fprintf(stderr, "fqdngate policy push: %v\n", err)
 			return 1
@@ -134,7 +136,7 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			fmt.Fprintf(stderr, "fqdngate policy rollback: %q is not a revision number; fqdngate policy history lists them\n", pos[0])
 			return 2
 		}
-		r, created, err := store.Rollback(ctx, n, author(), func(src policy.Source) error {
+		r, created, err := store.Rollback(ctx, n, author(fl.cluster), func(src policy.Source) error {
 			_, err := fl.check(src, *host)
 			return err
 		})
@@ -400,8 +402,9 @@ func parseArgs(fs *flag.FlagSet, args []string, stdout io.Writer, lo, hi int) ([
 }
 
 // author names who pushes a revision: the user (the one behind sudo, if
-// any) at this host.
-func author() string {
+// any) at this host, and the identity etcd itself checked: the etcd user,
+// or else the client certificate's common name.
+func author(c *policy.Cluster) string {
 	name := os.Getenv("SUDO_USER")
 	if name == "" {
 		if u, err := user.Current(); err == nil {
@@ -412,7 +415,33 @@ func author() string {
 		name = "unknown"
 	}
 	if h, err := os.Hostname(); err == nil {
-		return name + "@" + h
+		name += "@" + h
+	}
+	switch {
+	case c.Username != "":
+		name += " (etcd user " + c.Username + ")"
+	case c.CertFile != "":
+		if cn := certName(c.CertFile); cn != "" {
+			name += " (certificate " + cn + ")"
+		}
 	}
 	return name
+}
+
+// certName returns the common name of the first certificate in the PEM
+// file at path, or "".
+func certName(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	b, _ := pem.Decode(data)
+	if b == nil {
+		return ""
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return ""
+	}
+	return cert.Subject.CommonName
 }

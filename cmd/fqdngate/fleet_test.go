@@ -153,3 +153,19 @@ func TestFleetCommandsNeedClusterSection(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckClusterCredentials: check reports the etcd credentials run
+// could not load on this host, positioned at the cluster section; with
+// --host=false it leaves them out, as it leaves out the state file.
+func TestCheckClusterCredentials(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := writeFile(t, dir, "not.pem", "not a certificate\n")
+	local := writeFile(t, dir, "local.yaml", fmt.Sprintf("listen: {dns: \"\", proxy: \"\", admin: \"127.0.0.1:0\"}\ncluster:\n  etcd:\n    endpoints: [\"https://192.0.2.11:2379\"]\n    tls: {cert_file: %q, key_file: %q}\n", notPEM, notPEM))
+	shared := writeFile(t, dir, "shared.yaml", "dns: {upstreams: [192.0.2.53]}\nrules:\n  - name: web\n    to: [example.com]\n")
+	if _, errOut, code := runCLI(t, "check", "-c", local, "--shared", shared); code != 1 || !strings.Contains(errOut, local+":2:1: cluster.etcd.tls: loading the client certificate") {
+		t.Errorf("check: exit %d\n%s", code, errOut)
+	}
+	if out, errOut, code := runCLI(t, "check", "-c", local, "--shared", shared, "--host=false"); code != 0 {
+		t.Errorf("check --host=false: exit %d %q\n%s", code, out, errOut)
+	}
+}

@@ -47,25 +47,41 @@ func Dial(c *policy.Cluster) (*clientv3.Client, error) {
 		// matters through its own log and status instead.
 		Logger: zap.NewNop(),
 	}
-	if len(c.Endpoints) > 0 && strings.HasPrefix(c.Endpoints[0], "https://") {
-		t, err := tlsConfig(c)
-		if err != nil {
-			return nil, err
-		}
-		cfg.TLS = t
+	t, user, pw, err := credentials(c)
+	if err != nil {
+		return nil, err
 	}
-	if c.Username != "" {
-		pw, err := readPassword(c.PasswordFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Username, cfg.Password = c.Username, pw
-	}
+	cfg.TLS, cfg.Username, cfg.Password = t, user, pw
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd at %s: %v; check cluster.etcd.endpoints", strings.Join(c.Endpoints, ", "), err)
 	}
 	return cli, nil
+}
+
+// CheckCredentials reports what keeps Dial from using c's credentials on
+// this host: a CA file that holds no certificate, a client certificate
+// and key that do not load, an empty password file. fqdngate check and
+// the daemon's start report it.
+func CheckCredentials(c *policy.Cluster) error {
+	_, _, _, err := credentials(c)
+	return err
+}
+
+// credentials loads c's TLS configuration (nil for http endpoints) and
+// its user and password (empty without).
+func credentials(c *policy.Cluster) (t *tls.Config, user, password string, err error) {
+	if len(c.Endpoints) > 0 && strings.HasPrefix(c.Endpoints[0], "https://") {
+		if t, err = tlsConfig(c); err != nil {
+			return nil, "", "", err
+		}
+	}
+	if c.Username != "" {
+		if password, err = readPassword(c.PasswordFile); err != nil {
+			return nil, "", "", err
+		}
+	}
+	return t, c.Username, password, nil
 }
 
 func tlsConfig(c *policy.Cluster) (*tls.Config, error) {

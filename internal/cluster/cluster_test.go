@@ -284,7 +284,7 @@ func TestAnnouncer(t *testing.T) {
 	}
 	// A second gateway with gw-a's name does not take its key over; it
 	// says why.
-	twin := NewAnnouncer(cliB, AnnouncerOptions{Prefix: prefix, Node: "gw-a", Interval: 200 * time.Millisecond,
+	twin := NewAnnouncer(cliB, AnnouncerOptions{Prefix: prefix, Node: "gw-a", Interval: 200 * time.Millisecond, TTL: 2 * time.Second,
 		Status: func() Status { return Status{PolicyRevision: 99} }})
 	tctx, stopTwin := context.WithCancel(ctx)
 	twinDone := make(chan struct{})
@@ -431,4 +431,46 @@ func FuzzDecodeRevision(f *testing.F) {
 			t.Fatalf("accepted a record that is not whole: %+v", r)
 		}
 	})
+}
+
+// TestAnnouncerRestartAfterKill: a gateway restarted after kill -9 finds
+// its previous run's status key; it waits for it to expire, without
+// reporting etcd degraded meanwhile, and then takes its place.
+func TestAnnouncerRestartAfterKill(t *testing.T) {
+	_, cli, c := testStore(t)
+	ctx := ctxT(t)
+	run := func(a *Announcer) (stop func()) {
+		actx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = a.Run(actx) }()
+		return func() { cancel(); <-done }
+	}
+	opts := func(learned int) AnnouncerOptions {
+		return AnnouncerOptions{Prefix: prefix, Node: "gw-r", Interval: 200 * time.Millisecond, TTL: 2 * time.Second,
+			Status: func() Status { return Status{Learned: learned} }}
+	}
+	first := c.Client(t)
+	stopFirst := run(NewAnnouncer(first, opts(1)))
+	waitFleet(t, cli, func(r Report) bool { return len(r.Nodes) == 1 && r.Nodes[0].Learned == 1 })
+	first.Close() // killed: nothing revokes its lease
+	stopFirst()
+
+	second := NewAnnouncer(c.Client(t), opts(42))
+	defer run(second)()
+	deadline := time.Now().Add(wait)
+	for {
+		if err := second.Err(); err != nil {
+			t.Fatalf("the restarted gateway reports %v while its previous key expires", err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := ReadFleet(rctx, cli, prefix)
+		cancel()
+		if err == nil && len(r.Nodes) == 1 && r.Nodes[0].Learned == 42 && r.Nodes[0].State == StateOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted gateway never took its status key back: %+v", r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -32,6 +32,9 @@ type Status struct {
 	Version string    `json:"version"`
 }
 
+// errTaken is the error of a status key held under another lease.
+var errTaken = errors.New("status key taken")
+
 // member is what members/<node> holds.
 type member struct {
 	Node    string    `json:"node"`
@@ -110,6 +113,10 @@ func (a *Announcer) Run(ctx context.Context) error {
 	registered := false
 	t := time.NewTicker(a.interval)
 	defer t.Stop()
+	// A gateway restarted after kill -9 finds its previous run's key,
+	// which expires within a TTL: until then that is expected, and no
+	// reason to report etcd degraded. A twin's key never expires.
+	grace := a.now().Add(time.Duration(a.ttl)*time.Second + 2*a.interval)
 	for {
 		var err error
 		if !registered {
@@ -118,6 +125,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 		}
 		if err == nil {
 			lease, err = a.write(ctx, lease)
+		}
+		if errors.Is(err, errTaken) && a.now().Before(grace) {
+			err = nil
 		}
 		a.mu.Lock()
 		a.err = err
@@ -193,7 +203,7 @@ func (a *Announcer) write(ctx context.Context, lease clientv3.LeaseID) (clientv3
 		return lease, unreachable("writing this node's status", err)
 	}
 	if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded {
-		return lease, fmt.Errorf("another gateway holds node name %q in etcd (or this gateway's previous run does, until its lease expires); give each gateway its own cluster.node", a.node)
+		return lease, fmt.Errorf("%w: another gateway holds node name %q in etcd (or this gateway's previous run does, until its lease expires); give each gateway its own cluster.node", errTaken, a.node)
 	}
 	return lease, nil
 }

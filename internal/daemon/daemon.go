@@ -412,7 +412,10 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.Listen.DNS != "" && ch.resolver == nil && d.comps.ups.current() == nil {
+	// A fleet gateway without a shared revision yet allows nothing, so
+	// it needs no resolver until one arrives.
+	waiting := p.Cluster != nil && p.SharedName == ""
+	if p.Listen.DNS != "" && ch.resolver == nil && d.comps.ups.current() == nil && !waiting {
 		return nil, errors.New("the DNS listener has no upstream resolvers: set dns.upstreams")
 	}
 	if path := p.Log.File; path != d.out.path() {

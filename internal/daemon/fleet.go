@@ -215,8 +215,8 @@ func (fl *fleetState) etcdErr() error {
 // status is what the announcer writes.
 func (fl *fleetState) status(d *Daemon) cluster.Status {
 	st := cluster.Status{Started: fl.started, Version: d.opts.Version}
-	if c := d.comps; c != nil && c.learned != nil {
-		st.Learned = len(c.learned())
+	if c := d.comps; c != nil {
+		st.Learned = c.learnedCount()
 	}
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
@@ -303,4 +303,16 @@ func (d *Daemon) applyShared(ctx context.Context, r cluster.Revision, err error)
 		return
 	}
 	d.fl.applies.WithLabelValues("success").Inc()
+}
+
+// learnedCount is how many learned addresses this gateway enforces,
+// counted without listing them.
+func (c *components) learnedCount() int {
+	if c.nft != nil {
+		return c.nft.Stats().Learned
+	}
+	if s := c.dns.Learned(); s != nil {
+		return s.Len()
+	}
+	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -15,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/fqdngate/fqdngate/internal/cluster"
 	"github.com/fqdngate/fqdngate/internal/resolver"
+	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
 )
 
@@ -51,15 +54,22 @@ type gateway struct {
 // startGateway starts a fleet gateway called node on c.
 func startGateway(t *testing.T, c *etcdtest.Cluster, node string) *gateway {
 	t.Helper()
+	return startGatewayDNS(t, c, node, "")
+}
+
+// startGatewayDNS starts a fleet gateway called node on c, with its DNS
+// firewall on dnsAddr ("" for none).
+func startGatewayDNS(t *testing.T, c *etcdtest.Cluster, node, dnsAddr string) *gateway {
+	t.Helper()
 	g := &gateway{t: t, node: node, admin: freeAddr(t)}
 	dir := t.TempDir()
-	local := fmt.Sprintf(`listen: {dns: "", proxy: "", admin: %q}
+	local := fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: %q}
 log: {file: %q}
 cluster:
   etcd: {endpoints: [%s]}
   prefix: %s
   node: %s
-`, g.admin, filepath.Join(dir, "audit.log"), quoteAll(c.Endpoints()), fleetPrefix, node)
+`, dnsAddr, g.admin, filepath.Join(dir, "audit.log"), quoteAll(c.Endpoints()), fleetPrefix, node)
 	path := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(path, []byte(local), 0o644); err != nil {
 		t.Fatal(err)
@@ -93,15 +103,27 @@ func quoteAll(ss []string) string {
 	return strings.Join(q, ", ")
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
+// freeAddr returns a loopback address whose port was free for TCP and UDP
+// a moment ago, below the ephemeral range (32768-60999) so that no
+// outgoing connection takes it meanwhile.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return addr
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }
 
 // hasRule reports whether the policy in force has a rule called name.
@@ -270,9 +292,15 @@ func TestFleetBadRevisionKeptOut(t *testing.T) {
 func TestFleetStartsWithoutSharedPolicy(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	cli := c.Client(t)
-	a := startGateway(t, c, "gw-a")
+	dnsAddr := freeAddr(t)
+	a := startGatewayDNS(t, c, "gw-a", dnsAddr)
 	if n := len(a.d.Policy().Rules); n != 0 {
 		t.Errorf("got %d rules before any shared revision, want 0", n)
+	}
+	// Its DNS firewall serves, without upstreams, and denies.
+	cl := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	if r, _, err := cl.Exchange(new(dns.Msg).SetQuestion("one.example.", dns.TypeA), dnsAddr); err != nil || r.Rcode != dns.RcodeNameError {
+		t.Errorf("one.example before any shared revision: %v %v, want NXDOMAIN", r, err)
 	}
 	if code, body := a.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no shared policy revision applied yet") {
 		t.Errorf("/readyz before a shared revision: %d %q", code, body)
@@ -384,4 +412,45 @@ func TestFleetLocalReload(t *testing.T) {
 		n := stateOf(a.fleet(), "gw-a")
 		return strings.Contains(n.LastError, path+":") && strings.Contains(n.LastError, "rules is shared by the fleet") && n.State == cluster.StateOK
 	})
+}
+
+// TestFleetStatusCountsLearned: the status key counts the addresses the
+// gateway learned from the answers it gave.
+func TestFleetStatusCountsLearned(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	up := dnstest.NewServer(t, dnstest.Zone(dnstest.A("one.example.", 300, "192.0.2.10"), dnstest.A("one.example.", 300, "192.0.2.11")))
+	push(t, cli, fmt.Sprintf("dns: {upstreams: [%q]}\nrules:\n  - name: one\n    to: [one.example]\n", up.Addr.String()))
+	dnsAddr := freeAddr(t)
+	a := startGatewayDNS(t, c, "gw-a", dnsAddr)
+	cl := &dns.Client{Net: "udp", Timeout: 5 * time.Second}
+	r, _, err := cl.Exchange(new(dns.Msg).SetQuestion("one.example.", dns.TypeA), dnsAddr)
+	if err != nil || len(r.Answer) != 2 {
+		t.Fatalf("one.example: %v %v", r, err)
+	}
+	a.eventually("counted 2 learned addresses", func() bool { return stateOf(a.fleet(), "gw-a").Learned == 2 })
+}
+
+// TestFleetNoQuorum: with two members of three down, the one left has no
+// leader: the gateway stays ready on what it has and says etcd is
+// degraded, until a quorum is back.
+func TestFleetNoQuorum(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	push(t, cli, sharedOne)
+	a := startGateway(t, c, "gw-a")
+	c.Stop(1)
+	c.Stop(2)
+	a.eventually("degraded", func() bool { return a.d.degraded() != nil })
+	if err := a.d.ready(); err != nil {
+		t.Errorf("not ready without a quorum: %v", err)
+	}
+	if !a.hasRule("one") {
+		t.Error("the policy in force was dropped without a quorum")
+	}
+	c.Restart(1)
+	c.Restart(2)
+	a.eventually("no longer degraded", func() bool { return a.d.degraded() == nil })
+	push(t, cli, sharedTwo)
+	a.eventually("applied revision 2", func() bool { return a.hasRule("two") })
 }

@@ -162,6 +162,27 @@ func TestComposeWithoutShared(t *testing.T) {
 	}
 }
 
+// TestComposeWithoutSharedNeedsNoResolver: a gateway waiting for its
+// shared half resolves nothing, so it needs no resolv.conf (a gateway's
+// often names the gateway itself).
+func TestComposeWithoutSharedNeedsNoResolver(t *testing.T) {
+	old := resolvConf
+	resolvConf = "testdata/no-such-resolv.conf"
+	defer func() { resolvConf = old }()
+	p, err := Compose(Source{Name: localName, Data: []byte(fleetLocal + "listen: {dns: \"127.0.0.1:5353\"}\n")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.DNS.Upstreams) != 0 {
+		t.Errorf("got upstreams %v, want none", p.DNS.Upstreams)
+	}
+	// With the shared half, the usual rule: no upstreams and no
+	// resolv.conf is an error.
+	if _, err := Compose(Source{Name: localName, Data: []byte(fleetLocal + "listen: {dns: \"127.0.0.1:5353\"}\n")}, &Source{Name: sharedName, Data: []byte("rules: []\n")}); err == nil || !strings.Contains(err.Error(), "dns.upstreams is not set") {
+		t.Errorf("with a shared half and no resolv.conf: got %v", err)
+	}
+}
+
 // TestComposeErrorOrder: every error of both halves in one run, the local
 // file's first, each in position order.
 func TestComposeErrorOrder(t *testing.T) {

@@ -27,7 +27,7 @@ func Compose(local Source, shared *Source) (*Policy, error) {
 // parse compiles local, with shared when it is a fleet gateway's policy
 // (fleet). A standalone file (fleet false) may hold every key but cluster.
 func parse(local Source, shared *Source, fleet bool) (*Policy, error) {
-	d := &decoder{file: local.Name, files: []string{local.Name}}
+	d := &decoder{file: local.Name, files: []string{local.Name}, noShared: fleet && shared == nil}
 	if shared != nil {
 		d.files = append(d.files, shared.Name)
 		d.origin = map[*yaml.Node]string{}

@@ -20,6 +20,7 @@ type decoder struct {
 	files      []string
 	origin     map[*yaml.Node]string
 	clusterKey *yaml.Node // the local file's cluster key, when composing
+	noShared   bool       // a fleet gateway's local file without a shared half
 	errs       ErrorList
 	// aliasBudget bounds the work YAML aliases can cause: each expansion
 	// costs the size of what it expands, so a small file of aliases of

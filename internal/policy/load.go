@@ -319,7 +319,9 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		if len(upstreams) == 0 {
 			d.errorf(upNode, "dns.upstreams is empty; list resolvers like 192.0.2.53:53, or omit the key to use %s", resolvConf)
 		}
-	} else if p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "" {
+	} else if !d.noShared && (p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "") {
+		// (A fleet gateway without its shared half yet allows nothing,
+		// so it resolves nothing.)
 		ups, err := upstreamsFromResolvConf(resolvConf, p.Listen.DNS)
 		if err != nil {
 			d.errorf(nil, "dns.upstreams is not set and %v; list upstreams explicitly", err)

@@ -4,6 +4,7 @@ package etcdtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -79,10 +80,19 @@ func Start(t testing.TB, members int, opts ...Option) *Cluster {
 }
 
 // freeURL returns an http URL on a loopback port that was free a moment
-// ago. Another process could take it before etcd listens; that would fail
-// the test loudly, not silently.
+// ago. The port is below Linux's ephemeral range (32768-60999), so that no
+// outgoing connection (the tests' etcd clients make many) takes it before
+// etcd listens; another test picking the same one first is unlikely, and
+// would fail the test loudly, not silently.
 func freeURL(t testing.TB) url.URL {
 	t.Helper()
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return url.URL{Scheme: "http", Host: addr}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("etcdtest: finding a free port: %v", err)
