@@ -39,7 +39,7 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 // startFleet starts an embedded three-member etcd and n gateways with
-// hold, and returns them once the first sees the others.
+// hold, and returns them once every gateway sees the others.
 func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, []*gateway) {
 	var opts []etcdtest.Option
 	if !fsync {
@@ -50,15 +50,7 @@ func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, 
 	for i := range n {
 		gws = append(gws, startGateway(b, c.Client(b), fmt.Sprintf("g%d", i), nil, func(o *Options) { o.Hold = hold }))
 	}
-	for _, g := range gws {
-		g.waitLoaded(b)
-	}
-	first := gws[0]
-	waitFor(b, "the first gateway to see the others", func() bool {
-		first.mu.Lock()
-		defer first.mu.Unlock()
-		return len(first.live) == n-1
-	})
+	settle(b, gws...)
 	return c, gws
 }
 
@@ -111,13 +103,6 @@ func benchEntry(i int) learn.Entry {
 // before its Publish returned.
 func BenchmarkPublishParallel(b *testing.B) {
 	c, gws := startFleet(b, true, HoldPeers, 3)
-	for _, g := range gws[1:] {
-		waitFor(b, "every gateway to see the others", func() bool {
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			return len(g.live) == len(gws)-1
-		})
-	}
 	cli := c.Client(b)
 	before := etcdWrites(b, cli, gws...)
 	var seq atomic.Int64

@@ -92,9 +92,7 @@ func TestOneMemberDownKeepsWorking(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", nil, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	c.Stop(0) // the leader, as often as not: an election follows
 	e := publishAcked(t, a, func(i int) learn.Entry {
@@ -138,9 +136,7 @@ func TestAllMembersDown(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", nil, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 	before := entry("public.example", "192.0.2.60", "everyone", "", 10*time.Minute)
 	if err := a.Publish(context.Background(), []learn.Entry{before}); err != nil {
 		t.Fatalf("Publish: %v", err)
@@ -197,9 +193,7 @@ func TestKilledGatewayIsNotWaitedFor(t *testing.T) {
 	var bGate *gate
 	b := startGateway(t, bCli, "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
 	t.Cleanup(bGate.release)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	e := entry("public.example", "192.0.2.70", "everyone", "", 5*time.Minute)
 	done := publishAsync(a, e)
