@@ -108,7 +108,12 @@ func benchEntry(i int) learn.Entry {
 // the fleet's rate of new addresses, every one acknowledged by all three
 // before its Publish returned.
 func BenchmarkPublishParallel(b *testing.B) {
-	c, gws := startFleet(b, true, HoldPeers, 3)
+	b.Run("fsync=on", func(b *testing.B) { benchPublishParallel(b, true) })
+	b.Run("fsync=off", func(b *testing.B) { benchPublishParallel(b, false) })
+}
+
+func benchPublishParallel(b *testing.B, fsync bool) {
+	c, gws := startFleet(b, fsync, HoldPeers, 3)
 	cli := c.Client(b)
 	before := etcdWrites(b, cli, gws...)
 	var seq atomic.Int64
