@@ -39,7 +39,7 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 // startFleet starts an embedded three-member etcd and n gateways with
-// hold, and returns them once the first sees the others.
+// hold, and returns them once every gateway sees the others.
 func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, []*gateway) {
 	var opts []etcdtest.Option
 	if !fsync {
@@ -50,15 +50,7 @@ func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, 
 	for i := range n {
 		gws = append(gws, startGateway(b, c.Client(b), fmt.Sprintf("g%d", i), nil, func(o *Options) { o.Hold = hold }))
 	}
-	for _, g := range gws {
-		g.waitLoaded(b)
-	}
-	first := gws[0]
-	waitFor(b, "the first gateway to see the others", func() bool {
-		first.mu.Lock()
-		defer first.mu.Unlock()
-		return len(first.live) == n-1
-	})
+	settle(b, gws...)
 	return c, gws
 }
 
@@ -83,16 +75,22 @@ func benchPublish(b *testing.B, fsync bool, hold Hold, n int) {
 	// hold: local writes after Publish returns: count those writes too.
 	waitFor(b, "every element written", func() bool { return first.count(first.m.written) >= float64(len(lat)) })
 	writes := etcdWrites(b, cli, gws...) - before
+	reportLatency(b, lat)
+	b.ReportMetric(float64(writes)/float64(len(lat)), "etcd-writes/op")
+	if timeouts := first.holdsEnded("timeout_release"); timeouts > 0 {
+		b.Errorf("%v holds timed out", timeouts)
+	}
+}
+
+// reportLatency reports the median and 99th percentile of lat, in
+// milliseconds.
+func reportLatency(b *testing.B, lat []time.Duration) {
 	slices.Sort(lat)
 	ms := func(q float64) float64 {
 		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
 	}
 	b.ReportMetric(ms(0.50), "p50-ms")
 	b.ReportMetric(ms(0.99), "p99-ms")
-	b.ReportMetric(float64(writes)/float64(len(lat)), "etcd-writes/op")
-	if timeouts := first.holdsEnded("timeout_release"); timeouts > 0 {
-		b.Errorf("%v holds timed out", timeouts)
-	}
 }
 
 // benchEntry is the i-th of distinct new elements.
@@ -110,14 +108,12 @@ func benchEntry(i int) learn.Entry {
 // the fleet's rate of new addresses, every one acknowledged by all three
 // before its Publish returned.
 func BenchmarkPublishParallel(b *testing.B) {
-	c, gws := startFleet(b, true, HoldPeers, 3)
-	for _, g := range gws[1:] {
-		waitFor(b, "every gateway to see the others", func() bool {
-			g.mu.Lock()
-			defer g.mu.Unlock()
-			return len(g.live) == len(gws)-1
-		})
-	}
+	b.Run("fsync=on", func(b *testing.B) { benchPublishParallel(b, true) })
+	b.Run("fsync=off", func(b *testing.B) { benchPublishParallel(b, false) })
+}
+
+func benchPublishParallel(b *testing.B, fsync bool) {
+	c, gws := startFleet(b, fsync, HoldPeers, 3)
 	cli := c.Client(b)
 	before := etcdWrites(b, cli, gws...)
 	var seq atomic.Int64
@@ -145,5 +141,64 @@ func BenchmarkPublishParallel(b *testing.B) {
 	}
 	if timeouts > 0 {
 		b.Errorf("%v holds timed out", timeouts)
+	}
+}
+
+// arrivals is a local publisher that reports when each element reaches
+// it, then publishes to its store.
+type arrivals struct {
+	store *learn.Store
+	at    chan time.Time
+}
+
+func (a *arrivals) Publish(ctx context.Context, batch []learn.Entry) error {
+	now := time.Now()
+	for range batch {
+		select {
+		case a.at <- now:
+		default:
+		}
+	}
+	return a.store.Publish(ctx, batch)
+}
+
+// BenchmarkPropagation: the time from an answer at one gateway (hold:
+// local, so that nothing waits for the other) to its address being
+// programmed at the other: p50-ms and p99-ms.
+func BenchmarkPropagation(b *testing.B) {
+	for _, fsync := range []bool{true, false} {
+		name := "fsync=on"
+		if !fsync {
+			name = "fsync=off"
+		}
+		b.Run(name, func(b *testing.B) {
+			var opts []etcdtest.Option
+			if !fsync {
+				opts = append(opts, etcdtest.NoFsync())
+			}
+			c := etcdtest.Start(b, 3, opts...)
+			a := startGateway(b, c.Client(b), "a", nil, func(o *Options) { o.Hold = HoldLocal })
+			at := make(chan time.Time, 1)
+			other := startGateway(b, c.Client(b), "b", func(s *learn.Store) learn.Publisher { return &arrivals{store: s, at: at} }, nil)
+			settle(b, a, other)
+			var lat []time.Duration
+			batch := make([]learn.Entry, 1)
+			i := 0
+			for b.Loop() {
+				i++
+				batch[0] = benchEntry(i)
+				start := time.Now()
+				if err := a.Publish(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case got := <-at:
+					lat = append(lat, got.Sub(start))
+				case <-time.After(waitTimeout):
+					b.Fatal("the element never reached the other gateway")
+				}
+			}
+			reportLatency(b, lat)
+		})
 	}
 }

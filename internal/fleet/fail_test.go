@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -92,9 +93,7 @@ func TestOneMemberDownKeepsWorking(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", nil, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	c.Stop(0) // the leader, as often as not: an election follows
 	e := publishAcked(t, a, func(i int) learn.Entry {
@@ -138,9 +137,7 @@ func TestAllMembersDown(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", nil, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 	before := entry("public.example", "192.0.2.60", "everyone", "", 10*time.Minute)
 	if err := a.Publish(context.Background(), []learn.Entry{before}); err != nil {
 		t.Fatalf("Publish: %v", err)
@@ -197,9 +194,7 @@ func TestKilledGatewayIsNotWaitedFor(t *testing.T) {
 	var bGate *gate
 	b := startGateway(t, bCli, "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
 	t.Cleanup(bGate.release)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	e := entry("public.example", "192.0.2.70", "everyone", "", 5*time.Minute)
 	done := publishAsync(a, e)
@@ -276,4 +271,62 @@ func TestOneRefreshLeader(t *testing.T) {
 		t.Error("a stopped gateway still says it leads")
 	}
 	waitFor(t, "the other gateway to take over", other.IsLeader)
+}
+
+// TestUnreachableAtStart: a gateway that cannot reach etcd at all is never
+// Loaded (so never ready), says why, and still answers with a local hold
+// at once.
+func TestUnreachableAtStart(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
+	a := startGateway(t, etcdtest.NewClient(t, nowhere), "a", nil, func(o *Options) { o.WriteTimeout = 300 * time.Millisecond })
+	waitFor(t, "a to give up on etcd once", func() bool {
+		err := a.Degraded()
+		return err != nil && err != errConnecting
+	})
+	select {
+	case <-a.Loaded():
+		t.Fatal("loaded without etcd")
+	default:
+	}
+	e := entry("public.example", "192.0.2.80", "everyone", "", time.Minute)
+	if err := a.Publish(context.Background(), []learn.Entry{e}); err != nil {
+		t.Fatalf("Publish without etcd: %v", err)
+	}
+	if got := a.holdsEnded("degraded"); got != 1 || !a.holds(e) {
+		t.Fatalf("holds degraded %v, a holds it %v; want 1, true", got, a.holds(e))
+	}
+}
+
+// TestSetAccept: a reloaded policy's check applies to the elements read
+// from then on.
+func TestSetAccept(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	a := startGateway(t, c.Client(t), "a", nil, nil)
+	a.waitLoaded(t)
+	put := func(key string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if _, err := cli.Put(ctx, "/fqdngate/learned/"+key, encodeExpiry(time.Now().Add(time.Minute).Unix())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.SetAccept(nil, 0) // refuses everything
+	put("public.example/192.0.2.90/everyone/")
+	waitFor(t, "the element to be refused", func() bool {
+		return promtest.ToFloat64(a.m.ignored.WithLabelValues(ReasonUnknownRule)) == 1
+	})
+	a.SetAccept(Accept(testPolicy(t), nil), 4)
+	put("public.example/192.0.2.91/everyone/")
+	e := entry("public.example", "192.0.2.91", "everyone", "", 0)
+	waitFor(t, "the element to be programmed", func() bool { return a.holds(e) })
+	if a.holds(entry("public.example", "192.0.2.90", "everyone", "", 0)) {
+		t.Error("the element refused before the reload is programmed")
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -329,6 +330,7 @@ func (f *Fleet) timedOut(rev int64, unwritten bool, batch []learn.Entry) error {
 		}
 	}
 	f.mu.Unlock()
+	slices.Sort(lagging)
 	why := "gateways " + strings.Join(lagging, ", ") + " did not acknowledge"
 	if unwritten {
 		why = "etcd did not take the write"

@@ -84,6 +84,22 @@ func (g *gateway) waitLoaded(t testing.TB) {
 	}
 }
 
+// settle waits until every gateway of gws has loaded and sees the others
+// alive.
+func settle(t testing.TB, gws ...*gateway) {
+	t.Helper()
+	for _, g := range gws {
+		g.waitLoaded(t)
+	}
+	for _, g := range gws {
+		waitFor(t, g.o.Node+" to see the others", func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return len(g.live) == len(gws)-1
+		})
+	}
+}
+
 // holds reports whether g's store holds e, until its expiry or later.
 func (g *gateway) holds(e learn.Entry) bool {
 	for _, h := range g.store.List() {
@@ -165,9 +181,7 @@ func TestHoldPeersWaitsForTheOtherGateway(t *testing.T) {
 	var bGate *gate
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	e := entry("api.bank.example", "192.0.2.10", "bank", "payments", 5*time.Minute)
 	done := publishAsync(a, e)
@@ -210,9 +224,7 @@ func TestHoldLocalDoesNotWait(t *testing.T) {
 	var bGate *gate
 	a := startGateway(t, c.Client(t), "a", nil, func(o *Options) { o.Hold = HoldLocal })
 	b := startGateway(t, c.Client(t), "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	e := entry("public.example", "2001:db8::10", "everyone", "", 5*time.Minute)
 	select {
@@ -253,9 +265,7 @@ func TestHoldTimeout(t *testing.T) {
 			})
 			b := startGateway(t, c.Client(t), "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
 			t.Cleanup(bGate.release) // before b stops
-			a.waitLoaded(t)
-			b.waitLoaded(t)
-			waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+			settle(t, a, b)
 
 			e := entry("public.example", "192.0.2.20", "everyone", "", 5*time.Minute)
 			err := a.Publish(context.Background(), []learn.Entry{e})
@@ -309,9 +319,7 @@ func TestCoalescing(t *testing.T) {
 	cli := c.Client(t)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	b := startGateway(t, c.Client(t), "b", nil, nil)
-	a.waitLoaded(t)
-	b.waitLoaded(t)
-	waitFor(t, "a to see b", func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.live) == 1 })
+	settle(t, a, b)
 
 	expires := time.Now().Add(5 * time.Minute).Truncate(time.Second).Add(100 * time.Millisecond)
 	batch := []learn.Entry{
@@ -397,12 +405,7 @@ func TestConcurrentPublishes(t *testing.T) {
 	for _, n := range []string{"a", "b", "c"} {
 		gws = append(gws, startGateway(t, c.Client(t), n, nil, nil))
 	}
-	for _, g := range gws {
-		g.waitLoaded(t)
-	}
-	for _, g := range gws {
-		waitFor(t, g.o.Node+" to see the others", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.live) == 2 })
-	}
+	settle(t, gws...)
 	const elements, rounds = 150, 4
 	base := time.Now().Add(5 * time.Minute).Truncate(time.Second)
 	elem := func(i, round int) learn.Entry {

@@ -49,6 +49,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 		f.setDown(err)
 		select {
 		case <-ctx.Done():
+			f.stopped()
 			return nil
 		case <-retry.C:
 		}
@@ -72,6 +73,10 @@ func (f *Fleet) setDown(err error) {
 	f.leader.Store(false)
 	f.m.leader.Set(0)
 	f.mu.Lock()
+	if f.downErr == errStopped {
+		f.mu.Unlock()
+		return // a write that failed as Run returned
+	}
 	was := f.up
 	f.up, f.downErr = false, err
 	f.broadcastLocked()
