@@ -1,6 +1,11 @@
 package daemon
 
 import (
+	"context"
+	"log/slog"
+	"strings"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -27,6 +32,7 @@ func (c *components) shareLearned(p *policy.Policy, local learn.Publisher) (lear
 		Local:       local,
 		Accept:      fleet.Accept(p, c.local),
 		MaxPerName:  p.DNS.MaxLearnedPerName,
+		Released:    c.auditReleased,
 		Logger:      d.log.With("component", "fleet"),
 		Registerer:  d.reg,
 	}
@@ -59,4 +65,31 @@ func (c *components) acceptPolicy(p *policy.Policy) {
 // itself).
 func (c *components) refreshLeader() bool {
 	return c.fleet == nil || c.fleet.IsLeader()
+}
+
+// auditReleased writes an audit line for an answer a fleet hold released
+// after cluster.hold_timeout, before every gateway enforced it: the
+// answer's own line says it was allowed; this one says a connection
+// through a lagging gateway may have been dropped, and why.
+func (c *components) auditReleased(batch []learn.Entry, why string) {
+	if len(batch) == 0 {
+		return
+	}
+	e := batch[0]
+	addrs := make([]string, 0, len(batch))
+	for _, x := range batch {
+		addrs = append(addrs, x.Addr.String())
+	}
+	c.d.audit.Record(context.Background(), audit.Event{
+		Component: audit.DNS,
+		Name:      string(e.Name),
+		Decision:  policy.Decision{Action: policy.Allow, Rule: c.d.Policy().Rule(e.Rule)},
+		Msg:       "hold_timeout",
+		Attrs: []slog.Attr{
+			slog.String("group", e.Group),
+			slog.String("addresses", strings.Join(addrs, ",")),
+			slog.String("why", why),
+			slog.String("result", "released"),
+		},
+	})
 }

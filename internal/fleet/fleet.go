@@ -348,6 +348,9 @@ func (f *Fleet) timedOut(rev int64, unwritten bool, batch []learn.Entry) error {
 	if f.o.OnTimeout == ServFail {
 		return fmt.Errorf("%w (%s within %v)", ErrHoldTimeout, why, f.o.HoldTimeout)
 	}
+	if f.o.Released != nil {
+		f.o.Released(batch, why)
+	}
 	return nil
 }
 

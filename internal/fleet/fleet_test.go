@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -259,9 +260,13 @@ func TestHoldTimeout(t *testing.T) {
 		t.Run(tc.on.String(), func(t *testing.T) {
 			c := etcdtest.Start(t, 3)
 			var bGate *gate
+			var released []string // what Options.Released was told
 			a := startGateway(t, c.Client(t), "a", nil, func(o *Options) {
 				o.HoldTimeout = 300 * time.Millisecond
 				o.OnTimeout = tc.on
+				o.Released = func(batch []learn.Entry, why string) {
+					released = append(released, string(batch[0].Name)+": "+why)
+				}
 			})
 			b := startGateway(t, c.Client(t), "b", func(s *learn.Store) learn.Publisher { bGate = newGate(s); return bGate }, nil)
 			t.Cleanup(bGate.release) // before b stops
@@ -280,6 +285,15 @@ func TestHoldTimeout(t *testing.T) {
 			}
 			if !a.holds(e) {
 				t.Error("a does not hold the element it timed out on")
+			}
+			// A released answer is reported for the audit log; one
+			// answered SERVFAIL is audited by the DNS firewall itself.
+			wantReleased := 0
+			if !tc.wantErr {
+				wantReleased = 1
+			}
+			if len(released) != wantReleased || wantReleased == 1 && !strings.Contains(released[0], "public.example: gateways b did not acknowledge") {
+				t.Errorf("Released calls: %q, want %d naming the lagging gateway b", released, wantReleased)
 			}
 		})
 	}

@@ -64,6 +64,12 @@ type Options struct {
 	// still applies its own).
 	MaxPerName int
 
+	// Released, if not nil, is told of every answer a hold released
+	// after HoldTimeout (OnTimeout Release) before every gateway
+	// acknowledged it: batch is the answer's elements (not to be kept),
+	// why says who lagged. The daemon audits it.
+	Released func(batch []learn.Entry, why string)
+
 	// Logger receives the fleet's operational messages; nil: none.
 	Logger *slog.Logger
 	// Registerer receives the fqdngate_fleet_* series; nil: not
