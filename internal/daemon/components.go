@@ -49,6 +49,9 @@ type components struct {
 	// fleet shares learned addresses with the other gateways of a fleet
 	// (a policy with a cluster section); nil for a standalone gateway.
 	fleet *fleet.Fleet
+	// store holds a fleet gateway's learned addresses with backend none
+	// (a standalone one's are the DNS firewall's own, dns.Learned).
+	store *learn.Store
 }
 
 // newComponents builds the components for p. It changes nothing outside

@@ -311,6 +311,9 @@ func (c *components) learnedCount() int {
 	if c.nft != nil {
 		return c.nft.Stats().Learned
 	}
+	if c.store != nil {
+		return c.store.Len()
+	}
 	if s := c.dns.Learned(); s != nil {
 		return s.Len()
 	}

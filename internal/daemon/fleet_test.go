@@ -92,6 +92,13 @@ cluster:
 		g.d.close()
 	}
 	t.Cleanup(g.stop)
+	// The fleet's learned set loads in the background; readiness waits
+	// for it, and the tests read readiness for the policy.
+	select {
+	case <-g.d.fl.learned.Loaded():
+	case <-time.After(20 * time.Second):
+		t.Fatalf("gateway %s never loaded the fleet's learned set\n%s", node, g.log.String())
+	}
 	return g
 }
 

@@ -20,7 +20,7 @@ func (c *components) shareLearned(p *policy.Policy, local learn.Publisher) (lear
 	d := c.d
 	if local == nil {
 		store := learn.NewStore(learn.StoreConfig{MaxPerName: p.DNS.MaxLearnedPerName})
-		local, c.learned = store, store.List
+		local, c.store, c.learned = store, store, store.List
 	}
 	cl := d.fl.cluster
 	o := fleet.Options{
