@@ -110,6 +110,10 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		IsBusy:        func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
 		Local:         c.local,
 		RefreshLeader: c.refreshLeader,
+		// A fleet's hold may wait up to cluster.hold_timeout (at most 5s)
+		// on top of programming this gateway: the answer must not fail
+		// first.
+		PublishTimeout: publishTimeout(p),
 	})
 	if err != nil {
 		c.close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/fleet"
@@ -92,4 +93,14 @@ func (c *components) auditReleased(batch []learn.Entry, why string) {
 			slog.String("result", "released"),
 		},
 	})
+}
+
+// publishTimeout bounds one Publish of the DNS firewall: its default 2s,
+// and for a fleet gateway the hold's timeout on top.
+func publishTimeout(p *policy.Policy) time.Duration {
+	const local = 2 * time.Second
+	if p.Cluster == nil {
+		return local
+	}
+	return local + p.Cluster.HoldTimeout
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -233,15 +234,51 @@ func (c *etcdCluster) StartAgain(i int) {
 	c.start(c.members[i], strings.Join(initial, ","), "existing")
 }
 
-// waitHealthy polls member i's /health from the etcd namespace.
-func (c *etcdCluster) waitHealthy(i int) {
+// Leader returns the index of the member that leads the cluster now, as
+// the running members report it (etcd's gRPC gateway,
+// /v3/maintenance/status).
+func (c *etcdCluster) Leader() int {
 	c.t.Helper()
-	m := c.members[i]
+	ids := make(map[string]int) // member id -> index
+	var leader string
+	for i, m := range c.members {
+		if m.cmd == nil {
+			continue
+		}
+		resp, err := c.httpClient().Post("https://"+m.addr+":2379/v3/maintenance/status", "application/json", strings.NewReader("{}"))
+		if err != nil {
+			c.t.Fatalf("etcd status of %s: %v", m.name, err)
+		}
+		var st struct {
+			Header struct {
+				MemberID string `json:"member_id"`
+			} `json:"header"`
+			Leader string `json:"leader"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			c.t.Fatalf("etcd status of %s: %v", m.name, err)
+		}
+		ids[st.Header.MemberID] = i
+		if leader == "" {
+			leader = st.Leader
+		}
+	}
+	i, ok := ids[leader]
+	if !ok {
+		c.t.Fatalf("etcd: the leader %q is none of the running members %v", leader, ids)
+	}
+	return i
+}
+
+// httpClient reaches the members over TLS from the etcd namespace.
+func (c *etcdCluster) httpClient() *http.Client {
 	cert, err := tls.LoadX509KeyPair(c.memberCert, c.memKey)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	hc := &http.Client{
+	return &http.Client{
 		Timeout: time.Second,
 		Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{RootCAs: c.CA.Pool(), Certificates: []tls.Certificate{cert}},
@@ -251,6 +288,13 @@ func (c *etcdCluster) waitHealthy(i int) {
 			DisableKeepAlives: true,
 		},
 	}
+}
+
+// waitHealthy polls member i's /health from the etcd namespace.
+func (c *etcdCluster) waitHealthy(i int) {
+	c.t.Helper()
+	m := c.members[i]
+	hc := c.httpClient()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := hc.Get("https://" + m.addr + ":2379/health")
