@@ -15,7 +15,6 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
-	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // version and revision (the VCS commit) are set at build time with
@@ -31,9 +30,11 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    -c POLICY
-    fqdngate explain  -c POLICY --from IP --to NAME[:PORT][/PROTO] [--json]
+    fqdngate check    -c POLICY [--shared SHARED] [--host=false]
+    fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
+    fqdngate policy   push|history|show|rollback -c POLICY ...
+    fqdngate fleet    status|forget -c POLICY ...
     fqdngate version
 
 DESCRIPTION
@@ -53,6 +54,9 @@ COMMANDS
     explain    Say whether a source may reach a destination under POLICY,
                which rule decides and why.
     firewall   Show or remove the nftables table fqdngate manages.
+    policy     Push, list and roll back the shared policy of a fleet of
+               gateways (POLICY has a cluster section; see docs/fleet.md).
+    fleet      Show the gateways of a fleet: revision, lag, errors.
     version    Print the version.
 
     Run "fqdngate COMMAND --help" for a command's options.
@@ -75,11 +79,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "run":
 		return cmdRun(ctx, args[1:], stdout, stderr)
 	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
+		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
-		return cmdExplain(args[1:], stdout, stderr)
+		return cmdExplain(ctx, args[1:], stdout, stderr)
 	case "firewall":
 		return cmdFirewall(ctx, args[1:], stdout, stderr)
+	case "policy":
+		return cmdPolicy(ctx, args[1:], stdout, stderr)
+	case "fleet":
+		return cmdFleet(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
@@ -173,7 +181,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *dryRun {
-		return dryRunRuleset(*cfg, stdout, stderr)
+		return dryRunRuleset(ctx, *cfg, stdout, stderr)
 	}
 	var h slog.Handler = slog.NewTextHandler(stderr, nil)
 	if *logFormat == "json" {
@@ -196,7 +204,7 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check -c POLICY [--host=false]
+    fqdngate check -c POLICY [--shared SHARED] [--host=false]
 
 DESCRIPTION
     Loads POLICY exactly as "run" would. On success prints a one-line
@@ -206,14 +214,21 @@ DESCRIPTION
 
     Besides the policy itself, check reports what run would refuse on
     this host: with firewall.backend: nftables, a firewall.state_file
-    whose directory does not exist. --host=false leaves that out, for a
+    whose directory does not exist; for a fleet gateway, etcd credentials
+    that do not load. --host=false leaves that out, for a
     CI job that checks policies on another machine than the gateways.
+
+    A POLICY with a cluster section is a fleet gateway's local file: check
+    validates it together with the shared policy, SHARED if given, else
+    the current revision in the fleet's etcd. Errors name the half they
+    are in (the file, or "shared revision N").
 `
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("check", checkHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
+	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
@@ -221,7 +236,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
 		return 2
 	}
-	p, err := policy.Load(*cfg)
+	p, err := loadPolicy(ctx, *cfg, *shared)
 	if err == nil && *host {
 		// What run would refuse on this host, such as a state file
 		// directory that does not exist.
@@ -235,8 +250,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, r := range p.Rules {
 		names += len(r.Names) + len(r.Prefixes)
 	}
-	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s\n",
+	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s",
 		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+	if p.SharedName != "" {
+		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
+	}
+	fmt.Fprintln(stdout)
 	return 0
 }
 
@@ -244,7 +263,7 @@ const explainHelp = `NAME
     fqdngate explain - say whether a source may reach a destination, and why
 
 SYNOPSIS
-    fqdngate explain -c POLICY --from IP --to DESTINATION [--json]
+    fqdngate explain -c POLICY [--shared SHARED] --from IP --to DESTINATION [--json]
 
 DESCRIPTION
     DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
@@ -259,17 +278,21 @@ DESCRIPTION
 
     Exits 0 when the traffic would pass, 1 when it would be denied.
 
+    For a fleet gateway's local file (with a cluster section) the shared
+    half is SHARED, or else the current revision in the fleet's etcd.
+
 EXAMPLES
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
 `
 
-func cmdExplain(args []string, stdout, stderr io.Writer) int {
+func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("explain", explainHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	from := fs.String("from", "", "source `IP` address")
 	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, with POLICY its local file (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
@@ -277,7 +300,7 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "fqdngate explain: give -c POLICY, --from IP and --to DESTINATION")
 		return 2
 	}
-	p, err := policy.Load(*cfg)
+	p, err := loadPolicy(ctx, *cfg, *shared)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
@@ -58,7 +59,7 @@ func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	}
 	name := "fqdngate"
 	if *cfg != "" {
-		p, err := policy.Load(*cfg)
+		p, err := loadLocal(*cfg)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
@@ -103,8 +104,8 @@ func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) i
 
 // dryRunRuleset prints what the nftables backend would program for the
 // policy, without touching the kernel.
-func dryRunRuleset(cfg string, stdout, stderr io.Writer) int {
-	p, err := policy.Load(cfg)
+func dryRunRuleset(ctx context.Context, cfg string, stdout, stderr io.Writer) int {
+	p, err := loadPolicy(ctx, cfg, "")
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -114,4 +115,22 @@ func dryRunRuleset(cfg string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, nft.Render(daemon.NftConfig(p, nil), p))
 	return 0
+}
+
+// loadLocal loads the policy at path for its node-local settings: a
+// standalone policy whole, a fleet gateway's local file without its
+// shared half.
+func loadLocal(path string) (*policy.Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading policy: %w", err)
+	}
+	c, err := policy.ParseCluster(path, data)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		return policy.Compose(policy.Source{Name: path, Data: data}, nil)
+	}
+	return policy.Parse(path, data)
 }

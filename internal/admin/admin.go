@@ -43,6 +43,15 @@ type Config struct {
 	// one of them as the DNS firewall and the proxy do. If nil, only
 	// loopback is this host.
 	Local netaddr.Host
+	// Degraded returns what works less well than configured without
+	// making fqdngate unready (a fleet gateway that cannot reach etcd
+	// keeps enforcing what it has), or nil. /readyz says it after
+	// "ready". If nil, never degraded.
+	Degraded func() error
+	// Fleet returns the fleet's status for /v1/fleet (what fqdngate
+	// fleet status --json prints). If nil, /v1/fleet is 404: the gateway
+	// has no cluster section.
+	Fleet func(context.Context) (any, error)
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -72,7 +81,25 @@ func Handler(c Config) http.Handler {
 				return
 			}
 		}
+		if c.Degraded != nil {
+			if err := c.Degraded(); err != nil {
+				_, _ = w.Write([]byte("ready; degraded: " + err.Error() + "\n"))
+				return
+			}
+		}
 		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		if c.Fleet == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "this gateway has no cluster section, so it is not part of a fleet"})
+			return
+		}
+		rep, err := c.Fleet(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
 	})
 	if c.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(c.Gatherer, promhttp.HandlerOpts{}))
@@ -136,7 +163,10 @@ type learnedJSON struct {
 
 // Summary is the loaded policy as /v1/policy shows it.
 type Summary struct {
-	File       string              `json:"file"`
+	File string `json:"file"`
+	// Shared names a fleet gateway's shared policy revision in force;
+	// empty for a standalone gateway.
+	Shared     string              `json:"shared_policy,omitempty"`
 	Generation uint64              `json:"generation"`
 	Mode       string              `json:"mode"`
 	Listen     map[string]string   `json:"listen"`
@@ -211,7 +241,7 @@ type RuleSummary struct {
 // Summarize describes p; generation is reported as given.
 func Summarize(p *policy.Policy, generation uint64) Summary {
 	s := Summary{
-		File: p.File, Generation: generation, Mode: p.Mode.String(),
+		File: p.File, Shared: p.SharedName, Generation: generation, Mode: p.Mode.String(),
 		Listen:           map[string]string{"dns": p.Listen.DNS, "proxy": p.Listen.Proxy, "transparent": p.Listen.Transparent, "admin": p.Listen.Admin},
 		Backend:          p.Firewall.Backend.String(),
 		Sources:          map[string][]string{},

@@ -45,6 +45,10 @@ type Event struct {
 	// decision is repeated so the line reads on its own, and it is not
 	// counted as a decision again.
 	Closed bool
+	// Msg, if set, replaces the line's msg ("decision") for a line that
+	// adds to a decision already written (a fleet hold that timed out):
+	// it is not counted as a decision again.
+	Msg string
 }
 
 // Counter is told about every decision, for metrics. If nil, nothing counts.
@@ -81,7 +85,7 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
 		return
 	}
-	if l.counter != nil && !e.Closed {
+	if l.counter != nil && !e.Closed && e.Msg == "" {
 		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
 	}
 	if l.w == nil {
@@ -98,7 +102,10 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		t = l.now()
 	}
 	msg := "decision"
-	if e.Closed {
+	switch {
+	case e.Msg != "":
+		msg = e.Msg
+	case e.Closed:
 		msg = "closed"
 	}
 	enc.begin(t, l.stampOf(t), msg)

@@ -153,3 +153,27 @@ func BenchmarkRecordViaSlog(b *testing.B) {
 		_ = h.Handle(ctx, r)
 	}
 }
+
+// TestRecordMsg: a line with its own msg adds to a decision written
+// before; it is not counted as a decision again.
+func TestRecordMsg(t *testing.T) {
+	var buf bytes.Buffer
+	cnt := &countRec{}
+	l := New(&buf, "json", cnt)
+	l.Record(context.Background(), Event{
+		Component: DNS,
+		Name:      "api.bank.example",
+		Decision:  policy.Decision{Action: policy.Allow, Rule: &policy.Rule{Name: "bank-api"}},
+		Msg:       "hold_timeout",
+	})
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, buf.String())
+	}
+	if line["msg"] != "hold_timeout" || line["rule"] != "bank-api" {
+		t.Errorf("line = %s, want msg hold_timeout and rule bank-api", buf.String())
+	}
+	if len(cnt.calls) != 0 {
+		t.Errorf("counted %v, want nothing", cnt.calls)
+	}
+}

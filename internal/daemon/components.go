@@ -18,6 +18,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
+	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/localaddr"
 	"github.com/fqdngate/fqdngate/internal/nft"
@@ -44,6 +45,13 @@ type components struct {
 	// local is this host's addresses, followed as they come and go: the
 	// DNS firewall strips them from answers, the proxy never dials them.
 	local *localaddr.Set
+
+	// fleet shares learned addresses with the other gateways of a fleet
+	// (a policy with a cluster section); nil for a standalone gateway.
+	fleet *fleet.Fleet
+	// store holds a fleet gateway's learned addresses with backend none
+	// (a standalone one's are the DNS firewall's own, dns.Learned).
+	store *learn.Store
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -76,6 +84,14 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		c.learned = c.nft.Learned
 		registerFirewallMetrics(d.reg, c.nft)
 	}
+	if d.fl != nil {
+		// A fleet gateway shares what it learns: the fleet programs this
+		// gateway first, then etcd and every other gateway.
+		if publisher, err = c.shareLearned(p, publisher); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
 	var verify func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	if c.nft != nil {
 		// Verify before allow: a poisoned answer must not open the kernel
@@ -84,15 +100,20 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		verify = c.verifier.Verify
 	}
 	c.dns, err = dnsfw.New(dnsfw.Config{
-		Policy:    d.Policy,
-		Publisher: publisher,
-		Verify:    verify,
-		Exchanger: c.ups,
-		Audit:     d.audit,
-		Logger:    d.log.With("component", "dns"),
-		Metrics:   dnsMetrics,
-		IsBusy:    func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
-		Local:     c.local,
+		Policy:        d.Policy,
+		Publisher:     publisher,
+		Verify:        verify,
+		Exchanger:     c.ups,
+		Audit:         d.audit,
+		Logger:        d.log.With("component", "dns"),
+		Metrics:       dnsMetrics,
+		IsBusy:        func(err error) bool { return errors.Is(err, resolver.ErrBusy) },
+		Local:         c.local,
+		RefreshLeader: c.refreshLeader,
+		// A fleet's hold may wait up to cluster.hold_timeout (at most 5s)
+		// on top of programming this gateway: the answer must not fail
+		// first.
+		PublishTimeout: publishTimeout(p),
 	})
 	if err != nil {
 		c.close()
@@ -143,6 +164,18 @@ func (c *components) run(ctx context.Context) {
 				if err := c.nft.Run(ctx); err != nil {
 					select {
 					case c.d.fatal <- fmt.Errorf("nftables backend: %w", err):
+					default:
+					}
+				}
+			}()
+		}
+		if c.fleet != nil {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				if err := c.fleet.Run(ctx); err != nil {
+					select {
+					case c.d.fatal <- fmt.Errorf("fleet learned state: %w", err):
 					default:
 					}
 				}
@@ -245,7 +278,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if err != nil {
 			return nil, nil, "", err
 		}
-		h := admin.Handler(admin.Config{
+		cfg := admin.Config{
 			Policy:         c.d.Policy,
 			Generation:     c.d.gen.Load,
 			Ready:          c.d.ready,
@@ -253,7 +286,12 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Gatherer:       c.d.reg,
 			RestartPending: c.d.restartPending,
 			Local:          c.local,
-		})
+			Degraded:       c.d.degraded,
+		}
+		if fl := c.d.fl; fl != nil {
+			cfg.Fleet = fl.report
+		}
+		h := admin.Handler(cfg)
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":
 		pc, ln, err := listenDNS(addr)

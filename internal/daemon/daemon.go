@@ -21,6 +21,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/caps"
+	"github.com/fqdngate/fqdngate/internal/cluster"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 )
@@ -62,10 +63,21 @@ type Daemon struct {
 	pol     atomic.Pointer[policy.Policy]
 	gen     atomic.Uint64
 	lastSum [sha256.Size]byte // of the file last loaded; guarded by reloadMu
-	reg     *prometheus.Registry
-	m       *metrics
-	audit   *audit.Logger
-	out     *reopenWriter
+	// localData is the file in force (for a fleet gateway, its local
+	// half, which a new shared revision is composed with); guarded by
+	// reloadMu.
+	localData []byte
+	// fl links a fleet gateway (a policy with a cluster section) to its
+	// etcd; nil for a standalone gateway. Set once by start.
+	fl *fleetState
+	// statusInterval and statusTTL, if not zero, replace the status
+	// key's defaults (cluster.AnnouncerOptions); tests shorten them.
+	statusInterval, statusTTL time.Duration
+
+	reg   *prometheus.Registry
+	m     *metrics
+	audit *audit.Logger
+	out   *reopenWriter
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
@@ -127,6 +139,9 @@ loop:
 		}
 	}
 	d.log.Info("shutting down", "deadline", d.opts.ShutdownTimeout.String())
+	// A fleet gateway leaves the fleet first: no shared revision may
+	// start listeners while they drain, and its status key goes at once.
+	d.closeFleet()
 	// Listeners drain first: their in-flight queries still publish to the
 	// components, which stop after them.
 	d.stopAll()
@@ -175,8 +190,29 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading policy: %w", err)
 	}
-	p, err := policy.Parse(d.opts.PolicyPath, data)
+	c, err := policy.ParseCluster(d.opts.PolicyPath, data)
 	if err != nil {
+		return fmt.Errorf("loading policy:\n%w", err)
+	}
+	if c != nil {
+		if d.fl, err = newFleetState(ctx, d, c); err != nil {
+			return err
+		}
+	}
+	p, rev, err := d.compose(data)
+	if err != nil && rev != nil {
+		// The shared revision does not apply here. Start on the local
+		// file alone, which allows nothing, rather than not at all: the
+		// status key and readiness say why, and the next revision or a
+		// fixed local file is applied as it comes.
+		d.log.Error("shared policy revision refused; allowing nothing until one applies", "component", "fleet", "revision", rev.Number, "err", err)
+		d.fl.failed(rev.Number, err)
+		d.fl.applies.WithLabelValues("failure").Inc()
+		p, err = policy.Compose(policy.Source{Name: d.opts.PolicyPath, Data: data}, nil)
+		rev = nil
+	}
+	if err != nil {
+		d.closeFleet()
 		return fmt.Errorf("loading policy:\n%w", err)
 	}
 	d.audit = audit.New(d.out, p.Log.Format, d.m)
@@ -186,6 +222,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.boot = p
 	d.comps, err = newComponents(d, p)
 	if err != nil {
+		d.closeFleet()
 		return err
 	}
 	d.reloadMu.Lock()
@@ -196,17 +233,46 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	if err != nil {
 		d.comps.close()
+		d.closeFleet()
 		d.out.Close()
 		return err
 	}
 	d.lastSum = sha256.Sum256(data)
+	d.localData = data
 	d.m.loaded(true, false, time.Now())
+	if d.fl != nil {
+		if rev != nil {
+			d.fl.applied(rev)
+			d.fl.applies.WithLabelValues("success").Inc()
+		}
+		d.fl.run(ctx, d)
+	}
 	return nil
+}
+
+// compose compiles the policy the local file data asks for: the file
+// alone, or for a fleet gateway the file with the newest shared revision
+// (rev, nil before one arrived).
+func (d *Daemon) compose(data []byte) (p *policy.Policy, rev *cluster.Revision, err error) {
+	if d.fl == nil {
+		p, err = policy.Parse(d.opts.PolicyPath, data)
+		return p, nil, err
+	}
+	shared, rev := d.fl.latestSource()
+	p, err = policy.Compose(policy.Source{Name: d.opts.PolicyPath, Data: data}, shared)
+	return p, rev, err
+}
+
+func (d *Daemon) closeFleet() {
+	if d.fl != nil {
+		d.fl.close()
+	}
 }
 
 // close waits for the components' background work, whose context must be
 // cancelled once stopAll has returned, and releases what start opened.
 func (d *Daemon) close() {
+	d.closeFleet()
 	d.comps.wait()
 	d.comps.close()
 	if err := d.out.Close(); err != nil {
@@ -246,27 +312,57 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 		if !force && sum == d.lastSum {
 			return
 		}
-		var p *policy.Policy
-		p, err = policy.Parse(d.opts.PolicyPath, data)
-		if err == nil {
-			var ch *change
-			ch, err = d.prepare(p)
-			if err == nil {
-				err = d.commit(ctx, ch)
-			}
-		}
-		if err == nil {
+		if err = d.apply(ctx, why, data); err == nil {
 			d.lastSum = sum
-			d.m.loaded(true, true, time.Now())
-			attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String()}
-			if pending := d.restartPending(); len(pending) > 0 {
-				attrs = append(attrs, "restart_pending", pendingKeys(pending))
-			}
-			d.log.Info("policy reloaded", attrs...)
 			return
 		}
+	} else {
+		d.m.loaded(false, true, time.Now())
 	}
-	d.m.loaded(false, true, time.Now())
+	d.logRejected(why, err)
+}
+
+// apply composes the local file data (with the newest shared revision,
+// for a fleet gateway) and puts the policy in force: the one path of a
+// reload and of a new shared revision. On error what is in force stays.
+// Callers hold reloadMu.
+func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
+	p, rev, err := d.compose(data)
+	if err == nil {
+		var ch *change
+		if ch, err = d.prepare(p); err == nil {
+			err = d.commit(ctx, ch)
+		}
+	}
+	if err != nil {
+		d.m.loaded(false, true, time.Now())
+		if d.fl != nil {
+			var n int64
+			if rev != nil {
+				n = rev.Number
+			}
+			d.fl.failed(n, err)
+		}
+		return err
+	}
+	d.localData = data
+	d.m.loaded(true, true, time.Now())
+	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String()}
+	if d.fl != nil {
+		d.fl.applied(rev)
+		if rev != nil {
+			attrs = append(attrs, "shared_revision", rev.Number)
+		}
+	}
+	if pending := d.restartPending(); len(pending) > 0 {
+		attrs = append(attrs, "restart_pending", pendingKeys(pending))
+	}
+	d.log.Info("policy reloaded", attrs...)
+	return nil
+}
+
+// logRejected logs why a policy was not put in force, one line per error.
+func (d *Daemon) logRejected(why string, err error) {
 	var list policy.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -316,7 +412,10 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.Listen.DNS != "" && ch.resolver == nil && d.comps.ups.current() == nil {
+	// A fleet gateway without a shared revision yet allows nothing, so
+	// it needs no resolver until one arrives.
+	waiting := p.Cluster != nil && p.SharedName == ""
+	if p.Listen.DNS != "" && ch.resolver == nil && d.comps.ups.current() == nil && !waiting {
 		return nil, errors.New("the DNS listener has no upstream resolvers: set dns.upstreams")
 	}
 	if path := p.Log.File; path != d.out.path() {
@@ -376,6 +475,7 @@ func (d *Daemon) commit(ctx context.Context, ch *change) error {
 		d.out.swap(ch.audit)
 	}
 	d.setPolicy(ch.p)
+	d.comps.acceptPolicy(ch.p)
 	d.pending.Store(&ch.pending)
 	d.m.restartPending.Set(float64(len(ch.pending)))
 	for _, s := range ch.pending {
@@ -442,7 +542,7 @@ func (d *Daemon) watch(ctx context.Context) <-chan struct{} {
 // force asks for, or an error naming what does not. Each check is one
 // condition; add one to the list for a new one.
 func (d *Daemon) ready() error {
-	for _, check := range []func() error{d.policyReady, d.firewallReady, d.listenersReady} {
+	for _, check := range []func() error{d.policyReady, d.fleetReady, d.firewallReady, d.listenersReady} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -455,6 +555,25 @@ func (d *Daemon) policyReady() error {
 		return errors.New("no policy loaded")
 	}
 	return nil
+}
+
+// fleetReady reports a fleet gateway without a shared revision in force
+// (its policy allows nothing) or without the fleet's learned set.
+func (d *Daemon) fleetReady() error {
+	if d.fl == nil {
+		return nil
+	}
+	return d.fl.ready()
+}
+
+// degraded reports what works less well than configured without making
+// fqdngate unready: a fleet gateway that cannot reach etcd keeps
+// enforcing what it has.
+func (d *Daemon) degraded() error {
+	if d.fl == nil {
+		return nil
+	}
+	return d.fl.degraded()
 }
 
 // firewallReady reports a table the kernel does not enforce as programmed

@@ -20,6 +20,10 @@
 //
 //	every decision ──▶ audit.Logger (one line) + metrics; admin serves health, metrics, /v1/*
 //
+//	fleet gateway (cluster: in the local file), internal/cluster:
+//	etcd policy/current ──watch──▶ revision ──compose with the local file──▶ *policy.Policy ──▶ the reload's prepare/commit
+//	status/<node> (lease) ◀── announcer: revision in force, refused revision and why, learned count
+//
 // Only this package knows every component; each component depends on small
 // interfaces it defines itself.
 //

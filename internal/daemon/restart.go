@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,23 @@ var restartOnly = []struct {
 		when:  func(p *policy.Policy) bool { return p.Firewall.Backend == policy.BackendNone },
 	},
 	{key: "log.format", value: func(p *policy.Policy) string { return p.Log.Format }},
+	{
+		// The etcd client, status key and fleet membership are set up
+		// at start.
+		key:   "cluster",
+		value: func(p *policy.Policy) string { return describeCluster(p.Cluster) },
+		when:  func(p *policy.Policy) bool { return p.Cluster != nil },
+	},
+}
+
+// describeCluster writes the cluster section's settings (never a secret:
+// the password stays in its file).
+func describeCluster(c *policy.Cluster) string {
+	if c == nil {
+		return "none"
+	}
+	return fmt.Sprintf("endpoints=%s tls=%s,%s,%s username=%s password_file=%s prefix=%s node=%s hold=%s hold_timeout=%s on_hold_timeout=%s",
+		strings.Join(c.Endpoints, ","), c.CAFile, c.CertFile, c.KeyFile, c.Username, c.PasswordFile, c.Prefix, c.Node, c.Hold, c.HoldTimeout, c.OnHoldTimeout)
 }
 
 // restartPending lists the restart-only settings p changes from boot, the

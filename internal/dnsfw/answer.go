@@ -138,8 +138,8 @@ func (in *inspection) keep(p *policy.Policy, classes netaddr.Classifier, enforce
 	if !a.IsValid() {
 		return false
 	}
-	if p.DNS.RebindingProtection {
-		if c := classes.Classify(a); !c.IsPublic() && !p.NamesAddr(a) {
+	if p.DNS.RebindingProtection { // spares Classify when off
+		if c := classes.Classify(a); p.RebindingRefuses(a, c) {
 			if enforce {
 				in.dropped++
 				if c == netaddr.Local {

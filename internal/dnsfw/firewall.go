@@ -99,6 +99,10 @@ type Config struct {
 	Local HostAddrs
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
+	// RefreshLeader, if not nil, says whether this gateway runs the
+	// refresh timers now: in a fleet one gateway re-resolves for all, and
+	// the others receive the addresses through the fleet. Nil: always.
+	RefreshLeader func() bool
 }
 
 // HostAddrs is the set of this host's own addresses.
@@ -134,6 +138,9 @@ type Firewall struct {
 	classes    netaddr.Classifier // knows local's addresses
 	bufs       bufPool
 	flight     verifyFlights
+	// refreshLeader, if not nil, says whether RunRefresh resolves now
+	// (Config.RefreshLeader).
+	refreshLeader func() bool
 	// refreshTick is how often RunRefresh reads the policy and looks for
 	// names due; tests shorten it.
 	refreshTick time.Duration
@@ -176,7 +183,8 @@ func New(c Config) (*Firewall, error) {
 		budgets:    newBudgets(maxBudgetBuckets, maxBudgetNames),
 		local:      c.Local,
 
-		refreshTick: time.Second,
+		refreshTick:   time.Second,
+		refreshLeader: c.RefreshLeader,
 	}
 	if f.local != nil {
 		f.classes.Host = f.local

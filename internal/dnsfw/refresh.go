@@ -84,6 +84,12 @@ func (r *refresher) tick(ctx context.Context) {
 	if p == nil || ctx.Err() != nil {
 		return
 	}
+	if r.f.refreshLeader != nil && !r.f.refreshLeader() {
+		// Another gateway of the fleet refreshes; its addresses arrive
+		// through the fleet. Targets due meanwhile resolve at once when
+		// this one takes over.
+		return
+	}
 	if p != r.pol {
 		r.sync(p)
 	}

@@ -291,3 +291,12 @@ func (p *Policy) NamesAddr(addr netip.Addr) bool {
 	}
 	return false
 }
+
+// RebindingRefuses reports whether dns.rebinding_protection keeps address
+// a, of class c, out of the learned set: it is not public (as the caller's
+// classifier sees it, so that this host's own addresses count too) and no
+// rule names it. The DNS firewall removes such addresses from answers, and
+// the fleet refuses them from etcd, with this one check.
+func (p *Policy) RebindingRefuses(a netip.Addr, c netaddr.Class) bool {
+	return p.DNS.RebindingProtection && !c.IsPublic() && !p.NamesAddr(a)
+}

@@ -13,8 +13,15 @@ import (
 // decoder walks yaml.v3 nodes so every value keeps its position, and
 // collects every problem instead of stopping at the first.
 type decoder struct {
-	file string
-	errs ErrorList
+	file string // the file errors name when their node has no origin
+	// files are the sources being decoded, in the order their errors
+	// are listed; origin maps each node of a composed policy to its
+	// source (nil for one file).
+	files      []string
+	origin     map[*yaml.Node]string
+	clusterKey *yaml.Node // the local file's cluster key, when composing
+	noShared   bool       // a fleet gateway's local file without a shared half
+	errs       ErrorList
 	// aliasBudget bounds the work YAML aliases can cause: each expansion
 	// costs the size of what it expands, so a small file of aliases of
 	// aliases cannot make the loader walk billions of nodes.
@@ -50,7 +57,7 @@ func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
 		d.truncated = true
 		return
 	}
-	e := &Error{File: d.file, Msg: fmt.Sprintf(format, args...)}
+	e := &Error{File: d.fileOf(n), Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Col = n.Line, n.Column
 	}
@@ -114,7 +121,7 @@ func (d *decoder) result() ErrorList {
 	if len(d.errs) == 0 {
 		return nil
 	}
-	d.errs.sort()
+	d.errs.sort(d.files)
 	if d.truncated {
 		d.errs = append(d.errs, &Error{File: d.file, Msg: fmt.Sprintf("too many errors; fix these %d and run fqdngate check again", maxErrors)})
 	}

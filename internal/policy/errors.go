@@ -35,8 +35,20 @@ func (l ErrorList) Error() string {
 	return b.String()
 }
 
-func (l ErrorList) sort() {
+// sort orders l by source, in the order of files, then by position.
+func (l ErrorList) sort(files []string) {
+	rank := func(f string) int {
+		for i, g := range files {
+			if g == f {
+				return i
+			}
+		}
+		return len(files)
+	}
 	sort.SliceStable(l, func(i, j int) bool {
+		if ri, rj := rank(l[i].File), rank(l[j].File); ri != rj {
+			return ri < rj
+		}
 		if l[i].Line != l[j].Line {
 			return l[i].Line < l[j].Line
 		}

@@ -109,17 +109,17 @@ type wireUser struct {
 	keyNode *yaml.Node
 }
 
-// Parse compiles the policy in data; file names it in messages.
+// Parse compiles the standalone policy in data; file names it in
+// messages. A file with a cluster section is one half of a fleet gateway's
+// policy: Compose compiles it with the shared half.
 func Parse(file string, data []byte) (*Policy, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, ErrorList{yamlError(file, err)}
-	}
+	return parse(Source{Name: file, Data: data}, nil, false)
+}
+
+// compile decodes, validates and compiles top, the policy's top-level
+// mapping (one file's, or the two halves' of a fleet gateway's).
+func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	p := defaults(file)
-	d := &decoder{file: file}
-	if len(root.Content) == 0 || isNull(root.Content[0]) {
-		return nil, ErrorList{{File: file, Msg: "the policy is empty; start from examples/quickstart.yaml"}}
-	}
 	var (
 		mode, denyWith, backend, hook       string
 		upstreams, qtypes, tports           []positioned
@@ -138,7 +138,8 @@ func Parse(file string, data []byte) (*Policy, error) {
 		ifNodes                             = map[string]*yaml.Node{}
 		fw                                  wireFirewall
 	)
-	d.mapping(root.Content[0], "",
+	d.mapping(top, "",
+		field{"cluster", func(n *yaml.Node) { p.Cluster = d.cluster(d.clusterKey, n) }},
 		field{"mode", func(n *yaml.Node) { modeNode = n; d.str(&mode, "mode")(n) }},
 		field{"listen", func(n *yaml.Node) {
 			d.mapping(n, "listen",
@@ -318,7 +319,9 @@ func Parse(file string, data []byte) (*Policy, error) {
 		if len(upstreams) == 0 {
 			d.errorf(upNode, "dns.upstreams is empty; list resolvers like 192.0.2.53:53, or omit the key to use %s", resolvConf)
 		}
-	} else if p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "" {
+	} else if !d.noShared && (p.Listen.DNS != "" || p.Listen.Proxy != "" || p.Listen.Transparent != "") {
+		// (A fleet gateway without its shared half yet allows nothing,
+		// so it resolves nothing.)
 		ups, err := upstreamsFromResolvConf(resolvConf, p.Listen.DNS)
 		if err != nil {
 			d.errorf(nil, "dns.upstreams is not set and %v; list upstreams explicitly", err)

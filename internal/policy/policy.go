@@ -29,8 +29,16 @@ func (m Mode) String() string {
 // Policy is a compiled, validated policy. It is immutable after Load returns
 // it and safe for concurrent use; reloads build a new one and swap pointers.
 type Policy struct {
-	// File is the path the policy was loaded from, for messages.
-	File     string
+	// File is the path the policy was loaded from, for messages: for a
+	// fleet gateway, its local file.
+	File string
+	// SharedName names the shared half of a fleet gateway's policy (a
+	// revision in etcd), empty for a standalone policy and before the
+	// gateway has a shared revision.
+	SharedName string
+	// Cluster is the local file's cluster section; nil for a standalone
+	// gateway.
+	Cluster  *Cluster
 	Mode     Mode
 	Listen   Listen
 	DNS      DNS

@@ -106,10 +106,18 @@ func newInternet(t *testing.T, peer *netns.NS, peerDev string) *internet {
 	netns.Veth(t, peer, peerDev, in.ns, "i0")
 	peer.Addr(peerDev, gwInet4+"/25")
 	peer.Addr(peerDev, gwInet6+"/64")
+	in.serve(t, gwInet4, gwInet6)
+	return in
+}
+
+// serve gives the internet namespace its addresses on i0 (already
+// linked), its routes back through gw4 and gw6, and starts its servers.
+func (in *internet) serve(t *testing.T, gw4, gw6 string) {
+	t.Helper()
 	in.ns.Addr("i0", inet4+"/25")
 	in.ns.Addr("i0", inet6+"/64")
-	in.ns.Route("default", gwInet4)
-	in.ns.Route("default", gwInet6)
+	in.ns.Route("default", gw4)
+	in.ns.Route("default", gw6)
 	// AnyIP: the namespace owns whole ranges, so a test can hand out a
 	// fresh server address per query without assigning each one.
 	in.ns.IP("route", "add", "local", "203.0.113.0/24", "dev", "lo")
@@ -121,7 +129,6 @@ func newInternet(t *testing.T, peer *netns.NS, peerDev string) *internet {
 	for _, port := range []int{allowedPort, otherPort} {
 		serveHTTPS(t, in.ns, port, leaf)
 	}
-	return in
 }
 
 // serveHTTPS serves HTTPS on every address of ns on port; each response

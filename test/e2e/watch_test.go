@@ -58,7 +58,7 @@ func TestTableDeletedUnderDaemon(t *testing.T) {
 	}
 	f.gate.waitMetric("fqdngate_firewall_restores_total", 1)
 	// The restore is counted a moment before it is forgotten.
-	waitReadyz(t, f, "ready after the restore", func(s string) bool { return s == "ready\n" })
+	waitReadyz(t, f.gate, "ready after the restore", func(s string) bool { return s == "ready\n" })
 	mustReach(t, f.a, "api.example.com", api)
 	mustDrop(t, f.a, unlisted)
 	mustDrop(t, f.b, api)
@@ -76,13 +76,13 @@ func TestTableDeletedUnderDaemon(t *testing.T) {
 
 	// Taken by someone else: not ready while it lasts.
 	squatter := netns.SquatTable(t, f.net.gw, f.gate.table)
-	waitReadyz(t, f, "not ready while the table is someone else's, saying why", func(s string) bool {
+	waitReadyz(t, f.gate, "not ready while the table is someone else's, saying why", func(s string) bool {
 		return strings.HasPrefix(s, "not ready: nftables table inet "+f.gate.table+" was changed by another process (table deleted") &&
 			strings.Contains(s, "another process may own a table of that name")
 	})
 	f.gate.waitMetric("fqdngate_firewall_restore_failures_total", 1)
 	squatter.Close() // the kernel deletes the table it owned
-	waitReadyz(t, f, "ready once the name is free", func(s string) bool { return s == "ready\n" })
+	waitReadyz(t, f.gate, "ready once the name is free", func(s string) bool { return s == "ready\n" })
 	// Readiness can come back a moment before the restore is counted: the
 	// watcher sees the rebuild's own commit as it lands.
 	f.gate.waitMetric("fqdngate_firewall_restores_total", 2)
@@ -98,16 +98,16 @@ func TestTableDeletedUnderDaemon(t *testing.T) {
 
 // waitReadyz polls the gate's /readyz until its body satisfies ok, for up
 // to ten seconds.
-func waitReadyz(t *testing.T, f *forward, want string, ok func(string) bool) {
+func waitReadyz(t *testing.T, g *gate, want string, ok func(string) bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got, err := f.gate.get("/readyz")
+		got, err := g.get("/readyz")
 		if err == nil && ok(got) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/readyz: %q, %v; want %s\n%s", got, err, want, f.gate.logs())
+			t.Fatalf("/readyz: %q, %v; want %s\n%s", got, err, want, g.logs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

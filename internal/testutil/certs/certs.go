@@ -75,6 +75,37 @@ func (ca *CA) WriteFile(t testing.TB) string {
 // Leaf issues a server certificate for hosts, each a DNS name or an IP.
 func (ca *CA) Leaf(t testing.TB, hosts ...string) tls.Certificate {
 	t.Helper()
+	return ca.issue(t, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, hosts)
+}
+
+// LeafFiles issues a certificate for hosts (the first is also its common
+// name, which etcd takes as the client's user) usable for both server and
+// client authentication, as etcd's members need for their peers, and
+// writes it and its key as PEM files into a temporary directory.
+func (ca *CA) LeafFiles(t testing.TB, hosts ...string) (certFile, keyFile string) {
+	t.Helper()
+	c := ca.issue(t, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts)
+	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	var chain []byte
+	for _, der := range c.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func (ca *CA) issue(t testing.TB, usage []x509.ExtKeyUsage, hosts []string) tls.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +117,7 @@ func (ca *CA) Leaf(t testing.TB, hosts ...string) tls.Certificate {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  usage,
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

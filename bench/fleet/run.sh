@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Fleet benchmark: what sharing the learned state through etcd costs.
+#
+#   bash bench/fleet/run.sh
+#
+# Everything runs in one network namespace this script creates, on its
+# loopback: a three-member etcd (Debian's etcd-server, data on disk, fsync
+# on; FSYNC=off puts the data in /dev/shm, where fsync costs nothing, as
+# etcd 3.4 has no --unsafe-no-fsync), the bench upstream
+# (bench/dns/upstream: every name its own AAAA address), and up to three
+# fqdngate gateways, each with its own nftables table (hook output) and
+# DNS port, sharing one policy pushed with `fqdngate policy push`.
+#
+# 1. Hold: nftlat (one query in flight, AAAA, every name new) against
+#    gateway 0, REPS times each for:
+#      local1   one gateway, no cluster section (today's single gateway)
+#      local3   three gateways, hold: local
+#      peers2   two gateways, hold: peers
+#      peers3   three gateways, hold: peers
+#    The hold peers adds is peersN minus local3.
+# 2. Rate: dnsperf against all three gateways at once (hold: peers), each
+#    asked distinct new names: answered queries/s (NOERROR only: a refusal
+#    is not capacity), new addresses/s across the fleet, and etcd's
+#    committed proposals per answer.
+# 3. Cached: the same names again, for 10 s, answered from the gateways'
+#    caches: etcd proposals per answer.
+#
+# Raw output and summary.md go to OUT (default bench/fleet/results/<UTC
+# timestamp>); scratch files to a temporary directory. The namespace, its
+# tables and every process started are removed on exit.
+#
+# Settings (environment): REPS=5 LAT_N=2000 LAT_W=200 RATE_NAMES=30000
+# DNSPERF_Q=100 FSYNC=on
+set -euo pipefail
+
+REPS=${REPS:-5}
+LAT_N=${LAT_N:-2000}
+LAT_W=${LAT_W:-200}
+RATE_NAMES=${RATE_NAMES:-30000}
+DNSPERF_Q=${DNSPERF_Q:-100}
+FSYNC=${FSYNC:-on}
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/bench/fleet/results/$(date -u +%Y%m%dT%H%M%SZ)}
+SCRATCH=$(mktemp -d /tmp/fleetbench.XXXXXX)
+DATA=$SCRATCH/etcd
+[[ $FSYNC = off ]] && DATA=$(mktemp -d /dev/shm/fleetbench.XXXXXX)
+BIN=$SCRATCH/bin
+FQ=$BIN/fqdngate
+NS=fleetbench-$$
+UP=127.0.0.1:5300
+ENDPOINTS='"http://127.0.0.1:23791", "http://127.0.0.1:23792", "http://127.0.0.1:23793"'
+mkdir -p "$OUT" "$BIN" "$DATA"
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+inns() { nsenter --net="/run/netns/$NS" "$@"; }
+
+PIDS=()
+NS_MADE=0
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if ((NS_MADE)); then
+		for i in 0 1 2; do inns nft delete table inet "fleetbench$i" 2>/dev/null || true; done
+		ip netns del "$NS" || log "could not delete namespace $NS"
+	fi
+	rm -rf "$SCRATCH" "$DATA"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "building"
+(cd "$ROOT" && CGO_ENABLED=0 go build -o "$FQ" ./cmd/fqdngate)
+(cd "$ROOT" && go build -o "$BIN/upstream" ./bench/dns/upstream && go build -o "$BIN/nftlat" ./bench/nft/nftlat)
+for tool in etcd dnsperf; do command -v $tool >/dev/null || { log "$tool is not installed"; exit 1; }; done
+{
+	echo "date: $(date -u +%FT%TZ)"
+	echo "nproc: $(nproc)"
+	echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+	echo "kernel: $(uname -r)"
+	echo "go: $(go version)"
+	echo "etcd: $(etcd --version | head -1), data on $(df --output=fstype "$DATA" | tail -1) (FSYNC=$FSYNC)"
+	echo "fqdngate: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
+	echo "settings: REPS=$REPS LAT_N=$LAT_N LAT_W=$LAT_W RATE_NAMES=$RATE_NAMES DNSPERF_Q=$DNSPERF_Q"
+} | tee "$OUT/machine.txt" >&2
+
+ip netns add "$NS"
+NS_MADE=1
+ip -n "$NS" link set lo up
+inns "$BIN/upstream" -addr "$UP" 2>>"$OUT/upstream.log" &
+PIDS+=($!)
+
+# --- etcd ------------------------------------------------------------------
+initial=m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802,m3=http://127.0.0.1:23803
+for i in 1 2 3; do
+	inns etcd --name "m$i" --data-dir "$DATA/m$i" \
+		--listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+		--listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+		--initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token fleetbench \
+		--log-level warn >>"$OUT/etcd-m$i.log" 2>&1 &
+	PIDS+=($!)
+done
+for i in 1 2 3; do
+	for _ in $(seq 100); do
+		inns curl -s "http://127.0.0.1:2379$i/health" 2>/dev/null | grep -q '"health":"true"' && break
+		sleep 0.2
+	done
+done
+# proposals: etcd's committed raft proposals (one per transaction or
+# lease operation) on member 1, which sees every commit.
+proposals() { inns curl -s http://127.0.0.1:23791/metrics | awk '$1 == "etcd_server_proposals_committed_total" {print $2}'; }
+
+NAMES=$SCRATCH/names.txt
+awk -v n="$((REPS * 4 * (LAT_N + LAT_W) + 3 * RATE_NAMES))" 'BEGIN { for (i = 0; i < n; i++) print "n" i ".bench.example AAAA" }' >"$NAMES"
+NEXT=0 # the first name of NAMES not asked yet
+# take N FILE: the next N unused names into FILE.
+take() { sed -n "$((NEXT + 1)),$((NEXT + $1))p" "$NAMES" >"$2"; NEXT=$((NEXT + $1)); }
+
+cat >"$SCRATCH/shared.yaml" <<EOF
+dns: {upstreams: [$UP], cache: true, rate_limit: 0, min_ttl: 30s, max_ttl: 1h, grace: 1m, wildcard_budget: 1000000}
+rules:
+  - name: bench
+    to: ["**.bench.example"]
+EOF
+cp "$SCRATCH/shared.yaml" "$OUT/shared.yaml"
+
+# local_file I HOLD PREFIX: gateway I's local file (HOLD "": a standalone
+# gateway, the shared keys in its own file); prints its path.
+local_file() {
+	local i=$1 hold=$2 prefix=$3 f=$SCRATCH/gw$1.yaml
+	cat >"$f" <<-EOF
+		listen: {dns: 127.0.0.1:535$i, proxy: "", admin: 127.0.0.1:909$i}
+		log: {file: /dev/null}
+		firewall: {backend: nftables, hook: output, table: fleetbench$i, state_file: $SCRATCH/state$i.json}
+	EOF
+	if [[ -z $hold ]]; then
+		cat "$SCRATCH/shared.yaml" >>"$f"
+	else
+		cat >>"$f" <<-EOF
+			cluster:
+			  etcd: {endpoints: [$ENDPOINTS]}
+			  node: gw$i
+			  hold: $hold
+			  prefix: $prefix
+		EOF
+	fi
+	echo "$f"
+}
+
+GW=()
+RUN=0
+# start N HOLD: N fresh gateways on empty tables, in a fleet of their own
+# (a fresh etcd prefix).
+start() {
+	local n=$1 hold=$2 prefix
+	RUN=$((RUN + 1))
+	prefix=/fleetbench/run$RUN/
+	for ((i = 0; i < n; i++)); do
+		inns nft delete table inet "fleetbench$i" 2>/dev/null || true
+		rm -f "$SCRATCH/state$i.json"
+		local f
+		f=$(local_file "$i" "$hold" "$prefix")
+		cp "$f" "$OUT/gw$i-${hold:-standalone}.yaml"
+		if [[ -n $hold && $i = 0 ]]; then
+			inns "$FQ" policy push -c "$f" "$SCRATCH/shared.yaml" >>"$OUT/push.log" 2>&1
+		fi
+		inns "$FQ" run -c "$f" >>"$OUT/gw$i.log" 2>&1 &
+		GW[i]=$!
+		PIDS+=($!)
+	done
+	for ((i = 0; i < n; i++)); do
+		for _ in $(seq 150); do
+			[[ $(inns curl -s "http://127.0.0.1:909$i/readyz" 2>/dev/null) = ready* ]] && continue 2
+			kill -0 "${GW[i]}" 2>/dev/null || break
+			sleep 0.2
+		done
+		log "gateway $i not ready; see $OUT/gw$i.log"
+		return 1
+	done
+}
+stop_all() {
+	for p in "${GW[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${GW[@]}"; do wait "$p" 2>/dev/null || true; done
+	GW=()
+}
+
+# --- 1. hold ---------------------------------------------------------------
+RAW=$OUT/hold.tsv
+printf 'rep\tsetup\tn\tlost\tbad\tp50_us\tp90_us\tp99_us\tmax_us\tnon_noerror\n' >"$RAW"
+for rep in $(seq "$REPS"); do
+	setups="local1 local3 peers2 peers3"
+	((rep % 2 == 0)) && setups="peers3 peers2 local3 local1"
+	for s in $setups; do
+		case $s in
+		local1) start 1 "" ;;
+		local3) start 3 local ;;
+		peers2) start 2 peers ;;
+		peers3) start 3 peers ;;
+		esac || exit 1
+		take "$((LAT_N + LAT_W))" "$SCRATCH/lat.txt"
+		inns "$BIN/nftlat" -s 127.0.0.1:5350 -d "$SCRATCH/lat.txt" -order seq -n "$LAT_N" -w "$LAT_W" >"$OUT/hold-$s-r$rep.txt" 2>&1 || true
+		line=$(grep '^n=' "$OUT/hold-$s-r$rep.txt" || echo "n=0")
+		get() { grep -o "$1=[0-9.]*" <<<"$line" | cut -d= -f2; }
+		other=$(awk '{for (i = 10; i <= NF; i++) printf "%s%s", $i, (i < NF ? "," : "")}' <<<"$line")
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$s" "$(get n)" "$(get lost)" "$(get bad)" \
+			"$(get p50_us)" "$(get p90_us)" "$(get p99_us)" "$(get max_us)" "${other:--}" >>"$RAW"
+		log "rep $rep $s: $line"
+		stop_all
+	done
+done
+
+# --- 2. rate and 3. cached, three gateways, hold: peers ----------------------
+start 3 peers || exit 1
+for i in 0 1 2; do take "$RATE_NAMES" "$SCRATCH/rate$i.txt"; done
+p0=$(proposals)
+for i in 0 1 2; do
+	inns dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -n 1 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/rate-gw$i.txt" 2>&1 &
+	RP[i]=$!
+done
+for i in 0 1 2; do wait "${RP[i]}" || true; done
+p1=$(proposals)
+for i in 0 1 2; do
+	inns dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -l 10 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/cached-gw$i.txt" 2>&1 &
+	RP[i]=$!
+done
+for i in 0 1 2; do wait "${RP[i]}" || true; done
+p2=$(proposals)
+for i in 0 1 2; do inns curl -s "http://127.0.0.1:909$i/metrics" >"$OUT/metrics-gw$i.txt" || true; done
+for i in 0 1 2; do
+	inns nft -j list set inet "fleetbench$i" learn6.bench | jq '[.nftables[] | select(.set) | .set.elem // [] | length] | add' >"$OUT/elements-gw$i.txt" || true
+done
+stop_all
+
+# noerror FILE: NOERROR answers in a dnsperf report; secs FILE: its run time.
+noerror() { awk '/Response codes:/ {for (i = 1; i <= NF; i++) if ($i ~ /^NOERROR/) {gsub(/[^0-9]/, "", $(i + 1)); print $(i + 1); exit}}' "$1"; }
+secs() { awk '/Run time \(s\):/ {print $4}' "$1"; }
+{
+	echo "# fleet benchmark $(date -u +%FT%TZ)"
+	echo
+	cat "$OUT/machine.txt"
+	echo
+	echo "## Hold (medians over $REPS reps; nftlat, one in flight, new names; gateway 0 answers)"
+	echo
+	echo "| setup | p50 µs | p90 µs | p99 µs | max µs | non-NOERROR (all reps) | lost (all reps) |"
+	echo "|---|---:|---:|---:|---:|---|---:|"
+	for s in local1 local3 peers2 peers3; do
+		awk -F'\t' -v s="$s" 'NR > 1 && $2 == s {n++; p50[n] = $6; p90[n] = $7; p99[n] = $8; mx[n] = $9; lost += $4; if ($10 != "-") bad = bad " " $10}
+		function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t } return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+		END { printf "| %s | %s | %s | %s | %s | %s | %d |\n", s, med(p50, n), med(p90, n), med(p99, n), med(mx, n), (bad == "" ? "none" : bad), lost }' "$RAW"
+	done
+	echo
+	echo "## Rate: three gateways, hold: peers, $RATE_NAMES new names each, at once"
+	echo
+	tot=0
+	for i in 0 1 2; do
+		ok=$(noerror "$OUT/rate-gw$i.txt")
+		t=$(secs "$OUT/rate-gw$i.txt")
+		echo "- gateway $i: ${ok:-0} NOERROR answers in ${t:-?} s ($(awk -v a="${ok:-0}" -v b="${t:-1}" 'BEGIN {printf "%.0f", a / b}')/s); kernel set learn6.bench holds $(cat "$OUT/elements-gw$i.txt") elements at the end"
+		tot=$((tot + ${ok:-0}))
+	done
+	echo "- new addresses answered across the fleet: $tot; etcd proposals committed meanwhile: $((p1 - p0)) ($(awk -v a="$((p1 - p0))" -v b="$tot" 'BEGIN {printf "%.3f", a / (b ? b : 1)}') per answer)"
+	echo
+	echo "## Cached: the same names for 10 s"
+	echo
+	ctot=0
+	for i in 0 1 2; do ctot=$((ctot + $(noerror "$OUT/cached-gw$i.txt"))); done
+	echo "- NOERROR answers: $ctot; etcd proposals committed meanwhile: $((p2 - p1)) ($(awk -v a="$((p2 - p1))" -v b="$ctot" 'BEGIN {printf "%.4f", a / (b ? b : 1)}') per answer)"
+} | tee "$OUT/summary.md"
+log "results in $OUT"

@@ -1,0 +1,204 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
+)
+
+// BenchmarkPublish publishes one new address at a time at the first of a
+// fleet of gateways on an embedded three-member etcd (fsync on), and
+// reports the latency of Publish, local programming and hold included:
+// p50-ms and p99-ms, and the etcd writes each publication cost.
+func BenchmarkPublish(b *testing.B) {
+	for _, fsync := range []bool{true, false} {
+		for _, tc := range []struct {
+			name     string
+			hold     Hold
+			gateways int
+		}{
+			{"hold=local", HoldLocal, 2},
+			{"hold=peers/gateways=2", HoldPeers, 2},
+			{"hold=peers/gateways=3", HoldPeers, 3},
+		} {
+			name := tc.name
+			if !fsync {
+				name += "/fsync=off"
+			}
+			b.Run(name, func(b *testing.B) { benchPublish(b, fsync, tc.hold, tc.gateways) })
+		}
+	}
+}
+
+// startFleet starts an embedded three-member etcd and n gateways with
+// hold, and returns them once every gateway sees the others.
+func startFleet(b *testing.B, fsync bool, hold Hold, n int) (*etcdtest.Cluster, []*gateway) {
+	var opts []etcdtest.Option
+	if !fsync {
+		opts = append(opts, etcdtest.NoFsync())
+	}
+	c := etcdtest.Start(b, 3, opts...)
+	var gws []*gateway
+	for i := range n {
+		gws = append(gws, startGateway(b, c.Client(b), fmt.Sprintf("g%d", i), nil, func(o *Options) { o.Hold = hold }))
+	}
+	settle(b, gws...)
+	return c, gws
+}
+
+func benchPublish(b *testing.B, fsync bool, hold Hold, n int) {
+	c, gws := startFleet(b, fsync, hold, n)
+	first := gws[0]
+	cli := c.Client(b)
+	before := etcdWrites(b, cli, gws...)
+	var lat []time.Duration
+	batch := make([]learn.Entry, 1)
+	i := 0
+	for b.Loop() {
+		i++
+		batch[0] = benchEntry(i)
+		start := time.Now()
+		if err := first.Publish(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	// hold: local writes after Publish returns: count those writes too.
+	waitFor(b, "every element written", func() bool { return first.count(first.m.written) >= float64(len(lat)) })
+	writes := etcdWrites(b, cli, gws...) - before
+	reportLatency(b, lat)
+	b.ReportMetric(float64(writes)/float64(len(lat)), "etcd-writes/op")
+	if timeouts := first.holdsEnded("timeout_release"); timeouts > 0 {
+		b.Errorf("%v holds timed out", timeouts)
+	}
+}
+
+// reportLatency reports the median and 99th percentile of lat, in
+// milliseconds.
+func reportLatency(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	ms := func(q float64) float64 {
+		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(ms(0.50), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+}
+
+// benchEntry is the i-th of distinct new elements.
+func benchEntry(i int) learn.Entry {
+	return learn.Entry{
+		Name:    dnsname.Name(fmt.Sprintf("n%d.cdn.example", i)),
+		Addr:    netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}),
+		Rule:    "everyone",
+		Expires: time.Now().Add(5 * time.Minute),
+	}
+}
+
+// BenchmarkPublishParallel: many answers at once at each of three
+// gateways with hold: peers, as a busy fleet sees them; elements/s is
+// the fleet's rate of new addresses, every one acknowledged by all three
+// before its Publish returned.
+func BenchmarkPublishParallel(b *testing.B) {
+	b.Run("fsync=on", func(b *testing.B) { benchPublishParallel(b, true) })
+	b.Run("fsync=off", func(b *testing.B) { benchPublishParallel(b, false) })
+}
+
+func benchPublishParallel(b *testing.B, fsync bool) {
+	c, gws := startFleet(b, fsync, HoldPeers, 3)
+	cli := c.Client(b)
+	before := etcdWrites(b, cli, gws...)
+	var seq atomic.Int64
+	b.SetParallelism(64) // goroutines per GOMAXPROCS: concurrent queries
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		batch := make([]learn.Entry, 1)
+		for pb.Next() {
+			i := int(seq.Add(1))
+			batch[0] = benchEntry(i)
+			if err := gws[i%len(gws)].Publish(context.Background(), batch); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	writes := etcdWrites(b, cli, gws...) - before
+	b.ReportMetric(float64(seq.Load())/elapsed.Seconds(), "elements/s")
+	b.ReportMetric(float64(writes)/float64(seq.Load()), "etcd-writes/op")
+	var timeouts float64
+	for _, g := range gws {
+		timeouts += g.holdsEnded("timeout_release")
+	}
+	if timeouts > 0 {
+		b.Errorf("%v holds timed out", timeouts)
+	}
+}
+
+// arrivals is a local publisher that reports when each element reaches
+// it, then publishes to its store.
+type arrivals struct {
+	store *learn.Store
+	at    chan time.Time
+}
+
+func (a *arrivals) Publish(ctx context.Context, batch []learn.Entry) error {
+	now := time.Now()
+	for range batch {
+		select {
+		case a.at <- now:
+		default:
+		}
+	}
+	return a.store.Publish(ctx, batch)
+}
+
+// BenchmarkPropagation: the time from an answer at one gateway (hold:
+// local, so that nothing waits for the other) to its address being
+// programmed at the other: p50-ms and p99-ms.
+func BenchmarkPropagation(b *testing.B) {
+	for _, fsync := range []bool{true, false} {
+		name := "fsync=on"
+		if !fsync {
+			name = "fsync=off"
+		}
+		b.Run(name, func(b *testing.B) {
+			var opts []etcdtest.Option
+			if !fsync {
+				opts = append(opts, etcdtest.NoFsync())
+			}
+			c := etcdtest.Start(b, 3, opts...)
+			a := startGateway(b, c.Client(b), "a", nil, func(o *Options) { o.Hold = HoldLocal })
+			at := make(chan time.Time, 1)
+			other := startGateway(b, c.Client(b), "b", func(s *learn.Store) learn.Publisher { return &arrivals{store: s, at: at} }, nil)
+			settle(b, a, other)
+			var lat []time.Duration
+			batch := make([]learn.Entry, 1)
+			i := 0
+			for b.Loop() {
+				i++
+				batch[0] = benchEntry(i)
+				start := time.Now()
+				if err := a.Publish(context.Background(), batch); err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case got := <-at:
+					lat = append(lat, got.Sub(start))
+				case <-time.After(waitTimeout):
+					b.Fatal("the element never reached the other gateway")
+				}
+			}
+			reportLatency(b, lat)
+		})
+	}
+}

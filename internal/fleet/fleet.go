@@ -1,0 +1,372 @@
+// Package fleet shares the addresses a gateway learns with every other
+// gateway of its fleet through etcd, and holds an answer until they all
+// enforce it.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/learn"
+)
+
+// Fleet is a learn.Publisher that enforces locally first (Options.Local),
+// then writes the entries to etcd for the other gateways, and returns when
+// Options.Hold says the answer may go. Run reads what the others write,
+// checks it (Options.Accept) and programs it through Local.
+//
+// Without etcd (unreachable, no quorum, not yet reached) it enforces what
+// it has and holds new answers locally only, at once: Degraded says why,
+// and what was learned meanwhile is written when etcd is back.
+type Fleet struct {
+	cli   *clientv3.Client
+	o     Options
+	log   *slog.Logger
+	m     *metrics
+	drops dropCounter // Local, when it is one
+
+	learnedPrefix string // <prefix>learned/
+	nodesPrefix   string // <prefix>nodes/
+	nodeKey       string // <prefix>nodes/<node>
+
+	check atomic.Pointer[check]
+	calls atomic.Uint64 // Dropped's answer when Local cannot say
+	// overflow counts elements never written for want of room in the
+	// queue (Options.MaxPending).
+	overflow atomic.Uint64
+	leader   atomic.Bool
+	// applied is the etcd revision up to which every learned element
+	// has been read and programmed (or ignored); only the goroutine that
+	// applies etcd's elements writes it.
+	applied atomic.Int64
+
+	loaded   chan struct{}
+	loadOnce sync.Once
+	kick     chan struct{} // wakes the flusher; buffered, one slot
+	ackKick  chan struct{} // wakes the watermark writer; buffered, one slot
+
+	mu sync.Mutex // guards the following
+	// up: connected, loaded and registered; while false, Publish holds
+	// locally only and downErr says why.
+	up      bool
+	downErr error
+	everUp  bool
+	cancel  context.CancelCauseFunc // ends the current connection
+	changed chan struct{}           // closed and replaced when up or live change
+	// live holds the other gateways' watermarks, by node name.
+	live map[string]int64
+	// mirror is what etcd holds, by key below learnedPrefix, as far as
+	// this gateway knows (from its loads, its watch and its own writes):
+	// a published entry that etcd holds with the same or a later expiry
+	// is not written again.
+	mirror map[string]*held
+	// perName counts the elements of each name taken from etcd, for
+	// Options.MaxPerName (see held.counted).
+	perName map[dnsname.Name]int
+	// queue holds the flushes waiting to be written, oldest first, each of
+	// at most maxFlush elements; queued indexes their elements by key,
+	// and inflight those of the flush being written.
+	queue    []*flush
+	queued   map[string]*op
+	inflight map[string]*op
+
+	// The hold's timeouts are logged at most once a second.
+	logMu      sync.Mutex
+	lastLog    time.Time
+	suppressed int
+}
+
+// check is what elements from etcd must pass (SetAccept).
+type check struct {
+	accept     func(learn.Entry) error
+	maxPerName int
+}
+
+// held is what etcd holds at a key: the expiry, and the revision that
+// wrote it (the revision peers must have acknowledged to have it).
+type held struct {
+	exp, rev int64
+	// counted: this gateway took the element from etcd and counts it in
+	// perName.
+	counted bool
+}
+
+// dropCounter is dnsfw.DropCounter, which the fleet passes through.
+type dropCounter interface{ Dropped() uint64 }
+
+// ErrHoldTimeout is what Publish returns, wrapped, when a hold with
+// OnTimeout ServFail times out.
+var ErrHoldTimeout = errors.New("fleet: the other gateways did not acknowledge the addresses in time")
+
+// errConnecting is Degraded's answer until Run has reached etcd once,
+// errStopped once Run has returned.
+var (
+	errConnecting = errors.New("etcd: not reached yet")
+	errStopped    = errors.New("etcd: the fleet is stopped")
+)
+
+// New returns a Fleet of gateways sharing cli's etcd. Nothing is read or
+// written before Run.
+func New(cli *clientv3.Client, o Options) (*Fleet, error) {
+	switch {
+	case cli == nil:
+		return nil, errors.New("fleet: no etcd client")
+	case o.Node == "" || strings.ContainsAny(o.Node, "/\x00"):
+		return nil, fmt.Errorf("fleet: node name %q is not usable; give every gateway a unique name without '/' (cluster.node)", o.Node)
+	case o.Local == nil:
+		return nil, errors.New("fleet: Options.Local is nil; the fleet needs a local publisher to enforce with")
+	case o.Accept == nil:
+		return nil, errors.New("fleet: Options.Accept is nil; elements from etcd must be checked against the policy (fleet.Accept)")
+	case o.Prefix != "" && !strings.HasSuffix(o.Prefix, "/"):
+		return nil, fmt.Errorf("fleet: prefix %q must end with '/'", o.Prefix)
+	}
+	o.setDefaults()
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Fleet{
+		cli:           cli,
+		o:             o,
+		log:           log,
+		m:             m,
+		learnedPrefix: o.Prefix + learnedDir,
+		nodesPrefix:   o.Prefix + nodesDir,
+		nodeKey:       o.Prefix + nodesDir + o.Node,
+		loaded:        make(chan struct{}),
+		kick:          make(chan struct{}, 1),
+		ackKick:       make(chan struct{}, 1),
+		downErr:       errConnecting,
+		changed:       make(chan struct{}),
+		live:          map[string]int64{},
+		mirror:        map[string]*held{},
+		perName:       map[dnsname.Name]int{},
+		queued:        map[string]*op{},
+		inflight:      map[string]*op{},
+	}
+	f.drops, _ = o.Local.(dropCounter)
+	f.check.Store(&check{accept: o.Accept, maxPerName: o.MaxPerName})
+	m.degraded.Set(1)
+	return f, nil
+}
+
+// SetAccept replaces the check of elements from etcd, for a reloaded
+// policy: elements read from now on must pass accept, and a name takes at
+// most maxPerName of them (0: no bound). Elements programmed already stay
+// until they expire or the local publisher drops them. A nil accept
+// refuses everything.
+func (f *Fleet) SetAccept(accept func(learn.Entry) error, maxPerName int) {
+	if accept == nil {
+		accept = func(learn.Entry) error { return &Refusal{ReasonUnknownRule, "no policy to check against"} }
+	}
+	f.check.Store(&check{accept: accept, maxPerName: maxPerName})
+}
+
+// Loaded is closed once this gateway has programmed the whole learned set
+// from etcd and registered itself, so that the others wait for it: only
+// then may it report ready.
+func (f *Fleet) Loaded() <-chan struct{} { return f.loaded }
+
+// Degraded returns why this gateway is not working with etcd (unreachable,
+// without quorum, not reached yet), or nil when it is. Meanwhile it
+// enforces what it has and holds answers locally only.
+func (f *Fleet) Degraded() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.downErr
+}
+
+// IsLeader reports whether this gateway should run the fleet's refresh
+// timers: it is the leader elected through etcd, or it has lost etcd (once
+// reached), so that the leader's refreshes cannot reach it and it keeps
+// its own names fresh.
+func (f *Fleet) IsLeader() bool {
+	if f.leader.Load() {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.up && f.downErr != errConnecting && f.downErr != errStopped
+}
+
+// Dropped implements dnsfw.DropCounter: Local's count when Local keeps
+// one, plus the elements that were enforced locally but never reached
+// etcd (see Options.MaxPending), so that the DNS firewall publishes their
+// names again. When Local keeps no count, the answer changes on every
+// call, and every answer is published.
+func (f *Fleet) Dropped() uint64 {
+	n := f.overflow.Load()
+	if f.drops == nil {
+		return n + f.calls.Add(1)
+	}
+	return n + f.drops.Dropped()
+}
+
+// Publish enforces batch through Local, hands what etcd does not hold yet
+// to the flusher, and returns when Options.Hold says the answer may go
+// (see learn.Publisher). With hold peers, that is when every other live
+// gateway has acknowledged the revision that wrote the entries, or when
+// Options.HoldTimeout has passed (then OnTimeout decides); at once when
+// etcd is unreachable.
+func (f *Fleet) Publish(ctx context.Context, batch []learn.Entry) error {
+	if err := f.o.Local.Publish(ctx, batch); err != nil {
+		return err
+	}
+	start := time.Now()
+	f.mu.Lock()
+	rev, waits, added := f.enqueueLocked(batch, f.o.Now().Unix())
+	up := f.up
+	f.mu.Unlock()
+	if added {
+		f.wake()
+	}
+	switch {
+	case f.o.Hold == HoldLocal:
+		f.m.holds.WithLabelValues("local").Inc()
+		return nil
+	case !up:
+		f.m.holds.WithLabelValues("degraded").Inc()
+		return nil
+	}
+	return f.hold(ctx, start, rev, waits, batch)
+}
+
+// wake wakes the flusher.
+func (f *Fleet) wake() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// broadcastLocked wakes every hold waiting for a change.
+func (f *Fleet) broadcastLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// hold waits until every live gateway other than this one has
+// acknowledged rev and the revisions waits will write, the hold times out,
+// or etcd is lost.
+func (f *Fleet) hold(ctx context.Context, start time.Time, rev int64, waits []*flush, batch []learn.Entry) error {
+	timer := time.NewTimer(f.o.HoldTimeout)
+	defer timer.Stop()
+	for {
+		var (
+			next   <-chan struct{} // a flush still to be written
+			failed bool
+		)
+		for _, fl := range waits {
+			select {
+			case <-fl.done:
+				if fl.err != nil {
+					failed = true
+				}
+				rev = max(rev, fl.rev)
+			default:
+				if next == nil {
+					next = fl.done
+				}
+			}
+		}
+		f.mu.Lock()
+		up, changed := f.up, f.changed
+		acked := next == nil && f.ackedLocked(rev)
+		f.mu.Unlock()
+		switch {
+		case !up || failed:
+			f.m.holdTime.Observe(time.Since(start).Seconds())
+			f.m.holds.WithLabelValues("degraded").Inc()
+			return nil
+		case acked:
+			f.m.holdTime.Observe(time.Since(start).Seconds())
+			f.m.holds.WithLabelValues("acked").Inc()
+			return nil
+		}
+		select {
+		case <-next:
+		case <-changed:
+		case <-timer.C:
+			f.m.holdTime.Observe(time.Since(start).Seconds())
+			return f.timedOut(rev, next != nil, batch)
+		case <-ctx.Done():
+			return fmt.Errorf("fleet: holding the answer for the other gateways: %w", ctx.Err())
+		}
+	}
+}
+
+// ackedLocked reports whether every live gateway other than this one has
+// acknowledged rev.
+func (f *Fleet) ackedLocked(rev int64) bool {
+	for _, wm := range f.live {
+		if wm < rev {
+			return false
+		}
+	}
+	return true
+}
+
+// timedOut ends a hold that took longer than Options.HoldTimeout.
+func (f *Fleet) timedOut(rev int64, unwritten bool, batch []learn.Entry) error {
+	f.mu.Lock()
+	var lagging []string
+	for node, wm := range f.live {
+		if unwritten || wm < rev {
+			lagging = append(lagging, node)
+		}
+	}
+	f.mu.Unlock()
+	slices.Sort(lagging)
+	why := "gateways " + strings.Join(lagging, ", ") + " did not acknowledge"
+	if unwritten {
+		why = "etcd did not take the write"
+	}
+	name := ""
+	if len(batch) > 0 {
+		name = string(batch[0].Name)
+	}
+	result := "timeout_release"
+	if f.o.OnTimeout == ServFail {
+		result = "timeout_servfail"
+	}
+	f.m.holds.WithLabelValues(result).Inc()
+	f.logTimeout(name, why, result)
+	if f.o.OnTimeout == ServFail {
+		return fmt.Errorf("%w (%s within %v)", ErrHoldTimeout, why, f.o.HoldTimeout)
+	}
+	if f.o.Released != nil {
+		f.o.Released(batch, why)
+	}
+	return nil
+}
+
+// logTimeout logs a hold's timeout, at most one line a second: a lagging
+// gateway times out every answer, and must not flood the log.
+func (f *Fleet) logTimeout(name, why, result string) {
+	f.logMu.Lock()
+	now := time.Now()
+	if now.Sub(f.lastLog) < time.Second {
+		f.suppressed++
+		f.logMu.Unlock()
+		return
+	}
+	n := f.suppressed
+	f.lastLog, f.suppressed = now, 0
+	f.logMu.Unlock()
+	f.log.Warn("hold timed out: an answer went out before every gateway enforced its addresses",
+		"name", name, "why", why, "hold_timeout", f.o.HoldTimeout, "result", result, "more_since_last_line", n)
+}

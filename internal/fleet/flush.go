@@ -1,0 +1,339 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/fqdngate/fqdngate/internal/learn"
+)
+
+// op is one element on its way to etcd.
+type op struct {
+	key string // below learnedPrefix
+	// exp is the expiry to write, in Unix seconds. It rises while the op
+	// is queued (a later answer for the same element); once its flush is
+	// taken it no longer changes.
+	exp int64
+	fl  *flush
+}
+
+// flush is one transaction's worth of elements, and what it came to.
+type flush struct {
+	ops  []*op
+	done chan struct{} // closed once written, or failed
+	// Set before done is closed:
+	rev int64 // the revision peers must acknowledge
+	err error // non-nil if the write failed
+}
+
+// maxKeyLen bounds a key below learnedPrefix: a name, an IPv6 address, a
+// rule and a group, with three slashes.
+const maxKeyLen = 253 + 45 + 63 + 63 + 3
+
+// enqueueLocked queues the entries of batch that etcd does not hold yet
+// with the same or a later expiry, ignoring those expired at now (Unix
+// seconds). It returns the revision to wait for because of entries etcd
+// holds already, the flushes to wait for because of the others, and
+// whether it queued anything new.
+func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits []*flush, added bool) {
+	var buf [maxKeyLen]byte
+	coalesced := 0
+	for i := range batch {
+		e := &batch[i]
+		exp := ceilUnix(e.Expires)
+		if exp <= now {
+			continue
+		}
+		kb := appendKey(buf[:0], e.Name, e.Addr.Unmap(), e.Rule, e.Group)
+		// Lookups with string(kb) do not allocate.
+		if h, ok := f.mirror[string(kb)]; ok && h.exp >= exp {
+			rev = max(rev, h.rev)
+			coalesced++
+			continue
+		}
+		if o, ok := f.inflight[string(kb)]; ok && o.exp >= exp {
+			waits = addWait(waits, o.fl)
+			coalesced++
+			continue
+		}
+		if o, ok := f.queued[string(kb)]; ok {
+			o.exp = max(o.exp, exp)
+			waits = addWait(waits, o.fl)
+			coalesced++
+			continue
+		}
+		o := &op{key: string(kb), exp: exp}
+		if !f.queueLocked(o) {
+			continue
+		}
+		waits = addWait(waits, o.fl)
+		added = true
+	}
+	if coalesced > 0 {
+		f.m.coalesced.Add(float64(coalesced))
+	}
+	return rev, waits, added
+}
+
+func addWait(waits []*flush, fl *flush) []*flush {
+	for _, w := range waits {
+		if w == fl {
+			return waits
+		}
+	}
+	return append(waits, fl)
+}
+
+// queueLocked adds o to the last queued flush, or to a new one if that is
+// full. It reports false, and counts the overflow, when MaxPending
+// elements wait already.
+func (f *Fleet) queueLocked(o *op) bool {
+	if len(f.queued) >= f.o.MaxPending {
+		f.overflow.Add(1)
+		f.m.overflow.Inc()
+		return false
+	}
+	var fl *flush
+	if n := len(f.queue); n > 0 && len(f.queue[n-1].ops) < maxFlush {
+		fl = f.queue[n-1]
+	} else {
+		fl = &flush{done: make(chan struct{})}
+		f.queue = append(f.queue, fl)
+	}
+	fl.ops = append(fl.ops, o)
+	o.fl = fl
+	f.queued[o.key] = o
+	f.m.pending.Set(float64(len(f.queued)))
+	return true
+}
+
+// flushLoop writes the queued flushes while the fleet is up, until ctx
+// ends: up to maxInflight transactions at a time, so that a fleet's rate
+// of new addresses is not one transaction per round trip to etcd.
+// Concurrent answers share a flush: those that arrive while flushes are
+// written make up the next.
+func (f *Fleet) flushLoop(ctx context.Context) {
+	var (
+		wg     sync.WaitGroup
+		slots  = make(chan struct{}, maxInflight)
+		leases = &leases{ids: map[int64]clientv3.LeaseID{}}
+	)
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.kick:
+		}
+		for ctx.Err() == nil {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			fl := f.take()
+			if fl == nil {
+				<-slots
+				break
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f.write(ctx, fl, leases)
+				<-slots
+				f.wake() // a flush may have waited for a slot, or for a key
+			}()
+		}
+	}
+}
+
+// take returns the first queued flush none of whose elements is being
+// written (two writes of one element must not race), and marks its
+// elements in flight; nil if there is none, or the fleet is not up.
+func (f *Fleet) take() *flush {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.up {
+		return nil
+	}
+next:
+	for i, fl := range f.queue {
+		for _, o := range fl.ops {
+			if _, busy := f.inflight[o.key]; busy {
+				continue next
+			}
+		}
+		f.queue = append(f.queue[:i], f.queue[i+1:]...)
+		for _, o := range fl.ops {
+			delete(f.queued, o.key)
+			f.inflight[o.key] = o
+		}
+		f.m.pending.Set(float64(len(f.queued)))
+		return fl
+	}
+	return nil
+}
+
+// write writes fl in one transaction and records the outcome. Each element
+// is written only if etcd does not hold it with the same or a later expiry
+// by then (another gateway may have written it meanwhile): a nested
+// transaction per element compares the values, whose fixed width makes
+// etcd's byte order the order of expiries.
+func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
+	var (
+		resp *clientv3.TxnResponse
+		err  error
+	)
+	for attempt := 0; attempt < 2; attempt++ {
+		ops := make([]clientv3.Op, 0, len(fl.ops))
+		for _, o := range fl.ops {
+			var lease clientv3.LeaseID
+			lease, err = leases.get(ctx, f, o.exp)
+			if err != nil {
+				break
+			}
+			key := f.learnedPrefix + o.key
+			val := encodeExpiry(o.exp)
+			put := clientv3.OpPut(key, val, clientv3.WithLease(lease))
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", val)},
+				[]clientv3.Op{put},
+				[]clientv3.Op{clientv3.OpTxn(
+					// A missing key compares false on its value.
+					[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+					[]clientv3.Op{put},
+					[]clientv3.Op{clientv3.OpGet(key)},
+				)},
+			))
+		}
+		if err != nil {
+			break
+		}
+		tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
+		resp, err = f.cli.Txn(tctx).Then(ops...).Commit()
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			// A bucket's lease expired or was revoked under us: grant
+			// anew and try once more.
+			leases.forget()
+			continue
+		}
+		break
+	}
+	if err != nil {
+		f.failed(ctx, fl, fmt.Errorf("writing learned addresses to etcd: %w", err))
+		return
+	}
+	f.m.writes.WithLabelValues("learned").Inc()
+	f.written(fl, resp)
+}
+
+// written records what resp, fl's transaction's response, says etcd holds.
+func (f *Fleet) written(fl *flush, resp *clientv3.TxnResponse) {
+	rev := resp.Header.Revision
+	wrote := 0
+	wait := int64(0)
+	f.mu.Lock()
+	for i, o := range fl.ops {
+		delete(f.inflight, o.key)
+		h := f.mirror[o.key]
+		if h == nil {
+			h = &held{}
+			f.mirror[o.key] = h
+		}
+		outer := resp.Responses[i].GetResponseTxn()
+		inner := outer.GetResponses()[0].GetResponseTxn()
+		if outer.GetSucceeded() || inner.GetSucceeded() {
+			wrote++
+			if rev >= h.rev {
+				h.exp, h.rev = o.exp, rev
+			}
+			continue
+		}
+		// etcd held it with the same or a later expiry already.
+		if kvs := inner.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+			exp, _ := parseExpiry(kvs[0].Value)
+			if kvs[0].ModRevision >= h.rev {
+				h.exp, h.rev = exp, kvs[0].ModRevision
+			}
+			wait = max(wait, kvs[0].ModRevision)
+		}
+	}
+	if wrote > 0 {
+		wait = rev
+	}
+	fl.rev = wait
+	close(fl.done)
+	f.mu.Unlock()
+	f.m.written.Add(float64(wrote))
+}
+
+// failed puts fl's elements back in the queue, to be written once etcd is
+// back, releases whoever waits for fl, and ends the connection (unless the
+// fleet is stopping, ctx done).
+func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
+	f.mu.Lock()
+	for _, o := range fl.ops {
+		delete(f.inflight, o.key)
+		if q, ok := f.queued[o.key]; ok {
+			q.exp = max(q.exp, o.exp)
+			continue
+		}
+		f.queueLocked(&op{key: o.key, exp: o.exp})
+	}
+	fl.err = err
+	close(fl.done)
+	f.mu.Unlock()
+	if ctx.Err() == nil {
+		f.fail(err)
+	}
+}
+
+// leases are the leases of the expiry buckets, shared by the flushes:
+// elements that expire close together share one lease, which etcd
+// revokes, deleting them, a little after the last of them expires.
+type leases struct {
+	mu  sync.Mutex                 // guards ids, and is held while granting
+	ids map[int64]clientv3.LeaseID // by bucket end, Unix seconds
+}
+
+// get returns the lease of the expiry bucket of exp (Unix seconds),
+// granting it if need be.
+func (l *leases) get(ctx context.Context, f *Fleet, exp int64) (clientv3.LeaseID, error) {
+	width := int64(f.o.Bucket / time.Second)
+	end := (exp + width - 1) / width * width
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if id, ok := l.ids[end]; ok {
+		return id, nil
+	}
+	now := f.o.Now().Unix()
+	for e := range l.ids {
+		if e < now {
+			delete(l.ids, e)
+		}
+	}
+	ttl := end - now + int64(leaseSlack/time.Second)
+	tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
+	resp, err := f.cli.Grant(tctx, ttl)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("granting a lease for learned addresses: %w", err)
+	}
+	f.m.writes.WithLabelValues("lease").Inc()
+	l.ids[end] = resp.ID
+	return resp.ID, nil
+}
+
+// forget drops every lease: one was not found (expired, or revoked).
+func (l *leases) forget() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.ids)
+}
