@@ -52,6 +52,9 @@ UP=127.0.0.1:5300
 ENDPOINTS='"http://127.0.0.1:23791", "http://127.0.0.1:23792", "http://127.0.0.1:23793"'
 mkdir -p "$OUT" "$BIN" "$DATA"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+# inns CMD...: runs CMD in the namespace. Background processes are started
+# with nsenter written out, so that $! is the process itself (a function
+# would add a subshell), which stop_all and cleanup must kill.
 inns() { nsenter --net="/run/netns/$NS" "$@"; }
 
 PIDS=()
@@ -86,13 +89,13 @@ for tool in etcd dnsperf; do command -v $tool >/dev/null || { log "$tool is not 
 ip netns add "$NS"
 NS_MADE=1
 ip -n "$NS" link set lo up
-inns "$BIN/upstream" -addr "$UP" 2>>"$OUT/upstream.log" &
+nsenter --net="/run/netns/$NS" "$BIN/upstream" -addr "$UP" 2>>"$OUT/upstream.log" &
 PIDS+=($!)
 
 # --- etcd ------------------------------------------------------------------
 initial=m1=http://127.0.0.1:23801,m2=http://127.0.0.1:23802,m3=http://127.0.0.1:23803
 for i in 1 2 3; do
-	inns etcd --name "m$i" --data-dir "$DATA/m$i" \
+	nsenter --net="/run/netns/$NS" etcd --name "m$i" --data-dir "$DATA/m$i" \
 		--listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
 		--listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
 		--initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token fleetbench \
@@ -163,7 +166,7 @@ start() {
 		if [[ -n $hold && $i = 0 ]]; then
 			inns "$FQ" policy push -c "$f" "$SCRATCH/shared.yaml" >>"$OUT/push.log" 2>&1
 		fi
-		inns "$FQ" run -c "$f" >>"$OUT/gw$i.log" 2>&1 &
+		nsenter --net="/run/netns/$NS" "$FQ" run -c "$f" >>"$OUT/gw$i.log" 2>&1 &
 		GW[i]=$!
 		PIDS+=($!)
 	done
@@ -176,6 +179,18 @@ start() {
 		log "gateway $i not ready; see $OUT/gw$i.log"
 		return 1
 	done
+	# A gateway waits only for the gateways it has seen join.
+	if [[ $hold = peers ]]; then
+		for ((i = 0; i < n; i++)); do
+			for _ in $(seq 150); do
+				live=$(inns curl -s "http://127.0.0.1:909$i/metrics" | grep '^fqdngate_fleet_live_nodes ' | cut -d' ' -f2)
+				[[ ${live:-0} = "$((n - 1))" ]] && continue 2
+				sleep 0.1
+			done
+			log "gateway $i sees ${live:-no} other gateways, not $((n - 1))"
+			return 1
+		done
+	fi
 }
 stop_all() {
 	for p in "${GW[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -213,13 +228,13 @@ start 3 peers || exit 1
 for i in 0 1 2; do take "$RATE_NAMES" "$SCRATCH/rate$i.txt"; done
 p0=$(proposals)
 for i in 0 1 2; do
-	inns dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -n 1 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/rate-gw$i.txt" 2>&1 &
+	nsenter --net="/run/netns/$NS" dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -n 1 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/rate-gw$i.txt" 2>&1 &
 	RP[i]=$!
 done
 for i in 0 1 2; do wait "${RP[i]}" || true; done
 p1=$(proposals)
 for i in 0 1 2; do
-	inns dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -l 10 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/cached-gw$i.txt" 2>&1 &
+	nsenter --net="/run/netns/$NS" dnsperf -s 127.0.0.1 -p "535$i" -d "$SCRATCH/rate$i.txt" -l 10 -c 4 -q "$DNSPERF_Q" -t 5 >"$OUT/cached-gw$i.txt" 2>&1 &
 	RP[i]=$!
 done
 for i in 0 1 2; do wait "${RP[i]}" || true; done
