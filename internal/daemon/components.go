@@ -49,6 +49,10 @@ type components struct {
 	// fleet shares learned addresses with the other gateways of a fleet
 	// (a policy with a cluster section); nil for a standalone gateway.
 	fleet *fleet.Fleet
+	// fleetStop ends fleet.Run, which closes fleetDone when it returns;
+	// both nil until run started it.
+	fleetStop context.CancelFunc
+	fleetDone chan struct{}
 	// store holds a fleet gateway's learned addresses with backend none
 	// (a standalone one's are the DNS firewall's own, dns.Learned).
 	store *learn.Store
@@ -170,10 +174,14 @@ func (c *components) run(ctx context.Context) {
 			}()
 		}
 		if c.fleet != nil {
+			fctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			c.fleetStop, c.fleetDone = cancel, done
 			c.wg.Add(1)
 			go func() {
 				defer c.wg.Done()
-				if err := c.fleet.Run(ctx); err != nil {
+				defer close(done)
+				if err := c.fleet.Run(fctx); err != nil {
 					select {
 					case c.d.fatal <- fmt.Errorf("fleet learned state: %w", err):
 					default:

@@ -139,6 +139,13 @@ loop:
 		}
 	}
 	d.log.Info("shutting down", "deadline", d.opts.ShutdownTimeout.String())
+	d.shutdown(cancel)
+	return fatal
+}
+
+// shutdown stops what start started; cancel ends the components'
+// background work.
+func (d *Daemon) shutdown(cancel context.CancelFunc) {
 	// A fleet gateway leaves the fleet first: no shared revision may
 	// start listeners while they drain, and its status key goes at once.
 	d.closeFleet()
@@ -147,7 +154,6 @@ loop:
 	d.stopAll()
 	cancel()
 	d.close()
-	return fatal
 }
 
 func newDaemon(opts Options) *Daemon {
@@ -263,8 +269,15 @@ func (d *Daemon) compose(data []byte) (p *policy.Policy, rev *cluster.Revision, 
 	return p, rev, err
 }
 
+// closeFleet leaves the fleet: the shared learned state stops first, so
+// that it revokes this gateway's lease (the others stop waiting for it at
+// once, not when the lease expires) while the etcd client is still open;
+// then the policy watch and the status key end and the client closes.
 func (d *Daemon) closeFleet() {
 	if d.fl != nil {
+		if d.comps != nil {
+			d.comps.stopFleet()
+		}
 		d.fl.close()
 	}
 }

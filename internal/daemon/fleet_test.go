@@ -87,9 +87,7 @@ cluster:
 			return
 		}
 		stopped = true
-		g.d.stopAll()
-		cancel()
-		g.d.close()
+		g.d.shutdown(cancel)
 	}
 	t.Cleanup(g.stop)
 	// The fleet's learned set loads in the background; readiness waits
@@ -460,4 +458,28 @@ func TestFleetNoQuorum(t *testing.T) {
 	a.eventually("no longer degraded", func() bool { return a.d.degraded() == nil })
 	push(t, cli, sharedTwo)
 	a.eventually("applied revision 2", func() bool { return a.hasRule("two") })
+}
+
+// TestFleetLeavesOnStop: a gateway that stops cleanly revokes the lease of
+// its place among the fleet's live gateways before its etcd client
+// closes, so the others stop waiting for it at once rather than when the
+// lease expires.
+func TestFleetLeavesOnStop(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	push(t, cli, sharedOne)
+	a, b := startGateway(t, c, "gw-a"), startGateway(t, c, "gw-b")
+	key := fleetPrefix + "nodes/gw-b"
+	a.eventually("gw-b's live key", func() bool {
+		resp, err := cli.Get(context.Background(), key)
+		return err == nil && len(resp.Kvs) == 1
+	})
+	b.stop()
+	resp, err := cli.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("%s still exists after gw-b stopped: its lease was left to expire", key)
+	}
 }

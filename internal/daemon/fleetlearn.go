@@ -52,6 +52,16 @@ func (c *components) shareLearned(p *policy.Policy, local learn.Publisher) (lear
 	return f, nil
 }
 
+// stopFleet ends the shared learned state's work and waits for it: it
+// revokes this gateway's lease on the way out. Answers published after
+// it are enforced here only.
+func (c *components) stopFleet() {
+	if c.fleetStop != nil {
+		c.fleetStop()
+		<-c.fleetDone
+	}
+}
+
 // acceptPolicy makes p the policy elements from etcd are checked against,
 // once p is in force.
 func (c *components) acceptPolicy(p *policy.Policy) {
