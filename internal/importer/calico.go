@@ -1,0 +1,3 @@
+package importer
+
+func (t *translator) calico(docs []*document) {}
