@@ -82,8 +82,7 @@ func (t *translator) ciliumSpec(o *object, spec *yaml.Node, path, ruleBase strin
 	}
 	g, ok := t.ciliumGroup(o, sel, path+".endpointSelector")
 	if !ok {
-		t.problem(o, sel, "%s: the rules of this selector are not translated", path)
-		return
+		return // reported; the rules of a selector read in part are not translated
 	}
 	g = t.frag.group(o.owner(), o.baseName(), g)
 	for i, e := range egress {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -48,7 +50,8 @@ func (t *translator) read(in Input) []*document {
 			break
 		}
 		if err != nil {
-			t.problemf(in.Name, nil, "%s; fix the YAML (nothing after this point in the file was read)", yamlMessage(err))
+			line, msg := yamlMessage(err)
+			t.problems = append(t.problems, Problem{File: in.Name, Line: line, Col: 1, Msg: msg + "; fix the YAML (nothing after this point in the file was read)"})
 			break
 		}
 		if n.Kind != yaml.DocumentNode || len(n.Content) == 0 {
@@ -122,12 +125,18 @@ func (t *translator) checkPlain(file string, n *yaml.Node) bool {
 	return bad
 }
 
-func yamlMessage(err error) string {
-	var te *yaml.TypeError
-	if errors.As(err, &te) && len(te.Errors) > 0 {
-		return te.Errors[0]
+// yamlLine matches the line yaml.v3 puts in its syntax errors.
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+
+// yamlMessage splits a yaml.v3 error into its line (0 if none) and message.
+func yamlMessage(err error) (int, string) {
+	msg := err.Error()
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		if n, err := strconv.Atoi(m[1]); err == nil {
+			return n, m[2]
+		}
 	}
-	return strings.TrimPrefix(err.Error(), "yaml: ")
+	return 0, strings.TrimPrefix(msg, "yaml: ")
 }
 
 // problemf records a problem at n (nil: the file as a whole).
