@@ -99,7 +99,7 @@ type (
 	}
 )
 
-func checkShape(t *testing.T, text string) {
+func checkShape(t testing.TB, text string) {
 	t.Helper()
 	var p shapePolicy
 	dec := yaml.NewDecoder(strings.NewReader(text))
