@@ -11,7 +11,7 @@ import (
 func (f *fragment) emit(d Dialect, files []string) string {
 	var b strings.Builder
 	b.WriteString("# Translated by \"fqdngate import " + d.String() + "\" from " + strings.Join(files, ", ") + ".\n")
-	b.WriteString("# Review it, merge it into your policy, and run \"fqdngate check\".\n")
+	b.WriteString("# Review it, merge it into a policy with a kubernetes: section, and run \"fqdngate check\".\n")
 	groups := f.usedGroups()
 	if len(f.rules) == 0 {
 		b.WriteString("# Nothing was translated.\n")

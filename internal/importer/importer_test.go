@@ -33,6 +33,10 @@ func TestTranslatePattern(t *testing.T) {
 		{Cilium, "*.", "", "no name after the wildcard", 0},
 		{Cilium, "a..b", "", "not a valid name pattern", 0},
 		{Cilium, "https://x.example.com", "", "not a valid name pattern", 0},
+		{Cilium, "*.com", "", "opens every tenant of com, a public suffix", 0},
+		{Calico, "*.github.io", "", "a shared hosting suffix", 0},
+		{NPEP, "*.co.uk", "", "a public suffix", 0},
+		{Cilium, "github.io", "github.io", "", 0},
 	}
 	for _, tc := range tests {
 		got, err := translatePattern(tc.dialect, tc.in)

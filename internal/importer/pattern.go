@@ -26,7 +26,9 @@ func (e *patternError) Error() string { return e.msg }
 //	*          (error: every name)    (error: every name)
 //	a*.x, a.*.y (error: '*' inside a name; fqdngate has no equivalent)
 //
-// The result is validated as the policy validates it.
+// The result is validated as the policy validates it; a wildcard over a
+// public suffix, which the policy refuses without allow_public_suffix, is
+// not translated either.
 func translatePattern(d Dialect, s string) (string, error) {
 	if s == "*" {
 		return "", &patternError{0, `"*" allows every name; fqdngate allows only what is listed, so name the domains (for example "**.example.com")`}
@@ -56,6 +58,9 @@ func translatePattern(d Dialect, s string) (string, error) {
 	p, err := policy.ParsePattern(prefix + rest)
 	if err != nil {
 		return "", &patternError{0, err.Error()}
+	}
+	if kind, wide := policy.PublicSuffixWildcard(p); wide {
+		return "", &patternError{0, fmt.Sprintf("%q opens every tenant of %s, %s, which fqdngate refuses unless the rule says allow_public_suffix: true; name the subdomains you need, or add the pattern by hand in a rule with allow_public_suffix: true if you mean it", s, p.Base, kind)}
 	}
 	return prefix + p.Base.String(), nil
 }
