@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -69,5 +70,33 @@ func TestImport(t *testing.T) {
 				t.Errorf("got stderr %q, want none", errOut)
 			}
 		})
+	}
+}
+
+// TestImportStdinBinary runs the built binary as kubectl get -o yaml |
+// fqdngate import would: a List on standard input.
+func TestImportStdinBinary(t *testing.T) {
+	list := `apiVersion: v1
+kind: List
+items:
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: api, namespace: shop}
+    spec:
+      endpointSelector: {matchLabels: {app: api}}
+      egress:
+        - toFQDNs: [{matchPattern: "*.example.com"}]
+          toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+`
+	cmd := exec.Command(binary, "import", "cilium", "-")
+	cmd.Stdin = strings.NewReader(list)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("fqdngate import cilium -: %v; stderr:\n%s", err, errOut.String())
+	}
+	want := "  # -:10:11: CiliumNetworkPolicy shop/api spec.egress[0]\n  - name: shop-api-egress0\n    from: [shop-api]\n    to: [\"*.example.com\"]\n    ports: [443]\n"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("stdout lacks\n%s\ngot:\n%s", want, out.String())
 	}
 }
