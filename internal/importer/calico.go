@@ -90,9 +90,8 @@ func (t *translator) calicoPolicy(doc *document, sets []*netSet) {
 	if !ok {
 		return
 	}
-	spec := get(doc.root, "spec")
-	if spec == nil || spec.Kind != yaml.MappingNode {
-		t.problem(o, spec, "spec must be a mapping; not translated")
+	spec, ok := t.spec(o)
+	if !ok {
 		return
 	}
 	stop := false

@@ -326,18 +326,8 @@ func (t *translator) addPattern(o *object, r *rule, n *yaml.Node, path string) {
 // every port. L7 rules and TLS settings narrow the rule in ways fqdngate
 // cannot say, so they stop the rule's translation.
 func (t *translator) ciliumPorts(o *object, n *yaml.Node, path string) ([]policy.PortRange, bool) {
-	items, isList := list(n)
-	if !isList {
-		t.problem(o, n, "%s must be a list; the rule is not translated", path)
-		return nil, false
-	}
-	if len(items) == 0 {
-		return allPorts(), true
-	}
-	var out []policy.PortRange
-	ok := true
-	for i, it := range items {
-		p := fmt.Sprintf("%s[%d]", path, i)
+	return t.portList(o, n, path, func(it *yaml.Node, p string) ([]policy.PortRange, bool) {
+		ok := true
 		pairs(it, func(k, v *yaml.Node) {
 			switch k.Value {
 			case "ports":
@@ -352,26 +342,11 @@ func (t *translator) ciliumPorts(o *object, n *yaml.Node, path string) ([]policy
 				ok = false
 			}
 		})
-		ports, isList := list(get(it, "ports"))
-		if !isList {
-			t.problem(o, get(it, "ports"), "%s.ports must be a list; the rule is not translated", p)
-			return nil, false
-		}
-		if len(ports) == 0 {
-			out = append(out, allPorts()...)
-		}
-		for j, pp := range ports {
-			rs, good := t.ciliumPort(o, pp, fmt.Sprintf("%s.ports[%d]", p, j))
-			if !good {
-				ok = false
-			}
-			out = append(out, rs...)
-		}
-	}
-	if !ok {
-		return nil, false
-	}
-	return out, true
+		rs, good := t.portList(o, get(it, "ports"), p+".ports", func(pp *yaml.Node, path string) ([]policy.PortRange, bool) {
+			return t.ciliumPort(o, pp, path)
+		})
+		return rs, ok && good
+	})
 }
 
 func (t *translator) ciliumPort(o *object, n *yaml.Node, path string) ([]policy.PortRange, bool) {

@@ -29,9 +29,8 @@ func (t *translator) npep(doc *document) {
 	if !ok {
 		return
 	}
-	spec := get(doc.root, "spec")
-	if spec == nil || spec.Kind != yaml.MappingNode {
-		t.problem(o, spec, "spec must be a mapping; not translated")
+	spec, ok := t.spec(o)
+	if !ok {
 		return
 	}
 	for _, k := range unknownKeys(spec, "tier", "priority", "subject", "ingress", "egress") {
@@ -181,22 +180,11 @@ func (t *translator) npepPorts(o *object, e *yaml.Node, path string) ([]policy.P
 	if n := get(e, "protocols"); n != nil {
 		return t.npepProtocols(o, n, path+".protocols")
 	}
-	items, isList := list(get(e, "ports"))
-	if !isList {
-		t.problem(o, get(e, "ports"), "%s.ports must be a list; the rule is not translated", path)
-		return nil, false
-	}
-	if len(items) == 0 {
-		return allPorts(), true
-	}
-	var out []policy.PortRange
-	for i, it := range items {
-		p := fmt.Sprintf("%s.ports[%d]", path, i)
-		if it.Kind != yaml.MappingNode || len(it.Content) != 2 {
-			t.problem(o, it, "%s must hold one of portNumber, portRange, namedPort; the rule is not translated", p)
+	return t.portList(o, get(e, "ports"), path+".ports", func(it *yaml.Node, p string) ([]policy.PortRange, bool) {
+		k, v, ok := t.oneOf(o, it, p, "portNumber, portRange, namedPort")
+		if !ok {
 			return nil, false
 		}
-		k, v := it.Content[0], it.Content[1]
 		proto := str(get(v, "protocol"))
 		if proto == "" {
 			proto = "TCP"
@@ -215,38 +203,22 @@ func (t *translator) npepPorts(o *object, e *yaml.Node, path string) ([]policy.P
 			t.problem(o, k, "%s.%s is not portNumber, portRange or namedPort; the rule is not translated", p, k.Value)
 			return nil, false
 		}
-		rs, ok := t.portSpec(o, v, p+"."+k.Value, proto, lo, hi)
-		if !ok {
-			return nil, false
-		}
-		out = append(out, rs...)
-	}
-	return out, true
+		return t.portSpec(o, v, p+"."+k.Value, proto, lo, hi)
+	})
 }
 
 func (t *translator) npepProtocols(o *object, n *yaml.Node, path string) ([]policy.PortRange, bool) {
-	items, isList := list(n)
-	if !isList {
-		t.problem(o, n, "%s must be a list; the rule is not translated", path)
-		return nil, false
-	}
-	if len(items) == 0 {
-		return allPorts(), true
-	}
-	var out []policy.PortRange
-	for i, it := range items {
-		p := fmt.Sprintf("%s[%d]", path, i)
-		if it.Kind != yaml.MappingNode || len(it.Content) != 2 {
-			t.problem(o, it, "%s must hold one of tcp, udp, sctp, destinationNamedPort; the rule is not translated", p)
+	return t.portList(o, n, path, func(it *yaml.Node, p string) ([]policy.PortRange, bool) {
+		k, v, ok := t.oneOf(o, it, p, "tcp, udp, sctp, destinationNamedPort")
+		if !ok {
 			return nil, false
 		}
-		k, v := it.Content[0], it.Content[1]
 		switch k.Value {
 		case "tcp", "udp":
 		case "sctp":
 			// Dropping an SCTP match only narrows: the rest of the rule stands.
 			t.problem(o, k, "%s.sctp: fqdngate rules cover TCP and UDP only; not translated", p)
-			continue
+			return nil, true
 		case "destinationNamedPort":
 			t.problem(o, k, "%s.destinationNamedPort: a name means a container port, which external destinations do not have; the rule is not translated", p)
 			return nil, false
@@ -254,7 +226,6 @@ func (t *translator) npepProtocols(o *object, n *yaml.Node, path string) ([]poli
 			t.problem(o, k, "%s.%s is not tcp, udp, sctp or destinationNamedPort; the rule is not translated", p, k.Value)
 			return nil, false
 		}
-		proto := strings.ToUpper(k.Value)
 		dp := get(v, "destinationPort")
 		var lo, hi string
 		switch {
@@ -269,13 +240,8 @@ func (t *translator) npepProtocols(o *object, n *yaml.Node, path string) ([]poli
 			t.problem(o, dp, "%s.%s.destinationPort must hold number or range; the rule is not translated", p, k.Value)
 			return nil, false
 		}
-		rs, ok := t.portSpec(o, v, p+"."+k.Value, proto, lo, hi)
-		if !ok {
-			return nil, false
-		}
-		out = append(out, rs...)
-	}
-	return out, true
+		return t.portSpec(o, v, p+"."+k.Value, strings.ToUpper(k.Value), lo, hi)
+	})
 }
 
 // portSpec translates one protocol's ports lo..hi given as strings.

@@ -5,8 +5,46 @@ import (
 	"strconv"
 	"strings"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
+
+// portList translates a list of port items, each with item; a missing or
+// empty list means every port, as it does in all three dialects. Every
+// item is looked at, so every problem is reported; any problem fails the
+// whole list, since a rule's ports read in part would be other ports.
+func (t *translator) portList(o *object, n *yaml.Node, path string, item func(it *yaml.Node, path string) ([]policy.PortRange, bool)) ([]policy.PortRange, bool) {
+	items, isList := list(n)
+	if !isList {
+		t.problem(o, n, "%s must be a list; the rule is not translated", path)
+		return nil, false
+	}
+	if len(items) == 0 {
+		return allPorts(), true
+	}
+	var out []policy.PortRange
+	ok := true
+	for i, it := range items {
+		rs, good := item(it, fmt.Sprintf("%s[%d]", path, i))
+		ok = ok && good
+		out = append(out, rs...)
+	}
+	if !ok {
+		return nil, false
+	}
+	return out, true
+}
+
+// oneOf returns the only key and value of mapping n, or reports that n
+// must hold exactly one of what.
+func (t *translator) oneOf(o *object, n *yaml.Node, path, what string) (k, v *yaml.Node, ok bool) {
+	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
+		t.problem(o, n, "%s must hold one of %s; the rule is not translated", path, what)
+		return nil, nil, false
+	}
+	return n.Content[0], n.Content[1], true
+}
 
 // portRanges returns what protocol proto (TCP, UDP, or ANY for both) on
 // ports lo..hi is in fqdngate terms, or why it cannot be said.

@@ -269,6 +269,16 @@ func (t *translator) identify(doc *document, namespaced bool) (*object, bool) {
 	return o, true
 }
 
+// spec returns the object's spec, or reports that it is not a mapping.
+func (t *translator) spec(o *object) (*yaml.Node, bool) {
+	spec := get(o.doc.root, "spec")
+	if spec == nil || spec.Kind != yaml.MappingNode {
+		t.problem(o, spec, "spec must be a mapping; not translated")
+		return nil, false
+	}
+	return spec, true
+}
+
 // baseName is what the object's groups and rules are named after:
 // namespace-name, or name for cluster-scoped objects.
 func (o *object) baseName() string {
