@@ -93,3 +93,20 @@ func TestRuleNames(t *testing.T) {
 		t.Errorf("unique: got %q, want \"web web-2\"", got)
 	}
 }
+
+// TestJSON: kubectl get -o json output is read as well; JSON is YAML.
+func TestJSON(t *testing.T) {
+	data := `{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+   "metadata": {"name": "j"},
+   "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {"matchLabels": {"team": "a"}}},
+            "egress": [{"name": "x", "action": "Accept", "to": [{"domainNames": ["*.example.com"]}]}]}}]}`
+	res := Import(NPEP, []Input{{Name: "j.json", Data: []byte(data)}}, Options{})
+	if len(res.Problems) != 0 || res.Rules != 1 {
+		t.Fatalf("got %d rules, problems %v; want 1 rule, none", res.Rules, res.Problems)
+	}
+	want := "  # j.json:5:24: ClusterNetworkPolicy j spec.egress[0]\n  - name: j-x\n    from: [j]\n    to: [\"**.example.com\"]\n    ports: [1-65535, 1-65535/udp]\n"
+	if !strings.Contains(res.Policy, want) {
+		t.Errorf("policy lacks\n%s\ngot:\n%s", want, res.Policy)
+	}
+}
