@@ -17,8 +17,9 @@ SYNOPSIS
     fqdngate import cilium|calico|npep [-n NAMESPACE] FILE...
 
 DESCRIPTION
-    Reads the Kubernetes manifests in FILE... (YAML, several documents
-    separated by ---, or a List as kubectl get -o yaml prints it) and
+    Reads the Kubernetes manifests in FILE... (YAML or JSON, several
+    documents separated by ---, or a List as kubectl get -o yaml prints
+    it; - is standard input) and
     prints on standard output the fqdngate sources (kubernetes: pod
     selectors) and rules they amount to, each after a comment naming the
     input position it came from.
