@@ -79,7 +79,7 @@ func Import(d Dialect, inputs []Input, opts Options) Result {
 	if opts.Namespace == "" {
 		opts.Namespace = "default"
 	}
-	t := &translator{dialect: d, opts: opts, frag: newFragment()}
+	t := &translator{dialect: d, opts: opts, frag: newFragment(), seen: map[string]string{}}
 	var docs []*document
 	for _, in := range inputs {
 		t.files = append(t.files, in.Name)
@@ -113,6 +113,7 @@ type translator struct {
 	files    []string
 	frag     *fragment
 	problems []Problem
+	seen     map[string]string // object label → where it was first read
 }
 
 // maxProblems bounds the list: a generated or hostile input could

@@ -266,6 +266,14 @@ func (t *translator) identify(doc *document, namespaced bool) (*object, bool) {
 			return nil, false
 		}
 	}
+	// A cluster holds one object of a kind and name per namespace: the
+	// same one given twice (a file and kubectl's output of it) would
+	// otherwise become two groups and twice the rules.
+	if first, dup := t.seen[o.label()]; dup {
+		t.problem(o, doc.root, "read already at %s; this copy is not translated", first)
+		return nil, false
+	}
+	t.seen[o.label()] = o.owner()
 	return o, true
 }
 
