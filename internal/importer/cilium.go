@@ -253,7 +253,15 @@ func (t *translator) ciliumEgress(o *object, g *group, e *yaml.Node, path, name 
 			ok = false
 		}
 	})
-	if absent(fqdns) || !ok {
+	if !ok {
+		return
+	}
+	if fqdns == nil {
+		peer := false
+		pairs(e, func(k, _ *yaml.Node) { peer = peer || ciliumPeers[k.Value] != "" })
+		if !peer {
+			t.problem(o, e, "%s names no destination, so it allows every one (on its ports); fqdngate allows listed names only; not translated", path)
+		}
 		return
 	}
 	r := &rule{from: g, origin: t.origin(o, e, path)}

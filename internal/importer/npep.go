@@ -145,6 +145,9 @@ func (t *translator) npepEgress(o *object, g *group, e *yaml.Node, path, name, a
 			}
 		})
 	}
+	if len(peers) == 0 {
+		t.problem(o, e, "%s has no destinations (to); not translated", path)
+	}
 	if len(domainPeers) == 0 {
 		return
 	}
