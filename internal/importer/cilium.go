@@ -36,7 +36,7 @@ func (t *translator) cilium(doc *document) {
 	for i, s := range items {
 		t.ciliumSpec(o, s, fmt.Sprintf("specs[%d]", i), fmt.Sprintf("%s-%d", o.baseName(), i))
 	}
-	if absent(spec) && len(items) == 0 {
+	if absent(spec) && absent(specs) {
 		t.problem(o, nil, "has neither spec nor specs; nothing to translate")
 	}
 }
