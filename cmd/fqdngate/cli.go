@@ -35,6 +35,7 @@ SYNOPSIS
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
+    fqdngate import   cilium|calico|npep [-n NAMESPACE] FILE...
     fqdngate version
 
 DESCRIPTION
@@ -57,6 +58,8 @@ COMMANDS
     policy     Push, list and roll back the shared policy of a fleet of
                gateways (POLICY has a cluster section; see docs/fleet.md).
     fleet      Show the gateways of a fleet: revision, lag, errors.
+    import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
+               into fqdngate sources and rules.
     version    Print the version.
 
     Run "fqdngate COMMAND --help" for a command's options.
@@ -88,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdPolicy(ctx, args[1:], stdout, stderr)
 	case "fleet":
 		return cmdFleet(ctx, args[1:], stdout, stderr)
+	case "import":
+		return cmdImport(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

@@ -16,7 +16,6 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/crypto/bcrypt"
-	"golang.org/x/net/publicsuffix"
 	"gopkg.in/yaml.v3"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
@@ -610,18 +609,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 			ok = false
 			continue
 		}
-		if pat.Kind != Exact && !w.allowPublicSuffix {
-			if ps, icann := publicsuffix.PublicSuffix(string(pat.Base)); ps == string(pat.Base) {
-				kind := "a public suffix"
-				if !icann && strings.Contains(ps, ".") {
-					kind = "a shared hosting suffix"
-				} else if !icann {
-					kind = "a top-level domain"
-				}
-				d.errorf(t.n, "rule %q: %q opens every tenant of %s, %s; name the subdomain you need, or add allow_public_suffix: true if you mean it", r.Name, t.v, pat.Base, kind)
-				ok = false
-				continue
-			}
+		if kind, wide := PublicSuffixWildcard(pat); wide && !w.allowPublicSuffix {
+			d.errorf(t.n, "rule %q: %q opens every tenant of %s, %s; name the subdomain you need, or add allow_public_suffix: true if you mean it", r.Name, t.v, pat.Base, kind)
+			ok = false
+			continue
 		}
 		r.Names = append(r.Names, pat)
 	}
