@@ -111,7 +111,7 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer fl.close()
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	store := cluster.NewStore(fl.cli, fl.cluster.Prefix)
+	store := cluster.NewStore(fl.cli, fl.cluster.Prefix).KeepLast(int64(fl.cluster.HistoryKeep))
 	switch sub {
 	case "push":
 		data, err := os.ReadFile(pos[0])
@@ -172,13 +172,21 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if r, err := store.Current(ctx); err == nil {
 			cur = r.Number
 		}
+		oldest, err := store.Oldest(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "fqdngate policy history: %v\n", err)
+			return 1
+		}
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
-			_ = enc.Encode(map[string]any{"current_revision": cur, "revisions": revs})
+			_ = enc.Encode(map[string]any{"current_revision": cur, "oldest_kept": oldest, "revisions": revs})
 			return 0
 		}
 		writeHistory(stdout, revs, cur)
+		if oldest > 1 {
+			fmt.Fprintf(stdout, "revisions 1 to %d were pruned: a push keeps the newest cluster.history_keep (%d with this file)\n", oldest-1, fl.cluster.HistoryKeep)
+		}
 	}
 	return 0
 }
