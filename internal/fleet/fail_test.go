@@ -223,7 +223,7 @@ func TestKilledGatewayIsNotWaitedFor(t *testing.T) {
 // Loaded is closed.
 func TestNewGatewayLoadsBeforeLoaded(t *testing.T) {
 	c := etcdtest.Start(t, 3)
-	a := startGateway(t, c.Client(t), "a", nil, func(o *Options) { o.Hold = HoldLocal })
+	a := startGateway(t, c.Client(t), "a", nil, func(o *Options) { patient(o); o.Hold = HoldLocal })
 	a.waitLoaded(t)
 	var all []learn.Entry
 	for i := range 300 {
@@ -237,7 +237,7 @@ func TestNewGatewayLoadsBeforeLoaded(t *testing.T) {
 	}
 	waitFor(t, "a to write everything", func() bool { return a.count(a.m.written) == float64(len(all)) })
 
-	b := startGateway(t, c.Client(t), "b", nil, nil)
+	b := startGateway(t, c.Client(t), "b", nil, patient)
 	b.waitLoaded(t)
 	missing := 0
 	for _, e := range all {
