@@ -47,11 +47,15 @@ DESCRIPTION
     push      Check SHARED composed with POLICY exactly as "fqdngate check
               -c POLICY --shared SHARED" does, and store it as the next
               revision. Pushing the content of the current revision again
-              changes nothing.
-    history   List the revisions, newest first; * marks the current one.
+              changes nothing. The push keeps the newest
+              cluster.history_keep revisions of POLICY (default 100) and
+              deletes the older ones.
+    history   List the revisions kept, newest first; * marks the current
+              one. A last line names the revisions pruned.
     show      Print a revision's content (default: the current one).
     rollback  Make the content of REVISION current again, as a new
-              revision, after checking it as push does.
+              revision, after checking it as push does. A pruned
+              revision cannot come back.
 
 EXIT STATUS
     0 success; 1 the policy is invalid or etcd could not be reached; 2
