@@ -411,16 +411,13 @@ func TestFleetBadRevision(t *testing.T) {
 // which gateway B refuses (an IPv6 source); fleetSharedExtra4 is the same
 // rule with IPv4 sources only, which B applies.
 const (
-	fleetSharedExtra6 = fleetShared6 + `  - name: extra
+	extraRule = `  - name: extra
     from: [a]
     to: ["**.extra.example.com"]
     ports: [443]
 `
-	fleetSharedExtra4 = fleetShared4 + `  - name: extra
-    from: [a]
-    to: ["**.extra.example.com"]
-    ports: [443]
-`
+	fleetSharedExtra6 = fleetShared6 + extraRule
+	fleetSharedExtra4 = fleetShared4 + extraRule
 )
 
 // TestFleetRevisionBringsLearnedSet (issue 12): a gateway that applies a
