@@ -47,11 +47,15 @@ DESCRIPTION
     push      Check SHARED composed with POLICY exactly as "fqdngate check
               -c POLICY --shared SHARED" does, and store it as the next
               revision. Pushing the content of the current revision again
-              changes nothing.
-    history   List the revisions, newest first; * marks the current one.
+              changes nothing. The push keeps the newest
+              cluster.history_keep revisions of POLICY (default 100) and
+              deletes the older ones.
+    history   List the revisions kept, newest first; * marks the current
+              one. A last line names the revisions pruned.
     show      Print a revision's content (default: the current one).
     rollback  Make the content of REVISION current again, as a new
-              revision, after checking it as push does.
+              revision, after checking it as push does. A pruned
+              revision cannot come back.
 
 EXIT STATUS
     0 success; 1 the policy is invalid or etcd could not be reached; 2
@@ -111,7 +115,7 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	defer fl.close()
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	store := cluster.NewStore(fl.cli, fl.cluster.Prefix)
+	store := cluster.NewStore(fl.cli, fl.cluster.Prefix).KeepLast(int64(fl.cluster.HistoryKeep))
 	switch sub {
 	case "push":
 		data, err := os.ReadFile(pos[0])
@@ -172,13 +176,21 @@ func cmdPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if r, err := store.Current(ctx); err == nil {
 			cur = r.Number
 		}
+		oldest, err := store.Oldest(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "fqdngate policy history: %v\n", err)
+			return 1
+		}
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
-			_ = enc.Encode(map[string]any{"current_revision": cur, "revisions": revs})
+			_ = enc.Encode(map[string]any{"current_revision": cur, "oldest_kept": oldest, "revisions": revs})
 			return 0
 		}
 		writeHistory(stdout, revs, cur)
+		if oldest > 1 {
+			fmt.Fprintf(stdout, "revisions 1 to %d were pruned: a push keeps the newest cluster.history_keep (%d with this file)\n", oldest-1, fl.cluster.HistoryKeep)
+		}
 	}
 	return 0
 }

@@ -169,3 +169,40 @@ func TestCheckClusterCredentials(t *testing.T) {
 		t.Errorf("check --host=false: exit %d %q\n%s", code, out, errOut)
 	}
 }
+
+// TestPolicyHistoryKeep: with cluster.history_keep: 2 each push keeps the
+// newest two revisions; history lists them and says which were pruned,
+// and a rollback to a pruned revision says it was pruned.
+func TestPolicyHistoryKeep(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	local, dir := fleetFiles(t, c)
+	body, err := os.ReadFile(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "local.yaml", string(body)+"  history_keep: 2\n")
+	for i := range 4 {
+		shared := writeFile(t, dir, "shared.yaml", fmt.Sprintf("dns: {upstreams: [192.0.2.53]}\nrules:\n  - name: web\n    to: [example.com]\n# %d\n", i))
+		if out, errOut, code := runCLI(t, "policy", "push", "-c", local, shared); code != 0 || !strings.HasPrefix(out, fmt.Sprintf("revision %d is current", i+1)) {
+			t.Fatalf("push %d: exit %d %q\n%s", i+1, code, out, errOut)
+		}
+	}
+	out, _, code := runCLI(t, "policy", "history", "-c", local)
+	if code != 0 || !regexp.MustCompile(`(?m)^4 \* `).MatchString(out) || !regexp.MustCompile(`(?m)^3 `).MatchString(out) ||
+		regexp.MustCompile(`(?m)^[12] `).MatchString(out) || !strings.Contains(out, "revisions 1 to 2 were pruned: a push keeps the newest cluster.history_keep (2 with this file)") {
+		t.Errorf("history keeping 2 of 4: exit %d\n%s", code, out)
+	}
+	if _, errOut, code := runCLI(t, "policy", "rollback", "-c", local, "2"); code != 1 || !strings.Contains(errOut, "shared revision 2 was pruned") || !strings.Contains(errOut, "from 3 on") {
+		t.Errorf("rollback to a pruned revision: exit %d\n%s", code, errOut)
+	}
+	if _, errOut, code := runCLI(t, "policy", "show", "-c", local, "1"); code != 1 || !strings.Contains(errOut, "shared revision 1 was pruned") {
+		t.Errorf("show a pruned revision: exit %d\n%s", code, errOut)
+	}
+	out, _, code = runCLI(t, "policy", "history", "-c", local, "--json")
+	var h struct {
+		Oldest int64 `json:"oldest_kept"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &h) != nil || h.Oldest != 3 {
+		t.Errorf("history --json: exit %d %q", code, out)
+	}
+}

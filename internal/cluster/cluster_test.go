@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -99,6 +100,84 @@ func TestPushHistoryRollback(t *testing.T) {
 	}
 	if hist, _ := s.History(ctx, 1); len(hist) != 1 || hist[0].Number != 3 {
 		t.Errorf("history limited to 1: got %+v", hist)
+	}
+}
+
+// TestPushPrunesHistory: with KeepLast(3) each push keeps the newest
+// three revisions and deletes the older ones in the transaction that
+// stores it (one etcd revision per push); history lists what is kept; a
+// rollback to a pruned revision says it was pruned, one to a revision
+// that never existed says that, and one to a kept revision lands.
+func TestPushPrunesHistory(t *testing.T) {
+	s, cli, _ := testStore(t)
+	s.KeepLast(3)
+	ctx := ctxT(t)
+	etcdRev := func() int64 {
+		t.Helper()
+		resp, err := cli.Get(ctx, "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	numbers := func() string {
+		t.Helper()
+		hist, err := s.History(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ns []string
+		for _, r := range hist {
+			ns = append(ns, strconv.FormatInt(r.Number, 10))
+		}
+		return strings.Join(ns, " ")
+	}
+	for i := range 5 {
+		before := etcdRev()
+		r, created, err := s.Push(ctx, Push{Content: []byte(v1 + strings.Repeat("#\n", i))})
+		if err != nil || !created || r.Number != int64(i+1) {
+			t.Fatalf("push %d: %+v %v %v", i+1, r, created, err)
+		}
+		if after := etcdRev(); after != before+1 {
+			t.Errorf("push %d took etcd from revision %d to %d; want one transaction", i+1, before, after)
+		}
+	}
+	if got := numbers(); got != "5 4 3" {
+		t.Errorf("history after 5 pushes keeping 3: got %q, want \"5 4 3\"", got)
+	}
+	if oldest, err := s.Oldest(ctx); err != nil || oldest != 3 {
+		t.Errorf("Oldest: got %d, %v; want 3", oldest, err)
+	}
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{
+		{2, "shared revision 2 was pruned: the fleet keeps the newest revisions only (cluster.history_keep), from 3 on"},
+		{1, "shared revision 1 was pruned"},
+		{9, "shared revision 9 does not exist"},
+	} {
+		if _, _, err := s.Rollback(ctx, tc.n, "carol", nil); !errors.Is(err, ErrBadRevision) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("rollback %d: got %v, want %q", tc.n, err, tc.want)
+		}
+	}
+	r, created, err := s.Rollback(ctx, 3, "carol", nil)
+	if err != nil || !created || r.Number != 6 || r.RollbackOf != 3 {
+		t.Fatalf("rollback 3: %+v %v %v", r, created, err)
+	}
+	if got := numbers(); got != "6 5 4" {
+		t.Errorf("history after the rollback: got %q, want \"6 5 4\"", got)
+	}
+	if cur, err := s.Current(ctx); err != nil || cur.Number != 6 {
+		t.Errorf("current: %+v %v", cur, err)
+	}
+
+	// Without KeepLast every revision stays.
+	all := NewStore(cli, prefix)
+	if _, _, err := all.Push(ctx, Push{Content: []byte(v2)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := numbers(); got != "7 6 5 4" {
+		t.Errorf("history after a push that keeps everything: got %q, want \"7 6 5 4\"", got)
 	}
 }
 

@@ -2,14 +2,7 @@ package cluster
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/url"
@@ -24,73 +17,26 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/certs"
 )
 
 // pki is a CA and the files a TLS etcd and its clients need.
 type pki struct {
-	dir                  string
 	caFile               string
 	serverCert, serverKy string
 	clientCert, clientKy string
-	ca                   *x509.Certificate
-	caKey                *ecdsa.PrivateKey
 }
 
+// newPKI mints a CA, a server certificate for etcd on 127.0.0.1 and a
+// client certificate for gateway gw-a (its common name, which etcd takes
+// as the user once authentication is on).
 func newPKI(t *testing.T) *pki {
 	t.Helper()
-	p := &pki{dir: t.TempDir()}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcd test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.ca, _ = x509.ParseCertificate(der)
-	p.caKey = key
-	p.caFile = p.write(t, "ca.pem", "CERTIFICATE", der)
-	p.serverCert, p.serverKy = p.leaf(t, "server", x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKy = p.leaf(t, "gw-a", x509.ExtKeyUsageClientAuth)
+	ca := certs.NewCA(t)
+	p := &pki{caFile: ca.WriteFile(t)}
+	p.serverCert, p.serverKy = ca.LeafFiles(t, "127.0.0.1")
+	p.clientCert, p.clientKy = ca.LeafFiles(t, "gw-a")
 	return p
-}
-
-func (p *pki) write(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func (p *pki) leaf(t *testing.T, name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p.write(t, name+".pem", "CERTIFICATE", der), p.write(t, name+"-key.pem", "PRIVATE KEY", kder)
 }
 
 // startTLSEtcd runs one etcd member whose clients must present a

@@ -56,11 +56,21 @@ func Sum(content []byte) string {
 type Store struct {
 	cli  *clientv3.Client
 	keys Keys
+	keep int64 // revisions a push keeps, the new one included; 0: all
 }
 
-// NewStore returns the store of the fleet under prefix.
+// NewStore returns the store of the fleet under prefix. It keeps every
+// revision pushed through it, unless KeepLast bounds the history.
 func NewStore(cli *clientv3.Client, prefix string) *Store {
 	return &Store{cli: cli, keys: Keys{prefix}}
+}
+
+// KeepLast makes every push through s keep only the newest n revisions,
+// the new one included (cluster.history_keep): the older ones are deleted
+// in the transaction that stores it. n 0 keeps them all. It returns s.
+func (s *Store) KeepLast(n int64) *Store {
+	s.keep = max(n, 0)
+	return s
 }
 
 // ErrNoRevision is returned when the fleet has no shared policy yet.
@@ -126,9 +136,30 @@ func (s *Store) get(ctx context.Context, n, at int64) (Revision, error) {
 		return Revision{}, unreachable(fmt.Sprintf("reading shared revision %d", n), err)
 	}
 	if len(resp.Kvs) == 0 {
+		if oldest, err := s.Oldest(ctx); err == nil && oldest > n {
+			return Revision{Number: n}, bad("shared revision %d was pruned: the fleet keeps the newest revisions only (cluster.history_keep), from %d on; fqdngate policy history lists them", n, oldest)
+		}
 		return Revision{Number: n}, bad("shared revision %d does not exist; fqdngate policy history lists the revisions", n)
 	}
 	return decodeRevision(n, resp.Kvs[0].Value)
+}
+
+// Oldest returns the number of the oldest revision etcd keeps (0: none):
+// the ones before it were pruned (see KeepLast).
+func (s *Store) Oldest(ctx context.Context) (int64, error) {
+	resp, err := s.cli.Get(ctx, s.keys.revision(0), clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.keys.revisions())),
+		clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, unreachable("reading the shared policy's history", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(string(resp.Kvs[0].Key[len(s.keys.revisions()):]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("reading the shared policy's history: %q is not a revision key", resp.Kvs[0].Key)
+	}
+	return n, nil
 }
 
 // decodeRevision decodes and checks the record of revision n: a record
@@ -162,7 +193,8 @@ type Push struct {
 // current revision has the same content: then it returns that revision
 // and created false. The caller checks the content first (as fqdngate
 // check does); the store only keeps it. Two pushes at once both land, one
-// after the other.
+// after the other. With KeepLast, the same transaction deletes the
+// revisions the new one pushes out of the history.
 func (s *Store) Push(ctx context.Context, p Push) (r Revision, created bool, err error) {
 	if len(p.Content) > MaxPolicySize {
 		return Revision{}, false, fmt.Errorf("the shared policy is %d bytes, more than etcd takes in one revision (%d); split long lists or move comments out", len(p.Content), MaxPolicySize)
@@ -196,15 +228,22 @@ func (s *Store) Push(ctx context.Context, p Push) (r Revision, created bool, err
 		if err != nil {
 			return Revision{}, false, err
 		}
+		ops := []clientv3.Op{
+			clientv3.OpPut(s.keys.revision(r.Number), string(rec)),
+			clientv3.OpPut(s.keys.current(), strconv.FormatInt(r.Number, 10)),
+		}
+		if s.keep > 0 && r.Number > s.keep {
+			// Revision keys are zero-padded: key order is number order,
+			// and one range delete takes every revision older than the
+			// newest keep.
+			ops = append(ops, clientv3.OpDelete(s.keys.revision(0), clientv3.WithRange(s.keys.revision(r.Number-s.keep+1))))
+		}
 		// Only if nobody pushed meanwhile, and never over an existing
 		// revision.
 		txn, err := s.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(s.keys.current()), "=", modRev),
 			clientv3.Compare(clientv3.CreateRevision(s.keys.revision(r.Number)), "=", 0),
-		).Then(
-			clientv3.OpPut(s.keys.revision(r.Number), string(rec)),
-			clientv3.OpPut(s.keys.current(), strconv.FormatInt(r.Number, 10)),
-		).Commit()
+		).Then(ops...).Commit()
 		if err != nil {
 			return Revision{}, false, unreachable("storing the shared policy", err)
 		}
@@ -240,9 +279,10 @@ func (s *Store) History(ctx context.Context, limit int64) ([]Revision, error) {
 }
 
 // Rollback makes the content of revision n current again, as a new
-// revision (history only grows). check vets the content first, as a
-// push's is: a revision that no longer composes with this gateway's local
-// file is refused.
+// revision (the history never goes back; KeepLast prunes its far end).
+// check vets the content first, as a push's is: a revision that no longer
+// composes with this gateway's local file is refused. A revision pruned
+// from the history is refused as such.
 func (s *Store) Rollback(ctx context.Context, n int64, author string, check func(policy.Source) error) (Revision, bool, error) {
 	old, err := s.Get(ctx, n)
 	if err != nil {

@@ -488,7 +488,7 @@ func (d *Daemon) commit(ctx context.Context, ch *change) error {
 		d.out.swap(ch.audit)
 	}
 	d.setPolicy(ch.p)
-	d.comps.acceptPolicy(ch.p)
+	d.comps.acceptPolicy(ctx, ch.p)
 	d.pending.Store(&ch.pending)
 	d.m.restartPending.Set(float64(len(ch.pending)))
 	for _, s := range ch.pending {

@@ -315,6 +315,50 @@ func TestFleetStartsWithoutSharedPolicy(t *testing.T) {
 	a.eventually("ready", func() bool { return a.d.ready() == nil })
 }
 
+// TestFleetLearnedAfterFirstGoodRevision: a gateway that starts while the
+// shared revision in etcd does not apply runs on its local file alone,
+// and the learned elements it loads from etcd have no rule to go to; when
+// a good revision arrives, the elements it accepts are in the gateway's
+// set by the time it reports ready, and those it does not accept stay
+// out.
+func TestFleetLearnedAfterFirstGoodRevision(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+	cli := c.Client(t)
+	push(t, cli, sharedBad)
+	exp := fmt.Sprintf("%012d", time.Now().Add(5*time.Minute).Unix())
+	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
+	defer cancel()
+	for _, key := range []string{"one.example/192.0.2.80/one/", "two.example/192.0.2.81/two/"} {
+		if _, err := cli.Put(ctx, fleetPrefix+"learned/"+key, exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startGateway(t, c, "gw-a")
+	holds := func(addr string) bool {
+		for _, e := range a.d.comps.learned() {
+			if e.Addr.String() == addr {
+				return true
+			}
+		}
+		return false
+	}
+	if a.d.ready() == nil || len(a.d.Policy().Rules) != 0 {
+		t.Fatalf("on a refused revision: ready %v, %d rules; want not ready, no rules", a.d.ready(), len(a.d.Policy().Rules))
+	}
+	if holds("192.0.2.80") {
+		t.Fatal("an element from etcd is programmed with no rule in force")
+	}
+
+	push(t, cli, sharedOne)
+	a.eventually("ready on revision 2", func() bool { return a.d.ready() == nil })
+	if !holds("192.0.2.80") {
+		t.Errorf("ready on the first good revision, but the element of its rule loaded at start is not programmed: %v", a.d.comps.learned())
+	}
+	if holds("192.0.2.81") {
+		t.Error("an element of a rule the revision does not have is programmed")
+	}
+}
+
 // TestFleetStatusExpires: a gateway that dies without withdrawing its
 // status (its connection to etcd gone, as with kill -9) is reported gone
 // once its lease expires; one that stops cleanly, at once.

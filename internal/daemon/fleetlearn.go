@@ -63,10 +63,13 @@ func (c *components) stopFleet() {
 }
 
 // acceptPolicy makes p the policy elements from etcd are checked against,
-// once p is in force.
-func (c *components) acceptPolicy(p *policy.Policy) {
+// once p is in force (the kernel has its sets), and programs the elements
+// etcd holds that p accepts and the previous policy did not: the learned
+// set of a gateway that started on its local file alone, or of a rule or
+// group a revision adds. It cannot fail (see fleet.Fleet.SetAccept).
+func (c *components) acceptPolicy(ctx context.Context, p *policy.Policy) {
 	if c.fleet != nil {
-		c.fleet.SetAccept(fleet.Accept(p, c.local), p.DNS.MaxLearnedPerName)
+		c.fleet.SetAccept(ctx, fleet.Accept(p, c.local), p.DNS.MaxLearnedPerName)
 	}
 }
 

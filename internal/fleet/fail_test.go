@@ -223,7 +223,7 @@ func TestKilledGatewayIsNotWaitedFor(t *testing.T) {
 // Loaded is closed.
 func TestNewGatewayLoadsBeforeLoaded(t *testing.T) {
 	c := etcdtest.Start(t, 3)
-	a := startGateway(t, c.Client(t), "a", nil, func(o *Options) { o.Hold = HoldLocal })
+	a := startGateway(t, c.Client(t), "a", nil, func(o *Options) { patient(o); o.Hold = HoldLocal })
 	a.waitLoaded(t)
 	var all []learn.Entry
 	for i := range 300 {
@@ -237,7 +237,7 @@ func TestNewGatewayLoadsBeforeLoaded(t *testing.T) {
 	}
 	waitFor(t, "a to write everything", func() bool { return a.count(a.m.written) == float64(len(all)) })
 
-	b := startGateway(t, c.Client(t), "b", nil, nil)
+	b := startGateway(t, c.Client(t), "b", nil, patient)
 	b.waitLoaded(t)
 	missing := 0
 	for _, e := range all {
@@ -303,30 +303,64 @@ func TestUnreachableAtStart(t *testing.T) {
 }
 
 // TestSetAccept: a reloaded policy's check applies to the elements read
-// from then on.
+// from then on, and to those read before: an element the previous check
+// refused is programmed before SetAccept returns (a gateway that started
+// on its local file alone, then got its first shared revision); elements
+// the new check refuses stop counting against the per-name cap, and come
+// back under a later check that accepts them again, within its cap.
 func TestSetAccept(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 	cli := c.Client(t)
 	a := startGateway(t, c.Client(t), "a", nil, nil)
 	a.waitLoaded(t)
+	ctx := context.Background()
 	put := func(key string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		ctx, cancel := context.WithTimeout(ctx, waitTimeout)
 		defer cancel()
 		if _, err := cli.Put(ctx, "/fqdngate/learned/"+key, encodeExpiry(time.Now().Add(time.Minute).Unix())); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a.SetAccept(nil, 0) // refuses everything
+	counted := func() int {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.perName["public.example"]
+	}
+	a.SetAccept(ctx, nil, 0) // refuses everything
 	put("public.example/192.0.2.90/everyone/")
 	waitFor(t, "the element to be refused", func() bool {
 		return promtest.ToFloat64(a.m.ignored.WithLabelValues(ReasonUnknownRule)) == 1
 	})
-	a.SetAccept(Accept(testPolicy(t), nil), 4)
+	if a.holds(entry("public.example", "192.0.2.90", "everyone", "", 0)) {
+		t.Fatal("an element the check refused is programmed")
+	}
+
+	a.SetAccept(ctx, Accept(testPolicy(t), nil), 4)
+	if !a.holds(entry("public.example", "192.0.2.90", "everyone", "", 0)) {
+		t.Error("the element refused before the reload is not programmed when SetAccept returns")
+	}
 	put("public.example/192.0.2.91/everyone/")
 	e := entry("public.example", "192.0.2.91", "everyone", "", 0)
 	waitFor(t, "the element to be programmed", func() bool { return a.holds(e) })
-	if a.holds(entry("public.example", "192.0.2.90", "everyone", "", 0)) {
-		t.Error("the element refused before the reload is programmed")
+	if got := counted(); got != 2 {
+		t.Errorf("public.example counts %d elements against the cap, want 2", got)
+	}
+
+	a.SetAccept(ctx, nil, 0)
+	if got := counted(); got != 0 {
+		t.Errorf("with every element refused, public.example counts %d against the cap, want 0", got)
+	}
+	programmed := promtest.ToFloat64(a.m.programd)
+	capped := promtest.ToFloat64(a.m.ignored.WithLabelValues(ReasonPerNameCap))
+	a.SetAccept(ctx, Accept(testPolicy(t), nil), 1)
+	if got := counted(); got != 1 {
+		t.Errorf("with a cap of 1, public.example counts %d, want 1", got)
+	}
+	if got := promtest.ToFloat64(a.m.programd) - programmed; got != 1 {
+		t.Errorf("accepted again under a cap of 1: %v elements programmed, want 1", got)
+	}
+	if got := promtest.ToFloat64(a.m.ignored.WithLabelValues(ReasonPerNameCap)) - capped; got != 1 {
+		t.Errorf("accepted again under a cap of 1: %v elements over the cap, want 1", got)
 	}
 }

@@ -166,14 +166,20 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 
 // SetAccept replaces the check of elements from etcd, for a reloaded
 // policy: elements read from now on must pass accept, and a name takes at
-// most maxPerName of them (0: no bound). Elements programmed already stay
-// until they expire or the local publisher drops them. A nil accept
-// refuses everything.
-func (f *Fleet) SetAccept(accept func(learn.Entry) error, maxPerName int) {
+// most maxPerName of them (0: no bound). Before it returns, every live
+// element etcd holds that accept passes and the previous check did not
+// (a gateway that started on its local file alone and now has its first
+// shared revision, a revision that adds a rule or a group) is programmed
+// through Local, which must already have the new policy. Elements
+// programmed already stay until they expire or the local publisher drops
+// them (with their rule's set); those accept refuses stop counting
+// against maxPerName. A nil accept refuses everything.
+func (f *Fleet) SetAccept(ctx context.Context, accept func(learn.Entry) error, maxPerName int) {
 	if accept == nil {
 		accept = func(learn.Entry) error { return &Refusal{ReasonUnknownRule, "no policy to check against"} }
 	}
 	f.check.Store(&check{accept: accept, maxPerName: maxPerName})
+	f.rescan(ctx)
 }
 
 // Loaded is closed once this gateway has programmed the whole learned set

@@ -346,9 +346,12 @@ func (f *Fleet) watchLearned(ctx context.Context, from int64) error {
 // put, and forgets those they delete.
 func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 	now := f.o.Now()
-	c := f.check.Load()
 	batch := make([]learn.Entry, 0, len(evs))
 	f.mu.Lock()
+	// The check is read under mu: an element checked against the
+	// previous one is in the mirror before SetAccept's rescan takes its
+	// snapshot.
+	c := f.check.Load()
 	for _, ev := range evs {
 		kv := ev.Kv
 		key := string(kv.Key[len(f.learnedPrefix):])
@@ -384,16 +387,31 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 			continue
 		}
 		if !h.counted {
-			if c.maxPerName > 0 && f.perName[e.Name] >= c.maxPerName {
+			if !f.countLocked(c, e, h) {
 				f.ignore(ReasonPerNameCap, key, nil)
 				continue
 			}
-			h.counted = true
-			f.perName[e.Name]++
 		}
 		batch = append(batch, e)
 	}
 	f.mu.Unlock()
+	f.program(ctx, batch)
+}
+
+// countLocked counts e, held as h, against its name's cap, and reports
+// whether the cap had room.
+func (f *Fleet) countLocked(c *check, e learn.Entry, h *held) bool {
+	if c.maxPerName > 0 && f.perName[e.Name] >= c.maxPerName {
+		return false
+	}
+	h.counted = true
+	f.perName[e.Name]++
+	return true
+}
+
+// program programs batch, elements from etcd that passed the check,
+// through the local publisher.
+func (f *Fleet) program(ctx context.Context, batch []learn.Entry) {
 	if len(batch) == 0 {
 		return
 	}
@@ -414,6 +432,77 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 	f.m.programd.Add(float64(len(batch)))
 }
 
+// rescan checks every live element etcd holds (the mirror: this
+// gateway's load, watch and writes) against the check in force, after
+// SetAccept stored it: elements it refuses stop counting against the
+// per-name cap (their rule or group went, and their set with it), and
+// elements it accepts that were not counted (refused by the previous
+// check, or never checked) are programmed, a page at a time. It reads
+// nothing from etcd, so it cannot fail. The checks run outside mu, so
+// that answers are not held up meanwhile; an element that apply handles
+// at the same time meets the new check there, since apply reads it under
+// mu.
+func (f *Fleet) rescan(ctx context.Context) {
+	type seen struct {
+		key     string
+		h       *held
+		exp     int64
+		counted bool
+	}
+	now := f.o.Now().Unix()
+	f.mu.Lock()
+	c := f.check.Load()
+	all := make([]seen, 0, len(f.mirror))
+	for key, h := range f.mirror {
+		if h.exp > now {
+			all = append(all, seen{key, h, h.exp, h.counted})
+		}
+	}
+	f.mu.Unlock()
+
+	var refused, accepted []seen
+	entries := map[*held]learn.Entry{}
+	for _, x := range all {
+		e, err := parseElement(x.key, []byte(encodeExpiry(x.exp)))
+		switch {
+		case err != nil:
+			// The mirror holds only what parsed.
+		case c.accept(e) != nil:
+			if x.counted {
+				refused = append(refused, x)
+			}
+		case !x.counted:
+			accepted = append(accepted, x)
+			entries[x.h] = e
+		}
+	}
+
+	var batch []learn.Entry
+	f.mu.Lock()
+	for _, x := range refused {
+		if f.mirror[x.key] == x.h && x.h.counted {
+			f.uncountLocked(x.key, x.h)
+		}
+	}
+	// Counted only once the refused ones have made room.
+	for _, x := range accepted {
+		if f.mirror[x.key] != x.h || x.h.counted {
+			continue // forgotten, or counted by apply meanwhile
+		}
+		if !f.countLocked(c, entries[x.h], x.h) {
+			f.ignore(ReasonPerNameCap, x.key, nil)
+			continue
+		}
+		batch = append(batch, entries[x.h])
+	}
+	f.mu.Unlock()
+	for len(batch) > 0 {
+		n := min(len(batch), loadPage)
+		f.program(ctx, batch[:n])
+		batch = batch[n:]
+	}
+}
+
 // sweep forgets the elements etcd held that have expired by now (Unix
 // seconds): after an outage, the deletions of their leases' expiry went
 // unseen, and they would count against the per-name cap.
@@ -432,13 +521,19 @@ func (f *Fleet) sweep(now int64) {
 // count.
 func (f *Fleet) forgetLocked(key string, h *held) {
 	if h.counted {
-		// Counted elements were parsed: the name is canonical.
-		name := dnsname.Name(key[:max(0, strings.IndexByte(key, '/'))])
-		if f.perName[name]--; f.perName[name] <= 0 {
-			delete(f.perName, name)
-		}
+		f.uncountLocked(key, h)
 	}
 	delete(f.mirror, key)
+}
+
+// uncountLocked takes key, held as counted h, out of its name's count.
+func (f *Fleet) uncountLocked(key string, h *held) {
+	// Counted elements were parsed: the name is canonical.
+	name := dnsname.Name(key[:max(0, strings.IndexByte(key, '/'))])
+	if f.perName[name]--; f.perName[name] <= 0 {
+		delete(f.perName, name)
+	}
+	h.counted = false
 }
 
 // ignore counts an element from etcd that is not programmed, and logs it

@@ -38,6 +38,10 @@ type Cluster struct {
 	// when it passes.
 	HoldTimeout   time.Duration
 	OnHoldTimeout OnHoldTimeout
+	// HistoryKeep is how many shared policy revisions a push from this
+	// gateway's file keeps in etcd, the new one included; older ones are
+	// deleted as it stores the new one.
+	HistoryKeep int
 	// At is where the local file's cluster key is, for problems found
 	// after loading (a certificate that does not load).
 	At Pos
@@ -65,6 +69,10 @@ func (o OnHoldTimeout) String() string { return [...]string{"release", "servfail
 
 // DefaultPrefix is cluster.prefix when the file does not set it.
 const DefaultPrefix = "/fqdngate/"
+
+// DefaultHistoryKeep is cluster.history_keep when the file does not set
+// it: months of pushes at a few a day, a few MiB of etcd at most.
+const DefaultHistoryKeep = 100
 
 // maxHoldTimeout keeps a hold below what stub resolvers wait for an
 // answer before they retry (5s for glibc).
@@ -137,7 +145,7 @@ func ParseCluster(file string, data []byte) (*Cluster, error) {
 
 // cluster decodes and validates the cluster section whose key is k.
 func (d *decoder) cluster(k, n *yaml.Node) *Cluster {
-	c := &Cluster{Prefix: DefaultPrefix, HoldTimeout: 250 * time.Millisecond, At: Pos{k.Line, k.Column}}
+	c := &Cluster{Prefix: DefaultPrefix, HoldTimeout: 250 * time.Millisecond, HistoryKeep: DefaultHistoryKeep, At: Pos{k.Line, k.Column}}
 	var (
 		endpoints                     []positioned
 		epSet                         bool
@@ -172,6 +180,8 @@ func (d *decoder) cluster(k, n *yaml.Node) *Cluster {
 		field{"hold", func(n *yaml.Node) { holdNode = d.deref(n); d.str(&hold, "cluster.hold")(n) }},
 		field{"hold_timeout", func(n *yaml.Node) { htNode = d.deref(n); d.duration(&c.HoldTimeout, "cluster.hold_timeout")(n) }},
 		field{"on_hold_timeout", func(n *yaml.Node) { onTOsNode = d.deref(n); d.str(&onTimeout, "cluster.on_hold_timeout")(n) }},
+		// At least 2: the revision in force and one to roll back to.
+		field{"history_keep", d.integer(&c.HistoryKeep, "cluster.history_keep", 2, 100_000)},
 	)
 	if n = d.deref(n); n.Kind != yaml.MappingNode {
 		if isNull(n) {

@@ -50,6 +50,8 @@ var composeCases = []composeCase{
 	{"hold_timeout too long", fleetLocal + "  hold_timeout: 10s\n", fleetShared, localName, 4, 17, []string{"cluster.hold_timeout must be longer than 0s and at most 5s"}},
 	{"hold_timeout zero", fleetLocal + "  hold_timeout: 0s\n", fleetShared, localName, 4, 17, []string{"cluster.hold_timeout must be longer than 0s"}},
 	{"bad on_hold_timeout", fleetLocal + "  on_hold_timeout: never\n", fleetShared, localName, 4, 20, []string{"cluster.on_hold_timeout must be release", `or servfail, not "never"`}},
+	{"history_keep too small", fleetLocal + "  history_keep: 1\n", fleetShared, localName, 4, 17, []string{"cluster.history_keep must be a whole number from 2 to 100000", `not "1"`}},
+	{"history_keep not a number", fleetLocal + "  history_keep: all\n", fleetShared, localName, 4, 17, []string{"cluster.history_keep must be a whole number"}},
 	{"unknown cluster key", fleetLocal + "  holds: peers\n", fleetShared, localName, 4, 3, []string{`unknown key "holds" in cluster`, `did you mean "hold"?`}},
 	{"shared key in the local file", fleetLocal + "rules: []\n", fleetShared, localName, 4, 1, []string{"rules is shared by the fleet", "shared policy", "fqdngate policy push"}},
 	{"local key in the shared policy", fleetLocal, "listen: {admin: \"127.0.0.1:0\"}\n" + fleetShared, sharedName, 1, 1, []string{"listen is set on each gateway", "local file"}},
@@ -135,14 +137,14 @@ func TestComposeClusterSettings(t *testing.T) {
 	local := "cluster:\n  etcd:\n    endpoints: [\"https://192.0.2.11:2379\", \"https://gw-etcd.example:2379\"]\n" +
 		"    tls: {ca_file: testdata/resolv.conf, cert_file: testdata/resolv.conf, key_file: testdata/resolv.conf}\n" +
 		"    username: fqdngate\n    password_file: testdata/resolv.conf\n" +
-		"  prefix: /fqdngate/prod/\n  node: gw-b\n  hold: local\n  hold_timeout: 1s\n  on_hold_timeout: servfail\n"
+		"  prefix: /fqdngate/prod/\n  node: gw-b\n  hold: local\n  hold_timeout: 1s\n  on_hold_timeout: servfail\n  history_keep: 20\n"
 	p, err := Compose(Source{Name: localName, Data: []byte(local)}, &Source{Name: sharedName, Data: []byte(fleetShared)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := p.Cluster
 	if c.CAFile == "" || c.CertFile == "" || c.KeyFile == "" || c.Username != "fqdngate" || c.PasswordFile == "" ||
-		c.Prefix != "/fqdngate/prod/" || c.Node != "gw-b" || c.Hold != HoldLocal || c.HoldTimeout != time.Second || c.OnHoldTimeout != TimeoutServFail {
+		c.Prefix != "/fqdngate/prod/" || c.Node != "gw-b" || c.Hold != HoldLocal || c.HoldTimeout != time.Second || c.OnHoldTimeout != TimeoutServFail || c.HistoryKeep != 20 {
 		t.Errorf("got %+v", *c)
 	}
 }
@@ -216,8 +218,8 @@ func TestParseCluster(t *testing.T) {
 		t.Errorf("standalone: got %v, %v; want nil, nil", c, err)
 	}
 	c, err = ParseCluster(localName, []byte(fleetLocal+"rules: []\n"))
-	if err != nil || c == nil || c.Node != "gw-a" || len(c.Endpoints) != 1 {
-		t.Errorf("got %+v, %v; want the cluster section (a misplaced key is Compose's to report)", c, err)
+	if err != nil || c == nil || c.Node != "gw-a" || len(c.Endpoints) != 1 || c.HistoryKeep != DefaultHistoryKeep {
+		t.Errorf("got %+v, %v; want the cluster section with its defaults (a misplaced key is Compose's to report)", c, err)
 	}
 	_, err = ParseCluster(localName, []byte(fleetLocal+"  hold: all\n"))
 	if err == nil || !strings.Contains(err.Error(), "local.yaml:4:9: cluster.hold") {

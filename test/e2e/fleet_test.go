@@ -406,3 +406,71 @@ func TestFleetBadRevision(t *testing.T) {
 		}
 	}
 }
+
+// fleetSharedExtra6 adds a rule for **.extra.example.com to fleetShared6,
+// which gateway B refuses (an IPv6 source); fleetSharedExtra4 is the same
+// rule with IPv4 sources only, which B applies.
+const (
+	extraRule = `  - name: extra
+    from: [a]
+    to: ["**.extra.example.com"]
+    ports: [443]
+`
+	fleetSharedExtra6 = fleetShared6 + extraRule
+	fleetSharedExtra4 = fleetShared4 + extraRule
+)
+
+// TestFleetRevisionBringsLearnedSet (issue 12): a gateway that applies a
+// revision adding a rule programs, in the same reload, what the fleet
+// learned for that rule while it could not apply it. Gateway B refuses
+// revision 2 (rule extra, and an IPv6 source its transparent listener
+// cannot steer) while A answers names of rule extra; B ignores those
+// elements, and drops a connection to their address. Revision 3 has rule
+// extra too, and B applies it: without any new answer, B lets the
+// connection through.
+func TestFleetRevisionBringsLearnedSet(t *testing.T) {
+	f := startFleet(t, fleetOpts{
+		hold: "peers", shared: fleetShared4,
+		bListen: `, transparent: "192.0.2.2:3129"`, bFirewall: ", transparent_ports: [8443]",
+	})
+	const name = "www.extra.example.com"
+	dst := ap("203.0.113.77", allowedPort)
+	f.net.inet.auth.Set(name, dnstest.A(name, 300, dst.Addr().String()))
+
+	f.push(fleetSharedExtra6)
+	f.fleetStatus(f.a, "gw-a ok on 2, gw-b rejected on 1", func(out string, code int) bool {
+		return regexp.MustCompile(`(?m)^gw-a +ok +2 `).MatchString(out) && regexp.MustCompile(`(?m)^gw-b +rejected +1 `).MatchString(out)
+	})
+	if _, _, err := f.client.lookup(name, dns.TypeA); err != nil {
+		t.Fatalf("resolving %s through A on revision 2: %v", name, err)
+	}
+	learns4 := func(g *gate) bool {
+		learned, err := g.get("/v1/learned")
+		return err == nil && strings.Contains(learned, `"`+dst.Addr().String()+`"`)
+	}
+	if learns4(f.b) {
+		t.Fatal("gateway B enforces an element of a rule it does not have")
+	}
+	if err := f.client.dropped(dst); err != nil {
+		t.Fatalf("through B on revision 1: %v", err)
+	}
+	seen := f.net.inet.auth.Seen(name, dns.TypeA)
+
+	f.push(fleetSharedExtra4)
+	f.fleetStatus(f.a, "both ok on 3", func(out string, code int) bool { return code == 0 && strings.Contains(out, "revision: 3") })
+	// fleet status says ok once B's reload has returned, learned set
+	// included: no waiting here.
+	if !learns4(f.b) {
+		learned, _ := f.b.get("/v1/learned")
+		t.Errorf("gateway B on revision 3 lacks %s, learned by A for rule extra before:\n%s", dst.Addr(), learned)
+	}
+	conn, err := f.client.ns.Dial("tcp", srcA, dst.String(), reachWait)
+	if err != nil {
+		t.Errorf("through B on revision 3, without a new answer: %v", err)
+	} else {
+		conn.Close()
+	}
+	if n := f.net.inet.auth.Seen(name, dns.TypeA); n != seen {
+		t.Errorf("the authority was asked %d more times; the test wants no new answer", n-seen)
+	}
+}
