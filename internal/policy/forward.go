@@ -35,6 +35,11 @@ func (p *Policy) Forwarded(name string) *ForwardZone {
 	if !ok {
 		return nil
 	}
+	return p.forwarded(b)
+}
+
+// forwarded is Forwarded for the canonical name b.
+func (p *Policy) forwarded(b []byte) *ForwardZone {
 	// Longest first (compileForward), so the first that holds wins.
 	for i := range p.DNS.Forward {
 		z := &p.DNS.Forward[i]
@@ -165,7 +170,7 @@ func (d *decoder) forwardZone(v positioned) (dnsname.Name, bool) {
 // of the two was meant. A wildcard above the zone (**.example.com beside
 // the zone corp.example.com) is not an error: it also names names outside
 // the zone, and those it allows; inside the zone the longer match, the
-// zone, wins, as between zones.
+// zone, wins, as between zones (Decide denies names in a zone).
 func (d *decoder) zoneRuleOverlap(p *Policy, zone dnsname.Name, at *yaml.Node) {
 	for _, r := range p.Rules {
 		for _, pat := range r.Names {

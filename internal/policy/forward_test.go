@@ -136,7 +136,7 @@ func TestForwardErrors(t *testing.T) {
 }
 
 // TestForwardBesideWildcard: a wildcard above a zone is no error; the
-// zone takes the names under it, the rule the rest.
+// zone takes the names under it (Decide denies them), the rule the rest.
 func TestForwardBesideWildcard(t *testing.T) {
 	p, err := Parse("p.yaml", []byte(forwardPolicy("  forward: [{zone: corp.example.org, to: [198.51.100.10]}]",
 		"  - name: org\n    to: [\"**.example.org\"]\n")))
@@ -151,6 +151,24 @@ func TestForwardBesideWildcard(t *testing.T) {
 	}
 	if d := p.Decide(Query{Name: "www.example.org", AnyPort: true}); d.Action != Allow {
 		t.Errorf("www.example.org: %v, want allow", d.Action)
+	}
+	// Inside the zone the rule opens nothing: not for the proxy, not by
+	// port, not the apex.
+	for _, q := range []Query{
+		{Name: "dc.corp.example.org", Port: 443},
+		{Name: "DC.corp.example.org.", AnyPort: true},
+		{Name: "corp.example.org", Port: 443},
+	} {
+		d := p.Decide(q)
+		if d.Action != Deny || d.Reason != ReasonForwarded || d.Rule != nil || d.Pattern != "corp.example.org" {
+			t.Errorf("Decide(%+v) = %+v, want deny, reason forwarded zone, pattern corp.example.org", q, d)
+		}
+		if p.RuleAllows(p.Rules[1], q) {
+			t.Errorf("RuleAllows(org, %+v), want false", q)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { p.Decide(Query{Name: "dc.corp.example.org", Port: 443}) }); n != 0 {
+		t.Errorf("Decide allocates %v times for a name in a zone, want 0", n)
 	}
 }
 
