@@ -91,12 +91,14 @@ func unfilteredMatches(p *policy.Policy, f family) []match {
 	return []match{{kind: saddrIn, fam: f, set: unfilteredSetName(f)}, {kind: daddrIn, fam: f, set: unfilteredSetName(f)}}
 }
 
-// gateUnfiltered accepts traffic between the unfiltered ranges before the
-// policy sees it: it is not egress (a cluster's pods and services talking
-// to each other). On the output hook the source is this host's own
-// address, so only this host's traffic from an address in the ranges
-// (a bridge's, say) to one in them passes.
-func gateUnfiltered(p *policy.Policy) []ruleSpec {
+// acceptUnfiltered accepts traffic between the unfiltered ranges before
+// the rules see it: it is not egress (a cluster's pods and services
+// talking to each other). It stands in the enforce chain after the drops
+// of DNS that cannot be steered to fqdngate, so no DNS gets past fqdngate
+// this way. On the output hook the source is this host's own address, so
+// only this host's traffic from an address in the ranges (a bridge's,
+// say) to one in them passes.
+func acceptUnfiltered(p *policy.Policy) []ruleSpec {
 	var out []ruleSpec
 	for _, f := range families {
 		if ms := unfilteredMatches(p, f); ms != nil {

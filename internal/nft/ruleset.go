@@ -272,7 +272,8 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		}
 	}
 	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
-	// first, then each rule's accepts, then default deny.
+	// first, then traffic between the unfiltered ranges accepted, then
+	// each rule's accepts, then default deny.
 	var enforce []ruleSpec
 	dns := steering(lis.dns, cfg.Hook)
 	for _, f := range families {
@@ -287,6 +288,10 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			})
 		}
 	}
+	// Traffic between the unfiltered ranges is no egress; DNS that cannot
+	// be steered is dropped first all the same (no resolver but
+	// fqdngate), and transparent ports are not steered for it.
+	enforce = append(enforce, acceptUnfiltered(p)...)
 	enforce = append(enforce, unsteeredTransparent(p, lis)...)
 	for _, r := range p.Rules {
 		from := r.From
@@ -344,7 +349,6 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	hook := cfg.Hook.String()
 	var gate []ruleSpec
 	gate = append(gate, gateTracked()...)
-	gate = append(gate, gateUnfiltered(p)...)
 	if cfg.Hook == policy.HookOutput {
 		gate = append(gate,
 			ruleSpec{matches: []match{{kind: oifLoopback}}, stmts: []stmt{{kind: accept}}, comment: "loopback"},
