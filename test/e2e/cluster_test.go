@@ -23,6 +23,7 @@ import (
 const (
 	clusterDNS     = "198.51.100.10" // the Service address clients are configured with
 	clusterBackend = "198.51.100.11" // where kube-proxy sends it
+	nodeLocalDNS   = "169.254.20.10" // NodeLocal DNSCache, on the gateway itself
 	clusterPod     = "203.0.113.99"  // the cluster name's address: outside unfiltered
 	clusterName    = "kube-dns.kube-system.svc.cluster.local"
 	// strayAnswer is what the stand-ins answer for names outside the
@@ -150,7 +151,7 @@ func TestClusterDNSAndRanges(t *testing.T) {
 			s.dns = "  forward: [{zone: cluster.local, to: [" + clusterDNS + "]}]\n"
 			s.firewall = []string{"unfiltered: [192.0.2.0/25, 198.51.100.0/25]"}
 			if intercept {
-				s.firewall = append(s.firewall, "intercept_dns: ["+clusterDNS+"]")
+				s.firewall = append(s.firewall, "intercept_dns: ["+clusterDNS+", "+nodeLocalDNS+"]")
 			}
 		}
 	}
@@ -159,6 +160,13 @@ func TestClusterDNSAndRanges(t *testing.T) {
 	n.inet.auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"))
 	service := serveStandIn(t, n.inet.ns, clusterDNS)
 	backend := serveStandIn(t, n.inet.ns, clusterBackend)
+	// NodeLocal DNSCache listens on a link-local address of the node (on
+	// a dummy interface, which this kernel may lack: loopback serves as
+	// well), run with -setupiptables=false: no NOTRACK. Nothing DNATs
+	// it, so the generic DNS steering would take it as well; listed in
+	// intercept_dns it is taken first.
+	n.gw.Addr("lo", nodeLocalDNS+"/32")
+	nodeLocal := serveStandIn(t, n.gw, nodeLocalDNS)
 	// kube-proxy starts (or resyncs) after fqdngate: at the same priority
 	// the hook registered last runs first.
 	kubeProxy(t, n.gw)
@@ -183,13 +191,20 @@ func TestClusterDNSAndRanges(t *testing.T) {
 	serviceBefore, backendBefore := len(service.queries()), len(backend.queries())
 
 	for _, network := range []string{"udp", "tcp"} {
-		// An allowed name: fqdngate's answer, from the authority.
-		r, err := f.a.exchange(network, clusterDNS+":53", "api.example.com", dns.TypeA, reachWait)
-		if err != nil {
-			t.Fatalf("%s query to the Service address: %v\n%s", network, err, f.gate.logs())
+		// An allowed name: fqdngate's answer, from the authority, at the
+		// Service address and at NodeLocal DNSCache's.
+		for _, server := range []string{clusterDNS, nodeLocalDNS} {
+			r, err := f.a.exchange(network, server+":53", "api.example.com", dns.TypeA, reachWait)
+			if err != nil {
+				t.Fatalf("%s query to %s: %v\n%s", network, server, err, f.gate.logs())
+			}
+			if got, _ := answerAddrs(r); len(got) != 1 || got[0].String() != "203.0.113.10" {
+				t.Errorf("%s: api.example.com via %s: %v, want fqdngate's 203.0.113.10", network, server, got)
+			}
 		}
-		if got, _ := answerAddrs(r); len(got) != 1 || got[0].String() != "203.0.113.10" {
-			t.Errorf("%s: api.example.com via the Service address: %v, want fqdngate's 203.0.113.10", network, got)
+		r, err := f.a.exchange(network, nodeLocalDNS+":53", "evil.example.com", dns.TypeA, reachWait)
+		if err != nil || r.Rcode != dns.RcodeNameError {
+			t.Errorf("%s: evil.example.com via NodeLocal DNSCache's address: %v %v, want fqdngate's NXDOMAIN", network, r, err)
 		}
 		// A name no rule allows: fqdngate's NXDOMAIN, not the stand-ins'
 		// answer.
@@ -224,6 +239,9 @@ func TestClusterDNSAndRanges(t *testing.T) {
 	}
 	if got := backend.queries()[backendBefore:]; len(got) != 0 {
 		t.Errorf("the backend heard %v after intercept_dns, want nothing", got)
+	}
+	if got := nodeLocal.queries(); len(got) != 0 {
+		t.Errorf("NodeLocal DNSCache's stand-in heard %v, want nothing", got)
 	}
 
 	// Forwarded addresses are never learned: the cluster name's address
