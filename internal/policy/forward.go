@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -125,10 +126,15 @@ func (d *decoder) compileForward(p *Policy, items []*wireForward) {
 			d.errorf(at, "dns.forward: zone %s has no servers; list them under to, like to: [198.51.100.10]", z)
 			continue
 		}
+		self, _ := netip.ParseAddrPort(p.Listen.DNS)
 		for _, t := range w.to {
 			up, err := ParseUpstream(t.v)
 			if err != nil {
 				d.errorf(t.n, "dns.forward: zone %s: %v", z, err)
+				continue
+			}
+			if isSelf(up.Addr, self) {
+				d.errorf(t.n, "dns.forward: zone %s: %s is fqdngate's own DNS listener, so its queries would go round in circles; list the zone's own servers", z, up.Addr)
 				continue
 			}
 			fz.To = append(fz.To, up)
@@ -137,6 +143,17 @@ func (d *decoder) compileForward(p *Policy, items []*wireForward) {
 		p.DNS.Forward = append(p.DNS.Forward, fz)
 	}
 	slices.SortStableFunc(p.DNS.Forward, func(a, b ForwardZone) int { return len(b.Zone) - len(a.Zone) })
+}
+
+// isSelf reports whether a server at ap is fqdngate's DNS listener at
+// self: the same address, or, for a listener on a wildcard address, a
+// loopback address on its port.
+func isSelf(ap, self netip.AddrPort) bool {
+	if !self.IsValid() || ap.Port() != self.Port() {
+		return false
+	}
+	a, s := ap.Addr().Unmap(), self.Addr().Unmap()
+	return a == s || s.IsUnspecified() && a.IsLoopback()
 }
 
 // forwardZone parses a zone name: a valid name, not the root, not a

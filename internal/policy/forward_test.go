@@ -101,6 +101,8 @@ func TestForwardErrors(t *testing.T) {
 			[]string{"has no zone", "{zone: cluster.local"}},
 		{"server is a name", "  forward: [{zone: cluster.local, to: [kube-dns]}]", "", 3, 40,
 			[]string{"zone cluster.local:", "upstreams are IP addresses"}},
+		{"fqdngate itself", "  forward: [{zone: cluster.local, to: [127.0.0.1:5353]}]", "", 3, 40,
+			[]string{"127.0.0.1:5353 is fqdngate's own DNS listener", "go round in circles"}},
 		{"twice", "  forward:\n    - {zone: cluster.local, to: [198.51.100.10]}\n    - {zone: Cluster.Local, to: [198.51.100.11]}", "", 5, 14,
 			[]string{"zone cluster.local is listed twice (first at line 4)", "merge its servers"}},
 		{"unknown key", "  forward: [{zone: cluster.local, servers: [198.51.100.10]}]", "", 3, 35,
