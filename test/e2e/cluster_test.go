@@ -112,14 +112,18 @@ func serveStandIn(t *testing.T, ns *netns.NS, addr string) *standIn {
 // its address to the backend's. It replaces the table, as a resync that
 // recreates it would: the chain's hook is registered anew, and so runs
 // before every chain of the same priority registered earlier.
-func kubeProxy(t *testing.T, gw *netns.NS) {
+func kubeProxy(t *testing.T, gw *netns.NS) { kubeProxyAt(t, gw, "prerouting") }
+
+// kubeProxyAt is kubeProxy for the given nat hook: prerouting for the
+// pods' traffic, output for the node's own.
+func kubeProxyAt(t *testing.T, gw *netns.NS, hook string) {
 	t.Helper()
 	script := filepath.Join(t.TempDir(), "kube-proxy.nft")
 	body := `table ip kube-proxy-e2e {}
 delete table ip kube-proxy-e2e
 table ip kube-proxy-e2e {
-	chain nat-prerouting {
-		type nat hook prerouting priority dstnat; policy accept;
+	chain nat-` + hook + ` {
+		type nat hook ` + hook + ` priority -100; policy accept;
 		ip daddr ` + clusterDNS + ` udp dport 53 dnat to ` + clusterBackend + `:53
 		ip daddr ` + clusterDNS + ` tcp dport 53 dnat to ` + clusterBackend + `:53
 	}
@@ -268,5 +272,54 @@ func TestClusterDNSAndRanges(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(f.gate.logs())
+	}
+}
+
+// TestClusterDNSOutputHook: on the output hook the host's own processes
+// are the clients. A query to the cluster DNS Service address is
+// fqdngate's to answer even with a service proxy's DNAT in the nat output
+// chain; fqdngate's own forwards of cluster names to that same address are
+// not intercepted (they would go round in circles) and reach the cluster
+// DNS through the service proxy, as in a cluster; unfiltered ranges pass
+// for the host's address in them.
+func TestClusterDNSOutputHook(t *testing.T) {
+	o := startOutput(t, "  - name: api\n    to: [api.example.com]\n", func(s *policySettings) {
+		s.dns = "  forward: [{zone: cluster.local, to: [" + clusterDNS + "]}]\n"
+		s.firewall = []string{"intercept_dns: [" + clusterDNS + "]", "unfiltered: [192.0.2.128/25, 198.51.100.0/25]"}
+	})
+	o.inet.auth.Set("api.example.com", dnstest.A("api.example.com", 300, "203.0.113.10"))
+	service := serveStandIn(t, o.inet.ns, clusterDNS)
+	backend := serveStandIn(t, o.inet.ns, clusterBackend)
+	kubeProxyAt(t, o.host, "output")
+	c := &client{ns: o.host, dns: "127.0.0.1:53", roots: o.inet.ca.Pool()}
+
+	for _, network := range []string{"udp", "tcp"} {
+		r, err := c.exchange(network, clusterDNS+":53", "evil.example.com", dns.TypeA, reachWait)
+		if err != nil || r.Rcode != dns.RcodeNameError {
+			t.Errorf("%s: evil.example.com via the Service address: %v %v, want fqdngate's NXDOMAIN\n%s", network, r, err, o.gate.logs())
+		}
+		r, err = c.exchange(network, clusterDNS+":53", "api.example.com", dns.TypeA, reachWait)
+		if got, _ := answerAddrs(r); err != nil || len(got) != 1 || got[0].String() != "203.0.113.10" {
+			t.Errorf("%s: api.example.com via the Service address: %v %v, want fqdngate's 203.0.113.10", network, r, err)
+		}
+		r, err = c.exchange(network, clusterDNS+":53", clusterName, dns.TypeA, reachWait)
+		if got, _ := answerAddrs(r); err != nil || len(got) != 1 || got[0].String() != clusterPod {
+			t.Errorf("%s: %s: %v %v, want the cluster DNS's %s (fqdngate's forward must not be intercepted)", network, clusterName, r, err, clusterPod)
+		}
+	}
+	heard := append(service.queries(), backend.queries()...)
+	if len(heard) == 0 {
+		t.Error("the cluster DNS heard no forward of a cluster name")
+	}
+	for _, q := range heard {
+		if !strings.HasSuffix(q, ".cluster.local") {
+			t.Errorf("the cluster DNS heard %q, want only fqdngate's forwards of cluster names", q)
+		}
+	}
+	mustDrop(t, c, ap(clusterPod, allowedPort))
+	mustReach(t, c, "api.example.com", ap("198.51.100.5", otherPort))
+	mustDrop(t, c, ap("198.51.100.200", allowedPort))
+	if t.Failed() {
+		t.Log(o.gate.logs())
 	}
 }
