@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -39,16 +40,25 @@ func (p *Policy) Forwarded(name string) *ForwardZone {
 	return p.forwarded(b)
 }
 
-// forwarded is Forwarded for the canonical name b.
+// forwarded is Forwarded for the canonical name b: it looks b and each of
+// its parent names up in the zones' index, longest first, so the first
+// hit is the longest zone. (A map index converted from bytes does not
+// allocate.)
 func (p *Policy) forwarded(b []byte) *ForwardZone {
-	// Longest first (compileForward), so the first that holds wins.
-	for i := range p.DNS.Forward {
-		z := &p.DNS.Forward[i]
-		if inZone(b, string(z.Zone)) {
-			return z
-		}
+	idx := p.DNS.forwardIdx
+	if len(idx) == 0 {
+		return nil
 	}
-	return nil
+	for {
+		if i, ok := idx[string(b)]; ok {
+			return &p.DNS.Forward[i]
+		}
+		dot := bytes.IndexByte(b, '.')
+		if dot < 0 {
+			return nil
+		}
+		b = b[dot+1:]
+	}
 }
 
 // inZone reports whether the canonical name b is zone or under it.
@@ -59,12 +69,14 @@ func inZone(b []byte, zone string) bool {
 
 // wireForward is one dns.forward item as written.
 type wireForward struct {
-	node    *yaml.Node
-	zone    positioned
-	to      []positioned
-	toSet   bool
-	toNode  *yaml.Node
-	zoneSet bool
+	node       *yaml.Node
+	zone       positioned
+	reverse    positioned
+	to         []positioned
+	toSet      bool
+	toNode     *yaml.Node
+	zoneSet    bool
+	reverseSet bool
 }
 
 func (d *decoder) forwardItem(n *yaml.Node) *wireForward {
@@ -74,6 +86,11 @@ func (d *decoder) forwardItem(n *yaml.Node) *wireForward {
 		field{"zone", func(v *yaml.Node) {
 			if s, ok := d.scalar(v, "dns.forward zone"); ok {
 				w.zone, w.zoneSet = positioned{s, d.deref(v)}, true
+			}
+		}},
+		field{"reverse", func(v *yaml.Node) {
+			if s, ok := d.scalar(v, "dns.forward reverse"); ok {
+				w.reverse, w.reverseSet = positioned{s, d.deref(v)}, true
 			}
 		}},
 		field{"to", func(v *yaml.Node) {
@@ -101,21 +118,44 @@ func (d *decoder) compileForward(p *Policy, items []*wireForward) {
 		if w == nil {
 			continue
 		}
-		if !w.zoneSet {
-			d.errorf(w.node, "dns.forward item has no zone; write it like {zone: cluster.local, to: [198.51.100.10]}")
+		var zones []dnsname.Name
+		at := w.zone.n
+		switch {
+		case w.zoneSet && w.reverseSet:
+			d.errorf(w.reverse.n, "dns.forward item has both zone and reverse; write one per item, like {zone: cluster.local, to: [...]} and {reverse: 10.96.0.0/12, to: [...]}")
+			continue
+		case w.reverseSet:
+			at = w.reverse.n
+			zones = d.reverseZones(w.reverse)
+		case w.zoneSet:
+			if z, ok := d.forwardZone(w.zone); ok {
+				zones = []dnsname.Name{z}
+			}
+		default:
+			d.errorf(w.node, "dns.forward item has no zone; write it like {zone: cluster.local, to: [198.51.100.10]} or {reverse: 10.96.0.0/12, to: [198.51.100.10]}")
 			continue
 		}
-		z, ok := d.forwardZone(w.zone)
-		if !ok {
+		if len(zones) == 0 {
+			continue // reported
+		}
+		label := "zone " + string(zones[0])
+		if w.reverseSet {
+			label = "reverse " + w.reverse.v
+		}
+		dupe := false
+		for _, z := range zones {
+			if prev, dup := seen[z]; dup {
+				d.errorf(at, "dns.forward: zone %s is listed twice (first at line %d); merge its servers into one item", z, prev.Line)
+				dupe = true
+				break
+			}
+			seen[z] = at
+		}
+		if dupe {
 			continue
 		}
-		if prev, dup := seen[z]; dup {
-			d.errorf(w.zone.n, "dns.forward: zone %s is listed twice (first at line %d); merge its servers into one item", z, prev.Line)
-			continue
-		}
-		seen[z] = w.zone.n
-		fz := ForwardZone{Zone: z}
-		if !w.toSet && hasOtherKeys(w.node, "zone", "to") {
+		var to []Upstream
+		if !w.toSet && hasOtherKeys(w.node, "zone", "reverse", "to") {
 			continue // a misspelt to is reported as an unknown key already
 		}
 		if !w.toSet || len(w.to) == 0 {
@@ -123,26 +163,119 @@ func (d *decoder) compileForward(p *Policy, items []*wireForward) {
 			if at == nil {
 				at = w.node
 			}
-			d.errorf(at, "dns.forward: zone %s has no servers; list them under to, like to: [198.51.100.10]", z)
+			d.errorf(at, "dns.forward: %s has no servers; list them under to, like to: [198.51.100.10]", label)
 			continue
 		}
 		self, _ := netip.ParseAddrPort(p.Listen.DNS)
 		for _, t := range w.to {
 			up, err := ParseUpstream(t.v)
 			if err != nil {
-				d.errorf(t.n, "dns.forward: zone %s: %v", z, err)
+				d.errorf(t.n, "dns.forward: %s: %v", label, err)
 				continue
 			}
 			if isSelf(up.Addr, self) {
-				d.errorf(t.n, "dns.forward: zone %s: %s is fqdngate's own DNS listener, so its queries would go round in circles; list the zone's own servers", z, up.Addr)
+				d.errorf(t.n, "dns.forward: %s: %s is fqdngate's own DNS listener, so its queries would go round in circles; list the zone's own servers", label, up.Addr)
 				continue
 			}
-			fz.To = append(fz.To, up)
+			to = append(to, up)
 		}
-		d.zoneRuleOverlap(p, fz.Zone, w.zone.n)
-		p.DNS.Forward = append(p.DNS.Forward, fz)
+		for _, z := range zones {
+			d.zoneRuleOverlap(p, z, at)
+			p.DNS.Forward = append(p.DNS.Forward, ForwardZone{Zone: z, To: to})
+		}
 	}
 	slices.SortStableFunc(p.DNS.Forward, func(a, b ForwardZone) int { return len(b.Zone) - len(a.Zone) })
+	if len(p.DNS.Forward) > 0 {
+		p.DNS.forwardIdx = make(map[string]int, len(p.DNS.Forward))
+		for i, z := range p.DNS.Forward {
+			p.DNS.forwardIdx[string(z.Zone)] = i
+		}
+	}
+}
+
+// reverseZones returns the reverse zones (in-addr.arpa, ip6.arpa) that
+// hold the names of the addresses of a CIDR: one when its length is on a
+// label boundary (8 bits for IPv4, a 4-bit nibble for IPv6), else one per
+// value of the bits up to the next boundary (10.96.0.0/12 is
+// 96.10.in-addr.arpa to 111.10.in-addr.arpa).
+func (d *decoder) reverseZones(v positioned) []dnsname.Name {
+	pfx, err := netip.ParsePrefix(v.v)
+	if err != nil {
+		if a, aerr := netip.ParseAddr(v.v); aerr == nil {
+			pfx = netip.PrefixFrom(a, a.BitLen())
+		} else {
+			d.errorf(v.n, "dns.forward: reverse %q is not a CIDR; write the range whose reverse names to forward, like 10.96.0.0/12", v.v)
+			return nil
+		}
+	}
+	if pfx.Masked() != pfx {
+		d.errorf(v.n, "dns.forward: reverse %q has bits set past the prefix length; write %s", v.v, pfx.Masked())
+		return nil
+	}
+	if pfx.Addr().Is4In6() {
+		d.errorf(v.n, "dns.forward: reverse %s is an IPv4-mapped range; write it as IPv4, like %s", pfx, netip.PrefixFrom(pfx.Addr().Unmap(), max(pfx.Bits()-96, 0)))
+		return nil
+	}
+	step, suffix := 8, "in-addr.arpa"
+	if pfx.Addr().Is6() {
+		step, suffix = 4, "ip6.arpa"
+	}
+	if pfx.Bits() == 0 {
+		d.errorf(v.n, "dns.forward: reverse %s is every address, so every reverse name would be forwarded; write the internal range, like 10.96.0.0/12", pfx)
+		return nil
+	}
+	bits := (pfx.Bits() + step - 1) / step * step
+	var out []dnsname.Name
+	for sub := range subPrefixes(pfx, bits) {
+		out = append(out, dnsname.Name(reverseName(sub, step)+suffix))
+	}
+	return out
+}
+
+// subPrefixes yields the prefixes of length bits (at least pfx's) that
+// make up pfx, in order.
+func subPrefixes(pfx netip.Prefix, bits int) func(func(netip.Prefix) bool) {
+	return func(yield func(netip.Prefix) bool) {
+		n := 1 << (bits - pfx.Bits())
+		a := pfx.Addr()
+		for range n {
+			if !yield(netip.PrefixFrom(a, bits)) {
+				return
+			}
+			// The next prefix of this length: add 1 at bit position bits.
+			b := a.AsSlice()
+			for i := bits - 1; i >= 0; i-- {
+				mask := byte(0x80 >> (i % 8))
+				b[i/8] ^= mask
+				if b[i/8]&mask != 0 {
+					break // no carry
+				}
+			}
+			a, _ = netip.AddrFromSlice(b)
+		}
+	}
+}
+
+// reverseName is the reverse name of pfx's fixed labels, with a trailing
+// dot: 10.244.0.0/16 is "244.10.", 2001:db8::/32 "8.b.d.0.1.0.0.2.".
+func reverseName(pfx netip.Prefix, step int) string {
+	b := pfx.Addr().AsSlice()
+	var labels []string
+	if step == 8 {
+		for i := 0; i < pfx.Bits()/8; i++ {
+			labels = append(labels, fmt.Sprint(b[i]))
+		}
+	} else {
+		for i := 0; i < pfx.Bits()/4; i++ {
+			nib := b[i/2] >> 4
+			if i%2 == 1 {
+				nib = b[i/2] & 0xf
+			}
+			labels = append(labels, fmt.Sprintf("%x", nib))
+		}
+	}
+	slices.Reverse(labels)
+	return strings.Join(labels, ".") + "."
 }
 
 // isSelf reports whether a server at ap is fqdngate's DNS listener at
@@ -175,7 +308,7 @@ func (d *decoder) forwardZone(v positioned) (dnsname.Name, bool) {
 		return "", false
 	}
 	if ps, icann := publicsuffix.PublicSuffix(string(z)); icann && ps == string(z) {
-		d.errorf(v.n, "dns.forward: zone %s is a public suffix, so every name under it would be answered without rules; forward the internal zone under it you need, like corp.example.com or 10.in-addr.arpa", z)
+		d.errorf(v.n, "dns.forward: zone %s is a public suffix, so every name under it would be answered without rules; forward the internal zone under it you need, like corp.example.com, or the reverse zones of a range, like {reverse: 10.96.0.0/12, to: [...]}", z)
 		return "", false
 	}
 	return z, true

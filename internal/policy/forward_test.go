@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -88,7 +89,7 @@ func TestForwardErrors(t *testing.T) {
 		{"public suffix", "  forward: [{zone: com, to: [198.51.100.10]}]", "", 3, 20,
 			[]string{"zone com is a public suffix", "corp.example.com"}},
 		{"all of in-addr.arpa", "  forward: [{zone: in-addr.arpa, to: [198.51.100.10]}]", "", 3, 20,
-			[]string{"zone in-addr.arpa is a public suffix", "10.in-addr.arpa"}},
+			[]string{"zone in-addr.arpa is a public suffix", "{reverse: 10.96.0.0/12"}},
 		{"wildcard", `  forward: [{zone: "*.cluster.local", to: [198.51.100.10]}]`, "", 3, 20,
 			[]string{"is a pattern", "without wildcards"}},
 		{"bad name", "  forward: [{zone: clu..ster, to: [198.51.100.10]}]", "", 3, 20,
@@ -107,6 +108,18 @@ func TestForwardErrors(t *testing.T) {
 			[]string{"zone cluster.local is listed twice (first at line 4)", "merge its servers"}},
 		{"unknown key", "  forward: [{zone: cluster.local, servers: [198.51.100.10]}]", "", 3, 35,
 			[]string{`unknown key "servers"`}},
+		{"zone and reverse", "  forward: [{zone: cluster.local, reverse: 10.96.0.0/12, to: [198.51.100.10]}]", "", 3, 44,
+			[]string{"has both zone and reverse"}},
+		{"reverse not a CIDR", "  forward: [{reverse: 10.96.0.0/33, to: [198.51.100.10]}]", "", 3, 23,
+			[]string{`reverse "10.96.0.0/33" is not a CIDR`}},
+		{"reverse host bits", "  forward: [{reverse: 10.96.1.0/12, to: [198.51.100.10]}]", "", 3, 23,
+			[]string{"has bits set past the prefix length; write 10.96.0.0/12"}},
+		{"reverse everything", "  forward: [{reverse: 0.0.0.0/0, to: [198.51.100.10]}]", "", 3, 23,
+			[]string{"is every address"}},
+		{"reverse twice", "  forward:\n    - {zone: 10.in-addr.arpa, to: [198.51.100.10]}\n    - {reverse: 10.0.0.0/8, to: [198.51.100.11]}", "", 5, 17,
+			[]string{"zone 10.in-addr.arpa is listed twice (first at line 4)"}},
+		{"reverse without servers", "  forward: [{reverse: 10.244.0.0/16}]", "", 3, 13,
+			[]string{"reverse 10.244.0.0/16 has no servers"}},
 		{"rule names a name in the zone", "  forward: [{zone: corp.example.org, to: [198.51.100.10]}]",
 			"  - name: intranet\n    to: [wiki.corp.example.org]\n", 3, 20,
 			[]string{"zone corp.example.org covers \"wiki.corp.example.org\" of rule \"intranet\"", "never learned", "forward a narrower zone"}},
@@ -134,6 +147,66 @@ func TestForwardErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestForwardReverse: reverse: CIDR forwards the reverse zones of the
+// range, one per value of the bits up to the next label boundary.
+func TestForwardReverse(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(forwardPolicy(`  forward:
+    - {reverse: 10.244.0.0/16, to: [198.51.100.10]}
+    - {reverse: 10.96.0.0/12, to: [198.51.100.10]}
+    - {reverse: 192.0.2.128/25, to: [198.51.100.10]}
+    - {reverse: "2001:db8:244::/54", to: [198.51.100.10]}
+    - {reverse: 172.16.0.0/8, to: [198.51.100.10]}`, "")))
+	if err == nil || !strings.Contains(err.Error(), "write 172.0.0.0/8") {
+		t.Fatalf("Parse: %v, want the host-bits error for 172.16.0.0/8 only", err)
+	}
+	p, err = Parse("p.yaml", []byte(forwardPolicy(`  forward:
+    - {reverse: 10.244.0.0/16, to: [198.51.100.10]}
+    - {reverse: 10.96.0.0/12, to: [198.51.100.10]}
+    - {reverse: 192.0.2.128/25, to: [198.51.100.10]}
+    - {reverse: "2001:db8:244::/54", to: [198.51.100.10]}`, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var zones []string
+	for _, z := range p.DNS.Forward {
+		zones = append(zones, string(z.Zone))
+	}
+	slices.Sort(zones)
+	var want []string
+	want = append(want, "244.10.in-addr.arpa")
+	for i := 96; i <= 111; i++ {
+		want = append(want, fmt.Sprintf("%d.10.in-addr.arpa", i))
+	}
+	for i := 128; i <= 255; i++ {
+		want = append(want, fmt.Sprintf("%d.2.0.192.in-addr.arpa", i))
+	}
+	for _, n := range []string{"0", "1", "2", "3"} { // /54 is 13 nibbles plus two bits: the 14th nibble is 0-3
+		want = append(want, n+".0.4.4.2.0.8.b.d.0.1.0.0.2.ip6.arpa")
+	}
+	slices.Sort(want)
+	if !slices.Equal(zones, want) {
+		t.Errorf("zones:\n got %q\nwant %q", zones, want)
+	}
+	for name, zone := range map[string]string{
+		"7.0.244.10.in-addr.arpa":                "244.10.in-addr.arpa",
+		"10.0.96.10.in-addr.arpa":                "96.10.in-addr.arpa",
+		"1.2.3.111.10.in-addr.arpa":              "111.10.in-addr.arpa",
+		"1.2.3.112.10.in-addr.arpa":              "",
+		"5.200.2.0.192.in-addr.arpa":             "200.2.0.192.in-addr.arpa",
+		"5.100.2.0.192.in-addr.arpa":             "",
+		"a.3.0.4.4.2.0.8.b.d.0.1.0.0.2.ip6.arpa": "3.0.4.4.2.0.8.b.d.0.1.0.0.2.ip6.arpa",
+		"a.4.0.4.4.2.0.8.b.d.0.1.0.0.2.ip6.arpa": "",
+	} {
+		got := ""
+		if z := p.Forwarded(name); z != nil {
+			got = string(z.Zone)
+		}
+		if got != zone {
+			t.Errorf("Forwarded(%q) = %q, want %q", name, got, zone)
+		}
 	}
 }
 

@@ -132,6 +132,8 @@ type DNS struct {
 	// Forward are the zones forwarded to their own servers (dns.forward),
 	// longest first; see Forwarded.
 	Forward []ForwardZone
+
+	forwardIdx map[string]int // Forward's index by zone name
 }
 
 // Backend is the enforcement backend.
