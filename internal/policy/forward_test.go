@@ -153,16 +153,13 @@ func TestForwardErrors(t *testing.T) {
 // TestForwardReverse: reverse: CIDR forwards the reverse zones of the
 // range, one per value of the bits up to the next label boundary.
 func TestForwardReverse(t *testing.T) {
-	p, err := Parse("p.yaml", []byte(forwardPolicy(`  forward:
+	_, err := Parse("p.yaml", []byte(forwardPolicy(`  forward:
     - {reverse: 10.244.0.0/16, to: [198.51.100.10]}
-    - {reverse: 10.96.0.0/12, to: [198.51.100.10]}
-    - {reverse: 192.0.2.128/25, to: [198.51.100.10]}
-    - {reverse: "2001:db8:244::/54", to: [198.51.100.10]}
     - {reverse: 172.16.0.0/8, to: [198.51.100.10]}`, "")))
 	if err == nil || !strings.Contains(err.Error(), "write 172.0.0.0/8") {
-		t.Fatalf("Parse: %v, want the host-bits error for 172.16.0.0/8 only", err)
+		t.Fatalf("Parse: %v, want the host-bits error for 172.16.0.0/8", err)
 	}
-	p, err = Parse("p.yaml", []byte(forwardPolicy(`  forward:
+	p, err := Parse("p.yaml", []byte(forwardPolicy(`  forward:
     - {reverse: 10.244.0.0/16, to: [198.51.100.10]}
     - {reverse: 10.96.0.0/12, to: [198.51.100.10]}
     - {reverse: 192.0.2.128/25, to: [198.51.100.10]}
