@@ -257,6 +257,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s",
 		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+	if n := len(p.DNS.Forward); n > 0 {
+		fmt.Fprintf(stdout, ", %d forward zones", n)
+	}
 	if p.SharedName != "" {
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}

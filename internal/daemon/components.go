@@ -108,6 +108,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		Publisher:     publisher,
 		Verify:        verify,
 		Exchanger:     c.ups,
+		Forwarder:     c.ups,
 		Audit:         d.audit,
 		Logger:        d.log.With("component", "dns"),
 		Metrics:       dnsMetrics,
@@ -345,9 +346,15 @@ type upstreams struct {
 	// build makes a resolver; if nil, resolver.New. Tests make it fail.
 	build func(resolver.Config) (*resolver.Resolver, error)
 
-	mu      sync.Mutex // guards following
-	key     string
-	retired []*resolver.Resolver
+	// zones are the forward zones' resolvers in force (dns.forward),
+	// swapped with the policy like cur.
+	zones atomic.Pointer[resolver.Zones]
+
+	mu           sync.Mutex // guards following
+	key          string
+	retired      []*resolver.Resolver
+	zonesKey     string
+	retiredZones []*resolver.Zones
 }
 
 func (u *upstreams) current() *resolver.Resolver { return u.cur.Load() }
@@ -359,6 +366,56 @@ func (u *upstreams) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.
 		return nil, policy.Upstream{}, errors.New("no upstream resolvers configured")
 	}
 	return r.Exchange(ctx, m)
+}
+
+// Forward implements dnsfw.Forwarder.
+func (u *upstreams) Forward(ctx context.Context, z *policy.ForwardZone, m *dns.Msg) (*dns.Msg, policy.Upstream, error) {
+	zs := u.zones.Load()
+	if zs == nil {
+		return nil, policy.Upstream{}, errors.New("no forward zones configured")
+	}
+	return zs.Forward(ctx, z, m)
+}
+
+// prepareZones builds the forward zones' resolvers p asks for, or returns
+// nil when those in force already are them. Nothing changes until
+// commitZones.
+func (u *upstreams) prepareZones(p *policy.Policy) (*resolver.Zones, string, error) {
+	key := fmt.Sprint(p.DNS.Forward, p.DNS.Timeout, p.DNS.MaxInFlight)
+	u.mu.Lock()
+	same := key == u.zonesKey && u.zones.Load() != nil
+	u.mu.Unlock()
+	if same {
+		return nil, "", nil
+	}
+	zs, err := resolver.NewZones(p.DNS.Forward, resolver.Config{
+		Timeout:     p.DNS.Timeout,
+		MaxInFlight: p.DNS.MaxInFlight,
+		Observer:    u.observer,
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("dns.forward: %w", err)
+	}
+	return zs, key, nil
+}
+
+// commitZones puts zs, made by prepareZones for key, in force; the old
+// ones are closed after drain.
+func (u *upstreams) commitZones(zs *resolver.Zones, key string, drain time.Duration) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.zonesKey = key
+	old := u.zones.Swap(zs)
+	if old == nil {
+		return
+	}
+	u.retiredZones = append(u.retiredZones, old)
+	time.AfterFunc(drain, func() {
+		old.Close()
+		u.mu.Lock()
+		u.retiredZones = slices.DeleteFunc(u.retiredZones, func(z *resolver.Zones) bool { return z == old })
+		u.mu.Unlock()
+	})
 }
 
 // prepare builds the resolver p asks for. It returns nil when the one in
@@ -416,10 +473,16 @@ func (u *upstreams) close() {
 	if r := u.cur.Load(); r != nil {
 		r.Close()
 	}
+	if zs := u.zones.Load(); zs != nil {
+		zs.Close()
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for _, r := range u.retired {
 		r.Close()
+	}
+	for _, zs := range u.retiredZones {
+		zs.Close()
 	}
 }
 

@@ -395,6 +395,10 @@ type change struct {
 	// what it was built from.
 	resolver    *resolver.Resolver
 	resolverKey string
+	// zones, if not nil, replace the forward zones' resolvers in force
+	// (dns.forward); zonesKey says what they were built from.
+	zones    *resolver.Zones
+	zonesKey string
 	// audit, if not nil, replaces the audit log's destination.
 	audit *auditDest
 	// binds are the sockets of listeners that start; stops the kinds of
@@ -422,6 +426,10 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 		}
 	}()
 	ch.resolver, ch.resolverKey, err = d.comps.ups.prepare(p)
+	if err != nil {
+		return nil, err
+	}
+	ch.zones, ch.zonesKey, err = d.comps.ups.prepareZones(p)
 	if err != nil {
 		return nil, err
 	}
@@ -453,6 +461,10 @@ func (ch *change) abort() {
 		ch.resolver.Close()
 		ch.resolver = nil
 	}
+	if ch.zones != nil {
+		ch.zones.Close()
+		ch.zones = nil
+	}
 	if ch.audit != nil {
 		_ = ch.audit.close()
 		ch.audit = nil
@@ -483,6 +495,9 @@ func (d *Daemon) commit(ctx context.Context, ch *change) error {
 		// In-flight queries on the old resolver finish within its
 		// attempts' timeouts.
 		d.comps.ups.commit(ch.resolver, ch.resolverKey, 4*d.Policy().DNS.Timeout+time.Second)
+	}
+	if ch.zones != nil {
+		d.comps.ups.commitZones(ch.zones, ch.zonesKey, 4*d.Policy().DNS.Timeout+time.Second)
 	}
 	if ch.audit != nil {
 		d.out.swap(ch.audit)

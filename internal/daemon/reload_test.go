@@ -62,20 +62,26 @@ type settings struct {
 	cacheSize int
 	logFormat string
 	stateFile string
+	// forward, if valid, is the server of the forward zone corp.example.
+	forward netip.AddrPort
 }
 
 func (s settings) render() string {
+	fwd := ""
+	if s.forward.IsValid() {
+		fwd = fmt.Sprintf("  forward: [{zone: corp.example, to: [%q]}]\n", s.forward)
+	}
 	return fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: %q}
 dns:
   upstreams: [%q]
   cache: false # every query reaches the upstream in force
   cache_size: %d
-firewall: {backend: nftables, hook: output, table: %s, state_file: %q}
+%sfirewall: {backend: nftables, hook: output, table: %s, state_file: %q}
 log: {file: %q, format: %s}
 rules:
   - name: %s
     to: [%s.example]
-`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule)
+`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, fwd, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule)
 }
 
 // world is a namespace, two upstream resolvers that know different
@@ -577,5 +583,41 @@ func TestReloadSwitchesEverything(t *testing.T) {
 	w.reload(d)
 	if got := w.metric(admin, `fqdngate_config_restart_pending`); got != 0 {
 		t.Errorf("fqdngate_config_restart_pending = %v with the start's values back, want 0", got)
+	}
+}
+
+// TestReloadForwardZones: a reload that adds, moves or removes a forward
+// zone (dns.forward) puts the zone's new servers in force with the
+// policy; the upstreams never hear of the zone's names.
+func TestReloadForwardZones(t *testing.T) {
+	w, d, _ := startV1(t)
+	zone1 := dnstest.NewServer(t, dnstest.Zone(dnstest.A("dc.corp.example.", 300, "192.0.2.31")))
+	zone2 := dnstest.NewServer(t, dnstest.Zone(dnstest.A("dc.corp.example.", 300, "192.0.2.32")))
+	upAsked := w.up1.QueryCount()
+
+	v := w.v1
+	v.forward = zone1.Addr
+	w.write(v)
+	w.reload(d)
+	w.resolves(outsideDNS, "dc.corp.example", netip.MustParseAddr("192.0.2.31"))
+
+	v.forward = zone2.Addr
+	w.write(v)
+	w.reload(d)
+	asked1 := zone1.QueryCount()
+	w.resolves(outsideDNS, "dc.corp.example", netip.MustParseAddr("192.0.2.32"))
+	if n := zone1.QueryCount(); n != asked1 {
+		t.Errorf("the zone's old server was asked %d queries after the reload that moved it", n-asked1)
+	}
+
+	v.forward = netip.AddrPort{}
+	w.write(v)
+	w.reload(d)
+	w.resolves(outsideDNS, "dc.corp.example", none)
+	if n := w.up1.QueryCount(); n != upAsked {
+		t.Errorf("the upstream was asked %d queries for the zone's names", n-upAsked)
+	}
+	if got := w.metric(w.v1.listen.admin, `fqdngate_policy_reloads_total{result="success"}`); got != 3 {
+		t.Errorf("successful reloads: %v, want 3\n%s", got, w.log.String())
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -58,7 +60,11 @@ type admission struct {
 	// addresses are learned for. Rule is nil otherwise.
 	allow   policy.Decision
 	refusal refusal
-	note    string // the audit line's dns_reason
+	// zone is the forward zone the name is in (dns.forward), nil if
+	// none: the query goes to the zone's servers, and its answer is
+	// relayed without inspection and never learned.
+	zone *policy.ForwardZone
+	note string // the audit line's dns_reason
 	// quiet refusals are counted but not audited: load shedding must not
 	// turn a flood into a flood of log lines.
 	quiet bool
@@ -78,6 +84,21 @@ func (f *Firewall) admit(a *admission, p *policy.Policy, src netip.Addr, name st
 		a.dec = policy.Decision{Action: policy.Fail, Reason: policy.ReasonBusy}
 		a.refusal, a.note, a.quiet = refusedLoad, noteRateLimit, true
 		f.metrics.refused.WithLabelValues("rate_limit").Inc()
+		return
+	}
+
+	// A forward zone's names are the zone's servers' to answer, without
+	// rules: internal names (a cluster's, a directory's) that are no
+	// egress, so nothing in their answers is learned. Zone transfers are
+	// no stub's query, and one reply could not carry them.
+	if z := p.Forwarded(name); z != nil {
+		a.zone = z
+		a.dec = policy.Decision{Action: policy.Allow, Reason: policy.ReasonForwarded, Pattern: string(z.Zone)}
+		if qtype == dns.TypeAXFR || qtype == dns.TypeIXFR {
+			a.note = noteTransfer
+			a.dec = refuse(a.dec, policy.ReasonQType, policy.Deny)
+			a.refusal = refusedQType
+		}
 		return
 	}
 

@@ -270,6 +270,9 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	if a.refusal != admitted || a.dec.Action != policy.Allow {
 		return false // the ordinary path writes the refusal
 	}
+	if a.zone != nil {
+		return false // forwarded answers are relayed, never kept ready
+	}
 	e := f.wcache.Lookup(dnscache.MakeKey(lower, q.qtype, q.do, q.cd), now)
 	if e == nil {
 		return false

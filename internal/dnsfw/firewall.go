@@ -4,13 +4,15 @@
 //
 // One query, in order:
 //
-//	validate ─▶ admit (source, rate limit, Decide(source, name), record type) ─▶ cache | upstream
+//	validate ─▶ admit (source, rate limit, forward zone | Decide(source, name), record type) ─▶ cache | upstream
 //	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (CNAME chain, tls.verify)
 //	   ─▶ publish learned ─▶ reply ─▶ audit
 //
 // The policy is checked on every query before the cache is consulted, so a
 // cached answer never outlives the rule that allowed it, and a denied query
-// is never sent upstream. admit and release (admit.go) make these
+// is never sent upstream. A name in a forward zone (dns.forward) is
+// admitted without a rule, sent to the zone's servers and relayed as they
+// answer it: nothing in it is inspected or learned. admit and release (admit.go) make these
 // decisions for the ordinary path and the fast path alike.
 package dnsfw
 
@@ -41,6 +43,13 @@ type Exchanger interface {
 	Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, policy.Upstream, error)
 }
 
+// Forwarder sends a query for a name in a forward zone (dns.forward) to the
+// zone's servers, with the same bounds as an Exchanger.
+// *resolver.Zones is one.
+type Forwarder interface {
+	Forward(ctx context.Context, z *policy.ForwardZone, m *dns.Msg) (*dns.Msg, policy.Upstream, error)
+}
+
 // Config wires a Firewall. Policy and Exchanger are required.
 type Config struct {
 	// Policy returns the policy in force. It is called once per query, so
@@ -49,6 +58,10 @@ type Config struct {
 	Policy func() *policy.Policy
 	// Exchanger forwards allowed queries upstream.
 	Exchanger Exchanger
+	// Forwarder sends queries for names in the policy's forward zones
+	// (dns.forward) to the zones' servers. If nil, such queries fail
+	// (SERVFAIL): they never go to the Exchanger's upstreams.
+	Forwarder Forwarder
 	// Cache holds upstream answers while Policy().DNS.Cache is on. If nil,
 	// New makes a dnscache.Cache of Policy().DNS.CacheSize entries.
 	Cache Cache
@@ -117,6 +130,7 @@ type HostAddrs interface {
 type Firewall struct {
 	policy     func() *policy.Policy
 	exchanger  Exchanger
+	forwarder  Forwarder // nil: forward zones fail
 	cache      Cache
 	wcache     *dnscache.Cache // cache, when it is one: the fast path's
 	drops      DropCounter     // publisher, when it is one
@@ -170,6 +184,7 @@ func New(c Config) (*Firewall, error) {
 	f := &Firewall{
 		policy:     c.Policy,
 		exchanger:  c.Exchanger,
+		forwarder:  c.Forwarder,
 		cache:      c.Cache,
 		publisher:  c.Publisher,
 		audit:      c.Audit,

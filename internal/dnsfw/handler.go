@@ -2,6 +2,7 @@ package dnsfw
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -44,6 +45,8 @@ const (
 	noteWouldVerif = "addresses failed tls.verify and would be removed: "
 	noteNoVerified = "no address passed tls.verify: "
 	noteBudget     = "client over dns.wildcard_budget: "
+	noteTransfer   = "zone transfers are not forwarded"
+	noteNoZone     = "no servers for forward zone "
 )
 
 // deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
@@ -221,6 +224,13 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return reply(req, m.Rcode)
 	}
+	if x.adm.zone != nil {
+		// The zone's servers are the authority on its names: their
+		// answer goes out as they gave it, and none of its addresses is
+		// learned (published) or kept for the fast path.
+		x.answers = relayedAddrs(m)
+		return asReply(req, m, do)
+	}
 
 	x.epoch = f.epoch(p)
 	inspect(p, f.classes, q.Name, m, &x.in)
@@ -269,9 +279,12 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		x.pubUntil = learnedExpiry(p, now, minAddrTTL(x.in.addrs))
 	}
 	f.makeReady(p, m, x)
+	return asReply(req, m, do)
+}
 
-	// m becomes the reply: the client's own header and question, the
-	// upstream's answer.
+// asReply makes m, an upstream's answer to req's question, the reply to
+// req: the client's own header and question, the upstream's answer.
+func asReply(req, m *dns.Msg, do bool) *dns.Msg {
 	m.Id = req.Id
 	m.Opcode = dns.OpcodeQuery
 	m.Question = req.Question
@@ -327,7 +340,19 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 	up.SetEdns0(upstreamUDPSize, do)
 	// The Exchanger bounds its time (Exchanger): a timer per query here
 	// cost 6% of the CPU of an uncached answer.
-	m, u, err := f.exchanger.Exchange(ctx, up)
+	var (
+		m   *dns.Msg
+		u   policy.Upstream
+		err error
+	)
+	switch z := x.adm.zone; {
+	case z == nil:
+		m, u, err = f.exchanger.Exchange(ctx, up)
+	case f.forwarder == nil:
+		err = errors.New(noteNoZone + string(z.Zone))
+	default:
+		m, u, err = f.forwarder.Forward(ctx, z, up)
+	}
 	if u.Addr.IsValid() {
 		x.upstream = u.String()
 	}
@@ -456,6 +481,9 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 	if x.dec.NearRule != nil {
 		attrs = append(attrs, slog.String("near_rule", x.dec.NearRule.Name))
 	}
+	if z := x.adm.zone; z != nil {
+		attrs = append(attrs, slog.String("zone", string(z.Zone)))
+	}
 	if len(groups) > 0 && groups[0] != "" {
 		attrs = append(attrs, slog.String("groups", strings.Join(groups, ",")))
 	}
@@ -475,6 +503,32 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 		Attrs:     attrs,
 		Time:      end,
 	})
+}
+
+// relayedAddrs lists the addresses of m's A and AAAA records, for the
+// audit line of an answer relayed without inspection.
+func relayedAddrs(m *dns.Msg) string {
+	if m.Rcode != dns.RcodeSuccess {
+		return ""
+	}
+	var b []byte
+	for _, rr := range m.Answer {
+		var a netip.Addr
+		switch r := rr.(type) {
+		case *dns.A:
+			a, _ = netip.AddrFromSlice(r.A.To4())
+		case *dns.AAAA:
+			a, _ = netip.AddrFromSlice(r.AAAA)
+		}
+		if !a.IsValid() {
+			continue
+		}
+		if len(b) > 0 {
+			b = append(b, ' ')
+		}
+		b = a.AppendTo(b)
+	}
+	return string(b)
 }
 
 // minAddrTTL returns the smallest TTL among addrs.

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/resolver"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
@@ -45,6 +46,9 @@ type pathCase struct {
 	// wantAction its audit line's action ("" when not audited).
 	want       int
 	wantAction string
+	// forward adds the forward zones cluster.local and 10.in-addr.arpa,
+	// served by clusterZone, with a Forwarder.
+	forward bool
 }
 
 // pathEnv is an env and the hooks a case may turn.
@@ -77,6 +81,7 @@ func TestOneDecisionPath(t *testing.T) {
 	verified := "  - name: verified\n    from: [web]\n    to: [verified.example]\n    ports: [443]\n    tls: {verify: true}"
 	extra := "  - name: extra\n    from: [payments]\n    to: [extra.example]\n    ports: [443]"
 	apiA := pathQuery{payments, "api.bank.example", dns.TypeA}
+	kubeDNS := pathQuery{stranger, "kube-dns.kube-system.svc.cluster.local", dns.TypeA}
 
 	cases := []pathCase{
 		{name: "allowed (control)", warm: []pathQuery{apiA}, ask: apiA, times: 3, want: dns.RcodeSuccess, wantAction: "allow"},
@@ -142,6 +147,21 @@ func TestOneDecisionPath(t *testing.T) {
 		{name: "publisher dropped entries since", warm: []pathQuery{apiA},
 			before: func(e *pathEnv) { e.pub.drops.Add(1) },
 			ask:    apiA, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "forwarded zone", forward: true, warm: []pathQuery{kubeDNS}, ask: kubeDNS, times: 3, want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "forwarded zone, audit mode", forward: true, o: opts{mode: "audit"}, warm: []pathQuery{kubeDNS}, ask: kubeDNS, times: 2,
+			want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "forwarded zone, any record type", forward: true, warm: []pathQuery{{web, "10.0.96.10.in-addr.arpa", dns.TypePTR}},
+			ask: pathQuery{web, "10.0.96.10.in-addr.arpa", dns.TypePTR}, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
+		{name: "forwarded zone, zone transfer", forward: true, warm: []pathQuery{kubeDNS}, ask: pathQuery{stranger, "cluster.local", dns.TypeAXFR},
+			want: dns.RcodeRefused, wantAction: "deny"},
+		{name: "forwarded zone, search-path form", forward: true, warm: []pathQuery{kubeDNS},
+			ask: pathQuery{payments, "api.bank.example.payments.svc.cluster.local", dns.TypeA}, times: 2, want: dns.RcodeNameError, wantAction: "allow"},
+		// A public name may not alias into a forward zone: its addresses
+		// would be learned for the public name.
+		{name: "CNAME chain into a forward zone", forward: true, o: opts{dns: "  inspect_cname: true", rules: everyCDN},
+			zone: dnstest.Zone(dnstest.CNAME("cdn.public.example", 120, "x.svc.cluster.local"), dnstest.A("x.svc.cluster.local", 300, "192.0.2.77")),
+			warm: []pathQuery{{payments, "cdn.public.example", dns.TypeA}},
+			ask:  pathQuery{payments, "cdn.public.example", dns.TypeA}, times: 2, want: dns.RcodeNameError, wantAction: "deny"},
 		{name: "answer needs a later expiry", zone: dnstest.Zone(dnstest.A("api.bank.example", 20, "192.0.2.10")), warm: []pathQuery{apiA},
 			before: func(e *pathEnv) { e.clock.Advance(5 * time.Second) },
 			ask:    apiA, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
@@ -161,7 +181,20 @@ func testOneDecisionPath(t *testing.T, tc pathCase) {
 		pe.verifyOK.Store(true)
 		o := tc.o
 		o.noFast = noFast
+		var zones *resolver.Zones
+		if tc.forward {
+			cz := dnstest.NewServer(t, clusterZone)
+			o.dns += fmt.Sprintf("\n  forward: [{zone: cluster.local, to: [%s]}, {zone: 10.in-addr.arpa, to: [%s]}]", cz.Addr, cz.Addr)
+		}
 		o.cfg = func(c *Config) {
+			if tc.forward {
+				var err error
+				if zones, err = resolver.NewZones(c.Policy().DNS.Forward, resolver.Config{}); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { zones.Close() })
+				c.Forwarder = zones
+			}
 			c.Publisher = pe.pub
 			c.Registerer = pe.reg
 			c.Local = pe.host

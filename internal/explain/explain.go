@@ -51,6 +51,10 @@ type Result struct {
 	// none).
 	BudgetPattern  string `json:"budget_pattern,omitempty"`
 	WildcardBudget int    `json:"wildcard_budget,omitempty"`
+	// Zone is, for a name in a forward zone (dns.forward), the zone: its
+	// names are resolved by the zone's servers for every client, without
+	// rules, and no rule opens them.
+	Zone string `json:"zone,omitempty"`
 }
 
 // Routed is the kernel's decision for traffic of a source the gateway does
@@ -142,6 +146,9 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 	if d.NearRule != nil {
 		r.NearRule = d.NearRule.Name
 	}
+	if d.Reason == policy.ReasonForwarded {
+		r.Zone = d.Pattern
+	}
 	if !r.Served {
 		if p.Firewall.Backend == policy.BackendNftables && p.Firewall.Hook == policy.HookForward && d.Action.Permits() {
 			r.Routed = &Routed{Action: r.Action}
@@ -201,6 +208,9 @@ func (r Result) Text() string {
 		}
 	case r.NearRule != "":
 		fmt.Fprintf(&b, "  reason:  %s\n  closest: rule %s (pattern %s)\n", r.Reason, r.NearRule, r.Pattern)
+	case r.Zone != "":
+		fmt.Fprintf(&b, "  reason:  %s\n  zone:    %s (dns.forward): its names resolve through the zone's servers for every client, without rules;\n", r.Reason, r.Zone)
+		b.WriteString("           their addresses are never learned, so no rule opens them (only firewall.unfiltered passes traffic to them)\n")
 	default:
 		fmt.Fprintf(&b, "  reason:  %s\n", r.Reason)
 	}

@@ -195,3 +195,33 @@ func TestExplainBadSource(t *testing.T) {
 		t.Error("a source that is not an IP must be an error")
 	}
 }
+
+// TestExplainForwardZone: a name in a forward zone is denied whatever the
+// rules say (a wildcard above the zone included), and the explanation
+// names the zone and what it means.
+func TestExplainForwardZone(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`dns:
+  upstreams: [192.0.2.53]
+  forward: [{zone: corp.example.org, to: [192.0.2.10]}]
+sources: {office: [10.1.0.0/16]}
+rules:
+  - name: org
+    to: ["**.example.org"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Explain(p, "10.1.0.7", "dc.corp.example.org", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Action != "deny" || r.Reason != "forwarded zone" || r.Zone != "corp.example.org" || r.Rule != "" {
+		t.Errorf("Explain = %+v, want deny, reason forwarded zone, zone corp.example.org", r)
+	}
+	if txt := r.Text(); !strings.Contains(txt, "zone:    corp.example.org (dns.forward)") || !strings.Contains(txt, "never learned") {
+		t.Errorf("Text:\n%s\nwant the zone and that its addresses are never learned", txt)
+	}
+	if r, _ := Explain(p, "10.1.0.7", "www.example.org", nil); r.Action != "allow" || r.Zone != "" {
+		t.Errorf("outside the zone: %+v, want allow by rule org", r)
+	}
+}

@@ -776,7 +776,10 @@ func newChain(t *nftables.Table, w *chainSpec) *nftables.Chain {
 		ch.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(w.prio))
 	}
 	if w.nat {
-		ch.Type, ch.Priority = nftables.ChainTypeNAT, nftables.ChainPriorityNATDest
+		ch.Type = nftables.ChainTypeNAT
+		if w.prio == 0 {
+			ch.Priority = nftables.ChainPriorityNATDest
+		}
 	}
 	return ch
 }

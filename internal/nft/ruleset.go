@@ -79,7 +79,8 @@ type chainSpec struct {
 	nat   bool   // type nat (else filter)
 	rules []ruleSpec
 
-	// prio is a filter chain's priority: 0 is "filter", prioRaw "raw".
+	// prio is a filter chain's priority: 0 is "filter", prioRaw "raw";
+	// a nat chain's: 0 is "dstnat" (-100).
 	prio int32
 }
 
@@ -271,7 +272,8 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		}
 	}
 	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
-	// first, then each rule's accepts, then default deny.
+	// first, then traffic between the unfiltered ranges accepted, then
+	// each rule's accepts, then default deny.
 	var enforce []ruleSpec
 	dns := steering(lis.dns, cfg.Hook)
 	for _, f := range families {
@@ -286,6 +288,10 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			})
 		}
 	}
+	// Traffic between the unfiltered ranges is no egress; DNS that cannot
+	// be steered is dropped first all the same (no resolver but
+	// fqdngate), and transparent ports are not steered for it.
+	enforce = append(enforce, acceptUnfiltered(p)...)
 	enforce = append(enforce, unsteeredTransparent(p, lis)...)
 	for _, r := range p.Rules {
 		from := r.From
@@ -372,6 +378,11 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		if st == nil {
 			continue
 		}
+		if ms := unfilteredMatches(p, f); ms != nil && len(lis.ports) > 0 {
+			// Not egress: a connection between the unfiltered ranges
+			// goes where it was sent, not to the transparent proxy.
+			redir = append(redir, ruleSpec{matches: ms, stmts: []stmt{{kind: ret}}, comment: "unfiltered"})
+		}
 		for _, port := range lis.ports {
 			redir = append(redir, ruleSpec{
 				matches: []match{{kind: nfproto, fam: f}, {kind: l4proto, proto: policy.TCP}, {kind: dport, lo: port, hi: port}},
@@ -399,6 +410,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		{name: redirectChain, rules: redir},
 	}
 	addInside(d, cfg, p, lis)
+	addIntercept(d, cfg, p, lis, dns)
 	return d
 }
 
@@ -734,6 +746,9 @@ func (d *desired) render(table string) string {
 			if c.nat {
 				// nft accepts the name dstnat only at prerouting.
 				typ, prio = "nat", "-100"
+				if c.prio != 0 {
+					prio = fmt.Sprint(c.prio)
+				}
 			}
 			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", typ, c.hook, prio)
 		}

@@ -152,6 +152,15 @@ var goldenCases = []struct {
 	{"inside", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
 		override(gatewayPolicy, "mode: audit", "inside: {ranges: [198.51.100.0/24, \"2001:db8:1::/48\"], interfaces: [eth1, eth2]}",
 			"firewall: {backend: nftables, hook: forward, table: fqdngate, reverse_path: loose}")},
+	// A node of a cluster: DNS to the cluster DNS Service and NodeLocal
+	// DNSCache intercepted before kube-proxy's DNAT, pod and service
+	// ranges unfiltered and never steered to the transparent proxy.
+	{"cluster", Config{Table: "fqdngate", Hook: policy.HookForward, LogGroup: 7},
+		override(samplePolicy, `listen: {dns: "[::]:53", transparent: "[::]:3129", admin: ""}`,
+			"firewall: {backend: nftables, hook: forward, table: fqdngate, transparent_ports: [443], intercept_dns: [198.51.100.53, 169.254.20.10, \"2001:db8:96::a\"], unfiltered: [10.244.0.0/16, 10.96.0.0/12, \"2001:db8:244::/56\"]}")},
+	{"cluster-output", Config{Table: "fqdngate", Hook: policy.HookOutput},
+		override(samplePolicy, `listen: {dns: "127.0.0.1:5353", admin: ""}`,
+			"firewall: {backend: nftables, hook: output, table: fqdngate, intercept_dns: [198.51.100.53], unfiltered: [10.244.0.0/16]}")},
 }
 
 // TestRenderGolden pins the dry-run output for the sample policy in both

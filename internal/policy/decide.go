@@ -47,6 +47,14 @@ func (p *Policy) decideOnly(q Query, only int32) Decision {
 	if !ok {
 		return Decision{Reason: ReasonInvalidName}
 	}
+	if z := p.forwarded(b); z != nil {
+		// A forward zone's names are internal: the DNS firewall answers
+		// them from the zone's servers without rules (dnsfw's admit asks
+		// Forwarded before Decide) and never learns their addresses, so
+		// no rule may open them anywhere else either, not even a
+		// wildcard above the zone.
+		return Decision{Reason: ReasonForwarded, Pattern: string(z.Zone)}
+	}
 	m := matcher{p: p, q: q, best: -1, only: only}
 	n := p.idx.root
 	end := len(b)

@@ -14,6 +14,10 @@ type wireFirewall struct {
 	denyNode, logNode    *yaml.Node
 	listenNode           *yaml.Node // listen.transparent
 	portsNode            *yaml.Node // firewall.transparent_ports
+
+	intercept, unfiltered         []positioned
+	interceptSet, unfilteredSet   bool
+	interceptNode, unfilteredNode *yaml.Node
 }
 
 // firewall compiles the firewall settings that depend on others: the
@@ -41,6 +45,88 @@ func (d *decoder) firewall(p *Policy, w *wireFirewall) {
 	if p.Firewall.Backend == BackendNftables && len(p.Firewall.TransparentPorts) > 0 {
 		d.transparentSteering(p, w)
 	}
+	d.interceptDNS(p, w)
+	d.unfiltered(p, w)
+}
+
+// interceptDNS compiles firewall.intercept_dns: single addresses (a DNS
+// service's), of a family the DNS listener can be steered to.
+func (d *decoder) interceptDNS(p *Policy, w *wireFirewall) {
+	if !w.interceptSet {
+		return
+	}
+	if len(w.intercept) == 0 {
+		d.errorf(w.interceptNode, "firewall.intercept_dns is empty; list DNS service addresses like [198.51.100.10], or remove the key")
+		return
+	}
+	if p.Firewall.Backend != BackendNftables {
+		d.errorf(w.interceptNode, "firewall.intercept_dns is done by the kernel and needs firewall.backend: nftables; remove it or set backend: nftables")
+		return
+	}
+	lis, err := netip.ParseAddrPort(p.Listen.DNS)
+	if p.Listen.DNS == "" || err != nil {
+		d.errorf(w.interceptNode, "firewall.intercept_dns redirects queries to listen.dns, which is not set; set listen.dns: \"[::]:53\"")
+		return
+	}
+	v4, v6 := Steered(lis, p.Firewall.Hook)
+	seen := map[netip.Addr]bool{}
+	for _, it := range w.intercept {
+		a, err := netip.ParseAddr(it.v)
+		if err != nil {
+			d.errorf(it.n, "firewall.intercept_dns: %q is not an IP address; list the DNS service's address, like 198.51.100.10 (a CIDR would take every resolver in it)", it.v)
+			continue
+		}
+		a = a.WithZone("").Unmap()
+		if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			d.errorf(it.n, "firewall.intercept_dns: %s is no DNS service's address; list the address clients send their queries to, like 198.51.100.10", a)
+			continue
+		}
+		if ok := a.Is4() && v4 || a.Is6() && v6; !ok {
+			d.errorf(it.n, "firewall.intercept_dns: listen.dns %s cannot receive the %s queries the kernel would redirect to it from %s; listen on \"[::]:%d\" (both families)", lis, familyName(a.Is6()), a, lis.Port())
+			continue
+		}
+		if seen[a] {
+			d.errorf(it.n, "firewall.intercept_dns: %s is listed twice; keep one", a)
+			continue
+		}
+		seen[a] = true
+		p.Firewall.InterceptDNS = append(p.Firewall.InterceptDNS, a)
+	}
+}
+
+// unfiltered compiles firewall.unfiltered: ranges between which nothing is
+// egress, such as a cluster's pod and service ranges.
+func (d *decoder) unfiltered(p *Policy, w *wireFirewall) {
+	if !w.unfilteredSet {
+		return
+	}
+	if len(w.unfiltered) == 0 {
+		d.errorf(w.unfilteredNode, "firewall.unfiltered is empty; list ranges like [10.244.0.0/16, 10.96.0.0/12], or remove the key")
+		return
+	}
+	if p.Firewall.Backend != BackendNftables {
+		d.errorf(w.unfilteredNode, "firewall.unfiltered is applied by the kernel and needs firewall.backend: nftables; remove it or set backend: nftables")
+		return
+	}
+	for _, it := range w.unfiltered {
+		pfx, err := parsePrefix(it.v)
+		if err != nil {
+			d.errorf(it.n, "firewall.unfiltered: %v", err)
+			continue
+		}
+		if pfx.Bits() == 0 {
+			d.errorf(it.n, "firewall.unfiltered: %s is every address, so nothing would be filtered; list the internal ranges only, like 10.244.0.0/16", pfx)
+			continue
+		}
+		p.Firewall.Unfiltered = append(p.Firewall.Unfiltered, pfx)
+	}
+}
+
+func familyName(is6 bool) string {
+	if is6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // transparentSteering refuses a transparent listener the kernel cannot

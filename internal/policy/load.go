@@ -136,6 +136,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		listenNodes                         = map[string]*yaml.Node{}
 		ifNodes                             = map[string]*yaml.Node{}
 		fw                                  wireFirewall
+		forward                             []*wireForward
 	)
 	d.mapping(top, "",
 		field{"cluster", func(n *yaml.Node) { p.Cluster = d.cluster(d.clusterKey, n) }},
@@ -170,6 +171,9 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 				field{"max_inflight", d.integer(&p.DNS.MaxInFlight, "dns.max_inflight", 1, 1_000_000)},
 				field{"max_learned_per_name", d.integer(&p.DNS.MaxLearnedPerName, "dns.max_learned_per_name", 1, 1_000_000)},
 				field{"wildcard_budget", d.integer(&p.DNS.WildcardBudget, "dns.wildcard_budget", 0, 1_000_000)},
+				field{"forward", func(n *yaml.Node) {
+					d.list(n, "dns.forward", func(it *yaml.Node) { forward = append(forward, d.forwardItem(it)) })
+				}},
 			)
 		}},
 		field{"firewall", func(n *yaml.Node) {
@@ -188,6 +192,14 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 				field{"reverse_path", func(n *yaml.Node) { rpNode = n; d.str(&reversePath, "firewall.reverse_path")(n) }},
 				field{"deny_with", func(n *yaml.Node) { fw.denyNode = n; d.str(&fw.denyWith, "firewall.deny_with")(n) }},
 				field{"log_allowed", func(n *yaml.Node) { fw.logNode = n; d.str(&fw.logAllowed, "firewall.log_allowed")(n) }},
+				field{"intercept_dns", func(n *yaml.Node) {
+					fw.interceptNode = d.deref(n)
+					d.positionedList(&fw.intercept, &fw.interceptSet, "firewall.intercept_dns")(n)
+				}},
+				field{"unfiltered", func(n *yaml.Node) {
+					fw.unfilteredNode = d.deref(n)
+					d.positionedList(&fw.unfiltered, &fw.unfilteredSet, "firewall.unfiltered")(n)
+				}},
 			)
 		}},
 		field{"proxy", func(n *yaml.Node) {
@@ -365,6 +377,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		p.Rules = append(p.Rules, r)
 	}
 	d.firewall(p, &fw)
+	d.compileForward(p, forward)
 
 	if errs := d.result(); errs != nil {
 		return nil, errs

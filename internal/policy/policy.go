@@ -129,6 +129,11 @@ type DNS struct {
 	// WildcardBudget is how many distinct names under one wildcard
 	// pattern a client may send upstream per minute; 0 disables it.
 	WildcardBudget int
+	// Forward are the zones forwarded to their own servers (dns.forward),
+	// longest first; see Forwarded.
+	Forward []ForwardZone
+
+	forwardIdx map[string]int // Forward's index by zone name
 }
 
 // Backend is the enforcement backend.
@@ -198,6 +203,14 @@ type Firewall struct {
 	StateFileAt Pos
 	DenyWith    KernelDeny
 	LogAllowed  LogAllowed
+	// InterceptDNS are addresses whose DNS (port 53, UDP and TCP) from
+	// the inside the kernel redirects to the DNS listener before any
+	// other destination NAT (firewall.intercept_dns).
+	InterceptDNS []netip.Addr
+	// Unfiltered are ranges between which traffic is accepted without
+	// the policy: a packet whose source and destination are both in them
+	// (firewall.unfiltered).
+	Unfiltered []netip.Prefix
 }
 
 // Proxy configures the explicit and transparent proxy.
@@ -421,6 +434,7 @@ const (
 	ReasonBudget     // DNS: the client is over dns.wildcard_budget under the allowing wildcard
 	ReasonLocal      // proxy: the destination is an address of this host
 	ReasonFronted    // proxy: a CONNECT tunnel's first bytes ask for another name than the one allowed
+	ReasonForwarded  // DNS: the name is in a forward zone (dns.forward), answered by the zone's servers without rules
 )
 
 var reasonText = [...]string{
@@ -448,6 +462,7 @@ var reasonText = [...]string{
 	ReasonBudget:       "too many new names under this wildcard (dns.wildcard_budget)",
 	ReasonLocal:        "destination is an address of this host",
 	ReasonFronted:      "tunnel carries another name",
+	ReasonForwarded:    "forwarded zone",
 }
 
 func (r Reason) String() string { return reasonText[r] }
