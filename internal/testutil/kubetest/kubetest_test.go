@@ -106,6 +106,11 @@ func testPodsListAndWatch(t *testing.T, s *Server) {
 		t.Fatalf("after relabelling checkout-1: got event %s %T %+v, want MODIFIED checkout-1 with app=checkout,tier=web", ev.Type, ev.Object, ev.Object)
 	}
 	s.DeletePod(t, "payments", "checkout-1")
+	// A watcher sees the deletion timestamp set, then the pod gone.
+	ev = nextEvent(t, w)
+	if p, ok := ev.Object.(*corev1.Pod); ev.Type != watch.Modified || !ok || p.Name != "checkout-1" || p.DeletionTimestamp == nil {
+		t.Fatalf("after deleting checkout-1: got event %s %+v, want MODIFIED checkout-1 with a deletionTimestamp", ev.Type, ev.Object)
+	}
 	ev = nextEvent(t, w)
 	if p, ok := ev.Object.(*corev1.Pod); ev.Type != watch.Deleted || !ok || p.Name != "checkout-1" {
 		t.Fatalf("after deleting checkout-1: got event %s %+v, want DELETED checkout-1", ev.Type, ev.Object)

@@ -141,9 +141,10 @@ func (s *Server) SetPodLabels(t testing.TB, namespace, name string, labels map[s
 	return pod
 }
 
-// DeletePod deletes pod namespace/name at once (grace period 0). A graceful
-// deletion of a pod on a node would only set its deletionTimestamp: the
-// kubelet that confirms it does not exist here.
+// DeletePod deletes pod namespace/name at once (grace period 0): watchers see
+// its deletionTimestamp set (MODIFIED), then the pod gone (DELETED). A
+// graceful deletion of a pod on a node would only set the deletionTimestamp:
+// the kubelet that ends it does not exist here.
 func (s *Server) DeletePod(t testing.TB, namespace, name string) {
 	t.Helper()
 	c, cancel := ctx(t)
