@@ -13,9 +13,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -35,6 +38,7 @@ func TestServer(t *testing.T) {
 	s := Start(t)
 	t.Run("PodsListAndWatch", func(t *testing.T) { testPodsListAndWatch(t, s) })
 	t.Run("AgentRBAC", func(t *testing.T) { testAgentRBAC(t, s) })
+	t.Run("AgentInformers", func(t *testing.T) { testAgentInformers(t, s) })
 	t.Run("Kubeconfig", func(t *testing.T) { testKubeconfig(t, s) })
 	t.Run("Restart", func(t *testing.T) { testRestart(t, s) })
 }
@@ -228,6 +232,59 @@ func testAgentRBAC(t *testing.T, s *Server) {
 	stranger := kubernetes.NewForConfigOrDie(cfg)
 	if _, err := stranger.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
 		t.Errorf("unknown token: listing pods: got %v, want Unauthorized", err)
+	}
+}
+
+// testAgentInformers: shared informers, as the node agent runs them with its
+// limited account (client-go's streaming list included, which it uses by
+// default), sync the pods of one node and the namespaces, and follow a new
+// pod and a relabel.
+func testAgentInformers(t *testing.T, s *Server) {
+	s.CreateNamespace(t, "shop", map[string]string{"team": "shop"})
+	s.CreatePod(t, Pod{Namespace: "shop", Name: "cart-1", Labels: map[string]string{"app": "cart"}, Node: "node-c",
+		IPs: []netip.Addr{netip.MustParseAddr("203.0.113.40")}})
+	s.CreatePod(t, Pod{Namespace: "shop", Name: "elsewhere", Node: "node-d", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.41")}})
+
+	agent := kubernetes.NewForConfigOrDie(s.ServiceAccountConfig(t, "informers", "agent", agentRules...))
+	factory := informers.NewSharedInformerFactoryWithOptions(agent, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", "node-c").String()
+	}))
+	nsFactory := informers.NewSharedInformerFactory(agent, 0)
+	pods := factory.Core().V1().Pods()
+	namespaces := nsFactory.Core().V1().Namespaces()
+	podInformer, nsInformer := pods.Informer(), namespaces.Informer()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	factory.Start(ctx.Done())
+	nsFactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer nsFactory.Shutdown()
+	defer cancel() // Shutdown waits for the informers, which stop with ctx
+	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced, nsInformer.HasSynced) {
+		t.Fatal("the agent's informers did not sync")
+	}
+	if _, err := namespaces.Lister().Get("shop"); err != nil {
+		t.Errorf("namespace lister: %v", err)
+	}
+	if got, _ := pods.Lister().List(labels.Everything()); len(got) != 1 || got[0].Name != "cart-1" {
+		t.Fatalf("node-c's pods after sync: got %d (%v), want cart-1 alone", len(got), got)
+	}
+
+	s.CreatePod(t, Pod{Namespace: "shop", Name: "cart-2", Labels: map[string]string{"app": "cart"}, Node: "node-c",
+		IPs: []netip.Addr{netip.MustParseAddr("203.0.113.42")}})
+	s.SetPodLabels(t, "shop", "cart-1", map[string]string{"app": "cart", "tier": "web"})
+	web, _ := labels.Parse("tier=web")
+	for {
+		all, _ := pods.Lister().List(labels.Everything())
+		tiered, _ := pods.Lister().List(web)
+		if len(all) == 2 && len(tiered) == 1 && tiered[0].Name == "cart-1" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("node-c's pods: got %d, %d with tier=web; want cart-1 and cart-2, cart-1 with tier=web", len(all), len(tiered))
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 
