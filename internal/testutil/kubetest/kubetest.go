@@ -22,6 +22,11 @@
 // before /readyz says ok), so a package's tests share one Server where they
 // can. Set FQDNGATE_KUBE_LOG=1 to see etcd's and kube-apiserver's logs on
 // stderr; a failed test logs the last lines of each.
+//
+// The servers listen on the test's loopback, or, with InNetns, inside a
+// network namespace the test made, on an address programs in the test's
+// other namespaces reach (the fqdngate binary as a node agent, with a file
+// from WriteKubeconfig).
 package kubetest
 
 import (
@@ -32,6 +37,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +51,7 @@ import (
 	"k8s.io/client-go/util/keyutil"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/certs"
+	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
 
 // Version is the kube-apiserver release the tests run against, the release
@@ -73,9 +80,11 @@ const (
 // Server is a running kube-apiserver with its etcd. Everything it started is
 // killed when the test that started it ends.
 type Server struct {
-	// URL is the API server's address, https://127.0.0.1:port.
+	// URL is the API server's address, https://127.0.0.1:port, or the
+	// address given to InNetns.
 	URL string
-	// EtcdURL is etcd's client address, http://127.0.0.1:port.
+	// EtcdURL is etcd's client address, http://127.0.0.1:port (in the
+	// namespace given to InNetns, if any).
 	EtcdURL string
 
 	t          testing.TB // the test that started the server: its end stops it
@@ -87,16 +96,34 @@ type Server struct {
 	etcd       *process
 	apiserver  *process
 	client     *kubernetes.Clientset
+	ns         *netns.NS // nil: the test's own network namespace
+	addr       netip.Addr
+}
+
+// Option changes where Start runs the servers.
+type Option func(*Server)
+
+// InNetns runs etcd and kube-apiserver inside network namespace ns, the API
+// server listening on addr, an address the test has given to one of ns's
+// interfaces, instead of 127.0.0.1. Programs in other namespaces (an agent
+// in a node's namespace) then reach it over the links the test made; the
+// Server's own clients (Client, Config, ServiceAccountConfig) connect from
+// inside ns. etcd listens on ns's loopback.
+func InNetns(ns *netns.NS, addr netip.Addr) Option {
+	return func(s *Server) { s.ns, s.addr = ns, addr }
 }
 
 // Start starts etcd and kube-apiserver and returns once the API server's
 // /readyz says ok. It skips the test when a binary is missing (fails under
 // CI=true).
-func Start(t testing.TB) *Server {
+func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	binary := apiserverBinary(t)
 	etcdBinary := need(t, "etcd", "", "apt-get install etcd-server")
-	s := &Server{t: t, dir: t.TempDir(), binary: binary, adminToken: randomToken(t)}
+	s := &Server{t: t, dir: t.TempDir(), binary: binary, adminToken: randomToken(t), addr: netip.MustParseAddr("127.0.0.1")}
+	for _, o := range opts {
+		o(s)
+	}
 	s.startEtcd(t, etcdBinary)
 	s.writeFiles(t)
 	s.startAPIServer(t)
@@ -157,7 +184,7 @@ func (s *Server) startEtcd(t testing.TB, binary string) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		client, peer := "http://"+freeAddr(t), "http://"+freeAddr(t)
-		p, err := startProcess("etcd", filepath.Join(s.dir, fmt.Sprintf("etcd-%d.log", attempt)), binary,
+		p, err := startProcess(s.ns, "etcd", filepath.Join(s.dir, fmt.Sprintf("etcd-%d.log", attempt)), binary,
 			"--name", "kubetest",
 			"--data-dir", filepath.Join(t.TempDir(), "etcd"),
 			"--listen-client-urls", client,
@@ -173,7 +200,7 @@ func (s *Server) startEtcd(t testing.TB, binary string) {
 			t.Fatalf("kubetest: %v", err)
 		}
 		t.Cleanup(func() { p.reportOnFailure(t); p.stop() })
-		err = waitFor(p, etcdTimeout, func() bool { return etcdHealthy(client) })
+		err = waitFor(p, etcdTimeout, func() bool { return s.etcdHealthy(client) })
 		if err == nil {
 			s.etcd, s.EtcdURL = p, client
 			return
@@ -185,8 +212,9 @@ func (s *Server) startEtcd(t testing.TB, binary string) {
 	}
 }
 
-func etcdHealthy(url string) bool {
-	c := http.Client{Timeout: 5 * time.Second}
+func (s *Server) etcdHealthy(url string) bool {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: s.dial}}
+	defer c.CloseIdleConnections()
 	resp, err := c.Get(url + "/health")
 	if err != nil {
 		return false
@@ -202,7 +230,7 @@ func (s *Server) writeFiles(t testing.TB) {
 	t.Helper()
 	ca := certs.NewCA(t)
 	s.caPEM = ca.PEM
-	certFile, keyFile := ca.LeafFiles(t, "127.0.0.1", "localhost")
+	certFile, keyFile := ca.LeafFiles(t, s.addr.String(), "127.0.0.1", "localhost")
 	saKey, err := keyutil.MakeEllipticPrivateKeyPEM()
 	if err != nil {
 		t.Fatalf("kubetest: making the ServiceAccount signing key: %v", err)
@@ -217,11 +245,11 @@ func (s *Server) writeFiles(t testing.TB) {
 		}
 	}
 	s.args = []string{
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + s.addr.String(),
 		// A loopback advertise address is refused unless the endpoint
 		// reconciler, which publishes it as the kubernetes Service's
 		// endpoint, is off.
-		"--advertise-address=127.0.0.1",
+		"--advertise-address=" + s.addr.String(),
 		"--endpoint-reconciler-type=none",
 		"--etcd-servers=" + s.EtcdURL,
 		"--tls-cert-file=" + certFile,
@@ -244,10 +272,9 @@ func (s *Server) writeFiles(t testing.TB) {
 func (s *Server) startAPIServer(t testing.TB) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		addr := freeAddr(t)
-		_, port, _ := net.SplitHostPort(addr)
-		s.URL = "https://" + addr
-		p, err := startProcess("kube-apiserver", filepath.Join(s.dir, fmt.Sprintf("kube-apiserver-%d.log", attempt)), s.binary,
+		_, port, _ := net.SplitHostPort(freeAddr(t))
+		s.URL = "https://" + net.JoinHostPort(s.addr.String(), port)
+		p, err := startProcess(s.ns, "kube-apiserver", filepath.Join(s.dir, fmt.Sprintf("kube-apiserver-%d.log", attempt)), s.binary,
 			append([]string{"--secure-port=" + port}, s.args...)...)
 		if err != nil {
 			t.Fatalf("kubetest: %v", err)
@@ -310,7 +337,7 @@ func (s *Server) Restart(t testing.TB) {
 		t.Fatal("kubetest: Restart: kube-apiserver is running; Stop it first")
 	}
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(s.URL, "https://"))
-	p, err := startProcess("kube-apiserver", filepath.Join(s.dir, "kube-apiserver-restarted.log"), s.binary,
+	p, err := startProcess(s.ns, "kube-apiserver", filepath.Join(s.dir, "kube-apiserver-restarted.log"), s.binary,
 		append([]string{"--secure-port=" + port}, s.args...)...)
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
@@ -334,6 +361,7 @@ func (s *Server) configWithToken(token string) *rest.Config {
 		BearerToken:     token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: s.caPEM},
 		UserAgent:       "kubetest",
+		Dial:            s.dial,
 		// Tests create objects in bursts; client-go's default of 5 per
 		// second would make them wait for nothing.
 		QPS:   200,
@@ -343,6 +371,15 @@ func (s *Server) configWithToken(token string) *rest.Config {
 
 // Client returns a clientset of the admin identity.
 func (s *Server) Client() kubernetes.Interface { return s.client }
+
+// dial connects to addr from the servers' network namespace.
+func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if s.ns == nil {
+		return d.DialContext(ctx, network, addr)
+	}
+	return s.ns.DialWith(d, network, addr)
+}
 
 // freeAddr returns a loopback address whose port was free a moment ago,
 // below Linux's ephemeral range (32768-60999) so that no outgoing

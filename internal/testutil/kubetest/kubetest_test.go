@@ -2,9 +2,11 @@ package kubetest
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
 
 // agentRules are the node agent's RBAC rules as issue 13 states them:
@@ -318,5 +322,44 @@ func testRestart(t *testing.T, s *Server) {
 	}
 	if _, err := kubernetes.NewForConfigOrDie(rest.CopyConfig(agentCfg)).CoreV1().Pods("").List(ctx, metav1.ListOptions{}); err != nil {
 		t.Errorf("after the restart: the agent's token issued before: listing pods: %v", err)
+	}
+}
+
+// TestInNetns: a server started in a namespace of its own is reached by a
+// program in another namespace, as a node agent reaches the cluster's API,
+// through a kubeconfig and a link the test made; the test's own helpers
+// reach it from inside its namespace.
+func TestInNetns(t *testing.T) {
+	netns.RequireRoot(t)
+	api, node := netns.New(t), netns.New(t)
+	netns.Veth(t, api, "api0", node, "node0")
+	api.Addr("api0", "192.0.2.1/24")
+	node.Addr("node0", "192.0.2.2/24")
+	s := Start(t, InNetns(api, netip.MustParseAddr("192.0.2.1")))
+	if want := "https://192.0.2.1:"; !strings.HasPrefix(s.URL, want) {
+		t.Fatalf("URL: got %s, want %s...", s.URL, want)
+	}
+	s.CreateNamespace(t, "payments", nil)
+	s.CreatePod(t, Pod{Namespace: "payments", Name: "checkout-1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}})
+
+	// The agent's side: only a kubeconfig file, dialling from node's namespace.
+	cfg, err := clientcmd.BuildConfigFromFlags("", WriteKubeconfig(t, s.ServiceAccountConfig(t, "fqdngate", "fqdngate", agentRules...)))
+	if err != nil {
+		t.Fatalf("loading the kubeconfig: %v", err)
+	}
+	cfg.Dial = func(_ context.Context, network, addr string) (net.Conn, error) {
+		return node.DialWith(&net.Dialer{Timeout: 10 * time.Second}, network, addr)
+	}
+	pods, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Pods("payments").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("from the node's namespace: listing pods: %v", err)
+	}
+	if len(pods.Items) != 1 || pods.Items[0].Status.PodIP != "203.0.113.10" {
+		t.Fatalf("from the node's namespace: got %v, want checkout-1 at 203.0.113.10", pods.Items)
+	}
+	// Nothing listens on the test's own loopback.
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+s.URL[strings.LastIndex(s.URL, ":")+1:], time.Second); err == nil {
+		c.Close()
+		t.Errorf("the API server's port answers on the test's own loopback; want it inside its namespace only")
 	}
 }

@@ -9,6 +9,10 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
 
 // process is a child process of the test (etcd or kube-apiserver) in its own
@@ -21,7 +25,8 @@ type process struct {
 }
 
 // startProcess starts path with args, writing its output to logPath (and to
-// stderr as well when FQDNGATE_KUBE_LOG=1).
+// stderr as well when FQDNGATE_KUBE_LOG=1), inside ns (nil: the test's own
+// network namespace).
 //
 // The process gets its own process group, killed as a whole by stop, and
 // SIGKILL as its parent-death signal, so that it does not outlive a test
@@ -29,8 +34,9 @@ type process struct {
 // parent-death signal is sent when the thread that started the child ends,
 // not the process, so the child is started from a goroutine locked to its
 // thread that lives until the child has exited: other packages' helpers end
-// threads on purpose (a thread left in another network namespace).
-func startProcess(name, logPath, path string, args ...string) (*process, error) {
+// threads on purpose (a thread left in another network namespace). The same
+// thread enters ns, and the child, forked from it, starts there.
+func startProcess(ns *netns.NS, name, logPath, path string, args ...string) (*process, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("creating the log of %s: %w", name, err)
@@ -46,9 +52,15 @@ func startProcess(name, logPath, path string, args ...string) (*process, error) 
 	started := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread ends with this goroutine, after the
-		// child has exited.
+		// child has exited, so its network namespace does not matter after.
 		runtime.LockOSThread()
 		defer logFile.Close()
+		if ns != nil {
+			if err := unix.Setns(ns.Fd(), unix.CLONE_NEWNET); err != nil {
+				started <- fmt.Errorf("entering network namespace %s: %w", ns.Name, err)
+				return
+			}
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
