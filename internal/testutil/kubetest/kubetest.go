@@ -41,11 +41,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/keyutil"
@@ -114,7 +117,8 @@ func InNetns(ns *netns.NS, addr netip.Addr) Option {
 }
 
 // Start starts etcd and kube-apiserver and returns once the API server's
-// /readyz says ok. It skips the test when a binary is missing (fails under
+// /readyz says ok and its own namespaces (default, kube-system, kube-public,
+// kube-node-lease) exist. It skips the test when a binary is missing (fails under
 // CI=true).
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
@@ -127,7 +131,38 @@ func Start(t testing.TB, opts ...Option) *Server {
 	s.startEtcd(t, etcdBinary)
 	s.writeFiles(t)
 	s.startAPIServer(t)
+	s.waitSystemNamespaces(t)
 	return s
+}
+
+// systemNamespaces are the namespaces kube-apiserver creates itself. They
+// may appear a moment after /readyz says ok.
+var systemNamespaces = []string{"default", "kube-system", "kube-public", "kube-node-lease"}
+
+// waitSystemNamespaces waits until every system namespace exists, so that
+// each test starts from the same set of namespaces (a namespace informer's
+// first list would otherwise depend on timing).
+func (s *Server) waitSystemNamespaces(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(opTimeout)
+	for {
+		c, cancel := ctx(t)
+		list, err := s.client.CoreV1().Namespaces().List(c, metav1.ListOptions{})
+		cancel()
+		var missing []string
+		for _, name := range systemNamespaces {
+			if err != nil || !slices.ContainsFunc(list.Items, func(ns corev1.Namespace) bool { return ns.Name == name }) {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubetest: namespaces %v missing %v after /readyz said ok (last error: %v)", missing, opTimeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // apiserverBinary finds kube-apiserver: $KUBE_APISERVER, else the path

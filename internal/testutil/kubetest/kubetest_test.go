@@ -92,6 +92,15 @@ func testPodsListAndWatch(t *testing.T, s *Server) {
 			}
 		}
 	}
+	all, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("listing namespaces: %v", err)
+	}
+	for _, name := range append(systemNamespaces, "payments", "web") {
+		if !slices.ContainsFunc(all.Items, func(ns corev1.Namespace) bool { return ns.Name == name }) {
+			t.Errorf("namespace %s missing", name)
+		}
+	}
 	nsList, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: "team=pay"})
 	if err != nil {
 		t.Fatalf("listing namespaces: %v", err)
