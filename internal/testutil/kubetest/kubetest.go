@@ -96,7 +96,6 @@ type Server struct {
 	binary     string
 	adminToken string
 	caPEM      []byte // the CA of the server's certificate
-	etcd       *process
 	apiserver  *process
 	client     *kubernetes.Clientset
 	ns         *netns.NS // nil: the test's own network namespace
@@ -118,8 +117,8 @@ func InNetns(ns *netns.NS, addr netip.Addr) Option {
 
 // Start starts etcd and kube-apiserver and returns once the API server's
 // /readyz says ok and its own namespaces (default, kube-system, kube-public,
-// kube-node-lease) exist. It skips the test when a binary is missing (fails under
-// CI=true).
+// kube-node-lease) exist. It skips the test when a binary is missing (fails
+// under CI=true).
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 	binary := apiserverBinary(t)
@@ -237,7 +236,7 @@ func (s *Server) startEtcd(t testing.TB, binary string) {
 		t.Cleanup(func() { p.reportOnFailure(t); p.stop() })
 		err = waitFor(p, etcdTimeout, func() bool { return s.etcdHealthy(client) })
 		if err == nil {
-			s.etcd, s.EtcdURL = p, client
+			s.EtcdURL = client
 			return
 		}
 		if attempt == attempts || !strings.Contains(p.logTail(20), "address already in use") {
