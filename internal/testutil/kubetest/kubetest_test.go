@@ -2,8 +2,11 @@ package kubetest
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -16,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -26,15 +30,33 @@ import (
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
 
-// agentRules are the node agent's RBAC rules as issue 13 states them:
-// get/list/watch on pods and namespaces, nothing more.
-// TODO(issue 13): read them from deploy/kubernetes once its ClusterRole lands,
-// so this test checks the shipped manifest.
-var agentRules = []rbacv1.PolicyRule{{
-	APIGroups: []string{""},
-	Resources: []string{"pods", "namespaces"},
-	Verbs:     []string{"get", "list", "watch"},
-}}
+// shippedManifest is the node agent's manifest, the chart rendered
+// (deploy's tests keep the two equal).
+const shippedManifest = "../../../deploy/kubernetes/fqdngate.yaml"
+
+// agentRules are the RBAC rules of the ClusterRole the node agent ships
+// with, so that these tests check what users install.
+func agentRules(t *testing.T) []rbacv1.PolicyRule {
+	t.Helper()
+	f, err := os.Open(shippedManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var role rbacv1.ClusterRole
+		if err := dec.Decode(&role); err != nil {
+			if errors.Is(err, io.EOF) {
+				t.Fatalf("%s has no ClusterRole", shippedManifest)
+			}
+			t.Fatalf("%s: %v", shippedManifest, err)
+		}
+		if role.Kind == "ClusterRole" {
+			return role.Rules
+		}
+	}
+}
 
 // TestServer starts one server (each start costs tens of seconds) and checks,
 // through client-go, what fqdngate's Kubernetes tests rely on.
@@ -163,7 +185,7 @@ func testAgentRBAC(t *testing.T, s *Server) {
 	s.CreatePod(t, Pod{Namespace: "vault", Name: "db-1", Labels: map[string]string{"app": "db"}, Node: "node-a",
 		IPs: []netip.Addr{netip.MustParseAddr("203.0.113.30")}})
 
-	agent := kubernetes.NewForConfigOrDie(s.ServiceAccountConfig(t, "fqdngate", "fqdngate", agentRules...))
+	agent := kubernetes.NewForConfigOrDie(s.ServiceAccountConfig(t, "fqdngate", "fqdngate", agentRules(t)...))
 	pods, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatalf("agent: listing pods: %v", err)
@@ -258,7 +280,7 @@ func testAgentInformers(t *testing.T, s *Server) {
 		IPs: []netip.Addr{netip.MustParseAddr("203.0.113.40")}})
 	s.CreatePod(t, Pod{Namespace: "shop", Name: "elsewhere", Node: "node-d", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.41")}})
 
-	agent := kubernetes.NewForConfigOrDie(s.ServiceAccountConfig(t, "informers", "agent", agentRules...))
+	agent := kubernetes.NewForConfigOrDie(s.ServiceAccountConfig(t, "informers", "agent", agentRules(t)...))
 	factory := informers.NewSharedInformerFactoryWithOptions(agent, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", "node-c").String()
 	}))
@@ -318,7 +340,7 @@ func testKubeconfig(t *testing.T, s *Server) {
 // objects of before and accepts the tokens issued before.
 func testRestart(t *testing.T, s *Server) {
 	ctx := context.Background()
-	agentCfg := s.ServiceAccountConfig(t, "restart", "agent", agentRules...)
+	agentCfg := s.ServiceAccountConfig(t, "restart", "agent", agentRules(t)...)
 	s.CreateNamespace(t, "kept", nil)
 	s.Stop()
 	_, err := s.Client().CoreV1().Namespaces().Get(ctx, "kept", metav1.GetOptions{})
@@ -352,7 +374,7 @@ func TestInNetns(t *testing.T) {
 	s.CreatePod(t, Pod{Namespace: "payments", Name: "checkout-1", Node: "node-a", IPs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}})
 
 	// The agent's side: only a kubeconfig file, dialling from node's namespace.
-	cfg, err := clientcmd.BuildConfigFromFlags("", WriteKubeconfig(t, s.ServiceAccountConfig(t, "fqdngate", "fqdngate", agentRules...)))
+	cfg, err := clientcmd.BuildConfigFromFlags("", WriteKubeconfig(t, s.ServiceAccountConfig(t, "fqdngate", "fqdngate", agentRules(t)...)))
 	if err != nil {
 		t.Fatalf("loading the kubeconfig: %v", err)
 	}
