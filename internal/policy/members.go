@@ -57,6 +57,9 @@ type Members struct {
 // cluster. One that does not holds no members.
 func (m *Members) Synced() bool { return m != nil && m.synced }
 
+// For reports whether m was computed for p.
+func (m *Members) For(p *Policy) bool { return m != nil && m.p == p }
+
 // Len returns the number of addresses in the snapshot.
 func (m *Members) Len() int {
 	if m == nil {
@@ -89,38 +92,66 @@ func (m *Members) Each(f func(netip.Addr, Member)) {
 	}
 }
 
-// NewMembers computes p's snapshot of pods, placing each in groups with
-// PodGroups. synced false gives the snapshot of a view of the cluster
-// that is not complete yet: it holds no members, so the groups that
-// select pods let nothing through (fail closed).
+// Placed is a pod placed in the groups of one policy (Place): what a
+// snapshot is made of. Keeping them lets a follower of the cluster place
+// only the pods that changed.
+type Placed struct {
+	p      *Policy
+	Pod    PodRef
+	Addrs  []netip.Addr // canonical: unmapped, without zone
+	Groups []string     // sorted
+}
+
+// Place places pod in p's groups, with PodGroups.
+func (p *Policy) Place(pod *Pod) Placed {
+	pl := Placed{p: p, Pod: PodRef{pod.Namespace, pod.Name}, Groups: p.PodGroups(pod)}
+	for _, a := range pod.Addrs {
+		if a = sourceAddr(a); a.IsValid() {
+			pl.Addrs = append(pl.Addrs, a)
+		}
+	}
+	return pl
+}
+
+// NewMembers computes p's snapshot of pods: Place, then MembersOf.
+func (p *Policy) NewMembers(pods []Pod, synced bool) *Members {
+	placed := make([]Placed, len(pods))
+	for i := range pods {
+		placed[i] = p.Place(&pods[i])
+	}
+	return p.MembersOf(placed, synced)
+}
+
+// MembersOf makes p's snapshot of the placed pods. Pods placed by another
+// policy are left out: their groups are not p's. synced false gives the
+// snapshot of a view of the cluster that is not complete yet: it holds
+// no members, so the groups that select pods let nothing through (fail
+// closed).
 //
 // An address claimed by two pods (the API can show a pod that is going
 // while its address already went to a new one) is in the groups both
 // pods are in, never in one only the other pod is in; it is named after
 // the pod that sorts first.
-func (p *Policy) NewMembers(pods []Pod, synced bool) *Members {
-	m := &Members{p: p, byAddr: map[netip.Addr]Member{}, synced: synced}
+func (p *Policy) MembersOf(placed []Placed, synced bool) *Members {
+	m := &Members{p: p, byAddr: make(map[netip.Addr]Member, len(placed)), synced: synced}
 	if !synced {
 		return m
 	}
-	sorted := slices.Clone(pods)
-	slices.SortFunc(sorted, func(a, b Pod) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	sorted := slices.Clone(placed)
+	slices.SortFunc(sorted, func(a, b Placed) int {
+		return cmp.Or(cmp.Compare(a.Pod.Namespace, b.Pod.Namespace), cmp.Compare(a.Pod.Name, b.Pod.Name))
 	})
-	for i := range sorted {
-		pod := &sorted[i]
-		groups := p.PodGroups(pod)
-		for _, a := range pod.Addrs {
-			a = sourceAddr(a)
-			if !a.IsValid() {
-				continue
-			}
+	for _, pl := range sorted {
+		if pl.p != p {
+			continue
+		}
+		for _, a := range pl.Addrs {
 			prev, claimed := m.byAddr[a]
 			if !claimed {
-				m.byAddr[a] = Member{Pod: PodRef{pod.Namespace, pod.Name}, Groups: groups}
+				m.byAddr[a] = Member{Pod: pl.Pod, Groups: pl.Groups}
 				continue
 			}
-			prev.Groups = intersect(prev.Groups, groups)
+			prev.Groups = intersect(prev.Groups, pl.Groups)
 			m.byAddr[a] = prev
 		}
 	}
