@@ -22,15 +22,21 @@ import (
 
 func podSetName(group string, f family) string { return "pod" + f.String() + "." + ident(group) }
 
-// podAddrs returns the addresses of family f that m puts in group g, sorted.
-func podAddrs(m *policy.Members, g string, f family) []netip.Addr {
-	var out []netip.Addr
+// podKey names one pod set's contents: a group and a family.
+type podKey struct {
+	group string
+	fam   family
+}
+
+// podAddrs returns, for every group and family, the addresses m puts in
+// it, sorted: one pass over the snapshot for all the pod sets.
+func podAddrs(m *policy.Members) map[podKey][]netip.Addr {
+	out := make(map[podKey][]netip.Addr)
 	m.Each(func(a netip.Addr, mb policy.Member) {
-		if familyOf(a) != f {
-			return
-		}
-		if _, in := slices.BinarySearch(mb.Groups, g); in {
-			out = append(out, a.Unmap())
+		f := familyOf(a)
+		for _, g := range mb.Groups {
+			k := podKey{g, f}
+			out[k] = append(out[k], a.Unmap())
 		}
 	})
 	return out
@@ -47,9 +53,13 @@ func addrElements(addrs []netip.Addr) []nftables.SetElement {
 
 // fillPods sets the contents of d's pod sets from m.
 func fillPods(d *desired, m *policy.Members) {
+	var byKey map[podKey][]netip.Addr
 	for i := range d.sets {
 		if s := &d.sets[i]; s.kind == podSet {
-			s.addrs = podAddrs(m, s.group, s.fam)
+			if byKey == nil {
+				byKey = podAddrs(m)
+			}
+			s.addrs = byKey[podKey{s.group, s.fam}]
 		}
 	}
 }

@@ -267,12 +267,11 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		}
 		return out
 	}
-	members := p.Members()
 	for _, g := range groups {
 		for _, f := range families {
 			addSet(setSpec{name: "src" + f.String() + "." + ident(g), fam: f, kind: sourceSet, prefixes: groupPrefixes(g, f), group: g})
 			if p.Dynamic(g) {
-				addSet(setSpec{name: podSetName(g, f), fam: f, kind: podSet, addrs: podAddrs(members, g, f), group: g})
+				addSet(setSpec{name: podSetName(g, f), fam: f, kind: podSet, group: g})
 			}
 		}
 	}
@@ -414,6 +413,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		{name: redirectChain, rules: redir},
 	}
 	addInside(d, cfg, p, lis)
+	fillPods(d, p.Members())
 	return d
 }
 

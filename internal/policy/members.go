@@ -137,11 +137,7 @@ func (p *Policy) MembersOf(placed []Placed, synced bool) *Members {
 	if !synced {
 		return m
 	}
-	sorted := slices.Clone(placed)
-	slices.SortFunc(sorted, func(a, b Placed) int {
-		return cmp.Or(cmp.Compare(a.Pod.Namespace, b.Pod.Namespace), cmp.Compare(a.Pod.Name, b.Pod.Name))
-	})
-	for _, pl := range sorted {
+	for _, pl := range placed {
 		if pl.p != p {
 			continue
 		}
@@ -152,10 +148,17 @@ func (p *Policy) MembersOf(placed []Placed, synced bool) *Members {
 				continue
 			}
 			prev.Groups = intersect(prev.Groups, pl.Groups)
+			if comparePods(pl.Pod, prev.Pod) < 0 {
+				prev.Pod = pl.Pod
+			}
 			m.byAddr[a] = prev
 		}
 	}
 	return m
+}
+
+func comparePods(a, b PodRef) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // intersect returns the names in both sorted lists.
