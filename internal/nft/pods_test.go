@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -225,6 +226,57 @@ func TestRenderPodSets(t *testing.T) {
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("render lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// BenchmarkSetMembersLabelChange is the kernel's share of a label change
+// on an agent with 10,000 pods in 100 groups: one pod moves from one
+// group to another, SetMembers diffs the snapshot against the pod sets and
+// sends one transaction (one delete, one add).
+//
+//	go test -run '^$' -bench SetMembers ./internal/nft/
+func BenchmarkSetMembersLabelChange(b *testing.B) {
+	const pods, groups = 10_000, 100
+	var y strings.Builder
+	y.WriteString("dns: {upstreams: [192.0.2.53]}\nfirewall: {backend: nftables, hook: forward, table: fqdngate}\nkubernetes: {node: n, cluster_cidrs: [10.0.0.0/8]}\nsources:\n")
+	from := make([]string, groups)
+	for i := range groups {
+		from[i] = fmt.Sprintf("g%d", i)
+		fmt.Fprintf(&y, "  g%d: {kubernetes: {namespace_selector: {}, pod_selector: {matchLabels: {app: g%d}}}}\n", i, i)
+	}
+	fmt.Fprintf(&y, "rules:\n  - name: r\n    from: [%s]\n    to: [203.0.113.0/24]\n", strings.Join(from, ", "))
+	ns := netns.New(b)
+	p, err := policy.Parse("bench.yaml", []byte(y.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	all := make([]policy.Pod, pods)
+	for i := range pods {
+		all[i] = policy.Pod{Namespace: "ns", Name: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": fmt.Sprintf("g%d", i%groups)},
+			Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}}
+	}
+	if err := p.SetMembers(p.NewMembers(all, true)); err != nil {
+		b.Fatal(err)
+	}
+	be, err := New(Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: ns.Fd()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { be.Close() })
+	if err := be.Apply(context.Background(), p); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; b.Loop(); i++ {
+		// The snapshot is kube's to make (see internal/kube's benchmark).
+		b.StopTimer()
+		k := i % pods
+		all[k].Labels = map[string]string{"app": fmt.Sprintf("g%d", (i+1)%groups)}
+		m := p.NewMembers(all, true)
+		b.StartTimer()
+		ch, err := be.SetMembers(context.Background(), m)
+		if err != nil || ch != (MembersChange{Added: 1, Removed: 1}) {
+			b.Fatalf("SetMembers: %+v, %v", ch, err)
 		}
 	}
 }
