@@ -131,7 +131,7 @@ func (d *decoder) kubernetes(k, n *yaml.Node) *wireKube {
 	w := &wireKube{key: k, node: d.deref(n), domain: "cluster.local", service: "kube-system/kube-dns"}
 	d.mapping(n, "kubernetes",
 		field{"kubeconfig", d.str(&w.kubeconfig, "kubernetes.kubeconfig")},
-		field{"node", func(v *yaml.Node) { w.nodeSet, w.nodeNameNode = true, v; d.str(&w.nodeName, "kubernetes.node")(v) }},
+		field{"node", func(v *yaml.Node) { w.nodeNameNode = v; d.str(&w.nodeName, "kubernetes.node")(v) }},
 		field{"mode", func(v *yaml.Node) { w.modeNode = v; d.str(&w.mode, "kubernetes.mode")(v) }},
 		field{"cluster_cidrs", func(v *yaml.Node) {
 			w.cidrsNode = d.deref(v)
@@ -166,7 +166,9 @@ func (d *decoder) compileKube(p *Policy, w *wireKube, groupNodes map[string]*yam
 	default:
 		d.errorf(w.modeNode, "kubernetes.mode must be node (an agent on each node, following that node's pods) or gateway (a central gateway following every node's pods), not %q", w.mode)
 	}
-	if k.Node == "" && !w.nodeSet {
+	// A node agent's node defaults from the environment; a gateway's
+	// empty node means every node, whatever the environment says.
+	if k.Node == "" && k.Mode == KubeNode {
 		k.Node = getenv(nodeNameEnv)
 	}
 	if k.Node != "" {

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -101,7 +102,7 @@ rules: []
 	}
 	want := &Kubernetes{
 		Kubeconfig:   "/etc/fqdngate/kubeconfig",
-		Node:         "node-from-env",
+		Node:         "", // a gateway follows every node, whatever the environment says
 		Mode:         KubeGateway,
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
 		DNS:          KubeDNS{Service: "dns/coredns", Domain: "k8s.example", NodeLocal: netip.MustParseAddr("169.254.20.10")},
@@ -110,13 +111,15 @@ rules: []
 	if !reflect.DeepEqual(p.Kubernetes, want) {
 		t.Errorf("got %+v, want %+v", p.Kubernetes, want)
 	}
-	// node: "" in gateway mode follows every node, whatever the environment says.
-	p, err = Parse("p.yaml", []byte("kubernetes: {mode: gateway, node: \"\", cluster_cidrs: [10.244.0.0/16]}\nrules: []\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Kubernetes.Node != "" {
-		t.Errorf("node = %q, want \"\"", p.Kubernetes.Node)
+	// A node agent's node comes from the environment when it is empty.
+	for _, y := range []string{"kubernetes: {cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", "kubernetes: {node: \"\", cluster_cidrs: [10.244.0.0/16]}\nrules: []\n"} {
+		p, err = Parse("p.yaml", []byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Kubernetes.Node != "node-from-env" {
+			t.Errorf("%s: node = %q, want node-from-env", y, p.Kubernetes.Node)
+		}
 	}
 }
 
@@ -322,5 +325,38 @@ func TestDecideWithMembersDoesNotAllocate(t *testing.T) {
 	q := Query{Source: src, Name: "pay.example", Port: 443, Proto: TCP}
 	if n := testing.AllocsPerRun(100, func() { p.Decide(q) }); n != 0 {
 		t.Errorf("Decide allocates %v times", n)
+	}
+}
+
+// TestDocsKubernetesExamples keeps the examples of docs/policy.md's
+// kubernetes sections loadable, together.
+func TestDocsKubernetesExamples(t *testing.T) {
+	defer func(g func(string) string) { getenv = g }(getenv)
+	getenv = func(k string) string {
+		if k == "NODE_NAME" {
+			return "node-a"
+		}
+		return ""
+	}
+	doc, err := os.ReadFile("../../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := func(start string) string {
+		s := string(doc)
+		i := strings.Index(s, "```yaml\n"+start)
+		if i < 0 {
+			t.Fatalf("docs/policy.md has no example starting %q", start)
+		}
+		s, _, _ = strings.Cut(s[i+len("```yaml\n"):], "```")
+		return s
+	}
+	y := "dns: {upstreams: [192.0.2.53]}\n" + block("kubernetes:\n") + block("sources:\n  checkout:\n") + "rules: [{name: r, from: [checkout, team-pay, build], to: [example.com]}]\n"
+	p, err := Parse("docs/policy.md", []byte(y))
+	if err != nil {
+		t.Fatalf("the examples do not load:\n%v\n%s", err, y)
+	}
+	if p.Kubernetes.Node != "node-a" || !p.Kubernetes.DNS.NodeLocal.IsValid() || len(p.DynamicGroups()) != 3 {
+		t.Errorf("got %+v, groups %v", p.Kubernetes, p.DynamicGroups())
 	}
 }
