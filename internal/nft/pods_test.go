@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // podPolicy selects the forward topology's clients as pods: the cluster
@@ -279,4 +281,32 @@ func BenchmarkSetMembersLabelChange(b *testing.B) {
 			b.Fatalf("SetMembers: %+v, %v", ch, err)
 		}
 	}
+}
+
+// TestSetMembersRepairs: when the element diff cannot apply (someone
+// else removed an element SetMembers means to delete, and no watcher put
+// it back), the pod sets are rewritten whole, and end as the snapshot
+// says.
+func TestSetMembersRepairs(t *testing.T) {
+	n := newForwardNet(t)
+	p := mustParse(t, podPolicy)
+	var logs syncbuf.Buffer
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, p)
+	setMembers(t, b, p, []policy.Pod{pod("c1", "checkout", srcPayments), pod("c2", "checkout", srcOthers)})
+	n.gw.MustExec("nft", "delete", "element", "inet", "fqdngate", "pod4.checkout", "{", srcPayments, "}")
+	// c1 goes: deleting its element fails, the transaction is refused.
+	setMembers(t, b, p, []policy.Pod{pod("c2", "checkout", srcOthers), pod("w1", "web", srcPay6)})
+	if !strings.Contains(logs.String(), "pod set update failed; rewriting") {
+		t.Errorf("the element diff did not fail, so the repair went untested; log:\n%s", logs.String())
+	}
+	if got := podElements(t, n.gw, "pod4.checkout"); !slices.Equal(got, []string{srcOthers}) {
+		t.Errorf("pod4.checkout holds %v, want %s", got, srcOthers)
+	}
+	if got := podElements(t, n.gw, "pod6.web"); !slices.Equal(got, []string{srcPay6}) {
+		t.Errorf("pod6.web holds %v, want %s", got, srcPay6)
+	}
+	checkReach(t, n.client, []reach{
+		{srcOthers, srvCIDR, "5432", true},
+		{srcPayments, srvCIDR, "5432", false},
+	})
 }
