@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
@@ -148,6 +150,28 @@ func TestKubernetesMembers(t *testing.T) {
 	}
 	if ref, ok := d.Policy().PodOf(netip.MustParseAddr(podAddr)); !ok || ref.String() != "payments/c1" {
 		t.Errorf("PodOf(%s) = %v, %v", podAddr, ref, ok)
+	}
+	body, err := w.get(kubeAddrs.admin, "/v1/policy")
+	var sum admin.Summary
+	if err == nil {
+		err = json.Unmarshal([]byte(body), &sum)
+	}
+	want := admin.PodsSummary{Selector: "namespaces payments, pod labels {app=checkout}", Synced: true, Addresses: 1}
+	if got := sum.SourcePods["checkout"]; err != nil || got != want {
+		t.Errorf("/v1/policy source_pods: %+v (%v), want checkout: %+v", sum.SourcePods, err, want)
+	}
+	// So does explain, served by the daemon.
+	var ex struct {
+		Pod    string   `json:"pod"`
+		Action string   `json:"action"`
+		Groups []string `json:"source_groups"`
+	}
+	body, err = w.get(kubeAddrs.admin, "/v1/explain?from="+podAddr+"&to=old.example:443")
+	if err == nil {
+		err = json.Unmarshal([]byte(body), &ex)
+	}
+	if err != nil || ex.Pod != "payments/c1" || ex.Action != "allow" || len(ex.Groups) != 1 {
+		t.Errorf("/v1/explain: %+v (%v), want an allow for pod payments/c1 in checkout\n%s", ex, err, body)
 	}
 	// The audit line names the pod.
 	lines := auditLines(t, d, filepath.Join(w.dir, "audit.log"))

@@ -124,7 +124,6 @@ type wireKube struct {
 	cidrsSet                          bool
 	service, domain, nodelocal        string
 	serviceNode, domainNode, nlNode   *yaml.Node
-	nodeSet                           bool
 }
 
 func (d *decoder) kubernetes(k, n *yaml.Node) *wireKube {
