@@ -36,7 +36,7 @@ var kubeAddrs = addrs{dns: "127.0.0.1:5311", admin: "127.0.0.1:9111"}
 func kubePolicy(w *world, table, app string) string {
 	return fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: %q}
 dns: {upstreams: [%q], cache: false}
-firewall: {backend: nftables, hook: output, table: %s, state_file: %q}
+firewall: {backend: nftables, hook: forward, table: %s, state_file: %q}
 log: {file: %q}
 kubernetes: {node: node-a, cluster_cidrs: [192.0.2.0/24]}
 sources:

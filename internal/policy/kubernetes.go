@@ -219,6 +219,11 @@ func (d *decoder) compileKube(p *Policy, w *wireKube, groupNodes map[string]*yam
 			k.DNS.NodeLocal = a.Unmap()
 		}
 	}
+	if p.Firewall.Backend == BackendNftables && p.Firewall.Hook == HookOutput {
+		// Pods' packets are routed through the node (or the gateway):
+		// the output hook never sees them.
+		d.errorf(w.key, "kubernetes: pods' traffic is routed through this host, which firewall.hook: output does not filter, so the kernel would let every pod out; set firewall.hook: forward")
+	}
 	p.Kubernetes = k
 }
 

@@ -176,6 +176,8 @@ func TestKubernetesErrors(t *testing.T) {
 			[]string{"kubernetes.dns.nodelocal", "is not an IP address"}},
 		{"bad node name", head + "kubernetes: {node: \"Node A\", cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", 2, 20,
 			[]string{`kubernetes.node "Node A" is not a node name`}},
+		{"hook output", head + "firewall: {backend: nftables}\nkubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", 3, 1,
+			[]string{"firewall.hook: output does not filter", "set firewall.hook: forward"}},
 		{"long form without cidrs or kubernetes", kube + "sources:\n  web: {interfaces: [eth1]}\n", 4, 3,
 			[]string{"has no cidrs and selects no pods"}},
 	}
