@@ -227,6 +227,7 @@ func TestAgentPermissions(t *testing.T) {
 // TestChartValuesLoad: the policy the chart renders loads, with its
 // defaults and with the values an operator changes.
 func TestChartValuesLoad(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-1") // as the DaemonSet sets it from spec.nodeName
 	for _, tc := range []struct {
 		name string
 		args []string

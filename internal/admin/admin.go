@@ -176,13 +176,26 @@ type Summary struct {
 	// SourceInterfaces lists the interfaces of the source groups tied to
 	// some (the long form's interfaces key); other groups match on any.
 	SourceInterfaces map[string][]string `json:"source_interfaces"`
-	Inside           InsideSummary       `json:"inside"`
-	Firewall         FirewallSummary     `json:"firewall"`
-	DNS              DNSSummary          `json:"dns"`
-	Rules            []RuleSummary       `json:"rules"`
+	// SourcePods describes the groups that select pods (the long form's
+	// kubernetes key); absent when none does.
+	SourcePods map[string]PodsSummary `json:"source_pods,omitempty"`
+	Inside     InsideSummary          `json:"inside"`
+	Firewall   FirewallSummary        `json:"firewall"`
+	DNS        DNSSummary             `json:"dns"`
+	Rules      []RuleSummary          `json:"rules"`
 	// RestartPending lists the settings that wait for a restart; empty
 	// when every setting of the policy is in force.
 	RestartPending []Pending `json:"restart_pending"`
+}
+
+// PodsSummary is one group that selects pods: its selector, and what the
+// pod snapshot in force puts in it.
+type PodsSummary struct {
+	Selector string `json:"selector"`
+	// Synced is false until the cluster's pods were listed once: the
+	// group has no members until then.
+	Synced    bool `json:"synced"`
+	Addresses int  `json:"addresses"`
 }
 
 // InsideSummary is who fqdngate serves (policy.Inside).
@@ -279,6 +292,20 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 	}
 	for g, ifs := range p.SourceInterfaces {
 		s.SourceInterfaces[g] = append([]string{}, ifs...)
+	}
+	if len(p.Pods) > 0 {
+		m := p.Members()
+		s.SourcePods = map[string]PodsSummary{}
+		for g, sel := range p.Pods {
+			s.SourcePods[g] = PodsSummary{Selector: sel.String(), Synced: m.Synced()}
+		}
+		m.Each(func(_ netip.Addr, mb policy.Member) {
+			for _, g := range mb.Groups {
+				ps := s.SourcePods[g]
+				ps.Addresses++
+				s.SourcePods[g] = ps
+			}
+		})
 	}
 	for _, part := range p.InsideSpec.Parts {
 		s.Inside.Parts = append(s.Inside.Parts, InsidePartSummary{

@@ -70,6 +70,17 @@ type Logger struct {
 	bufs    sync.Pool
 	now     func() time.Time // tests fix the clock
 	stamp   atomic.Pointer[stamp]
+	// podOf names the pod a source address belongs to; nil: none.
+	podOf func(netip.Addr) (string, bool)
+}
+
+// SetPodOf makes every line whose source is a pod's address name the pod
+// ("namespace/name") in a pod field after source. Call it before the
+// first Record.
+func (l *Logger) SetPodOf(f func(netip.Addr) (string, bool)) {
+	if l != nil {
+		l.podOf = f
+	}
 }
 
 // New returns a Logger writing to w in format "json" (default) or "text".
@@ -79,7 +90,7 @@ func New(w io.Writer, format string, c Counter) *Logger {
 }
 
 // Record writes e as one line "decision" (or "closed") with fields time, level,
-// component, source, name, port (when not 0), qtype (when set), action,
+// component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
 // rule, reason, then e.Attrs.
 func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
@@ -115,6 +126,11 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		enc.bytes("source", e.Source.AppendTo(a[:0]))
 	} else {
 		enc.str("source", "")
+	}
+	if l.podOf != nil && e.Source.IsValid() {
+		if pod, ok := l.podOf(e.Source); ok {
+			enc.str("pod", pod)
+		}
 	}
 	enc.str("name", e.Name)
 	if e.Port != 0 {

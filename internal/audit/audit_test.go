@@ -177,3 +177,24 @@ func TestRecordMsg(t *testing.T) {
 		t.Errorf("counted %v, want nothing", cnt.calls)
 	}
 }
+
+// TestRecordPod: with SetPodOf, a line whose source is a pod's address
+// names the pod after source; other sources get no pod field.
+func TestRecordPod(t *testing.T) {
+	pod := netip.MustParseAddr("10.244.1.5")
+	for _, format := range []string{"json", "text"} {
+		var buf bytes.Buffer
+		l := New(&buf, format, nil)
+		l.SetPodOf(func(a netip.Addr) (string, bool) { return "payments/checkout-1", a == pod })
+		l.Record(context.Background(), Event{Component: DNS, Source: pod, Name: "api.bank.example"})
+		l.Record(context.Background(), Event{Component: DNS, Source: netip.MustParseAddr("10.244.1.6"), Name: "api.bank.example"})
+		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+		want := `"source":"10.244.1.5","pod":"payments/checkout-1","name"`
+		if format == "text" {
+			want = "source=10.244.1.5 pod=payments/checkout-1 name="
+		}
+		if len(lines) != 2 || !strings.Contains(lines[0], want) || strings.Contains(lines[1], "pod") {
+			t.Errorf("%s lines:\n%s\nwant the first with %s, the second without a pod", format, buf.String(), want)
+		}
+	}
+}

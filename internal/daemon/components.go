@@ -19,6 +19,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/fleet"
+	"github.com/fqdngate/fqdngate/internal/kube"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/localaddr"
 	"github.com/fqdngate/fqdngate/internal/nft"
@@ -56,6 +57,12 @@ type components struct {
 	// store holds a fleet gateway's learned addresses with backend none
 	// (a standalone one's are the DNS firewall's own, dns.Learned).
 	store *learn.Store
+
+	// kube follows the cluster's pods (the kubernetes section of the boot
+	// policy); nil without one. kubeUpdates counts the snapshots put in
+	// force, by result.
+	kube        *kube.Watcher
+	kubeUpdates *prometheus.CounterVec
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -63,6 +70,10 @@ type components struct {
 // first commit programs it (see Daemon.commit).
 func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	c := &components{d: d, verifier: proxy.NewVerifier(proxy.VerifierConfig{})}
+	c.kubeUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fqdngate_kubernetes_member_updates_total",
+		Help: "Pod snapshots put in force (kernel pod sets, then the policy), by result (success, failure: the previous members stay).",
+	}, []string{"result"})
 	dnsMetrics, err := dnsfw.NewMetrics(d.reg)
 	if err != nil {
 		return nil, err
@@ -95,6 +106,10 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 			c.close()
 			return nil, err
 		}
+	}
+	if err := c.startKube(p); err != nil {
+		c.close()
+		return nil, err
 	}
 	var verify func(context.Context, string, netip.Addr, uint16, *policy.TLS) error
 	if c.nft != nil {
@@ -190,6 +205,7 @@ func (c *components) run(ctx context.Context) {
 				}
 			}()
 		}
+		c.runKube(ctx)
 		// Rules with refresh are re-resolved on their timers, also before
 		// any client asks.
 		c.wg.Add(1)

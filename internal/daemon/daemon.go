@@ -17,6 +17,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
@@ -47,6 +48,10 @@ type Options struct {
 	// sockets and netlink handles are open. The command sets it; tests that
 	// run the daemon in-process must not.
 	DropCapabilities bool
+	// KubeClient, if not nil, is how the kubernetes section's watcher
+	// reaches the API server (tests); if nil, it connects as
+	// kubernetes.kubeconfig says.
+	KubeClient kubernetes.Interface
 	// Version and Revision are what fqdngate_build_info reports. If
 	// Version is empty, "unknown"; if Revision is, the VCS revision Go
 	// stamped into the binary, or "unknown".
@@ -222,6 +227,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("loading policy:\n%w", err)
 	}
 	d.audit = audit.New(d.out, p.Log.Format, d.m)
+	d.audit.SetPodOf(d.podOf)
 	// The components read the policy while they are built; nothing serves
 	// it before the commit below publishes it as generation 1.
 	d.pol.Store(p)
@@ -447,6 +453,7 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if ch.binds, ch.stops, err = d.bindListeners(p); err != nil {
 		return nil, err
 	}
+	d.comps.prepareMembers(p)
 	return ch, nil
 }
 
@@ -504,6 +511,7 @@ func (d *Daemon) commit(ctx context.Context, ch *change) error {
 	}
 	d.setPolicy(ch.p)
 	d.comps.acceptPolicy(ctx, ch.p)
+	d.comps.commitMembers(ch.p)
 	d.pending.Store(&ch.pending)
 	d.m.restartPending.Set(float64(len(ch.pending)))
 	for _, s := range ch.pending {
@@ -570,7 +578,7 @@ func (d *Daemon) watch(ctx context.Context) <-chan struct{} {
 // force asks for, or an error naming what does not. Each check is one
 // condition; add one to the list for a new one.
 func (d *Daemon) ready() error {
-	for _, check := range []func() error{d.policyReady, d.fleetReady, d.firewallReady, d.listenersReady} {
+	for _, check := range []func() error{d.policyReady, d.fleetReady, d.firewallReady, d.kubeReady, d.listenersReady} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -595,13 +603,14 @@ func (d *Daemon) fleetReady() error {
 }
 
 // degraded reports what works less well than configured without making
-// fqdngate unready: a fleet gateway that cannot reach etcd keeps
-// enforcing what it has.
+// fqdngate unready: a fleet gateway that cannot reach etcd, or an agent
+// that cannot reach the kubernetes API, keeps enforcing what it has.
 func (d *Daemon) degraded() error {
-	if d.fl == nil {
-		return nil
+	var fleet error
+	if d.fl != nil {
+		fleet = d.fl.degraded()
 	}
-	return d.fl.degraded()
+	return errors.Join(fleet, d.kubeDegraded())
 }
 
 // firewallReady reports a table the kernel does not enforce as programmed

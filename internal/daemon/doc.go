@@ -18,7 +18,11 @@
 //	                                 this host, served like loopback (policy.InsideConn)
 //	nft table's drop counters ──read at scrape──▶ fqdngate_firewall_{reverse_path,outside}_drops_total
 //
-//	every decision ──▶ audit.Logger (one line) + metrics; admin serves health, metrics, /v1/*
+//	kubernetes section, internal/kube:
+//	pods, namespaces ──informers──▶ kube.Watcher ──snapshot (policy.Members)──▶ nft pod sets (one element diff), then
+//	                                                                           the policy in force (groups that select pods)
+//
+//	every decision ──▶ audit.Logger (one line, naming the pod of a pod source) + metrics; admin serves health, metrics, /v1/*
 //
 //	fleet gateway (cluster: in the local file), internal/cluster:
 //	etcd policy/current ──watch──▶ revision ──compose with the local file──▶ *policy.Policy ──▶ the reload's prepare/commit

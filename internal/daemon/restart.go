@@ -47,12 +47,28 @@ var restartOnly = []struct {
 	},
 	{key: "log.format", value: func(p *policy.Policy) string { return p.Log.Format }},
 	{
+		// The kubernetes client and informers are set up at start;
+		// cluster_cidrs and dns apply with the policy.
+		key:   "kubernetes",
+		part:  "how the API server is reached and whose pods are followed (kubeconfig, node, mode); cluster_cidrs and dns apply at once",
+		value: describeKube,
+	},
+	{
 		// The etcd client, status key and fleet membership are set up
 		// at start.
 		key:   "cluster",
 		value: func(p *policy.Policy) string { return describeCluster(p.Cluster) },
 		when:  func(p *policy.Policy) bool { return p.Cluster != nil },
 	},
+}
+
+// describeKube writes what of the kubernetes section is fixed at start.
+func describeKube(p *policy.Policy) string {
+	k := p.Kubernetes
+	if k == nil {
+		return "none"
+	}
+	return fmt.Sprintf("kubeconfig=%s node=%s mode=%s", k.Kubeconfig, k.Node, k.Mode)
 }
 
 // describeCluster writes the cluster section's settings (never a secret:

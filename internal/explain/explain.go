@@ -27,11 +27,15 @@ type Result struct {
 	Group        string   `json:"group,omitempty"`   // the source group that matched
 	NearRule     string   `json:"near_rule,omitempty"`
 	SourceGroups []string `json:"source_groups"` // every group the source belongs to
-	From         string   `json:"from"`
-	To           string   `json:"to"`
-	Port         uint16   `json:"port"`
-	Proto        string   `json:"proto"`
-	Mode         string   `json:"mode"`
+	// Pod names the pod (namespace/name) the source address belongs to,
+	// by the pod snapshot of the policy (the daemon's /v1/explain; the
+	// CLI, answering from the file alone, knows no pods).
+	Pod   string `json:"pod,omitempty"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Port  uint16 `json:"port"`
+	Proto string `json:"proto"`
+	Mode  string `json:"mode"`
 	// Served is false when the source is outside the inside: the DNS
 	// firewall and the proxy do not serve it at all, whatever the rules
 	// say (Action is then deny, and Reason says so).
@@ -122,7 +126,12 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 	}
 	q := policy.Query{Source: src, Name: t.Name, Addr: t.Addr, Port: t.Port, Proto: t.Proto}
 	d := p.Decide(q)
+	var pod string
+	if ref, ok := p.PodOf(src); ok {
+		pod = ref.String()
+	}
 	r := Result{
+		Pod:          pod,
 		Action:       d.Action.String(),
 		Rule:         d.RuleName(),
 		Reason:       d.Reason.String(),
@@ -185,6 +194,9 @@ func (r Result) Text() string {
 	groups := "none"
 	if len(r.SourceGroups) > 0 {
 		groups = strings.Join(r.SourceGroups, ", ")
+	}
+	if r.Pod != "" {
+		fmt.Fprintf(&b, "  pod:     %s\n", r.Pod)
 	}
 	fmt.Fprintf(&b, "  source groups: %s\n", groups)
 	switch {

@@ -225,3 +225,34 @@ rules:
 		t.Errorf("outside the zone: %+v, want allow by rule org", r)
 	}
 }
+
+// TestExplainPod: a source that is a pod's address, by the policy's pod
+// snapshot, is named with its pod and its groups.
+func TestExplainPod(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`dns: {upstreams: [192.0.2.53]}
+kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}
+sources:
+  checkout: {kubernetes: {namespaces: [payments]}}
+rules: [{name: bank, from: [checkout], to: [api.bank.example]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddr("10.244.1.5")
+	if err := p.SetMembers(p.NewMembers([]policy.Pod{{Namespace: "payments", Name: "c1", Addrs: []netip.Addr{src}}}, true)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Explain(p, src.String(), "api.bank.example:443", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Pod != "payments/c1" || r.Action != "allow" || r.Group != "checkout" {
+		t.Errorf("got pod %q, %s via %q; want payments/c1, allow via checkout", r.Pod, r.Action, r.Group)
+	}
+	if !strings.Contains(r.Text(), "  pod:     payments/c1\n") {
+		t.Errorf("text lacks the pod:\n%s", r.Text())
+	}
+	if r, _ := Explain(p, "10.244.1.6", "api.bank.example:443", nil); r.Pod != "" || r.Action != "deny" {
+		t.Errorf("another address: pod %q, %s; want none, deny", r.Pod, r.Action)
+	}
+}

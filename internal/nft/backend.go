@@ -138,9 +138,12 @@ type Backend struct {
 	// saved holds state-file entries until the first Apply places them.
 	saved    []stateEntry
 	restored bool
-	// applied is what the last Apply committed: what the watcher puts
-	// back. nil before the first Apply and after Remove.
-	applied *desired
+	// applied is what the last Apply committed, with the pod sets as
+	// SetMembers last left them: what the watcher puts back. nil before
+	// the first Apply and after Remove. appliedPolicy is the policy of
+	// that Apply, whose pod snapshots SetMembers takes.
+	applied       *desired
+	appliedPolicy *policy.Policy
 	// shape is the table's structure as the last commit left it (see
 	// shapeLocked), for the watcher's periodic check; "" if unknown.
 	shape string
@@ -456,6 +459,9 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
+	// The pod sets hold the snapshot current now, under the lock
+	// SetMembers takes: the last of the two to run has the newest.
+	fillPods(d, p.Members())
 	exists, err := b.tableExistsLocked()
 	if err != nil {
 		return err
@@ -470,6 +476,7 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	if err != nil {
 		return err
 	}
+	b.appliedPolicy = p
 	b.memMu.Lock()
 	b.perName = defaultPerName
 	if p.DNS.MaxLearnedPerName > 0 {
@@ -819,8 +826,11 @@ func sameSet(s *nftables.Set, w *setSpec) bool {
 // staticElements encodes a static set's contents: interface names, or
 // address ranges.
 func staticElements(w *setSpec) []nftables.SetElement {
-	if w.kind == ifnameSet {
+	switch w.kind {
+	case ifnameSet:
 		return ifnameElements(w.ifnames)
+	case podSet:
+		return addrElements(w.addrs)
 	}
 	return intervalElements(w)
 }
@@ -873,7 +883,7 @@ func (b *Backend) Remove() error {
 		}
 	}
 	b.sets = make(map[string]*nftables.Set)
-	b.applied, b.shape = nil, "" // nothing for the watcher to put back
+	b.applied, b.appliedPolicy, b.shape = nil, nil, "" // nothing for the watcher to put back
 	b.clearTamper(nil)
 	b.memMu.Lock()
 	clear(b.mirror)

@@ -46,6 +46,7 @@ const (
 	sourceSet  setKind = iota // a group's source prefixes (interval, static)
 	cidrSet                   // a rule's CIDR targets (interval, static)
 	learnedSet                // addresses learned for rule×group (timeout, dynamic)
+	podSet                    // a pod-selecting group's pod addresses (hash, no timeout; see pods.go)
 )
 
 // setSpec is one named set of the desired table.
@@ -55,6 +56,7 @@ type setSpec struct {
 	kind     setKind
 	prefixes []netip.Prefix // static contents, for interval sets
 	ifnames  []string       // static contents, for ifname sets
+	addrs    []netip.Addr   // contents of pod sets, sorted
 	// rule and group identify a learned set; group is "" for rules
 	// without from.
 	rule, group string
@@ -269,6 +271,9 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	for _, g := range groups {
 		for _, f := range families {
 			addSet(setSpec{name: "src" + f.String() + "." + ident(g), fam: f, kind: sourceSet, prefixes: groupPrefixes(g, f), group: g})
+			if p.Dynamic(g) {
+				addSet(setSpec{name: podSetName(g, f), fam: f, kind: podSet, group: g})
+			}
 		}
 	}
 	// The enforce chain: DNS that cannot be steered to fqdngate is dropped
@@ -318,25 +323,34 @@ func build(cfg *Config, p *policy.Policy) *desired {
 					addSet(setSpec{name: learned, fam: f, kind: learnedSet, rule: r.Name, group: g})
 					d.learned[learnKey{r.Name, g, f}] = learned
 				}
-				var src []match
+				// The group's sources: its prefixes, and the addresses of
+				// the pods it selects; one set each.
+				srcs := [][]match{nil}
 				if g != "" {
-					if len(groupPrefixes(g, f)) == 0 {
-						continue // the group has no sources of this family
+					srcs = nil
+					if len(groupPrefixes(g, f)) > 0 {
+						srcs = append(srcs, []match{{kind: saddrIn, fam: f, set: "src" + f.String() + "." + ident(g)}})
 					}
-					src = []match{{kind: saddrIn, fam: f, set: "src" + f.String() + "." + ident(g)}}
-					src = append(src, groupInterfaces(p, g)...)
+					if p.Dynamic(g) {
+						srcs = append(srcs, []match{{kind: saddrIn, fam: f, set: podSetName(g, f)}})
+					}
+					for i := range srcs {
+						srcs[i] = append(srcs[i], groupInterfaces(p, g)...)
+					}
 				}
 				comment := "rule " + r.Name
 				if g != "" {
 					comment += " from " + g
 				}
-				for _, dst := range []string{learned, cidr} {
-					if dst == "" {
-						continue
-					}
-					ms := append(slices.Clone(src), match{kind: daddrIn, fam: f, set: dst})
-					for _, pm := range portMatches(r.Ports) {
-						enforce = append(enforce, d.acceptRules(cfg, p, append(slices.Clone(ms), pm...), r.Name, g, comment)...)
+				for _, src := range srcs {
+					for _, dst := range []string{learned, cidr} {
+						if dst == "" {
+							continue
+						}
+						ms := append(slices.Clone(src), match{kind: daddrIn, fam: f, set: dst})
+						for _, pm := range portMatches(r.Ports) {
+							enforce = append(enforce, d.acceptRules(cfg, p, append(slices.Clone(ms), pm...), r.Name, g, comment)...)
+						}
 					}
 				}
 			}
@@ -411,6 +425,7 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	}
 	addInside(d, cfg, p, lis)
 	addIntercept(d, cfg, p, lis, dns)
+	fillPods(d, p.Members())
 	return d
 }
 
@@ -722,6 +737,14 @@ func (d *desired) render(table string) string {
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, typ)
 		if s.kind == ifnameSet {
 			fmt.Fprintf(&b, "\t\telements = { %s }\n", quoteAll(s.ifnames))
+		} else if s.kind == podSet {
+			if len(s.addrs) > 0 {
+				el := make([]string, len(s.addrs))
+				for i, a := range s.addrs {
+					el[i] = a.String()
+				}
+				fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(el, ", "))
+			}
 		} else if s.interval() {
 			b.WriteString("\t\tflags interval\n")
 			if len(s.prefixes) > 0 {

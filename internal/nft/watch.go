@@ -499,7 +499,8 @@ func (b *Backend) recordShapeLocked() {
 // its chains, rules and sets, which the kernel never reuses, so any
 // object deleted and added again shows; the table's flags (dormant turns
 // every chain off) and the chains' hooks and policies, which change in
-// place; and the elements of the static sets, which a CIDR rule opens.
+// place; and the elements of the static sets, which a CIDR rule opens,
+// and of the pod sets, which admit sources.
 // Learned elements are not in it: reading them all every few seconds
 // would cost as much as the table is large.
 func (b *Backend) shapeLocked() (string, error) {
@@ -543,10 +544,18 @@ func (b *Backend) shapeLocked() (string, error) {
 					flags = uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])
 				}
 			})
+			set := attrString(m.Data[4:], unix.NFTA_SET_NAME)
+			if flags&(unix.NFT_SET_INTERVAL|unix.NFT_SET_TIMEOUT) == 0 && strings.HasPrefix(set, "pod") {
+				line, err := b.podShapeLocked(set)
+				if err != nil {
+					return "", err
+				}
+				lines = append(lines, line)
+				continue
+			}
 			if flags&unix.NFT_SET_INTERVAL == 0 {
 				continue
 			}
-			set := attrString(m.Data[4:], unix.NFTA_SET_NAME)
 			elems, err := b.nftGet(unix.NFT_MSG_GETSETELEM, true, name, netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: append([]byte(set), 0)})
 			if err != nil {
 				return "", netlinkErr("reading set "+set, err)
@@ -590,4 +599,23 @@ func attrsHex(msg []byte, keep ...uint16) string {
 		}
 	})
 	return out.String()
+}
+
+// podShapeLocked describes a pod set's elements, sorted: a hash set lists
+// them in an order of its own.
+func (b *Backend) podShapeLocked(set string) (string, error) {
+	s := b.sets[set]
+	if s == nil {
+		return "pod set " + set + " unknown", nil
+	}
+	elems, err := b.conn.GetSetElements(s)
+	if err != nil {
+		return "", netlinkErr("reading set "+set, err)
+	}
+	keys := make([]string, len(elems))
+	for i, e := range elems {
+		keys[i] = hex.EncodeToString(e.Key)
+	}
+	slices.Sort(keys)
+	return "elements " + set + " " + strings.Join(keys, ","), nil
 }

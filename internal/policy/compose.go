@@ -13,7 +13,7 @@ type Source struct {
 
 // Compose compiles a fleet gateway's policy from its two halves: local, the
 // gateway's own file, which has the cluster section and the node-local keys
-// (listen, firewall, log, cluster), and shared, the revision of the fleet's
+// (listen, firewall, log, cluster, kubernetes), and shared, the revision of the fleet's
 // policy in etcd, with the keys every gateway shares (mode, dns, proxy,
 // sources, inside, users, rules). A key in the wrong half is an error that
 // says where it belongs. Errors are positioned in the half they are in.

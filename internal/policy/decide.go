@@ -222,9 +222,22 @@ func (p *Policy) sourceCovered(r *Rule, q *Query) (string, bool) {
 		return "", true
 	}
 	src := sourceAddr(q.Source)
+	var (
+		mb            Member
+		looked, found bool
+	)
 	for _, g := range r.fromGroups {
 		for _, pfx := range g.prefixes {
 			if pfx.Contains(src) {
+				return g.name, true
+			}
+		}
+		if g.dynamic {
+			if !looked {
+				mb, found = p.memberOf(src)
+				looked = true
+			}
+			if inDynamic(mb, found, g.name) {
 				return g.name, true
 			}
 		}
@@ -271,16 +284,23 @@ func (r *Rule) portAllowed(port uint16, proto Proto) bool {
 	return false
 }
 
-// GroupsOf returns the source groups containing addr, in name order.
+// GroupsOf returns the source groups containing addr, in name order: by
+// their prefixes, and for groups that select pods, by the current
+// snapshot (Members).
 func (p *Policy) GroupsOf(addr netip.Addr) []string {
 	addr = sourceAddr(addr)
+	mb, found := p.memberOf(addr)
 	var out []string
 	for _, g := range p.groupOrder {
+		in := p.Dynamic(g) && inDynamic(mb, found, g)
 		for _, pfx := range p.Sources[g] {
-			if pfx.Contains(addr) {
-				out = append(out, g)
+			if in || pfx.Contains(addr) {
+				in = true
 				break
 			}
+		}
+		if in {
+			out = append(out, g)
 		}
 	}
 	return out

@@ -219,7 +219,7 @@ func (p *Policy) familyUser(is6 bool) string {
 	}
 	for _, r := range p.Rules {
 		for _, g := range r.From {
-			for _, pfx := range p.Sources[g] {
+			for _, pfx := range p.sourceRanges(g) {
 				if pfx.Addr().Unmap().Is6() == is6 {
 					return fmt.Sprintf("source group %q of rule %q has %s addresses", g, r.Name, fam)
 				}

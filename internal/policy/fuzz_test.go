@@ -199,6 +199,7 @@ func FuzzParse(f *testing.F) {
 	for _, c := range errorCases {
 		f.Add([]byte(c.yaml))
 	}
+	f.Add([]byte(kubePolicy))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("f.yaml", data)
 		if err == nil {

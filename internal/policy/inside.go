@@ -241,10 +241,10 @@ func (d *decoder) compileInside(p *Policy, in insideInputs) {
 	var tied []InsidePart
 	for _, g := range sortedKeys(p.Sources) {
 		if ifs, ok := p.SourceInterfaces[g]; ok {
-			tied = append(tied, InsidePart{Name: g, Prefixes: p.Sources[g], Interfaces: ifs})
+			tied = append(tied, InsidePart{Name: g, Prefixes: p.sourceRanges(g), Interfaces: ifs})
 			continue
 		}
-		untied = append(untied, p.Sources[g]...)
+		untied = append(untied, p.sourceRanges(g)...)
 	}
 	if untied != nil {
 		p.InsideSpec.Parts = append(p.InsideSpec.Parts, InsidePart{Prefixes: untied})

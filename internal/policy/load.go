@@ -73,6 +73,7 @@ func defaults(file string) *Policy {
 		},
 		Log:              Log{Format: "json"},
 		Sources:          map[string][]netip.Prefix{},
+		Pods:             map[string]*PodSelector{},
 		SourceInterfaces: map[string][]string{},
 		Users:            map[string]User{},
 	}
@@ -137,6 +138,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		ifNodes                             = map[string]*yaml.Node{}
 		fw                                  wireFirewall
 		forward                             []*wireForward
+		kube                                *wireKube
 	)
 	d.mapping(top, "",
 		field{"cluster", func(n *yaml.Node) { p.Cluster = d.cluster(d.clusterKey, n) }},
@@ -217,6 +219,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 				field{"file", d.str(&p.Log.File, "log.file")},
 			)
 		}},
+		field{"kubernetes", func(n *yaml.Node) { kube = d.kubernetes(d.keyOf(top, "kubernetes"), n) }},
 		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes, ifNodes) }},
 		field{"inside", func(n *yaml.Node) { inside = d.inside(n) }},
 		field{"users", func(n *yaml.Node) { d.users(n, users) }},
@@ -280,6 +283,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	default:
 		d.errorf(rpNode, "firewall.reverse_path must be strict (the route back to the source leaves by the interface the packet came in on), loose (there is a route back at all) or off, not %q", reversePath)
 	}
+	d.compileKube(p, kube, groupNodes)
 	d.compileInside(p, insideInputs{wire: inside, hookNode: hkNode, listenNode: listenNodes, groupNodes: groupNodes, ifNodes: ifNodes})
 	if !validTable.MatchString(p.Firewall.Table) {
 		d.errorf(tableNode, "firewall.table %q must be 1 to 32 letters, digits, '_' or '-'", p.Firewall.Table)
@@ -383,6 +387,10 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		return nil, errs
 	}
 	p.groupOrder = sortedKeys(p.Sources)
+	p.dynOrder = sortedKeys(p.Pods)
+	if len(p.Pods) > 0 {
+		p.members = &membership{}
+	}
 	p.idx = buildIndex(p.Rules)
 	return p, nil
 }
@@ -452,6 +460,9 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*ya
 				pfx = append(pfx, pp)
 			}
 		}
+		if w.pods != nil {
+			p.Pods[k.Value] = w.pods
+		}
 		if w.cidrsSet && len(w.cidrs) == 0 {
 			d.errorf(k, "source group %q has no addresses; list CIDRs or addresses, or remove the group", k.Value)
 		}
@@ -475,6 +486,8 @@ type wireGroup struct {
 	ifaces     []positioned
 	ifacesSet  bool
 	ifacesNode *yaml.Node
+	pods       *PodSelector // the kubernetes key, compiled; nil if absent or wrong
+	podsSet    bool
 }
 
 func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
@@ -490,10 +503,14 @@ func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
 			w.ifacesNode = d.deref(c)
 			d.positionedList(&w.ifaces, &w.ifacesSet, path+".interfaces")(c)
 		}},
+		field{"kubernetes", func(c *yaml.Node) {
+			w.podsSet = true
+			w.pods = d.podSelector(c, path+".kubernetes")
+		}},
 	)
 	// A misspelt cidrs is reported as an unknown key already.
-	if !w.cidrsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces") {
-		d.errorf(k, "source group %q has no cidrs; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}", k.Value, k.Value)
+	if !w.cidrsSet && !w.podsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces", "kubernetes") {
+		d.errorf(k, "source group %q has no cidrs and selects no pods; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}, or its pods, like %s: {kubernetes: {namespaces: [payments]}}", k.Value, k.Value, k.Value)
 	}
 	return w
 }
@@ -595,7 +612,7 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 				continue
 			}
 			r.From = append(r.From, g.v)
-			r.fromGroups = append(r.fromGroups, groupRef{g.v, pfx})
+			r.fromGroups = append(r.fromGroups, groupRef{g.v, pfx, p.Dynamic(g.v)})
 		}
 	}
 	if len(w.to) == 0 {

@@ -254,6 +254,7 @@ func TestDefaults(t *testing.T) {
 	want.DNS.Upstreams = []Upstream{{Addr: netip.MustParseAddrPort("192.0.2.1:53")}}
 	want.DNS.Upstreams = append(want.DNS.Upstreams, Upstream{Addr: netip.MustParseAddrPort("127.0.0.1:53")})
 	want.groupOrder = []string{}
+	want.dynOrder = []string{}
 	want.idx = p.idx
 	if !reflect.DeepEqual(p, want) {
 		t.Errorf("Parse(minimal) =\n%+v\nwant defaults\n%+v", p, want)

@@ -45,8 +45,16 @@ type Policy struct {
 	Firewall Firewall
 	Proxy    Proxy
 	Log      Log
-	// Sources maps each source group name to its address prefixes.
+	// Sources maps each source group name to its address prefixes. A
+	// group that selects pods (Pods) is here too, with the prefixes it
+	// also has (often none).
 	Sources map[string][]netip.Prefix
+	// Pods maps each source group that selects pods to its selector: its
+	// members are the addresses of the pods it selects, by the policy's
+	// current snapshot (Members, SetMembers).
+	Pods map[string]*PodSelector
+	// Kubernetes is the kubernetes section; nil without one.
+	Kubernetes *Kubernetes
 	// SourceInterfaces maps each source group tied to interfaces (the
 	// long form's interfaces key) to their names, sorted: the kernel
 	// counts a packet in the group only when it arrives on one of them.
@@ -62,6 +70,9 @@ type Policy struct {
 
 	idx        *index
 	groupOrder []string // Sources' keys, sorted
+	dynOrder   []string // Pods' keys, sorted
+	// members is the current pod snapshot; nil when no group selects pods.
+	members *membership
 }
 
 // Pos is a position in the policy file.
@@ -354,6 +365,7 @@ type Rule struct {
 type groupRef struct {
 	name     string
 	prefixes []netip.Prefix
+	dynamic  bool // the group selects pods: see Members
 }
 
 // Rule returns the rule named name, or nil if the policy has none.

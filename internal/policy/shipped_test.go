@@ -73,7 +73,8 @@ func shipped(t *testing.T) (map[string][]shippedPolicy, map[string][]manifest) {
 					t.Errorf("%s: %v", file, err)
 					break
 				}
-				if _, ok := doc["rules"]; ok {
+				_, isObject := doc["kind"]
+				if _, ok := doc["rules"]; ok && !isObject {
 					policies[file] = append(policies[file], shippedPolicy{file, data})
 					continue
 				}
@@ -109,6 +110,10 @@ func shipped(t *testing.T) (map[string][]shippedPolicy, map[string][]manifest) {
 // fqdngate check loads it, so what we ship is never refused; and a
 // manifest's container finds its policy and can write its state file.
 func TestShippedPolicies(t *testing.T) {
+	// The node agent's DaemonSet sets it from spec.nodeName (deploy's
+	// TestAgentPermissions checks that); a policy with a kubernetes
+	// section does not load without it.
+	t.Setenv("NODE_NAME", "node-1")
 	policies, manifests := shipped(t)
 	for _, want := range []string{"../../examples/quickstart.yaml", "../../examples/gateway.yaml", "../../deploy/kubernetes/fqdngate.yaml"} {
 		if len(policies[want]) == 0 {

@@ -1,0 +1,392 @@
+// Package kube follows a cluster's pods and namespaces with client-go
+// shared informers and turns them into the policy's pod snapshots
+// (policy.Members): which address is which pod, in which source groups.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// Config is what a Watcher needs.
+type Config struct {
+	// Client reaches the API server. Required.
+	Client kubernetes.Interface
+	// Node, if not empty, limits the pods followed to those scheduled on
+	// it (a node agent); empty follows every node's pods (a gateway).
+	Node string
+	// Policy is the policy whose groups the first snapshots place pods
+	// in. Required; SetPolicy changes it.
+	Policy *policy.Policy
+	// OnMembers is called with every new snapshot, from Run's goroutine,
+	// one at a time. Until the informers have synced, snapshots are not
+	// synced and hold no members. Required.
+	OnMembers func(*policy.Members)
+	// Resync is the informers' resync period; 0 disables resyncs (the
+	// informers relist after any watch failure anyway).
+	Resync time.Duration
+	// Logger, if nil, discards.
+	Logger *slog.Logger
+}
+
+// NewClient connects to the API server with the kubeconfig file, or with
+// the in-cluster service account if kubeconfig is empty.
+func NewClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig == "" {
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: using the in-cluster service account: %w; run fqdngate in a pod with a service account, or set kubernetes.kubeconfig", err)
+		}
+	} else if cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+		return nil, fmt.Errorf("kubernetes: reading kubernetes.kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "fqdngate"
+	return kubernetes.NewForConfig(cfg)
+}
+
+// Status is the condition of the watcher's view of the cluster.
+type Status struct {
+	// Synced: the informers have listed every pod and namespace once.
+	// Until then, snapshots hold no members.
+	Synced bool
+	// APIError is the last failure to list or watch, while the view has
+	// not recovered from it (the last known state stays in force); "" if
+	// none. Since is when it began.
+	APIError string
+	Since    time.Time
+}
+
+// Watcher follows the pods and namespaces and publishes snapshots.
+type Watcher struct {
+	cfg   Config
+	log   *slog.Logger
+	podIn cache.SharedIndexInformer
+	nsIn  cache.SharedIndexInformer
+	kick  chan struct{}
+
+	mu sync.Mutex // guards following
+	// pol is the policy the published snapshots are of; pods, each
+	// followed pod and its placement in pol's groups; byNS, the pods of
+	// each namespace (to place again when its labels change); nsLabels,
+	// each namespace's labels.
+	pol      *policy.Policy
+	pods     map[podKey]*podState
+	byNS     map[string]map[podKey]bool
+	nsLabels map[string]map[string]string
+	synced   bool
+
+	apiErr atomic.Pointer[apiError]
+}
+
+type podKey struct{ ns, name string }
+
+type podState struct {
+	pod    policy.Pod
+	placed policy.Placed
+}
+
+type apiError struct {
+	msg   string
+	since time.Time
+	// rv are the informers' resource versions when it happened: once
+	// either moves on, that informer has listed or watched again.
+	rv [2]string
+}
+
+// New makes a Watcher; Run starts it.
+func New(cfg Config) (*Watcher, error) {
+	if cfg.Client == nil || cfg.Policy == nil || cfg.OnMembers == nil {
+		return nil, errors.New("kube: Config needs Client, Policy and OnMembers")
+	}
+	w := &Watcher{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		kick:     make(chan struct{}, 1),
+		pol:      cfg.Policy,
+		pods:     map[podKey]*podState{},
+		byNS:     map[string]map[podKey]bool{},
+		nsLabels: map[string]map[string]string{},
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	tweak := func(o *metav1.ListOptions) {
+		if cfg.Node != "" {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
+		}
+	}
+	w.podIn = coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, cfg.Resync, cache.Indexers{}, tweak)
+	w.nsIn = coreinformers.NewNamespaceInformer(cfg.Client, cfg.Resync, cache.Indexers{})
+	for i, inf := range w.informers() {
+		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { w.noteAPIError(i, err) }); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := w.podIn.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    w.podChanged,
+		UpdateFunc: func(_, obj any) { w.podChanged(obj) },
+		DeleteFunc: w.podDeleted,
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := w.nsIn.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    w.nsChanged,
+		UpdateFunc: func(_, obj any) { w.nsChanged(obj) },
+		DeleteFunc: w.nsDeleted,
+	}); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Watcher) informers() [2]cache.SharedIndexInformer {
+	return [2]cache.SharedIndexInformer{w.podIn, w.nsIn}
+}
+
+// Run starts the informers, publishes a snapshot that is not synced, then
+// one after the informers have synced and one after every change, until
+// ctx ends. It returns nil when ctx ends.
+func (w *Watcher) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, inf := range w.informers() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inf.RunWithContext(ctx)
+		}()
+	}
+	defer wg.Wait()
+	w.publish()
+	synced := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), w.podIn.HasSynced, w.nsIn.HasSynced) {
+			close(synced)
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-synced:
+			synced = nil
+			w.mu.Lock()
+			w.synced = true
+			w.mu.Unlock()
+			w.log.Info("kubernetes informers synced", "node", w.cfg.Node)
+		case <-w.kick:
+		}
+		w.publish()
+	}
+}
+
+// publish makes the snapshot of the current view and hands it on.
+func (w *Watcher) publish() {
+	w.mu.Lock()
+	m := w.snapshotLocked(w.pol)
+	w.mu.Unlock()
+	w.cfg.OnMembers(m)
+}
+
+func (w *Watcher) snapshotLocked(p *policy.Policy) *policy.Members {
+	placed := make([]policy.Placed, 0, len(w.pods))
+	for _, st := range w.pods {
+		if p == w.pol {
+			placed = append(placed, st.placed)
+		} else {
+			placed = append(placed, p.Place(&st.pod))
+		}
+	}
+	return p.MembersOf(placed, w.synced)
+}
+
+// Prepare computes p's snapshot from what the informers hold now, for a
+// reload: the new policy gets its members before it is committed.
+func (w *Watcher) Prepare(p *policy.Policy) *policy.Members {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.snapshotLocked(p)
+}
+
+// SetPolicy makes p the policy of the snapshots published from now on,
+// after a reload committed it. The next snapshot follows at once.
+func (w *Watcher) SetPolicy(p *policy.Policy) {
+	w.mu.Lock()
+	w.pol = p
+	for _, st := range w.pods {
+		st.placed = p.Place(&st.pod)
+	}
+	w.mu.Unlock()
+	w.signal()
+}
+
+// Synced reports whether the informers have synced: until then, the
+// groups that select pods have no members.
+func (w *Watcher) Synced() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.synced
+}
+
+// Status reports the watcher's condition, for readiness and metrics.
+func (w *Watcher) Status() Status {
+	st := Status{Synced: w.Synced()}
+	if e := w.apiErr.Load(); e != nil {
+		for i, inf := range w.informers() {
+			if inf.LastSyncResourceVersion() == e.rv[i] {
+				st.APIError, st.Since = e.msg, e.since
+				break
+			}
+		}
+	}
+	return st
+}
+
+func (w *Watcher) noteAPIError(i int, err error) {
+	e := &apiError{msg: err.Error(), since: time.Now()}
+	if prev := w.apiErr.Load(); prev != nil && w.stillFailing(prev) {
+		e.since = prev.since
+	}
+	for j, inf := range w.informers() {
+		e.rv[j] = inf.LastSyncResourceVersion()
+	}
+	w.apiErr.Store(e)
+	w.log.Warn("kubernetes API: listing or watching failed; keeping the last known pods", "informer", [...]string{"pods", "namespaces"}[i], "err", err)
+}
+
+func (w *Watcher) stillFailing(e *apiError) bool {
+	for i, inf := range w.informers() {
+		if inf.LastSyncResourceVersion() == e.rv[i] {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Watcher) signal() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// podOf is what the policy needs of a pod, and whether its address is
+// its own at all: pods on the host's network share the node's address,
+// and pods that finished have given theirs back, so neither is followed.
+func podOf(p *corev1.Pod, node string) (policy.Pod, bool) {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return policy.Pod{}, false
+	}
+	if node != "" && p.Spec.NodeName != node {
+		return policy.Pod{}, false
+	}
+	out := policy.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}
+	ips := p.Status.PodIPs
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out.Addrs = append(out.Addrs, a)
+		}
+	}
+	return out, len(out.Addrs) > 0
+}
+
+func (w *Watcher) podChanged(obj any) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	k := podKey{p.Namespace, p.Name}
+	pod, follow := podOf(p, w.cfg.Node)
+	w.mu.Lock()
+	if !follow {
+		w.forgetLocked(k)
+	} else {
+		pod.NamespaceLabels = w.nsLabels[k.ns]
+		w.pods[k] = &podState{pod: pod, placed: w.pol.Place(&pod)}
+		if w.byNS[k.ns] == nil {
+			w.byNS[k.ns] = map[podKey]bool{}
+		}
+		w.byNS[k.ns][k] = true
+	}
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *Watcher) podDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	w.mu.Lock()
+	w.forgetLocked(podKey{p.Namespace, p.Name})
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *Watcher) forgetLocked(k podKey) {
+	delete(w.pods, k)
+	if ks := w.byNS[k.ns]; ks != nil {
+		delete(ks, k)
+		if len(ks) == 0 {
+			delete(w.byNS, k.ns)
+		}
+	}
+}
+
+func (w *Watcher) nsChanged(obj any) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return
+	}
+	w.setNSLabels(ns.Name, ns.Labels)
+}
+
+func (w *Watcher) nsDeleted(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if ns, ok := obj.(*corev1.Namespace); ok {
+		w.setNSLabels(ns.Name, nil)
+	}
+}
+
+// setNSLabels records a namespace's labels and places its pods again.
+func (w *Watcher) setNSLabels(ns string, labels map[string]string) {
+	w.mu.Lock()
+	if labels == nil {
+		delete(w.nsLabels, ns)
+	} else {
+		w.nsLabels[ns] = labels
+	}
+	for k := range w.byNS[ns] {
+		st := w.pods[k]
+		st.pod.NamespaceLabels = labels
+		st.placed = w.pol.Place(&st.pod)
+	}
+	w.mu.Unlock()
+	w.signal()
+}
