@@ -69,7 +69,7 @@ type dohServer struct {
 	reqs []dohRequest
 }
 
-func newDoHServer(t *testing.T, h1 bool) *dohServer {
+func newDoHServer(t testing.TB, h1 bool) *dohServer {
 	t.Helper()
 	s := &dohServer{ca: certs.NewCA(t), done: make(chan struct{})}
 	s.caFile = s.ca.WriteFile(t)
