@@ -40,6 +40,7 @@ const (
 	dohTooBig                 // a body over 65,535 bytes
 	dohRedirect               // 302 elsewhere
 	dohReplyID                // the answer carries another ID than the query's 0
+	dohCloseSecond            // HTTP/1.1: closes a connection at its second request, unanswered
 )
 
 // dohRequest is what a test DoH server saw of one request.
@@ -61,6 +62,7 @@ type dohServer struct {
 	caFile   string
 	accepted atomic.Int32 // TCP connections accepted
 	closed   atomic.Int32 // connections closed
+	perConn  sync.Map     // remote address → *atomic.Int32, requests seen
 	fault    atomic.Int32 // a dohFault
 	age      atomic.Value // string, the Age header to send
 	done     chan struct{}
@@ -141,6 +143,18 @@ func (s *dohServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.reqs = append(s.reqs, dohRequest{Method: r.Method, Proto: r.ProtoMajor, Host: r.Host, ID: q.Id, UA: r.Header.Get("User-Agent")})
 	s.mu.Unlock()
 
+	if dohFault(s.fault.Load()) == dohCloseSecond {
+		n, _ := s.perConn.LoadOrStore(r.RemoteAddr, new(atomic.Int32))
+		if n.(*atomic.Int32).Add(1) == 2 {
+			// As a server closing an idle connection just as the client
+			// sends on it: no answer, the connection closed.
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+	}
 	var m *dns.Msg
 	if q.Question[0].Name == "www.example.com." && q.Question[0].Qtype == dns.TypeA {
 		m = dnstest.Reply(q, dns.RcodeSuccess, dnstest.A("www.example.com", 300, "192.0.2.1"))
@@ -328,6 +342,30 @@ func TestDoHFailover(t *testing.T) {
 					t.Errorf("observer saw %v for the failing upstream, want one error containing %q", errs, tt.want)
 				}
 			})
+		}
+	}
+}
+
+// A pooled HTTP/1.1 connection the server closes as a query is sent on it
+// fails no query: the query goes again on a fresh connection, as DNS
+// queries are idempotent.
+func TestDoHRetriesClosedPooledConn(t *testing.T) {
+	for _, get := range []bool{false, true} {
+		srv := newDoHServer(t, true)
+		srv.fault.Store(int32(dohCloseSecond))
+		r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.upstream(get)}, Timeout: hangLimit})
+		for i := range 3 {
+			ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+			_, _, err := r.Exchange(ctx, query("www.example.com", dns.TypeA))
+			cancel()
+			if err != nil {
+				t.Fatalf("get=%v: query %d: %v", get, i, err)
+			}
+		}
+		// Queries 2 and 3 each met a closing connection and went on a
+		// new one.
+		if got := srv.accepted.Load(); got != 3 {
+			t.Errorf("get=%v: server accepted %d connections, want 3", get, got)
 		}
 	}
 }
