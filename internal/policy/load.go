@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -940,6 +941,9 @@ func checkDoHPath(p string) error {
 		case c == '?' || c == '#' || c == '{' || c == '}':
 			return fmt.Errorf("the path has %q; only {?dns} at the very end is understood", c)
 		}
+	}
+	if _, err := url.Parse("https://dns.example" + p); err != nil {
+		return errors.New("the path has a % not followed by two hex digits; write a literal % as %25")
 	}
 	return nil
 }

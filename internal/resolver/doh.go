@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -56,7 +57,11 @@ type dohClient struct {
 // newDoHClient returns the client for uc, dialling uc.Addr with dialer and
 // verifying the server with tc, whose ServerName (uc's, or its IP address)
 // the URL names too.
-func newDoHClient(uc policy.Upstream, dialer *net.Dialer, tc *tls.Config) *dohClient {
+func newDoHClient(uc policy.Upstream, dialer *net.Dialer, tc *tls.Config) (*dohClient, error) {
+	u := "https://" + net.JoinHostPort(tc.ServerName, strconv.Itoa(int(uc.Addr.Port()))) + uc.Path
+	if _, err := url.Parse(u); err != nil {
+		return nil, fmt.Errorf("not a usable DoH URL: %w; write it like https://dns.example@192.0.2.53/dns-query", err)
+	}
 	addr := uc.Addr.String()
 	tr := &http.Transport{
 		// The URL's host is the server name, for the certificate and the
@@ -75,11 +80,7 @@ func newDoHClient(uc policy.Upstream, dialer *net.Dialer, tc *tls.Config) *dohCl
 			PingTimeout:     dohPingTimeout,
 		},
 	}
-	return &dohClient{
-		url: "https://" + net.JoinHostPort(tc.ServerName, strconv.Itoa(int(uc.Addr.Port()))) + uc.Path,
-		get: uc.GET,
-		tr:  tr,
-	}
+	return &dohClient{url: u, get: uc.GET, tr: tr}, nil
 }
 
 func (c *dohClient) close() { c.tr.CloseIdleConnections() }

@@ -147,7 +147,10 @@ func newUpstream(uc policy.Upstream, dialer *net.Dialer, maxIdle int) (*upstream
 		if uc.TLS || uc.Path == "" || uc.Path[0] != '/' {
 			return nil, fmt.Errorf("resolver: upstream %q: a DNS-over-HTTPS upstream needs an absolute path, like https://dns.example@192.0.2.53/dns-query", u.name)
 		}
-		u.doh = newDoHClient(uc, dialer, tc)
+		u.doh, err = newDoHClient(uc, dialer, tc)
+		if err != nil {
+			return nil, fmt.Errorf("resolver: upstream %q: %w", u.name, err)
+		}
 		return u, nil
 	}
 	u.stream = &streamPool{addr: addr, dialer: dialer, tls: tc}
