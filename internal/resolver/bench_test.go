@@ -172,11 +172,11 @@ func BenchmarkExchangeDoTParallel(b *testing.B) {
 // DNS-over-HTTPS over one HTTP/2 connection: sequential, and with many
 // queries multiplexed at once.
 func BenchmarkExchangeDoH(b *testing.B) {
-	benchExchange(b, newDoHServer(b, false).upstream(false), nil, benchOpts{})
+	benchExchange(b, dnstest.NewDoHServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")), false).Upstream(false), nil, benchOpts{})
 }
 
 func BenchmarkExchangeDoHParallel(b *testing.B) {
-	benchExchange(b, newDoHServer(b, false).upstream(false), nil, benchOpts{parallel: true})
+	benchExchange(b, dnstest.NewDoHServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")), false).Upstream(false), nil, benchOpts{parallel: true})
 }
 
 // BenchmarkAddedLatency alternates a bare query on one socket with one
