@@ -283,3 +283,27 @@ func FuzzDoHResponse(f *testing.F) {
 		}
 	})
 }
+
+// The DoH client dials only the configured address: the URL's host (the
+// certificate's name, which resolves nowhere here) is never looked up, and
+// a proxy from the environment is never used.
+func TestDoHPinsAddress(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := "http://" + dead.Addr().String()
+	dead.Close()
+	t.Setenv("HTTPS_PROXY", proxy)
+	t.Setenv("https_proxy", proxy)
+	t.Setenv("ALL_PROXY", proxy)
+	srv := dnstest.NewDoHServer(t, zone(), false)
+	r := newResolver(t, Config{Upstreams: []policy.Upstream{srv.Upstream(false)}, Timeout: hangLimit})
+	m, _ := exchange(t, r, query("www.example.com", dns.TypeA))
+	if len(m.Answer) != 1 {
+		t.Fatalf("got %v, want one A record", m.Answer)
+	}
+	if got := srv.Requests(); len(got) != 1 || got[0].Host != dnstest.DoHServerName+":"+strconv.Itoa(int(srv.Addr.Port())) {
+		t.Errorf("server saw %+v, want one request for %s", got, dnstest.DoHServerName)
+	}
+}
