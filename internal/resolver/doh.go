@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -150,7 +151,10 @@ func (c *dohClient) request(ctx context.Context, wire []byte) (*http.Request, er
 	if c.get {
 		req, err = http.NewRequestWithContext(ctx, http.MethodGet, c.url+"?dns="+base64.RawURLEncoding.EncodeToString(wire), nil)
 	} else {
-		req, err = http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(wire))
+		// A copy: net/http may still be sending the body after RoundTrip
+		// returns (a server may answer before reading it all), while the
+		// caller writes the next upstream's ID into wire.
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(slices.Clone(wire)))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("building DoH request: %w", err)
