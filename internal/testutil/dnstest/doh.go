@@ -103,6 +103,18 @@ func NewDoHServer(t testing.TB, h dns.HandlerFunc, http1 bool) *DoHServer {
 	return s
 }
 
+// DoHHandler returns an http.Handler answering DoH requests on DoHPath
+// with h (if nil, every name is NXDOMAIN), as a DoHServer does, for
+// servers a test runs itself (in a network namespace, say).
+func DoHHandler(h dns.HandlerFunc) http.Handler {
+	if h == nil {
+		h = Zone()
+	}
+	s := &DoHServer{handler: h, done: make(chan struct{})}
+	s.age.Store("")
+	return http.HandlerFunc(s.serve)
+}
+
 // Upstream returns the policy upstream for s, asking with GET if get.
 func (s *DoHServer) Upstream(get bool) policy.Upstream {
 	return policy.Upstream{
