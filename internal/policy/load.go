@@ -907,6 +907,8 @@ func parseHTTPSUpstream(s string) (Upstream, error) {
 	name, addr, hasName := strings.Cut(authority, "@")
 	if !hasName {
 		addr = authority
+	} else if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		u.ServerName = a.String() // a certificate for an IP address, as String writes it
 	} else {
 		n, err := dnsname.Parse(name)
 		if err != nil {

@@ -170,6 +170,8 @@ func TestParseUpstream(t *testing.T) {
 		{"https://DNS.Example.@192.0.2.53:8443/resolve", "https://dns.example@192.0.2.53:8443/resolve", false, ""},
 		{"https://dns.example@[2001:db8::53]/dns-query{?dns}", "https://dns.example@[2001:db8::53]:443/dns-query{?dns}", false, ""},
 		{"https://192.0.2.53/dns-query", "https://192.0.2.53@192.0.2.53:443/dns-query", false, ""},
+		{"https://[2001:db8::53]/dns-query", "https://2001:db8::53@[2001:db8::53]:443/dns-query", false, ""},
+		{"https://2001:db8::53@[2001:db8::53]:443/dns-query", "https://2001:db8::53@[2001:db8::53]:443/dns-query", false, ""},
 		{"https://dns.example/dns-query", "", false, "the resolver's address is missing"},
 		{"https://@192.0.2.53/dns-query", "", false, "server name \"\": empty name"},
 		{"https://dns example@192.0.2.53/dns-query", "", false, "server name"},
@@ -199,6 +201,30 @@ func TestParseUpstream(t *testing.T) {
 			t.Errorf("ParseUpstream(%q) = %v (tls %v), %v; want %v (tls %v)", tt.in, got, got.TLS, err, tt.want, tt.wantTLS)
 		}
 	}
+}
+
+// FuzzParseUpstream: ParseUpstream never panics, and what it accepts
+// String writes back in a form that parses to the same upstream (check and
+// the admin API show String; the daemon keys its resolvers on it).
+func FuzzParseUpstream(f *testing.F) {
+	for _, s := range []string{"192.0.2.53", "[2001:db8::53]:54", "tls://dns.example@192.0.2.53", "tls://192.0.2.53",
+		"https://dns.example@192.0.2.53", "https://192.0.2.53/dns-query", "https://[2001:db8::53]/dns-query{?dns}",
+		"https://dns.example@192.0.2.53:8443/a%20b", "http://x@192.0.2.53", "https://dns.example/dns-query"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUpstream(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseUpstream(u.String())
+		if err != nil || again != u {
+			t.Fatalf("ParseUpstream(%q) = %+v, written %q, which parses to %+v, %v", s, u, u.String(), again, err)
+		}
+		if u.HTTPS && (u.TLS || u.ServerName == "" || !strings.HasPrefix(u.Path, "/") || !u.Addr.IsValid() || u.Addr.Port() == 0) {
+			t.Fatalf("ParseUpstream(%q) = %+v", s, u)
+		}
+	})
 }
 
 func TestParsePrefix(t *testing.T) {
