@@ -260,6 +260,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if n := len(p.DNS.Forward); n > 0 {
 		fmt.Fprintf(stdout, ", %d forward zones", n)
 	}
+	if len(p.DNS.Upstreams) > 0 {
+		fmt.Fprintf(stdout, ", upstreams %v", p.DNS.Upstreams)
+	}
 	if p.SharedName != "" {
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}

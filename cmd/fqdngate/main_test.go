@@ -79,6 +79,22 @@ func TestCheckQuickstart(t *testing.T) {
 	}
 }
 
+// check shows the upstreams as the daemon will use them, DNS-over-HTTPS
+// included, and refuses one it cannot use with its position.
+func TestCheckUpstreams(t *testing.T) {
+	dir := t.TempDir()
+	p := writePolicy(t, dir, "dns:\n  upstreams: [192.0.2.53, \"https://doh.example@192.0.2.54/dns-query{?dns}\"]\n")
+	out, errOut, code := runCLI(t, "check", "-c", p, "--host=false")
+	if want := "upstreams [192.0.2.53:53 https://doh.example@192.0.2.54:443/dns-query{?dns}]"; code != 0 || !strings.Contains(out, want) {
+		t.Errorf("got exit %d, %q, stderr %q; want exit 0 and %q", code, out, errOut, want)
+	}
+	p = writePolicy(t, dir, "dns:\n  upstreams: [\"http://doh.example@192.0.2.54/dns-query\"]\n")
+	_, errOut, code = runCLI(t, "check", "-c", p, "--host=false")
+	if want := p + ":2:15: dns.upstreams: \"http://doh.example@192.0.2.54/dns-query\": plain http:// would send queries"; code != 1 || !strings.Contains(errOut, want) {
+		t.Errorf("got exit %d, stderr %q; want exit 1 and %q", code, errOut, want)
+	}
+}
+
 func TestCheckReportsEveryError(t *testing.T) {
 	p := writePolicy(t, t.TempDir(), `mode: enforced
 listen: {dns: "127.0.0.1:5353", admn: ""}

@@ -28,7 +28,7 @@ func TestForwardZones(t *testing.T) {
     - {zone: cluster.local, to: [198.51.100.10]}
     - {zone: Svc.Cluster.Local., to: ["198.51.100.11:5353", "tls://dns.corp@198.51.100.12"]}
     - {zone: 10.in-addr.arpa, to: 198.51.100.10}
-    - {zone: corp.example.org, to: [198.51.100.20, 198.51.100.21]}`, "")))
+    - {zone: corp.example.org, to: [198.51.100.20, "https://dns.corp@198.51.100.21/dns-query"]}`, "")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestForwardZones(t *testing.T) {
 	}
 	want := []string{
 		"svc.cluster.local (to 198.51.100.11:5353, tls://dns.corp@198.51.100.12:853)",
-		"corp.example.org (to 198.51.100.20:53, 198.51.100.21:53)",
+		"corp.example.org (to 198.51.100.20:53, https://dns.corp@198.51.100.21:443/dns-query)",
 		"10.in-addr.arpa (to 198.51.100.10:53)",
 		"cluster.local (to 198.51.100.10:53)",
 	}

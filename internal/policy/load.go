@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -850,39 +852,119 @@ func parsePin(s string) ([32]byte, error) {
 	return h, nil
 }
 
-// ParseUpstream parses "192.0.2.53", "192.0.2.53:53", "[2001:db8::53]:53" or
-// "tls://dns.example@192.0.2.53:853".
+// ParseUpstream parses "192.0.2.53", "192.0.2.53:53", "[2001:db8::53]:53",
+// "tls://dns.example@192.0.2.53:853" or
+// "https://dns.example@192.0.2.53:443/dns-query" (with {?dns} at the end
+// for GET).
 func ParseUpstream(s string) (Upstream, error) {
 	var u Upstream
 	rest := s
-	if r, ok := strings.CutPrefix(s, "tls://"); ok {
-		u.TLS = true
-		rest = r
-		name, addr, hasName := strings.Cut(r, "@")
+	port := uint16(53)
+	switch {
+	case strings.HasPrefix(s, "tls://"):
+		u.TLS, port = true, 853
+		rest = s[len("tls://"):]
+		name, addr, hasName := strings.Cut(rest, "@")
 		if hasName {
 			u.ServerName, rest = name, addr
 		}
-	} else if strings.Contains(s, "://") {
-		return u, fmt.Errorf("%q: only plain ip:port and tls://name@ip:853 upstreams are supported", s)
+	case strings.HasPrefix(s, "https://"):
+		return parseHTTPSUpstream(s)
+	case strings.HasPrefix(s, "http://"):
+		return u, fmt.Errorf("%q: plain http:// would send queries and answers unencrypted and unauthenticated; use DNS-over-HTTPS as https://dns.example@192.0.2.53/dns-query", s)
+	case strings.Contains(s, "://"):
+		return u, fmt.Errorf("%q: only plain ip:port, tls://name@ip:853 and https://name@ip:443/dns-query upstreams are supported", s)
 	}
-	port := uint16(53)
-	if u.TLS {
-		port = 853
+	ap, err := parseUpstreamAddr(rest, port)
+	if err != nil {
+		return u, fmt.Errorf("%q: %v; write it like 192.0.2.53:53 or tls://dns.example@192.0.2.53:853", s, err)
 	}
-	if ap, err := netip.ParseAddrPort(rest); err == nil {
-		u.Addr = ap
-	} else if a, err := netip.ParseAddr(strings.Trim(rest, "[]")); err == nil {
-		u.Addr = netip.AddrPortFrom(a, port)
-	} else {
-		return u, fmt.Errorf("%q: upstreams are IP addresses (a name would need a resolver to find the resolver); write it like 192.0.2.53:53 or tls://dns.example@192.0.2.53:853", s)
-	}
-	if u.Addr.Port() == 0 {
-		return u, fmt.Errorf("%q: port 0 is no resolver's port; write the port it listens on, or leave it out for %d", s, port)
-	}
+	u.Addr = ap
 	if u.TLS && u.ServerName == "" {
 		u.ServerName = u.Addr.Addr().String()
 	}
 	return u, nil
+}
+
+// parseUpstreamAddr parses an upstream's ip or ip:port, port 0 refused.
+func parseUpstreamAddr(s string, defaultPort uint16) (netip.AddrPort, error) {
+	var ap netip.AddrPort
+	if p, err := netip.ParseAddrPort(s); err == nil {
+		ap = p
+	} else if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		ap = netip.AddrPortFrom(a, defaultPort)
+	} else {
+		return ap, errors.New("upstreams are IP addresses (a name would need a resolver to find the resolver)")
+	}
+	if ap.Port() == 0 {
+		return ap, fmt.Errorf("port 0 is no resolver's port; write the port it listens on, or leave it out for %d", defaultPort)
+	}
+	return ap, nil
+}
+
+// parseHTTPSUpstream parses a DNS-over-HTTPS upstream (RFC 8484),
+// https://name@ip[:port][/path][{?dns}]: the name is what the server's
+// certificate must be valid for (and the HTTP :authority), the address is
+// what is dialled, so no name needs a resolver to find the resolver. Without
+// a name, the certificate must be valid for the IP address.
+func parseHTTPSUpstream(s string) (Upstream, error) {
+	u := Upstream{HTTPS: true, Path: "/dns-query"}
+	const example = "https://dns.example@192.0.2.53/dns-query"
+	rest := s[len("https://"):]
+	if t, ok := strings.CutSuffix(rest, dohGETTemplate); ok {
+		u.GET, rest = true, t
+	}
+	authority := rest
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		authority, u.Path = rest[:i], rest[i:]
+	}
+	if err := checkDoHPath(u.Path); err != nil {
+		return u, fmt.Errorf("%q: %v; write the path like /dns-query, with {?dns} at the end for GET", s, err)
+	}
+	name, addr, hasName := strings.Cut(authority, "@")
+	if !hasName {
+		addr = authority
+	} else if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		u.ServerName = a.String() // a certificate for an IP address, as String writes it
+	} else {
+		n, err := dnsname.Parse(name)
+		if err != nil {
+			return u, fmt.Errorf("%q: server name %q: %v; write the name the server's certificate is for, like %s", s, name, err, example)
+		}
+		u.ServerName = string(n)
+	}
+	ap, err := parseUpstreamAddr(addr, 443)
+	if err != nil {
+		if !hasName {
+			return u, fmt.Errorf("%q: the resolver's address is missing (a name would need a resolver to find the resolver); write the certificate's name and the address, like %s", s, example)
+		}
+		return u, fmt.Errorf("%q: %v; write it like %s", s, err, example)
+	}
+	u.Addr = ap
+	if u.ServerName == "" {
+		u.ServerName = u.Addr.Addr().String()
+	}
+	return u, nil
+}
+
+// checkDoHPath checks a DNS-over-HTTPS URL path: absolute, printable
+// ASCII, without a query or fragment (the query is the client's to write).
+func checkDoHPath(p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return errors.New("the path must start with /")
+	}
+	for _, c := range []byte(p) {
+		switch {
+		case c <= ' ' || c >= 0x7f:
+			return fmt.Errorf("the path has the byte %#02x, which a URL path cannot hold", c)
+		case c == '?' || c == '#' || c == '{' || c == '}':
+			return fmt.Errorf("the path has %q; only {?dns} at the very end is understood", c)
+		}
+	}
+	if _, err := url.Parse("https://dns.example" + p); err != nil {
+		return errors.New("the path has a % not followed by two hex digits; write a literal % as %25")
+	}
+	return nil
 }
 
 // upstreamsFromResolvConf reads nameservers, skipping fqdngate's own DNS

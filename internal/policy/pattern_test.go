@@ -166,7 +166,24 @@ func TestParseUpstream(t *testing.T) {
 		{"tls://dns.example@192.0.2.53", "tls://dns.example@192.0.2.53:853", true, ""},
 		{"tls://dns.example@192.0.2.53:8853", "tls://dns.example@192.0.2.53:8853", true, ""},
 		{"tls://192.0.2.53", "tls://192.0.2.53@192.0.2.53:853", true, ""},
-		{"https://dns.example/dns-query", "", false, "only plain ip:port and tls://"},
+		{"https://dns.example@192.0.2.53", "https://dns.example@192.0.2.53:443/dns-query", false, ""},
+		{"https://DNS.Example.@192.0.2.53:8443/resolve", "https://dns.example@192.0.2.53:8443/resolve", false, ""},
+		{"https://dns.example@[2001:db8::53]/dns-query{?dns}", "https://dns.example@[2001:db8::53]:443/dns-query{?dns}", false, ""},
+		{"https://192.0.2.53/dns-query", "https://192.0.2.53@192.0.2.53:443/dns-query", false, ""},
+		{"https://[2001:db8::53]/dns-query", "https://2001:db8::53@[2001:db8::53]:443/dns-query", false, ""},
+		{"https://2001:db8::53@[2001:db8::53]:443/dns-query", "https://2001:db8::53@[2001:db8::53]:443/dns-query", false, ""},
+		{"https://dns.example/dns-query", "", false, "the resolver's address is missing"},
+		{"https://@192.0.2.53/dns-query", "", false, "server name \"\": empty name"},
+		{"https://dns example@192.0.2.53/dns-query", "", false, "server name"},
+		{"https://dns.example@192.0.2.300/dns-query", "", false, "upstreams are IP addresses"},
+		{"https://dns.example@192.0.2.53:0/dns-query", "", false, "port 0"},
+		{"https://dns.example@192.0.2.53/dns-query?dns=x", "", false, "only {?dns} at the very end"},
+		{"https://dns.example@192.0.2.53/dns query", "", false, "a URL path cannot hold"},
+		{"https://dns.example@192.0.2.53/dns%zzquery", "", false, "a % not followed by two hex digits"},
+		{"https://dns.example@192.0.2.53/dns%2Dquery", "https://dns.example@192.0.2.53:443/dns%2Dquery", false, ""},
+		{"https://_dns.example@192.0.2.53/", "https://_dns.example@192.0.2.53:443/", false, ""},
+		{"http://dns.example@192.0.2.53/dns-query", "", false, "plain http:// would send queries"},
+		{"quic://dns.example@192.0.2.53", "", false, "only plain ip:port, tls://name@ip:853 and https://"},
 		{"dns.example", "", false, "upstreams are IP addresses"},
 		{"192.0.2.53:99999", "", false, "upstreams are IP addresses"},
 		{"192.0.2.53:0", "", false, "port 0"},
@@ -184,6 +201,30 @@ func TestParseUpstream(t *testing.T) {
 			t.Errorf("ParseUpstream(%q) = %v (tls %v), %v; want %v (tls %v)", tt.in, got, got.TLS, err, tt.want, tt.wantTLS)
 		}
 	}
+}
+
+// FuzzParseUpstream: ParseUpstream never panics, and what it accepts
+// String writes back in a form that parses to the same upstream (check and
+// the admin API show String; the daemon keys its resolvers on it).
+func FuzzParseUpstream(f *testing.F) {
+	for _, s := range []string{"192.0.2.53", "[2001:db8::53]:54", "tls://dns.example@192.0.2.53", "tls://192.0.2.53",
+		"https://dns.example@192.0.2.53", "https://192.0.2.53/dns-query", "https://[2001:db8::53]/dns-query{?dns}",
+		"https://dns.example@192.0.2.53:8443/a%20b", "http://x@192.0.2.53", "https://dns.example/dns-query"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUpstream(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseUpstream(u.String())
+		if err != nil || again != u {
+			t.Fatalf("ParseUpstream(%q) = %+v, written %q, which parses to %+v, %v", s, u, u.String(), again, err)
+		}
+		if u.HTTPS && (u.TLS || u.ServerName == "" || !strings.HasPrefix(u.Path, "/") || !u.Addr.IsValid() || u.Addr.Port() == 0) {
+			t.Fatalf("ParseUpstream(%q) = %+v", s, u)
+		}
+	})
 }
 
 func TestParsePrefix(t *testing.T) {

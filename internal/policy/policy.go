@@ -108,16 +108,33 @@ func (d DenyWith) String() string { return [...]string{"nxdomain", "refused", "d
 type Upstream struct {
 	Addr       netip.AddrPort
 	TLS        bool   // DNS-over-TLS
-	ServerName string // certificate name for TLS upstreams
-	CAFile     string // optional CA bundle for TLS upstreams; empty: system roots
+	HTTPS      bool   // DNS-over-HTTPS (RFC 8484); TLS is false
+	ServerName string // certificate name for TLS and HTTPS upstreams
+	CAFile     string // optional CA bundle for TLS and HTTPS upstreams; empty: system roots
+	// Path is an HTTPS upstream's URL path, "/dns-query" by default.
+	Path string
+	// GET sends an HTTPS upstream's queries as GET ?dns=..., when its URL
+	// ends in the URI template {?dns}; POST otherwise.
+	GET bool
 }
 
 func (u Upstream) String() string {
-	if u.TLS {
+	switch {
+	case u.TLS:
 		return "tls://" + u.ServerName + "@" + u.Addr.String()
+	case u.HTTPS:
+		s := "https://" + u.ServerName + "@" + u.Addr.String() + u.Path
+		if u.GET {
+			s += dohGETTemplate
+		}
+		return s
 	}
 	return u.Addr.String()
 }
+
+// dohGETTemplate ends the URL of a DNS-over-HTTPS upstream asked with GET:
+// RFC 8484's URI template variable.
+const dohGETTemplate = "{?dns}"
 
 // DNS configures the DNS firewall and fqdngate's own resolution.
 type DNS struct {

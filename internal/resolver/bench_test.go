@@ -169,6 +169,16 @@ func BenchmarkExchangeDoTParallel(b *testing.B) {
 	benchExchange(b, srv.Upstream(), nil, benchOpts{parallel: true})
 }
 
+// DNS-over-HTTPS over one HTTP/2 connection: sequential, and with many
+// queries multiplexed at once.
+func BenchmarkExchangeDoH(b *testing.B) {
+	benchExchange(b, dnstest.NewDoHServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")), false).Upstream(false), nil, benchOpts{})
+}
+
+func BenchmarkExchangeDoHParallel(b *testing.B) {
+	benchExchange(b, dnstest.NewDoHServer(b, dnstest.Answer(dnstest.A("www.example.com", 300, "192.0.2.1")), false).Upstream(false), nil, benchOpts{parallel: true})
+}
+
 // BenchmarkAddedLatency alternates a bare query on one socket with one
 // through Exchange, to the same server, so background load hits both
 // alike, and reports the medians and their difference: what the resolver

@@ -1,5 +1,5 @@
-// Package resolver forwards DNS queries to upstream resolvers over UDP, TCP
-// or DNS-over-TLS, failing over between them; the DNS firewall and the proxy
+// Package resolver forwards DNS queries to upstream resolvers over UDP, TCP,
+// DNS-over-TLS or DNS-over-HTTPS, failing over between them; the DNS firewall and the proxy
 // share it.
 //
 // Upstreams are tried in configuration order, healthy ones first. One that
@@ -134,11 +134,33 @@ func newUpstream(uc policy.Upstream, dialer *net.Dialer, maxIdle int) (*upstream
 	}
 	u := &upstream{cfg: uc, name: uc.String()}
 	addr := uc.Addr.String()
-	if !uc.TLS {
+	if !uc.TLS && !uc.HTTPS {
 		u.udp = &udpPool{addr: addr, dialer: dialer, maxIdle: maxIdle, maxUses: udpMaxUses, maxAge: udpMaxAge}
 		u.stream = &streamPool{addr: addr, dialer: dialer}
 		return u, nil
 	}
+	tc, err := upstreamTLS(uc)
+	if err != nil {
+		return nil, err
+	}
+	if uc.HTTPS {
+		if uc.TLS || uc.Path == "" || uc.Path[0] != '/' {
+			return nil, fmt.Errorf("resolver: upstream %q: a DNS-over-HTTPS upstream needs an absolute path, like https://dns.example@192.0.2.53/dns-query", u.name)
+		}
+		u.doh, err = newDoHClient(uc, dialer, tc)
+		if err != nil {
+			return nil, fmt.Errorf("resolver: upstream %q: %w", u.name, err)
+		}
+		return u, nil
+	}
+	u.stream = &streamPool{addr: addr, dialer: dialer, tls: tc}
+	return u, nil
+}
+
+// upstreamTLS returns the TLS configuration verifying uc: its server name
+// (its IP address if it has none) and its CA file (the system roots if it
+// has none).
+func upstreamTLS(uc policy.Upstream) (*tls.Config, error) {
 	tc := &tls.Config{
 		ServerName:         uc.ServerName,
 		MinVersion:         tls.VersionTLS12,
@@ -151,15 +173,14 @@ func newUpstream(uc policy.Upstream, dialer *net.Dialer, maxIdle int) (*upstream
 	if uc.CAFile != "" {
 		pem, err := os.ReadFile(uc.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("resolver: reading CA file for upstream %s: %w", u.name, err)
+			return nil, fmt.Errorf("resolver: reading CA file for upstream %s: %w", uc.String(), err)
 		}
 		tc.RootCAs = x509.NewCertPool()
 		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("resolver: CA file %s for upstream %s holds no PEM certificate", uc.CAFile, u.name)
+			return nil, fmt.Errorf("resolver: CA file %s for upstream %s holds no PEM certificate", uc.CAFile, uc.String())
 		}
 	}
-	u.stream = &streamPool{addr: addr, dialer: dialer, tls: tc}
-	return u, nil
+	return tc, nil
 }
 
 // Exchange sends q upstream and returns the answer, with q's ID, and the
@@ -351,10 +372,7 @@ func (r *Resolver) Close() error {
 	r.cancel()
 	r.probes.Wait()
 	for _, u := range r.ups {
-		if u.udp != nil {
-			u.udp.close()
-		}
-		u.stream.close()
+		u.close()
 	}
 	return nil
 }

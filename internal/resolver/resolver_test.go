@@ -547,6 +547,9 @@ func TestNewRejects(t *testing.T) {
 		{"negative in flight", Config{Upstreams: []policy.Upstream{good}, MaxInFlight: -1}, "negative"},
 		{"missing CA file", Config{Upstreams: []policy.Upstream{{Addr: good.Addr, TLS: true, ServerName: "x", CAFile: "/nonexistent/ca.pem"}}}, "reading CA file"},
 		{"CA file without PEM", Config{Upstreams: []policy.Upstream{{Addr: good.Addr, TLS: true, ServerName: "x", CAFile: "resolver.go"}}}, "no PEM certificate"},
+		{"DoH without path", Config{Upstreams: []policy.Upstream{{Addr: good.Addr, HTTPS: true, ServerName: "x"}}}, "absolute path"},
+		{"DoH bad path", Config{Upstreams: []policy.Upstream{{Addr: good.Addr, HTTPS: true, ServerName: "x", Path: "/%zz"}}}, "not a usable DoH URL"},
+		{"DoH missing CA file", Config{Upstreams: []policy.Upstream{{Addr: good.Addr, HTTPS: true, ServerName: "x", Path: "/", CAFile: "/nonexistent/ca.pem"}}}, "reading CA file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,8 +14,9 @@ import (
 type upstream struct {
 	cfg    policy.Upstream
 	name   string      // cfg.String(), for errors and the Observer
-	udp    *udpPool    // nil for DNS-over-TLS
-	stream *streamPool // TCP, or TLS
+	udp    *udpPool    // nil for DNS-over-TLS and DNS-over-HTTPS
+	stream *streamPool // TCP, or TLS; nil for DNS-over-HTTPS
+	doh    *dohClient  // nil unless DNS-over-HTTPS
 
 	// Health, lock-free because every query reads it. fails counts
 	// back-off steps since the last good answer, 0 meaning healthy;
@@ -26,11 +27,14 @@ type upstream struct {
 }
 
 // exchange asks u once: over UDP and, if the answer is truncated or too
-// big for the UDP read buffer, over TCP; or over TLS. It writes a fresh
-// random ID into wire for each query sent.
+// big for the UDP read buffer, over TCP; or over TLS; or HTTPS. It writes a fresh
+// random ID into wire for each query sent (over HTTPS, ID 0).
 func (u *upstream) exchange(ctx context.Context, wire []byte, q dns.Question, deadline time.Time) (*dns.Msg, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if u.doh != nil {
+		return u.doh.exchange(ctx, wire, q, deadline)
 	}
 	id := randomID()
 	setID(wire, id)
@@ -66,4 +70,17 @@ func (u *upstream) failed(now time.Time, minBackoff, maxBackoff time.Duration) {
 		backoff = maxBackoff
 	}
 	u.downUntil.Store(now.Add(backoff).UnixNano())
+}
+
+// close closes u's idle connections.
+func (u *upstream) close() {
+	if u.udp != nil {
+		u.udp.close()
+	}
+	if u.stream != nil {
+		u.stream.close()
+	}
+	if u.doh != nil {
+		u.doh.close()
+	}
 }

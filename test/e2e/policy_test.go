@@ -21,6 +21,7 @@ type policySettings struct {
 	dns         string // more keys under dns:, each line indented two spaces, or ""
 	proxy       string // listen.proxy; "" for none
 	backend     string // firewall.backend; "" is nftables
+	upstream    string // dns.upstreams' one entry; "" is the authority over UDP
 }
 
 // render returns a whole policy: the settings, then rules (YAML for the
@@ -29,6 +30,10 @@ func (s policySettings) render(rules string) string {
 	backend := s.backend
 	if backend == "" {
 		backend = "nftables"
+	}
+	upstream := s.upstream
+	if upstream == "" {
+		upstream = authorityAddr
 	}
 	p := fmt.Sprintf(`listen: {dns: %q, proxy: %q, admin: "127.0.0.1:0", transparent: %q}
 dns:
@@ -41,7 +46,7 @@ dns:
   hook: %s
   table: %s
   state_file: %s
-`, s.dnsListen, s.proxy, s.transparent, authorityAddr, s.grace, s.dns, backend, s.hook, s.table, s.stateFile)
+`, s.dnsListen, s.proxy, s.transparent, upstream, s.grace, s.dns, backend, s.hook, s.table, s.stateFile)
 	for _, l := range s.firewall {
 		p += "  " + l + "\n"
 	}

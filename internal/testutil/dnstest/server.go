@@ -12,7 +12,9 @@
 //	srv.SetFault(dnstest.Fault{Rcode: dns.RcodeServerFailure}) // now it fails
 //	for _, q := range srv.Queries() { ... }                    // what it saw
 //
-// Servers bind 127.0.0.1 only and shut down through t.Cleanup.
+// NewTLSServer speaks DNS-over-TLS, NewDoHServer DNS-over-HTTPS (over
+// HTTP/2 or HTTP/1.1, with faults of its own: DoHFault). Servers bind
+// 127.0.0.1 only and shut down through t.Cleanup.
 package dnstest
 
 import (
