@@ -216,8 +216,12 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 			break
 		}
 		tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
+		start := time.Now()
 		resp, err = f.cli.Txn(tctx).Then(ops...).Commit()
 		cancel()
+		if err == nil {
+			f.m.writeTime.WithLabelValues("learned").Observe(time.Since(start).Seconds())
+		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			// A bucket's lease expired or was revoked under us: grant
 			// anew and try once more.
@@ -231,6 +235,7 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 		return
 	}
 	f.m.writes.WithLabelValues("learned").Inc()
+	f.m.flushSize.Observe(float64(len(fl.ops)))
 	f.written(fl, resp)
 }
 

@@ -238,9 +238,13 @@ func (f *Fleet) connect(ctx context.Context) error {
 func (f *Fleet) putWatermark(ctx context.Context, lease clientv3.LeaseID, wm int64, kind string) (int64, error) {
 	tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
 	defer cancel()
+	start := time.Now()
 	resp, err := f.cli.Put(tctx, f.nodeKey, strconv.FormatInt(wm, 10), clientv3.WithLease(lease))
 	if err != nil {
 		return 0, fmt.Errorf("etcd: writing this gateway's watermark: %w", err)
+	}
+	if kind == "watermark" {
+		f.m.writeTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	}
 	f.m.writes.WithLabelValues(kind).Inc()
 	return resp.Header.Revision, nil
