@@ -52,8 +52,9 @@ type Fleet struct {
 
 	loaded   chan struct{}
 	loadOnce sync.Once
-	kick     chan struct{} // wakes the flusher; buffered, one slot
-	ackKick  chan struct{} // wakes the watermark writer; buffered, one slot
+	// kick wakes the flusher, which writes learned elements and this
+	// gateway's watermark; buffered, one slot.
+	kick chan struct{}
 
 	mu sync.Mutex // guards the following
 	// up: connected, loaded and registered; while false, Publish holds
@@ -79,6 +80,12 @@ type Fleet struct {
 	queue    []*flush
 	queued   map[string]*op
 	inflight map[string]*op
+	// ackLease is the lease of this gateway's watermark key while it is
+	// registered (0: not connected); ackSent is the highest watermark
+	// handed to a write on it. A write of the flusher carries the
+	// watermark when applied has passed ackSent (see take).
+	ackLease clientv3.LeaseID
+	ackSent  int64
 
 	// The hold's timeouts are logged at most once a second.
 	logMu      sync.Mutex
@@ -149,7 +156,6 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 		nodeKey:       o.Prefix + nodesDir + o.Node,
 		loaded:        make(chan struct{}),
 		kick:          make(chan struct{}, 1),
-		ackKick:       make(chan struct{}, 1),
 		downErr:       errConnecting,
 		changed:       make(chan struct{}),
 		live:          map[string]int64{},

@@ -25,8 +25,12 @@ type op struct {
 
 // flush is one transaction's worth of elements, and what it came to.
 type flush struct {
-	ops  []*op
-	done chan struct{} // closed once written, or failed
+	ops []*op
+	// wm, when not 0, is this gateway's watermark, written in the same
+	// transaction on lease (see take).
+	wm    int64
+	lease clientv3.LeaseID
+	done  chan struct{} // closed once written, or failed
 	// Set before done is closed:
 	rev int64 // the revision peers must acknowledge
 	err error // non-nil if the write failed
@@ -113,11 +117,14 @@ func (f *Fleet) queueLocked(o *op) bool {
 	return true
 }
 
-// flushLoop writes the queued flushes while the fleet is up, until ctx
-// ends: up to maxInflight transactions at a time, so that a fleet's rate
-// of new addresses is not one transaction per round trip to etcd.
-// Concurrent answers share a flush: those that arrive while flushes are
-// written make up the next.
+// flushLoop writes the queued flushes, and this gateway's watermark, while
+// the fleet is up, until ctx ends: up to maxInflight transactions at a
+// time, so that a fleet's rate of new addresses is not one transaction per
+// round trip to etcd. Concurrent answers share a flush: those that arrive
+// while flushes are written make up the next. The watermark rides with
+// the next transaction that leaves after it moved (alone if no element
+// waits), so that under load acknowledgements cost no write of their own,
+// and an acknowledgement never waits for the previous one's round trip.
 func (f *Fleet) flushLoop(ctx context.Context) {
 	var (
 		wg     sync.WaitGroup
@@ -153,15 +160,19 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 	}
 }
 
-// take returns the first queued flush none of whose elements is being
-// written (two writes of one element must not race), and marks its
-// elements in flight; nil if there is none, or the fleet is not up.
+// take returns what the next transaction writes: the first queued flush
+// none of whose elements is being written (two writes of one element must
+// not race), its elements marked in flight, and this gateway's watermark
+// if it moved since the last transaction that carried it (then a flush
+// without elements if none is ready). nil if there is nothing to write,
+// or the fleet is not up.
 func (f *Fleet) take() *flush {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.up {
 		return nil
 	}
+	var taken *flush
 next:
 	for i, fl := range f.queue {
 		for _, o := range fl.ops {
@@ -175,23 +186,38 @@ next:
 			f.inflight[o.key] = o
 		}
 		f.m.pending.Set(float64(len(f.queued)))
-		return fl
+		taken = fl
+		break
 	}
-	return nil
+	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent {
+		if taken == nil {
+			taken = &flush{done: make(chan struct{})}
+		}
+		taken.wm, taken.lease = wm, f.ackLease
+		f.ackSent = wm
+	}
+	return taken
 }
 
 // write writes fl in one transaction and records the outcome. Each element
 // is written only if etcd does not hold it with the same or a later expiry
 // by then (another gateway may have written it meanwhile): a nested
 // transaction per element compares the values, whose fixed width makes
-// etcd's byte order the order of expiries.
+// etcd's byte order the order of expiries. The watermark, last, likewise
+// only raises the key's value, and only on this connection's lease:
+// transactions in flight together may be applied in any order, and one
+// sent before a reconnection must not take the key back to the old lease.
 func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 	var (
 		resp *clientv3.TxnResponse
 		err  error
 	)
+	kind := "learned"
+	if len(fl.ops) == 0 {
+		kind = "watermark"
+	}
 	for attempt := 0; attempt < 2; attempt++ {
-		ops := make([]clientv3.Op, 0, len(fl.ops))
+		ops := make([]clientv3.Op, 0, len(fl.ops)+1)
 		for _, o := range fl.ops {
 			var lease clientv3.LeaseID
 			lease, err = leases.get(ctx, f, o.exp)
@@ -215,12 +241,23 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 		if err != nil {
 			break
 		}
+		if fl.wm > 0 {
+			val := encodeWatermark(fl.wm)
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{
+					clientv3.Compare(clientv3.Value(f.nodeKey), "<", val),
+					clientv3.Compare(clientv3.LeaseValue(f.nodeKey), "=", fl.lease),
+				},
+				[]clientv3.Op{clientv3.OpPut(f.nodeKey, val, clientv3.WithLease(fl.lease))},
+				nil,
+			))
+		}
 		tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
 		start := time.Now()
 		resp, err = f.cli.Txn(tctx).Then(ops...).Commit()
 		cancel()
 		if err == nil {
-			f.m.writeTime.WithLabelValues("learned").Observe(time.Since(start).Seconds())
+			f.m.writeTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			// A bucket's lease expired or was revoked under us: grant
@@ -231,11 +268,20 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 		break
 	}
 	if err != nil {
-		f.failed(ctx, fl, fmt.Errorf("writing learned addresses to etcd: %w", err))
+		what := "writing learned addresses to etcd"
+		if kind == "watermark" {
+			what = "etcd: writing this gateway's watermark"
+		}
+		f.failed(ctx, fl, fmt.Errorf("%s: %w", what, err))
 		return
 	}
-	f.m.writes.WithLabelValues("learned").Inc()
-	f.m.flushSize.Observe(float64(len(fl.ops)))
+	f.m.writes.WithLabelValues(kind).Inc()
+	if len(fl.ops) > 0 {
+		f.m.flushSize.Observe(float64(len(fl.ops)))
+		if fl.wm > 0 {
+			f.m.acksCarried.Inc()
+		}
+	}
 	f.written(fl, resp)
 }
 
