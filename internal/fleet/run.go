@@ -196,8 +196,10 @@ func (f *Fleet) connect(ctx context.Context) error {
 			if _, err := f.putWatermark(sctx, sess.Lease(), regRev, "watermark"); err != nil {
 				return err
 			}
-			acked = regRev
 		}
+		// With no element in between, the watermark written already
+		// covers regRev too: nothing to write.
+		acked = regRev
 	}
 	// From now on the flusher moves the watermark, with the learned
 	// elements it writes or alone (see take).
