@@ -268,7 +268,7 @@ done
 if ((PROFILE)); then
 	# The etcd leader's CPU profile, 5 s from a second into the phase.
 	for m in 1 2 3; do
-		inns curl -s "http://127.0.0.1:2379$m/metrics" | grep -q '^etcd_server_is_leader 1' || continue
+		[[ $(inns curl -s "http://127.0.0.1:2379$m/metrics") = *$'\n'"etcd_server_is_leader 1"* ]] || continue
 		(sleep 1; inns curl -s -o "$OUT/cpu-etcd-m$m.pprof" "http://127.0.0.1:2379$m/debug/pprof/profile?seconds=5") &
 	done
 fi
