@@ -18,20 +18,27 @@
 #      peers2   two gateways, hold: peers
 #      peers3   three gateways, hold: peers
 #    The hold peers adds is peersN minus local3.
-# 2. Rate: dnsperf against all three gateways at once (hold: peers), each
+# 2. Propagation: fleetprop (one query in flight, AAAA, every name new)
+#    asks gateway 0 and watches gateway 1's kernel set through nf_tables'
+#    notifications: the time from the answer at the client to the
+#    element in gateway 1's kernel, p50/p99, with three gateways and
+#    hold: local (how far the others lag) and hold: peers (negative: the
+#    element is there before the answer leaves).
+# 3. Rate: dnsperf against all three gateways at once (hold: peers), each
 #    asked distinct new names: answered queries/s (NOERROR only: a refusal
 #    is not capacity), new addresses/s across the fleet, and etcd's
 #    committed proposals per answer.
-# 3. Cached: the same names again, for 10 s, answered from the gateways'
+# 4. Cached: the same names again, for 10 s, answered from the gateways'
 #    caches: etcd proposals per answer.
 #
 # Raw output and summary.md go to OUT (default bench/fleet/results/<UTC
 # timestamp>); scratch files to a temporary directory. The namespace, its
 # tables and every process started are removed on exit.
 #
-# Settings (environment): REPS=5 LAT_N=2000 LAT_W=200 RATE_NAMES=30000
-# DNSPERF_Q=100 FSYNC=on PROFILE=0. REPS=0 skips the hold phase (for a
-# quick look at the rate). PROFILE=1 runs the rate phase's gateways under
+# Settings (environment): REPS=5 LAT_N=2000 LAT_W=200 PROP_N=2000
+# PROP_W=200 RATE_NAMES=30000 DNSPERF_Q=100 FSYNC=on PROFILE=0. REPS=0
+# skips the hold phase and PROP_N=0 the propagation (for a quick look at
+# the rate). PROFILE=1 runs the rate phase's gateways under
 # bench/dns/fqdngateprof and keeps their CPU profiles (cpu-gwN.pprof).
 #
 # The rate phase also keeps what says where its time went: each etcd
@@ -45,6 +52,8 @@ REPS=${REPS:-5}
 LAT_N=${LAT_N:-2000}
 LAT_W=${LAT_W:-200}
 RATE_NAMES=${RATE_NAMES:-30000}
+PROP_N=${PROP_N:-2000}
+PROP_W=${PROP_W:-200}
 DNSPERF_Q=${DNSPERF_Q:-100}
 FSYNC=${FSYNC:-on}
 PROFILE=${PROFILE:-0}
@@ -83,7 +92,7 @@ trap 'exit 130' INT TERM
 
 log "building"
 (cd "$ROOT" && CGO_ENABLED=0 go build -o "$FQ" ./cmd/fqdngate)
-(cd "$ROOT" && go build -o "$BIN/upstream" ./bench/dns/upstream && go build -o "$BIN/nftlat" ./bench/nft/nftlat)
+(cd "$ROOT" && go build -o "$BIN/upstream" ./bench/dns/upstream && go build -o "$BIN/nftlat" ./bench/nft/nftlat && go build -o "$BIN/fleetprop" ./bench/fleet/fleetprop)
 ((PROFILE)) && (cd "$ROOT" && CGO_ENABLED=0 go build -o "$BIN/fqdngateprof" ./bench/dns/fqdngateprof)
 for tool in etcd dnsperf; do command -v $tool >/dev/null || { log "$tool is not installed"; exit 1; }; done
 {
@@ -94,7 +103,7 @@ for tool in etcd dnsperf; do command -v $tool >/dev/null || { log "$tool is not 
 	echo "go: $(go version)"
 	echo "etcd: $(etcd --version | head -1), data on $(df --output=fstype "$DATA" | tail -1) (FSYNC=$FSYNC)"
 	echo "fqdngate: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
-	echo "settings: REPS=$REPS LAT_N=$LAT_N LAT_W=$LAT_W RATE_NAMES=$RATE_NAMES DNSPERF_Q=$DNSPERF_Q FSYNC=$FSYNC PROFILE=$PROFILE"
+	echo "settings: REPS=$REPS LAT_N=$LAT_N LAT_W=$LAT_W PROP_N=$PROP_N PROP_W=$PROP_W RATE_NAMES=$RATE_NAMES DNSPERF_Q=$DNSPERF_Q FSYNC=$FSYNC PROFILE=$PROFILE"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt" >&2
 
@@ -126,7 +135,7 @@ done
 proposals() { inns curl -s http://127.0.0.1:23791/metrics | awk '$1 == "etcd_server_proposals_committed_total" {print $2}'; }
 
 NAMES=$SCRATCH/names.txt
-awk -v n="$((REPS * 4 * (LAT_N + LAT_W) + 3 * RATE_NAMES))" 'BEGIN { for (i = 0; i < n; i++) print "n" i ".bench.example AAAA" }' >"$NAMES"
+awk -v n="$((REPS * 4 * (LAT_N + LAT_W) + 2 * (PROP_N + PROP_W) + 3 * RATE_NAMES))" 'BEGIN { for (i = 0; i < n; i++) print "n" i ".bench.example AAAA" }' >"$NAMES"
 NEXT=0 # the first name of NAMES not asked yet
 # take N FILE: the next N unused names into FILE.
 take() { sed -n "$((NEXT + 1)),$((NEXT + $1))p" "$NAMES" >"$2"; NEXT=$((NEXT + $1)); }
@@ -241,7 +250,22 @@ for rep in $(seq "$REPS"); do
 	done
 done
 
-# --- 2. rate and 3. cached, three gateways, hold: peers ----------------------
+# --- 2. propagation ----------------------------------------------------------
+PROP=$OUT/propagation.tsv
+printf 'setup\tn\tlost\tp50_us\tp90_us\tp99_us\tmax_us\tbefore_answer\n' >"$PROP"
+for s in local3 peers3; do
+	((PROP_N > 0)) || break
+	start 3 "${s%3}" || exit 1
+	take "$((PROP_N + PROP_W))" "$SCRATCH/prop.txt"
+	inns "$BIN/fleetprop" -s 127.0.0.1:5350 -table fleetbench1 -set learn6.bench -d "$SCRATCH/prop.txt" -n "$PROP_N" -w "$PROP_W" >"$OUT/propagation-$s.txt" 2>&1 || true
+	line=$(grep '^n=' "$OUT/propagation-$s.txt" || echo "n=0")
+	get() { grep -o "$1=[0-9.-]*" <<<"$line" | cut -d= -f2; }
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$(get n)" "$(get lost)" "$(get p50_us)" "$(get p90_us)" "$(get p99_us)" "$(get max_us)" "$(get before_answer)" >>"$PROP"
+	log "propagation $s: $line"
+	stop_all
+done
+
+# --- 3. rate and 4. cached, three gateways, hold: peers ----------------------
 PROFILE_NEXT=$PROFILE
 start 3 peers || exit 1
 PROFILE_NEXT=0
@@ -330,6 +354,16 @@ pmean() {
 		END { printf "| %s | %s | %s | %s | %s | %s | %d |\n", s, med(p50, n), med(p90, n), med(p99, n), med(mx, n), (bad == "" ? "none" : bad), lost }' "$RAW"
 	done
 	echo
+	if ((PROP_N > 0)); then
+		echo "## Propagation: answer at gateway 0 to the element in gateway 1's kernel set (three gateways; fleetprop, one in flight, new names; etcd fsync $FSYNC)"
+		echo
+		echo "| setup | n | lost | p50 ms | p90 ms | p99 ms | max ms | before the answer |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+		awk -F'\t' 'NR > 1 {printf "| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6 / 1000, $7 / 1000, $8}' "$PROP"
+		echo
+		echo "(negative: gateway 1 had the element before the answer reached the client, as hold: peers requires)"
+		echo
+	fi
 	echo "## Rate: three gateways, hold: peers, $RATE_NAMES new names each, at once (etcd fsync $FSYNC)"
 	echo
 	tot=0
