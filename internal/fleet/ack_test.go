@@ -13,10 +13,11 @@ import (
 	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
 )
 
-// TestTakeCarriesWatermark: the flusher's next transaction carries this
-// gateway's watermark when it moved since the last one that did, with the
-// learned elements ready to go or alone; never when the gateway is not
-// registered (no lease) or the fleet is down.
+// TestTakeCarriesWatermark: the flusher's next transaction of learned
+// elements carries this gateway's watermark when it moved since the last
+// one that did; the watermark goes alone only when asked for (its own
+// slot); never when the gateway is not registered (no lease) or the fleet
+// is down.
 func TestTakeCarriesWatermark(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	// Never Run: take is driven by hand, and nothing is written.
@@ -37,6 +38,7 @@ func TestTakeCarriesWatermark(t *testing.T) {
 		name    string
 		setup   func()
 		publish bool // an element is queued first
+		alone   bool // take's argument
 		nothing bool // take returns nil
 		ops     int
 		wm      int64
@@ -44,8 +46,12 @@ func TestTakeCarriesWatermark(t *testing.T) {
 		{name: "elements, watermark not moved", publish: true, ops: 1},
 		{name: "elements, watermark moved", setup: func() { f.applied.Store(12) }, publish: true, ops: 1, wm: 12},
 		{name: "nothing to write", nothing: true},
-		{name: "watermark moved alone", setup: func() { f.applied.Store(13) }, wm: 13},
-		{name: "not registered", setup: func() { f.ackLease = 0; f.applied.Store(14) }, nothing: true},
+		{name: "nothing to write alone", alone: true, nothing: true},
+		{name: "watermark moved, no element", setup: func() { f.applied.Store(13) }, nothing: true},
+		{name: "watermark moved, alone", alone: true, wm: 13},
+		{name: "elements are not taken alone", publish: true, alone: true, nothing: true},
+		{name: "elements left behind", ops: 1},
+		{name: "not registered", setup: func() { f.ackLease = 0; f.applied.Store(14) }, alone: true, nothing: true},
 		{name: "fleet down", setup: func() { f.up, f.ackLease = false, 7 }, publish: true, nothing: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -57,7 +63,7 @@ func TestTakeCarriesWatermark(t *testing.T) {
 				f.enqueueLocked([]learn.Entry{elem(i)}, time.Now().Unix())
 			}
 			f.mu.Unlock()
-			fl := f.take()
+			fl := f.take(tc.alone)
 			switch {
 			case tc.nothing && fl != nil:
 				t.Fatalf("take: got a flush of %d elements, watermark %d; want nothing", len(fl.ops), fl.wm)

@@ -122,16 +122,34 @@ func (f *Fleet) queueLocked(o *op) bool {
 // time, so that a fleet's rate of new addresses is not one transaction per
 // round trip to etcd. Concurrent answers share a flush: those that arrive
 // while flushes are written make up the next. The watermark rides with
-// the next transaction that leaves after it moved (alone if no element
-// waits), so that under load acknowledgements cost no write of their own,
-// and an acknowledgement never waits for the previous one's round trip.
+// the next transaction of elements that leaves after it moved, so that
+// under load acknowledgements cost no write of their own. When none can
+// leave (no element waits, or every slot is taken), it goes alone, one at
+// a time, in a slot of its own: an acknowledgement never waits for the
+// elements' slots.
 func (f *Fleet) flushLoop(ctx context.Context) {
 	var (
 		wg     sync.WaitGroup
-		slots  = make(chan struct{}, maxInflight)
+		slots  = make(chan struct{}, maxInflight) // transactions of elements
+		alone  = make(chan struct{}, 1)           // the watermark alone
 		leases = &leases{ids: map[int64]clientv3.LeaseID{}}
 	)
 	defer wg.Wait()
+	// next returns the next transaction to write and the slot it holds;
+	// nil if none can leave now.
+	next := func() (*flush, chan struct{}) {
+		for _, s := range []chan struct{}{slots, alone} {
+			select {
+			case s <- struct{}{}:
+				if fl := f.take(s == alone); fl != nil {
+					return fl, s
+				}
+				<-s
+			default:
+			}
+		}
+		return nil, nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -139,21 +157,15 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 		case <-f.kick:
 		}
 		for ctx.Err() == nil {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			fl := f.take()
+			fl, slot := next()
 			if fl == nil {
-				<-slots
 				break
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				f.write(ctx, fl, leases)
-				<-slots
+				<-slot
 				f.wake() // a flush may have waited for a slot, or for a key
 			}()
 		}
@@ -162,11 +174,11 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 
 // take returns what the next transaction writes: the first queued flush
 // none of whose elements is being written (two writes of one element must
-// not race), its elements marked in flight, and this gateway's watermark
-// if it moved since the last transaction that carried it (then a flush
-// without elements if none is ready). nil if there is nothing to write,
-// or the fleet is not up.
-func (f *Fleet) take() *flush {
+// not race), its elements marked in flight, with this gateway's watermark
+// if it moved since the last transaction that carried it; or, if alone,
+// a flush of the watermark only, if it moved. nil if there is nothing to
+// write, or the fleet is not up.
+func (f *Fleet) take(alone bool) *flush {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.up {
@@ -175,6 +187,9 @@ func (f *Fleet) take() *flush {
 	var taken *flush
 next:
 	for i, fl := range f.queue {
+		if alone {
+			break
+		}
 		for _, o := range fl.ops {
 			if _, busy := f.inflight[o.key]; busy {
 				continue next
@@ -189,7 +204,7 @@ next:
 		taken = fl
 		break
 	}
-	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent {
+	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone) {
 		if taken == nil {
 			taken = &flush{done: make(chan struct{})}
 		}
