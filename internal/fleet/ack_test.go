@@ -1,7 +1,9 @@
 package fleet
 
 import (
+	"container/heap"
 	"context"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -146,5 +148,59 @@ func TestWatermarkOnlyRises(t *testing.T) {
 	}
 	if g.Degraded() != nil {
 		t.Errorf("the gateway went degraded: %v", g.Degraded())
+	}
+}
+
+// TestWakeAcked: a watermark that moves wakes the holds whose revision
+// every live gateway has reached, lowest first, and no other; a gateway
+// that leaves can release holds; with no other gateway every hold is
+// released.
+func TestWakeAcked(t *testing.T) {
+	f := &Fleet{live: map[string]int64{}}
+	waiting := map[int64]*ackWait{}
+	for _, rev := range []int64{15, 5, 10, 20} {
+		w := &ackWait{rev: rev, ch: make(chan struct{})}
+		heap.Push(&f.acks, w)
+		waiting[rev] = w
+	}
+	woken := func(rev int64) bool {
+		select {
+		case <-waiting[rev].ch:
+			return true
+		default:
+			return false
+		}
+	}
+	for _, step := range []struct {
+		name  string
+		live  map[string]int64
+		woken []int64 // every hold woken so far, the others still waiting
+	}{
+		{"b at 10, c at 12", map[string]int64{"b": 10, "c": 12}, []int64{5, 10}},
+		{"c moves on, b does not", map[string]int64{"b": 10, "c": 30}, []int64{5, 10}},
+		{"b at 17", map[string]int64{"b": 17, "c": 30}, []int64{5, 10, 15}},
+		{"d joins behind", map[string]int64{"b": 30, "c": 30, "d": 1}, []int64{5, 10, 15}},
+		{"d leaves", map[string]int64{"b": 30, "c": 30}, []int64{5, 10, 15, 20}},
+	} {
+		f.live = step.live
+		f.wakeAckedLocked()
+		for rev, w := range waiting {
+			want := slices.Contains(step.woken, rev)
+			if got := woken(rev); got != want {
+				t.Errorf("%s: hold for %d woken: got %v, want %v", step.name, rev, got, want)
+			}
+			if want != (w.i < 0) {
+				t.Errorf("%s: hold for %d: heap index %d; want it out of the heap: %v", step.name, rev, w.i, want)
+			}
+		}
+	}
+	w := &ackWait{rev: 99, ch: make(chan struct{})}
+	heap.Push(&f.acks, w)
+	f.live = map[string]int64{}
+	f.wakeAckedLocked()
+	select {
+	case <-w.ch:
+	default:
+		t.Error("with no other gateway live, a hold is not woken")
 	}
 }

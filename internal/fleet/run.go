@@ -500,7 +500,7 @@ func (f *Fleet) watchNodes(ctx context.Context, from int64, lease clientv3.Lease
 			}
 		}
 		n := len(f.live)
-		f.broadcastLocked()
+		f.wakeAckedLocked()
 		f.mu.Unlock()
 		f.m.live.Set(float64(n))
 	}
