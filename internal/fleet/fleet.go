@@ -4,10 +4,12 @@
 package fleet
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -52,8 +54,9 @@ type Fleet struct {
 
 	loaded   chan struct{}
 	loadOnce sync.Once
-	kick     chan struct{} // wakes the flusher; buffered, one slot
-	ackKick  chan struct{} // wakes the watermark writer; buffered, one slot
+	// kick wakes the flusher, which writes learned elements and this
+	// gateway's watermark; buffered, one slot.
+	kick chan struct{}
 
 	mu sync.Mutex // guards the following
 	// up: connected, loaded and registered; while false, Publish holds
@@ -62,9 +65,13 @@ type Fleet struct {
 	downErr error
 	everUp  bool
 	cancel  context.CancelCauseFunc // ends the current connection
-	changed chan struct{}           // closed and replaced when up or live change
+	changed chan struct{}           // closed and replaced when up changes, or live is reloaded
 	// live holds the other gateways' watermarks, by node name.
 	live map[string]int64
+	// acks holds the holds waiting for every live gateway to acknowledge
+	// a revision, lowest first: a watermark that moves wakes only those
+	// it releases, not every waiting answer (see wakeAckedLocked).
+	acks ackHeap
 	// mirror is what etcd holds, by key below learnedPrefix, as far as
 	// this gateway knows (from its loads, its watch and its own writes):
 	// a published entry that etcd holds with the same or a later expiry
@@ -79,6 +86,12 @@ type Fleet struct {
 	queue    []*flush
 	queued   map[string]*op
 	inflight map[string]*op
+	// ackLease is the lease of this gateway's watermark key while it is
+	// registered (0: not connected); ackSent is the highest watermark
+	// handed to a write on it. A write of the flusher carries the
+	// watermark when applied has passed ackSent (see take).
+	ackLease clientv3.LeaseID
+	ackSent  int64
 
 	// The hold's timeouts are logged at most once a second.
 	logMu      sync.Mutex
@@ -149,7 +162,6 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 		nodeKey:       o.Prefix + nodesDir + o.Node,
 		loaded:        make(chan struct{}),
 		kick:          make(chan struct{}, 1),
-		ackKick:       make(chan struct{}, 1),
 		downErr:       errConnecting,
 		changed:       make(chan struct{}),
 		live:          map[string]int64{},
@@ -263,6 +275,42 @@ func (f *Fleet) wake() {
 func (f *Fleet) broadcastLocked() {
 	close(f.changed)
 	f.changed = make(chan struct{})
+	f.wakeAckedLocked()
+}
+
+// wakeAckedLocked wakes the holds whose revision every live gateway has
+// acknowledged, after live changed.
+func (f *Fleet) wakeAckedLocked() {
+	low := int64(math.MaxInt64)
+	for _, wm := range f.live {
+		low = min(low, wm)
+	}
+	for len(f.acks) > 0 && f.acks[0].rev <= low {
+		close(heap.Pop(&f.acks).(*ackWait).ch)
+	}
+}
+
+// ackWait is a hold waiting for every live gateway to acknowledge rev.
+type ackWait struct {
+	rev int64
+	ch  chan struct{} // closed when they have, or the hold should look again
+	i   int           // index in the heap; -1 once out of it
+}
+
+// ackHeap is a min-heap of waiting holds by revision (container/heap).
+type ackHeap []*ackWait
+
+func (h ackHeap) Len() int           { return len(h) }
+func (h ackHeap) Less(i, j int) bool { return h[i].rev < h[j].rev }
+func (h ackHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].i = i; h[j].i = j }
+func (h *ackHeap) Push(x any)        { w := x.(*ackWait); w.i = len(*h); *h = append(*h, w) }
+func (h *ackHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	w.i = -1
+	return w
 }
 
 // hold waits until every live gateway other than this one has
@@ -271,6 +319,16 @@ func (f *Fleet) broadcastLocked() {
 func (f *Fleet) hold(ctx context.Context, start time.Time, rev int64, waits []*flush, batch []learn.Entry) error {
 	timer := time.NewTimer(f.o.HoldTimeout)
 	defer timer.Stop()
+	var w *ackWait // once every flush is written: waiting for rev's acknowledgement
+	defer func() {
+		if w != nil {
+			f.mu.Lock()
+			if w.i >= 0 {
+				heap.Remove(&f.acks, w.i)
+			}
+			f.mu.Unlock()
+		}
+	}()
 	for {
 		var (
 			next   <-chan struct{} // a flush still to be written
@@ -292,6 +350,16 @@ func (f *Fleet) hold(ctx context.Context, start time.Time, rev int64, waits []*f
 		f.mu.Lock()
 		up, changed := f.up, f.changed
 		acked := next == nil && f.ackedLocked(rev)
+		var ackCh <-chan struct{}
+		if up && !failed && next == nil && !acked {
+			// Wait to be woken when the watermarks reach rev: rev no
+			// longer changes (every flush is written).
+			if w == nil || w.i < 0 {
+				w = &ackWait{rev: rev, ch: make(chan struct{})}
+				heap.Push(&f.acks, w)
+			}
+			ackCh = w.ch
+		}
 		f.mu.Unlock()
 		switch {
 		case !up || failed:
@@ -305,6 +373,7 @@ func (f *Fleet) hold(ctx context.Context, start time.Time, rev int64, waits []*f
 		}
 		select {
 		case <-next:
+		case <-ackCh:
 		case <-changed:
 		case <-timer.C:
 			f.m.holdTime.Observe(time.Since(start).Seconds())

@@ -25,8 +25,12 @@ type op struct {
 
 // flush is one transaction's worth of elements, and what it came to.
 type flush struct {
-	ops  []*op
-	done chan struct{} // closed once written, or failed
+	ops []*op
+	// wm, when not 0, is this gateway's watermark, written in the same
+	// transaction on lease (see take).
+	wm    int64
+	lease clientv3.LeaseID
+	done  chan struct{} // closed once written, or failed
 	// Set before done is closed:
 	rev int64 // the revision peers must acknowledge
 	err error // non-nil if the write failed
@@ -113,18 +117,39 @@ func (f *Fleet) queueLocked(o *op) bool {
 	return true
 }
 
-// flushLoop writes the queued flushes while the fleet is up, until ctx
-// ends: up to maxInflight transactions at a time, so that a fleet's rate
-// of new addresses is not one transaction per round trip to etcd.
-// Concurrent answers share a flush: those that arrive while flushes are
-// written make up the next.
+// flushLoop writes the queued flushes, and this gateway's watermark, while
+// the fleet is up, until ctx ends: up to maxInflight transactions at a
+// time, so that a fleet's rate of new addresses is not one transaction per
+// round trip to etcd. Concurrent answers share a flush: those that arrive
+// while flushes are written make up the next. The watermark rides with
+// the next transaction of elements that leaves after it moved, so that
+// under load acknowledgements cost no write of their own. When none can
+// leave (no element waits, or every slot is taken), it goes alone, one at
+// a time, in a slot of its own: an acknowledgement never waits for the
+// elements' slots.
 func (f *Fleet) flushLoop(ctx context.Context) {
 	var (
 		wg     sync.WaitGroup
-		slots  = make(chan struct{}, maxInflight)
+		slots  = make(chan struct{}, maxInflight) // transactions of elements
+		alone  = make(chan struct{}, 1)           // the watermark alone
 		leases = &leases{ids: map[int64]clientv3.LeaseID{}}
 	)
 	defer wg.Wait()
+	// next returns the next transaction to write and the slot it holds;
+	// nil if none can leave now.
+	next := func() (*flush, chan struct{}) {
+		for _, s := range []chan struct{}{slots, alone} {
+			select {
+			case s <- struct{}{}:
+				if fl := f.take(s == alone); fl != nil {
+					return fl, s
+				}
+				<-s
+			default:
+			}
+		}
+		return nil, nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,38 +157,39 @@ func (f *Fleet) flushLoop(ctx context.Context) {
 		case <-f.kick:
 		}
 		for ctx.Err() == nil {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			fl := f.take()
+			fl, slot := next()
 			if fl == nil {
-				<-slots
 				break
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				f.write(ctx, fl, leases)
-				<-slots
+				<-slot
 				f.wake() // a flush may have waited for a slot, or for a key
 			}()
 		}
 	}
 }
 
-// take returns the first queued flush none of whose elements is being
-// written (two writes of one element must not race), and marks its
-// elements in flight; nil if there is none, or the fleet is not up.
-func (f *Fleet) take() *flush {
+// take returns what the next transaction writes: the first queued flush
+// none of whose elements is being written (two writes of one element must
+// not race), its elements marked in flight, with this gateway's watermark
+// if it moved since the last transaction that carried it; or, if alone,
+// a flush of the watermark only, if it moved. nil if there is nothing to
+// write, or the fleet is not up.
+func (f *Fleet) take(alone bool) *flush {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.up {
 		return nil
 	}
+	var taken *flush
 next:
 	for i, fl := range f.queue {
+		if alone {
+			break
+		}
 		for _, o := range fl.ops {
 			if _, busy := f.inflight[o.key]; busy {
 				continue next
@@ -175,23 +201,38 @@ next:
 			f.inflight[o.key] = o
 		}
 		f.m.pending.Set(float64(len(f.queued)))
-		return fl
+		taken = fl
+		break
 	}
-	return nil
+	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone) {
+		if taken == nil {
+			taken = &flush{done: make(chan struct{})}
+		}
+		taken.wm, taken.lease = wm, f.ackLease
+		f.ackSent = wm
+	}
+	return taken
 }
 
 // write writes fl in one transaction and records the outcome. Each element
 // is written only if etcd does not hold it with the same or a later expiry
 // by then (another gateway may have written it meanwhile): a nested
 // transaction per element compares the values, whose fixed width makes
-// etcd's byte order the order of expiries.
+// etcd's byte order the order of expiries. The watermark, last, likewise
+// only raises the key's value, and only on this connection's lease:
+// transactions in flight together may be applied in any order, and one
+// sent before a reconnection must not take the key back to the old lease.
 func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 	var (
 		resp *clientv3.TxnResponse
 		err  error
 	)
+	kind := "learned"
+	if len(fl.ops) == 0 {
+		kind = "watermark"
+	}
 	for attempt := 0; attempt < 2; attempt++ {
-		ops := make([]clientv3.Op, 0, len(fl.ops))
+		ops := make([]clientv3.Op, 0, len(fl.ops)+1)
 		for _, o := range fl.ops {
 			var lease clientv3.LeaseID
 			lease, err = leases.get(ctx, f, o.exp)
@@ -215,9 +256,24 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 		if err != nil {
 			break
 		}
+		if fl.wm > 0 {
+			val := encodeWatermark(fl.wm)
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{
+					clientv3.Compare(clientv3.Value(f.nodeKey), "<", val),
+					clientv3.Compare(clientv3.LeaseValue(f.nodeKey), "=", fl.lease),
+				},
+				[]clientv3.Op{clientv3.OpPut(f.nodeKey, val, clientv3.WithLease(fl.lease))},
+				nil,
+			))
+		}
 		tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
+		start := time.Now()
 		resp, err = f.cli.Txn(tctx).Then(ops...).Commit()
 		cancel()
+		if err == nil {
+			f.m.writeTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			// A bucket's lease expired or was revoked under us: grant
 			// anew and try once more.
@@ -227,10 +283,20 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 		break
 	}
 	if err != nil {
-		f.failed(ctx, fl, fmt.Errorf("writing learned addresses to etcd: %w", err))
+		what := "writing learned addresses to etcd"
+		if kind == "watermark" {
+			what = "etcd: writing this gateway's watermark"
+		}
+		f.failed(ctx, fl, fmt.Errorf("%s: %w", what, err))
 		return
 	}
-	f.m.writes.WithLabelValues("learned").Inc()
+	f.m.writes.WithLabelValues(kind).Inc()
+	if len(fl.ops) > 0 {
+		f.m.flushSize.Observe(float64(len(fl.ops)))
+		if fl.wm > 0 {
+			f.m.acksCarried.Inc()
+		}
+	}
 	f.written(fl, resp)
 }
 

@@ -29,6 +29,11 @@ const (
 	leaderKey  = "leader/refresh"
 
 	expiryDigits = 12
+	// watermarkDigits: a watermark (an etcd revision, an int64) is
+	// written zero-padded to this width, so that etcd's byte order of
+	// values is their numeric order and a write can be made conditional
+	// on raising it (see flush.go).
+	watermarkDigits = 19
 )
 
 // appendKey appends the key of e below <prefix>learned/ to b. Its address
@@ -50,6 +55,17 @@ func encodeExpiry(sec int64) string {
 	for i := expiryDigits - 1; i >= 0; i-- {
 		b[i] = byte('0' + sec%10)
 		sec /= 10
+	}
+	return string(b[:])
+}
+
+// encodeWatermark returns the value of a watermark key holding revision
+// rev (not negative).
+func encodeWatermark(rev int64) string {
+	var b [watermarkDigits]byte
+	for i := watermarkDigits - 1; i >= 0; i-- {
+		b[i] = byte('0' + rev%10)
+		rev /= 10
 	}
 	return string(b[:])
 }

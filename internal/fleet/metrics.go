@@ -8,28 +8,45 @@ import (
 
 // metrics are the fleet's Prometheus series.
 type metrics struct {
-	writes    *prometheus.CounterVec // etcd writes, by kind
-	written   prometheus.Counter     // elements written
-	coalesced prometheus.Counter     // elements etcd held already
-	holds     *prometheus.CounterVec // Publish calls, by how their hold ended
-	holdTime  prometheus.Histogram
-	programd  prometheus.Counter     // elements from etcd programmed
-	ignored   *prometheus.CounterVec // elements from etcd ignored, by reason
-	degraded  prometheus.Gauge
-	outages   prometheus.Counter
-	leader    prometheus.Gauge
-	live      prometheus.Gauge
-	pending   prometheus.Gauge
-	overflow  prometheus.Counter
-	resyncs   prometheus.Counter
+	writes      *prometheus.CounterVec   // etcd writes, by kind
+	writeTime   *prometheus.HistogramVec // etcd writes' round trips, by kind
+	flushSize   prometheus.Histogram     // elements per transaction of learned elements
+	acksCarried prometheus.Counter       // watermarks written with learned elements
+	written     prometheus.Counter       // elements written
+	coalesced   prometheus.Counter       // elements etcd held already
+	holds       *prometheus.CounterVec   // Publish calls, by how their hold ended
+	holdTime    prometheus.Histogram
+	programd    prometheus.Counter     // elements from etcd programmed
+	ignored     *prometheus.CounterVec // elements from etcd ignored, by reason
+	degraded    prometheus.Gauge
+	outages     prometheus.Counter
+	leader      prometheus.Gauge
+	live        prometheus.Gauge
+	pending     prometheus.Gauge
+	overflow    prometheus.Counter
+	resyncs     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_fleet_etcd_writes_total",
-			Help: "Writes this gateway made to etcd, by kind: learned (a transaction of learned elements), lease (a lease granted for an expiry bucket), watermark (this gateway's acknowledgement), node (registering this gateway).",
+			Help: "Writes this gateway made to etcd, by kind: learned (a transaction of learned elements, which may carry this gateway's watermark too), lease (a lease granted for an expiry bucket), watermark (this gateway's acknowledgement, alone), node (registering this gateway).",
 		}, []string{"kind"}),
+		writeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fqdngate_fleet_etcd_write_duration_seconds",
+			Help:    "Time from sending a write to etcd to its answer, by kind: learned (a transaction of learned elements), watermark (this gateway's acknowledgement).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+		}, []string{"kind"}),
+		flushSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fqdngate_fleet_flush_elements",
+			Help:    "Learned elements per transaction this gateway wrote to etcd.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+		}),
+		acksCarried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "fqdngate_fleet_acks_carried_total",
+			Help: "Moves of this gateway's watermark written in a transaction of learned elements, costing no etcd write of their own (those written alone count as fqdngate_fleet_etcd_writes_total{kind=\"watermark\"}).",
+		}),
 		written: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fqdngate_fleet_learned_written_total",
 			Help: "Learned elements this gateway wrote to etcd (new, or with a later expiry).",
@@ -88,6 +105,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, k := range []string{"learned", "lease", "watermark", "node"} {
 		m.writes.WithLabelValues(k)
 	}
+	for _, k := range []string{"learned", "watermark"} {
+		m.writeTime.WithLabelValues(k)
+	}
 	for _, r := range []string{"acked", "local", "degraded", "timeout_release", "timeout_servfail"} {
 		m.holds.WithLabelValues(r)
 	}
@@ -97,7 +117,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.writes, m.written, m.coalesced, m.holds, m.holdTime, m.programd, m.ignored, m.degraded, m.outages, m.leader, m.live, m.pending, m.overflow, m.resyncs} {
+	for _, c := range []prometheus.Collector{m.writes, m.writeTime, m.flushSize, m.acksCarried, m.written, m.coalesced, m.holds, m.holdTime, m.programd, m.ignored, m.degraded, m.outages, m.leader, m.live, m.pending, m.overflow, m.resyncs} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("fleet: registering metrics: %w", err)
 		}

@@ -143,6 +143,9 @@ func (f *Fleet) connect(ctx context.Context) error {
 		return fmt.Errorf("etcd: keeping this gateway's lease alive: %w", err)
 	}
 	defer func() {
+		f.mu.Lock()
+		f.ackLease = 0
+		f.mu.Unlock()
 		sess.Orphan()
 		if ctx.Err() == nil {
 			// Reconnecting: the watermark key stays, with its lease,
@@ -193,16 +196,22 @@ func (f *Fleet) connect(ctx context.Context) error {
 			if _, err := f.putWatermark(sctx, sess.Lease(), regRev, "watermark"); err != nil {
 				return err
 			}
-			acked = regRev
 		}
+		// With no element in between, the watermark written already
+		// covers regRev too: nothing to write.
+		acked = regRev
 	}
+	// From now on the flusher moves the watermark, with the learned
+	// elements it writes or alone (see take).
+	f.mu.Lock()
+	f.ackLease, f.ackSent = sess.Lease(), acked
+	f.mu.Unlock()
 	f.setUp()
 
 	g, gctx := errgroup.WithContext(sctx)
 	for _, fn := range []func(context.Context) error{
 		func(ctx context.Context) error { return f.watchLearned(ctx, f.applied.Load()+1) },
 		func(ctx context.Context) error { return f.watchNodes(ctx, nodesRev+1, sess.Lease()) },
-		func(ctx context.Context) error { return f.ackLoop(ctx, sess.Lease(), acked) },
 		func(ctx context.Context) error { return f.campaign(ctx, sess) },
 		f.probe,
 		func(ctx context.Context) error {
@@ -238,36 +247,16 @@ func (f *Fleet) connect(ctx context.Context) error {
 func (f *Fleet) putWatermark(ctx context.Context, lease clientv3.LeaseID, wm int64, kind string) (int64, error) {
 	tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
 	defer cancel()
-	resp, err := f.cli.Put(tctx, f.nodeKey, strconv.FormatInt(wm, 10), clientv3.WithLease(lease))
+	start := time.Now()
+	resp, err := f.cli.Put(tctx, f.nodeKey, encodeWatermark(wm), clientv3.WithLease(lease))
 	if err != nil {
 		return 0, fmt.Errorf("etcd: writing this gateway's watermark: %w", err)
 	}
+	if kind == "watermark" {
+		f.m.writeTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	}
 	f.m.writes.WithLabelValues(kind).Inc()
 	return resp.Header.Revision, nil
-}
-
-// ackLoop writes the watermark whenever the applied revision has moved
-// past the last one written: at most one write at a time, so acks
-// coalesce under load.
-func (f *Fleet) ackLoop(ctx context.Context, lease clientv3.LeaseID, acked int64) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-f.ackKick:
-		}
-		wm := f.applied.Load()
-		if wm <= acked {
-			continue
-		}
-		if _, err := f.putWatermark(ctx, lease, wm, "watermark"); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		acked = wm
-	}
 }
 
 // load reads the learned elements modified at minRev or later (all of
@@ -330,10 +319,7 @@ func (f *Fleet) watchLearned(ctx context.Context, from int64) error {
 		// element up to last has been seen.
 		if last > f.applied.Load() {
 			f.applied.Store(last)
-			select {
-			case f.ackKick <- struct{}{}:
-			default:
-			}
+			f.wake() // to acknowledge it
 		}
 	}
 	if ctx.Err() != nil {
@@ -609,7 +595,7 @@ func (f *Fleet) watchNodes(ctx context.Context, from int64, lease clientv3.Lease
 			}
 		}
 		n := len(f.live)
-		f.broadcastLocked()
+		f.wakeAckedLocked()
 		f.mu.Unlock()
 		f.m.live.Set(float64(n))
 	}

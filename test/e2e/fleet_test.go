@@ -234,7 +234,11 @@ func (f *fleet) cycles(first, count, maxFail int) []string {
 func TestFleetHoldPeers(t *testing.T) {
 	f := startFleet(t, fleetOpts{hold: "peers"})
 	if failures := f.cycles(0, 1000, 1000); len(failures) > 0 {
-		t.Errorf("%d of 1000 cycles failed with hold: peers; first: %s", len(failures), strings.Join(failures[:min(5, len(failures))], "; "))
+		// A hold that timed out (hold_timeout, 250ms) released its answer
+		// before B had it: on a loaded machine that, not the hold, may be
+		// why.
+		t.Errorf("%d of 1000 cycles failed with hold: peers (holds timed out at A: %v); first: %s", len(failures),
+			f.a.metric(`fqdngate_fleet_holds_total{result="timeout_release"}`), strings.Join(failures[:min(5, len(failures))], "; "))
 	}
 	// B was never asked: what it enforces came from A's answers.
 	learns(t, f.b, 0, 1000)
