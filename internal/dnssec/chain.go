@@ -120,6 +120,15 @@ func (v *Validator) fetchNode(ctx context.Context, name string, parent *node) *n
 		}
 		return v.fetchKeys(ctx, name, list, nil, now, ttl)
 	}
+	// A CNAME at name, signed by the parent, shows name is no zone cut
+	// (a CNAME cannot sit beside NS).
+	if cn := sets.m[rrKey{name, dns.TypeCNAME}]; len(cn) > 0 {
+		r, ttl := v.verifyRRset(parent, cn, sigs[rrKey{name, dns.TypeCNAME}], now)
+		if r.State != Secure || r.wildcard {
+			return fail(kindBogus, Bogus, r.EDE, parent.zone, "CNAME "+name+" in the DS response: "+r.Reason)
+		}
+		return &node{kind: kindNotCut, zone: parent.zone, expires: now.Add(v.clampTTL(ttl, 0))}
+	}
 	// No DS: the parent must prove why.
 	d := v.denyDS(parent, name, resp.Ns, now)
 	d.expires = now.Add(v.clampTTL(negTTL(resp), 0))

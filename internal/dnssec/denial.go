@@ -173,8 +173,14 @@ func (p proof) closestEncloser(name string) (ce string, cover *dns.NSEC3, ok boo
 		if !isSub(p.zone, anc[i]) {
 			break
 		}
-		if p.nsec3Match(anc[i]) == nil {
+		m := p.nsec3Match(anc[i])
+		if m == nil {
 			continue
+		}
+		if anc[i] != p.zone && (delegation(m.TypeBitMap) || hasType(m.TypeBitMap, dns.TypeDNAME)) {
+			// RFC 5155 section 8.3: the parent side of a cut or a
+			// DNAME proves nothing about names below it
+			return "", nil, false
 		}
 		c := p.nsec3Cover(anc[i-1])
 		if c == nil {
@@ -233,10 +239,12 @@ func (v *Validator) validateDenial(ctx context.Context, name string, qtype uint1
 	if qtype == dns.TypeDS && name != "." {
 		zname = parent(name)
 	}
-	z := v.zoneOf(ctx, zname)
-	if z.kind != kindZone {
-		return z.res
-	}
+	return v.inZone(ctx, zname, authority, func(z *node) Result {
+		return v.denial(z, name, qtype, rcode, authority)
+	})
+}
+
+func (v *Validator) denial(z *node, name string, qtype uint16, rcode int, authority []dns.RR) Result {
 	now := v.now()
 	p := v.collect(z, authority, now)
 	secure := func(how string) Result {

@@ -2,6 +2,7 @@ package dnssec
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/miekg/dns"
@@ -102,14 +103,62 @@ func (v *Validator) validateRRset(ctx context.Context, rrs []dns.RR, sigs []*dns
 			return bogus(dns.ExtendedErrorCodeDNSBogus, "", "DS for the root")
 		}
 	}
-	z := v.zoneOf(ctx, zname)
-	if z.kind != kindZone {
-		return z.res
+	var hint []dns.RR
+	for _, s := range sigs {
+		hint = append(hint, s)
 	}
-	now := v.now()
-	r, _ := v.verifyRRset(z, rrs, sigs, now)
-	if r.State != Secure || !r.wildcard {
-		return r.Result
+	return v.inZone(ctx, zname, hint, func(z *node) Result {
+		now := v.now()
+		r, _ := v.verifyRRset(z, rrs, sigs, now)
+		if r.State != Secure || !r.wildcard {
+			return r.Result
+		}
+		return v.provesWildcard(z, owner, r.labels, authority, now, r.Result)
+	})
+}
+
+// maxHints bounds the signer names tried for one RRset or proof.
+const maxHints = 3
+
+// inZone finds the zone that should hold name and runs check with its
+// keys. The signer names of the RRSIGs in hints that are name or its
+// ancestors say where to look, deepest first, so the walk stops at the
+// signing zone; without such a hint the walk goes down to name itself.
+// A walk that ends on a proven unsigned delegation makes name insecure
+// whichever hint led there: everything below such a cut is unsigned.
+func (v *Validator) inZone(ctx context.Context, name string, hints []dns.RR, check func(z *node) Result) Result {
+	var signers []string
+	for _, h := range hints {
+		s, ok := h.(*dns.RRSIG)
+		if !ok {
+			continue
+		}
+		sn := dns.CanonicalName(s.SignerName)
+		if !isSub(sn, name) || slices.Contains(signers, sn) {
+			continue
+		}
+		signers = append(signers, sn)
 	}
-	return v.provesWildcard(z, owner, r.labels, authority, now, r.Result)
+	slices.SortFunc(signers, func(a, b string) int { return dns.CountLabel(b) - dns.CountLabel(a) })
+	if len(signers) > maxHints {
+		signers = signers[:maxHints]
+	}
+	if len(signers) == 0 {
+		signers = []string{name}
+	}
+	var first Result
+	for i, s := range signers {
+		z := v.zoneOf(ctx, s)
+		r := z.res
+		if z.kind == kindZone {
+			r = check(z)
+		}
+		if r.State == Secure || r.State == Insecure {
+			return r
+		}
+		if i == 0 {
+			first = r
+		}
+	}
+	return first
 }
