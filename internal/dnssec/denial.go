@@ -155,9 +155,12 @@ func (p proof) nsec3Match(name string) *dns.NSEC3 {
 	return nil
 }
 
+// nsec3Cover returns an NSEC3 whose hash interval holds name's hash
+// strictly: miekg/dns's Cover also accepts the owner's own hash, which
+// would let a name's own NSEC3 "prove" it absent.
 func (p proof) nsec3Cover(name string) *dns.NSEC3 {
 	for _, n := range p.nsec3 {
-		if n.Cover(name) {
+		if n.Cover(name) && !n.Match(name) {
 			return n
 		}
 	}
