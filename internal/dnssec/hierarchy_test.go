@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -199,8 +198,6 @@ func (h *hierarchy) stop() {
 // what the authoritative servers said, signatures and all.
 type iterator struct {
 	h      *hierarchy
-	mu     sync.Mutex // guards following
-	count  int        // queries sent to authoritative servers
 	filter func(*dns.Msg)
 }
 
@@ -217,12 +214,6 @@ func (it *iterator) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) 
 	return resp, nil
 }
 
-func (it *iterator) queries() int {
-	it.mu.Lock()
-	defer it.mu.Unlock()
-	return it.count
-}
-
 func (it *iterator) resolve(ctx context.Context, q dns.Question, depth int) (*dns.Msg, error) {
 	if depth > 8 {
 		return nil, fmt.Errorf("CNAME chain too long at %s", q.Name)
@@ -234,9 +225,6 @@ func (it *iterator) resolve(ctx context.Context, q dns.Question, depth int) (*dn
 		m.Question = []dns.Question{q}
 		m.Id = dns.Id()
 		m.SetEdns0(4096, true)
-		it.mu.Lock()
-		it.count++
-		it.mu.Unlock()
 		resp, _, err := c.ExchangeContext(ctx, m, server)
 		if err != nil {
 			return nil, err

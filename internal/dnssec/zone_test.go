@@ -339,6 +339,11 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 	m.Authoritative = true
 	qn := dns.CanonicalName(q.Name)
 	qt := q.Qtype
+	if !isSub(z.name, qn) {
+		m.Authoritative = false
+		m.Rcode = dns.RcodeRefused
+		return m
+	}
 	if cut := z.below(qn); cut != "" && !(cut == qn && qt == dns.TypeDS) {
 		m.Authoritative = false
 		m.Ns = append(m.Ns, z.sets[rrKey{cut, dns.TypeNS}]...)
