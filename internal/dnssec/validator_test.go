@@ -63,55 +63,60 @@ func stripDenial(m *dns.Msg) {
 	m.Ns = out
 }
 
+type validateCase struct {
+	name   string
+	qname  string
+	qtype  uint16
+	filter func(*dns.Msg) // applied to every upstream response, fetches included
+	want   State
+	ede    uint16
+	rcode  int
+}
+
+// validateCases are the verdicts on the test hierarchy; the Unbound oracle
+// (unbound_test.go) must agree on those without a filter.
+var validateCases = []validateCase{
+	{name: "secure ECDSAP256 NSEC zone", qname: "www.example.", qtype: dns.TypeA, want: Secure},
+	{name: "secure AAAA", qname: "www.example.", qtype: dns.TypeAAAA, want: Secure},
+	{name: "secure ED25519 NSEC3 zone", qname: "www.bank.example.", qtype: dns.TypeA, want: Secure},
+	{name: "secure ECDSAP384", qname: "www.p384.example.", qtype: dns.TypeA, want: Secure},
+	{name: "secure RSASHA512", qname: "www.rsa512.example.", qtype: dns.TypeA, want: Secure},
+	{name: "secure DNSKEY of a zone", qname: "example.", qtype: dns.TypeDNSKEY, want: Secure},
+	{name: "secure DS", qname: "bank.example.", qtype: dns.TypeDS, want: Secure},
+	{name: "KSK rollover: two keys, DS for the new, data by the old", qname: "www.roll.example.", qtype: dns.TypeA, want: Secure},
+	{name: "CNAME between signed zones", qname: "tobank.example.", qtype: dns.TypeA, want: Secure},
+	{name: "wildcard NSEC", qname: "x.wild.example.", qtype: dns.TypeA, want: Secure},
+	{name: "wildcard NSEC3", qname: "y.w.p384.example.", qtype: dns.TypeA, want: Secure},
+	{name: "wildcard NSEC3 deep", qname: "a.b.w.p384.example.", qtype: dns.TypeA, want: Secure},
+	{name: "wildcard NSEC3 NODATA", qname: "y.w.p384.example.", qtype: dns.TypeTXT, want: Secure},
+	{name: "wildcard in an NSEC3 opt-out span", qname: "y.w.bank.example.", qtype: dns.TypeA, want: Insecure},
+	{name: "NXDOMAIN NSEC", qname: "nope.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
+	{name: "NXDOMAIN NSEC3", qname: "nope.p384.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
+	{name: "NXDOMAIN NSEC3 deep", qname: "a.b.nope.p384.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
+	{name: "NODATA NSEC", qname: "www.example.", qtype: dns.TypeTXT, want: Secure},
+	{name: "NODATA NSEC3", qname: "www.p384.example.", qtype: dns.TypeTXT, want: Secure},
+	{name: "NODATA at an empty non-terminal", qname: "ent.example.", qtype: dns.TypeA, want: Secure},
+	{name: "wildcard NODATA NSEC", qname: "x.wild.example.", qtype: dns.TypeTXT, want: Secure},
+	{name: "NXDOMAIN in an NSEC3 opt-out span", qname: "nope.bank.example.", qtype: dns.TypeA, want: Insecure, rcode: dns.RcodeNameError},
+
+	{name: "insecure delegation proven by NSEC", qname: "www.unsigned.example.", qtype: dns.TypeA, want: Insecure},
+	{name: "insecure delegation proven by NSEC3 opt-out", qname: "www.shop.bank.example.", qtype: dns.TypeA, want: Insecure},
+	{name: "DS of an unsupported algorithm", qname: "www.unsupalg.example.", qtype: dns.TypeA, want: Insecure},
+	{name: "CNAME from a signed zone into an unsigned one", qname: "alias.example.", qtype: dns.TypeA, want: Insecure},
+
+	{name: "bogus signature", qname: "forged.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSBogus},
+	{name: "expired RRSIG", qname: "expired.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeSignatureExpired},
+	{name: "RRSIG not yet valid", qname: "future.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeSignatureNotYetValid},
+	{name: "DS without a matching key", qname: "www.badds.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSKEYMissing},
+	{name: "upstream strips RRSIGs", qname: "www.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
+	{name: "upstream strips RRSIGs below the root", qname: "www.bank.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
+	{name: "stripped RRSIGs cannot fake an unsigned delegation", qname: "www.unsigned.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus},
+	{name: "NXDOMAIN without its proof", qname: "nope.example.", qtype: dns.TypeA, filter: stripDenial, want: Bogus, ede: dns.ExtendedErrorCodeNSECMissing, rcode: dns.RcodeNameError},
+	{name: "NODATA without its proof (NSEC3)", qname: "www.p384.example.", qtype: dns.TypeTXT, filter: stripDenial, want: Bogus, ede: dns.ExtendedErrorCodeNSECMissing},
+}
+
 func TestValidate(t *testing.T) {
-	tests := []struct {
-		name   string
-		qname  string
-		qtype  uint16
-		filter func(*dns.Msg) // applied to every upstream response, fetches included
-		want   State
-		ede    uint16
-		rcode  int
-	}{
-		{name: "secure ECDSAP256 NSEC zone", qname: "www.example.", qtype: dns.TypeA, want: Secure},
-		{name: "secure AAAA", qname: "www.example.", qtype: dns.TypeAAAA, want: Secure},
-		{name: "secure ED25519 NSEC3 zone", qname: "www.bank.example.", qtype: dns.TypeA, want: Secure},
-		{name: "secure ECDSAP384", qname: "www.p384.example.", qtype: dns.TypeA, want: Secure},
-		{name: "secure RSASHA512", qname: "www.rsa512.example.", qtype: dns.TypeA, want: Secure},
-		{name: "secure DNSKEY of a zone", qname: "example.", qtype: dns.TypeDNSKEY, want: Secure},
-		{name: "secure DS", qname: "bank.example.", qtype: dns.TypeDS, want: Secure},
-		{name: "KSK rollover: two keys, DS for the new, data by the old", qname: "www.roll.example.", qtype: dns.TypeA, want: Secure},
-		{name: "CNAME between signed zones", qname: "tobank.example.", qtype: dns.TypeA, want: Secure},
-		{name: "wildcard NSEC", qname: "x.wild.example.", qtype: dns.TypeA, want: Secure},
-		{name: "wildcard NSEC3", qname: "y.w.p384.example.", qtype: dns.TypeA, want: Secure},
-		{name: "wildcard NSEC3 deep", qname: "a.b.w.p384.example.", qtype: dns.TypeA, want: Secure},
-		{name: "wildcard NSEC3 NODATA", qname: "y.w.p384.example.", qtype: dns.TypeTXT, want: Secure},
-		{name: "wildcard in an NSEC3 opt-out span", qname: "y.w.bank.example.", qtype: dns.TypeA, want: Insecure},
-		{name: "NXDOMAIN NSEC", qname: "nope.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
-		{name: "NXDOMAIN NSEC3", qname: "nope.p384.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
-		{name: "NXDOMAIN NSEC3 deep", qname: "a.b.nope.p384.example.", qtype: dns.TypeA, want: Secure, rcode: dns.RcodeNameError},
-		{name: "NODATA NSEC", qname: "www.example.", qtype: dns.TypeTXT, want: Secure},
-		{name: "NODATA NSEC3", qname: "www.p384.example.", qtype: dns.TypeTXT, want: Secure},
-		{name: "NODATA at an empty non-terminal", qname: "ent.example.", qtype: dns.TypeA, want: Secure},
-		{name: "wildcard NODATA NSEC", qname: "x.wild.example.", qtype: dns.TypeTXT, want: Secure},
-		{name: "NXDOMAIN in an NSEC3 opt-out span", qname: "nope.bank.example.", qtype: dns.TypeA, want: Insecure, rcode: dns.RcodeNameError},
-
-		{name: "insecure delegation proven by NSEC", qname: "www.unsigned.example.", qtype: dns.TypeA, want: Insecure},
-		{name: "insecure delegation proven by NSEC3 opt-out", qname: "www.shop.bank.example.", qtype: dns.TypeA, want: Insecure},
-		{name: "DS of an unsupported algorithm", qname: "www.unsupalg.example.", qtype: dns.TypeA, want: Insecure},
-		{name: "CNAME from a signed zone into an unsigned one", qname: "alias.example.", qtype: dns.TypeA, want: Insecure},
-
-		{name: "bogus signature", qname: "forged.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSBogus},
-		{name: "expired RRSIG", qname: "expired.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeSignatureExpired},
-		{name: "RRSIG not yet valid", qname: "future.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeSignatureNotYetValid},
-		{name: "DS without a matching key", qname: "www.badds.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSKEYMissing},
-		{name: "upstream strips RRSIGs", qname: "www.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
-		{name: "upstream strips RRSIGs below the root", qname: "www.bank.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
-		{name: "stripped RRSIGs cannot fake an unsigned delegation", qname: "www.unsigned.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus},
-		{name: "NXDOMAIN without its proof", qname: "nope.example.", qtype: dns.TypeA, filter: stripDenial, want: Bogus, ede: dns.ExtendedErrorCodeNSECMissing, rcode: dns.RcodeNameError},
-		{name: "NODATA without its proof (NSEC3)", qname: "www.p384.example.", qtype: dns.TypeTXT, filter: stripDenial, want: Bogus, ede: dns.ExtendedErrorCodeNSECMissing},
-	}
-	for _, tc := range tests {
+	for _, tc := range validateCases {
 		t.Run(tc.name, func(t *testing.T) {
 			it := &iterator{h: testH, filter: tc.filter}
 			v := newValidator(t, it)
