@@ -2,6 +2,7 @@ package dnssec
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -150,10 +151,18 @@ func (v *Validator) fetchKeys(ctx context.Context, zone string, ds []*dns.DS, an
 	}
 	// Which DS records can we use at all?
 	var usable []*dns.DS
+	strong := false
 	for _, d := range ds {
 		if supportedAlg(d.Algorithm) && supportedDigest(d.DigestType) {
 			usable = append(usable, d)
+			strong = strong || d.DigestType != dns.SHA1
 		}
+	}
+	if strong {
+		// RFC 4509 section 3: with SHA-256 (or stronger) DS records
+		// present, SHA-1 ones are ignored, so a forged SHA-1 digest
+		// cannot stand in for a failing strong one.
+		usable = slices.DeleteFunc(usable, func(d *dns.DS) bool { return d.DigestType == dns.SHA1 })
 	}
 	if len(usable) == 0 && len(anchored) == 0 {
 		// RFC 4035 section 5.2: a DS RRset of only unsupported
@@ -229,7 +238,7 @@ func supportedAlg(a uint8) bool {
 
 func supportedDigest(d uint8) bool {
 	switch d {
-	case dns.SHA256, dns.SHA384:
+	case dns.SHA1, dns.SHA256, dns.SHA384: // SHA-1 digests: RFC 8624 section 3.3, MUST for validation
 		return true
 	}
 	return false

@@ -31,6 +31,8 @@ type hierarchy struct {
 //	roll.example.      two KSKs, DS for the new one, data signed by the old
 //	badds.example.     signed, the DS in example. matches no key
 //	unsupalg.example.  signed, the DS in example. names algorithm 253
+//	sha1ds.example.    ED25519, only a SHA-1 DS
+//	mixedds.example.   ED25519, a right SHA-1 DS and a wrong SHA-256 DS
 //	unsigned.example.  unsigned, no DS (NSEC proof in example.)
 //	shop.bank.example. unsigned, no DS (NSEC3 opt-out in bank.example.)
 func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
@@ -60,6 +62,8 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	roll := zone("roll.example.", true, dns.ECDSAP256SHA256, dns.ECDSAP256SHA256)
 	badds := zone("badds.example.", true, dns.ECDSAP256SHA256)
 	unsup := zone("unsupalg.example.", true, dns.ECDSAP256SHA256)
+	sha1 := zone("sha1ds.example.", true, dns.ED25519)
+	mixed := zone("mixedds.example.", true, dns.ED25519)
 	unsigned := zone("unsigned.example.", false)
 	shop := zone("shop.bank.example.", false)
 
@@ -81,6 +85,8 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	badds.add("www.badds.example. IN A 192.0.2.60")
 	unsup.add("www.unsupalg.example. IN A 192.0.2.70")
 	unsigned.add("www.unsigned.example. IN A 192.0.2.80")
+	sha1.add("www.sha1ds.example. IN A 192.0.2.100")
+	mixed.add("www.mixedds.example. IN A 192.0.2.110")
 	shop.add("www.shop.bank.example. IN A 192.0.2.90")
 
 	delegate := func(parent, child *testZone, ds ...*dns.DS) {
@@ -108,6 +114,16 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	alg.Algorithm = 253
 	delegate(ex, unsup, alg)
 	delegate(ex, unsigned)
+	d1 := sha1.keys[0].pub.ToDS(dns.SHA1)
+	d1.Hdr.Ttl = 3600
+	delegate(ex, sha1, d1)
+	// A correct SHA-1 DS beside a SHA-256 DS that matches no key: the
+	// SHA-1 one must be ignored (RFC 4509 section 3).
+	m1 := mixed.keys[0].pub.ToDS(dns.SHA1)
+	m1.Hdr.Ttl = 3600
+	m256 := newKey(t, "mixedds.example.", dns.ED25519).pub.ToDS(dns.SHA256)
+	m256.KeyTag, m256.Hdr.Ttl = mixed.keys[0].pub.KeyTag(), 3600
+	delegate(ex, mixed, m1, m256)
 	delegate(bank, shop)
 
 	for _, z := range h.zones {
