@@ -89,6 +89,40 @@ func TestForgedAnswers(t *testing.T) {
 			m.Rcode = dns.RcodeNameError
 			m.Ns = nx.Ns
 		}},
+		{"NXDOMAIN for an empty non-terminal", "ent.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError // the genuine NODATA proof, rcode flipped
+		}},
+		{"NXDOMAIN for a name a wildcard answers", "x.wild.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			m.Answer = nil
+			m.Rcode = dns.RcodeNameError
+		}},
+		{"NODATA for a CNAME owner", "tobank.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			_, n := upstreamAnswer(t, "tobank.example.", dns.TypeNSEC)
+			m.Answer = nil
+			m.Ns = n.Answer
+		}},
+		{"NXDOMAIN without the wildcard's denial", "nope.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			var ns []dns.RR
+			for _, r := range m.Ns {
+				if r.Header().Name != "example." || r.Header().Rrtype == dns.TypeSOA || (r.Header().Rrtype == dns.TypeRRSIG && r.(*dns.RRSIG).TypeCovered == dns.TypeSOA) {
+					ns = append(ns, r)
+				}
+			}
+			if len(ns) == len(m.Ns) {
+				t.Fatalf("no apex NSEC to remove in %v", m.Ns)
+			}
+			m.Ns = ns
+		}},
+		{"NXDOMAIN below a signed delegation from the parent's NSEC3", "www.sub.p384.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			p := testH.zones["p384.example."]
+			a := p.denial()
+			a.add(p.nsec3For("sub.p384.example."))
+			a.add(p.nsec3For("www.sub.p384.example."))
+			a.add(p.nsec3For("*.sub.p384.example."))
+			m.Answer = nil
+			m.Rcode = dns.RcodeNameError
+			m.Ns = p.soa(a.rrs)
+		}},
 		{"CNAME's signature stripped", "tobank.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Answer = append(m.Answer[:1], m.Answer[2:]...)
 		}},
@@ -115,6 +149,23 @@ func TestForgedAnswers(t *testing.T) {
 				t.Fatalf("forged answer: got %v, want bogus\n%v", got, m)
 			}
 		})
+	}
+}
+
+// A DS answer replaced by the parent's NSEC for the delegation, which
+// lists DS: the delegation must not turn insecure.
+func TestDSDeniedByItsOwnNSEC(t *testing.T) {
+	ex := testH.zones["example."]
+	it := &iterator{h: testH, filter: func(m *dns.Msg) {
+		if q := m.Question[0]; q.Name == "bank.example." && q.Qtype == dns.TypeDS {
+			m.Answer = nil
+			m.Ns = ex.withSigs(ex.soa(nil), rrKey{"bank.example.", dns.TypeNSEC})
+		}
+	}}
+	v := newValidator(t, it)
+	q, m := upstreamAnswer(t, "www.bank.example.", dns.TypeA)
+	if r := v.Validate(context.Background(), q, m); r.State != Bogus {
+		t.Fatalf("got %v, want bogus", r)
 	}
 }
 
