@@ -123,6 +123,17 @@ func TestForgedAnswers(t *testing.T) {
 			m.Rcode = dns.RcodeNameError
 			m.Ns = p.soa(a.rrs)
 		}},
+		{"NODATA from the parent side of a cut", "bank.example.", dns.TypeSOA, func(t *testing.T, m *dns.Msg) {
+			ex := testH.zones["example."]
+			m.Answer = nil
+			m.Ns = ex.withSigs(ex.soa(nil), rrKey{"bank.example.", dns.TypeNSEC})
+		}},
+		{"NXDOMAIN rcode on a positive answer", "www.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError
+		}},
+		{"record of another class", "www.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: "www.example.", Rrtype: dns.TypeTXT, Class: dns.ClassCHAOS, Ttl: 300}, Txt: []string{"x"}})
+		}},
 		{"CNAME's signature stripped", "tobank.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Answer = append(m.Answer[:1], m.Answer[2:]...)
 		}},
