@@ -134,6 +134,26 @@ func TestForgedAnswers(t *testing.T) {
 		{"record of another class", "www.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: "www.example.", Rrtype: dns.TypeTXT, Class: dns.ClassCHAOS, Ttl: 300}, Txt: []string{"x"}})
 		}},
+		{"DNAME-synthesized CNAME retargeted", "www.dn.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			_, u := upstreamAnswer(t, "www.unsigned.example.", dns.TypeA)
+			for i, r := range m.Answer {
+				if c, ok := r.(*dns.CNAME); ok {
+					c.Target = "www.unsigned.example."
+					m.Answer = append(m.Answer[:i+1], u.Answer...)
+					return
+				}
+			}
+			t.Fatal("no CNAME in the DNAME answer")
+		}},
+		{"DNAME's signature stripped", "www.dn.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			var out []dns.RR
+			for _, r := range m.Answer {
+				if s, ok := r.(*dns.RRSIG); !ok || s.TypeCovered != dns.TypeDNAME {
+					out = append(out, r)
+				}
+			}
+			m.Answer = out
+		}},
 		{"CNAME's signature stripped", "tobank.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Answer = append(m.Answer[:1], m.Answer[2:]...)
 		}},

@@ -75,6 +75,8 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 		"a.ent.example. IN A 192.0.2.10",
 		"alias.example. IN CNAME www.unsigned.example.",
 		"tobank.example. IN CNAME www.bank.example.",
+		"dn.example. IN DNAME bank.example.",
+		"dnu.example. IN DNAME unsigned.example.",
 		"forged.example. IN A 192.0.2.66",
 		"expired.example. IN A 192.0.2.67",
 		"future.example. IN A 192.0.2.68")

@@ -85,6 +85,8 @@ var validateCases = []validateCase{
 	{name: "secure DS", qname: "bank.example.", qtype: dns.TypeDS, want: Secure},
 	{name: "KSK rollover: two keys, DS for the new, data by the old", qname: "www.roll.example.", qtype: dns.TypeA, want: Secure},
 	{name: "secure below an NSEC3 parent", qname: "www.sub.p384.example.", qtype: dns.TypeA, want: Secure},
+	{name: "DNAME into a signed zone", qname: "www.dn.example.", qtype: dns.TypeA, want: Secure},
+	{name: "DNAME into an unsigned zone", qname: "www.dnu.example.", qtype: dns.TypeA, want: Insecure},
 	{name: "SHA-1 DS only", qname: "www.sha1ds.example.", qtype: dns.TypeA, want: Secure},
 	{name: "CNAME between signed zones", qname: "tobank.example.", qtype: dns.TypeA, want: Secure},
 	{name: "wildcard NSEC", qname: "x.wild.example.", qtype: dns.TypeA, want: Secure},

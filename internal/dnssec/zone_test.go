@@ -363,6 +363,17 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 		}
 		return m
 	}
+	for _, a := range ancestors(qn)[1:] {
+		if !isSub(z.name, a) {
+			break
+		}
+		if d := z.sets[rrKey{a, dns.TypeDNAME}]; len(d) == 1 {
+			m.Answer = z.withSigs(m.Answer, rrKey{a, dns.TypeDNAME})
+			target := qn[:len(qn)-len(a)] + d[0].(*dns.DNAME).Target
+			m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: qn, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: d[0].Header().Ttl}, Target: target})
+			return m
+		}
+	}
 	if z.names[qn] {
 		switch {
 		case len(z.sets[rrKey{qn, qt}]) > 0:
