@@ -200,6 +200,39 @@ func TestDSDeniedByItsOwnNSEC(t *testing.T) {
 	}
 }
 
+// An upstream that cannot deliver the keys leaves the verdict
+// indeterminate, never insecure; a caller that gives up gets
+// indeterminate at once.
+func TestUnreachableKeys(t *testing.T) {
+	it := &iterator{h: testH}
+	q, m := upstreamAnswer(t, "www.bank.example.", dns.TypeA)
+
+	failing := ExchangerFunc(func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		if q.Question[0].Name == "bank.example." {
+			r := new(dns.Msg)
+			r.SetRcode(q, dns.RcodeServerFailure)
+			return r, nil
+		}
+		return it.Exchange(ctx, q)
+	})
+	r := newValidator(t, failing).Validate(context.Background(), q, m)
+	if r.State != Indeterminate || r.EDE != dns.ExtendedErrorCodeNetworkError {
+		t.Fatalf("SERVFAIL on the DS fetch: got %v EDE %d, want indeterminate with EDE %d", r, r.EDE, dns.ExtendedErrorCodeNetworkError)
+	}
+
+	release := make(chan struct{})
+	defer close(release)
+	stuck := ExchangerFunc(func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		<-release
+		return nil, context.Canceled
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r := newValidator(t, stuck).Validate(ctx, q, m); r.State != Indeterminate {
+		t.Fatalf("cancelled caller: got %v, want indeterminate", r)
+	}
+}
+
 // countingExchanger counts the queries per question, concurrently.
 type countingExchanger struct {
 	Exchanger

@@ -32,6 +32,7 @@ type hierarchy struct {
 //	badds.example.     signed, the DS in example. matches no key
 //	unsupalg.example.  signed, the DS in example. names algorithm 253
 //	sub.p384.example.  ECDSAP256SHA256  NSEC, below an NSEC3 parent
+//	revoked.example.   its only KSK has the REVOKE bit; the DS matches it
 //	sha1ds.example.    ED25519, only a SHA-1 DS
 //	mixedds.example.   ED25519, a right SHA-1 DS and a wrong SHA-256 DS
 //	unsigned.example.  unsigned, no DS (NSEC proof in example.)
@@ -64,6 +65,8 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	badds := zone("badds.example.", true, dns.ECDSAP256SHA256)
 	unsup := zone("unsupalg.example.", true, dns.ECDSAP256SHA256)
 	sub := zone("sub.p384.example.", true, dns.ECDSAP256SHA256)
+	revoked := zone("revoked.example.", true, dns.ECDSAP256SHA256)
+	revoked.keys[0].pub.Flags |= dns.REVOKE // before build: the DNSKEY set carries the revoked flag
 	sha1 := zone("sha1ds.example.", true, dns.ED25519)
 	mixed := zone("mixedds.example.", true, dns.ED25519)
 	unsigned := zone("unsigned.example.", false)
@@ -90,6 +93,7 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	unsup.add("www.unsupalg.example. IN A 192.0.2.70")
 	unsigned.add("www.unsigned.example. IN A 192.0.2.80")
 	sub.add("www.sub.p384.example. IN A 192.0.2.32")
+	revoked.add("www.revoked.example. IN A 192.0.2.120")
 	sha1.add("www.sha1ds.example. IN A 192.0.2.100")
 	mixed.add("www.mixedds.example. IN A 192.0.2.110")
 	shop.add("www.shop.bank.example. IN A 192.0.2.90")
@@ -120,6 +124,7 @@ func buildHierarchy(t testing.TB, now time.Time) *hierarchy {
 	delegate(ex, unsup, alg)
 	delegate(ex, unsigned)
 	delegate(p384, sub, dsOf(sub, 0))
+	delegate(ex, revoked, dsOf(revoked, 0)) // a DS for the revoked key
 	d1 := sha1.keys[0].pub.ToDS(dns.SHA1)
 	d1.Hdr.Ttl = 3600
 	delegate(ex, sha1, d1)

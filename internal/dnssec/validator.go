@@ -64,6 +64,18 @@ type Exchanger interface {
 	Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
 }
 
+// ExchangerFunc adapts a function to an Exchanger, e.g. the resolver's
+// three-value Exchange:
+//
+//	dnssec.ExchangerFunc(func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+//		r, _, err := res.Exchange(ctx, q)
+//		return r, err
+//	})
+type ExchangerFunc func(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
+
+// Exchange calls f.
+func (f ExchangerFunc) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) { return f(ctx, q) }
+
 // Config configures a Validator.
 type Config struct {
 	// Anchors are the trust anchors. If nil, DefaultAnchors().

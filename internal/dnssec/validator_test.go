@@ -113,6 +113,7 @@ var validateCases = []validateCase{
 	{name: "RRSIG not yet valid", qname: "future.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeSignatureNotYetValid},
 	{name: "DS without a matching key", qname: "www.badds.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSKEYMissing},
 	{name: "SHA-1 DS ignored beside a failing SHA-256 DS", qname: "www.mixedds.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSKEYMissing},
+	{name: "the key the DS names is revoked", qname: "www.revoked.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSKEYMissing},
 	{name: "upstream strips RRSIGs", qname: "www.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
 	{name: "upstream strips RRSIGs below the root", qname: "www.bank.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus, ede: dns.ExtendedErrorCodeRRSIGsMissing},
 	{name: "stripped RRSIGs cannot fake an unsigned delegation", qname: "www.unsigned.example.", qtype: dns.TypeA, filter: stripRRSIGs, want: Bogus},
