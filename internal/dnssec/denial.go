@@ -2,6 +2,7 @@ package dnssec
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"github.com/miekg/dns"
@@ -18,11 +19,12 @@ type proof struct {
 	zone      string
 	nsec      []*dns.NSEC
 	nsec3     []*dns.NSEC3
-	unusable3 bool // NSEC3 records we cannot use (hash algorithm, iterations)
+	unusable3 bool   // NSEC3 records we cannot use (hash algorithm, iterations)
+	maxTTL    uint32 // the smallest MaxTTL of the records verified
 }
 
 func (v *Validator) collect(z *node, authority []dns.RR, now time.Time) proof {
-	p := proof{zone: z.zone}
+	p := proof{zone: z.zone, maxTTL: math.MaxUint32}
 	sets, sigs, bad := group(authority)
 	if bad != "" {
 		return p
@@ -53,6 +55,7 @@ func (v *Validator) collect(z *node, authority []dns.RR, now time.Time) proof {
 		if r.State != Secure || r.wildcard {
 			continue
 		}
+		p.maxTTL = min(p.maxTTL, r.MaxTTL)
 		switch x := rrs[0].(type) {
 		case *dns.NSEC:
 			p.nsec = append(p.nsec, x)
@@ -251,7 +254,7 @@ func (v *Validator) denial(z *node, name string, qtype uint16, rcode int, author
 	now := v.now()
 	p := v.collect(z, authority, now)
 	secure := func(how string) Result {
-		return Result{State: Secure, Zone: z.zone, Reason: how + " proven by " + z.zone}
+		return Result{State: Secure, Zone: z.zone, Reason: how + " proven by " + z.zone, MaxTTL: p.maxTTL}
 	}
 	insecure := func(how string) Result {
 		return Result{State: Insecure, Zone: z.zone, Reason: how}
@@ -326,6 +329,7 @@ func (v *Validator) provesWildcard(z *node, owner string, labels uint8, authorit
 	nc := owner[idx[nl-int(labels)-1]:]
 	if n := p.nsecCover(owner); n != nil {
 		ok.Reason += " (wildcard expansion, NSEC proof)"
+		ok.MaxTTL = min(ok.MaxTTL, p.maxTTL)
 		return ok
 	}
 	if c := p.nsec3Cover(nc); c != nil {
@@ -333,6 +337,7 @@ func (v *Validator) provesWildcard(z *node, owner string, labels uint8, authorit
 			return Result{State: Insecure, Zone: z.zone, Reason: "wildcard expansion for " + owner + " in an NSEC3 opt-out span"}
 		}
 		ok.Reason += " (wildcard expansion, NSEC3 proof)"
+		ok.MaxTTL = min(ok.MaxTTL, p.maxTTL)
 		return ok
 	}
 	return bogus(dns.ExtendedErrorCodeNSECMissing, z.zone, "wildcard expansion for "+owner+" without proof that the name does not exist")

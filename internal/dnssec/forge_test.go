@@ -233,6 +233,32 @@ func TestUnreachableKeys(t *testing.T) {
 	}
 }
 
+// The TTLs of a message are not signed: a secure verdict bounds them by
+// the signatures' original TTL and expiry, whatever the message claims.
+func TestMaxTTL(t *testing.T) {
+	v := newValidator(t, &iterator{h: testH})
+	for _, c := range []struct {
+		name  string
+		qtype uint16
+	}{{"www.example.", dns.TypeA}, {"nope.example.", dns.TypeA}, {"x.wild.example.", dns.TypeA}, {"www.p384.example.", dns.TypeTXT}} {
+		q, m := upstreamAnswer(t, c.name, c.qtype)
+		for _, r := range append(m.Answer, m.Ns...) {
+			r.Header().Ttl = 1 << 30
+		}
+		r := v.Validate(context.Background(), q, m)
+		if r.State != Secure {
+			t.Fatalf("%s: got %v, want secure", c.name, r)
+		}
+		if r.MaxTTL == 0 || r.MaxTTL > 3600 {
+			t.Errorf("%s %s: MaxTTL %d, want the signed original TTL (300 or 3600 here)", c.name, dns.TypeToString[c.qtype], r.MaxTTL)
+		}
+	}
+	q, m := upstreamAnswer(t, "www.unsigned.example.", dns.TypeA)
+	if r := v.Validate(context.Background(), q, m); r.State != Insecure || r.MaxTTL != 0 {
+		t.Fatalf("insecure answer: got %v MaxTTL %d, want insecure with MaxTTL 0", r, r.MaxTTL)
+	}
+}
+
 // countingExchanger counts the queries per question, concurrently.
 type countingExchanger struct {
 	Exchanger

@@ -80,8 +80,14 @@ func (v *Validator) verifyRRset(z *node, rrs []dns.RR, sigs []*dns.RRSIG, now ti
 			if left := time.Duration(int32(s.Expiration-uint32(now.Unix()))) * time.Second; left < ttl {
 				ttl = left
 			}
+			// RFC 4035 section 5.3.3: the TTL received is not signed; the
+			// original TTL and the signature's expiry bound it.
+			maxTTL := s.OrigTtl
+			if left := int32(s.Expiration - uint32(now.Unix())); left >= 0 && uint32(left) < maxTTL {
+				maxTTL = uint32(left)
+			}
 			return sigResult{
-				Result:   Result{State: Secure, Zone: z.zone, Reason: what + " signed by " + z.zone},
+				Result:   Result{State: Secure, Zone: z.zone, Reason: what + " signed by " + z.zone, MaxTTL: maxTTL},
 				wildcard: int(s.Labels) < ownerLabels,
 				labels:   s.Labels,
 			}, ttl

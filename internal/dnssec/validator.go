@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/miekg/dns"
@@ -52,6 +53,12 @@ type Result struct {
 	// Zone is the zone whose keys (or proven lack of them) decided the
 	// verdict of the last RRset or proof examined.
 	Zone string
+	// MaxTTL, for a secure answer, is the longest TTL in seconds its
+	// records may be cached or acted on: the smallest original TTL of the
+	// RRSIGs relied on, and the time left to their expiration (RFC 4035
+	// section 5.3.3; the TTLs in the message are not signed, and an
+	// inflated one must not keep an address open). Zero for other states.
+	MaxTTL uint32
 }
 
 func (r Result) String() string {
@@ -147,7 +154,6 @@ func (v *Validator) Validate(ctx context.Context, question, answer *dns.Msg) Res
 		return Result{State: Indeterminate, Reason: "answer has rcode " + dns.RcodeToString[answer.Rcode] + "; nothing to validate", EDE: dns.ExtendedErrorCodeDNSSECIndeterminate}
 	}
 	q := question.Question[0]
-	qname := dns.CanonicalName(q.Name)
 	if q.Qclass != dns.ClassINET || q.Qtype == dns.TypeANY || q.Qtype == dns.TypeRRSIG {
 		return Result{State: Indeterminate, Reason: "only class IN questions for one record type are validated", EDE: dns.ExtendedErrorCodeDNSSECIndeterminate}
 	}
@@ -159,9 +165,19 @@ func (v *Validator) Validate(ctx context.Context, question, answer *dns.Msg) Res
 	if len(sets.order) > maxRRsets {
 		return bogus(dns.ExtendedErrorCodeDNSBogus, "", fmt.Sprintf("answer has %d RRsets, more than %d", len(sets.order), maxRRsets))
 	}
-	// RRSIGs with no RRset of their own are ignored; an RRset with no
-	// RRSIG is judged by its zone (bogus if signed, insecure if not).
-	acc := Result{State: Secure}
+	r := v.validate(ctx, q, answer, sets, sigs)
+	if r.State != Secure {
+		r.MaxTTL = 0
+	}
+	return r
+}
+
+// validate judges every RRset of the answer, then the chain. RRSIGs with
+// no RRset of their own are ignored; an RRset with no RRSIG is judged by
+// its zone (bogus if signed, insecure if not).
+func (v *Validator) validate(ctx context.Context, q dns.Question, answer *dns.Msg, sets rrsets, sigs map[rrKey][]*dns.RRSIG) Result {
+	qname := dns.CanonicalName(q.Name)
+	acc := Result{State: Secure, MaxTTL: math.MaxUint32}
 	for _, k := range sets.order {
 		if k.rtype == dns.TypeCNAME && len(sigs[k]) == 0 && synthesized(sets, sets.m[k]) {
 			continue // vouched for by its DNAME, validated as its own RRset
@@ -244,7 +260,11 @@ func weakest(a, b Result) Result {
 			return 3
 		}
 	}
-	if rank(b.State) > rank(a.State) || (a.State == Secure && b.State == Secure) {
+	if a.State == Secure && b.State == Secure {
+		b.MaxTTL = min(a.MaxTTL, b.MaxTTL)
+		return b
+	}
+	if rank(b.State) > rank(a.State) {
 		return b
 	}
 	return a
