@@ -154,6 +154,14 @@ func TestForgedAnswers(t *testing.T) {
 			}
 			m.Answer = out
 		}},
+		{"RRSIG's original TTL and expiry raised, signature bytes kept", "www.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
+			for _, r := range m.Answer {
+				if s, ok := r.(*dns.RRSIG); ok {
+					s.OrigTtl = 1 << 30
+					s.Expiration += 365 * 86400
+				}
+			}
+		}},
 		{"CNAME's signature stripped", "tobank.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Answer = append(m.Answer[:1], m.Answer[2:]...)
 		}},

@@ -72,7 +72,7 @@ func (v *Validator) verifyRRset(z *node, rrs []dns.RR, sigs []*dns.RRSIG, now ti
 			}
 			found = true
 			tried++
-			if err := s.Verify(k, rrs); err != nil {
+			if err := v.sigs.verify(s, k, rrs); err != nil {
 				worse(dns.ExtendedErrorCodeDNSBogus, "RRSIG over "+what+" by key "+itoa(int(s.KeyTag))+" does not verify: "+err.Error())
 				continue
 			}

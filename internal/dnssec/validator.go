@@ -93,6 +93,7 @@ type Config struct {
 	// If nil, time.Now.
 	Now func() time.Time
 	// MaxEntries bounds the key cache (zones and zone cuts). If zero, 4096.
+	// The cache of verified signatures holds four times as many.
 	MaxEntries int
 	// MaxTTL caps how long a validated key set or cut is cached. If zero,
 	// one hour.
@@ -106,6 +107,7 @@ type Validator struct {
 	now     func() time.Time
 	maxTTL  time.Duration
 	cache   *cache
+	sigs    *sigCache
 	flight  singleflight.Group
 }
 
@@ -129,6 +131,7 @@ func New(cfg Config) (*Validator, error) {
 		max = 4096
 	}
 	v.cache = newCache(max)
+	v.sigs = newSigCache(4 * max)
 	return v, nil
 }
 
