@@ -1,0 +1,437 @@
+package dnssec
+
+// A signed test hierarchy built with miekg/dns: zones with their keys,
+// signed RRsets, NSEC or NSEC3 chains, and the authoritative answering
+// logic the in-test servers (hierarchy_test.go) run.
+
+import (
+	"crypto"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+type testKey struct {
+	pub  *dns.DNSKEY
+	priv crypto.Signer
+}
+
+func newKey(t testing.TB, zone string, alg uint8) testKey {
+	t.Helper()
+	k := &dns.DNSKEY{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET, Ttl: 3600}, Flags: 257, Protocol: 3, Algorithm: alg}
+	bits := map[uint8]int{dns.RSASHA256: 1024, dns.RSASHA512: 1024, dns.ECDSAP256SHA256: 256, dns.ECDSAP384SHA384: 384, dns.ED25519: 256}[alg]
+	priv, err := k.Generate(bits)
+	if err != nil {
+		t.Fatalf("generating %s key for %s: %v", dns.AlgorithmToString[alg], zone, err)
+	}
+	return testKey{pub: k, priv: priv.(crypto.Signer)}
+}
+
+type window struct{ inception, expiration time.Time }
+
+// testZone is one zone of the hierarchy.
+type testZone struct {
+	name   string
+	keys   []testKey // all sign the DNSKEY set
+	zsk    int       // index of the key that signs the other RRsets
+	nsec3  bool
+	optOut bool
+	signed bool
+	data   []dns.RR // unsigned zone content: apex SOA and NS, delegations' NS, DS and glue, data
+
+	sets  map[rrKey][]dns.RR
+	sigs  map[rrKey][]*dns.RRSIG
+	nsecs []*dns.NSEC  // canonical order
+	n3    []*dns.NSEC3 // hash order
+	names map[string]bool
+	cuts  map[string]bool
+}
+
+func rr(s string) dns.RR {
+	r, err := dns.NewRR(s)
+	if err != nil {
+		panic(fmt.Sprintf("test record %q: %v", s, err))
+	}
+	return r
+}
+
+func (z *testZone) add(rrs ...string) {
+	for _, s := range rrs {
+		z.data = append(z.data, rr(s))
+	}
+}
+
+// build groups the data, adds DNSKEY and the denial chain, and signs it
+// all with a validity window around now.
+func (z *testZone) build(t testing.TB, now time.Time) {
+	t.Helper()
+	z.sets = map[rrKey][]dns.RR{}
+	z.sigs = map[rrKey][]*dns.RRSIG{}
+	z.names = map[string]bool{}
+	z.cuts = map[string]bool{}
+	all := append([]dns.RR(nil), z.data...)
+	if z.signed {
+		for _, k := range z.keys {
+			all = append(all, k.pub)
+		}
+		if z.nsec3 {
+			var flags uint8
+			if z.optOut {
+				flags = 0 // NSEC3PARAM flags are always zero
+			}
+			all = append(all, &dns.NSEC3PARAM{Hdr: dns.RR_Header{Name: z.name, Rrtype: dns.TypeNSEC3PARAM, Class: dns.ClassINET}, Hash: dns.SHA1, Flags: flags})
+		}
+	}
+	for _, r := range all {
+		h := r.Header()
+		h.Name = dns.CanonicalName(h.Name)
+		if h.Ttl == 0 {
+			h.Ttl = 300
+		}
+		k := rrKey{h.Name, h.Rrtype}
+		z.sets[k] = append(z.sets[k], r)
+		if h.Rrtype == dns.TypeNS && h.Name != z.name {
+			z.cuts[h.Name] = true
+		}
+	}
+	for k := range z.sets {
+		if z.below(k.name) == "" || z.cuts[k.name] {
+			z.names[k.name] = true // glue is not part of the zone
+		}
+	}
+	if !z.signed {
+		return
+	}
+	if z.nsec3 {
+		z.buildNSEC3()
+	} else {
+		z.buildNSEC()
+	}
+	w := window{now.Add(-time.Hour), now.Add(24 * time.Hour)}
+	for k, set := range z.sets {
+		if z.below(k.name) != "" && !z.cuts[k.name] {
+			continue // glue
+		}
+		if z.cuts[k.name] && k.rtype != dns.TypeDS && k.rtype != dns.TypeNSEC && k.rtype != dns.TypeNSEC3 {
+			continue // the parent side of a cut is not signed, except DS and the denial record
+		}
+		z.sign(t, k, set, w)
+	}
+}
+
+// sign (re)signs one RRset within w: the DNSKEY set by every key, the
+// rest by the zone signing key.
+func (z *testZone) sign(t testing.TB, k rrKey, set []dns.RR, w window) {
+	t.Helper()
+	keys := []testKey{z.keys[z.zsk]}
+	if k.rtype == dns.TypeDNSKEY {
+		keys = z.keys
+	}
+	z.sigs[k] = nil
+	for _, key := range keys {
+		s := &dns.RRSIG{
+			Algorithm:  key.pub.Algorithm,
+			Inception:  uint32(w.inception.Unix()),
+			Expiration: uint32(w.expiration.Unix()),
+			KeyTag:     key.pub.KeyTag(),
+			SignerName: z.name,
+		}
+		s.Hdr.Ttl = set[0].Header().Ttl
+		if err := s.Sign(key.priv, set); err != nil {
+			t.Fatalf("signing %s/%s: %v", k.name, dns.TypeToString[k.rtype], err)
+		}
+		z.sigs[k] = append(z.sigs[k], s)
+	}
+}
+
+// below returns the delegation at or above name (below the apex), or "".
+func (z *testZone) below(name string) string {
+	for _, a := range ancestors(name) {
+		if a == z.name || !isSub(z.name, a) {
+			return ""
+		}
+		if z.cuts[a] {
+			return a
+		}
+	}
+	return ""
+}
+
+func (z *testZone) typesAt(name string) []uint16 {
+	var ts []uint16
+	for k := range z.sets {
+		if k.name == name {
+			ts = append(ts, k.rtype)
+		}
+	}
+	return ts
+}
+
+func (z *testZone) sortedNames() []string {
+	var names []string
+	for n := range z.names {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { c, _ := canonicalCompare(names[i], names[j]); return c < 0 })
+	return names
+}
+
+func (z *testZone) buildNSEC() {
+	names := z.sortedNames()
+	for i, n := range names {
+		types := append(z.typesAt(n), dns.TypeNSEC, dns.TypeRRSIG)
+		sort.Slice(types, func(a, b int) bool { return types[a] < types[b] })
+		nsec := &dns.NSEC{Hdr: dns.RR_Header{Name: n, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 300}, NextDomain: names[(i+1)%len(names)], TypeBitMap: types}
+		z.sets[rrKey{n, dns.TypeNSEC}] = []dns.RR{nsec}
+		z.nsecs = append(z.nsecs, nsec)
+	}
+}
+
+func (z *testZone) buildNSEC3() {
+	owners := map[string]bool{}
+	for n := range z.names {
+		if z.optOut && z.cuts[n] && len(z.sets[rrKey{n, dns.TypeDS}]) == 0 {
+			continue // opt-out: no NSEC3 for an insecure delegation
+		}
+		for _, a := range ancestors(n) { // the name and its empty non-terminals
+			if !isSub(z.name, a) {
+				break
+			}
+			owners[a] = true
+		}
+	}
+	type h struct{ hash, name string }
+	var hs []h
+	for n := range owners {
+		hs = append(hs, h{dns.HashName(n, dns.SHA1, 0, ""), n})
+	}
+	sort.Slice(hs, func(i, j int) bool { return hs[i].hash < hs[j].hash })
+	var flags uint8
+	if z.optOut {
+		flags = 1
+	}
+	for i, x := range hs {
+		types := z.typesAt(x.name)
+		if len(types) > 0 && !(z.cuts[x.name] && len(z.sets[rrKey{x.name, dns.TypeDS}]) == 0) {
+			types = append(types, dns.TypeRRSIG)
+		}
+		sort.Slice(types, func(a, b int) bool { return types[a] < types[b] })
+		owner := strings.ToLower(x.hash) + "." + z.name
+		n := &dns.NSEC3{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeNSEC3, Class: dns.ClassINET, Ttl: 300},
+			Hash: dns.SHA1, Flags: flags, Iterations: 0, SaltLength: 0, Salt: "",
+			HashLength: 20, NextDomain: hs[(i+1)%len(hs)].hash, TypeBitMap: types}
+		z.sets[rrKey{owner, dns.TypeNSEC3}] = []dns.RR{n}
+		z.n3 = append(z.n3, n)
+	}
+}
+
+// withSigs appends the RRset k and its signatures to out.
+func (z *testZone) withSigs(out []dns.RR, k rrKey) []dns.RR {
+	out = append(out, z.sets[k]...)
+	for _, s := range z.sigs[k] {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (z *testZone) exists(name string) bool {
+	for n := range z.names {
+		if isSub(name, n) {
+			return true // the name or an empty non-terminal above a name
+		}
+	}
+	return false
+}
+
+// nsecCovering returns the NSEC whose interval holds name.
+func (z *testZone) nsecCovering(name string) *dns.NSEC {
+	var best *dns.NSEC
+	for _, n := range z.nsecs {
+		if c, _ := canonicalCompare(n.Hdr.Name, name); c <= 0 {
+			best = n
+		}
+	}
+	if best == nil {
+		best = z.nsecs[len(z.nsecs)-1]
+	}
+	return best
+}
+
+// nsec3For returns the NSEC3 matching or covering name.
+func (z *testZone) nsec3For(name string) *dns.NSEC3 {
+	h := dns.HashName(name, dns.SHA1, 0, "")
+	var best *dns.NSEC3
+	for _, n := range z.n3 {
+		if strings.ToUpper(strings.SplitN(n.Hdr.Name, ".", 2)[0]) <= h {
+			best = n
+		}
+	}
+	if best == nil {
+		best = z.n3[len(z.n3)-1]
+	}
+	return best
+}
+
+// authority collects denial records (deduplicated) with their signatures.
+type authority struct {
+	z    *testZone
+	seen map[string]bool
+	rrs  []dns.RR
+}
+
+func (a *authority) add(r dns.RR) {
+	if r == nil || a.seen[r.Header().Name] {
+		return
+	}
+	a.seen[r.Header().Name] = true
+	a.rrs = a.z.withSigs(a.rrs, rrKey{r.Header().Name, r.Header().Rrtype})
+}
+
+func (z *testZone) denial() *authority { return &authority{z: z, seen: map[string]bool{}} }
+
+// proveName adds the record matching name (NSEC or NSEC3).
+func (a *authority) proveName(name string) {
+	if !a.z.signed {
+		return
+	}
+	if a.z.nsec3 {
+		a.add(a.z.nsec3For(name))
+	} else if n := a.z.sets[rrKey{name, dns.TypeNSEC}]; len(n) > 0 {
+		a.add(n[0])
+	} else {
+		a.add(a.z.nsecCovering(name))
+	}
+}
+
+// proveAbsent adds the records proving name absent: the covering NSEC, or
+// the NSEC3 closest encloser proof; wildcard adds the wildcard's denial.
+func (a *authority) proveAbsent(name, ce string, wildcard bool) {
+	if !a.z.signed {
+		return
+	}
+	if !a.z.nsec3 {
+		a.add(a.z.nsecCovering(name))
+		if wildcard {
+			a.add(a.z.nsecCovering("*." + ce))
+		}
+		return
+	}
+	idx := dns.Split(name)
+	nc := name[idx[len(idx)-dns.CountLabel(ce)-1]:]
+	a.add(a.z.nsec3For(ce))
+	a.add(a.z.nsec3For(nc))
+	if wildcard {
+		a.add(a.z.nsec3For("*." + ce))
+	}
+}
+
+func (z *testZone) soa(out []dns.RR) []dns.RR {
+	return z.withSigs(out, rrKey{z.name, dns.TypeSOA})
+}
+
+// answer is the authoritative server's logic for one question.
+func (z *testZone) answer(q dns.Question) *dns.Msg {
+	m := new(dns.Msg)
+	m.Authoritative = true
+	qn := dns.CanonicalName(q.Name)
+	qt := q.Qtype
+	if !isSub(z.name, qn) {
+		m.Authoritative = false
+		m.Rcode = dns.RcodeRefused
+		return m
+	}
+	if cut := z.below(qn); cut != "" && !(cut == qn && qt == dns.TypeDS) {
+		m.Authoritative = false
+		m.Ns = append(m.Ns, z.sets[rrKey{cut, dns.TypeNS}]...)
+		if ds := z.sets[rrKey{cut, dns.TypeDS}]; len(ds) > 0 {
+			m.Ns = z.withSigs(m.Ns, rrKey{cut, dns.TypeDS})
+		} else {
+			a := z.denial()
+			if z.nsec3 && z.optOut {
+				a.proveAbsent(cut, commonAncestor(cut, z.name), false)
+			} else {
+				a.proveName(cut)
+			}
+			m.Ns = append(m.Ns, a.rrs...)
+		}
+		for _, ns := range z.sets[rrKey{cut, dns.TypeNS}] {
+			m.Extra = append(m.Extra, z.sets[rrKey{ns.(*dns.NS).Ns, dns.TypeA}]...)
+		}
+		return m
+	}
+	for _, a := range ancestors(qn)[1:] {
+		if !isSub(z.name, a) {
+			break
+		}
+		if d := z.sets[rrKey{a, dns.TypeDNAME}]; len(d) == 1 {
+			m.Answer = z.withSigs(m.Answer, rrKey{a, dns.TypeDNAME})
+			target := qn[:len(qn)-len(a)] + d[0].(*dns.DNAME).Target
+			m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: qn, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: d[0].Header().Ttl}, Target: target})
+			return m
+		}
+	}
+	if z.names[qn] {
+		switch {
+		case len(z.sets[rrKey{qn, qt}]) > 0:
+			m.Answer = z.withSigs(m.Answer, rrKey{qn, qt})
+		case len(z.sets[rrKey{qn, dns.TypeCNAME}]) > 0:
+			m.Answer = z.withSigs(m.Answer, rrKey{qn, dns.TypeCNAME})
+		default:
+			m.Ns = z.soa(m.Ns)
+			a := z.denial()
+			if z.nsec3 && z.optOut && z.cuts[qn] && len(z.sets[rrKey{qn, dns.TypeDS}]) == 0 {
+				a.proveAbsent(qn, parent(qn), false)
+			} else {
+				a.proveName(qn)
+			}
+			m.Ns = append(m.Ns, a.rrs...)
+		}
+		return m
+	}
+	if z.exists(qn) { // empty non-terminal
+		m.Ns = z.soa(m.Ns)
+		a := z.denial()
+		a.proveName(qn)
+		m.Ns = append(m.Ns, a.rrs...)
+		return m
+	}
+	ce := qn
+	for !z.exists(ce) {
+		ce = parent(ce)
+	}
+	wild := "*." + ce
+	if z.names[wild] {
+		if set := z.sets[rrKey{wild, qt}]; len(set) > 0 {
+			for _, r := range set {
+				c := dns.Copy(r)
+				c.Header().Name = qn
+				m.Answer = append(m.Answer, c)
+			}
+			for _, s := range z.sigs[rrKey{wild, qt}] {
+				c := dns.Copy(s).(*dns.RRSIG)
+				c.Hdr.Name = qn
+				m.Answer = append(m.Answer, c)
+			}
+			a := z.denial()
+			a.proveAbsent(qn, ce, false)
+			m.Ns = append(m.Ns, a.rrs...)
+			return m
+		}
+		m.Ns = z.soa(m.Ns)
+		a := z.denial()
+		a.proveAbsent(qn, ce, false)
+		a.proveName(wild)
+		m.Ns = append(m.Ns, a.rrs...)
+		return m
+	}
+	m.Rcode = dns.RcodeNameError
+	m.Ns = z.soa(m.Ns)
+	a := z.denial()
+	a.proveAbsent(qn, ce, true)
+	m.Ns = append(m.Ns, a.rrs...)
+	return m
+}
