@@ -15,6 +15,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/sdnotify"
 )
 
 // version and revision (the VCS commit) are set at build time with
@@ -197,7 +198,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version, Revision: revision})
+	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version, Revision: revision, Notify: sdnotify.FromEnv()})
 	if err != nil {
 		fmt.Fprintf(stderr, "fqdngate: %v\n", err)
 		return 1

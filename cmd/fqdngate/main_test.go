@@ -263,7 +263,14 @@ func startDaemon(t *testing.T, policyPath string) *daemonProc {
 // startBinary runs the fqdngate at bin on policyPath.
 func startBinary(t *testing.T, bin, policyPath string) *daemonProc {
 	t.Helper()
+	return startBinaryEnv(t, bin, policyPath)
+}
+
+// startBinaryEnv is startBinary with env added to fqdngate's environment.
+func startBinaryEnv(t *testing.T, bin, policyPath string, env ...string) *daemonProc {
+	t.Helper()
 	d := &daemonProc{cmd: exec.Command(bin, "run", "-c", policyPath)}
+	d.cmd.Env = append(os.Environ(), env...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
