@@ -136,6 +136,7 @@ loop:
 		select {
 		case <-readyC:
 			readyC = n.poll()
+		case <-flush.C:
 			if err := d.out.Flush(); err != nil {
 				d.log.Error("writing the audit log", "err", err)
 			}
