@@ -15,6 +15,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/importer"
 	"github.com/fqdngate/fqdngate/internal/sdnotify"
 )
 
@@ -37,6 +38,8 @@ SYNOPSIS
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
     fqdngate import   cilium|calico|npep [-n NAMESPACE] FILE...
+    fqdngate man      fqdngate|fqdngate-policy
+    fqdngate completion bash|zsh|fish
     fqdngate version
 
 DESCRIPTION
@@ -61,6 +64,9 @@ COMMANDS
     fleet      Show the gateways of a fleet: revision, lag, errors.
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
+    man        Print the manual page fqdngate(1), generated from this help,
+               or fqdngate-policy(5), from docs/policy.md.
+    completion Print shell completion for bash, zsh or fish.
     version    Print the version.
 
     Run "fqdngate COMMAND --help" for a command's options.
@@ -70,9 +76,38 @@ EXIT STATUS
     or the daemon failed; 2 wrong usage.
 
 FILES
+    /etc/fqdngate/policy.yaml  the policy the systemd unit runs
     examples/quickstart.yaml   a policy that runs without root
-    docs/policy.md             every policy field, with examples
+    docs/policy.md             every policy field, with examples;
+                               fqdngate-policy(5)
 `
+
+// command is one fqdngate command. The table below is the one list of
+// them: run dispatches on it, and the man page and shell completions are
+// generated from it, so none of them can leave a command out.
+type command struct {
+	name string
+	help string   // man-page style, as "fqdngate NAME --help" prints it
+	subs []string // subcommands, if any
+	run  func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+// commands lists the commands in the order of the usage text. It is a
+// function, not a variable, as cmdMan and cmdCompletion read it.
+func commands() []command {
+	return []command{
+		{"run", runHelp, nil, cmdRun},
+		{"check", checkHelp, nil, cmdCheck},
+		{"explain", explainHelp, nil, cmdExplain},
+		{"firewall", firewallHelp, []string{"show", "remove"}, cmdFirewall},
+		{"policy", policyHelp, []string{"push", "history", "show", "rollback"}, cmdPolicy},
+		{"fleet", fleetHelp, []string{"status", "forget"}, cmdFleet},
+		{"import", importHelp, importer.Dialects, cmdImport},
+		{"man", manHelp, []string{"fqdngate", "fqdngate-policy"}, cmdMan},
+		{"completion", completionHelp, []string{"bash", "zsh", "fish"}, cmdCompletion},
+		{"version", versionHelp, nil, cmdVersion},
+	}
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -80,30 +115,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "run":
-		return cmdRun(ctx, args[1:], stdout, stderr)
-	case "check":
-		return cmdCheck(ctx, args[1:], stdout, stderr)
-	case "explain":
-		return cmdExplain(ctx, args[1:], stdout, stderr)
-	case "firewall":
-		return cmdFirewall(ctx, args[1:], stdout, stderr)
-	case "policy":
-		return cmdPolicy(ctx, args[1:], stdout, stderr)
-	case "fleet":
-		return cmdFleet(ctx, args[1:], stdout, stderr)
-	case "import":
-		return cmdImport(ctx, args[1:], stdout, stderr)
-	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, versionString())
-		return 0
+	case "--version", "-version":
+		return cmdVersion(ctx, nil, stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return 0
-	default:
-		fmt.Fprintf(stderr, "fqdngate: unknown command %q\n\n%s", args[0], usage)
-		return 2
 	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "fqdngate: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+const versionHelp = `NAME
+    fqdngate version - print the version
+
+SYNOPSIS
+    fqdngate version
+
+DESCRIPTION
+    Prints the version fqdngate was built as and the Go release that built
+    it; --version does the same.
+`
+
+func cmdVersion(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("version", versionHelp, stdout, stderr)
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	fmt.Fprintln(stdout, versionString())
+	return 0
 }
 
 func versionString() string {
