@@ -393,6 +393,7 @@ func TestBuildsStamp(t *testing.T) {
 		{"../../Makefile", `-X main.version=$(VERSION) -X main.revision=$(REVISION)`},
 		{"../../Makefile", `--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION)`},
 		{"../../deploy/kubernetes/Dockerfile", `-X main.version=${VERSION} -X main.revision=${REVISION}`},
+		{"../../Makefile", "deb: build "},
 		{"../../deploy/systemd/fqdngate.service", `make build && install -m 0755 fqdngate /usr/local/bin/fqdngate`},
 	} {
 		b, err := os.ReadFile(f.file)
