@@ -16,6 +16,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/importer"
+	"github.com/fqdngate/fqdngate/internal/review"
 	"github.com/fqdngate/fqdngate/internal/sdnotify"
 )
 
@@ -32,7 +33,7 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    -c POLICY [--shared SHARED] [--host=false]
+    fqdngate check    [--strict] [--shared SHARED] [--host=false] POLICY|-
     fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
@@ -254,11 +255,13 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check -c POLICY [--shared SHARED] [--host=false]
+    fqdngate check [--strict] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check -c POLICY [--strict] [--shared SHARED] [--host=false]
 
 DESCRIPTION
-    Loads POLICY exactly as "run" would. On success prints a one-line
-    summary and exits 0. Otherwise prints every problem, one per line, as
+    Loads POLICY (the argument or -c; - reads it from standard input)
+    exactly as "run" would. On success prints a one-line summary and
+    exits 0. Otherwise prints every problem, one per line, as
     file:line:col: message (the message says what to write instead), and
     exits 1. Use it in CI before shipping a policy.
 
@@ -268,25 +271,65 @@ DESCRIPTION
     that do not load. --host=false leaves that out, for a
     CI job that checks policies on another machine than the gateways.
 
+    --strict also reports, as file:line:col: warning: message, what a
+    valid policy probably did not mean, and exits 1 if there is any: a
+    rule that allows nothing an earlier rule does not already allow to
+    its sources (such as a from: restriction an earlier rule for every
+    source makes meaningless), a target another target of the same rule
+    covers, source groups no rule's from names, users in no such group,
+    0.0.0.0/0 or ::/0 targets, rules open on every port, and a policy
+    with no rules.
+
     A POLICY with a cluster section is a fleet gateway's local file: check
     validates it together with the shared policy, SHARED if given, else
     the current revision in the fleet's etcd. Errors name the half they
     are in (the file, or "shared revision N").
+
+EXAMPLES
+    fqdngate check /etc/fqdngate/policy.yaml
+    fqdngate check --strict --host=false policy.yaml
+    git show HEAD:policy.yaml | fqdngate check --host=false -
 `
+
+// stdin is what "check -" reads; tests replace it.
+var stdin io.Reader = os.Stdin
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("check", checkHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
-	if code := parse(fs, args, stdout); code >= 0 {
+	strict := fs.Bool("strict", false, "also warn about what a valid policy probably did not mean; exit 1 if anything is found")
+	pos, code := parseArgs(fs, args, stdout, 0, 1)
+	if code >= 0 {
 		return code
 	}
-	if *cfg == "" {
-		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
+	path := *cfg
+	if len(pos) == 1 {
+		if path != "" {
+			fmt.Fprintln(stderr, "fqdngate check: give the policy once, as -c POLICY or as the argument")
+			return 2
+		}
+		path = pos[0]
+	}
+	if path == "" {
+		fmt.Fprintln(stderr, "fqdngate check: give the policy file: fqdngate check POLICY (- for standard input)")
 		return 2
 	}
-	p, err := loadPolicy(ctx, *cfg, *shared)
+	var data []byte
+	var err error
+	name := path
+	if path == "-" {
+		name = "<stdin>"
+		data, err = io.ReadAll(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate check: reading policy: %v\n", err)
+		return 1
+	}
+	p, err := loadPolicyData(ctx, name, data, *shared)
 	if err == nil && *host {
 		// What run would refuse on this host, such as a state file
 		// directory that does not exist.
@@ -301,11 +344,32 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		names += len(r.Names) + len(r.Prefixes)
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s",
-		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+		name, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
 	if p.SharedName != "" {
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}
 	fmt.Fprintln(stdout)
+	if !*strict {
+		return 0
+	}
+	// Rules, sources and users of a fleet gateway are in its shared half.
+	reviewed, reviewedData := name, data
+	if p.SharedName != "" {
+		reviewed, reviewedData = p.SharedName, nil
+		if *shared != "" {
+			if b, err := os.ReadFile(*shared); err == nil {
+				reviewedData = b
+			}
+		}
+	}
+	ws := review.Strict(p, reviewed, reviewedData)
+	for _, w := range ws {
+		fmt.Fprintln(stderr, w)
+	}
+	if len(ws) > 0 {
+		fmt.Fprintf(stderr, "fqdngate check --strict: %d warnings\n", len(ws))
+		return 1
+	}
 	return 0
 }
 
