@@ -382,7 +382,9 @@ SYNOPSIS
 DESCRIPTION
     DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
     followed by /tcp or /udp; the port defaults to 443 and the protocol to
-    tcp. Prints ALLOW or DENY, the source groups of IP, the rule that
+    tcp. It may also be a URL, as copied from a log or a browser: its
+    host, and its port or the scheme's (http and ws 80, https and wss
+    443; another scheme needs the port); path and query do not matter. Prints ALLOW or DENY, the source groups of IP, the rule that
     decided and the pattern and group that matched; for a denial, the
     closest rule and what it lacked (the source or the port).
 
@@ -398,13 +400,14 @@ DESCRIPTION
 EXAMPLES
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
+    fqdngate explain -c policy.yaml --from 10.1.0.7 --to https://api.bank.example/v1/pay
 `
 
 func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("explain", explainHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	from := fs.String("from", "", "source `IP` address")
-	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto")
+	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto, or a URL")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, with POLICY its local file (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {

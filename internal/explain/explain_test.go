@@ -28,6 +28,18 @@ func TestParseTarget(t *testing.T) {
 		{in: "a.example:70000", wantErr: "port must be 1 to 65535"},
 		{in: "a.example:443/sctp", wantErr: "protocol must be tcp or udp"},
 		{in: "bad..name", wantErr: "empty label"},
+		{in: "https://api.bank.example/v1/pay?x=1", want: Target{Name: "api.bank.example", Port: 443}},
+		{in: "HTTP://user:pw@www.example.com#top", want: Target{Name: "www.example.com", Port: 80}},
+		{in: "http://www.example.com:8080/", want: Target{Name: "www.example.com", Port: 8080}},
+		{in: "wss://203.0.113.7/socket", want: Target{Addr: netip.MustParseAddr("203.0.113.7"), Port: 443}},
+		{in: "https://[2001:db8::1]/", want: Target{Addr: netip.MustParseAddr("2001:db8::1"), Port: 443}},
+		{in: "https://[2001:db8::1]:8443/x", want: Target{Addr: netip.MustParseAddr("2001:db8::1"), Port: 8443}},
+		{in: "postgres://db.example:5432/app", want: Target{Name: "db.example", Port: 5432}},
+		{in: "postgres://db.example/app", wantErr: "has no port fqdngate knows"},
+		{in: "https://2001:db8::1/", wantErr: "needs brackets"},
+		{in: "https:///path", wantErr: "no host"},
+		{in: "https://a.example:0/", wantErr: "port must be 1 to 65535"},
+		{in: "https://bad..name/", wantErr: "empty label"},
 	}
 	for _, tt := range tests {
 		got, err := ParseTarget(tt.in)
