@@ -207,3 +207,21 @@ func TestExplainBadSource(t *testing.T) {
 		t.Error("a source that is not an IP must be an error")
 	}
 }
+
+// FuzzParseTarget: /v1/explain hands it untrusted text. It never panics,
+// and a target it accepts has a port and exactly one of a name and an
+// address.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"api.bank.example", "a.example:8443/udp", "[2001:db8::1]:443", "https://u@a.example:8080/p?q#f", "wss://[::1]/", "x://", "https://[", "http://:80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseTarget(s)
+		if err != nil {
+			return
+		}
+		if got.Port == 0 || (got.Name == "") == !got.Addr.IsValid() {
+			t.Errorf("ParseTarget(%q) = %+v", s, got)
+		}
+	})
+}
