@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
 )
 
 // TestSystemdNotify runs the real binary as systemd's Type=notify does:
@@ -102,5 +104,71 @@ func TestNotifySocketMissing(t *testing.T) {
 			t.Fatalf("no warning about the missing notify socket; stderr:\n%s", d.logs())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSystemdNotifyWaitsForReady: a fleet gateway that starts before any
+// shared revision exists is not ready (/readyz says so), so it must not
+// say READY=1, only STATUS with why; the first revision makes it ready,
+// and READY=1 follows.
+func TestSystemdNotifyWaitsForReady(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	local, dir := fleetFiles(t, c)
+	sockDir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	recv := func(timeout time.Duration) (string, bool) {
+		buf := make([]byte, 4096)
+		_ = conn.SetReadDeadline(time.Now().Add(timeout))
+		n, err := conn.Read(buf)
+		if err != nil {
+			return "", false
+		}
+		return string(buf[:n]), true
+	}
+
+	d := startBinaryEnv(t, binary, local, "NOTIFY_SOCKET="+sock)
+	msg, ok := recv(20 * time.Second)
+	if !ok || strings.Contains(msg, "READY=1") || !strings.Contains(msg, "STATUS=starting; not ready: no shared policy revision applied yet") {
+		t.Fatalf("first notification %q (received %v), want a STATUS saying why it is not ready; stderr:\n%s", msg, ok, d.logs())
+	}
+	if body := d.get(t, "/readyz"); strings.HasPrefix(body, "ready") {
+		t.Fatalf("/readyz says %q before any revision", body)
+	}
+	// Nothing more while it waits: no READY=1 (a STATUS only if the reason changes).
+	for {
+		msg, ok := recv(time.Second)
+		if !ok {
+			break
+		}
+		if strings.Contains(msg, "READY=1") {
+			t.Fatalf("READY=1 before any shared revision: %q", msg)
+		}
+	}
+
+	shared := writeFile(t, dir, "shared.yaml", "dns: {upstreams: [192.0.2.53]}\nrules:\n  - name: web\n    to: [example.com]\n")
+	if out, errOut, code := runCLI(t, "policy", "push", "-c", local, shared); code != 0 {
+		t.Fatalf("push: exit %d %q\n%s", code, out, errOut)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msg, ok := recv(time.Until(deadline))
+		if !ok {
+			t.Fatalf("no READY=1 after the first revision; /readyz %q; stderr:\n%s", d.get(t, "/readyz"), d.logs())
+		}
+		if strings.Contains(msg, "READY=1") {
+			break
+		}
+	}
+	if body := d.get(t, "/readyz"); !strings.HasPrefix(body, "ready") {
+		t.Errorf("READY=1 sent while /readyz says %q", body)
 	}
 }
