@@ -15,6 +15,9 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/importer"
+	"github.com/fqdngate/fqdngate/internal/review"
+	"github.com/fqdngate/fqdngate/internal/sdnotify"
 )
 
 // version and revision (the VCS commit) are set at build time with
@@ -30,12 +33,14 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    -c POLICY [--shared SHARED] [--host=false]
+    fqdngate check    [--strict] [--shared SHARED] [--host=false] POLICY|-
     fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
     fqdngate import   cilium|calico|npep [-n NAMESPACE] FILE...
+    fqdngate man      fqdngate|fqdngate-policy
+    fqdngate completion bash|zsh|fish
     fqdngate version
 
 DESCRIPTION
@@ -60,6 +65,9 @@ COMMANDS
     fleet      Show the gateways of a fleet: revision, lag, errors.
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
+    man        Print the manual page fqdngate(1), generated from this help,
+               or fqdngate-policy(5), from docs/policy.md.
+    completion Print shell completion for bash, zsh or fish.
     version    Print the version.
 
     Run "fqdngate COMMAND --help" for a command's options.
@@ -69,9 +77,38 @@ EXIT STATUS
     or the daemon failed; 2 wrong usage.
 
 FILES
+    /etc/fqdngate/policy.yaml  the policy the systemd unit runs
     examples/quickstart.yaml   a policy that runs without root
-    docs/policy.md             every policy field, with examples
+    docs/policy.md             every policy field, with examples;
+                               fqdngate-policy(5)
 `
+
+// command is one fqdngate command. The table below is the one list of
+// them: run dispatches on it, and the man page and shell completions are
+// generated from it, so none of them can leave a command out.
+type command struct {
+	name string
+	help string   // man-page style, as "fqdngate NAME --help" prints it
+	subs []string // subcommands, if any
+	run  func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+// commands lists the commands in the order of the usage text. It is a
+// function, not a variable, as cmdMan and cmdCompletion read it.
+func commands() []command {
+	return []command{
+		{"run", runHelp, nil, cmdRun},
+		{"check", checkHelp, nil, cmdCheck},
+		{"explain", explainHelp, nil, cmdExplain},
+		{"firewall", firewallHelp, []string{"show", "remove"}, cmdFirewall},
+		{"policy", policyHelp, []string{"push", "history", "show", "rollback"}, cmdPolicy},
+		{"fleet", fleetHelp, []string{"status", "forget"}, cmdFleet},
+		{"import", importHelp, importer.Dialects, cmdImport},
+		{"man", manHelp, []string{"fqdngate", "fqdngate-policy"}, cmdMan},
+		{"completion", completionHelp, []string{"bash", "zsh", "fish"}, cmdCompletion},
+		{"version", versionHelp, nil, cmdVersion},
+	}
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -79,30 +116,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "run":
-		return cmdRun(ctx, args[1:], stdout, stderr)
-	case "check":
-		return cmdCheck(ctx, args[1:], stdout, stderr)
-	case "explain":
-		return cmdExplain(ctx, args[1:], stdout, stderr)
-	case "firewall":
-		return cmdFirewall(ctx, args[1:], stdout, stderr)
-	case "policy":
-		return cmdPolicy(ctx, args[1:], stdout, stderr)
-	case "fleet":
-		return cmdFleet(ctx, args[1:], stdout, stderr)
-	case "import":
-		return cmdImport(ctx, args[1:], stdout, stderr)
-	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, versionString())
-		return 0
+	case "--version", "-version":
+		return cmdVersion(ctx, nil, stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return 0
-	default:
-		fmt.Fprintf(stderr, "fqdngate: unknown command %q\n\n%s", args[0], usage)
-		return 2
 	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "fqdngate: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+const versionHelp = `NAME
+    fqdngate version - print the version
+
+SYNOPSIS
+    fqdngate version
+
+DESCRIPTION
+    Prints the version fqdngate was built as and the Go release that built
+    it; --version does the same.
+`
+
+func cmdVersion(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("version", versionHelp, stdout, stderr)
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	fmt.Fprintln(stdout, versionString())
+	return 0
 }
 
 func versionString() string {
@@ -197,7 +243,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version, Revision: revision})
+	err := daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: stdout, Reload: hup, DropCapabilities: true, Version: version, Revision: revision, Notify: sdnotify.FromEnv()})
 	if err != nil {
 		fmt.Fprintf(stderr, "fqdngate: %v\n", err)
 		return 1
@@ -209,11 +255,13 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check -c POLICY [--shared SHARED] [--host=false]
+    fqdngate check [--strict] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check -c POLICY [--strict] [--shared SHARED] [--host=false]
 
 DESCRIPTION
-    Loads POLICY exactly as "run" would. On success prints a one-line
-    summary and exits 0. Otherwise prints every problem, one per line, as
+    Loads POLICY (the argument or -c; - reads it from standard input)
+    exactly as "run" would. On success prints a one-line summary and
+    exits 0. Otherwise prints every problem, one per line, as
     file:line:col: message (the message says what to write instead), and
     exits 1. Use it in CI before shipping a policy.
 
@@ -223,25 +271,65 @@ DESCRIPTION
     that do not load. --host=false leaves that out, for a
     CI job that checks policies on another machine than the gateways.
 
+    --strict also reports, as file:line:col: warning: message, what a
+    valid policy probably did not mean, and exits 1 if there is any: a
+    rule that allows nothing an earlier rule does not already allow to
+    its sources (such as a from: restriction an earlier rule for every
+    source makes meaningless), a target another target of the same rule
+    covers, source groups no rule's from names, users in no such group,
+    0.0.0.0/0 or ::/0 targets, rules open on every port, and a policy
+    with no rules.
+
     A POLICY with a cluster section is a fleet gateway's local file: check
     validates it together with the shared policy, SHARED if given, else
     the current revision in the fleet's etcd. Errors name the half they
     are in (the file, or "shared revision N").
+
+EXAMPLES
+    fqdngate check /etc/fqdngate/policy.yaml
+    fqdngate check --strict --host=false policy.yaml
+    git show HEAD:policy.yaml | fqdngate check --host=false -
 `
+
+// stdin is what "check -" reads; tests replace it.
+var stdin io.Reader = os.Stdin
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("check", checkHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
-	if code := parse(fs, args, stdout); code >= 0 {
+	strict := fs.Bool("strict", false, "also warn about what a valid policy probably did not mean; exit 1 if anything is found")
+	pos, code := parseArgs(fs, args, stdout, 0, 1)
+	if code >= 0 {
 		return code
 	}
-	if *cfg == "" {
-		fmt.Fprintln(stderr, "fqdngate check: give the policy file with -c POLICY")
+	path := *cfg
+	if len(pos) == 1 {
+		if path != "" {
+			fmt.Fprintln(stderr, "fqdngate check: give the policy once, as -c POLICY or as the argument")
+			return 2
+		}
+		path = pos[0]
+	}
+	if path == "" {
+		fmt.Fprintln(stderr, "fqdngate check: give the policy file: fqdngate check POLICY (- for standard input)")
 		return 2
 	}
-	p, err := loadPolicy(ctx, *cfg, *shared)
+	var data []byte
+	var err error
+	name := path
+	if path == "-" {
+		name = "<stdin>"
+		data, err = io.ReadAll(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate check: reading policy: %v\n", err)
+		return 1
+	}
+	p, err := loadPolicyData(ctx, name, data, *shared)
 	if err == nil && *host {
 		// What run would refuse on this host, such as a state file
 		// directory that does not exist.
@@ -256,7 +344,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		names += len(r.Names) + len(r.Prefixes)
 	}
 	fmt.Fprintf(stdout, "%s: ok: %d rules, %d targets, %d source groups, mode %s, firewall %s",
-		*cfg, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
+		name, len(p.Rules), names, len(p.Sources), p.Mode, p.Firewall.Backend)
 	if n := len(p.DNS.Forward); n > 0 {
 		fmt.Fprintf(stdout, ", %d forward zones", n)
 	}
@@ -267,6 +355,27 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}
 	fmt.Fprintln(stdout)
+	if !*strict {
+		return 0
+	}
+	// Rules, sources and users of a fleet gateway are in its shared half.
+	reviewed, reviewedData := name, data
+	if p.SharedName != "" {
+		reviewed, reviewedData = p.SharedName, nil
+		if *shared != "" {
+			if b, err := os.ReadFile(*shared); err == nil {
+				reviewedData = b
+			}
+		}
+	}
+	ws := review.Strict(p, reviewed, reviewedData)
+	for _, w := range ws {
+		fmt.Fprintln(stderr, w)
+	}
+	if len(ws) > 0 {
+		fmt.Fprintf(stderr, "fqdngate check --strict: %d warnings\n", len(ws))
+		return 1
+	}
 	return 0
 }
 
@@ -279,7 +388,9 @@ SYNOPSIS
 DESCRIPTION
     DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
     followed by /tcp or /udp; the port defaults to 443 and the protocol to
-    tcp. Prints ALLOW or DENY, the source groups of IP, the rule that
+    tcp. It may also be a URL, as copied from a log or a browser: its
+    host, and its port or the scheme's (http and ws 80, https and wss
+    443; another scheme needs the port); path and query do not matter. Prints ALLOW or DENY, the source groups of IP, the rule that
     decided and the pattern and group that matched; for a denial, the
     closest rule and what it lacked (the source or the port).
 
@@ -295,13 +406,14 @@ DESCRIPTION
 EXAMPLES
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
+    fqdngate explain -c policy.yaml --from 10.1.0.7 --to https://api.bank.example/v1/pay
 `
 
 func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flagSet("explain", explainHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	from := fs.String("from", "", "source `IP` address")
-	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto")
+	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto, or a URL")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, with POLICY its local file (default: the current revision in etcd)")
 	if code := parse(fs, args, stdout); code >= 0 {

@@ -325,6 +325,11 @@ func loadPolicy(ctx context.Context, path, sharedPath string) (*policy.Policy, e
 	if err != nil {
 		return nil, fmt.Errorf("reading policy: %w", err)
 	}
+	return loadPolicyData(ctx, path, data, sharedPath)
+}
+
+// loadPolicyData is loadPolicy of the file path that holds data.
+func loadPolicyData(ctx context.Context, path string, data []byte, sharedPath string) (*policy.Policy, error) {
 	c, err := policy.ParseCluster(path, data)
 	if err != nil {
 		return nil, err

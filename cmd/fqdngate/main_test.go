@@ -279,7 +279,14 @@ func startDaemon(t *testing.T, policyPath string) *daemonProc {
 // startBinary runs the fqdngate at bin on policyPath.
 func startBinary(t *testing.T, bin, policyPath string) *daemonProc {
 	t.Helper()
+	return startBinaryEnv(t, bin, policyPath)
+}
+
+// startBinaryEnv is startBinary with env added to fqdngate's environment.
+func startBinaryEnv(t *testing.T, bin, policyPath string, env ...string) *daemonProc {
+	t.Helper()
 	d := &daemonProc{cmd: exec.Command(bin, "run", "-c", policyPath)}
+	d.cmd.Env = append(os.Environ(), env...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -402,6 +409,7 @@ func TestBuildsStamp(t *testing.T) {
 		{"../../Makefile", `-X main.version=$(VERSION) -X main.revision=$(REVISION)`},
 		{"../../Makefile", `--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION)`},
 		{"../../deploy/kubernetes/Dockerfile", `-X main.version=${VERSION} -X main.revision=${REVISION}`},
+		{"../../Makefile", "deb: build "},
 		{"../../deploy/systemd/fqdngate.service", `make build && install -m 0755 fqdngate /usr/local/bin/fqdngate`},
 	} {
 		b, err := os.ReadFile(f.file)

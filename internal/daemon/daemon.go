@@ -25,6 +25,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/cluster"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
+	"github.com/fqdngate/fqdngate/internal/sdnotify"
 )
 
 // Options configure Run.
@@ -56,7 +57,15 @@ type Options struct {
 	// Version is empty, "unknown"; if Revision is, the VCS revision Go
 	// stamped into the binary, or "unknown".
 	Version, Revision string
+	// Notify, if not nil, tells systemd (Type=notify) READY=1 once
+	// fqdngate is ready as /readyz says it, RELOADING=1 then READY=1
+	// around a SIGHUP reload, and STOPPING=1 when it stops.
+	Notify *sdnotify.Notifier
 }
+
+// readyPoll is how often a start that is not ready yet is checked again
+// for systemd's READY=1.
+const readyPoll = 100 * time.Millisecond
 
 // flushInterval is how often buffered audit lines are written out.
 const flushInterval = 100 * time.Millisecond
@@ -125,9 +134,13 @@ func Run(ctx context.Context, opts Options) error {
 	var fatal error
 	flush := time.NewTicker(flushInterval)
 	defer flush.Stop()
+	n := d.newNotifier()
+	readyC := n.poll()
 loop:
 	for {
 		select {
+		case <-readyC:
+			readyC = n.poll()
 		case <-flush.C:
 			if err := d.out.Flush(); err != nil {
 				d.log.Error("writing the audit log", "err", err)
@@ -138,11 +151,14 @@ loop:
 			fatal = err
 			break loop
 		case <-d.opts.Reload:
+			n.reloading()
 			d.reload(runCtx, "SIGHUP", true)
+			n.reloaded()
 		case <-watch:
 			d.reload(runCtx, "file change", false)
 		}
 	}
+	n.stopping()
 	d.log.Info("shutting down", "deadline", d.opts.ShutdownTimeout.String())
 	d.shutdown(cancel)
 	return fatal

@@ -77,9 +77,17 @@ type Target struct {
 	Proto policy.Proto
 }
 
+// schemePorts are the URL schemes ParseTarget knows, with their ports.
+var schemePorts = map[string]uint16{"http": 80, "https": 443, "ws": 80, "wss": 443}
+
 // ParseTarget parses "api.bank.example:443", "api.bank.example" (443/tcp),
-// "203.0.113.7:5432", "[2001:db8::1]:443" or "dns.example:853/udp".
+// "203.0.113.7:5432", "[2001:db8::1]:443" or "dns.example:853/udp", or a
+// URL such as "https://api.bank.example/v1/pay" (its host, and its port
+// or the scheme's; path and query do not matter).
 func ParseTarget(s string) (Target, error) {
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		return parseURL(s, strings.ToLower(scheme), rest)
+	}
 	t := Target{Port: 443, Proto: policy.TCP}
 	if base, proto, ok := strings.Cut(s, "/"); ok {
 		switch strings.ToLower(proto) {
@@ -109,6 +117,38 @@ func ParseTarget(s string) (Target, error) {
 		return t, fmt.Errorf("destination %q: %v", s, err)
 	}
 	t.Name = string(n)
+	return t, nil
+}
+
+// parseURL is ParseTarget of scheme://rest (s whole).
+func parseURL(s, scheme, rest string) (Target, error) {
+	// Only the authority matters: drop the path, query and fragment,
+	// and any user information.
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	if i := strings.LastIndex(rest, "@"); i >= 0 {
+		rest = rest[i+1:]
+	}
+	if rest == "" {
+		return Target{}, fmt.Errorf("destination %q: no host in the URL", s)
+	}
+	def, known := schemePorts[scheme]
+	if _, _, err := net.SplitHostPort(rest); err != nil {
+		if !known {
+			return Target{}, fmt.Errorf("destination %q: scheme %q has no port fqdngate knows; give it, as %s://HOST:PORT", s, scheme, scheme)
+		}
+		if strings.Contains(rest, ":") && !strings.HasPrefix(rest, "[") {
+			return Target{}, fmt.Errorf("destination %q: an IPv6 address in a URL needs brackets, as https://[2001:db8::1]/", s)
+		}
+		rest = net.JoinHostPort(strings.Trim(rest, "[]"), strconv.Itoa(int(def)))
+	}
+	t, err := ParseTarget(rest)
+	if err != nil {
+		// Name the URL as given, not the host:port made of it.
+		msg := strings.TrimPrefix(err.Error(), fmt.Sprintf("destination %q: ", rest))
+		return t, fmt.Errorf("destination %q: %s", s, msg)
+	}
 	return t, nil
 }
 

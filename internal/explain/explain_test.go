@@ -28,6 +28,18 @@ func TestParseTarget(t *testing.T) {
 		{in: "a.example:70000", wantErr: "port must be 1 to 65535"},
 		{in: "a.example:443/sctp", wantErr: "protocol must be tcp or udp"},
 		{in: "bad..name", wantErr: "empty label"},
+		{in: "https://api.bank.example/v1/pay?x=1", want: Target{Name: "api.bank.example", Port: 443}},
+		{in: "HTTP://user:pw@www.example.com#top", want: Target{Name: "www.example.com", Port: 80}},
+		{in: "http://www.example.com:8080/", want: Target{Name: "www.example.com", Port: 8080}},
+		{in: "wss://203.0.113.7/socket", want: Target{Addr: netip.MustParseAddr("203.0.113.7"), Port: 443}},
+		{in: "https://[2001:db8::1]/", want: Target{Addr: netip.MustParseAddr("2001:db8::1"), Port: 443}},
+		{in: "https://[2001:db8::1]:8443/x", want: Target{Addr: netip.MustParseAddr("2001:db8::1"), Port: 8443}},
+		{in: "postgres://db.example:5432/app", want: Target{Name: "db.example", Port: 5432}},
+		{in: "postgres://db.example/app", wantErr: "has no port fqdngate knows"},
+		{in: "https://2001:db8::1/", wantErr: "needs brackets"},
+		{in: "https:///path", wantErr: "no host"},
+		{in: "https://a.example:0/", wantErr: "port must be 1 to 65535"},
+		{in: "https://bad..name/", wantErr: "empty label"},
 	}
 	for _, tt := range tests {
 		got, err := ParseTarget(tt.in)
@@ -255,4 +267,22 @@ rules: [{name: bank, from: [checkout], to: [api.bank.example]}]
 	if r, _ := Explain(p, "10.244.1.6", "api.bank.example:443", nil); r.Pod != "" || r.Action != "deny" {
 		t.Errorf("another address: pod %q, %s; want none, deny", r.Pod, r.Action)
 	}
+}
+
+// FuzzParseTarget: /v1/explain hands it untrusted text. It never panics,
+// and a target it accepts has a port and exactly one of a name and an
+// address.
+func FuzzParseTarget(f *testing.F) {
+	for _, s := range []string{"api.bank.example", "a.example:8443/udp", "[2001:db8::1]:443", "https://u@a.example:8080/p?q#f", "wss://[::1]/", "x://", "https://[", "http://:80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseTarget(s)
+		if err != nil {
+			return
+		}
+		if got.Port == 0 || (got.Name == "") == !got.Addr.IsValid() {
+			t.Errorf("ParseTarget(%q) = %+v", s, got)
+		}
+	})
 }

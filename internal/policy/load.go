@@ -45,9 +45,9 @@ func defaults(file string) *Policy {
 	return &Policy{
 		File: file,
 		Listen: Listen{
-			DNS:   "127.0.0.1:5353",
+			DNS:   "127.0.0.1:15353",
 			Proxy: "127.0.0.1:3128",
-			Admin: "127.0.0.1:9090",
+			Admin: "127.0.0.1:15380",
 		},
 		DNS: DNS{
 			QTypes:              []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeHTTPS, dns.TypeSVCB},

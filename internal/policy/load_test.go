@@ -251,7 +251,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := defaults("p.yaml")
-	// From testdata/resolv.conf; 127.0.0.1:53 stays, as fqdngate listens on :5353.
+	// From testdata/resolv.conf; 127.0.0.1:53 stays, as fqdngate listens on :15353.
 	want.DNS.Upstreams = []Upstream{{Addr: netip.MustParseAddrPort("192.0.2.1:53")}}
 	want.DNS.Upstreams = append(want.DNS.Upstreams, Upstream{Addr: netip.MustParseAddrPort("127.0.0.1:53")})
 	want.groupOrder = []string{}
@@ -265,10 +265,10 @@ func TestDefaults(t *testing.T) {
 		got, want any
 	}{
 		{"mode", p.Mode, Enforce},
-		{"listen.dns", p.Listen.DNS, "127.0.0.1:5353"},
+		{"listen.dns", p.Listen.DNS, "127.0.0.1:15353"},
 		{"listen.proxy", p.Listen.Proxy, "127.0.0.1:3128"},
 		{"listen.transparent", p.Listen.Transparent, ""},
-		{"listen.admin", p.Listen.Admin, "127.0.0.1:9090"},
+		{"listen.admin", p.Listen.Admin, "127.0.0.1:15380"},
 		{"dns.deny_with", p.DNS.DenyWith, DenyNXDomain},
 		{"dns.qtypes", p.DNS.QTypes, []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeHTTPS, dns.TypeSVCB}},
 		{"dns.min_ttl", p.DNS.MinTTL, 30 * time.Second},
