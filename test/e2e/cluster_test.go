@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -80,30 +79,7 @@ func serveStandIn(t *testing.T, ns *netns.NS, addr string) *standIn {
 	t.Helper()
 	s := &standIn{}
 	ap := addr + ":53"
-	servers := []*dns.Server{
-		{PacketConn: ns.ListenPacket("udp", ap), Net: "udp", Handler: s},
-		{Listener: ns.Listen("tcp", ap), Net: "tcp", Handler: s},
-	}
-	var wg sync.WaitGroup
-	for _, srv := range servers {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = sync.OnceFunc(func() { close(started) })
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.ActivateAndServe()
-			srv.NotifyStartedFunc()
-		}()
-		<-started
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		for _, srv := range servers {
-			_ = srv.ShutdownContext(ctx)
-		}
-		wg.Wait()
-	})
+	serveDNS(t, ns, s, ap)
 	return s
 }
 

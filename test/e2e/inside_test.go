@@ -172,28 +172,7 @@ func serveMarkerDNS(t *testing.T, ns *netns.NS, addr, marker string) {
 		}
 		_ = w.WriteMsg(m)
 	})
-	servers := []*dns.Server{
-		{PacketConn: ns.ListenPacket("udp", addr), Net: "udp", Handler: h},
-		{Listener: ns.Listen("tcp", addr), Net: "tcp", Handler: h},
-	}
-	var wg sync.WaitGroup
-	for _, s := range servers {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = sync.OnceFunc(func() { close(started) })
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = s.ActivateAndServe()
-			s.NotifyStartedFunc()
-		}()
-		<-started
-	}
-	t.Cleanup(func() {
-		for _, s := range servers {
-			_ = s.Shutdown()
-		}
-		wg.Wait()
-	})
+	serveDNS(t, ns, h, addr)
 }
 
 // armWebRules: payments may resolve pay.example.com; a rule without from

@@ -260,11 +260,18 @@ func (a *authority) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 // over UDP and TCP, until the test ends.
 func (a *authority) serve(t *testing.T, ns *netns.NS) {
 	t.Helper()
+	serveDNS(t, ns, a, authorityAddr, authorityAddr6)
+}
+
+// serveDNS answers with h on each address (ip:port) in ns, over UDP and
+// TCP, from when it returns until the test ends.
+func serveDNS(t *testing.T, ns *netns.NS, h dns.Handler, addrs ...string) {
+	t.Helper()
 	var servers []*dns.Server
-	for _, addr := range []string{authorityAddr, authorityAddr6} {
+	for _, addr := range addrs {
 		servers = append(servers,
-			&dns.Server{PacketConn: ns.ListenPacket("udp", addr), Net: "udp", Handler: a},
-			&dns.Server{Listener: ns.Listen("tcp", addr), Net: "tcp", Handler: a})
+			&dns.Server{PacketConn: ns.ListenPacket("udp", addr), Net: "udp", Handler: h},
+			&dns.Server{Listener: ns.Listen("tcp", addr), Net: "tcp", Handler: h})
 	}
 	var wg sync.WaitGroup
 	for _, s := range servers {
@@ -274,7 +281,7 @@ func (a *authority) serve(t *testing.T, ns *netns.NS) {
 		go func() {
 			defer wg.Done()
 			if err := s.ActivateAndServe(); err != nil {
-				t.Errorf("authority: %v", err)
+				t.Errorf("dns server on %s: %v", addrs, err)
 			}
 			s.NotifyStartedFunc()
 		}()
