@@ -72,6 +72,7 @@ func defaults(file string) *Policy {
 			MaxConns:       10_000,
 		},
 		Log:              Log{Format: "json"},
+		History:          defaultHistory(),
 		Sources:          map[string][]netip.Prefix{},
 		SourceInterfaces: map[string][]string{},
 		Users:            map[string]User{},
@@ -205,6 +206,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 				field{"file", d.str(&p.Log.File, "log.file")},
 			)
 		}},
+		field{"history", func(n *yaml.Node) { d.history(n, p) }},
 		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes, ifNodes) }},
 		field{"inside", func(n *yaml.Node) { inside = d.inside(n) }},
 		field{"users", func(n *yaml.Node) { d.users(n, users) }},

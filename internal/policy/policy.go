@@ -45,6 +45,7 @@ type Policy struct {
 	Firewall Firewall
 	Proxy    Proxy
 	Log      Log
+	History  History
 	// Sources maps each source group name to its address prefixes.
 	Sources map[string][]netip.Prefix
 	// SourceInterfaces maps each source group tied to interfaces (the
