@@ -287,13 +287,13 @@ func TestRetention(t *testing.T) {
 
 func TestMaxSize(t *testing.T) {
 	now := day1.AddDate(0, 0, 10)
-	const max = 1 << 20
+	const max = 256 << 10
 	r, st, reg := newTestRecorder(t, Options{Retention: 100 * 24 * time.Hour, MaxSize: max, Now: func() time.Time { return now }})
-	// Ten past days of about 150 KiB of rows each: the oldest must go.
+	// Ten past days of about 70 KiB of rows each: the oldest must go.
 	for d := range 10 {
 		var evs []audit.Event
 		at := day1.AddDate(0, 0, d)
-		for i := range 1000 {
+		for i := range 500 {
 			evs = append(evs, dnsEvent(at, src1, fmt.Sprintf("host-%05d.day%d.example.com", i, d), policy.Deny, ""))
 		}
 		record(t, r, evs)
@@ -326,10 +326,10 @@ func TestMaxSize(t *testing.T) {
 	}
 	// Today alone over max_size: new rows are dropped and counted.
 	var evs []audit.Event
-	for i := range 18000 {
+	for i := range 4500 {
 		evs = append(evs, dnsEvent(now, src1, fmt.Sprintf("today-%05d.example.com", i), policy.Deny, ""))
 	}
-	record(t, r, evs[:6000], evs[6000:12000], evs[12000:])
+	record(t, r, evs[:1500], evs[1500:3000], evs[3000:])
 	if n := testutil.ToFloat64(r.m.dropped.WithLabelValues("max_size")); n == 0 {
 		t.Errorf("no rows counted as dropped for max_size")
 	}
