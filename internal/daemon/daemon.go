@@ -78,6 +78,8 @@ type Daemon struct {
 	m     *metrics
 	audit *audit.Logger
 	out   *reopenWriter
+	// hist is the decision history; nil when off. Set once by start.
+	hist *decisionHistory
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
@@ -222,6 +224,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("loading policy:\n%w", err)
 	}
 	d.audit = audit.New(d.out, p.Log.Format, d.m)
+	d.openHistory(p)
 	// The components read the policy while they are built; nothing serves
 	// it before the commit below publishes it as generation 1.
 	d.pol.Store(p)
@@ -229,6 +232,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.comps, err = newComponents(d, p)
 	if err != nil {
 		d.closeFleet()
+		d.closeHistory()
 		return err
 	}
 	d.reloadMu.Lock()
@@ -240,6 +244,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		d.comps.close()
 		d.closeFleet()
+		d.closeHistory()
 		d.out.Close()
 		return err
 	}
@@ -288,6 +293,7 @@ func (d *Daemon) close() {
 	d.closeFleet()
 	d.comps.wait()
 	d.comps.close()
+	d.closeHistory()
 	if err := d.out.Close(); err != nil {
 		d.log.Error("writing the audit log", "err", err)
 	}

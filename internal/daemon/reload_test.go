@@ -62,6 +62,7 @@ type settings struct {
 	cacheSize int
 	logFormat string
 	stateFile string
+	extra     string // appended as is: more top-level sections
 }
 
 func (s settings) render() string {
@@ -75,7 +76,7 @@ log: {file: %q, format: %s}
 rules:
   - name: %s
     to: [%s.example]
-`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule)
+%s`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule, s.extra)
 }
 
 // world is a namespace, two upstream resolvers that know different

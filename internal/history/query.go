@@ -3,6 +3,10 @@ package history
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -123,4 +127,79 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 		return nil, fmt.Errorf("reading history: %w", err)
 	}
 	return out, nil
+}
+
+// FilterKeys are the query parameters ParseFilter reads, which the admin
+// API's /v1/history and the fqdngate history command share.
+var FilterKeys = []string{"since", "group", "action", "component", "name", "source", "per_day", "limit"}
+
+// ParseFilter reads a Filter from query parameters (FilterKeys): since
+// is a number of days ("7d"), a duration ("36h") or a UTC day
+// ("2026-12-01"); now anchors the relative forms.
+func ParseFilter(v url.Values, now time.Time) (Filter, error) {
+	for k := range v {
+		if !slices.Contains(FilterKeys, k) {
+			return Filter{}, fmt.Errorf("unknown parameter %q; use %s", k, strings.Join(FilterKeys, ", "))
+		}
+	}
+	f := Filter{
+		Group: v.Get("group"), Action: v.Get("action"), Component: v.Get("component"),
+		Name: v.Get("name"), Source: v.Get("source"),
+	}
+	if s := v.Get("since"); s != "" {
+		t, err := ParseSince(s, now)
+		if err != nil {
+			return Filter{}, err
+		}
+		f.Since = t
+	}
+	switch f.Action {
+	case "", "allow", "deny", "would-deny", "fail":
+	default:
+		return Filter{}, fmt.Errorf("action %q is not one of allow, deny, would-deny, fail", f.Action)
+	}
+	switch f.Component {
+	case "", "dns", "proxy", "firewall":
+	default:
+		return Filter{}, fmt.Errorf("component %q is not one of dns, proxy, firewall", f.Component)
+	}
+	if s := v.Get("source"); s != "" {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return Filter{}, fmt.Errorf("source %q is not an IP address", s)
+		}
+		f.Source = a.String()
+	}
+	switch v.Get("per_day") {
+	case "", "false", "0":
+	case "true", "1":
+		f.PerDay = true
+	default:
+		return Filter{}, fmt.Errorf("per_day must be true or false, not %q", v.Get("per_day"))
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100_000 {
+			return Filter{}, fmt.Errorf("limit %q is not a number from 1 to 100000", s)
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+// ParseSince reads a start: a number of days back ("7d", today being the
+// first), a duration back ("36h"), or a UTC day ("2026-12-01").
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if d, err := strconv.Atoi(n); err == nil && d >= 1 && d <= 3650 {
+			return now.UTC().AddDate(0, 0, -(d - 1)), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("since %q is not a number of days (7d), a duration (36h) or a day (2026-12-01)", s)
 }
