@@ -58,6 +58,7 @@ COMMANDS
     policy     Push, list and roll back the shared policy of a fleet of
                gateways (POLICY has a cluster section; see docs/fleet.md).
     fleet      Show the gateways of a fleet: revision, lag, errors.
+    history    Show the decision history: names, hits, sources, per group.
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
     version    Print the version.
@@ -93,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdFleet(ctx, args[1:], stdout, stderr)
 	case "import":
 		return cmdImport(ctx, args[1:], stdout, stderr)
+	case "history":
+		return cmdHistory(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
