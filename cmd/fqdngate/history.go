@@ -207,4 +207,3 @@ func port(p uint16) string {
 	}
 	return strconv.Itoa(int(p))
 }
-
