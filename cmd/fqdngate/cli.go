@@ -59,6 +59,7 @@ COMMANDS
                gateways (POLICY has a cluster section; see docs/fleet.md).
     fleet      Show the gateways of a fleet: revision, lag, errors.
     history    Show the decision history: names, hits, sources, per group.
+    suggest    Propose rules for what the history saw denied.
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
     version    Print the version.
@@ -96,6 +97,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdImport(ctx, args[1:], stdout, stderr)
 	case "history":
 		return cmdHistory(ctx, args[1:], stdout, stderr)
+	case "suggest":
+		return cmdSuggest(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

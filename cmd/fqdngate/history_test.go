@@ -90,6 +90,13 @@ func TestHistoryCommand(t *testing.T) {
 		t.Errorf("--json: exit %d\n%s", code, out)
 	}
 
+	// suggest reads the same file: tracker.example, denied three times.
+	var sb, se bytes.Buffer
+	if code := run(context.Background(), []string{"suggest", "--history", path, "--since", "1d"}, &sb, &se); code != 0 ||
+		!strings.Contains(sb.String(), `- "tracker.example" # 3 hits, 1 source`) || strings.Contains(sb.String(), "api.example") {
+		t.Errorf("suggest: exit %d, %s\n%s", code, se.String(), sb.String())
+	}
+
 	for _, tc := range []struct {
 		args []string
 		code int
