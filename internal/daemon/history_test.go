@@ -15,7 +15,7 @@ import (
 )
 
 // TestHistoryRecordsDNSDecisions: real DNS queries through the daemon's
-// listener become rows of the decision history, which /v1/history serves
+// listener, and a CONNECT through its proxy, become rows of the decision history, which /v1/history serves
 // and which the file keeps.
 func TestHistoryRecordsDNSDecisions(t *testing.T) {
 	w := newWorld(t)
@@ -25,16 +25,18 @@ func TestHistoryRecordsDNSDecisions(t *testing.T) {
 	w.start(s)
 	w.resolves(s.listen.dns, "old.example", netip.MustParseAddr("192.0.2.10"))
 	w.resolves(s.listen.dns, "new.example", none)
+	w.proxyAnswers(s.listen.proxy, "new.example") // a CONNECT the proxy refuses
 
 	type row = history.Row
-	find := func(rows []row, name, action string) *row {
+	findIn := func(rows []row, component, name, action string) *row {
 		for i := range rows {
-			if rows[i].Name == name && rows[i].Action == action && rows[i].Component == "dns" {
+			if rows[i].Name == name && rows[i].Action == action && rows[i].Component == component {
 				return &rows[i]
 			}
 		}
 		return nil
 	}
+	find := func(rows []row, name, action string) *row { return findIn(rows, "dns", name, action) }
 	var rows []row
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		body, err := w.get(s.listen.admin, "/v1/history?since=1d")
@@ -46,7 +48,7 @@ func TestHistoryRecordsDNSDecisions(t *testing.T) {
 			t.Fatalf("/v1/history: %v\n%s", err, body)
 		}
 		rows = resp.Rows
-		if find(rows, "old.example", "allow") != nil && find(rows, "new.example", "deny") != nil {
+		if find(rows, "old.example", "allow") != nil && find(rows, "new.example", "deny") != nil && findIn(rows, "proxy", "new.example", "deny") != nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -62,6 +64,9 @@ func TestHistoryRecordsDNSDecisions(t *testing.T) {
 	deny := find(rows, "new.example", "deny")
 	if deny.Hits != 2 || deny.Reason != "no rule allows this destination" || len(deny.Answers) != 0 {
 		t.Errorf("denied row: %+v", *deny)
+	}
+	if p := findIn(rows, "proxy", "new.example", "deny"); p.Port != 443 || p.Hits != 1 {
+		t.Errorf("proxy row: %+v; want one CONNECT to port 443", *p)
 	}
 	if body, _ := w.get(s.listen.admin, "/v1/history?action=maybe"); !json.Valid([]byte(body)) || !contains(body, "not one of") {
 		t.Errorf("a bad filter: %s", body)
