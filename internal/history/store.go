@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -83,9 +84,12 @@ type Store struct {
 	path string
 	opts Options
 
-	mu   sync.RWMutex // guards db: Replace swaps it
-	db   *sql.DB
-	over bool // the day in force alone is over MaxSize; guarded by mu
+	// mu guards db: Replace swaps it (Lock); everything else uses it
+	// (RLock), and sql.DB serialises what needs it. One goroutine writes.
+	mu sync.RWMutex
+	db *sql.DB
+	// over: the day in force alone is over MaxSize.
+	over atomic.Bool
 }
 
 // ErrOverSize is returned by Write when today's rows alone fill
@@ -294,7 +298,8 @@ func (s *Store) Replace() (string, error) {
 	if err != nil {
 		return to, err
 	}
-	s.db, s.over = db, false
+	s.db = db
+	s.over.Store(false)
 	return to, nil
 }
 
@@ -322,13 +327,13 @@ ON CONFLICT (day, grp, source, component, name, port, qtype, action, rule, reaso
 // write adds rows in one transaction, then keeps the file under
 // MaxSize.
 func (s *Store) write(ctx context.Context, rows map[rowKey]*agg) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.over {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.over.Load() {
 		if err := s.enforceSizeLocked(ctx); err != nil {
 			return err
 		}
-		if s.over {
+		if s.over.Load() {
 			return ErrOverSize
 		}
 	}
@@ -374,7 +379,7 @@ func (s *Store) sizeLocked(ctx context.Context) (int64, error) {
 	return (pages - free) * size, nil
 }
 
-// enforceSizeLocked drops the oldest days until the rows fit in MaxSize;
+// enforceSizeLocked (s.mu held, either way) drops the oldest days until the rows fit in MaxSize;
 // when today's alone do not, it marks the store over.
 func (s *Store) enforceSizeLocked(ctx context.Context) error {
 	if s.opts.MaxSize <= 0 {
@@ -388,7 +393,7 @@ func (s *Store) enforceSizeLocked(ctx context.Context) error {
 			return err
 		}
 		if used <= s.opts.MaxSize {
-			s.over = false
+			s.over.Store(false)
 			break
 		}
 		var oldest sql.NullString
@@ -396,7 +401,7 @@ func (s *Store) enforceSizeLocked(ctx context.Context) error {
 			return fmt.Errorf("bounding history: %w", err)
 		}
 		if !oldest.Valid || oldest.String >= today {
-			s.over = true
+			s.over.Store(true)
 			break
 		}
 		if _, err := s.db.ExecContext(ctx, "DELETE FROM decisions WHERE day <= ?", oldest.String); err != nil {
@@ -423,8 +428,8 @@ func (s *Store) compactLocked(ctx context.Context) error {
 // and the 29 before it stay. The Recorder calls it at start and when
 // the day changes.
 func (s *Store) Prune(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	days := int(s.opts.Retention / (24 * time.Hour))
 	if days < 1 {
 		days = 1
