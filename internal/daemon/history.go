@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -68,7 +69,7 @@ func (d *Daemon) openHistory(p *policy.Policy) {
 	}()
 	d.audit.SetSink(rec)
 	d.hist = h
-	log.Info("decision history", "file", path, "retention", p.History.Retention.String(), "max_size", p.History.MaxSize)
+	log.Info("decision history", "file", path, "retention", fmt.Sprintf("%dd", p.History.Retention/(24*time.Hour)), "max_size", p.History.MaxSize)
 }
 
 // closeHistory writes what is left and closes the file; called once no
@@ -98,5 +99,5 @@ func describeHistory(p *policy.Policy) string {
 	if !p.History.Enabled {
 		return "off"
 	}
-	return fmt.Sprintf("path=%s retention=%s max_size=%d", historyPath(p), p.History.Retention, p.History.MaxSize)
+	return fmt.Sprintf("path=%s retention=%dd max_size=%d", historyPath(p), p.History.Retention/(24*time.Hour), p.History.MaxSize)
 }

@@ -400,3 +400,16 @@ func TestCorruptFileWhileRunning(t *testing.T) {
 		t.Fatalf("the new file has %+v, %v; want the row written after the replacement", rows, err)
 	}
 }
+
+func TestFileIsPrivate(t *testing.T) {
+	_, st, _ := newTestRecorder(t, Options{})
+	for _, f := range []string{st.Path(), st.Path() + "-wal"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+}

@@ -197,6 +197,11 @@ func Open(path string, o Options) (s *Store, replaced string, err error) {
 	}
 	s.db = db
 	if !o.ReadOnly {
+		// Names and source addresses are for the operators' eyes: the
+		// file is private, as its directory is.
+		for _, f := range []string{path, path + "-wal", path + "-shm"} {
+			_ = os.Chmod(f, 0o600)
+		}
 		if err := s.Prune(context.Background()); err != nil {
 			s.Close()
 			return nil, replaced, err
