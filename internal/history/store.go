@@ -264,12 +264,13 @@ func IsCorrupt(err error) bool {
 	return false
 }
 
-// IsFull reports whether err says the disk (or a file-size limit) is full.
+// IsFull reports whether err says the disk is full (SQLITE_FULL). Other
+// I/O errors are not: the rows are kept for the next try.
 func IsFull(err error) bool {
 	var se *sqlite.Error
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR:
+		case sqlite3.SQLITE_FULL:
 			return true
 		}
 	}
