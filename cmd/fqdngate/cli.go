@@ -38,6 +38,8 @@ SYNOPSIS
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
+    fqdngate history  [--since 7d] [--group G] [--action A] [--history PATH | --admin URL | -c POLICY]
+    fqdngate suggest  [--group G] [--since 7d] [--history PATH | --admin URL | -c POLICY]
     fqdngate import   cilium|calico|npep [-n NAMESPACE] FILE...
     fqdngate man      fqdngate|fqdngate-policy
     fqdngate completion bash|zsh|fish
@@ -63,6 +65,8 @@ COMMANDS
     policy     Push, list and roll back the shared policy of a fleet of
                gateways (POLICY has a cluster section; see docs/fleet.md).
     fleet      Show the gateways of a fleet: revision, lag, errors.
+    history    Show the decision history: names, hits, sources, per group.
+    suggest    Propose rules for what the history saw denied.
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
     man        Print the manual page fqdngate(1), generated from this help,
@@ -103,6 +107,8 @@ func commands() []command {
 		{"firewall", firewallHelp, []string{"show", "remove"}, cmdFirewall},
 		{"policy", policyHelp, []string{"push", "history", "show", "rollback"}, cmdPolicy},
 		{"fleet", fleetHelp, []string{"status", "forget"}, cmdFleet},
+		{"history", historyHelp, nil, cmdHistory},
+		{"suggest", suggestHelp, nil, cmdSuggest},
 		{"import", importHelp, importer.Dialects, cmdImport},
 		{"man", manHelp, []string{"fqdngate", "fqdngate-policy"}, cmdMan},
 		{"completion", completionHelp, []string{"bash", "zsh", "fish"}, cmdCompletion},

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "fqdngate")
+	// The decision history, on by default, goes here, not to the
+	// machine's state directory.
+	os.Setenv("STATE_DIRECTORY", dir)
 	// Built as released: static, without cgo (which capability dropping
 	// across all threads needs).
 	build := exec.Command("go", "build", "-o", binary, ".")

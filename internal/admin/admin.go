@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -52,6 +53,9 @@ type Config struct {
 	// fleet status --json prints). If nil, /v1/fleet is 404: the gateway
 	// has no cluster section.
 	Fleet func(context.Context) (any, error)
+	// History reads the decision history for /v1/history. If nil,
+	// /v1/history is 404: history is off.
+	History func(context.Context, history.Filter) ([]history.Row, error)
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -129,6 +133,23 @@ func Handler(c Config) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("GET /v1/history", func(w http.ResponseWriter, r *http.Request) {
+		if c.History == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "the decision history is off (history.enabled: false, or its file could not be opened: see the log)"})
+			return
+		}
+		f, err := history.ParseFilter(r.URL.Query(), time.Now())
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		rows, err := c.History(r.Context(), f)
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"rows": rows})
 	})
 	mux.HandleFunc("GET /v1/learned", func(w http.ResponseWriter, r *http.Request) {
 		out := []learnedJSON{}

@@ -56,6 +56,14 @@ type Counter interface {
 	CountDecision(c Component, a policy.Action, rule string)
 }
 
+// Sink is handed every decision (not the lines that add to one: Closed
+// or Msg set) after it is counted, for the decision history. Observe is
+// on every decision's path: it must not block, and e and its Attrs are
+// only valid during the call (the DNS firewall reuses them).
+type Sink interface {
+	Observe(e Event)
+}
+
 // Logger writes decisions. A nil *Logger discards them.
 //
 // Lines are the ones log/slog's JSON and text handlers would write for the
@@ -67,6 +75,7 @@ type Logger struct {
 	w       io.Writer
 	text    bool
 	counter Counter
+	sink    Sink // set before the Logger is shared; nil: none
 	bufs    sync.Pool
 	now     func() time.Time // tests fix the clock
 	stamp   atomic.Pointer[stamp]
@@ -89,6 +98,10 @@ func New(w io.Writer, format string, c Counter) *Logger {
 	return &Logger{w: w, text: format == "text", counter: c, now: time.Now}
 }
 
+// SetSink makes s see every decision. Call it before the Logger is shared
+// with anything that records.
+func (l *Logger) SetSink(s Sink) { l.sink = s }
+
 // Record writes e as one line "decision" (or "closed") with fields time, level,
 // component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
 // rule, reason, then e.Attrs.
@@ -98,6 +111,9 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	}
 	if l.counter != nil && !e.Closed && e.Msg == "" {
 		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
+	}
+	if l.sink != nil && !e.Closed && e.Msg == "" {
+		l.sink.Observe(e)
 	}
 	if l.w == nil {
 		return

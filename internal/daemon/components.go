@@ -312,6 +312,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			RestartPending: c.d.restartPending,
 			Local:          c.local,
 			Degraded:       c.d.degraded,
+			History:        c.d.queryHistory(),
 		}
 		if fl := c.d.fl; fl != nil {
 			cfg.Fleet = fl.report

@@ -92,6 +92,8 @@ type Daemon struct {
 	m     *metrics
 	audit *audit.Logger
 	out   *reopenWriter
+	// hist is the decision history; nil when off. Set once by start.
+	hist *decisionHistory
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
@@ -244,6 +246,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	d.audit = audit.New(d.out, p.Log.Format, d.m)
 	d.audit.SetPodOf(d.podOf)
+	d.openHistory(p)
 	// The components read the policy while they are built; nothing serves
 	// it before the commit below publishes it as generation 1.
 	d.pol.Store(p)
@@ -251,6 +254,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.comps, err = newComponents(d, p)
 	if err != nil {
 		d.closeFleet()
+		d.closeHistory()
 		return err
 	}
 	d.reloadMu.Lock()
@@ -262,6 +266,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		d.comps.close()
 		d.closeFleet()
+		d.closeHistory()
 		d.out.Close()
 		return err
 	}
@@ -310,6 +315,7 @@ func (d *Daemon) close() {
 	d.closeFleet()
 	d.comps.wait()
 	d.comps.close()
+	d.closeHistory()
 	if err := d.out.Close(); err != nil {
 		d.log.Error("writing the audit log", "err", err)
 	}

@@ -64,6 +64,7 @@ type settings struct {
 	stateFile string
 	// forward, if valid, is the server of the forward zone corp.example.
 	forward netip.AddrPort
+	extra   string // appended as is: more top-level sections
 }
 
 func (s settings) render() string {
@@ -81,7 +82,7 @@ log: {file: %q, format: %s}
 rules:
   - name: %s
     to: [%s.example]
-`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, fwd, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule)
+%s`, s.listen.dns, s.listen.proxy, s.listen.admin, s.upstream.String(), s.cacheSize, fwd, s.table, s.stateFile, s.logFile, s.logFormat, s.rule, s.rule, s.extra)
 }
 
 // world is a namespace, two upstream resolvers that know different

@@ -46,6 +46,8 @@ var restartOnly = []struct {
 		when:  func(p *policy.Policy) bool { return p.Firewall.Backend == policy.BackendNone },
 	},
 	{key: "log.format", value: func(p *policy.Policy) string { return p.Log.Format }},
+	// The history's file is opened and its goroutine started at start.
+	{key: "history", value: describeHistory},
 	{
 		// The kubernetes client and informers are set up at start;
 		// cluster_cidrs and dns apply with the policy.

@@ -74,6 +74,7 @@ func defaults(file string) *Policy {
 			MaxConns:       10_000,
 		},
 		Log:              Log{Format: "json"},
+		History:          defaultHistory(),
 		Sources:          map[string][]netip.Prefix{},
 		Pods:             map[string]*PodSelector{},
 		SourceInterfaces: map[string][]string{},
@@ -222,6 +223,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 			)
 		}},
 		field{"kubernetes", func(n *yaml.Node) { kube = d.kubernetes(d.keyOf(top, "kubernetes"), n) }},
+		field{"history", func(n *yaml.Node) { d.history(n, p) }},
 		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes, ifNodes) }},
 		field{"inside", func(n *yaml.Node) { inside = d.inside(n) }},
 		field{"users", func(n *yaml.Node) { d.users(n, users) }},

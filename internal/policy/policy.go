@@ -45,6 +45,7 @@ type Policy struct {
 	Firewall Firewall
 	Proxy    Proxy
 	Log      Log
+	History  History
 	// Sources maps each source group name to its address prefixes. A
 	// group that selects pods (Pods) is here too, with the prefixes it
 	// also has (often none).

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "fqdngate")
+	// The decision history, on by default, goes here, not to the
+	// machine's state directory.
+	os.Setenv("STATE_DIRECTORY", dir)
 	build := exec.Command("go", "build", "-o", binary, "github.com/fqdngate/fqdngate/cmd/fqdngate")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

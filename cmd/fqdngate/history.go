@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fqdngate/fqdngate/internal/history"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+const historyHelp = `NAME
+    fqdngate history - show the decision history: what was asked, decided, how often
+
+SYNOPSIS
+    fqdngate history [--since 7d] [--group G] [--action deny] [--component dns]
+                     [--name NAME] [--source IP] [--per-day] [--limit N] [--json]
+                     [--history PATH | --admin URL | -c POLICY]
+
+DESCRIPTION
+    Prints one line per source group, component, name, port, record type,
+    action, rule and reason seen since --since, most hits first: hits,
+    distinct sources, first and last seen, and what the names resolved to
+    or dialled. --per-day splits the lines by UTC day.
+
+    The history is read from the file (--history PATH; -c POLICY reads the
+    policy's history.path; with neither, the default location the daemon
+    uses when the policy names none) or from a running daemon's admin
+    listener (--admin http://127.0.0.1:9090), which serves /v1/history.
+    Reading the file needs no daemon and works while one writes it.
+
+EXAMPLES
+    fqdngate history --since 1d --action deny
+    fqdngate history --group office --name example.com --per-day
+    fqdngate history --admin http://127.0.0.1:9090 --json
+`
+
+func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flagSet("history", historyHelp, stdout, stderr)
+	cfg := configFlag(fs)
+	var (
+		since     = fs.String("since", "7d", "since `WHEN`: days (7d), a duration (36h) or a UTC day (2026-12-01)")
+		group     = fs.String("group", "", "only sources in source group `G`")
+		action    = fs.String("action", "", "only `ACTION`: allow, deny, would-deny or fail")
+		component = fs.String("component", "", "only `COMPONENT`: dns, proxy or firewall")
+		name      = fs.String("name", "", "only `NAME` and the names below it")
+		source    = fs.String("source", "", "only source address `IP`")
+		perDay    = fs.Bool("per-day", false, "a line per UTC day")
+		limit     = fs.Int("limit", 100, "at most `N` lines")
+		asJSON    = fs.Bool("json", false, "print JSON (what /v1/history serves)")
+		file      = fs.String("history", "", "read the history file at `PATH`")
+		admin     = fs.String("admin", "", "read from the admin listener at `URL`")
+	)
+	if code := parse(fs, args, stdout); code >= 0 {
+		return code
+	}
+	if *file != "" && *admin != "" {
+		fmt.Fprintln(stderr, "fqdngate history: give --history or --admin, not both")
+		return 2
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"since": *since, "group": *group, "action": *action, "component": *component, "name": *name, "source": *source} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if *perDay {
+		q.Set("per_day", "true")
+	}
+	q.Set("limit", strconv.Itoa(*limit))
+	rows, err := readHistory(ctx, q, *file, *admin, *cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "fqdngate history: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(map[string]any{"rows": rows})
+		return 0
+	}
+	printHistory(stdout, rows, *perDay)
+	return 0
+}
+
+// readHistory returns the rows q selects, from the admin API at admin or
+// from the file (file, the policy cfg's history.path, or the default).
+func readHistory(ctx context.Context, q url.Values, file, admin, cfg string) ([]history.Row, error) {
+	if admin != "" {
+		return fetchHistory(ctx, admin, q)
+	}
+	f, err := history.ParseFilter(q, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if file == "" {
+		if file, err = historyFile(cfg); err != nil {
+			return nil, err
+		}
+	}
+	st, _, err := history.Open(file, history.Options{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("%w; give the file with --history PATH or a daemon with --admin URL", err)
+	}
+	defer st.Close()
+	return st.Query(ctx, f)
+}
+
+// historyFile is the file the daemon on policy cfg writes (cfg empty: on
+// a policy that names no history.path).
+func historyFile(cfg string) (string, error) {
+	stateFile := "/var/lib/fqdngate/state.json"
+	if cfg != "" {
+		data, err := os.ReadFile(cfg)
+		if err != nil {
+			return "", err
+		}
+		p, err := policy.Parse(cfg, data)
+		if err != nil {
+			return "", fmt.Errorf("loading policy:\n%w", err)
+		}
+		if !p.History.Enabled {
+			return "", fmt.Errorf("%s turns the history off (history.enabled: false)", cfg)
+		}
+		if p.History.Path != "" {
+			return p.History.Path, nil
+		}
+		stateFile = p.Firewall.StateFile
+	}
+	path := history.DefaultPath(history.ProcessEnv(), stateFile)
+	if path == "" {
+		return "", fmt.Errorf("no default history location (no HOME); give --history PATH")
+	}
+	return path, nil
+}
+
+func fetchHistory(ctx context.Context, admin string, q url.Values) ([]history.Row, error) {
+	u, err := url.Parse(strings.TrimSuffix(admin, "/") + "/v1/history")
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, fmt.Errorf("--admin %q is not a URL like http://127.0.0.1:9090", admin)
+	}
+	u.RawQuery = q.Encode()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking the daemon: %w", err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Rows  []history.Row `json:"rows"`
+		Error string        `json:"error"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("reading %s: %s: %w", u.Redacted(), resp.Status, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, body.Error)
+	}
+	return body.Rows, nil
+}
+
+// printHistory writes rows as a table.
+func printHistory(w io.Writer, rows []history.Row, perDay bool) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	head := "GROUP\tCOMPONENT\tNAME\tPORT\tTYPE\tACTION\tRULE\tREASON\tHITS\tSOURCES\tFIRST SEEN\tLAST SEEN\tANSWERS / SNI"
+	if perDay {
+		head = "DAY\t" + head
+	}
+	fmt.Fprintln(tw, head)
+	for _, r := range rows {
+		if perDay {
+			fmt.Fprintf(tw, "%s\t", r.Day)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n",
+			dash(r.Group), r.Component, r.Name, port(r.Port), dash(r.QType), r.Action, dash(r.Rule), r.Reason,
+			r.Hits, r.Sources, r.FirstSeen.Format(time.RFC3339), r.LastSeen.Format(time.RFC3339), dash(strings.Join(append(r.Answers, r.SNI...), ",")))
+	}
+	tw.Flush()
+	if len(rows) == 0 {
+		fmt.Fprintln(w, "(no decisions recorded for this selection)")
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func port(p uint16) string {
+	if p == 0 {
+		return "-"
+	}
+	return strconv.Itoa(int(p))
+}

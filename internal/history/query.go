@@ -1,0 +1,205 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Filter selects and shapes what Query returns. Zero fields select
+// everything.
+type Filter struct {
+	// Since keeps the days from Since's UTC day on.
+	Since time.Time
+	// Group keeps rows of sources in this group (a source in several
+	// groups counts in each).
+	Group string
+	// Action keeps one action: allow, deny, would-deny or fail.
+	Action string
+	// Component keeps one component: dns, proxy or firewall.
+	Component string
+	// Name keeps this name and the names below it.
+	Name string
+	// Source keeps one source address.
+	Source string
+	// PerDay returns a row per day instead of one over all days.
+	PerDay bool
+	// Limit caps the rows, most hits first. If zero, 1000.
+	Limit int
+}
+
+// Row is one line of the history: the decisions that share a Key but
+// the source address, on one day (Filter.PerDay) or over all days since.
+type Row struct {
+	Day       string    `json:"day,omitempty"`
+	Group     string    `json:"group"`
+	Component string    `json:"component"`
+	Name      string    `json:"name"`
+	Port      uint16    `json:"port,omitempty"`
+	QType     string    `json:"qtype,omitempty"`
+	Action    string    `json:"action"`
+	Rule      string    `json:"rule"`
+	Reason    string    `json:"reason"`
+	Hits      int64     `json:"hits"`
+	Sources   int64     `json:"sources"` // distinct source addresses, exact
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Answers   []string  `json:"answers,omitempty"` // at most 16, the first in sort order
+	SNI       []string  `json:"sni,omitempty"`
+	Cert      []string  `json:"cert,omitempty"` // verified, failed
+	// SourceAddrs lists up to 16 of the sources (for explain and simulate).
+	SourceAddrs []string `json:"source_addrs,omitempty"`
+}
+
+// Query returns the rows f selects, most hits first.
+func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
+	if f.Limit <= 0 {
+		f.Limit = 1000
+	}
+	var where []string
+	var args []any
+	if !f.Since.IsZero() {
+		where = append(where, "day >= ?")
+		args = append(args, Day(f.Since))
+	}
+	if f.Group != "" {
+		where = append(where, "instr(',' || grp || ',', ',' || ? || ',') > 0")
+		args = append(args, f.Group)
+	}
+	for _, c := range []struct{ col, v string }{{"action", f.Action}, {"component", f.Component}, {"source", f.Source}} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
+	}
+	if f.Name != "" {
+		n := strings.ToLower(strings.TrimSuffix(f.Name, "."))
+		where = append(where, "(name = ? OR substr(name, -?) = ?)")
+		args = append(args, n, len(n)+1, "."+n)
+	}
+	cols := "grp, component, name, port, qtype, action, rule, reason"
+	if f.PerDay {
+		cols = "day, " + cols
+	}
+	q := "SELECT " + cols + `, sum(hits), count(DISTINCT source), min(first_seen), max(last_seen),
+		group_concat(answers, ','), group_concat(sni, ','), group_concat(cert, ','), group_concat(DISTINCT source)
+		FROM decisions`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " GROUP BY " + cols + " ORDER BY sum(hits) DESC, " + cols + " LIMIT ?"
+	args = append(args, f.Limit)
+
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	rs, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading history: %w", err)
+	}
+	defer rs.Close()
+	out := []Row{}
+	for rs.Next() {
+		var r Row
+		var port, first, last int64
+		var answers, sni, cert, srcs string
+		dst := []any{&r.Group, &r.Component, &r.Name, &port, &r.QType, &r.Action, &r.Rule, &r.Reason,
+			&r.Hits, &r.Sources, &first, &last, &answers, &sni, &cert, &srcs}
+		if f.PerDay {
+			dst = append([]any{&r.Day}, dst...)
+		}
+		if err := rs.Scan(dst...); err != nil {
+			return nil, fmt.Errorf("reading history: %w", err)
+		}
+		r.Port = uint16(port)
+		r.FirstSeen, r.LastSeen = time.Unix(0, first).UTC(), time.Unix(0, last).UTC()
+		r.Answers = mergeSet(splitSet(answers), nil, maxAnswers)
+		r.SNI = mergeSet(splitSet(sni), nil, maxSNI)
+		r.Cert = mergeSet(splitSet(cert), nil, maxCert)
+		r.SourceAddrs = mergeSet(splitSet(srcs), nil, 16)
+		out = append(out, r)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("reading history: %w", err)
+	}
+	return out, nil
+}
+
+// FilterKeys are the query parameters ParseFilter reads, which the admin
+// API's /v1/history and the fqdngate history command share.
+var FilterKeys = []string{"since", "group", "action", "component", "name", "source", "per_day", "limit"}
+
+// ParseFilter reads a Filter from query parameters (FilterKeys): since
+// is a number of days ("7d"), a duration ("36h") or a UTC day
+// ("2026-12-01"); now anchors the relative forms.
+func ParseFilter(v url.Values, now time.Time) (Filter, error) {
+	for k := range v {
+		if !slices.Contains(FilterKeys, k) {
+			return Filter{}, fmt.Errorf("unknown parameter %q; use %s", k, strings.Join(FilterKeys, ", "))
+		}
+	}
+	f := Filter{
+		Group: v.Get("group"), Action: v.Get("action"), Component: v.Get("component"),
+		Name: v.Get("name"), Source: v.Get("source"),
+	}
+	if s := v.Get("since"); s != "" {
+		t, err := ParseSince(s, now)
+		if err != nil {
+			return Filter{}, err
+		}
+		f.Since = t
+	}
+	switch f.Action {
+	case "", "allow", "deny", "would-deny", "fail":
+	default:
+		return Filter{}, fmt.Errorf("action %q is not one of allow, deny, would-deny, fail", f.Action)
+	}
+	switch f.Component {
+	case "", "dns", "proxy", "firewall":
+	default:
+		return Filter{}, fmt.Errorf("component %q is not one of dns, proxy, firewall", f.Component)
+	}
+	if s := v.Get("source"); s != "" {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return Filter{}, fmt.Errorf("source %q is not an IP address", s)
+		}
+		f.Source = a.String()
+	}
+	switch v.Get("per_day") {
+	case "", "false", "0":
+	case "true", "1":
+		f.PerDay = true
+	default:
+		return Filter{}, fmt.Errorf("per_day must be true or false, not %q", v.Get("per_day"))
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100_000 {
+			return Filter{}, fmt.Errorf("limit %q is not a number from 1 to 100000", s)
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+// ParseSince reads a start: a number of days back ("7d", today being the
+// first), a duration back ("36h"), or a UTC day ("2026-12-01").
+func ParseSince(s string, now time.Time) (time.Time, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if d, err := strconv.Atoi(n); err == nil && d >= 1 && d <= 3650 {
+			return now.UTC().AddDate(0, 0, -(d - 1)), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("since %q is not a number of days (7d), a duration (36h) or a day (2026-12-01)", s)
+}

@@ -1,0 +1,326 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// maxName is the longest name a decision keeps (a DNS name's limit);
+// longer invalid names are cut.
+const maxName = 253
+
+// slot is one decision on its way to the writer: fixed size and free of
+// borrowed memory, because the DNS firewall's fast path hands the audit
+// a name that aliases a buffer it reuses. Every string field holds a
+// string the sender does not reuse (rule and group names from the
+// policy, attributes built for the line).
+type slot struct {
+	at      time.Time
+	src     netip.Addr
+	port    uint16
+	comp    audit.Component
+	action  policy.Action
+	reason  policy.Reason
+	cert    uint8 // certNone, certVerified, certFailed
+	nameLen uint8
+	name    [maxName]byte
+	qtype   string
+	rule    string
+	group   string
+	answers string
+	sni     string
+}
+
+const (
+	certNone = iota
+	certVerified
+	certFailed
+)
+
+var certWords = [...]string{certNone: "", certVerified: "verified", certFailed: "failed"}
+
+// RecorderConfig configures a Recorder.
+type RecorderConfig struct {
+	// Store receives the rows. Required.
+	Store *Store
+	// GroupsOf names the source groups of a source, for decisions whose
+	// rule matched no group (denials). If nil, those rows have no group.
+	GroupsOf func(netip.Addr) []string
+	// Logger receives write errors. If nil, they are discarded.
+	Logger *slog.Logger
+	// Registerer, if not nil, gets the fqdngate_history_* metrics.
+	Registerer prometheus.Registerer
+	// Buffer is how many decisions wait for the writer before new ones
+	// are dropped from the history. If zero, 16384.
+	Buffer int
+	// MaxRows bounds the rows aggregated in memory while writes fail or
+	// wait for a lock: past it, new rows are dropped. If zero, 100000.
+	MaxRows int
+	// FlushEvery is how often rows are written. If zero, 1s.
+	FlushEvery time.Duration
+	// FlushRows writes early once this many rows wait. If zero, 10000.
+	FlushRows int
+	// Now is the clock for decisions that carry no time, and for the
+	// day change. If nil, time.Now.
+	Now func() time.Time
+}
+
+// Recorder takes decisions from the audit path (it is an audit.Sink)
+// and writes them to a Store from one goroutine, Run.
+type Recorder struct {
+	cfg  RecorderConfig
+	ch   chan slot
+	m    *metrics
+	rows map[rowKey]*agg // owned by Run
+	day  string          // the day of the last retention pass; owned by Run
+}
+
+// NewRecorder returns a Recorder for cfg; Run writes what it observes.
+func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
+	if cfg.Buffer <= 0 {
+		cfg.Buffer = 16384
+	}
+	if cfg.MaxRows <= 0 {
+		cfg.MaxRows = 100_000
+	}
+	if cfg.FlushEvery <= 0 {
+		cfg.FlushEvery = time.Second
+	}
+	if cfg.FlushRows <= 0 {
+		cfg.FlushRows = 10_000
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Recorder{cfg: cfg, ch: make(chan slot, cfg.Buffer), m: m, rows: map[rowKey]*agg{}}, nil
+}
+
+// Observe implements audit.Sink: it copies what the history keeps of e
+// and hands it to the writer without waiting. A full buffer drops it
+// from the history and counts it.
+func (r *Recorder) Observe(e audit.Event) {
+	var s slot
+	s.at = e.Time
+	s.src = e.Source
+	s.port = e.Port
+	s.comp = e.Component
+	s.action = e.Decision.Action
+	s.reason = e.Decision.Reason
+	s.qtype = e.QType
+	s.rule = e.Decision.RuleName()
+	s.group = e.Decision.Group
+	s.nameLen = uint8(copy(s.name[:], e.Name))
+	for _, a := range e.Attrs {
+		switch a.Key {
+		case "answers", "dialled":
+			s.answers = a.Value.String()
+		case "sni":
+			s.sni = a.Value.String()
+		}
+	}
+	switch {
+	case e.Decision.Reason == policy.ReasonVerify:
+		s.cert = certFailed
+	case e.Component == audit.Proxy && e.Decision.Action == policy.Allow && e.Decision.Rule != nil &&
+		e.Decision.Rule.TLS != nil && (e.Decision.Rule.TLS.Verify || len(e.Decision.Rule.TLS.Pins) > 0):
+		// The proxy dials a rule with tls.verify or pins only after the
+		// upstream certificate passed.
+		s.cert = certVerified
+	}
+	select {
+	case r.ch <- s:
+	default:
+		r.m.dropped.WithLabelValues("buffer_full").Inc()
+	}
+}
+
+// Run writes what Observe hands over until ctx is done, then writes what
+// is left (bounded by a short deadline) and returns nil. Write failures
+// are logged and counted; they never stop it.
+func (r *Recorder) Run(ctx context.Context) error {
+	r.day = Day(r.cfg.Now())
+	t := time.NewTicker(r.cfg.FlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case s := <-r.ch:
+			r.add(&s)
+			if len(r.rows) >= r.cfg.FlushRows {
+				r.flush(ctx)
+			}
+		case <-t.C:
+			r.rollDay(ctx)
+			r.flush(ctx)
+		case <-ctx.Done():
+			for {
+				select {
+				case s := <-r.ch:
+					r.add(&s)
+					continue
+				default:
+				}
+				break
+			}
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			r.flush(fctx)
+			cancel()
+			return nil
+		}
+	}
+}
+
+// add aggregates one decision into the rows waiting for the next write.
+func (r *Recorder) add(s *slot) {
+	at := s.at
+	if at.IsZero() {
+		at = r.cfg.Now()
+	}
+	k := rowKey{day: Day(at), Key: Key{
+		Group:     s.group,
+		Source:    s.src,
+		Component: s.comp.String(),
+		Name:      strings.ToLower(string(s.name[:s.nameLen])),
+		Port:      s.port,
+		QType:     s.qtype,
+		Action:    s.action.String(),
+		Rule:      s.rule,
+		Reason:    s.reason.String(),
+	}}
+	if k.Group == "" && r.cfg.GroupsOf != nil && s.src.IsValid() {
+		k.Group = strings.Join(r.cfg.GroupsOf(s.src), ",")
+	}
+	a := r.rows[k]
+	if a == nil {
+		if len(r.rows) >= r.cfg.MaxRows {
+			r.m.dropped.WithLabelValues("rows_full").Inc()
+			return
+		}
+		a = &agg{first: at, last: at}
+		r.rows[k] = a
+	}
+	a.hits++
+	a.first = minTime(a.first, at)
+	a.last = maxTime(a.last, at)
+	if s.answers != "" && s.answers != "-" && len(a.answers) < maxAnswers {
+		a.answers = mergeSet(a.answers, strings.Split(s.answers, ","), maxAnswers)
+	}
+	if s.sni != "" && len(a.sni) < maxSNI {
+		a.sni = mergeSet(a.sni, []string{s.sni}, maxSNI)
+	}
+	if s.cert != certNone {
+		a.cert = mergeSet(a.cert, []string{certWords[s.cert]}, maxCert)
+	}
+}
+
+// rollDay drops the days retention no longer keeps once a day.
+func (r *Recorder) rollDay(ctx context.Context) {
+	today := Day(r.cfg.Now())
+	if today == r.day {
+		return
+	}
+	r.day = today
+	if err := r.cfg.Store.Prune(ctx); err != nil {
+		r.failed(ctx, "pruning", err)
+	}
+}
+
+// flush writes the waiting rows in one transaction. On failure they are
+// kept for the next try (MaxRows bounds them), except when the file is
+// full, over max_size or corrupt, where retrying cannot help.
+func (r *Recorder) flush(ctx context.Context) {
+	if len(r.rows) == 0 {
+		return
+	}
+	err := r.cfg.Store.write(ctx, r.rows)
+	if err == nil {
+		r.m.flushes.Inc()
+		r.m.rowsWritten.Add(float64(len(r.rows)))
+		clear(r.rows)
+		if n, err := r.cfg.Store.Size(ctx); err == nil {
+			r.m.size.Set(float64(n))
+		}
+		return
+	}
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return
+	}
+	r.failed(ctx, "writing", err)
+	if errors.Is(err, ErrOverSize) || IsFull(err) || IsCorrupt(err) {
+		r.m.dropped.WithLabelValues(dropReason(err)).Add(float64(len(r.rows)))
+		clear(r.rows)
+	}
+}
+
+func dropReason(err error) string {
+	switch {
+	case errors.Is(err, ErrOverSize):
+		return "max_size"
+	case IsCorrupt(err):
+		return "corrupt"
+	default:
+		return "disk_full"
+	}
+}
+
+// failed logs and counts a failed write; a corrupt file is moved aside
+// and a new one started.
+func (r *Recorder) failed(_ context.Context, what string, err error) {
+	r.m.errors.WithLabelValues(errorKind(err)).Inc()
+	r.cfg.Logger.Error(what+" the decision history; enforcement goes on", "file", r.cfg.Store.Path(), "err", err)
+	if !IsCorrupt(err) {
+		return
+	}
+	to, rerr := r.cfg.Store.Replace()
+	if rerr != nil {
+		r.cfg.Logger.Error("replacing the corrupt decision history; history stops until it opens", "file", r.cfg.Store.Path(), "err", rerr)
+		return
+	}
+	r.m.corrupt.Inc()
+	r.cfg.Logger.Warn("the decision history was corrupt: moved aside, a new one started", "file", r.cfg.Store.Path(), "moved_to", to)
+}
+
+func errorKind(err error) string {
+	switch {
+	case errors.Is(err, ErrOverSize):
+		return "max_size"
+	case IsCorrupt(err):
+		return "corrupt"
+	case IsFull(err):
+		return "disk_full"
+	default:
+		return "other"
+	}
+}
+
+// CountCorrupt counts a corrupt file found at start (Open moved it aside).
+func (r *Recorder) CountCorrupt() { r.m.corrupt.Inc() }
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
