@@ -36,6 +36,8 @@
 #   FQDNGATE_REF=HEAD  the commit fqdngate is built from; "worktree": as it is
 #   BASE_REF=         a second commit of fqdngate to measure in the same run
 #                     (servers base-cache and base-nocache), for before and after
+#   fqdngate-* run with the decision history off; fqdngate-hist-cache and
+#   fqdngate-hist-nocache (name them in SERVERS) with it on, for its cost
 set -euo pipefail
 
 REPS=${REPS:-5}
@@ -66,6 +68,7 @@ BIN=$OUT/bin
 mkdir -p "$OUT" "$BIN"
 QUERIES=$OUT/queries.txt
 RAW=$OUT/raw.tsv
+HIST_DIR=$(mktemp -d /tmp/dnsbench-history.XXXXXX) # fqdngate-hist-*'s history files
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 # Every process this script starts is recorded and stopped by its PID.
@@ -73,6 +76,7 @@ PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	rm -rf "$HIST_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -172,15 +176,24 @@ start() {
 		# bounds are lifted: rate_limit off, and wildcard_budget (which a
 		# base before it existed does not know) at its highest, so that
 		# its check runs on every uncached query but refuses none.
+		# The decision history (on by default) is off for fqdngate-*, so
+		# that it compares with the base, and on for fqdngate-hist-*, in
+		# a scratch file: the two measure what recording it costs.
 		local bin=$BIN/fqdngate pol=$OUT/fqdngate-$cache.yaml budget=", wildcard_budget: 1000000"
+		local hist="history: {enabled: false}"
+		if [[ $name = fqdngate-hist-* ]]; then
+			pol=$OUT/fqdngate-hist-$cache.yaml hist="history: {path: $HIST_DIR/history-$cache.db}"
+			rm -f "$HIST_DIR/history-$cache.db"*
+		fi
 		if [[ $name = base-* ]]; then
-			bin=$BIN/fqdngate-base pol=$OUT/base-$cache.yaml budget=""
+			bin=$BIN/fqdngate-base pol=$OUT/base-$cache.yaml budget="" hist=""
 		fi
 		cat >"$pol" <<-EOF
 			listen: {dns: 127.0.0.1:$FQ_PORT, proxy: "", admin: 127.0.0.1:$FQ_ADMIN}
 			dns: {upstreams: [127.0.0.1:$UP_PORT], cache: $([[ $cache = on ]] && echo true || echo false), cache_size: $CACHE, rate_limit: 0$budget}
 			firewall: {backend: none}
 			log: {file: /dev/null}
+			$hist
 			rules:
 			  - name: bench
 			    to: ["**.bench.example"]

@@ -7,7 +7,9 @@
 # Settings (environment): ROUNDS=3, DURATION=5, TESTS="short32 short256 http";
 # RULE_A, RULE_B: more keys for the bench rule of A or B, one "key: value"
 # (for instance RULE_B="inspect_tunnels: false" to measure what inspecting
-# tunnels costs, with the same binary as A and B).
+# tunnels costs, with the same binary as A and B); POLICY_A, POLICY_B: more
+# top-level keys of A's or B's policy, one line (for instance
+# POLICY_B="history: {path: /tmp/h.db}" to measure the decision history).
 # Prints one raw line per run (loadgen or wrk figures, with proxy CPU).
 # Traffic goes to 127.0.0.1 only.
 set -euo pipefail
@@ -32,13 +34,14 @@ trap cleanup EXIT
 (cd "$ROOT" && go build -o "$OUT/loadgen" ./bench/proxy/loadgen)
 LG=$OUT/loadgen
 for which in A B; do
-	extra=${RULE_A:-}
-	[[ $which == B ]] && extra=${RULE_B:-}
+	extra=${RULE_A:-} top=${POLICY_A:-}
+	[[ $which == B ]] && extra=${RULE_B:-} top=${POLICY_B:-}
 	cat >"$OUT/fq-$which.yaml" <<YAML
 listen: {dns: "", proxy: 127.0.0.1:$PORT, admin: ""}
 dns: {upstreams: [127.0.0.1:53]}
 proxy: {deny_private: true, max_conns: 100000, idle_timeout: 5m}
 log: {file: /dev/null}
+$top
 rules:
   - name: bench
     to: [127.0.0.0/8]
