@@ -155,6 +155,7 @@ local_file() {
 	cat >"$f" <<-EOF
 		listen: {dns: 127.0.0.1:535$i, proxy: "", admin: 127.0.0.1:909$i}
 		log: {file: /dev/null}
+		history: {enabled: false}   # what the fleet costs, without the decision history (bench/dns measures that)
 		firewall: {backend: nftables, hook: output, table: fleetbench$i, state_file: $SCRATCH/state$i.json}
 	EOF
 	if [[ -z $hold ]]; then
