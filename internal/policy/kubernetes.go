@@ -146,6 +146,11 @@ func (d *decoder) kubernetes(k, n *yaml.Node) *wireKube {
 					w.addrsNode = d.deref(v)
 					d.positionedList(&w.addrs, &w.addrsSet, "kubernetes.dns.address")(v)
 				}},
+				field{"service", func(v *yaml.Node) {
+					// The agent may not read Services (RBAC: pods and
+					// namespaces only), so the address is written.
+					d.errorf(v, "kubernetes.dns.service is replaced by kubernetes.dns.address: fqdngate may read only pods and namespaces, so it cannot look the Service up; write address: [<the Service's cluster IPs>] (%s)", findClusterDNS)
+				}},
 				field{"domain", func(v *yaml.Node) { w.domainNode = v; d.str(&w.domain, "kubernetes.dns.domain")(v) }},
 				field{"nodelocal", func(v *yaml.Node) { w.nlNode = v; d.str(&w.nodelocal, "kubernetes.dns.nodelocal")(v) }},
 			)
