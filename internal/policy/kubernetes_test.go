@@ -511,6 +511,8 @@ func TestKubernetesCompiledErrors(t *testing.T) {
 			[]string{"firewall.intercept_dns: 10.96.0.10 is listed twice"}},
 		{"nodelocal the listener cannot receive", strings.Replace(kubeAgentPolicy("", "", ", nodelocal: 169.254.20.10", ""), `[::]:53`, `127.0.0.1:53`, 1), 7, 43,
 			[]string{"firewall.intercept_dns: listen.dns 127.0.0.1:53 cannot receive the IPv4 queries", "from 169.254.20.10"}},
+		{"inside does not cover the pods", kubeAgentPolicy("", "", "", "") + "inside: {ranges: [192.0.2.0/24, 10.244.0.0/17]}\n", 9, 3,
+			[]string{`source group "web" selects pods`, "inside.ranges cover none of them", "add the pod range (like 10.244.0.0/16) to inside.ranges"}},
 		{"cluster range every address", strings.Replace(kubeAgentPolicy("", "", "", ""), "[10.244.0.0/16, 10.96.0.0/12]", "[0.0.0.0/0]", 1), 6, 19,
 			[]string{"firewall.unfiltered: 0.0.0.0/0 is every address"}},
 	}
@@ -528,5 +530,17 @@ func TestKubernetesCompiledErrors(t *testing.T) {
 			}
 			t.Errorf("got errors:\n%v\nwant one at p.yaml:%d:%d containing %q", err, tt.line, tt.col, tt.want)
 		})
+	}
+}
+
+// TestKubernetesExplicitInside: an inside key that covers the pod range
+// serves the pods.
+func TestKubernetesExplicitInside(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(kubeAgentPolicy("", "", "", "")+"inside: {ranges: [10.244.0.0/16]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Inside(netip.MustParseAddr("10.244.1.5")) || p.Inside(netip.MustParseAddr("10.96.0.1")) {
+		t.Error("inside should be the pod range only")
 	}
 }
