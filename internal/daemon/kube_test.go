@@ -34,18 +34,20 @@ var kubeAddrs = addrs{dns: "127.0.0.1:5311", admin: "127.0.0.1:9111"}
 // kubePolicy allows old.example to the pods labelled app=<app> in
 // namespace payments.
 func kubePolicy(w *world, table, app string) string {
+	// DNS listens on every IPv4 address: the kubernetes section makes the
+	// kernel redirect pods' queries to the cluster DNS address to it.
 	return fmt.Sprintf(`listen: {dns: %q, proxy: "", admin: %q}
 dns: {upstreams: [%q], cache: false}
 firewall: {backend: nftables, hook: forward, table: %s, state_file: %q}
 log: {file: %q}
-kubernetes: {node: node-a, cluster_cidrs: [192.0.2.0/24]}
+kubernetes: {node: node-a, cluster_cidrs: [192.0.2.0/24], dns: {address: 192.0.2.10}}
 sources:
   checkout: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: %s}}}}
 rules:
   - name: old
     from: [checkout]
     to: [old.example]
-`, kubeAddrs.dns, kubeAddrs.admin, w.up1.Addr, table, filepath.Join(w.dir, "state.json"), filepath.Join(w.dir, "audit.log"), app)
+`, strings.Replace(kubeAddrs.dns, "127.0.0.1", "0.0.0.0", 1), kubeAddrs.admin, w.up1.Addr, table, filepath.Join(w.dir, "state.json"), filepath.Join(w.dir, "audit.log"), app)
 }
 
 // startKube runs a daemon whose kubernetes watcher reads client.

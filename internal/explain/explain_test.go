@@ -242,7 +242,7 @@ rules:
 // snapshot, is named with its pod and its groups.
 func TestExplainPod(t *testing.T) {
 	p, err := policy.Parse("p.yaml", []byte(`dns: {upstreams: [192.0.2.53]}
-kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}
+kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}
 sources:
   checkout: {kubernetes: {namespaces: [payments]}}
 rules: [{name: bank, from: [checkout], to: [api.bank.example]}]

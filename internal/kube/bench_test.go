@@ -17,7 +17,7 @@ import (
 // app=gN in any namespace.
 func benchPolicy(b *testing.B, groups int) *policy.Policy {
 	var s strings.Builder
-	s.WriteString("dns: {upstreams: [192.0.2.53]}\nkubernetes: {node: node-a, cluster_cidrs: [10.0.0.0/8]}\nsources:\n")
+	s.WriteString("dns: {upstreams: [192.0.2.53]}\nkubernetes: {node: node-a, cluster_cidrs: [10.0.0.0/8], dns: {address: 10.0.0.10}}\nsources:\n")
 	for i := range groups {
 		fmt.Fprintf(&s, "  g%d: {kubernetes: {namespace_selector: {}, pod_selector: {matchLabels: {app: g%d}}}}\n", i, i)
 	}

@@ -20,7 +20,7 @@ import (
 )
 
 const testPolicy = `dns: {upstreams: [192.0.2.53]}
-kubernetes: {node: node-a, cluster_cidrs: [10.244.0.0/16]}
+kubernetes: {node: node-a, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}
 sources:
   checkout: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: checkout}}}}
   web: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: web}}}}
@@ -282,7 +282,7 @@ func TestMembership(t *testing.T) {
 		h.waitFor("w3 in team-pay and web", has("10.244.1.9", "team-pay", "web"))
 		// The new policy has only the web group.
 		np := mustPolicy(t, `dns: {upstreams: [192.0.2.53]}
-kubernetes: {node: node-a, cluster_cidrs: [10.244.0.0/16]}
+kubernetes: {node: node-a, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}
 sources:
   web: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: web}}}}
 rules: [{name: r, from: [web], to: [example.com]}]

@@ -20,9 +20,10 @@ import (
 // ranges are the client network.
 const podPolicy = `
 mode: enforce
+listen: {dns: "[::]:5353"}
 dns: {upstreams: [192.0.2.53]}
 firewall: {backend: nftables, hook: forward, table: fqdngate}
-kubernetes: {node: node-a, cluster_cidrs: [198.51.100.0/24, "2001:db8:1::/64"]}
+kubernetes: {node: node-a, cluster_cidrs: [198.51.100.0/24, "2001:db8:1::/64"], dns: {address: 198.51.100.10}}
 sources:
   checkout: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: checkout}}}}
   web: {kubernetes: {namespaces: [payments], pod_selector: {matchLabels: {app: web}}}}
@@ -241,7 +242,7 @@ func TestRenderPodSets(t *testing.T) {
 func BenchmarkSetMembersLabelChange(b *testing.B) {
 	const pods, groups = 10_000, 100
 	var y strings.Builder
-	y.WriteString("dns: {upstreams: [192.0.2.53]}\nfirewall: {backend: nftables, hook: forward, table: fqdngate}\nkubernetes: {node: n, cluster_cidrs: [10.0.0.0/8]}\nsources:\n")
+	y.WriteString("listen: {dns: \"[::]:5353\"}\ndns: {upstreams: [192.0.2.53]}\nfirewall: {backend: nftables, hook: forward, table: fqdngate}\nkubernetes: {node: n, cluster_cidrs: [10.0.0.0/8], dns: {address: 10.0.0.10}}\nsources:\n")
 	from := make([]string, groups)
 	for i := range groups {
 		from[i] = fmt.Sprintf("g%d", i)

@@ -200,6 +200,9 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(c.yaml))
 	}
 	f.Add([]byte(kubePolicy))
+	// The kubernetes section compiled into the kernel features and a
+	// forward zone, with a zone and intercepts of the operator's beside.
+	f.Add([]byte(kubeAgentPolicy(", forward: [{zone: corp.example.com, to: [198.51.100.53]}]", ", intercept_dns: [198.51.100.10], unfiltered: [198.51.100.0/24]", ", domain: k8s.example, nodelocal: 169.254.20.10", "")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("f.yaml", data)
 		if err == nil {

@@ -283,6 +283,17 @@ func (d *decoder) groupsOutside(p *Policy, ranges []netip.Prefix, groupNodes map
 			}
 		}
 	}
+	// Pods' addresses lie in the pod range, one of cluster_cidrs; which
+	// one is not written, but when inside.ranges cover none of them no
+	// pod could be served.
+	if k := p.Kubernetes; k != nil && len(p.Pods) > 0 && len(k.ClusterCIDRs) > 0 {
+		if !slices.ContainsFunc(k.ClusterCIDRs, func(c netip.Prefix) bool {
+			return slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return covers(r, c) })
+		}) {
+			g := sortedKeys(p.Pods)[0]
+			d.errorf(groupNodes[g], "source group %q selects pods, whose addresses are in kubernetes.cluster_cidrs, and inside.ranges cover none of them, so fqdngate would neither answer the pods' DNS nor steer their traffic; add the pod range (like %s) to inside.ranges", g, k.ClusterCIDRs[0])
+		}
+	}
 }
 
 // covers reports whether outer holds every address of inner.

@@ -48,10 +48,12 @@ func (m KubeMode) String() string { return [...]string{"node", "gateway"}[m] }
 
 // KubeDNS is the cluster's own DNS.
 type KubeDNS struct {
-	// Service is the cluster DNS Service, namespace/name.
-	Service string
+	// Addresses are the cluster DNS addresses pods send their queries to
+	// (the kubelet's clusterDNS), inside ClusterCIDRs: intercepted, and
+	// the servers Domain is forwarded to.
+	Addresses []netip.Addr
 	// Domain is the cluster domain: names under it, and the search-path
-	// forms pods send, are forwarded to Service and never learned.
+	// forms pods send, are forwarded to Addresses and never learned.
 	Domain dnsname.Name
 	// NodeLocal is NodeLocal DNSCache's address, also intercepted; the
 	// zero Addr if there is none.
@@ -122,12 +124,14 @@ type wireKube struct {
 	modeNode, nodeNameNode, cidrsNode *yaml.Node
 	cidrs                             []positioned
 	cidrsSet                          bool
-	service, domain, nodelocal        string
-	serviceNode, domainNode, nlNode   *yaml.Node
+	addrs                             []positioned
+	addrsSet                          bool
+	domain, nodelocal                 string
+	addrsNode, domainNode, nlNode     *yaml.Node
 }
 
 func (d *decoder) kubernetes(k, n *yaml.Node) *wireKube {
-	w := &wireKube{key: k, node: d.deref(n), domain: "cluster.local", service: "kube-system/kube-dns"}
+	w := &wireKube{key: k, node: d.deref(n), domain: "cluster.local"}
 	d.mapping(n, "kubernetes",
 		field{"kubeconfig", d.str(&w.kubeconfig, "kubernetes.kubeconfig")},
 		field{"node", func(v *yaml.Node) { w.nodeNameNode = v; d.str(&w.nodeName, "kubernetes.node")(v) }},
@@ -138,7 +142,15 @@ func (d *decoder) kubernetes(k, n *yaml.Node) *wireKube {
 		}},
 		field{"dns", func(v *yaml.Node) {
 			d.mapping(v, "kubernetes.dns",
-				field{"service", func(v *yaml.Node) { w.serviceNode = v; d.str(&w.service, "kubernetes.dns.service")(v) }},
+				field{"address", func(v *yaml.Node) {
+					w.addrsNode = d.deref(v)
+					d.positionedList(&w.addrs, &w.addrsSet, "kubernetes.dns.address")(v)
+				}},
+				field{"service", func(v *yaml.Node) {
+					// The agent may not read Services (RBAC: pods and
+					// namespaces only), so the address is written.
+					d.errorf(v, "kubernetes.dns.service is replaced by kubernetes.dns.address: fqdngate may read only pods and namespaces, so it cannot look the Service up; write address: [<the Service's cluster IPs>] (%s)", findClusterDNS)
+				}},
 				field{"domain", func(v *yaml.Node) { w.domainNode = v; d.str(&w.domain, "kubernetes.dns.domain")(v) }},
 				field{"nodelocal", func(v *yaml.Node) { w.nlNode = v; d.str(&w.nodelocal, "kubernetes.dns.nodelocal")(v) }},
 			)
@@ -201,11 +213,7 @@ func (d *decoder) compileKube(p *Policy, w *wireKube, groupNodes map[string]*yam
 		}
 		d.errorf(at, "kubernetes.cluster_cidrs is empty; list the cluster's pod and service ranges, like [10.244.0.0/16, 10.96.0.0/12] (kubectl cluster-info dump | grep -m1 cluster-cidr shows the pod range)")
 	}
-	ns, name, ok := strings.Cut(w.service, "/")
-	if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Label(name)) > 0 {
-		d.errorf(w.serviceNode, "kubernetes.dns.service %q must be namespace/name of the cluster DNS Service, like kube-system/kube-dns", w.service)
-	}
-	k.DNS.Service = w.service
+	k.DNS.Addresses = d.kubeDNSAddresses(w, k.ClusterCIDRs)
 	if dn, err := dnsname.Parse(w.domain); err != nil || dn.Labels() < 1 {
 		d.errorf(w.domainNode, "kubernetes.dns.domain %q is not a domain name; write the cluster domain, like cluster.local", w.domain)
 	} else {
@@ -456,4 +464,108 @@ func (p *Policy) sourceRanges(g string) []netip.Prefix {
 		return p.Sources[g]
 	}
 	return append(slices.Clone(p.Sources[g]), p.Kubernetes.ClusterCIDRs...)
+}
+
+// findClusterDNS says how to find the cluster DNS address, for errors.
+const findClusterDNS = "kubectl -n kube-system get svc kube-dns -o jsonpath='{.spec.clusterIPs}' shows it (the kubelet's clusterDNS)"
+
+// kubeDNSAddresses checks kubernetes.dns.address: one or more IP
+// addresses, inside the cluster's ranges. (The agent may read pods and
+// namespaces only, so it cannot look the Service up itself.)
+func (d *decoder) kubeDNSAddresses(w *wireKube, cidrs []netip.Prefix) []netip.Addr {
+	if !w.addrsSet || len(w.addrs) == 0 {
+		at := w.addrsNode
+		if at == nil {
+			at = w.key
+		}
+		d.errorf(at, "kubernetes.dns.address is not set; write the cluster DNS address pods query, like dns: {address: [10.96.0.10]}; %s", findClusterDNS)
+		return nil
+	}
+	var out []netip.Addr
+	for _, it := range w.addrs {
+		a, err := netip.ParseAddr(it.v)
+		if err != nil || a.Zone() != "" {
+			d.errorf(it.n, "kubernetes.dns.address: %q is not an IP address; write the cluster DNS Service's address, like 10.96.0.10; %s", it.v, findClusterDNS)
+			continue
+		}
+		a = a.Unmap()
+		if !slices.ContainsFunc(cidrs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			if len(cidrs) > 0 { // else cluster_cidrs has its own error
+				d.errorf(it.n, "kubernetes.dns.address: %s is not inside kubernetes.cluster_cidrs, so it is no cluster Service address; write the cluster DNS Service's address (%s), or add the service range to cluster_cidrs", a, findClusterDNS)
+			}
+			continue
+		}
+		if slices.Contains(out, a) {
+			d.errorf(it.n, "kubernetes.dns.address: %s is listed twice; keep one", a)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// kubeWire compiles the kubernetes section into the general features,
+// so that the cluster is handled by the one code path each has: the
+// cluster ranges are added to firewall.unfiltered and the cluster DNS
+// addresses (and NodeLocal DNSCache's) to firewall.intercept_dns (with
+// the nftables backend, which applies them), and the cluster domain
+// becomes a dns.forward zone to the cluster DNS. The values keep the
+// positions of the kubernetes keys, so problems found by those features'
+// checks point there. It runs after compileKube, before the features are
+// compiled; in a fleet both halves are compiled together, so the zone
+// joins the shared dns.forward.
+func (d *decoder) kubeWire(p *Policy, w *wireKube, fw *wireFirewall, forward *[]*wireForward) {
+	k := p.Kubernetes
+	if k == nil || w == nil {
+		return
+	}
+	if p.Firewall.Backend == BackendNftables {
+		// An operator's empty list keeps its own error.
+		if !fw.unfilteredSet || len(fw.unfiltered) > 0 {
+			for _, c := range w.cidrs {
+				if _, err := parsePrefix(c.v); err == nil {
+					fw.unfiltered = append(fw.unfiltered, c)
+				}
+			}
+			if !fw.unfilteredSet {
+				fw.unfilteredSet, fw.unfilteredNode = len(fw.unfiltered) > 0, w.cidrsNode
+			}
+		}
+		if !fw.interceptSet || len(fw.intercept) > 0 {
+			for _, it := range w.addrs {
+				if a, err := netip.ParseAddr(it.v); err == nil && slices.Contains(k.DNS.Addresses, a.Unmap()) {
+					fw.intercept = append(fw.intercept, it)
+				}
+			}
+			if k.DNS.NodeLocal.IsValid() {
+				fw.intercept = append(fw.intercept, positioned{w.nodelocal, w.nlNode})
+			}
+			if !fw.interceptSet {
+				fw.interceptSet, fw.interceptNode = len(fw.intercept) > 0, w.addrsNode
+			}
+		}
+	}
+	if k.DNS.Domain == "" || len(k.DNS.Addresses) == 0 {
+		return // reported
+	}
+	at := w.key
+	if w.domainNode != nil {
+		at = d.deref(w.domainNode)
+	}
+	for _, f := range *forward {
+		if f == nil || !f.zoneSet {
+			continue
+		}
+		if z, err := dnsname.Parse(strings.TrimSuffix(f.zone.v, ".")); err == nil && z == k.DNS.Domain {
+			d.errorf(at, "kubernetes.dns.domain %s is forwarded to kubernetes.dns.address, and dns.forward (%s:%d:%d) forwards it too; remove that dns.forward item, or list its servers under kubernetes.dns.address", z, d.fileOf(f.zone.n), f.zone.n.Line, f.zone.n.Column)
+			return
+		}
+	}
+	var to []positioned
+	for _, it := range w.addrs {
+		if a, err := netip.ParseAddr(it.v); err == nil && slices.Contains(k.DNS.Addresses, a.Unmap()) {
+			to = append(to, it)
+		}
+	}
+	*forward = append(*forward, &wireForward{node: at, zone: positioned{string(k.DNS.Domain), at}, zoneSet: true, to: to, toSet: true, toNode: w.addrsNode})
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"reflect"
@@ -16,6 +17,7 @@ const kubePolicy = `dns: {upstreams: [192.0.2.53]}
 kubernetes:
   node: node-a
   cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12, "fd00:244::/56"]
+  dns: {address: [10.96.0.10]}
 sources:
   checkout:
     kubernetes:
@@ -63,7 +65,7 @@ func TestKubernetesSection(t *testing.T) {
 	want := &Kubernetes{
 		Node:         "node-a",
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:244::/56")},
-		DNS:          KubeDNS{Service: "kube-system/kube-dns", Domain: "cluster.local"},
+		DNS:          KubeDNS{Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Domain: "cluster.local"},
 		At:           Pos{2, 1},
 	}
 	if !reflect.DeepEqual(k, want) {
@@ -93,8 +95,8 @@ func TestKubernetesSettings(t *testing.T) {
 kubernetes:
   kubeconfig: /etc/fqdngate/kubeconfig
   mode: gateway
-  cluster_cidrs: [10.244.0.0/16]
-  dns: {service: dns/coredns, domain: k8s.example, nodelocal: 169.254.20.10}
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12]
+  dns: {address: [10.96.0.10, 10.96.0.11], domain: k8s.example, nodelocal: 169.254.20.10}
 rules: []
 `))
 	if err != nil {
@@ -104,15 +106,15 @@ rules: []
 		Kubeconfig:   "/etc/fqdngate/kubeconfig",
 		Node:         "", // a gateway follows every node, whatever the environment says
 		Mode:         KubeGateway,
-		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
-		DNS:          KubeDNS{Service: "dns/coredns", Domain: "k8s.example", NodeLocal: netip.MustParseAddr("169.254.20.10")},
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.96.0.0/12")},
+		DNS:          KubeDNS{Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.96.0.11")}, Domain: "k8s.example", NodeLocal: netip.MustParseAddr("169.254.20.10")},
 		At:           Pos{2, 1},
 	}
 	if !reflect.DeepEqual(p.Kubernetes, want) {
 		t.Errorf("got %+v, want %+v", p.Kubernetes, want)
 	}
 	// A node agent's node comes from the environment when it is empty.
-	for _, y := range []string{"kubernetes: {cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", "kubernetes: {node: \"\", cluster_cidrs: [10.244.0.0/16]}\nrules: []\n"} {
+	for _, y := range []string{"kubernetes: {cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}\nrules: []\n", "kubernetes: {node: \"\", cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}\nrules: []\n"} {
 		p, err = Parse("p.yaml", []byte(y))
 		if err != nil {
 			t.Fatal(err)
@@ -127,7 +129,7 @@ func TestKubernetesErrors(t *testing.T) {
 	defer func(g func(string) string) { getenv = g }(getenv)
 	getenv = func(string) string { return "" }
 	const head = "dns: {upstreams: [192.0.2.53]}\n"
-	const kube = head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}\n"
+	const kube = head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}\n"
 	cases := []struct {
 		name      string
 		yaml      string
@@ -170,9 +172,21 @@ func TestKubernetesErrors(t *testing.T) {
 			[]string{"kubernetes.cluster_cidrs is empty"}},
 		{"bad cluster cidr", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.1/16]}\nrules: []\n", 2, 40,
 			[]string{"kubernetes.cluster_cidrs", "bits set past the prefix length"}},
-		{"bad dns service", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {service: kube-dns}}\nrules: []\n", 2, 71,
-			[]string{`kubernetes.dns.service "kube-dns" must be namespace/name`}},
-		{"bad nodelocal", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {nodelocal: nodelocal.example}}\nrules: []\n", 2, 73,
+		{"old dns service", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {service: kube-dns}}\nrules: []\n", 2, 71,
+			[]string{"kubernetes.dns.service is replaced by kubernetes.dns.address", "get svc kube-dns"}},
+		{"no dns address", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", 2, 1,
+			[]string{"kubernetes.dns.address is not set", "address: [10.96.0.10]", "kubectl -n kube-system get svc kube-dns -o jsonpath='{.spec.clusterIPs}'"}},
+		{"empty dns address", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: []}}\nrules: []\n", 2, 71,
+			[]string{"kubernetes.dns.address is not set", "get svc kube-dns"}},
+		{"dns address a name", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: kube-dns}}\nrules: []\n", 2, 71,
+			[]string{`kubernetes.dns.address: "kube-dns" is not an IP address`, "get svc kube-dns"}},
+		{"dns address a CIDR", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.0/24}}\nrules: []\n", 2, 71,
+			[]string{`"10.244.0.0/24" is not an IP address`}},
+		{"dns address outside", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: [10.244.0.10, 198.51.100.10]}}\nrules: []\n", 2, 85,
+			[]string{"kubernetes.dns.address: 198.51.100.10 is not inside kubernetes.cluster_cidrs", "get svc kube-dns"}},
+		{"dns address twice", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: [10.244.0.10, 10.244.0.10]}}\nrules: []\n", 2, 85,
+			[]string{"10.244.0.10 is listed twice"}},
+		{"bad nodelocal", head + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10, nodelocal: nodelocal.example}}\nrules: []\n", 2, 95,
 			[]string{"kubernetes.dns.nodelocal", "is not an IP address"}},
 		{"bad node name", head + "kubernetes: {node: \"Node A\", cluster_cidrs: [10.244.0.0/16]}\nrules: []\n", 2, 20,
 			[]string{`kubernetes.node "Node A" is not a node name`}},
@@ -201,7 +215,7 @@ func TestKubernetesErrors(t *testing.T) {
 // TestKubernetesInFleet: the kubernetes section is node-local, the
 // groups that select pods are shared.
 func TestKubernetesInFleet(t *testing.T) {
-	local := fleetLocal + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}\n"
+	local := fleetLocal + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16], dns: {address: 10.244.0.10}}\n"
 	shared := fleetShared + "    from: [web]\nsources:\n  web: {kubernetes: {namespaces: [web]}}\n"
 	p, err := Compose(Source{Name: localName, Data: []byte(local)}, &Source{Name: sharedName, Data: []byte(shared)})
 	if err != nil {
@@ -209,6 +223,23 @@ func TestKubernetesInFleet(t *testing.T) {
 	}
 	if p.Kubernetes == nil || !p.Dynamic("web") {
 		t.Fatalf("kubernetes %v, dynamic web %v", p.Kubernetes, p.Dynamic("web"))
+	}
+	// The local section's zone joins the shared dns.forward.
+	withZone := strings.Replace(shared, "dns: {upstreams: [192.0.2.53]}", "dns: {upstreams: [192.0.2.53], forward: [{zone: corp.example.com, to: [198.51.100.53]}]}", 1)
+	p, err = Compose(Source{Name: localName, Data: []byte(local)}, &Source{Name: sharedName, Data: []byte(withZone)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"kube-dns.kube-system.svc.cluster.local", "git.corp.example.com"} {
+		if p.Forwarded(n) == nil {
+			t.Errorf("%s is not forwarded in the composed policy", n)
+		}
+	}
+	// A shared zone for the cluster domain clashes, at the local key.
+	clash := strings.Replace(shared, "dns: {upstreams: [192.0.2.53]}", "dns: {upstreams: [192.0.2.53], forward: [{zone: cluster.local, to: [10.244.0.10]}]}", 1)
+	_, err = Compose(Source{Name: localName, Data: []byte(local)}, &Source{Name: sharedName, Data: []byte(clash)})
+	if err == nil || !strings.Contains(err.Error(), localName+":4:1: kubernetes.dns.domain cluster.local is forwarded") || !strings.Contains(err.Error(), "dns.forward ("+sharedName+":1:") {
+		t.Errorf("cluster domain in the shared dns.forward: got %v", err)
 	}
 	_, err = Compose(Source{Name: localName, Data: []byte(fleetLocal)}, &Source{Name: sharedName, Data: []byte(shared + "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16]}\n")})
 	if err == nil || !strings.Contains(err.Error(), "kubernetes is set on each gateway") {
@@ -360,5 +391,156 @@ func TestDocsKubernetesExamples(t *testing.T) {
 	}
 	if p.Kubernetes.Node != "node-a" || !p.Kubernetes.DNS.NodeLocal.IsValid() || len(p.DynamicGroups()) != 3 {
 		t.Errorf("got %+v, groups %v", p.Kubernetes, p.DynamicGroups())
+	}
+}
+
+// kubeAgent is a node agent's policy with the nftables backend, which
+// the kubernetes section is compiled into the general features of.
+const kubeAgent = `listen: {dns: "[::]:53"}
+dns: {upstreams: [192.0.2.53]%s}
+firewall: {backend: nftables, hook: forward%s}
+kubernetes:
+  node: n1
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12]
+  dns: {address: [10.96.0.10]%s}
+sources:
+  web: {kubernetes: {namespaces: [web]}}
+rules:
+  - {name: r, from: [web], to: [%s]}
+`
+
+func kubeAgentPolicy(dns, fw, kdns, to string) string {
+	if to == "" {
+		to = "api.example.com"
+	}
+	return fmt.Sprintf(kubeAgent, dns, fw, kdns, to)
+}
+
+// TestKubernetesCompiled: the section becomes firewall.unfiltered,
+// firewall.intercept_dns and a dns.forward zone, added to what the
+// operator wrote.
+func TestKubernetesCompiled(t *testing.T) {
+	pfx := func(s ...string) (out []netip.Prefix) {
+		for _, v := range s {
+			out = append(out, netip.MustParsePrefix(v))
+		}
+		return out
+	}
+	addrs := func(s ...string) (out []netip.Addr) {
+		for _, v := range s {
+			out = append(out, netip.MustParseAddr(v))
+		}
+		return out
+	}
+	cases := []struct {
+		name       string
+		yaml       string
+		unfiltered []netip.Prefix
+		intercept  []netip.Addr
+		zones      []string // "zone to,to"
+	}{
+		{"section alone", kubeAgentPolicy("", "", "", ""),
+			pfx("10.244.0.0/16", "10.96.0.0/12"), addrs("10.96.0.10"), []string{"cluster.local 10.96.0.10:53"}},
+		{"nodelocal and domain", kubeAgentPolicy("", "", ", domain: k8s.example, nodelocal: 169.254.20.10", ""),
+			pfx("10.244.0.0/16", "10.96.0.0/12"), addrs("10.96.0.10", "169.254.20.10"), []string{"k8s.example 10.96.0.10:53"}},
+		{"added to the operator's", kubeAgentPolicy(", forward: [{zone: corp.example.com, to: [198.51.100.53]}]",
+			", intercept_dns: [198.51.100.10], unfiltered: [198.51.100.0/24]", "", ""),
+			pfx("198.51.100.0/24", "10.244.0.0/16", "10.96.0.0/12"), addrs("198.51.100.10", "10.96.0.10"),
+			[]string{"corp.example.com 198.51.100.53:53", "cluster.local 10.96.0.10:53"}},
+		{"without the kernel backend only the zone", "dns: {upstreams: [192.0.2.53]}\nkubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12], dns: {address: [10.96.0.10, 10.96.0.11]}}\nsources: {web: {kubernetes: {namespaces: [web]}}}\nrules: []\n",
+			nil, nil, []string{"cluster.local 10.96.0.10:53,10.96.0.11:53"}},
+	}
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("p.yaml", []byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(p.Firewall.Unfiltered, tt.unfiltered) {
+				t.Errorf("unfiltered: got %v, want %v", p.Firewall.Unfiltered, tt.unfiltered)
+			}
+			if !slices.Equal(p.Firewall.InterceptDNS, tt.intercept) {
+				t.Errorf("intercept_dns: got %v, want %v", p.Firewall.InterceptDNS, tt.intercept)
+			}
+			var zones []string
+			for _, z := range p.DNS.Forward {
+				var to []string
+				for _, u := range z.To {
+					to = append(to, u.Addr.String())
+				}
+				zones = append(zones, string(z.Zone)+" "+strings.Join(to, ","))
+			}
+			if !slices.Equal(zones, tt.zones) {
+				t.Errorf("forward: got %q, want %q", zones, tt.zones)
+			}
+			// The forward zone is the one dns.forward makes: cluster
+			// names are forwarded, search-path forms included.
+			dom := strings.Fields(tt.zones[len(tt.zones)-1])[0]
+			for _, n := range []string{"kube-dns.kube-system.svc." + dom, "api.example.com.web.svc." + dom + "."} {
+				if z := p.Forwarded(n); z == nil || string(z.Zone) != dom {
+					t.Errorf("Forwarded(%q) = %v, want the zone %s", n, z, dom)
+				}
+			}
+			if z := p.Forwarded("api.example.com"); z != nil {
+				t.Errorf("Forwarded(api.example.com) = %v, want nil", z)
+			}
+			// Pods are inside: their DNS is answered and steered.
+			if !p.Inside(netip.MustParseAddr("10.244.1.5")) {
+				t.Error("a pod address is not inside")
+			}
+		})
+	}
+}
+
+// TestKubernetesCompiledErrors: problems the general features find in
+// the values the section gives them point at the kubernetes keys.
+func TestKubernetesCompiledErrors(t *testing.T) {
+	cases := []struct {
+		name      string
+		yaml      string
+		line, col int
+		want      []string
+	}{
+		{"zone also in dns.forward", kubeAgentPolicy(", forward: [{zone: cluster.local., to: [10.96.0.10]}]", "", ", domain: cluster.local", ""), 7, 40,
+			[]string{"kubernetes.dns.domain cluster.local is forwarded to kubernetes.dns.address", "dns.forward (p.yaml:2:49) forwards it too", "remove that dns.forward item"}},
+		{"zone also in dns.forward, default domain", kubeAgentPolicy(", forward: [{zone: cluster.local, to: [10.96.0.10]}]", "", "", ""), 4, 1,
+			[]string{"kubernetes.dns.domain cluster.local is forwarded"}},
+		{"rule names a cluster name", kubeAgentPolicy("", "", ", domain: cluster.local", "db.svc.cluster.local"), 7, 40,
+			[]string{"dns.forward: zone cluster.local covers \"db.svc.cluster.local\" of rule \"r\""}},
+		{"address twice with intercept_dns", kubeAgentPolicy("", ", intercept_dns: [10.96.0.10]", "", ""), 7, 19,
+			[]string{"firewall.intercept_dns: 10.96.0.10 is listed twice"}},
+		{"nodelocal the listener cannot receive", strings.Replace(kubeAgentPolicy("", "", ", nodelocal: 169.254.20.10", ""), `[::]:53`, `127.0.0.1:53`, 1), 7, 43,
+			[]string{"firewall.intercept_dns: listen.dns 127.0.0.1:53 cannot receive the IPv4 queries", "from 169.254.20.10"}},
+		{"inside does not cover the pods", kubeAgentPolicy("", "", "", "") + "inside: {ranges: [192.0.2.0/24, 10.244.0.0/17]}\n", 9, 3,
+			[]string{`source group "web" selects pods`, "inside.ranges cover none of them", "add the pod range (like 10.244.0.0/16) to inside.ranges"}},
+		{"cluster range every address", strings.Replace(kubeAgentPolicy("", "", "", ""), "[10.244.0.0/16, 10.96.0.0/12]", "[0.0.0.0/0]", 1), 6, 19,
+			[]string{"firewall.unfiltered: 0.0.0.0/0 is every address"}},
+	}
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tt.yaml))
+			var list ErrorList
+			if !errors.As(err, &list) {
+				t.Fatalf("Parse: got %v, want an ErrorList", err)
+			}
+			for _, e := range list {
+				if e.Line == tt.line && e.Col == tt.col && containsAll(e.Msg, tt.want) {
+					return
+				}
+			}
+			t.Errorf("got errors:\n%v\nwant one at p.yaml:%d:%d containing %q", err, tt.line, tt.col, tt.want)
+		})
+	}
+}
+
+// TestKubernetesExplicitInside: an inside key that covers the pod range
+// serves the pods.
+func TestKubernetesExplicitInside(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(kubeAgentPolicy("", "", "", "")+"inside: {ranges: [10.244.0.0/16]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Inside(netip.MustParseAddr("10.244.1.5")) || p.Inside(netip.MustParseAddr("10.96.0.1")) {
+		t.Error("inside should be the pod range only")
 	}
 }

@@ -288,6 +288,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		d.errorf(rpNode, "firewall.reverse_path must be strict (the route back to the source leaves by the interface the packet came in on), loose (there is a route back at all) or off, not %q", reversePath)
 	}
 	d.compileKube(p, kube, groupNodes)
+	d.kubeWire(p, kube, &fw, &forward)
 	d.compileInside(p, insideInputs{wire: inside, hookNode: hkNode, listenNode: listenNodes, groupNodes: groupNodes, ifNodes: ifNodes})
 	if !validTable.MatchString(p.Firewall.Table) {
 		d.errorf(tableNode, "firewall.table %q must be 1 to 32 letters, digits, '_' or '-'", p.Firewall.Table)
