@@ -152,8 +152,10 @@ func TestPodSetRestored(t *testing.T) {
 	b := startBackend(t, n.gw, Config{Hook: policy.HookForward, Watch: true}, p)
 	setMembers(t, b, p, []policy.Pod{pod("checkout-1", "checkout", srcPayments)})
 	n.gw.MustExec("nft", "delete", "element", "inet", "fqdngate", "pod4.checkout", "{", srcPayments, "}")
+	// The watcher counts a restore once its commit is done, after the
+	// elements are back: wait for both, so the count read below is final.
 	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Equal(podElements(t, n.gw, "pod4.checkout"), []string{srcPayments}) {
+	for !slices.Equal(podElements(t, n.gw, "pod4.checkout"), []string{srcPayments}) || b.restores.Load() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("pod4.checkout holds %v 10s after the delete, want %s back", podElements(t, n.gw, "pod4.checkout"), srcPayments)
 		}
