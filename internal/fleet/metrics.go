@@ -111,7 +111,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"acked", "local", "degraded", "timeout_release", "timeout_servfail"} {
 		m.holds.WithLabelValues(r)
 	}
-	for _, r := range []string{ReasonMalformed, ReasonUnknownRule, ReasonUnknownGroup, ReasonNameNotAllowed, ReasonAddress, ReasonExpiry, ReasonPerNameCap, ReasonProgram, ReasonRefused} {
+	for _, r := range []string{ReasonMalformed, ReasonUnknownKey, ReasonUnknownRule, ReasonUnknownGroup, ReasonNameNotAllowed, ReasonAddress, ReasonExpiry, ReasonPerNameCap, ReasonProgram, ReasonRefused} {
 		m.ignored.WithLabelValues(r)
 	}
 	if reg == nil {
