@@ -150,7 +150,7 @@ func appendKey(b []byte, name dnsname.Name, addr netip.Addr, rule, group string)
 	return b
 }
 
-// encodeExpiry returns the value that holds expiry sec (Unix seconds).
+// encodeExpiry returns expiry sec (Unix seconds) as a batch line writes it.
 func encodeExpiry(sec int64) string {
 	var b [expiryDigits]byte
 	for i := expiryDigits - 1; i >= 0; i-- {
@@ -186,10 +186,11 @@ func ceilUnix(t time.Time) int64 {
 // one fqdngate writes.
 var errMalformed = errors.New("malformed learned element")
 
-// parseElement parses a key below <prefix>learned/ and its value into an
-// entry. It accepts exactly what appendKey and encodeExpiry write: every
-// other spelling of the same element (upper case, a mapped address, a
-// shorter value) is malformed, so that one element has one key.
+// parseElement parses an element's key and expiry, the two parts of a
+// batch's line, into an entry. It accepts exactly what appendKey and
+// encodeExpiry write: every other spelling of the same element (upper
+// case, a mapped address, a shorter expiry) is malformed, so that one
+// element has one key.
 func parseElement(key string, value []byte) (learn.Entry, error) {
 	bad := func(what string) (learn.Entry, error) {
 		return learn.Entry{}, fmt.Errorf("%w: %s", errMalformed, what)
@@ -222,7 +223,7 @@ func parseElement(key string, value []byte) (learn.Entry, error) {
 	}, nil
 }
 
-// parseExpiry parses a value written by encodeExpiry.
+// parseExpiry parses an expiry written by encodeExpiry.
 func parseExpiry(value []byte) (int64, bool) {
 	if len(value) != expiryDigits {
 		return 0, false
