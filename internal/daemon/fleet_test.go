@@ -328,10 +328,13 @@ func TestFleetLearnedAfterFirstGoodRevision(t *testing.T) {
 	exp := fmt.Sprintf("%012d", time.Now().Add(5*time.Minute).Unix())
 	ctx, cancel := context.WithTimeout(context.Background(), fleetWait)
 	defer cancel()
+	// One batch of another gateway (internal/fleet/key.go's format).
+	batch := "fqdngate-learned 1\n"
 	for _, key := range []string{"one.example/192.0.2.80/one/", "two.example/192.0.2.81/two/"} {
-		if _, err := cli.Put(ctx, fleetPrefix+"learned/"+key, exp); err != nil {
-			t.Fatal(err)
-		}
+		batch += key + " " + exp + "\n"
+	}
+	if _, err := cli.Put(ctx, fleetPrefix+"learned/gw-z/00000000000000010000000000000001", batch); err != nil {
+		t.Fatal(err)
 	}
 	a := startGateway(t, c, "gw-a")
 	holds := func(addr string) bool {

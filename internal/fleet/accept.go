@@ -21,7 +21,8 @@ func (r *Refusal) Error() string { return r.Detail + " (" + r.Reason + ")" }
 
 // The reasons an element from etcd is ignored.
 const (
-	ReasonMalformed      = "malformed"        // the key or value is not one fqdngate writes
+	ReasonMalformed      = "malformed"        // a batch (key.go) that does not parse: every element in it is ignored, counted once
+	ReasonUnknownKey     = "unknown_key"      // a key under learned/ that is not a batch (another format or version)
 	ReasonUnknownRule    = "unknown_rule"     // no rule of the applied policy has the element's rule name
 	ReasonUnknownGroup   = "unknown_group"    // the rule does not apply to the element's source group
 	ReasonNameNotAllowed = "name_not_allowed" // none of the rule's names matches the element's name

@@ -116,7 +116,8 @@ func benchEntry(i int) learn.Entry {
 // machine shared with others. hold/write is the mean hold over the mean
 // round trip of a learned transaction: how many etcd round trips an
 // answer waits (two at least: its own write, the others'
-// acknowledgement).
+// acknowledgement). elements/batch is the mean size of the batches
+// written: each is one etcd key.
 func BenchmarkPublishParallel(b *testing.B) {
 	b.Run("fsync=on", func(b *testing.B) { benchPublishParallel(b, true) })
 	b.Run("fsync=off", func(b *testing.B) { benchPublishParallel(b, false) })
@@ -148,6 +149,20 @@ func benchPublishParallel(b *testing.B, fsync bool) {
 	b.ReportMetric(float64(seq.Load())/elapsed.Seconds(), "elements/s")
 	b.ReportMetric(float64(writes)/float64(seq.Load()), "etcd-writes/op")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(seq.Load()), "cpu-µs/element")
+	var elems, batches float64
+	for _, g := range gws {
+		var m dto.Metric
+		if err := g.m.flushSize.Write(&m); err != nil {
+			b.Fatal(err)
+		}
+		elems += m.Histogram.GetSampleSum()
+		batches += float64(m.Histogram.GetSampleCount())
+	}
+	if batches > 0 {
+		// Each batch is one put and one compare in etcd; the watermark
+		// rides along or goes alone (counted in etcd-writes/op).
+		b.ReportMetric(elems/batches, "elements/batch")
+	}
 	var hold, write float64
 	for _, g := range gws {
 		hold += histMean(b, g.m.holdTime)

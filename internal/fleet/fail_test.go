@@ -24,20 +24,27 @@ func TestBadElementsIgnoredAndCounted(t *testing.T) {
 	cli := c.Client(t)
 	soon := encodeExpiry(time.Now().Add(10 * time.Minute).Unix())
 	far := encodeExpiry(time.Now().Add(3 * time.Hour).Unix())
+	line := func(key, exp string) string { return key + " " + exp + "\n" }
 	bad := []struct{ key, value, reason string }{
-		{"public.example/192.0.2.1/everyone", soon, ReasonMalformed},
-		{"public.example/192.0.2.1/everyone/", "soon", ReasonMalformed},
-		{"public.example/192.0.2.1/nope/", soon, ReasonUnknownRule},
-		{"api.bank.example/192.0.2.1/bank/web", soon, ReasonUnknownGroup},
-		{"evil.example/192.0.2.1/everyone/", soon, ReasonNameNotAllowed},
-		{"public.example/10.0.0.1/everyone/", soon, ReasonAddress},
-		{"public.example/192.0.2.2/everyone/", far, ReasonExpiry},
+		{batchKey("w", 1, 1), batchHeader + line("public.example/192.0.2.1/everyone", soon), ReasonMalformed},
+		{batchKey("w", 1, 2), batchHeader + line("public.example/192.0.2.1/everyone/", "soon"), ReasonMalformed},
+		// One bad line: none of the batch is used, its good line included.
+		{batchKey("w", 1, 3), batchHeader + line("public.example/192.0.2.4/everyone/", soon) + "junk\n", ReasonMalformed},
+		{batchKey("w", 1, 4), "fqdngate-learned 2\n" + line("public.example/192.0.2.5/everyone/", soon), ReasonMalformed},
+		// The per-element keys of before, and anything else.
+		{"public.example/192.0.2.6/everyone/", soon, ReasonUnknownKey},
+		{"w/1", batchHeader + line("public.example/192.0.2.7/everyone/", soon), ReasonUnknownKey},
+		{batchKey("w", 1, 5), batchHeader + line("public.example/192.0.2.1/nope/", soon), ReasonUnknownRule},
+		{batchKey("w", 1, 6), batchHeader + line("api.bank.example/192.0.2.1/bank/web", soon), ReasonUnknownGroup},
+		{batchKey("w", 1, 7), batchHeader + line("evil.example/192.0.2.1/everyone/", soon), ReasonNameNotAllowed},
+		{batchKey("w", 1, 8), batchHeader + line("public.example/10.0.0.1/everyone/", soon), ReasonAddress},
+		{batchKey("w", 1, 9), batchHeader + line("public.example/192.0.2.2/everyone/", far), ReasonExpiry},
 	}
-	good := "public.example/192.0.2.3/everyone/"
-	// Six addresses of one name, whose cap is four.
-	var capped []string
+	// The good element and six addresses of one name, whose cap is four,
+	// in one batch.
+	good := batchHeader + line("public.example/192.0.2.3/everyone/", soon)
 	for i := range 6 {
-		capped = append(capped, fmt.Sprintf("y.cdn.example/192.0.2.%d/everyone/", 40+i))
+		good += line(fmt.Sprintf("y.cdn.example/192.0.2.%d/everyone/", 40+i), soon)
 	}
 	writeAll := func() {
 		t.Helper()
@@ -48,10 +55,8 @@ func TestBadElementsIgnoredAndCounted(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for _, k := range append([]string{good}, capped...) {
-			if _, err := cli.Put(ctx, "/fqdngate/learned/"+k, soon); err != nil {
-				t.Fatal(err)
-			}
+		if _, err := cli.Put(ctx, "/fqdngate/learned/"+batchKey("w", 2, 1), good); err != nil {
+			t.Fatal(err)
 		}
 	}
 	writeAll()
@@ -316,11 +321,7 @@ func TestSetAccept(t *testing.T) {
 	ctx := context.Background()
 	put := func(key string) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(ctx, waitTimeout)
-		defer cancel()
-		if _, err := cli.Put(ctx, "/fqdngate/learned/"+key, encodeExpiry(time.Now().Add(time.Minute).Unix())); err != nil {
-			t.Fatal(err)
-		}
+		putBatch(t, cli, key+" "+encodeExpiry(time.Now().Add(time.Minute).Unix()))
 	}
 	counted := func() int {
 		a.mu.Lock()

@@ -81,11 +81,13 @@ type Fleet struct {
 	// Options.MaxPerName (see held.counted).
 	perName map[dnsname.Name]int
 	// queue holds the flushes waiting to be written, oldest first, each of
-	// at most maxFlush elements; queued indexes their elements by key,
+	// at most maxBatch elements; queued indexes their elements by key,
 	// and inflight those of the flush being written.
 	queue    []*flush
 	queued   map[string]*op
 	inflight map[string]*op
+	// boot and seq name the next batch this process writes (batchKey).
+	boot, seq uint64
 	// ackLease is the lease of this gateway's watermark key while it is
 	// registered (0: not connected); ackSent is the highest watermark
 	// handed to a write on it. A write of the flusher carries the
@@ -112,6 +114,15 @@ type held struct {
 	// counted: this gateway took the element from etcd and counts it in
 	// perName.
 	counted bool
+}
+
+// raise records that a batch written at revision rev holds the element
+// until exp: etcd holds it until the latest expiry of its batches, and a
+// hold that needs exp waits for the earliest revision that has it.
+func (h *held) raise(exp, rev int64) {
+	if h.rev == 0 || exp > h.exp || (exp == h.exp && rev < h.rev) {
+		h.exp, h.rev = exp, rev
+	}
 }
 
 // dropCounter is dnsfw.DropCounter, which the fleet passes through.
@@ -169,6 +180,7 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 		perName:       map[dnsname.Name]int{},
 		queued:        map[string]*op{},
 		inflight:      map[string]*op{},
+		boot:          uint64(time.Now().UnixNano()),
 	}
 	f.drops, _ = o.Local.(dropCounter)
 	f.check.Store(&check{accept: o.Accept, maxPerName: o.MaxPerName})

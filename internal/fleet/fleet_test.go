@@ -365,7 +365,7 @@ func TestCoalescing(t *testing.T) {
 		t.Fatal("a released the answers, but b does not hold the elements")
 	}
 	// a acknowledges its own write too, asynchronously: count it.
-	waitAcked(t, cli, "/fqdngate/learned/x.cdn.example/192.0.2.30/everyone/", "a", "b")
+	waitAcked(t, cli, "x.cdn.example/192.0.2.30/everyone/", "a", "b")
 	writes := etcdWrites(t, cli, a, b) - before
 	if per := float64(writes) / answers; per > 0.1 {
 		t.Errorf("%d etcd writes for %d answers of one name: %.3f per answer, want at most 0.1", writes, answers, per)
@@ -396,23 +396,69 @@ func waitAcked(t testing.TB, cli *clientv3.Client, key string, nodes ...string) 
 		defer cancel()
 		return cli.Get(ctx, k)
 	}
-	resp, err := get(key)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("reading %s: %v, %v", key, resp, err)
+	rev, ok := etcdElements(t, cli)[key]
+	if !ok {
+		t.Fatalf("etcd holds no batch with %s", key)
 	}
-	rev := resp.Kvs[0].ModRevision
-	waitFor(t, fmt.Sprintf("%v to acknowledge revision %d", nodes, rev), func() bool {
+	waitFor(t, fmt.Sprintf("%v to acknowledge revision %d", nodes, rev.rev), func() bool {
 		for _, n := range nodes {
 			resp, err := get("/fqdngate/nodes/" + n)
 			if err != nil || len(resp.Kvs) != 1 {
 				return false
 			}
-			if wm, _ := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64); wm < rev {
+			if wm, _ := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64); wm < rev.rev {
 				return false
 			}
 		}
 		return true
 	})
+}
+
+// etcdElements reads every batch etcd holds, and returns each element's
+// latest expiry and the latest revision that wrote it, by key; every
+// learned key must be a batch that parses.
+func etcdElements(t testing.TB, cli *clientv3.Client) map[string]held {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/fqdngate/learned/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]held{}
+	for _, kv := range resp.Kvs {
+		if _, ok := parseBatchKey(strings.TrimPrefix(string(kv.Key), "/fqdngate/learned/")); !ok {
+			t.Fatalf("etcd holds %s, which is not a batch", kv.Key)
+		}
+		elems, err := parseBatch(kv.Value)
+		if err != nil {
+			t.Fatalf("%s: %v", kv.Key, err)
+		}
+		for _, el := range elems {
+			h := out[el.key]
+			h.exp = max(h.exp, el.e.Expires.Unix())
+			h.rev = max(h.rev, kv.ModRevision)
+			out[el.key] = h
+		}
+	}
+	return out
+}
+
+// putBatch writes lines (<key> <expiry>, without the newline) as one batch
+// of a gateway "w" that is not running, and returns the revision.
+func putBatch(t testing.TB, cli *clientv3.Client, lines ...string) int64 {
+	t.Helper()
+	v := batchHeader
+	for _, l := range lines {
+		v += l + "\n"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	resp, err := cli.Put(ctx, "/fqdngate/learned/"+batchKey("w", 0, uint64(time.Now().UnixNano())), v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
@@ -471,20 +517,14 @@ func TestConcurrentPublishes(t *testing.T) {
 			return true
 		})
 	}
-	cli := c.Client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	resp, err := cli.Get(ctx, "/fqdngate/learned/", clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
+	held := etcdElements(t, c.Client(t))
+	if len(held) != elements {
+		t.Fatalf("etcd holds %d elements, want %d", len(held), elements)
 	}
-	if len(resp.Kvs) != elements {
-		t.Fatalf("etcd holds %d elements, want %d", len(resp.Kvs), elements)
-	}
-	want := encodeExpiry(latest(0).Expires.Unix())
-	for _, kv := range resp.Kvs {
-		if string(kv.Value) != want {
-			t.Errorf("%s expires at %s, want the latest, %s", kv.Key, kv.Value, want)
+	want := latest(0).Expires.Unix()
+	for key, h := range held {
+		if h.exp != want {
+			t.Errorf("%s expires at %d, want the latest, %d", key, h.exp, want)
 		}
 	}
 }

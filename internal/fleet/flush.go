@@ -26,6 +26,9 @@ type op struct {
 // flush is one transaction's worth of elements, and what it came to.
 type flush struct {
 	ops []*op
+	// key is the batch's key below learnedPrefix, given when the flush
+	// is taken; "" for a watermark alone.
+	key string
 	// wm, when not 0, is this gateway's watermark, written in the same
 	// transaction on lease (see take).
 	wm    int64
@@ -104,7 +107,7 @@ func (f *Fleet) queueLocked(o *op) bool {
 		return false
 	}
 	var fl *flush
-	if n := len(f.queue); n > 0 && len(f.queue[n-1].ops) < maxFlush {
+	if n := len(f.queue); n > 0 && len(f.queue[n-1].ops) < maxBatch {
 		fl = f.queue[n-1]
 	} else {
 		fl = &flush{done: make(chan struct{})}
@@ -200,6 +203,8 @@ next:
 			delete(f.queued, o.key)
 			f.inflight[o.key] = o
 		}
+		fl.key = batchKey(f.o.Node, f.boot, f.seq)
+		f.seq++
 		f.m.pending.Set(float64(len(f.queued)))
 		taken = fl
 		break
@@ -214,11 +219,13 @@ next:
 	return taken
 }
 
-// write writes fl in one transaction and records the outcome. Each element
-// is written only if etcd does not hold it with the same or a later expiry
-// by then (another gateway may have written it meanwhile): a nested
-// transaction per element compares the values, whose fixed width makes
-// etcd's byte order the order of expiries. The watermark, last, likewise
+// write writes fl in one transaction: its elements as one new batch key
+// (key.go), on the lease of the bucket of their latest expiry, and this
+// gateway's watermark if it carries it. A batch is never rewritten: the
+// transaction writes it only if the key does not exist yet (a process
+// never reuses one; this only catches two gateways with one node name).
+// No element needs a comparison: its expiry in etcd is the latest of the
+// batches holding it, so no write can shorten it. The watermark, last,
 // only raises the key's value, and only on this connection's lease:
 // transactions in flight together may be applied in any order, and one
 // sent before a reconnection must not take the key back to the old lease.
@@ -231,48 +238,53 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 	if len(fl.ops) == 0 {
 		kind = "watermark"
 	}
-	for attempt := 0; attempt < 2; attempt++ {
-		ops := make([]clientv3.Op, 0, len(fl.ops)+1)
+	var (
+		val    []byte
+		latest int64
+	)
+	if len(fl.ops) > 0 {
+		val = make([]byte, 0, len(batchHeader)+len(fl.ops)*(len(fl.ops[0].key)+2+expiryDigits+16))
+		val = append(val, batchHeader...)
 		for _, o := range fl.ops {
+			val = appendBatchLine(val, o.key, o.exp)
+			latest = max(latest, o.exp)
+		}
+	}
+	key := f.learnedPrefix + fl.key
+	for attempt := 0; attempt < 2; attempt++ {
+		var (
+			cmps []clientv3.Cmp
+			ops  = make([]clientv3.Op, 0, 2)
+		)
+		if len(fl.ops) > 0 {
 			var lease clientv3.LeaseID
-			lease, err = leases.get(ctx, f, o.exp)
+			lease, err = leases.get(ctx, f, latest)
 			if err != nil {
 				break
 			}
-			key := f.learnedPrefix + o.key
-			val := encodeExpiry(o.exp)
-			put := clientv3.OpPut(key, val, clientv3.WithLease(lease))
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", val)},
-				[]clientv3.Op{put},
-				[]clientv3.Op{clientv3.OpTxn(
-					// A missing key compares false on its value.
-					[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
-					[]clientv3.Op{put},
-					[]clientv3.Op{clientv3.OpGet(key)},
-				)},
-			))
-		}
-		if err != nil {
-			break
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			ops = append(ops, clientv3.OpPut(key, string(val), clientv3.WithLease(lease)))
 		}
 		if fl.wm > 0 {
-			val := encodeWatermark(fl.wm)
+			wm := encodeWatermark(fl.wm)
 			ops = append(ops, clientv3.OpTxn(
 				[]clientv3.Cmp{
-					clientv3.Compare(clientv3.Value(f.nodeKey), "<", val),
+					clientv3.Compare(clientv3.Value(f.nodeKey), "<", wm),
 					clientv3.Compare(clientv3.LeaseValue(f.nodeKey), "=", fl.lease),
 				},
-				[]clientv3.Op{clientv3.OpPut(f.nodeKey, val, clientv3.WithLease(fl.lease))},
+				[]clientv3.Op{clientv3.OpPut(f.nodeKey, wm, clientv3.WithLease(fl.lease))},
 				nil,
 			))
 		}
 		tctx, cancel := context.WithTimeout(ctx, f.o.WriteTimeout)
 		start := time.Now()
-		resp, err = f.cli.Txn(tctx).Then(ops...).Commit()
+		resp, err = f.cli.Txn(tctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err == nil {
 			f.m.writeTime.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+			if !resp.Succeeded {
+				err = fmt.Errorf("etcd holds batch %s already: does another gateway use the node name %q? give each a unique cluster.node", key, f.o.Node)
+			}
 		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			// A bucket's lease expired or was revoked under us: grant
@@ -297,47 +309,27 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 			f.m.acksCarried.Inc()
 		}
 	}
-	f.written(fl, resp)
+	f.written(fl, resp.Header.Revision)
 }
 
-// written records what resp, fl's transaction's response, says etcd holds.
-func (f *Fleet) written(fl *flush, resp *clientv3.TxnResponse) {
-	rev := resp.Header.Revision
-	wrote := 0
-	wait := int64(0)
+// written records that fl's transaction was applied at revision rev.
+func (f *Fleet) written(fl *flush, rev int64) {
 	f.mu.Lock()
-	for i, o := range fl.ops {
+	for _, o := range fl.ops {
 		delete(f.inflight, o.key)
 		h := f.mirror[o.key]
 		if h == nil {
 			h = &held{}
 			f.mirror[o.key] = h
 		}
-		outer := resp.Responses[i].GetResponseTxn()
-		inner := outer.GetResponses()[0].GetResponseTxn()
-		if outer.GetSucceeded() || inner.GetSucceeded() {
-			wrote++
-			if rev >= h.rev {
-				h.exp, h.rev = o.exp, rev
-			}
-			continue
-		}
-		// etcd held it with the same or a later expiry already.
-		if kvs := inner.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
-			exp, _ := parseExpiry(kvs[0].Value)
-			if kvs[0].ModRevision >= h.rev {
-				h.exp, h.rev = exp, kvs[0].ModRevision
-			}
-			wait = max(wait, kvs[0].ModRevision)
-		}
+		h.raise(o.exp, rev)
 	}
-	if wrote > 0 {
-		wait = rev
+	if len(fl.ops) > 0 {
+		fl.rev = rev
 	}
-	fl.rev = wait
 	close(fl.done)
 	f.mu.Unlock()
-	f.m.written.Add(float64(wrote))
+	f.m.written.Add(float64(len(fl.ops)))
 }
 
 // failed puts fl's elements back in the queue, to be written once etcd is

@@ -12,17 +12,27 @@ import (
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
-// A learned element is one etcd key under <prefix>learned/:
+// The learned elements are an append-only log of batches: each flush of a
+// gateway is one etcd key under <prefix>learned/, never rewritten:
 //
-//	<prefix>learned/<name>/<address>/<rule>/<group>  =  <expiry>
+//	<prefix>learned/<node>/<id>  =  fqdngate-learned 1\n
+//	                                <name>/<address>/<rule>/<group> <expiry>\n ...
 //
-// name is canonical (dnsname), address is netip's canonical text (IPv4
-// plain, never IPv4-mapped; no zone), group is empty for rules without
-// from; none of them can hold a '/'. The family is the address's. The
-// value is the expiry in Unix seconds, exactly expiryDigits decimal digits,
-// zero-padded: fixed width, so that etcd's byte-wise comparison of values
-// orders expiries, and a write can be made conditional on raising one (see
-// flush.go).
+// id is 32 lower-case hex digits: the writing process's start (Unix
+// nanoseconds) then its flush counter, so that a restarted gateway never
+// writes a key its previous life wrote. Each line is one element: name is
+// canonical (dnsname), address is netip's canonical text (IPv4 plain,
+// never IPv4-mapped; no zone), group is empty for rules without from;
+// none of them can hold a '/'. The family is the address's. expiry is in
+// Unix seconds, exactly expiryDigits decimal digits. An element's expiry
+// is the latest of the batches that hold it: since a batch is never
+// rewritten, no gateway can shorten another's element, and a write needs
+// no comparison per element (see flush.go). A batch holds between 1 and
+// maxBatch elements, in at most maxBatchBytes bytes.
+//
+// Inside this package an element is named by its line's first part,
+// <name>/<address>/<rule>/<group> (appendKey, parseElement): the mirror's
+// key.
 const (
 	learnedDir = "learned/"
 	nodesDir   = "nodes/"
@@ -34,7 +44,98 @@ const (
 	// values is their numeric order and a write can be made conditional
 	// on raising it (see flush.go).
 	watermarkDigits = 19
+
+	// batchHeader starts every batch: the format and its version.
+	batchHeader = "fqdngate-learned 1\n"
+	// batchIDDigits: a batch's id, hex.
+	batchIDDigits = 32
+	// maxBatch bounds the elements of one batch. With maxLineLen bytes at
+	// most a line, a batch stays under maxBatchBytes, well under etcd's
+	// default request limit (--max-request-bytes, 1.5 MiB).
+	maxBatch = 1024
+	// maxLineLen is the longest line of a batch: an element's key, a
+	// space, its expiry, a newline.
+	maxLineLen = maxKeyLen + 1 + expiryDigits + 1
+	// maxBatchBytes bounds a batch's value.
+	maxBatchBytes = len(batchHeader) + maxBatch*maxLineLen
 )
+
+// batchKey returns the key, below <prefix>learned/, of node's batch seq
+// of the process started at boot.
+func batchKey(node string, boot, seq uint64) string {
+	return fmt.Sprintf("%s/%016x%016x", node, boot, seq)
+}
+
+// parseBatchKey returns the node of a key below <prefix>learned/ that
+// batchKey writes, and false for any other key.
+func parseBatchKey(key string) (string, bool) {
+	node, id, ok := strings.Cut(key, "/")
+	if !ok || node == "" || strings.ContainsRune(node, 0) || len(id) != batchIDDigits {
+		return "", false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", false
+		}
+	}
+	return node, true
+}
+
+// appendBatchLine appends the line of the element named key (appendKey)
+// expiring at exp (Unix seconds) to b; b starts with batchHeader.
+func appendBatchLine(b []byte, key string, exp int64) []byte {
+	b = append(b, key...)
+	b = append(b, ' ')
+	b = append(b, encodeExpiry(exp)...)
+	return append(b, '\n')
+}
+
+// batchElement is one element of a batch: its key (appendKey) and entry.
+type batchElement struct {
+	key string
+	e   learn.Entry
+}
+
+// parseBatch parses a batch's value. It accepts exactly what batchHeader
+// and appendBatchLine write, from 1 to maxBatch elements in at most
+// maxBatchBytes: anything else, a single bad line included, makes the
+// whole batch malformed, and none of it is used.
+func parseBatch(value []byte) ([]batchElement, error) {
+	bad := func(what string) ([]batchElement, error) {
+		return nil, fmt.Errorf("%w: batch %s", errMalformed, what)
+	}
+	if len(value) > maxBatchBytes {
+		return bad("is longer than " + strconv.Itoa(maxBatchBytes) + " bytes")
+	}
+	rest, ok := strings.CutPrefix(string(value), batchHeader)
+	if !ok {
+		return bad("does not start with " + strconv.Quote(batchHeader) + " (another format or version)")
+	}
+	if rest == "" {
+		return bad("holds no element")
+	}
+	if rest[len(rest)-1] != '\n' {
+		return bad("does not end with a newline")
+	}
+	n := strings.Count(rest, "\n")
+	if n > maxBatch {
+		return bad("holds more than " + strconv.Itoa(maxBatch) + " elements")
+	}
+	out := make([]batchElement, 0, n)
+	for line := range strings.SplitSeq(rest[:len(rest)-1], "\n") {
+		sp := strings.IndexByte(line, ' ')
+		if sp < 0 || sp != len(line)-expiryDigits-1 {
+			return bad("line is not <name>/<address>/<rule>/<group> <expiry>")
+		}
+		key := line[:sp]
+		e, err := parseElement(key, []byte(line[sp+1:]))
+		if err != nil {
+			return nil, fmt.Errorf("batch line %d: %w", len(out)+1, err)
+		}
+		out = append(out, batchElement{key, e})
+	}
+	return out, nil
+}
 
 // appendKey appends the key of e below <prefix>learned/ to b. Its address
 // must be unmapped already (publish does it).
@@ -49,7 +150,7 @@ func appendKey(b []byte, name dnsname.Name, addr netip.Addr, rule, group string)
 	return b
 }
 
-// encodeExpiry returns the value that holds expiry sec (Unix seconds).
+// encodeExpiry returns expiry sec (Unix seconds) as a batch line writes it.
 func encodeExpiry(sec int64) string {
 	var b [expiryDigits]byte
 	for i := expiryDigits - 1; i >= 0; i-- {
@@ -85,10 +186,11 @@ func ceilUnix(t time.Time) int64 {
 // one fqdngate writes.
 var errMalformed = errors.New("malformed learned element")
 
-// parseElement parses a key below <prefix>learned/ and its value into an
-// entry. It accepts exactly what appendKey and encodeExpiry write: every
-// other spelling of the same element (upper case, a mapped address, a
-// shorter value) is malformed, so that one element has one key.
+// parseElement parses an element's key and expiry, the two parts of a
+// batch's line, into an entry. It accepts exactly what appendKey and
+// encodeExpiry write: every other spelling of the same element (upper
+// case, a mapped address, a shorter expiry) is malformed, so that one
+// element has one key.
 func parseElement(key string, value []byte) (learn.Entry, error) {
 	bad := func(what string) (learn.Entry, error) {
 		return learn.Entry{}, fmt.Errorf("%w: %s", errMalformed, what)
@@ -121,7 +223,7 @@ func parseElement(key string, value []byte) (learn.Entry, error) {
 	}, nil
 }
 
-// parseExpiry parses a value written by encodeExpiry.
+// parseExpiry parses an expiry written by encodeExpiry.
 func parseExpiry(value []byte) (int64, bool) {
 	if len(value) != expiryDigits {
 		return 0, false

@@ -3,6 +3,7 @@ package fleet
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,106 @@ func FuzzParseElement(f *testing.F) {
 		}
 		if v := encodeExpiry(e.Expires.Unix()); v != string(value) {
 			t.Fatalf("accepted value %q, which the writer would spell %q", value, v)
+		}
+	})
+}
+
+var batchCases = []struct {
+	name, value string
+	want        int // elements; -1: malformed
+}{
+	{"one", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000\n", 1},
+	{"two", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000\napi.bank.example/2001:db8::1/bank/payments 001800000001\n", 2},
+	{"empty", "", -1},
+	{"header only", batchHeader, -1},
+	{"other version", "fqdngate-learned 2\npublic.example/192.0.2.1/everyone/ 001800000000\n", -1},
+	{"no header", "public.example/192.0.2.1/everyone/ 001800000000\n", -1},
+	{"no final newline", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000", -1},
+	{"empty line", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000\n\n", -1},
+	{"crlf", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000\r\n", -1},
+	{"one bad line spoils the batch", batchHeader + "public.example/192.0.2.1/everyone/ 001800000000\nPublic.example/192.0.2.2/everyone/ 001800000000\n", -1},
+	{"short expiry", batchHeader + "public.example/192.0.2.1/everyone/ 1800000000\n", -1},
+	{"tab", batchHeader + "public.example/192.0.2.1/everyone/\t001800000000\n", -1},
+	{"two spaces", batchHeader + "public.example/192.0.2.1/everyone/  001800000000\n", -1},
+	{"no expiry", batchHeader + "public.example/192.0.2.1/everyone/\n", -1},
+	{"too many", batchHeader + strings.Repeat("public.example/192.0.2.1/everyone/ 001800000000\n", maxBatch+1), -1},
+	{"most", batchHeader + strings.Repeat("public.example/192.0.2.1/everyone/ 001800000000\n", maxBatch), maxBatch},
+	{"too long", batchHeader + strings.Repeat("x", maxBatchBytes), -1},
+}
+
+func TestParseBatch(t *testing.T) {
+	for _, tc := range batchCases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseBatch([]byte(tc.value))
+			if tc.want < 0 {
+				if !errors.Is(err, errMalformed) || got != nil {
+					t.Fatalf("got %d elements, %v; want a malformed error and none", len(got), err)
+				}
+				return
+			}
+			if err != nil || len(got) != tc.want {
+				t.Fatalf("got %d elements, %v; want %d", len(got), err, tc.want)
+			}
+			// The writer's spelling is the only one.
+			b := []byte(batchHeader)
+			for _, el := range got {
+				b = appendBatchLine(b, el.key, el.e.Expires.Unix())
+			}
+			if string(b) != tc.value {
+				t.Errorf("written back as %q, want %q", b, tc.value)
+			}
+		})
+	}
+}
+
+func TestParseBatchKey(t *testing.T) {
+	for _, tc := range []struct {
+		key, node string
+	}{
+		{batchKey("gw-a", 1, 2), "gw-a"},
+		{batchKey("a", 0x188e1c0a2b3c4d5e, 1<<63), "a"},
+		{"gw-a/0000000000000001000000000000000", ""},   // short
+		{"gw-a/00000000000000010000000000000002x", ""}, // long
+		{"gw-a/0000000000000001000000000000000A", ""},  // upper case
+		{"/00000000000000010000000000000002", ""},      // no node
+		{"public.example/192.0.2.1/everyone/", ""},     // the per-element keys of before
+		{"gw-a", ""},
+	} {
+		node, ok := parseBatchKey(tc.key)
+		if node != tc.node || ok != (tc.node != "") {
+			t.Errorf("parseBatchKey(%q) = %q, %v; want %q", tc.key, node, ok, tc.node)
+		}
+	}
+}
+
+// FuzzParseBatch: whatever a batch holds, parsing never panics, stays in
+// its bounds, and what it accepts is exactly what the writer would write.
+func FuzzParseBatch(f *testing.F) {
+	for _, tc := range batchCases {
+		if len(tc.value) < 4096 {
+			f.Add([]byte(tc.value))
+		}
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		got, err := parseBatch(value)
+		if err != nil {
+			if got != nil {
+				t.Fatalf("malformed batch, but %d elements returned", len(got))
+			}
+			return
+		}
+		if len(got) == 0 || len(got) > maxBatch {
+			t.Fatalf("accepted %d elements", len(got))
+		}
+		b := []byte(batchHeader)
+		for _, el := range got {
+			if k := string(appendKey(nil, el.e.Name, el.e.Addr, el.e.Rule, el.e.Group)); k != el.key {
+				t.Fatalf("element key %q, which the writer would spell %q", el.key, k)
+			}
+			b = appendBatchLine(b, el.key, el.e.Expires.Unix())
+		}
+		if string(b) != string(value) {
+			t.Fatalf("accepted %q, which the writer would spell %q", value, b)
 		}
 	})
 }

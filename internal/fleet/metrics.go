@@ -40,8 +40,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		flushSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "fqdngate_fleet_flush_elements",
-			Help:    "Learned elements per transaction this gateway wrote to etcd.",
-			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+			Help:    "Learned elements per batch (one etcd key, one transaction) this gateway wrote to etcd.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024},
 		}),
 		acksCarried: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "fqdngate_fleet_acks_carried_total",
@@ -111,7 +111,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{"acked", "local", "degraded", "timeout_release", "timeout_servfail"} {
 		m.holds.WithLabelValues(r)
 	}
-	for _, r := range []string{ReasonMalformed, ReasonUnknownRule, ReasonUnknownGroup, ReasonNameNotAllowed, ReasonAddress, ReasonExpiry, ReasonPerNameCap, ReasonProgram, ReasonRefused} {
+	for _, r := range []string{ReasonMalformed, ReasonUnknownKey, ReasonUnknownRule, ReasonUnknownGroup, ReasonNameNotAllowed, ReasonAddress, ReasonExpiry, ReasonPerNameCap, ReasonProgram, ReasonRefused} {
 		m.ignored.WithLabelValues(r)
 	}
 	if reg == nil {

@@ -108,12 +108,6 @@ const (
 	defaultWrite       = 2 * time.Second
 	defaultProbe       = time.Second
 	defaultMaxPending  = 100_000
-	// maxFlush bounds the elements of one transaction. etcd refuses a
-	// transaction with more than --max-txn-ops operations (128 by
-	// default), and counts the operations of nested transactions against
-	// the same bound along each path; an element is a nested transaction
-	// two levels deep.
-	maxFlush = 64
 	// maxInflight bounds the transactions of learned elements in flight
 	// at once.
 	maxInflight = 4

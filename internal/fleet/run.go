@@ -17,8 +17,13 @@ import (
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
-// loadPage is how many keys one read of a load returns.
-const loadPage = 5000
+// loadPage is how many batch keys one read of a load returns (each holds
+// up to maxBatch elements); programPage how many elements rescan programs
+// at once.
+const (
+	loadPage    = 256
+	programPage = 5000
+)
 
 // Run connects to etcd, loads the learned set, registers this gateway and
 // follows the other gateways' elements and watermarks until ctx ends. When
@@ -259,10 +264,10 @@ func (f *Fleet) putWatermark(ctx context.Context, lease clientv3.LeaseID, wm int
 	return resp.Header.Revision, nil
 }
 
-// load reads the learned elements modified at minRev or later (all of
-// them for minRev 1) as of revision atRev (the current one for 0), a page
-// at a time, and programs them. It returns the revision read and how many
-// elements it read.
+// load reads the batches of learned elements written at minRev or later
+// (all of them for minRev 1) as of revision atRev (the current one for 0),
+// a page at a time, and programs their elements. It returns the revision
+// read and how many batches it read.
 func (f *Fleet) load(ctx context.Context, minRev, atRev int64) (int64, int, error) {
 	key, end := f.learnedPrefix, clientv3.GetPrefixRangeEnd(f.learnedPrefix)
 	n := 0
@@ -328,60 +333,83 @@ func (f *Fleet) watchLearned(ctx context.Context, from int64) error {
 	return errors.New("etcd: the watch of learned addresses ended")
 }
 
-// apply checks and programs the elements that evs, in revision order,
-// put, and forgets those they delete.
+// apply checks and programs the elements of the batches that evs, in
+// revision order, put. A key that is not a batch, or a batch that does not
+// parse, is ignored as a whole and counted. A deleted batch (its lease
+// expired, after its latest element) makes the elements that have expired
+// by now be forgotten: an element may be in several batches, and lives
+// until the latest of its expiries.
 func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
-	now := f.o.Now()
-	batch := make([]learn.Entry, 0, len(evs))
-	f.mu.Lock()
-	// The check is read under mu: an element checked against the
-	// previous one is in the mirror before SetAccept's rescan takes its
-	// snapshot.
-	c := f.check.Load()
+	type batch struct {
+		rev   int64
+		elems []batchElement
+	}
+	// Parsed outside mu: answers are not held up meanwhile.
+	var (
+		batches []batch
+		n       int
+		deleted bool
+	)
 	for _, ev := range evs {
-		kv := ev.Kv
-		key := string(kv.Key[len(f.learnedPrefix):])
+		key := string(ev.Kv.Key[len(f.learnedPrefix):])
 		if ev.Type == clientv3.EventTypeDelete {
-			if h, ok := f.mirror[key]; ok && h.rev <= kv.ModRevision {
-				f.forgetLocked(key, h)
-			}
+			deleted = true
 			continue
 		}
-		e, err := parseElement(key, kv.Value)
+		if _, ok := parseBatchKey(key); !ok {
+			f.ignore(ReasonUnknownKey, key, nil)
+			continue
+		}
+		elems, err := parseBatch(ev.Kv.Value)
 		if err != nil {
 			f.ignore(ReasonMalformed, key, err)
 			continue
 		}
-		h := f.mirror[key]
-		if h == nil {
-			h = &held{}
-			f.mirror[key] = h
-		}
-		if kv.ModRevision >= h.rev {
-			h.exp, h.rev = e.Expires.Unix(), kv.ModRevision
-		}
-		if !e.Expires.After(now) {
-			continue
-		}
-		if err := c.accept(e); err != nil {
-			reason := ReasonRefused
-			var r *Refusal
-			if errors.As(err, &r) {
-				reason = r.Reason
+		batches = append(batches, batch{ev.Kv.ModRevision, elems})
+		n += len(elems)
+	}
+	now := f.o.Now()
+	program := make([]learn.Entry, 0, n)
+	f.mu.Lock()
+	if deleted {
+		f.sweepLocked(now.Unix())
+	}
+	// The check is read under mu: an element checked against the
+	// previous one is in the mirror before SetAccept's rescan takes its
+	// snapshot.
+	c := f.check.Load()
+	for _, b := range batches {
+		for _, el := range b.elems {
+			e := el.e
+			h := f.mirror[el.key]
+			if h == nil {
+				h = &held{}
+				f.mirror[el.key] = h
 			}
-			f.ignore(reason, key, err)
-			continue
-		}
-		if !h.counted {
-			if !f.countLocked(c, e, h) {
-				f.ignore(ReasonPerNameCap, key, nil)
+			h.raise(e.Expires.Unix(), b.rev)
+			if !e.Expires.After(now) {
 				continue
 			}
+			if err := c.accept(e); err != nil {
+				reason := ReasonRefused
+				var r *Refusal
+				if errors.As(err, &r) {
+					reason = r.Reason
+				}
+				f.ignore(reason, el.key, err)
+				continue
+			}
+			if !h.counted {
+				if !f.countLocked(c, e, h) {
+					f.ignore(ReasonPerNameCap, el.key, nil)
+					continue
+				}
+			}
+			program = append(program, e)
 		}
-		batch = append(batch, e)
 	}
 	f.mu.Unlock()
-	f.program(ctx, batch)
+	f.program(ctx, program)
 }
 
 // countLocked counts e, held as h, against its name's cap, and reports
@@ -483,7 +511,7 @@ func (f *Fleet) rescan(ctx context.Context) {
 	}
 	f.mu.Unlock()
 	for len(batch) > 0 {
-		n := min(len(batch), loadPage)
+		n := min(len(batch), programPage)
 		f.program(ctx, batch[:n])
 		batch = batch[n:]
 	}
@@ -495,6 +523,11 @@ func (f *Fleet) rescan(ctx context.Context) {
 func (f *Fleet) sweep(now int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.sweepLocked(now)
+}
+
+// sweepLocked is sweep, with mu held.
+func (f *Fleet) sweepLocked(now int64) {
 	for key, h := range f.mirror {
 		if h.exp > now {
 			continue
