@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -60,7 +61,13 @@ func NewClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes: reading kubernetes.kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "fqdngate"
-	return kubernetes.NewForConfig(cfg)
+	h := &connHealth{}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return healthTransport{rt, h} })
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return client{cs, h}, nil
 }
 
 // Status is the condition of the watcher's view of the cluster.
@@ -255,6 +262,11 @@ func (w *Watcher) Status() Status {
 				st.APIError, st.Since = e.msg, e.since
 				break
 			}
+		}
+	}
+	if c, ok := w.cfg.Client.(client); ok && st.APIError == "" {
+		if msg, since := c.conn.status(); msg != "" {
+			st.APIError, st.Since = msg, since
 		}
 	}
 	return st

@@ -144,6 +144,10 @@ type Backend struct {
 	// that Apply, whose pod snapshots SetMembers takes.
 	applied       *desired
 	appliedPolicy *policy.Policy
+	// adoptedPods are the pod sets' contents the table had when it was
+	// adopted, by set name: until the first synced snapshot, an Apply
+	// keeps them instead of emptying the sets (see keepAdoptedPods).
+	adoptedPods map[string][]netip.Addr
 	// shape is the table's structure as the last commit left it (see
 	// shapeLocked), for the watcher's periodic check; "" if unknown.
 	shape string
@@ -424,6 +428,12 @@ func (b *Backend) adopt() error {
 	n := 0
 	for _, s := range sets {
 		b.sets[s.Name] = s
+		if isPodSetName(s.Name) && !s.HasTimeout && !s.Interval {
+			if err := b.adoptPodSetLocked(s); err != nil {
+				return err
+			}
+			continue
+		}
 		if !s.HasTimeout {
 			continue
 		}
@@ -462,6 +472,7 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	// The pod sets hold the snapshot current now, under the lock
 	// SetMembers takes: the last of the two to run has the newest.
 	fillPods(d, p.Members())
+	b.keepAdoptedPodsLocked(d, p.Members())
 	exists, err := b.tableExistsLocked()
 	if err != nil {
 		return err

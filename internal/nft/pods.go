@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 
@@ -21,6 +22,54 @@ import (
 // in one transaction of element deletions and additions.
 
 func podSetName(group string, f family) string { return "pod" + f.String() + "." + ident(group) }
+
+// isPodSetName reports whether name is a pod set's (podSetName).
+func isPodSetName(name string) bool {
+	return strings.HasPrefix(name, "pod4.") || strings.HasPrefix(name, "pod6.")
+}
+
+// adoptPodSetLocked records the addresses an adopted table's pod set s
+// holds, for keepAdoptedPodsLocked.
+func (b *Backend) adoptPodSetLocked(s *nftables.Set) error {
+	elems, err := b.conn.GetSetElements(s)
+	if err != nil {
+		return netlinkErr("listing set "+s.Name, err)
+	}
+	var addrs []netip.Addr
+	for _, e := range elems {
+		if a, ok := netip.AddrFromSlice(e.Key); ok {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	if b.adoptedPods == nil {
+		b.adoptedPods = map[string][]netip.Addr{}
+	}
+	b.adoptedPods[s.Name] = slices.Compact(addrs)
+	return nil
+}
+
+// keepAdoptedPodsLocked keeps, in d, the pod sets a previous process left
+// in the table, as long as m is not from a synced view of the cluster: a
+// restarted agent has not listed the pods yet, and emptying the sets
+// would cut every pod off until it has (new connections dropped for that
+// moment). The kernel keeps the last known pods, as during an API outage;
+// the first synced snapshot replaces them (in this Apply, or through
+// SetMembers, which diffs against what was applied) and ends the carry.
+func (b *Backend) keepAdoptedPodsLocked(d *desired, m *policy.Members) {
+	if b.adoptedPods == nil {
+		return
+	}
+	if m.Synced() {
+		b.adoptedPods = nil
+		return
+	}
+	for i := range d.sets {
+		if s := &d.sets[i]; s.kind == podSet && len(s.addrs) == 0 {
+			s.addrs = b.adoptedPods[s.name]
+		}
+	}
+}
 
 // podKey names one pod set's contents: a group and a family.
 type podKey struct {
@@ -120,6 +169,7 @@ func (b *Backend) SetMembers(ctx context.Context, m *policy.Members) (MembersCha
 	next := *b.applied
 	next.sets = slices.Clone(b.applied.sets)
 	fillPods(&next, m)
+	b.keepAdoptedPodsLocked(&next, m)
 	var dels, adds []podChange
 	broken := false
 	for i := range next.sets {

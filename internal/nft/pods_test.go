@@ -313,3 +313,48 @@ func TestSetMembersRepairs(t *testing.T) {
 		{srcPayments, srvCIDR, "5432", false},
 	})
 }
+
+// TestPodSetsKeptOnAdoption: a restarted agent adopts the table before it
+// has listed the pods. Its first Apply, with no synced snapshot yet, keeps
+// the pod sets as the previous process left them (emptying them would cut
+// every pod off until the listing); the first synced snapshot replaces
+// them, stale addresses included.
+func TestPodSetsKeptOnAdoption(t *testing.T) {
+	n := newForwardNet(t)
+	before := mustParse(t, podPolicy)
+	b1, err := New(Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: n.gw.Fd()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := b1.Apply(context.Background(), before); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	setMembers(t, b1, before, []policy.Pod{pod("checkout-1", "checkout", srcPayments)})
+	b1.Close() // the process ends; the table stays
+
+	p := mustParse(t, podPolicy)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward}, p)
+	if got := podElements(t, n.gw, "pod4.checkout"); !slices.Equal(got, []string{srcPayments}) {
+		t.Fatalf("after adoption and an Apply without a synced snapshot, pod4.checkout holds %v, want %s kept", got, srcPayments)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvCIDR, "5432", true}})
+	setMembersUnsynced(t, b, p)
+	if got := podElements(t, n.gw, "pod4.checkout"); !slices.Equal(got, []string{srcPayments}) {
+		t.Fatalf("after an unsynced snapshot, pod4.checkout holds %v, want %s kept", got, srcPayments)
+	}
+	// The first synced snapshot is the truth: checkout-1 went while no
+	// agent ran.
+	setMembers(t, b, p, []policy.Pod{pod("checkout-2", "checkout", srcOthers)})
+	if got := podElements(t, n.gw, "pod4.checkout"); !slices.Equal(got, []string{srcOthers}) {
+		t.Fatalf("after the synced snapshot, pod4.checkout holds %v, want only %s", got, srcOthers)
+	}
+	checkReach(t, n.client, []reach{{srcPayments, srvCIDR, "5432", false}, {srcOthers, srvCIDR, "5432", true}})
+	// The carry is over: a later unsynced Apply (a reload's) does not
+	// bring the adopted addresses back.
+	if err := b.Apply(context.Background(), p); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if got := podElements(t, n.gw, "pod4.checkout"); slices.Contains(got, srcPayments) {
+		t.Errorf("a later Apply brought %s back: %v", srcPayments, got)
+	}
+}

@@ -23,7 +23,7 @@ import (
 
 // gate is the fqdngate binary running as a process inside a namespace.
 type gate struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *netns.NS
 	dir    string // holds the policy and the state file
 	table  string
@@ -42,7 +42,7 @@ var tableSeq atomic.Int64
 
 // newGate prepares a gate in ns with its own directory and table name;
 // start runs it.
-func newGate(t *testing.T, ns *netns.NS) *gate {
+func newGate(t testing.TB, ns *netns.NS) *gate {
 	t.Helper()
 	g := &gate{
 		t:     t,
