@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +11,6 @@ import (
 
 	"github.com/miekg/dns"
 	rbacv1 "k8s.io/api/rbac/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 	"github.com/fqdngate/fqdngate/internal/testutil/kubetest"
@@ -62,25 +58,7 @@ const manifest = "../../deploy/kubernetes/fqdngate.yaml"
 
 // agentRules returns the rules of the ClusterRole in manifest.
 func agentRules(t testing.TB) []rbacv1.PolicyRule {
-	t.Helper()
-	f, err := os.Open(manifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
-	for {
-		var role rbacv1.ClusterRole
-		if err := dec.Decode(&role); err != nil {
-			if errors.Is(err, io.EOF) {
-				t.Fatalf("%s has no ClusterRole", manifest)
-			}
-			t.Fatalf("%s: %v", manifest, err)
-		}
-		if role.Kind == "ClusterRole" {
-			return role.Rules
-		}
-	}
+	return kubetest.ShippedAgentRules(t, manifest)
 }
 
 // kubeNode is a node with fqdngate as its agent, a real API server, and

@@ -2,11 +2,8 @@ package kubetest
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"net/netip"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -19,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -37,25 +33,7 @@ const shippedManifest = "../../../deploy/kubernetes/fqdngate.yaml"
 // agentRules are the RBAC rules of the ClusterRole the node agent ships
 // with, so that these tests check what users install.
 func agentRules(t *testing.T) []rbacv1.PolicyRule {
-	t.Helper()
-	f, err := os.Open(shippedManifest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
-	for {
-		var role rbacv1.ClusterRole
-		if err := dec.Decode(&role); err != nil {
-			if errors.Is(err, io.EOF) {
-				t.Fatalf("%s has no ClusterRole", shippedManifest)
-			}
-			t.Fatalf("%s: %v", shippedManifest, err)
-		}
-		if role.Kind == "ClusterRole" {
-			return role.Rules
-		}
-	}
+	return ShippedAgentRules(t, shippedManifest)
 }
 
 // TestServer starts one server (each start costs tens of seconds) and checks,
