@@ -58,12 +58,13 @@ func Start(t testing.TB, members int, opts ...Option) *Cluster {
 	}
 	c := &Cluster{t: t, members: make([]*embed.Etcd, members), opts: opts}
 	var peers []string
+	urls := freeURLs(t, 2*members)
 	for i := range members {
 		m := memberConfig{
 			name:      fmt.Sprintf("m%d", i),
 			dir:       t.TempDir(),
-			peerURL:   freeURL(t),
-			clientURL: freeURL(t),
+			peerURL:   urls[2*i],
+			clientURL: urls[2*i+1],
 		}
 		c.cfgs = append(c.cfgs, m)
 		peers = append(peers, m.name+"="+m.peerURL.String())
@@ -79,27 +80,39 @@ func Start(t testing.TB, members int, opts ...Option) *Cluster {
 	return c
 }
 
-// freeURL returns an http URL on a loopback port that was free a moment
-// ago. The port is below Linux's ephemeral range (32768-60999), so that no
-// outgoing connection (the tests' etcd clients make many) takes it before
-// etcd listens; another test picking the same one first is unlikely, and
-// would fail the test loudly, not silently.
-func freeURL(t testing.TB) url.URL {
+// freeURLs returns n http URLs on distinct loopback ports that were free a
+// moment ago: each port is held until all are picked, so two members never
+// get the same one. The ports are below Linux's ephemeral range
+// (32768-60999), so that no outgoing connection (the tests' etcd clients
+// make many) takes one before etcd listens; another test picking the same
+// one first is unlikely, and would fail the test loudly, not silently.
+func freeURLs(t testing.TB, n int) []url.URL {
 	t.Helper()
-	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
-		if l, err := net.Listen("tcp", addr); err == nil {
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
 			l.Close()
-			return url.URL{Scheme: "http", Host: addr}
 		}
+	}()
+	urls := make([]url.URL, 0, n)
+	for len(urls) < n {
+		var l net.Listener
+		for range 100 {
+			var err error
+			if l, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))); err == nil {
+				break
+			}
+		}
+		if l == nil {
+			var err error
+			if l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				t.Fatalf("etcdtest: finding a free port: %v", err)
+			}
+		}
+		held = append(held, l)
+		urls = append(urls, url.URL{Scheme: "http", Host: l.Addr().String()})
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("etcdtest: finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return url.URL{Scheme: "http", Host: addr}
+	return urls
 }
 
 func (c *Cluster) start(i int) {
