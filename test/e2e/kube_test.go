@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,6 +245,42 @@ func TestKubeNodeAgent(t *testing.T) {
 		}
 		mustDrop(t, web, ap(apiAddr, otherPort))
 		mustDrop(t, web, data)
+	})
+
+	t.Run("explain --from-pod asks the agent", func(t *testing.T) {
+		k.gate.mu.Lock()
+		admin := "http://" + k.gate.admin
+		k.gate.mu.Unlock()
+		explain := func(pod string) (string, int) {
+			out, err := exec.Command("ip", "netns", "exec", k.node.Name, binary, "explain",
+				"--from-pod", pod, "--admin", admin, "--to", fmt.Sprintf("api.example.com:%d", allowedPort)).CombinedOutput()
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				return string(out), exit.ExitCode()
+			} else if err != nil {
+				t.Fatalf("fqdngate explain: %v", err)
+			}
+			return string(out), 0
+		}
+		for _, c := range []struct {
+			pod  string
+			code int
+			want []string
+		}{
+			{"shop/web-1", 0, []string{"ALLOW: " + k.slotAddr(0) + " -> api.example.com", "pod:     shop/web-1", "source groups: web"}},
+			{"shop/other-1", 1, []string{"DENY: " + k.slotAddr(1) + " -> api.example.com", "pod:     shop/other-1"}},
+			{"shop/no-such-pod", 2, []string{"unknown pod shop/no-such-pod"}},
+		} {
+			out, code := explain(c.pod)
+			if code != c.code {
+				t.Errorf("explain --from-pod %s: exit %d, want %d:\n%s", c.pod, code, c.code, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("explain --from-pod %s: output lacks %q:\n%s", c.pod, w, out)
+				}
+			}
+		}
 	})
 
 	t.Run("unselected pod gets nothing", func(t *testing.T) {
