@@ -35,6 +35,7 @@ SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
     fqdngate check    [--strict] [--shared SHARED] [--host=false] POLICY|-
     fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
+    fqdngate explain  --from-pod NAMESPACE/NAME [--admin URL] --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
     fqdngate fleet    status|forget -c POLICY ...
@@ -390,6 +391,7 @@ const explainHelp = `NAME
 
 SYNOPSIS
     fqdngate explain -c POLICY [--shared SHARED] --from IP --to DESTINATION [--json]
+    fqdngate explain --from-pod NAMESPACE/NAME [--admin URL] --to DESTINATION [--json]
 
 DESCRIPTION
     DESTINATION is NAME, NAME:PORT, IP:PORT or [IPv6]:PORT, optionally
@@ -409,10 +411,18 @@ DESCRIPTION
     For a fleet gateway's local file (with a cluster section) the shared
     half is SHARED, or else the current revision in the fleet's etcd.
 
+    With --from-pod the source is a Kubernetes pod, and the answer comes
+    from the running node agent (or gateway) at --admin URL (default
+    http://127.0.0.1:15380, the default listen.admin): it finds the pod's
+    address among the pods it follows and explains it under the policy
+    and pod groups in force. A pod it does not follow (on another node,
+    without an address yet, on the host's network) is an error, exit 2.
+
 EXAMPLES
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to api.bank.example:443
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to 203.0.113.9:5432 --json
     fqdngate explain -c policy.yaml --from 10.1.0.7 --to https://api.bank.example/v1/pay
+    kubectl -n fqdngate exec ds/fqdngate -- fqdngate explain --from-pod payments/checkout-7d9f --to api.stripe.com
 `
 
 func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -422,22 +432,34 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	to := fs.String("to", "", "`DESTINATION`: name or IP, optional :port and /proto, or a URL")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, with POLICY its local file (default: the current revision in etcd)")
+	fromPod := fs.String("from-pod", "", "source pod `NAMESPACE/NAME`, asked of the daemon at --admin")
+	admin := fs.String("admin", defaultAdmin, "with --from-pod, the daemon's admin listener `URL`")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
-	if *cfg == "" || *from == "" || *to == "" {
-		fmt.Fprintln(stderr, "fqdngate explain: give -c POLICY, --from IP and --to DESTINATION")
+	var res explain.Result
+	switch {
+	case *fromPod != "" && *to != "" && *from == "" && *cfg == "" && *shared == "":
+		var code int
+		if res, code = explainPod(ctx, *admin, *fromPod, *to, stderr); code >= 0 {
+			return code
+		}
+	case *fromPod != "":
+		fmt.Fprintln(stderr, "fqdngate explain: --from-pod asks the daemon at --admin URL; give it with --to DESTINATION only, without -c, --shared or --from")
 		return 2
-	}
-	p, err := loadPolicy(ctx, *cfg, *shared)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	res, err := explain.Explain(p, *from, *to, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "fqdngate explain: %v\n", err)
+	case *cfg == "" || *from == "" || *to == "":
+		fmt.Fprintln(stderr, "fqdngate explain: give -c POLICY, --from IP and --to DESTINATION (or --from-pod NAMESPACE/NAME and --to DESTINATION)")
 		return 2
+	default:
+		p, err := loadPolicy(ctx, *cfg, *shared)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		if res, err = explain.Explain(p, *from, *to, nil); err != nil {
+			fmt.Fprintf(stderr, "fqdngate explain: %v\n", err)
+			return 2
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

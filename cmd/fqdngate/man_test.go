@@ -195,7 +195,7 @@ func TestBashCompletion(t *testing.T) {
 		{[]string{"fqdngate", "firewall", "re"}, "remove"},
 		{[]string{"fqdngate", "completion", "f"}, "fish"},
 		{[]string{"fqdngate", "run", "--dr"}, "--dry-run"},
-		{[]string{"fqdngate", "explain", "--fr"}, "--from"},
+		{[]string{"fqdngate", "explain", "--from-"}, "--from-pod"},
 		{[]string{"fqdngate", "check", "-c", "pol"}, "policy.yaml"},
 		{[]string{"fqdngate", "frobnicate", "x"}, ""},
 	}

@@ -122,13 +122,27 @@ func Handler(c Config) http.Handler {
 		writeJSON(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("GET /v1/explain", func(w http.ResponseWriter, r *http.Request) {
-		from, to := r.URL.Query().Get("from"), r.URL.Query().Get("to")
-		if from == "" || to == "" {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give both from (an IP) and to (name:port or ip:port), e.g. /v1/explain?from=10.1.0.7&to=api.bank.example:443"})
+		q := r.URL.Query()
+		from, pod, to := q.Get("from"), q.Get("pod"), q.Get("to")
+		if (from == "") == (pod == "") || to == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "give from (an IP) or pod (namespace/name), and to (name:port or ip:port), e.g. /v1/explain?from=10.1.0.7&to=api.bank.example:443 or /v1/explain?pod=payments/checkout-7d9f&to=api.bank.example:443"})
 			return
 		}
-		res, err := explain.Explain(c.Policy(), from, to, c.Local)
-		if err != nil {
+		var res explain.Result
+		var err error
+		if pod != "" {
+			res, err = explain.ExplainPod(c.Policy(), pod, to, c.Local)
+		} else {
+			res, err = explain.Explain(c.Policy(), from, to, c.Local)
+		}
+		switch {
+		case errors.Is(err, explain.ErrUnknownPod):
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+			return
+		case errors.Is(err, explain.ErrPodsNotSynced):
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		case err != nil:
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}

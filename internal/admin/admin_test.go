@@ -84,7 +84,9 @@ func TestEndpoints(t *testing.T) {
 		{"/v1/explain?from=10.9.0.7&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"rule": "partner-db"`, `"served": true`, `"inspect_tunnels": true`}},
 		{"/v1/explain?from=203.0.113.9&to=203.0.113.5:5432", 200, []string{`"action": "deny"`, `"served": false`, `"reason": "not served: 203.0.113.9 is outside the inside (inside: source groups others, payments)"`}},
 		{"/v1/explain?from=192.0.2.129&to=203.0.113.5:5432", 200, []string{`"action": "allow"`, `"served": true`}},
-		{"/v1/explain?from=10.9.0.7", 400, []string{"give both from"}},
+		{"/v1/explain?from=10.9.0.7", 400, []string{"give from"}},
+		{"/v1/explain?from=10.9.0.7&pod=a/b&to=a.example", 400, []string{"give from (an IP) or pod"}},
+		{"/v1/explain?pod=payments/c1&to=a.example", 400, []string{"no source group selects pods"}},
 		{"/v1/explain?from=nonsense&to=a.example", 400, []string{"not an IP"}},
 		{"/v1/learned", 200, []string{`"name": "api.bank.example"`, `"address": "192.0.2.10"`, `"group": "payments"`, `"expires_in": "1m30s"`}},
 		{"/nope", 404, nil},
@@ -275,6 +277,57 @@ func TestPolicyRestartPending(t *testing.T) {
 		srv.Close()
 		if !strings.Contains(body, tt.want) {
 			t.Errorf("/v1/policy: got\n%s\nwant it to contain\n%s", body, tt.want)
+		}
+	}
+}
+
+// TestExplainPod: /v1/explain?pod= resolves the pod through the daemon's
+// pod snapshot; a pod it does not follow is a 404 that says so, and until
+// the pods are listed a 503.
+func TestExplainPod(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`listen: {dns: "", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53]}
+kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16, "fd00:244::/48"], dns: {address: 10.244.0.10}}
+sources:
+  checkout: {kubernetes: {namespaces: [payments]}}
+rules: [{name: bank, from: [checkout], to: [api.bank.example, 2001:db8::/32]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(Handler(Config{Policy: func() *policy.Policy { return p }}))
+	t.Cleanup(srv.Close)
+	if code, body := get(t, srv.URL+"/v1/explain?pod=payments/c1&to=api.bank.example"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not listed yet") {
+		t.Errorf("before the pods are listed: got %d %s, want 503 not listed yet", code, body)
+	}
+	pods := []policy.Pod{
+		{Namespace: "payments", Name: "c1", Addrs: []netip.Addr{netip.MustParseAddr("fd00:244::5"), netip.MustParseAddr("10.244.1.5")}},
+		{Namespace: "shop", Name: "c1", Addrs: []netip.Addr{netip.MustParseAddr("10.244.1.6")}},
+	}
+	if err := p.SetMembers(p.NewMembers(pods, true)); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		query    string
+		code     int
+		contains []string
+	}{
+		{"pod=payments/c1&to=api.bank.example", 200, []string{`"pod": "payments/c1"`, `"from": "10.244.1.5"`, `"action": "allow"`, `"group": "checkout"`}},
+		{"pod=payments/c1&to=[2001:db8::7]:443", 200, []string{`"pod": "payments/c1"`, `"from": "fd00:244::5"`, `"action": "allow"`}},
+		{"pod=shop/c1&to=api.bank.example", 200, []string{`"pod": "shop/c1"`, `"from": "10.244.1.6"`, `"action": "deny"`}},
+		{"pod=payments/c2&to=api.bank.example", 404, []string{"unknown pod payments/c2", "another node"}},
+		{"pod=c1&to=api.bank.example", 400, []string{"NAMESPACE/NAME"}},
+		{"pod=payments/c1&to=bad..name", 400, []string{"destination"}},
+	}
+	for _, c := range cases {
+		code, body := get(t, srv.URL+"/v1/explain?"+c.query)
+		if code != c.code {
+			t.Errorf("GET %s: got status %d, want %d (%s)", c.query, code, c.code, body)
+		}
+		for _, w := range c.contains {
+			if !strings.Contains(body, w) {
+				t.Errorf("GET %s: body lacks %s:\n%s", c.query, w, body)
+			}
 		}
 	}
 }

@@ -54,7 +54,7 @@ func (c *components) startKube(p *policy.Policy) error {
 		}, func() float64 { return b2f(w.Status().Synced) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fqdngate_kubernetes_api_failing",
-			Help: "1 while listing or watching the kubernetes API fails; the last known pods stay in force.",
+			Help: "1 from a failed list or watch of the kubernetes API until every informer lists or watches successfully again; the last known pods stay in force meanwhile.",
 		}, func() float64 { return b2f(w.Status().APIError != "") }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "fqdngate_kubernetes_pod_addresses",
@@ -154,7 +154,11 @@ func (d *Daemon) kubeReady() error {
 func (d *Daemon) kubeDegraded() error {
 	if c := d.comps; c != nil && c.kube != nil {
 		if st := c.kube.Status(); st.APIError != "" {
-			return fmt.Errorf("kubernetes api failing since %s (%s); the last known pods stay in force", st.Since.UTC().Format(time.RFC3339), st.APIError)
+			what := "failing"
+			if st.Unreachable {
+				what = "unreachable"
+			}
+			return fmt.Errorf("kubernetes API %s since %s, keeping the last known state (%s)", what, st.Since.UTC().Format(time.RFC3339), st.APIError)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
@@ -202,5 +203,63 @@ func TestForwardZoneWithoutForwarder(t *testing.T) {
 	}
 	if e.up.QueryCount() != 0 || zone.QueryCount() != 0 {
 		t.Errorf("upstream asked %d, zone %d times; want 0 and 0", e.up.QueryCount(), zone.QueryCount())
+	}
+}
+
+// TestClusterReverseZones: with a kubernetes section, a PTR lookup of a
+// pod or service address (the reverse zones of kubernetes.cluster_cidrs)
+// goes to the cluster DNS like a cluster.local name, for any client,
+// without a rule, and nothing of it is learned; a PTR lookup outside the
+// cluster ranges is the rules' (here: denied). The policy forwards to the
+// cluster DNS address; the test points those zones at its stand-in.
+func TestClusterReverseZones(t *testing.T) {
+	zone := dnstest.NewServer(t, clusterZone)
+	o := opts{dns: "kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12], dns: {address: 10.96.0.10}}"}
+	o.cfg = func(c *Config) {
+		var fwd []policy.ForwardZone
+		for _, z := range c.Policy().DNS.Forward {
+			if len(z.To) != 1 || z.To[0].Addr.String() != "10.96.0.10:53" {
+				t.Fatalf("zone %s forwards to %v, want the cluster DNS 10.96.0.10:53", z.Zone, z.To)
+			}
+			fwd = append(fwd, policy.ForwardZone{Zone: z.Zone, To: []policy.Upstream{{Addr: zone.Addr}}})
+		}
+		zones, err := resolver.NewZones(fwd, resolver.Config{Timeout: c.Policy().DNS.Timeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { zones.Close() })
+		c.Forwarder = zones
+	}
+	e := newEnv(t, nil, o)
+
+	r := e.ask(stranger, "10.0.96.10.in-addr.arpa", dns.TypePTR)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.PTR).Ptr != "kube-dns.kube-system.svc.cluster.local." {
+		t.Fatalf("PTR of the cluster DNS address: %v, want the cluster DNS's PTR record", r)
+	}
+	if l := e.auditLines(1)[0]; l["action"] != "allow" || l["reason"] != "forwarded zone" || l["zone"] != "96.10.in-addr.arpa" {
+		t.Errorf("audit line %v, want allow, forwarded zone 96.10.in-addr.arpa", l)
+	}
+	// A pod address the cluster DNS has no name for: its NXDOMAIN.
+	if r = e.ask(payments, "5.1.244.10.in-addr.arpa", dns.TypePTR); r.Rcode != dns.RcodeNameError {
+		t.Errorf("PTR of a pod address: %s, want the cluster DNS's NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	if got := zone.QueryCount(); got != 2 {
+		t.Errorf("the cluster DNS was asked %d queries, want 2", got)
+	}
+	// Outside the cluster ranges: the rules', which allow no PTR name.
+	if r = e.ask(stranger, "7.113.0.203.in-addr.arpa", dns.TypePTR); r.Rcode != dns.RcodeNameError {
+		t.Errorf("PTR outside the cluster: %s, want the rules' denial", dns.RcodeToString[r.Rcode])
+	}
+	if l := e.auditLines(3)[2]; l["action"] != "deny" {
+		t.Errorf("audit line %v, want a denial", l)
+	}
+	if got := zone.QueryCount(); got != 2 {
+		t.Errorf("the cluster DNS was asked %d queries, want still 2", got)
+	}
+	if n := len(e.fw.Learned().List()); n != 0 {
+		t.Errorf("%d addresses learned, want none", n)
+	}
+	if n := e.up.QueryCount(); n != 0 {
+		t.Errorf("the upstreams were asked %d queries, want none", n)
 	}
 }

@@ -8,16 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -61,13 +60,7 @@ func NewClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes: reading kubernetes.kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "fqdngate"
-	h := &connHealth{}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return healthTransport{rt, h} })
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return client{cs, h}, nil
+	return kubernetes.NewForConfig(cfg)
 }
 
 // Status is the condition of the watcher's view of the cluster.
@@ -75,11 +68,14 @@ type Status struct {
 	// Synced: the informers have listed every pod and namespace once.
 	// Until then, snapshots hold no members.
 	Synced bool
-	// APIError is the last failure to list or watch, while the view has
-	// not recovered from it (the last known state stays in force); "" if
-	// none. Since is when it began.
-	APIError string
-	Since    time.Time
+	// APIError is the last failure to list or watch, from the first
+	// failure until every informer has listed or watched successfully
+	// again (the last known state stays in force meanwhile); "" if none.
+	// Since is when the failures began. Unreachable: the last failure
+	// was that the API server could not be reached at all.
+	APIError    string
+	Since       time.Time
+	Unreachable bool
 }
 
 // Watcher follows the pods and namespaces and publishes snapshots.
@@ -101,7 +97,7 @@ type Watcher struct {
 	nsLabels map[string]map[string]string
 	synced   bool
 
-	apiErr atomic.Pointer[apiError]
+	health health
 }
 
 type podKey struct{ ns, name string }
@@ -109,14 +105,6 @@ type podKey struct{ ns, name string }
 type podState struct {
 	pod    policy.Pod
 	placed policy.Placed
-}
-
-type apiError struct {
-	msg   string
-	since time.Time
-	// rv are the informers' resource versions when it happened: once
-	// either moves on, that informer has listed or watched again.
-	rv [2]string
 }
 
 // New makes a Watcher; Run starts it.
@@ -136,15 +124,33 @@ func New(cfg Config) (*Watcher, error) {
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
-	tweak := func(o *metav1.ListOptions) {
+	tweak := func(o metav1.ListOptions) metav1.ListOptions {
 		if cfg.Node != "" {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
 		}
+		return o
 	}
-	w.podIn = coreinformers.NewFilteredPodInformer(cfg.Client, metav1.NamespaceAll, cfg.Resync, cache.Indexers{}, tweak)
-	w.nsIn = coreinformers.NewNamespaceInformer(cfg.Client, cfg.Resync, cache.Indexers{})
+	pods, nss := cfg.Client.CoreV1().Pods(metav1.NamespaceAll), cfg.Client.CoreV1().Namespaces()
+	// The informers as client-go's NewFilteredPodInformer and
+	// NewNamespaceInformer make them, with listWatch's retries.
+	podLW := w.listWatch(0,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return pods.List(ctx, tweak(o))
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return pods.Watch(ctx, tweak(o))
+		})
+	nsLW := w.listWatch(1,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nss.List(ctx, o) },
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return nss.Watch(ctx, o) })
+	opts := cache.SharedIndexInformerOptions{ResyncPeriod: cfg.Resync, Indexers: cache.Indexers{}}
+	w.podIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(podLW, cfg.Client), &corev1.Pod{}, opts)
+	w.nsIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(nsLW, cfg.Client), &corev1.Namespace{}, opts)
 	for i, inf := range w.informers() {
-		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { w.noteAPIError(i, err) }); err != nil {
+		// Errors of a watch the server ended (an expired resource
+		// version, a broken stream): the reflector lists or watches
+		// again, and listWatch notes whether that worked.
+		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { w.noteFailure(i, err) }); err != nil {
 			return nil, err
 		}
 	}
@@ -256,41 +262,8 @@ func (w *Watcher) Synced() bool {
 // Status reports the watcher's condition, for readiness and metrics.
 func (w *Watcher) Status() Status {
 	st := Status{Synced: w.Synced()}
-	if e := w.apiErr.Load(); e != nil {
-		for i, inf := range w.informers() {
-			if inf.LastSyncResourceVersion() == e.rv[i] {
-				st.APIError, st.Since = e.msg, e.since
-				break
-			}
-		}
-	}
-	if c, ok := w.cfg.Client.(client); ok && st.APIError == "" {
-		if msg, since := c.conn.status(); msg != "" {
-			st.APIError, st.Since = msg, since
-		}
-	}
+	w.health.status(&st)
 	return st
-}
-
-func (w *Watcher) noteAPIError(i int, err error) {
-	e := &apiError{msg: err.Error(), since: time.Now()}
-	if prev := w.apiErr.Load(); prev != nil && w.stillFailing(prev) {
-		e.since = prev.since
-	}
-	for j, inf := range w.informers() {
-		e.rv[j] = inf.LastSyncResourceVersion()
-	}
-	w.apiErr.Store(e)
-	w.log.Warn("kubernetes API: listing or watching failed; keeping the last known pods", "informer", [...]string{"pods", "namespaces"}[i], "err", err)
-}
-
-func (w *Watcher) stillFailing(e *apiError) bool {
-	for i, inf := range w.informers() {
-		if inf.LastSyncResourceVersion() == e.rv[i] {
-			return true
-		}
-	}
-	return false
 }
 
 func (w *Watcher) signal() {

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -63,13 +64,13 @@ func mkPod(namespace, name, node, app string, ips ...string) *corev1.Pod {
 type harness struct {
 	t      *testing.T
 	w      *Watcher
-	client *fake.Clientset
+	client kubernetes.Interface
 	mu     sync.Mutex
 	snaps  []*policy.Members
 	change chan struct{}
 }
 
-func start(t *testing.T, p *policy.Policy, node string, client *fake.Clientset) *harness {
+func start(t *testing.T, p *policy.Policy, node string, client kubernetes.Interface) *harness {
 	t.Helper()
 	h := &harness{t: t, client: client, change: make(chan struct{}, 1)}
 	w, err := New(Config{Client: client, Node: node, Policy: p, OnMembers: func(m *policy.Members) {

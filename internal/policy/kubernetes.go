@@ -568,4 +568,33 @@ func (d *decoder) kubeWire(p *Policy, w *wireKube, fw *wireFirewall, forward *[]
 		}
 	}
 	*forward = append(*forward, &wireForward{node: at, zone: positioned{string(k.DNS.Domain), at}, zoneSet: true, to: to, toSet: true, toNode: w.addrsNode})
+	// The reverse names of pod and service addresses (PTR lookups of
+	// 10.244.1.5, as tools and service meshes make) are the cluster
+	// DNS's to answer, like its domain: each cluster range becomes a
+	// dns.forward reverse item.
+	for _, c := range w.cidrs {
+		pfx, err := parsePrefix(c.v)
+		if err != nil {
+			continue // reported
+		}
+		if clash := reverseItem(*forward, pfx); clash != nil {
+			d.errorf(c.n, "kubernetes.cluster_cidrs %s: its reverse names are forwarded to kubernetes.dns.address, and dns.forward (%s:%d:%d) forwards them too; remove that dns.forward item, or list its servers under kubernetes.dns.address", pfx, d.fileOf(clash.reverse.n), clash.reverse.n.Line, clash.reverse.n.Column)
+			continue
+		}
+		*forward = append(*forward, &wireForward{node: c.n, reverse: c, reverseSet: true, to: to, toSet: true, toNode: w.addrsNode})
+	}
+}
+
+// reverseItem returns the dns.forward item that forwards the reverse
+// names of exactly pfx, or nil.
+func reverseItem(forward []*wireForward, pfx netip.Prefix) *wireForward {
+	for _, f := range forward {
+		if f == nil || !f.reverseSet {
+			continue
+		}
+		if q, err := parsePrefix(f.reverse.v); err == nil && q == pfx {
+			return f
+		}
+	}
+	return nil
 }

@@ -464,6 +464,9 @@ func TestKubernetesCompiled(t *testing.T) {
 			}
 			var zones []string
 			for _, z := range p.DNS.Forward {
+				if strings.HasSuffix(string(z.Zone), ".arpa") {
+					continue // TestKubernetesReverseZones
+				}
 				var to []string
 				for _, u := range z.To {
 					to = append(to, u.Addr.String())
@@ -542,5 +545,58 @@ func TestKubernetesExplicitInside(t *testing.T) {
 	}
 	if !p.Inside(netip.MustParseAddr("10.244.1.5")) || p.Inside(netip.MustParseAddr("10.96.0.1")) {
 		t.Error("inside should be the pod range only")
+	}
+}
+
+// TestKubernetesReverseZones: the reverse names of the cluster ranges are
+// forwarded to the cluster DNS, like its domain; other reverse names are
+// not; a dns.forward item for the same range is a clash at the range.
+func TestKubernetesReverseZones(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`dns: {upstreams: [192.0.2.53], forward: [{reverse: 198.51.100.0/24, to: [198.51.100.53]}]}
+kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12, "fd00:10:244::/56", 10.250.0.7], dns: {address: 10.96.0.10}}
+sources: {web: {kubernetes: {namespaces: [web]}}}
+rules: []
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, zone string }{
+		{"5.1.244.10.in-addr.arpa.", "244.10.in-addr.arpa"},
+		{"10.0.96.10.in-addr.arpa", "96.10.in-addr.arpa"},
+		{"1.0.111.10.in-addr.arpa", "111.10.in-addr.arpa"},
+		{"7.0.250.10.in-addr.arpa", "7.0.250.10.in-addr.arpa"},
+		{"5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa", "0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa"},
+		{"7.100.51.198.in-addr.arpa", "100.51.198.in-addr.arpa"}, // the operator's, to its own server
+		{"1.0.112.10.in-addr.arpa", ""},                          // outside 10.96.0.0/12
+		{"8.0.250.10.in-addr.arpa", ""},                          // beside the single address
+		{"5.1.245.10.in-addr.arpa", ""},
+		{"1.113.0.203.in-addr.arpa", ""},
+	} {
+		z := p.Forwarded(c.name)
+		switch {
+		case c.zone == "" && z != nil:
+			t.Errorf("Forwarded(%s) = %s, want none", c.name, z.Zone)
+		case c.zone != "" && (z == nil || string(z.Zone) != c.zone):
+			t.Errorf("Forwarded(%s) = %v, want zone %s", c.name, z, c.zone)
+		case c.zone != "" && c.zone != "100.51.198.in-addr.arpa" && (len(z.To) != 1 || z.To[0].Addr.String() != "10.96.0.10:53"):
+			t.Errorf("zone %s forwards to %v, want the cluster DNS 10.96.0.10:53", z.Zone, z.To)
+		}
+		// Decide never opens them: a PTR name of a pod is forwarded,
+		// not allowed by a rule and learned.
+		if c.zone != "" {
+			if d := p.Decide(Query{Source: netip.MustParseAddr("10.244.1.5"), Name: c.name, AnyPort: true}); d.Reason != ReasonForwarded {
+				t.Errorf("Decide(%s) = %v %v, want forwarded", c.name, d.Action, d.Reason)
+			}
+		}
+	}
+
+	_, err = Parse("p.yaml", []byte(`dns: {upstreams: [192.0.2.53], forward: [{reverse: 10.96.0.0/12, to: [198.51.100.53]}]}
+kubernetes: {node: n1, cluster_cidrs: [10.244.0.0/16, 10.96.0.0/12], dns: {address: 10.96.0.10}}
+sources: {web: {kubernetes: {namespaces: [web]}}}
+rules: []
+`))
+	want := "p.yaml:2:55: kubernetes.cluster_cidrs 10.96.0.0/12: its reverse names are forwarded to kubernetes.dns.address, and dns.forward (p.yaml:1:52) forwards them too"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a dns.forward item for a cluster range: got %v, want %q", err, want)
 	}
 }
