@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +64,11 @@ type components struct {
 	// force, by result.
 	kube        *kube.Watcher
 	kubeUpdates *prometheus.CounterVec
+
+	// adminAuth and adminTLS protect the admin listener (the boot
+	// policy's admin section); adminTLS nil: plain HTTP.
+	adminAuth admin.Auth
+	adminTLS  *tls.Config
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -70,6 +76,10 @@ type components struct {
 // first commit programs it (see Daemon.commit).
 func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	c := &components{d: d, verifier: proxy.NewVerifier(proxy.VerifierConfig{})}
+	var err error
+	if c.adminAuth, c.adminTLS, err = adminAuth(p); err != nil {
+		return nil, err
+	}
 	c.kubeUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fqdngate_kubernetes_member_updates_total",
 		Help: "Pod snapshots put in force (kernel pod sets, then the policy), by result (success, failure: the previous members stay).",
@@ -303,6 +313,9 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if err != nil {
 			return nil, nil, "", err
 		}
+		if c.adminTLS != nil {
+			ln = tls.NewListener(ln, c.adminTLS)
+		}
 		cfg := admin.Config{
 			Policy:         c.d.Policy,
 			Generation:     c.d.gen.Load,
@@ -313,6 +326,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Local:          c.local,
 			Degraded:       c.d.degraded,
 			History:        c.d.queryHistory(),
+			Auth:           c.adminAuth,
 		}
 		if fl := c.d.fl; fl != nil {
 			cfg.Fleet = fl.report

@@ -1,0 +1,40 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"fmt"
+
+	"github.com/fqdngate/fqdngate/internal/admin"
+	"github.com/fqdngate/fqdngate/internal/policy"
+)
+
+// adminAuth reads what the admin section asks of requests (the token,
+// the client CA) and the listener's TLS configuration (nil: plain HTTP).
+// Read once at start: a changed admin section waits for a restart
+// (restartOnly), so a moved listener keeps the protection in force.
+func adminAuth(p *policy.Policy) (admin.Auth, *tls.Config, error) {
+	var a admin.Auth
+	if p.Admin.TokenFile != "" {
+		tok, err := policy.ReadAdminToken(p.Admin.TokenFile)
+		if err != nil {
+			return a, nil, fmt.Errorf("admin.token_file: %w", err)
+		}
+		a.Token = tok
+	}
+	tc, err := policy.AdminTLS(p.Admin)
+	if err != nil {
+		return a, nil, err
+	}
+	a.ClientCert = p.Admin.ClientCA != ""
+	return a, tc, nil
+}
+
+// describeAdmin is the admin section's protection as restartPending
+// shows it: file names, never the token.
+func describeAdmin(p *policy.Policy) string {
+	a := p.Admin
+	if !a.Auth() && !a.TLS() {
+		return "no authentication, plain HTTP"
+	}
+	return fmt.Sprintf("token_file=%s client_ca=%s cert_file=%s key_file=%s", a.TokenFile, a.ClientCA, a.CertFile, a.KeyFile)
+}
