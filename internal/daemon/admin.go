@@ -3,8 +3,10 @@ package daemon
 import (
 	"crypto/tls"
 	"fmt"
+	"net/http"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
+	"github.com/fqdngate/fqdngate/internal/console"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -37,4 +39,16 @@ func describeAdmin(p *policy.Policy) string {
 		return "no authentication, plain HTTP"
 	}
 	return fmt.Sprintf("token_file=%s client_ca=%s cert_file=%s key_file=%s", a.TokenFile, a.ClientCA, a.CertFile, a.KeyFile)
+}
+
+// console builds the web console's handler for the admin listener.
+func (c *components) console() (http.Handler, error) {
+	return console.New(console.Config{
+		Policy:  c.d.Policy,
+		Local:   c.local,
+		Live:    c.live,
+		Learned: c.learned,
+		History: c.d.queryHistory(),
+		Login:   len(c.adminAuth.Token) > 0,
+	})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/console"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/kube"
@@ -69,6 +70,8 @@ type components struct {
 	// policy's admin section); adminTLS nil: plain HTTP.
 	adminAuth admin.Auth
 	adminTLS  *tls.Config
+	// live hands decisions to the console's browsers (an audit sink).
+	live *console.Live
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -80,6 +83,10 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	if c.adminAuth, c.adminTLS, err = adminAuth(p); err != nil {
 		return nil, err
 	}
+	if c.live, err = console.NewLive(d.reg); err != nil {
+		return nil, err
+	}
+	d.audit.SetSink(c.live)
 	c.kubeUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fqdngate_kubernetes_member_updates_total",
 		Help: "Pod snapshots put in force (kernel pod sets, then the policy), by result (success, failure: the previous members stay).",
@@ -330,6 +337,10 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		}
 		if fl := c.d.fl; fl != nil {
 			cfg.Fleet = fl.report
+		}
+		if cfg.UI, err = c.console(); err != nil {
+			ln.Close()
+			return nil, nil, "", err
 		}
 		h := admin.Handler(cfg)
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
