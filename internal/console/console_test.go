@@ -196,6 +196,20 @@ func TestPages(t *testing.T) {
 	}
 }
 
+// The login page is open: it shows nothing of the policy.
+func TestLoginPageShowsNothing(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Login = true })
+	code, body := f.get("/ui/login?failed=1")
+	if code != 200 || !strings.Contains(body, `<label for="token">Admin token</label>`) || !strings.Contains(body, "not the token") {
+		t.Fatalf("got %d:\n%s", code, body)
+	}
+	for _, s := range []string{"policy.yaml", "mode", "<nav", "console.js"} {
+		if strings.Contains(body, s) {
+			t.Errorf("the login page shows %q", s)
+		}
+	}
+}
+
 // Without history, usage or observe hooks the pages say so instead of
 // failing.
 func TestPagesWithoutHooks(t *testing.T) {
