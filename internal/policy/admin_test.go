@@ -68,3 +68,14 @@ func TestAdminSection(t *testing.T) {
 		})
 	}
 }
+
+// A fleet gateway's admin section is its own: it goes in the local file.
+func TestAdminInFleetLocalFile(t *testing.T) {
+	p, err := Compose(Source{Name: "local.yaml", Data: []byte(fleetLocal + "admin: {listen: \"127.0.0.1:9997\"}\n")}, &Source{Name: "shared", Data: []byte(fleetShared)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Listen.Admin != "127.0.0.1:9997" {
+		t.Errorf("admin.listen %q, want 127.0.0.1:9997", p.Listen.Admin)
+	}
+}
