@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"net/netip"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/console"
@@ -51,4 +52,15 @@ func (c *components) console() (http.Handler, error) {
 		History: c.d.queryHistory(),
 		Login:   len(c.adminAuth.Token) > 0,
 	})
+}
+
+// exposedAdmin says, when the admin listener at addr can be reached from
+// other hosts and p asks nothing of its requests, what to do about it;
+// "" otherwise.
+func exposedAdmin(p *policy.Policy, addr string) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Addr().Unmap().IsLoopback() || p.Admin.Auth() {
+		return ""
+	}
+	return "the admin listener on " + addr + " can be reached from other hosts and asks for no token or client certificate: anyone who reaches it reads the policy, the history and the console; set admin.token_file (and admin.client_ca), or listen on 127.0.0.1"
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
 // TestAdminTokenAndConsole: the daemon reads admin.token_file, refuses
@@ -85,6 +87,27 @@ func TestAdminTokenAndConsole(t *testing.T) {
 				t.Errorf("live decision %s", line)
 			}
 			break
+		}
+	}
+}
+
+func TestExposedAdminWarning(t *testing.T) {
+	for _, tt := range []struct {
+		addr  string
+		admin policy.Admin
+		warn  bool
+	}{
+		{"127.0.0.1:15380", policy.Admin{}, false},
+		{"[::1]:15380", policy.Admin{}, false},
+		{"0.0.0.0:15380", policy.Admin{}, true},
+		{"192.0.2.10:15380", policy.Admin{}, true},
+		{"[::]:15380", policy.Admin{}, true},
+		{"0.0.0.0:15380", policy.Admin{TokenFile: "/etc/fqdngate/admin.token"}, false},
+		{"0.0.0.0:15380", policy.Admin{ClientCA: "ca.pem", CertFile: "c", KeyFile: "k"}, false},
+	} {
+		got := exposedAdmin(&policy.Policy{Admin: tt.admin}, tt.addr)
+		if (got != "") != tt.warn {
+			t.Errorf("%s with %+v: got warning %q, want one: %v", tt.addr, tt.admin, got, tt.warn)
 		}
 	}
 }

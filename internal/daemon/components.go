@@ -320,6 +320,9 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if err != nil {
 			return nil, nil, "", err
 		}
+		if warn := exposedAdmin(c.d.boot, ln.Addr().String()); warn != "" {
+			c.d.log.Warn(warn, "component", "admin")
+		}
 		if c.adminTLS != nil {
 			ln = tls.NewListener(ln, c.adminTLS)
 		}
