@@ -56,6 +56,11 @@ type Config struct {
 	// History reads the decision history for /v1/history. If nil,
 	// /v1/history is 404: history is off.
 	History func(context.Context, history.Filter) ([]history.Row, error)
+	// Auth is what requests beyond /healthz and /readyz must bring. The
+	// zero value: nothing.
+	Auth Auth
+	// UI serves the web console under /ui/. If nil, /ui/ is 404.
+	UI http.Handler
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -184,7 +189,10 @@ func Handler(c Config) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	return mux
+	if c.UI != nil {
+		mux.Handle("/ui/", c.UI)
+	}
+	return c.Auth.protect(mux)
 }
 
 type learnedJSON struct {

@@ -75,7 +75,7 @@ type Logger struct {
 	w       io.Writer
 	text    bool
 	counter Counter
-	sink    Sink // set before the Logger is shared; nil: none
+	sinks   []Sink // set before the Logger is shared
 	bufs    sync.Pool
 	now     func() time.Time // tests fix the clock
 	stamp   atomic.Pointer[stamp]
@@ -98,9 +98,10 @@ func New(w io.Writer, format string, c Counter) *Logger {
 	return &Logger{w: w, text: format == "text", counter: c, now: time.Now}
 }
 
-// SetSink makes s see every decision. Call it before the Logger is shared
-// with anything that records.
-func (l *Logger) SetSink(s Sink) { l.sink = s }
+// SetSink makes s see every decision, after the sinks set before it (the
+// decision history, the console's live view). Call it before the Logger
+// is shared with anything that records.
+func (l *Logger) SetSink(s Sink) { l.sinks = append(l.sinks, s) }
 
 // Record writes e as one line "decision" (or "closed") with fields time, level,
 // component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
@@ -112,8 +113,10 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	if l.counter != nil && !e.Closed && e.Msg == "" {
 		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
 	}
-	if l.sink != nil && !e.Closed && e.Msg == "" {
-		l.sink.Observe(e)
+	if !e.Closed && e.Msg == "" {
+		for _, s := range l.sinks {
+			s.Observe(e)
+		}
 	}
 	if l.w == nil {
 		return

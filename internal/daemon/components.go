@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/admin"
 	"github.com/fqdngate/fqdngate/internal/audit"
+	"github.com/fqdngate/fqdngate/internal/console"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
 	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/kube"
@@ -63,6 +65,13 @@ type components struct {
 	// force, by result.
 	kube        *kube.Watcher
 	kubeUpdates *prometheus.CounterVec
+
+	// adminAuth and adminTLS protect the admin listener (the boot
+	// policy's admin section); adminTLS nil: plain HTTP.
+	adminAuth admin.Auth
+	adminTLS  *tls.Config
+	// live hands decisions to the console's browsers (an audit sink).
+	live *console.Live
 }
 
 // newComponents builds the components for p. It changes nothing outside
@@ -70,6 +79,14 @@ type components struct {
 // first commit programs it (see Daemon.commit).
 func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 	c := &components{d: d, verifier: proxy.NewVerifier(proxy.VerifierConfig{})}
+	var err error
+	if c.adminAuth, c.adminTLS, err = adminAuth(p); err != nil {
+		return nil, err
+	}
+	if c.live, err = console.NewLive(d.reg); err != nil {
+		return nil, err
+	}
+	d.audit.SetSink(c.live)
 	c.kubeUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fqdngate_kubernetes_member_updates_total",
 		Help: "Pod snapshots put in force (kernel pod sets, then the policy), by result (success, failure: the previous members stay).",
@@ -303,6 +320,12 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 		if err != nil {
 			return nil, nil, "", err
 		}
+		if warn := exposedAdmin(c.d.boot, ln.Addr().String()); warn != "" {
+			c.d.log.Warn(warn, "component", "admin")
+		}
+		if c.adminTLS != nil {
+			ln = tls.NewListener(ln, c.adminTLS)
+		}
 		cfg := admin.Config{
 			Policy:         c.d.Policy,
 			Generation:     c.d.gen.Load,
@@ -313,9 +336,14 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Local:          c.local,
 			Degraded:       c.d.degraded,
 			History:        c.d.queryHistory(),
+			Auth:           c.adminAuth,
 		}
 		if fl := c.d.fl; fl != nil {
 			cfg.Fleet = fl.report
+		}
+		if cfg.UI, err = c.console(); err != nil {
+			ln.Close()
+			return nil, nil, "", err
 		}
 		h := admin.Handler(cfg)
 		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil

@@ -46,6 +46,9 @@ var restartOnly = []struct {
 		when:  func(p *policy.Policy) bool { return p.Firewall.Backend == policy.BackendNone },
 	},
 	{key: "log.format", value: func(p *policy.Policy) string { return p.Log.Format }},
+	// The admin listener's token, client CA, certificate and key are
+	// read at start.
+	{key: "admin", part: "token_file, client_ca, cert_file, key_file (read at start; admin.listen moves on reload)", value: describeAdmin},
 	// The history's file is opened and its goroutine started at start.
 	{key: "history", value: describeHistory},
 	{

@@ -92,7 +92,7 @@ var (
 // etcd holds what every gateway must agree on, so that an answer one
 // gateway gives is allowed the same way on all of them.
 var (
-	localKeys  = []string{"listen", "firewall", "log", "history", "cluster", "kubernetes"}
+	localKeys  = []string{"listen", "admin", "firewall", "log", "history", "cluster", "kubernetes"}
 	sharedKeys = []string{"mode", "dns", "proxy", "sources", "inside", "users", "rules"}
 )
 

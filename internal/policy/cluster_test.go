@@ -56,6 +56,7 @@ var composeCases = []composeCase{
 	{"shared key in the local file", fleetLocal + "rules: []\n", fleetShared, localName, 4, 1, []string{"rules is shared by the fleet", "shared policy", "fqdngate policy push"}},
 	{"local key in the shared policy", fleetLocal, "listen: {admin: \"127.0.0.1:0\"}\n" + fleetShared, sharedName, 1, 1, []string{"listen is set on each gateway", "local file"}},
 	{"cluster in the shared policy", fleetLocal, fleetShared + "cluster: {}\n", sharedName, 5, 1, []string{"cluster is set on each gateway"}},
+	{"admin in the shared policy", fleetLocal, fleetShared + "admin: {listen: \"127.0.0.1:0\"}\n", sharedName, 5, 1, []string{"admin is set on each gateway", "local file"}},
 	{"error in the shared policy", fleetLocal, fleetShared + "    ports: [0]\n", sharedName, 5, 13, []string{`rule "web": port "0" is out of range`}},
 	{"unknown key in the shared policy", fleetLocal, fleetShared + "rulez: []\n", sharedName, 5, 1, []string{`unknown key "rulez"`, `did you mean "rules"?`}},
 	{"shared not YAML", fleetLocal, "rules: [\n", sharedName, -1, 0, []string{"not valid YAML"}},

@@ -154,7 +154,14 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 					listenNodes["transparent"], fw.listenNode = n, n
 					d.addr(&p.Listen.Transparent, "listen.transparent")(n)
 				}},
-				field{"admin", d.addr(&p.Listen.Admin, "listen.admin")},
+				field{"admin", func(n *yaml.Node) {
+					if a := listenNodes["admin"]; a != nil {
+						d.errorf(n, "listen.admin and admin.listen (line %d) are the same setting; keep one", a.Line)
+						return
+					}
+					listenNodes["admin"] = n
+					d.addr(&p.Listen.Admin, "listen.admin")(n)
+				}},
 			)
 		}},
 		field{"dns", func(n *yaml.Node) {
@@ -224,6 +231,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		}},
 		field{"kubernetes", func(n *yaml.Node) { kube = d.kubernetes(d.keyOf(top, "kubernetes"), n) }},
 		field{"history", func(n *yaml.Node) { d.history(n, p) }},
+		field{"admin", func(n *yaml.Node) { d.admin(n, p, listenNodes) }},
 		field{"sources", func(n *yaml.Node) { d.sources(n, p, groupNodes, ifNodes) }},
 		field{"inside", func(n *yaml.Node) { inside = d.inside(n) }},
 		field{"users", func(n *yaml.Node) { d.users(n, users) }},

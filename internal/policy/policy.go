@@ -46,6 +46,7 @@ type Policy struct {
 	Proxy    Proxy
 	Log      Log
 	History  History
+	Admin    Admin
 	// Sources maps each source group name to its address prefixes. A
 	// group that selects pods (Pods) is here too, with the prefixes it
 	// also has (often none).
