@@ -433,13 +433,12 @@ func TestParseAliasBomb(t *testing.T) {
 	for i := range 120_000 { // each expansion costs 9; the budget runs out at about 111,000
 		fmt.Fprintf(&b, "  g%d: *a0\n", i)
 	}
-	start := time.Now()
+	// The budget's error is the proof that expansion stopped; a hang is
+	// the test binary's timeout, not a wall-clock limit here (speed lives
+	// in benchmarks, and -race on a loaded machine is slow).
 	_, err := Parse("p.yaml", []byte(b.String()))
 	if err == nil || !strings.Contains(err.Error(), "YAML aliases expand to too much") {
 		t.Errorf("Parse(alias bomb): %v, want the alias error", firstLine(err))
-	}
-	if d := time.Since(start); d > 20*time.Second {
-		t.Errorf("Parse(alias bomb) took %v", d)
 	}
 }
 
