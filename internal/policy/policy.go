@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/dnssec"
 )
 
 // Mode says whether denials are enforced or only reported.
@@ -161,8 +162,34 @@ type DNS struct {
 	// Forward are the zones forwarded to their own servers (dns.forward),
 	// longest first; see Forwarded.
 	Forward []ForwardZone
+	// DNSSEC is dns.dnssec: whether answers are validated.
+	DNSSEC DNSSEC
+	// TrustAnchors is dns.trust_anchors, the file Anchors were read from;
+	// empty for the built-in root anchors.
+	TrustAnchors string
+	// Anchors are the trust anchors read from TrustAnchors; nil for the
+	// built-in root anchors (dnssec.DefaultAnchors).
+	Anchors *dnssec.Anchors
 
 	forwardIdx map[string]int // Forward's index by zone name
+}
+
+// DNSSEC is whether the DNS firewall validates answers (dns.dnssec).
+type DNSSEC uint8
+
+const (
+	// DNSSECOff relays answers as the upstreams give them.
+	DNSSECOff DNSSEC = iota
+	// DNSSECValidate validates every forwarded answer from the trust
+	// anchors down; bogus answers are never released.
+	DNSSECValidate
+)
+
+func (d DNSSEC) String() string {
+	if d == DNSSECValidate {
+		return "validate"
+	}
+	return "off"
 }
 
 // Backend is the enforcement backend.
@@ -376,6 +403,9 @@ type Rule struct {
 	// clients that tunnel protocols other than TLS and HTTP. The zero
 	// value inspects.
 	UninspectedTunnels bool
+	// DNSSECRequired is dnssec: required: the rule's names are answered
+	// and learned only from answers dnssec validated as secure.
+	DNSSECRequired bool
 
 	fromGroups []groupRef
 }
