@@ -10,7 +10,7 @@ import (
 
 func newValidator(t testing.TB, ex Exchanger) *Validator {
 	t.Helper()
-	v, err := New(Config{Anchors: testH.anchors, Exchanger: ex})
+	v, err := New(Config{Anchors: testAnchors, Exchanger: ex})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ var validateCases = []validateCase{
 func TestValidate(t *testing.T) {
 	for _, tc := range validateCases {
 		t.Run(tc.name, func(t *testing.T) {
-			it := &iterator{h: testH, filter: tc.filter}
+			it := &iterator{H: testH, Filter: tc.filter}
 			v := newValidator(t, it)
 			resp, got := ask(t, v, it, tc.qname, tc.qtype)
 			if resp.Rcode != tc.rcode {
