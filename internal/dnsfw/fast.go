@@ -10,7 +10,6 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -273,8 +272,9 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	if a.zone != nil {
 		return false // forwarded answers are relayed, never kept ready
 	}
-	e := f.wcache.Lookup(dnscache.MakeKey(lower, q.qtype, q.do, q.cd), now)
-	if e == nil {
+	validate := validating(p, a.zone)
+	e := f.wcache.Lookup(cacheKey(validate, lower, q.qtype, q.do, q.cd), now)
+	if e == nil || !usableEntry(validate, e.Tag()) {
 		return false
 	}
 	r, ok := e.Derived().(*ready)
@@ -282,7 +282,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 		return false
 	}
 	age := uint32(max(0, now.Sub(r.base)/time.Second))
-	if f.release(p, src.Addr(), a.allow, r.chain, &publication{r: r, age: age}, now) != (release{}) {
+	if f.release(p, src.Addr(), a.allow, r.chain, validation(e.Tag()), &publication{r: r, age: age}, now) != (release{}) {
 		return false // the ordinary path denies, verifies or publishes
 	}
 
@@ -338,6 +338,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	x.start, x.src = now, src
 	x.decided, x.dec, x.allow = true, a.dec, a.allow
 	x.cached = true
+	x.validating, x.dnssec = validate, validation(e.Tag())
 	x.answers = r.answers
 	name := q.name[:len(q.name)-1] // the audit line's names have no trailing dot
 	f.recordQuestion(ctx, unsafe.String(unsafe.SliceData(name), len(name)), q.qtype, x, dns.RcodeSuccess)

@@ -152,6 +152,7 @@ type Firewall struct {
 	classes    netaddr.Classifier // knows local's addresses
 	bufs       bufPool
 	flight     verifyFlights
+	vals       validators // dns.dnssec: validate
 	// refreshLeader, if not nil, says whether RunRefresh resolves now
 	// (Config.RefreshLeader).
 	refreshLeader func() bool

@@ -495,6 +495,8 @@ const (
 	ReasonLocal      // proxy: the destination is an address of this host
 	ReasonFronted    // proxy: a CONNECT tunnel's first bytes ask for another name than the one allowed
 	ReasonForwarded  // DNS: the name is in a forward zone (dns.forward), answered by the zone's servers without rules
+	ReasonBogus      // DNS: the answer failed DNSSEC validation (bogus or indeterminate; dns.dnssec)
+	ReasonInsecure   // DNS: the rule has dnssec: required and the answer is not DNSSEC-secure
 )
 
 var reasonText = [...]string{
@@ -523,6 +525,8 @@ var reasonText = [...]string{
 	ReasonLocal:        "destination is an address of this host",
 	ReasonFronted:      "tunnel carries another name",
 	ReasonForwarded:    "forwarded zone",
+	ReasonBogus:        "answer failed DNSSEC validation",
+	ReasonInsecure:     "answer is not DNSSEC-secure and the rule requires it (dnssec: required)",
 }
 
 func (r Reason) String() string { return reasonText[r] }
