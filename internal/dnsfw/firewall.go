@@ -4,8 +4,8 @@
 //
 // One query, in order:
 //
-//	validate ─▶ admit (source, rate limit, forward zone | Decide(source, name), record type) ─▶ cache | upstream
-//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (CNAME chain, tls.verify)
+//	validate ─▶ admit (source, rate limit, forward zone | Decide(source, name), record type) ─▶ cache | upstream + DNSSEC
+//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (dnssec: required, CNAME chain, tls.verify)
 //	   ─▶ publish learned ─▶ reply ─▶ audit
 //
 // The policy is checked on every query before the cache is consulted, so a
