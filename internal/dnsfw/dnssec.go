@@ -80,6 +80,15 @@ type dnssecError struct{ res dnssec.Result }
 
 func (e *dnssecError) Error() string { return "DNSSEC " + e.res.String() }
 
+// learnedState is the DNSSEC verdict learned entries of x's answer carry
+// (learn.Entry.DNSSEC): empty when the answer was not validated.
+func (x *exchange) learnedState() string {
+	if !x.validating {
+		return ""
+	}
+	return x.dnssec.String()
+}
+
 func isDNSSECError(err error) bool {
 	_, ok := err.(*dnssecError)
 	return ok

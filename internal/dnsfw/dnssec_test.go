@@ -133,8 +133,8 @@ func TestDNSSECSecure(t *testing.T) {
 	if e.fw.fastHits.Load() == 0 {
 		t.Error("the fast path never answered the repeated DO query")
 	}
-	if got := e.learned("www.example"); len(got) != 1 || got[0].Rule != "signed" {
-		t.Errorf("learned %v, want 192.0.2.1 for rule signed", got)
+	if got := e.learned("www.example"); len(got) != 1 || got[0].Rule != "signed" || got[0].DNSSEC != "secure" {
+		t.Errorf("learned %v, want 192.0.2.1 for rule signed, secure", got)
 	}
 	if got := testCounter(t, e.fw.metrics.dnssec.WithLabelValues("secure")); got < 1 {
 		t.Errorf("fqdngate_dns_dnssec_total{state=secure} = %v, want at least 1", got)
@@ -201,8 +201,8 @@ func TestDNSSECInsecure(t *testing.T) {
 	if l := e.auditLines(1)[0]; l["action"] != "allow" || l["dnssec"] != "insecure" {
 		t.Errorf("audit line %v, want allow, dnssec=insecure", l)
 	}
-	if len(e.learned("www.unsigned.example")) != 1 {
-		t.Errorf("insecure answer of an optional rule not learned")
+	if got := e.learned("www.unsigned.example"); len(got) != 1 || got[0].DNSSEC != "insecure" {
+		t.Errorf("insecure answer of an optional rule: learned %v, want one entry, insecure", got)
 	}
 
 	for i := range 2 {
@@ -261,6 +261,9 @@ func TestDNSSECReloadValidates(t *testing.T) {
 	}
 	if l := e.auditLines(1)[0]; l["dnssec"] != nil {
 		t.Errorf("off: audit line %v has dnssec", l)
+	}
+	if got := e.learned("www.example"); len(got) != 1 || got[0].DNSSEC != "" {
+		t.Errorf("off: learned %v, want one entry without a DNSSEC verdict", got)
 	}
 	e.pol.Store(validate)
 	r = e.send(stranger, query("www.example", dns.TypeA, true, false, true))

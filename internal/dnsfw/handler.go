@@ -296,7 +296,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
 		drops, _ := f.dropped()
 		now := f.now()
-		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now, &x.batch); err != nil {
+		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, x.learnedState(), now, &x.batch); err != nil {
 			x.note = notePublish + ": " + err.Error()
 			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 			f.metrics.publishFailures.Inc()
@@ -418,7 +418,7 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 
 // publish hands addrs, learned for qname under d's rule and group, to the
 // publisher and waits until it says they are enforceable.
-func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, now time.Time, batchp *[]learn.Entry) error {
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, state string, now time.Time, batchp *[]learn.Entry) error {
 	name, err := dnsname.Parse(qname)
 	if err != nil {
 		return err // Decide allowed it, so this does not happen
@@ -433,6 +433,7 @@ func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, 
 			Group:   d.Group,
 			Addr:    a.addr,
 			Expires: learnedExpiry(p, now, a.ttl),
+			DNSSEC:  state,
 		})
 	}
 	err = f.publishBatch(ctx, batch)

@@ -285,7 +285,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	batch := make([]learn.Entry, 0, len(x.in.addrs)*len(groups))
 	for _, g := range groups {
 		for _, a := range x.in.addrs {
-			batch = append(batch, learn.Entry{Name: name, Rule: rule.Name, Group: g, Addr: a.addr, Expires: learnedExpiry(p, now, a.ttl)})
+			batch = append(batch, learn.Entry{Name: name, Rule: rule.Name, Group: g, Addr: a.addr, Expires: learnedExpiry(p, now, a.ttl), DNSSEC: x.learnedState()})
 		}
 	}
 	if err := f.publishBatch(ctx, batch); err != nil {
