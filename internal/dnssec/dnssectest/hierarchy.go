@@ -40,7 +40,14 @@ type Hierarchy struct {
 //
 // Build makes the hierarchy with signatures valid from an hour before now
 // to a day after (except the deliberately expired and future ones).
-func Build(now time.Time) (h *Hierarchy, err error) {
+func Build(now time.Time) (h *Hierarchy, err error) { return BuildWithNames(now, 0) }
+
+// BuildWithNames is Build with one more zone, bench.example.
+// (ECDSAP256SHA256, NSEC, delegated from example. with a DS), holding n
+// names n0.bench.example. … n<n-1>.bench.example., each with its own
+// signed A record in 198.51.100.0/24: distinct names whose answers need a
+// signature verified each, for benchmarks.
+func BuildWithNames(now time.Time, n int) (h *Hierarchy, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			if e, ok := r.(buildError); ok {
@@ -50,10 +57,10 @@ func Build(now time.Time) (h *Hierarchy, err error) {
 			panic(r)
 		}
 	}()
-	return build(now), nil
+	return build(now, n), nil
 }
 
-func build(now time.Time) *Hierarchy {
+func build(now time.Time, benchNames int) *Hierarchy {
 	h := &Hierarchy{Zones: map[string]*Zone{}, Addrs: map[string]string{}}
 	zone := func(name string, signed bool, algs ...uint8) *Zone {
 		z := &Zone{name: name, signed: signed}
@@ -152,6 +159,16 @@ func build(now time.Time) *Hierarchy {
 	m256.KeyTag, m256.Hdr.Ttl = mixed.Keys[0].Pub.KeyTag(), 3600
 	delegate(ex, mixed, m1, m256)
 	delegate(bank, shop)
+	if benchNames > 0 {
+		bench := zone("bench.example.", true, dns.ECDSAP256SHA256)
+		for i := range benchNames {
+			bench.data = append(bench.data, &dns.A{
+				Hdr: dns.RR_Header{Name: fmt.Sprintf("n%d.bench.example.", i), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 3600},
+				A:   net.IPv4(198, 51, 100, byte(i%254+1)).To4(),
+			})
+		}
+		delegate(ex, bench, dsOf(bench, 0))
+	}
 
 	for _, z := range h.Zones {
 		z.build(now)
@@ -241,6 +258,9 @@ type Iterator struct {
 	// Filter, if not nil, changes every response before it is returned
 	// (an upstream that strips signatures, forges records).
 	Filter func(*dns.Msg)
+	// InMemory asks the zones directly instead of their servers: no
+	// sockets, so Start is not needed (benchmarks' upstream).
+	InMemory bool
 }
 
 // Exchange resolves q's question.
@@ -257,32 +277,56 @@ func (it *Iterator) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) 
 	return resp, nil
 }
 
+// ask sends q to the name server ns (a host name of the hierarchy):
+// over UDP, then TCP when truncated; with InMemory, to its zone directly.
+func (it *Iterator) ask(ctx context.Context, q dns.Question, ns string) (*dns.Msg, error) {
+	if it.InMemory {
+		z := it.H.Zones[strings.TrimPrefix(ns, "ns.")]
+		if ns == "ns.root." {
+			z = it.H.Zones["."]
+		}
+		if z == nil {
+			return nil, fmt.Errorf("no zone served by %s", ns)
+		}
+		return z.answer(q).Copy(), nil
+	}
+	addr := it.H.Addrs[ns]
+	if addr == "" {
+		return nil, fmt.Errorf("no address for %s", ns)
+	}
+	m := new(dns.Msg)
+	m.Question = []dns.Question{q}
+	m.Id = dns.Id()
+	m.SetEdns0(4096, true)
+	c := &dns.Client{Net: "udp", UDPSize: 65535, Timeout: 5 * time.Second}
+	resp, _, err := c.ExchangeContext(ctx, m, addr)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Truncated {
+		tc := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
+		if resp, _, err = tc.ExchangeContext(ctx, m, addr); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
 func (it *Iterator) resolve(ctx context.Context, q dns.Question, depth int) (*dns.Msg, error) {
 	if depth > 8 {
 		return nil, fmt.Errorf("CNAME chain too long at %s", q.Name)
 	}
-	server := it.H.Addrs["ns.root."]
-	c := &dns.Client{Net: "udp", UDPSize: 65535, Timeout: 5 * time.Second}
+	server := "ns.root."
 	for hop := 0; hop < 10; hop++ {
-		m := new(dns.Msg)
-		m.Question = []dns.Question{q}
-		m.Id = dns.Id()
-		m.SetEdns0(4096, true)
-		resp, _, err := c.ExchangeContext(ctx, m, server)
+		resp, err := it.ask(ctx, q, server)
 		if err != nil {
 			return nil, err
-		}
-		if resp.Truncated {
-			tc := &dns.Client{Net: "tcp", Timeout: 5 * time.Second}
-			if resp, _, err = tc.ExchangeContext(ctx, m, server); err != nil {
-				return nil, err
-			}
 		}
 		if !resp.Authoritative && len(resp.Answer) == 0 {
 			next := ""
 			for _, r := range resp.Ns {
 				if ns, ok := r.(*dns.NS); ok {
-					next = it.H.Addrs[ns.Ns]
+					next = ns.Ns
 				}
 			}
 			if next == "" {

@@ -48,6 +48,7 @@ type Zone struct {
 	n3    []*dns.NSEC3 // hash order
 	names map[string]bool
 	cuts  map[string]bool
+	types map[string][]uint16 // typesAt's index of Sets, made before the denial records
 }
 
 func rr(s string) dns.RR {
@@ -159,13 +160,15 @@ func (z *Zone) below(name string) string {
 }
 
 func (z *Zone) typesAt(name string) []uint16 {
-	var ts []uint16
-	for k := range z.Sets {
-		if k.Name == name {
-			ts = append(ts, k.Type)
+	if z.types == nil {
+		// Indexed once: a zone of many names would otherwise scan every
+		// RRset per name.
+		z.types = map[string][]uint16{}
+		for k := range z.Sets {
+			z.types[k.Name] = append(z.types[k.Name], k.Type)
 		}
 	}
-	return ts
+	return append([]uint16(nil), z.types[name]...)
 }
 
 func (z *Zone) sortedNames() []string {
