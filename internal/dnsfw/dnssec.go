@@ -10,6 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/dnscache"
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/dnssec"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -73,6 +74,22 @@ func validationOf(s dnssec.State) validation {
 // one place that says so.
 func dnssecAllows(rule *policy.Rule, state validation) bool {
 	return rule == nil || !rule.DNSSECRequired || state == validationSecure
+}
+
+// requiringRule returns a rule of p that names name and has dnssec:
+// required, or nil.
+func requiringRule(p *policy.Policy, name dnsname.Name) *policy.Rule {
+	for _, r := range p.Rules {
+		if !r.DNSSECRequired {
+			continue
+		}
+		for _, pat := range r.Names {
+			if pat.Match(name) {
+				return r
+			}
+		}
+	}
+	return nil
 }
 
 // dnssecError is resolve's error for an answer that failed validation.

@@ -299,3 +299,26 @@ func stripDenial(m *dns.Msg) {
 	}
 	m.Ns = out
 }
+
+// TestDNSSECLookupNetIP: the proxy's lookups fail on bogus answers, and
+// on answers that are not secure for a name a rule with dnssec: required
+// names.
+func TestDNSSECLookupNetIP(t *testing.T) {
+	e := signedEnv(t, "", nil)
+	tests := []struct {
+		host string
+		ok   bool
+	}{
+		{"www.example", true},
+		{"www.unsigned.example", true}, // insecure, but no rule requires more
+		{"www.rsa512.example", true},   // secure, required
+		{"forged.example", false},
+		{"www.shop.bank.example", false}, // insecure, required
+	}
+	for _, tt := range tests {
+		addrs, err := e.fw.LookupNetIP(t.Context(), tt.host)
+		if (err == nil) != tt.ok || tt.ok && len(addrs) == 0 {
+			t.Errorf("%s: got %v, %v; want ok %v", tt.host, addrs, err, tt.ok)
+		}
+	}
+}
