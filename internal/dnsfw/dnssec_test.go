@@ -49,13 +49,20 @@ const signedRules = `
 // answers.
 func signedEnv(t *testing.T, mode string, filter func(*dns.Msg)) *env {
 	t.Helper()
+	up, o := signedSetup(t, mode, filter)
+	return newEnv(t, up, o)
+}
+
+// signedSetup returns the upstream and the opts of signedEnv.
+func signedSetup(t *testing.T, mode string, filter func(*dns.Msg)) (dns.HandlerFunc, opts) {
+	t.Helper()
 	h := signedHierarchy(t)
 	anchors := filepath.Join(t.TempDir(), "anchors")
 	if err := os.WriteFile(anchors, []byte(h.Anchor), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	it := &dnssectest.Iterator{H: h, Filter: filter}
-	return newEnv(t, it.ServeDNS, opts{mode: mode, dns: "  dnssec: validate\n  trust_anchors: " + anchors, rules: signedRules})
+	return it.ServeDNS, opts{mode: mode, dns: "  dnssec: validate\n  trust_anchors: " + anchors, rules: signedRules}
 }
 
 // query is a question with EDNS; do sets DO, ad and cd the header bits.
