@@ -164,8 +164,8 @@ func TestDNSSECBogus(t *testing.T) {
 		{name: "bad signature, audit mode", qname: "forged.example", mode: "audit", ede: dns.ExtendedErrorCodeDNSBogus},
 		{name: "expired", qname: "expired.example", ede: dns.ExtendedErrorCodeSignatureExpired},
 		{name: "not yet valid", qname: "future.example", cd: true, ede: dns.ExtendedErrorCodeSignatureNotYetValid},
-		{name: "upstream strips RRSIGs", qname: "www.example", filter: stripRRSIGs, ede: dns.ExtendedErrorCodeRRSIGsMissing},
-		{name: "NXDOMAIN without its proof", qname: "nope.example", filter: stripDenial, ede: dns.ExtendedErrorCodeNSECMissing},
+		{name: "upstream strips RRSIGs", qname: "www.example", filter: dnssectest.StripRRSIGs, ede: dns.ExtendedErrorCodeRRSIGsMissing},
+		{name: "NXDOMAIN without its proof", qname: "nope.example", filter: dnssectest.StripDenial, ede: dns.ExtendedErrorCodeNSECMissing},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -279,53 +279,5 @@ func TestDNSSECReloadValidates(t *testing.T) {
 	}
 	if l := e.auditLines(2)[1]; l["dnssec"] != "secure" || l["upstream"] == "cache" {
 		t.Errorf("validate: audit line %v, want dnssec=secure, not from the cache", l)
-	}
-}
-
-func stripRRSIGs(m *dns.Msg) {
-	strip := func(rrs []dns.RR) []dns.RR {
-		var out []dns.RR
-		for _, r := range rrs {
-			if r.Header().Rrtype != dns.TypeRRSIG {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	m.Answer, m.Ns = strip(m.Answer), strip(m.Ns)
-}
-
-func stripDenial(m *dns.Msg) {
-	var out []dns.RR
-	for _, r := range m.Ns {
-		switch r.Header().Rrtype {
-		case dns.TypeNSEC, dns.TypeNSEC3, dns.TypeRRSIG:
-		default:
-			out = append(out, r)
-		}
-	}
-	m.Ns = out
-}
-
-// TestDNSSECLookupNetIP: the proxy's lookups fail on bogus answers, and
-// on answers that are not secure for a name a rule with dnssec: required
-// names.
-func TestDNSSECLookupNetIP(t *testing.T) {
-	e := signedEnv(t, "", nil)
-	tests := []struct {
-		host string
-		ok   bool
-	}{
-		{"www.example", true},
-		{"www.unsigned.example", true}, // insecure, but no rule requires more
-		{"www.rsa512.example", true},   // secure, required
-		{"forged.example", false},
-		{"www.shop.bank.example", false}, // insecure, required
-	}
-	for _, tt := range tests {
-		addrs, err := e.fw.LookupNetIP(t.Context(), tt.host)
-		if (err == nil) != tt.ok || tt.ok && len(addrs) == 0 {
-			t.Errorf("%s: got %v, %v; want ok %v", tt.host, addrs, err, tt.ok)
-		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/dnssec/dnssectest"
 )
 
 func newValidator(t testing.TB, ex Exchanger) *Validator {
@@ -38,30 +40,11 @@ func ask(t *testing.T, v *Validator, it *iterator, name string, qtype uint16) (*
 	return resp, v.Validate(ctx, q, resp)
 }
 
-func stripRRSIGs(m *dns.Msg) {
-	strip := func(rrs []dns.RR) []dns.RR {
-		var out []dns.RR
-		for _, r := range rrs {
-			if r.Header().Rrtype != dns.TypeRRSIG {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
-	m.Answer, m.Ns = strip(m.Answer), strip(m.Ns)
-}
-
-func stripDenial(m *dns.Msg) {
-	var out []dns.RR
-	for _, r := range m.Ns {
-		switch r.Header().Rrtype {
-		case dns.TypeNSEC, dns.TypeNSEC3, dns.TypeRRSIG:
-		default:
-			out = append(out, r)
-		}
-	}
-	m.Ns = out
-}
+// Faulty upstreams, as filters of the test iterator.
+var (
+	stripRRSIGs = dnssectest.StripRRSIGs
+	stripDenial = dnssectest.StripDenial
+)
 
 type validateCase struct {
 	name   string

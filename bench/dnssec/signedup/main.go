@@ -111,7 +111,10 @@ func (s *server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if o := r.IsEdns0(); o != nil {
 		do = o.Do()
 	}
-	m.Answer, m.Ns = section(full.Answer, do), section(full.Ns, do)
+	m.Answer, m.Ns = full.Answer, full.Ns
+	if !do {
+		m.Answer, m.Ns = dnssectest.WithoutDNSSEC(m.Answer), dnssectest.WithoutDNSSEC(m.Ns)
+	}
 	if o := r.IsEdns0(); o != nil {
 		m.SetEdns0(4096, do)
 	}
@@ -123,20 +126,4 @@ func (s *server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		m.Truncate(size)
 	}
 	_ = w.WriteMsg(m)
-}
-
-// section is rrs without RRSIG, NSEC and NSEC3 unless do.
-func section(rrs []dns.RR, do bool) []dns.RR {
-	if do {
-		return rrs
-	}
-	var out []dns.RR
-	for _, r := range rrs {
-		switch r.Header().Rrtype {
-		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
-		default:
-			out = append(out, r)
-		}
-	}
-	return out
 }

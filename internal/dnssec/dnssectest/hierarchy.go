@@ -390,7 +390,7 @@ func (it *Iterator) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		resp.SetEdns0(4096, do)
 	}
 	if !do {
-		resp.Answer, resp.Ns = withoutDNSSEC(resp.Answer), withoutDNSSEC(resp.Ns)
+		resp.Answer, resp.Ns = WithoutDNSSEC(resp.Answer), WithoutDNSSEC(resp.Ns)
 	}
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		size := dns.MinMsgSize
@@ -402,9 +402,9 @@ func (it *Iterator) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	_ = w.WriteMsg(resp)
 }
 
-// withoutDNSSEC drops RRSIG, NSEC and NSEC3 records, for a client that
-// did not set DO.
-func withoutDNSSEC(rrs []dns.RR) []dns.RR {
+// WithoutDNSSEC returns rrs without RRSIG, NSEC and NSEC3 records, for a
+// client that did not set DO.
+func WithoutDNSSEC(rrs []dns.RR) []dns.RR {
 	var out []dns.RR
 	for _, r := range rrs {
 		switch r.Header().Rrtype {
