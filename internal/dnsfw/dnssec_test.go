@@ -1,8 +1,10 @@
 package dnsfw
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,7 +184,7 @@ func TestDNSSECBogus(t *testing.T) {
 				if line["action"] != "fail" || line["dnssec"] == "secure" || line["dnssec"] == nil || line["upstream"] == "cache" || line["rule"] != "" {
 					t.Errorf("query %d: audit line %v, want action fail, dnssec bogus or indeterminate, not from the cache, no rule", i, line)
 				}
-				if line["reason"] != "answer failed DNSSEC validation" || line["near_rule"] != "signed" {
+				if line["reason"] != "answer failed DNSSEC validation" || line["near_rule"] != "signed" || !strings.HasPrefix(fmt.Sprint(line["dns_reason"]), "answer failed DNSSEC validation: bogus (") {
 					t.Errorf("query %d: reason %v, near_rule %v", i, line["reason"], line["near_rule"])
 				}
 			}

@@ -48,6 +48,7 @@ const (
 	noteTransfer   = "zone transfers are not forwarded"
 	noteNoZone     = "no servers for forward zone "
 	noteInsecure   = "answer is DNSSEC-insecure and the rule has dnssec: required"
+	noteBogus      = "answer failed DNSSEC validation: "
 )
 
 // deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
@@ -218,7 +219,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		}
 		if de, ok := err.(*dnssecError); ok {
 			// Audit mode too: a forged answer is never released.
-			x.note = noteUpstream + ": " + err.Error()
+			x.note = noteBogus + de.res.String()
 			x.dec = refuse(x.dec, policy.ReasonBogus, policy.Fail)
 			x.ede, x.edeSet, x.edeText = de.res.EDE, true, de.res.Reason
 			return reply(req, dns.RcodeServerFailure)

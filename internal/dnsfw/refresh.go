@@ -214,7 +214,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 		case f.isBusy(err):
 			x.note, reason = noteBusy, policy.ReasonBusy
 		case isDNSSECError(err):
-			reason = policy.ReasonBogus
+			x.note, reason = noteBogus+err.(*dnssecError).res.String(), policy.ReasonBogus
 		}
 		x.dec = refuse(x.dec, reason, policy.Fail)
 		return dns.RcodeServerFailure, nil
