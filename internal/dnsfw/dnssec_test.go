@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -281,5 +282,49 @@ func TestDNSSECReloadValidates(t *testing.T) {
 	}
 	if l := e.auditLines(2)[1]; l["dnssec"] != "secure" || l["upstream"] == "cache" {
 		t.Errorf("validate: audit line %v, want dnssec=secure, not from the cache", l)
+	}
+}
+
+// TestDNSSECRefresh: a refresh of a dnssec: required rule learns only
+// secure answers; insecure ones are refused and bogus ones fail, with the
+// verdict in the audit line and on the learned entries.
+func TestDNSSECRefresh(t *testing.T) {
+	up, o := signedSetup(t, "", nil)
+	o.rules = `
+  - name: fresh
+    to: [www.rsa512.example, www.shop.bank.example, forged.example]
+    refresh: 1m
+    dnssec: required
+`
+	pub := &recordingPublisher{}
+	o.cfg = func(c *Config) { c.Publisher = pub }
+	e := newEnv(t, up, o)
+	startRefresh(t, e)
+	waitRefreshes(t, e, 6) // three names, A and AAAA
+	var got []string
+	for _, en := range pub.take() {
+		got = append(got, string(en.Name)+"/"+en.Addr.String()+"/"+en.DNSSEC)
+	}
+	if want := []string{"www.rsa512.example/192.0.2.40/secure"}; !slices.Equal(got, want) {
+		t.Errorf("published %v, want %v", got, want)
+	}
+	want := map[string][3]string{ // name: action, reason, dnssec
+		"www.rsa512.example":    {"allow", "matched", "secure"},
+		"www.shop.bank.example": {"deny", "answer is not DNSSEC-secure and the rule requires it (dnssec: required)", "insecure"},
+		"forged.example":        {"fail", "answer failed DNSSEC validation", "bogus"},
+	}
+	seen := 0
+	for _, l := range e.auditLines(6) {
+		w, ok := want[fmt.Sprint(l["name"])]
+		if !ok || l["qtype"] != "A" {
+			continue
+		}
+		seen++
+		if l["action"] != w[0] || l["reason"] != w[1] || l["dnssec"] != w[2] || l["transport"] != "refresh" {
+			t.Errorf("%s: audit line %v, want %v", l["name"], l, w)
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("audit lines of %d of the %d names' A refreshes", seen, len(want))
 	}
 }
