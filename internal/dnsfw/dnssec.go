@@ -127,12 +127,45 @@ func cacheKey(validate bool, name string, qtype uint16, do, cd bool) dnscache.Ke
 	return dnscache.MakeKey(name, qtype, do, cd || validate)
 }
 
+// A cache entry's tag holds the answer's verdict in its low four bits and,
+// above them, the informational EDE an insecure answer carries (tagInfo).
+const (
+	tagInfoAlg    = 1 << 4 // EDE 1, Unsupported DNSKEY Algorithm
+	tagInfoDigest = 2 << 4 // EDE 2, Unsupported DS Digest Type
+)
+
+// entryTag is the cache tag of an answer in state with info, the
+// validator's EDE for an insecure answer (0: none).
+func entryTag(state validation, info uint16) uint8 {
+	t := uint8(state)
+	switch info {
+	case dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm:
+		t |= tagInfoAlg
+	case dns.ExtendedErrorCodeUnsupportedDSDigestType:
+		t |= tagInfoDigest
+	}
+	return t
+}
+
+// tagState and tagInfo read entryTag's parts back.
+func tagState(tag uint8) validation { return validation(tag & 0x0f) }
+
+func tagInfo(tag uint8) uint16 {
+	switch tag &^ 0x0f {
+	case tagInfoAlg:
+		return dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm
+	case tagInfoDigest:
+		return dns.ExtendedErrorCodeUnsupportedDSDigestType
+	}
+	return 0
+}
+
 // usableEntry reports whether a cache entry stored with tag may answer
 // while validate is (or is not) in force: validated answers only when
 // validating, unvalidated ones only when not, so a reload that turns
 // validation on never serves an answer that was not validated.
 func usableEntry(validate bool, tag uint8) bool {
-	s := validation(tag)
+	s := tagState(tag)
 	if validate {
 		return s == validationSecure || s == validationInsecure
 	}
@@ -206,6 +239,9 @@ func (f *Firewall) validate(ctx context.Context, p *policy.Policy, up, m *dns.Ms
 	}
 	res := v.Validate(ctx, up, m)
 	x.dnssec = validationOf(res.State)
+	if res.State == dnssec.Insecure {
+		x.dnssecInfo = res.EDE
+	}
 	f.metrics.dnssec.WithLabelValues(x.dnssec.String()).Inc()
 	m.AuthenticatedData = res.State == dnssec.Secure
 	switch res.State {

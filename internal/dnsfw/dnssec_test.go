@@ -41,7 +41,7 @@ func signedHierarchy(t *testing.T) *dnssectest.Hierarchy {
 // requires DNSSEC.
 const signedRules = `
   - name: signed
-    to: [www.example, forged.example, expired.example, future.example, "*.wild.example", www.unsigned.example, alias.example, www.bank.example, nope.example]
+    to: [www.example, forged.example, expired.example, future.example, "*.wild.example", www.unsigned.example, alias.example, www.bank.example, nope.example, www.unsupalg.example]
   - name: strict
     to: [www.rsa512.example, www.shop.bank.example, nope.p384.example]
     dnssec: required
@@ -242,6 +242,25 @@ func TestDNSSECInsecure(t *testing.T) {
 	r = e.send(stranger, query("nope.p384.example", dns.TypeA, true, false, false))
 	if r.Rcode != dns.RcodeNameError || !r.AuthenticatedData || !hasType(r.Ns, dns.TypeNSEC3) {
 		t.Errorf("secure NXDOMAIN, required: got %s AD %v, want NXDOMAIN with AD and its NSEC3 proof\n%v", dns.RcodeToString[r.Rcode], r.AuthenticatedData, r)
+	}
+}
+
+// TestDNSSECUnsupportedAlgorithm: a zone insecure because its DS names an
+// algorithm fqdngate does not support is answered, with EDE 1 as
+// information, from the cache too.
+func TestDNSSECUnsupportedAlgorithm(t *testing.T) {
+	e := signedEnv(t, "", nil)
+	for i := range 3 {
+		r := e.send(stranger, query("www.unsupalg.example", dns.TypeA, false, false, false))
+		if r.Rcode != dns.RcodeSuccess || r.AuthenticatedData || len(answerAddrs(r)) != 1 {
+			t.Fatalf("query %d: got %s AD %v %v, want NOERROR without AD, one address", i, dns.RcodeToString[r.Rcode], r.AuthenticatedData, answerAddrs(r))
+		}
+		if code, ok := ede(r); !ok || code != dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm {
+			t.Errorf("query %d: EDE %d (%v), want 1 (Unsupported DNSKEY Algorithm)", i, code, ok)
+		}
+		if l := e.auditLines(i + 1)[i]; l["action"] != "allow" || l["dnssec"] != "insecure" {
+			t.Errorf("query %d: audit line %v, want allow, dnssec=insecure", i, l)
+		}
 	}
 }
 

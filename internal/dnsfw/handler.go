@@ -131,6 +131,9 @@ type exchange struct {
 	// and dnssec is the answer's verdict; the audit line shows it.
 	validating bool
 	dnssec     validation
+	// dnssecInfo is the informational EDE of an insecure answer (an
+	// unsupported algorithm or digest), sent with it; 0: none.
+	dnssecInfo uint16
 	// ede, when edeSet, is the Extended DNS Error (RFC 8914) the reply
 	// carries, with edeText.
 	ede     uint16
@@ -308,6 +311,13 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		x.published, x.pubDrops = true, drops
 		x.pubUntil = learnedExpiry(p, now, minAddrTTL(x.in.addrs))
 	}
+	if x.dnssecInfo != 0 && !x.edeSet {
+		// For information: the answer is insecure because the zone uses
+		// what this validator does not support. No ready is made of it:
+		// the fast path's replies carry no EDE.
+		x.ede, x.edeSet, x.edeText = x.dnssecInfo, true, "DNSSEC insecure: "+dns.ExtendedErrorCodeToString[x.dnssecInfo]
+		return asReply(req, m, do)
+	}
 	f.makeReady(p, m, x)
 	return asReply(req, m, do)
 }
@@ -359,7 +369,7 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 			f.metrics.cacheHits.Inc()
 			x.cached = true
 			if x.centry != nil {
-				x.dnssec = validation(x.centry.Tag())
+				x.dnssec, x.dnssecInfo = tagState(x.centry.Tag()), tagInfo(x.centry.Tag())
 			}
 			return m, nil
 		}
@@ -409,7 +419,7 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 	if useCache {
 		// Put copies m, which inspect is about to change.
 		if f.wcache != nil {
-			x.centry, x.celapsed = f.wcache.PutTagged(key, m, uint8(x.dnssec)), 0
+			x.centry, x.celapsed = f.wcache.PutTagged(key, m, entryTag(x.dnssec, x.dnssecInfo)), 0
 		} else {
 			f.cache.Put(key, m)
 		}

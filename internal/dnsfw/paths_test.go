@@ -178,6 +178,8 @@ func TestOneDecisionPath(t *testing.T) {
 		pathCase{name: "DNSSEC required, insecure", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, shop}, ask: shop, times: 2, want: dns.RcodeRefused, wantAction: "deny"},
 		pathCase{name: "DNSSEC required, insecure, audit mode", zone: signedUp, o: signedAudit, warm: []pathQuery{wwwEx, shop}, ask: shop, times: 2,
 			want: dns.RcodeSuccess, wantAction: "would-deny"},
+		pathCase{name: "DNSSEC insecure, unsupported algorithm (EDE 1)", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, {stranger, "www.unsupalg.example", dns.TypeA}},
+			ask: pathQuery{stranger, "www.unsupalg.example", dns.TypeA}, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
 		pathCase{name: "DNSSEC bogus", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, forged}, ask: forged, times: 2, want: dns.RcodeServerFailure, wantAction: "fail"},
 	)
 	for _, tc := range cases {

@@ -88,7 +88,7 @@ var validateCases = []validateCase{
 
 	{name: "insecure delegation proven by NSEC", qname: "www.unsigned.example.", qtype: dns.TypeA, want: Insecure},
 	{name: "insecure delegation proven by NSEC3 opt-out", qname: "www.shop.bank.example.", qtype: dns.TypeA, want: Insecure},
-	{name: "DS of an unsupported algorithm", qname: "www.unsupalg.example.", qtype: dns.TypeA, want: Insecure},
+	{name: "DS of an unsupported algorithm", qname: "www.unsupalg.example.", qtype: dns.TypeA, want: Insecure, ede: dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm},
 	{name: "CNAME from a signed zone into an unsigned one", qname: "alias.example.", qtype: dns.TypeA, want: Insecure},
 
 	{name: "bogus signature", qname: "forged.example.", qtype: dns.TypeA, want: Bogus, ede: dns.ExtendedErrorCodeDNSBogus},
