@@ -358,6 +358,13 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if len(p.DNS.Upstreams) > 0 {
 		fmt.Fprintf(stdout, ", upstreams %v", p.DNS.Upstreams)
 	}
+	if p.DNS.DNSSEC.String() == "validate" {
+		anchors := "built-in root anchors"
+		if p.DNS.TrustAnchors != "" {
+			anchors = "trust anchors " + p.DNS.TrustAnchors
+		}
+		fmt.Fprintf(stdout, ", dnssec validate (%s)", anchors)
+	}
 	if p.SharedName != "" {
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}

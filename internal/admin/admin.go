@@ -178,6 +178,7 @@ func Handler(c Config) http.Handler {
 				out = append(out, learnedJSON{
 					Name: string(e.Name), Address: e.Addr, Rule: e.Rule, Group: e.Group,
 					Expires: e.Expires.UTC().Format(time.RFC3339), ExpiresIn: e.Expires.Sub(now).Round(time.Second).String(),
+					DNSSEC: e.DNSSEC,
 				})
 			}
 			sort.Slice(out, func(i, j int) bool {
@@ -202,6 +203,9 @@ type learnedJSON struct {
 	Group     string     `json:"group"`
 	Expires   string     `json:"expires"`
 	ExpiresIn string     `json:"expires_in"`
+	// DNSSEC is the verdict of the answer that taught the address, when
+	// answers are validated (dns.dnssec: validate).
+	DNSSEC string `json:"dnssec,omitempty"`
 }
 
 // Summary is the loaded policy as /v1/policy shows it.

@@ -93,6 +93,7 @@ type shard struct {
 // eviction drops both.
 type Entry struct {
 	msg     *dns.Msg
+	tag     uint8 // PutTagged's
 	stored  time.Time
 	expires time.Time
 	derived atomic.Pointer[any]
@@ -104,6 +105,10 @@ func (e *Entry) Stored() time.Time { return e.stored }
 
 // Expires returns when the entry stops being served.
 func (e *Entry) Expires() time.Time { return e.expires }
+
+// Tag returns the tag the response was stored with (PutTagged); 0 for
+// Put and PutEntry.
+func (e *Entry) Tag() uint8 { return e.tag }
 
 // Derived returns what SetDerived last stored, or nil.
 func (e *Entry) Derived() any {
@@ -153,6 +158,13 @@ func (c *Cache) Put(k Key, resp *dns.Msg) bool {
 // PutEntry is Put, returning the entry made, or nil if resp was not
 // cached.
 func (c *Cache) PutEntry(k Key, resp *dns.Msg) *Entry {
+	return c.PutTagged(k, resp, 0)
+}
+
+// PutTagged is PutEntry, keeping tag with the entry for Entry.Tag: a
+// small fact about the response that is not in it (the DNS firewall keeps
+// its DNSSEC verdict), which lives and dies with the entry.
+func (c *Cache) PutTagged(k Key, resp *dns.Msg, tag uint8) *Entry {
 	if resp == nil || resp.Truncated || len(resp.Question) != 1 {
 		return nil
 	}
@@ -178,7 +190,7 @@ func (c *Cache) PutEntry(k Key, resp *dns.Msg) *Entry {
 		opt.Option = nil
 	}
 	now := c.now()
-	e := &Entry{msg: m, stored: now, expires: now.Add(life)}
+	e := &Entry{msg: m, tag: tag, stored: now, expires: now.Add(life)}
 
 	s := c.shard(k)
 	s.mu.Lock()

@@ -308,3 +308,19 @@ func TestConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestTagKeptWithEntry: a tag lives with its entry and is replaced with it.
+func TestTagKeptWithEntry(t *testing.T) {
+	c, clk := newCache(Config{})
+	q := query("www.example.com", dns.TypeA)
+	k := key(t, q)
+	c.PutTagged(k, reply(q, dns.RcodeSuccess, []dns.RR{dnstest.A("www.example.com", 300, "192.0.2.1")}), 2)
+	clk.set(t0.Add(10 * time.Second))
+	if _, e, _ := c.GetEntry(k); e == nil || e.Tag() != 2 {
+		t.Fatalf("GetEntry: entry %v, want one tagged 2", e)
+	}
+	c.Put(k, reply(q, dns.RcodeSuccess, []dns.RR{dnstest.A("www.example.com", 300, "192.0.2.2")}))
+	if e := c.Lookup(k, clk.now()); e == nil || e.Tag() != 0 {
+		t.Fatalf("after Put: entry %v, want one tagged 0", e)
+	}
+}

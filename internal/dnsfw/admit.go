@@ -139,14 +139,20 @@ type release struct {
 	verify bool
 	// publish: the answer's addresses must be published (again) first.
 	publish bool
+	// insecure: the allowing rule has dnssec: required and the answer is
+	// not secure; refused (would-deny in audit mode).
+	insecure bool
 }
 
 // release returns what an answer needs before it may go to src under p:
 // chain holds the CNAME targets of the answer from the question name, in
-// order; allow is the admission's allow. pub describes what was published
-// for the answer before, if anything (nil: nothing known, so publish).
-func (f *Firewall) release(p *policy.Policy, src netip.Addr, allow policy.Decision, chain []string, pub *publication, now time.Time) release {
+// order; allow is the admission's allow; state the answer's DNSSEC
+// verdict (bogus ones never get here: resolve refuses them). pub describes
+// what was published for the answer before, if anything (nil: nothing
+// known, so publish).
+func (f *Firewall) release(p *policy.Policy, src netip.Addr, allow policy.Decision, chain []string, state validation, pub *publication, now time.Time) release {
 	var r release
+	r.insecure = !dnssecAllows(allow.Rule, state)
 	if p.DNS.InspectCNAME {
 		for _, name := range chain {
 			d := p.Decide(policy.Query{Source: src, Name: name, AnyPort: true})

@@ -10,7 +10,6 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
 
@@ -273,16 +272,17 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	if a.zone != nil {
 		return false // forwarded answers are relayed, never kept ready
 	}
-	e := f.wcache.Lookup(dnscache.MakeKey(lower, q.qtype, q.do, q.cd), now)
-	if e == nil {
-		return false
+	validate := validating(p, a.zone)
+	e := f.wcache.Lookup(cacheKey(validate, lower, q.qtype, q.do, q.cd), now)
+	if e == nil || !usableEntry(validate, e.Tag()) || tagInfo(e.Tag()) != 0 {
+		return false // no entry; or one whose reply carries an EDE, which the ordinary path sends
 	}
 	r, ok := e.Derived().(*ready)
 	if !ok || r.epoch != f.epoch(p) || !now.Before(r.expires) || len(q.question) != r.qlen {
 		return false
 	}
 	age := uint32(max(0, now.Sub(r.base)/time.Second))
-	if f.release(p, src.Addr(), a.allow, r.chain, &publication{r: r, age: age}, now) != (release{}) {
+	if f.release(p, src.Addr(), a.allow, r.chain, tagState(e.Tag()), &publication{r: r, age: age}, now) != (release{}) {
 		return false // the ordinary path denies, verifies or publishes
 	}
 
@@ -338,6 +338,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	x.start, x.src = now, src
 	x.decided, x.dec, x.allow = true, a.dec, a.allow
 	x.cached = true
+	x.validating, x.dnssec = validate, tagState(e.Tag())
 	x.answers = r.answers
 	name := q.name[:len(q.name)-1] // the audit line's names have no trailing dot
 	f.recordQuestion(ctx, unsafe.String(unsafe.SliceData(name), len(name)), q.qtype, x, dns.RcodeSuccess)

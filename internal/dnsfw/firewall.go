@@ -4,8 +4,8 @@
 //
 // One query, in order:
 //
-//	validate ─▶ admit (source, rate limit, forward zone | Decide(source, name), record type) ─▶ cache | upstream
-//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (CNAME chain, tls.verify)
+//	validate ─▶ admit (source, rate limit, forward zone | Decide(source, name), record type) ─▶ cache | upstream + DNSSEC
+//	   ─▶ inspect answer (rebinding, ECH, TTLs) ─▶ release (dnssec: required, CNAME chain, tls.verify)
 //	   ─▶ publish learned ─▶ reply ─▶ audit
 //
 // The policy is checked on every query before the cache is consulted, so a
@@ -152,6 +152,7 @@ type Firewall struct {
 	classes    netaddr.Classifier // knows local's addresses
 	bufs       bufPool
 	flight     verifyFlights
+	vals       validators // dns.dnssec: validate
 	// refreshLeader, if not nil, says whether RunRefresh resolves now
 	// (Config.RefreshLeader).
 	refreshLeader func() bool

@@ -47,6 +47,8 @@ const (
 	noteBudget     = "client over dns.wildcard_budget: "
 	noteTransfer   = "zone transfers are not forwarded"
 	noteNoZone     = "no servers for forward zone "
+	noteInsecure   = "answer is DNSSEC-insecure and the rule has dnssec: required"
+	noteBogus      = "answer failed DNSSEC validation: "
 )
 
 // deniedNegTTL is the TTL, and the SOA minimum, of the SOA record in a
@@ -125,6 +127,18 @@ type exchange struct {
 	// epoch is the policy's and host addresses' number (Firewall.epoch)
 	// when the answer was inspected: the ready made from it carries it.
 	epoch uint64
+	// validating is set when the policy validates answers (dns.dnssec),
+	// and dnssec is the answer's verdict; the audit line shows it.
+	validating bool
+	dnssec     validation
+	// dnssecInfo is the informational EDE of an insecure answer (an
+	// unsupported algorithm or digest), sent with it; 0: none.
+	dnssecInfo uint16
+	// ede, when edeSet, is the Extended DNS Error (RFC 8914) the reply
+	// carries, with edeText.
+	ede     uint16
+	edeSet  bool
+	edeText string
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
@@ -206,6 +220,13 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		if err == errOverBudget {
 			return reply(req, dns.RcodeRefused) // admitUpstream noted why
 		}
+		if de, ok := err.(*dnssecError); ok {
+			// Audit mode too: a forged answer is never released.
+			x.note = noteBogus + de.res.String()
+			x.dec = refuse(x.dec, policy.ReasonBogus, policy.Fail)
+			x.ede, x.edeSet, x.edeText = de.res.EDE, true, de.res.Reason
+			return reply(req, dns.RcodeServerFailure)
+		}
 		if f.isBusy(err) {
 			x.note = noteBusy
 			x.dec = refuse(x.dec, policy.ReasonBusy, policy.Fail)
@@ -232,11 +253,23 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		return asReply(req, m, do)
 	}
 
+	if x.validating && !do {
+		stripDNSSEC(m, q.Qtype) // asked for upstream, not by the client
+	}
 	x.epoch = f.epoch(p)
 	inspect(p, f.classes, q.Name, m, &x.in)
 	// The ordinary path publishes every answer it sends: what the fast path
 	// may skip (rel.publish) it does anyway.
-	rel := f.release(p, x.src.Addr(), x.allow, x.in.targets(), nil, x.start)
+	rel := f.release(p, x.src.Addr(), x.allow, x.in.targets(), x.dnssec, nil, x.start)
+	if rel.insecure {
+		x.note = noteInsecure
+		if p.Mode == policy.Enforce {
+			x.dec = refuse(x.dec, policy.ReasonInsecure, policy.Deny)
+			x.ede, x.edeSet, x.edeText = dns.ExtendedErrorCodeBlocked, true, "DNSSEC required; the answer is "+x.dnssec.String()
+			return reply(req, dns.RcodeRefused)
+		}
+		x.dec = refuse(x.dec, policy.ReasonInsecure, policy.WouldDeny)
+	}
 	if rel.cname != "" {
 		x.note = noteCNAME + rel.cname
 		if rel.cnameDec.Action == policy.Deny {
@@ -267,7 +300,7 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 	if x.allow.Rule != nil && len(x.in.addrs) > 0 {
 		drops, _ := f.dropped()
 		now := f.now()
-		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, now, &x.batch); err != nil {
+		if err := f.publish(ctx, p, q.Name, x.allow, x.in.addrs, x.learnedState(), now, &x.batch); err != nil {
 			x.note = notePublish + ": " + err.Error()
 			x.dec = refuse(x.dec, policy.ReasonPublish, policy.Fail)
 			f.metrics.publishFailures.Inc()
@@ -277,6 +310,13 @@ func (f *Firewall) answer(ctx context.Context, p *policy.Policy, req *dns.Msg, x
 		}
 		x.published, x.pubDrops = true, drops
 		x.pubUntil = learnedExpiry(p, now, minAddrTTL(x.in.addrs))
+	}
+	if x.dnssecInfo != 0 && !x.edeSet {
+		// For information: the answer is insecure because the zone uses
+		// what this validator does not support. No ready is made of it:
+		// the fast path's replies carry no EDE.
+		x.ede, x.edeSet, x.edeText = x.dnssecInfo, true, "DNSSEC insecure: "+dns.ExtendedErrorCodeToString[x.dnssecInfo]
+		return asReply(req, m, do)
 	}
 	f.makeReady(p, m, x)
 	return asReply(req, m, do)
@@ -303,9 +343,13 @@ func asReply(req, m *dns.Msg, do bool) *dns.Msg {
 // else from upstream (and then into the cache).
 func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, do, fresh bool, x *exchange) (*dns.Msg, error) {
 	var key dnscache.Key
-	useCache := p.DNS.Cache && f.cache != nil
+	x.validating = validating(p, x.adm.zone)
+	// Validated answers are cached with their verdict, which only the
+	// dnscache.Cache keeps.
+	useCache := p.DNS.Cache && f.cache != nil && (!x.validating || f.wcache != nil)
 	if useCache {
-		key, _ = dnscache.KeyOf(req)
+		q := req.Question[0]
+		key = cacheKey(x.validating, strings.ToLower(q.Name), q.Qtype, do, req.CheckingDisabled)
 	}
 	if useCache && !fresh {
 		var (
@@ -314,13 +358,19 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 		)
 		if f.wcache != nil {
 			m, x.centry, x.celapsed = f.wcache.GetEntry(key)
-			ok = x.centry != nil
+			ok = x.centry != nil && usableEntry(x.validating, x.centry.Tag())
+			if !ok {
+				x.centry = nil
+			}
 		} else {
 			m, ok = f.cache.Get(key)
 		}
 		if ok {
 			f.metrics.cacheHits.Inc()
 			x.cached = true
+			if x.centry != nil {
+				x.dnssec, x.dnssecInfo = tagState(x.centry.Tag()), tagInfo(x.centry.Tag())
+			}
 			return m, nil
 		}
 		f.metrics.cacheMisses.Inc()
@@ -335,9 +385,9 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 	}
 	up := new(dns.Msg)
 	up.RecursionDesired = true
-	up.CheckingDisabled = req.CheckingDisabled
+	up.CheckingDisabled = req.CheckingDisabled || x.validating
 	up.Question = x.upq[:]
-	up.SetEdns0(upstreamUDPSize, do)
+	up.SetEdns0(upstreamUDPSize, do || x.validating)
 	// The Exchanger bounds its time (Exchanger): a timer per query here
 	// cost 6% of the CPU of an uncached answer.
 	var (
@@ -359,10 +409,17 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 	if err != nil {
 		return nil, err
 	}
+	if x.validating && (m.Rcode == dns.RcodeSuccess || m.Rcode == dns.RcodeNameError) {
+		// Before anything keeps or uses the answer: a bogus one is an
+		// error, never cached.
+		if err := f.validate(ctx, p, up, m, x); err != nil {
+			return nil, err
+		}
+	}
 	if useCache {
 		// Put copies m, which inspect is about to change.
 		if f.wcache != nil {
-			x.centry, x.celapsed = f.wcache.PutEntry(key, m), 0
+			x.centry, x.celapsed = f.wcache.PutTagged(key, m, entryTag(x.dnssec, x.dnssecInfo)), 0
 		} else {
 			f.cache.Put(key, m)
 		}
@@ -372,7 +429,7 @@ func (f *Firewall) resolve(ctx context.Context, p *policy.Policy, req *dns.Msg, 
 
 // publish hands addrs, learned for qname under d's rule and group, to the
 // publisher and waits until it says they are enforceable.
-func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, now time.Time, batchp *[]learn.Entry) error {
+func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, d policy.Decision, addrs []learnedAddr, state string, now time.Time, batchp *[]learn.Entry) error {
 	name, err := dnsname.Parse(qname)
 	if err != nil {
 		return err // Decide allowed it, so this does not happen
@@ -387,6 +444,7 @@ func (f *Firewall) publish(ctx context.Context, p *policy.Policy, qname string, 
 			Group:   d.Group,
 			Addr:    a.addr,
 			Expires: learnedExpiry(p, now, a.ttl),
+			DNSSEC:  state,
 		})
 	}
 	err = f.publishBatch(ctx, batch)
@@ -416,6 +474,9 @@ func (f *Firewall) write(w replyWriter, req, m *dns.Msg, x *exchange) int {
 		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
 		o.SetUDPSize(opt.UDPSize())
 		o.SetDo(opt.Do())
+		if x.edeSet {
+			o.Option = append(o.Option, &dns.EDNS0_EDE{InfoCode: x.ede, ExtraText: x.edeText})
+		}
 		m.Extra = append(m.Extra, o)
 		// Within the client's size, but no larger than 4096 bytes: bigger
 		// datagrams fragment, and fragments get lost (and spoofed).
@@ -489,6 +550,9 @@ func (f *Firewall) recordQuestion(ctx context.Context, name string, qtype uint16
 	}
 	if len(x.unverified) > 0 {
 		attrs = append(attrs, slog.String("unverified", joinAddrs(x.unverified)))
+	}
+	if x.validating {
+		attrs = append(attrs, slog.String("dnssec", x.dnssec.String()))
 	}
 	if x.note != "" {
 		attrs = append(attrs, slog.String("dns_reason", x.note))

@@ -36,6 +36,7 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 		local   int // of dropped, this host's own
 		rcode   int
 		err     error
+		dnssec  validation
 	}
 	lookup := func(qtype uint16) result {
 		req := new(dns.Msg).SetQuestion(fqdn, qtype)
@@ -47,7 +48,7 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 			return result{err: err}
 		}
 		inspect(p, f.classes, fqdn, m, &x.in)
-		r := result{rcode: m.Rcode, dropped: x.in.dropped, local: x.in.droppedLocal}
+		r := result{rcode: m.Rcode, dropped: x.in.dropped, local: x.in.droppedLocal, dnssec: x.dnssec}
 		for _, a := range x.in.addrs {
 			r.addrs = append(r.addrs, a.addr)
 		}
@@ -58,6 +59,13 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	r4 := lookup(dns.TypeA)
 	r6 := <-aaaa
 
+	// The caller's rule is not known here: if any rule naming host
+	// requires DNSSEC, so does the lookup (fail closed).
+	for _, r := range []result{r4, r6} {
+		if rule := requiringRule(p, name); r.err == nil && rule != nil && !dnssecAllows(rule, r.dnssec) {
+			return nil, &net.DNSError{Err: "the answer is DNSSEC-" + r.dnssec.String() + " and rule " + rule.Name + " has dnssec: required", Name: host}
+		}
+	}
 	addrs := append(r4.addrs, r6.addrs...)
 	if len(addrs) > 0 {
 		return addrs, nil

@@ -29,6 +29,7 @@ type Metrics struct {
 	refreshes       *prometheus.CounterVec
 	outside         prometheus.Counter // queries from outside the inside
 	budget          *prometheus.CounterVec
+	dnssec          *prometheus.CounterVec
 }
 
 // NewMetrics makes the series and registers them with reg; if reg is nil
@@ -77,6 +78,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "fqdngate_dns_refresh_total",
 			Help: "Re-resolutions of names of rules with refresh, by result: learned (addresses published), empty (no address to learn), failed (upstream, rebinding, verification or publishing failed).",
 		}, []string{"result"}),
+		dnssec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fqdngate_dns_dnssec_total",
+			Help: "Upstream answers validated (dns.dnssec: validate), by verdict: secure, insecure, bogus, indeterminate. Bogus and indeterminate answers are SERVFAIL, never learned or cached.",
+		}, []string{"state"}),
 		budget: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fqdngate_dns_wildcard_budget_exceeded_total",
 			Help: "Queries for a new name under a wildcard from a client over dns.wildcard_budget, by allowing rule: refused, never sent upstream (in audit mode, sent and logged would-deny).",
@@ -90,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.refused, m.upstreamLatency, m.upstreamFails,
-		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes, m.budget} {
+		m.cacheHits, m.cacheMisses, m.capHits, m.publishFailures, m.verifyFailures, m.refreshes, m.budget, m.dnssec} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dnsfw: registering metrics: %w", err)
 		}

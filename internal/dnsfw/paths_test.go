@@ -166,6 +166,22 @@ func TestOneDecisionPath(t *testing.T) {
 			before: func(e *pathEnv) { e.clock.Advance(5 * time.Second) },
 			ask:    apiA, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
 	}
+	// DNSSEC (dns.dnssec: validate) on the signed hierarchy: the verdict
+	// kept with the cache entry decides on both paths.
+	signedUp, signed := signedSetup(t, "", nil)
+	_, signedAudit := signedSetup(t, "audit", nil)
+	wwwEx := pathQuery{stranger, "www.example", dns.TypeA}
+	shop := pathQuery{stranger, "www.shop.bank.example", dns.TypeA}
+	forged := pathQuery{stranger, "forged.example", dns.TypeA}
+	cases = append(cases,
+		pathCase{name: "DNSSEC secure", zone: signedUp, o: signed, warm: []pathQuery{wwwEx}, ask: wwwEx, times: 3, want: dns.RcodeSuccess, wantAction: "allow"},
+		pathCase{name: "DNSSEC required, insecure", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, shop}, ask: shop, times: 2, want: dns.RcodeRefused, wantAction: "deny"},
+		pathCase{name: "DNSSEC required, insecure, audit mode", zone: signedUp, o: signedAudit, warm: []pathQuery{wwwEx, shop}, ask: shop, times: 2,
+			want: dns.RcodeSuccess, wantAction: "would-deny"},
+		pathCase{name: "DNSSEC insecure, unsupported algorithm (EDE 1)", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, {stranger, "www.unsupalg.example", dns.TypeA}},
+			ask: pathQuery{stranger, "www.unsupalg.example", dns.TypeA}, times: 2, want: dns.RcodeSuccess, wantAction: "allow"},
+		pathCase{name: "DNSSEC bogus", zone: signedUp, o: signed, warm: []pathQuery{wwwEx, forged}, ask: forged, times: 2, want: dns.RcodeServerFailure, wantAction: "fail"},
+	)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { testOneDecisionPath(t, tc) })
 	}

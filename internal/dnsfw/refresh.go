@@ -210,8 +210,11 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	if err != nil {
 		x.note = noteUpstream + ": " + err.Error()
 		reason := policy.ReasonUpstream
-		if f.isBusy(err) {
+		switch {
+		case f.isBusy(err):
 			x.note, reason = noteBusy, policy.ReasonBusy
+		case isDNSSECError(err):
+			x.note, reason = noteBogus+err.(*dnssecError).res.String(), policy.ReasonBogus
 		}
 		x.dec = refuse(x.dec, reason, policy.Fail)
 		return dns.RcodeServerFailure, nil
@@ -220,6 +223,14 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 		x.note = noteUpstream + ": upstream answered " + rcodeString(m.Rcode)
 		x.dec = refuse(x.dec, policy.ReasonUpstream, policy.Fail)
 		return m.Rcode, nil
+	}
+	if !dnssecAllows(rule, x.dnssec) {
+		x.note = noteInsecure
+		if p.Mode == policy.Enforce {
+			x.dec = refuse(x.dec, policy.ReasonInsecure, policy.Deny)
+			return dns.RcodeRefused, nil
+		}
+		x.dec = refuse(x.dec, policy.ReasonInsecure, policy.WouldDeny)
 	}
 	qname := req.Question[0].Name
 	inspect(p, f.classes, qname, m, &x.in)
@@ -274,7 +285,7 @@ func (f *Firewall) refreshAnswer(ctx context.Context, p *policy.Policy, req *dns
 	batch := make([]learn.Entry, 0, len(x.in.addrs)*len(groups))
 	for _, g := range groups {
 		for _, a := range x.in.addrs {
-			batch = append(batch, learn.Entry{Name: name, Rule: rule.Name, Group: g, Addr: a.addr, Expires: learnedExpiry(p, now, a.ttl)})
+			batch = append(batch, learn.Entry{Name: name, Rule: rule.Name, Group: g, Addr: a.addr, Expires: learnedExpiry(p, now, a.ttl), DNSSEC: x.learnedState()})
 		}
 	}
 	if err := f.publishBatch(ctx, batch); err != nil {

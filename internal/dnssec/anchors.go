@@ -71,3 +71,20 @@ func (a *Anchors) closest(name string) string {
 	}
 	return ""
 }
+
+// Records returns the anchors in presentation format, one record a line,
+// in no particular order.
+func (a *Anchors) Records() []string {
+	var out []string
+	for _, ds := range a.ds {
+		for _, d := range ds {
+			out = append(out, d.String())
+		}
+	}
+	for _, ks := range a.keys {
+		for _, k := range ks {
+			out = append(out, k.String())
+		}
+	}
+	return out
+}

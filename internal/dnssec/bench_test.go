@@ -28,7 +28,7 @@ func BenchmarkValidate(b *testing.B) {
 				mode = "again"
 			}
 			b.Run(c.name+"/"+mode, func(b *testing.B) {
-				it := &iterator{h: testH}
+				it := &iterator{H: testH}
 				v := newValidator(b, it)
 				q := query(c.qname, c.qtype)
 				m, err := it.Exchange(context.Background(), q)

@@ -166,8 +166,15 @@ func (v *Validator) fetchKeys(ctx context.Context, zone string, ds []*dns.DS, an
 	}
 	if len(usable) == 0 && len(anchored) == 0 {
 		// RFC 4035 section 5.2: a DS RRset of only unsupported
-		// algorithms or digests makes the zone insecure.
-		return &node{kind: kindInsecure, zone: zone, res: Result{State: Insecure, Zone: zone, Reason: "DS of " + zone + " uses only unsupported algorithms or digests"}, expires: now.Add(v.clampTTL(ttl, 0))}
+		// algorithms or digests makes the zone insecure. The EDE says
+		// which, for information (RFC 8914 codes 1 and 2).
+		ede := uint16(dns.ExtendedErrorCodeUnsupportedDSDigestType)
+		for _, d := range ds {
+			if !supportedAlg(d.Algorithm) {
+				ede = dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm
+			}
+		}
+		return &node{kind: kindInsecure, zone: zone, res: Result{State: Insecure, EDE: ede, Zone: zone, Reason: "DS of " + zone + " uses only unsupported algorithms or digests"}, expires: now.Add(v.clampTTL(ttl, 0))}
 	}
 	resp, err := v.fetch(ctx, zone, dns.TypeDNSKEY)
 	if err != nil {

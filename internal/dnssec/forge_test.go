@@ -9,12 +9,14 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/dnssec/dnssectest"
 )
 
 // upstreamAnswer fetches the honest answer from the test hierarchy.
 func upstreamAnswer(t *testing.T, name string, qtype uint16) (*dns.Msg, *dns.Msg) {
 	t.Helper()
-	it := &iterator{h: testH}
+	it := &iterator{H: testH}
 	q := query(name, qtype)
 	resp, err := it.Exchange(context.Background(), q)
 	if err != nil {
@@ -114,19 +116,15 @@ func TestForgedAnswers(t *testing.T) {
 			m.Ns = ns
 		}},
 		{"NXDOMAIN below a signed delegation from the parent's NSEC3", "www.sub.p384.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
-			p := testH.zones["p384.example."]
-			a := p.denial()
-			a.add(p.nsec3For("sub.p384.example."))
-			a.add(p.nsec3For("www.sub.p384.example."))
-			a.add(p.nsec3For("*.sub.p384.example."))
+			p := testH.Zones["p384.example."]
 			m.Answer = nil
 			m.Rcode = dns.RcodeNameError
-			m.Ns = p.soa(a.rrs)
+			m.Ns = p.SOA(p.Cover("sub.p384.example.", "www.sub.p384.example.", "*.sub.p384.example."))
 		}},
 		{"NODATA from the parent side of a cut", "bank.example.", dns.TypeSOA, func(t *testing.T, m *dns.Msg) {
-			ex := testH.zones["example."]
+			ex := testH.Zones["example."]
 			m.Answer = nil
-			m.Ns = ex.withSigs(ex.soa(nil), rrKey{"bank.example.", dns.TypeNSEC})
+			m.Ns = ex.WithSigs(ex.SOA(nil), dnssectest.RRKey{Name: "bank.example.", Type: dns.TypeNSEC})
 		}},
 		{"NXDOMAIN rcode on a positive answer", "www.example.", dns.TypeA, func(t *testing.T, m *dns.Msg) {
 			m.Rcode = dns.RcodeNameError
@@ -177,7 +175,7 @@ func TestForgedAnswers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			it := &iterator{h: testH}
+			it := &iterator{H: testH}
 			v := newValidator(t, it)
 			q, m := upstreamAnswer(t, tc.qname, tc.qtype)
 			if got := v.Validate(context.Background(), q, m); got.State != Secure {
@@ -194,11 +192,11 @@ func TestForgedAnswers(t *testing.T) {
 // A DS answer replaced by the parent's NSEC for the delegation, which
 // lists DS: the delegation must not turn insecure.
 func TestDSDeniedByItsOwnNSEC(t *testing.T) {
-	ex := testH.zones["example."]
-	it := &iterator{h: testH, filter: func(m *dns.Msg) {
+	ex := testH.Zones["example."]
+	it := &iterator{H: testH, Filter: func(m *dns.Msg) {
 		if q := m.Question[0]; q.Name == "bank.example." && q.Qtype == dns.TypeDS {
 			m.Answer = nil
-			m.Ns = ex.withSigs(ex.soa(nil), rrKey{"bank.example.", dns.TypeNSEC})
+			m.Ns = ex.WithSigs(ex.SOA(nil), dnssectest.RRKey{Name: "bank.example.", Type: dns.TypeNSEC})
 		}
 	}}
 	v := newValidator(t, it)
@@ -212,7 +210,7 @@ func TestDSDeniedByItsOwnNSEC(t *testing.T) {
 // indeterminate, never insecure; a caller that gives up gets
 // indeterminate at once.
 func TestUnreachableKeys(t *testing.T) {
-	it := &iterator{h: testH}
+	it := &iterator{H: testH}
 	q, m := upstreamAnswer(t, "www.bank.example.", dns.TypeA)
 
 	failing := ExchangerFunc(func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
@@ -244,7 +242,7 @@ func TestUnreachableKeys(t *testing.T) {
 // The TTLs of a message are not signed: a secure verdict bounds them by
 // the signatures' original TTL and expiry, whatever the message claims.
 func TestMaxTTL(t *testing.T) {
-	v := newValidator(t, &iterator{h: testH})
+	v := newValidator(t, &iterator{H: testH})
 	for _, c := range []struct {
 		name  string
 		qtype uint16
@@ -293,7 +291,7 @@ func (c *countingExchanger) count(k string) int {
 // Zone keys are fetched once per TTL, not per query, and concurrent
 // misses share one fetch.
 func TestKeysFetchedOnce(t *testing.T) {
-	c := &countingExchanger{Exchanger: &iterator{h: testH}, n: map[string]int{}}
+	c := &countingExchanger{Exchanger: &iterator{H: testH}, n: map[string]int{}}
 	v := newValidator(t, c)
 	q, m := upstreamAnswer(t, "www.bank.example.", dns.TypeA)
 	var wg sync.WaitGroup
@@ -329,7 +327,7 @@ func TestKeysFetchedOnce(t *testing.T) {
 // hierarchy has expired, and a fresh validator says so.
 func TestClock(t *testing.T) {
 	later := func() time.Time { return time.Now().Add(36 * time.Hour) }
-	v, err := New(Config{Anchors: testH.anchors, Exchanger: &iterator{h: testH}, Now: later})
+	v, err := New(Config{Anchors: testAnchors, Exchanger: &iterator{H: testH}, Now: later})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +340,7 @@ func TestClock(t *testing.T) {
 
 // The key cache stays within its bound.
 func TestCacheBound(t *testing.T) {
-	v, err := New(Config{Anchors: testH.anchors, Exchanger: &iterator{h: testH}, MaxEntries: 3})
+	v, err := New(Config{Anchors: testAnchors, Exchanger: &iterator{H: testH}, MaxEntries: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +358,7 @@ func TestCacheBound(t *testing.T) {
 // The built-in root anchors do not vouch for the test root: everything is
 // bogus, nothing secure.
 func TestDefaultAnchors(t *testing.T) {
-	v, err := New(Config{Exchanger: &iterator{h: testH}})
+	v, err := New(Config{Exchanger: &iterator{H: testH}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,10 +377,10 @@ func TestParseAnchors(t *testing.T) {
 		name, text, err string
 	}{
 		{"DS", ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D", ""},
-		{"DNSKEY", "example. IN DNSKEY 257 3 13 " + testH.zones["example."].keys[0].pub.PublicKey, ""},
+		{"DNSKEY", "example. IN DNSKEY 257 3 13 " + testH.Zones["example."].Keys[0].Pub.PublicKey, ""},
 		{"empty", "; nothing\n", "no trust anchor"},
 		{"wrong type", "example. IN A 192.0.2.1", "record type A is not an anchor"},
-		{"not a zone key", "example. IN DNSKEY 0 3 13 " + testH.zones["example."].keys[0].pub.PublicKey, "zone key flag"},
+		{"not a zone key", "example. IN DNSKEY 0 3 13 " + testH.Zones["example."].Keys[0].Pub.PublicKey, "zone key flag"},
 		{"garbage", ". IN DS nonsense", "reading trust anchors"},
 	}
 	for _, tc := range tests {
@@ -400,11 +398,11 @@ func TestParseAnchors(t *testing.T) {
 
 // A DNSKEY trust anchor works like a DS one.
 func TestDNSKEYAnchor(t *testing.T) {
-	a, err := ParseAnchors(testH.zones["."].keys[0].pub.String(), "anchor")
+	a, err := ParseAnchors(testH.Zones["."].Keys[0].Pub.String(), "anchor")
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := New(Config{Anchors: a, Exchanger: &iterator{h: testH}})
+	v, err := New(Config{Anchors: a, Exchanger: &iterator{H: testH}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,9 +26,9 @@ func genuine(r dns.RR) bool {
 	}
 	want := key(r)
 	name := dns.CanonicalName(r.Header().Name)
-	for _, z := range testH.zones {
+	for _, z := range testH.Zones {
 		for _, owner := range append([]string{name}, wildcardsOf(name)...) {
-			for _, x := range z.sets[rrKey{owner, r.Header().Rrtype}] {
+			for _, x := range z.Set(owner, r.Header().Rrtype) {
 				c := dns.Copy(x)
 				c.Header().Name = name
 				if key(c) == want {
@@ -61,7 +61,7 @@ func FuzzValidate(f *testing.F) {
 		{"www.example.", dns.TypeTXT}, {"tobank.example.", dns.TypeA}, {"alias.example.", dns.TypeA},
 		{"www.unsigned.example.", dns.TypeA}, {"forged.example.", dns.TypeA}, {"ent.example.", dns.TypeA},
 	}
-	it := &iterator{h: testH}
+	it := &iterator{H: testH}
 	for _, s := range seeds {
 		m, err := it.Exchange(context.Background(), query(s.name, s.qtype))
 		if err != nil {
@@ -76,7 +76,7 @@ func FuzzValidate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fuzzOnce.Do(func() {
 			var err error
-			fuzzV, err = New(Config{Anchors: testH.anchors, Exchanger: &iterator{h: testH}})
+			fuzzV, err = New(Config{Anchors: testAnchors, Exchanger: &iterator{H: testH}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func FuzzValidate(f *testing.F) {
 		if positive {
 			return
 		}
-		honest, err := (&iterator{h: testH}).Exchange(ctx, query(m.Question[0].Name, m.Question[0].Qtype))
+		honest, err := (&iterator{H: testH}).Exchange(ctx, query(m.Question[0].Name, m.Question[0].Qtype))
 		if err != nil {
 			return
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/dnssec/dnssectest"
 )
 
 // TestUnboundOracle runs the same hierarchy and trust anchor through
@@ -27,7 +29,7 @@ func TestUnboundOracle(t *testing.T) {
 	}
 	dir := t.TempDir()
 	anchor := filepath.Join(dir, "anchor")
-	if err := os.WriteFile(anchor, []byte(testH.zones["."].keys[0].pub.ToDS(dns.SHA256).String()+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(anchor, []byte(testH.Zones["."].Keys[0].Pub.ToDS(dns.SHA256).String()+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	port := freePort(t)
@@ -53,12 +55,12 @@ func TestUnboundOracle(t *testing.T) {
 	harden-dnssec-stripped: yes
 	val-log-level: 2
 `, port, dir, anchor)
-	for name := range testH.zones {
+	for name := range testH.Zones {
 		ns := "ns." + name
 		if name == "." {
 			ns = "ns.root."
 		}
-		_, p, _ := net.SplitHostPort(testH.addrs[ns])
+		_, p, _ := net.SplitHostPort(testH.Addrs[ns])
 		fmt.Fprintf(&conf, "stub-zone:\n\tname: %q\n\tstub-addr: 127.0.0.1@%s\n", name, p)
 	}
 	cfg := filepath.Join(dir, "unbound.conf")
@@ -143,7 +145,7 @@ var stricterThanUnbound = map[string]State{
 // freePort returns a loopback port free for UDP and TCP just now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	pc, ln, err := listenPair()
+	pc, ln, err := dnssectest.ListenPair()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,8 +47,11 @@ type Result struct {
 	State  State
 	Reason string // what decided it, for the audit line and explain
 	// EDE is the RFC 8914 Extended DNS Error code that says why the
-	// answer is bogus or indeterminate (dns.ExtendedErrorCode*); zero when
-	// secure or insecure.
+	// answer is bogus or indeterminate (dns.ExtendedErrorCode*). For an
+	// insecure answer it is, for information, 1 (Unsupported DNSKEY
+	// Algorithm) or 2 (Unsupported DS Digest Type) when the zone is
+	// insecure because its DS records name only what this validator does
+	// not support; zero otherwise, and when secure.
 	EDE uint16
 	// Zone is the zone whose keys (or proven lack of them) decided the
 	// verdict of the last RRset or proof examined.

@@ -55,6 +55,12 @@ type Result struct {
 	// none).
 	BudgetPattern  string `json:"budget_pattern,omitempty"`
 	WildcardBudget int    `json:"wildcard_budget,omitempty"`
+	// DNSSEC is, for an allowed name when answers are validated
+	// (dns.dnssec: validate), "required" when the rule the DNS firewall
+	// finds for the name has dnssec: required (only secure answers are
+	// answered and learned), else "validated" (bogus answers are refused,
+	// insecure ones answered). Empty when answers are not validated.
+	DNSSEC string `json:"dnssec,omitempty"`
 	// Zone is, for a name in a forward zone (dns.forward), the zone: its
 	// names are resolved by the zone's servers for every client, without
 	// rules, and no rule opens them.
@@ -220,8 +226,15 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 		// The budget is charged by the DNS firewall's decision, which
 		// asks for the name on any port.
 		dq := policy.Query{Source: src, Name: t.Name, AnyPort: true}
-		if pat := p.Decide(dq).WildcardPattern(); pat != "" {
+		dd := p.Decide(dq)
+		if pat := dd.WildcardPattern(); pat != "" {
 			r.BudgetPattern, r.WildcardBudget = pat, p.DNS.WildcardBudget
+		}
+		if p.DNS.DNSSEC == policy.DNSSECValidate && dd.Rule != nil {
+			r.DNSSEC = "validated"
+			if dd.Rule.DNSSECRequired {
+				r.DNSSEC = "required"
+			}
 		}
 	}
 	return r, nil
@@ -279,6 +292,12 @@ func (r Result) Text() string {
 		} else {
 			fmt.Fprintf(&b, "  budget:  none: dns.wildcard_budget is 0, every new name under %s reaches the upstream\n", r.BudgetPattern)
 		}
+	}
+	switch r.DNSSEC {
+	case "required":
+		b.WriteString("  dnssec:  required: answered and learned only when DNSSEC proves the answer secure (dnssec: required)\n")
+	case "validated":
+		b.WriteString("  dnssec:  validated: bogus answers are refused, answers from unsigned zones are answered (dns.dnssec: validate)\n")
 	}
 	if r.Action == "would-deny" {
 		b.WriteString("  mode:    audit, so this traffic is let through and logged as would-deny\n")

@@ -286,3 +286,39 @@ func FuzzParseTarget(f *testing.F) {
 		}
 	})
 }
+
+// TestExplainDNSSEC: with validation on, an allowed name shows whether its
+// rule requires secure answers; without it, nothing is said.
+func TestExplainDNSSEC(t *testing.T) {
+	const pol = `listen: {dns: "", proxy: "", admin: ""}
+dns: {upstreams: [192.0.2.53], dnssec: validate}
+rules:
+  - name: bank-api
+    to: [api.bank.example]
+    dnssec: required
+  - name: web
+    to: [www.example]
+`
+	tests := []struct {
+		policy, to, want, text string
+	}{
+		{pol, "api.bank.example", "required", "dnssec:  required: answered and learned only when DNSSEC proves the answer secure (dnssec: required)"},
+		{pol, "www.example", "validated", "dnssec:  validated: bogus answers are refused, answers from unsigned zones are answered (dns.dnssec: validate)"},
+		{pol, "evil.example", "", ""},
+		{"listen: {dns: \"\", proxy: \"\", admin: \"\"}\nrules: [{name: web, to: www.example}]\n", "www.example", "", ""},
+	}
+	for _, tt := range tests {
+		p, err := policy.Parse("t.yaml", []byte(tt.policy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Explain(p, "127.0.0.1", tt.to, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := res.Text()
+		if res.DNSSEC != tt.want || tt.text != "" && !strings.Contains(text, tt.text) || tt.text == "" && strings.Contains(text, "dnssec:") {
+			t.Errorf("%s: DNSSEC %q, want %q; text:\n%s", tt.to, res.DNSSEC, tt.want, text)
+		}
+	}
+}

@@ -20,6 +20,11 @@ type Entry struct {
 	Group   string
 	Addr    netip.Addr
 	Expires time.Time
+	// DNSSEC is the DNSSEC verdict of the answer that taught the entry
+	// (secure or insecure), when the DNS firewall validates answers
+	// (dns.dnssec: validate); empty when it does not. Publishers that keep
+	// it list the verdict of the answer that added the entry.
+	DNSSEC string
 }
 
 // Publisher receives learned addresses. Publish must not return before the

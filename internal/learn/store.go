@@ -80,8 +80,11 @@ type record struct {
 }
 
 // ruleGroup is an entry's rule and group, interned: a store holds few
-// distinct pairs, each for many entries.
-type ruleGroup struct{ rule, group string }
+// distinct pairs, each for many entries. dnssec is the entry's DNSSEC
+// verdict, kept with them at no cost per entry; it is not part of what
+// identifies an entry (search), so the verdict listed is that of the
+// answer that added the entry.
+type ruleGroup struct{ rule, group, dnssec string }
 
 // ExpiryGranularity is the precision of the expiries a Store holds: it
 // rounds each Expires up to a whole second. An entry is therefore held,
@@ -244,7 +247,7 @@ func (s *Store) add(sh *shard, run []Entry, now time.Time) {
 				sh.mu.Lock()
 				continue
 			}
-			if k := (ruleGroup{e.Rule, e.Group}); rg == (unique.Handle[ruleGroup]{}) || k != last {
+			if k := (ruleGroup{e.Rule, e.Group, e.DNSSEC}); rg == (unique.Handle[ruleGroup]{}) || k != last {
 				rg, last = unique.Make(k), k
 			}
 			if recs == nil {
@@ -422,7 +425,7 @@ func (s *Store) List() []Entry {
 				r := &recs[j]
 				if exp := atomic.LoadInt64(&r.exp); exp > cut {
 					rg := r.rg.Value()
-					out = append(out, Entry{Name: name, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC()})
+					out = append(out, Entry{Name: name, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC(), DNSSEC: rg.dnssec})
 				}
 			}
 		}

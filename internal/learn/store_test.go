@@ -616,3 +616,26 @@ func TestStoreSweepShrinks(t *testing.T) {
 		t.Errorf("shard 0: peak %d names after the sweep, want the map rebuilt", sh.peak)
 	}
 }
+
+// TestStoreDNSSEC: an entry lists the DNSSEC verdict of the answer that
+// added it; a later answer with another verdict extends it, adding no
+// second entry.
+func TestStoreDNSSEC(t *testing.T) {
+	c := &clock{t: time.Unix(1_000_000, 0)}
+	s := NewStore(StoreConfig{Now: c.Now})
+	e := entry("a.example", "192.0.2.1", c.t.Add(time.Minute))
+	e.DNSSEC = "secure"
+	other := entry("b.example", "192.0.2.2", c.t.Add(time.Minute))
+	if err := s.Publish(context.Background(), []Entry{e, other}); err != nil {
+		t.Fatal(err)
+	}
+	e.DNSSEC, e.Expires = "insecure", c.t.Add(time.Hour)
+	if err := s.Publish(context.Background(), []Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	l := s.List()
+	slices.SortFunc(l, func(a, b Entry) int { return strings.Compare(string(a.Name), string(b.Name)) })
+	if len(l) != 2 || l[0].DNSSEC != "secure" || !l[0].Expires.Equal(c.t.Add(time.Hour)) || l[1].DNSSEC != "" {
+		t.Errorf("got %+v, want a.example secure until an hour, b.example without a verdict", l)
+	}
+}

@@ -94,6 +94,7 @@ type wireRule struct {
 	allowPublicSuffix        bool
 	inspectTunnels           bool
 	inspectNode              *yaml.Node
+	dnssec                   positioned
 }
 
 type wireTLS struct {
@@ -142,6 +143,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		fw                                  wireFirewall
 		forward                             []*wireForward
 		kube                                *wireKube
+		dnssecMode, anchors                 positioned
 	)
 	d.mapping(top, "",
 		field{"cluster", func(n *yaml.Node) { p.Cluster = d.cluster(d.clusterKey, n) }},
@@ -186,6 +188,8 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 				field{"forward", func(n *yaml.Node) {
 					d.list(n, "dns.forward", func(it *yaml.Node) { forward = append(forward, d.forwardItem(it)) })
 				}},
+				field{"dnssec", d.positionedStr(&dnssecMode, "dns.dnssec")},
+				field{"trust_anchors", d.positionedStr(&anchors, "dns.trust_anchors")},
 			)
 		}},
 		field{"firewall", func(n *yaml.Node) {
@@ -256,6 +260,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	default:
 		d.errorf(dwNode, "dns.deny_with must be nxdomain, refused or drop, not %q", denyWith)
 	}
+	d.compileDNSSEC(p, dnssecMode, anchors)
 	switch backend {
 	case "", "none":
 	case "nftables":
@@ -576,6 +581,7 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 		field{"ports", d.positionedList(&w.ports, &w.portsSet, "ports")},
 		field{"refresh", func(v *yaml.Node) { w.refreshNode = d.deref(v); d.duration(&w.refresh, "refresh")(v) }},
 		field{"allow_public_suffix", d.boolean(&w.allowPublicSuffix, "allow_public_suffix")},
+		field{"dnssec", d.positionedStr(&w.dnssec, "dnssec")},
 		field{"inspect_tunnels", func(v *yaml.Node) {
 			w.inspectNode = d.deref(v)
 			d.boolean(&w.inspectTunnels, "inspect_tunnels")(v)
@@ -685,6 +691,9 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	}
 	if w.refreshNode != nil && r.Refresh > 0 && r.Refresh < time.Second {
 		d.errorf(w.refreshNode, "rule %q: refresh %v is too short; use 1s or more", r.Name, r.Refresh)
+		ok = false
+	}
+	if !d.compileRuleDNSSEC(w, r, p) {
 		ok = false
 	}
 	if t := w.tls; t != nil {

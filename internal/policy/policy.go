@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/dnssec"
 )
 
 // Mode says whether denials are enforced or only reported.
@@ -162,8 +163,34 @@ type DNS struct {
 	// Forward are the zones forwarded to their own servers (dns.forward),
 	// longest first; see Forwarded.
 	Forward []ForwardZone
+	// DNSSEC is dns.dnssec: whether answers are validated.
+	DNSSEC DNSSEC
+	// TrustAnchors is dns.trust_anchors, the file Anchors were read from;
+	// empty for the built-in root anchors.
+	TrustAnchors string
+	// Anchors are the trust anchors read from TrustAnchors; nil for the
+	// built-in root anchors (dnssec.DefaultAnchors).
+	Anchors *dnssec.Anchors
 
 	forwardIdx map[string]int // Forward's index by zone name
+}
+
+// DNSSEC is whether the DNS firewall validates answers (dns.dnssec).
+type DNSSEC uint8
+
+const (
+	// DNSSECOff relays answers as the upstreams give them.
+	DNSSECOff DNSSEC = iota
+	// DNSSECValidate validates every forwarded answer from the trust
+	// anchors down; bogus answers are never released.
+	DNSSECValidate
+)
+
+func (d DNSSEC) String() string {
+	if d == DNSSECValidate {
+		return "validate"
+	}
+	return "off"
 }
 
 // Backend is the enforcement backend.
@@ -377,6 +404,9 @@ type Rule struct {
 	// clients that tunnel protocols other than TLS and HTTP. The zero
 	// value inspects.
 	UninspectedTunnels bool
+	// DNSSECRequired is dnssec: required: the rule's names are answered
+	// and learned only from answers dnssec validated as secure.
+	DNSSECRequired bool
 
 	fromGroups []groupRef
 }
@@ -466,6 +496,8 @@ const (
 	ReasonLocal      // proxy: the destination is an address of this host
 	ReasonFronted    // proxy: a CONNECT tunnel's first bytes ask for another name than the one allowed
 	ReasonForwarded  // DNS: the name is in a forward zone (dns.forward), answered by the zone's servers without rules
+	ReasonBogus      // DNS: the answer failed DNSSEC validation (bogus or indeterminate; dns.dnssec)
+	ReasonInsecure   // DNS: the rule has dnssec: required and the answer is not DNSSEC-secure
 )
 
 var reasonText = [...]string{
@@ -494,6 +526,8 @@ var reasonText = [...]string{
 	ReasonLocal:        "destination is an address of this host",
 	ReasonFronted:      "tunnel carries another name",
 	ReasonForwarded:    "forwarded zone",
+	ReasonBogus:        "answer failed DNSSEC validation",
+	ReasonInsecure:     "answer is not DNSSEC-secure and the rule requires it (dnssec: required)",
 }
 
 func (r Reason) String() string { return reasonText[r] }

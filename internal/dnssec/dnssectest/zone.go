@@ -1,54 +1,54 @@
-package dnssec
+package dnssectest
 
 // A signed test hierarchy built with miekg/dns: zones with their keys,
 // signed RRsets, NSEC or NSEC3 chains, and the authoritative answering
-// logic the in-test servers (hierarchy_test.go) run.
+// logic the servers (hierarchy.go) run.
 
 import (
 	"crypto"
 	"fmt"
 	"sort"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-type testKey struct {
-	pub  *dns.DNSKEY
-	priv crypto.Signer
+// Key is a zone's key pair.
+type Key struct {
+	Pub  *dns.DNSKEY
+	Priv crypto.Signer
 }
 
-func newKey(t testing.TB, zone string, alg uint8) testKey {
-	t.Helper()
+func newKey(zone string, alg uint8) Key {
 	k := &dns.DNSKEY{Hdr: dns.RR_Header{Name: zone, Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET, Ttl: 3600}, Flags: 257, Protocol: 3, Algorithm: alg}
 	bits := map[uint8]int{dns.RSASHA256: 1024, dns.RSASHA512: 1024, dns.ECDSAP256SHA256: 256, dns.ECDSAP384SHA384: 384, dns.ED25519: 256}[alg]
 	priv, err := k.Generate(bits)
 	if err != nil {
-		t.Fatalf("generating %s key for %s: %v", dns.AlgorithmToString[alg], zone, err)
+		failf("generating %s key for %s: %v", dns.AlgorithmToString[alg], zone, err)
 	}
-	return testKey{pub: k, priv: priv.(crypto.Signer)}
+	return Key{Pub: k, Priv: priv.(crypto.Signer)}
 }
 
 type window struct{ inception, expiration time.Time }
 
-// testZone is one zone of the hierarchy.
-type testZone struct {
+// Zone is one zone of the hierarchy.
+type Zone struct {
 	name   string
-	keys   []testKey // all sign the DNSKEY set
-	zsk    int       // index of the key that signs the other RRsets
+	Keys   []Key // all sign the DNSKEY set
+	zsk    int   // index of the key that signs the other RRsets
 	nsec3  bool
 	optOut bool
 	signed bool
 	data   []dns.RR // unsigned zone content: apex SOA and NS, delegations' NS, DS and glue, data
 
-	sets  map[rrKey][]dns.RR
-	sigs  map[rrKey][]*dns.RRSIG
+	Sets  map[RRKey][]dns.RR
+	Sigs  map[RRKey][]*dns.RRSIG
 	nsecs []*dns.NSEC  // canonical order
 	n3    []*dns.NSEC3 // hash order
 	names map[string]bool
 	cuts  map[string]bool
+	types map[string][]uint16 // typesAt's index of Sets, made before the denial records
 }
 
 func rr(s string) dns.RR {
@@ -59,7 +59,7 @@ func rr(s string) dns.RR {
 	return r
 }
 
-func (z *testZone) add(rrs ...string) {
+func (z *Zone) add(rrs ...string) {
 	for _, s := range rrs {
 		z.data = append(z.data, rr(s))
 	}
@@ -67,16 +67,15 @@ func (z *testZone) add(rrs ...string) {
 
 // build groups the data, adds DNSKEY and the denial chain, and signs it
 // all with a validity window around now.
-func (z *testZone) build(t testing.TB, now time.Time) {
-	t.Helper()
-	z.sets = map[rrKey][]dns.RR{}
-	z.sigs = map[rrKey][]*dns.RRSIG{}
+func (z *Zone) build(now time.Time) {
+	z.Sets = map[RRKey][]dns.RR{}
+	z.Sigs = map[RRKey][]*dns.RRSIG{}
 	z.names = map[string]bool{}
 	z.cuts = map[string]bool{}
 	all := append([]dns.RR(nil), z.data...)
 	if z.signed {
-		for _, k := range z.keys {
-			all = append(all, k.pub)
+		for _, k := range z.Keys {
+			all = append(all, k.Pub)
 		}
 		if z.nsec3 {
 			var flags uint8
@@ -92,15 +91,15 @@ func (z *testZone) build(t testing.TB, now time.Time) {
 		if h.Ttl == 0 {
 			h.Ttl = 300
 		}
-		k := rrKey{h.Name, h.Rrtype}
-		z.sets[k] = append(z.sets[k], r)
+		k := RRKey{h.Name, h.Rrtype}
+		z.Sets[k] = append(z.Sets[k], r)
 		if h.Rrtype == dns.TypeNS && h.Name != z.name {
 			z.cuts[h.Name] = true
 		}
 	}
-	for k := range z.sets {
-		if z.below(k.name) == "" || z.cuts[k.name] {
-			z.names[k.name] = true // glue is not part of the zone
+	for k := range z.Sets {
+		if z.below(k.Name) == "" || z.cuts[k.Name] {
+			z.names[k.Name] = true // glue is not part of the zone
 		}
 	}
 	if !z.signed {
@@ -112,44 +111,43 @@ func (z *testZone) build(t testing.TB, now time.Time) {
 		z.buildNSEC()
 	}
 	w := window{now.Add(-time.Hour), now.Add(24 * time.Hour)}
-	for k, set := range z.sets {
-		if z.below(k.name) != "" && !z.cuts[k.name] {
+	for k, set := range z.Sets {
+		if z.below(k.Name) != "" && !z.cuts[k.Name] {
 			continue // glue
 		}
-		if z.cuts[k.name] && k.rtype != dns.TypeDS && k.rtype != dns.TypeNSEC && k.rtype != dns.TypeNSEC3 {
+		if z.cuts[k.Name] && k.Type != dns.TypeDS && k.Type != dns.TypeNSEC && k.Type != dns.TypeNSEC3 {
 			continue // the parent side of a cut is not signed, except DS and the denial record
 		}
-		z.sign(t, k, set, w)
+		z.sign(k, set, w)
 	}
 }
 
 // sign (re)signs one RRset within w: the DNSKEY set by every key, the
 // rest by the zone signing key.
-func (z *testZone) sign(t testing.TB, k rrKey, set []dns.RR, w window) {
-	t.Helper()
-	keys := []testKey{z.keys[z.zsk]}
-	if k.rtype == dns.TypeDNSKEY {
-		keys = z.keys
+func (z *Zone) sign(k RRKey, set []dns.RR, w window) {
+	keys := []Key{z.Keys[z.zsk]}
+	if k.Type == dns.TypeDNSKEY {
+		keys = z.Keys
 	}
-	z.sigs[k] = nil
+	z.Sigs[k] = nil
 	for _, key := range keys {
 		s := &dns.RRSIG{
-			Algorithm:  key.pub.Algorithm,
+			Algorithm:  key.Pub.Algorithm,
 			Inception:  uint32(w.inception.Unix()),
 			Expiration: uint32(w.expiration.Unix()),
-			KeyTag:     key.pub.KeyTag(),
+			KeyTag:     key.Pub.KeyTag(),
 			SignerName: z.name,
 		}
 		s.Hdr.Ttl = set[0].Header().Ttl
-		if err := s.Sign(key.priv, set); err != nil {
-			t.Fatalf("signing %s/%s: %v", k.name, dns.TypeToString[k.rtype], err)
+		if err := s.Sign(key.Priv, set); err != nil {
+			failf("signing %s/%s: %v", k.Name, dns.TypeToString[k.Type], err)
 		}
-		z.sigs[k] = append(z.sigs[k], s)
+		z.Sigs[k] = append(z.Sigs[k], s)
 	}
 }
 
 // below returns the delegation at or above name (below the apex), or "".
-func (z *testZone) below(name string) string {
+func (z *Zone) below(name string) string {
 	for _, a := range ancestors(name) {
 		if a == z.name || !isSub(z.name, a) {
 			return ""
@@ -161,17 +159,19 @@ func (z *testZone) below(name string) string {
 	return ""
 }
 
-func (z *testZone) typesAt(name string) []uint16 {
-	var ts []uint16
-	for k := range z.sets {
-		if k.name == name {
-			ts = append(ts, k.rtype)
+func (z *Zone) typesAt(name string) []uint16 {
+	if z.types == nil {
+		// Indexed once: a zone of many names would otherwise scan every
+		// RRset per name.
+		z.types = map[string][]uint16{}
+		for k := range z.Sets {
+			z.types[k.Name] = append(z.types[k.Name], k.Type)
 		}
 	}
-	return ts
+	return append([]uint16(nil), z.types[name]...)
 }
 
-func (z *testZone) sortedNames() []string {
+func (z *Zone) sortedNames() []string {
 	var names []string
 	for n := range z.names {
 		names = append(names, n)
@@ -180,21 +180,21 @@ func (z *testZone) sortedNames() []string {
 	return names
 }
 
-func (z *testZone) buildNSEC() {
+func (z *Zone) buildNSEC() {
 	names := z.sortedNames()
 	for i, n := range names {
 		types := append(z.typesAt(n), dns.TypeNSEC, dns.TypeRRSIG)
 		sort.Slice(types, func(a, b int) bool { return types[a] < types[b] })
 		nsec := &dns.NSEC{Hdr: dns.RR_Header{Name: n, Rrtype: dns.TypeNSEC, Class: dns.ClassINET, Ttl: 300}, NextDomain: names[(i+1)%len(names)], TypeBitMap: types}
-		z.sets[rrKey{n, dns.TypeNSEC}] = []dns.RR{nsec}
+		z.Sets[RRKey{n, dns.TypeNSEC}] = []dns.RR{nsec}
 		z.nsecs = append(z.nsecs, nsec)
 	}
 }
 
-func (z *testZone) buildNSEC3() {
+func (z *Zone) buildNSEC3() {
 	owners := map[string]bool{}
 	for n := range z.names {
-		if z.optOut && z.cuts[n] && len(z.sets[rrKey{n, dns.TypeDS}]) == 0 {
+		if z.optOut && z.cuts[n] && len(z.Sets[RRKey{n, dns.TypeDS}]) == 0 {
 			continue // opt-out: no NSEC3 for an insecure delegation
 		}
 		for _, a := range ancestors(n) { // the name and its empty non-terminals
@@ -216,7 +216,7 @@ func (z *testZone) buildNSEC3() {
 	}
 	for i, x := range hs {
 		types := z.typesAt(x.name)
-		if len(types) > 0 && !(z.cuts[x.name] && len(z.sets[rrKey{x.name, dns.TypeDS}]) == 0) {
+		if len(types) > 0 && !(z.cuts[x.name] && len(z.Sets[RRKey{x.name, dns.TypeDS}]) == 0) {
 			types = append(types, dns.TypeRRSIG)
 		}
 		sort.Slice(types, func(a, b int) bool { return types[a] < types[b] })
@@ -224,21 +224,21 @@ func (z *testZone) buildNSEC3() {
 		n := &dns.NSEC3{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeNSEC3, Class: dns.ClassINET, Ttl: 300},
 			Hash: dns.SHA1, Flags: flags, Iterations: 0, SaltLength: 0, Salt: "",
 			HashLength: 20, NextDomain: hs[(i+1)%len(hs)].hash, TypeBitMap: types}
-		z.sets[rrKey{owner, dns.TypeNSEC3}] = []dns.RR{n}
+		z.Sets[RRKey{owner, dns.TypeNSEC3}] = []dns.RR{n}
 		z.n3 = append(z.n3, n)
 	}
 }
 
 // withSigs appends the RRset k and its signatures to out.
-func (z *testZone) withSigs(out []dns.RR, k rrKey) []dns.RR {
-	out = append(out, z.sets[k]...)
-	for _, s := range z.sigs[k] {
+func (z *Zone) WithSigs(out []dns.RR, k RRKey) []dns.RR {
+	out = append(out, z.Sets[k]...)
+	for _, s := range z.Sigs[k] {
 		out = append(out, s)
 	}
 	return out
 }
 
-func (z *testZone) exists(name string) bool {
+func (z *Zone) exists(name string) bool {
 	for n := range z.names {
 		if isSub(name, n) {
 			return true // the name or an empty non-terminal above a name
@@ -248,7 +248,7 @@ func (z *testZone) exists(name string) bool {
 }
 
 // nsecCovering returns the NSEC whose interval holds name.
-func (z *testZone) nsecCovering(name string) *dns.NSEC {
+func (z *Zone) nsecCovering(name string) *dns.NSEC {
 	var best *dns.NSEC
 	for _, n := range z.nsecs {
 		if c, _ := canonicalCompare(n.Hdr.Name, name); c <= 0 {
@@ -262,7 +262,7 @@ func (z *testZone) nsecCovering(name string) *dns.NSEC {
 }
 
 // nsec3For returns the NSEC3 matching or covering name.
-func (z *testZone) nsec3For(name string) *dns.NSEC3 {
+func (z *Zone) nsec3For(name string) *dns.NSEC3 {
 	h := dns.HashName(name, dns.SHA1, 0, "")
 	var best *dns.NSEC3
 	for _, n := range z.n3 {
@@ -278,7 +278,7 @@ func (z *testZone) nsec3For(name string) *dns.NSEC3 {
 
 // authority collects denial records (deduplicated) with their signatures.
 type authority struct {
-	z    *testZone
+	z    *Zone
 	seen map[string]bool
 	rrs  []dns.RR
 }
@@ -288,10 +288,10 @@ func (a *authority) add(r dns.RR) {
 		return
 	}
 	a.seen[r.Header().Name] = true
-	a.rrs = a.z.withSigs(a.rrs, rrKey{r.Header().Name, r.Header().Rrtype})
+	a.rrs = a.z.WithSigs(a.rrs, RRKey{r.Header().Name, r.Header().Rrtype})
 }
 
-func (z *testZone) denial() *authority { return &authority{z: z, seen: map[string]bool{}} }
+func (z *Zone) denial() *authority { return &authority{z: z, seen: map[string]bool{}} }
 
 // proveName adds the record matching name (NSEC or NSEC3).
 func (a *authority) proveName(name string) {
@@ -300,7 +300,7 @@ func (a *authority) proveName(name string) {
 	}
 	if a.z.nsec3 {
 		a.add(a.z.nsec3For(name))
-	} else if n := a.z.sets[rrKey{name, dns.TypeNSEC}]; len(n) > 0 {
+	} else if n := a.z.Sets[RRKey{name, dns.TypeNSEC}]; len(n) > 0 {
 		a.add(n[0])
 	} else {
 		a.add(a.z.nsecCovering(name))
@@ -329,12 +329,12 @@ func (a *authority) proveAbsent(name, ce string, wildcard bool) {
 	}
 }
 
-func (z *testZone) soa(out []dns.RR) []dns.RR {
-	return z.withSigs(out, rrKey{z.name, dns.TypeSOA})
+func (z *Zone) SOA(out []dns.RR) []dns.RR {
+	return z.WithSigs(out, RRKey{z.name, dns.TypeSOA})
 }
 
 // answer is the authoritative server's logic for one question.
-func (z *testZone) answer(q dns.Question) *dns.Msg {
+func (z *Zone) answer(q dns.Question) *dns.Msg {
 	m := new(dns.Msg)
 	m.Authoritative = true
 	qn := dns.CanonicalName(q.Name)
@@ -346,9 +346,9 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 	}
 	if cut := z.below(qn); cut != "" && !(cut == qn && qt == dns.TypeDS) {
 		m.Authoritative = false
-		m.Ns = append(m.Ns, z.sets[rrKey{cut, dns.TypeNS}]...)
-		if ds := z.sets[rrKey{cut, dns.TypeDS}]; len(ds) > 0 {
-			m.Ns = z.withSigs(m.Ns, rrKey{cut, dns.TypeDS})
+		m.Ns = append(m.Ns, z.Sets[RRKey{cut, dns.TypeNS}]...)
+		if ds := z.Sets[RRKey{cut, dns.TypeDS}]; len(ds) > 0 {
+			m.Ns = z.WithSigs(m.Ns, RRKey{cut, dns.TypeDS})
 		} else {
 			a := z.denial()
 			if z.nsec3 && z.optOut {
@@ -358,8 +358,8 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 			}
 			m.Ns = append(m.Ns, a.rrs...)
 		}
-		for _, ns := range z.sets[rrKey{cut, dns.TypeNS}] {
-			m.Extra = append(m.Extra, z.sets[rrKey{ns.(*dns.NS).Ns, dns.TypeA}]...)
+		for _, ns := range z.Sets[RRKey{cut, dns.TypeNS}] {
+			m.Extra = append(m.Extra, z.Sets[RRKey{ns.(*dns.NS).Ns, dns.TypeA}]...)
 		}
 		return m
 	}
@@ -367,8 +367,8 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 		if !isSub(z.name, a) {
 			break
 		}
-		if d := z.sets[rrKey{a, dns.TypeDNAME}]; len(d) == 1 {
-			m.Answer = z.withSigs(m.Answer, rrKey{a, dns.TypeDNAME})
+		if d := z.Sets[RRKey{a, dns.TypeDNAME}]; len(d) == 1 {
+			m.Answer = z.WithSigs(m.Answer, RRKey{a, dns.TypeDNAME})
 			target := qn[:len(qn)-len(a)] + d[0].(*dns.DNAME).Target
 			m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: qn, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: d[0].Header().Ttl}, Target: target})
 			return m
@@ -376,14 +376,14 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 	}
 	if z.names[qn] {
 		switch {
-		case len(z.sets[rrKey{qn, qt}]) > 0:
-			m.Answer = z.withSigs(m.Answer, rrKey{qn, qt})
-		case len(z.sets[rrKey{qn, dns.TypeCNAME}]) > 0:
-			m.Answer = z.withSigs(m.Answer, rrKey{qn, dns.TypeCNAME})
+		case len(z.Sets[RRKey{qn, qt}]) > 0:
+			m.Answer = z.WithSigs(m.Answer, RRKey{qn, qt})
+		case len(z.Sets[RRKey{qn, dns.TypeCNAME}]) > 0:
+			m.Answer = z.WithSigs(m.Answer, RRKey{qn, dns.TypeCNAME})
 		default:
-			m.Ns = z.soa(m.Ns)
+			m.Ns = z.SOA(m.Ns)
 			a := z.denial()
-			if z.nsec3 && z.optOut && z.cuts[qn] && len(z.sets[rrKey{qn, dns.TypeDS}]) == 0 {
+			if z.nsec3 && z.optOut && z.cuts[qn] && len(z.Sets[RRKey{qn, dns.TypeDS}]) == 0 {
 				a.proveAbsent(qn, parent(qn), false)
 			} else {
 				a.proveName(qn)
@@ -393,7 +393,7 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 		return m
 	}
 	if z.exists(qn) { // empty non-terminal
-		m.Ns = z.soa(m.Ns)
+		m.Ns = z.SOA(m.Ns)
 		a := z.denial()
 		a.proveName(qn)
 		m.Ns = append(m.Ns, a.rrs...)
@@ -405,13 +405,13 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 	}
 	wild := "*." + ce
 	if z.names[wild] {
-		if set := z.sets[rrKey{wild, qt}]; len(set) > 0 {
+		if set := z.Sets[RRKey{wild, qt}]; len(set) > 0 {
 			for _, r := range set {
 				c := dns.Copy(r)
 				c.Header().Name = qn
 				m.Answer = append(m.Answer, c)
 			}
-			for _, s := range z.sigs[rrKey{wild, qt}] {
+			for _, s := range z.Sigs[RRKey{wild, qt}] {
 				c := dns.Copy(s).(*dns.RRSIG)
 				c.Hdr.Name = qn
 				m.Answer = append(m.Answer, c)
@@ -421,7 +421,7 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 			m.Ns = append(m.Ns, a.rrs...)
 			return m
 		}
-		m.Ns = z.soa(m.Ns)
+		m.Ns = z.SOA(m.Ns)
 		a := z.denial()
 		a.proveAbsent(qn, ce, false)
 		a.proveName(wild)
@@ -429,9 +429,24 @@ func (z *testZone) answer(q dns.Question) *dns.Msg {
 		return m
 	}
 	m.Rcode = dns.RcodeNameError
-	m.Ns = z.soa(m.Ns)
+	m.Ns = z.SOA(m.Ns)
 	a := z.denial()
 	a.proveAbsent(qn, ce, true)
 	m.Ns = append(m.Ns, a.rrs...)
 	return m
+}
+
+// Cover returns, with their signatures and without repeats, the NSEC or
+// NSEC3 records of the zone that match or cover each of names: material
+// for forged denials.
+func (z *Zone) Cover(names ...string) []dns.RR {
+	a := z.denial()
+	for _, n := range names {
+		if z.nsec3 {
+			a.add(z.nsec3For(n))
+		} else {
+			a.add(z.nsecCovering(n))
+		}
+	}
+	return a.rrs
 }
