@@ -29,6 +29,10 @@ type Filter struct {
 	Source string
 	// PerDay returns a row per day instead of one over all days.
 	PerDay bool
+	// PerSource returns a row per source address (Row.Source) instead of
+	// one over all sources: what simulate replays, since a decision
+	// depends on the source.
+	PerSource bool
 	// Limit caps the rows, most hits first. If zero, 1000.
 	Limit int
 }
@@ -37,6 +41,7 @@ type Filter struct {
 // the source address, on one day (Filter.PerDay) or over all days since.
 type Row struct {
 	Day       string    `json:"day,omitempty"`
+	Source    string    `json:"source,omitempty"` // Filter.PerSource only; "" when none was recorded
 	Group     string    `json:"group"`
 	Component string    `json:"component"`
 	Name      string    `json:"name"`
@@ -83,6 +88,9 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 		args = append(args, n, len(n)+1, "."+n)
 	}
 	cols := "grp, component, name, port, qtype, action, rule, reason"
+	if f.PerSource {
+		cols = "source, " + cols
+	}
 	if f.PerDay {
 		cols = "day, " + cols
 	}
@@ -109,6 +117,9 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 		var answers, sni, cert, srcs string
 		dst := []any{&r.Group, &r.Component, &r.Name, &port, &r.QType, &r.Action, &r.Rule, &r.Reason,
 			&r.Hits, &r.Sources, &first, &last, &answers, &sni, &cert, &srcs}
+		if f.PerSource {
+			dst = append([]any{&r.Source}, dst...)
+		}
 		if f.PerDay {
 			dst = append([]any{&r.Day}, dst...)
 		}
@@ -131,7 +142,7 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 
 // FilterKeys are the query parameters ParseFilter reads, which the admin
 // API's /v1/history and the fqdngate history command share.
-var FilterKeys = []string{"since", "group", "action", "component", "name", "source", "per_day", "limit"}
+var FilterKeys = []string{"since", "group", "action", "component", "name", "source", "per_day", "per_source", "limit"}
 
 // ParseFilter reads a Filter from query parameters (FilterKeys): since
 // is a number of days ("7d"), a duration ("36h") or a UTC day
@@ -176,6 +187,13 @@ func ParseFilter(v url.Values, now time.Time) (Filter, error) {
 		f.PerDay = true
 	default:
 		return Filter{}, fmt.Errorf("per_day must be true or false, not %q", v.Get("per_day"))
+	}
+	switch v.Get("per_source") {
+	case "", "false", "0":
+	case "true", "1":
+		f.PerSource = true
+	default:
+		return Filter{}, fmt.Errorf("per_source must be true or false, not %q", v.Get("per_source"))
 	}
 	if s := v.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
