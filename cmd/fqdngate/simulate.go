@@ -100,11 +100,11 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if err != nil {
 		return fail("%v", err)
 	}
-	rows, err := replayRows(ctx, start, *since, *file, *admin, *cfg)
-	if err != nil {
+	x := simulate.NewReplayer(p, simulate.Options{Group: *group})
+	if err := replay(ctx, x, start, *since, *file, *admin, *cfg); err != nil {
 		return fail("%v", err)
 	}
-	rep := simulate.Run(p, rows, simulate.Options{Group: *group})
+	rep := x.Report()
 	fmt.Fprintf(stdout, "%s against the history since %s\n", *cfg, history.Day(start))
 	rep.WriteText(stdout, *examples)
 	if rep.Breaks() {
@@ -113,30 +113,37 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	return 0
 }
 
-// replayRows reads every recorded decision since start, one row per
-// source, from the daemon at admin or the history file.
-func replayRows(ctx context.Context, start time.Time, since, file, admin, cfg string) ([]history.Row, error) {
+// replay hands x every recorded decision since start: from the daemon
+// at admin, one row per source, or streamed from the history file as
+// stored, one row per day and source.
+func replay(ctx context.Context, x *simulate.Replayer, start time.Time, since, file, admin, cfg string) error {
 	if admin != "" {
 		q := url.Values{"since": {since}, "per_source": {"true"}, "limit": {strconv.Itoa(adminRowLimit)}}
 		rows, err := fetchHistory(ctx, admin, q)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(rows) >= adminRowLimit {
-			return nil, fmt.Errorf("the daemon served %d rows, its limit, so the history is larger: a replay of part of it could pass what breaks; read the file with --history PATH", len(rows))
+			return fmt.Errorf("the daemon served %d rows, its limit, so the history is larger: a replay of part of it could pass what breaks; read the file with --history PATH", len(rows))
 		}
-		return rows, nil
+		for i := range rows {
+			x.Add(&rows[i])
+		}
+		return nil
 	}
 	if file == "" {
 		var err error
 		if file, err = historyFile(cfg); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	st, _, err := history.Open(file, history.Options{ReadOnly: true})
 	if err != nil {
-		return nil, fmt.Errorf("%w; give the file with --history PATH or a daemon with --admin URL", err)
+		return fmt.Errorf("%w; give the file with --history PATH or a daemon with --admin URL", err)
 	}
 	defer st.Close()
-	return st.Query(ctx, history.Filter{Since: start, PerSource: true, Limit: 1 << 40})
+	return st.Each(ctx, history.Filter{Since: start}, func(r *history.Row) error {
+		x.Add(r)
+		return nil
+	})
 }

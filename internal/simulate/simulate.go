@@ -128,75 +128,100 @@ var replayed = map[string]bool{
 	policy.ReasonForwarded.String():    true,
 }
 
-// Run replays rows, which must come one per source address
-// (history.Filter.PerSource), against p.
+// Replayer replays rows one at a time (Add) and sums what it finds
+// (Report), so that a history larger than memory can stream through it.
+type Replayer struct {
+	p      *policy.Policy
+	o      Options
+	rep    Report
+	groups map[string]map[string]*Change // group → change key → change
+	skips  map[string]*Skip
+}
+
+// NewReplayer returns a Replayer of p.
+func NewReplayer(p *policy.Policy, o Options) *Replayer {
+	return &Replayer{p: p, o: o, groups: map[string]map[string]*Change{}, skips: map[string]*Skip{}}
+}
+
+// Run replays rows against p: Add for each, then Report.
 func Run(p *policy.Policy, rows []history.Row, o Options) *Report {
-	rep := &Report{}
-	groups := map[string]map[string]*Change{} // group → change key → change
-	skips := map[string]*Skip{}
-	skip := func(r *history.Row, why string) {
-		s := skips[why]
-		if s == nil {
-			s = &Skip{Why: why}
-			skips[why] = s
-		}
-		s.Rows++
-		s.Hits += r.Hits
-		if d := dest(r); len(s.Examples) < 3 && !slices.Contains(s.Examples, d) {
-			s.Examples = append(s.Examples, d)
-		}
-	}
+	x := NewReplayer(p, o)
 	for i := range rows {
-		r := &rows[i]
-		out, d, src, why := replay(p, r)
-		if why != "" {
-			skip(r, why)
-			continue
+		x.Add(&rows[i])
+	}
+	return x.Report()
+}
+
+// Add replays r, a row with its source address (history.Filter's
+// PerSource rows, or Store.Each's per day). It does not keep r.
+func (x *Replayer) Add(r *history.Row) {
+	p := x.p
+	out, d, src, why := replay(p, r)
+	if why != "" {
+		sk := x.skips[why]
+		if sk == nil {
+			sk = &Skip{Why: why}
+			x.skips[why] = sk
 		}
-		g := d.Group
+		sk.Rows++
+		sk.Hits += r.Hits
+		if dd := dest(r); len(sk.Examples) < 3 && !slices.Contains(sk.Examples, dd) {
+			sk.Examples = append(sk.Examples, dd)
+		}
+		return
+	}
+	g := d.Group
+	if g == "" || x.o.Group != "" {
+		groups := p.GroupsOf(src)
+		if x.o.Group != "" && d.Group != x.o.Group && !slices.Contains(groups, x.o.Group) {
+			return
+		}
 		if g == "" {
-			g = strings.Join(p.GroupsOf(src), ",")
-		}
-		if o.Group != "" && d.Group != o.Group && !slices.Contains(p.GroupsOf(src), o.Group) {
-			continue
-		}
-		rep.Rows++
-		rep.Hits += r.Hits
-		if out == Same {
-			continue
-		}
-		key := out.String() + "\x00" + r.Component + "\x00" + r.Name + "\x00" + strconv.Itoa(int(r.Port)) + "\x00" + r.QType
-		m := groups[g]
-		if m == nil {
-			m = map[string]*Change{}
-			groups[g] = m
-		}
-		c := m[key]
-		if c == nil {
-			c = &Change{Outcome: out, Group: g, Component: r.Component, Name: r.Name, Port: r.Port, QType: r.QType,
-				FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, srcs: map[string]bool{}}
-			m[key] = c
-		}
-		c.Hits += r.Hits
-		c.srcs[r.Source] = true
-		c.Sources = len(c.srcs)
-		if r.FirstSeen.Before(c.FirstSeen) {
-			c.FirstSeen = r.FirstSeen
-		}
-		if r.LastSeen.After(c.LastSeen) {
-			c.LastSeen = r.LastSeen
-		}
-		if r.Hits > c.wasHits {
-			c.wasHits = r.Hits
-			c.Was = recorded(r)
-			c.Now = describe(d)
+			g = strings.Join(groups, ",")
 		}
 	}
-	for name, m := range groups {
+	x.rep.Rows++
+	x.rep.Hits += r.Hits
+	if out == Same {
+		return
+	}
+	key := out.String() + "\x00" + r.Component + "\x00" + r.Name + "\x00" + strconv.Itoa(int(r.Port)) + "\x00" + r.QType
+	m := x.groups[g]
+	if m == nil {
+		m = map[string]*Change{}
+		x.groups[g] = m
+	}
+	c := m[key]
+	if c == nil {
+		c = &Change{Outcome: out, Group: g, Component: r.Component, Name: r.Name, Port: r.Port, QType: r.QType,
+			FirstSeen: r.FirstSeen, LastSeen: r.LastSeen, srcs: map[string]bool{}}
+		m[key] = c
+	}
+	c.Hits += r.Hits
+	c.srcs[r.Source] = true
+	c.Sources = len(c.srcs)
+	if r.FirstSeen.Before(c.FirstSeen) {
+		c.FirstSeen = r.FirstSeen
+	}
+	if r.LastSeen.After(c.LastSeen) {
+		c.LastSeen = r.LastSeen
+	}
+	if r.Hits > c.wasHits {
+		c.wasHits = r.Hits
+		c.Was = recorded(r)
+		c.Now = describe(d)
+	}
+}
+
+// Report returns what the rows added so far found.
+func (x *Replayer) Report() *Report {
+	rep := x.rep
+	for name, m := range x.groups {
 		g := Group{Name: name, Changes: map[Outcome][]Change{}}
 		for _, c := range m {
-			c.srcs = nil
-			g.Changes[c.Outcome] = append(g.Changes[c.Outcome], *c)
+			cc := *c
+			cc.srcs = nil
+			g.Changes[c.Outcome] = append(g.Changes[c.Outcome], cc)
 		}
 		for _, cs := range g.Changes {
 			sort.Slice(cs, func(i, j int) bool {
@@ -209,11 +234,16 @@ func Run(p *policy.Policy, rows []history.Row, o Options) *Report {
 		rep.Groups = append(rep.Groups, g)
 	}
 	sort.Slice(rep.Groups, func(i, j int) bool { return rep.Groups[i].Name < rep.Groups[j].Name })
-	for _, s := range skips {
+	for _, s := range x.skips {
 		rep.Skipped = append(rep.Skipped, *s)
 	}
-	sort.Slice(rep.Skipped, func(i, j int) bool { return rep.Skipped[i].Hits > rep.Skipped[j].Hits })
-	return rep
+	sort.Slice(rep.Skipped, func(i, j int) bool {
+		if rep.Skipped[i].Hits != rep.Skipped[j].Hits {
+			return rep.Skipped[i].Hits > rep.Skipped[j].Hits
+		}
+		return rep.Skipped[i].Why < rep.Skipped[j].Why
+	})
+	return &rep
 }
 
 // replay decides r again under p as the component that recorded it

@@ -35,10 +35,10 @@ rules:
     ports: [443]
 `
 
-// recordHistory writes decisions into a new history file the way the
+// recordHistoryFile writes decisions into a new history file the way the
 // daemon does (the audit logger's sink, the Recorder, the Store) and
 // returns the per-source rows simulate reads.
-func recordHistory(t *testing.T, evs []audit.Event) []history.Row {
+func recordHistoryFile(t *testing.T, evs []audit.Event) ([]history.Row, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "history.db")
 	st, _, err := history.Open(path, history.Options{})
@@ -67,7 +67,7 @@ func recordHistory(t *testing.T, evs []audit.Event) []history.Row {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rows
+	return rows, path
 }
 
 func mustParse(t *testing.T, y string) *policy.Policy {
@@ -83,6 +83,11 @@ func mustParse(t *testing.T, y string) *policy.Policy {
 // through DNS and the proxy, asks for tracker.example, a TXT record and
 // an address directly; payments observes (would-deny) pay.example.
 func weekOfHistory(t *testing.T) []history.Row {
+	rows, _ := weekOfHistoryFile(t)
+	return rows
+}
+
+func weekOfHistoryFile(t *testing.T) ([]history.Row, string) {
 	bp := mustParse(t, base)
 	now := time.Now()
 	api := bp.Rule("api")
@@ -107,7 +112,7 @@ func weekOfHistory(t *testing.T) []history.Row {
 	add(5, audit.Event{Component: audit.Firewall, Source: office1, Name: "203.0.113.9", Port: 443, Decision: deny(policy.ReasonNotAllowedIP)})
 	add(1, audit.Event{Component: audit.DNS, Source: office2, Name: "evil.example", QType: "A",
 		Decision: policy.Decision{Action: policy.Deny, Reason: policy.ReasonRebinding}})
-	return recordHistory(t, evs)
+	return recordHistoryFile(t, evs)
 }
 
 type want struct {
@@ -345,5 +350,41 @@ rules: []
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
 		}
+	}
+}
+
+// TestReplayerStreams: the rows as stored (one per day and source,
+// Store.Each) replay to the same report as the per-source query.
+func TestReplayerStreams(t *testing.T) {
+	rows, path := weekOfHistoryFile(t)
+	st, _, err := history.Open(path, history.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	proposed := mustParse(t, `
+dns: {upstreams: [192.0.2.53]}
+firewall: {backend: none}
+sources:
+  office: [192.0.2.10]
+rules:
+  - name: api
+    from: [office]
+    to: [api.example, tracker.example]
+`)
+	want := Run(proposed, rows, Options{})
+	x := NewReplayer(proposed, Options{})
+	if err := st.Each(context.Background(), history.Filter{}, func(r *history.Row) error { x.Add(r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got := x.Report()
+	var a, b bytes.Buffer
+	want.WriteText(&a, 10)
+	got.WriteText(&b, 10)
+	if a.String() != b.String() {
+		t.Errorf("streamed:\n%s\nwant (per-source query):\n%s", b.String(), a.String())
+	}
+	if nd, _ := got.Count(NewlyDenied); nd == 0 {
+		t.Errorf("the proposal narrows office to one address; want newly denied:\n%s", b.String())
 	}
 }
