@@ -18,7 +18,8 @@ const simulateHelp = `NAME
 
 SYNOPSIS
     fqdngate simulate -c PROPOSED [--since 7d] [--group G] [--examples N]
-                      [--history PATH | --admin URL] [--shared SHARED]
+                      [--history PATH | --admin URL [--admin-token-file FILE]]
+                      [--shared SHARED]
 
 DESCRIPTION
     Decides every recorded decision since --since again under the proposed
@@ -46,7 +47,8 @@ DESCRIPTION
     The history is read from the file (--history PATH; without it, the
     proposed policy's history.path or the default location) or from a
     running daemon (--admin URL, /v1/history; at most 100000 rows per
-    source, more is an error: read the file instead).
+    source, more is an error: read the file instead; --admin-token-file
+    FILE when the daemon's admin.token_file protects it).
 
 EXIT STATUS
     0  nothing recorded as allowed would be denied
@@ -70,7 +72,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	group := fs.String("group", "", "only sources the proposal places in source group `G`")
 	examples := fs.Int("examples", 5, "show at most `N` destinations of each kind per group")
 	file := fs.String("history", "", "read the history file at `PATH`")
-	admin := fs.String("admin", "", "read from the admin listener at `URL`")
+	admin := adminFlags(fs)
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, composed with PROPOSED")
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
@@ -82,7 +84,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	switch {
 	case *cfg == "":
 		return fail("give the proposed policy with -c PROPOSED")
-	case *file != "" && *admin != "":
+	case *file != "" && admin.URL != "":
 		return fail("give --history or --admin, not both")
 	case *examples < 1:
 		return fail("--examples must be 1 or more")
@@ -116,8 +118,8 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 // replay hands x every recorded decision since start: from the daemon
 // at admin, one row per source, or streamed from the history file as
 // stored, one row per day and source.
-func replay(ctx context.Context, x *simulate.Replayer, start time.Time, since, file, admin, cfg string) error {
-	if admin != "" {
+func replay(ctx context.Context, x *simulate.Replayer, start time.Time, since, file string, admin adminRef, cfg string) error {
+	if admin.URL != "" {
 		q := url.Values{"since": {since}, "per_source": {"true"}, "limit": {strconv.Itoa(adminRowLimit)}}
 		rows, err := fetchHistory(ctx, admin, q)
 		if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -91,5 +92,52 @@ func TestSimulateCommand(t *testing.T) {
 				t.Errorf("stderr %q lacks %q", errs, tc.err)
 			}
 		})
+	}
+}
+
+// TestSimulateAdminToken: --admin-token-file sends the token a protected
+// admin listener wants; without it the error says what to add.
+func TestSimulateAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "history.db")
+	allow := audit.Event{Component: audit.DNS, Source: netip.MustParseAddr("192.0.2.7"), Name: "api.example", QType: "A", Time: time.Now(),
+		Decision: policy.Decision{Action: policy.Allow, Reason: policy.ReasonMatched, Rule: &policy.Rule{Name: "api"}}}
+	writeHistoryFile(t, path, allow)
+	st, _, err := history.Open(path, history.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const token = "0123456789abcdef0123456789abcdef"
+	h := admin.Handler(admin.Config{Policy: func() *policy.Policy { return nil }, History: st.Query})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			http.Error(w, `{"error":"unauthorized"}`, http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	proposed := filepath.Join(dir, "p.yaml")
+	tokFile := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(proposed, []byte("dns: {upstreams: [192.0.2.53]}\nfirewall: {backend: none}\nrules: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"simulate", "-c", proposed, "--admin", srv.URL}, &out, &errb); code != 2 ||
+		!strings.Contains(errb.String(), "give it with --admin-token-file") {
+		t.Errorf("without a token: exit %d, %q; want 2 and what to add", code, errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run(context.Background(), []string{"simulate", "-c", proposed, "--admin", srv.URL, "--admin-token-file", tokFile}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), "dns api.example A") {
+		t.Errorf("with the token: exit %d, %s\n%s; want 1, api.example newly denied", code, errb.String(), out.String())
+	}
+	if strings.Contains(out.String()+errb.String(), token) {
+		t.Error("the token was printed")
 	}
 }
