@@ -74,8 +74,10 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 	}
 	type group struct {
 		r    Row
-		srcs map[string]struct{}
+		srcs map[uint32]struct{} // ids of srcNames: a map of small keys, not of strings, bounds the memory a daemon's /v1/history takes
 	}
+	srcIDs := map[string]uint32{}
+	var srcNames []string
 	type key struct {
 		day, source, group, component, name string
 		port                                uint16
@@ -94,12 +96,18 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 		g := groups[k]
 		if g == nil {
 			g = &group{r: Row{Day: k.day, Source: k.source, Group: r.Group, Component: r.Component, Name: r.Name,
-				Port: r.Port, QType: r.QType, Action: r.Action, Rule: r.Rule, Reason: r.Reason}, srcs: map[string]struct{}{}}
+				Port: r.Port, QType: r.QType, Action: r.Action, Rule: r.Rule, Reason: r.Reason}, srcs: map[uint32]struct{}{}}
 			g.r.FirstSeen, g.r.LastSeen = r.FirstSeen, r.LastSeen
 			groups[k] = g
 		}
 		g.r.Hits += r.Hits
-		g.srcs[r.Source] = struct{}{}
+		id, ok := srcIDs[r.Source]
+		if !ok {
+			id = uint32(len(srcNames))
+			srcIDs[r.Source] = id
+			srcNames = append(srcNames, r.Source)
+		}
+		g.srcs[id] = struct{}{}
 		g.r.FirstSeen = minTime(g.r.FirstSeen, r.FirstSeen)
 		g.r.LastSeen = maxTime(g.r.LastSeen, r.LastSeen)
 		g.r.Answers = addSet(g.r.Answers, r.Answers, maxAnswers)
@@ -115,8 +123,8 @@ func (s *Store) Query(ctx context.Context, f Filter) ([]Row, error) {
 		r := g.r
 		r.Sources = int64(len(g.srcs)) // "" (no source recorded) counts as one, as it always has
 		srcs := make([]string, 0, len(g.srcs))
-		for a := range g.srcs {
-			srcs = append(srcs, a)
+		for id := range g.srcs {
+			srcs = append(srcs, srcNames[id])
 		}
 		r.SourceAddrs = mergeSet(srcs, nil, 16)
 		out = append(out, r)
