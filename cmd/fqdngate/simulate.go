@@ -17,7 +17,7 @@ const simulateHelp = `NAME
     fqdngate simulate - replay the decision history against a proposed policy
 
 SYNOPSIS
-    fqdngate simulate -c PROPOSED [--since 7d] [--group G] [--examples N]
+    fqdngate simulate -c PROPOSED [--since 7d] [--group G] [--examples N] [--json]
                       [--history PATH | --admin URL [--admin-token-file FILE]]
                       [--shared SHARED]
 
@@ -35,7 +35,8 @@ DESCRIPTION
                      it is blocked once enforced
 
     each destination with its hits, distinct sources, first and last day,
-    and the decision before and after (--examples of each, most hits first).
+    and the decision before and after (--examples of each, most hits first;
+    --json prints every one, for a pipeline to keep).
 
     What the history cannot replay faithfully is counted apart, never
     guessed: kernel decisions (the kernel saw an address, not the name it
@@ -71,6 +72,7 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	since := fs.String("since", "7d", "since `WHEN`: days (7d), a duration (36h) or a UTC day (2026-12-01)")
 	group := fs.String("group", "", "only sources the proposal places in source group `G`")
 	examples := fs.Int("examples", 5, "show at most `N` destinations of each kind per group")
+	asJSON := fs.Bool("json", false, "print the whole report as JSON (every destination), same exit status")
 	file := fs.String("history", "", "read the history file at `PATH`")
 	admin := adminFlags(fs)
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, composed with PROPOSED")
@@ -107,8 +109,14 @@ func cmdSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return fail("%v", err)
 	}
 	rep := x.Report()
-	fmt.Fprintf(stdout, "%s against the history since %s\n", *cfg, history.Day(start))
-	rep.WriteText(stdout, *examples)
+	if *asJSON {
+		if err := rep.WriteJSON(stdout); err != nil {
+			return fail("writing the report: %v", err)
+		}
+	} else {
+		fmt.Fprintf(stdout, "%s against the history since %s\n", *cfg, history.Day(start))
+		rep.WriteText(stdout, *examples)
+	}
 	if rep.Breaks() {
 		return 1
 	}

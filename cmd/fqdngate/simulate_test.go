@@ -68,6 +68,8 @@ func TestSimulateCommand(t *testing.T) {
 			[]string{"group office", "newly allowed: 1 destination, 1 hit", "dns tracker.example A  1 hit  1 source", "now allow by rule api"}, ""},
 		{"denying what was allowed fails", []string{"-c", less, "--history", path}, 1,
 			[]string{"newly denied: 1 destination, 2 hits", "dns api.example A  2 hits  1 source", "was allow by rule api", "FAIL:"}, ""},
+		{"--json, same exit status", []string{"-c", less, "--history", path, "--json"}, 1,
+			[]string{`"breaks": true`, `"newly_denied": [`, `"name": "api.example"`, `"was": "allow by rule api"`}, ""},
 		{"the same through the admin API", []string{"-c", less, "--admin", srv.URL}, 1,
 			[]string{"newly denied: 1 destination, 2 hits", "FAIL:"}, ""},
 		{"--group of another group has nothing to say", []string{"-c", less, "--history", path, "--group", "lab"}, 0,

@@ -1,6 +1,7 @@
 package simulate
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -67,4 +68,63 @@ func plural(n int64, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// jsonChange is a Change as WriteJSON writes it.
+type jsonChange struct {
+	Component string    `json:"component"`
+	Name      string    `json:"name"`
+	Port      uint16    `json:"port,omitempty"`
+	QType     string    `json:"qtype,omitempty"`
+	Hits      int64     `json:"hits"`
+	Sources   int       `json:"sources"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Was       string    `json:"was"`
+	Now       string    `json:"now"`
+}
+
+type jsonGroup struct {
+	Group        string       `json:"group"`
+	NewlyDenied  []jsonChange `json:"newly_denied"`
+	NewlyAllowed []jsonChange `json:"newly_allowed"`
+	StillDenied  []jsonChange `json:"still_denied"`
+}
+
+type jsonSkip struct {
+	Why      string   `json:"why"`
+	Rows     int      `json:"rows"`
+	Hits     int64    `json:"hits"`
+	Examples []string `json:"examples"`
+}
+
+// WriteJSON writes r whole (every change, not a few examples) for a
+// pipeline to keep or comment with: the replayed rows and hits, breaks
+// (the exit status 1 condition), the groups' changes, what was not
+// replayed.
+func (r *Report) WriteJSON(w io.Writer) error {
+	out := struct {
+		Rows        int64       `json:"rows"`
+		Hits        int64       `json:"hits"`
+		Breaks      bool        `json:"breaks"`
+		Groups      []jsonGroup `json:"groups"`
+		NotReplayed []jsonSkip  `json:"not_replayed"`
+	}{Rows: r.Rows, Hits: r.Hits, Breaks: r.Breaks(), Groups: []jsonGroup{}, NotReplayed: []jsonSkip{}}
+	conv := func(cs []Change) []jsonChange {
+		js := make([]jsonChange, 0, len(cs))
+		for _, c := range cs {
+			js = append(js, jsonChange{c.Component, c.Name, c.Port, c.QType, c.Hits, c.Sources, c.FirstSeen, c.LastSeen, c.Was, c.Now})
+		}
+		return js
+	}
+	for _, g := range r.Groups {
+		out.Groups = append(out.Groups, jsonGroup{Group: g.Name, NewlyDenied: conv(g.Changes[NewlyDenied]),
+			NewlyAllowed: conv(g.Changes[NewlyAllowed]), StillDenied: conv(g.Changes[StillDenied])})
+	}
+	for _, s := range r.Skipped {
+		out.NotReplayed = append(out.NotReplayed, jsonSkip(s))
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
 }
