@@ -37,7 +37,9 @@
 #   BASE_REF=         a second commit of fqdngate to measure in the same run
 #                     (servers base-cache and base-nocache), for before and after
 #   fqdngate-* run with the decision history off; fqdngate-hist-cache and
-#   fqdngate-hist-nocache (name them in SERVERS) with it on, for its cost
+#   fqdngate-hist-nocache (name them in SERVERS) with it on, for its cost;
+#   paired.sh (at the end) prints history on ÷ off round by round:
+#     SERVERS="fqdngate-cache fqdngate-hist-cache fqdngate-nocache fqdngate-hist-nocache" MEM_TARGETS="" bash bench/dns/run.sh
 set -euo pipefail
 
 REPS=${REPS:-5}

@@ -3,6 +3,12 @@
 # so drift on a shared machine hits both alike. Not a substitute for run.sh.
 #
 #   bash bench/proxy/ab.sh OLD_BIN NEW_BIN
+#   bash bench/proxy/ab.sh history [BIN]
+#
+# "history" measures what the decision history costs: the same binary
+# (BIN, or one built from this tree) with history: {enabled: false} as A
+# and history on, in a scratch file, as B. The last lines are the medians
+# per test and B ÷ A (issue 14's target: 0.95 or more for requests/s).
 #
 # Settings (environment): ROUNDS=3, DURATION=5, TESTS="short32 short256 http";
 # RULE_A, RULE_B: more keys for the bench rule of A or B, one "key: value"
@@ -13,7 +19,12 @@
 # Prints one raw line per run (loadgen or wrk figures, with proxy CPU).
 # Traffic goes to 127.0.0.1 only.
 set -euo pipefail
-A=$1 B=$2
+HIST=0
+if [[ ${1:-} == history ]]; then
+	HIST=1 A=${2:-} B=${2:-}
+else
+	A=${1:?usage: ab.sh OLD_BIN NEW_BIN, or ab.sh history [BIN]} B=${2:?usage: ab.sh OLD_BIN NEW_BIN}
+fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 TESTS=${TESTS:-short32 short256 http}
@@ -32,6 +43,14 @@ cleanup() {
 }
 trap cleanup EXIT
 (cd "$ROOT" && go build -o "$OUT/loadgen" ./bench/proxy/loadgen)
+if [[ $HIST == 1 ]]; then
+	if [[ -z $A ]]; then
+		(cd "$ROOT" && go build -o "$OUT/fqdngate" ./cmd/fqdngate)
+		A=$OUT/fqdngate B=$OUT/fqdngate
+	fi
+	POLICY_A="history: {enabled: false}"
+	POLICY_B="history: {path: $OUT/history.db}"
+fi
 LG=$OUT/loadgen
 for which in A B; do
 	extra=${RULE_A:-} top=${POLICY_A:-}
@@ -79,7 +98,7 @@ for r in $(seq "$ROUNDS"); do
 				line=$(echo "$w" | awk -v c0="$c0" -v c1="$c1" '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /Non-2xx|Socket errors/ {e=e" "$0}
 					END {printf "rps=%s cpu_us_per_req=%.1f%s", r, (c1-c0)*1e6/n, e}') ;;
 			esac
-			echo "round=$r bin=$which test=$t $line"
+			echo "round=$r bin=$which test=$t $line" | tee -a "$OUT/raw.txt"
 			sleep 1
 		done
 		kill "$pid"
@@ -87,3 +106,19 @@ for r in $(seq "$ROUNDS"); do
 		sleep 1
 	done
 done
+# Medians per binary and test of the throughput figure (per_s: tunnels/s;
+# rps: requests/s; gbps), and B ÷ A.
+awk '
+	{ for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	  v = ("per_s" in f) ? f["per_s"] : ("rps" in f) ? f["rps"] : ("gbps" in f) ? f["gbps"] : ""
+	  if (v != "") { n[f["bin"], f["test"]]++; vals[f["bin"], f["test"], n[f["bin"], f["test"]]] = v; tests[f["test"]] = 1 }
+	  delete f }
+	function median(b, t,   k, i, j, x, a) {
+		k = n[b, t]; if (!k) return 0
+		for (i = 1; i <= k; i++) a[i] = vals[b, t, i] + 0
+		for (i = 2; i <= k; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+		return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+	}
+	END { for (t in tests) { ma = median("A", t); mb = median("B", t)
+		printf "median test=%s A=%g B=%g B/A=%s\n", t, ma, mb, ma ? sprintf("%.3f", mb / ma) : "NA" } }
+' "$OUT/raw.txt"

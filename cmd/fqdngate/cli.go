@@ -41,6 +41,7 @@ SYNOPSIS
     fqdngate fleet    status|forget -c POLICY ...
     fqdngate history  [--since 7d] [--group G] [--action A] [--history PATH | --admin URL | -c POLICY]
     fqdngate suggest  [--group G] [--since 7d] [--history PATH | --admin URL | -c POLICY]
+    fqdngate simulate -c PROPOSED [--group G] [--since 7d] [--history PATH | --admin URL]
     fqdngate import   cilium|calico|npep [-n NAMESPACE] FILE...
     fqdngate man      fqdngate|fqdngate-policy
     fqdngate completion bash|zsh|fish
@@ -68,6 +69,9 @@ COMMANDS
     fleet      Show the gateways of a fleet: revision, lag, errors.
     history    Show the decision history: names, hits, sources, per group.
     suggest    Propose rules for what the history saw denied.
+    simulate   Replay the history against a proposed policy: what it would
+               newly deny and newly allow; exit 1 if it denies what was
+               allowed (a CI gate).
     import     Translate Cilium, Calico or NetworkPolicy API FQDN policies
                into fqdngate sources and rules.
     man        Print the manual page fqdngate(1), generated from this help,
@@ -79,7 +83,8 @@ COMMANDS
 
 EXIT STATUS
     0 success; 1 the policy is invalid, the destination is denied (explain),
-    or the daemon failed; 2 wrong usage.
+    the proposal denies what was allowed (simulate), or the daemon failed;
+    2 wrong usage (and, for simulate, a proposal with errors).
 
 FILES
     /etc/fqdngate/policy.yaml  the policy the systemd unit runs
@@ -110,6 +115,7 @@ func commands() []command {
 		{"fleet", fleetHelp, []string{"status", "forget"}, cmdFleet},
 		{"history", historyHelp, nil, cmdHistory},
 		{"suggest", suggestHelp, nil, cmdSuggest},
+		{"simulate", simulateHelp, nil, cmdSimulate},
 		{"import", importHelp, importer.Dialects, cmdImport},
 		{"man", manHelp, []string{"fqdngate", "fqdngate-policy"}, cmdMan},
 		{"completion", completionHelp, []string{"bash", "zsh", "fish"}, cmdCompletion},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,7 +24,7 @@ const historyHelp = `NAME
 SYNOPSIS
     fqdngate history [--since 7d] [--group G] [--action deny] [--component dns]
                      [--name NAME] [--source IP] [--per-day] [--limit N] [--json]
-                     [--history PATH | --admin URL | -c POLICY]
+                     [--history PATH | --admin URL [--admin-token-file FILE] | -c POLICY]
 
 DESCRIPTION
     Prints one line per source group, component, name, port, record type,
@@ -34,7 +35,9 @@ DESCRIPTION
     The history is read from the file (--history PATH; -c POLICY reads the
     policy's history.path; with neither, the default location the daemon
     uses when the policy names none) or from a running daemon's admin
-    listener (--admin http://127.0.0.1:9090), which serves /v1/history.
+    listener (--admin http://127.0.0.1:9090), which serves /v1/history;
+    when its admin.token_file protects it, --admin-token-file names a
+    file holding the same token (sent as a bearer token, never printed).
     Reading the file needs no daemon and works while one writes it.
 
 EXAMPLES
@@ -57,12 +60,12 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		limit     = fs.Int("limit", 100, "at most `N` lines")
 		asJSON    = fs.Bool("json", false, "print JSON (what /v1/history serves)")
 		file      = fs.String("history", "", "read the history file at `PATH`")
-		admin     = fs.String("admin", "", "read from the admin listener at `URL`")
+		admin     = adminFlags(fs)
 	)
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
-	if *file != "" && *admin != "" {
+	if *file != "" && admin.URL != "" {
 		fmt.Fprintln(stderr, "fqdngate history: give --history or --admin, not both")
 		return 2
 	}
@@ -93,8 +96,8 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 // readHistory returns the rows q selects, from the admin API at admin or
 // from the file (file, the policy cfg's history.path, or the default).
-func readHistory(ctx context.Context, q url.Values, file, admin, cfg string) ([]history.Row, error) {
-	if admin != "" {
+func readHistory(ctx context.Context, q url.Values, file string, admin adminRef, cfg string) ([]history.Row, error) {
+	if admin.URL != "" {
 		return fetchHistory(ctx, admin, q)
 	}
 	f, err := history.ParseFilter(q, time.Now())
@@ -142,10 +145,22 @@ func historyFile(cfg string) (string, error) {
 	return path, nil
 }
 
-func fetchHistory(ctx context.Context, admin string, q url.Values) ([]history.Row, error) {
-	u, err := url.Parse(strings.TrimSuffix(admin, "/") + "/v1/history")
+// adminRef is a daemon's admin listener that a command reads: its URL
+// and, when admin.token_file protects it, the file holding the token.
+type adminRef struct{ URL, TokenFile string }
+
+// adminFlags adds --admin and --admin-token-file to fs.
+func adminFlags(fs *flag.FlagSet) *adminRef {
+	a := &adminRef{}
+	fs.StringVar(&a.URL, "admin", "", "read from the admin listener at `URL`")
+	fs.StringVar(&a.TokenFile, "admin-token-file", "", "send the bearer token in `FILE` to --admin (a copy of the daemon's admin.token_file)")
+	return a
+}
+
+func fetchHistory(ctx context.Context, admin adminRef, q url.Values) ([]history.Row, error) {
+	u, err := url.Parse(strings.TrimSuffix(admin.URL, "/") + "/v1/history")
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-		return nil, fmt.Errorf("--admin %q is not a URL like http://127.0.0.1:9090", admin)
+		return nil, fmt.Errorf("--admin %q is not a URL like http://127.0.0.1:9090", admin.URL)
 	}
 	u.RawQuery = q.Encode()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -153,6 +168,17 @@ func fetchHistory(ctx context.Context, admin string, q url.Values) ([]history.Ro
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+	if admin.TokenFile != "" {
+		b, err := os.ReadFile(admin.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading --admin-token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+			return nil, fmt.Errorf("--admin-token-file %s does not hold one token (printable characters, no spaces)", admin.TokenFile)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -165,6 +191,9 @@ func fetchHistory(ctx context.Context, admin string, q url.Values) ([]history.Ro
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&body); err != nil {
 		return nil, fmt.Errorf("reading %s: %s: %w", u.Redacted(), resp.Status, err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, fmt.Errorf("%s: %s: the admin listener wants its token; give it with --admin-token-file FILE", resp.Status, body.Error)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s: %s", resp.Status, body.Error)

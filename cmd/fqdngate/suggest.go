@@ -13,7 +13,8 @@ const suggestHelp = `NAME
     fqdngate suggest - propose rules for what the decision history saw denied
 
 SYNOPSIS
-    fqdngate suggest [--since 7d] [--group G] [--history PATH | --admin URL | -c POLICY]
+    fqdngate suggest [--since 7d] [--group G]
+                     [--history PATH | --admin URL [--admin-token-file FILE] | -c POLICY]
 
 DESCRIPTION
     Reads the decision history (as fqdngate history does) and prints a rules
@@ -46,11 +47,11 @@ func cmdSuggest(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	since := fs.String("since", "7d", "since `WHEN`: days (7d), a duration (36h) or a UTC day (2026-12-01)")
 	group := fs.String("group", "", "only source group `G`")
 	file := fs.String("history", "", "read the history file at `PATH`")
-	admin := fs.String("admin", "", "read from the admin listener at `URL`")
+	admin := adminFlags(fs)
 	if code := parse(fs, args, stdout); code >= 0 {
 		return code
 	}
-	if *file != "" && *admin != "" {
+	if *file != "" && admin.URL != "" {
 		fmt.Fprintln(stderr, "fqdngate suggest: give --history or --admin, not both")
 		return 2
 	}

@@ -684,14 +684,7 @@ func checkEDNS(req *dns.Msg) int {
 	return dns.RcodeSuccess
 }
 
-func typeAllowed(p *policy.Policy, t uint16) bool {
-	for _, a := range p.DNS.QTypes {
-		if a == t {
-			return true
-		}
-	}
-	return false
-}
+func typeAllowed(p *policy.Policy, t uint16) bool { return p.TypeAllowed(t) }
 
 // refuse returns the decision for a refusal the firewall made on top of d
 // for reason r, with action a (Deny; WouldDeny for what audit mode lets
