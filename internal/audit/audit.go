@@ -104,7 +104,8 @@ func (l *Logger) SetSink(s Sink) { l.sink = s }
 
 // Record writes e as one line "decision" (or "closed") with fields time, level,
 // component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
-// rule, reason, then e.Attrs.
+// rule, reason, observing (the group whose observe_until made it a
+// would-deny, when one did), then e.Attrs.
 func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
 		return
@@ -158,6 +159,9 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	enc.str("action", e.Decision.Action.String())
 	enc.str("rule", e.Decision.RuleName())
 	enc.str("reason", e.Decision.Reason.String())
+	if e.Decision.Observing != "" {
+		enc.str("observing", e.Decision.Observing)
+	}
 	for _, a := range e.Attrs {
 		enc.attr("", a)
 	}
