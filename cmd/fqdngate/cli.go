@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
@@ -286,6 +287,9 @@ DESCRIPTION
     0.0.0.0/0 or ::/0 targets, rules open on every port, and a policy
     with no rules.
 
+    A source group's observe_until that has passed is reported as a
+    warning with or without --strict: the group is enforced already.
+
     A POLICY with a cluster section is a fleet gateway's local file: check
     validates it together with the shared policy, SHARED if given, else
     the current revision in the fleet's etcd. Errors name the half they
@@ -361,9 +365,6 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}
 	fmt.Fprintln(stdout)
-	if !*strict {
-		return 0
-	}
 	// Rules, sources and users of a fleet gateway are in its shared half.
 	reviewed, reviewedData := name, data
 	if p.SharedName != "" {
@@ -374,7 +375,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			}
 		}
 	}
-	ws := review.Strict(p, reviewed, reviewedData)
+	passed := review.ObservePassed(p, reviewed, time.Now())
+	if !*strict {
+		for _, w := range passed {
+			fmt.Fprintln(stderr, w)
+		}
+		return 0
+	}
+	ws := append(review.Strict(p, reviewed, reviewedData), passed...)
 	for _, w := range ws {
 		fmt.Fprintln(stderr, w)
 	}

@@ -204,6 +204,10 @@ type Summary struct {
 	Firewall   FirewallSummary        `json:"firewall"`
 	DNS        DNSSummary             `json:"dns"`
 	Rules      []RuleSummary          `json:"rules"`
+	// Observe lists the source groups with observe_until, by name: until
+	// when each observes (lets through and logs as would-deny what it
+	// would deny), and whether it still does. Empty when none has it.
+	Observe []policy.ObservedGroup `json:"observe"`
 	// RestartPending lists the settings that wait for a restart; empty
 	// when every setting of the policy is in force.
 	RestartPending []Pending `json:"restart_pending"`
@@ -301,7 +305,8 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 			RebindingProtection: p.DNS.RebindingProtection,
 			StripECH:            p.DNS.StripECH,
 		},
-		Rules: []RuleSummary{},
+		Rules:   []RuleSummary{},
+		Observe: p.Observed(p.Now()),
 
 		RestartPending: []Pending{},
 	}

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
@@ -27,6 +29,12 @@ type Result struct {
 	Group        string   `json:"group,omitempty"`   // the source group that matched
 	NearRule     string   `json:"near_rule,omitempty"`
 	SourceGroups []string `json:"source_groups"` // every group the source belongs to
+	// Observing is the source group whose observe_until made this a
+	// would-deny; empty otherwise.
+	Observing string `json:"observing,omitempty"`
+	// Observe lists the source's groups that have observe_until: until
+	// when each observes, and whether it still does.
+	Observe []policy.ObservedGroup `json:"observe,omitempty"`
 	// Pod names the pod (namespace/name) the source address belongs to,
 	// by the pod snapshot of the policy (the daemon's /v1/explain; the
 	// CLI, answering from the file alone, knows no pods).
@@ -192,6 +200,12 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 	if r.SourceGroups == nil {
 		r.SourceGroups = []string{}
 	}
+	r.Observing = d.Observing
+	for _, o := range p.Observed(p.Now()) {
+		if slices.Contains(r.SourceGroups, o.Group) {
+			r.Observe = append(r.Observe, o)
+		}
+	}
 	if d.NearRule != nil {
 		r.NearRule = d.NearRule.Name
 	}
@@ -280,8 +294,18 @@ func (r Result) Text() string {
 			fmt.Fprintf(&b, "  budget:  none: dns.wildcard_budget is 0, every new name under %s reaches the upstream\n", r.BudgetPattern)
 		}
 	}
-	if r.Action == "would-deny" {
+	switch {
+	case r.Observing != "":
+		fmt.Fprintf(&b, "  observe: source group %s observes, so this traffic is let through and logged as would-deny\n", r.Observing)
+	case r.Action == "would-deny":
 		b.WriteString("  mode:    audit, so this traffic is let through and logged as would-deny\n")
+	}
+	for _, o := range r.Observe {
+		if o.Observing {
+			fmt.Fprintf(&b, "  observe: group %s observes until %s (observe_until: %s), then it is enforced\n", o.Group, o.Until.Format(time.RFC3339), o.Written)
+		} else {
+			fmt.Fprintf(&b, "  observe: group %s is enforced since %s (observe_until: %s)\n", o.Group, o.Until.Format(time.RFC3339), o.Written)
+		}
 	}
 	return b.String()
 }
