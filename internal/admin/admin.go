@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -120,6 +118,9 @@ func Handler(c Config) http.Handler {
 			}
 		}
 		writeJSON(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("GET /v1/rules", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, RulesOf(c.Policy()))
 	})
 	mux.HandleFunc("GET /v1/explain", func(w http.ResponseWriter, r *http.Request) {
 		from, to := r.URL.Query().Get("from"), r.URL.Query().Get("to")
@@ -276,6 +277,20 @@ type RuleSummary struct {
 	InspectTunnels bool `json:"inspect_tunnels"`
 }
 
+// RulesReport is /v1/rules: every rule of the policy in force with its
+// usage, in file order.
+type RulesReport struct {
+	File  string             `json:"file"`
+	Rules []policy.RuleUsage `json:"rules"`
+}
+
+// RulesOf reports p's rules and their usage (policy.Policy.RulesUsage):
+// hits count the decisions each rule allowed since this process started,
+// or since the rule last changed.
+func RulesOf(p *policy.Policy) RulesReport {
+	return RulesReport{File: p.File, Rules: p.RulesUsage()}
+}
+
 // Summarize describes p; generation is reported as given.
 func Summarize(p *policy.Policy, generation uint64) Summary {
 	s := Summary{
@@ -370,19 +385,8 @@ func prefixStrings(pfx []netip.Prefix) []string {
 }
 
 // FormatPorts writes a port range the way the policy spells it.
-func FormatPorts(pr policy.PortRange) string {
-	var b strings.Builder
-	b.WriteString(itoa(pr.Lo))
-	if pr.Hi != pr.Lo {
-		b.WriteByte('-')
-		b.WriteString(itoa(pr.Hi))
-	}
-	b.WriteByte('/')
-	b.WriteString(pr.Proto.String())
-	return b.String()
-}
+func FormatPorts(pr policy.PortRange) string { return pr.String() }
 
-func itoa(v uint16) string { return strconv.Itoa(int(v)) }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

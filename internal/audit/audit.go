@@ -102,7 +102,8 @@ func New(w io.Writer, format string, c Counter) *Logger {
 // with anything that records.
 func (l *Logger) SetSink(s Sink) { l.sink = s }
 
-// Record writes e as one line "decision" (or "closed") with fields time, level,
+// Record counts e (metrics, and the hit of the rule that allowed it), hands
+// it to the sink, and writes it as one line "decision" (or "closed") with fields time, level,
 // component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
 // rule, reason, observing (the group whose observe_until made it a
 // would-deny, when one did), then e.Attrs.
@@ -110,11 +111,23 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
 		return
 	}
-	if l.counter != nil && !e.Closed && e.Msg == "" {
-		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
+	t := e.Time
+	if t.IsZero() {
+		t = l.now()
 	}
-	if l.sink != nil && !e.Closed && e.Msg == "" {
-		l.sink.Observe(e)
+	if !e.Closed && e.Msg == "" {
+		if l.counter != nil {
+			l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
+		}
+		// A rule's hits (/v1/rules): traffic it allowed, from a source.
+		// Lines without one (a refresh fqdngate makes itself) are no use
+		// of the rule.
+		if r := e.Decision.Rule; r != nil && e.Decision.Action == policy.Allow && e.Source.IsValid() {
+			r.Usage().Hit(t)
+		}
+		if l.sink != nil {
+			l.sink.Observe(e)
+		}
 	}
 	if l.w == nil {
 		return
@@ -125,10 +138,6 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		bp = &b
 	}
 	enc := encoder{buf: (*bp)[:0], text: l.text}
-	t := e.Time
-	if t.IsZero() {
-		t = l.now()
-	}
 	msg := "decision"
 	switch {
 	case e.Msg != "":

@@ -468,6 +468,10 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if err := CheckHost(p); err != nil {
 		return nil, err
 	}
+	// Rules that did not change keep counting where they were
+	// (/v1/rules); a failed change leaves the old policy's counters as
+	// they are.
+	p.KeepUsage(d.Policy())
 	ch := &change{p: p, pending: restartPending(d.boot, p)}
 	defer func() {
 		if err != nil {

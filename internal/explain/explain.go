@@ -35,6 +35,10 @@ type Result struct {
 	// Observe lists the source's groups that have observe_until: until
 	// when each observes, and whether it still does.
 	Observe []policy.ObservedGroup `json:"observe,omitempty"`
+	// Usage is the deciding rule's usage (hits and last hit) as counted
+	// by the policy given: a running daemon's (/v1/explain) has counted
+	// its traffic; a policy just loaded (the CLI) has counted nothing.
+	Usage *policy.RuleUsage `json:"rule_usage,omitempty"`
 	// Pod names the pod (namespace/name) the source address belongs to,
 	// by the pod snapshot of the policy (the daemon's /v1/explain; the
 	// CLI, answering from the file alone, knows no pods).
@@ -201,6 +205,10 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 		r.SourceGroups = []string{}
 	}
 	r.Observing = d.Observing
+	if d.Rule != nil {
+		u := d.Rule.UsageOf()
+		r.Usage = &u
+	}
 	for _, o := range p.Observed(p.Now()) {
 		if slices.Contains(r.SourceGroups, o.Group) {
 			r.Observe = append(r.Observe, o)
@@ -220,6 +228,7 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 			}
 		}
 		r.Action, r.Rule, r.Pattern, r.Group, r.NearRule = policy.Deny.String(), "", "", "", ""
+		r.Observing, r.Usage = "", nil
 		r.Reason = fmt.Sprintf("not served: %s is outside the inside (inside: %s)", r.From, p.DescribeInside())
 		return r, nil
 	}
@@ -267,6 +276,9 @@ func (r Result) Text() string {
 		return b.String()
 	case r.Rule != "":
 		fmt.Fprintf(&b, "  rule:    %s\n  pattern: %s\n", r.Rule, r.Pattern)
+		if u := r.Usage; u != nil && u.LastHit != nil {
+			fmt.Fprintf(&b, "  usage:   %d hits, the last at %s\n", u.Hits, u.LastHit.Format(time.RFC3339))
+		}
 		if r.Group != "" {
 			fmt.Fprintf(&b, "  via:     source group %s\n", r.Group)
 		} else {

@@ -384,6 +384,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 			continue
 		}
 		r.Index = len(p.Rules)
+		r.usage = &Usage{}
 		p.Rules = append(p.Rules, r)
 	}
 	d.firewall(p, &fw)

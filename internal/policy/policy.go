@@ -384,6 +384,9 @@ type Rule struct {
 	UninspectedTunnels bool
 
 	fromGroups []groupRef
+	// usage counts the rule's hits; carried to the same rule of the next
+	// policy by KeepUsage.
+	usage *Usage
 }
 
 type groupRef struct {
