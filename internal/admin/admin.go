@@ -387,7 +387,6 @@ func prefixStrings(pfx []netip.Prefix) []string {
 // FormatPorts writes a port range the way the policy spells it.
 func FormatPorts(pr policy.PortRange) string { return pr.String() }
 
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

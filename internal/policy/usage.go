@@ -98,8 +98,8 @@ func (r PortRange) String() string {
 // RuleUsage is one rule's usage, for /v1/rules, explain and the console.
 type RuleUsage struct {
 	Name  string   `json:"name"`
-	From  []string `json:"from"` // empty: every source
-	To    []string `json:"to"`   // names as written, then CIDRs
+	From  []string `json:"from"`  // empty: every source
+	To    []string `json:"to"`    // names as written, then CIDRs
 	Ports []string `json:"ports"` // like 443/tcp, 8000-8100/tcp; empty: every port
 	Hits  uint64   `json:"hits"`
 	// LastHit is the newest hit, nil if none since the counter started
