@@ -34,7 +34,7 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    [--strict] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check    [--strict [--history PATH]] [--shared SHARED] [--host=false] POLICY|-
     fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
     fqdngate policy   push|history|show|rollback -c POLICY ...
@@ -262,8 +262,8 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check [--strict] [--shared SHARED] [--host=false] POLICY|-
-    fqdngate check -c POLICY [--strict] [--shared SHARED] [--host=false]
+    fqdngate check [--strict [--history PATH]] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check -c POLICY [--strict [--history PATH]] [--shared SHARED] [--host=false]
 
 DESCRIPTION
     Loads POLICY (the argument or -c; - reads it from standard input)
@@ -287,6 +287,10 @@ DESCRIPTION
     0.0.0.0/0 or ::/0 targets, rules open on every port, and a policy
     with no rules.
 
+    --history PATH (with --strict) also warns about every rule that
+    allowed nothing in the decision history at PATH (a gateway's
+    history.path; see fqdngate history): candidates for pruning.
+
     A source group's observe_until that has passed is reported as a
     warning with or without --strict: the group is enforced already.
 
@@ -298,6 +302,7 @@ DESCRIPTION
 EXAMPLES
     fqdngate check /etc/fqdngate/policy.yaml
     fqdngate check --strict --host=false policy.yaml
+    fqdngate check --strict --history /var/lib/fqdngate/history.db policy.yaml
     git show HEAD:policy.yaml | fqdngate check --host=false -
 `
 
@@ -310,6 +315,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
 	strict := fs.Bool("strict", false, "also warn about what a valid policy probably did not mean; exit 1 if anything is found")
+	histFile := fs.String("history", "", "with --strict, also warn about rules that allowed nothing in the decision history at `PATH`")
 	pos, code := parseArgs(fs, args, stdout, 0, 1)
 	if code >= 0 {
 		return code
@@ -324,6 +330,10 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if path == "" {
 		fmt.Fprintln(stderr, "fqdngate check: give the policy file: fqdngate check POLICY (- for standard input)")
+		return 2
+	}
+	if *histFile != "" && !*strict {
+		fmt.Fprintln(stderr, "fqdngate check: --history is read by --strict; add --strict")
 		return 2
 	}
 	var data []byte
@@ -383,6 +393,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 0
 	}
 	ws := append(review.Strict(p, reviewed, reviewedData), passed...)
+	if *histFile != "" {
+		hw, err := neverHit(ctx, p, reviewed, reviewedData, *histFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fqdngate check: %v\n", err)
+			return 1
+		}
+		ws = append(ws, hw...)
+	}
 	for _, w := range ws {
 		fmt.Fprintln(stderr, w)
 	}
