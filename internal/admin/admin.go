@@ -385,7 +385,7 @@ func prefixStrings(pfx []netip.Prefix) []string {
 }
 
 // FormatPorts writes a port range the way the policy spells it.
-func FormatPorts(pr policy.PortRange) string { return pr.String() }
+func FormatPorts(pr policy.PortRange) string { return pr.Written() }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -85,9 +85,10 @@ func sameMeaning(a, b *Rule) bool {
 	return (a.From == nil) == (b.From == nil)
 }
 
-// String writes the range the way the policy spells it: 443/tcp,
-// 8000-8100/tcp.
-func (r PortRange) String() string {
+// Written returns the range the way the policy spells it: 443/tcp,
+// 8000-8100/tcp. (Not String: the tests and messages print ranges as
+// structs.)
+func (r PortRange) Written() string {
 	s := strconv.Itoa(int(r.Lo))
 	if r.Hi != r.Lo {
 		s += "-" + strconv.Itoa(int(r.Hi))
@@ -126,7 +127,7 @@ func (r *Rule) UsageOf() RuleUsage {
 		u.To = append(u.To, x.String())
 	}
 	for _, pr := range r.Ports {
-		u.Ports = append(u.Ports, pr.String())
+		u.Ports = append(u.Ports, pr.Written())
 	}
 	if t := r.usage.LastHit(); !t.IsZero() {
 		u.LastHit = &t
