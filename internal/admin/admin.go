@@ -1,5 +1,6 @@
 // Package admin serves fqdngate's operator endpoint: health, readiness,
-// Prometheus metrics, the loaded policy, explanations and learned addresses.
+// Prometheus metrics, the loaded policy, explanations, learned addresses
+// and rule usage.
 package admin
 
 import (
