@@ -141,9 +141,10 @@ func Run(ctx context.Context, opts Options) error {
 	defer flush.Stop()
 	n := d.newNotifier()
 	readyC := n.poll()
+	// Armed by the policySet value start's commit left, and after every
+	// policy put in force since.
 	var obs observeTimer
 	defer obs.stop()
-	obs.arm(d)
 loop:
 	for {
 		select {

@@ -17,11 +17,18 @@ type observeTimer struct {
 	C <-chan time.Time // nil when no group observes
 }
 
-// arm sets the timer to fire at the policy's next deadline, or never.
+// arm sets the timer to fire at the policy's next deadline, or never,
+// and says which groups observe.
 func (o *observeTimer) arm(d *Daemon) {
 	o.stop()
-	if next, ok := d.Policy().NextObserveEnd(d.now()); ok {
-		o.after(next.Sub(d.now()))
+	p, now := d.Policy(), d.now()
+	for _, g := range p.Observed(now) {
+		if g.Observing {
+			d.log.Info("source group observes: what the policy denies it is let through and logged as would-deny", "group", g.Group, "until", g.Until.Format(time.RFC3339))
+		}
+	}
+	if next, ok := p.NextObserveEnd(now); ok {
+		o.after(next.Sub(now))
 	}
 }
 

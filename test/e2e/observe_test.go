@@ -77,8 +77,9 @@ func TestObserveUntil(t *testing.T) {
 	mustDrop(t, f.a, ap("2001:db8:100::77", otherPort))
 	// What the rules allow still passes.
 	mustReach(t, f.a, "api.example.com", ap("198.51.100.5", allowedPort))
-	if log := f.gate.stderr.String(); !strings.Contains(log, "observe_until passed; the group is enforced") || strings.Count(log, `msg="policy loaded"`) != 1 {
-		t.Errorf("want one start and the observe_until line in the daemon's log")
+	if log := f.gate.stderr.String(); !strings.Contains(log, "observe_until passed; the group is enforced") || strings.Count(log, `msg="policy loaded"`) != 1 ||
+		strings.Count(log, `msg="source group observes`) != 1 {
+		t.Errorf("want one start, one line that group a observes, and the observe_until line in the daemon's log")
 	}
 	if t.Failed() {
 		t.Log(f.gate.logs())
