@@ -124,6 +124,7 @@ func (f *Firewall) admit(a *admission, p *policy.Policy, src netip.Addr, name st
 			return
 		}
 		a.dec = refuse(a.dec, policy.ReasonQType, policy.WouldDeny)
+		a.dec.Observing = p.ObservedBy(&policy.Query{Source: src})
 	}
 }
 
@@ -220,5 +221,6 @@ func (f *Firewall) admitUpstream(x *exchange, name string, now time.Time) bool {
 		return false
 	}
 	x.dec = refuse(x.dec, policy.ReasonBudget, policy.WouldDeny)
+	x.dec.Observing = a.pol.ObservedBy(&policy.Query{Source: x.src.Addr()})
 	return true
 }

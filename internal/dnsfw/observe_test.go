@@ -34,7 +34,7 @@ func TestObservingGroup(t *testing.T) {
 		observing  any
 	}{
 		{payments, "evil.example", dns.TypeA, dns.RcodeSuccess, "would-deny", "payments"},
-		{payments, "api.bank.example", dns.TypeTXT, dns.RcodeSuccess, "would-deny", nil},
+		{payments, "api.bank.example", dns.TypeTXT, dns.RcodeSuccess, "would-deny", "payments"},
 		{payments, "api.bank.example", dns.TypeA, dns.RcodeSuccess, "allow", nil},
 		{web, "evil.example", dns.TypeA, dns.RcodeNameError, "deny", nil},
 	}

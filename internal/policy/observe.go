@@ -122,6 +122,17 @@ func (p *Policy) Enforced(q *Query) bool {
 	return p.Mode == Enforce && p.observer(q) == ""
 }
 
+// ObservedBy returns the group whose observe_until lets q's source
+// through now: "" when its denials are enforced, and in audit mode (the
+// whole daemon observes, no group). Components that refuse on top of
+// Decide name it in their would-deny (Decision.Observing).
+func (p *Policy) ObservedBy(q *Query) string {
+	if p.Mode == Audit {
+		return ""
+	}
+	return p.observer(q)
+}
+
 // observer returns a group q's source is in that observes now, or "". A
 // source in several groups observes if any of them does: the kernel
 // accepts it by any of its groups' sets as well.

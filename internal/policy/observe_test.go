@@ -98,6 +98,9 @@ func TestDecideObserving(t *testing.T) {
 			if d.Action == WouldDeny && d.Rule != nil {
 				t.Errorf("a would-deny names rule %q; want none", d.Rule.Name)
 			}
+			if g := p.ObservedBy(&tt.q); g != tt.observing && tt.want != Allow {
+				t.Errorf("ObservedBy = %q, want %q", g, tt.observing)
+			}
 			enforced := p.Enforced(&tt.q)
 			if wantEnf := tt.observing == ""; enforced != wantEnf && tt.want != Allow {
 				t.Errorf("Enforced = %v, want %v", enforced, wantEnf)
@@ -137,6 +140,10 @@ func TestObserveWithAuditMode(t *testing.T) {
 	q := Query{Source: netip.MustParseAddr("10.7.0.5"), Name: "evil.example.net", AnyPort: true}
 	if d := p.Decide(q); d.Action != WouldDeny || d.Observing != "" {
 		t.Errorf("got %s observing %q, want would-deny by audit mode", d.Action, d.Observing)
+	}
+	q.Source = netip.MustParseAddr("10.9.0.5") // payments, which observes too
+	if d, g := p.Decide(q), p.ObservedBy(&q); d.Action != WouldDeny || d.Observing != "" || g != "" {
+		t.Errorf("got %s observing %q, ObservedBy %q; want would-deny by audit mode, no group", d.Action, d.Observing, g)
 	}
 }
 
