@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
@@ -33,7 +34,7 @@ const usage = `NAME
 
 SYNOPSIS
     fqdngate run      -c POLICY [--dry-run]
-    fqdngate check    [--strict] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check    [--strict [--history PATH]] [--shared SHARED] [--host=false] POLICY|-
     fqdngate explain  -c POLICY [--shared SHARED] --from IP --to NAME[:PORT][/PROTO] [--json]
     fqdngate explain  --from-pod NAMESPACE/NAME [--admin URL] --to NAME[:PORT][/PROTO] [--json]
     fqdngate firewall show|remove [-c POLICY] [--table NAME]
@@ -268,8 +269,8 @@ const checkHelp = `NAME
     fqdngate check - validate a policy file
 
 SYNOPSIS
-    fqdngate check [--strict] [--shared SHARED] [--host=false] POLICY|-
-    fqdngate check -c POLICY [--strict] [--shared SHARED] [--host=false]
+    fqdngate check [--strict [--history PATH]] [--shared SHARED] [--host=false] POLICY|-
+    fqdngate check -c POLICY [--strict [--history PATH]] [--shared SHARED] [--host=false]
 
 DESCRIPTION
     Loads POLICY (the argument or -c; - reads it from standard input)
@@ -293,6 +294,13 @@ DESCRIPTION
     0.0.0.0/0 or ::/0 targets, rules open on every port, and a policy
     with no rules.
 
+    --history PATH (with --strict) also warns about every rule that
+    allowed nothing in the decision history at PATH (a gateway's
+    history.path; see fqdngate history): candidates for pruning.
+
+    A source group's observe_until that has passed is reported as a
+    warning with or without --strict: the group is enforced already.
+
     A POLICY with a cluster section is a fleet gateway's local file: check
     validates it together with the shared policy, SHARED if given, else
     the current revision in the fleet's etcd. Errors name the half they
@@ -301,6 +309,7 @@ DESCRIPTION
 EXAMPLES
     fqdngate check /etc/fqdngate/policy.yaml
     fqdngate check --strict --host=false policy.yaml
+    fqdngate check --strict --history /var/lib/fqdngate/history.db policy.yaml
     git show HEAD:policy.yaml | fqdngate check --host=false -
 `
 
@@ -313,6 +322,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	host := fs.Bool("host", true, "also check what run needs of this host (the state file's directory)")
 	shared := fs.String("shared", "", "a fleet gateway's shared policy `SHARED`, checked with POLICY (default: the current revision in etcd)")
 	strict := fs.Bool("strict", false, "also warn about what a valid policy probably did not mean; exit 1 if anything is found")
+	histFile := fs.String("history", "", "with --strict, also warn about rules that allowed nothing in the decision history at `PATH`")
 	pos, code := parseArgs(fs, args, stdout, 0, 1)
 	if code >= 0 {
 		return code
@@ -327,6 +337,10 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if path == "" {
 		fmt.Fprintln(stderr, "fqdngate check: give the policy file: fqdngate check POLICY (- for standard input)")
+		return 2
+	}
+	if *histFile != "" && !*strict {
+		fmt.Fprintln(stderr, "fqdngate check: --history is read by --strict; add --strict")
 		return 2
 	}
 	var data []byte
@@ -375,9 +389,6 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stdout, ", shared policy %s", p.SharedName)
 	}
 	fmt.Fprintln(stdout)
-	if !*strict {
-		return 0
-	}
 	// Rules, sources and users of a fleet gateway are in its shared half.
 	reviewed, reviewedData := name, data
 	if p.SharedName != "" {
@@ -388,7 +399,22 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			}
 		}
 	}
-	ws := review.Strict(p, reviewed, reviewedData)
+	passed := review.ObservePassed(p, reviewed, time.Now())
+	if !*strict {
+		for _, w := range passed {
+			fmt.Fprintln(stderr, w)
+		}
+		return 0
+	}
+	ws := append(review.Strict(p, reviewed, reviewedData), passed...)
+	if *histFile != "" {
+		hw, err := neverHit(ctx, p, reviewed, reviewedData, *histFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fqdngate check: %v\n", err)
+			return 1
+		}
+		ws = append(ws, hw...)
+	}
 	for _, w := range ws {
 		fmt.Fprintln(stderr, w)
 	}

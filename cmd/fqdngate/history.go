@@ -16,6 +16,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/review"
 )
 
 const historyHelp = `NAME
@@ -235,4 +236,19 @@ func port(p uint16) string {
 		return "-"
 	}
 	return strconv.Itoa(int(p))
+}
+
+// neverHit warns about p's rules that allowed nothing in the history
+// file at path; the rules are positioned in data (the file named file).
+func neverHit(ctx context.Context, p *policy.Policy, file string, data []byte, path string) ([]review.Warning, error) {
+	st, _, err := history.Open(path, history.Options{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("reading the history %s: %w", path, err)
+	}
+	defer st.Close()
+	h, err := st.RuleHits(ctx, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	return review.NeverHit(p, file, data, h, path), nil
 }

@@ -1,5 +1,6 @@
 // Package admin serves fqdngate's operator endpoint: health, readiness,
-// Prometheus metrics, the loaded policy, explanations and learned addresses.
+// Prometheus metrics, the loaded policy, explanations, learned addresses
+// and rule usage.
 package admin
 
 import (
@@ -10,8 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,6 +125,9 @@ func Handler(c Config) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, s)
 	})
+	mux.HandleFunc("GET /v1/rules", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, RulesOf(c.Policy()))
+	})
 	mux.HandleFunc("GET /v1/explain", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		from, pod, to := q.Get("from"), q.Get("pod"), q.Get("to")
@@ -230,6 +232,10 @@ type Summary struct {
 	Firewall   FirewallSummary        `json:"firewall"`
 	DNS        DNSSummary             `json:"dns"`
 	Rules      []RuleSummary          `json:"rules"`
+	// Observe lists the source groups with observe_until, by name: until
+	// when each observes (lets through and logs as would-deny what it
+	// would deny), and whether it still does. Empty when none has it.
+	Observe []policy.ObservedGroup `json:"observe"`
 	// RestartPending lists the settings that wait for a restart; empty
 	// when every setting of the policy is in force.
 	RestartPending []Pending `json:"restart_pending"`
@@ -298,6 +304,20 @@ type RuleSummary struct {
 	InspectTunnels bool `json:"inspect_tunnels"`
 }
 
+// RulesReport is /v1/rules: every rule of the policy in force with its
+// usage, in file order.
+type RulesReport struct {
+	File  string             `json:"file"`
+	Rules []policy.RuleUsage `json:"rules"`
+}
+
+// RulesOf reports p's rules and their usage (policy.Policy.RulesUsage):
+// hits count the decisions each rule allowed since this process started,
+// or since the rule last changed.
+func RulesOf(p *policy.Policy) RulesReport {
+	return RulesReport{File: p.File, Rules: p.RulesUsage()}
+}
+
 // Summarize describes p; generation is reported as given.
 func Summarize(p *policy.Policy, generation uint64) Summary {
 	s := Summary{
@@ -327,7 +347,8 @@ func Summarize(p *policy.Policy, generation uint64) Summary {
 			RebindingProtection: p.DNS.RebindingProtection,
 			StripECH:            p.DNS.StripECH,
 		},
-		Rules: []RuleSummary{},
+		Rules:   []RuleSummary{},
+		Observe: p.Observed(p.Now()),
 
 		RestartPending: []Pending{},
 	}
@@ -391,19 +412,7 @@ func prefixStrings(pfx []netip.Prefix) []string {
 }
 
 // FormatPorts writes a port range the way the policy spells it.
-func FormatPorts(pr policy.PortRange) string {
-	var b strings.Builder
-	b.WriteString(itoa(pr.Lo))
-	if pr.Hi != pr.Lo {
-		b.WriteByte('-')
-		b.WriteString(itoa(pr.Hi))
-	}
-	b.WriteByte('/')
-	b.WriteString(pr.Proto.String())
-	return b.String()
-}
-
-func itoa(v uint16) string { return strconv.Itoa(int(v)) }
+func FormatPorts(pr policy.PortRange) string { return pr.Written() }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")

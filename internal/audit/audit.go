@@ -103,17 +103,29 @@ func New(w io.Writer, format string, c Counter) *Logger {
 // is shared with anything that records.
 func (l *Logger) SetSink(s Sink) { l.sinks = append(l.sinks, s) }
 
-// Record writes e as one line "decision" (or "closed") with fields time, level,
+// Record counts e (metrics, and the hit of the rule that allowed it), hands
+// it to the sink, and writes it as one line "decision" (or "closed") with fields time, level,
 // component, source, pod (when SetPodOf names one), name, port (when not 0), qtype (when set), action,
-// rule, reason, then e.Attrs.
+// rule, reason, observing (the group whose observe_until made it a
+// would-deny, when one did), then e.Attrs.
 func (l *Logger) Record(ctx context.Context, e Event) {
 	if l == nil {
 		return
 	}
-	if l.counter != nil && !e.Closed && e.Msg == "" {
-		l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
+	t := e.Time
+	if t.IsZero() {
+		t = l.now()
 	}
 	if !e.Closed && e.Msg == "" {
+		if l.counter != nil {
+			l.counter.CountDecision(e.Component, e.Decision.Action, e.Decision.RuleName())
+		}
+		// A rule's hits (/v1/rules): traffic it allowed, from a source.
+		// Lines without one (a refresh fqdngate makes itself) are no use
+		// of the rule.
+		if r := e.Decision.Rule; r != nil && e.Decision.Action == policy.Allow && e.Source.IsValid() {
+			r.Usage().Hit(t)
+		}
 		for _, s := range l.sinks {
 			s.Observe(e)
 		}
@@ -127,10 +139,6 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 		bp = &b
 	}
 	enc := encoder{buf: (*bp)[:0], text: l.text}
-	t := e.Time
-	if t.IsZero() {
-		t = l.now()
-	}
 	msg := "decision"
 	switch {
 	case e.Msg != "":
@@ -161,6 +169,9 @@ func (l *Logger) Record(ctx context.Context, e Event) {
 	enc.str("action", e.Decision.Action.String())
 	enc.str("rule", e.Decision.RuleName())
 	enc.str("reason", e.Decision.Reason.String())
+	if e.Decision.Observing != "" {
+		enc.str("observing", e.Decision.Observing)
+	}
 	for _, a := range e.Attrs {
 		enc.attr("", a)
 	}

@@ -274,10 +274,12 @@ func (c *components) auditDrop(src, dst netip.Addr, proto policy.Proto, port uin
 		// policy does not know (a learned address expired, say).
 		dec = policy.Decision{Reason: policy.ReasonNotAllowedIP}
 	}
-	if p.Mode == policy.Audit {
-		dec.Action = policy.WouldDeny
-	} else {
+	// Enforced, as Decide has it: audit mode, or a source in a group that
+	// observes, whose packets the kernel sampled and then accepted.
+	if p.Enforced(&policy.Query{Source: src}) {
 		dec.Action = policy.Deny
+	} else {
+		dec.Action = policy.WouldDeny
 	}
 	c.d.audit.Record(context.Background(), audit.Event{
 		Component: audit.Firewall,

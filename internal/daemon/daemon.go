@@ -107,7 +107,10 @@ type Daemon struct {
 	running map[string]*listener
 
 	fatal chan error // a listener that stopped serving on its own
-	wg    sync.WaitGroup
+	// policySet has a value after each policy put in force, for the
+	// observe_until timer.
+	policySet chan struct{}
+	wg        sync.WaitGroup
 }
 
 // Run loads the policy, starts every configured component and serves until
@@ -138,9 +141,21 @@ func Run(ctx context.Context, opts Options) error {
 	defer flush.Stop()
 	n := d.newNotifier()
 	readyC := n.poll()
+	// Armed by the policySet value start's commit left, and after every
+	// policy put in force since.
+	var obs observeTimer
+	defer obs.stop()
 loop:
 	for {
 		select {
+		case <-d.policySet:
+			obs.arm(d)
+		case <-obs.C:
+			if d.observeEnded(runCtx) {
+				obs.arm(d)
+			} else {
+				obs.after(observeRetry)
+			}
 		case <-readyC:
 			readyC = n.poll()
 		case <-flush.C:
@@ -201,6 +216,9 @@ func newDaemon(opts Options) *Daemon {
 		reg:     prometheus.NewRegistry(),
 		running: map[string]*listener{},
 		fatal:   make(chan error, 8),
+		// policySet: one pending value is enough, the timer reads the
+		// newest policy.
+		policySet: make(chan struct{}, 1),
 	}
 	d.m = newMetrics(d.reg, opts.Version, opts.Revision)
 	d.out = newReopenWriter(opts.Stdout)
@@ -325,6 +343,10 @@ func (d *Daemon) setPolicy(p *policy.Policy) {
 	d.pol.Store(p)
 	d.m.generation.Set(float64(d.gen.Add(1)))
 	d.m.rules.Set(float64(len(p.Rules)))
+	select {
+	case d.policySet <- struct{}{}:
+	default:
+	}
 }
 
 // Policy returns the policy in force.
@@ -447,6 +469,10 @@ func (d *Daemon) prepare(p *policy.Policy) (_ *change, err error) {
 	if err := CheckHost(p); err != nil {
 		return nil, err
 	}
+	// Rules that did not change keep counting where they were
+	// (/v1/rules); a failed change leaves the old policy's counters as
+	// they are.
+	p.KeepUsage(d.Policy())
 	ch := &change{p: p, pending: restartPending(d.boot, p)}
 	defer func() {
 		if err != nil {

@@ -22,7 +22,11 @@
 //	pods, namespaces ──informers──▶ kube.Watcher ──snapshot (policy.Members)──▶ nft pod sets (one element diff), then
 //	                                                                           the policy in force (groups that select pods)
 //
-//	every decision ──▶ audit.Logger (one line, naming the pod of a pod source) + metrics; admin serves health, metrics, /v1/*
+//	every decision ──▶ audit.Logger (one line, naming the pod of a pod source) + metrics + the allowing rule's hit
+//	                   (policy.Usage, /v1/rules; kept across reloads by KeepUsage); admin serves health, metrics, /v1/*
+//
+//	observe_until: Decide reads the policy's clock (a group's denials are would-deny until its date);
+//	Run's observeTimer applies the kernel ruleset again at each deadline, built at that time
 //
 //	fleet gateway (cluster: in the local file), internal/cluster:
 //	etcd policy/current ──watch──▶ revision ──compose with the local file──▶ *policy.Policy ──▶ the reload's prepare/commit

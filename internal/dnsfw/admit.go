@@ -114,16 +114,17 @@ func (f *Firewall) admit(a *admission, p *policy.Policy, src netip.Addr, name st
 		a.allow = a.dec
 	}
 
-	// The record type, for names a rule allows (and, in audit mode, for
-	// those it would not).
+	// The record type, for names a rule allows (and, in audit mode or for
+	// a group that observes, for those it would not).
 	if !typeAllowed(p, qtype) {
 		a.note = noteQType
-		if p.Mode == policy.Enforce {
+		if p.Enforced(&policy.Query{Source: src}) {
 			a.dec = refuse(a.dec, policy.ReasonQType, policy.Deny)
 			a.refusal = refusedQType
 			return
 		}
 		a.dec = refuse(a.dec, policy.ReasonQType, policy.WouldDeny)
+		a.dec.Observing = p.ObservedBy(&policy.Query{Source: src})
 	}
 }
 
@@ -221,10 +222,11 @@ func (f *Firewall) admitUpstream(x *exchange, name string, now time.Time) bool {
 	}
 	f.metrics.budget.WithLabelValues(a.allow.Rule.Name).Inc()
 	x.note = noteBudget + strconv.Itoa(a.pol.DNS.WildcardBudget) + " new names a minute under " + pattern
-	if a.pol.Mode == policy.Enforce {
+	if a.pol.Enforced(&policy.Query{Source: x.src.Addr()}) {
 		x.dec = refuse(x.dec, policy.ReasonBudget, policy.Deny)
 		return false
 	}
 	x.dec = refuse(x.dec, policy.ReasonBudget, policy.WouldDeny)
+	x.dec.Observing = a.pol.ObservedBy(&policy.Query{Source: x.src.Addr()})
 	return true
 }

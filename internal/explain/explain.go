@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
@@ -27,6 +29,16 @@ type Result struct {
 	Group        string   `json:"group,omitempty"`   // the source group that matched
 	NearRule     string   `json:"near_rule,omitempty"`
 	SourceGroups []string `json:"source_groups"` // every group the source belongs to
+	// Observing is the source group whose observe_until made this a
+	// would-deny; empty otherwise.
+	Observing string `json:"observing,omitempty"`
+	// Observe lists the source's groups that have observe_until: until
+	// when each observes, and whether it still does.
+	Observe []policy.ObservedGroup `json:"observe,omitempty"`
+	// Usage is the deciding rule's usage (hits and last hit) as counted
+	// by the policy given: a running daemon's (/v1/explain) has counted
+	// its traffic; a policy just loaded (the CLI) has counted nothing.
+	Usage *policy.RuleUsage `json:"rule_usage,omitempty"`
 	// Pod names the pod (namespace/name) the source address belongs to,
 	// by the pod snapshot of the policy (the daemon's /v1/explain; the
 	// CLI, answering from the file alone, knows no pods).
@@ -198,6 +210,16 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 	if r.SourceGroups == nil {
 		r.SourceGroups = []string{}
 	}
+	r.Observing = d.Observing
+	if d.Rule != nil {
+		u := d.Rule.UsageOf()
+		r.Usage = &u
+	}
+	for _, o := range p.Observed(p.Now()) {
+		if slices.Contains(r.SourceGroups, o.Group) {
+			r.Observe = append(r.Observe, o)
+		}
+	}
 	if d.NearRule != nil {
 		r.NearRule = d.NearRule.Name
 	}
@@ -212,6 +234,7 @@ func Explain(p *policy.Policy, from, to string, host netaddr.Host) (Result, erro
 			}
 		}
 		r.Action, r.Rule, r.Pattern, r.Group, r.NearRule = policy.Deny.String(), "", "", "", ""
+		r.Observing, r.Usage = "", nil
 		r.Reason = fmt.Sprintf("not served: %s is outside the inside (inside: %s)", r.From, p.DescribeInside())
 		return r, nil
 	}
@@ -266,6 +289,9 @@ func (r Result) Text() string {
 		return b.String()
 	case r.Rule != "":
 		fmt.Fprintf(&b, "  rule:    %s\n  pattern: %s\n", r.Rule, r.Pattern)
+		if u := r.Usage; u != nil && u.LastHit != nil {
+			fmt.Fprintf(&b, "  usage:   %d hits, the last at %s\n", u.Hits, u.LastHit.Format(time.RFC3339))
+		}
 		if r.Group != "" {
 			fmt.Fprintf(&b, "  via:     source group %s\n", r.Group)
 		} else {
@@ -299,8 +325,18 @@ func (r Result) Text() string {
 	case "validated":
 		b.WriteString("  dnssec:  validated: bogus answers are refused, answers from unsigned zones are answered (dns.dnssec: validate)\n")
 	}
-	if r.Action == "would-deny" {
+	switch {
+	case r.Observing != "":
+		fmt.Fprintf(&b, "  observe: source group %s observes, so this traffic is let through and logged as would-deny\n", r.Observing)
+	case r.Action == "would-deny":
 		b.WriteString("  mode:    audit, so this traffic is let through and logged as would-deny\n")
+	}
+	for _, o := range r.Observe {
+		if o.Observing {
+			fmt.Fprintf(&b, "  observe: group %s observes until %s (observe_until: %s), then it is enforced\n", o.Group, o.Until.Format(time.RFC3339), o.Written)
+		} else {
+			fmt.Fprintf(&b, "  observe: group %s is enforced since %s (observe_until: %s)\n", o.Group, o.Until.Format(time.RFC3339), o.Written)
+		}
 	}
 	return b.String()
 }

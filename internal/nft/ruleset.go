@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/sockmark"
@@ -257,6 +258,15 @@ func build(cfg *Config, p *policy.Policy) *desired {
 			}
 		}
 	}
+	// A group that observes (observe_until) needs its source sets even
+	// when no rule names it yet: the kernel accepts its sources where it
+	// would refuse them.
+	observing := p.ObservingGroups(p.Now())
+	for _, g := range observing {
+		if !slices.Contains(groups, g) {
+			groups = append(groups, g)
+		}
+	}
 	slices.Sort(groups)
 	groupPrefixes := func(g string, f family) []netip.Prefix {
 		var out []netip.Prefix
@@ -357,6 +367,26 @@ func build(cfg *Config, p *policy.Policy) *desired {
 		}
 	}
 	enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"})
+	// After the sample, so that what an observing group would have had
+	// dropped is sampled too (the daemon records it as would-deny).
+	for _, g := range observing {
+		for _, f := range families {
+			var srcs [][]match
+			if len(groupPrefixes(g, f)) > 0 {
+				srcs = append(srcs, []match{{kind: saddrIn, fam: f, set: "src" + f.String() + "." + ident(g)}})
+			}
+			if p.Dynamic(g) {
+				srcs = append(srcs, []match{{kind: saddrIn, fam: f, set: podSetName(g, f)}})
+			}
+			for _, src := range srcs {
+				enforce = append(enforce, ruleSpec{
+					matches: append(src, groupInterfaces(p, g)...),
+					stmts:   []stmt{{kind: counter}, {kind: accept}},
+					comment: "would-deny: " + g + " observes until " + p.Observe[g].Until.Format(time.RFC3339),
+				})
+			}
+		}
+	}
 	enforce = append(enforce, denyRules(p, "default deny")...)
 
 	// The filter base chain decides who is held to the policy.

@@ -9,11 +9,17 @@ import (
 
 // Decide answers q. Rules only allow; the first rule in file order that
 // covers the destination, the source and the port decides. Anything no rule
-// allows is denied, or WouldDeny in audit mode. Decide does not allocate.
+// allows is denied, or WouldDeny in audit mode and for a source in a group
+// that observes now (observe_until, read on the policy's clock). Decide
+// does not allocate.
 func (p *Policy) Decide(q Query) Decision {
 	d := p.decide(q)
-	if d.Action == Deny && p.Mode == Audit {
-		d.Action = WouldDeny
+	if d.Action == Deny {
+		if p.Mode == Audit {
+			d.Action = WouldDeny
+		} else if g := p.observer(&q); g != "" {
+			d.Action, d.Observing = WouldDeny, g
+		}
 	}
 	return d
 }

@@ -76,6 +76,7 @@ func defaults(file string) *Policy {
 		Log:              Log{Format: "json"},
 		History:          defaultHistory(),
 		Sources:          map[string][]netip.Prefix{},
+		Observe:          map[string]Observe{},
 		Pods:             map[string]*PodSelector{},
 		SourceInterfaces: map[string][]string{},
 		Users:            map[string]User{},
@@ -396,6 +397,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 			continue
 		}
 		r.Index = len(p.Rules)
+		r.usage = &Usage{}
 		p.Rules = append(p.Rules, r)
 	}
 	d.firewall(p, &fw)
@@ -405,6 +407,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		return nil, errs
 	}
 	p.groupOrder = sortedKeys(p.Sources)
+	p.compileObserve()
 	p.dynOrder = sortedKeys(p.Pods)
 	if len(p.Pods) > 0 {
 		p.members = &membership{}
@@ -481,6 +484,9 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*ya
 		if w.pods != nil {
 			p.Pods[k.Value] = w.pods
 		}
+		if w.observeSet {
+			p.Observe[k.Value] = w.observe
+		}
 		if w.cidrsSet && len(w.cidrs) == 0 {
 			d.errorf(k, "source group %q has no addresses; list CIDRs or addresses, or remove the group", k.Value)
 		}
@@ -506,6 +512,8 @@ type wireGroup struct {
 	ifacesNode *yaml.Node
 	pods       *PodSelector // the kubernetes key, compiled; nil if absent or wrong
 	podsSet    bool
+	observe    Observe // observe_until, when observeSet
+	observeSet bool
 }
 
 func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
@@ -525,9 +533,10 @@ func (d *decoder) sourceGroup(k, v *yaml.Node, path string) wireGroup {
 			w.podsSet = true
 			w.pods = d.podSelector(c, path+".kubernetes")
 		}},
+		field{"observe_until", d.observeUntil(&w.observe, &w.observeSet, path+".observe_until")},
 	)
 	// A misspelt cidrs is reported as an unknown key already.
-	if !w.cidrsSet && !w.podsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces", "kubernetes") {
+	if !w.cidrsSet && !w.podsSet && !hasOtherKeys(d.deref(v), "cidrs", "interfaces", "kubernetes", "observe_until") {
 		d.errorf(k, "source group %q has no cidrs and selects no pods; list its addresses, like %s: {cidrs: [10.0.0.0/24], interfaces: [eth1]}, or its pods, like %s: {kubernetes: {namespaces: [payments]}}", k.Value, k.Value, k.Value)
 	}
 	return w

@@ -64,6 +64,9 @@ type Policy struct {
 	// Groups not here match on any interface. The DNS firewall and the
 	// proxy decide groups by address alone.
 	SourceInterfaces map[string][]string
+	// Observe maps each source group with observe_until to it; see
+	// Observed, Enforced.
+	Observe map[string]Observe
 	// InsideSpec is the inside: the sources fqdngate serves (Inside).
 	InsideSpec Inside
 	// Users maps proxy user names to their password hash and groups.
@@ -76,6 +79,9 @@ type Policy struct {
 	dynOrder   []string // Pods' keys, sorted
 	// members is the current pod snapshot; nil when no group selects pods.
 	members *membership
+	// observeOrder is Observe by group name; clock is SetClock's.
+	observeOrder []observed
+	clock        func() time.Time
 }
 
 // Pos is a position in the policy file.
@@ -409,6 +415,9 @@ type Rule struct {
 	DNSSECRequired bool
 
 	fromGroups []groupRef
+	// usage counts the rule's hits; carried to the same rule of the next
+	// policy by KeepUsage.
+	usage *Usage
 }
 
 type groupRef struct {
@@ -449,7 +458,7 @@ type Action uint8
 const (
 	Deny      Action = iota
 	Allow            // a rule allowed it
-	WouldDeny        // audit mode: allowed, but Enforce would deny
+	WouldDeny        // audit mode or an observing group: allowed, but Enforce would deny
 	// Fail: nothing refused it, but fqdngate could not carry it out: the
 	// upstream resolver or server was unreachable or failed, the answer's
 	// addresses could not be enforced in time, or a concurrency or rate
@@ -563,6 +572,9 @@ type Decision struct {
 	// NearRule is, for a denial, the rule that named the destination but
 	// not this source or port; nil otherwise. It explains, never permits.
 	NearRule *Rule
+	// Observing is, for a WouldDeny in enforce mode, the source group
+	// whose observe_until let it through; "" otherwise.
+	Observing string
 }
 
 // WildcardPattern returns the pattern, as written, by which d's rule
