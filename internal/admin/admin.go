@@ -6,10 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"iter"
 	"net"
 	"net/http"
 	"net/netip"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +33,9 @@ type Config struct {
 	// Ready returns nil when every configured listener is serving and the
 	// policy is loaded, or an error naming what is not. If nil, always ready.
 	Ready func() error
-	// Learned lists learned addresses. If nil, /v1/learned is empty.
-	Learned func() []learn.Entry
+	// Learned yields the learned addresses, in any order; /v1/learned
+	// pages through them (see learn.Page). If nil, /v1/learned is empty.
+	Learned iter.Seq[learn.Entry]
 	// Gatherer provides /metrics. If nil, /metrics is 404.
 	Gatherer prometheus.Gatherer
 	// RestartPending lists the settings of the policy in force that wait
@@ -152,23 +153,19 @@ func Handler(c Config) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"rows": rows})
 	})
 	mux.HandleFunc("GET /v1/learned", func(w http.ResponseWriter, r *http.Request) {
-		out := []learnedJSON{}
-		if c.Learned != nil {
-			now := time.Now()
-			for _, e := range c.Learned() {
-				out = append(out, learnedJSON{
-					Name: string(e.Name), Address: e.Addr, Rule: e.Rule, Group: e.Group,
-					Expires: e.Expires.UTC().Format(time.RFC3339), ExpiresIn: e.Expires.Sub(now).Round(time.Second).String(),
-				})
-			}
-			sort.Slice(out, func(i, j int) bool {
-				if out[i].Name != out[j].Name {
-					return out[i].Name < out[j].Name
-				}
-				return out[i].Address.Less(out[j].Address)
-			})
+		q, err := parseLearnedQuery(r.URL.Query())
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
 		}
-		writeJSON(w, http.StatusOK, out)
+		var (
+			page []learn.Entry
+			next learn.Cursor
+		)
+		if c.Learned != nil {
+			page, next = learn.Page(c.Learned, q.filter, q.after, q.limit)
+		}
+		writeLearned(w, page, next, time.Now())
 	})
 	return mux
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,9 +50,7 @@ func newServer(t *testing.T, ready func() error) *httptest.Server {
 		Ready:      ready,
 		Gatherer:   reg,
 		Local:      netaddr.HostList{netip.MustParseAddr("192.0.2.129")},
-		Learned: func() []learn.Entry {
-			return []learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
-		},
+		Learned:    slices.Values([]learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}),
 	}))
 	t.Cleanup(srv.Close)
 	return srv

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -39,7 +40,7 @@ type components struct {
 	// proxy and the DNS firewall share it, and its cache.
 	verifier *proxy.Verifier
 	nft      *nft.Backend // nil unless firewall.backend is nftables
-	learned  func() []learn.Entry
+	learned  iter.Seq[learn.Entry]
 	runOnce  sync.Once
 	wg       sync.WaitGroup
 
@@ -96,7 +97,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 			return nil, err
 		}
 		publisher = c.nft
-		c.learned = c.nft.Learned
+		c.learned = c.nft.All()
 		registerFirewallMetrics(d.reg, c.nft)
 	}
 	if d.fl != nil {
@@ -140,7 +141,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
 	}
 	if s := c.dns.Learned(); s != nil && c.learned == nil {
-		c.learned = s.List
+		c.learned = s.All()
 	}
 	c.proxy, err = proxy.New(proxy.Config{
 		Policy:     d.Policy,

@@ -3,6 +3,7 @@ package learn
 import (
 	"context"
 	"hash/maphash"
+	"iter"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -446,4 +447,36 @@ func (s *Store) Len() int {
 // a bound: in total, and of those by the per-name bound.
 func (s *Store) Evictions() (total, perName uint64) {
 	return s.evicted.Load(), s.capHits.Load()
+}
+
+// All yields the entries that have not expired, in no particular order,
+// as List does but a shard at a time: it holds one shard's read lock
+// while it copies that shard's entries, none while it yields, so a
+// caller that pages through a million entries (see [Page]) holds up no
+// Publish for long and never holds them all.
+func (s *Store) All() iter.Seq[Entry] {
+	return func(yield func(Entry) bool) {
+		var buf []Entry
+		for i := range s.shards {
+			sh := &s.shards[i]
+			cut := s.now().Unix()
+			buf = buf[:0]
+			sh.mu.RLock()
+			for name, recs := range sh.names {
+				for j := range recs {
+					r := &recs[j]
+					if exp := atomic.LoadInt64(&r.exp); exp > cut {
+						rg := r.rg.Value()
+						buf = append(buf, Entry{Name: name, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC()})
+					}
+				}
+			}
+			sh.mu.RUnlock()
+			for _, e := range buf {
+				if !yield(e) {
+					return
+				}
+			}
+		}
+	}
 }

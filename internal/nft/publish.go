@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"sync"
 	"time"
@@ -301,6 +302,59 @@ func (b *Backend) Learned() []learn.Entry {
 		yield() // last: exp is stale once the lock was let go
 	}
 	return out
+}
+
+// All yields the learned addresses the kernel holds, one entry per name
+// holding each (an element that no name holds, adopted from a previous
+// process or restored from the state file, once, without a name), in no
+// particular order: for the admin API, which pages through them (see
+// learn.Page). It copies sweepChunk entries at a time under the lock and
+// yields them without it, so a listing of a million holds up Publish no
+// longer than a sweep does and never holds them all.
+func (b *Backend) All() iter.Seq[learn.Entry] {
+	return func(yield func(learn.Entry) bool) {
+		buf := make([]learn.Entry, 0, sweepChunk)
+		flush := func() bool {
+			b.memMu.Unlock()
+			defer b.memMu.Lock()
+			for _, e := range buf {
+				if !yield(e) {
+					return false
+				}
+			}
+			buf = buf[:0]
+			return true
+		}
+		now := b.now()
+		b.memMu.Lock()
+		defer b.memMu.Unlock()
+		// Ranging over a map that others change between iterations
+		// is allowed: entries they add may or may not be visited.
+		for name, held := range b.names {
+			for k, exp := range held {
+				if o, ok := b.owner[k.set]; ok && exp.After(now) {
+					if mexp, ok := b.mirror[k]; ok && mexp.After(now) {
+						buf = append(buf, learn.Entry{Name: name, Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+					}
+				}
+			}
+			if len(buf) >= sweepChunk && !flush() {
+				return
+			}
+		}
+		for k, exp := range b.mirror {
+			if b.refs[k] > 0 || !exp.After(now) {
+				continue
+			}
+			if o, ok := b.owner[k.set]; ok {
+				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+			}
+			if len(buf) >= sweepChunk && !flush() {
+				return
+			}
+		}
+		flush()
+	}
 }
 
 var _ learn.Publisher = (*Backend)(nil)
