@@ -170,15 +170,6 @@ func Handler(c Config) http.Handler {
 	return mux
 }
 
-type learnedJSON struct {
-	Name      string     `json:"name"`
-	Address   netip.Addr `json:"address"`
-	Rule      string     `json:"rule"`
-	Group     string     `json:"group"`
-	Expires   string     `json:"expires"`
-	ExpiresIn string     `json:"expires_in"`
-}
-
 // Summary is the loaded policy as /v1/policy shows it.
 type Summary struct {
 	File string `json:"file"`

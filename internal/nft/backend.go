@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unique"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -172,7 +173,7 @@ type Backend struct {
 	// names holds, per name, the elements its answers brought and until
 	// when (for the per-name cap); refs counts the names holding each
 	// element. Adopted and restored elements are held by no name.
-	names   map[dnsname.Name]map[elemKey]time.Time
+	names   map[dnsname.Name]*held
 	refs    map[elemKey]int32
 	perName int // dns.max_learned_per_name of the applied policy
 
@@ -240,10 +241,22 @@ type Backend struct {
 	beforeRead func()
 }
 
+// elemKey is a learned element: its set and its address, in 24 bytes
+// (the set name interned, the address in its 16-byte form) rather than
+// 40, since the backend keeps several maps and slices of them, one entry
+// per learned address.
 type elemKey struct {
-	set  string
-	addr netip.Addr
+	setH unique.Handle[string]
+	a    [16]byte
 }
+
+func keyOf(set string, a netip.Addr) elemKey { return elemKey{unique.Make(set), a.As16()} }
+
+// set is the name of k's set.
+func (k elemKey) set() string { return k.setH.Value() }
+
+// addr is k's address, IPv4 as IPv4.
+func (k elemKey) addr() netip.Addr { return netip.AddrFrom16(k.a).Unmap() }
 
 // New connects to nftables and adopts the table if a previous process left
 // one: until the first Apply the old rules, and their learned addresses,
@@ -266,7 +279,7 @@ func New(cfg Config) (*Backend, error) {
 		learned:   make(map[learnKey]string),
 		owner:     make(map[string]learnKey),
 		mirror:    make(map[elemKey]time.Time),
-		names:     make(map[dnsname.Name]map[elemKey]time.Time),
+		names:     make(map[dnsname.Name]*held),
 		refs:      make(map[elemKey]int32),
 		perName:   defaultPerName,
 		statePath: cfg.StateFile,
@@ -446,7 +459,7 @@ func (b *Backend) adopt() error {
 			if !ok || e.Expires <= 0 {
 				continue
 			}
-			b.mirror[elemKey{s.Name, a}] = now.Add(e.Expires)
+			b.mirror[keyOf(s.Name, a)] = now.Add(e.Expires)
 			n++
 		}
 	}
@@ -642,20 +655,21 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 		b.owner[name] = k
 	}
 	for k := range b.mirror {
-		if _, ok := b.owner[k.set]; !ok {
+		if _, ok := b.owner[k.set()]; !ok {
 			delete(b.mirror, k)
 			b.dirty = true
 		}
 	}
 	if len(dropped) > 0 {
-		for name, held := range b.names {
-			for k := range held {
-				if _, ok := b.owner[k.set]; !ok {
-					delete(held, k)
+		for name, h := range b.names {
+			h.deleteFunc(func(k elemKey, _ int64) bool {
+				if _, ok := b.owner[k.set()]; !ok {
 					b.unrefLocked(k)
+					return true
 				}
-			}
-			if len(held) == 0 {
+				return false
+			})
+			if h.len() == 0 {
 				delete(b.names, name)
 			}
 		}
@@ -693,10 +707,10 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 	add := func(k elemKey, exp time.Time) bool {
 		// Round up: an element must not expire before its answer.
 		ttl := (exp.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
-		if ttl <= 0 || !kept[k.set] {
+		if ttl <= 0 || !kept[k.set()] {
 			return false
 		}
-		out[k.set] = append(out[k.set], nftables.SetElement{Key: k.addr.AsSlice(), Timeout: ttl})
+		out[k.set()] = append(out[k.set()], nftables.SetElement{Key: k.addr().AsSlice(), Timeout: ttl})
 		return true
 	}
 	b.memMu.Lock()
@@ -715,7 +729,7 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 			if !ok {
 				continue
 			}
-			k := elemKey{name, a}
+			k := keyOf(name, a)
 			if exp, held := b.mirror[k]; held && exp.After(now) {
 				continue
 			}

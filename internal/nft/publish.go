@@ -143,13 +143,17 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 			return fmt.Errorf("nftables: publishing %s for rule %q group %q: not in the applied policy (was it reloaded?)", e.Name, e.Rule, e.Group)
 		}
 	}
-	for _, e := range batch {
+	for i, e := range batch {
 		if !e.Expires.After(now) {
 			continue
 		}
 		a := e.Addr.Unmap()
-		k := elemKey{b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a}
-		evict = b.holdLocked(e.Name, k, e.Expires, evict)
+		k := keyOf(b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a)
+		hint := 1
+		for hint < manyHeld && i+hint < len(batch) && batch[i+hint].Name == e.Name {
+			hint++
+		}
+		evict = b.holdLocked(e.Name, k, e.Expires, evict, hint)
 		have, ok := b.mirror[k]
 		if ok && have.After(now) && !have.Before(e.Expires) {
 			continue
@@ -296,8 +300,8 @@ func (b *Backend) Learned() []learn.Entry {
 	for k, exp := range b.mirror {
 		if !exp.After(now) {
 			delete(b.mirror, k) // the kernel expired it too
-		} else if o, ok := b.owner[k.set]; ok { // else adopted, and not yet claimed by an Apply
-			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
+			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp})
 		}
 		yield() // last: exp is stale once the lock was let go
 	}
@@ -330,11 +334,12 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 		defer b.memMu.Unlock()
 		// Ranging over a map that others change between iterations
 		// is allowed: entries they add may or may not be visited.
-		for name, held := range b.names {
-			for k, exp := range held {
-				if o, ok := b.owner[k.set]; ok && exp.After(now) {
+		cut := now.UnixNano()
+		for name, h := range b.names {
+			for k, exp := range h.all {
+				if o, ok := b.owner[k.set()]; ok && exp > cut {
 					if mexp, ok := b.mirror[k]; ok && mexp.After(now) {
-						buf = append(buf, learn.Entry{Name: name, Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+						buf = append(buf, learn.Entry{Name: name, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
 					}
 				}
 			}
@@ -346,8 +351,8 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 			if b.refs[k] > 0 || !exp.After(now) {
 				continue
 			}
-			if o, ok := b.owner[k.set]; ok {
-				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+			if o, ok := b.owner[k.set()]; ok {
+				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp})
 			}
 			if len(buf) >= sweepChunk && !flush() {
 				return

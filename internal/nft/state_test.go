@@ -136,11 +136,11 @@ func stateBackend(t *testing.T, path string, logs *logBuffer) *Backend {
 		now:       time.Now,
 		mirror:    make(map[elemKey]time.Time),
 		owner:     map[string]learnKey{"learn4.r": {rule: "r", fam: v4}},
-		names:     make(map[dnsname.Name]map[elemKey]time.Time),
+		names:     make(map[dnsname.Name]*held),
 		refs:      make(map[elemKey]int32),
 		statePath: path,
 	}
-	b.mirror[elemKey{"learn4.r", netip.MustParseAddr("192.0.2.1")}] = time.Now().Add(time.Hour)
+	b.mirror[keyOf("learn4.r", netip.MustParseAddr("192.0.2.1"))] = time.Now().Add(time.Hour)
 	b.dirty = true
 	return b
 }

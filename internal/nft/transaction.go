@@ -110,12 +110,12 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 			}
 			x.adding[p.key] = true
 			if deletes && p.extend && b.replaceToExtend && b.surelyHeldLocked(p.key, now) {
-				x.put(x.dels, p.key.set, elem{addr: p.key.addr})
+				x.put(x.dels, p.key.set(), elem{addr: p.key.addr()})
 				deleted = true
 			}
 			// Round up: an element must not expire before its answer.
 			ttl := (p.expires.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
-			x.put(x.adds, p.key.set, elem{p.key.addr, ttl})
+			x.put(x.adds, p.key.set(), elem{p.key.addr(), ttl})
 		}
 	}
 	if deletes {
@@ -124,7 +124,7 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 				if b.refs[k] != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
 					continue
 				}
-				x.put(x.dels, k.set, elem{addr: k.addr})
+				x.put(x.dels, k.set(), elem{addr: k.addr()})
 				x.gone = append(x.gone, k)
 				deleted = true
 			}
