@@ -168,7 +168,7 @@ type Backend struct {
 	// mirror is what the kernel's learned sets hold: expiry by set and
 	// address. It lets a re-learned address that is already programmed
 	// long enough skip netlink altogether.
-	mirror map[elemKey]time.Time
+	mirror map[elemKey]wall
 	dirty  bool // mirror changed since the state file was written
 	// names holds, per name, the elements its answers brought and until
 	// when (for the per-name cap); refs counts the names holding each
@@ -278,7 +278,7 @@ func New(cfg Config) (*Backend, error) {
 		sets:      make(map[string]*nftables.Set),
 		learned:   make(map[learnKey]string),
 		owner:     make(map[string]learnKey),
-		mirror:    make(map[elemKey]time.Time),
+		mirror:    make(map[elemKey]wall),
 		names:     make(map[dnsname.Name]*held),
 		refs:      make(map[elemKey]int32),
 		perName:   defaultPerName,
@@ -459,7 +459,7 @@ func (b *Backend) adopt() error {
 			if !ok || e.Expires <= 0 {
 				continue
 			}
-			b.mirror[keyOf(s.Name, a)] = now.Add(e.Expires)
+			b.mirror[keyOf(s.Name, a)] = wallOf(now.Add(e.Expires))
 			n++
 		}
 	}
@@ -675,7 +675,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 		}
 	}
 	for k, exp := range fromState {
-		b.mirror[k] = exp
+		b.mirror[k] = wallOf(exp)
 		b.dirty = true
 	}
 	res := commitResult{sets: len(sets), restored: len(fromState)}
@@ -717,7 +717,7 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 	defer b.memMu.Unlock()
 	if rebuild {
 		for k, exp := range b.mirror {
-			add(k, exp)
+			add(k, exp.Time())
 		}
 	}
 	var fromState map[elemKey]time.Time

@@ -217,3 +217,14 @@ func (b *Backend) yielderLocked() func() {
 		}
 	}
 }
+
+// wall is a time in Unix nanoseconds: 8 bytes where a time.Time takes 24,
+// for the expiry the mirror keeps of every learned element.
+type wall int64
+
+func wallOf(t time.Time) wall { return wall(t.UnixNano()) }
+
+func (w wall) Time() time.Time               { return time.Unix(0, int64(w)) }
+func (w wall) After(t time.Time) bool        { return int64(w) > t.UnixNano() }
+func (w wall) Before(t time.Time) bool       { return int64(w) < t.UnixNano() }
+func (w wall) Sub(t time.Time) time.Duration { return time.Duration(int64(w) - t.UnixNano()) }

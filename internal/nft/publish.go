@@ -301,7 +301,7 @@ func (b *Backend) Learned() []learn.Entry {
 		if !exp.After(now) {
 			delete(b.mirror, k) // the kernel expired it too
 		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
-			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp})
+			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time()})
 		}
 		yield() // last: exp is stale once the lock was let go
 	}
@@ -352,7 +352,7 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 				continue
 			}
 			if o, ok := b.owner[k.set()]; ok {
-				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp})
+				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time()})
 			}
 			if len(buf) >= sweepChunk && !flush() {
 				return

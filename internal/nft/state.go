@@ -211,7 +211,7 @@ func (b *Backend) stateEntries() []stateEntry {
 		if !exp.After(now) {
 			delete(b.mirror, k) // the kernel expired it too
 		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
-			out = append(out, stateEntry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.UTC().Truncate(time.Millisecond)})
+			out = append(out, stateEntry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time().UTC().Truncate(time.Millisecond)})
 		}
 		yield() // last: exp is stale once the lock was let go
 	}

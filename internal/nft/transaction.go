@@ -161,8 +161,8 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if x.adding[p.key] && p.expires.After(b.mirror[p.key]) {
-				b.mirror[p.key] = p.expires
+			if x.adding[p.key] && p.expires.After(b.mirror[p.key].Time()) {
+				b.mirror[p.key] = wallOf(p.expires)
 			}
 		}
 	}

@@ -466,7 +466,7 @@ func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, 
 		switch {
 		case !ok && exp.After(now.Add(expiryTolerance)):
 			return fmt.Sprintf("element %s deleted from set %s", k.addr(), set)
-		case ok && (got.Sub(exp) > expiryTolerance || exp.Sub(got) > expiryTolerance):
+		case ok && (got.Sub(exp.Time()) > expiryTolerance || exp.Sub(got) > expiryTolerance):
 			return fmt.Sprintf("element %s of set %s given another timeout", k.addr(), set)
 		}
 	}
