@@ -203,3 +203,41 @@ func TestPageConcurrentInserts(t *testing.T) {
 		t.Logf("no concurrent insert landed in the listing (%d keys)", len(seen))
 	}
 }
+
+// BenchmarkPage lists one page of a store of 1,000,000 entries (100,000
+// names), at the start and in the middle, with and without a filter:
+// what a /v1/learned request costs at that size.
+func BenchmarkPage(b *testing.B) {
+	s := NewStore(StoreConfig{})
+	exp := time.Now().Add(time.Hour)
+	batch := make([]Entry, 0, 10)
+	for n := range 100_000 {
+		batch = batch[:0]
+		for i := n * 10; i < n*10+10; i++ {
+			batch = append(batch, Entry{Name: dnsname.Name(fmt.Sprintf("n%d.example", n)), Rule: "web", Addr: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}), Expires: exp})
+		}
+		if err := s.Publish(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	mid := CursorAt(&Entry{Addr: netip.MustParseAddr("2001:db8::7:a120"), Rule: "web"})
+	for _, bc := range []struct {
+		name  string
+		f     Filter
+		c     Cursor
+		limit int
+	}{
+		{"first-1000", Filter{}, Cursor{}, 1000},
+		{"middle-10000", Filter{}, mid, MaxPage},
+		{"name", Filter{Name: "n4242.example"}, Cursor{}, 1000},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for range b.N {
+				page, _ := Page(s.All(), bc.f, bc.c, bc.limit)
+				if len(page) == 0 {
+					b.Fatal("empty page")
+				}
+			}
+		})
+	}
+}
