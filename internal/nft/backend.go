@@ -165,16 +165,19 @@ type Backend struct {
 	learned map[learnKey]string
 	// owner is the inverse of learned, for the state file.
 	owner map[string]learnKey
-	// mirror is what the kernel's learned sets hold: expiry by set and
-	// address. It lets a re-learned address that is already programmed
-	// long enough skip netlink altogether.
-	mirror map[elemKey]wall
-	dirty  bool // mirror changed since the state file was written
+	// known is, by set and address, what the kernel's learned sets hold
+	// (the mirror: until when, see mirrorGet) and how many names hold each
+	// element (see ref): one map for both, since there is an entry per
+	// learned address. The mirror lets a re-learned address that is
+	// already programmed long enough skip netlink altogether. programmed
+	// counts the entries the mirror holds.
+	known      map[elemKey]elemState
+	programmed int
+	dirty      bool // mirror changed since the state file was written
 	// names holds, per name, the elements its answers brought and until
-	// when (for the per-name cap); refs counts the names holding each
-	// element. Adopted and restored elements are held by no name.
+	// when (for the per-name cap). Adopted and restored elements are held
+	// by no name.
 	names   map[dnsname.Name]*held
-	refs    map[elemKey]int32
 	perName int // dns.max_learned_per_name of the applied policy
 
 	// replaceToExtend: the kernel ignores a new timeout on an element it
@@ -278,9 +281,8 @@ func New(cfg Config) (*Backend, error) {
 		sets:      make(map[string]*nftables.Set),
 		learned:   make(map[learnKey]string),
 		owner:     make(map[string]learnKey),
-		mirror:    make(map[elemKey]wall),
+		known:     make(map[elemKey]elemState),
 		names:     make(map[dnsname.Name]*held),
-		refs:      make(map[elemKey]int32),
 		perName:   defaultPerName,
 		statePath: cfg.StateFile,
 		// Without a release to read, assume an old kernel: a delete and
@@ -459,7 +461,7 @@ func (b *Backend) adopt() error {
 			if !ok || e.Expires <= 0 {
 				continue
 			}
-			b.mirror[keyOf(s.Name, a)] = wallOf(now.Add(e.Expires))
+			b.mirrorSet(keyOf(s.Name, a), wallOf(now.Add(e.Expires)))
 			n++
 		}
 	}
@@ -654,9 +656,9 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for k, name := range d.learned {
 		b.owner[name] = k
 	}
-	for k := range b.mirror {
+	for k := range b.mirrorAll {
 		if _, ok := b.owner[k.set()]; !ok {
-			delete(b.mirror, k)
+			b.mirrorDel(k)
 			b.dirty = true
 		}
 	}
@@ -675,11 +677,11 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 		}
 	}
 	for k, exp := range fromState {
-		b.mirror[k] = wallOf(exp)
+		b.mirrorSet(k, wallOf(exp))
 		b.dirty = true
 	}
 	res := commitResult{sets: len(sets), restored: len(fromState)}
-	for _, exp := range b.mirror {
+	for _, exp := range b.mirrorAll {
 		if exp.After(now) {
 			res.learned++
 		}
@@ -716,7 +718,7 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	if rebuild {
-		for k, exp := range b.mirror {
+		for k, exp := range b.mirrorAll {
 			add(k, exp.Time())
 		}
 	}
@@ -730,7 +732,7 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 				continue
 			}
 			k := keyOf(name, a)
-			if exp, held := b.mirror[k]; held && exp.After(now) {
+			if exp, held := b.mirrorGet(k); held && exp.After(now) {
 				continue
 			}
 			if _, dup := fromState[k]; dup || e.Expires.Sub(now) < time.Millisecond {
@@ -911,9 +913,9 @@ func (b *Backend) Remove() error {
 	b.applied, b.appliedPolicy, b.shape = nil, nil, "" // nothing for the watcher to put back
 	b.clearTamper(nil)
 	b.memMu.Lock()
-	clear(b.mirror)
+	clear(b.known)
+	b.programmed = 0
 	clear(b.names)
-	clear(b.refs)
 	b.memMu.Unlock()
 	b.resets.Add(1)
 	return nil

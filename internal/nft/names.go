@@ -129,21 +129,83 @@ func (b *Backend) holdLocked(name dnsname.Name, k elemKey, expires time.Time, ev
 		b.names[name] = h
 	}
 	h.put(k, exp)
-	b.refs[k]++
+	st := b.known[k]
+	st.refs++
+	b.known[k] = st
 	return evict
 }
 
 // unrefLocked drops one name's hold on k, and reports whether it was the
 // last.
 func (b *Backend) unrefLocked(k elemKey) bool {
-	n := b.refs[k] - 1
-	if n > 0 {
-		b.refs[k] = n
+	st, ok := b.known[k]
+	if !ok {
+		return true
+	}
+	if st.refs--; st.refs > 0 {
+		b.known[k] = st
 		return false
 	}
-	delete(b.refs, k)
+	st.refs = 0
+	if st.exp == 0 {
+		delete(b.known, k)
+	} else {
+		b.known[k] = st
+	}
 	return true
 }
+
+// elemState is what the backend knows of one learned element: until when
+// the kernel holds it as far as the backend knows (0: not programmed, or
+// no longer), and how many names hold it. 16 bytes.
+type elemState struct {
+	exp  wall
+	refs int32
+}
+
+// mirrorGet returns until when the kernel holds k, and whether it does.
+func (b *Backend) mirrorGet(k elemKey) (wall, bool) {
+	st := b.known[k]
+	return st.exp, st.exp != 0
+}
+
+// mirrorSet records that the kernel holds k until exp (not 0).
+func (b *Backend) mirrorSet(k elemKey, exp wall) {
+	st := b.known[k]
+	if st.exp == 0 {
+		b.programmed++
+	}
+	st.exp = exp
+	b.known[k] = st
+}
+
+// mirrorDel records that the kernel no longer holds k.
+func (b *Backend) mirrorDel(k elemKey) {
+	st, ok := b.known[k]
+	if !ok || st.exp == 0 {
+		return
+	}
+	b.programmed--
+	if st.refs == 0 {
+		delete(b.known, k)
+		return
+	}
+	st.exp = 0
+	b.known[k] = st
+}
+
+// mirrorAll yields the elements the kernel holds and until when; the
+// caller may mirrorDel the one yielded.
+func (b *Backend) mirrorAll(yield func(elemKey, wall) bool) {
+	for k, st := range b.known {
+		if st.exp != 0 && !yield(k, st.exp) {
+			return
+		}
+	}
+}
+
+// refsOf returns how many names hold k.
+func (b *Backend) refsOf(k elemKey) int32 { return b.known[k].refs }
 
 // soonest returns the key of h that expires first; h is not empty.
 func (h *held) soonest() elemKey {
@@ -194,9 +256,9 @@ func (b *Backend) sweep() {
 		}
 		yield()
 	}
-	for k, t := range b.mirror {
+	for k, t := range b.mirrorAll {
 		if !t.After(now) {
-			delete(b.mirror, k)
+			b.mirrorDel(k)
 		}
 		yield()
 	}

@@ -96,7 +96,7 @@ type Stats struct {
 // Stats returns the counters.
 func (b *Backend) Stats() Stats {
 	b.memMu.Lock()
-	n := len(b.mirror)
+	n := b.programmed
 	b.memMu.Unlock()
 	return Stats{
 		CapEvictions:    b.capEvictions.Load(),
@@ -154,7 +154,7 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 			hint++
 		}
 		evict = b.holdLocked(e.Name, k, e.Expires, evict, hint)
-		have, ok := b.mirror[k]
+		have, ok := b.mirrorGet(k)
 		if ok && have.After(now) && !have.Before(e.Expires) {
 			continue
 		}
@@ -162,7 +162,7 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	}
 	if len(evict) > 0 {
 		// A big answer can push out addresses it brought itself.
-		todo = slices.DeleteFunc(todo, func(p pending) bool { return b.refs[p.key] == 0 })
+		todo = slices.DeleteFunc(todo, func(p pending) bool { return b.refsOf(p.key) == 0 })
 	}
 	b.memMu.Unlock()
 	if len(todo) == 0 && len(evict) == 0 {
@@ -296,10 +296,10 @@ func (b *Backend) Learned() []learn.Entry {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	yield := b.yielderLocked()
-	out := make([]learn.Entry, 0, len(b.mirror))
-	for k, exp := range b.mirror {
+	out := make([]learn.Entry, 0, b.programmed)
+	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
-			delete(b.mirror, k) // the kernel expired it too
+			b.mirrorDel(k) // the kernel expired it too
 		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
 			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time()})
 		}
@@ -338,7 +338,7 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 		for name, h := range b.names {
 			for k, exp := range h.all {
 				if o, ok := b.owner[k.set()]; ok && exp > cut {
-					if mexp, ok := b.mirror[k]; ok && mexp.After(now) {
+					if mexp, ok := b.mirrorGet(k); ok && mexp.After(now) {
 						buf = append(buf, learn.Entry{Name: name, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
 					}
 				}
@@ -347,8 +347,8 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 				return
 			}
 		}
-		for k, exp := range b.mirror {
-			if b.refs[k] > 0 || !exp.After(now) {
+		for k, exp := range b.mirrorAll {
+			if b.refsOf(k) > 0 || !exp.After(now) {
 				continue
 			}
 			if o, ok := b.owner[k.set()]; ok {

@@ -206,10 +206,10 @@ func (b *Backend) stateEntries() []stateEntry {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	yield := b.yielderLocked()
-	out := make([]stateEntry, 0, len(b.mirror))
-	for k, exp := range b.mirror {
+	out := make([]stateEntry, 0, b.programmed)
+	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
-			delete(b.mirror, k) // the kernel expired it too
+			b.mirrorDel(k) // the kernel expired it too
 		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
 			out = append(out, stateEntry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time().UTC().Truncate(time.Millisecond)})
 		}

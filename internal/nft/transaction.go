@@ -105,7 +105,7 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if b.refs[p.key] == 0 || !p.expires.After(now) {
+			if b.refsOf(p.key) == 0 || !p.expires.After(now) {
 				continue
 			}
 			x.adding[p.key] = true
@@ -121,7 +121,7 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	if deletes {
 		for _, r := range reqs {
 			for _, k := range r.evict {
-				if b.refs[k] != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
+				if b.refsOf(k) != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
 					continue
 				}
 				x.put(x.dels, k.set(), elem{addr: k.addr()})
@@ -161,13 +161,13 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if x.adding[p.key] && p.expires.After(b.mirror[p.key].Time()) {
-				b.mirror[p.key] = wallOf(p.expires)
+			if have, ok := b.mirrorGet(p.key); x.adding[p.key] && (!ok || p.expires.After(have.Time())) {
+				b.mirrorSet(p.key, wallOf(p.expires))
 			}
 		}
 	}
 	for _, k := range x.gone {
-		delete(b.mirror, k)
+		b.mirrorDel(k)
 	}
 	b.dirty = true
 	b.memMu.Unlock()
@@ -207,6 +207,6 @@ func (x *txScratch) put(m map[string][]elem, set string, e elem) {
 // surelyHeldLocked reports whether the kernel holds k, and will for long
 // enough that a delete sent now cannot miss it.
 func (b *Backend) surelyHeldLocked(k elemKey, now time.Time) bool {
-	exp, ok := b.mirror[k]
+	exp, ok := b.mirrorGet(k)
 	return ok && exp.After(now.Add(deleteMargin))
 }

@@ -458,7 +458,7 @@ func (b *Backend) diffLocked(full bool) (string, error) {
 func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, now time.Time) string {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	for k, exp := range b.mirror {
+	for k, exp := range b.mirrorAll {
 		if k.set() != set {
 			continue
 		}
@@ -471,7 +471,7 @@ func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, 
 		}
 	}
 	for a, got := range kernel {
-		if _, ok := b.mirror[keyOf(set, a)]; !ok && got.After(now.Add(expiryTolerance)) {
+		if _, ok := b.mirrorGet(keyOf(set, a)); !ok && got.After(now.Add(expiryTolerance)) {
 			return fmt.Sprintf("element %s added to set %s", a, set)
 		}
 	}
