@@ -31,7 +31,7 @@ func TestFirewallShowLearned(t *testing.T) {
 	if err := s.Publish(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(admin.Handler(admin.Config{Policy: func() *policy.Policy { return p }, Learned: s.All()}))
+	srv := httptest.NewServer(admin.Handler(admin.Config{Policy: func() *policy.Policy { return p }, Learned: s.All}))
 	t.Cleanup(srv.Close)
 
 	tests := []struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/learn"
@@ -33,9 +34,11 @@ type Config struct {
 	// Ready returns nil when every configured listener is serving and the
 	// policy is loaded, or an error naming what is not. If nil, always ready.
 	Ready func() error
-	// Learned yields the learned addresses, in any order; /v1/learned
-	// pages through them (see learn.Page). If nil, /v1/learned is empty.
-	Learned iter.Seq[learn.Entry]
+	// Learned yields the learned addresses of a name, or all of them for
+	// the empty name, in any order; /v1/learned pages through them (see
+	// learn.Page), and asks for a name's when it filters by name. If nil,
+	// /v1/learned is empty.
+	Learned func(dnsname.Name) iter.Seq[learn.Entry]
 	// Gatherer provides /metrics. If nil, /metrics is 404.
 	Gatherer prometheus.Gatherer
 	// RestartPending lists the settings of the policy in force that wait
@@ -163,7 +166,7 @@ func Handler(c Config) http.Handler {
 			next learn.Cursor
 		)
 		if c.Learned != nil {
-			page, next = learn.Page(c.Learned, q.filter, q.after, q.limit)
+			page, next = learn.Page(c.Learned(q.filter.Name), q.filter, q.after, q.limit)
 		}
 		writeLearned(w, page, next, time.Now())
 	})

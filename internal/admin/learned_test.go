@@ -36,7 +36,7 @@ func TestLearnedPages(t *testing.T) {
 	if err := s.Publish(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(Handler(Config{Policy: func() *policy.Policy { return p }, Learned: s.All()}))
+	srv := httptest.NewServer(Handler(Config{Policy: func() *policy.Policy { return p }, Learned: s.All}))
 	t.Cleanup(srv.Close)
 
 	all := func(q url.Values) (entries []LearnedEntry, pages int) {

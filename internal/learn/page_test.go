@@ -93,7 +93,7 @@ func TestPageFilters(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					page, next := Page(s.All(), tt.f, pc, limit)
+					page, next := Page(s.All(tt.f.Name), tt.f, pc, limit) // by name: the store looks the name up
 					if len(page) > limit {
 						t.Fatalf("limit %d: got a page of %d", limit, len(page))
 					}
@@ -180,7 +180,7 @@ func TestPageConcurrentInserts(t *testing.T) {
 	var last *Entry
 	var c Cursor
 	for {
-		page, next := Page(s.All(), Filter{}, c, 97)
+		page, next := Page(s.All(""), Filter{}, c, 97)
 		for i := range page {
 			if last != nil && compareKey(last, &page[i]) >= 0 {
 				t.Fatalf("out of order: %v after %v", keys(page[i:i+1]), keys([]Entry{*last}))
@@ -233,7 +233,7 @@ func BenchmarkPage(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			for range b.N {
-				page, _ := Page(s.All(), bc.f, bc.c, bc.limit)
+				page, _ := Page(s.All(bc.f.Name), bc.f, bc.c, bc.limit)
 				if len(page) == 0 {
 					b.Fatal("empty page")
 				}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
@@ -314,8 +315,9 @@ func (b *Backend) Learned() []learn.Entry {
 // particular order: for the admin API, which pages through them (see
 // learn.Page). It copies sweepChunk entries at a time under the lock and
 // yields them without it, so a listing of a million holds up Publish no
-// longer than a sweep does and never holds them all.
-func (b *Backend) All() iter.Seq[learn.Entry] {
+// longer than a sweep does and never holds them all. With a name, only
+// that name's entries, found with one lookup.
+func (b *Backend) All(name dnsname.Name) iter.Seq[learn.Entry] {
 	return func(yield func(learn.Entry) bool) {
 		buf := make([]learn.Entry, 0, sweepChunk)
 		flush := func() bool {
@@ -335,17 +337,30 @@ func (b *Backend) All() iter.Seq[learn.Entry] {
 		// Ranging over a map that others change between iterations
 		// is allowed: entries they add may or may not be visited.
 		cut := now.UnixNano()
-		for name, h := range b.names {
+		for n, h := range b.names {
+			if name != "" {
+				if n, h = name, b.names[name]; h == nil {
+					break
+				}
+			}
 			for k, exp := range h.all {
 				if o, ok := b.owner[k.set()]; ok && exp > cut {
 					if mexp, ok := b.mirrorGet(k); ok && mexp.After(now) {
-						buf = append(buf, learn.Entry{Name: name, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
+						buf = append(buf, learn.Entry{Name: n, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
 					}
 				}
+			}
+			if name != "" {
+				break
 			}
 			if len(buf) >= sweepChunk && !flush() {
 				return
 			}
+		}
+		if name != "" {
+			// Elements no name holds are no name's.
+			flush()
+			return
 		}
 		for k, exp := range b.mirrorAll {
 			if b.refsOf(k) > 0 || !exp.After(now) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -220,7 +221,7 @@ func TestScale(t *testing.T) {
 	// names every address.
 	countAll := func() int {
 		listed := 0
-		for e := range b.All() {
+		for e := range b.All("") {
 			if e.Name == "" || !strings.HasPrefix(string(e.Name), "n") {
 				t.Fatalf("All lists %+v without its name", e)
 			}
@@ -232,6 +233,13 @@ func TestScale(t *testing.T) {
 	checkShort("after publishing", true)
 	if got := countAll(); got != total {
 		t.Errorf("All lists %d entries, want %d", got, total)
+	}
+	var ofName []string
+	for e := range b.All("n4242.example") {
+		ofName = append(ofName, e.Addr.String())
+	}
+	if len(ofName) != perName || !slices.Contains(ofName, scaleAddr(42420).String()) {
+		t.Errorf(`All("n4242.example") lists %q, want the %d addresses from %s`, ofName, perName, scaleAddr(42420))
 	}
 	checkReach(t, n.client, cases)
 	if time.Now().After(expShort) {
