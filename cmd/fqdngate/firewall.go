@@ -18,11 +18,14 @@ const firewallHelp = `NAME
 
 SYNOPSIS
     fqdngate firewall show   [-c POLICY | --table NAME]
+    fqdngate firewall show   --learned [-c POLICY | --admin URL]
+                             [--name NAME] [--rule RULE] [--group GROUP]
+                             [--addr ADDRESS|PREFIX] [--page N]
     fqdngate firewall remove [-c POLICY | --table NAME]
 
 DESCRIPTION
     show prints the table (family inet) with its chains, rules, sets and
-    their elements. remove deletes the table, for uninstalling; traffic is
+    their element counts. remove deletes the table, for uninstalling; traffic is
     then no longer filtered by fqdngate. The table name comes from
     firewall.table in POLICY, or --table, or defaults to fqdngate. Other
     tables are never touched. Both need CAP_NET_ADMIN.
@@ -31,6 +34,17 @@ DESCRIPTION
     anyone else deletes it, this command included: stop the daemon first
     (systemctl stop fqdngate). remove waits two seconds to see whether the
     table comes back, and if it does, says so and exits 1.
+
+    show --learned lists the learned addresses a running daemon enforces,
+    one line each (address, rule, group, name, expiry), by address, from
+    its admin listener (--admin http://127.0.0.1:15380, or listen.admin of
+    POLICY). It asks for them a page at a time (--page entries, at most
+    10000) and prints each page as it arrives, so a million addresses
+    need no more memory than one page. --name, --rule, --group and --addr
+    (an address or a prefix) keep only the addresses that match them all,
+    and imply --learned. An address held for several names is listed once
+    per name; one restored from the state file or adopted from a previous
+    process, before any answer named it, without a name ("-").
 `
 
 // restoreWait is how long firewall remove watches for a running daemon
@@ -54,8 +68,15 @@ func cmdFirewall(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fs := flagSet("firewall "+sub, firewallHelp, stdout, stderr)
 	cfg := configFlag(fs)
 	table := fs.String("table", "", "table `NAME` (default: firewall.table of POLICY, else fqdngate)")
+	var lf learnedFlags
+	if sub == "show" {
+		lf.register(fs)
+	}
 	if code := parse(fs, args[1:], stdout); code >= 0 {
 		return code
+	}
+	if lf.wanted() {
+		return showLearned(ctx, lf, *cfg, stdout, stderr)
 	}
 	name := "fqdngate"
 	if *cfg != "" {

@@ -7,15 +7,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"iter"
 	"net"
 	"net/http"
 	"net/netip"
-	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/learn"
@@ -32,8 +33,11 @@ type Config struct {
 	// Ready returns nil when every configured listener is serving and the
 	// policy is loaded, or an error naming what is not. If nil, always ready.
 	Ready func() error
-	// Learned lists learned addresses. If nil, /v1/learned is empty.
-	Learned func() []learn.Entry
+	// Learned yields the learned addresses of a name, or all of them for
+	// the empty name, in any order; /v1/learned pages through them (see
+	// learn.Page), and asks for a name's when it filters by name. If nil,
+	// /v1/learned is empty.
+	Learned func(dnsname.Name) iter.Seq[learn.Entry]
 	// Gatherer provides /metrics. If nil, /metrics is 404.
 	Gatherer prometheus.Gatherer
 	// RestartPending lists the settings of the policy in force that wait
@@ -173,41 +177,24 @@ func Handler(c Config) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"rows": rows})
 	})
 	mux.HandleFunc("GET /v1/learned", func(w http.ResponseWriter, r *http.Request) {
-		out := []learnedJSON{}
-		if c.Learned != nil {
-			now := time.Now()
-			for _, e := range c.Learned() {
-				out = append(out, learnedJSON{
-					Name: string(e.Name), Address: e.Addr, Rule: e.Rule, Group: e.Group,
-					Expires: e.Expires.UTC().Format(time.RFC3339), ExpiresIn: e.Expires.Sub(now).Round(time.Second).String(),
-					DNSSEC: e.DNSSEC,
-				})
-			}
-			sort.Slice(out, func(i, j int) bool {
-				if out[i].Name != out[j].Name {
-					return out[i].Name < out[j].Name
-				}
-				return out[i].Address.Less(out[j].Address)
-			})
+		q, err := parseLearnedQuery(r.URL.Query())
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
 		}
-		writeJSON(w, http.StatusOK, out)
+		var (
+			page []learn.Entry
+			next learn.Cursor
+		)
+		if c.Learned != nil {
+			page, next = learn.Page(c.Learned(q.filter.Name), q.filter, q.after, q.limit)
+		}
+		writeLearned(w, page, next, time.Now())
 	})
 	if c.UI != nil {
 		mux.Handle("/ui/", c.UI)
 	}
 	return c.Auth.protect(mux)
-}
-
-type learnedJSON struct {
-	Name      string     `json:"name"`
-	Address   netip.Addr `json:"address"`
-	Rule      string     `json:"rule"`
-	Group     string     `json:"group"`
-	Expires   string     `json:"expires"`
-	ExpiresIn string     `json:"expires_in"`
-	// DNSSEC is the verdict of the answer that taught the address, when
-	// answers are validated (dns.dnssec: validate).
-	DNSSEC string `json:"dnssec,omitempty"`
 }
 
 // Summary is the loaded policy as /v1/policy shows it.

@@ -4,15 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"iter"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
 	"github.com/fqdngate/fqdngate/internal/policy"
@@ -49,8 +52,8 @@ func newServer(t *testing.T, ready func() error) *httptest.Server {
 		Ready:      ready,
 		Gatherer:   reg,
 		Local:      netaddr.HostList{netip.MustParseAddr("192.0.2.129")},
-		Learned: func() []learn.Entry {
-			return []learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
+		Learned: func(dnsname.Name) iter.Seq[learn.Entry] {
+			return slices.Values([]learn.Entry{{Name: "api.bank.example", Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}})
 		},
 	}))
 	t.Cleanup(srv.Close)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"iter"
 	"net/http"
 	"net/url"
 	"slices"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
@@ -53,8 +55,10 @@ type Config struct {
 	Local netaddr.Host
 	// Live follows decisions. If nil, the live page says it is off.
 	Live *Live
-	// Learned lists learned addresses. If nil, none.
-	Learned func() []learn.Entry
+	// Learned lists learned addresses, only a name's when the name is not
+	// empty (as admin.Config.Learned); the page shows one page of them.
+	// If nil, none.
+	Learned func(dnsname.Name) iter.Seq[learn.Entry]
 	// History reads the decision history. If nil, the history pages say
 	// history is off.
 	History func(context.Context, history.Filter) ([]history.Row, error)

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"iter"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,8 +79,8 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 		Policy:  func() *policy.Policy { return p },
 		Live:    live,
 		History: st.Query,
-		Learned: func() []learn.Entry {
-			return []learn.Entry{{Name: dnsname.Name("api.bank.example"), Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}}
+		Learned: func(dnsname.Name) iter.Seq[learn.Entry] {
+			return slices.Values([]learn.Entry{{Name: dnsname.Name("api.bank.example"), Rule: "bank-api", Group: "payments", Addr: netip.MustParseAddr("192.0.2.10"), Expires: time.Now().Add(90 * time.Second)}})
 		},
 	}
 	if mutate != nil {
@@ -157,7 +159,9 @@ func TestPages(t *testing.T) {
 		{"/ui/top", 200, []string{"Group payments", "evil.example", `<span class="action a-deny">deny</span>`, "Group office", "would-deny"}, []string{"api.bank.example"}},
 		{"/ui/domains?group=office", 200, []string{"wiki.office.example"}, []string{"evil.example"}},
 		{"/ui/domains?since=soon", 400, []string{"Error:"}, nil},
-		{"/ui/learned", 200, []string{"api.bank.example", "<code>192.0.2.10</code>", "bank-api"}, nil},
+		{"/ui/learned", 200, []string{"api.bank.example", "<code>192.0.2.10</code>", "bank-api"}, []string{"Next page"}},
+		{"/ui/learned?name=other.example", 200, []string{"No learned address.", `value="other.example"`}, []string{"<code>192.0.2.10</code>"}},
+		{"/ui/learned?after=%21%21", 200, []string{`role="alert"`}, []string{"<code>192.0.2.10</code>"}},
 		{"/ui/rules", 200, []string{`<th scope="row">bank-api</th>`, ">42<", "every source", "<strong>never</strong>"}, nil},
 		{"/ui/groups", 200, []string{"<strong>observing</strong> until 2027-01-31 00:00 UTC", "enforced", "10.1.0.0/24"}, nil},
 		{"/ui/explain?from=10.1.0.7&to=api.bank.example:443", 200, []string{`Verdict: <span class="action a-allow">allow</span>`, "bank-api"}, nil},

@@ -9,8 +9,10 @@ import (
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/admin"
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/history"
+	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/suggest"
 )
 
@@ -152,21 +154,41 @@ type learnedRow struct {
 	In                         string
 }
 
+// learnedPageSize is how many learned addresses one console page shows;
+// a gateway may hold a million, so the page is one slice of the listing
+// with a link to the next, as /v1/learned pages.
+const learnedPageSize = 500
+
+type learnedPage struct {
+	Rows []learnedRow
+	Name string // the name filter, "" for all
+	Next string // the next page's cursor, "" on the last
+	Err  string
+}
+
 func (h *handler) learned(w http.ResponseWriter, r *http.Request) {
-	var rows []learnedRow
+	var pg learnedPage
 	if h.c.Learned != nil {
-		now := h.c.Now()
-		for _, e := range h.c.Learned() {
-			rows = append(rows, learnedRow{Name: string(e.Name), Address: e.Addr.String(), Rule: e.Rule, Group: e.Group, Expires: e.Expires, In: e.Expires.Sub(now).Round(time.Second).String()})
+		var f learn.Filter
+		q := r.URL.Query()
+		after, err := learn.ParseCursor(q.Get("after"))
+		if s := q.Get("name"); s != "" && err == nil {
+			f.Name, err = dnsname.Parse(s)
+			pg.Name = s
 		}
-		sort.Slice(rows, func(i, j int) bool {
-			if rows[i].Name != rows[j].Name {
-				return rows[i].Name < rows[j].Name
-			}
-			return rows[i].Address < rows[j].Address
-		})
+		if err != nil {
+			pg.Err = err.Error()
+			h.render(w, r, "learned", "Learned addresses", pg, "")
+			return
+		}
+		now := h.c.Now()
+		page, next := learn.Page(h.c.Learned(f.Name), f, after, learnedPageSize)
+		for _, e := range page {
+			pg.Rows = append(pg.Rows, learnedRow{Name: string(e.Name), Address: e.Addr.String(), Rule: e.Rule, Group: e.Group, Expires: e.Expires, In: e.Expires.Sub(now).Round(time.Second).String()})
+		}
+		pg.Next = next.String()
 	}
-	h.render(w, r, "learned", "Learned addresses", rows, "")
+	h.render(w, r, "learned", "Learned addresses", pg, "")
 }
 
 type ruleRow struct {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/console"
 	"github.com/fqdngate/fqdngate/internal/dnsfw"
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/fleet"
 	"github.com/fqdngate/fqdngate/internal/kube"
 	"github.com/fqdngate/fqdngate/internal/learn"
@@ -41,7 +43,7 @@ type components struct {
 	// proxy and the DNS firewall share it, and its cache.
 	verifier *proxy.Verifier
 	nft      *nft.Backend // nil unless firewall.backend is nftables
-	learned  func() []learn.Entry
+	learned  func(dnsname.Name) iter.Seq[learn.Entry]
 	runOnce  sync.Once
 	wg       sync.WaitGroup
 
@@ -113,7 +115,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 			return nil, err
 		}
 		publisher = c.nft
-		c.learned = c.nft.Learned
+		c.learned = c.nft.All
 		registerFirewallMetrics(d.reg, c.nft)
 	}
 	if d.fl != nil {
@@ -157,7 +159,7 @@ func newComponents(d *Daemon, p *policy.Policy) (*components, error) {
 		return nil, fmt.Errorf("starting the DNS firewall: %w", err)
 	}
 	if s := c.dns.Learned(); s != nil && c.learned == nil {
-		c.learned = s.List
+		c.learned = s.All
 	}
 	c.proxy, err = proxy.New(proxy.Config{
 		Policy:     d.Policy,

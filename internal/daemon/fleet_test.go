@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -338,7 +339,7 @@ func TestFleetLearnedAfterFirstGoodRevision(t *testing.T) {
 	}
 	a := startGateway(t, c, "gw-a")
 	holds := func(addr string) bool {
-		for _, e := range a.d.comps.learned() {
+		for e := range a.d.comps.learned("") {
 			if e.Addr.String() == addr {
 				return true
 			}
@@ -355,7 +356,7 @@ func TestFleetLearnedAfterFirstGoodRevision(t *testing.T) {
 	push(t, cli, sharedOne)
 	a.eventually("ready on revision 2", func() bool { return a.d.ready() == nil })
 	if !holds("192.0.2.80") {
-		t.Errorf("ready on the first good revision, but the element of its rule loaded at start is not programmed: %v", a.d.comps.learned())
+		t.Errorf("ready on the first good revision, but the element of its rule loaded at start is not programmed: %v", slices.Collect(a.d.comps.learned("")))
 	}
 	if holds("192.0.2.81") {
 		t.Error("an element of a rule the revision does not have is programmed")

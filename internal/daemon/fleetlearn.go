@@ -21,7 +21,7 @@ func (c *components) shareLearned(p *policy.Policy, local learn.Publisher) (lear
 	d := c.d
 	if local == nil {
 		store := learn.NewStore(learn.StoreConfig{MaxPerName: p.DNS.MaxLearnedPerName})
-		local, c.store, c.learned = store, store, store.List
+		local, c.store, c.learned = store, store, store.All
 	}
 	cl := d.fl.cluster
 	o := fleet.Options{

@@ -3,6 +3,7 @@ package learn
 import (
 	"context"
 	"hash/maphash"
+	"iter"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -449,4 +450,51 @@ func (s *Store) Len() int {
 // a bound: in total, and of those by the per-name bound.
 func (s *Store) Evictions() (total, perName uint64) {
 	return s.evicted.Load(), s.capHits.Load()
+}
+
+// All yields the entries that have not expired, those of name only
+// unless it is empty, in no particular order, as List does but a shard at
+// a time: it holds one shard's read lock while it copies that shard's
+// entries, none while it yields, so a caller that pages through a million
+// entries (see [Page]) holds up no Publish for long and never holds them
+// all. A name's entries are one lookup away, not a walk of the store.
+func (s *Store) All(name dnsname.Name) iter.Seq[Entry] {
+	return func(yield func(Entry) bool) {
+		var buf []Entry
+		for i := range s.shards {
+			sh := &s.shards[i]
+			if name != "" {
+				sh = s.shard(name)
+			}
+			cut := s.now().Unix()
+			buf = buf[:0]
+			sh.mu.RLock()
+			for n, recs := range sh.names {
+				if name != "" {
+					if n, recs = name, sh.names[name]; recs == nil {
+						break
+					}
+				}
+				for j := range recs {
+					r := &recs[j]
+					if exp := atomic.LoadInt64(&r.exp); exp > cut {
+						rg := r.rg.Value()
+						buf = append(buf, Entry{Name: n, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC()})
+					}
+				}
+				if name != "" {
+					break
+				}
+			}
+			sh.mu.RUnlock()
+			for _, e := range buf {
+				if !yield(e) {
+					return
+				}
+			}
+			if name != "" {
+				return
+			}
+		}
+	}
 }

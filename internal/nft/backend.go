@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unique"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -164,16 +165,19 @@ type Backend struct {
 	learned map[learnKey]string
 	// owner is the inverse of learned, for the state file.
 	owner map[string]learnKey
-	// mirror is what the kernel's learned sets hold: expiry by set and
-	// address. It lets a re-learned address that is already programmed
-	// long enough skip netlink altogether.
-	mirror map[elemKey]time.Time
-	dirty  bool // mirror changed since the state file was written
+	// known is, by set and address, what the kernel's learned sets hold
+	// (the mirror: until when, see mirrorGet) and how many names hold each
+	// element (see ref): one map for both, since there is an entry per
+	// learned address. The mirror lets a re-learned address that is
+	// already programmed long enough skip netlink altogether. programmed
+	// counts the entries the mirror holds.
+	known      map[elemKey]elemState
+	programmed int
+	dirty      bool // mirror changed since the state file was written
 	// names holds, per name, the elements its answers brought and until
-	// when (for the per-name cap); refs counts the names holding each
-	// element. Adopted and restored elements are held by no name.
-	names   map[dnsname.Name]map[elemKey]time.Time
-	refs    map[elemKey]int32
+	// when (for the per-name cap). Adopted and restored elements are held
+	// by no name.
+	names   map[dnsname.Name]*held
 	perName int // dns.max_learned_per_name of the applied policy
 
 	// replaceToExtend: the kernel ignores a new timeout on an element it
@@ -240,10 +244,22 @@ type Backend struct {
 	beforeRead func()
 }
 
+// elemKey is a learned element: its set and its address, in 24 bytes
+// (the set name interned, the address in its 16-byte form) rather than
+// 40, since the backend keeps several maps and slices of them, one entry
+// per learned address.
 type elemKey struct {
-	set  string
-	addr netip.Addr
+	setH unique.Handle[string]
+	a    [16]byte
 }
+
+func keyOf(set string, a netip.Addr) elemKey { return elemKey{unique.Make(set), a.As16()} }
+
+// set is the name of k's set.
+func (k elemKey) set() string { return k.setH.Value() }
+
+// addr is k's address, IPv4 as IPv4.
+func (k elemKey) addr() netip.Addr { return netip.AddrFrom16(k.a).Unmap() }
 
 // New connects to nftables and adopts the table if a previous process left
 // one: until the first Apply the old rules, and their learned addresses,
@@ -265,9 +281,8 @@ func New(cfg Config) (*Backend, error) {
 		sets:      make(map[string]*nftables.Set),
 		learned:   make(map[learnKey]string),
 		owner:     make(map[string]learnKey),
-		mirror:    make(map[elemKey]time.Time),
-		names:     make(map[dnsname.Name]map[elemKey]time.Time),
-		refs:      make(map[elemKey]int32),
+		known:     make(map[elemKey]elemState),
+		names:     make(map[dnsname.Name]*held),
 		perName:   defaultPerName,
 		statePath: cfg.StateFile,
 		// Without a release to read, assume an old kernel: a delete and
@@ -446,7 +461,7 @@ func (b *Backend) adopt() error {
 			if !ok || e.Expires <= 0 {
 				continue
 			}
-			b.mirror[elemKey{s.Name, a}] = now.Add(e.Expires)
+			b.mirrorSet(keyOf(s.Name, a), wallOf(now.Add(e.Expires)))
 			n++
 		}
 	}
@@ -641,31 +656,32 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for k, name := range d.learned {
 		b.owner[name] = k
 	}
-	for k := range b.mirror {
-		if _, ok := b.owner[k.set]; !ok {
-			delete(b.mirror, k)
+	for k := range b.mirrorAll {
+		if _, ok := b.owner[k.set()]; !ok {
+			b.mirrorDel(k)
 			b.dirty = true
 		}
 	}
 	if len(dropped) > 0 {
-		for name, held := range b.names {
-			for k := range held {
-				if _, ok := b.owner[k.set]; !ok {
-					delete(held, k)
+		for name, h := range b.names {
+			h.deleteFunc(func(k elemKey, _ int64) bool {
+				if _, ok := b.owner[k.set()]; !ok {
 					b.unrefLocked(k)
+					return true
 				}
-			}
-			if len(held) == 0 {
+				return false
+			})
+			if h.len() == 0 {
 				delete(b.names, name)
 			}
 		}
 	}
 	for k, exp := range fromState {
-		b.mirror[k] = exp
+		b.mirrorSet(k, wallOf(exp))
 		b.dirty = true
 	}
 	res := commitResult{sets: len(sets), restored: len(fromState)}
-	for _, exp := range b.mirror {
+	for _, exp := range b.mirrorAll {
 		if exp.After(now) {
 			res.learned++
 		}
@@ -693,17 +709,17 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 	add := func(k elemKey, exp time.Time) bool {
 		// Round up: an element must not expire before its answer.
 		ttl := (exp.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
-		if ttl <= 0 || !kept[k.set] {
+		if ttl <= 0 || !kept[k.set()] {
 			return false
 		}
-		out[k.set] = append(out[k.set], nftables.SetElement{Key: k.addr.AsSlice(), Timeout: ttl})
+		out[k.set()] = append(out[k.set()], nftables.SetElement{Key: k.addr().AsSlice(), Timeout: ttl})
 		return true
 	}
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	if rebuild {
-		for k, exp := range b.mirror {
-			add(k, exp)
+		for k, exp := range b.mirrorAll {
+			add(k, exp.Time())
 		}
 	}
 	var fromState map[elemKey]time.Time
@@ -715,8 +731,8 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 			if !ok {
 				continue
 			}
-			k := elemKey{name, a}
-			if exp, held := b.mirror[k]; held && exp.After(now) {
+			k := keyOf(name, a)
+			if exp, held := b.mirrorGet(k); held && exp.After(now) {
 				continue
 			}
 			if _, dup := fromState[k]; dup || e.Expires.Sub(now) < time.Millisecond {
@@ -897,9 +913,9 @@ func (b *Backend) Remove() error {
 	b.applied, b.appliedPolicy, b.shape = nil, nil, "" // nothing for the watcher to put back
 	b.clearTamper(nil)
 	b.memMu.Lock()
-	clear(b.mirror)
+	clear(b.known)
+	b.programmed = 0
 	clear(b.names)
-	clear(b.refs)
 	b.memMu.Unlock()
 	b.resets.Add(1)
 	return nil

@@ -161,7 +161,7 @@ func TestSweep(t *testing.T) {
 	b.sweep()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	if len(b.names) != 0 || len(b.refs) != 0 || len(b.mirror) != 0 {
-		t.Errorf("after the sweep: %d names, %d refs, %d mirrored elements; want none", len(b.names), len(b.refs), len(b.mirror))
+	if len(b.names) != 0 || len(b.known) != 0 || b.programmed != 0 {
+		t.Errorf("after the sweep: %d names, %d elements, %d mirrored; want none", len(b.names), len(b.known), b.programmed)
 	}
 }

@@ -2,6 +2,8 @@ package nft
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
@@ -11,55 +13,209 @@ import (
 // names hold them, for the per-name cap, and the sweep that forgets what
 // expired.
 
+// held is what one name's answers brought: its elements, each with its
+// expiry in Unix nanoseconds. Most names hold a few, kept in a slice
+// (48 bytes an element, about a fifth of what a map of them costs); a
+// name that holds more than manyHeld switches to a map, so that one with
+// thousands (dns.max_learned_per_name may allow a million) stays O(1) a
+// lookup.
+type held struct {
+	few  []hold
+	many map[elemKey]int64
+}
+
+type hold struct {
+	k   elemKey
+	exp int64
+}
+
+// manyHeld is the most elements a name keeps in a slice.
+const manyHeld = 32
+
+func (h *held) len() int { return len(h.few) + len(h.many) }
+
+func (h *held) get(k elemKey) (int64, bool) {
+	if h.many != nil {
+		exp, ok := h.many[k]
+		return exp, ok
+	}
+	for i := range h.few {
+		if h.few[i].k == k {
+			return h.few[i].exp, true
+		}
+	}
+	return 0, false
+}
+
+// put sets k's expiry, adding k if h does not hold it.
+func (h *held) put(k elemKey, exp int64) {
+	if h.many != nil {
+		h.many[k] = exp
+		return
+	}
+	for i := range h.few {
+		if h.few[i].k == k {
+			h.few[i].exp = exp
+			return
+		}
+	}
+	if len(h.few) < manyHeld {
+		h.few = append(h.few, hold{k, exp})
+		return
+	}
+	h.many = make(map[elemKey]int64, 2*manyHeld)
+	for _, x := range h.few {
+		h.many[x.k] = x.exp
+	}
+	h.many[k] = exp
+	h.few = nil
+}
+
+// deleteFunc removes the elements for which del returns true.
+func (h *held) deleteFunc(del func(k elemKey, exp int64) bool) {
+	if h.many != nil {
+		maps.DeleteFunc(h.many, del)
+		return
+	}
+	n := len(h.few)
+	h.few = slices.DeleteFunc(h.few, func(x hold) bool { return del(x.k, x.exp) })
+	if len(h.few) < n && cap(h.few) > 8 && 4*len(h.few) <= cap(h.few) {
+		h.few = slices.Clip(slices.Clone(h.few)) // a name whose pool shrank: let go of the big array
+	}
+}
+
+// all yields h's elements and their expiries.
+func (h *held) all(yield func(elemKey, int64) bool) {
+	if h.many != nil {
+		for k, exp := range h.many {
+			if !yield(k, exp) {
+				return
+			}
+		}
+		return
+	}
+	for _, x := range h.few {
+		if !yield(x.k, x.exp) {
+			return
+		}
+	}
+}
+
 // holdLocked records that name holds k until expires, and applies the
 // per-name cap. It returns evict with the elements that no name holds any
-// more appended.
-func (b *Backend) holdLocked(name dnsname.Name, k elemKey, expires time.Time, evict []elemKey) []elemKey {
-	held := b.names[name]
-	if old, ok := held[k]; ok {
-		if expires.After(old) {
-			held[k] = expires
+// more appended. hint is how many elements name is about to be given
+// (this one included), to size a new name's slice.
+func (b *Backend) holdLocked(name dnsname.Name, k elemKey, expires time.Time, evict []elemKey, hint int) []elemKey {
+	exp := expires.UnixNano()
+	h := b.names[name]
+	if h != nil {
+		if old, ok := h.get(k); ok {
+			if exp > old {
+				h.put(k, exp)
+			}
+			return evict
 		}
-		return evict
 	}
-	for len(held) >= b.perName {
-		victim := soonest(held)
-		delete(held, victim)
+	for h != nil && h.len() >= b.perName {
+		victim := h.soonest()
+		h.deleteFunc(func(x elemKey, _ int64) bool { return x == victim })
 		if b.unrefLocked(victim) {
 			evict = append(evict, victim)
 		}
 		b.capEvictions.Add(1)
 	}
-	if held == nil {
-		held = make(map[elemKey]time.Time, 1)
-		b.names[name] = held
+	if h == nil {
+		h = &held{few: make([]hold, 0, min(max(hint, 1), manyHeld))}
+		b.names[name] = h
 	}
-	held[k] = expires
-	b.refs[k]++
+	h.put(k, exp)
+	st := b.known[k]
+	st.refs++
+	b.known[k] = st
 	return evict
 }
 
 // unrefLocked drops one name's hold on k, and reports whether it was the
 // last.
 func (b *Backend) unrefLocked(k elemKey) bool {
-	n := b.refs[k] - 1
-	if n > 0 {
-		b.refs[k] = n
+	st, ok := b.known[k]
+	if !ok {
+		return true
+	}
+	if st.refs--; st.refs > 0 {
+		b.known[k] = st
 		return false
 	}
-	delete(b.refs, k)
+	st.refs = 0
+	if st.exp == 0 {
+		delete(b.known, k)
+	} else {
+		b.known[k] = st
+	}
 	return true
 }
 
-// soonest returns the key of held that expires first; held is not empty.
-func soonest(held map[elemKey]time.Time) elemKey {
+// elemState is what the backend knows of one learned element: until when
+// the kernel holds it as far as the backend knows (0: not programmed, or
+// no longer), and how many names hold it. 16 bytes.
+type elemState struct {
+	exp  wall
+	refs int32
+}
+
+// mirrorGet returns until when the kernel holds k, and whether it does.
+func (b *Backend) mirrorGet(k elemKey) (wall, bool) {
+	st := b.known[k]
+	return st.exp, st.exp != 0
+}
+
+// mirrorSet records that the kernel holds k until exp (not 0).
+func (b *Backend) mirrorSet(k elemKey, exp wall) {
+	st := b.known[k]
+	if st.exp == 0 {
+		b.programmed++
+	}
+	st.exp = exp
+	b.known[k] = st
+}
+
+// mirrorDel records that the kernel no longer holds k.
+func (b *Backend) mirrorDel(k elemKey) {
+	st, ok := b.known[k]
+	if !ok || st.exp == 0 {
+		return
+	}
+	b.programmed--
+	if st.refs == 0 {
+		delete(b.known, k)
+		return
+	}
+	st.exp = 0
+	b.known[k] = st
+}
+
+// mirrorAll yields the elements the kernel holds and until when; the
+// caller may mirrorDel the one yielded.
+func (b *Backend) mirrorAll(yield func(elemKey, wall) bool) {
+	for k, st := range b.known {
+		if st.exp != 0 && !yield(k, st.exp) {
+			return
+		}
+	}
+}
+
+// refsOf returns how many names hold k.
+func (b *Backend) refsOf(k elemKey) int32 { return b.known[k].refs }
+
+// soonest returns the key of h that expires first; h is not empty.
+func (h *held) soonest() elemKey {
 	var (
 		victim elemKey
-		when   time.Time
+		when   int64
 		found  bool
 	)
-	for k, t := range held {
-		if !found || t.Before(when) {
+	for k, t := range h.all {
+		if !found || t < when {
 			victim, when, found = k, t, true
 		}
 	}
@@ -86,21 +242,23 @@ func (b *Backend) sweep() {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	yield := b.yielderLocked()
-	for name, held := range b.names {
-		for k, t := range held {
-			if !t.After(now) {
-				delete(held, k)
+	cut := now.UnixNano()
+	for name, h := range b.names {
+		h.deleteFunc(func(k elemKey, exp int64) bool {
+			if exp <= cut {
 				b.unrefLocked(k)
+				return true
 			}
-			yield()
-		}
-		if len(held) == 0 {
+			return false
+		})
+		if h.len() == 0 {
 			delete(b.names, name)
 		}
+		yield()
 	}
-	for k, t := range b.mirror {
+	for k, t := range b.mirrorAll {
 		if !t.After(now) {
-			delete(b.mirror, k)
+			b.mirrorDel(k)
 		}
 		yield()
 	}
@@ -121,3 +279,14 @@ func (b *Backend) yielderLocked() func() {
 		}
 	}
 }
+
+// wall is a time in Unix nanoseconds: 8 bytes where a time.Time takes 24,
+// for the expiry the mirror keeps of every learned element.
+type wall int64
+
+func wallOf(t time.Time) wall { return wall(t.UnixNano()) }
+
+func (w wall) Time() time.Time               { return time.Unix(0, int64(w)) }
+func (w wall) After(t time.Time) bool        { return int64(w) > t.UnixNano() }
+func (w wall) Before(t time.Time) bool       { return int64(w) < t.UnixNano() }
+func (w wall) Sub(t time.Time) time.Duration { return time.Duration(int64(w) - t.UnixNano()) }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
@@ -95,7 +97,7 @@ type Stats struct {
 // Stats returns the counters.
 func (b *Backend) Stats() Stats {
 	b.memMu.Lock()
-	n := len(b.mirror)
+	n := b.programmed
 	b.memMu.Unlock()
 	return Stats{
 		CapEvictions:    b.capEvictions.Load(),
@@ -142,14 +144,18 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 			return fmt.Errorf("nftables: publishing %s for rule %q group %q: not in the applied policy (was it reloaded?)", e.Name, e.Rule, e.Group)
 		}
 	}
-	for _, e := range batch {
+	for i, e := range batch {
 		if !e.Expires.After(now) {
 			continue
 		}
 		a := e.Addr.Unmap()
-		k := elemKey{b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a}
-		evict = b.holdLocked(e.Name, k, e.Expires, evict)
-		have, ok := b.mirror[k]
+		k := keyOf(b.learned[learnKey{e.Rule, e.Group, familyOf(a)}], a)
+		hint := 1
+		for hint < manyHeld && i+hint < len(batch) && batch[i+hint].Name == e.Name {
+			hint++
+		}
+		evict = b.holdLocked(e.Name, k, e.Expires, evict, hint)
+		have, ok := b.mirrorGet(k)
 		if ok && have.After(now) && !have.Before(e.Expires) {
 			continue
 		}
@@ -157,7 +163,7 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 	}
 	if len(evict) > 0 {
 		// A big answer can push out addresses it brought itself.
-		todo = slices.DeleteFunc(todo, func(p pending) bool { return b.refs[p.key] == 0 })
+		todo = slices.DeleteFunc(todo, func(p pending) bool { return b.refsOf(p.key) == 0 })
 	}
 	b.memMu.Unlock()
 	if len(todo) == 0 && len(evict) == 0 {
@@ -291,16 +297,84 @@ func (b *Backend) Learned() []learn.Entry {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
 	yield := b.yielderLocked()
-	out := make([]learn.Entry, 0, len(b.mirror))
-	for k, exp := range b.mirror {
+	out := make([]learn.Entry, 0, b.programmed)
+	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
-			delete(b.mirror, k) // the kernel expired it too
-		} else if o, ok := b.owner[k.set]; ok { // else adopted, and not yet claimed by an Apply
-			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr, Expires: exp})
+			b.mirrorDel(k) // the kernel expired it too
+		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
+			out = append(out, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time()})
 		}
 		yield() // last: exp is stale once the lock was let go
 	}
 	return out
+}
+
+// All yields the learned addresses the kernel holds, one entry per name
+// holding each (an element that no name holds, adopted from a previous
+// process or restored from the state file, once, without a name), in no
+// particular order: for the admin API, which pages through them (see
+// learn.Page). It copies sweepChunk entries at a time under the lock and
+// yields them without it, so a listing of a million holds up Publish no
+// longer than a sweep does and never holds them all. With a name, only
+// that name's entries, found with one lookup.
+func (b *Backend) All(name dnsname.Name) iter.Seq[learn.Entry] {
+	return func(yield func(learn.Entry) bool) {
+		buf := make([]learn.Entry, 0, sweepChunk)
+		flush := func() bool {
+			b.memMu.Unlock()
+			defer b.memMu.Lock()
+			for _, e := range buf {
+				if !yield(e) {
+					return false
+				}
+			}
+			buf = buf[:0]
+			return true
+		}
+		now := b.now()
+		b.memMu.Lock()
+		defer b.memMu.Unlock()
+		// Ranging over a map that others change between iterations
+		// is allowed: entries they add may or may not be visited.
+		cut := now.UnixNano()
+		for n, h := range b.names {
+			if name != "" {
+				if n, h = name, b.names[name]; h == nil {
+					break
+				}
+			}
+			for k, exp := range h.all {
+				if o, ok := b.owner[k.set()]; ok && exp > cut {
+					if mexp, ok := b.mirrorGet(k); ok && mexp.After(now) {
+						buf = append(buf, learn.Entry{Name: n, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
+					}
+				}
+			}
+			if name != "" {
+				break
+			}
+			if len(buf) >= sweepChunk && !flush() {
+				return
+			}
+		}
+		if name != "" {
+			// Elements no name holds are no name's.
+			flush()
+			return
+		}
+		for k, exp := range b.mirrorAll {
+			if b.refsOf(k) > 0 || !exp.After(now) {
+				continue
+			}
+			if o, ok := b.owner[k.set()]; ok {
+				buf = append(buf, learn.Entry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time()})
+			}
+			if len(buf) >= sweepChunk && !flush() {
+				return
+			}
+		}
+		flush()
+	}
 }
 
 var _ learn.Publisher = (*Backend)(nil)

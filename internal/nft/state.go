@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,18 +48,29 @@ func readState(path string) ([]stateEntry, error) {
 }
 
 // writeState replaces the file atomically: a crash leaves the old or the
-// new file, never half of one.
+// new file, never half of one. It encodes an entry at a time into a
+// buffered writer: with a million entries the file is some 100 MB, which
+// should not be in memory at once on top of the entries.
 func writeState(path string, entries []stateEntry) error {
-	data, err := json.Marshal(stateFile{Version: stateVersion, Learned: entries})
-	if err != nil {
-		return err
-	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("writing state file: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if _, err := tmp.Write(data); err != nil {
+	w := bufio.NewWriterSize(tmp, 64<<10)
+	fmt.Fprintf(w, `{"version":%d,"learned":[`, stateVersion)
+	enc := json.NewEncoder(w)
+	for i := range entries {
+		if i > 0 {
+			w.WriteByte(',')
+		}
+		if err := enc.Encode(&entries[i]); err != nil {
+			tmp.Close()
+			return fmt.Errorf("writing state file: %w", err)
+		}
+	}
+	w.WriteString("]}\n")
+	if err := w.Flush(); err != nil {
 		tmp.Close()
 		return fmt.Errorf("writing state file: %w", err)
 	}
@@ -167,11 +179,7 @@ func (b *Backend) save() {
 	if !dirty {
 		return
 	}
-	learned := b.Learned()
-	entries := make([]stateEntry, 0, len(learned))
-	for _, e := range learned {
-		entries = append(entries, stateEntry{Rule: e.Rule, Group: e.Group, Addr: e.Addr, Expires: e.Expires.UTC().Truncate(time.Millisecond)})
-	}
+	entries := b.stateEntries()
 	slices.SortFunc(entries, func(a, b stateEntry) int { return a.Expires.Compare(b.Expires) })
 	err := writeState(path, entries)
 	if err == nil {
@@ -189,6 +197,25 @@ func (b *Backend) save() {
 		b.stateErr = cond
 		b.log.Error("cannot write the state file: learned addresses will not survive a restart until it can be written; retrying", "file", path, "err", err)
 	}
+}
+
+// stateEntries returns the learned elements the kernel holds, as the
+// state file lists them: what Learned returns, without the copy of it.
+func (b *Backend) stateEntries() []stateEntry {
+	now := b.now()
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	yield := b.yielderLocked()
+	out := make([]stateEntry, 0, b.programmed)
+	for k, exp := range b.mirrorAll {
+		if !exp.After(now) {
+			b.mirrorDel(k) // the kernel expired it too
+		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
+			out = append(out, stateEntry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time().UTC().Truncate(time.Millisecond)})
+		}
+		yield() // last: exp is stale once the lock was let go
+	}
+	return out
 }
 
 // errCondition names the condition behind a write error, so that the same

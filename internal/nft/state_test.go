@@ -134,13 +134,12 @@ func stateBackend(t *testing.T, path string, logs *logBuffer) *Backend {
 		cfg:       Config{Table: "fqdngate"},
 		log:       logs.logger(),
 		now:       time.Now,
-		mirror:    make(map[elemKey]time.Time),
+		known:     make(map[elemKey]elemState),
 		owner:     map[string]learnKey{"learn4.r": {rule: "r", fam: v4}},
-		names:     make(map[dnsname.Name]map[elemKey]time.Time),
-		refs:      make(map[elemKey]int32),
+		names:     make(map[dnsname.Name]*held),
 		statePath: path,
 	}
-	b.mirror[elemKey{"learn4.r", netip.MustParseAddr("192.0.2.1")}] = time.Now().Add(time.Hour)
+	b.mirrorSet(keyOf("learn4.r", netip.MustParseAddr("192.0.2.1")), wallOf(time.Now().Add(time.Hour)))
 	b.dirty = true
 	return b
 }

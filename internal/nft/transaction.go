@@ -105,26 +105,26 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if b.refs[p.key] == 0 || !p.expires.After(now) {
+			if b.refsOf(p.key) == 0 || !p.expires.After(now) {
 				continue
 			}
 			x.adding[p.key] = true
 			if deletes && p.extend && b.replaceToExtend && b.surelyHeldLocked(p.key, now) {
-				x.put(x.dels, p.key.set, elem{addr: p.key.addr})
+				x.put(x.dels, p.key.set(), elem{addr: p.key.addr()})
 				deleted = true
 			}
 			// Round up: an element must not expire before its answer.
 			ttl := (p.expires.Sub(now) + time.Millisecond - 1).Truncate(time.Millisecond)
-			x.put(x.adds, p.key.set, elem{p.key.addr, ttl})
+			x.put(x.adds, p.key.set(), elem{p.key.addr(), ttl})
 		}
 	}
 	if deletes {
 		for _, r := range reqs {
 			for _, k := range r.evict {
-				if b.refs[k] != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
+				if b.refsOf(k) != 0 || x.adding[k] || !b.surelyHeldLocked(k, now) {
 					continue
 				}
-				x.put(x.dels, k.set, elem{addr: k.addr})
+				x.put(x.dels, k.set(), elem{addr: k.addr()})
 				x.gone = append(x.gone, k)
 				deleted = true
 			}
@@ -161,13 +161,13 @@ func (b *Backend) transactLocked(reqs []*request, deletes bool) (deleted bool, e
 	b.memMu.Lock()
 	for _, r := range reqs {
 		for _, p := range r.elems {
-			if x.adding[p.key] && p.expires.After(b.mirror[p.key]) {
-				b.mirror[p.key] = p.expires
+			if have, ok := b.mirrorGet(p.key); x.adding[p.key] && (!ok || p.expires.After(have.Time())) {
+				b.mirrorSet(p.key, wallOf(p.expires))
 			}
 		}
 	}
 	for _, k := range x.gone {
-		delete(b.mirror, k)
+		b.mirrorDel(k)
 	}
 	b.dirty = true
 	b.memMu.Unlock()
@@ -207,6 +207,6 @@ func (x *txScratch) put(m map[string][]elem, set string, e elem) {
 // surelyHeldLocked reports whether the kernel holds k, and will for long
 // enough that a delete sent now cannot miss it.
 func (b *Backend) surelyHeldLocked(k elemKey, now time.Time) bool {
-	exp, ok := b.mirror[k]
+	exp, ok := b.mirrorGet(k)
 	return ok && exp.After(now.Add(deleteMargin))
 }

@@ -458,20 +458,20 @@ func (b *Backend) diffLocked(full bool) (string, error) {
 func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, now time.Time) string {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	for k, exp := range b.mirror {
-		if k.set != set {
+	for k, exp := range b.mirrorAll {
+		if k.set() != set {
 			continue
 		}
-		got, ok := kernel[k.addr]
+		got, ok := kernel[k.addr()]
 		switch {
 		case !ok && exp.After(now.Add(expiryTolerance)):
-			return fmt.Sprintf("element %s deleted from set %s", k.addr, set)
-		case ok && (got.Sub(exp) > expiryTolerance || exp.Sub(got) > expiryTolerance):
-			return fmt.Sprintf("element %s of set %s given another timeout", k.addr, set)
+			return fmt.Sprintf("element %s deleted from set %s", k.addr(), set)
+		case ok && (got.Sub(exp.Time()) > expiryTolerance || exp.Sub(got) > expiryTolerance):
+			return fmt.Sprintf("element %s of set %s given another timeout", k.addr(), set)
 		}
 	}
 	for a, got := range kernel {
-		if _, ok := b.mirror[elemKey{set, a}]; !ok && got.After(now.Add(expiryTolerance)) {
+		if _, ok := b.mirrorGet(keyOf(set, a)); !ok && got.After(now.Add(expiryTolerance)) {
 			return fmt.Sprintf("element %s added to set %s", a, set)
 		}
 	}

@@ -185,7 +185,7 @@ func learns(t *testing.T, g *gate, first, count int) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		learned, err := g.get("/v1/learned")
+		learned, err := g.get("/v1/learned?limit=10000")
 		missing := -1
 		for i := first; err == nil && i < first+count; i++ {
 			if !strings.Contains(learned, `"`+fleetAddr(i).String()+`"`) {
@@ -449,7 +449,7 @@ func TestFleetRevisionBringsLearnedSet(t *testing.T) {
 		t.Fatalf("resolving %s through A on revision 2: %v", name, err)
 	}
 	learns4 := func(g *gate) bool {
-		learned, err := g.get("/v1/learned")
+		learned, err := g.get("/v1/learned?limit=10000")
 		return err == nil && strings.Contains(learned, `"`+dst.Addr().String()+`"`)
 	}
 	if learns4(f.b) {
@@ -465,7 +465,7 @@ func TestFleetRevisionBringsLearnedSet(t *testing.T) {
 	// fleet status says ok once B's reload has returned, learned set
 	// included: no waiting here.
 	if !learns4(f.b) {
-		learned, _ := f.b.get("/v1/learned")
+		learned, _ := f.b.get("/v1/learned?limit=10000")
 		t.Errorf("gateway B on revision 3 lacks %s, learned by A for rule extra before:\n%s", dst.Addr(), learned)
 	}
 	conn, err := f.client.ns.Dial("tcp", srcA, dst.String(), reachWait)

@@ -146,7 +146,7 @@ func waitUnlearned(t *testing.T, g *gate, addrs []netip.Addr) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		learned, err := g.get("/v1/learned")
+		learned, err := g.get("/v1/learned?limit=10000")
 		var still netip.Addr
 		for _, a := range addrs {
 			if err == nil && strings.Contains(learned, `"`+a.String()+`"`) {
