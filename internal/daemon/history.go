@@ -91,7 +91,15 @@ func (d *Daemon) queryHistory() func(context.Context, history.Filter) ([]history
 	if d.hist == nil {
 		return nil
 	}
-	return d.hist.store.Query
+	h := d.hist
+	return func(ctx context.Context, f history.Filter) ([]history.Row, error) {
+		// Rows are written once a minute; a reader sees every decision
+		// made before it asked.
+		if err := h.rec.Sync(ctx); err != nil {
+			return nil, fmt.Errorf("writing the newest decisions before reading: %w", err)
+		}
+		return h.store.Query(ctx, f)
+	}
 }
 
 // describeHistory is the history section as restartPending shows it.

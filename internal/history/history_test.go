@@ -413,3 +413,37 @@ func TestFileIsPrivate(t *testing.T) {
 		}
 	}
 }
+
+// TestSync: rows are written once a minute, but a reader that syncs
+// first sees every decision observed before it asked; once Run has
+// returned, Sync does not wait.
+func TestSync(t *testing.T) {
+	r, st, _ := newTestRecorder(t, Options{})
+	if r.cfg.FlushEvery != DefaultFlushEvery || r.cfg.FlushRows != r.cfg.MaxRows {
+		t.Fatalf("defaults: flush every %v, at %d rows (max %d)", r.cfg.FlushEvery, r.cfg.FlushRows, r.cfg.MaxRows)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	r.Observe(dnsEvent(time.Now(), src1, "sync.example", policy.Deny, ""))
+	rows, err := st.Query(context.Background(), Filter{})
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("before Sync: %d rows, %v; want none written yet", len(rows), err)
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := r.Sync(sctx); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	rows, err = st.Query(context.Background(), Filter{})
+	if err != nil || len(rows) != 1 || rows[0].Name != "sync.example" {
+		t.Fatalf("after Sync: %+v, %v; want the one decision", rows, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := r.Sync(sctx); err != nil {
+		t.Fatalf("Sync after Run returned: %v", err)
+	}
+}

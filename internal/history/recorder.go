@@ -65,20 +65,32 @@ type RecorderConfig struct {
 	// MaxRows bounds the rows aggregated in memory while writes fail or
 	// wait for a lock: past it, new rows are dropped. If zero, 100000.
 	MaxRows int
-	// FlushEvery is how often rows are written. If zero, 1s.
+	// FlushEvery is how often rows are written. If zero, DefaultFlushEvery.
 	FlushEvery time.Duration
-	// FlushRows writes early once this many rows wait. If zero, 10000.
+	// FlushRows writes early once this many rows wait. If zero, MaxRows.
 	FlushRows int
 	// Now is the clock for decisions that carry no time, and for the
 	// day change. If nil, time.Now.
 	Now func() time.Time
 }
 
+// DefaultFlushEvery is how often a Recorder writes its rows. A row is
+// written once per interval however often it is hit, so the interval,
+// not the decision rate, sets what the history costs: at a second, a
+// gateway answering many distinct names spent half its CPU upserting
+// (BENCHMARKS.md, "The decision history's cost"). A minute is Pi-hole's
+// choice (DBINTERVAL) for the same trade. Readers through the daemon
+// see the rows at once (Sync); a crash loses at most this much history,
+// never an audit line.
+const DefaultFlushEvery = time.Minute
+
 // Recorder takes decisions from the audit path (it is an audit.Sink)
 // and writes them to a Store from one goroutine, Run.
 type Recorder struct {
 	cfg  RecorderConfig
 	ch   chan slot
+	sync chan chan struct{}
+	ran  chan struct{} // closed when Run returns
 	m    *metrics
 	rows map[rowKey]*agg // owned by Run
 	day  string          // the day of the last retention pass; owned by Run
@@ -93,10 +105,10 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 		cfg.MaxRows = 100_000
 	}
 	if cfg.FlushEvery <= 0 {
-		cfg.FlushEvery = time.Second
+		cfg.FlushEvery = DefaultFlushEvery
 	}
-	if cfg.FlushRows <= 0 {
-		cfg.FlushRows = 10_000
+	if cfg.FlushRows <= 0 || cfg.FlushRows > cfg.MaxRows {
+		cfg.FlushRows = cfg.MaxRows
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -108,7 +120,7 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Recorder{cfg: cfg, ch: make(chan slot, cfg.Buffer), m: m, rows: map[rowKey]*agg{}}, nil
+	return &Recorder{cfg: cfg, ch: make(chan slot, cfg.Buffer), sync: make(chan chan struct{}), ran: make(chan struct{}), m: m, rows: map[rowKey]*agg{}}, nil
 }
 
 // Observe implements audit.Sink: it copies what the history keeps of e
@@ -154,6 +166,7 @@ func (r *Recorder) Observe(e audit.Event) {
 // is left (bounded by a short deadline) and returns nil. Write failures
 // are logged and counted; they never stop it.
 func (r *Recorder) Run(ctx context.Context) error {
+	defer close(r.ran)
 	r.day = Day(r.cfg.Now())
 	t := time.NewTicker(r.cfg.FlushEvery)
 	defer t.Stop()
@@ -167,21 +180,50 @@ func (r *Recorder) Run(ctx context.Context) error {
 		case <-t.C:
 			r.rollDay(ctx)
 			r.flush(ctx)
+		case done := <-r.sync:
+			r.drain()
+			r.flush(ctx)
+			close(done)
 		case <-ctx.Done():
-			for {
-				select {
-				case s := <-r.ch:
-					r.add(&s)
-					continue
-				default:
-				}
-				break
-			}
+			r.drain()
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			r.flush(fctx)
 			cancel()
 			return nil
 		}
+	}
+}
+
+// drain aggregates the decisions waiting in the buffer.
+func (r *Recorder) drain() {
+	for {
+		select {
+		case s := <-r.ch:
+			r.add(&s)
+		default:
+			return
+		}
+	}
+}
+
+// Sync writes the decisions observed so far, so that a read after it
+// sees them; readers through the daemon call it, as rows are otherwise
+// written every FlushEvery. It returns ctx's error if ctx ends first,
+// and nil once Run has returned (it wrote what was left).
+func (r *Recorder) Sync(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case r.sync <- done:
+	case <-r.ran:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
