@@ -8,7 +8,7 @@
 // bounded channel that never blocks: when it is full the decision is
 // dropped from the history (never from enforcement or the audit log) and
 // counted. The Recorder's one goroutine aggregates in memory and writes
-// one SQLite transaction a second. The store bounds itself (retention in
+// one SQLite transaction a minute (Sync writes at once, for readers). The store bounds itself (retention in
 // days, max_size by dropping the oldest days), moves a corrupt file aside
 // and starts a new one, and logs and counts a full disk; none of it stops
 // a decision.

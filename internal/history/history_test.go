@@ -419,7 +419,7 @@ func TestFileIsPrivate(t *testing.T) {
 // returned, Sync does not wait.
 func TestSync(t *testing.T) {
 	r, st, _ := newTestRecorder(t, Options{})
-	if r.cfg.FlushEvery != DefaultFlushEvery || r.cfg.FlushRows != r.cfg.MaxRows {
+	if r.cfg.FlushEvery != DefaultFlushEvery || r.cfg.FlushRows != 0 {
 		t.Fatalf("defaults: flush every %v, at %d rows (max %d)", r.cfg.FlushEvery, r.cfg.FlushRows, r.cfg.MaxRows)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -445,5 +445,38 @@ func TestSync(t *testing.T) {
 	}
 	if err := r.Sync(sctx); err != nil {
 		t.Fatalf("Sync after Run returned: %v", err)
+	}
+}
+
+// TestRowsCapDropsNotFlushes: past MaxRows between writes, decisions that
+// would start a new row are dropped and counted, and nothing is written
+// early; rows already waiting still count their hits.
+func TestRowsCapDropsNotFlushes(t *testing.T) {
+	st, _, err := Open(filepath.Join(t.TempDir(), "history.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(RecorderConfig{Store: st, Registerer: reg, MaxRows: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := range 10 {
+		r.Observe(dnsEvent(now, src1, fmt.Sprintf("n%d.example", i), policy.Deny, ""))
+	}
+	r.Observe(dnsEvent(now, src1, "n0.example", policy.Deny, ""))
+	r.drain()
+	if len(r.rows) != 3 {
+		t.Fatalf("%d rows wait, want the cap of 3", len(r.rows))
+	}
+	if got := testutil.ToFloat64(r.m.dropped.WithLabelValues("rows_full")); got != 7 {
+		t.Errorf("rows_full drops = %v, want 7", got)
+	}
+	r.flush(context.Background())
+	rows, err := st.Query(context.Background(), Filter{Name: "n0.example"})
+	if err != nil || len(rows) != 1 || rows[0].Hits != 2 {
+		t.Fatalf("n0.example: %+v, %v; want one row of 2 hits", rows, err)
 	}
 }

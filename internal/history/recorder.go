@@ -62,12 +62,18 @@ type RecorderConfig struct {
 	// Buffer is how many decisions wait for the writer before new ones
 	// are dropped from the history. If zero, 16384.
 	Buffer int
-	// MaxRows bounds the rows aggregated in memory while writes fail or
-	// wait for a lock: past it, new rows are dropped. If zero, 100000.
+	// MaxRows bounds the rows aggregated in memory between writes (and
+	// while writes fail or wait for a lock): past it, new rows are
+	// dropped and counted; rows already waiting still count their hits.
+	// If zero, 100000.
 	MaxRows int
 	// FlushEvery is how often rows are written. If zero, DefaultFlushEvery.
 	FlushEvery time.Duration
-	// FlushRows writes early once this many rows wait. If zero, MaxRows.
+	// FlushRows, if not zero, writes early once this many rows wait. By
+	// default there is no early write: at MaxRows new rows are dropped
+	// (counted) until the next write, so that a flood of distinct names
+	// bounds the history's CPU (a write per FlushEvery) as MaxRows
+	// bounds its memory.
 	FlushRows int
 	// Now is the clock for decisions that carry no time, and for the
 	// day change. If nil, time.Now.
@@ -106,9 +112,6 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	}
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
-	}
-	if cfg.FlushRows <= 0 || cfg.FlushRows > cfg.MaxRows {
-		cfg.FlushRows = cfg.MaxRows
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -174,7 +177,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 		select {
 		case s := <-r.ch:
 			r.add(&s)
-			if len(r.rows) >= r.cfg.FlushRows {
+			if r.cfg.FlushRows > 0 && len(r.rows) >= r.cfg.FlushRows {
 				r.flush(ctx)
 			}
 		case <-t.C:
