@@ -90,6 +90,9 @@ type RecorderConfig struct {
 // never an audit line.
 const DefaultFlushEvery = time.Minute
 
+// drainEvery is how often Run takes the decisions waiting in the buffer.
+const drainEvery = 50 * time.Millisecond
+
 // Recorder takes decisions from the audit path (it is an audit.Sink)
 // and writes them to a Store from one goroutine, Run.
 type Recorder struct {
@@ -173,14 +176,21 @@ func (r *Recorder) Run(ctx context.Context) error {
 	r.day = Day(r.cfg.Now())
 	t := time.NewTicker(r.cfg.FlushEvery)
 	defer t.Stop()
+	// The buffer is drained on a tick, not by a receive per decision: a
+	// goroutine parked on the channel would be woken by every decision,
+	// and those wakeups cost the DNS firewall more than the copies.
+	// 16,384 decisions every 50 ms is 300,000 a second before drops.
+	drain := time.NewTicker(drainEvery)
+	defer drain.Stop()
 	for {
 		select {
-		case s := <-r.ch:
-			r.add(&s)
+		case <-drain.C:
+			r.drain()
 			if r.cfg.FlushRows > 0 && len(r.rows) >= r.cfg.FlushRows {
 				r.flush(ctx)
 			}
 		case <-t.C:
+			r.drain()
 			r.rollDay(ctx)
 			r.flush(ctx)
 		case done := <-r.sync:
