@@ -50,6 +50,9 @@ type agg struct {
 	answers     []string
 	sni         []string
 	cert        []string
+	// lastAnswers is the answer set last merged into answers, as the
+	// decision carried it.
+	lastAnswers string
 }
 
 // rowKey is a row's identity: a day and a Key.
