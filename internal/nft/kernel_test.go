@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
@@ -747,4 +749,41 @@ func TestTableDeletedBehindOurBack(t *testing.T) {
 		t.Errorf("Stats().Restores = %d, want 1", got)
 	}
 	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}, {srcPayments, srvB, "443", false}})
+}
+
+// TestListsDNSSECVerdict: the listing (/v1/learned) carries each name's
+// DNSSEC verdict, that of the newest answer that named it, as the
+// backend-less store does.
+func TestListsDNSSECVerdict(t *testing.T) {
+	ns := netns.New(t)
+	b, err := New(Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: ns.Fd()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Apply(context.Background(), mustParse(t, benchPolicy)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = b.Run(ctx) }()
+	exp := time.Now().Add(time.Hour)
+	publish := func(name, verdict string, addr string) {
+		t.Helper()
+		e := learn.Entry{Name: dnsname.Name(name), Rule: "web", Addr: netip.MustParseAddr(addr), Expires: exp, DNSSEC: verdict}
+		if err := b.Publish(context.Background(), []learn.Entry{e}); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	publish("signed.example", "insecure", "2001:db8::1")
+	publish("signed.example", "secure", "2001:db8::2")
+	publish("plain.example", "", "2001:db8::3")
+	got := map[string]string{}
+	for e := range b.All("") {
+		got[e.Addr.String()] = string(e.Name) + " " + e.DNSSEC
+	}
+	want := map[string]string{"2001:db8::1": "signed.example secure", "2001:db8::2": "signed.example secure", "2001:db8::3": "plain.example "}
+	if !maps.Equal(got, want) {
+		t.Errorf("All lists %v, want %v", got, want)
+	}
 }

@@ -22,6 +22,36 @@ import (
 type held struct {
 	few  []hold
 	many map[elemKey]int64
+	// dnssec is the DNSSEC verdict of the newest answer that named these
+	// addresses (learn.Entry.DNSSEC), kept per name rather than per
+	// address: an answer's verdict covers all of its addresses.
+	dnssec verdict
+}
+
+// verdict is a learn.Entry.DNSSEC value in a byte.
+type verdict uint8
+
+const (
+	verdictNone verdict = iota
+	verdictSecure
+	verdictInsecure
+	verdictOther // a value this backend does not know: listed as "unknown"
+)
+
+func verdictOf(s string) verdict {
+	switch s {
+	case "":
+		return verdictNone
+	case "secure":
+		return verdictSecure
+	case "insecure":
+		return verdictInsecure
+	}
+	return verdictOther
+}
+
+func (v verdict) String() string {
+	return [...]string{verdictNone: "", verdictSecure: "secure", verdictInsecure: "insecure", verdictOther: "unknown"}[v]
 }
 
 type hold struct {

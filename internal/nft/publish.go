@@ -155,6 +155,9 @@ func (b *Backend) Publish(ctx context.Context, batch []learn.Entry) error {
 			hint++
 		}
 		evict = b.holdLocked(e.Name, k, e.Expires, evict, hint)
+		if h := b.names[e.Name]; h != nil {
+			h.dnssec = verdictOf(e.DNSSEC)
+		}
 		have, ok := b.mirrorGet(k)
 		if ok && have.After(now) && !have.Before(e.Expires) {
 			continue
@@ -346,7 +349,7 @@ func (b *Backend) All(name dnsname.Name) iter.Seq[learn.Entry] {
 			for k, exp := range h.all {
 				if o, ok := b.owner[k.set()]; ok && exp > cut {
 					if mexp, ok := b.mirrorGet(k); ok && mexp.After(now) {
-						buf = append(buf, learn.Entry{Name: n, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp)})
+						buf = append(buf, learn.Entry{Name: n, Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: time.Unix(0, exp), DNSSEC: h.dnssec.String()})
 					}
 				}
 			}
