@@ -147,6 +147,10 @@ func New(cfg Config) (*Watcher, error) {
 	w.podIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(podLW, cfg.Client), &corev1.Pod{}, opts)
 	w.nsIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(nsLW, cfg.Client), &corev1.Namespace{}, opts)
 	for i, inf := range w.informers() {
+		// The caches keep only what the watcher reads (see strip).
+		if err := inf.SetTransform(strip); err != nil {
+			return nil, err
+		}
 		// Errors of a watch the server ended (an expired resource
 		// version, a broken stream): the reflector lists or watches
 		// again, and listWatch notes whether that worked.
@@ -294,6 +298,34 @@ func podOf(p *corev1.Pod, node string) (policy.Pod, bool) {
 		}
 	}
 	return out, len(out.Addrs) > 0
+}
+
+// strip is the informers' transform: it keeps of a pod only what podOf
+// and the informers read (name, namespace, uid, resourceVersion, labels,
+// deletion timestamp, node, host network, phase, addresses), and of a
+// namespace its name, uid, resourceVersion, labels and deletion
+// timestamp. The rest of a pod as the API server returns it
+// (managedFields, containers, volumes, conditions) is most of its size,
+// and the caches would hold it for every pod followed. Anything else
+// (cache.DeletedFinalStateUnknown holds an object already stripped) is
+// kept as it is, and stripping twice gives the same object.
+func strip(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return &corev1.Pod{
+			ObjectMeta: stripMeta(&o.ObjectMeta),
+			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork},
+			Status:     corev1.PodStatus{Phase: o.Status.Phase, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs},
+		}, nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
+	}
+	return obj, nil
+}
+
+func stripMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Labels: m.Labels, DeletionTimestamp: m.DeletionTimestamp}
 }
 
 func (w *Watcher) podChanged(obj any) {

@@ -3,7 +3,9 @@ package kube
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -298,4 +301,67 @@ rules: [{name: r, from: [web], to: [example.com]}]
 		h.w.SetPolicy(np)
 		h.waitFor("a snapshot of the new policy", func(m *policy.Members) bool { return m.For(np) })
 	})
+}
+
+// TestStrip: the informers' caches hold pods stripped to what the watcher
+// reads, the watcher sees in a stripped pod what it sees in the full one,
+// and a deletion whose final state is unknown (a stripped pod from the
+// cache) still removes the pod's address.
+func TestStrip(t *testing.T) {
+	for _, mod := range []func(*corev1.Pod){
+		func(*corev1.Pod) {},
+		func(p *corev1.Pod) { p.Spec.HostNetwork = true },
+		func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
+		func(p *corev1.Pod) { p.Spec.NodeName = "node-b" },
+		func(p *corev1.Pod) { p.Status.PodIPs = nil }, // podIP alone
+	} {
+		full := apiPod(7, 3)
+		mod(full)
+		s, err := strip(full.DeepCopy())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := s.(*corev1.Pod)
+		want, wantOK := podOf(full, "node-a")
+		got, gotOK := podOf(sp, "node-a")
+		if gotOK != wantOK || !equalPod(got, want) {
+			t.Errorf("stripped: podOf = %+v %v, full: %+v %v", got, gotOK, want, wantOK)
+		}
+		if sp.ResourceVersion != full.ResourceVersion || sp.UID != full.UID || len(sp.ManagedFields)+len(sp.Spec.Containers)+len(sp.Spec.Volumes) != 0 {
+			t.Errorf("stripped pod %+v", sp)
+		}
+		again, _ := strip(sp)
+		if !reflect.DeepEqual(again, s) {
+			t.Errorf("stripping twice changed the pod: %+v, then %+v", sp, again)
+		}
+	}
+	d := cache.DeletedFinalStateUnknown{Key: "shop/p00007", Obj: apiPod(7, 3)}
+	if got, _ := strip(d); got != any(d) {
+		t.Errorf("strip(DeletedFinalStateUnknown) = %#v, want it unchanged", got)
+	}
+
+	p := mustPolicy(t, testPolicy)
+	client := fake.NewClientset(ns("payments", nil))
+	full := apiPod(1, 1)
+	full.Namespace, full.Labels = "payments", map[string]string{"app": "checkout"}
+	if _, err := client.CoreV1().Pods("payments").Create(context.Background(), full, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, p, "node-a", client)
+	a := full.Status.PodIP
+	h.waitFor("the pod in checkout", has(a, "checkout"))
+	objs := h.w.podIn.GetStore().List()
+	if len(objs) != 1 {
+		t.Fatalf("the pod cache holds %d objects, want 1", len(objs))
+	}
+	cached := objs[0].(*corev1.Pod)
+	if len(cached.ManagedFields)+len(cached.Spec.Containers)+len(cached.Spec.Volumes) != 0 || cached.Spec.NodeName != "node-a" {
+		t.Errorf("the cache holds %+v, want a stripped pod", cached)
+	}
+	h.w.podDeleted(cache.DeletedFinalStateUnknown{Key: "payments/" + full.Name, Obj: cached})
+	h.waitFor("the address gone after a deletion of unknown final state", has(a))
+}
+
+func equalPod(a, b policy.Pod) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.Addrs, b.Addrs)
 }

@@ -41,9 +41,9 @@ func apiPod(i, groups int) *corev1.Pod {
 			Labels: map[string]string{"app": fmt.Sprintf("g%d", i%groups)},
 			ManagedFields: []metav1.ManagedFieldsEntry{
 				{Manager: "kubetest", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", Time: &ts, FieldsType: "FieldsV1",
-					FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:labels":{".":{},"f:app":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"app\"}":{".":{},"f:image":{},"f:imagePullPolicy":{},"f:name":{},"f:resources":{},"f:terminationMessagePath":{},"f:terminationMessagePolicy":{}}},"f:dnsPolicy":{},"f:enableServiceLinks":{},"f:nodeName":{},"f:restartPolicy":{},"f:schedulerName":{},"f:securityContext":{},"f:terminationGracePeriodSeconds":{}}}`)}},
+					FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:labels":{".":{},"f:app":{}}},"f:spec":{"f:containers":{"k:{\"name\":\"app\"}":{".":{},"f:image":{},"f:imagePullPolicy":{},"f:name":{},"f:resources":{},"f:terminationMessagePath":{},"f:terminationMessagePolicy":{}}},"f:dnsPolicy":{},"f:enableServiceLinks":{},"f:nodeName":{},"f:restartPolicy":{},"f:schedulerName":{},"f:securityContext":{},"f:terminationGracePeriodSeconds":{}}}`)},
 				{Manager: "kubetest", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "v1", Time: &ts, FieldsType: "FieldsV1", Subresource: "status",
-					FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{"f:phase":{},"f:podIP":{},"f:podIPs":{".":{},"k:{\"ip\":\"` + a.String() + `\"}":{".":{},"f:ip":{}}}}}`)}},
+					FieldsV1: metav1.NewFieldsV1(`{"f:status":{"f:phase":{},"f:podIP":{},"f:podIPs":{".":{},"k:{\"ip\":\"` + a.String() + `\"}":{".":{},"f:ip":{}}}}}`)},
 			},
 		},
 		Spec: corev1.PodSpec{
