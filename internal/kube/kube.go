@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -277,50 +279,53 @@ func (w *Watcher) signal() {
 	}
 }
 
-// podOf is what the policy needs of a pod, and whether its address is
-// its own at all: pods on the host's network share the node's address,
-// and pods that finished have given theirs back, so neither is followed.
-func podOf(p *corev1.Pod, node string) (policy.Pod, bool) {
-	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-		return policy.Pod{}, false
-	}
-	if node != "" && p.Spec.NodeName != node {
-		return policy.Pod{}, false
-	}
-	out := policy.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
-	}
-	for _, ip := range ips {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
-			out.Addrs = append(out.Addrs, a)
-		}
-	}
-	return out, len(out.Addrs) > 0
+// slimPod is what the pod cache holds of a pod: what podOf and the
+// informers read (name, namespace, uid, resourceVersion, labels, deletion
+// timestamp, node, host network, phase, addresses). The rest of a pod as
+// the API server returns it (managedFields, containers, volumes,
+// conditions) is most of its size, and even an emptied corev1.Pod is
+// 1.2 KB; the cache would hold it for every pod followed.
+type slimPod struct {
+	metav1.ObjectMeta
+	NodeName    string
+	HostNetwork bool
+	Phase       corev1.PodPhase
+	IPs         []string // status.podIPs, or status.podIP without them
 }
 
-// strip is the informers' transform: it keeps of a pod only what podOf
-// and the informers read (name, namespace, uid, resourceVersion, labels,
-// deletion timestamp, node, host network, phase, addresses), and of a
-// namespace its name, uid, resourceVersion, labels and deletion
-// timestamp. The rest of a pod as the API server returns it
-// (managedFields, containers, volumes, conditions) is most of its size,
-// and the caches would hold it for every pod followed. Anything else
+func (p *slimPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *slimPod) DeepCopyObject() runtime.Object {
+	c := *p
+	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.IPs = slices.Clone(p.IPs)
+	return &c
+}
+
+// strip is the informers' transform (SetTransform, as Cilium does): a
+// pod becomes a slimPod, a namespace keeps only its name, uid,
+// resourceVersion, labels and deletion timestamp. Anything else
 // (cache.DeletedFinalStateUnknown holds an object already stripped) is
-// kept as it is, and stripping twice gives the same object.
+// kept as it is, so stripping twice gives the same object.
 func strip(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return &corev1.Pod{
-			ObjectMeta: stripMeta(&o.ObjectMeta),
-			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork},
-			Status:     corev1.PodStatus{Phase: o.Status.Phase, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs},
-		}, nil
+		return slim(o), nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
 	}
 	return obj, nil
+}
+
+func slim(p *corev1.Pod) *slimPod {
+	s := &slimPod{ObjectMeta: stripMeta(&p.ObjectMeta), NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, Phase: p.Status.Phase}
+	for _, ip := range p.Status.PodIPs {
+		s.IPs = append(s.IPs, ip.IP)
+	}
+	if len(s.IPs) == 0 && p.Status.PodIP != "" {
+		s.IPs = []string{p.Status.PodIP}
+	}
+	return s
 }
 
 func stripMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
@@ -328,9 +333,40 @@ func stripMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
 		Labels: m.Labels, DeletionTimestamp: m.DeletionTimestamp}
 }
 
+// asPod is the slimPod of an informer's object (stripped already, or a
+// full pod), or nil if obj is no pod.
+func asPod(obj any) *slimPod {
+	switch p := obj.(type) {
+	case *slimPod:
+		return p
+	case *corev1.Pod:
+		return slim(p)
+	}
+	return nil
+}
+
+// podOf is what the policy needs of a pod, and whether its address is
+// its own at all: pods on the host's network share the node's address,
+// and pods that finished have given theirs back, so neither is followed.
+func podOf(p *slimPod, node string) (policy.Pod, bool) {
+	if p.HostNetwork || p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed {
+		return policy.Pod{}, false
+	}
+	if node != "" && p.NodeName != node {
+		return policy.Pod{}, false
+	}
+	out := policy.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}
+	for _, ip := range p.IPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			out.Addrs = append(out.Addrs, a)
+		}
+	}
+	return out, len(out.Addrs) > 0
+}
+
 func (w *Watcher) podChanged(obj any) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	p := asPod(obj)
+	if p == nil {
 		return
 	}
 	k := podKey{p.Namespace, p.Name}
@@ -354,8 +390,8 @@ func (w *Watcher) podDeleted(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	p := asPod(obj)
+	if p == nil {
 		return
 	}
 	w.mu.Lock()

@@ -303,37 +303,48 @@ rules: [{name: r, from: [web], to: [example.com]}]
 	})
 }
 
-// TestStrip: the informers' caches hold pods stripped to what the watcher
-// reads, the watcher sees in a stripped pod what it sees in the full one,
-// and a deletion whose final state is unknown (a stripped pod from the
-// cache) still removes the pod's address.
+// TestStrip: the pod cache holds slimPods, the watcher sees in a stripped
+// pod what the full one says, and a deletion whose final state is unknown
+// (a stripped pod from the cache) still removes the pod's address.
 func TestStrip(t *testing.T) {
-	for _, mod := range []func(*corev1.Pod){
-		func(*corev1.Pod) {},
-		func(p *corev1.Pod) { p.Spec.HostNetwork = true },
-		func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
-		func(p *corev1.Pod) { p.Spec.NodeName = "node-b" },
-		func(p *corev1.Pod) { p.Status.PodIPs = nil }, // podIP alone
+	full := apiPod(7, 3)
+	a := netip.MustParseAddr(full.Status.PodIP)
+	want := policy.Pod{Namespace: "shop", Name: "p00007", Labels: map[string]string{"app": "g1"}, Addrs: []netip.Addr{a}}
+	for _, tc := range []struct {
+		name   string
+		mod    func(*corev1.Pod)
+		follow bool
+	}{
+		{"running", func(*corev1.Pod) {}, true},
+		{"podIP without podIPs", func(p *corev1.Pod) { p.Status.PodIPs = nil }, true},
+		{"host network", func(p *corev1.Pod) { p.Spec.HostNetwork = true }, false},
+		{"succeeded", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }, false},
+		{"failed", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }, false},
+		{"other node", func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }, false},
+		{"no address", func(p *corev1.Pod) { p.Status.PodIPs, p.Status.PodIP = nil, "" }, false},
 	} {
-		full := apiPod(7, 3)
-		mod(full)
-		s, err := strip(full.DeepCopy())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sp := s.(*corev1.Pod)
-		want, wantOK := podOf(full, "node-a")
-		got, gotOK := podOf(sp, "node-a")
-		if gotOK != wantOK || !equalPod(got, want) {
-			t.Errorf("stripped: podOf = %+v %v, full: %+v %v", got, gotOK, want, wantOK)
-		}
-		if sp.ResourceVersion != full.ResourceVersion || sp.UID != full.UID || len(sp.ManagedFields)+len(sp.Spec.Containers)+len(sp.Spec.Volumes) != 0 {
-			t.Errorf("stripped pod %+v", sp)
-		}
-		again, _ := strip(sp)
-		if !reflect.DeepEqual(again, s) {
-			t.Errorf("stripping twice changed the pod: %+v, then %+v", sp, again)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			p := full.DeepCopy()
+			tc.mod(p)
+			s, err := strip(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sp := s.(*slimPod)
+			got, follow := podOf(sp, "node-a")
+			if follow != tc.follow || (follow && !equalPod(got, want)) {
+				t.Errorf("podOf = %+v, %v; want %+v, %v", got, follow, want, tc.follow)
+			}
+			if sp.ResourceVersion != full.ResourceVersion || sp.UID != full.UID || sp.ManagedFields != nil {
+				t.Errorf("stripped pod %+v", sp)
+			}
+			if again, _ := strip(sp); again != s {
+				t.Errorf("stripping twice changed the pod: %+v, then %+v", sp, again)
+			}
+			if c := sp.DeepCopyObject(); !reflect.DeepEqual(c, sp) {
+				t.Errorf("DeepCopyObject = %+v, want %+v", c, sp)
+			}
+		})
 	}
 	d := cache.DeletedFinalStateUnknown{Key: "shop/p00007", Obj: apiPod(7, 3)}
 	if got, _ := strip(d); got != any(d) {
@@ -342,24 +353,24 @@ func TestStrip(t *testing.T) {
 
 	p := mustPolicy(t, testPolicy)
 	client := fake.NewClientset(ns("payments", nil))
-	full := apiPod(1, 1)
-	full.Namespace, full.Labels = "payments", map[string]string{"app": "checkout"}
-	if _, err := client.CoreV1().Pods("payments").Create(context.Background(), full, metav1.CreateOptions{}); err != nil {
+	pod := apiPod(1, 1)
+	pod.Namespace, pod.Labels = "payments", map[string]string{"app": "checkout"}
+	if _, err := client.CoreV1().Pods("payments").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	h := start(t, p, "node-a", client)
-	a := full.Status.PodIP
-	h.waitFor("the pod in checkout", has(a, "checkout"))
+	addr := pod.Status.PodIP
+	h.waitFor("the pod in checkout", has(addr, "checkout"))
 	objs := h.w.podIn.GetStore().List()
 	if len(objs) != 1 {
 		t.Fatalf("the pod cache holds %d objects, want 1", len(objs))
 	}
-	cached := objs[0].(*corev1.Pod)
-	if len(cached.ManagedFields)+len(cached.Spec.Containers)+len(cached.Spec.Volumes) != 0 || cached.Spec.NodeName != "node-a" {
-		t.Errorf("the cache holds %+v, want a stripped pod", cached)
+	cached, ok := objs[0].(*slimPod)
+	if !ok || cached.NodeName != "node-a" {
+		t.Fatalf("the cache holds %#v, want a slimPod on node-a", objs[0])
 	}
-	h.w.podDeleted(cache.DeletedFinalStateUnknown{Key: "payments/" + full.Name, Obj: cached})
-	h.waitFor("the address gone after a deletion of unknown final state", has(a))
+	h.w.podDeleted(cache.DeletedFinalStateUnknown{Key: "payments/" + pod.Name, Obj: cached})
+	h.waitFor("the address gone after a deletion of unknown final state", has(addr))
 }
 
 func equalPod(a, b policy.Pod) bool {
