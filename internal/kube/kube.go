@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -147,6 +149,10 @@ func New(cfg Config) (*Watcher, error) {
 	w.podIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(podLW, cfg.Client), &corev1.Pod{}, opts)
 	w.nsIn = cache.NewSharedIndexInformerWithOptions(cache.ToListWatcherWithWatchListSemantics(nsLW, cfg.Client), &corev1.Namespace{}, opts)
 	for i, inf := range w.informers() {
+		// The caches keep only what the watcher reads (see strip).
+		if err := inf.SetTransform(strip); err != nil {
+			return nil, err
+		}
 		// Errors of a watch the server ended (an expired resource
 		// version, a broken stream): the reflector lists or watches
 		// again, and listWatch notes whether that worked.
@@ -273,23 +279,85 @@ func (w *Watcher) signal() {
 	}
 }
 
+// slimPod is what the pod cache holds of a pod: what podOf and the
+// informers read (name, namespace, uid, resourceVersion, labels, deletion
+// timestamp, node, host network, phase, addresses). The rest of a pod as
+// the API server returns it (managedFields, containers, volumes,
+// conditions) is most of its size, and even an emptied corev1.Pod is
+// 1.2 KB; the cache would hold it for every pod followed.
+type slimPod struct {
+	metav1.ObjectMeta
+	NodeName    string
+	HostNetwork bool
+	Phase       corev1.PodPhase
+	IPs         []string // status.podIPs, or status.podIP without them
+}
+
+func (p *slimPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (p *slimPod) DeepCopyObject() runtime.Object {
+	c := *p
+	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.IPs = slices.Clone(p.IPs)
+	return &c
+}
+
+// strip is the informers' transform (SetTransform, as Cilium does): a
+// pod becomes a slimPod, a namespace keeps only its name, uid,
+// resourceVersion, labels and deletion timestamp. Anything else
+// (cache.DeletedFinalStateUnknown holds an object already stripped) is
+// kept as it is, so stripping twice gives the same object.
+func strip(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return slim(o), nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{ObjectMeta: stripMeta(&o.ObjectMeta)}, nil
+	}
+	return obj, nil
+}
+
+func slim(p *corev1.Pod) *slimPod {
+	s := &slimPod{ObjectMeta: stripMeta(&p.ObjectMeta), NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, Phase: p.Status.Phase}
+	for _, ip := range p.Status.PodIPs {
+		s.IPs = append(s.IPs, ip.IP)
+	}
+	if len(s.IPs) == 0 && p.Status.PodIP != "" {
+		s.IPs = []string{p.Status.PodIP}
+	}
+	return s
+}
+
+func stripMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Labels: m.Labels, DeletionTimestamp: m.DeletionTimestamp}
+}
+
+// asPod is the slimPod of an informer's object (stripped already, or a
+// full pod), or nil if obj is no pod.
+func asPod(obj any) *slimPod {
+	switch p := obj.(type) {
+	case *slimPod:
+		return p
+	case *corev1.Pod:
+		return slim(p)
+	}
+	return nil
+}
+
 // podOf is what the policy needs of a pod, and whether its address is
 // its own at all: pods on the host's network share the node's address,
 // and pods that finished have given theirs back, so neither is followed.
-func podOf(p *corev1.Pod, node string) (policy.Pod, bool) {
-	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+func podOf(p *slimPod, node string) (policy.Pod, bool) {
+	if p.HostNetwork || p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed {
 		return policy.Pod{}, false
 	}
-	if node != "" && p.Spec.NodeName != node {
+	if node != "" && p.NodeName != node {
 		return policy.Pod{}, false
 	}
 	out := policy.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
-	}
-	for _, ip := range ips {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
+	for _, ip := range p.IPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
 			out.Addrs = append(out.Addrs, a)
 		}
 	}
@@ -297,8 +365,8 @@ func podOf(p *corev1.Pod, node string) (policy.Pod, bool) {
 }
 
 func (w *Watcher) podChanged(obj any) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	p := asPod(obj)
+	if p == nil {
 		return
 	}
 	k := podKey{p.Namespace, p.Name}
@@ -322,8 +390,8 @@ func (w *Watcher) podDeleted(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	p := asPod(obj)
+	if p == nil {
 		return
 	}
 	w.mu.Lock()

@@ -3,7 +3,9 @@ package kube
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -298,4 +301,78 @@ rules: [{name: r, from: [web], to: [example.com]}]
 		h.w.SetPolicy(np)
 		h.waitFor("a snapshot of the new policy", func(m *policy.Members) bool { return m.For(np) })
 	})
+}
+
+// TestStrip: the pod cache holds slimPods, the watcher sees in a stripped
+// pod what the full one says, and a deletion whose final state is unknown
+// (a stripped pod from the cache) still removes the pod's address.
+func TestStrip(t *testing.T) {
+	full := apiPod(7, 3)
+	a := netip.MustParseAddr(full.Status.PodIP)
+	want := policy.Pod{Namespace: "shop", Name: "p00007", Labels: map[string]string{"app": "g1"}, Addrs: []netip.Addr{a}}
+	for _, tc := range []struct {
+		name   string
+		mod    func(*corev1.Pod)
+		follow bool
+	}{
+		{"running", func(*corev1.Pod) {}, true},
+		{"podIP without podIPs", func(p *corev1.Pod) { p.Status.PodIPs = nil }, true},
+		{"host network", func(p *corev1.Pod) { p.Spec.HostNetwork = true }, false},
+		{"succeeded", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }, false},
+		{"failed", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }, false},
+		{"other node", func(p *corev1.Pod) { p.Spec.NodeName = "node-b" }, false},
+		{"no address", func(p *corev1.Pod) { p.Status.PodIPs, p.Status.PodIP = nil, "" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := full.DeepCopy()
+			tc.mod(p)
+			s, err := strip(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sp := s.(*slimPod)
+			got, follow := podOf(sp, "node-a")
+			if follow != tc.follow || (follow && !equalPod(got, want)) {
+				t.Errorf("podOf = %+v, %v; want %+v, %v", got, follow, want, tc.follow)
+			}
+			if sp.ResourceVersion != full.ResourceVersion || sp.UID != full.UID || sp.ManagedFields != nil {
+				t.Errorf("stripped pod %+v", sp)
+			}
+			if again, _ := strip(sp); again != s {
+				t.Errorf("stripping twice changed the pod: %+v, then %+v", sp, again)
+			}
+			if c := sp.DeepCopyObject(); !reflect.DeepEqual(c, sp) {
+				t.Errorf("DeepCopyObject = %+v, want %+v", c, sp)
+			}
+		})
+	}
+	d := cache.DeletedFinalStateUnknown{Key: "shop/p00007", Obj: apiPod(7, 3)}
+	if got, _ := strip(d); got != any(d) {
+		t.Errorf("strip(DeletedFinalStateUnknown) = %#v, want it unchanged", got)
+	}
+
+	p := mustPolicy(t, testPolicy)
+	client := fake.NewClientset(ns("payments", nil))
+	pod := apiPod(1, 1)
+	pod.Namespace, pod.Labels = "payments", map[string]string{"app": "checkout"}
+	if _, err := client.CoreV1().Pods("payments").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, p, "node-a", client)
+	addr := pod.Status.PodIP
+	h.waitFor("the pod in checkout", has(addr, "checkout"))
+	objs := h.w.podIn.GetStore().List()
+	if len(objs) != 1 {
+		t.Fatalf("the pod cache holds %d objects, want 1", len(objs))
+	}
+	cached, ok := objs[0].(*slimPod)
+	if !ok || cached.NodeName != "node-a" {
+		t.Fatalf("the cache holds %#v, want a slimPod on node-a", objs[0])
+	}
+	h.w.podDeleted(cache.DeletedFinalStateUnknown{Key: "payments/" + pod.Name, Obj: cached})
+	h.waitFor("the address gone after a deletion of unknown final state", has(addr))
+}
+
+func equalPod(a, b policy.Pod) bool {
+	return a.Namespace == b.Namespace && a.Name == b.Name && maps.Equal(a.Labels, b.Labels) && slices.Equal(a.Addrs, b.Addrs)
 }
