@@ -81,13 +81,17 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 		d.errorf(n, "%s must be a mapping of keys to values", pathOr(path))
 		return
 	}
-	seen := make(map[string]bool, len(fields))
+	var seen uint64 // bit j: fields[j] was set (no mapping has 64 keys)
+	if len(fields) > 64 {
+		panic("policy: decoder.mapping takes at most 64 fields")
+	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		var f *field
+		var bit uint64
 		for j := range fields {
 			if fields[j].key == k.Value {
-				f = &fields[j]
+				f, bit = &fields[j], 1<<j
 				break
 			}
 		}
@@ -107,11 +111,11 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 			d.errorf(k, "%s", msg)
 			continue
 		}
-		if seen[k.Value] {
+		if seen&bit != 0 {
 			d.errorf(k, "%s is set twice in %s; keep one", k.Value, pathOr(path))
 			continue
 		}
-		seen[k.Value] = true
+		seen |= bit
 		f.decode(v)
 	}
 }

@@ -378,19 +378,25 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		p.Users[name] = usr
 	}
 
-	ruleNames := map[string]*yaml.Node{}
-	for _, w := range rules {
+	ruleNames := make(map[string]int, len(rules)) // name: line
+	if len(rules) > 0 {
+		p.Rules = make([]*Rule, 0, len(rules))
+	}
+	for i, w := range rules {
 		if w == nil {
 			continue
 		}
+		// The rule's YAML nodes become garbage once it is compiled, so a
+		// large policy's tree is freed while the rest is compiled.
+		rules[i] = nil
 		// Checked before compiling, so a duplicate is reported even when
 		// either rule has other problems.
 		dup := false
 		if prev, ok := ruleNames[w.name.v]; ok {
-			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev.Line)
+			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev)
 			dup = true
 		} else {
-			ruleNames[w.name.v] = w.name.n
+			ruleNames[w.name.v] = w.name.n.Line
 		}
 		r := d.compileRule(w, p)
 		if r == nil || dup {
@@ -653,7 +659,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 			ok = false
 			continue
 		}
-		if pfx, err := parsePrefix(t.v); err == nil {
+		if !mayBeAddress(t.v) {
+			// A name: skip parsePrefix, whose error would be built and
+			// dropped for every name of a large policy.
+		} else if pfx, err := parsePrefix(t.v); err == nil {
 			r.Prefixes = append(r.Prefixes, pfx)
 			continue
 		} else if strings.Contains(t.v, "/") || looksNumeric(t.v) {
@@ -773,6 +782,13 @@ func isDigits(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// mayBeAddress reports whether parsePrefix could accept s: an IPv6
+// address holds a colon, an IPv4 address only digits and dots, and a CIDR
+// a slash. Anything else is a name.
+func mayBeAddress(s string) bool {
+	return strings.ContainsAny(s, ":/") || looksNumeric(s)
 }
 
 func looksNumeric(s string) bool {
