@@ -424,9 +424,27 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 
 var (
 	validTable    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
-	validRuleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-	validGroup    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 )
+
+// validName reports whether s can name a rule or a source group: a letter
+// or digit, then at most 62 letters, digits, '_', '.' or '-'. (What the
+// regexp ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ says, at a tenth of its cost,
+// which shows in a reload of 100,000 rules.)
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func yamlError(file string, err error) *Error {
 	// yaml.v3 says "yaml: line 7: did not find expected key"; keep the line.
@@ -474,7 +492,7 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*ya
 			continue
 		}
 		nodes[k.Value] = k
-		if !validGroup.MatchString(k.Value) {
+		if !validName(k.Value) {
 			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
 		}
 		path := "sources." + k.Value
@@ -628,7 +646,7 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	r := &Rule{Name: w.name.v, AllowPublicSuffix: w.allowPublicSuffix, Refresh: w.refresh, UninspectedTunnels: !w.inspectTunnels}
 	ok := true
-	if !validRuleName.MatchString(r.Name) {
+	if !validName(r.Name) {
 		d.errorf(w.name.n, "rule name %q must start with a letter or digit and hold at most 63 letters, digits, '_', '.' or '-'", r.Name)
 		ok = false
 	}
