@@ -422,9 +422,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	return p, nil
 }
 
-var (
-	validTable    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
-)
+var validTable = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
 // validName reports whether s can name a rule or a source group: a letter
 // or digit, then at most 62 letters, digits, '_', '.' or '-'. (What the
