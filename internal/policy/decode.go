@@ -27,6 +27,9 @@ type decoder struct {
 	// aliases cannot make the loader walk billions of nodes.
 	aliasBudget int
 	truncated   bool // more than maxErrors problems were found
+	// ruleFields decode a rule's keys into rw, the rule being decoded.
+	ruleFields []field
+	rw         *wireRule
 }
 
 // maxErrors bounds an ErrorList: past a hundred, more messages help nobody
@@ -261,6 +264,11 @@ func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func
 	return func(n *yaml.Node) {
 		*set = true
 		*dst = nil
+		if n.Kind == yaml.SequenceNode && len(n.Content) > 0 {
+			// Sized once (an alias is not followed here: deref counts
+			// against the alias budget).
+			*dst = make([]positioned, 0, len(n.Content))
+		}
 		d.list(n, path, func(it *yaml.Node) {
 			if s, ok := d.scalar(it, path+" item"); ok {
 				*dst = append(*dst, positioned{s, d.deref(it)})
