@@ -27,6 +27,9 @@ type decoder struct {
 	// aliases cannot make the loader walk billions of nodes.
 	aliasBudget int
 	truncated   bool // more than maxErrors problems were found
+	// ruleFields decode a rule's keys into rw, the rule being decoded.
+	ruleFields []field
+	rw         *wireRule
 }
 
 // maxErrors bounds an ErrorList: past a hundred, more messages help nobody
@@ -81,13 +84,17 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 		d.errorf(n, "%s must be a mapping of keys to values", pathOr(path))
 		return
 	}
-	seen := make(map[string]bool, len(fields))
+	var seen uint64 // bit j: fields[j] was set (no mapping has 64 keys)
+	if len(fields) > 64 {
+		panic("policy: decoder.mapping takes at most 64 fields")
+	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		var f *field
+		var bit uint64
 		for j := range fields {
 			if fields[j].key == k.Value {
-				f = &fields[j]
+				f, bit = &fields[j], 1<<j
 				break
 			}
 		}
@@ -107,11 +114,11 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields ...field) {
 			d.errorf(k, "%s", msg)
 			continue
 		}
-		if seen[k.Value] {
+		if seen&bit != 0 {
 			d.errorf(k, "%s is set twice in %s; keep one", k.Value, pathOr(path))
 			continue
 		}
-		seen[k.Value] = true
+		seen |= bit
 		f.decode(v)
 	}
 }
@@ -257,6 +264,11 @@ func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func
 	return func(n *yaml.Node) {
 		*set = true
 		*dst = nil
+		if n.Kind == yaml.SequenceNode && len(n.Content) > 0 {
+			// Sized once (an alias is not followed here: deref counts
+			// against the alias budget).
+			*dst = make([]positioned, 0, len(n.Content))
+		}
 		d.list(n, path, func(it *yaml.Node) {
 			if s, ok := d.scalar(it, path+" item"); ok {
 				*dst = append(*dst, positioned{s, d.deref(it)})

@@ -52,9 +52,15 @@ func buildIndex(rules []*Rule) *index {
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
 			n := ix.root
-			labels := strings.Split(string(p.Base), ".")
-			for i := len(labels) - 1; i >= 0; i-- {
-				n = n.child(labels[i])
+			// Labels from the last to the first, as substrings of Base
+			// (strings.Split would allocate a slice per pattern).
+			for rest := string(p.Base); ; {
+				i := strings.LastIndexByte(rest, '.')
+				n = n.child(rest[i+1:])
+				if i < 0 {
+					break
+				}
+				rest = rest[:i]
 			}
 			switch p.Kind {
 			case Exact:

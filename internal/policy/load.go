@@ -378,19 +378,25 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		p.Users[name] = usr
 	}
 
-	ruleNames := map[string]*yaml.Node{}
-	for _, w := range rules {
+	ruleNames := make(map[string]int, len(rules)) // name: line
+	if len(rules) > 0 {
+		p.Rules = make([]*Rule, 0, len(rules))
+	}
+	for i, w := range rules {
 		if w == nil {
 			continue
 		}
+		// The rule's YAML nodes become garbage once it is compiled, so a
+		// large policy's tree is freed while the rest is compiled.
+		rules[i] = nil
 		// Checked before compiling, so a duplicate is reported even when
 		// either rule has other problems.
 		dup := false
 		if prev, ok := ruleNames[w.name.v]; ok {
-			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev.Line)
+			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev)
 			dup = true
 		} else {
-			ruleNames[w.name.v] = w.name.n
+			ruleNames[w.name.v] = w.name.n.Line
 		}
 		r := d.compileRule(w, p)
 		if r == nil || dup {
@@ -416,11 +422,27 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	return p, nil
 }
 
-var (
-	validTable    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
-	validRuleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-	validGroup    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-)
+var validTable = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+
+// validName reports whether s can name a rule or a source group: a letter
+// or digit, then at most 62 letters, digits, '_', '.' or '-'. (What the
+// regexp ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ says, at a tenth of its cost,
+// which shows in a reload of 100,000 rules.)
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func yamlError(file string, err error) *Error {
 	// yaml.v3 says "yaml: line 7: did not find expected key"; keep the line.
@@ -468,7 +490,7 @@ func (d *decoder) sources(n *yaml.Node, p *Policy, nodes, ifNodes map[string]*ya
 			continue
 		}
 		nodes[k.Value] = k
-		if !validGroup.MatchString(k.Value) {
+		if !validName(k.Value) {
 			d.errorf(k, "source group name %q must start with a letter or digit and hold only letters, digits, '_', '.' or '-'", k.Value)
 		}
 		path := "sources." + k.Value
@@ -579,33 +601,12 @@ func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
 func (d *decoder) rule(n *yaml.Node) *wireRule {
 	n = d.deref(n)
 	w := &wireRule{node: n, inspectTunnels: true}
-	d.mapping(n, "rule",
-		field{"name", func(v *yaml.Node) {
-			if s, ok := d.scalar(v, "rule name"); ok && !isNull(d.deref(v)) {
-				w.name = positioned{s, d.deref(v)}
-			}
-		}},
-		field{"from", d.positionedList(&w.from, &w.fromSet, "from")},
-		field{"to", d.positionedList(&w.to, &w.toSet, "to")},
-		field{"ports", d.positionedList(&w.ports, &w.portsSet, "ports")},
-		field{"refresh", func(v *yaml.Node) { w.refreshNode = d.deref(v); d.duration(&w.refresh, "refresh")(v) }},
-		field{"allow_public_suffix", d.boolean(&w.allowPublicSuffix, "allow_public_suffix")},
-		field{"dnssec", d.positionedStr(&w.dnssec, "dnssec")},
-		field{"inspect_tunnels", func(v *yaml.Node) {
-			w.inspectNode = d.deref(v)
-			d.boolean(&w.inspectTunnels, "inspect_tunnels")(v)
-		}},
-		field{"tls", func(v *yaml.Node) {
-			t := &wireTLS{node: d.deref(v)}
-			d.mapping(v, "tls",
-				field{"verify", d.boolean(&t.verify, "tls.verify")},
-				field{"pins", d.positionedList(&t.pins, &t.pinsSet, "tls.pins")},
-				field{"ca_file", d.str(&t.caFile, "tls.ca_file")},
-				field{"min_version", d.str(&t.minVersion, "tls.min_version")},
-			)
-			w.tls = t
-		}},
-	)
+	if d.ruleFields == nil {
+		d.ruleFields = d.newRuleFields()
+	}
+	d.rw = w
+	d.mapping(n, "rule", d.ruleFields...)
+	d.rw = nil
 	if n.Kind != yaml.MappingNode {
 		if isNull(n) {
 			d.errorf(n, "rules has an empty item; remove the lone '-'")
@@ -619,10 +620,43 @@ func (d *decoder) rule(n *yaml.Node) *wireRule {
 	return w
 }
 
+// newRuleFields returns the keys of a rule, decoded into d.rw: made once
+// per policy rather than once per rule, since a closure per key and rule
+// was a tenth of what a reload of 100,000 rules allocated.
+func (d *decoder) newRuleFields() []field {
+	return []field{
+		{"name", func(v *yaml.Node) {
+			if s, ok := d.scalar(v, "rule name"); ok && !isNull(d.deref(v)) {
+				d.rw.name = positioned{s, d.deref(v)}
+			}
+		}},
+		{"from", func(v *yaml.Node) { d.positionedList(&d.rw.from, &d.rw.fromSet, "from")(v) }},
+		{"to", func(v *yaml.Node) { d.positionedList(&d.rw.to, &d.rw.toSet, "to")(v) }},
+		{"ports", func(v *yaml.Node) { d.positionedList(&d.rw.ports, &d.rw.portsSet, "ports")(v) }},
+		{"refresh", func(v *yaml.Node) { d.rw.refreshNode = d.deref(v); d.duration(&d.rw.refresh, "refresh")(v) }},
+		{"allow_public_suffix", func(v *yaml.Node) { d.boolean(&d.rw.allowPublicSuffix, "allow_public_suffix")(v) }},
+		{"dnssec", func(v *yaml.Node) { d.positionedStr(&d.rw.dnssec, "dnssec")(v) }},
+		{"inspect_tunnels", func(v *yaml.Node) {
+			d.rw.inspectNode = d.deref(v)
+			d.boolean(&d.rw.inspectTunnels, "inspect_tunnels")(v)
+		}},
+		{"tls", func(v *yaml.Node) {
+			t := &wireTLS{node: d.deref(v)}
+			d.mapping(v, "tls",
+				field{"verify", d.boolean(&t.verify, "tls.verify")},
+				field{"pins", d.positionedList(&t.pins, &t.pinsSet, "tls.pins")},
+				field{"ca_file", d.str(&t.caFile, "tls.ca_file")},
+				field{"min_version", d.str(&t.minVersion, "tls.min_version")},
+			)
+			d.rw.tls = t
+		}},
+	}
+}
+
 func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	r := &Rule{Name: w.name.v, AllowPublicSuffix: w.allowPublicSuffix, Refresh: w.refresh, UninspectedTunnels: !w.inspectTunnels}
 	ok := true
-	if !validRuleName.MatchString(r.Name) {
+	if !validName(r.Name) {
 		d.errorf(w.name.n, "rule name %q must start with a letter or digit and hold at most 63 letters, digits, '_', '.' or '-'", r.Name)
 		ok = false
 	}
@@ -653,7 +687,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 			ok = false
 			continue
 		}
-		if pfx, err := parsePrefix(t.v); err == nil {
+		if !mayBeAddress(t.v) {
+			// A name: skip parsePrefix, whose error would be built and
+			// dropped for every name of a large policy.
+		} else if pfx, err := parsePrefix(t.v); err == nil {
 			r.Prefixes = append(r.Prefixes, pfx)
 			continue
 		} else if strings.Contains(t.v, "/") || looksNumeric(t.v) {
@@ -773,6 +810,13 @@ func isDigits(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// mayBeAddress reports whether parsePrefix could accept s: an IPv6
+// address holds a colon, an IPv4 address only digits and dots, and a CIDR
+// a slash. Anything else is a name.
+func mayBeAddress(s string) bool {
+	return strings.ContainsAny(s, ":/") || looksNumeric(s)
 }
 
 func looksNumeric(s string) bool {
