@@ -235,6 +235,9 @@ type Backend struct {
 	// deleted comes back with its elements, so it does not count.
 	resets                atomic.Uint64
 	retriedWithoutDeletes atomic.Uint64 // for tests
+	// dumpsInterrupted counts the set dumps at adoption the kernel
+	// flagged interrupted (NLM_F_DUMP_INTR), each dumped again.
+	dumpsInterrupted atomic.Uint64
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
@@ -423,6 +426,10 @@ func (b *Backend) tableExistsLocked() (bool, error) {
 	return false, nil
 }
 
+// maxDumpTries bounds the dumps of one set at adoption when the kernel
+// flags them interrupted.
+const maxDumpTries = 3
+
 // adopt reads an existing table's sets and learned elements, with the
 // time each has left: the kernel reports it (NFTA_SET_ELEM_EXPIRATION,
 // which google/nftables decodes from milliseconds) for every element
@@ -439,6 +446,12 @@ func (b *Backend) adopt() error {
 	if err != nil {
 		return netlinkErr("listing sets of table "+b.cfg.Table, err)
 	}
+	// A connection of its own: dumps read every message's flags.
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: b.cfg.NetNSFd})
+	if err != nil {
+		return netlinkErr("opening netlink", err)
+	}
+	defer c.Close()
 	now := b.now()
 	n := 0
 	for _, s := range sets {
@@ -452,17 +465,33 @@ func (b *Backend) adopt() error {
 		if !s.HasTimeout {
 			continue
 		}
-		elems, err := b.conn.GetSetElements(s)
-		if err != nil {
-			return netlinkErr("listing set "+s.Name, err)
-		}
-		for _, e := range elems {
-			a, ok := netip.AddrFromSlice(e.Key)
-			if !ok || e.Expires <= 0 {
-				continue
+		// An interrupted dump may miss elements: dump again, and keep
+		// every element any dump listed (one that went meanwhile has
+		// its expiry, or is deleted again by the next Apply's diff).
+		for try := 1; ; try++ {
+			elems, interrupted, err := dumpSetElements(c, byte(b.table.Family), b.cfg.Table, s.Name)
+			if err != nil {
+				return netlinkErr("listing set "+s.Name, err)
 			}
-			b.mirrorSet(keyOf(s.Name, a), wallOf(now.Add(e.Expires)))
-			n++
+			for _, e := range elems {
+				a, ok := netip.AddrFromSlice(e.key)
+				if !ok || e.expires <= 0 {
+					continue
+				}
+				k := keyOf(s.Name, a)
+				if _, dup := b.mirrorGet(k); !dup {
+					n++
+				}
+				b.mirrorSet(k, wallOf(now.Add(e.expires)))
+			}
+			if !interrupted {
+				break
+			}
+			b.dumpsInterrupted.Add(1)
+			if try == maxDumpTries {
+				b.log.Warn("the kernel interrupted every dump of a set: learned addresses it did not list are not restored until they are learned again (the kernel keeps enforcing them)", "set", s.Name, "tries", try)
+				break
+			}
 		}
 	}
 	b.log.Info("adopted existing nftables table", "table", b.cfg.Table, "sets", len(sets), "learned", n)

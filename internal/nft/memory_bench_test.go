@@ -208,7 +208,7 @@ func learnedMemory(b *testing.B, n int) {
 
 // fillLearned publishes ten addresses a name for names, from four
 // goroutines, the way the DNS firewall hands them over.
-func fillLearned(b *testing.B, be *Backend, names []dnsname.Name, exp time.Time) {
+func fillLearned(b testing.TB, be *Backend, names []dnsname.Name, exp time.Time) {
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Add(1)
