@@ -137,8 +137,14 @@ type Backend struct {
 	// sets are the table's sets as last applied or adopted, by name.
 	sets map[string]*nftables.Set
 	// saved holds state-file entries until the first Apply places them.
-	saved    []stateEntry
-	restored bool
+	// savedPath, if set, is a state file not read yet: the table was
+	// adopted, every dump complete, so the kernel holds whatever of it
+	// is live in the sets it kept; the first Apply reads it only if it
+	// does not keep every learned set (a policy changed across the
+	// restart, or a rebuild).
+	saved     []stateEntry
+	savedPath string
+	restored  bool
 	// applied is what the last Apply committed, with the pod sets as
 	// SetMembers last left them: what the watcher puts back. nil before
 	// the first Apply and after Remove. appliedPolicy is the policy of
@@ -373,14 +379,23 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	if cfg.StateFile != "" {
-		entries, err := readState(cfg.StateFile)
-		if err != nil {
-			// A lost state file costs re-resolution, not safety.
-			b.log.Warn("ignoring unreadable state file", "file", cfg.StateFile, "err", err)
+		if len(b.sets) > 0 && b.dumpsInterrupted.Load() == 0 {
+			b.savedPath = cfg.StateFile
+		} else {
+			b.saved = b.loadState(cfg.StateFile)
 		}
-		b.saved = entries
 	}
 	return b, nil
+}
+
+// loadState reads the state file's entries; a lost state file costs
+// re-resolution, not safety.
+func (b *Backend) loadState(path string) []stateEntry {
+	entries, err := readState(path)
+	if err != nil {
+		b.log.Warn("ignoring unreadable state file", "file", path, "err", err)
+	}
+	return entries
 }
 
 // Close releases the netlink connections. The table stays: enforcement
@@ -609,6 +624,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 			dropped = append(dropped, name)
 		}
 	}
+	carried := make(map[string]bool, len(d.sets))
 	for i := range d.sets {
 		w := &d.sets[i]
 		s := newSet(b.table, w)
@@ -623,6 +639,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 				}
 			}
 			sets[w.name] = prev
+			carried[w.name] = true
 			continue
 		}
 		if err := c.AddSet(s, elems); err != nil {
@@ -638,6 +655,14 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for i := range d.chains {
 		for _, r := range d.chains[i].rules {
 			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
+		}
+	}
+	if !b.restored && b.savedPath != "" {
+		for _, name := range d.learned {
+			if !carried[name] {
+				b.saved, b.savedPath = b.loadState(b.savedPath), ""
+				break
+			}
 		}
 	}
 	elems, fromState := b.learnedElementsLocked(d, sets, rebuild)
@@ -675,7 +700,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	b.applied = d
 	b.drops.base = b.drops.base.plus(counted)
 	b.restored = true
-	b.saved = nil
+	b.saved, b.savedPath = nil, ""
 	b.setAllowNames(d.allowLog)
 
 	now := b.now()

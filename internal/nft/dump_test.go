@@ -3,6 +3,10 @@ package nft
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
@@ -76,4 +81,62 @@ func TestAdoptListsEveryElement(t *testing.T) {
 		t.Errorf("after its Apply the adopting backend holds %d learned elements, want %d", got, n)
 	}
 	t.Logf("dumps interrupted at adoption: %d", second.dumpsInterrupted.Load())
+}
+
+// TestAdoptReadsStateFileOnlyWhenNeeded: a backend that adopts a table it
+// listed in full does not read the state file while its first Apply keeps
+// every learned set (the kernel holds whatever of the file is live), and
+// reads it when the Apply makes a learned set anew (here a rule added
+// across the restart), restoring the file's entries the kernel lacks.
+func TestAdoptReadsStateFileOnlyWhenNeeded(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t)
+	full := mustParse(t, memoryPolicy)
+	cut := memoryPolicy[:strings.Index(memoryPolicy, "  - name: db")]
+	withoutDB := mustParse(t, cut)
+	state := filepath.Join(t.TempDir(), "state.json")
+	cfg := Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: ns.Fd(), StateFile: state}
+	start := func(p *policy.Policy) *Backend {
+		b, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Apply(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	learnedAddrs := func(b *Backend) []string {
+		var out []string
+		for _, e := range b.Learned() {
+			out = append(out, e.Rule+" "+e.Addr.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	exp := time.Now().Add(time.Hour)
+	first := startBackend(t, ns, Config{Hook: policy.HookForward}, withoutDB)
+	if err := first.Publish(context.Background(), []learn.Entry{{Name: "a.web.example", Rule: "web", Group: "office", Addr: netip.MustParseAddr("2001:db8::1"), Expires: exp}}); err != nil {
+		t.Fatal(err)
+	}
+	// The file lists an address the kernel does not hold, and one of a
+	// rule the table has no set for yet.
+	if err := writeState(state, []stateEntry{
+		{Rule: "web", Group: "office", Addr: netip.MustParseAddr("2001:db8::2"), Expires: exp},
+		{Rule: "db", Group: "servers", Addr: netip.MustParseAddr("2001:db8::3"), Expires: exp},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	second := start(withoutDB)
+	if got, want := learnedAddrs(second), []string{"web 2001:db8::1"}; !slices.Equal(got, want) {
+		t.Errorf("every learned set kept: learned %v, want %v (the kernel's, the state file unread)", got, want)
+	}
+	second.Close()
+
+	third := start(full)
+	defer third.Close()
+	if got, want := learnedAddrs(third), []string{"db 2001:db8::3", "web 2001:db8::1", "web 2001:db8::2"}; !slices.Equal(got, want) {
+		t.Errorf("a learned set made anew: learned %v, want %v (the kernel's and the state file's)", got, want)
+	}
 }
