@@ -137,8 +137,14 @@ type Backend struct {
 	// sets are the table's sets as last applied or adopted, by name.
 	sets map[string]*nftables.Set
 	// saved holds state-file entries until the first Apply places them.
-	saved    []stateEntry
-	restored bool
+	// savedPath, if set, is a state file not read yet: the table was
+	// adopted, every dump complete, so the kernel holds whatever of it
+	// is live in the sets it kept; the first Apply reads it only if it
+	// does not keep every learned set (a policy changed across the
+	// restart, or a rebuild).
+	saved     []stateEntry
+	savedPath string
+	restored  bool
 	// applied is what the last Apply committed, with the pod sets as
 	// SetMembers last left them: what the watcher puts back. nil before
 	// the first Apply and after Remove. appliedPolicy is the policy of
@@ -235,6 +241,9 @@ type Backend struct {
 	// deleted comes back with its elements, so it does not count.
 	resets                atomic.Uint64
 	retriedWithoutDeletes atomic.Uint64 // for tests
+	// dumpsInterrupted counts the set dumps at adoption the kernel
+	// flagged interrupted (NLM_F_DUMP_INTR), each dumped again.
+	dumpsInterrupted atomic.Uint64
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
@@ -370,14 +379,23 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	if cfg.StateFile != "" {
-		entries, err := readState(cfg.StateFile)
-		if err != nil {
-			// A lost state file costs re-resolution, not safety.
-			b.log.Warn("ignoring unreadable state file", "file", cfg.StateFile, "err", err)
+		if len(b.sets) > 0 && b.dumpsInterrupted.Load() == 0 {
+			b.savedPath = cfg.StateFile
+		} else {
+			b.saved = b.loadState(cfg.StateFile)
 		}
-		b.saved = entries
 	}
 	return b, nil
+}
+
+// loadState reads the state file's entries; a lost state file costs
+// re-resolution, not safety.
+func (b *Backend) loadState(path string) []stateEntry {
+	entries, err := readState(path)
+	if err != nil {
+		b.log.Warn("ignoring unreadable state file", "file", path, "err", err)
+	}
+	return entries
 }
 
 // Close releases the netlink connections. The table stays: enforcement
@@ -423,6 +441,10 @@ func (b *Backend) tableExistsLocked() (bool, error) {
 	return false, nil
 }
 
+// maxDumpTries bounds the dumps of one set at adoption when the kernel
+// flags them interrupted.
+const maxDumpTries = 3
+
 // adopt reads an existing table's sets and learned elements, with the
 // time each has left: the kernel reports it (NFTA_SET_ELEM_EXPIRATION,
 // which google/nftables decodes from milliseconds) for every element
@@ -439,6 +461,12 @@ func (b *Backend) adopt() error {
 	if err != nil {
 		return netlinkErr("listing sets of table "+b.cfg.Table, err)
 	}
+	// A connection of its own: dumps read every message's flags.
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: b.cfg.NetNSFd})
+	if err != nil {
+		return netlinkErr("opening netlink", err)
+	}
+	defer c.Close()
 	now := b.now()
 	n := 0
 	for _, s := range sets {
@@ -452,17 +480,33 @@ func (b *Backend) adopt() error {
 		if !s.HasTimeout {
 			continue
 		}
-		elems, err := b.conn.GetSetElements(s)
-		if err != nil {
-			return netlinkErr("listing set "+s.Name, err)
-		}
-		for _, e := range elems {
-			a, ok := netip.AddrFromSlice(e.Key)
-			if !ok || e.Expires <= 0 {
-				continue
+		// An interrupted dump may miss elements: dump again, and keep
+		// every element any dump listed (one that went meanwhile has
+		// its expiry, or is deleted again by the next Apply's diff).
+		for try := 1; ; try++ {
+			elems, interrupted, err := dumpSetElements(c, byte(b.table.Family), b.cfg.Table, s.Name)
+			if err != nil {
+				return netlinkErr("listing set "+s.Name, err)
 			}
-			b.mirrorSet(keyOf(s.Name, a), wallOf(now.Add(e.Expires)))
-			n++
+			for _, e := range elems {
+				a, ok := netip.AddrFromSlice(e.key)
+				if !ok || e.expires <= 0 {
+					continue
+				}
+				k := keyOf(s.Name, a)
+				if _, dup := b.mirrorGet(k); !dup {
+					n++
+				}
+				b.mirrorSet(k, wallOf(now.Add(e.expires)))
+			}
+			if !interrupted {
+				break
+			}
+			b.dumpsInterrupted.Add(1)
+			if try == maxDumpTries {
+				b.log.Warn("the kernel interrupted every dump of a set: learned addresses it did not list are not restored until they are learned again (the kernel keeps enforcing them)", "set", s.Name, "tries", try)
+				break
+			}
 		}
 	}
 	b.log.Info("adopted existing nftables table", "table", b.cfg.Table, "sets", len(sets), "learned", n)
@@ -580,6 +624,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 			dropped = append(dropped, name)
 		}
 	}
+	carried := make(map[string]bool, len(d.sets))
 	for i := range d.sets {
 		w := &d.sets[i]
 		s := newSet(b.table, w)
@@ -594,6 +639,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 				}
 			}
 			sets[w.name] = prev
+			carried[w.name] = true
 			continue
 		}
 		if err := c.AddSet(s, elems); err != nil {
@@ -609,6 +655,14 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for i := range d.chains {
 		for _, r := range d.chains[i].rules {
 			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
+		}
+	}
+	if !b.restored && b.savedPath != "" {
+		for _, name := range d.learned {
+			if !carried[name] {
+				b.saved, b.savedPath = b.loadState(b.savedPath), ""
+				break
+			}
 		}
 	}
 	elems, fromState := b.learnedElementsLocked(d, sets, rebuild)
@@ -646,7 +700,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	b.applied = d
 	b.drops.base = b.drops.base.plus(counted)
 	b.restored = true
-	b.saved = nil
+	b.saved, b.savedPath = nil, ""
 	b.setAllowNames(d.allowLog)
 
 	now := b.now()

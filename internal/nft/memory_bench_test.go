@@ -158,27 +158,7 @@ func learnedMemory(b *testing.B, n int) {
 	slab0 := slabBytes(b)
 
 	start := time.Now()
-	exp := time.Now().Add(time.Hour)
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			batch := make([]learn.Entry, 0, 10)
-			for k := w; k < len(names); k += 4 {
-				rg := memoryRuleGroups[k%len(memoryRuleGroups)]
-				batch = batch[:0]
-				for i := k * 10; i < k*10+10; i++ {
-					batch = append(batch, learn.Entry{Name: names[k], Rule: rg[0], Group: rg[1], Addr: memoryAddr(i), Expires: exp})
-				}
-				if err := be.Publish(context.Background(), batch); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	fillLearned(b, be, names, time.Now().Add(time.Hour))
 	fill := time.Since(start)
 	// Let the state file be written, as a running daemon does.
 	time.Sleep(2 * saveDelay)
@@ -224,4 +204,29 @@ func learnedMemory(b *testing.B, n int) {
 	b.ReportMetric((max(hwm1, hwm0)-rss0)/float64(n), "peak-rss-B/addr")
 	b.ReportMetric((slab1-slab0)/float64(n), "kernel-fill-B/addr")
 	b.ReportMetric((slab1-slab2)/float64(n), "kernel-freed-B/addr")
+}
+
+// fillLearned publishes ten addresses a name for names, from four
+// goroutines, the way the DNS firewall hands them over.
+func fillLearned(b testing.TB, be *Backend, names []dnsname.Name, exp time.Time) {
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			batch := make([]learn.Entry, 0, 10)
+			for k := w; k < len(names); k += 4 {
+				rg := memoryRuleGroups[k%len(memoryRuleGroups)]
+				batch = batch[:0]
+				for i := k * 10; i < k*10+10; i++ {
+					batch = append(batch, learn.Entry{Name: names[k], Rule: rg[0], Group: rg[1], Addr: memoryAddr(i), Expires: exp})
+				}
+				if err := be.Publish(context.Background(), batch); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

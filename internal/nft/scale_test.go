@@ -35,7 +35,7 @@ func scaleAddr(i int) netip.Addr {
 // dump of a set that was just filled can miss elements while the kernel
 // resizes the set's hash table, and walks the set once per message). It
 // returns the number held; an expired element is not.
-func kernelHolds(t *testing.T, ns *netns.NS, elems func(yield func(set string, a netip.Addr) bool)) (held, asked int) {
+func kernelHolds(t testing.TB, ns *netns.NS, elems func(yield func(set string, a netip.Addr) bool)) (held, asked int) {
 	t.Helper()
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: ns.Fd()})
 	if err != nil {
