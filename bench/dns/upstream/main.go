@@ -8,6 +8,12 @@
 // per reader (the kernel spreads clients over them by 4-tuple hash), each
 // served by one goroutine that reuses its buffers, so the hot path does not
 // allocate per query beyond what miekg/dns unpacking needs.
+//
+// For the scale benchmark (bench/scale) it can answer with several
+// addresses (-a, -aaaa), A addresses from the benchmarking range
+// 198.18.0.0/15 (-bench4: 131,072 of them, where the documentation ranges
+// hold 762), and a short TTL for the names that start with a prefix
+// (-short, -short-ttl), whose addresses then expire together.
 package main
 
 import (
@@ -32,6 +38,14 @@ const (
 	ttl  = 300
 )
 
+// What answers hold; set from flags once, before serving.
+var (
+	nA, nAAAA   = 1, 1
+	bench4      bool
+	shortPrefix string
+	shortTTL    uint32
+)
+
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
@@ -40,9 +54,19 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("upstream", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:5300", "UDP and TCP address to serve on (loopback only)")
 	readers := fs.Int("readers", runtime.GOMAXPROCS(0), "UDP sockets (SO_REUSEPORT), one goroutine each")
+	fs.IntVar(&nA, "a", 1, "A records in an answer (1-64)")
+	fs.IntVar(&nAAAA, "aaaa", 1, "AAAA records in an answer (1-64)")
+	fs.BoolVar(&bench4, "bench4", false, "A addresses from 198.18.0.0/15 instead of 198.51.100.0/24")
+	fs.StringVar(&shortPrefix, "short", "", "names starting with this label prefix get -short-ttl")
+	short := fs.Uint("short-ttl", 30, "TTL in seconds of the names -short matches")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if nA < 1 || nA > 64 || nAAAA < 1 || nAAAA > 64 {
+		fmt.Fprintln(os.Stderr, "upstream: -a and -aaaa must be 1 to 64")
+		return 2
+	}
+	shortTTL = uint32(*short)
 	ap, err := netip.ParseAddrPort(*addr)
 	if err != nil || !ap.Addr().IsLoopback() {
 		fmt.Fprintf(os.Stderr, "upstream: -addr %q must be a loopback host:port\n", *addr)
@@ -143,6 +167,9 @@ func answer(req, resp *dns.Msg) {
 	name := strings.ToLower(q.Name)
 	inZone := name == zone || strings.HasSuffix(name, "."+zone)
 	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
+	if shortPrefix != "" && strings.HasPrefix(name, shortPrefix) {
+		hdr.Ttl = shortTTL
+	}
 	switch {
 	case !inZone || q.Qclass != dns.ClassINET:
 		resp.Rcode = dns.RcodeNameError
@@ -150,12 +177,21 @@ func answer(req, resp *dns.Msg) {
 	case q.Qtype == dns.TypeA:
 		hdr.Rrtype = dns.TypeA
 		h := hash(name)
-		resp.Answer = append(resp.Answer, &dns.A{Hdr: hdr, A: net.IPv4(198, 51, 100, byte(1+h%254))})
+		for i := range uint32(nA) {
+			a := net.IPv4(198, 51, 100, byte(1+(h+i)%254))
+			if bench4 {
+				x := (h + i) % (1 << 17)
+				a = net.IPv4(198, 18+byte(x>>16), byte(x>>8), byte(x))
+			}
+			resp.Answer = append(resp.Answer, &dns.A{Hdr: hdr, A: a})
+		}
 	case q.Qtype == dns.TypeAAAA:
 		hdr.Rrtype = dns.TypeAAAA
 		h := hash(name)
-		ip := net.IP{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, byte(h >> 24), byte(h >> 16), byte(h >> 8), byte(h)}
-		resp.Answer = append(resp.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
+		for i := range nAAAA {
+			ip := net.IP{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, byte(i), byte(h >> 24), byte(h >> 16), byte(h >> 8), byte(h)}
+			resp.Answer = append(resp.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
+		}
 	default:
 		resp.Ns = append(resp.Ns, soa())
 	}

@@ -42,6 +42,7 @@ func run(args []string) int {
 	order := fs.String("order", "seq", "seq: the file's names in order, each once (wrapping if -w + -n exceeds them); random: drawn at random")
 	timeout := fs.Duration("t", time.Second, "wait for each answer; a query that times out counts as lost")
 	seed := fs.Uint64("seed", 1, "seed for -order random")
+	dur := fs.Duration("for", 0, "time queries for this long after the warm-up instead of -n of them; also prints the worst one-second window")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -75,7 +76,21 @@ func run(args []string) int {
 	lost := 0
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 512)
-	for i := range *warm + *n {
+	var (
+		begin   time.Time
+		seconds [][]time.Duration // -for: latencies by second since begin
+	)
+	total := *warm + *n
+	if *dur > 0 {
+		total = math.MaxInt
+	}
+	for i := range total {
+		if *dur > 0 && i == *warm {
+			begin = time.Now()
+		}
+		if *dur > 0 && i > *warm && time.Since(begin) >= *dur {
+			break
+		}
 		name := names[i%len(names)]
 		if *order == "random" {
 			name = names[rng.IntN(len(names))]
@@ -103,7 +118,17 @@ func run(args []string) int {
 			rcodes[rcode]++
 		default:
 			lat = append(lat, d)
+			if *dur > 0 {
+				sec := int(time.Since(begin) / time.Second)
+				for len(seconds) <= sec {
+					seconds = append(seconds, nil)
+				}
+				seconds[sec] = append(seconds[sec], d)
+			}
 		}
+	}
+	if *dur > 0 {
+		*n = len(lat) + lost
 	}
 	var bad []string
 	for _, rc := range slices.Sorted(maps.Keys(rcodes)) {
@@ -122,6 +147,20 @@ func run(args []string) int {
 	fmt.Printf("n=%d lost=%d bad=%d mean_us=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f max_us=%.1f %s\n",
 		len(lat), lost, *n-len(lat)-lost, us(sum/time.Duration(len(lat))), us(pct(lat, 50)), us(pct(lat, 90)),
 		us(pct(lat, 99)), us(pct(lat, 99.9)), us(lat[len(lat)-1]), strings.Join(bad, " "))
+	if len(seconds) > 0 {
+		worst, at := time.Duration(0), 0
+		for i, w := range seconds {
+			if len(w) == 0 {
+				continue
+			}
+			slices.Sort(w)
+			if p := pct(w, 99); p > worst {
+				worst, at = p, i
+			}
+		}
+		fmt.Printf("worst_second=%d worst_second_p99_us=%.1f worst_second_max_us=%.1f worst_second_n=%d\n",
+			at, us(worst), us(seconds[at][len(seconds[at])-1]), len(seconds[at]))
+	}
 	return 0
 }
 

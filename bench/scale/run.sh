@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Scale benchmark (issue 16): the DNS firewall's speed with 1,000,000
+# learned addresses in the kernel against its speed with 1,000, and the
+# latency of answers while a tenth of the million expire at once.
+#
+#   bash bench/scale/run.sh        (as root: network namespace, nftables)
+#
+# The real daemon runs in a network namespace this script creates, with the
+# nftables backend and the bench upstream (bench/dns/upstream) inside it.
+# Names are n<i>.z<i%4>.bench.example under four rules (one per z<k>
+# zone, so four learned sets per family); the upstream answers each with
+# AAAA_PER AAAA records (2001:db8::/32, distinct per name) and A_PER A
+# records from 198.18.0.0/15 (131,072 addresses, so names share some: the
+# kernel's element count is reported as it is). Nine AAAA and two A keep
+# every reply within 512 bytes uncompressed: dnsperf and nftlat send no
+# EDNS, and a longer reply would leave the fast path for the ordinary
+# one, which compresses it (a different measurement).
+#
+# For each scale (SMALL_NAMES and LARGE_NAMES names) and each cache setting
+# (on, off), on a fresh daemon and an empty table:
+#   1. fill: one A and one AAAA query for every name (dnsperf -n 1), then
+#      wait for the learned count (fqdngate_firewall_learned) to settle;
+#   2. capacity: dnsperf over HOT_NAMES names already learned, DURATION s,
+#      CLIENTS sockets x OUTSTANDING in flight, REPS times: queries/s and
+#      the daemon's CPU per 1,000 answers (with the cache off every query
+#      goes upstream and its answer refreshes elements the kernel holds);
+#   3. latency: nftlat, one query in flight, LAT_N queries over the same
+#      names: p50/p99.
+# Then, at the large scale with the cache on: fill SHORT_NAMES more names
+# (prefix s) whose TTL is SHORT_TTL, and time answers for hot names with
+# one in flight for EXPIRY_FOR seconds while those addresses expire
+# (min_ttl and grace are 10 s here, so at about 20 s): p99 overall and the
+# worst one-second window, against the same measure taken before.
+#
+# Traffic stays on the namespace's loopback. The namespace, the table and
+# every process started are removed on exit. Raw output goes to OUT
+# (default bench/scale/results/<UTC timestamp>), a summary to summary.md.
+#
+# Settings (environment):
+#   SMALL_NAMES=100 LARGE_NAMES=100000 SHORT_NAMES=10000 (a tenth of large x AAAA_PER)
+#   AAAA_PER=9 A_PER=2 HOT_NAMES=100 (at most SMALL_NAMES) REPS=3 DURATION=10 CLIENTS=4 OUTSTANDING=200
+#   LAT_N=20000 SHORT_TTL=10 EXPIRY_FOR=40
+set -euo pipefail
+
+SMALL_NAMES=${SMALL_NAMES:-100}
+LARGE_NAMES=${LARGE_NAMES:-100000}
+SHORT_NAMES=${SHORT_NAMES:-$((LARGE_NAMES / 10))}
+AAAA_PER=${AAAA_PER:-9}
+A_PER=${A_PER:-2}
+HOT_NAMES=${HOT_NAMES:-100}
+REPS=${REPS:-3}
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-4}
+OUTSTANDING=${OUTSTANDING:-200}
+LAT_N=${LAT_N:-20000}
+SHORT_TTL=${SHORT_TTL:-10}
+EXPIRY_FOR=${EXPIRY_FOR:-40}
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/bench/scale/results/$(date -u +%Y%m%dT%H%M%SZ)}
+SCRATCH=$(mktemp -d /tmp/scalebench.XXXXXX)
+BIN=$SCRATCH/bin
+NS=scalebench-$$
+TABLE=scalebench
+UP=127.0.0.1:5300
+DNS=127.0.0.1:5353
+ADMIN=127.0.0.1:9090
+mkdir -p "$OUT" "$BIN"
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+inns() { nsenter --net="/run/netns/$NS" "$@"; }
+
+PIDS=()
+NS_MADE=0
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if ((NS_MADE)); then
+		inns nft delete table inet "$TABLE" 2>/dev/null || true
+		ip netns del "$NS" || log "could not delete namespace $NS"
+	fi
+	rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[[ $(id -u) = 0 ]] || { log "run as root: the benchmark makes a network namespace and an nftables table"; exit 1; }
+command -v dnsperf >/dev/null || { log "dnsperf is not installed"; exit 1; }
+
+log "building"
+(cd "$ROOT" && CGO_ENABLED=0 go build -o "$BIN/fqdngate" ./cmd/fqdngate)
+(cd "$ROOT" && go build -o "$BIN/upstream" ./bench/dns/upstream && go build -o "$BIN/nftlat" ./bench/nft/nftlat)
+{
+	echo "date: $(date -u +%FT%TZ)"
+	echo "nproc: $(nproc)"
+	echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+	echo "kernel: $(uname -r)"
+	echo "go: $(go version)"
+	echo "fqdngate: $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- internal cmd || echo ' + uncommitted changes')"
+	echo "uptime at start: $(uptime)"
+	echo "settings: SMALL_NAMES=$SMALL_NAMES LARGE_NAMES=$LARGE_NAMES SHORT_NAMES=$SHORT_NAMES AAAA_PER=$AAAA_PER A_PER=$A_PER HOT_NAMES=$HOT_NAMES REPS=$REPS DURATION=$DURATION CLIENTS=$CLIENTS OUTSTANDING=$OUTSTANDING LAT_N=$LAT_N SHORT_TTL=$SHORT_TTL EXPIRY_FOR=$EXPIRY_FOR"
+} | tee "$OUT/machine.txt" >&2
+
+ip netns add "$NS"
+NS_MADE=1
+ip -n "$NS" link set lo up
+nsenter --net="/run/netns/$NS" "$BIN/upstream" -addr "$UP" -a "$A_PER" -aaaa "$AAAA_PER" -bench4 -short s -short-ttl "$SHORT_TTL" 2>>"$OUT/upstream.log" &
+PIDS+=("$!")
+
+# Query files. names N: n<i> for i < N, A and AAAA each.
+names() { awk -v n="$1" -v p="$2" 'BEGIN { for (i = 0; i < n; i++) { print p i ".z" i % 4 ".bench.example AAAA"; print p i ".z" i % 4 ".bench.example A" } }'; }
+names "$LARGE_NAMES" n >"$SCRATCH/fill-large.txt"
+names "$SMALL_NAMES" n >"$SCRATCH/fill-small.txt"
+names "$SHORT_NAMES" s >"$SCRATCH/fill-short.txt"
+# Hot names: learned at both scales (the small fill's names come first).
+hot=$((HOT_NAMES < SMALL_NAMES ? HOT_NAMES : SMALL_NAMES))
+names "$hot" n | grep ' AAAA$' >"$SCRATCH/hot.txt"
+
+probe() {
+	for _ in $(seq 50); do
+		if inns dig +short +tries=1 +time=1 @"${1%:*}" -p "${1#*:}" n0.z0.bench.example AAAA 2>/dev/null | grep -q '^2001:db8:'; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	return 1
+}
+probe "$UP" || { log "the upstream did not start; see $OUT/upstream.log"; exit 1; }
+
+start() { # start CACHE TAG: a fresh daemon, empty table, no state file; sets FPID
+	local cache=$1 tag=$2 pol=$SCRATCH/policy-$1.yaml
+	inns nft delete table inet "$TABLE" 2>/dev/null || true
+	rm -f "$SCRATCH/state.json"
+	cat >"$pol" <<-EOF
+		listen: {dns: $DNS, proxy: "", admin: $ADMIN}
+		dns: {upstreams: [$UP], cache: $cache, cache_size: 300000, rate_limit: 0, wildcard_budget: 1000000, min_ttl: 10s, grace: 10s, max_learned_per_name: 64}
+		log: {file: /dev/null}
+		history: {enabled: false}
+		firewall: {backend: nftables, hook: output, table: $TABLE, state_file: $SCRATCH/state.json}
+		rules:
+		  - {name: z0, to: ["*.z0.bench.example", "198.18.0.0/15"]}
+		  - {name: z1, to: ["*.z1.bench.example", "198.18.0.0/15"]}
+		  - {name: z2, to: ["*.z2.bench.example", "198.18.0.0/15"]}
+		  - {name: z3, to: ["*.z3.bench.example", "198.18.0.0/15"]}
+	EOF
+	cp "$pol" "$OUT/policy-cache-$cache.yaml"
+	nsenter --net="/run/netns/$NS" "$BIN/fqdngate" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
+	FPID=$!
+	PIDS+=("$FPID")
+	probe "$DNS" || { log "fqdngate did not answer; see $OUT/fqdngate-$tag.log"; return 1; }
+}
+stop() { kill "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+TICK=$(getconf CLK_TCK)
+learned() { inns curl -s "http://$ADMIN/metrics" | awk '$1 == "fqdngate_firewall_learned" {printf "%d", $2}'; }
+settle() { # waits until the learned count stops moving; prints it
+	local a b
+	a=$(learned)
+	while sleep 2; b=$(learned); [[ $a != "$b" ]]; do a=$b; done
+	echo "$b"
+}
+fill() { # fill FILE TAG
+	inns dnsperf -s "${DNS%:*}" -p "${DNS#*:}" -d "$1" -n 1 -c 4 -q 100 -t 5 >"$OUT/fill-$2.txt" 2>&1 || true
+	grep -E 'Queries (completed|lost)|Response codes|Queries per second' "$OUT/fill-$2.txt" | sed 's/^ */  /' >&2
+}
+
+RAW=$OUT/raw.tsv
+printf 'scale\tcache\tlearned\trss_kib\trep\tqps\tlost\tcpu_ms_per_1k\n' >"$RAW"
+LAT=$OUT/latency.tsv
+printf 'scale\tcache\tp50_us\tp99_us\tlost\n' >"$LAT"
+for scale in small large; do
+	for cache in true false; do
+		tag=$scale-cache-$cache
+		log "$tag: fill"
+		start "$cache" "$tag" || exit 1
+		t0=$(date +%s.%N)
+		fill "$SCRATCH/fill-$scale.txt" "$tag"
+		n=$(settle)
+		log "$tag: $n learned in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s, daemon RSS $(rss_kib "$FPID") KiB"
+		for rep in $(seq "$REPS"); do
+			c0=$(cpu_ticks "$FPID")
+			inns dnsperf -s "${DNS%:*}" -p "${DNS#*:}" -d "$SCRATCH/hot.txt" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 -l "$DURATION" >"$OUT/hot-$tag-r$rep.txt" 2>&1 || true
+			c1=$(cpu_ticks "$FPID")
+			done=$(awk '/Queries completed/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
+			qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$OUT/hot-$tag-r$rep.txt")
+			lost=$(awk '/Queries lost/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
+			cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="$done" 'BEGIN {printf "%.2f", (b - a) / t * 1e6 / n}')
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$n" "$(rss_kib "$FPID")" "$rep" "$qps" "$lost" "$cpu" >>"$RAW"
+			log "$tag rep $rep: $qps q/s, $cpu ms CPU per 1,000, lost $lost"
+		done
+		inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -n "$LAT_N" -w 1000 >"$OUT/lat-$tag.txt" 2>&1 || true
+		line=$(grep '^n=' "$OUT/lat-$tag.txt" || echo "n=0")
+		get() { grep -o "$1=[0-9.]*" <<<"$line" | cut -d= -f2; }
+		printf '%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$(get p50_us)" "$(get p99_us)" "$(get lost)" >>"$LAT"
+		log "$tag latency: $line"
+		if [[ $scale = large && $cache = true ]]; then
+			log "mass expiry: baseline ${EXPIRY_FOR}s"
+			inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 1000 >"$OUT/expiry-baseline.txt" 2>&1 || true
+			cat "$OUT/expiry-baseline.txt" >&2
+			before=$(learned)
+			fill "$SCRATCH/fill-short.txt" short
+			added=$(($(settle) - before))
+			log "mass expiry: $added short-lived addresses added (TTL ${SHORT_TTL}s + grace); timing ${EXPIRY_FOR}s"
+			inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 0 >"$OUT/expiry.txt" 2>&1 || true
+			after=$(learned)
+			cat "$OUT/expiry.txt" >&2
+			log "mass expiry: learned $((before + added)) -> $after"
+			echo "short-lived added: $added; learned before the fill $before, after the window $after" >"$OUT/expiry-counts.txt"
+			inns nft list set inet "$TABLE" learn6.z0 2>/dev/null | grep -c 'expires' >"$OUT/kernel-z0-lines.txt" || true
+		fi
+		stop
+	done
+done
+
+{
+	echo "# Scale benchmark $(date -u +%FT%TZ)"
+	echo
+	cat "$OUT/machine.txt"
+	echo
+	echo '| scale | cache | learned | RSS MiB | q/s (each rep) | CPU ms/1k (each rep) | p50 µs | p99 µs |'
+	echo '|---|---|---:|---:|---|---|---:|---:|'
+	for scale in small large; do
+		for cache in true false; do
+			awk -F'\t' -v s="$scale" -v c="$cache" '$1 == s && $2 == c {l = $3; r = $4; q = q (q ? " / " : "") $6; u = u (u ? " / " : "") $8}
+				END {printf "| %s | %s | %s | %.1f | %s | %s |", s, c == "true" ? "on" : "off", l, r / 1024, q, u}' "$RAW"
+			awk -F'\t' -v s="$scale" -v c="$cache" '$1 == s && $2 == c {printf " %s | %s |\n", $3, $4}' "$LAT"
+		done
+	done
+	echo
+	echo "Mass expiry (large, cache on), one query in flight for ${EXPIRY_FOR}s:"
+	echo
+	echo '```'
+	echo "baseline: $(cat "$OUT/expiry-baseline.txt" | tr '\n' ' ')"
+	echo "expiry:   $(cat "$OUT/expiry.txt" | tr '\n' ' ')"
+	cat "$OUT/expiry-counts.txt"
+	echo '```'
+} | tee "$OUT/summary.md"
