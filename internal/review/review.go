@@ -102,8 +102,12 @@ func Strict(p *policy.Policy, file string, data []byte) []Warning {
 		groups = append(groups, g)
 	}
 	sort.Strings(groups)
+	now := p.Now()
 	for _, g := range groups {
-		if !used[g] {
+		// A group that observes while no rule names it yet is how
+		// adoption starts (docs/adopting.md): the kernel lets it through
+		// and records what it would deny. Unused once its date passes.
+		if !used[g] && !p.Observing(g, now) {
 			at(pos.sources[g], "source group %q is named in no rule's from: its hosts reach only what rules for every source allow; name it in a rule, or remove it", g)
 		}
 	}
