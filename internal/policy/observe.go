@@ -25,8 +25,9 @@ type Observe struct {
 	At Pos
 }
 
-// ObservedGroup is one group with observe_until, for explain, /v1/policy
-// and the console.
+// ObservedGroup is one group with observe_until, for explain, /v1/policy,
+// the console and the kernel ruleset (whose accept for the group carries
+// Until).
 type ObservedGroup struct {
 	Group   string    `json:"group"`
 	Until   time.Time `json:"until"`   // first instant enforced
