@@ -119,7 +119,8 @@ func Strict(p *policy.Policy, file string, data []byte) []Warning {
 	for _, u := range users {
 		any := false
 		for _, g := range p.Users[u].Groups {
-			any = any || used[g]
+			// A group that observes lets its users through as would-deny.
+			any = any || used[g] || p.Observing(g, now)
 		}
 		if !any {
 			at(pos.users[u], "user %q is in no group a rule's from names, so signing in gains it nothing; name one of its groups (%s) in a rule, or remove it", u, strings.Join(p.Users[u].Groups, ", "))
