@@ -26,7 +26,8 @@
 //	                   (policy.Usage, /v1/rules; kept across reloads by KeepUsage); admin serves health, metrics, /v1/*
 //
 //	observe_until: Decide reads the policy's clock (a group's denials are would-deny until its date);
-//	Run's observeTimer applies the kernel ruleset again at each deadline, built at that time
+//	the group's kernel accept carries the deadline (meta time <), so the kernel enforces on its own at it;
+//	Run's observeTimer applies the kernel ruleset again at each deadline to remove the expired rule
 //
 //	fleet gateway (cluster: in the local file), internal/cluster:
 //	etcd policy/current ──watch──▶ revision ──compose with the local file──▶ *policy.Policy ──▶ the reload's prepare/commit

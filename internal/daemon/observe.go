@@ -10,8 +10,10 @@ import (
 const observeRetry = time.Second
 
 // observeTimer fires at the next observe_until deadline of the policy in
-// force, when the kernel must stop accepting that group's sources. Run
-// owns it; rearm follows every policy put in force.
+// force. The kernel stops accepting that group's sources at the deadline
+// by itself (its accept rule carries the deadline, internal/nft); the
+// timer only tidies the expired rule away. Run owns it; arm follows every
+// policy put in force.
 type observeTimer struct {
 	t *time.Timer
 	C <-chan time.Time // nil when no group observes
@@ -50,9 +52,11 @@ func (d *Daemon) now() time.Time { return d.Policy().Now() }
 
 // observeEnded applies the policy in force to the kernel again, once an
 // observe_until has passed: the ruleset is built at the time it is
-// applied, so the group's accept is gone. Userspace needs nothing: Decide
-// reads the clock. It reports whether the kernel took it; if not, the old
-// ruleset (accepting the group) stands and the caller tries again.
+// applied, so the group's accept, which no longer matches since the
+// kernel's clock passed its deadline, is removed. Userspace needs
+// nothing: Decide reads the clock. It reports whether the kernel took it;
+// if not, the expired rule stays (it accepts nothing) and the caller
+// tries again.
 func (d *Daemon) observeEnded(ctx context.Context) bool {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -66,7 +70,7 @@ func (d *Daemon) observeEnded(ctx context.Context) bool {
 	}
 	if b := d.comps.nft; b != nil {
 		if err := b.Apply(ctx, p); err != nil {
-			d.log.Error("observe_until passed, but the kernel still accepts the group: programming nftables failed; trying again", "groups", ended, "err", err)
+			d.log.Warn("observe_until passed and the kernel enforces the group (its accept rule carries the deadline), but removing that expired rule failed; trying again", "groups", ended, "err", err)
 			return false
 		}
 	}

@@ -1,7 +1,9 @@
 package nft
 
 import (
+	"math"
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -24,6 +26,24 @@ const arphrdLoopback = 772 // ARPHRD_LOOPBACK in linux/if_arp.h
 
 // hopLimitOffset is the hop limit's offset in the IPv6 header.
 const hopLimitOffset = 7
+
+// metaKeyTimeNS is NFT_META_TIME_NS in linux/netfilter/nf_tables.h (the
+// wall clock in nanoseconds since the Unix epoch, since Linux 5.4);
+// github.com/google/nftables v0.3.0 and x/sys name no constant for it.
+const metaKeyTimeNS expr.MetaKey = 30
+
+// unixNanos is t as the kernel's clock counts it, nanoseconds since the
+// Unix epoch, clamped to what the clock can hold: an instant before 1970
+// never comes again, one past 2262 never comes.
+func unixNanos(t time.Time) uint64 {
+	switch {
+	case t.Before(time.Unix(0, 0)):
+		return 0
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return uint64(t.UnixNano())
+}
 
 var icmpProtoNum = [2]byte{unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6}
 
@@ -96,6 +116,15 @@ func (m match) exprs(sets map[string]*nftables.Set) []expr.Any {
 		return []expr.Any{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: hopLimitOffset, Len: 1},
 			reg1cmp([]byte{byte(m.lo)}),
+		}
+	case timeBefore:
+		// The kernel loads its clock in host byte order, and cmp compares
+		// bytes in order (memcmp): to compare numbers, the clock is
+		// turned big-endian first, as nft does for "meta time <".
+		return []expr.Any{
+			&expr.Meta{Key: metaKeyTimeNS, Register: 1},
+			&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 8, Size: 8},
+			&expr.Cmp{Op: expr.CmpOpLt, Register: 1, Data: binaryutil.BigEndian.PutUint64(unixNanos(m.until))},
 		}
 	case socketOwned:
 		// The load fails, ending the rule, for packets without a process's

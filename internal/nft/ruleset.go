@@ -105,6 +105,7 @@ type match struct {
 
 	pfx    netip.Prefix // for saddrPrefix, daddrPrefix
 	strict bool         // for fibNoRoute: the route back must leave by the input interface
+	until  time.Time    // for timeBefore
 }
 
 type matchKind uint8
@@ -123,6 +124,7 @@ const (
 	icmpProto                    // meta l4proto icmp (fam v4) | ipv6-icmp (fam v6)
 	hopLimit                     // ip6 hoplimit lo (after nfproto ipv6)
 	socketOwned                  // meta skuid 0-4294967295: the packet comes from a process's socket
+	timeBefore                   // meta time < until: the kernel's clock is before until
 )
 
 // stmt is one action.
@@ -261,10 +263,18 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	// A group that observes (observe_until) needs its source sets even
 	// when no rule names it yet: the kernel accepts its sources where it
 	// would refuse them.
-	observing := p.ObservingGroups(p.Now())
-	for _, g := range observing {
-		if !slices.Contains(groups, g) {
-			groups = append(groups, g)
+	// Its accept carries its deadline, so that the kernel stops
+	// accepting at the deadline by itself, whether or not fqdngate runs
+	// then; the ruleset applied after the deadline only tidies the rule
+	// away. The deadline is the one Decide reads (Policy.Observed).
+	var observing []policy.ObservedGroup
+	for _, o := range p.Observed(p.Now()) {
+		if !o.Observing {
+			continue
+		}
+		observing = append(observing, o)
+		if !slices.Contains(groups, o.Group) {
+			groups = append(groups, o.Group)
 		}
 	}
 	slices.Sort(groups)
@@ -369,7 +379,8 @@ func build(cfg *Config, p *policy.Policy) *desired {
 	enforce = append(enforce, ruleSpec{stmts: []stmt{{kind: logSample, group: cfg.logGroup(), rate: cfg.logRate()}}, comment: "sample of drops"})
 	// After the sample, so that what an observing group would have had
 	// dropped is sampled too (the daemon records it as would-deny).
-	for _, g := range observing {
+	for _, o := range observing {
+		g := o.Group
 		for _, f := range families {
 			var srcs [][]match
 			if len(groupPrefixes(g, f)) > 0 {
@@ -379,10 +390,11 @@ func build(cfg *Config, p *policy.Policy) *desired {
 				srcs = append(srcs, []match{{kind: saddrIn, fam: f, set: podSetName(g, f)}})
 			}
 			for _, src := range srcs {
+				ms := append(src, groupInterfaces(p, g)...)
 				enforce = append(enforce, ruleSpec{
-					matches: append(src, groupInterfaces(p, g)...),
+					matches: append(ms, match{kind: timeBefore, until: o.Until}),
 					stmts:   []stmt{{kind: counter}, {kind: accept}},
-					comment: "would-deny: " + g + " observes until " + p.Observe[g].Until.Format(time.RFC3339),
+					comment: "would-deny: " + g + " observes until " + o.Until.Format(time.RFC3339),
 				})
 			}
 		}
@@ -674,6 +686,11 @@ func (m match) String() string {
 		return fmt.Sprintf("ip6 hoplimit %d", m.lo)
 	case socketOwned:
 		return "meta skuid 0-4294967295"
+	case timeBefore:
+		// In seconds since the epoch: nft reads a date in its own time
+		// zone. Rounded down, so the script never accepts for longer
+		// than the rule Apply programs.
+		return fmt.Sprintf("meta time < %d", m.until.Unix())
 	}
 	if s, ok := m.insideText(); ok {
 		return s

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -105,7 +106,7 @@ func describe(exprs []expr.Any) string {
 				expr.MetaKeyNFPROTO: "meta nfproto", expr.MetaKeyL4PROTO: "meta l4proto",
 				expr.MetaKeyOIFTYPE: "meta oiftype", expr.MetaKeyMARK: "meta mark",
 				expr.MetaKeyIIFTYPE: "meta iiftype", expr.MetaKeyIIFNAME: "iifname",
-				expr.MetaKeySKUID: "meta skuid",
+				expr.MetaKeySKUID: "meta skuid", metaKeyTimeNS: "meta time",
 			}[e.Key]
 			if subject == "" {
 				subject = fmt.Sprintf("meta key %d", e.Key)
@@ -133,6 +134,9 @@ func describe(exprs []expr.Any) string {
 				v = ctStateText(binary.NativeEndian.Uint32(mask))
 			case mask != nil && isAddrSubject(subject):
 				v = maskedPrefix(e.Data, mask)
+			}
+			if e.Op == expr.CmpOpLt {
+				v = "< " + v
 			}
 			parts = append(parts, subject+" "+v)
 		case *expr.Range:
@@ -221,6 +225,11 @@ func value(subject string, b []byte) string {
 	case "meta skuid":
 		if len(b) == 4 {
 			return fmt.Sprint(binary.NativeEndian.Uint32(b))
+		}
+	case "meta time":
+		// Turned big-endian for the comparison (exprs.go).
+		if len(b) == 8 {
+			return time.Unix(0, int64(binary.BigEndian.Uint64(b))).UTC().Format(time.RFC3339Nano)
 		}
 	case "ip6 hoplimit":
 		if len(b) == 1 {

@@ -11,7 +11,9 @@ import (
 // Observe is a source group's observe_until: until Until, what the policy
 // would deny the group's sources is allowed and recorded as would-deny;
 // from Until on it is enforced. Nothing needs to reload at Until: Decide
-// reads the policy's clock, and the daemon re-applies the kernel ruleset.
+// reads the policy's clock, and the kernel rule that accepts the group
+// carries Until (internal/nft), so the kernel stops on its own, with or
+// without the daemon; the daemon re-applies the ruleset only to tidy.
 type Observe struct {
 	// Until is the first instant the group is enforced. For a date
 	// (observe_until: 2027-01-31) it is the start of the next day, UTC:
@@ -23,8 +25,9 @@ type Observe struct {
 	At Pos
 }
 
-// ObservedGroup is one group with observe_until, for explain, /v1/policy
-// and the console.
+// ObservedGroup is one group with observe_until, for explain, /v1/policy,
+// the console and the kernel ruleset (whose accept for the group carries
+// Until).
 type ObservedGroup struct {
 	Group   string    `json:"group"`
 	Until   time.Time `json:"until"`   // first instant enforced
@@ -101,8 +104,9 @@ func (p *Policy) Observing(g string, now time.Time) bool {
 	return ok && now.Before(o.Until)
 }
 
-// NextObserveEnd returns the earliest observe_until after now: when the
-// kernel ruleset must be applied again, since a group becomes enforced.
+// NextObserveEnd returns the earliest observe_until after now: when a
+// group becomes enforced, and the kernel ruleset is applied again to
+// remove its expired accept.
 func (p *Policy) NextObserveEnd(now time.Time) (time.Time, bool) {
 	var next time.Time
 	for _, o := range p.observeOrder {

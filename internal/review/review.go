@@ -102,8 +102,12 @@ func Strict(p *policy.Policy, file string, data []byte) []Warning {
 		groups = append(groups, g)
 	}
 	sort.Strings(groups)
+	now := p.Now()
 	for _, g := range groups {
-		if !used[g] {
+		// A group that observes while no rule names it yet is how
+		// adoption starts (docs/adopting.md): the kernel lets it through
+		// and records what it would deny. Unused once its date passes.
+		if !used[g] && !p.Observing(g, now) {
 			at(pos.sources[g], "source group %q is named in no rule's from: its hosts reach only what rules for every source allow; name it in a rule, or remove it", g)
 		}
 	}
@@ -115,7 +119,8 @@ func Strict(p *policy.Policy, file string, data []byte) []Warning {
 	for _, u := range users {
 		any := false
 		for _, g := range p.Users[u].Groups {
-			any = any || used[g]
+			// A group that observes lets its users through as would-deny.
+			any = any || used[g] || p.Observing(g, now)
 		}
 		if !any {
 			at(pos.users[u], "user %q is in no group a rule's from names, so signing in gains it nothing; name one of its groups (%s) in a rule, or remove it", u, strings.Join(p.Users[u].Groups, ", "))

@@ -86,6 +86,38 @@ rules:
     from: [pay]
     to: [api.bank.example]
 `, []string{`3:3: source group "office" is named in no rule's from`}},
+		// Adoption starts with a group no rule names yet, observing.
+		{"observing group no rule names", `
+sources:
+  pay: [10.1.0.0/24]
+  newteam: {cidrs: [10.2.0.0/24], observe_until: 2999-01-31}
+rules:
+  - name: bank
+    from: [pay]
+    to: [api.bank.example]
+`, nil},
+		{"group no rule names, observe_until passed", `
+sources:
+  pay: [10.1.0.0/24]
+  newteam: {cidrs: [10.2.0.0/24], observe_until: 2000-01-31}
+rules:
+  - name: bank
+    from: [pay]
+    to: [api.bank.example]
+`, []string{`4:3: source group "newteam" is named in no rule's from`}},
+		{"users in a group no rule names, observing or not", `
+sources:
+  pay: [10.1.0.0/24]
+  newteam: {cidrs: [10.2.0.0/24], observe_until: 2999-01-31}
+  old: [10.3.0.0/24]
+users:
+  dev: {hash: $2a$10$9NVs4IKQzj/hhlwwy57XlOTqYB3k6yNqzTiCZASEx4oGLc0aodDMa, groups: [newteam]}
+  ops: {hash: $2a$10$9NVs4IKQzj/hhlwwy57XlOTqYB3k6yNqzTiCZASEx4oGLc0aodDMa, groups: [old]}
+rules:
+  - name: bank
+    from: [pay]
+    to: [api.bank.example]
+`, []string{`5:3: source group "old" is named in no rule's from`, `8:3: user "ops" is in no group a rule's from names`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -324,24 +324,30 @@ func decideDNS(p *policy.Policy, src netip.Addr, name, qtype string) (policy.Dec
 			t = uint16(v)
 		}
 	}
-	refuse := func(d policy.Decision) policy.Decision {
-		d.Rule, d.Reason, d.Action = nil, policy.ReasonQType, policy.Deny
-		if p.Mode == policy.Audit {
-			d.Action = policy.WouldDeny
-		}
-		return d
-	}
 	if z := p.Forwarded(name); z != nil {
 		d := policy.Decision{Action: policy.Allow, Reason: policy.ReasonForwarded, Pattern: string(z.Zone)}
 		if t == dns.TypeAXFR || t == dns.TypeIXFR {
-			d = refuse(d)
-			d.Action = policy.Deny
+			// Refused in every mode, as the DNS firewall does.
+			d.Action, d.Reason = policy.Deny, policy.ReasonQType
 		}
 		return d, true
 	}
 	d := p.Decide(policy.Query{Source: src, Name: name, AnyPort: true})
 	if d.Action != policy.Deny && qtype != "" && !p.TypeAllowed(t) {
-		d = refuse(d)
+		// Enforced as Decide enforces: not in audit mode, nor for a
+		// source in a group that observes (observe_until), whose refusal
+		// is a would-deny naming the group. A would-deny of Decide's
+		// keeps its reason, as the DNS firewall keeps it.
+		q := &policy.Query{Source: src}
+		switch {
+		case p.Enforced(q):
+			d.Rule, d.Reason, d.Action = nil, policy.ReasonQType, policy.Deny
+		case d.Action != policy.WouldDeny:
+			d.Rule, d.Reason, d.Action = nil, policy.ReasonQType, policy.WouldDeny
+		}
+		if d.Action == policy.WouldDeny {
+			d.Observing = p.ObservedBy(q)
+		}
 	}
 	return d, true
 }

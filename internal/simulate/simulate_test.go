@@ -3,6 +3,7 @@ package simulate
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -386,5 +387,56 @@ rules:
 	}
 	if nd, _ := got.Count(NewlyDenied); nd == 0 {
 		t.Errorf("the proposal narrows office to one address; want newly denied:\n%s", b.String())
+	}
+}
+
+// TestDecideDNSObserving: a record type dns.qtypes refuses is a deny
+// where Decide enforces, and a would-deny naming the group where it does
+// not (a group that observes, audit mode), as the DNS firewall records it.
+func TestDecideDNSObserving(t *testing.T) {
+	const y = `
+mode: %s
+dns: {upstreams: [192.0.2.53], qtypes: [A], forward: [{zone: corp.example, to: [192.0.2.54]}]}
+firewall: {backend: none}
+sources:
+  office: [192.0.2.0/28]
+  newteam: {cidrs: [198.51.100.0/28], observe_until: "%s"}
+rules:
+  - name: api
+    from: [office, newteam]
+    to: [api.example]
+    ports: [443]
+`
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	future, past := "2026-12-31", "2026-12-01"
+	newteam := netip.MustParseAddr("198.51.100.5")
+	tests := []struct {
+		name, mode, until string
+		src               netip.Addr
+		qname, qtype      string
+		action            policy.Action
+		reason            policy.Reason
+		observing         string
+	}{
+		{"enforced group, type refused", "enforce", future, office1, "api.example", "TXT", policy.Deny, policy.ReasonQType, ""},
+		{"observing group, type refused", "enforce", future, newteam, "api.example", "TXT", policy.WouldDeny, policy.ReasonQType, "newteam"},
+		{"observing group, no rule and type refused", "enforce", future, newteam, "other.example", "TXT", policy.WouldDeny, policy.ReasonNoRule, "newteam"},
+		{"observing group, type allowed", "enforce", future, newteam, "api.example", "A", policy.Allow, policy.ReasonMatched, ""},
+		{"group past observe_until, type refused", "enforce", past, newteam, "api.example", "TXT", policy.Deny, policy.ReasonQType, ""},
+		{"audit mode, type refused", "audit", past, office1, "api.example", "TXT", policy.WouldDeny, policy.ReasonQType, ""},
+		{"observing group, zone transfer of a forward zone", "enforce", future, newteam, "corp.example", "AXFR", policy.Deny, policy.ReasonQType, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustParse(t, fmt.Sprintf(y, tt.mode, tt.until))
+			p.SetClock(func() time.Time { return now })
+			d, ok := decideDNS(p, tt.src, tt.qname, tt.qtype)
+			if !ok {
+				t.Fatalf("decideDNS: record type %s not understood", tt.qtype)
+			}
+			if d.Action != tt.action || d.Reason != tt.reason || d.Observing != tt.observing {
+				t.Errorf("got %s (%s, observing %q), want %s (%s, observing %q)", d.Action, d.Reason, d.Observing, tt.action, tt.reason, tt.observing)
+			}
+		})
 	}
 }

@@ -85,3 +85,48 @@ func TestObserveUntil(t *testing.T) {
 		t.Log(f.gate.logs())
 	}
 }
+
+// downWindow is how long group a observes in TestObserveUntilDaemonDown:
+// long enough for a loaded machine to start the gateway and check that
+// a's raw traffic passes.
+const downWindow = 20 * time.Second
+
+// TestObserveUntilDaemonDown: fqdngate is killed (SIGKILL, its table
+// stays) while group a observes. Nothing applies the ruleset at the
+// deadline, yet from the deadline on the kernel drops a's raw traffic on
+// its own: the accept for the group carries the deadline.
+func TestObserveUntilDaemonDown(t *testing.T) {
+	deadline := time.Now().Add(downWindow).Truncate(time.Second)
+	f := startForwardWith(t, 2*time.Second, basicRules, func(s *policySettings) {
+		s.sources = `  a: {cidrs: [192.0.2.10/32, "2001:db8:c::10/128"], observe_until: ` + deadline.UTC().Format(time.RFC3339) + `}
+  b: [192.0.2.20/32, "2001:db8:c::20/128"]
+`
+	})
+	raw4, raw6 := ap("203.0.113.77", otherPort), ap("2001:db8:100::77", otherPort)
+	mustReach(t, f.a, "raw.example.com", raw4)
+	mustReach(t, f.a, "raw.example.com", raw6)
+	mustDrop(t, f.b, raw4)
+	if t.Failed() {
+		t.Fatal(f.gate.logs())
+	}
+	f.gate.kill9()
+	if time.Now().After(deadline) {
+		t.Fatalf("the checks before observe_until ran past it (machine too slow for a %s window); nothing shows", downWindow)
+	}
+	// The daemon is down: a still passes until the deadline.
+	mustReach(t, f.a, "raw.example.com", raw4)
+	if time.Now().After(deadline) {
+		t.Fatalf("the checks before observe_until ran past it (machine too slow for a %s window); nothing shows", downWindow)
+	}
+
+	time.Sleep(time.Until(deadline) + 200*time.Millisecond)
+	mustDrop(t, f.a, raw4)
+	mustDrop(t, f.a, raw6)
+	// Nothing tidied the table: the kernel did it with the rule in place.
+	if out, err := f.gate.nft("list", "chain", "inet", f.gate.table, "enforce"); err != nil || strings.Count(out, "would-deny: a observes until") != 2 {
+		t.Errorf("want the table and both of group a's expired accepts still in the kernel (%v):\n%s", err, out)
+	}
+	if t.Failed() {
+		t.Log(f.gate.logs())
+	}
+}
