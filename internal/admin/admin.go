@@ -70,6 +70,8 @@ type Config struct {
 	// Logger receives refused and rate-limited token attempts (never the
 	// token). If nil, slog.Default().
 	Logger *slog.Logger
+	// Now is the clock of the token attempts' limit. If nil, time.Now.
+	Now func() time.Time
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -200,7 +202,14 @@ func Handler(c Config) http.Handler {
 	if c.UI != nil {
 		mux.Handle("/ui/", c.UI)
 	}
-	return c.Auth.protect(mux)
+	log, now := c.Logger, c.Now
+	if log == nil {
+		log = slog.Default()
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return c.Auth.protect(mux, log, now)
 }
 
 // Summary is the loaded policy as /v1/policy shows it.
