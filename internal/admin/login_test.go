@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -10,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"log/slog"
-
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
 
 // TestTokenAttemptsLimited: wrong tokens, through the login form or as a
@@ -30,7 +30,7 @@ func TestTokenAttemptsLimited(t *testing.T) {
 		now = time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

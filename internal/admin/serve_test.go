@@ -1,48 +1,29 @@
 package admin
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	stdlog "log"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/certs"
+	"github.com/fqdngate/fqdngate/internal/testutil/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex // guards following
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A failed TLS handshake on the admin listener is a slog record with the
 // client's address, and nothing reaches the standard library's logger
 // (stderr in the daemon).
 func TestTLSHandshakeErrorToSlog(t *testing.T) {
-	var std syncBuffer
+	var std syncbuf.Buffer
 	old := stdlog.Writer()
 	stdlog.SetOutput(&std)
 	t.Cleanup(func() { stdlog.SetOutput(old) })
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ca := certs.NewCA(t)
 	tc := &tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, "127.0.0.1")}}
