@@ -21,37 +21,8 @@ import (
 // address is not slowed; the log names the source and never a token.
 // Real HTTP from two loopback addresses, with the limit's clock stepped.
 func TestTokenAttemptsLimited(t *testing.T) {
-	p, err := policy.Parse("test.yaml", []byte(testPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu  sync.Mutex
-		now = time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	var logs syncbuf.Buffer
-	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ui := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("console")) })
-	h := Handler(Config{Policy: func() *policy.Policy { return p }, Auth: Auth{Token: []byte(testToken)}, UI: ui, Logger: log, Now: clock})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, h, log) }()
-	t.Cleanup(func() { cancel(); <-done })
-	base := "http://" + ln.Addr().String()
-	// A client per source address: loopback answers on all of 127/8.
-	from := func(ip string) *http.Client {
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		return &http.Client{
-			Transport:     &http.Transport{DialContext: d.DialContext},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
-	}
-	clients := map[string]*http.Client{"127.0.0.1": from("127.0.0.1"), "127.0.0.2": from("127.0.0.2")}
+	ls := newLimitServer(t)
+	clients := map[string]*http.Client{"127.0.0.1": ls.from(t, "127.0.0.1"), "127.0.0.2": ls.from(t, "127.0.0.2")}
 	login := func(tok string) req {
 		return req{method: "POST", path: "/ui/login", form: url.Values{"token": {tok}}.Encode()}
 	}
@@ -84,11 +55,9 @@ func TestTokenAttemptsLimited(t *testing.T) {
 		{"right bearer tokens cannot pass an empty bucket either", 0, "127.0.0.1", 1, req{method: "GET", path: "/v1/policy", bearer: testToken}, 429, "", "1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			mu.Lock()
-			now = now.Add(tt.advance)
-			mu.Unlock()
+			ls.advance(tt.advance)
 			for i := range tt.times {
-				resp, body := do(t, clients[tt.from], base, tt.req)
+				resp, body := do(t, clients[tt.from], ls.base, tt.req)
 				if resp.StatusCode != tt.code || resp.Header.Get("Location") != tt.location || resp.Header.Get("Retry-After") != tt.retry {
 					t.Fatalf("attempt %d: got %d Location %q Retry-After %q %q, want %d Location %q Retry-After %q",
 						i+1, resp.StatusCode, resp.Header.Get("Location"), resp.Header.Get("Retry-After"), body, tt.code, tt.location, tt.retry)
@@ -97,7 +66,7 @@ func TestTokenAttemptsLimited(t *testing.T) {
 		})
 	}
 
-	got := logs.String()
+	got := ls.logs.String()
 	for _, want := range []string{`"msg":"admin token refused"`, `"from":"127.0.0.1"`, `"from":"127.0.0.2"`, `"via":"login form"`, `"via":"bearer"`, `"msg":"admin token attempts from this source are limited to one a second"`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the log lacks %s:\n%s", want, got)
@@ -108,4 +77,56 @@ func TestTokenAttemptsLimited(t *testing.T) {
 			t.Errorf("the log shows a presented token %q:\n%s", tok, got)
 		}
 	}
+}
+
+// limitServer is the endpoint with a token, on a real loopback listener,
+// with the attempts' clock in the test's hands.
+type limitServer struct {
+	base string
+	logs syncbuf.Buffer
+	mu   sync.Mutex // guards now
+	now  time.Time
+}
+
+func newLimitServer(t *testing.T) *limitServer {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &limitServer{now: time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)}
+	clock := func() time.Time { ls.mu.Lock(); defer ls.mu.Unlock(); return ls.now }
+	log := slog.New(slog.NewJSONHandler(&ls.logs, nil))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ui := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("console")) })
+	h := Handler(Config{Policy: func() *policy.Policy { return p }, Auth: Auth{Token: []byte(testToken)}, UI: ui, Logger: log, Now: clock})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, h, log) }()
+	t.Cleanup(func() { cancel(); <-done })
+	ls.base = "http://" + ln.Addr().String()
+	return ls
+}
+
+func (ls *limitServer) advance(d time.Duration) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.now = ls.now.Add(d)
+}
+
+// from is a client whose connections come from ip: loopback answers on
+// all of 127/8.
+func (ls *limitServer) from(t *testing.T, ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c := &http.Client{
+		Transport:     &http.Transport{DialContext: d.DialContext},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	// Before the server's shutdown, which waits for connections that
+	// never carried a request.
+	t.Cleanup(c.CloseIdleConnections)
+	return c
 }
