@@ -8,9 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"iter"
+	stdlog "log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +67,11 @@ type Config struct {
 	Auth Auth
 	// UI serves the web console under /ui/. If nil, /ui/ is 404.
 	UI http.Handler
+	// Logger receives refused and rate-limited token attempts (never the
+	// token). If nil, slog.Default().
+	Logger *slog.Logger
+	// Now is the clock of the token attempts' limit. If nil, time.Now.
+	Now func() time.Time
 }
 
 // Pending is a setting the policy changed that only takes effect when
@@ -194,7 +202,14 @@ func Handler(c Config) http.Handler {
 	if c.UI != nil {
 		mux.Handle("/ui/", c.UI)
 	}
-	return c.Auth.protect(mux)
+	log, now := c.Logger, c.Now
+	if log == nil {
+		log = slog.Default()
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return c.Auth.protect(mux, log, now)
 }
 
 // Summary is the loaded policy as /v1/policy shows it.
@@ -410,9 +425,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // Serve serves h on ln until ctx is done, then shuts down gracefully.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+// What net/http reports of its connections (failed TLS handshakes, a
+// handler's panic) goes to log, not to the standard library's logger on
+// stderr; if log is nil, to slog.Default().
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	if log == nil {
+		log = slog.Default()
+	}
 	srv := &http.Server{
 		Handler:           h,
+		ErrorLog:          stdlog.New(serverLog{log}, "", 0),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -433,4 +455,23 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		}
 		return nil
 	}
+}
+
+// serverLog writes net/http's error lines to slog. A failed TLS handshake
+// is the client's doing (a scanner, a wrong or missing client
+// certificate, an untrusted server certificate): Info, so a scan does not
+// raise alarms, yet an operator setting up client certificates sees why
+// a client was turned away. Anything else net/http says (a handler's
+// panic, accept errors) is an Error.
+type serverLog struct{ log *slog.Logger }
+
+func (s serverLog) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	if rest, ok := strings.CutPrefix(line, "http: TLS handshake error from "); ok {
+		from, err, _ := strings.Cut(rest, ": ")
+		s.log.Info("admin TLS handshake failed", "from", from, "err", err)
+		return len(p), nil
+	}
+	s.log.Error("admin server", "err", strings.TrimPrefix(line, "http: "))
+	return len(p), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -22,6 +23,12 @@ const testToken = "0123456789abcdef0123456789abcdef"
 // over TLS when tc is not nil, and returns its base URL.
 func serveAuth(t *testing.T, a Auth, tc *tls.Config) string {
 	t.Helper()
+	return serveLogged(t, a, tc, slog.New(slog.DiscardHandler))
+}
+
+// serveLogged is serveAuth with the endpoint's logger.
+func serveLogged(t *testing.T, a Auth, tc *tls.Config, log *slog.Logger) string {
+	t.Helper()
 	p, err := policy.Parse("test.yaml", []byte(testPolicy))
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +45,7 @@ func serveAuth(t *testing.T, a Auth, tc *tls.Config) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Serve(ctx, ln, Handler(Config{Policy: func() *policy.Policy { return p }, Auth: a, UI: ui}))
+		done <- Serve(ctx, ln, Handler(Config{Policy: func() *policy.Policy { return p }, Auth: a, UI: ui, Logger: log}), log)
 	}()
 	t.Cleanup(func() {
 		cancel()

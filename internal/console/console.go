@@ -33,23 +33,11 @@ var templateFS embed.FS
 //go:embed static
 var staticFS embed.FS
 
-// RuleUsage is how often a rule allowed something and when last.
-type RuleUsage struct {
-	Rule    string
-	Hits    uint64
-	LastHit time.Time // zero: never
-}
-
-// Observing is a source group that is not blocked until a date: its
-// would-be denials are recorded as would-deny.
-type Observing struct {
-	Group string
-	Until time.Time
-}
-
 // Config wires the console to the daemon. Policy is required.
 type Config struct {
-	// Policy returns the policy in force.
+	// Policy returns the policy in force. The rules page reads its rules'
+	// usage (Policy.RulesUsage) and the groups page its observing groups
+	// (Policy.Observed at the policy's clock) from it.
 	Policy func() *policy.Policy
 	// Local is this host's addresses, for explain (as /v1/explain).
 	Local netaddr.Host
@@ -62,12 +50,6 @@ type Config struct {
 	// History reads the decision history. If nil, the history pages say
 	// history is off.
 	History func(context.Context, history.Filter) ([]history.Row, error)
-	// Rules returns the rules' usage. If nil, the rules page shows the
-	// rules without it.
-	Rules func() []RuleUsage
-	// Observing lists the groups that observe instead of enforce. If
-	// nil, only the whole-daemon mode is shown.
-	Observing func() []Observing
 	// Login is true when the admin listener asks for a token: the console
 	// then shows its login form and a log-out button.
 	Login bool

@@ -29,7 +29,7 @@ import (
 const testPolicy = `listen: {dns: "", proxy: "", admin: ""}
 sources:
   payments: [10.1.0.0/24]
-  office: [10.2.0.0/24]
+  office: {cidrs: [10.2.0.0/24], observe_until: 2027-01-30}
 rules:
   - name: bank-api
     from: [payments]
@@ -43,6 +43,7 @@ rules:
 // logger, the path decisions take in the daemon.
 type fixture struct {
 	t     *testing.T
+	pol   *policy.Policy
 	srv   *httptest.Server
 	audit *audit.Logger
 	live  *Live
@@ -56,6 +57,8 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Before office's observe_until: the groups page shows it observing.
+	p.SetClock(func() time.Time { return time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC) })
 	st, _, err := history.Open(filepath.Join(t.TempDir(), "history.db"), history.Options{Retention: 7 * 24 * time.Hour, MaxSize: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -97,11 +100,21 @@ func newFixture(t *testing.T, mutate func(*Config)) *fixture {
 		<-done
 		st.Close()
 	})
-	return &fixture{t: t, srv: srv, audit: al, live: live, store: st, reg: reg}
+	return &fixture{t: t, pol: p, srv: srv, audit: al, live: live, store: st, reg: reg}
 }
 
 func (f *fixture) record(src, name string, port uint16, comp audit.Component, a policy.Action, reason policy.Reason) {
-	f.audit.Record(context.Background(), audit.Event{Component: comp, Source: netip.MustParseAddr(src), Name: name, Port: port, QType: "A", Decision: policy.Decision{Action: a, Reason: reason}})
+	f.recordRule(src, name, port, comp, a, reason, "")
+}
+
+// recordRule records a decision made by rule (none if empty); an allowed
+// one counts as the rule's hit, as in the daemon.
+func (f *fixture) recordRule(src, name string, port uint16, comp audit.Component, a policy.Action, reason policy.Reason, rule string) {
+	d := policy.Decision{Action: a, Reason: reason}
+	if rule != "" {
+		d.Rule = f.pol.Rule(rule)
+	}
+	f.audit.Record(context.Background(), audit.Event{Component: comp, Source: netip.MustParseAddr(src), Name: name, Port: port, QType: "A", Decision: d})
 }
 
 func (f *fixture) get(path string) (int, string) {
@@ -131,20 +144,17 @@ func (f *fixture) waitHistory(name string) {
 }
 
 func TestPages(t *testing.T) {
-	f := newFixture(t, func(c *Config) {
-		c.Rules = func() []RuleUsage {
-			return []RuleUsage{{Rule: "bank-api", Hits: 42, LastHit: time.Now().Add(-time.Minute)}}
-		}
-		c.Observing = func() []Observing {
-			return []Observing{{Group: "office", Until: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)}}
-		}
-	})
+	// The rules and groups pages read usage and observe_until from the
+	// policy itself, where the audit logger counts hits.
+	f := newFixture(t, nil)
 	for i := 0; i < 3; i++ {
 		f.record("10.1.0.7", "evil.example", 0, audit.DNS, policy.Deny, policy.ReasonNoRule)
 	}
 	f.record("10.1.0.8", "a.cdn.example", 443, audit.Proxy, policy.Deny, policy.ReasonNoRule)
 	f.record("10.2.0.9", "wiki.office.example", 0, audit.DNS, policy.WouldDeny, policy.ReasonNoRule)
-	f.record("10.1.0.7", "api.bank.example", 0, audit.DNS, policy.Allow, policy.ReasonMatched)
+	for i := 0; i < 42; i++ {
+		f.recordRule("10.1.0.7", "api.bank.example", 0, audit.DNS, policy.Allow, policy.ReasonMatched, "bank-api")
+	}
 	f.waitHistory("api.bank.example")
 	f.waitHistory("wiki.office.example")
 
@@ -165,7 +175,8 @@ func TestPages(t *testing.T) {
 		{"/ui/rules", 200, []string{`<th scope="row">bank-api</th>`, ">42<", "every source", "<strong>never</strong>"}, nil},
 		{"/ui/groups", 200, []string{"<strong>observing</strong> until 2027-01-31 00:00 UTC", "enforced", "10.1.0.0/24"}, nil},
 		{"/ui/explain?from=10.1.0.7&to=api.bank.example:443", 200, []string{`Verdict: <span class="action a-allow">allow</span>`, "bank-api"}, nil},
-		{"/ui/explain?from=10.2.0.7&to=api.bank.example:443", 200, []string{`a-deny">deny</span>`}, nil},
+		{"/ui/explain?from=10.3.0.7&to=api.bank.example:443", 200, []string{`a-deny">deny</span>`}, nil},
+		{"/ui/explain?from=10.2.0.7&to=api.bank.example:443", 200, []string{`would-deny</span>`, "group office observes"}, nil},
 		{"/ui/explain?from=nonsense&to=x", 400, []string{"Error:"}, nil},
 		{"/ui/suggest?group=payments", 200, []string{"+ ", "evil.example", "  - name: bank-api", `<textarea id="yaml" readonly`, `id="copy"`, "from: [payments]"}, []string{"wiki.office.example"}},
 		{"/ui/static/console.js", 200, []string{"EventSource"}, nil},
@@ -214,15 +225,15 @@ func TestLoginPageShowsNothing(t *testing.T) {
 	}
 }
 
-// Without history, usage or observe hooks the pages say so instead of
-// failing.
+// Without history or learned hooks the pages say so instead of failing;
+// rule usage and observing groups come from the policy, so they show.
 func TestPagesWithoutHooks(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.History, c.Learned = nil, nil })
 	for path, want := range map[string]string{
 		"/ui/top":     "history is off",
 		"/ui/suggest": "history is off",
-		"/ui/rules":   "rule usage is not available",
-		"/ui/groups":  "observe mode is not available",
+		"/ui/rules":   "<strong>never</strong>",
+		"/ui/groups":  "<strong>observing</strong> until 2027-01-31",
 		"/ui/learned": "No learned address.",
 	} {
 		if _, body := f.get(path); !strings.Contains(body, want) {

@@ -13,6 +13,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/explain"
 	"github.com/fqdngate/fqdngate/internal/history"
 	"github.com/fqdngate/fqdngate/internal/learn"
+	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/suggest"
 )
 
@@ -191,46 +192,24 @@ func (h *handler) learned(w http.ResponseWriter, r *http.Request) {
 	h.render(w, r, "learned", "Learned addresses", pg, "")
 }
 
-type ruleRow struct {
-	admin.RuleSummary
-	Usage *RuleUsage // nil: not known
-}
-
 func (h *handler) rules(w http.ResponseWriter, r *http.Request) {
-	use := map[string]RuleUsage{}
-	if h.c.Rules != nil {
-		for _, u := range h.c.Rules() {
-			use[u.Rule] = u
-		}
-	}
-	var rows []ruleRow
-	for _, rs := range admin.Summarize(h.c.Policy(), 0).Rules {
-		row := ruleRow{RuleSummary: rs}
-		if h.c.Rules != nil {
-			u := use[rs.Name]
-			row.Usage = &u
-		}
-		rows = append(rows, row)
-	}
-	h.render(w, r, "rules", "Rules", struct {
-		Rules    []ruleRow
-		HasUsage bool
-	}{rows, h.c.Rules != nil}, "")
+	h.render(w, r, "rules", "Rules", h.c.Policy().RulesUsage(), "")
 }
 
 type groupRow struct {
-	Name      string
-	Sources   []string
-	Observing bool
-	Until     time.Time
+	Name    string
+	Sources []string
+	// Observing is the group's observe_until when it observes now; nil
+	// when it is enforced.
+	Observing *policy.ObservedGroup
 }
 
 func (h *handler) groups(w http.ResponseWriter, r *http.Request) {
 	p := h.c.Policy()
-	obs := map[string]time.Time{}
-	if h.c.Observing != nil {
-		for _, o := range h.c.Observing() {
-			obs[o.Group] = o.Until
+	obs := map[string]policy.ObservedGroup{}
+	for _, o := range p.Observed(p.Now()) {
+		if o.Observing {
+			obs[o.Group] = o
 		}
 	}
 	var rows []groupRow
@@ -242,15 +221,16 @@ func (h *handler) groups(w http.ResponseWriter, r *http.Request) {
 		if sel, ok := p.Pods[g]; ok {
 			row.Sources = append(row.Sources, "pods: "+sel.String())
 		}
-		row.Until, row.Observing = obs[g]
+		if o, ok := obs[g]; ok {
+			row.Observing = &o
+		}
 		rows = append(rows, row)
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	h.render(w, r, "groups", "Groups", struct {
-		Rows         []groupRow
-		Mode         string
-		HasObserving bool
-	}{rows, p.Mode.String(), h.c.Observing != nil}, "")
+		Rows []groupRow
+		Mode string
+	}{rows, p.Mode.String()}, "")
 }
 
 func (h *handler) explain(w http.ResponseWriter, r *http.Request) {

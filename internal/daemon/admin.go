@@ -51,29 +51,6 @@ func (c *components) console() (http.Handler, error) {
 		Learned: c.learned,
 		History: c.d.queryHistory(),
 		Login:   len(c.adminAuth.Token) > 0,
-		Rules: func() []console.RuleUsage {
-			var out []console.RuleUsage
-			for _, u := range c.d.Policy().RulesUsage() {
-				r := console.RuleUsage{Rule: u.Name, Hits: u.Hits}
-				if u.LastHit != nil {
-					r.LastHit = *u.LastHit
-				}
-				out = append(out, r)
-			}
-			return out
-		},
-		// The groups that observe now; a group whose date passed is
-		// enforced, as the page shows every group that is not listed.
-		Observing: func() []console.Observing {
-			p := c.d.Policy()
-			var out []console.Observing
-			for _, o := range p.Observed(p.Now()) {
-				if o.Observing {
-					out = append(out, console.Observing{Group: o.Group, Until: o.Until})
-				}
-			}
-			return out
-		},
 	})
 }
 

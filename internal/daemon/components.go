@@ -341,6 +341,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			Degraded:       c.d.degraded,
 			History:        c.d.queryHistory(),
 			Auth:           c.adminAuth,
+			Logger:         c.d.log.With("component", "admin"),
 		}
 		if fl := c.d.fl; fl != nil {
 			cfg.Fleet = fl.report
@@ -350,7 +351,7 @@ func (c *components) bind(kind, addr string) (serve func(context.Context) error,
 			return nil, nil, "", err
 		}
 		h := admin.Handler(cfg)
-		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h) }, func() { ln.Close() }, ln.Addr().String(), nil
+		return func(ctx context.Context) error { return admin.Serve(ctx, ln, h, c.d.log.With("component", "admin")) }, func() { ln.Close() }, ln.Addr().String(), nil
 	case "dns":
 		pc, ln, err := listenDNS(addr)
 		if err != nil {

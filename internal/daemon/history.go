@@ -94,7 +94,8 @@ func (d *Daemon) queryHistory() func(context.Context, history.Filter) ([]history
 	h := d.hist
 	return func(ctx context.Context, f history.Filter) ([]history.Row, error) {
 		// Rows are written once a minute; a reader sees every decision
-		// made before it asked.
+		// made more than history.DefaultSyncEvery before it asked (Sync
+		// forces at most one write per that interval).
 		if err := h.rec.Sync(ctx); err != nil {
 			return nil, fmt.Errorf("writing the newest decisions before reading: %w", err)
 		}

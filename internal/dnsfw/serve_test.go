@@ -74,33 +74,6 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
-func TestRateLimiterBounded(t *testing.T) {
-	l := newLimiter(64)
-	now := time.Now()
-	for i := range 10_000 {
-		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		l.allow(a, 1, 1, now)
-		if n := l.len(); n > 64 {
-			t.Fatalf("after %d sources: %d buckets, want at most 64", i+1, n)
-		}
-	}
-	// A client seen recently keeps its (empty) bucket across a rotation.
-	c := netip.MustParseAddr("192.0.2.1")
-	if !l.allow(c, 1, 1, now) {
-		t.Fatal("first query: refused, want allowed")
-	}
-	for i := range 20 {
-		l.allow(netip.AddrFrom4([4]byte{10, 9, 9, byte(i)}), 1, 1, now)
-	}
-	if l.allow(c, 1, 1, now) {
-		t.Error("second query in the same instant: allowed, want refused")
-	}
-	// IPv6 clients share a bucket per /64.
-	if !l.allow(netip.MustParseAddr("2001:db8::1"), 1, 1, now) || l.allow(netip.MustParseAddr("2001:db8::2"), 1, 1, now) {
-		t.Error("two addresses of one /64: want one bucket between them")
-	}
-}
-
 func TestInFlightBoundRefuses(t *testing.T) {
 	e := newEnv(t, zone(), opts{dns: "  max_inflight: 1\n  cache: false"})
 	e.up.SetFault(dnstest.Fault{Delay: 500 * time.Millisecond})

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -478,5 +479,69 @@ func TestRowsCapDropsNotFlushes(t *testing.T) {
 	rows, err := st.Query(context.Background(), Filter{Name: "n0.example"})
 	if err != nil || len(rows) != 1 || rows[0].Hits != 2 {
 		t.Fatalf("n0.example: %+v, %v; want one row of 2 hits", rows, err)
+	}
+}
+
+// TestSyncRateLimited: readers cannot force writes faster than SyncEvery.
+// Under a stream of distinct names, a hundred Syncs within SyncEvery of
+// the first write nothing more; once SyncEvery has passed, one Sync
+// writes again and a reader sees every decision made before it.
+func TestSyncRateLimited(t *testing.T) {
+	st, _, err := Open(filepath.Join(t.TempDir(), "history.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	var (
+		mu  sync.Mutex
+		now = time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	reg := prometheus.NewRegistry()
+	r, err := NewRecorder(RecorderConfig{Store: st, Registerer: reg, Now: clock, FlushEvery: time.Hour, SyncEvery: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	flushes := func() int { return int(testutil.ToFloat64(r.m.flushes)) }
+	stored := func() int {
+		rows, err := st.Query(context.Background(), Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(rows)
+	}
+
+	for i := range 100 {
+		r.Observe(dnsEvent(clock(), src1, fmt.Sprintf("n%d.flood.example", i), policy.Deny, ""))
+		if err := r.Sync(sctx); err != nil {
+			t.Fatal(err)
+		}
+		advance(50 * time.Millisecond) // 100 Syncs over 5 s, under SyncEvery
+	}
+	if got := flushes(); got != 1 {
+		t.Fatalf("100 Syncs within SyncEvery wrote %d times, want 1", got)
+	}
+	if got := stored(); got != 1 {
+		t.Fatalf("after the limited Syncs %d rows are stored, want only the first write's 1", got)
+	}
+	advance(5 * time.Second) // SyncEvery since the first write
+	if err := r.Sync(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := flushes(); got != 2 {
+		t.Fatalf("a Sync SyncEvery after the last write: %d writes in all, want 2", got)
+	}
+	if got := stored(); got != 100 {
+		t.Fatalf("after it %d rows are stored, want all 100", got)
+	}
+	if r2, _ := NewRecorder(RecorderConfig{Store: st}); r2.cfg.SyncEvery != DefaultSyncEvery || DefaultSyncEvery != 10*time.Second {
+		t.Errorf("default SyncEvery %v, want 10s", r2.cfg.SyncEvery)
 	}
 }

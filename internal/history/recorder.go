@@ -75,8 +75,12 @@ type RecorderConfig struct {
 	// bounds the history's CPU (a write per FlushEvery) as MaxRows
 	// bounds its memory.
 	FlushRows int
-	// Now is the clock for decisions that carry no time, and for the
-	// day change. If nil, time.Now.
+	// SyncEvery is the least time between a write and one Sync forces:
+	// a Sync sooner after the last write returns without writing. If
+	// zero, DefaultSyncEvery.
+	SyncEvery time.Duration
+	// Now is the clock for Sync's limit, for decisions that carry no
+	// time, and for the day change. If nil, time.Now.
 	Now func() time.Time
 }
 
@@ -89,6 +93,14 @@ type RecorderConfig struct {
 // see the rows at once (Sync); a crash loses at most this much history,
 // never an audit line.
 const DefaultFlushEvery = time.Minute
+
+// DefaultSyncEvery is the least time between a write and one a reader
+// forces (Sync). Without it a console refreshed every second, or a script
+// polling /v1/history, brought back a write a second, of up to MaxRows
+// rows under a flood of distinct names: the cost DefaultFlushEvery
+// exists to avoid. A reader therefore sees every decision made more than
+// this long before it asked, and usually all of them.
+const DefaultSyncEvery = 10 * time.Second
 
 // drainEvery is how often Run takes the decisions waiting in the buffer.
 const drainEvery = 50 * time.Millisecond
@@ -103,6 +115,9 @@ type Recorder struct {
 	m    *metrics
 	rows map[rowKey]*agg // owned by Run
 	day  string          // the day of the last retention pass; owned by Run
+	// lastWrite is when the rows were last written (or a write tried);
+	// the rows waiting are all younger. Owned by Run.
+	lastWrite time.Time
 	// The day of the last decision added, as a number (Unix days) and a
 	// string: formatting it for each decision cost a tenth of add.
 	lastDayN int64
@@ -119,6 +134,9 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	}
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
+	}
+	if cfg.SyncEvery <= 0 {
+		cfg.SyncEvery = DefaultSyncEvery
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -199,7 +217,9 @@ func (r *Recorder) Run(ctx context.Context) error {
 			r.flush(ctx)
 		case done := <-r.sync:
 			r.drain()
-			r.flush(ctx)
+			if r.lastWrite.IsZero() || r.cfg.Now().Sub(r.lastWrite) >= r.cfg.SyncEvery {
+				r.flush(ctx)
+			}
 			close(done)
 		case <-ctx.Done():
 			r.drain()
@@ -236,8 +256,11 @@ func (r *Recorder) drain() {
 
 // Sync writes the decisions observed so far, so that a read after it
 // sees them; readers through the daemon call it, as rows are otherwise
-// written every FlushEvery. It returns ctx's error if ctx ends first,
-// and nil once Run has returned (it wrote what was left).
+// written every FlushEvery. It writes at most once per SyncEvery: sooner
+// after the last write it returns without writing, and a read after it
+// sees every decision older than SyncEvery (the rows still waiting came
+// after the last write). It returns ctx's error if ctx ends first, and
+// nil once Run has returned (it wrote what was left).
 func (r *Recorder) Sync(ctx context.Context) error {
 	done := make(chan struct{})
 	select {
@@ -323,6 +346,7 @@ func (r *Recorder) flush(ctx context.Context) {
 	if len(r.rows) == 0 {
 		return
 	}
+	r.lastWrite = r.cfg.Now()
 	err := r.cfg.Store.write(ctx, r.rows)
 	if err == nil {
 		r.m.flushes.Inc()
