@@ -181,18 +181,6 @@ func (p *Policy) observer(q *Query) string {
 	return ""
 }
 
-// ObservingGroups returns the groups that observe at now, by name: the
-// kernel accepts their sources where it would refuse them.
-func (p *Policy) ObservingGroups(now time.Time) []string {
-	var out []string
-	for _, o := range p.observeOrder {
-		if now.Before(o.until) {
-			out = append(out, o.group)
-		}
-	}
-	return out
-}
-
 func (p *Policy) compileObserve() {
 	for g, o := range p.Observe {
 		p.observeOrder = append(p.observeOrder, observed{g, o.Until})

@@ -119,15 +119,15 @@ func TestObserveCrossesDeadline(t *testing.T) {
 	if a := p.Decide(q).Action; a != WouldDeny {
 		t.Fatalf("before: got %s, want would-deny", a)
 	}
-	if g := p.ObservingGroups(now); len(g) != 1 || g[0] != "payments" {
-		t.Errorf("ObservingGroups before = %v, want [payments]", g)
+	if !p.Observing("payments", now) {
+		t.Error("Observing(payments) before = false, want true")
 	}
 	now = now.Add(12 * time.Hour)
 	if a := p.Decide(q).Action; a != Deny {
 		t.Fatalf("after: got %s, want deny", a)
 	}
-	if g := p.ObservingGroups(now); len(g) != 0 {
-		t.Errorf("ObservingGroups after = %v, want none", g)
+	if p.Observing("payments", now) {
+		t.Error("Observing(payments) after = true, want false")
 	}
 }
 
