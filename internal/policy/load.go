@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -601,6 +602,9 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) {
 	var w wireRule
 	for i, it := range items {
 		items[i] = nil
+		if i%ruleYieldEvery == ruleYieldEvery-1 {
+			runtime.Gosched() // as yieldingReader does, for answers served meanwhile
+		}
 		if !d.rule(&w, it) {
 			continue
 		}
@@ -622,6 +626,10 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) {
 		p.Rules = append(p.Rules, r)
 	}
 }
+
+// ruleYieldEvery is how many rules are compiled between two yields, a
+// millisecond or two of work.
+const ruleYieldEvery = 1024
 
 // rule decodes n into w, which it resets first (keeping the room of its
 // lists), and reports whether n is a rule worth compiling.
