@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // benchRules is the rule count for the matcher and loader benchmarks.
@@ -268,4 +271,102 @@ func BenchmarkReloadWait(b *testing.B) {
 	b.ReportMetric(at(0.99), "p99-wait-µs")
 	b.ReportMetric(at(1), "max-wait-µs")
 	b.ReportMetric(float64(len(waits))/float64(b.N), "waits/op")
+}
+
+// BenchmarkReloadInBatches is an experiment, not the loader: it measures
+// what BenchmarkReload would show if the YAML parser handed over the rules
+// a thousand at a time instead of as one tree (which yaml.v3 cannot do).
+// It parses the file without its rules, then each batch of 1,000 rules
+// with yaml.v3, decoding and compiling them with the loader's own
+// functions, then builds the index. Batches are cut in the generated text
+// at its "  - name:" lines, which is safe only because the benchmark
+// wrote that text. Same metrics as BenchmarkReload. Run with:
+//
+//	go test -run '^$' -bench 'BenchmarkReload(InBatches)?$' -benchmem -benchtime 3x -count 2 ./internal/policy/
+func BenchmarkReloadInBatches(b *testing.B) {
+	full := benchPolicyYAML(benchRules)
+	head := benchPolicyYAML(0) // everything but the rules
+	var batches [][]byte
+	for rest, sep := full[len(head):], []byte("\n  - name:"); len(rest) > 0; {
+		cut := len(rest)
+		for i, at := 0, 0; i < 1000; i++ {
+			j := bytes.Index(rest[at+1:], sep)
+			if j < 0 {
+				break
+			}
+			at += 1 + j
+			cut = at + 1
+		}
+		batches = append(batches, rest[:cut])
+		rest = rest[cut:]
+	}
+	old, err := Parse("bench.yaml", full)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var peak, steady float64
+	var cpu time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		debug.FreeOSMemory()
+		st := footprint()
+		stop, done := make(chan struct{}), make(chan uint64)
+		go func() {
+			m := st
+			t := time.NewTicker(time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					done <- max(m, footprint())
+					return
+				case <-t.C:
+					m = max(m, footprint())
+				}
+			}
+		}()
+		c0 := cpuTime()
+		b.StartTimer()
+		p, err := Parse("bench.yaml", head)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d := &decoder{file: "bench.yaml", files: []string{"bench.yaml"}}
+		var w wireRule
+		for _, batch := range batches {
+			var root yaml.Node
+			if err := yaml.Unmarshal(batch, &root); err != nil {
+				b.Fatal(err)
+			}
+			for _, it := range root.Content[0].Content {
+				if !d.rule(&w, it) {
+					break
+				}
+				r := d.compileRule(&w, p)
+				if r == nil {
+					break
+				}
+				r.Index, r.usage = len(p.Rules), &Usage{}
+				p.Rules = append(p.Rules, r)
+			}
+		}
+		p.idx = buildIndex(p.Rules)
+		b.StopTimer()
+		cpu += cpuTime() - c0
+		close(stop)
+		pk := <-done
+		if len(p.Rules) != benchRules || d.errs != nil {
+			b.Fatalf("compiled %d rules of %d: %v", len(p.Rules), benchRules, d.result())
+		}
+		old = p
+		peak = max(peak, float64(pk))
+		steady = max(steady, float64(st))
+		b.StartTimer()
+	}
+	runtime.KeepAlive(old)
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+	b.ReportMetric(steady/1e6, "steady-MB")
+	b.ReportMetric(peak/1e6, "peak-MB")
+	b.ReportMetric(peak/steady, "peak/steady")
 }
