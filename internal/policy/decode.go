@@ -263,8 +263,8 @@ type positioned struct {
 func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func(*yaml.Node) {
 	return func(n *yaml.Node) {
 		*set = true
-		*dst = nil
-		if n.Kind == yaml.SequenceNode && len(n.Content) > 0 {
+		*dst = (*dst)[:0] // a reused wire rule's room, or nil
+		if n.Kind == yaml.SequenceNode && len(n.Content) > cap(*dst) {
 			// Sized once (an alias is not followed here: deref counts
 			// against the alias budget).
 			*dst = make([]positioned, 0, len(n.Content))

@@ -5,8 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/netaddr"
@@ -240,6 +243,64 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzDocument checks that document, which reads through a yieldingReader
+// so a reload lets answers be served, sees exactly what yaml.Unmarshal sees
+// of the same bytes: the same tree, or the same error. Run it with:
+//
+//	go test -run '^$' -fuzz '^FuzzDocument$' -fuzztime 30s ./internal/policy/
+func FuzzDocument(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, c := range errorCases {
+		f.Add([]byte(c.yaml))
+	}
+	for _, s := range []string{"", "\n", "# only a comment\n", "---\n", "a: 1\n---\nb: [\n", "a: &x [*x]\n", "\xff\xfea\x00:\x00 \x001\x00"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkDocument)
+}
+
+// TestDocumentAcrossYields is FuzzDocument's check on policies larger than
+// yieldEvery, which the parser reads across yields (too large to fuzz
+// from: the fuzzer spends its time minimizing them).
+func TestDocumentAcrossYields(t *testing.T) {
+	for _, n := range []int{1000, 2000} {
+		data := benchPolicyYAML(n)
+		if len(data) < 2*yieldEvery {
+			t.Fatalf("%d rules are %d bytes, not more than twice yieldEvery", n, len(data))
+		}
+		checkDocument(t, data)
+		// And cut at every few kilobytes, so errors fall across yields.
+		for i := yieldEvery - 7; i < len(data); i += 5003 {
+			checkDocument(t, append(data[:i:i], "\n  - name: [\n"...))
+		}
+	}
+}
+
+func checkDocument(t *testing.T, data []byte) {
+	got, gerr := document(Source{Name: "f.yaml", Data: data})
+	var root yaml.Node
+	var want *yaml.Node
+	var werr *Error
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		werr = yamlError("f.yaml", err)
+	} else if len(root.Content) > 0 && !isNull(root.Content[0]) {
+		want = root.Content[0]
+	}
+	if (gerr == nil) != (werr == nil) || gerr != nil && gerr.Error() != werr.Error() {
+		t.Fatalf("document error %v, yaml.Unmarshal's %v", gerr, werr)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("document and yaml.Unmarshal built different trees for %.200q...", data)
+	}
 }
 
 // fileLevel reports whether msg is about the file as a whole, the only

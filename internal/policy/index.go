@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"runtime"
 	"strings"
 )
 
@@ -46,7 +47,10 @@ func (n *node) child(label string) *node {
 
 func buildIndex(rules []*Rule) *index {
 	ix := &index{root: &node{}, names: make(map[string]int32, len(rules))}
-	for _, r := range rules {
+	for i, r := range rules {
+		if i%ruleYieldEvery == ruleYieldEvery-1 {
+			runtime.Gosched() // as compileRules does
+		}
 		ri := int32(r.Index)
 		ix.names[r.Name] = ri
 		for pi, p := range r.Names {
