@@ -548,7 +548,14 @@ func (b *Backend) adopt(st *state) error {
 	if st != nil {
 		// The file's entries of the sets taken from it go to the mirror,
 		// to be checked; the others stay for the first Apply.
+		handles := make([]unique.Handle[string], len(st.Sets))
+		for i := range taken {
+			handles[i] = unique.Make(st.Sets[i].Name)
+		}
 		b.memMu.Lock()
+		if len(b.known) == 0 && len(taken) > 0 {
+			b.known = make(map[elemKey]elemState, len(st.Learned))
+		}
 		keep := st.Learned[:0]
 		for _, e := range st.Learned {
 			fam, ok := taken[e.set]
@@ -559,12 +566,10 @@ func (b *Backend) adopt(st *state) error {
 			if !e.Expires.After(now) || familyOf(e.Addr) != fam {
 				continue
 			}
-			k := keyOf(st.Sets[e.set].Name, e.Addr)
-			if _, dup := b.mirrorGet(k); !dup {
+			if b.mirrorUnverified(elemKey{handles[e.set], e.Addr.As16()}, e.Expires) {
 				n++
 				fromFile++
 			}
-			b.mirrorUnverified(k, e.Expires)
 		}
 		b.memMu.Unlock()
 		st.Learned = slices.Clip(keep)

@@ -213,12 +213,17 @@ func (b *Backend) mirrorSet(k elemKey, exp wall) {
 }
 
 // mirrorUnverified records that the state file says the kernel holds k
-// until exp (not 0): verify checks it.
-func (b *Backend) mirrorUnverified(k elemKey, exp wall) {
-	b.mirrorSet(k, exp)
+// until exp (not 0), and reports whether the mirror did not hold k:
+// verify checks it.
+func (b *Backend) mirrorUnverified(k elemKey, exp wall) bool {
 	st := b.known[k]
-	st.unverified = true
+	added := st.exp == 0
+	if added {
+		b.programmed++
+	}
+	st.exp, st.unverified = exp, true
 	b.known[k] = st
+	return added
 }
 
 // mirrorDel records that the kernel no longer holds k.

@@ -164,9 +164,18 @@ func parseStateEntry(line []byte, sets int) (stateEntry, error) {
 	if len(line) < 2 || line[0] != '[' || line[len(line)-1] != ']' {
 		return bad("not an entry")
 	}
-	f := bytes.Split(line[1:len(line)-1], []byte(","))
-	if len(f) != 3 {
-		return bad("not three fields")
+	var f [3][]byte
+	rest := line[1 : len(line)-1]
+	for i := range f {
+		c := bytes.IndexByte(rest, ',')
+		if (c < 0) != (i == 2) {
+			return bad("not three fields")
+		}
+		if c < 0 {
+			f[i] = rest
+		} else {
+			f[i], rest = rest[:c], rest[c+1:]
+		}
 	}
 	set, err := strconv.ParseUint(string(f[0]), 10, 31)
 	if err != nil || int(set) >= sets {
