@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -78,6 +79,10 @@ func restart(b *testing.B, n int) {
 	saveCPU := cpuSeconds(b) - cpu0
 	if be.stateWriteFailures.Load() > 0 {
 		b.Fatal("the state file was not written")
+	}
+	fi, err := os.Stat(cfg.StateFile)
+	if err != nil {
+		b.Fatal(err)
 	}
 	// The sample: every n/600-th address, in its set.
 	type elem struct {
@@ -169,6 +174,7 @@ func restart(b *testing.B, n int) {
 	b.ReportMetric(verifyCPU, "verify-cpu-s")
 	b.ReportMetric(float64(be2.toVerify), "from-file")
 	b.ReportMetric(saveCPU, "save-cpu-s")
+	b.ReportMetric(float64(fi.Size())/float64(n), "state-B/addr")
 	b.ReportMetric(float64(missed.Load()), "missed")
 	b.ReportMetric(float64(rounds.Load()), "sample-rounds")
 }
