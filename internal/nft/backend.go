@@ -563,10 +563,10 @@ func (b *Backend) adopt(st *state) error {
 				keep = append(keep, e)
 				continue
 			}
-			if !e.Expires.After(now) || familyOf(e.Addr) != fam {
+			if !e.Expires.After(now) || familyOf(e.Addr()) != fam {
 				continue
 			}
-			if b.mirrorUnverified(elemKey{handles[e.set], e.Addr.As16()}, e.Expires) {
+			if b.mirrorUnverified(elemKey{handles[e.set], e.a}, e.Expires) {
 				n++
 				fromFile++
 			}
@@ -876,11 +876,11 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 		fromState = make(map[elemKey]time.Time)
 		for _, e := range b.saved.Learned {
 			set := &b.saved.Sets[e.set]
-			name, ok := d.learned[learnKey{set.Rule, set.Group, familyOf(e.Addr)}]
+			name, ok := d.learned[learnKey{set.Rule, set.Group, familyOf(e.Addr())}]
 			if !ok || (carried[name] && !rebuild) {
 				continue
 			}
-			k := keyOf(name, e.Addr)
+			k := keyOf(name, e.Addr())
 			if exp, held := b.mirrorGet(k); held && exp.After(now) && rebuild {
 				continue // added above
 			}

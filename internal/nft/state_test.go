@@ -194,7 +194,7 @@ func TestSetStateFile(t *testing.T) {
 	b.SetStateFile(filepath.Join(dir, "new.json"))
 	b.save()
 	st, err := readState(filepath.Join(dir, "new.json"))
-	if err != nil || st == nil || len(st.Learned) != 1 || st.Learned[0].Addr.String() != "192.0.2.1" || st.Sets[0].Name != "learn4.r" {
+	if err != nil || st == nil || len(st.Learned) != 1 || st.Learned[0].Addr().String() != "192.0.2.1" || st.Sets[0].Name != "learn4.r" {
 		t.Errorf("new state file holds %+v, %v; want the learned address", st, err)
 	}
 	if got := b.StateFile(); got != filepath.Join(dir, "new.json") {

@@ -18,10 +18,10 @@ const verifyChunk = 512
 
 // verify checks the learned elements adopt took from the state file
 // against the kernel, once, after the start: each is asked for with a
-// get, which costs the kernel a hash lookup and a reply of its own (about
-// 10 µs of CPU an element, kernel and fqdngate), where a set dump costs
-// it a walk of the set per message. It takes at most half a CPU, so at
-// 1,000,000 elements it runs for some 20 seconds. An element the kernel holds gets the
+// get, which costs the kernel a hash lookup and a reply of its own (10-18
+// µs of CPU an element, kernel and fqdngate), where a set dump costs it
+// a walk of the set per message. It takes at most half a CPU, so at
+// 1,000,000 elements it runs for 20 to 40 seconds. An element the kernel holds gets the
 // expiry the kernel reports (later than the file's if an answer extended
 // it after the file was last written); one it does not hold leaves the
 // mirror, and the next answer that needs it adds it again.
