@@ -134,16 +134,8 @@ func (w *elemConn) getElems(keys []elemKey) ([]time.Duration, error) {
 		w.attrEnd(list)
 		w.msgEnd(off)
 	}
-	var werr error
-	err := w.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Write(int(fd), w.buf)
-		return werr != unix.EAGAIN
-	})
-	if err == nil {
-		err = werr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("sending: %w", err)
+	if err := w.send(); err != nil {
+		return nil, err
 	}
 	left := make([]time.Duration, len(keys))
 	answered := make([]bool, len(keys))
