@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -114,6 +115,10 @@ type Backend struct {
 	log   *slog.Logger
 	now   func() time.Time
 	table *nftables.Table
+	// boot and netns identify the kernel's numbering of handles (see
+	// stateIdent).
+	boot  string
+	netns uint64
 	// kick wakes Run to lead the flush (see lead).
 	kick chan struct{}
 	// stop is closed when Run returns; running makes Run single-use.
@@ -136,15 +141,15 @@ type Backend struct {
 	tx    txScratch
 	// sets are the table's sets as last applied or adopted, by name.
 	sets map[string]*nftables.Set
-	// saved holds state-file entries until the first Apply places them.
-	// savedPath, if set, is a state file not read yet: the table was
-	// adopted, every dump complete, so the kernel holds whatever of it
-	// is live in the sets it kept; the first Apply reads it only if it
-	// does not keep every learned set (a policy changed across the
-	// restart, or a rebuild).
-	saved     []stateEntry
-	savedPath string
-	restored  bool
+	// saved is the state file read at New, until the first Apply
+	// restores from it what the sets it makes anew lack (the elements of
+	// the sets that New took from it, or that the kernel kept, are left
+	// out).
+	saved *state
+	// toVerify counts the elements adopt took from the state file: Run
+	// checks them (see verify). Set by New only.
+	toVerify int
+	restored bool
 	// applied is what the last Apply committed, with the pod sets as
 	// SetMembers last left them: what the watcher puts back. nil before
 	// the first Apply and after Remove. appliedPolicy is the policy of
@@ -165,6 +170,9 @@ type Backend struct {
 	// transactions are the backend's own.
 	query *netlink.Conn
 	ports []uint32
+	// info reads set dumps, the table's handles (see adopt and
+	// refreshIdentLocked) and the elements verify checks.
+	info *netlink.Conn
 
 	memMu sync.Mutex // guards following; never held across netlink I/O
 	// learned maps rule×group×family to the name of its set.
@@ -179,7 +187,10 @@ type Backend struct {
 	// counts the entries the mirror holds.
 	known      map[elemKey]elemState
 	programmed int
-	dirty      bool // mirror changed since the state file was written
+	// ident is what the kernel calls the table and the learned sets the
+	// mirror is of, for the state file.
+	ident kernelIdent
+	dirty bool // mirror changed since the state file was written
 	// names holds, per name, the elements its answers brought and until
 	// when (for the per-name cap). Adopted and restored elements are held
 	// by no name.
@@ -244,6 +255,9 @@ type Backend struct {
 	// dumpsInterrupted counts the set dumps at adoption the kernel
 	// flagged interrupted (NLM_F_DUMP_INTR), each dumped again.
 	dumpsInterrupted atomic.Uint64
+	// verified counts the elements taken from the state file that verify
+	// checked against the kernel; verifyMissing, those it found missing.
+	verified, verifyMissing atomic.Uint64
 
 	// breakApply, if set, adds a failing message to Apply's transaction
 	// (tests: a netlink failure must leave the old table intact).
@@ -300,6 +314,8 @@ func New(cfg Config) (*Backend, error) {
 		closeNflog:      func() {},
 		closeAllowNflog: func() {},
 		closeMon:        func() {},
+		boot:            bootID(),
+		netns:           netnsIno(cfg.NetNSFd),
 	}
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
@@ -340,9 +356,15 @@ func New(cfg Config) (*Backend, error) {
 		if b.query != nil {
 			b.query.Close()
 		}
+		if b.info != nil {
+			b.info.Close()
+		}
 		b.elems.Close()
 		conn.CloseLasting()
 		return nil, err
+	}
+	if b.info, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNSFd}); err != nil {
+		return fail(netlinkErr("opening netlink", err))
 	}
 	if cfg.Watch {
 		elemsPort, err := netlinkPort(b.elems.c)
@@ -359,9 +381,14 @@ func New(cfg Config) (*Backend, error) {
 		}
 		b.mon, b.closeMon = mon, sync.OnceFunc(func() { mon.Close() })
 	}
-	if err := b.adopt(); err != nil {
+	var saved *state
+	if cfg.StateFile != "" {
+		saved = b.loadState(cfg.StateFile)
+	}
+	if err := b.adopt(saved); err != nil {
 		return fail(err)
 	}
+	b.saved = saved
 	if cfg.OnDrop != nil {
 		// Bound now, not in Run, so no drop after New goes unsampled.
 		if c, err := openNflog(cfg.NetNSFd, cfg.logGroup()); err != nil {
@@ -378,24 +405,18 @@ func New(cfg Config) (*Backend, error) {
 			b.allowNflog, b.closeAllowNflog = c, sync.OnceFunc(func() { c.Close() })
 		}
 	}
-	if cfg.StateFile != "" {
-		if len(b.sets) > 0 && b.dumpsInterrupted.Load() == 0 {
-			b.savedPath = cfg.StateFile
-		} else {
-			b.saved = b.loadState(cfg.StateFile)
-		}
-	}
 	return b, nil
 }
 
 // loadState reads the state file's entries; a lost state file costs
 // re-resolution, not safety.
-func (b *Backend) loadState(path string) []stateEntry {
-	entries, err := readState(path)
+func (b *Backend) loadState(path string) *state {
+	st, err := readState(path)
 	if err != nil {
 		b.log.Warn("ignoring unreadable state file", "file", path, "err", err)
+		return nil
 	}
-	return entries
+	return st
 }
 
 // Close releases the netlink connections. The table stays: enforcement
@@ -410,7 +431,7 @@ func (b *Backend) Close() error {
 	if b.query != nil {
 		qerr = b.query.Close()
 	}
-	return errors.Join(b.elems.Close(), b.conn.CloseLasting(), qerr)
+	return errors.Join(b.elems.Close(), b.conn.CloseLasting(), qerr, b.info.Close())
 }
 
 // netlinkErr turns permission failures into ErrNoCapability.
@@ -446,10 +467,16 @@ func (b *Backend) tableExistsLocked() (bool, error) {
 const maxDumpTries = 3
 
 // adopt reads an existing table's sets and learned elements, with the
-// time each has left: the kernel reports it (NFTA_SET_ELEM_EXPIRATION,
-// which google/nftables decodes from milliseconds) for every element
-// with a timeout.
-func (b *Backend) adopt() error {
+// time each has left. A learned set that the state file st was written
+// from (the same set, by its handle: see stateIdent) is taken from the
+// file: the kernel kept its elements, and the file says until when, for
+// the ones the previous process knew when it last wrote the file. Its
+// elements are checked against the kernel after the start (see verify).
+// Any other learned set is dumped: the kernel reports each element's
+// time left (NFTA_SET_ELEM_EXPIRATION). A dump costs time that grows
+// with the square of the set's size (see BENCHMARKS.md), the file only
+// with its size.
+func (b *Backend) adopt(st *state) error {
 	b.nlMu.Lock()
 	defer b.nlMu.Unlock()
 	// Listing needs CAP_NET_ADMIN too, so this is also the capability check.
@@ -461,14 +488,13 @@ func (b *Backend) adopt() error {
 	if err != nil {
 		return netlinkErr("listing sets of table "+b.cfg.Table, err)
 	}
-	// A connection of its own: dumps read every message's flags.
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: b.cfg.NetNSFd})
-	if err != nil {
-		return netlinkErr("opening netlink", err)
-	}
-	defer c.Close()
+	b.refreshIdentLocked()
+	b.memMu.Lock()
+	trusted := st.trusted(&b.ident)
+	b.memMu.Unlock()
 	now := b.now()
-	n := 0
+	n, fromFile := 0, 0
+	taken := make(map[int32]family) // the file's sets adopt takes, by index
 	for _, s := range sets {
 		b.sets[s.Name] = s
 		if isPodSetName(s.Name) && !s.HasTimeout && !s.Interval {
@@ -480,11 +506,21 @@ func (b *Backend) adopt() error {
 		if !s.HasTimeout {
 			continue
 		}
+		if i, ok := trusted[s.Name]; ok && !s.Interval {
+			switch s.KeyType.Name {
+			case nftables.TypeIPAddr.Name:
+				taken[i] = v4
+				continue
+			case nftables.TypeIP6Addr.Name:
+				taken[i] = v6
+				continue
+			}
+		}
 		// An interrupted dump may miss elements: dump again, and keep
 		// every element any dump listed (one that went meanwhile has
 		// its expiry, or is deleted again by the next Apply's diff).
 		for try := 1; ; try++ {
-			elems, interrupted, err := dumpSetElements(c, byte(b.table.Family), b.cfg.Table, s.Name)
+			elems, interrupted, err := dumpSetElements(b.info, byte(b.table.Family), b.cfg.Table, s.Name)
 			if err != nil {
 				return netlinkErr("listing set "+s.Name, err)
 			}
@@ -509,8 +545,74 @@ func (b *Backend) adopt() error {
 			}
 		}
 	}
-	b.log.Info("adopted existing nftables table", "table", b.cfg.Table, "sets", len(sets), "learned", n)
+	if st != nil {
+		// The file's entries of the sets taken from it go to the mirror,
+		// to be checked; the others stay for the first Apply.
+		handles := make([]unique.Handle[string], len(st.Sets))
+		for i := range taken {
+			handles[i] = unique.Make(st.Sets[i].Name)
+		}
+		b.memMu.Lock()
+		if len(b.known) == 0 && len(taken) > 0 {
+			b.known = make(map[elemKey]elemState, len(st.Learned))
+		}
+		keep := st.Learned[:0]
+		for _, e := range st.Learned {
+			fam, ok := taken[e.set]
+			if !ok {
+				keep = append(keep, e)
+				continue
+			}
+			if !e.Expires.After(now) || familyOf(e.Addr()) != fam {
+				continue
+			}
+			if b.mirrorUnverified(elemKey{handles[e.set], e.a}, e.Expires) {
+				n++
+				fromFile++
+			}
+		}
+		b.memMu.Unlock()
+		st.Learned = slices.Clip(keep)
+	}
+	b.toVerify = fromFile
+	b.log.Info("adopted existing nftables table", "table", b.cfg.Table, "sets", len(sets), "learned", n, "from_state_file", fromFile)
 	return nil
+}
+
+// trusted returns, by name, the sets of st that are the kernel's sets
+// named in id: same boot, namespace and table, and the same set handle.
+// A file from another table, boot or namespace, an older file, or one
+// written without handles, has none.
+func (st *state) trusted(id *kernelIdent) map[string]int32 {
+	if st == nil || st.Table == nil || id.table.Boot == "" || *st.Table != id.table {
+		return nil
+	}
+	out := make(map[string]int32, len(st.Sets))
+	for i, s := range st.Sets {
+		if h, ok := id.sets[s.Name]; ok && s.Name != "" && s.Handle != 0 && s.Handle == h {
+			out[s.Name] = int32(i)
+		}
+	}
+	return out
+}
+
+// refreshIdentLocked reads what the kernel calls the table and its sets
+// now. If it cannot, the state file is written without them, and the
+// next start dumps the learned sets.
+func (b *Backend) refreshIdentLocked() {
+	th, sets, err := queryHandles(b.info, byte(b.table.Family), b.cfg.Table)
+	b.memMu.Lock()
+	defer b.memMu.Unlock()
+	b.ident.gen++
+	if err != nil {
+		b.ident.table, b.ident.sets = stateIdent{}, nil
+		return
+	}
+	b.ident.table = stateIdent{Boot: b.boot, NetNS: b.netns, Handle: th}
+	if b.ident.table.Boot == "" || b.ident.table.NetNS == 0 {
+		b.ident.table = stateIdent{}
+	}
+	b.ident.sets = sets
 }
 
 // Apply makes the table enforce p, in one netlink transaction: the kernel
@@ -657,15 +759,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
 		}
 	}
-	if !b.restored && b.savedPath != "" {
-		for _, name := range d.learned {
-			if !carried[name] {
-				b.saved, b.savedPath = b.loadState(b.savedPath), ""
-				break
-			}
-		}
-	}
-	elems, fromState := b.learnedElementsLocked(d, sets, rebuild)
+	elems, fromState := b.learnedElementsLocked(d, sets, carried, rebuild)
 	for name, es := range elems {
 		for len(es) > 0 {
 			n := min(len(es), maxPerMsg)
@@ -700,7 +794,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	b.applied = d
 	b.drops.base = b.drops.base.plus(counted)
 	b.restored = true
-	b.saved, b.savedPath = nil, ""
+	b.saved = nil
 	b.setAllowNames(d.allowLog)
 
 	now := b.now()
@@ -741,6 +835,9 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 		}
 	}
 	b.memMu.Unlock()
+	if rebuild || len(carried) < len(sets) {
+		b.refreshIdentLocked()
+	}
 	b.recordShapeLocked()
 	return res, nil
 }
@@ -748,12 +845,10 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 // learnedElementsLocked returns the learned elements a commit adds: with
 // rebuild, every live element of the mirror whose set d keeps, each with
 // the time it has left; and, on the first commit, the state file's live
-// entries for sets d keeps that the kernel does not hold (fromState, with
-// their expiries). An element the kernel holds keeps the expiry the
-// kernel gives it: the state file was written from the same mirror, so
-// it never knows a later one, and an older kernel would not take a later
-// one from a plain add anyway.
-func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Set, rebuild bool) (map[string][]nftables.SetElement, map[elemKey]time.Time) {
+// entries for the learned sets the commit makes anew (fromState, with
+// their expiries): a set the table kept holds what the kernel kept, which
+// adopt took from the kernel or from this very file.
+func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Set, carried map[string]bool, rebuild bool) (map[string][]nftables.SetElement, map[elemKey]time.Time) {
 	now := b.now()
 	out := make(map[string][]nftables.SetElement)
 	kept := make(map[string]bool, len(d.learned))
@@ -777,23 +872,23 @@ func (b *Backend) learnedElementsLocked(d *desired, sets map[string]*nftables.Se
 		}
 	}
 	var fromState map[elemKey]time.Time
-	if !b.restored {
+	if !b.restored && b.saved != nil {
 		fromState = make(map[elemKey]time.Time)
-		for _, e := range b.saved {
-			a := e.Addr.Unmap()
-			name, ok := d.learned[learnKey{e.Rule, e.Group, familyOf(a)}]
-			if !ok {
+		for _, e := range b.saved.Learned {
+			set := &b.saved.Sets[e.set]
+			name, ok := d.learned[learnKey{set.Rule, set.Group, familyOf(e.Addr())}]
+			if !ok || (carried[name] && !rebuild) {
 				continue
 			}
-			k := keyOf(name, a)
-			if exp, held := b.mirrorGet(k); held && exp.After(now) {
-				continue
+			k := keyOf(name, e.Addr())
+			if exp, held := b.mirrorGet(k); held && exp.After(now) && rebuild {
+				continue // added above
 			}
 			if _, dup := fromState[k]; dup || e.Expires.Sub(now) < time.Millisecond {
 				continue
 			}
-			if add(k, e.Expires) {
-				fromState[k] = e.Expires
+			if add(k, e.Expires.Time()) {
+				fromState[k] = e.Expires.Time()
 			}
 		}
 	}
@@ -967,6 +1062,7 @@ func (b *Backend) Remove() error {
 	b.applied, b.appliedPolicy, b.shape = nil, nil, "" // nothing for the watcher to put back
 	b.clearTamper(nil)
 	b.memMu.Lock()
+	b.ident = kernelIdent{gen: b.ident.gen + 1}
 	clear(b.known)
 	b.programmed = 0
 	clear(b.names)

@@ -134,16 +134,8 @@ func (w *elemConn) add(set string, elems []elem, del bool) {
 // commit sends the batch and reports whether the kernel committed it.
 func (w *elemConn) commit() error {
 	w.batchMsg(unix.NFNL_MSG_BATCH_END)
-	var werr error
-	err := w.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Write(int(fd), w.buf)
-		return werr != unix.EAGAIN
-	})
-	if err == nil {
-		err = werr
-	}
-	if err != nil {
-		return fmt.Errorf("sending: %w", err)
+	if err := w.send(); err != nil {
+		return err
 	}
 	var errs []error
 	for {
@@ -169,6 +161,22 @@ func (w *elemConn) commit() error {
 		errs = append(errs, w.replyErrors(w.rbuf[:n])...)
 	}
 	return errors.Join(errs...)
+}
+
+// send writes the messages built in buf, in one sendmsg.
+func (w *elemConn) send() error {
+	var werr error
+	err := w.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Write(int(fd), w.buf)
+		return werr != unix.EAGAIN
+	})
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("sending: %w", err)
+	}
+	return nil
 }
 
 // replyErrors returns the errors among the messages of one datagram.

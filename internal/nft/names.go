@@ -187,10 +187,13 @@ func (b *Backend) unrefLocked(k elemKey) bool {
 
 // elemState is what the backend knows of one learned element: until when
 // the kernel holds it as far as the backend knows (0: not programmed, or
-// no longer), and how many names hold it. 16 bytes.
+// no longer), and how many names hold it; unverified if that came from
+// the state file and was not checked against the kernel yet (see
+// verify). 16 bytes.
 type elemState struct {
-	exp  wall
-	refs int32
+	exp        wall
+	refs       int32
+	unverified bool
 }
 
 // mirrorGet returns until when the kernel holds k, and whether it does.
@@ -205,8 +208,22 @@ func (b *Backend) mirrorSet(k elemKey, exp wall) {
 	if st.exp == 0 {
 		b.programmed++
 	}
-	st.exp = exp
+	st.exp, st.unverified = exp, false
 	b.known[k] = st
+}
+
+// mirrorUnverified records that the state file says the kernel holds k
+// until exp (not 0), and reports whether the mirror did not hold k:
+// verify checks it.
+func (b *Backend) mirrorUnverified(k elemKey, exp wall) bool {
+	st := b.known[k]
+	added := st.exp == 0
+	if added {
+		b.programmed++
+	}
+	st.exp, st.unverified = exp, true
+	b.known[k] = st
+	return added
 }
 
 // mirrorDel records that the kernel no longer holds k.
@@ -220,7 +237,7 @@ func (b *Backend) mirrorDel(k elemKey) {
 		delete(b.known, k)
 		return
 	}
-	st.exp = 0
+	st.exp, st.unverified = 0, false
 	b.known[k] = st
 }
 

@@ -227,7 +227,8 @@ func (b *Backend) stopped() bool {
 }
 
 // Run leads the transactions of Publish calls that queued behind another
-// (see lead), writes the state file, forgets what expired, hands drop
+// (see lead), checks what New took from the state file (see verify),
+// writes the state file, forgets what expired, hands drop
 // samples to Config.OnDrop and the allow log to Config.OnAllow and, with
 // Config.Watch, restores the table when another process changes it (see
 // watch.go), until ctx ends. It returns nil then, after a last write of
@@ -247,6 +248,13 @@ func (b *Backend) Run(ctx context.Context) error {
 		defer wg.Done()
 		b.sweepLoop(saveCtx)
 	}()
+	if b.toVerify > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.verify(saveCtx)
+		}()
+	}
 	if b.nflog != nil {
 		wg.Add(1)
 		go func() {

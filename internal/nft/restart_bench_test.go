@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -33,8 +34,11 @@ func cpuSeconds(b testing.TB) float64 {
 // Meanwhile a sample of 600 elements is asked of the kernel, one get
 // each, every 100 ms: a missing one would be a dropped connection.
 // It reports wall time and CPU-seconds (user+system of the process, the
-// kernel's dump work and the sample's gets included) of New and of Apply, the state file's
-// write (CPU-seconds, bytes), and the sample's misses.
+// kernel's dump work and the sample's gets included) of New and of Apply,
+// and of the check that Run makes afterwards of the elements New took from
+// the state file (verify: it runs while the daemon answers), how many New
+// took from the file, the state file's write (CPU-seconds), and the
+// sample's misses.
 func BenchmarkRestart(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
@@ -75,6 +79,10 @@ func restart(b *testing.B, n int) {
 	saveCPU := cpuSeconds(b) - cpu0
 	if be.stateWriteFailures.Load() > 0 {
 		b.Fatal("the state file was not written")
+	}
+	fi, err := os.Stat(cfg.StateFile)
+	if err != nil {
+		b.Fatal(err)
 	}
 	// The sample: every n/600-th address, in its set.
 	type elem struct {
@@ -140,6 +148,13 @@ func restart(b *testing.B, n int) {
 	}
 	applyWall, applyCPU := time.Since(start), cpuSeconds(b)-cpu0
 	b.StopTimer()
+	// Meanwhile Run checks what New took from the state file; the
+	// sample keeps asking until it is done.
+	start, cpu0 = time.Now(), cpuSeconds(b)
+	for be2.verified.Load() < uint64(be2.toVerify) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	verifyWall, verifyCPU := time.Since(start), cpuSeconds(b)-cpu0
 	close(stop)
 	<-watched
 	defer func() { cancel2(); <-ran2; be2.Close() }()
@@ -155,7 +170,11 @@ func restart(b *testing.B, n int) {
 	b.ReportMetric(newCPU, "new-cpu-s")
 	b.ReportMetric(applyWall.Seconds(), "apply-s")
 	b.ReportMetric(applyCPU, "apply-cpu-s")
+	b.ReportMetric(verifyWall.Seconds(), "verify-s")
+	b.ReportMetric(verifyCPU, "verify-cpu-s")
+	b.ReportMetric(float64(be2.toVerify), "from-file")
 	b.ReportMetric(saveCPU, "save-cpu-s")
+	b.ReportMetric(float64(fi.Size())/float64(n), "state-B/addr")
 	b.ReportMetric(float64(missed.Load()), "missed")
 	b.ReportMetric(float64(rounds.Load()), "sample-rounds")
 }

@@ -2,81 +2,282 @@ package nft
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"syscall"
 	"time"
 )
 
-// stateEntry is one learned address in the state file.
+// The state file lists the learned addresses the kernel holds, for the
+// next start. It is JSON, one learned address a line after a first line
+// that says where they were:
+//
+//	{"version":2,"table":{"boot":"…","netns":4026531840,"handle":12},"sets":[{"name":"learn4.web","handle":3,"rule":"web"}],"learned":[
+//	[0,"192.0.2.1",1765120000000],
+//	[0,"192.0.2.7",1765120004000]
+//	]}
+//
+// An entry is the index of its set in "sets", the address and its expiry
+// in Unix milliseconds. "table" names the kernel objects the entries were
+// in: the boot (boot_id), the network namespace (its inode), the table's
+// handle and, in "sets", each set's. Handles grow with each table or set
+// the kernel makes, so a set with the same name and handle in the same
+// boot and namespace is the very set the file was written from: at a
+// restart its elements are taken from the file, not dumped from the
+// kernel (see Backend.adopt). Version 1 files (a JSON object per entry,
+// with rule and group) are still read, as a file that names no set.
+
+// stateVersion is the version written.
+const stateVersion = 2
+
+// stateIdent names the table a state file was written from; see above.
+type stateIdent struct {
+	Boot   string `json:"boot"`
+	NetNS  uint64 `json:"netns"`
+	Handle uint64 `json:"handle"`
+}
+
+// stateSet is one learned set of the file.
+type stateSet struct {
+	Name   string `json:"name,omitempty"` // "" in version 1
+	Handle uint64 `json:"handle,omitempty"`
+	Rule   string `json:"rule"`
+	Group  string `json:"group,omitempty"`
+}
+
+// stateEntry is one learned address in the state file: 28 bytes and no
+// pointer, so that a million of them cost the garbage collector nothing
+// to scan.
 type stateEntry struct {
+	set     int32    // index in state.Sets
+	a       [16]byte // the address in its 16-byte form
+	Expires wall
+}
+
+func entryOf(set int32, a netip.Addr, exp wall) stateEntry {
+	return stateEntry{set: set, a: a.As16(), Expires: exp}
+}
+
+// Addr is e's address, IPv4 as IPv4.
+func (e *stateEntry) Addr() netip.Addr { return netip.AddrFrom16(e.a).Unmap() }
+
+// state is a state file, read or to write.
+type state struct {
+	Version int          `json:"version"`
+	Table   *stateIdent  `json:"table,omitempty"`
+	Sets    []stateSet   `json:"sets"`
+	Learned []stateEntry `json:"-"`
+}
+
+// stateV1Entry is an entry of a version 1 file.
+type stateV1Entry struct {
 	Rule    string     `json:"rule"`
 	Group   string     `json:"group,omitempty"`
 	Addr    netip.Addr `json:"addr"`
 	Expires time.Time  `json:"expires"`
 }
 
-type stateFile struct {
-	Version int          `json:"version"`
-	Learned []stateEntry `json:"learned"`
-}
+// learnedOpen ends the first line: the entries follow, one a line.
+const learnedOpen = `,"learned":[`
 
-const stateVersion = 1
-
-func readState(path string) ([]stateEntry, error) {
-	data, err := os.ReadFile(path)
+// readState reads the state file at path; a missing file is a nil state.
+func readState(path string) (*state, error) {
+	f, err := os.Open(path)
 	if os.IsNotExist(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	var f stateFile
-	if err := json.Unmarshal(data, &f); err != nil {
+	defer f.Close()
+	st, err := decodeState(bufio.NewReaderSize(f, 64<<10))
+	if err != nil {
 		return nil, fmt.Errorf("decoding %s: %w", path, err)
 	}
-	if f.Version != stateVersion {
-		return nil, fmt.Errorf("%s has version %d, want %d", path, f.Version, stateVersion)
+	return st, nil
+}
+
+// decodeState reads a state file. Nothing in it is trusted: every line
+// is checked, and any fault fails the whole file.
+func decodeState(r *bufio.Reader) (*state, error) {
+	first, err := r.ReadBytes('\n')
+	if err != nil && err != io.EOF {
+		return nil, err
 	}
-	return f.Learned, nil
+	var head struct {
+		Version int `json:"version"`
+	}
+	if v1 := bytes.HasPrefix(first, []byte(`{"version":1,`)); v1 {
+		rest, err := io.ReadAll(r)
+		if err != nil {
+			return nil, err
+		}
+		return decodeStateV1(append(first, rest...))
+	}
+	line := bytes.TrimRight(first, "\n")
+	if !bytes.HasSuffix(line, []byte(learnedOpen)) {
+		if json.Unmarshal(line, &head) == nil && head.Version != stateVersion {
+			return nil, fmt.Errorf("version %d, want %d or 1", head.Version, stateVersion)
+		}
+		return nil, errors.New("line 1 does not end the header with " + learnedOpen)
+	}
+	st := new(state)
+	hdr := append(bytes.Clone(line[:len(line)-len(learnedOpen)]), '}')
+	if err := json.Unmarshal(hdr, st); err != nil {
+		return nil, fmt.Errorf("line 1: %w", err)
+	}
+	if st.Version != stateVersion {
+		return nil, fmt.Errorf("version %d, want %d or 1", st.Version, stateVersion)
+	}
+	if len(st.Sets) > 1<<20 {
+		return nil, fmt.Errorf("line 1: %d sets", len(st.Sets))
+	}
+	for n := 2; ; n++ {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			if err == io.EOF {
+				return nil, fmt.Errorf("line %d: the file ends before its last line, ]}", n)
+			}
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		line = line[:len(line)-1]
+		if string(line) == "]}" {
+			if _, err := r.ReadByte(); err != io.EOF {
+				return nil, fmt.Errorf("line %d: more after the last line, ]}", n+1)
+			}
+			return st, nil
+		}
+		e, err := parseStateEntry(line, len(st.Sets))
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		st.Learned = append(st.Learned, e)
+	}
+}
+
+// parseStateEntry parses `[set,"addr",expires]`, with a comma after it
+// on every line but the last one's (not checked).
+func parseStateEntry(line []byte, sets int) (stateEntry, error) {
+	bad := func(what string) (stateEntry, error) {
+		return stateEntry{}, fmt.Errorf("%s in %.80q; want [set,\"address\",expires-unix-ms]", what, line)
+	}
+	line = bytes.TrimSuffix(line, []byte(","))
+	if len(line) < 2 || line[0] != '[' || line[len(line)-1] != ']' {
+		return bad("not an entry")
+	}
+	var f [3][]byte
+	rest := line[1 : len(line)-1]
+	for i := range f {
+		c := bytes.IndexByte(rest, ',')
+		if (c < 0) != (i == 2) {
+			return bad("not three fields")
+		}
+		if c < 0 {
+			f[i] = rest
+		} else {
+			f[i], rest = rest[:c], rest[c+1:]
+		}
+	}
+	set, err := strconv.ParseUint(string(f[0]), 10, 31)
+	if err != nil || int(set) >= sets {
+		return bad("no such set")
+	}
+	q := f[1]
+	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+		return bad("no quoted address")
+	}
+	a, err := netip.ParseAddr(string(q[1 : len(q)-1]))
+	if err != nil || a.Zone() != "" {
+		return bad("a bad address")
+	}
+	ms, err := strconv.ParseInt(string(f[2]), 10, 64)
+	if err != nil || ms <= 0 || ms > 1<<43 {
+		return bad("a bad expiry")
+	}
+	return entryOf(int32(set), a, wall(ms*int64(time.Millisecond))), nil
+}
+
+// decodeStateV1 reads a version 1 file: its sets are its rule×group pairs,
+// with no name.
+func decodeStateV1(data []byte) (*state, error) {
+	var f struct {
+		Learned []stateV1Entry `json:"learned"`
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, err
+	}
+	st := &state{Version: 1}
+	idx := make(map[[2]string]int32)
+	for _, e := range f.Learned {
+		if !e.Addr.IsValid() {
+			continue
+		}
+		k := [2]string{e.Rule, e.Group}
+		i, ok := idx[k]
+		if !ok {
+			i = int32(len(st.Sets))
+			idx[k] = i
+			st.Sets = append(st.Sets, stateSet{Rule: e.Rule, Group: e.Group})
+		}
+		st.Learned = append(st.Learned, entryOf(i, e.Addr, wallOf(e.Expires)))
+	}
+	return st, nil
 }
 
 // writeState replaces the file atomically: a crash leaves the old or the
-// new file, never half of one. It encodes an entry at a time into a
-// buffered writer: with a million entries the file is some 100 MB, which
-// should not be in memory at once on top of the entries.
-func writeState(path string, entries []stateEntry) error {
+// new file, never half of one. It writes through a buffer, an entry at a
+// time: with a million entries the file is some 40 MB, which should not
+// be in memory at once on top of the entries.
+func writeState(path string, st *state) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("writing state file: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	fail := func(err error) error {
+		tmp.Close()
+		return fmt.Errorf("writing state file: %w", err)
+	}
+	st.Version = stateVersion
+	hdr, err := json.Marshal(st)
+	if err != nil {
+		return fail(err)
+	}
 	w := bufio.NewWriterSize(tmp, 64<<10)
-	fmt.Fprintf(w, `{"version":%d,"learned":[`, stateVersion)
-	enc := json.NewEncoder(w)
-	for i := range entries {
-		if i > 0 {
-			w.WriteByte(',')
+	w.Write(hdr[:len(hdr)-1]) // without its }
+	w.WriteString(learnedOpen + "\n")
+	var buf []byte
+	for i := range st.Learned {
+		e := &st.Learned[i]
+		buf = append(buf[:0], '[')
+		buf = strconv.AppendInt(buf, int64(e.set), 10)
+		buf = append(buf, ',', '"')
+		buf = e.Addr().AppendTo(buf)
+		buf = append(buf, '"', ',')
+		// Rounded down: the file never says an element lasts longer
+		// than the kernel holds it (see Backend.adopt).
+		buf = strconv.AppendInt(buf, int64(e.Expires)/int64(time.Millisecond), 10)
+		buf = append(buf, ']')
+		if i < len(st.Learned)-1 {
+			buf = append(buf, ',')
 		}
-		if err := enc.Encode(&entries[i]); err != nil {
-			tmp.Close()
-			return fmt.Errorf("writing state file: %w", err)
-		}
+		buf = append(buf, '\n')
+		w.Write(buf)
 	}
 	w.WriteString("]}\n")
 	if err := w.Flush(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing state file: %w", err)
+		return fail(err)
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing state file: %w", err)
+		return fail(err)
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("writing state file: %w", err)
@@ -179,12 +380,11 @@ func (b *Backend) save() {
 	if !dirty {
 		return
 	}
-	entries := b.stateEntries()
-	slices.SortFunc(entries, func(a, b stateEntry) int { return a.Expires.Compare(b.Expires) })
-	err := writeState(path, entries)
+	st := b.stateLocked()
+	err := writeState(path, st)
 	if err == nil {
 		if b.stateErr != "" {
-			b.log.Info("state file written again", "file", path, "learned", len(entries))
+			b.log.Info("state file written again", "file", path, "learned", len(st.Learned))
 			b.stateErr = ""
 		}
 		return
@@ -199,23 +399,40 @@ func (b *Backend) save() {
 	}
 }
 
-// stateEntries returns the learned elements the kernel holds, as the
-// state file lists them: what Learned returns, without the copy of it.
-func (b *Backend) stateEntries() []stateEntry {
+// stateLocked returns the learned elements the kernel holds, as the
+// state file lists them (what Learned returns, without the copy of it),
+// with the kernel's names for the table and sets they are in, if known.
+// An element of a set that no Apply claimed yet (adopted) is left out.
+func (b *Backend) stateLocked() *state {
 	now := b.now()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
+	st := &state{Learned: make([]stateEntry, 0, b.programmed)}
+	gen, table := b.ident.gen, b.ident.table
+	idx := make(map[string]int32, len(b.owner))
 	yield := b.yielderLocked()
-	out := make([]stateEntry, 0, b.programmed)
 	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
 			b.mirrorDel(k) // the kernel expired it too
-		} else if o, ok := b.owner[k.set()]; ok { // else adopted, and not yet claimed by an Apply
-			out = append(out, stateEntry{Rule: o.rule, Group: o.group, Addr: k.addr(), Expires: exp.Time().UTC().Truncate(time.Millisecond)})
+		} else if o, ok := b.owner[k.set()]; ok {
+			name := k.set()
+			i, ok := idx[name]
+			if !ok {
+				i = int32(len(st.Sets))
+				idx[name] = i
+				st.Sets = append(st.Sets, stateSet{Name: name, Handle: b.ident.sets[name], Rule: o.rule, Group: o.group})
+			}
+			st.Learned = append(st.Learned, stateEntry{set: i, a: k.a, Expires: exp})
 		}
 		yield() // last: exp is stale once the lock was let go
 	}
-	return out
+	// A commit while the walk let go of the lock may have replaced a set
+	// under the same name: then the file does not say which set its
+	// entries were in, and the next start lists the sets from the kernel.
+	if table.Boot != "" && b.ident.gen == gen {
+		st.Table = &table
+	}
+	return st
 }
 
 // errCondition names the condition behind a write error, so that the same

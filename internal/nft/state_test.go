@@ -193,9 +193,9 @@ func TestSetStateFile(t *testing.T) {
 	b.save()
 	b.SetStateFile(filepath.Join(dir, "new.json"))
 	b.save()
-	entries, err := readState(filepath.Join(dir, "new.json"))
-	if err != nil || len(entries) != 1 || entries[0].Addr.String() != "192.0.2.1" {
-		t.Errorf("new state file holds %v, %v; want the learned address", entries, err)
+	st, err := readState(filepath.Join(dir, "new.json"))
+	if err != nil || st == nil || len(st.Learned) != 1 || st.Learned[0].Addr().String() != "192.0.2.1" || st.Sets[0].Name != "learn4.r" {
+		t.Errorf("new state file holds %+v, %v; want the learned address", st, err)
 	}
 	if got := b.StateFile(); got != filepath.Join(dir, "new.json") {
 		t.Errorf("StateFile() = %q", got)
