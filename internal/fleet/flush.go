@@ -21,6 +21,9 @@ type op struct {
 	// taken it no longer changes.
 	exp int64
 	fl  *flush
+	// e is the entry as published (its Expires aside: exp), for the
+	// check written runs on it.
+	e learn.Entry
 }
 
 // flush is one transaction's worth of elements, and what it came to.
@@ -75,7 +78,7 @@ func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits 
 			coalesced++
 			continue
 		}
-		o := &op{key: string(kb), exp: exp}
+		o := &op{key: string(kb), exp: exp, e: *e}
 		if !f.queueLocked(o) {
 			continue
 		}
@@ -313,8 +316,15 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 }
 
 // written records that fl's transaction was applied at revision rev.
+//
+// The elements are this gateway's own: its kernel has them since Publish,
+// and apply skips the batch when it comes back through the watch. They
+// are admitted here instead (see admitLocked), so that they count against
+// their name's cap as elements etcd holds.
 func (f *Fleet) written(fl *flush, rev int64) {
+	now := f.o.Now()
 	f.mu.Lock()
+	c := f.check.Load()
 	for _, o := range fl.ops {
 		delete(f.inflight, o.key)
 		h := f.mirror[o.key]
@@ -323,6 +333,9 @@ func (f *Fleet) written(fl *flush, rev int64) {
 			f.mirror[o.key] = h
 		}
 		h.raise(o.exp, rev)
+		e := o.e
+		e.Expires = time.Unix(o.exp, 0)
+		f.admitLocked(c, o.key, e, h, now)
 	}
 	if len(fl.ops) > 0 {
 		fl.rev = rev
@@ -343,7 +356,7 @@ func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
 			q.exp = max(q.exp, o.exp)
 			continue
 		}
-		f.queueLocked(&op{key: o.key, exp: o.exp})
+		f.queueLocked(&op{key: o.key, exp: o.exp, e: o.e})
 	}
 	fl.err = err
 	close(fl.done)
