@@ -196,6 +196,13 @@ next:
 		if alone {
 			break
 		}
+		if len(f.inflight) > 0 && len(fl.ops) < maxBatch {
+			// Group commit: while a transaction of elements is in
+			// flight, the next one waits for it and takes everything
+			// that arrived meanwhile, unless it is full already. Under
+			// load the batches grow with the rate, not the proposals.
+			break
+		}
 		for _, o := range fl.ops {
 			if _, busy := f.inflight[o.key]; busy {
 				continue next
@@ -212,7 +219,11 @@ next:
 		taken = fl
 		break
 	}
-	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone) {
+	// The watermark goes alone only when no transaction of elements is in
+	// flight: otherwise the next one, which leaves as soon as that one is
+	// written, carries it, or it goes alone then (at most one round trip
+	// later).
+	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone && len(f.inflight) == 0) {
 		if taken == nil {
 			taken = &flush{done: make(chan struct{})}
 		}
