@@ -124,15 +124,17 @@ func (f *Fleet) queueLocked(o *op) bool {
 }
 
 // flushLoop writes the queued flushes, and this gateway's watermark, while
-// the fleet is up, until ctx ends: up to maxInflight transactions at a
-// time, so that a fleet's rate of new addresses is not one transaction per
-// round trip to etcd. Concurrent answers share a flush: those that arrive
-// while flushes are written make up the next. The watermark rides with
-// the next transaction of elements that leaves after it moved, so that
-// under load acknowledgements cost no write of their own. When none can
-// leave (no element waits, or every slot is taken), it goes alone, one at
-// a time, in a slot of its own: an acknowledgement never waits for the
-// elements' slots.
+// the fleet is up, until ctx ends. It commits in groups: one transaction
+// of elements is in flight at a time, and the answers that arrive
+// meanwhile share the next, so that under load the batches grow with the
+// rate rather than the etcd proposals (each one costs every etcd member
+// CPU and an fsync); only a full batch (maxBatch) leaves beside others,
+// up to maxInflight. The watermark rides with the next transaction of
+// elements that leaves after it moved, so that under load
+// acknowledgements cost no write of their own. It goes alone, one at a
+// time, in a slot of its own, only when no transaction of elements is in
+// flight: otherwise it waits for that one (at most one round trip) and
+// rides with the next, or goes alone if none follows.
 func (f *Fleet) flushLoop(ctx context.Context) {
 	var (
 		wg     sync.WaitGroup
