@@ -53,7 +53,19 @@ func TestTakeCarriesWatermark(t *testing.T) {
 		{name: "watermark moved, alone", alone: true, wm: 13},
 		{name: "elements are not taken alone", publish: true, alone: true, nothing: true},
 		{name: "elements left behind", ops: 1},
-		{name: "not registered", setup: func() { f.ackLease = 0; f.applied.Store(14) }, alone: true, nothing: true},
+		// Group commit: while a transaction of elements is in flight,
+		// the next waits for it (unless full), and so does a watermark.
+		{name: "elements wait for the one in flight", setup: func() { f.inflight["x"] = &op{} }, publish: true, nothing: true},
+		{name: "watermark waits for the elements in flight", setup: func() { f.applied.Store(14) }, alone: true, nothing: true},
+		{name: "a full flush does not wait", setup: func() {
+			for j := range maxBatch {
+				e := elem(j % 256)
+				e.Name = dnsname.Name("full" + strconv.Itoa(j) + ".cdn.example")
+				f.enqueueLocked([]learn.Entry{e}, time.Now().Unix())
+			}
+		}, ops: maxBatch, wm: 14},
+		{name: "queued elements and watermark leave once it is written", setup: func() { delete(f.inflight, "x"); f.applied.Store(15) }, ops: 1, wm: 15},
+		{name: "not registered", setup: func() { f.ackLease = 0; f.applied.Store(16) }, alone: true, nothing: true},
 		{name: "fleet down", setup: func() { f.up, f.ackLease = false, 7 }, publish: true, nothing: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -127,6 +127,7 @@ func benchPublishParallel(b *testing.B, fsync bool) {
 	c, gws := startFleet(b, fsync, HoldPeers, 3)
 	cli := c.Client(b)
 	before := etcdWrites(b, cli, gws...)
+	txns0, alone0 := proposals(gws)
 	var seq atomic.Int64
 	b.SetParallelism(64) // goroutines per GOMAXPROCS: concurrent queries
 	cpu0 := cpuTime(b)
@@ -149,6 +150,12 @@ func benchPublishParallel(b *testing.B, fsync bool) {
 	b.ReportMetric(float64(seq.Load())/elapsed.Seconds(), "elements/s")
 	b.ReportMetric(float64(writes)/float64(seq.Load()), "etcd-writes/op")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(seq.Load()), "cpu-µs/element")
+	// Every write request the gateways sent (each one etcd proposal,
+	// whether or not it changed anything), and of those the watermarks
+	// written alone.
+	txns, alone := proposals(gws)
+	b.ReportMetric((txns-txns0)/float64(seq.Load()), "proposals/op")
+	b.ReportMetric((alone-alone0)/float64(seq.Load()), "watermark-alone/op")
 	var elems, batches float64
 	for _, g := range gws {
 		var m dto.Metric
@@ -178,6 +185,19 @@ func benchPublishParallel(b *testing.B, fsync bool) {
 	if timeouts > 0 {
 		b.Errorf("%v holds timed out", timeouts)
 	}
+}
+
+// proposals counts the write requests the gateways sent to etcd (each one
+// raft proposal, whether or not it changed anything), and of those the
+// watermarks written alone.
+func proposals(gws []*gateway) (all, alone float64) {
+	for _, g := range gws {
+		for _, kind := range []string{"learned", "watermark", "lease", "node"} {
+			all += g.count(g.m.writes.WithLabelValues(kind))
+		}
+		alone += g.count(g.m.writes.WithLabelValues("watermark"))
+	}
+	return all, alone
 }
 
 // cpuTime is the CPU time (user and system) the process has used.

@@ -88,6 +88,10 @@ type Fleet struct {
 	inflight map[string]*op
 	// boot and seq name the next batch this process writes (batchKey).
 	boot, seq uint64
+	// ownBatches starts the keys, below learnedPrefix, of the batches
+	// this process writes: apply skips them when they come back through
+	// the watch (written has recorded them).
+	ownBatches string
 	// ackLease is the lease of this gateway's watermark key while it is
 	// registered (0: not connected); ackSent is the highest watermark
 	// handed to a write on it. A write of the flusher carries the
@@ -182,6 +186,7 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 		inflight:      map[string]*op{},
 		boot:          uint64(time.Now().UnixNano()),
 	}
+	f.ownBatches = batchKey(o.Node, f.boot, 0)[:len(o.Node)+1+16]
 	f.drops, _ = o.Local.(dropCounter)
 	f.check.Store(&check{accept: o.Accept, maxPerName: o.MaxPerName})
 	m.degraded.Set(1)

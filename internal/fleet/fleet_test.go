@@ -528,3 +528,61 @@ func TestConcurrentPublishes(t *testing.T) {
 		}
 	}
 }
+
+// counting is a local publisher that counts the entries it is given.
+type counting struct {
+	store *learn.Store
+	mu    sync.Mutex
+	n     int
+}
+
+func (c *counting) Publish(ctx context.Context, batch []learn.Entry) error {
+	c.mu.Lock()
+	c.n += len(batch)
+	c.mu.Unlock()
+	return c.store.Publish(ctx, batch)
+}
+
+// TestOwnBatchesNotProgrammedAgain: a gateway's own batch, back through
+// its watch, is not parsed and programmed a second time (its kernel has
+// the elements since Publish), yet its elements count against their
+// name's cap as elements etcd holds, and a new gateway loads them.
+func TestOwnBatchesNotProgrammedAgain(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	var local *counting
+	a := startGateway(t, c.Client(t), "a", func(s *learn.Store) learn.Publisher { local = &counting{store: s}; return local }, nil)
+	b := startGateway(t, c.Client(t), "b", nil, nil)
+	settle(t, a, b)
+
+	e := entry("api.bank.example", "192.0.2.10", "bank", "payments", 5*time.Minute)
+	if err := a.Publish(context.Background(), []learn.Entry{e}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	// Once a's watch has passed its own write, it has seen the batch.
+	waitFor(t, "a's watch to pass its own batch", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		h := a.mirror[string(appendKey(nil, e.Name, e.Addr, e.Rule, e.Group))]
+		return h != nil && a.applied.Load() >= h.rev
+	})
+	local.mu.Lock()
+	n := local.n
+	local.mu.Unlock()
+	if n != 1 {
+		t.Errorf("a's local publisher got %d entries, want 1 (the batch came back through the watch and was programmed again)", n)
+	}
+	a.mu.Lock()
+	counted := a.perName[e.Name]
+	a.mu.Unlock()
+	if counted != 1 {
+		t.Errorf("a counts %d elements of %s against its cap, want 1", counted, e.Name)
+	}
+	if !b.holds(e) {
+		t.Error("b does not hold a's element")
+	}
+	late := startGateway(t, c.Client(t), "late", nil, nil)
+	late.waitLoaded(t)
+	if !late.holds(e) {
+		t.Error("a gateway started later did not load a's element")
+	}
+}

@@ -21,6 +21,9 @@ type op struct {
 	// taken it no longer changes.
 	exp int64
 	fl  *flush
+	// e is the entry as published (its Expires aside: exp), for the
+	// check written runs on it.
+	e learn.Entry
 }
 
 // flush is one transaction's worth of elements, and what it came to.
@@ -75,7 +78,7 @@ func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits 
 			coalesced++
 			continue
 		}
-		o := &op{key: string(kb), exp: exp}
+		o := &op{key: string(kb), exp: exp, e: *e}
 		if !f.queueLocked(o) {
 			continue
 		}
@@ -121,15 +124,17 @@ func (f *Fleet) queueLocked(o *op) bool {
 }
 
 // flushLoop writes the queued flushes, and this gateway's watermark, while
-// the fleet is up, until ctx ends: up to maxInflight transactions at a
-// time, so that a fleet's rate of new addresses is not one transaction per
-// round trip to etcd. Concurrent answers share a flush: those that arrive
-// while flushes are written make up the next. The watermark rides with
-// the next transaction of elements that leaves after it moved, so that
-// under load acknowledgements cost no write of their own. When none can
-// leave (no element waits, or every slot is taken), it goes alone, one at
-// a time, in a slot of its own: an acknowledgement never waits for the
-// elements' slots.
+// the fleet is up, until ctx ends. It commits in groups: one transaction
+// of elements is in flight at a time, and the answers that arrive
+// meanwhile share the next, so that under load the batches grow with the
+// rate rather than the etcd proposals (each one costs every etcd member
+// CPU and an fsync); only a full batch (maxBatch) leaves beside others,
+// up to maxInflight. The watermark rides with the next transaction of
+// elements that leaves after it moved, so that under load
+// acknowledgements cost no write of their own. It goes alone, one at a
+// time, in a slot of its own, only when no transaction of elements is in
+// flight: otherwise it waits for that one (at most one round trip) and
+// rides with the next, or goes alone if none follows.
 func (f *Fleet) flushLoop(ctx context.Context) {
 	var (
 		wg     sync.WaitGroup
@@ -193,6 +198,13 @@ next:
 		if alone {
 			break
 		}
+		if len(f.inflight) > 0 && len(fl.ops) < maxBatch {
+			// Group commit: while a transaction of elements is in
+			// flight, the next one waits for it and takes everything
+			// that arrived meanwhile, unless it is full already. Under
+			// load the batches grow with the rate, not the proposals.
+			break
+		}
 		for _, o := range fl.ops {
 			if _, busy := f.inflight[o.key]; busy {
 				continue next
@@ -209,7 +221,11 @@ next:
 		taken = fl
 		break
 	}
-	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone) {
+	// The watermark goes alone only when no transaction of elements is in
+	// flight: otherwise the next one, which leaves as soon as that one is
+	// written, carries it, or it goes alone then (at most one round trip
+	// later).
+	if wm := f.applied.Load(); f.ackLease != 0 && wm > f.ackSent && (taken != nil || alone && len(f.inflight) == 0) {
 		if taken == nil {
 			taken = &flush{done: make(chan struct{})}
 		}
@@ -313,8 +329,15 @@ func (f *Fleet) write(ctx context.Context, fl *flush, leases *leases) {
 }
 
 // written records that fl's transaction was applied at revision rev.
+//
+// The elements are this gateway's own: its kernel has them since Publish,
+// and apply skips the batch when it comes back through the watch. They
+// are admitted here instead (see admitLocked), so that they count against
+// their name's cap as elements etcd holds.
 func (f *Fleet) written(fl *flush, rev int64) {
+	now := f.o.Now()
 	f.mu.Lock()
+	c := f.check.Load()
 	for _, o := range fl.ops {
 		delete(f.inflight, o.key)
 		h := f.mirror[o.key]
@@ -323,6 +346,9 @@ func (f *Fleet) written(fl *flush, rev int64) {
 			f.mirror[o.key] = h
 		}
 		h.raise(o.exp, rev)
+		e := o.e
+		e.Expires = time.Unix(o.exp, 0)
+		f.admitLocked(c, o.key, e, h, now)
 	}
 	if len(fl.ops) > 0 {
 		fl.rev = rev
@@ -343,7 +369,7 @@ func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
 			q.exp = max(q.exp, o.exp)
 			continue
 		}
-		f.queueLocked(&op{key: o.key, exp: o.exp})
+		f.queueLocked(&op{key: o.key, exp: o.exp, e: o.e})
 	}
 	fl.err = err
 	close(fl.done)

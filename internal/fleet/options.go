@@ -109,7 +109,7 @@ const (
 	defaultProbe       = time.Second
 	defaultMaxPending  = 100_000
 	// maxInflight bounds the transactions of learned elements in flight
-	// at once.
+	// at once; all but one of them full (see flushLoop).
 	maxInflight = 4
 	// leaseSlack: a bucket's lease outlives the bucket's last expiry by
 	// this much, so that an element is never deleted before it expires.

@@ -360,6 +360,11 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 			f.ignore(ReasonUnknownKey, key, nil)
 			continue
 		}
+		if strings.HasPrefix(key, f.ownBatches) {
+			// This process wrote it: its elements are in the kernel
+			// since Publish, and written puts them in the mirror.
+			continue
+		}
 		elems, err := parseBatch(ev.Kv.Value)
 		if err != nil {
 			f.ignore(ReasonMalformed, key, err)
@@ -387,29 +392,40 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 				f.mirror[el.key] = h
 			}
 			h.raise(e.Expires.Unix(), b.rev)
-			if !e.Expires.After(now) {
-				continue
+			if f.admitLocked(c, el.key, e, h, now) {
+				program = append(program, e)
 			}
-			if err := c.accept(e); err != nil {
-				reason := ReasonRefused
-				var r *Refusal
-				if errors.As(err, &r) {
-					reason = r.Reason
-				}
-				f.ignore(reason, el.key, err)
-				continue
-			}
-			if !h.counted {
-				if !f.countLocked(c, e, h) {
-					f.ignore(ReasonPerNameCap, el.key, nil)
-					continue
-				}
-			}
-			program = append(program, e)
 		}
 	}
 	f.mu.Unlock()
 	f.program(ctx, program)
+}
+
+// admitLocked decides whether e, an element etcd holds at key (as h),
+// counts as taken from etcd: it has not expired at now, the check c
+// accepts it, and its name's cap has room (or it is counted already).
+// Refusals are counted. apply programs what it admits; written admits
+// this gateway's own elements, which its kernel has already, so that they
+// count against the cap exactly as if they had come back through the
+// watch.
+func (f *Fleet) admitLocked(c *check, key string, e learn.Entry, h *held, now time.Time) bool {
+	if !e.Expires.After(now) {
+		return false
+	}
+	if err := c.accept(e); err != nil {
+		reason := ReasonRefused
+		var r *Refusal
+		if errors.As(err, &r) {
+			reason = r.Reason
+		}
+		f.ignore(reason, key, err)
+		return false
+	}
+	if !h.counted && !f.countLocked(c, e, h) {
+		f.ignore(ReasonPerNameCap, key, nil)
+		return false
+	}
+	return true
 }
 
 // countLocked counts e, held as h, against its name's cap, and reports
