@@ -3,6 +3,7 @@ package dnsfw
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -782,4 +783,42 @@ func TestFastPathNotForVerifiedRules(t *testing.T) {
 	if e.fw.fastHits.Load() != 0 {
 		t.Error("fast answers for a tls.verify rule")
 	}
+}
+
+// FuzzTTLOffsets checks ttlOffsets, which finds the TTLs the fast path
+// lowers in a ready's reply, compressed or not, against miekg/dns: where
+// both read a message, every record's TTL is where ttlOffsets says.
+func FuzzTTLOffsets(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	answer := append([]dns.RR{dnstest.CNAME("big.edge.bank.example", 120, "pool.edge.bank.example")},
+		manyAddrs("pool.edge.bank.example", 12, false)...)
+	for _, compress := range []bool{false, true} {
+		m := new(dns.Msg).SetQuestion("big.edge.bank.example.", dns.TypeAAAA)
+		m.Response, m.Answer, m.Compress = true, answer, compress
+		m.Ns = []dns.RR{dnstest.SOA("bank.example", 3600, 60)}
+		m.SetEdns0(1232, true)
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		offs, ok := ttlOffsets(b, nil)
+		m := new(dns.Msg)
+		if !ok || m.Unpack(b) != nil {
+			return
+		}
+		rrs := append(append(append([]dns.RR(nil), m.Answer...), m.Ns...), m.Extra...)
+		if len(offs) != len(rrs) {
+			t.Fatalf("%d TTL offsets, %d records:\n%s", len(offs), len(rrs), m)
+		}
+		for i, rr := range rrs {
+			if got := binary.BigEndian.Uint32(b[offs[i]:]); got != rr.Header().Ttl {
+				t.Fatalf("record %d (%s): TTL at offset %d is %d, want %d", i, rr, offs[i], got, rr.Header().Ttl)
+			}
+		}
+	})
 }
