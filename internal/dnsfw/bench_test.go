@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,23 +22,28 @@ import (
 // BenchmarkQueryUDP sends allowed A queries through the UDP server to a
 // loopback upstream, from parallel clients, and reports the median round
 // trip. "direct" asks the upstream itself, the baseline the firewall's
-// added latency is measured against.
+// added latency is measured against. "10xAAAA-no-EDNS" asks, without
+// EDNS as glibc's stub resolver does, for a name with 10 AAAA records:
+// 540 bytes uncompressed, so the reply must go out compressed.
 func BenchmarkQueryUDP(b *testing.B) {
 	for _, bc := range []struct {
 		name       string
 		dns        string
 		proxy      bool
 		packetConn bool
+		big        bool
 	}{
-		{"direct", "  cache: false", false, false},
-		{"cache=off", "  cache: false", true, false},
-		{"cache=on", "  cache: true", true, false},
+		{"direct", "  cache: false", false, false, false},
+		{"cache=off", "  cache: false", true, false, false},
+		{"cache=on", "  cache: true", true, false, false},
 		// dns.Server's goroutine per datagram, for comparison.
-		{"cache=off/goroutine-per-query", "  cache: false", true, true},
-		{"cache=on/goroutine-per-query", "  cache: true", true, true},
+		{"cache=off/goroutine-per-query", "  cache: false", true, true, false},
+		{"cache=on/goroutine-per-query", "  cache: true", true, true, false},
+		{"cache=on/10xAAAA-no-EDNS", "  cache: true", true, false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			e := newEnv(b, dnstest.Zone(dnstest.A("api.bank.example", 300, "192.0.2.10")), opts{
+			rrs := append([]dns.RR{dnstest.A("api.bank.example", 300, "192.0.2.10")}, manyAddrs("many.edge.bank.example", 10, false)...)
+			e := newEnv(b, dnstest.Zone(rrs...), opts{
 				packetConn: bc.packetConn,
 				dns:        bc.dns + "\n  rate_limit: 0\n  max_inflight: 100000",
 				cfg: func(c *Config) {
@@ -48,6 +54,10 @@ func BenchmarkQueryUDP(b *testing.B) {
 			target := e.udp
 			if !bc.proxy {
 				target = e.up.Addr
+			}
+			if bc.big {
+				benchUDPQuery(b, target, new(dns.Msg).SetQuestion("many.edge.bank.example.", dns.TypeAAAA), 0)
+				return
 			}
 			benchUDP(b, target, "api.bank.example.", 0)
 		})
@@ -94,12 +104,18 @@ func BenchmarkVerifiedAnswer(b *testing.B) {
 	}
 }
 
-// benchUDP sends A queries for qname to target from one client (clients
-// 1) or GOMAXPROCS concurrent ones (0), and reports the median and 99th percentile
-// round trip.
+// benchUDP sends A queries for qname with EDNS (1232) to target from one
+// client (clients 1) or GOMAXPROCS concurrent ones (0), and reports the
+// median and 99th percentile round trip.
 func benchUDP(b *testing.B, target netip.AddrPort, qname string, clients int) {
 	m := new(dns.Msg).SetQuestion(qname, dns.TypeA)
 	m.SetEdns0(1232, false)
+	benchUDPQuery(b, target, m, clients)
+}
+
+// benchUDPQuery is benchUDP for query m, whose replies must fit 1232 bytes
+// untruncated.
+func benchUDPQuery(b *testing.B, target netip.AddrPort, m *dns.Msg, clients int) {
 	wire, err := m.Pack()
 	if err != nil {
 		b.Fatal(err)
@@ -138,8 +154,8 @@ func benchUDP(b *testing.B, target netip.AddrPort, qname string, clients int) {
 				}
 				// A late reply to an earlier, timed-out query: keep reading.
 				if n >= 12 && buf[0] == byte(id>>8) && buf[1] == byte(id) {
-					if rc := buf[3] & 0xf; rc != dns.RcodeSuccess {
-						b.Errorf("query %d: rcode %s", id, dns.RcodeToString[int(rc)])
+					if rc := buf[3] & 0xf; rc != dns.RcodeSuccess || buf[2]&0x02 != 0 {
+						b.Errorf("query %d: rcode %s, TC %v", id, dns.RcodeToString[int(rc)], buf[2]&0x02 != 0)
 						return
 					}
 					break
@@ -182,18 +198,31 @@ func processCPU() time.Duration {
 // BenchmarkServeFast measures the fast path alone, without sockets: a
 // repeated allowed A query with EDNS answered from the ready reply, the
 // audit line formatted (to io.Discard) and counted.
+// "10xAAAA-no-EDNS" is a query without EDNS whose reply (10 AAAA) is sent
+// compressed.
 func BenchmarkServeFast(b *testing.B) {
-	e := newEnv(b, dnstest.Zone(dnstest.A("api.bank.example", 300, "192.0.2.10")), opts{
+	b.Run("A-EDNS", func(b *testing.B) {
+		q := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		benchServeFast(b, q)
+	})
+	b.Run("10xAAAA-no-EDNS", func(b *testing.B) {
+		benchServeFast(b, new(dns.Msg).SetQuestion("many.edge.bank.example.", dns.TypeAAAA))
+	})
+}
+
+func benchServeFast(b *testing.B, q *dns.Msg) {
+	rrs := append([]dns.RR{dnstest.A("api.bank.example", 300, "192.0.2.10")}, manyAddrs("many.edge.bank.example", 10, false)...)
+	e := newEnv(b, dnstest.Zone(rrs...), opts{
 		dns: "  rate_limit: 0",
 		cfg: func(c *Config) {
 			c.Now = time.Now
 			c.Audit = audit.New(io.Discard, "json", nil)
 		},
 	})
-	e.ask(payments, "api.bank.example", dns.TypeA)
-	e.ask(payments, "api.bank.example", dns.TypeA)
-	q := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
-	q.SetEdns0(1232, false)
+	name := strings.TrimSuffix(q.Question[0].Name, ".")
+	e.ask(payments, name, q.Question[0].Qtype)
+	e.ask(payments, name, q.Question[0].Qtype)
 	wire, err := q.Pack()
 	if err != nil {
 		b.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -47,12 +49,20 @@ type ready struct {
 	// epoch is the policy's (Firewall.epoch): a number, not the policy,
 	// so that readies do not keep replaced policies alive.
 	epoch uint64
-	// wire is the reply packed without OPT; its header's ID and flags and
-	// its question are the first client's, replaced per query. Its TTLs
-	// are as of base.
-	wire    []byte
+	// full is the reply packed without OPT and without compression; its
+	// header's ID and flags and its question are the first client's,
+	// replaced per query. Its TTLs are as of base.
+	full form
+	// compact is the same reply compressed, as the ordinary path packs it
+	// when the uncompressed one does not fit the client's UDP size
+	// (dns.Msg.Truncate): kept only when full is longer than
+	// dns.MinMsgSize. Its question is in lower case, and it is sent only
+	// for that very question: compression points answer names into the
+	// question only where their spelling matches the question's exactly,
+	// so the ordinary path's compressed bytes depend on the client's
+	// spelling (a question in mixed case takes the ordinary path).
+	compact *form
 	qlen    int // length of the question section
-	ttlOffs []uint16
 	base    time.Time
 	expires time.Time // base plus the smallest TTL: made again after
 	ad      bool      // the upstream's AD bit
@@ -60,6 +70,34 @@ type ready struct {
 	answers string   // the audit line's answers
 	chain   []string // CNAME targets from the question name
 	pubs    atomic.Pointer[[]published]
+}
+
+// form is one packing of a ready's reply.
+type form struct {
+	wire    []byte
+	ttlOffs []uint16 // where wire's TTLs are
+}
+
+// newForm returns wire as a form, or false if its records cannot be found.
+func newForm(wire []byte) (form, bool) {
+	offs, ok := ttlOffsets(wire, nil)
+	return form{wire: wire, ttlOffs: offs}, ok
+}
+
+// fit returns the form of r to send to a client with room bytes for it
+// (its UDP size less its OPT record), q's, or nil when neither fits and the
+// ordinary path must truncate. The choice is dns.Msg.Truncate's, which
+// the ordinary path makes: uncompressed if that fits, else compressed if
+// that fits.
+func (r *ready) fit(room int, q *wireQuery) *form {
+	switch {
+	case len(r.full.wire) <= room:
+		return &r.full
+	case r.compact != nil && len(r.compact.wire) <= room &&
+		string(q.question) == string(r.compact.wire[dnsHeaderSize:dnsHeaderSize+r.qlen]):
+		return r.compact // packed against this very question, spelling included
+	}
+	return nil
 }
 
 // published records one publication of a ready's addresses.
@@ -102,18 +140,19 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		r.addPublished(pub)
 		return
 	}
-	// Packed as the ordinary path packs replies, uncompressed: a pointer
-	// to the question would give the answer's names each client's case.
+	// Packed as the ordinary path packs replies that fit, uncompressed: a
+	// pointer to the question would give the answer's names each client's
+	// case.
 	wire, err := m.Pack()
-	if err != nil || len(wire) > maxUDPReply {
+	if err != nil || len(wire) > maxUDPReply || len(m.Question) != 1 {
 		return
 	}
-	offs, ok := ttlOffsets(wire, nil)
+	full, ok := newForm(wire)
 	if !ok {
 		return
 	}
 	minTTL := uint32(maxTTLValue)
-	for _, o := range offs {
+	for _, o := range full.ttlOffs {
 		minTTL = min(minTTL, binary.BigEndian.Uint32(wire[o:]))
 	}
 	if minTTL == 0 || minTTL > maxTTLValue {
@@ -130,9 +169,9 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 	}
 	r := &ready{
 		epoch:   epoch,
-		wire:    wire,
+		full:    full,
+		compact: compactForm(m, len(wire)),
 		qlen:    qend + 4 - dnsHeaderSize,
-		ttlOffs: offs,
 		base:    base,
 		expires: expires,
 		ad:      m.AuthenticatedData,
@@ -146,6 +185,34 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 	}
 	r.addPublished(pub)
 	x.centry.SetDerived(r)
+}
+
+// compactForm returns m, whose uncompressed length is n, packed with
+// compression, as the ordinary path sends it to a client asking in lower
+// case whose UDP size the uncompressed reply exceeds; or nil when the
+// uncompressed one fits every client (dns.MinMsgSize) or the compressed
+// one cannot be kept.
+func compactForm(m *dns.Msg, n int) *form {
+	if n <= dns.MinMsgSize {
+		return nil
+	}
+	c := *m // shallow: Pack reads the records, never writes them
+	q := m.Question[0]
+	q.Name = strings.ToLower(q.Name)
+	c.Question = []dns.Question{q}
+	c.Compress = true
+	wire, err := c.Pack()
+	// Truncate decides by its count of the compressed length (Len), the
+	// fast path by the bytes: keep them only if the two agree, so both
+	// paths choose alike.
+	if err != nil || len(wire) != c.Len() || len(wire) > maxUDPReply {
+		return nil
+	}
+	fm, ok := newForm(slices.Clone(wire)) // Pack's buffer had room for the uncompressed reply
+	if !ok {
+		return nil
+	}
+	return &fm
 }
 
 // publishSlack is how much later than its publication an answer from a
@@ -233,6 +300,10 @@ func (r *ready) publishedUntil(rule, group string, drops uint64) (time.Time, boo
 	return time.Time{}, false
 }
 
+// optLen is the length of the OPT record the fast path adds for a client
+// that sent one: root owner, type, class, TTL and an empty RDATA.
+const optLen = 11
+
 // fastQuery is the fast path's state for one socket's reader.
 type fastQuery struct {
 	q   wireQuery
@@ -286,18 +357,19 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 		return false // the ordinary path denies, verifies or publishes
 	}
 
-	limit := dns.MinMsgSize
-	n := len(r.wire)
+	room, n := dns.MinMsgSize, 0
 	if q.edns {
-		limit = min(max(limit, int(q.size)), maxUDPReply)
-		n += 11
+		room = min(max(room, int(q.size)), maxUDPReply) - optLen
+		n = optLen
 	}
-	if n > limit {
+	fm := r.fit(room, q)
+	if fm == nil {
 		return false // the ordinary path truncates
 	}
+	n += len(fm.wire)
 
 	out := fq.out[:n]
-	copy(out, r.wire)
+	copy(out, fm.wire)
 	binary.BigEndian.PutUint16(out[0:], q.id)
 	bits := uint16(1<<15 | 1<<7) // QR, RA; opcode QUERY, rcode NOERROR
 	if q.rd {
@@ -311,13 +383,13 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	}
 	binary.BigEndian.PutUint16(out[2:], bits)
 	copy(out[dnsHeaderSize:], q.question)
-	for _, o := range r.ttlOffs {
-		ttl := binary.BigEndian.Uint32(r.wire[o:])
+	for _, o := range fm.ttlOffs {
+		ttl := binary.BigEndian.Uint32(fm.wire[o:])
 		binary.BigEndian.PutUint32(out[o:], ttl-min(age, ttl))
 	}
 	if q.edns {
 		binary.BigEndian.PutUint16(out[10:], 1)
-		opt := out[len(r.wire):]
+		opt := out[len(fm.wire):]
 		opt[0] = 0 // root
 		binary.BigEndian.PutUint16(opt[1:], dns.TypeOPT)
 		binary.BigEndian.PutUint16(opt[3:], q.size)

@@ -1,12 +1,15 @@
 package dnsfw
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -65,11 +68,35 @@ func TestFastPathMatchesOrdinary(t *testing.T) {
 	}
 }
 
+// manyAddrs returns n A (ipv4) or AAAA records for name, TTL 300, as CDNs
+// answer.
+func manyAddrs(name string, n int, ipv4 bool) []dns.RR {
+	var rrs []dns.RR
+	for i := range n {
+		if ipv4 {
+			rrs = append(rrs, dnstest.A(name, 300, "192.0.2."+itoa(i+1)))
+		} else {
+			rrs = append(rrs, dnstest.AAAA(name, 300, "2001:db8::"+strconv.FormatInt(int64(i+1), 16)))
+		}
+	}
+	return rrs
+}
+
 func testFastPathMatchesOrdinary(t *testing.T, o opts) {
-	z := zone(
+	extra := []dns.RR{
 		&dns.CNAME{Hdr: dns.RR_Header{Name: "cdn.edge.bank.example.", Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 120}, Target: "x.edge.bank.example."},
 		dnstest.SOA("example.com", 3600, 60),
-	)
+		// Answers longer than 512 bytes uncompressed (without OPT): 12
+		// AAAA (640 bytes, 376 compressed), 20 A (800, 360); behind a
+		// CNAME, 30 AAAA (1,596, 898: TC without EDNS, and longer than
+		// 1232 uncompressed) and 20 A (856, 378).
+		dnstest.CNAME("big.edge.bank.example", 120, "pool.edge.bank.example"),
+	}
+	extra = append(extra, manyAddrs("many.edge.bank.example", 12, false)...)
+	extra = append(extra, manyAddrs("many.edge.bank.example", 20, true)...)
+	extra = append(extra, manyAddrs("pool.edge.bank.example", 30, false)...)
+	extra = append(extra, manyAddrs("pool.edge.bank.example", 20, true)...)
+	z := zone(extra...)
 	fast, _ := fastEnv(t, z, o)
 	slow := newEnv(t, z, opts{noBatch: true, cfg: func(c *Config) { c.Publisher = &countingPublisher{} }})
 
@@ -100,14 +127,27 @@ func testFastPathMatchesOrdinary(t *testing.T, o opts) {
 		{name: "www.example.com", src: web, qtype: dns.TypeAAAA},        // NODATA
 		{name: "x.edge.bank.example", src: payments, qtype: dns.TypeMX}, // refused type
 	}
-	ask := func(e *env, q query, id uint16) *dns.Msg {
+	// Replies that fit only compressed (no EDNS: 512 bytes), or not at
+	// all (TC), asked in lower and mixed case, without EDNS and with
+	// sizes 512 and 1232.
+	edns := func(size uint16) func(*dns.Msg) { return func(m *dns.Msg) { m.SetEdns0(size, false) } }
+	for _, name := range []string{"many.edge.bank.example", "MaNy.EdGe.BaNk.ExAmPlE", "big.edge.bank.example", "BIG.edge.bank.example", "pool.edge.bank.example"} {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+			queries = append(queries,
+				query{name: name, src: payments, qtype: qtype},
+				query{name: name, src: payments, qtype: qtype, mod: edns(512)},
+				query{name: name, src: payments, qtype: qtype, mod: edns(1232)},
+			)
+		}
+	}
+	ask := func(e *env, q query, id uint16) []byte {
 		t.Helper()
 		m := new(dns.Msg).SetQuestion(dns.Fqdn(q.name), q.qtype)
 		m.Id = id
 		if q.mod != nil {
 			q.mod(m)
 		}
-		r, err := e.exchange(q.src, "udp", m, 3*time.Second)
+		r, err := e.exchangeRaw(q.src, m, 3*time.Second)
 		if err != nil {
 			t.Fatalf("%s %s from %s: %v", q.name, dns.TypeToString[q.qtype], q.src, err)
 		}
@@ -118,10 +158,13 @@ func testFastPathMatchesOrdinary(t *testing.T, o opts) {
 		fast.clock.Advance(advance)
 		slow.clock.Advance(advance)
 		for i, q := range queries {
-			id := uint16(round*100 + i + 1)
+			id := uint16(round*1000 + i + 1)
+			// The packed bytes, not just the messages: the fast path sends
+			// bytes it did not pack, compression pointers included.
 			want, got := ask(slow, q, id), ask(fast, q, id)
-			if got.String() != want.String() {
-				t.Errorf("round %d, %s %s from %s:\nfast path:\n%s\nordinary:\n%s", round, q.name, dns.TypeToString[q.qtype], q.src, got, want)
+			if !bytes.Equal(got, want) {
+				t.Errorf("round %d, %s %s from %s (%d bytes fast, %d ordinary):\nfast path:\n%s\nordinary:\n%s",
+					round, q.name, dns.TypeToString[q.qtype], q.src, len(got), len(want), unpacked(got), unpacked(want))
 			}
 		}
 	}
@@ -161,6 +204,77 @@ func testFastPathMatchesOrdinary(t *testing.T, o opts) {
 		if fl[i] != sl[i] {
 			t.Errorf("audit lines differ:\nfast path: %s\nordinary:  %s", fl[i], sl[i])
 		}
+	}
+}
+
+// exchangeRaw sends m from src to the firewall over UDP and returns the
+// reply's bytes as they arrived.
+func (e *env) exchangeRaw(src string, m *dns.Msg, timeout time.Duration) ([]byte, error) {
+	q, err := m.Pack()
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(src)}, net.UDPAddrFromAddrPort(e.udp))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if _, err := c.Write(q); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 1<<16)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(timeout))
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if n >= 2 && buf[0] == q[0] && buf[1] == q[1] {
+			return buf[:n], nil
+		}
+	}
+}
+
+// unpacked returns b unpacked, for messages.
+func unpacked(b []byte) string {
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil {
+		return fmt.Sprintf("unpacking %x: %v", b, err)
+	}
+	return m.String()
+}
+
+// TestFastPathCompressed: a reply longer than 512 bytes uncompressed but
+// not compressed goes out compressed from the fast path to a client
+// without EDNS, as the ordinary path would send it; a question in mixed
+// case (whose compressed reply differs) is left to the ordinary path.
+func TestFastPathCompressed(t *testing.T) {
+	// 10 AAAA: 540 bytes uncompressed, 320 compressed.
+	e, _ := fastEnv(t, dnstest.Zone(manyAddrs("many.edge.bank.example", 10, false)...), opts{})
+	m := new(dns.Msg).SetQuestion("many.edge.bank.example.", dns.TypeAAAA)
+	e.ask(payments, "many.edge.bank.example", dns.TypeAAAA) // upstream
+	e.ask(payments, "many.edge.bank.example", dns.TypeAAAA) // cache: makes the ready
+	hits := e.fw.fastHits.Load()
+	for i, name := range []string{"many.edge.bank.example.", "many.edge.bank.example.", "MANY.edge.bank.example."} {
+		m.Question[0].Name = name
+		m.Id = uint16(i + 1)
+		b, err := e.exchangeRaw(payments, m, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(b); err != nil {
+			t.Fatal(err)
+		}
+		full := r.Copy()
+		full.Compress = false
+		if r.Truncated || len(r.Answer) != 10 || len(b) > dns.MinMsgSize || full.Len() <= dns.MinMsgSize {
+			t.Errorf("%s without EDNS: TC %v, %d records, %d bytes (%d uncompressed); want all 10 compressed within 512",
+				name, r.Truncated, len(r.Answer), len(b), full.Len())
+		}
+	}
+	if got := e.fw.fastHits.Load() - hits; got != 2 {
+		t.Errorf("fast answers: %d, want 2 (lower case twice; mixed case goes the ordinary way)", got)
 	}
 }
 
@@ -265,7 +379,8 @@ func TestFastPathFollowsPolicy(t *testing.T) {
 }
 
 // TestFastPathLeavesTruncationToOrdinary: a ready larger than the client's
-// UDP size is truncated by the ordinary path, never sent whole.
+// UDP size, compressed too, is truncated by the ordinary path, never sent
+// whole.
 func TestFastPathLeavesTruncationToOrdinary(t *testing.T) {
 	var rrs []dns.RR
 	for i := range 40 {
@@ -283,9 +398,25 @@ func TestFastPathLeavesTruncationToOrdinary(t *testing.T) {
 	if !r.Truncated {
 		t.Error("40 addresses without EDNS: got no TC")
 	}
+	m.SetEdns0(512, false) // with OPT: 1,325 bytes uncompressed, 685 compressed
+	if r, err = e.exchange(payments, "udp", m, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Truncated {
+		t.Error("40 addresses with EDNS 512: got no TC")
+	}
 	if e.fw.fastHits.Load() != hits {
 		t.Error("the fast path answered a query whose reply does not fit")
 	}
+	// With EDNS 1232 only the compressed reply fits: the fast path sends it.
+	m.IsEdns0().SetUDPSize(1232)
+	if r, err = e.exchange(payments, "udp", m, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r.Truncated || len(r.Answer) != 40 || e.fw.fastHits.Load() != hits+1 {
+		t.Errorf("with EDNS 1232: TC %v, %d records, fast %v", r.Truncated, len(r.Answer), e.fw.fastHits.Load() != hits)
+	}
+	hits = e.fw.fastHits.Load()
 	if r := e.ask(payments, "api.bank.example", dns.TypeA); r.Truncated || len(r.Answer) != 40 || e.fw.fastHits.Load() != hits+1 {
 		t.Errorf("with EDNS 4096: TC %v, %d records, fast %v", r.Truncated, len(r.Answer), e.fw.fastHits.Load() != hits)
 	}
@@ -652,4 +783,42 @@ func TestFastPathNotForVerifiedRules(t *testing.T) {
 	if e.fw.fastHits.Load() != 0 {
 		t.Error("fast answers for a tls.verify rule")
 	}
+}
+
+// FuzzTTLOffsets checks ttlOffsets, which finds the TTLs the fast path
+// lowers in a ready's reply, compressed or not, against miekg/dns: where
+// both read a message, every record's TTL is where ttlOffsets says.
+func FuzzTTLOffsets(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	answer := append([]dns.RR{dnstest.CNAME("big.edge.bank.example", 120, "pool.edge.bank.example")},
+		manyAddrs("pool.edge.bank.example", 12, false)...)
+	for _, compress := range []bool{false, true} {
+		m := new(dns.Msg).SetQuestion("big.edge.bank.example.", dns.TypeAAAA)
+		m.Response, m.Answer, m.Compress = true, answer, compress
+		m.Ns = []dns.RR{dnstest.SOA("bank.example", 3600, 60)}
+		m.SetEdns0(1232, true)
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		offs, ok := ttlOffsets(b, nil)
+		m := new(dns.Msg)
+		if !ok || m.Unpack(b) != nil {
+			return
+		}
+		rrs := append(append(append([]dns.RR(nil), m.Answer...), m.Ns...), m.Extra...)
+		if len(offs) != len(rrs) {
+			t.Fatalf("%d TTL offsets, %d records:\n%s", len(offs), len(rrs), m)
+		}
+		for i, rr := range rrs {
+			if got := binary.BigEndian.Uint32(b[offs[i]:]); got != rr.Header().Ttl {
+				t.Fatalf("record %d (%s): TTL at offset %d is %d, want %d", i, rr, offs[i], got, rr.Header().Ttl)
+			}
+		}
+	})
 }
