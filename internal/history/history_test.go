@@ -499,7 +499,7 @@ func TestSyncRateLimited(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
 	reg := prometheus.NewRegistry()
-	r, err := NewRecorder(RecorderConfig{Store: st, Registerer: reg, Now: clock, FlushEvery: time.Hour, SyncEvery: 10 * time.Second})
+	r, err := NewRecorder(RecorderConfig{Store: st, Registerer: reg, Now: clock, FlushEvery: time.Hour, SyncEvery: 10 * time.Second, SyncFreeRows: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,28 +518,42 @@ func TestSyncRateLimited(t *testing.T) {
 		return len(rows)
 	}
 
+	// While at most SyncFreeRows rows wait, every Sync writes.
+	for i := range 3 {
+		r.Observe(dnsEvent(clock(), src1, fmt.Sprintf("few%d.example", i), policy.Deny, ""))
+		if err := r.Sync(sctx); err != nil {
+			t.Fatal(err)
+		}
+		advance(50 * time.Millisecond)
+	}
+	if got, rows := flushes(), stored(); got != 3 || rows != 3 {
+		t.Fatalf("3 Syncs of one row each: %d writes, %d rows stored; want 3 and 3", got, rows)
+	}
+	// A flood: 6 rows before each Sync, more than SyncFreeRows.
 	for i := range 100 {
-		r.Observe(dnsEvent(clock(), src1, fmt.Sprintf("n%d.flood.example", i), policy.Deny, ""))
+		for j := range 6 {
+			r.Observe(dnsEvent(clock(), src1, fmt.Sprintf("n%d-%d.flood.example", i, j), policy.Deny, ""))
+		}
 		if err := r.Sync(sctx); err != nil {
 			t.Fatal(err)
 		}
 		advance(50 * time.Millisecond) // 100 Syncs over 5 s, under SyncEvery
 	}
-	if got := flushes(); got != 1 {
-		t.Fatalf("100 Syncs within SyncEvery wrote %d times, want 1", got)
+	if got := flushes(); got != 3 {
+		t.Fatalf("100 Syncs within SyncEvery of the last write wrote %d more times, want none", got-3)
 	}
-	if got := stored(); got != 1 {
-		t.Fatalf("after the limited Syncs %d rows are stored, want only the first write's 1", got)
+	if got := stored(); got != 3 {
+		t.Fatalf("after the limited Syncs %d rows are stored, want only the first writes' 3", got)
 	}
 	advance(5 * time.Second) // SyncEvery since the first write
 	if err := r.Sync(sctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := flushes(); got != 2 {
-		t.Fatalf("a Sync SyncEvery after the last write: %d writes in all, want 2", got)
+	if got := flushes(); got != 4 {
+		t.Fatalf("a Sync SyncEvery after the last write: %d writes in all, want 4", got)
 	}
-	if got := stored(); got != 100 {
-		t.Fatalf("after it %d rows are stored, want all 100", got)
+	if got := stored(); got != 603 {
+		t.Fatalf("after it %d rows are stored, want all 603", got)
 	}
 	if r2, _ := NewRecorder(RecorderConfig{Store: st}); r2.cfg.SyncEvery != DefaultSyncEvery || DefaultSyncEvery != 10*time.Second {
 		t.Errorf("default SyncEvery %v, want 10s", r2.cfg.SyncEvery)

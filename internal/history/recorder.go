@@ -75,10 +75,15 @@ type RecorderConfig struct {
 	// bounds the history's CPU (a write per FlushEvery) as MaxRows
 	// bounds its memory.
 	FlushRows int
-	// SyncEvery is the least time between a write and one Sync forces:
-	// a Sync sooner after the last write returns without writing. If
-	// zero, DefaultSyncEvery.
+	// SyncEvery is the least time between a write and one Sync forces
+	// when more than SyncFreeRows rows wait: a Sync sooner after the last
+	// write then returns without writing. If zero, DefaultSyncEvery.
 	SyncEvery time.Duration
+	// SyncFreeRows is how many rows may wait for a Sync to write them
+	// whatever SyncEvery says: a write of a few rows costs little, and
+	// keeps what an operator reads at the console current. If zero,
+	// DefaultSyncFreeRows.
+	SyncFreeRows int
 	// Now is the clock for Sync's limit, for decisions that carry no
 	// time, and for the day change. If nil, time.Now.
 	Now func() time.Time
@@ -101,6 +106,11 @@ const DefaultFlushEvery = time.Minute
 // exists to avoid. A reader therefore sees every decision made more than
 // this long before it asked, and usually all of them.
 const DefaultSyncEvery = 10 * time.Second
+
+// DefaultSyncFreeRows is how many waiting rows a Sync writes regardless
+// of DefaultSyncEvery: at a console refreshed every second, at most this
+// many rows a second, where a flood could otherwise bring MaxRows.
+const DefaultSyncFreeRows = 1000
 
 // drainEvery is how often Run takes the decisions waiting in the buffer.
 const drainEvery = 50 * time.Millisecond
@@ -134,6 +144,9 @@ func NewRecorder(cfg RecorderConfig) (*Recorder, error) {
 	}
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
+	}
+	if cfg.SyncFreeRows <= 0 {
+		cfg.SyncFreeRows = DefaultSyncFreeRows
 	}
 	if cfg.SyncEvery <= 0 {
 		cfg.SyncEvery = DefaultSyncEvery
@@ -217,7 +230,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 			r.flush(ctx)
 		case done := <-r.sync:
 			r.drain()
-			if r.lastWrite.IsZero() || r.cfg.Now().Sub(r.lastWrite) >= r.cfg.SyncEvery {
+			if r.lastWrite.IsZero() || len(r.rows) <= r.cfg.SyncFreeRows || r.cfg.Now().Sub(r.lastWrite) >= r.cfg.SyncEvery {
 				r.flush(ctx)
 			}
 			close(done)
@@ -256,11 +269,12 @@ func (r *Recorder) drain() {
 
 // Sync writes the decisions observed so far, so that a read after it
 // sees them; readers through the daemon call it, as rows are otherwise
-// written every FlushEvery. It writes at most once per SyncEvery: sooner
-// after the last write it returns without writing, and a read after it
-// sees every decision older than SyncEvery (the rows still waiting came
-// after the last write). It returns ctx's error if ctx ends first, and
-// nil once Run has returned (it wrote what was left).
+// written every FlushEvery. When more than SyncFreeRows rows wait, it
+// writes at most once per SyncEvery: sooner after the last write it
+// returns without writing, and a read after it sees every decision older
+// than SyncEvery (the rows still waiting came after the last write). It
+// returns ctx's error if ctx ends first, and nil once Run has returned (it
+// wrote what was left).
 func (r *Recorder) Sync(ctx context.Context) error {
 	done := make(chan struct{})
 	select {
