@@ -188,7 +188,12 @@ start() {
 			rm -f "$HIST_DIR/history-$cache.db"*
 		fi
 		if [[ $name = base-* ]]; then
-			bin=$BIN/fqdngate-base pol=$OUT/base-$cache.yaml budget="" hist=""
+			bin=$BIN/fqdngate-base pol=$OUT/base-$cache.yaml
+			# The same settings as fqdngate-* where the base knows them.
+			printf 'dns: {wildcard_budget: 1000000}\nrules: [{name: x, to: [x.example]}]\n' >"$OUT/base-probe.yaml"
+			"$bin" check -c "$OUT/base-probe.yaml" >/dev/null 2>&1 || budget=""
+			printf 'history: {enabled: false}\nrules: [{name: x, to: [x.example]}]\n' >"$OUT/base-probe.yaml"
+			"$bin" check -c "$OUT/base-probe.yaml" >/dev/null 2>&1 || hist=""
 		fi
 		cat >"$pol" <<-EOF
 			listen: {dns: 127.0.0.1:$FQ_PORT, proxy: "", admin: 127.0.0.1:$FQ_ADMIN}
@@ -373,8 +378,14 @@ while :; do
 		rss=$(rss_kib "$SPID")
 		stop
 		f=$OUT/$name-r$rep-dnsperf.txt
-		qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$f")
-		done_q=$(awk '/Queries completed/ {print $3}' "$f")
+		# Capacity counts answers, not refusals: queries/s is NOERROR
+		# answers over the run time, and CPU is per NOERROR answer. (A
+		# server that refuses most queries, e.g. for a budget, answers
+		# them faster and must not look faster.)
+		qps=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") ok = $(i + 1)} /Run time/ {t = $4} END {if (t > 0) printf "%.0f", ok / t}' "$f")
+		done_q=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") print $(i + 1)}' "$f")
+		other=$(awk '/Response codes/ {for (i = 3; i <= NF; i += 3) if ($i != "NOERROR") printf "%s%s %s", (n++ ? ", " : ""), $i, $(i + 1)}' "$f")
+		[[ -n $other ]] && log "round $rep $name: answers other than NOERROR ($other) are not counted"
 		lost=$(awk '/Queries lost/ {print $3}' "$f")
 		p50=$(grep -o 'p50_us=[0-9.]*' "$OUT/$name-r$rep-dnslat.txt" | cut -d= -f2)
 		p99=$(grep -o 'p99_us=[0-9.]*' "$OUT/$name-r$rep-dnslat.txt" | cut -d= -f2)

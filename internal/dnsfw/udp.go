@@ -30,10 +30,13 @@ const (
 	// be looked at.
 	dnsHeaderSize = 12
 	// maxUDPReaders bounds the goroutines reading one socket bound to one
-	// address, one per CPU up to this: two readers on two cores served
-	// 20-60% more cached answers than one under dnsperf, at the same
-	// latency with one query in flight.
-	maxUDPReaders = 4
+	// address. One: a second reader of the same socket waits on the
+	// socket's read lock while the first waits for data, and every
+	// datagram then wakes it on the other CPU for nothing. With two, the
+	// p50 of a cached answer with one query in flight was 74-81 µs
+	// against 42-50 µs with one (dnsmasq: 47-50), at the same capacity
+	// within noise and less CPU per answer (BENCHMARKS.md, issue 17).
+	maxUDPReaders = 1
 )
 
 // udpServer answers the queries on one UDP socket with long-lived workers,
