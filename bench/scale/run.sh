@@ -40,6 +40,8 @@
 #   SMALL_NAMES=100 LARGE_NAMES=100000 SHORT_NAMES=10000 (a tenth of large x AAAA_PER)
 #   AAAA_PER=9 A_PER=2 HOT_NAMES=100 (at most SMALL_NAMES) REPS=3 DURATION=10 CLIENTS=4 OUTSTANDING=200
 #   LAT_N=20000 SHORT_TTL=10 EXPIRY_FOR=40
+#   SCALES="small large" CACHES="true false"   (subsets)
+#   FQ_ENV=             environment for the daemon, e.g. FQ_ENV=GOGC=400
 set -euo pipefail
 
 SMALL_NAMES=${SMALL_NAMES:-100}
@@ -55,6 +57,9 @@ OUTSTANDING=${OUTSTANDING:-200}
 LAT_N=${LAT_N:-20000}
 SHORT_TTL=${SHORT_TTL:-10}
 EXPIRY_FOR=${EXPIRY_FOR:-40}
+SCALES=${SCALES:-small large}
+FQ_ENV=${FQ_ENV:-}
+CACHES=${CACHES:-true false}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/bench/scale/results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -143,7 +148,7 @@ start() { # start CACHE TAG: a fresh daemon, empty table, no state file; sets FP
 		  - {name: z3, to: ["*.z3.bench.example", "198.18.0.0/15"]}
 	EOF
 	cp "$pol" "$OUT/policy-cache-$cache.yaml"
-	nsenter --net="/run/netns/$NS" "$BIN/fqdngate" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
+	env GODEBUG=gctrace=1 $FQ_ENV nsenter --net="/run/netns/$NS" "$BIN/fqdngate" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
 	FPID=$!
 	PIDS+=("$FPID")
 	probe "$DNS" || { log "fqdngate did not answer; see $OUT/fqdngate-$tag.log"; return 1; }
@@ -152,6 +157,8 @@ stop() { kill "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
+# live_heap LOG: the live heap (MB) after the last GC gctrace reported.
+live_heap() { { grep '^gc ' "$1" || true; } | tail -1 | grep -o '[0-9]*->[0-9]*->[0-9]* MB' | awk -F'->' '{print $3 + 0}'; }
 learned() { inns curl -s "http://$ADMIN/metrics" | awk '$1 == "fqdngate_firewall_learned" {printf "%d", $2}'; }
 settle() { # waits until the learned count stops moving; prints it
 	local a b
@@ -168,21 +175,22 @@ RAW=$OUT/raw.tsv
 printf 'scale\tcache\tlearned\trss_kib\trep\tqps\tlost\tcpu_ms_per_1k\n' >"$RAW"
 LAT=$OUT/latency.tsv
 printf 'scale\tcache\tp50_us\tp99_us\tlost\n' >"$LAT"
-for scale in small large; do
-	for cache in true false; do
+for scale in $SCALES; do
+	for cache in $CACHES; do
 		tag=$scale-cache-$cache
 		log "$tag: fill"
 		start "$cache" "$tag" || exit 1
 		t0=$(date +%s.%N)
 		fill "$SCRATCH/fill-$scale.txt" "$tag"
 		n=$(settle)
-		log "$tag: $n learned in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s, daemon RSS $(rss_kib "$FPID") KiB"
+		log "$tag: $n learned in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s, daemon RSS $(rss_kib "$FPID") KiB, live heap at the last GC $(live_heap "$OUT/fqdngate-$tag.log") MB"
 		for rep in $(seq "$REPS"); do
 			c0=$(cpu_ticks "$FPID")
 			inns dnsperf -s "${DNS%:*}" -p "${DNS#*:}" -d "$SCRATCH/hot.txt" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 -l "$DURATION" >"$OUT/hot-$tag-r$rep.txt" 2>&1 || true
 			c1=$(cpu_ticks "$FPID")
-			done=$(awk '/Queries completed/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
-			qps=$(awk '/Queries per second/ {printf "%.0f", $4}' "$OUT/hot-$tag-r$rep.txt")
+			# Only NOERROR answers count (a refusal is not capacity).
+			done=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") print $(i + 1)}' "$OUT/hot-$tag-r$rep.txt")
+			qps=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") ok = $(i + 1)} /Run time/ {t = $4} END {if (t > 0) printf "%.0f", ok / t}' "$OUT/hot-$tag-r$rep.txt")
 			lost=$(awk '/Queries lost/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
 			cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="$done" 'BEGIN {printf "%.2f", (b - a) / t * 1e6 / n}')
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$n" "$(rss_kib "$FPID")" "$rep" "$qps" "$lost" "$cpu" >>"$RAW"
@@ -219,8 +227,8 @@ done
 	echo
 	echo '| scale | cache | learned | RSS MiB | q/s (each rep) | CPU ms/1k (each rep) | p50 µs | p99 µs |'
 	echo '|---|---|---:|---:|---|---|---:|---:|'
-	for scale in small large; do
-		for cache in true false; do
+	for scale in $SCALES; do
+		for cache in $CACHES; do
 			awk -F'\t' -v s="$scale" -v c="$cache" '$1 == s && $2 == c {l = $3; r = $4; q = q (q ? " / " : "") $6; u = u (u ? " / " : "") $8}
 				END {printf "| %s | %s | %s | %.1f | %s | %s |", s, c == "true" ? "on" : "off", l, r / 1024, q, u}' "$RAW"
 			awk -F'\t' -v s="$scale" -v c="$cache" '$1 == s && $2 == c {printf " %s | %s |\n", $3, $4}' "$LAT"

@@ -30,3 +30,33 @@ func TestMemoryLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestGCPercentFor(t *testing.T) {
+	const mib = 1 << 20
+	for _, tt := range []struct {
+		live uint64
+		want int
+	}{
+		{0, 400},
+		{4 * mib, 400},
+		{16 * mib, 400}, // 64 MiB of headroom either way
+		{32 * mib, 200}, // 64 MiB
+		{168 * mib, 35}, // a million learned addresses: 38%, in steps of 5
+		{256 * mib, 25}, // 64 MiB is a quarter
+		{588 * mib, 25}, // a quarter, never under 25
+		{4096 * mib, 25},
+	} {
+		if got := gcPercentFor(tt.live); got != tt.want {
+			t.Errorf("live %d MiB: GOGC %d, want %d", tt.live/mib, got, tt.want)
+		}
+	}
+	// The headroom never shrinks as the live heap grows.
+	prev := uint64(0)
+	for live := uint64(mib); live < 8192*mib; live += 3 * mib {
+		h := live * uint64(gcPercentFor(live)) / 100
+		if h+5*live/100 < prev {
+			t.Fatalf("live %d MiB: headroom %d MiB, below %d MiB at a smaller heap", live/mib, h/mib, prev/mib)
+		}
+		prev = max(prev, h)
+	}
+}
