@@ -1,16 +1,13 @@
 package dnsfw
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -29,14 +26,6 @@ const (
 	// dnsHeaderSize is the fixed DNS header, all a datagram must hold to
 	// be looked at.
 	dnsHeaderSize = 12
-	// maxUDPReaders bounds the goroutines reading one socket bound to one
-	// address. One: a second reader of the same socket waits on the
-	// socket's read lock while the first waits for data, and every
-	// datagram then wakes it on the other CPU for nothing. With two, the
-	// p50 of a cached answer with one query in flight was 74-81 µs
-	// against 42-50 µs with one (dnsmasq: 47-50), at the same capacity
-	// within noise and less CPU per answer (BENCHMARKS.md, issue 17).
-	maxUDPReaders = 1
 )
 
 // udpServer answers the queries on one UDP socket with long-lived workers,
@@ -60,11 +49,9 @@ type udpServer struct {
 	wg       sync.WaitGroup  // the workers
 	bufs     bufPool
 	// The reader answers what the fast path can itself, with these: a
-	// cached answer costs less to send than to hand to a worker. (Batch
-	// readers other than the first have their own fastQuery.)
-	fq       fastQuery
-	fastW    udpReply
-	stopping atomic.Bool // the batch readers are to stop
+	// cached answer costs less to send than to hand to a worker.
+	fq    fastQuery
+	fastW udpReply
 }
 
 type udpPacket struct {
@@ -103,8 +90,8 @@ func (f *Firewall) serveUDPConn(ctx context.Context, conn *net.UDPConn) error {
 	defer stop()
 
 	var err error
-	if mcs := s.batched(); mcs != nil {
-		err = s.readAll(ctx, mcs)
+	if mc := s.batched(); mc != nil {
+		err = s.readBatched(ctx, mc)
 	} else {
 		err = s.read(ctx)
 	}
@@ -167,36 +154,21 @@ func (s *udpServer) read(ctx context.Context) error {
 	}
 }
 
-// readAll runs a batch reader per mmsgConn until ctx is done or one
-// fails; it returns the first failure.
-func (s *udpServer) readAll(ctx context.Context, mcs []*mmsgConn) error {
-	errs := make(chan error, len(mcs))
-	for i, mc := range mcs {
-		fq := &s.fq
-		if i > 0 {
-			fq = new(fastQuery)
-		}
-		go func() { errs <- s.readBatched(ctx, mc, fq) }()
-	}
-	err := <-errs
-	s.stopping.Store(true)
-	_ = s.conn.SetReadDeadline(time.Unix(1, 0)) // ends the others' reads
-	for range len(mcs) - 1 {
-		err = cmp.Or(err, <-errs)
-	}
-	return err
-}
-
 // readBatched is read for a socket bound to one address, in batches: it
 // answers what the fast path can and queues those replies, hands the rest
-// to workers, and sends the queued replies once per batch. Several may
-// read one socket: the kernel hands each datagram to one of them, and one
-// processes and sends its batch while another reads the next.
-func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn, fq *fastQuery) error {
+// to workers, and sends the queued replies once per batch.
+//
+// One goroutine reads a socket. A second one (there was one per CPU)
+// waited on the socket's read lock while the first waited for data, and
+// was woken on the other CPU for every datagram: with two, the p50 of a
+// cached answer with one query in flight was 74-81 µs against 42-55 µs
+// with one, at the same capacity within noise (BENCHMARKS.md, issue 17).
+func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn) error {
+	fq := &s.fq
 	for {
 		n, err := mc.recv()
 		if err != nil {
-			if ctx.Err() != nil || s.stopping.Load() {
+			if ctx.Err() != nil {
 				return nil
 			}
 			if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
@@ -245,22 +217,18 @@ func (s *udpServer) dispatch(p udpPacket, mc *mmsgConn) {
 	}
 }
 
-// batched returns the batch readers of a socket bound to one address, or
+// batched returns the batch reader of a socket bound to one address, or
 // nil: replies from a wildcard socket need each datagram's destination
 // (IP_PKTINFO), which read handles through dns.SessionUDP.
-func (s *udpServer) batched() []*mmsgConn {
+func (s *udpServer) batched() *mmsgConn {
 	if s.wildcard || s.f.noBatch {
 		return nil
 	}
-	var mcs []*mmsgConn
-	for range min(runtime.GOMAXPROCS(0), maxUDPReaders) {
-		mc, err := newMmsgConn(s.conn, &s.bufs)
-		if err != nil {
-			return nil
-		}
-		mcs = append(mcs, mc)
+	mc, err := newMmsgConn(s.conn, &s.bufs)
+	if err != nil {
+		return nil
 	}
-	return mcs
+	return mc
 }
 
 func (s *udpServer) worker(p udpPacket) {
