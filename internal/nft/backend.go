@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unique"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -266,23 +265,6 @@ type Backend struct {
 	// (tests: holding it lets the monitor's buffer overflow).
 	beforeRead func()
 }
-
-// elemKey is a learned element: its set and its address, in 24 bytes
-// (the set name interned, the address in its 16-byte form) rather than
-// 40, since the backend keeps several maps and slices of them, one entry
-// per learned address.
-type elemKey struct {
-	setH unique.Handle[string]
-	a    [16]byte
-}
-
-func keyOf(set string, a netip.Addr) elemKey { return elemKey{unique.Make(set), a.As16()} }
-
-// set is the name of k's set.
-func (k elemKey) set() string { return k.setH.Value() }
-
-// addr is k's address, IPv4 as IPv4.
-func (k elemKey) addr() netip.Addr { return netip.AddrFrom16(k.a).Unmap() }
 
 // New connects to nftables and adopts the table if a previous process left
 // one: until the first Apply the old rules, and their learned addresses,
@@ -548,9 +530,9 @@ func (b *Backend) adopt(st *state) error {
 	if st != nil {
 		// The file's entries of the sets taken from it go to the mirror,
 		// to be checked; the others stay for the first Apply.
-		handles := make([]unique.Handle[string], len(st.Sets))
+		ids := make([]setID, len(st.Sets))
 		for i := range taken {
-			handles[i] = unique.Make(st.Sets[i].Name)
+			ids[i] = internSet(st.Sets[i].Name)
 		}
 		b.memMu.Lock()
 		if len(b.known) == 0 && len(taken) > 0 {
@@ -566,7 +548,7 @@ func (b *Backend) adopt(st *state) error {
 			if !e.Expires.After(now) || familyOf(e.Addr()) != fam {
 				continue
 			}
-			if b.mirrorUnverified(elemKey{handles[e.set], e.a}, e.Expires) {
+			if b.mirrorUnverified(elemKey{e.a, ids[e.set]}, e.Expires) {
 				n++
 				fromFile++
 			}

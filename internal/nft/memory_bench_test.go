@@ -9,12 +9,16 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
@@ -102,6 +106,39 @@ func slabBytes(b *testing.B) float64 {
 	return total
 }
 
+// scannableHeap is the heap the collector has to scan (marks through),
+// in bytes: what the heap would be if pointer-free objects did not count.
+func scannableHeap() float64 {
+	s := []metrics.Sample{{Name: "/gc/scan/heap:bytes"}}
+	metrics.Read(s)
+	return float64(s[0].Value.Uint64())
+}
+
+// gcCost forces gcRuns collections and returns the median wall time of
+// one and the process CPU time (user and system, from getrusage) one
+// took on average: with nothing else running in the process, the
+// collector's marking and sweeping of what the heap holds.
+func gcCost(b *testing.B) (wall, cpu time.Duration) {
+	const gcRuns = 5
+	cpuNow := func() time.Duration {
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	walls := make([]time.Duration, gcRuns)
+	c0 := cpuNow()
+	for i := range walls {
+		t := time.Now()
+		runtime.GC()
+		walls[i] = time.Since(t)
+	}
+	cpu = (cpuNow() - c0) / gcRuns
+	slices.Sort(walls)
+	return walls[gcRuns/2], cpu
+}
+
 func settledHeap() (heap float64) {
 	var m runtime.MemStats
 	runtime.GC()
@@ -116,7 +153,11 @@ func settledHeap() (heap float64) {
 // costs: the Go heap it holds (live heap after GC, over the backend's
 // idle heap), the process RSS after returning freed memory to the OS, the
 // highest RSS on the way (garbage included: what a daemon would show),
-// and the kernel's slab memory freed by deleting the table afterwards.
+// the kernel's slab memory freed by deleting the table afterwards, and
+// what a collection costs with the addresses held: the scannable heap
+// they add per address, and a forced runtime.GC's median wall time and
+// average process CPU time (gc-ns, gc-cpu-ns; the CPU figure depends
+// less on other load than the wall time).
 // Run it alone and once (-benchtime=1x): the kernel figure is the
 // machine's, so other work moves it. FQDNGATE_HEAPPROFILE=file writes a
 // heap profile once the addresses are held.
@@ -153,6 +194,7 @@ func learnedMemory(b *testing.B, n int) {
 		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
 	}
 	heap0 := settledHeap()
+	scan0 := scannableHeap()
 	debug.FreeOSMemory()
 	rss0, hwm0 := procStatus(b, "VmRSS"), procStatus(b, "VmHWM")
 	slab0 := slabBytes(b)
@@ -168,6 +210,8 @@ func learnedMemory(b *testing.B, n int) {
 	}
 	slab1 := slabBytes(b)
 	heap1 := settledHeap()
+	scan1 := scannableHeap()
+	gcWall, gcCPU := gcCost(b)
 	hwm1 := procStatus(b, "VmHWM")
 	debug.FreeOSMemory()
 	rss1 := procStatus(b, "VmRSS")
@@ -204,6 +248,9 @@ func learnedMemory(b *testing.B, n int) {
 	b.ReportMetric((max(hwm1, hwm0)-rss0)/float64(n), "peak-rss-B/addr")
 	b.ReportMetric((slab1-slab0)/float64(n), "kernel-fill-B/addr")
 	b.ReportMetric((slab1-slab2)/float64(n), "kernel-freed-B/addr")
+	b.ReportMetric((scan1-scan0)/float64(n), "scan-B/addr")
+	b.ReportMetric(float64(gcWall.Nanoseconds()), "gc-ns")
+	b.ReportMetric(float64(gcCPU.Nanoseconds()), "gc-cpu-ns")
 }
 
 // fillLearned publishes ten addresses a name for names, from four

@@ -409,17 +409,17 @@ func (b *Backend) stateLocked() *state {
 	defer b.memMu.Unlock()
 	st := &state{Learned: make([]stateEntry, 0, b.programmed)}
 	gen, table := b.ident.gen, b.ident.table
-	idx := make(map[string]int32, len(b.owner))
+	idx := make(map[setID]int32, len(b.owner))
 	yield := b.yielderLocked()
 	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
 			b.mirrorDel(k) // the kernel expired it too
 		} else if o, ok := b.owner[k.set()]; ok {
-			name := k.set()
-			i, ok := idx[name]
+			i, ok := idx[k.s]
 			if !ok {
+				name := k.set()
 				i = int32(len(st.Sets))
-				idx[name] = i
+				idx[k.s] = i
 				st.Sets = append(st.Sets, stateSet{Name: name, Handle: b.ident.sets[name], Rule: o.rule, Group: o.group})
 			}
 			st.Learned = append(st.Learned, stateEntry{set: i, a: k.a, Expires: exp})

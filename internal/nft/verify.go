@@ -58,13 +58,13 @@ func (b *Backend) verify(ctx context.Context) {
 		}
 		for i, k := range keys {
 			st := b.known[k]
-			if !st.unverified || st.exp != exps[i] {
+			if !st.unverified() || st.expiry() != exps[i] {
 				continue // Publish or Apply changed it meanwhile
 			}
 			checked++
 			switch {
 			case left[i] > 0:
-				st.exp, st.unverified = wallOf(now.Add(left[i])), false
+				st.setExpiry(wallOf(now.Add(left[i])), false)
 				b.known[k] = st
 			case left[i] == 0:
 				missing++
@@ -76,10 +76,10 @@ func (b *Backend) verify(ctx context.Context) {
 	stopped := false
 	b.memMu.Lock()
 	for k, st := range b.known {
-		if !st.unverified {
+		if !st.unverified() {
 			continue
 		}
-		keys, exps = append(keys, k), append(exps, st.exp)
+		keys, exps = append(keys, k), append(exps, st.expiry())
 		if len(keys) == verifyChunk {
 			b.memMu.Unlock()
 			t := time.Now()

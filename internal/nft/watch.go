@@ -458,8 +458,9 @@ func (b *Backend) diffLocked(full bool) (string, error) {
 func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, now time.Time) string {
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
+	id, keyed := lookupSet(set) // if not, the mirror holds nothing of set
 	for k, exp := range b.mirrorAll {
-		if k.set() != set {
+		if !keyed || k.s != id {
 			continue
 		}
 		got, ok := kernel[k.addr()]
@@ -471,7 +472,11 @@ func (b *Backend) compareSetLocked(set string, kernel map[netip.Addr]time.Time, 
 		}
 	}
 	for a, got := range kernel {
-		if _, ok := b.mirrorGet(keyOf(set, a)); !ok && got.After(now.Add(expiryTolerance)) {
+		held := false
+		if keyed {
+			_, held = b.mirrorGet(elemKey{a.As16(), id})
+		}
+		if !held && got.After(now.Add(expiryTolerance)) {
 			return fmt.Sprintf("element %s added to set %s", a, set)
 		}
 	}
