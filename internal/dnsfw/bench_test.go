@@ -40,6 +40,10 @@ func BenchmarkQueryUDP(b *testing.B) {
 		{"cache=off/goroutine-per-query", "  cache: false", true, true, false},
 		{"cache=on/goroutine-per-query", "  cache: true", true, true, false},
 		{"cache=on/10xAAAA-no-EDNS", "  cache: true", true, false, true},
+		// One query in flight: the latency of a lone client.
+		{"direct/one", "  cache: false", false, false, false},
+		{"cache=off/one", "  cache: false", true, false, false},
+		{"cache=on/one", "  cache: true", true, false, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			rrs := append([]dns.RR{dnstest.A("api.bank.example", 300, "192.0.2.10")}, manyAddrs("many.edge.bank.example", 10, false)...)
@@ -59,7 +63,11 @@ func BenchmarkQueryUDP(b *testing.B) {
 				benchUDPQuery(b, target, new(dns.Msg).SetQuestion("many.edge.bank.example.", dns.TypeAAAA), 0)
 				return
 			}
-			benchUDP(b, target, "api.bank.example.", 0)
+			clients := 0
+			if strings.HasSuffix(bc.name, "/one") {
+				clients = 1
+			}
+			benchUDP(b, target, "api.bank.example.", clients)
 		})
 	}
 }

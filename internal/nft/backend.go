@@ -644,6 +644,32 @@ func (b *Backend) Apply(ctx context.Context, p *policy.Policy) error {
 	return nil
 }
 
+// applyErr says why the kernel refused a policy's transaction. A kernel
+// without `meta time` (before Linux 5.4) refuses an observing group's
+// deadline with a bare "operation not supported"; the operator needs to
+// know which key of the policy it was.
+func applyErr(d *desired, table string, err error) error {
+	err = netlinkErr("applying policy to table "+table+" (the previous rules stay in force)", err)
+	if errors.Is(err, syscall.EOPNOTSUPP) && d.matches(timeBefore) {
+		return fmt.Errorf("%w: observe_until needs a kernel that matches on the time of day (nftables meta time, Linux 5.4 or later); upgrade the kernel, or remove observe_until and let the group enforce", err)
+	}
+	return err
+}
+
+// matches reports whether any rule of d tests kind.
+func (d *desired) matches(kind matchKind) bool {
+	for _, ch := range d.chains {
+		for _, r := range ch.rules {
+			for _, m := range r.matches {
+				if m.kind == kind {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // commitResult is what a commit left in the kernel.
 type commitResult struct {
 	sets int
@@ -770,7 +796,7 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 		if errors.Is(err, syscall.EPERM) && rebuild {
 			return commitResult{}, fmt.Errorf("nftables: the kernel refused to replace table inet %s (%w): another process may own a table of that name (nft's owner flag)", b.cfg.Table, err)
 		}
-		return commitResult{}, netlinkErr("applying policy to table "+b.cfg.Table+" (the previous rules stay in force)", err)
+		return commitResult{}, applyErr(d, b.cfg.Table, err)
 	}
 	b.sets = sets
 	b.applied = d

@@ -1,8 +1,14 @@
 package nft
 
 import (
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
 )
@@ -66,5 +72,38 @@ func TestExtendByReplace(t *testing.T) {
 	checkReach(t, n.client, []reach{{srcPayments, srvA, "443", true}})
 	if got := b.retriedWithoutDeletes.Load(); got != 1 {
 		t.Errorf("%d transactions retried without deletes, want 1 (was the delete sent?)", got)
+	}
+}
+
+// TestApplyErrNamesObserveUntil: a kernel without meta time (before 5.4)
+// refuses the transaction with EOPNOTSUPP; the error must name the
+// policy key behind it, and only when the ruleset has a deadline.
+func TestApplyErrNamesObserveUntil(t *testing.T) {
+	refused := fmt.Errorf("conn.Receive: %w", &netlink.OpError{Op: "receive", Err: unix.EOPNOTSUPP})
+	observing := &desired{chains: []chainSpec{{name: "out", rules: []ruleSpec{{matches: []match{{kind: saddrIn}, {kind: timeBefore, until: time.Now()}}}}}}}
+	enforcing := &desired{chains: []chainSpec{{name: "out", rules: []ruleSpec{{matches: []match{{kind: saddrIn}}}}}}}
+	tests := []struct {
+		name string
+		d    *desired
+		err  error
+		hint bool
+	}{
+		{"observing, not supported", observing, refused, true},
+		{"enforcing, not supported", enforcing, refused, false},
+		{"observing, another error", observing, fmt.Errorf("conn.Receive: %w", &netlink.OpError{Op: "receive", Err: unix.ENOENT}), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := applyErr(tt.d, "fqdngate", tt.err)
+			if !errors.Is(err, tt.err) {
+				t.Errorf("applyErr does not wrap %v: %v", tt.err, err)
+			}
+			if got := strings.Contains(err.Error(), "observe_until needs"); got != tt.hint {
+				t.Errorf("hint %v, want %v: %v", got, tt.hint, err)
+			}
+			if !strings.Contains(err.Error(), "previous rules stay in force") {
+				t.Errorf("error does not say the old rules stand: %v", err)
+			}
+		})
 	}
 }
