@@ -1,6 +1,7 @@
 package dnscache
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -9,8 +10,11 @@ import (
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
 )
 
-// FuzzPutGet caches whatever an upstream might send: nothing may panic, and
-// a hit must never carry a TTL of 0 or one above 2^31-1 (RFC 2181).
+// FuzzPutGet caches whatever an upstream might send: nothing may panic, a
+// hit must never carry a TTL of 0 or one above 2^31-1 (RFC 2181), and it
+// must be the message Put was given (with its ID 0, SOA TTLs at most
+// their MINIMUM, no EDNS options, TTLs lowered by the time in cache),
+// whatever packing and unpacking it went through.
 func FuzzPutGet(f *testing.F) {
 	q := query("www.example.com", dns.TypeA)
 	for _, m := range []*dns.Msg{
@@ -38,6 +42,7 @@ func FuzzPutGet(f *testing.F) {
 			return
 		}
 		ttl, _ := cacheTTL(m)
+		want := m.Copy()
 		clk.set(t0.Add(time.Duration(after) * time.Second))
 		got, hit := c.Get(k)
 		if !hit {
@@ -52,6 +57,27 @@ func FuzzPutGet(f *testing.F) {
 					t.Fatalf("got TTL %d after %ds in cache", h.Ttl, after)
 				}
 			}
+		}
+		want.Id = 0
+		for i, rr := range want.Ns {
+			if soa, ok := rr.(*dns.SOA); ok && soa.Minttl < soa.Hdr.Ttl {
+				want.Ns[i].Header().Ttl = soa.Minttl
+			}
+		}
+		if opt := want.IsEdns0(); opt != nil {
+			opt.Option = nil
+		}
+		for _, sec := range [][]dns.RR{want.Answer, want.Ns, want.Extra} {
+			for _, rr := range sec {
+				if h := rr.Header(); h.Rrtype != dns.TypeOPT {
+					h.Ttl -= uint32(after)
+				}
+			}
+		}
+		wb, werr := want.Pack()
+		gb, gerr := got.Pack()
+		if werr != nil || gerr != nil || !bytes.Equal(gb, wb) {
+			t.Fatalf("got\n%v\n(%x, %v), want\n%v\n(%x, %v)", got, gb, gerr, want, wb, werr)
 		}
 	})
 }
