@@ -135,9 +135,13 @@ func (f *Firewall) dropped() (uint64, bool) {
 // makeReady keeps m, the inspected answer about to become the reply (its
 // header still the upstream's), with the cache entry it came from, for the
 // fast path; or, when one is kept already for this policy, adds the
-// publication just made (x.published) to it.
+// publication just made (x.published) to it. Only an answer from the
+// cache makes a ready: an answer fresh from the upstream may never be
+// asked for again within its TTL (a name asked once, a fill of many), and
+// its ready would hold more than its entry does for nothing. The first
+// cache hit makes it; the fast path serves the next.
 func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
-	if x.centry == nil || !x.published || p.Mode != policy.Enforce || m.Rcode != dns.RcodeSuccess ||
+	if x.centry == nil || !x.cached || !x.published || p.Mode != policy.Enforce || m.Rcode != dns.RcodeSuccess ||
 		len(m.Answer) == 0 || len(m.Extra) != 0 || x.note != "" || x.in.capped > 0 || len(x.unverified) > 0 {
 		return
 	}
