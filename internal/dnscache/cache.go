@@ -103,7 +103,7 @@ type Entry struct {
 	tag      uint8  // PutTagged's
 	compress bool   // the response's Compress, which packing does not keep
 	stored   time.Time
-	expires  time.Time
+	life     time.Duration // from stored until the entry expires
 	derived  atomic.Pointer[any]
 }
 
@@ -112,7 +112,7 @@ type Entry struct {
 func (e *Entry) Stored() time.Time { return e.stored }
 
 // Expires returns when the entry stops being served.
-func (e *Entry) Expires() time.Time { return e.expires }
+func (e *Entry) Expires() time.Time { return e.stored.Add(e.life) }
 
 // Tag returns the tag the response was stored with (PutTagged); 0 for
 // Put and PutEntry.
@@ -194,7 +194,7 @@ func (c *Cache) PutTagged(k Key, resp *dns.Msg, tag uint8) *Entry {
 		return nil
 	}
 	now := c.now()
-	e := &Entry{wire: wire, tag: tag, compress: resp.Compress, stored: now, expires: now.Add(life)}
+	e := &Entry{wire: wire, tag: tag, compress: resp.Compress, stored: now, life: life}
 
 	s := c.shard(k)
 	s.mu.Lock()
@@ -296,12 +296,13 @@ func (s *shard) evictLocked(now time.Time) {
 	var soonest time.Time
 	n := 0
 	for k, e := range s.items { // map iteration starts at a random place
-		if !e.expires.After(now) {
+		expires := e.Expires()
+		if !expires.After(now) {
 			victim = k
 			break
 		}
-		if n == 0 || e.expires.Before(soonest) {
-			victim, soonest = k, e.expires
+		if n == 0 || expires.Before(soonest) {
+			victim, soonest = k, expires
 		}
 		if n++; n == evictSample {
 			break
@@ -327,7 +328,7 @@ func (c *Cache) Lookup(k Key, now time.Time) *Entry {
 	s.mu.RLock()
 	e := s.items[k]
 	s.mu.RUnlock()
-	if e == nil || !e.expires.After(now) {
+	if e == nil || !e.Expires().After(now) {
 		return nil
 	}
 	return e
@@ -344,7 +345,7 @@ func (c *Cache) GetEntry(k Key) (*dns.Msg, *Entry, uint32) {
 		return nil, nil, 0
 	}
 	now := c.now()
-	if !e.expires.After(now) {
+	if !e.Expires().After(now) {
 		s.drop(k, e)
 		return nil, nil, 0
 	}
@@ -391,12 +392,13 @@ func (c *Cache) Len() int {
 	return n
 }
 
-// Flush empties the cache, for a reload that changed upstreams.
+// Flush empties the cache, for a reload that changed upstreams, and
+// lets go of the memory its maps had grown to.
 func (c *Cache) Flush() {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		clear(s.items)
+		s.items = make(map[Key]*Entry)
 		s.mu.Unlock()
 	}
 }

@@ -308,7 +308,7 @@ func TestEviction(t *testing.T) {
 
 func TestEvictionPrefersExpiredThenSoonest(t *testing.T) {
 	mk := func(name string, expires time.Duration) (Key, *Entry) {
-		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &Entry{expires: t0.Add(expires)}
+		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &Entry{stored: t0, life: expires}
 	}
 	tests := []struct {
 		name    string
