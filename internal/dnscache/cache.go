@@ -250,8 +250,12 @@ func pack(resp *dns.Msg) ([]byte, bool) {
 	m.Id = 0
 	m.Compress = true
 	m.Ns = clampSOA(resp.Ns)
-	if i := slices.IndexFunc(resp.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT }); i >= 0 {
-		// Pack writes the extended rcode into the OPT record it packs.
+	// The OPT record is the last one in the additional section, as
+	// dns.Msg.IsEdns0 finds it; Pack writes the extended rcode into it.
+	for i := len(resp.Extra) - 1; i >= 0; i-- {
+		if resp.Extra[i].Header().Rrtype != dns.TypeOPT {
+			continue
+		}
 		opt, ok := resp.Extra[i].(*dns.OPT)
 		if !ok {
 			return nil, false
@@ -260,6 +264,7 @@ func pack(resp *dns.Msg) ([]byte, bool) {
 		o.Option = nil
 		m.Extra = slices.Clone(resp.Extra)
 		m.Extra[i] = &o
+		break
 	}
 	wire, err := m.Pack()
 	if err != nil {

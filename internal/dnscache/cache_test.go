@@ -270,6 +270,23 @@ func TestPutLeavesResponse(t *testing.T) {
 	if m.Id != 0 || m.Ns[0].Header().Ttl != 60 || len(m.IsEdns0().Option) != 0 || !m.IsEdns0().Do() {
 		t.Errorf("got\n%s\nwant ID 0, the SOA's TTL 60, the OPT record with DO and without options", m)
 	}
+
+	// Two OPT records (a malformed answer): the last is the one IsEdns0
+	// finds, and the one Pack writes to.
+	resp.Extra = append([]dns.RR{&dns.OPT{
+		Hdr:    dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 4096},
+		Option: []dns.EDNS0{&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "0102"}},
+	}}, resp.Extra...)
+	want = resp.String()
+	if !c.Put(key(t, q), resp) {
+		t.Fatal("Put refused a response with two OPT records")
+	}
+	if got := resp.String(); got != want {
+		t.Errorf("Put changed the caller's response:\n%s\nwant\n%s", got, want)
+	}
+	if m, ok = c.Get(key(t, q)); !ok || len(m.Extra) != 2 || len(m.Extra[0].(*dns.OPT).Option) != 1 || len(m.IsEdns0().Option) != 0 {
+		t.Errorf("got\n%s\nwant the first OPT record as it was, the last without options", m)
+	}
 }
 
 // TestUnpackableEntryIsAMiss: an entry whose bytes do not unpack (which
