@@ -2,6 +2,7 @@ package dnscache
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -81,4 +82,50 @@ func BenchmarkKeyOf(b *testing.B) {
 			b.Fatal("no key")
 		}
 	}
+}
+
+// BenchmarkEntryMemory caches N answers shaped as bench/scale's upstream
+// gives them to the DNS firewall (an OPT record; for each name n<i>.z<k>.
+// bench.example, 2 A records for A and 9 AAAA for AAAA) and reports the
+// live heap they hold, per answer: after the fill less after a Flush, two
+// GCs each. The DNS firewall's ready replies come on top
+// (dnsfw.BenchmarkCachedAnswerMemory).
+func BenchmarkEntryMemory(b *testing.B) {
+	const n = 10_000
+	for range b.N {
+		c := New(Config{MaxEntries: 2 * n})
+		for i := range n {
+			name := fmt.Sprintf("n%d.z%d.bench.example.", i, i%4)
+			for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+				q := query(name, qtype)
+				q.SetEdns0(1232, false)
+				var rrs []dns.RR
+				if qtype == dns.TypeA {
+					rrs = []dns.RR{dnstest.A(name, 300, fmt.Sprintf("198.18.%d.%d", i>>8&0xff, i&0xff)), dnstest.A(name, 300, fmt.Sprintf("198.19.%d.%d", i>>8&0xff, i&0xff))}
+				} else {
+					for j := range 9 {
+						rrs = append(rrs, dnstest.AAAA(name, 300, fmt.Sprintf("2001:db8::%x:%x", j, i)))
+					}
+				}
+				r := reply(q, dns.RcodeSuccess, rrs)
+				r.SetEdns0(1232, false)
+				if !c.Put(key(b, q), r) {
+					b.Fatalf("%s was not cached", name)
+				}
+			}
+		}
+		filled := settledHeap()
+		c.Flush()
+		flushed := settledHeap()
+		b.ReportMetric((filled-flushed)/(2*n), "heap-B/answer")
+	}
+}
+
+// settledHeap returns the live heap after two collections.
+func settledHeap() float64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapAlloc)
 }

@@ -1,9 +1,16 @@
 // Package dnscache is a bounded, sharded cache of DNS responses that keeps
 // each for its TTL, negative answers for their SOA's (RFC 2308).
+//
+// A response is kept packed, compressed, as the few hundred bytes it is on
+// the wire, not as a dns.Msg (records as Go values, an allocation per
+// record, address and name: about three times the memory); Get unpacks it.
+// The bytes are the cache's own, packed by Put, but Get treats them as it
+// would any message: one it cannot unpack is a miss, and is dropped.
 package dnscache
 
 import (
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,17 +93,18 @@ type shard struct {
 	max   int
 }
 
-// Entry is one cached response; its msg is never modified after Put (Get
-// copies). Callers may keep with it a form derived
-// from the response (the DNS firewall keeps its reply ready to send), which
-// lives and dies with the entry: a Put for the same key, an expiry or an
-// eviction drops both.
+// Entry is one cached response, packed; its wire is never modified after
+// Put (Get unpacks a new message from it). Callers may keep with it a form
+// derived from the response (the DNS firewall keeps its reply ready to
+// send), which lives and dies with the entry: a Put for the same key, an
+// expiry or an eviction drops both.
 type Entry struct {
-	msg     *dns.Msg
-	tag     uint8 // PutTagged's
-	stored  time.Time
-	expires time.Time
-	derived atomic.Pointer[any]
+	wire     []byte // the response as Put stored it, compressed
+	tag      uint8  // PutTagged's
+	compress bool   // the response's Compress, which packing does not keep
+	stored   time.Time
+	life     time.Duration // from stored until the entry expires
+	derived  atomic.Pointer[any]
 }
 
 // Stored returns when the response was cached: Get lowers its TTLs by the
@@ -104,7 +112,7 @@ type Entry struct {
 func (e *Entry) Stored() time.Time { return e.stored }
 
 // Expires returns when the entry stops being served.
-func (e *Entry) Expires() time.Time { return e.expires }
+func (e *Entry) Expires() time.Time { return e.stored.Add(e.life) }
 
 // Tag returns the tag the response was stored with (PutTagged); 0 for
 // Put and PutEntry.
@@ -150,7 +158,7 @@ func (c *Cache) shard(k Key) *shard {
 // truncated are cached: positive ones for the smallest TTL among their
 // records, negative ones (NXDOMAIN, or NOERROR without answers) for
 // min(SOA TTL, SOA MINIMUM) and only if they carry a SOA, as RFC 2308 asks.
-// resp is copied; the caller may keep using it.
+// resp is packed, not kept; the caller may keep using it.
 func (c *Cache) Put(k Key, resp *dns.Msg) bool {
 	return c.PutEntry(k, resp) != nil
 }
@@ -181,16 +189,12 @@ func (c *Cache) PutTagged(k Key, resp *dns.Msg, tag uint8) *Entry {
 	}
 	life := min(time.Duration(ttl)*time.Second, c.maxTTL)
 
-	m := resp.Copy()
-	m.Id = 0
-	clampSOA(m.Ns)
-	if opt := m.IsEdns0(); opt != nil {
-		// Options (cookies, padding, NSID) belong to one exchange with
-		// the upstream, not to every client served from cache.
-		opt.Option = nil
+	wire, ok := pack(resp)
+	if !ok {
+		return nil
 	}
 	now := c.now()
-	e := &Entry{msg: m, tag: tag, stored: now, expires: now.Add(life)}
+	e := &Entry{wire: wire, tag: tag, compress: resp.Compress, stored: now, life: life}
 
 	s := c.shard(k)
 	s.mu.Lock()
@@ -235,14 +239,55 @@ func cacheTTL(resp *dns.Msg) (uint32, bool) {
 	return ttl, true
 }
 
-// clampSOA lowers each SOA's TTL to its MINIMUM, so clients cache the
-// negative answer no longer than we do (RFC 2308 section 5).
-func clampSOA(rrs []dns.RR) {
-	for _, rr := range rrs {
+// pack returns resp as the cache keeps it, packed with compression, or
+// false if it does not pack: its ID 0, each SOA's TTL lowered to its
+// MINIMUM, so clients cache a negative answer no longer than we do (RFC
+// 2308 section 5), and its OPT record without options (cookies, padding,
+// NSID belong to one exchange with the upstream, not to every client
+// served from cache). resp is not modified: what changes is copied.
+func pack(resp *dns.Msg) ([]byte, bool) {
+	m := *resp // shallow: Pack only reads, but for the OPT record, copied below
+	m.Id = 0
+	m.Compress = true
+	m.Ns = clampSOA(resp.Ns)
+	// The OPT record is the last one in the additional section, as
+	// dns.Msg.IsEdns0 finds it; Pack writes the extended rcode into it.
+	for i := len(resp.Extra) - 1; i >= 0; i-- {
+		if resp.Extra[i].Header().Rrtype != dns.TypeOPT {
+			continue
+		}
+		opt, ok := resp.Extra[i].(*dns.OPT)
+		if !ok {
+			return nil, false
+		}
+		o := *opt
+		o.Option = nil
+		m.Extra = slices.Clone(resp.Extra)
+		m.Extra[i] = &o
+		break
+	}
+	wire, err := m.Pack()
+	if err != nil {
+		return nil, false
+	}
+	return slices.Clip(slices.Clone(wire)), true // Pack's buffer has room for the uncompressed message
+}
+
+// clampSOA returns rrs with each SOA's TTL lowered to its MINIMUM, the
+// SOAs it changes copied.
+func clampSOA(rrs []dns.RR) []dns.RR {
+	out, copied := rrs, false
+	for i, rr := range rrs {
 		if soa, ok := rr.(*dns.SOA); ok && soa.Minttl < soa.Hdr.Ttl {
-			soa.Hdr.Ttl = soa.Minttl
+			if !copied {
+				out, copied = slices.Clone(rrs), true
+			}
+			c := *soa
+			c.Hdr.Ttl = c.Minttl
+			out[i] = &c
 		}
 	}
+	return out
 }
 
 // evictSample is how many entries an eviction looks at. Sampling keeps
@@ -256,12 +301,13 @@ func (s *shard) evictLocked(now time.Time) {
 	var soonest time.Time
 	n := 0
 	for k, e := range s.items { // map iteration starts at a random place
-		if !e.expires.After(now) {
+		expires := e.Expires()
+		if !expires.After(now) {
 			victim = k
 			break
 		}
-		if n == 0 || e.expires.Before(soonest) {
-			victim, soonest = k, e.expires
+		if n == 0 || expires.Before(soonest) {
+			victim, soonest = k, expires
 		}
 		if n++; n == evictSample {
 			break
@@ -270,30 +316,30 @@ func (s *shard) evictLocked(now time.Time) {
 	delete(s.items, victim)
 }
 
-// Get returns a copy of the response cached for k, with every TTL lowered
+// Get returns the response cached for k, unpacked anew, with every TTL lowered
 // by the whole seconds it spent in cache (never below 1), or false. The
-// copy's ID is 0 and its question is as first cached: the caller sets its
+// message's ID is 0 and its question is as first cached: the caller sets its
 // client's ID and question, in the client's case.
 func (c *Cache) Get(k Key) (*dns.Msg, bool) {
 	m, e, _ := c.GetEntry(k)
 	return m, e != nil
 }
 
-// Lookup returns the unexpired entry cached for k, or nil, without copying
-// its response: for callers that serve a form derived from it. k is not
+// Lookup returns the unexpired entry cached for k, or nil, without
+// unpacking its response: for callers that serve a form derived from it. k is not
 // retained, so its name may alias a buffer the caller reuses.
 func (c *Cache) Lookup(k Key, now time.Time) *Entry {
 	s := c.shard(k)
 	s.mu.RLock()
 	e := s.items[k]
 	s.mu.RUnlock()
-	if e == nil || !e.expires.After(now) {
+	if e == nil || !e.Expires().After(now) {
 		return nil
 	}
 	return e
 }
 
-// GetEntry is Get, also returning the entry the copy was made from (nil
+// GetEntry is Get, also returning the entry the message was unpacked from (nil
 // when nothing is cached for k) and the seconds its TTLs were lowered by.
 func (c *Cache) GetEntry(k Key) (*dns.Msg, *Entry, uint32) {
 	s := c.shard(k)
@@ -304,18 +350,21 @@ func (c *Cache) GetEntry(k Key) (*dns.Msg, *Entry, uint32) {
 		return nil, nil, 0
 	}
 	now := c.now()
-	if !e.expires.After(now) {
-		s.mu.Lock()
-		if s.items[k] == e {
-			delete(s.items, k)
-		}
-		s.mu.Unlock()
+	if !e.Expires().After(now) {
+		s.drop(k, e)
 		return nil, nil, 0
 	}
+	m := new(dns.Msg)
+	if err := m.Unpack(e.wire); err != nil {
+		// Put packed what it could, and miekg/dns unpacks what it
+		// packs; should it not, the entry is of no use: a miss.
+		s.drop(k, e)
+		return nil, nil, 0
+	}
+	m.Compress = e.compress
 	// Every TTL is at least the entry's lifetime in seconds, and less than
 	// that has elapsed, so none reaches 0.
 	elapsed := uint32(max(0, now.Sub(e.stored)/time.Second))
-	m := e.msg.Copy()
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 		for _, rr := range sec {
 			if h := rr.Header(); h.Rrtype != dns.TypeOPT {
@@ -324,6 +373,15 @@ func (c *Cache) GetEntry(k Key) (*dns.Msg, *Entry, uint32) {
 		}
 	}
 	return m, e, elapsed
+}
+
+// drop removes e, if it is still the entry for k.
+func (s *shard) drop(k Key, e *Entry) {
+	s.mu.Lock()
+	if s.items[k] == e {
+		delete(s.items, k)
+	}
+	s.mu.Unlock()
 }
 
 // Len returns the number of responses held, expired ones not yet evicted
@@ -339,12 +397,13 @@ func (c *Cache) Len() int {
 	return n
 }
 
-// Flush empties the cache, for a reload that changed upstreams.
+// Flush empties the cache, for a reload that changed upstreams, and
+// lets go of the memory its maps had grown to.
 func (c *Cache) Flush() {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		clear(s.items)
+		s.items = make(map[Key]*Entry)
 		s.mu.Unlock()
 	}
 }

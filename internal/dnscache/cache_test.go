@@ -246,6 +246,68 @@ func TestCopies(t *testing.T) {
 	}
 }
 
+// TestPutLeavesResponse: what Put changes in the response it keeps (the
+// ID, the SOA's TTL, the OPT record's options) it changes in its own
+// copy, not in the caller's.
+func TestPutLeavesResponse(t *testing.T) {
+	c, _ := newCache(Config{})
+	q := query("nx.example.com", dns.TypeA)
+	q.SetEdns0(1232, true)
+	resp := reply(q, dns.RcodeNameError, nil, dnstest.SOA("example.com", 3600, 60))
+	resp.Id = 777
+	resp.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708aabbccddeeff0011"}}
+	want := resp.String()
+	if !c.Put(key(t, q), resp) {
+		t.Fatal("Put refused a cacheable response")
+	}
+	if got := resp.String(); got != want {
+		t.Errorf("Put changed the caller's response:\n%s\nwant\n%s", got, want)
+	}
+	m, ok := c.Get(key(t, q))
+	if !ok {
+		t.Fatal("got a miss")
+	}
+	if m.Id != 0 || m.Ns[0].Header().Ttl != 60 || len(m.IsEdns0().Option) != 0 || !m.IsEdns0().Do() {
+		t.Errorf("got\n%s\nwant ID 0, the SOA's TTL 60, the OPT record with DO and without options", m)
+	}
+
+	// Two OPT records (a malformed answer): the last is the one IsEdns0
+	// finds, and the one Pack writes to.
+	resp.Extra = append([]dns.RR{&dns.OPT{
+		Hdr:    dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 4096},
+		Option: []dns.EDNS0{&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "0102"}},
+	}}, resp.Extra...)
+	want = resp.String()
+	if !c.Put(key(t, q), resp) {
+		t.Fatal("Put refused a response with two OPT records")
+	}
+	if got := resp.String(); got != want {
+		t.Errorf("Put changed the caller's response:\n%s\nwant\n%s", got, want)
+	}
+	if m, ok = c.Get(key(t, q)); !ok || len(m.Extra) != 2 || len(m.Extra[0].(*dns.OPT).Option) != 1 || len(m.IsEdns0().Option) != 0 {
+		t.Errorf("got\n%s\nwant the first OPT record as it was, the last without options", m)
+	}
+}
+
+// TestUnpackableEntryIsAMiss: an entry whose bytes do not unpack (which
+// Put never stores) is a miss, and is dropped: the cache fails closed.
+func TestUnpackableEntryIsAMiss(t *testing.T) {
+	c, _ := newCache(Config{})
+	q := query("www.example.com", dns.TypeA)
+	k := key(t, q)
+	e := c.PutEntry(k, reply(q, dns.RcodeSuccess, []dns.RR{dnstest.A("www.example.com", 300, "192.0.2.1")}))
+	if e == nil {
+		t.Fatal("Put refused a cacheable response")
+	}
+	e.wire = e.wire[:len(e.wire)-2] // the A record's address cut short
+	if m, ok := c.Get(k); ok {
+		t.Fatalf("got a hit from bytes that do not unpack:\n%s", m)
+	}
+	if n := c.Len(); n != 0 {
+		t.Errorf("the cache holds %d entries, want the unusable one dropped", n)
+	}
+}
+
 func TestEviction(t *testing.T) {
 	c, _ := newCache(Config{MaxEntries: numShards * 2})
 	for i := range 1000 {
@@ -263,7 +325,7 @@ func TestEviction(t *testing.T) {
 
 func TestEvictionPrefersExpiredThenSoonest(t *testing.T) {
 	mk := func(name string, expires time.Duration) (Key, *Entry) {
-		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &Entry{expires: t0.Add(expires)}
+		return Key{name: name, qtype: dns.TypeA, qclass: dns.ClassINET}, &Entry{stored: t0, life: expires}
 	}
 	tests := []struct {
 		name    string

@@ -193,10 +193,7 @@ func (pub *publication) holds(f *Firewall, p *policy.Policy, allow policy.Decisi
 	if !ok {
 		return false
 	}
-	var maxTTL uint32
-	for _, a := range pub.r.addrs {
-		maxTTL = max(maxTTL, a.ttl)
-	}
+	maxTTL := pub.r.maxTTL
 	return !learnedExpiry(p, now, maxTTL-min(pub.age, maxTTL)).After(until.Add(publishSlack))
 }
 

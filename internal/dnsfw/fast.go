@@ -62,15 +62,22 @@ type ready struct {
 	// so the ordinary path's compressed bytes depend on the client's
 	// spelling (a question in mixed case takes the ordinary path).
 	compact *form
-	qlen    int // length of the question section
 	base    time.Time
-	expires time.Time // base plus the smallest TTL: made again after
-	ad      bool      // the upstream's AD bit
-	addrs   []learnedAddr
+	// life is how long after base the ready is used (the smallest TTL,
+	// or the entry's expiry if sooner): made again after.
+	life time.Duration
+	qlen uint16 // length of the question section (the reply fits maxUDPReply)
+	ad   bool   // the upstream's AD bit
+	// maxTTL is the largest TTL, as of base, of the addresses learned
+	// from the reply: until when a publication must hold them.
+	maxTTL  uint32
 	answers string   // the audit line's answers
 	chain   []string // CNAME targets from the question name
 	pubs    atomic.Pointer[[]published]
 }
+
+// expires returns when r stops being used.
+func (r *ready) expires() time.Time { return r.base.Add(r.life) }
 
 // form is one packing of a ready's reply.
 type form struct {
@@ -94,7 +101,7 @@ func (r *ready) fit(room int, q *wireQuery) *form {
 	case len(r.full.wire) <= room:
 		return &r.full
 	case r.compact != nil && len(r.compact.wire) <= room &&
-		string(q.question) == string(r.compact.wire[dnsHeaderSize:dnsHeaderSize+r.qlen]):
+		string(q.question) == string(r.compact.wire[dnsHeaderSize:dnsHeaderSize+int(r.qlen)]):
 		return r.compact // packed against this very question, spelling included
 	}
 	return nil
@@ -128,15 +135,19 @@ func (f *Firewall) dropped() (uint64, bool) {
 // makeReady keeps m, the inspected answer about to become the reply (its
 // header still the upstream's), with the cache entry it came from, for the
 // fast path; or, when one is kept already for this policy, adds the
-// publication just made (x.published) to it.
+// publication just made (x.published) to it. Only an answer from the
+// cache makes a ready: an answer fresh from the upstream may never be
+// asked for again within its TTL (a name asked once, a fill of many), and
+// its ready would hold more than its entry does for nothing. The first
+// cache hit makes it; the fast path serves the next.
 func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
-	if x.centry == nil || !x.published || p.Mode != policy.Enforce || m.Rcode != dns.RcodeSuccess ||
+	if x.centry == nil || !x.cached || !x.published || p.Mode != policy.Enforce || m.Rcode != dns.RcodeSuccess ||
 		len(m.Answer) == 0 || len(m.Extra) != 0 || x.note != "" || x.in.capped > 0 || len(x.unverified) > 0 {
 		return
 	}
 	pub := published{rule: x.allow.Rule.Name, group: x.allow.Group, until: x.pubUntil, drops: x.pubDrops}
 	epoch := x.epoch // taken before the answer was inspected
-	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch && f.now().Before(r.expires) {
+	if r, ok := x.centry.Derived().(*ready); ok && r.epoch == epoch && f.now().Before(r.expires()) {
 		r.addPublished(pub)
 		return
 	}
@@ -171,12 +182,14 @@ func (f *Firewall) makeReady(p *policy.Policy, m *dns.Msg, x *exchange) {
 		epoch:   epoch,
 		full:    full,
 		compact: compactForm(m, len(wire)),
-		qlen:    qend + 4 - dnsHeaderSize,
 		base:    base,
-		expires: expires,
+		life:    expires.Sub(base),
+		qlen:    uint16(qend + 4 - dnsHeaderSize),
 		ad:      m.AuthenticatedData,
-		addrs:   append([]learnedAddr(nil), x.in.addrs...),
 		answers: addrList(x.in.addrs, dns.RcodeSuccess),
+	}
+	for _, a := range x.in.addrs {
+		r.maxTTL = max(r.maxTTL, a.ttl)
 	}
 	for _, rr := range m.Answer {
 		if c, ok := rr.(*dns.CNAME); ok {
@@ -349,7 +362,7 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 		return false // no entry; or one whose reply carries an EDE, which the ordinary path sends
 	}
 	r, ok := e.Derived().(*ready)
-	if !ok || r.epoch != f.epoch(p) || !now.Before(r.expires) || len(q.question) != r.qlen {
+	if !ok || r.epoch != f.epoch(p) || !now.Before(r.expires()) || len(q.question) != int(r.qlen) {
 		return false
 	}
 	age := uint32(max(0, now.Sub(r.base)/time.Second))

@@ -278,6 +278,41 @@ func TestFastPathCompressed(t *testing.T) {
 	}
 }
 
+// TestReadyOnFirstCacheHit: an answer from the upstream is cached without
+// a ready reply; the first answer from the cache makes one, and the fast
+// path serves the queries after it.
+func TestReadyOnFirstCacheHit(t *testing.T) {
+	e, _ := fastEnv(t, zone(), opts{})
+	k := cacheKey(false, "api.bank.example.", dns.TypeA, false, false)
+	readyKept := func() bool {
+		en := e.fw.wcache.Lookup(k, e.clock.Now())
+		if en == nil {
+			t.Fatal("the answer is not cached")
+		}
+		_, ok := en.Derived().(*ready)
+		return ok
+	}
+	for i, want := range []struct {
+		ready bool
+		fast  uint64
+	}{{false, 0}, {true, 0}, {true, 1}, {true, 2}} {
+		m := new(dns.Msg).SetQuestion("api.bank.example.", dns.TypeA)
+		b, err := e.exchangeRaw(payments, m, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := new(dns.Msg); r.Unpack(b) != nil || len(answerAddrs(r)) != 1 {
+			t.Fatalf("query %d: got %s", i+1, unpacked(b))
+		}
+		if got := readyKept(); got != want.ready {
+			t.Errorf("after query %d: ready reply kept %v, want %v", i+1, got, want.ready)
+		}
+		if got := e.fw.fastHits.Load(); got != want.fast {
+			t.Errorf("after query %d: %d fast answers, want %d", i+1, got, want.fast)
+		}
+	}
+}
+
 func TestFastPathPublishes(t *testing.T) {
 	e, pub := fastEnv(t, zone(), opts{})
 	e.ask(payments, "api.bank.example", dns.TypeA) // upstream, published
