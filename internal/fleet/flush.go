@@ -48,7 +48,7 @@ const maxKeyLen = 253 + 45 + 63 + 63 + 3
 
 // enqueueLocked queues the entries of batch that etcd does not hold yet
 // with the same or a later expiry, ignoring those expired at now (Unix
-// seconds). It returns the revision to wait for because of entries etcd
+// seconds) and those whose address is invalid or has a zone. It returns the revision to wait for because of entries etcd
 // holds already, the flushes to wait for because of the others, and
 // whether it queued anything new.
 func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits []*flush, added bool) {
@@ -60,13 +60,19 @@ func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits 
 		if exp <= now {
 			continue
 		}
-		kb := appendKey(buf[:0], e.Name, e.Addr.Unmap(), e.Rule, e.Group)
-		// Lookups with string(kb) do not allocate.
-		if h, ok := f.mirror[string(kb)]; ok && h.exp >= exp {
+		if !e.Addr.IsValid() || e.Addr.Zone() != "" {
+			// Not an element etcd can carry (parseElement refuses it, and
+			// the whole batch with it), nor one the mirror can name.
+			// Answers' addresses never are.
+			continue
+		}
+		if _, h, ok := f.mirror.lookup(e); ok && h.exp() >= exp {
 			rev = max(rev, h.rev)
 			coalesced++
 			continue
 		}
+		kb := appendKey(buf[:0], e.Name, e.Addr.Unmap(), e.Rule, e.Group)
+		// Lookups with string(kb) do not allocate.
 		if o, ok := f.inflight[string(kb)]; ok && o.exp >= exp {
 			waits = addWait(waits, o.fl)
 			coalesced++
@@ -340,15 +346,10 @@ func (f *Fleet) written(fl *flush, rev int64) {
 	c := f.check.Load()
 	for _, o := range fl.ops {
 		delete(f.inflight, o.key)
-		h := f.mirror[o.key]
-		if h == nil {
-			h = &held{}
-			f.mirror[o.key] = h
-		}
-		h.raise(o.exp, rev)
 		e := o.e
 		e.Expires = time.Unix(o.exp, 0)
-		f.admitLocked(c, o.key, e, h, now)
+		k := f.mirror.raise(&e, o.exp, rev)
+		f.admitLocked(c, o.key, e, k, now)
 	}
 	if len(fl.ops) > 0 {
 		fl.rev = rev

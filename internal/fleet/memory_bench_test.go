@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -90,7 +92,8 @@ func (nothing) Publish(context.Context, []learn.Entry) error { return nil }
 // once the gateway is stopped and dropped (etcd and the client stay), and
 // the heap the collector has to scan (runtime/metrics
 // /gc/scan/heap:bytes), the same way. Both are independent of the
-// machine's load.
+// machine's load. FQDNGATE_HEAPPROFILE=file writes a heap profile once
+// the elements are held.
 func BenchmarkFleetMemory(b *testing.B) {
 	for _, n := range []int{100_000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
@@ -173,15 +176,26 @@ func holdFleet(b *testing.B, cli *clientv3.Client, p *policy.Policy, n, own int,
 	}
 	waitFor(b, "every own element written", func() bool { return promtest.ToFloat64(f.m.written) >= float64(own) })
 	f.mu.Lock()
-	held, counted := len(f.mirror), 0
-	for _, c := range f.perName {
-		counted += c
+	held, counted := len(f.mirror.elems), 0
+	for _, v := range f.mirror.names.vals {
+		counted += int(v.n)
 	}
 	f.mu.Unlock()
 	if held != n || counted != n {
 		b.Fatalf("the fleet holds %d elements and counts %d, want %d", held, counted, n)
 	}
-	return settledHeap(), scannableHeap()
+	heap, scan = settledHeap(), scannableHeap()
+	if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
+		out, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		out.Close()
+	}
+	return heap, scan
 }
 
 // settledHeap is the live heap after two collections, in bytes.
