@@ -83,6 +83,9 @@ type Fleet struct {
 	queue    []*flush
 	queued   map[string]*op
 	inflight map[string]*op
+	// The most elements queued and inflight held since they were last
+	// replaced (shrinkLocked).
+	queuedPeak, inflightPeak int
 	// boot and seq name the next batch this process writes (batchKey).
 	boot, seq uint64
 	// ownBatches starts the keys, below learnedPrefix, of the batches

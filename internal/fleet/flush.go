@@ -125,8 +125,28 @@ func (f *Fleet) queueLocked(o *op) bool {
 	fl.ops = append(fl.ops, o)
 	o.fl = fl
 	f.queued[o.key] = o
+	f.queuedPeak = max(f.queuedPeak, len(f.queued))
 	f.m.pending.Set(float64(len(f.queued)))
 	return true
+}
+
+// roomyAfter is how many elements queued or inflight may have held
+// before the map is replaced by a new one once it is empty again
+// (shrinkLocked).
+const roomyAfter = maxBatch
+
+// shrinkLocked replaces queued and inflight by new maps when they are
+// empty after having held more than roomyAfter elements: a Go map keeps
+// the room it grew to, and after an outage (up to MaxPending elements
+// queued) or a burst that room would stay for good, scanned by the
+// collector at every cycle.
+func (f *Fleet) shrinkLocked() {
+	if len(f.queued) == 0 && f.queuedPeak > roomyAfter {
+		f.queued, f.queuedPeak = map[string]*op{}, 0
+	}
+	if len(f.inflight) == 0 && f.inflightPeak > roomyAfter {
+		f.inflight, f.inflightPeak = map[string]*op{}, 0
+	}
 }
 
 // flushLoop writes the queued flushes, and this gateway's watermark, while
@@ -221,6 +241,8 @@ next:
 			delete(f.queued, o.key)
 			f.inflight[o.key] = o
 		}
+		f.inflightPeak = max(f.inflightPeak, len(f.inflight))
+		f.shrinkLocked()
 		fl.key = batchKey(f.o.Node, f.boot, f.seq)
 		f.seq++
 		f.m.pending.Set(float64(len(f.queued)))
@@ -354,6 +376,7 @@ func (f *Fleet) written(fl *flush, rev int64) {
 	if len(fl.ops) > 0 {
 		fl.rev = rev
 	}
+	f.shrinkLocked()
 	close(fl.done)
 	f.mu.Unlock()
 	f.m.written.Add(float64(len(fl.ops)))
@@ -372,6 +395,7 @@ func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
 		}
 		f.queueLocked(&op{key: o.key, exp: o.exp, e: o.e})
 	}
+	f.shrinkLocked()
 	fl.err = err
 	close(fl.done)
 	f.mu.Unlock()
