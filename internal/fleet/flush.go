@@ -52,7 +52,10 @@ const maxKeyLen = 253 + 45 + 63 + 63 + 3
 // holds already, the flushes to wait for because of the others, and
 // whether it queued anything new.
 func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits []*flush, added bool) {
-	var buf [maxKeyLen]byte
+	var (
+		buf  [maxKeyLen]byte
+		last lastIDs // the mirror does not change in this loop
+	)
 	coalesced := 0
 	for i := range batch {
 		e := &batch[i]
@@ -66,7 +69,7 @@ func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits 
 			// Answers' addresses never are.
 			continue
 		}
-		if _, h, ok := f.mirror.lookup(e); ok && h.exp() >= exp {
+		if _, h, ok := f.mirror.lookupLast(&last, e); ok && h.exp() >= exp {
 			rev = max(rev, h.rev)
 			coalesced++
 			continue

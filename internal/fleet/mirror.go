@@ -87,15 +87,39 @@ func newMirror() mirror {
 
 // lookup returns e's key and what the mirror holds for it, if anything.
 func (m *mirror) lookup(e *learn.Entry) (elemKey, held, bool) {
-	name, ok := m.names.ids[e.Name]
-	if !ok {
+	var ids lastIDs
+	return m.lookupLast(&ids, e)
+}
+
+// lastIDs remembers the numbers of the last name and rule and group
+// looked up: the entries of one answer share them, and a string compared
+// with the same string is compared by its pointer.
+type lastIDs struct {
+	name     dnsname.Name
+	rg       ruleGroup
+	nameID   uint32
+	rgID     uint32
+	nameOK   bool
+	rgOK     bool
+	nameSeen bool
+	rgSeen   bool
+}
+
+// lookupLast is lookup, remembering in last the numbers it looked up
+// (last is valid as long as the mirror does not change).
+func (m *mirror) lookupLast(last *lastIDs, e *learn.Entry) (elemKey, held, bool) {
+	if !last.nameSeen || last.name != e.Name {
+		last.name, last.nameSeen = e.Name, true
+		last.nameID, last.nameOK = m.names.ids[e.Name]
+	}
+	if rg := (ruleGroup{e.Rule, e.Group}); !last.rgSeen || last.rg != rg {
+		last.rg, last.rgSeen = rg, true
+		last.rgID, last.rgOK = m.rgs.ids[rg]
+	}
+	if !last.nameOK || !last.rgOK {
 		return elemKey{}, held{}, false
 	}
-	rg, ok := m.rgs.ids[ruleGroup{e.Rule, e.Group}]
-	if !ok {
-		return elemKey{}, held{}, false
-	}
-	k := elemKey{e.Addr.Unmap().As16(), name, rg}
+	k := elemKey{e.Addr.Unmap().As16(), last.nameID, last.rgID}
 	h, ok := m.elems[k]
 	return k, h, ok
 }
