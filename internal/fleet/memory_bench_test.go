@@ -87,7 +87,8 @@ func (nothing) Publish(context.Context, []learn.Entry) error { return nil }
 // (loaded from etcd when it starts: the same path as the watch), one
 // third published by itself (hold: local; written to etcd, and its own
 // batches skipped when they come back). Its local publisher holds
-// nothing. It reports what the fleet layer holds per element: the live
+// nothing, or with local=store is a learn.Store (a fleet gateway without
+// nftables, whose figures are then the fleet's and the store's). It reports what the fleet layer holds per element: the live
 // heap (after two collections) with the gateway running, over the heap
 // once the gateway is stopped and dropped (etcd and the client stay), and
 // the heap the collector has to scan (runtime/metrics
@@ -95,16 +96,22 @@ func (nothing) Publish(context.Context, []learn.Entry) error { return nil }
 // machine's load. FQDNGATE_HEAPPROFILE=file writes a heap profile once
 // the elements are held.
 func BenchmarkFleetMemory(b *testing.B) {
-	for _, n := range []int{100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			for range b.N {
-				fleetMemory(b, n)
+	for _, store := range []bool{false, true} {
+		for _, n := range []int{100_000, 1_000_000} {
+			name := fmt.Sprintf("N=%d", n)
+			if store {
+				name += "/local=store"
 			}
-		})
+			b.Run(name, func(b *testing.B) {
+				for range b.N {
+					fleetMemory(b, n, store)
+				}
+			})
+		}
 	}
 }
 
-func fleetMemory(b *testing.B, n int) {
+func fleetMemory(b *testing.B, n int, store bool) {
 	c := etcdtest.Start(b, 1, etcdtest.NoFsync())
 	cli := c.Client(b)
 	p, err := policy.Parse("bench.yaml", []byte(memoryPolicyYAML))
@@ -130,7 +137,7 @@ func fleetMemory(b *testing.B, n int) {
 		}
 	}
 
-	heap1, scan1 := holdFleet(b, cli, p, n, own, exp)
+	heap1, scan1 := holdFleet(b, cli, p, n, own, exp, store)
 	heap0, scan0 := settledHeap(), scannableHeap()
 	b.ReportMetric((heap1-heap0)/float64(n), "B/element")
 	b.ReportMetric((scan1-scan0)/float64(n), "scan-B/element")
@@ -140,10 +147,14 @@ func fleetMemory(b *testing.B, n int) {
 // publishes elements 0 to own, and returns the live heap and the
 // scannable heap while it holds every one of the n; the gateway is
 // stopped when it returns, and unreachable.
-func holdFleet(b *testing.B, cli *clientv3.Client, p *policy.Policy, n, own int, exp time.Time) (heap, scan float64) {
+func holdFleet(b *testing.B, cli *clientv3.Client, p *policy.Policy, n, own int, exp time.Time, store bool) (heap, scan float64) {
+	var local learn.Publisher = nothing{}
+	if store {
+		local = learn.NewStore(learn.StoreConfig{MaxEntries: n, MaxPerName: p.DNS.MaxLearnedPerName})
+	}
 	f, err := New(cli, Options{
 		Node:         "g0",
-		Local:        nothing{},
+		Local:        local,
 		Accept:       Accept(p, nil),
 		MaxPerName:   p.DNS.MaxLearnedPerName,
 		Hold:         HoldLocal,

@@ -149,6 +149,13 @@ func (m *mirror) entry(k elemKey, exp int64) learn.Entry {
 	}
 }
 
+// share makes e, the element k names, use the mirror's copies of its
+// name, rule and group.
+func (m *mirror) share(k elemKey, e *learn.Entry) {
+	rg := m.rgs.vals[k.rg].v
+	e.Name, e.Rule, e.Group = m.names.vals[k.name].v, rg.rule, rg.group
+}
+
 // is reports whether k still names e's element: between two holds of
 // the lock, an element may have been forgotten, and its name's number
 // given to another.

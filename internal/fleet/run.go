@@ -386,6 +386,9 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 		for _, el := range b.elems {
 			e := el.e
 			k := f.mirror.raise(&e, e.Expires.Unix(), b.rev)
+			// The mirror's copies of the strings, not pieces of the
+			// batch's text: the local publisher may keep them.
+			f.mirror.share(k, &e)
 			if f.admitLocked(c, el.key, e, k, now) {
 				program = append(program, e)
 			}
