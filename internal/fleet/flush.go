@@ -59,7 +59,7 @@ func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits 
 	coalesced := 0
 	for i := range batch {
 		e := &batch[i]
-		exp := ceilUnix(e.Expires)
+		exp := min(ceilUnix(e.Expires), maxExpiry) // what a batch's line can hold
 		if exp <= now {
 			continue
 		}

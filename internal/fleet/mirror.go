@@ -47,6 +47,10 @@ type held struct {
 
 const countedBit = 1 << 62
 
+// maxExpiry is the latest expiry a batch's line can hold (expiryDigits
+// digits), and the mirror: later ones are taken as it.
+const maxExpiry = 999_999_999_999
+
 func (h held) exp() int64    { return h.x &^ countedBit }
 func (h held) counted() bool { return h.x&countedBit != 0 }
 func (h *held) setCounted(on bool) {
@@ -61,6 +65,7 @@ func (h *held) setCounted(on bool) {
 // until exp: etcd holds it until the latest expiry of its batches, and a
 // hold that needs exp waits for the earliest revision that has it.
 func (h *held) raise(exp, rev int64) {
+	exp = min(exp, maxExpiry)
 	if h.rev == 0 || exp > h.exp() || (exp == h.exp() && rev < h.rev) {
 		h.x, h.rev = exp|h.x&countedBit, rev
 	}

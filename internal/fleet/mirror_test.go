@@ -120,3 +120,20 @@ func TestMirrorKeys(t *testing.T) {
 		t.Errorf("with no element left, %d names and %d rule and group pairs are interned, want none", len(m.names.ids), len(m.rgs.ids))
 	}
 }
+
+// TestHeldFarExpiry: an expiry beyond what a batch's line can hold is
+// taken as the latest it can, and never sets the counted bit.
+func TestHeldFarExpiry(t *testing.T) {
+	for _, exp := range []int64{maxExpiry, maxExpiry + 1, countedBit, countedBit + 5, 1<<63 - 1} {
+		var h held
+		h.raise(exp, 1)
+		if h.exp() != maxExpiry || h.counted() {
+			t.Errorf("raise(%d): got expiry %d, counted %v; want %d, false", exp, h.exp(), h.counted(), int64(maxExpiry))
+		}
+		h.setCounted(true)
+		h.raise(exp, 1)
+		if h.exp() != maxExpiry || !h.counted() {
+			t.Errorf("raise(%d) counted: got expiry %d, counted %v; want %d, true", exp, h.exp(), h.counted(), int64(maxExpiry))
+		}
+	}
+}
