@@ -190,6 +190,11 @@ type Backend struct {
 	// mirror is of, for the state file.
 	ident kernelIdent
 	dirty bool // mirror changed since the state file was written
+	// changes are the changes of the mirror since the last save, for the
+	// state file's journal, while journaling (see noteLocked); spare is
+	// the slice of the last append, for reuse.
+	changes, spare []journalRec
+	journaling     bool
 	// names holds, per name, the elements its answers brought and until
 	// when (for the per-name cap). Adopted and restored elements are held
 	// by no name.
@@ -237,6 +242,8 @@ type Backend struct {
 	// condition of the last write ("" if it succeeded).
 	statePath string
 	stateErr  string
+	// jw is the state file's journal, appended to by save.
+	jw journalWriter
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
 	// restores counts the times the watcher (or an Apply) put the table
@@ -390,13 +397,22 @@ func New(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
-// loadState reads the state file's entries; a lost state file costs
-// re-resolution, not safety.
+// loadState reads the state file's entries, with the changes its journal
+// adds; a lost state file costs re-resolution, not safety, and a lost
+// journal, the changes since the snapshot.
 func (b *Backend) loadState(path string) *state {
 	st, err := readState(path)
 	if err != nil {
 		b.log.Warn("ignoring unreadable state file", "file", path, "err", err)
 		return nil
+	}
+	switch n, err := readJournal(path, st); {
+	case errors.Is(err, errJournalOther):
+		b.log.Info("ignoring the state file's journal: it is of an older or newer state file (fqdngate stopped between writing the two)", "file", journalPath(path))
+	case err != nil:
+		b.log.Warn("ignoring the state file's journal: the state file is taken as it is, without the changes written since", "file", journalPath(path), "err", err)
+	case n > 0:
+		b.log.Info("read the state file's journal", "file", journalPath(path), "changes", n)
 	}
 	return st
 }
@@ -812,6 +828,8 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for k, name := range d.learned {
 		b.owner[name] = k
 	}
+	// The state file's sets are these: the next save is a snapshot.
+	b.journaling = false
 	for k := range b.mirrorAll {
 		if _, ok := b.owner[k.set()]; !ok {
 			b.mirrorDel(k)
