@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -824,12 +825,17 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	now := b.now()
 	b.memMu.Lock()
 	b.learned = d.learned
-	b.owner = make(map[string]learnKey, len(d.learned))
+	owner := make(map[string]learnKey, len(d.learned))
 	for k, name := range d.learned {
-		b.owner[name] = k
+		owner[name] = k
 	}
-	// The state file's sets are these: the next save is a snapshot.
-	b.journaling = false
+	if !maps.Equal(owner, b.owner) {
+		// The state file lists the learned sets: the next save is a
+		// snapshot. (A set replaced under its name changes its handle,
+		// which starts a snapshot too: see save.)
+		b.journaling = false
+	}
+	b.owner = owner
 	for k := range b.mirrorAll {
 		if _, ok := b.owner[k.set()]; !ok {
 			b.mirrorDel(k)
