@@ -36,6 +36,9 @@ import (
 // restart its elements are taken from the file, not dumped from the
 // kernel (see Backend.adopt). Version 1 files (a JSON object per entry,
 // with rule and group) are still read, as a file that names no set.
+//
+// The file is a snapshot: the changes since it was written are appended
+// to its journal (journal.go), which "journal" in the first line names.
 
 // stateVersion is the version written.
 const stateVersion = 2
