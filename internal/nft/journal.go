@@ -59,6 +59,16 @@ type journalRec struct {
 	exp wall4 // 0: removed
 }
 
+// dropChanges empties the changes noted, and lets go of their memory if
+// it is more than a steady flow needs: a fill of a million addresses
+// notes a million changes between two saves (memMu held).
+func (b *Backend) dropChanges() {
+	if cap(b.changes) > journalMin {
+		b.changes = nil
+	}
+	b.changes = b.changes[:0]
+}
+
 // journalBound is how many records a journal of a snapshot of n entries
 // may hold before a new snapshot is cheaper.
 func journalBound(n int) int { return max(n, journalMin) }
@@ -72,7 +82,7 @@ func (b *Backend) noteLocked(k elemKey, exp wall) {
 		return
 	}
 	if len(b.changes) >= journalBound(b.programmed) {
-		b.changes, b.journaling = b.changes[:0], false
+		b.changes, b.journaling = nil, false
 		return
 	}
 	b.changes = append(b.changes, journalRec{k, exp.pack()})

@@ -338,7 +338,8 @@ func (b *Backend) SetStateFile(path string) {
 	b.memMu.Lock()
 	b.dirty = true
 	// The new path starts with a snapshot; nothing to journal until then.
-	b.journaling, b.changes = false, b.changes[:0]
+	b.journaling = false
+	b.dropChanges()
 	b.memMu.Unlock()
 }
 
@@ -467,7 +468,8 @@ func (b *Backend) stateLocked() (*state, uint64) {
 	now := b.now()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
-	b.changes, b.journaling = b.changes[:0], true
+	b.dropChanges()
+	b.journaling = true
 	st := &state{Learned: make([]stateEntry, 0, b.programmed)}
 	gen, table := b.ident.gen, b.ident.table
 	idx := make(map[setID]int32, len(b.owner))
