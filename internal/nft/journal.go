@@ -2,6 +2,7 @@ package nft
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // The journal extends the state file (the snapshot) with the changes of
@@ -234,7 +236,8 @@ var errJournalOther = errors.New("the journal is of another snapshot")
 type journalEntry struct {
 	set int32
 	a   [16]byte
-	exp wall // 0: removed
+	exp wall  // 0: removed
+	seq int32 // its place in the journal
 }
 
 // readJournal applies the journal next to path to st, the snapshot read
@@ -285,7 +288,7 @@ func decodeJournal(data []byte, id string, sets int) ([]journalEntry, error) {
 	if hex.EncodeToString(data[len(journalMagic)+4:journalHdrLen]) != id {
 		return nil, errJournalOther
 	}
-	var out []journalEntry
+	out := make([]journalEntry, 0, (len(data)-journalHdrLen)/journalRecLen)
 	for off := journalHdrLen; off < len(data); {
 		rest := data[off:]
 		// A crash during an append leaves a short batch, a batch whose
@@ -316,7 +319,7 @@ func decodeJournal(data []byte, id string, sets int) ([]journalEntry, error) {
 			if ms < 0 || ms > 1<<43 {
 				return nil, fmt.Errorf("offset %d: a bad expiry, %d", off+journalBatchHd+i*journalRecLen, ms)
 			}
-			e := journalEntry{set: int32(set), exp: wall(ms * 1e6)}
+			e := journalEntry{set: int32(set), exp: wall(ms * 1e6), seq: int32(len(out))}
 			copy(e.a[:], r[4:20])
 			out = append(out, e)
 		}
@@ -328,32 +331,59 @@ func decodeJournal(data []byte, id string, sets int) ([]journalEntry, error) {
 func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
 
 // applyJournal applies recs to st's entries, in order: the last record of
-// an element says whether it is held, and until when.
+// an element says whether it is held, and until when. It sorts both (a
+// million map lookups would cost a cache miss each) and merges them;
+// st's entries come out in element order, which nothing depends on.
 func (st *state) applyJournal(recs []journalEntry) {
-	type key struct {
-		set int32
-		a   [16]byte
+	if len(recs) == 0 {
+		return
 	}
-	last := make(map[key]int, len(recs))
-	for i, r := range recs {
-		last[key{r.set, r.a}] = i
-	}
-	seen := make([]bool, len(recs))
-	out := st.Learned[:0]
-	for _, e := range st.Learned {
-		if i, ok := last[key{e.set, e.a}]; ok {
-			seen[i] = true
-			if recs[i].exp == 0 {
-				continue
-			}
-			e.Expires = recs[i].exp
+	slices.SortFunc(recs, func(x, y journalEntry) int {
+		if c := cmpElem(x.set, &x.a, y.set, &y.a); c != 0 {
+			return c
 		}
-		out = append(out, e)
+		return cmp.Compare(x.seq, y.seq)
+	})
+	last := recs[:0] // the last record of each element
+	for i := range recs {
+		if i+1 < len(recs) && recs[i].set == recs[i+1].set && recs[i].a == recs[i+1].a {
+			continue
+		}
+		last = append(last, recs[i])
 	}
-	for i, r := range recs {
-		if !seen[i] && r.exp != 0 && last[key{r.set, r.a}] == i {
+	slices.SortFunc(st.Learned, func(x, y stateEntry) int { return cmpElem(x.set, &x.a, y.set, &y.a) })
+	out := make([]stateEntry, 0, len(st.Learned)+len(last))
+	i := 0
+	for _, r := range last {
+		for i < len(st.Learned) && cmpElem(st.Learned[i].set, &st.Learned[i].a, r.set, &r.a) < 0 {
+			out = append(out, st.Learned[i])
+			i++
+		}
+		held := false
+		for i < len(st.Learned) && st.Learned[i].set == r.set && st.Learned[i].a == r.a {
+			if r.exp != 0 {
+				e := st.Learned[i]
+				e.Expires = r.exp
+				out = append(out, e)
+			}
+			held = true
+			i++
+		}
+		if !held && r.exp != 0 {
 			out = append(out, stateEntry{set: r.set, a: r.a, Expires: r.exp})
 		}
 	}
-	st.Learned = out
+	st.Learned = append(out, st.Learned[i:]...)
+}
+
+// cmpElem orders elements by set, then address, as two machine words:
+// any order does, if both sides of the merge use it.
+func cmpElem(xs int32, xa *[16]byte, ys int32, ya *[16]byte) int {
+	if xs != ys {
+		return cmp.Compare(xs, ys)
+	}
+	if x, y := binary.NativeEndian.Uint64(xa[:8]), binary.NativeEndian.Uint64(ya[:8]); x != y {
+		return cmp.Compare(x, y)
+	}
+	return cmp.Compare(binary.NativeEndian.Uint64(xa[8:]), binary.NativeEndian.Uint64(ya[8:]))
 }

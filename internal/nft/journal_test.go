@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -253,7 +254,7 @@ func TestApplyJournal(t *testing.T) {
 		entryOf(0, a, wall(1000*1e6)),
 		entryOf(0, b, wall(1000*1e6)),
 	}}
-	st.applyJournal([]journalEntry{
+	recs := []journalEntry{
 		testJournalEntry(0, "192.0.2.1", 2000), // extended
 		testJournalEntry(0, "192.0.2.2", 0),    // removed
 		testJournalEntry(1, "2001:db8::3", 3000),
@@ -262,9 +263,13 @@ func TestApplyJournal(t *testing.T) {
 		testJournalEntry(0, "192.0.2.1", 2500),
 		testJournalEntry(0, "192.0.2.9", 5000),
 		testJournalEntry(0, "192.0.2.9", 0),
-	})
+	}
+	for i := range recs {
+		recs[i].seq = int32(i) // as decodeJournal numbers them
+	}
+	st.applyJournal(recs)
 	want := []stateEntry{entryOf(0, a, wall(2500*1e6)), entryOf(1, c, wall(4000*1e6))}
-	if len(st.Learned) != len(want) || st.Learned[0] != want[0] || st.Learned[1] != want[1] {
+	if !slices.Equal(st.Learned, want) {
 		t.Errorf("applied: %+v, want %+v", st.Learned, want)
 	}
 }
@@ -290,12 +295,22 @@ func FuzzDecodeJournal(f *testing.F) {
 				t.Fatalf("accepted a record %+v", r)
 			}
 		}
-		st := &state{Sets: make([]stateSet, 2)}
+		st := &state{Sets: make([]stateSet, 2), Learned: []stateEntry{
+			entryOf(0, netip.MustParseAddr("192.0.2.1"), wall(1765120000000*1e6)),
+			entryOf(1, netip.MustParseAddr("2001:db8::2"), wall(1765120000000*1e6)),
+		}}
 		st.applyJournal(recs)
+		seen := make(map[stateEntry]bool)
 		for _, e := range st.Learned {
 			if e.Expires <= 0 {
 				t.Fatalf("applied a removal as an entry: %+v", e)
 			}
+			k := e
+			k.Expires = 0
+			if seen[k] {
+				t.Fatalf("an element twice: %+v", st.Learned)
+			}
+			seen[k] = true
 		}
 	})
 }
@@ -397,4 +412,32 @@ func TestRestartReadsJournal(t *testing.T) {
 			t.Errorf("log lacks the rejected journal:\n%s", logs)
 		}
 	})
+}
+
+// BenchmarkReadJournal decodes and applies a journal of N records (each
+// address of the snapshot extended once: the most a journal of a
+// snapshot of N entries holds) to that snapshot, from memory: what a
+// restart over a full journal adds to reading the snapshot.
+func BenchmarkReadJournal(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			learned := make([]stateEntry, n)
+			recs := make([]journalEntry, n)
+			for i := range n {
+				learned[i] = entryOf(int32(i%12), memoryAddr(i), wall(1765120000000*1e6))
+				recs[i] = journalEntry{set: int32(i % 12), a: memoryAddr(i).As16(), exp: wall((1765120000000 + int64(i)) * 1e6)}
+			}
+			data := journalBytes(testJournalID, recs)
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				st := &state{Sets: make([]stateSet, 12), Learned: slices.Clone(learned)}
+				got, err := decodeJournal(data, testJournalID, 12)
+				if err != nil || len(got) != n {
+					b.Fatal(len(got), err)
+				}
+				st.applyJournal(got)
+			}
+		})
+	}
 }
