@@ -387,6 +387,23 @@ func TestRestartReadsJournal(t *testing.T) {
 			t.Errorf("log lacks the journal:\n%s", logs)
 		}
 	})
+	t.Run("torn journal", func(t *testing.T) {
+		// The changes went in one append; a crash during it leaves the
+		// batch cut short, and the restart takes the snapshot alone.
+		data, err := os.ReadFile(journalPath(state))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(journalPath(state), data[:len(data)-5], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(journalPath(state), data, 0o600)
+		torn, logs := restart(t)
+		sameView(t, "the mirror after the restart", mirrorView(torn), snap)
+		if strings.Contains(logs, "ignoring the state file's journal") {
+			t.Errorf("a torn last batch was reported as a damaged journal:\n%s", logs)
+		}
+	})
 	t.Run("journal of another snapshot", func(t *testing.T) {
 		data, err := os.ReadFile(journalPath(state))
 		if err != nil {
