@@ -3,7 +3,8 @@
 // drop everything else from the sources the policy covers. The table
 // outlives the process; while the process runs, it watches the table and
 // puts it back when another process changes it (watch.go), and it keeps
-// learned addresses in a state file for the next start (state.go).
+// learned addresses in a state file for the next start (state.go), with
+// a journal of the changes since it was written (journal.go).
 package nft
 
 import (
