@@ -326,7 +326,7 @@ func TestSetAccept(t *testing.T) {
 	counted := func() int {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		return a.perName["public.example"]
+		return a.mirror.counted("public.example")
 	}
 	a.SetAccept(ctx, nil, 0) // refuses everything
 	put("public.example/192.0.2.90/everyone/")

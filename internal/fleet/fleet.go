@@ -18,7 +18,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
@@ -72,20 +71,21 @@ type Fleet struct {
 	// a revision, lowest first: a watermark that moves wakes only those
 	// it releases, not every waiting answer (see wakeAckedLocked).
 	acks ackHeap
-	// mirror is what etcd holds, by key below learnedPrefix, as far as
-	// this gateway knows (from its loads, its watch and its own writes):
-	// a published entry that etcd holds with the same or a later expiry
-	// is not written again.
-	mirror map[string]*held
-	// perName counts the elements of each name taken from etcd, for
-	// Options.MaxPerName (see held.counted).
-	perName map[dnsname.Name]int
+	// mirror is what etcd holds, element by element, as far as this
+	// gateway knows (from its loads, its watch and its own writes): a
+	// published entry that etcd holds with the same or a later expiry is
+	// not written again. It counts the elements of each name taken from
+	// etcd, for Options.MaxPerName.
+	mirror mirror
 	// queue holds the flushes waiting to be written, oldest first, each of
 	// at most maxBatch elements; queued indexes their elements by key,
 	// and inflight those of the flush being written.
 	queue    []*flush
 	queued   map[string]*op
 	inflight map[string]*op
+	// The most elements queued and inflight held since they were last
+	// replaced (shrinkLocked).
+	queuedPeak, inflightPeak int
 	// boot and seq name the next batch this process writes (batchKey).
 	boot, seq uint64
 	// ownBatches starts the keys, below learnedPrefix, of the batches
@@ -109,24 +109,6 @@ type Fleet struct {
 type check struct {
 	accept     func(learn.Entry) error
 	maxPerName int
-}
-
-// held is what etcd holds at a key: the expiry, and the revision that
-// wrote it (the revision peers must have acknowledged to have it).
-type held struct {
-	exp, rev int64
-	// counted: this gateway took the element from etcd and counts it in
-	// perName.
-	counted bool
-}
-
-// raise records that a batch written at revision rev holds the element
-// until exp: etcd holds it until the latest expiry of its batches, and a
-// hold that needs exp waits for the earliest revision that has it.
-func (h *held) raise(exp, rev int64) {
-	if h.rev == 0 || exp > h.exp || (exp == h.exp && rev < h.rev) {
-		h.exp, h.rev = exp, rev
-	}
 }
 
 // dropCounter is dnsfw.DropCounter, which the fleet passes through.
@@ -180,8 +162,7 @@ func New(cli *clientv3.Client, o Options) (*Fleet, error) {
 		downErr:       errConnecting,
 		changed:       make(chan struct{}),
 		live:          map[string]int64{},
-		mirror:        map[string]*held{},
-		perName:       map[dnsname.Name]int{},
+		mirror:        newMirror(),
 		queued:        map[string]*op{},
 		inflight:      map[string]*op{},
 		boot:          uint64(time.Now().UnixNano()),

@@ -417,7 +417,7 @@ func waitAcked(t testing.TB, cli *clientv3.Client, key string, nodes ...string) 
 // etcdElements reads every batch etcd holds, and returns each element's
 // latest expiry and the latest revision that wrote it, by key; every
 // learned key must be a batch that parses.
-func etcdElements(t testing.TB, cli *clientv3.Client) map[string]held {
+func etcdElements(t testing.TB, cli *clientv3.Client) map[string]etcdHeld {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -425,7 +425,7 @@ func etcdElements(t testing.TB, cli *clientv3.Client) map[string]held {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]held{}
+	out := map[string]etcdHeld{}
 	for _, kv := range resp.Kvs {
 		if _, ok := parseBatchKey(strings.TrimPrefix(string(kv.Key), "/fqdngate/learned/")); !ok {
 			t.Fatalf("etcd holds %s, which is not a batch", kv.Key)
@@ -443,6 +443,9 @@ func etcdElements(t testing.TB, cli *clientv3.Client) map[string]held {
 	}
 	return out
 }
+
+// etcdHeld is an element's latest expiry and revision in etcd.
+type etcdHeld struct{ exp, rev int64 }
 
 // putBatch writes lines (<key> <expiry>, without the newline) as one batch
 // of a gateway "w" that is not running, and returns the revision.
@@ -562,8 +565,8 @@ func TestOwnBatchesNotProgrammedAgain(t *testing.T) {
 	waitFor(t, "a's watch to pass its own batch", func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		h := a.mirror[string(appendKey(nil, e.Name, e.Addr, e.Rule, e.Group))]
-		return h != nil && a.applied.Load() >= h.rev
+		_, h, ok := a.mirror.lookup(&e)
+		return ok && a.applied.Load() >= h.rev
 	})
 	local.mu.Lock()
 	n := local.n
@@ -572,7 +575,7 @@ func TestOwnBatchesNotProgrammedAgain(t *testing.T) {
 		t.Errorf("a's local publisher got %d entries, want 1 (the batch came back through the watch and was programmed again)", n)
 	}
 	a.mu.Lock()
-	counted := a.perName[e.Name]
+	counted := a.mirror.counted(e.Name)
 	a.mu.Unlock()
 	if counted != 1 {
 		t.Errorf("a counts %d elements of %s against its cap, want 1", counted, e.Name)

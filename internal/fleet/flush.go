@@ -48,25 +48,34 @@ const maxKeyLen = 253 + 45 + 63 + 63 + 3
 
 // enqueueLocked queues the entries of batch that etcd does not hold yet
 // with the same or a later expiry, ignoring those expired at now (Unix
-// seconds). It returns the revision to wait for because of entries etcd
+// seconds) and those whose address is invalid or has a zone. It returns the revision to wait for because of entries etcd
 // holds already, the flushes to wait for because of the others, and
 // whether it queued anything new.
 func (f *Fleet) enqueueLocked(batch []learn.Entry, now int64) (rev int64, waits []*flush, added bool) {
-	var buf [maxKeyLen]byte
+	var (
+		buf  [maxKeyLen]byte
+		last lastIDs // the mirror does not change in this loop
+	)
 	coalesced := 0
 	for i := range batch {
 		e := &batch[i]
-		exp := ceilUnix(e.Expires)
+		exp := min(ceilUnix(e.Expires), maxExpiry) // what a batch's line can hold
 		if exp <= now {
 			continue
 		}
-		kb := appendKey(buf[:0], e.Name, e.Addr.Unmap(), e.Rule, e.Group)
-		// Lookups with string(kb) do not allocate.
-		if h, ok := f.mirror[string(kb)]; ok && h.exp >= exp {
+		if !e.Addr.IsValid() || e.Addr.Zone() != "" {
+			// Not an element etcd can carry (parseElement refuses it, and
+			// the whole batch with it), nor one the mirror can name.
+			// Answers' addresses never are.
+			continue
+		}
+		if _, h, ok := f.mirror.lookupLast(&last, e); ok && h.exp() >= exp {
 			rev = max(rev, h.rev)
 			coalesced++
 			continue
 		}
+		kb := appendKey(buf[:0], e.Name, e.Addr.Unmap(), e.Rule, e.Group)
+		// Lookups with string(kb) do not allocate.
 		if o, ok := f.inflight[string(kb)]; ok && o.exp >= exp {
 			waits = addWait(waits, o.fl)
 			coalesced++
@@ -119,8 +128,28 @@ func (f *Fleet) queueLocked(o *op) bool {
 	fl.ops = append(fl.ops, o)
 	o.fl = fl
 	f.queued[o.key] = o
+	f.queuedPeak = max(f.queuedPeak, len(f.queued))
 	f.m.pending.Set(float64(len(f.queued)))
 	return true
+}
+
+// roomyAfter is how many elements queued or inflight may have held
+// before the map is replaced by a new one once it is empty again
+// (shrinkLocked).
+const roomyAfter = maxBatch
+
+// shrinkLocked replaces queued and inflight by new maps when they are
+// empty after having held more than roomyAfter elements: a Go map keeps
+// the room it grew to, and after an outage (up to MaxPending elements
+// queued) or a burst that room would stay for good, scanned by the
+// collector at every cycle.
+func (f *Fleet) shrinkLocked() {
+	if len(f.queued) == 0 && f.queuedPeak > roomyAfter {
+		f.queued, f.queuedPeak = map[string]*op{}, 0
+	}
+	if len(f.inflight) == 0 && f.inflightPeak > roomyAfter {
+		f.inflight, f.inflightPeak = map[string]*op{}, 0
+	}
 }
 
 // flushLoop writes the queued flushes, and this gateway's watermark, while
@@ -215,6 +244,8 @@ next:
 			delete(f.queued, o.key)
 			f.inflight[o.key] = o
 		}
+		f.inflightPeak = max(f.inflightPeak, len(f.inflight))
+		f.shrinkLocked()
 		fl.key = batchKey(f.o.Node, f.boot, f.seq)
 		f.seq++
 		f.m.pending.Set(float64(len(f.queued)))
@@ -340,19 +371,15 @@ func (f *Fleet) written(fl *flush, rev int64) {
 	c := f.check.Load()
 	for _, o := range fl.ops {
 		delete(f.inflight, o.key)
-		h := f.mirror[o.key]
-		if h == nil {
-			h = &held{}
-			f.mirror[o.key] = h
-		}
-		h.raise(o.exp, rev)
 		e := o.e
 		e.Expires = time.Unix(o.exp, 0)
-		f.admitLocked(c, o.key, e, h, now)
+		k := f.mirror.raise(&e, o.exp, rev)
+		f.admitLocked(c, o.key, e, k, now)
 	}
 	if len(fl.ops) > 0 {
 		fl.rev = rev
 	}
+	f.shrinkLocked()
 	close(fl.done)
 	f.mu.Unlock()
 	f.m.written.Add(float64(len(fl.ops)))
@@ -371,6 +398,7 @@ func (f *Fleet) failed(ctx context.Context, fl *flush, err error) {
 		}
 		f.queueLocked(&op{key: o.key, exp: o.exp, e: o.e})
 	}
+	f.shrinkLocked()
 	fl.err = err
 	close(fl.done)
 	f.mu.Unlock()

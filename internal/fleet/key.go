@@ -30,9 +30,9 @@ import (
 // no comparison per element (see flush.go). A batch holds between 1 and
 // maxBatch elements, in at most maxBatchBytes bytes.
 //
-// Inside this package an element is named by its line's first part,
-// <name>/<address>/<rule>/<group> (appendKey, parseElement): the mirror's
-// key.
+// Inside this package an element on its way to etcd is named by its
+// line's first part, <name>/<address>/<rule>/<group> (appendKey,
+// parseElement); the mirror names it by an elemKey (mirror.go).
 const (
 	learnedDir = "learned/"
 	nodesDir   = "nodes/"

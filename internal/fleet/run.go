@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 )
 
@@ -386,13 +385,11 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 	for _, b := range batches {
 		for _, el := range b.elems {
 			e := el.e
-			h := f.mirror[el.key]
-			if h == nil {
-				h = &held{}
-				f.mirror[el.key] = h
-			}
-			h.raise(e.Expires.Unix(), b.rev)
-			if f.admitLocked(c, el.key, e, h, now) {
+			k := f.mirror.raise(&e, e.Expires.Unix(), b.rev)
+			// The mirror's copies of the strings, not pieces of the
+			// batch's text: the local publisher may keep them.
+			f.mirror.share(k, &e)
+			if f.admitLocked(c, el.key, e, k, now) {
 				program = append(program, e)
 			}
 		}
@@ -401,14 +398,15 @@ func (f *Fleet) apply(ctx context.Context, evs []*clientv3.Event) {
 	f.program(ctx, program)
 }
 
-// admitLocked decides whether e, an element etcd holds at key (as h),
+// admitLocked decides whether e, an element etcd holds (the mirror's k;
+// key is its text, for the log),
 // counts as taken from etcd: it has not expired at now, the check c
 // accepts it, and its name's cap has room (or it is counted already).
 // Refusals are counted. apply programs what it admits; written admits
 // this gateway's own elements, which its kernel has already, so that they
 // count against the cap exactly as if they had come back through the
 // watch.
-func (f *Fleet) admitLocked(c *check, key string, e learn.Entry, h *held, now time.Time) bool {
+func (f *Fleet) admitLocked(c *check, key string, e learn.Entry, k elemKey, now time.Time) bool {
 	if !e.Expires.After(now) {
 		return false
 	}
@@ -421,21 +419,10 @@ func (f *Fleet) admitLocked(c *check, key string, e learn.Entry, h *held, now ti
 		f.ignore(reason, key, err)
 		return false
 	}
-	if !h.counted && !f.countLocked(c, e, h) {
+	if !f.mirror.elems[k].counted() && !f.mirror.count(k, c.maxPerName) {
 		f.ignore(ReasonPerNameCap, key, nil)
 		return false
 	}
-	return true
-}
-
-// countLocked counts e, held as h, against its name's cap, and reports
-// whether the cap had room.
-func (f *Fleet) countLocked(c *check, e learn.Entry, h *held) bool {
-	if c.maxPerName > 0 && f.perName[e.Name] >= c.maxPerName {
-		return false
-	}
-	h.counted = true
-	f.perName[e.Name]++
 	return true
 }
 
@@ -474,56 +461,66 @@ func (f *Fleet) program(ctx context.Context, batch []learn.Entry) {
 // mu.
 func (f *Fleet) rescan(ctx context.Context) {
 	type seen struct {
-		key     string
-		h       *held
-		exp     int64
-		counted bool
+		k elemKey
+		e learn.Entry
 	}
 	now := f.o.Now().Unix()
 	f.mu.Lock()
 	c := f.check.Load()
-	all := make([]seen, 0, len(f.mirror))
-	for key, h := range f.mirror {
-		if h.exp > now {
-			all = append(all, seen{key, h, h.exp, h.counted})
+	keys := make([]elemKey, 0, len(f.mirror.elems))
+	for k, h := range f.mirror.elems {
+		if h.exp() > now {
+			keys = append(keys, k)
 		}
 	}
 	f.mu.Unlock()
 
+	// The elements are checked a page at a time, outside mu; only those
+	// whose count changes are kept.
 	var refused, accepted []seen
-	entries := map[*held]learn.Entry{}
-	for _, x := range all {
-		e, err := parseElement(x.key, []byte(encodeExpiry(x.exp)))
-		switch {
-		case err != nil:
-			// The mirror holds only what parsed.
-		case c.accept(e) != nil:
-			if x.counted {
-				refused = append(refused, x)
+	page := make([]seen, 0, min(len(keys), programPage))
+	counted := make([]bool, 0, cap(page))
+	for len(keys) > 0 {
+		n := min(len(keys), programPage)
+		page, counted = page[:0], counted[:0]
+		f.mu.Lock()
+		for _, k := range keys[:n] {
+			if h, ok := f.mirror.elems[k]; ok {
+				page = append(page, seen{k, f.mirror.entry(k, h.exp())})
+				counted = append(counted, h.counted())
 			}
-		case !x.counted:
-			accepted = append(accepted, x)
-			entries[x.h] = e
+		}
+		f.mu.Unlock()
+		keys = keys[n:]
+		for i, x := range page {
+			switch {
+			case c.accept(x.e) != nil:
+				if counted[i] {
+					refused = append(refused, x)
+				}
+			case !counted[i]:
+				accepted = append(accepted, x)
+			}
 		}
 	}
 
 	var batch []learn.Entry
 	f.mu.Lock()
 	for _, x := range refused {
-		if f.mirror[x.key] == x.h && x.h.counted {
-			f.uncountLocked(x.key, x.h)
+		if f.mirror.is(x.k, &x.e) && f.mirror.elems[x.k].counted() {
+			f.mirror.uncount(x.k)
 		}
 	}
 	// Counted only once the refused ones have made room.
 	for _, x := range accepted {
-		if f.mirror[x.key] != x.h || x.h.counted {
+		if !f.mirror.is(x.k, &x.e) || f.mirror.elems[x.k].counted() {
 			continue // forgotten, or counted by apply meanwhile
 		}
-		if !f.countLocked(c, entries[x.h], x.h) {
-			f.ignore(ReasonPerNameCap, x.key, nil)
+		if !f.mirror.count(x.k, c.maxPerName) {
+			f.ignore(ReasonPerNameCap, string(appendKey(nil, x.e.Name, x.e.Addr, x.e.Rule, x.e.Group)), nil)
 			continue
 		}
-		batch = append(batch, entries[x.h])
+		batch = append(batch, x.e)
 	}
 	f.mu.Unlock()
 	for len(batch) > 0 {
@@ -544,31 +541,11 @@ func (f *Fleet) sweep(now int64) {
 
 // sweepLocked is sweep, with mu held.
 func (f *Fleet) sweepLocked(now int64) {
-	for key, h := range f.mirror {
-		if h.exp > now {
-			continue
+	for k, h := range f.mirror.elems {
+		if h.exp() <= now {
+			f.mirror.forget(k)
 		}
-		f.forgetLocked(key, h)
 	}
-}
-
-// forgetLocked removes key, holding h, from the mirror and its name's
-// count.
-func (f *Fleet) forgetLocked(key string, h *held) {
-	if h.counted {
-		f.uncountLocked(key, h)
-	}
-	delete(f.mirror, key)
-}
-
-// uncountLocked takes key, held as counted h, out of its name's count.
-func (f *Fleet) uncountLocked(key string, h *held) {
-	// Counted elements were parsed: the name is canonical.
-	name := dnsname.Name(key[:max(0, strings.IndexByte(key, '/'))])
-	if f.perName[name]--; f.perName[name] <= 0 {
-		delete(f.perName, name)
-	}
-	h.counted = false
 }
 
 // ignore counts an element from etcd that is not programmed, and logs it

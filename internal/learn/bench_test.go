@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"runtime/metrics"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -44,28 +45,41 @@ func heapAlloc() uint64 {
 	return ms.HeapAlloc
 }
 
+// scannableHeap is the heap the collector has to scan (marks through),
+// in bytes (after heapAlloc's collections).
+func scannableHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/scan/heap:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
 // BenchmarkStoreMemory reports the live heap a store of benchNames names
 // with two addresses each holds, per entry (B/entry), name strings
-// included. B/op and allocs/op are those of filling it.
+// included, and of it the heap the collector has to scan
+// (scan-B/entry). B/op and allocs/op are those of filling it.
 func BenchmarkStoreMemory(b *testing.B) {
 	expires := time.Now().Add(time.Hour)
-	var perEntry float64
+	var perEntry, scanPerEntry float64
 	for range b.N {
 		b.StopTimer()
 		before := heapAlloc()
+		scanBefore := scannableHeap()
 		b.StartTimer()
 		s := NewStore(StoreConfig{})
 		fillStore(b, s, expires)
 		b.StopTimer()
 		after := heapAlloc()
+		scanAfter := scannableHeap()
 		if n := s.Len(); n != 2*benchNames {
 			b.Fatalf("Len: got %d, want %d", n, 2*benchNames)
 		}
 		runtime.KeepAlive(s)
 		perEntry = float64(int64(after)-int64(before)) / (2 * benchNames)
+		scanPerEntry = float64(int64(scanAfter)-int64(scanBefore)) / (2 * benchNames)
 		b.StartTimer()
 	}
 	b.ReportMetric(perEntry, "B/entry")
+	b.ReportMetric(scanPerEntry, "scan-B/entry")
 }
 
 // BenchmarkStorePublishUnchanged publishes, from every P, answers whose

@@ -1,16 +1,17 @@
 package learn
 
 import (
+	"bytes"
 	"context"
 	"hash/maphash"
 	"iter"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unique"
 	"unsafe"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
@@ -31,10 +32,10 @@ import (
 // second, see [ExpiryGranularity]); adding, evicting and sweeping take the
 // shard's write lock.
 //
-// An entry of a name with two costs about 90 bytes of heap, its share of
+// An entry of a name with two costs about 80 bytes of heap, its share of
 // the name's string and map slot included (see BenchmarkStoreMemory): a
-// name's entries are one small slice, sorted by address, of 40-byte
-// records whose rule and group are one interned handle.
+// name's entries are one small slice, sorted by address, of 32-byte
+// records without pointers whose rule and group are one interned number.
 type Store struct {
 	max, perName int
 	now          func() time.Time
@@ -69,23 +70,108 @@ type shardState struct {
 	peak  int // the most names held since names was made
 }
 
-// record is one entry of a name: 40 bytes on 64-bit platforms.
+// record is one entry of a name: 32 bytes on 64-bit platforms, without
+// a pointer, so that the collector does not scan a name's records (a
+// fleet gateway without nftables holds every address of the fleet here).
 type record struct {
 	// exp is when the entry expires, in Unix seconds: the entry's Expires
 	// rounded up to a whole second. It only ever grows; under a read lock
 	// it is read and written atomically. First, so that it is 64-bit
 	// aligned on 32-bit platforms too.
 	exp  int64
-	addr netip.Addr
-	rg   unique.Handle[ruleGroup]
+	addr addr
+	rg   rgID
 }
 
-// ruleGroup is an entry's rule and group, interned: a store holds few
-// distinct pairs, each for many entries. dnssec is the entry's DNSSEC
+// addr is an entry's address without a pointer (netip.Addr's zone is
+// one): its 16-byte form and its length in bits, which tells IPv4 from
+// IPv4-mapped IPv6 as netip.Addr does. A zone is not kept: learned
+// addresses come from DNS answers, which have none.
+type addr struct {
+	a    [16]byte
+	bits uint8 // netip.Addr.BitLen: 0 (the zero Addr), 32 or 128
+}
+
+func addrOf(a netip.Addr) addr { return addr{a.As16(), uint8(a.BitLen())} }
+
+// Addr is a as a netip.Addr.
+func (a addr) Addr() netip.Addr {
+	switch a.bits {
+	case 32:
+		return netip.AddrFrom4([4]byte(a.a[12:]))
+	case 128:
+		return netip.AddrFrom16(a.a)
+	}
+	return netip.Addr{}
+}
+
+// Less orders addresses as netip.Addr.Less does.
+func (a addr) Less(b addr) bool {
+	if a.bits != b.bits {
+		return a.bits < b.bits
+	}
+	return bytes.Compare(a.a[:], b.a[:]) < 0
+}
+
+func (a addr) String() string { return a.Addr().String() }
+
+// ruleGroup is an entry's rule and group, interned (rgID): a store holds
+// few distinct pairs, each for many entries. dnssec is the entry's DNSSEC
 // verdict, kept with them at no cost per entry; it is not part of what
 // identifies an entry (search), so the verdict listed is that of the
 // answer that added the entry.
 type ruleGroup struct{ rule, group, dnssec string }
+
+// rgID is a ruleGroup as a small number: see internRuleGroup.
+type rgID uint32
+
+// ruleGroups interns ruleGroups for the whole process: ids maps one to
+// its rgID (under mu: a read lock, which unlike a sync.Map's interface
+// key allocates nothing), vals is indexed by it, read without a lock.
+//
+// What bounds it: the pairs of rule and source group the DNS firewall
+// learns for (and the fleet accepts from etcd) are those of the policies
+// the process applied, each with one of three DNSSEC verdicts. One no
+// longer used (a rule renamed or removed by a reload) stays, a few dozen
+// bytes; a process that applies many different policies holds the union
+// of their pairs.
+var ruleGroups struct {
+	mu   sync.RWMutex
+	ids  map[ruleGroup]rgID
+	vals atomic.Pointer[[]ruleGroup]
+}
+
+// internRuleGroup returns rg's rgID, giving it one if it has none.
+func internRuleGroup(rg ruleGroup) rgID {
+	ruleGroups.mu.RLock()
+	id, ok := ruleGroups.ids[rg]
+	ruleGroups.mu.RUnlock()
+	if ok {
+		return id
+	}
+	ruleGroups.mu.Lock()
+	defer ruleGroups.mu.Unlock()
+	if id, ok := ruleGroups.ids[rg]; ok {
+		return id
+	}
+	if ruleGroups.ids == nil {
+		ruleGroups.ids = map[ruleGroup]rgID{}
+	}
+	var vals []ruleGroup
+	if p := ruleGroups.vals.Load(); p != nil {
+		vals = *p
+	}
+	id = rgID(len(vals))
+	// Readers hold the old slice, shorter than the value appended (or a
+	// copy): they never read what this writes.
+	vals = append(vals, ruleGroup{strings.Clone(rg.rule), strings.Clone(rg.group), strings.Clone(rg.dnssec)})
+	ruleGroups.vals.Store(&vals)
+	ruleGroups.ids[vals[id]] = id
+	return id
+}
+
+// Value is the ruleGroup id stands for.
+func (id rgID) Value() ruleGroup { return (*ruleGroups.vals.Load())[id] }
 
 // ExpiryGranularity is the precision of the expiries a Store holds: it
 // rounds each Expires up to a whole second. An entry is therefore held,
@@ -219,8 +305,9 @@ func (s *Store) refresh(sh *shard, run []Entry, now *time.Time) bool {
 func (s *Store) add(sh *shard, run []Entry, now time.Time) {
 	name := run[0].Name
 	var (
-		rg   unique.Handle[ruleGroup]
-		last ruleGroup
+		rg     rgID
+		last   ruleGroup
+		haveRG bool
 	)
 	sh.mu.Lock()
 	for i := range run {
@@ -248,15 +335,15 @@ func (s *Store) add(sh *shard, run []Entry, now time.Time) {
 				sh.mu.Lock()
 				continue
 			}
-			if k := (ruleGroup{e.Rule, e.Group, e.DNSSEC}); rg == (unique.Handle[ruleGroup]{}) || k != last {
-				rg, last = unique.Make(k), k
+			if k := (ruleGroup{e.Rule, e.Group, e.DNSSEC}); !haveRG || k != last {
+				rg, last, haveRG = internRuleGroup(k), k, true
 			}
 			if recs == nil {
 				// A new name: room for the rest of run (an answer's
 				// addresses come together) in one allocation.
 				recs = make([]record, 0, min(len(run)-i, s.perName))
 			}
-			sh.names[name] = slices.Insert(recs, j, record{exp: want, addr: e.Addr, rg: rg})
+			sh.names[name] = slices.Insert(recs, j, record{exp: want, addr: addrOf(e.Addr), rg: rg})
 			sh.peak = max(sh.peak, len(sh.names))
 			break
 		}
@@ -270,17 +357,18 @@ func (s *Store) add(sh *shard, run []Entry, now time.Time) {
 // search returns the index of e's record in recs, sorted by address, and
 // true; or, if recs does not hold e, the index to insert it at and false.
 func search(recs []record, e *Entry) (int, bool) {
+	a := addrOf(e.Addr)
 	lo, hi := 0, len(recs)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		if recs[m].addr.Less(e.Addr) {
+		if recs[m].addr.Less(a) {
 			lo = m + 1
 		} else {
 			hi = m
 		}
 	}
 	// An address may be held for several rules and groups.
-	for j := lo; j < len(recs) && recs[j].addr == e.Addr; j++ {
+	for j := lo; j < len(recs) && recs[j].addr == a; j++ {
 		if rg := recs[j].rg.Value(); rg.rule == e.Rule && rg.group == e.Group {
 			return j, true
 		}
@@ -426,7 +514,7 @@ func (s *Store) List() []Entry {
 				r := &recs[j]
 				if exp := atomic.LoadInt64(&r.exp); exp > cut {
 					rg := r.rg.Value()
-					out = append(out, Entry{Name: name, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC(), DNSSEC: rg.dnssec})
+					out = append(out, Entry{Name: name, Rule: rg.rule, Group: rg.group, Addr: r.addr.Addr(), Expires: time.Unix(exp, 0).UTC(), DNSSEC: rg.dnssec})
 				}
 			}
 		}
@@ -479,7 +567,7 @@ func (s *Store) All(name dnsname.Name) iter.Seq[Entry] {
 					r := &recs[j]
 					if exp := atomic.LoadInt64(&r.exp); exp > cut {
 						rg := r.rg.Value()
-						buf = append(buf, Entry{Name: n, Rule: rg.rule, Group: rg.group, Addr: r.addr, Expires: time.Unix(exp, 0).UTC()})
+						buf = append(buf, Entry{Name: n, Rule: rg.rule, Group: rg.group, Addr: r.addr.Addr(), Expires: time.Unix(exp, 0).UTC()})
 					}
 				}
 				if name != "" {

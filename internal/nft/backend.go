@@ -3,7 +3,8 @@
 // drop everything else from the sources the policy covers. The table
 // outlives the process; while the process runs, it watches the table and
 // puts it back when another process changes it (watch.go), and it keeps
-// learned addresses in a state file for the next start (state.go).
+// learned addresses in a state file for the next start (state.go), with
+// a journal of the changes since it was written (journal.go).
 package nft
 
 import (
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -190,6 +192,11 @@ type Backend struct {
 	// mirror is of, for the state file.
 	ident kernelIdent
 	dirty bool // mirror changed since the state file was written
+	// changes are the changes of the mirror since the last save, for the
+	// state file's journal, while journaling (see noteLocked); spare is
+	// the slice of the last append, for reuse.
+	changes, spare []journalRec
+	journaling     bool
 	// names holds, per name, the elements its answers brought and until
 	// when (for the per-name cap). Adopted and restored elements are held
 	// by no name.
@@ -237,6 +244,8 @@ type Backend struct {
 	// condition of the last write ("" if it succeeded).
 	statePath string
 	stateErr  string
+	// jw is the state file's journal, appended to by save.
+	jw journalWriter
 
 	capEvictions, dropSamples, dropSamplesLost atomic.Uint64
 	// restores counts the times the watcher (or an Apply) put the table
@@ -390,13 +399,22 @@ func New(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
-// loadState reads the state file's entries; a lost state file costs
-// re-resolution, not safety.
+// loadState reads the state file's entries, with the changes its journal
+// adds; a lost state file costs re-resolution, not safety, and a lost
+// journal, the changes since the snapshot.
 func (b *Backend) loadState(path string) *state {
 	st, err := readState(path)
 	if err != nil {
 		b.log.Warn("ignoring unreadable state file", "file", path, "err", err)
 		return nil
+	}
+	switch n, err := readJournal(path, st); {
+	case errors.Is(err, errJournalOther):
+		b.log.Info("ignoring the state file's journal: it is of an older or newer state file (fqdngate stopped between writing the two)", "file", journalPath(path))
+	case err != nil:
+		b.log.Warn("ignoring the state file's journal: the state file is taken as it is, without the changes written since", "file", journalPath(path), "err", err)
+	case n > 0:
+		b.log.Info("read the state file's journal", "file", journalPath(path), "changes", n)
 	}
 	return st
 }
@@ -808,10 +826,17 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	now := b.now()
 	b.memMu.Lock()
 	b.learned = d.learned
-	b.owner = make(map[string]learnKey, len(d.learned))
+	owner := make(map[string]learnKey, len(d.learned))
 	for k, name := range d.learned {
-		b.owner[name] = k
+		owner[name] = k
 	}
+	if !maps.Equal(owner, b.owner) {
+		// The state file lists the learned sets: the next save is a
+		// snapshot. (A set replaced under its name changes its handle,
+		// which starts a snapshot too: see save.)
+		b.journaling = false
+	}
+	b.owner = owner
 	for k := range b.mirrorAll {
 		if _, ok := b.owner[k.set()]; !ok {
 			b.mirrorDel(k)

@@ -240,6 +240,7 @@ func (b *Backend) mirrorSet(k elemKey, exp wall) {
 	}
 	st.setExpiry(exp, false)
 	b.known[k] = st
+	b.noteLocked(k, exp)
 }
 
 // mirrorUnverified records that the state file says the kernel holds k
@@ -253,6 +254,7 @@ func (b *Backend) mirrorUnverified(k elemKey, exp wall) bool {
 	}
 	st.setExpiry(exp, true)
 	b.known[k] = st
+	b.noteLocked(k, exp)
 	return added
 }
 
@@ -263,6 +265,7 @@ func (b *Backend) mirrorDel(k elemKey) {
 		return
 	}
 	b.programmed--
+	b.noteLocked(k, 0)
 	if st.holders() == 0 {
 		delete(b.known, k)
 		return

@@ -37,19 +37,28 @@ func cpuSeconds(b testing.TB) float64 {
 // kernel's dump work and the sample's gets included) of New and of Apply,
 // and of the check that Run makes afterwards of the elements New took from
 // the state file (verify: it runs while the daemon answers), how many New
-// took from the file, the state file's write (CPU-seconds), and the
-// sample's misses.
+// took from the file, the state file's write as a whole (a snapshot,
+// CPU-seconds), and the sample's misses. With journal=N, every address
+// is refreshed after the snapshot, so that the restart reads the
+// snapshot and a journal of N changes (the most it holds before a new
+// snapshot; journal-B is its size).
 func BenchmarkRestart(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			for range b.N {
-				restart(b, n)
+		for _, journal := range []bool{false, true} {
+			name := fmt.Sprintf("N=%d", n)
+			if journal {
+				name += ",journal=N"
 			}
-		})
+			b.Run(name, func(b *testing.B) {
+				for range b.N {
+					restart(b, n, journal)
+				}
+			})
+		}
 	}
 }
 
-func restart(b *testing.B, n int) {
+func restart(b *testing.B, n int, journal bool) {
 	ns := netns.New(b)
 	p, err := policy.Parse("bench.yaml", []byte(memoryPolicy))
 	if err != nil {
@@ -74,15 +83,20 @@ func restart(b *testing.B, n int) {
 	if got := be.Stats().Learned; got != n {
 		b.Fatalf("the backend holds %d addresses, want %d", got, n)
 	}
+	be.stateMu.Lock()
 	cpu0 := cpuSeconds(b)
-	be.save()
+	_, err = be.snapshotLocked(cfg.StateFile)
 	saveCPU := cpuSeconds(b) - cpu0
-	if be.stateWriteFailures.Load() > 0 {
-		b.Fatal("the state file was not written")
+	be.stateMu.Unlock()
+	if err != nil {
+		b.Fatal(err)
 	}
 	fi, err := os.Stat(cfg.StateFile)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if journal {
+		fillLearned(b, be, names, time.Now().Add(2*time.Hour))
 	}
 	// The sample: every n/600-th address, in its set.
 	type elem struct {
@@ -112,6 +126,13 @@ func restart(b *testing.B, n int) {
 	cancel() // Run writes the state file once more as it ends
 	<-ran
 	if err := be.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if be.stateWriteFailures.Load() > 0 {
+		b.Fatal("the state file was not written")
+	}
+	jfi, err := os.Stat(journalPath(cfg.StateFile))
+	if err != nil {
 		b.Fatal(err)
 	}
 
@@ -175,6 +196,7 @@ func restart(b *testing.B, n int) {
 	b.ReportMetric(float64(be2.toVerify), "from-file")
 	b.ReportMetric(saveCPU, "save-cpu-s")
 	b.ReportMetric(float64(fi.Size())/float64(n), "state-B/addr")
+	b.ReportMetric(float64(jfi.Size()), "journal-B")
 	b.ReportMetric(float64(missed.Load()), "missed")
 	b.ReportMetric(float64(rounds.Load()), "sample-rounds")
 }

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -34,6 +36,9 @@ import (
 // restart its elements are taken from the file, not dumped from the
 // kernel (see Backend.adopt). Version 1 files (a JSON object per entry,
 // with rule and group) are still read, as a file that names no set.
+//
+// The file is a snapshot: the changes since it was written are appended
+// to its journal (journal.go), which "journal" in the first line names.
 
 // stateVersion is the version written.
 const stateVersion = 2
@@ -71,9 +76,12 @@ func (e *stateEntry) Addr() netip.Addr { return netip.AddrFrom16(e.a).Unmap() }
 
 // state is a state file, read or to write.
 type state struct {
-	Version int          `json:"version"`
-	Table   *stateIdent  `json:"table,omitempty"`
-	Sets    []stateSet   `json:"sets"`
+	Version int         `json:"version"`
+	Table   *stateIdent `json:"table,omitempty"`
+	Sets    []stateSet  `json:"sets"`
+	// Journal is the id of the journal that extends the file (see
+	// journal.go); "" for none. Files without it are read as before.
+	Journal string       `json:"journal,omitempty"`
 	Learned []stateEntry `json:"-"`
 }
 
@@ -329,6 +337,9 @@ func (b *Backend) SetStateFile(path string) {
 	b.statePath, b.stateErr = path, ""
 	b.memMu.Lock()
 	b.dirty = true
+	// The new path starts with a snapshot; nothing to journal until then.
+	b.journaling = false
+	b.dropChanges()
 	b.memMu.Unlock()
 }
 
@@ -349,49 +360,76 @@ func (b *Backend) saveLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			b.save()
+			b.stateMu.Lock()
+			b.jw.close()
+			b.stateMu.Unlock()
 			return
 		case now := <-t.C:
 			if now.Before(next) {
 				continue
 			}
 			b.save()
-			// A table of millions takes a while to write; spend at most a
-			// tenth of the time on it.
+			// A snapshot of millions takes a while to write; spend at most
+			// a tenth of the time on it.
 			next = time.Now().Add(9 * time.Since(now))
 		}
 	}
 }
 
-// save writes the state file if the mirror changed since the last write.
-// A failed write is tried again at the next tick; it is logged when the
-// condition changes (a first failure, another error, success again), not
-// at every attempt, and counted every time.
+// save writes what changed in the mirror since the last save: an append
+// to the journal, or (the first time, after a change of the sets, the
+// path or the kernel's handles, after a failure, or when the journal
+// holds more records than the snapshot entries) a new snapshot and an
+// empty journal. A failed write is tried again at the next tick, as a
+// snapshot; it is logged when the condition changes (a first failure,
+// another error, success again), not at every attempt, and counted
+// every time.
 func (b *Backend) save() {
 	b.stateMu.Lock()
 	defer b.stateMu.Unlock()
 	path := b.statePath
 	if path == "" {
+		b.jw.close()
 		return
 	}
 	b.memMu.Lock()
 	dirty := b.dirty
 	b.dirty = false
+	changes := b.changes
+	full := !b.journaling || b.jw.f == nil || b.jw.path != path || b.jw.gen != b.ident.gen ||
+		b.jw.records+len(changes) > journalBound(b.jw.entries)
+	if dirty && !full {
+		b.changes, b.spare = b.spare[:0], nil
+	}
 	b.memMu.Unlock()
 	if !dirty {
 		return
 	}
-	st := b.stateLocked()
-	err := writeState(path, st)
+	var (
+		err     error
+		learned int
+	)
+	if full {
+		learned, err = b.snapshotLocked(path)
+	} else {
+		err = b.jw.add(changes)
+		if cap(changes) <= journalMin {
+			b.memMu.Lock()
+			b.spare = changes[:0]
+			b.memMu.Unlock()
+		}
+	}
 	if err == nil {
 		if b.stateErr != "" {
-			b.log.Info("state file written again", "file", path, "learned", len(st.Learned))
+			b.log.Info("state file written again", "file", path, "learned", learned)
 			b.stateErr = ""
 		}
 		return
 	}
 	b.stateWriteFailures.Add(1)
 	b.memMu.Lock()
-	b.dirty = true // try again next tick
+	b.dirty = true // try again next tick, with a snapshot
+	b.journaling = false
 	b.memMu.Unlock()
 	if cond := errCondition(err); cond != b.stateErr {
 		b.stateErr = cond
@@ -399,29 +437,52 @@ func (b *Backend) save() {
 	}
 }
 
-// stateLocked returns the learned elements the kernel holds, as the
-// state file lists them (what Learned returns, without the copy of it),
-// with the kernel's names for the table and sets they are in, if known.
-// An element of a set that no Apply claimed yet (adopted) is left out.
-func (b *Backend) stateLocked() *state {
+// snapshotLocked writes the whole state file to path, and an empty
+// journal for it, and returns how many entries it wrote. The snapshot is
+// renamed into place before the journal: a crash between the two leaves
+// the new snapshot and the old journal, which names the old one and is
+// ignored.
+func (b *Backend) snapshotLocked(path string) (int, error) {
+	b.jw.close()
+	id, err := newJournalID()
+	if err != nil {
+		return 0, fmt.Errorf("writing state file: %w", err)
+	}
+	st, gen := b.stateLocked()
+	st.Journal = id
+	if err := writeState(path, st); err != nil {
+		return 0, err
+	}
+	return len(st.Learned), b.jw.start(path, st, gen)
+}
+
+// stateLocked returns the learned elements the kernel holds, as the state
+// file lists them (what Learned returns, without the copy of it), with
+// the kernel's names for the table and sets they are in, if known, and
+// the kernelIdent generation of those names. Every learned set of the
+// applied policy is listed, with elements or not, so that the journal
+// can name it. An element of a set that no Apply claimed yet (adopted)
+// is left out. The changes noted until now are in it: the journal
+// starts here.
+func (b *Backend) stateLocked() (*state, uint64) {
 	now := b.now()
 	b.memMu.Lock()
 	defer b.memMu.Unlock()
+	b.dropChanges()
+	b.journaling = true
 	st := &state{Learned: make([]stateEntry, 0, b.programmed)}
 	gen, table := b.ident.gen, b.ident.table
 	idx := make(map[setID]int32, len(b.owner))
+	for _, name := range slices.Sorted(maps.Keys(b.owner)) {
+		o := b.owner[name]
+		idx[internSet(name)] = int32(len(st.Sets))
+		st.Sets = append(st.Sets, stateSet{Name: name, Handle: b.ident.sets[name], Rule: o.rule, Group: o.group})
+	}
 	yield := b.yielderLocked()
 	for k, exp := range b.mirrorAll {
 		if !exp.After(now) {
 			b.mirrorDel(k) // the kernel expired it too
-		} else if o, ok := b.owner[k.set()]; ok {
-			i, ok := idx[k.s]
-			if !ok {
-				name := k.set()
-				i = int32(len(st.Sets))
-				idx[k.s] = i
-				st.Sets = append(st.Sets, stateSet{Name: name, Handle: b.ident.sets[name], Rule: o.rule, Group: o.group})
-			}
+		} else if i, ok := idx[k.s]; ok {
 			st.Learned = append(st.Learned, stateEntry{set: i, a: k.a, Expires: exp})
 		}
 		yield() // last: exp is stale once the lock was let go
@@ -429,10 +490,11 @@ func (b *Backend) stateLocked() *state {
 	// A commit while the walk let go of the lock may have replaced a set
 	// under the same name: then the file does not say which set its
 	// entries were in, and the next start lists the sets from the kernel.
+	// (The commit also stopped the journal: the next save is a snapshot.)
 	if table.Boot != "" && b.ident.gen == gen {
 		st.Table = &table
 	}
-	return st
+	return st, gen
 }
 
 // errCondition names the condition behind a write error, so that the same
