@@ -31,20 +31,24 @@ func tuneGC(ctx context.Context) {
 }
 
 // gcHeadroom is the heap growth allowed past the live heap once GOGC=400
-// would allow more: 64 MiB, or a quarter of the live heap if larger.
-const gcHeadroom = 64 << 20
+// would allow more: 32 MiB, or a tenth of the live heap if larger. A
+// collection's cost is marking what holds pointers, and the large
+// structures (the nftables backend's million learned addresses, the DNS
+// cache's packed answers) hold none, so collecting more often costs
+// little while every MiB of headroom is RSS (BENCHMARKS.md, issue 16).
+const gcHeadroom = 32 << 20
 
-// gcPercentFor is the GOGC for a live heap of live bytes: 400 up to 16 MiB
-// (64 MiB of headroom), then whatever keeps the headroom at 64 MiB or a
-// quarter of the live heap, never under 25. Steps of 5 keep it from
-// moving with every collection.
+// gcPercentFor is the GOGC for a live heap of live bytes: 400 up to 8 MiB
+// (32 MiB of headroom), then whatever keeps the headroom at 32 MiB or a
+// tenth of the live heap, never under 10. Steps of 5 keep it from moving
+// with every collection.
 func gcPercentFor(live uint64) int {
 	if live <= gcHeadroom/4 {
 		return 400
 	}
-	headroom := max(gcHeadroom, live/4)
+	headroom := max(gcHeadroom, live/10)
 	p := int(headroom * 100 / live)
-	return max(25, min(400, p/5*5))
+	return max(10, min(400, p/5*5))
 }
 
 // adaptGC sets GOGC from the live heap every second.

@@ -39,12 +39,12 @@ func TestGCPercentFor(t *testing.T) {
 	}{
 		{0, 400},
 		{4 * mib, 400},
-		{16 * mib, 400}, // 64 MiB of headroom either way
-		{32 * mib, 200}, // 64 MiB
-		{168 * mib, 35}, // a million learned addresses: 38%, in steps of 5
-		{256 * mib, 25}, // 64 MiB is a quarter
-		{588 * mib, 25}, // a quarter, never under 25
-		{4096 * mib, 25},
+		{8 * mib, 400},  // 32 MiB of headroom either way
+		{16 * mib, 200}, // 32 MiB
+		{168 * mib, 15}, // a million learned addresses: 19%, in steps of 5
+		{320 * mib, 10}, // 32 MiB is a tenth
+		{588 * mib, 10}, // a tenth, never under 10
+		{4096 * mib, 10},
 	} {
 		if got := gcPercentFor(tt.live); got != tt.want {
 			t.Errorf("live %d MiB: GOGC %d, want %d", tt.live/mib, got, tt.want)
