@@ -2,12 +2,12 @@ package dnscache
 
 import (
 	"fmt"
-	"runtime"
 	"testing"
 
 	"github.com/miekg/dns"
 
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 )
 
 func benchEntries(b *testing.B, c *Cache, n int) []Key {
@@ -114,18 +114,9 @@ func BenchmarkEntryMemory(b *testing.B) {
 				}
 			}
 		}
-		filled := settledHeap()
+		filled := float64(memtest.SettledHeap())
 		c.Flush()
-		flushed := settledHeap()
+		flushed := float64(memtest.SettledHeap())
 		b.ReportMetric((filled-flushed)/(2*n), "heap-B/answer")
 	}
-}
-
-// settledHeap returns the live heap after two collections.
-func settledHeap() float64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc)
 }

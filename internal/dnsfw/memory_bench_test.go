@@ -16,6 +16,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/dnscache"
 	"github.com/fqdngate/fqdngate/internal/testutil/dnstest"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 )
 
 // BenchmarkCachedAnswerMemory fills the DNS cache through the ordinary
@@ -107,7 +108,7 @@ func cachedAnswerMemory(b *testing.B, n, asked int) {
 			}
 		}
 	}
-	filled := settledHeap()
+	filled := float64(memtest.SettledHeap())
 	if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
@@ -119,18 +120,9 @@ func cachedAnswerMemory(b *testing.B, n, asked int) {
 		f.Close()
 	}
 	c.Flush()
-	flushed := settledHeap()
+	flushed := float64(memtest.SettledHeap())
 	runtime.KeepAlive(e)
 	b.ReportMetric((filled-flushed)/float64(2*n), "heap-B/answer")
-}
-
-// settledHeap returns the live heap after two collections.
-func settledHeap() float64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc)
 }
 
 // benchUpstream answers as bench/dns/upstream does with -bench4 -a 2

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"runtime"
-	rtmetrics "runtime/metrics"
 	"runtime/pprof"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/etcdtest"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 )
 
 // memoryPolicyYAML is the policy of BenchmarkFleetMemory: six rule and
@@ -138,7 +137,7 @@ func fleetMemory(b *testing.B, n int, store bool) {
 	}
 
 	heap1, scan1 := holdFleet(b, cli, p, n, own, exp, store)
-	heap0, scan0 := settledHeap(), scannableHeap()
+	heap0, scan0 := float64(memtest.SettledHeap()), float64(memtest.ScannableHeap())
 	b.ReportMetric((heap1-heap0)/float64(n), "B/element")
 	b.ReportMetric((scan1-scan0)/float64(n), "scan-B/element")
 }
@@ -195,7 +194,7 @@ func holdFleet(b *testing.B, cli *clientv3.Client, p *policy.Policy, n, own int,
 	if held != n || counted != n {
 		b.Fatalf("the fleet holds %d elements and counts %d, want %d", held, counted, n)
 	}
-	heap, scan = settledHeap(), scannableHeap()
+	heap, scan = float64(memtest.SettledHeap()), float64(memtest.ScannableHeap())
 	if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
 		out, err := os.Create(path)
 		if err != nil {
@@ -207,23 +206,6 @@ func holdFleet(b *testing.B, cli *clientv3.Client, p *policy.Policy, n, own int,
 		out.Close()
 	}
 	return heap, scan
-}
-
-// settledHeap is the live heap after two collections, in bytes.
-func settledHeap() float64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc)
-}
-
-// scannableHeap is the heap the collector has to scan (marks through),
-// in bytes.
-func scannableHeap() float64 {
-	s := []rtmetrics.Sample{{Name: "/gc/scan/heap:bytes"}}
-	rtmetrics.Read(s)
-	return float64(s[0].Value.Uint64())
 }
 
 // BenchmarkPublishCoalesced: Publish of an answer of ten addresses that

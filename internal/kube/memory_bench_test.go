@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 )
 
 // apiPod is pod i as a real kube-apiserver v1.37.2 returns the pods of
@@ -73,15 +74,6 @@ func apiPod(i, groups int) *corev1.Pod {
 	}
 }
 
-// settledHeap returns the live heap after two collections.
-func settledHeap() uint64 {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
 // BenchmarkFollowMemory is the heap a Watcher holds once it follows
 // 10,000 pods in 100 groups through real informers (client-go's fake
 // clientset, pods shaped as a real API server returns them): the
@@ -100,7 +92,7 @@ func BenchmarkFollowMemory(b *testing.B) {
 		}
 	}
 	for b.Loop() {
-		heap0 := settledHeap()
+		heap0 := memtest.SettledHeap()
 		var last atomic.Pointer[policy.Members]
 		w, err := New(Config{Client: client, Node: "node-a", Policy: p, OnMembers: func(m *policy.Members) { last.Store(m) }})
 		if err != nil {
@@ -116,7 +108,7 @@ func BenchmarkFollowMemory(b *testing.B) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		heap1 := settledHeap()
+		heap1 := memtest.SettledHeap()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"runtime/metrics"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fqdngate/fqdngate/internal/dnsname"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 )
 
 // benchNames is how many names the benchmarks learn, each with two
@@ -45,14 +45,6 @@ func heapAlloc() uint64 {
 	return ms.HeapAlloc
 }
 
-// scannableHeap is the heap the collector has to scan (marks through),
-// in bytes (after heapAlloc's collections).
-func scannableHeap() uint64 {
-	s := []metrics.Sample{{Name: "/gc/scan/heap:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
-
 // BenchmarkStoreMemory reports the live heap a store of benchNames names
 // with two addresses each holds, per entry (B/entry), name strings
 // included, and of it the heap the collector has to scan
@@ -63,13 +55,13 @@ func BenchmarkStoreMemory(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		before := heapAlloc()
-		scanBefore := scannableHeap()
+		scanBefore := memtest.ScannableHeap()
 		b.StartTimer()
 		s := NewStore(StoreConfig{})
 		fillStore(b, s, expires)
 		b.StopTimer()
 		after := heapAlloc()
-		scanAfter := scannableHeap()
+		scanAfter := memtest.ScannableHeap()
 		if n := s.Len(); n != 2*benchNames {
 			b.Fatalf("Len: got %d, want %d", n, 2*benchNames)
 		}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -23,6 +22,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
+	"github.com/fqdngate/fqdngate/internal/testutil/memtest"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
 
@@ -106,14 +106,6 @@ func slabBytes(b *testing.B) float64 {
 	return total
 }
 
-// scannableHeap is the heap the collector has to scan (marks through),
-// in bytes: what the heap would be if pointer-free objects did not count.
-func scannableHeap() float64 {
-	s := []metrics.Sample{{Name: "/gc/scan/heap:bytes"}}
-	metrics.Read(s)
-	return float64(s[0].Value.Uint64())
-}
-
 // gcCost forces gcRuns collections and returns the median wall time of
 // one and the process CPU time (user and system, from getrusage) one
 // took on average: with nothing else running in the process, the
@@ -137,14 +129,6 @@ func gcCost(b *testing.B) (wall, cpu time.Duration) {
 	cpu = (cpuNow() - c0) / gcRuns
 	slices.Sort(walls)
 	return walls[gcRuns/2], cpu
-}
-
-func settledHeap() (heap float64) {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc)
 }
 
 // BenchmarkLearnedMemory holds N learned addresses (IPv4 and IPv6 mixed,
@@ -193,8 +177,8 @@ func learnedMemory(b *testing.B, n int) {
 	for i := range names {
 		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
 	}
-	heap0 := settledHeap()
-	scan0 := scannableHeap()
+	heap0 := float64(memtest.SettledHeap())
+	scan0 := float64(memtest.ScannableHeap())
 	debug.FreeOSMemory()
 	rss0, hwm0 := procStatus(b, "VmRSS"), procStatus(b, "VmHWM")
 	slab0 := slabBytes(b)
@@ -209,8 +193,8 @@ func learnedMemory(b *testing.B, n int) {
 		b.Fatalf("the backend holds %d addresses, want %d", got, n)
 	}
 	slab1 := slabBytes(b)
-	heap1 := settledHeap()
-	scan1 := scannableHeap()
+	heap1 := float64(memtest.SettledHeap())
+	scan1 := float64(memtest.ScannableHeap())
 	gcWall, gcCPU := gcCost(b)
 	hwm1 := procStatus(b, "VmHWM")
 	debug.FreeOSMemory()

@@ -1,0 +1,32 @@
+// Package memtest measures the Go heap for memory benchmarks: what a
+// structure holds once garbage is gone, and how much of it the collector
+// has to mark.
+package memtest
+
+import (
+	"runtime"
+	"runtime/metrics"
+)
+
+// SettledHeap returns the live heap in bytes after two collections (the
+// first may leave objects that finalizers or sweeping free only in the
+// second).
+func SettledHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// ScannableHeap returns the heap the collector marks through, in bytes:
+// the heap without the objects that hold no pointers. Call it after
+// SettledHeap, so that it counts what is live.
+func ScannableHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/scan/heap:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
