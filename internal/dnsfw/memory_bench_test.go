@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
-	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -109,16 +107,7 @@ func cachedAnswerMemory(b *testing.B, n, asked int) {
 		}
 	}
 	filled := float64(memtest.SettledHeap())
-	if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.WriteHeapProfile(f); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
+	memtest.WriteHeapProfile(b)
 	c.Flush()
 	flushed := float64(memtest.SettledHeap())
 	runtime.KeepAlive(e)

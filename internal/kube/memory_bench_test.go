@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,16 +109,7 @@ func BenchmarkFollowMemory(b *testing.B) {
 		heap1 := memtest.SettledHeap()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
-			f, err := os.Create(path)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := pprof.WriteHeapProfile(f); err != nil {
-				b.Fatal(err)
-			}
-			f.Close()
-		}
+		memtest.WriteHeapProfile(b)
 		held := float64(heap1-heap0) / (1 << 20)
 		b.ReportMetric(held, "MiB-held")
 		b.ReportMetric(float64(heap1-heap0)/pods, "B/pod")

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -199,16 +198,7 @@ func learnedMemory(b *testing.B, n int) {
 	hwm1 := procStatus(b, "VmHWM")
 	debug.FreeOSMemory()
 	rss1 := procStatus(b, "VmRSS")
-	if path := os.Getenv("FQDNGATE_HEAPPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := pprof.WriteHeapProfile(f); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
+	memtest.WriteHeapProfile(b)
 	runtime.KeepAlive(names)
 	if err := be.Remove(); err != nil {
 		b.Fatal(err)
