@@ -42,6 +42,12 @@
 #   LAT_N=20000 SHORT_TTL=10 EXPIRY_FOR=40
 #   SCALES="small large" CACHES="true false"   (subsets)
 #   FQ_ENV=             environment for the daemon, e.g. FQ_ENV=GOGC=400
+#   PAIRED=0            1: for each cache setting, run the small and the
+#                       large daemon side by side (own tables, ports and
+#                       state files) and alternate their capacity
+#                       repetitions (small first on odd ones, large first
+#                       on even ones), so that the machine's drift over
+#                       minutes falls on both alike; no mass expiry then
 set -euo pipefail
 
 SMALL_NAMES=${SMALL_NAMES:-100}
@@ -57,6 +63,7 @@ OUTSTANDING=${OUTSTANDING:-200}
 LAT_N=${LAT_N:-20000}
 SHORT_TTL=${SHORT_TTL:-10}
 EXPIRY_FOR=${EXPIRY_FOR:-40}
+PAIRED=${PAIRED:-0}
 SCALES=${SCALES:-small large}
 FQ_ENV=${FQ_ENV:-}
 CACHES=${CACHES:-true false}
@@ -66,10 +73,12 @@ OUT=${OUT:-$ROOT/bench/scale/results/$(date -u +%Y%m%dT%H%M%SZ)}
 SCRATCH=$(mktemp -d /tmp/scalebench.XXXXXX)
 BIN=$SCRATCH/bin
 NS=scalebench-$$
-TABLE=scalebench
 UP=127.0.0.1:5300
-DNS=127.0.0.1:5353
-ADMIN=127.0.0.1:9090
+# Each scale's daemon has its own table, DNS and admin port, and state
+# file, so that PAIRED=1 can run both at once.
+table() { echo "scalebench$1"; }                                # table SCALE
+dns() { [[ $1 = small ]] && echo 127.0.0.1:5353 || echo 127.0.0.1:5354; }   # dns SCALE
+admin() { [[ $1 = small ]] && echo 127.0.0.1:9090 || echo 127.0.0.1:9091; } # admin SCALE
 mkdir -p "$OUT" "$BIN"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 inns() { nsenter --net="/run/netns/$NS" "$@"; }
@@ -80,7 +89,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	if ((NS_MADE)); then
-		inns nft delete table inet "$TABLE" 2>/dev/null || true
+		for s in small large; do inns nft delete table inet "$(table $s)" 2>/dev/null || true; done
 		ip netns del "$NS" || log "could not delete namespace $NS"
 	fi
 	rm -rf "$SCRATCH"
@@ -131,94 +140,128 @@ probe() {
 }
 probe "$UP" || { log "the upstream did not start; see $OUT/upstream.log"; exit 1; }
 
-start() { # start CACHE TAG: a fresh daemon, empty table, no state file; sets FPID
-	local cache=$1 tag=$2 pol=$SCRATCH/policy-$1.yaml
-	inns nft delete table inet "$TABLE" 2>/dev/null || true
-	rm -f "$SCRATCH/state.json"
+declare -A FPIDS
+start() { # start SCALE CACHE TAG: a fresh daemon, empty table, no state file; sets FPIDS[SCALE]
+	local scale=$1 cache=$2 tag=$3 pol=$SCRATCH/policy-$1-$2.yaml tbl state=$SCRATCH/state-$1.json
+	tbl=$(table "$scale")
+	inns nft delete table inet "$tbl" 2>/dev/null || true
+	rm -f "$state" "$state".*
 	cat >"$pol" <<-EOF
-		listen: {dns: $DNS, proxy: "", admin: $ADMIN}
+		listen: {dns: $(dns "$scale"), proxy: "", admin: $(admin "$scale")}
 		dns: {upstreams: [$UP], cache: $cache, cache_size: 300000, rate_limit: 0, wildcard_budget: 1000000, min_ttl: 10s, grace: 10s, max_learned_per_name: 64}
 		log: {file: /dev/null}
 		history: {enabled: false}
-		firewall: {backend: nftables, hook: output, table: $TABLE, state_file: $SCRATCH/state.json}
+		firewall: {backend: nftables, hook: output, table: $tbl, state_file: $state}
 		rules:
 		  - {name: z0, to: ["*.z0.bench.example", "198.18.0.0/15"]}
 		  - {name: z1, to: ["*.z1.bench.example", "198.18.0.0/15"]}
 		  - {name: z2, to: ["*.z2.bench.example", "198.18.0.0/15"]}
 		  - {name: z3, to: ["*.z3.bench.example", "198.18.0.0/15"]}
 	EOF
-	cp "$pol" "$OUT/policy-cache-$cache.yaml"
+	cp "$pol" "$OUT/policy-$scale-cache-$cache.yaml"
 	env GODEBUG=gctrace=1 $FQ_ENV nsenter --net="/run/netns/$NS" "$BIN/fqdngate" run -c "$pol" >>"$OUT/fqdngate-$tag.log" 2>&1 &
-	FPID=$!
-	PIDS+=("$FPID")
-	probe "$DNS" || { log "fqdngate did not answer; see $OUT/fqdngate-$tag.log"; return 1; }
+	FPIDS[$scale]=$!
+	PIDS+=("$!")
+	probe "$(dns "$scale")" || { log "fqdngate did not answer; see $OUT/fqdngate-$tag.log"; return 1; }
 }
-stop() { kill "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; }
+stop() { local p=${FPIDS[$1]}; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; } # stop SCALE
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
 # live_heap LOG: the live heap (MB) after the last GC gctrace reported.
 live_heap() { { grep '^gc ' "$1" || true; } | tail -1 | grep -o '[0-9]*->[0-9]*->[0-9]* MB' | awk -F'->' '{print $3 + 0}'; }
-learned() { inns curl -s "http://$ADMIN/metrics" | awk '$1 == "fqdngate_firewall_learned" {printf "%d", $2}'; }
-settle() { # waits until the learned count stops moving; prints it
+learned() { inns curl -s "http://$(admin "$1")/metrics" | awk '$1 == "fqdngate_firewall_learned" {printf "%d", $2}'; } # learned SCALE
+settle() { # settle SCALE: waits until the learned count stops moving; prints it
 	local a b
-	a=$(learned)
-	while sleep 2; b=$(learned); [[ $a != "$b" ]]; do a=$b; done
+	a=$(learned "$1")
+	while sleep 2; b=$(learned "$1"); [[ $a != "$b" ]]; do a=$b; done
 	echo "$b"
 }
-fill() { # fill FILE TAG
-	inns dnsperf -s "${DNS%:*}" -p "${DNS#*:}" -d "$1" -n 1 -c 4 -q 100 -t 5 >"$OUT/fill-$2.txt" 2>&1 || true
-	grep -E 'Queries (completed|lost)|Response codes|Queries per second' "$OUT/fill-$2.txt" | sed 's/^ */  /' >&2
+fill() { # fill SCALE FILE TAG
+	local d
+	d=$(dns "$1")
+	inns dnsperf -s "${d%:*}" -p "${d#*:}" -d "$2" -n 1 -c 4 -q 100 -t 5 >"$OUT/fill-$3.txt" 2>&1 || true
+	grep -E 'Queries (completed|lost)|Response codes|Queries per second' "$OUT/fill-$3.txt" | sed 's/^ */  /' >&2
 }
 
 RAW=$OUT/raw.tsv
 printf 'scale\tcache\tlearned\trss_kib\trep\tqps\tlost\tcpu_ms_per_1k\n' >"$RAW"
 LAT=$OUT/latency.tsv
 printf 'scale\tcache\tp50_us\tp99_us\tlost\n' >"$LAT"
-for scale in $SCALES; do
+declare -A LEARNED
+prepare() { # prepare SCALE CACHE: a fresh daemon, filled
+	local scale=$1 cache=$2 tag=$1-cache-$2 t0 n
+	log "$tag: fill"
+	start "$scale" "$cache" "$tag" || exit 1
+	t0=$(date +%s.%N)
+	fill "$scale" "$SCRATCH/fill-$scale.txt" "$tag"
+	n=$(settle "$scale")
+	LEARNED[$scale]=$n
+	log "$tag: $n learned in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s, daemon RSS $(rss_kib "${FPIDS[$scale]}") KiB, live heap at the last GC $(live_heap "$OUT/fqdngate-$tag.log") MB"
+}
+capacity() { # capacity SCALE CACHE REP: one dnsperf run over the hot names
+	local scale=$1 cache=$2 rep=$3 tag=$1-cache-$2 pid=${FPIDS[$1]} d c0 c1 done qps lost cpu
+	d=$(dns "$scale")
+	c0=$(cpu_ticks "$pid")
+	inns dnsperf -s "${d%:*}" -p "${d#*:}" -d "$SCRATCH/hot.txt" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 -l "$DURATION" >"$OUT/hot-$tag-r$rep.txt" 2>&1 || true
+	c1=$(cpu_ticks "$pid")
+	# Only NOERROR answers count (a refusal is not capacity).
+	done=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") print $(i + 1)}' "$OUT/hot-$tag-r$rep.txt")
+	qps=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") ok = $(i + 1)} /Run time/ {t = $4} END {if (t > 0) printf "%.0f", ok / t}' "$OUT/hot-$tag-r$rep.txt")
+	lost=$(awk '/Queries lost/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
+	cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="$done" 'BEGIN {printf "%.2f", (b - a) / t * 1e6 / n}')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "${LEARNED[$scale]}" "$(rss_kib "$pid")" "$rep" "$qps" "$lost" "$cpu" >>"$RAW"
+	log "$tag rep $rep: $qps q/s, $cpu ms CPU per 1,000, lost $lost"
+}
+latency() { # latency SCALE CACHE: nftlat, one query in flight
+	local scale=$1 cache=$2 tag=$1-cache-$2 line
+	inns "$BIN/nftlat" -s "$(dns "$scale")" -d "$SCRATCH/hot.txt" -order random -n "$LAT_N" -w 1000 >"$OUT/lat-$tag.txt" 2>&1 || true
+	line=$(grep '^n=' "$OUT/lat-$tag.txt" || echo "n=0")
+	get() { grep -o "$1=[0-9.]*" <<<"$line" | cut -d= -f2; }
+	printf '%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$(get p50_us)" "$(get p99_us)" "$(get lost)" >>"$LAT"
+	log "$tag latency: $line"
+}
+expiry() { # the mass expiry, on the large daemon with its cache on
+	local d before added after
+	d=$(dns large)
+	log "mass expiry: baseline ${EXPIRY_FOR}s"
+	inns "$BIN/nftlat" -s "$d" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 1000 >"$OUT/expiry-baseline.txt" 2>&1 || true
+	cat "$OUT/expiry-baseline.txt" >&2
+	before=$(learned large)
+	fill large "$SCRATCH/fill-short.txt" short
+	added=$(($(settle large) - before))
+	log "mass expiry: $added short-lived addresses added (TTL ${SHORT_TTL}s + grace); timing ${EXPIRY_FOR}s"
+	inns "$BIN/nftlat" -s "$d" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 0 >"$OUT/expiry.txt" 2>&1 || true
+	after=$(learned large)
+	cat "$OUT/expiry.txt" >&2
+	log "mass expiry: learned $((before + added)) -> $after"
+	echo "short-lived added: $added; learned before the fill $before, after the window $after" >"$OUT/expiry-counts.txt"
+	inns nft list set inet "$(table large)" learn6.z0 2>/dev/null | grep -c 'expires' >"$OUT/kernel-z0-lines.txt" || true
+}
+if ((PAIRED)); then
 	for cache in $CACHES; do
-		tag=$scale-cache-$cache
-		log "$tag: fill"
-		start "$cache" "$tag" || exit 1
-		t0=$(date +%s.%N)
-		fill "$SCRATCH/fill-$scale.txt" "$tag"
-		n=$(settle)
-		log "$tag: $n learned in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s, daemon RSS $(rss_kib "$FPID") KiB, live heap at the last GC $(live_heap "$OUT/fqdngate-$tag.log") MB"
+		for scale in $SCALES; do prepare "$scale" "$cache"; done
+		order=$SCALES
 		for rep in $(seq "$REPS"); do
-			c0=$(cpu_ticks "$FPID")
-			inns dnsperf -s "${DNS%:*}" -p "${DNS#*:}" -d "$SCRATCH/hot.txt" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 -l "$DURATION" >"$OUT/hot-$tag-r$rep.txt" 2>&1 || true
-			c1=$(cpu_ticks "$FPID")
-			# Only NOERROR answers count (a refusal is not capacity).
-			done=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") print $(i + 1)}' "$OUT/hot-$tag-r$rep.txt")
-			qps=$(awk '/Response codes/ {for (i = 1; i <= NF; i++) if ($i == "NOERROR") ok = $(i + 1)} /Run time/ {t = $4} END {if (t > 0) printf "%.0f", ok / t}' "$OUT/hot-$tag-r$rep.txt")
-			lost=$(awk '/Queries lost/ {print $3}' "$OUT/hot-$tag-r$rep.txt")
-			cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="$done" 'BEGIN {printf "%.2f", (b - a) / t * 1e6 / n}')
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$n" "$(rss_kib "$FPID")" "$rep" "$qps" "$lost" "$cpu" >>"$RAW"
-			log "$tag rep $rep: $qps q/s, $cpu ms CPU per 1,000, lost $lost"
+			for scale in $order; do capacity "$scale" "$cache" "$rep"; done
+			order=$(echo "$order" | awk '{for (i = NF; i > 0; i--) printf "%s%s", $i, (i > 1 ? " " : "")}')
 		done
-		inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -n "$LAT_N" -w 1000 >"$OUT/lat-$tag.txt" 2>&1 || true
-		line=$(grep '^n=' "$OUT/lat-$tag.txt" || echo "n=0")
-		get() { grep -o "$1=[0-9.]*" <<<"$line" | cut -d= -f2; }
-		printf '%s\t%s\t%s\t%s\t%s\n' "$scale" "$cache" "$(get p50_us)" "$(get p99_us)" "$(get lost)" >>"$LAT"
-		log "$tag latency: $line"
-		if [[ $scale = large && $cache = true ]]; then
-			log "mass expiry: baseline ${EXPIRY_FOR}s"
-			inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 1000 >"$OUT/expiry-baseline.txt" 2>&1 || true
-			cat "$OUT/expiry-baseline.txt" >&2
-			before=$(learned)
-			fill "$SCRATCH/fill-short.txt" short
-			added=$(($(settle) - before))
-			log "mass expiry: $added short-lived addresses added (TTL ${SHORT_TTL}s + grace); timing ${EXPIRY_FOR}s"
-			inns "$BIN/nftlat" -s "$DNS" -d "$SCRATCH/hot.txt" -order random -for "${EXPIRY_FOR}s" -w 0 >"$OUT/expiry.txt" 2>&1 || true
-			after=$(learned)
-			cat "$OUT/expiry.txt" >&2
-			log "mass expiry: learned $((before + added)) -> $after"
-			echo "short-lived added: $added; learned before the fill $before, after the window $after" >"$OUT/expiry-counts.txt"
-			inns nft list set inet "$TABLE" learn6.z0 2>/dev/null | grep -c 'expires' >"$OUT/kernel-z0-lines.txt" || true
-		fi
-		stop
+		for scale in $SCALES; do latency "$scale" "$cache"; done
+		for scale in $SCALES; do stop "$scale"; done
 	done
-done
+else
+	for scale in $SCALES; do
+		for cache in $CACHES; do
+			prepare "$scale" "$cache"
+			for rep in $(seq "$REPS"); do capacity "$scale" "$cache" "$rep"; done
+			latency "$scale" "$cache"
+			if [[ $scale = large && $cache = true ]] && ((EXPIRY_FOR > 0)); then
+				expiry
+			fi
+			stop "$scale"
+		done
+	done
+fi
 
 {
 	echo "# Scale benchmark $(date -u +%FT%TZ)"
@@ -234,12 +277,23 @@ done
 			awk -F'\t' -v s="$scale" -v c="$cache" '$1 == s && $2 == c {printf " %s | %s |\n", $3, $4}' "$LAT"
 		done
 	done
-	echo
-	echo "Mass expiry (large, cache on), one query in flight for ${EXPIRY_FOR}s:"
-	echo
-	echo '```'
-	echo "baseline: $(cat "$OUT/expiry-baseline.txt" | tr '\n' ' ')"
-	echo "expiry:   $(cat "$OUT/expiry.txt" | tr '\n' ' ')"
-	cat "$OUT/expiry-counts.txt"
-	echo '```'
+	if [[ -f $OUT/expiry-counts.txt ]]; then
+		echo
+		echo "Mass expiry (large, cache on), one query in flight for ${EXPIRY_FOR}s:"
+		echo
+		echo '```'
+		echo "baseline: $(tr '\n' ' ' <"$OUT/expiry-baseline.txt")"
+		echo "expiry:   $(tr '\n' ' ' <"$OUT/expiry.txt")"
+		cat "$OUT/expiry-counts.txt"
+		echo '```'
+	fi
+	if ((PAIRED)); then
+		echo
+		echo "Paired (PAIRED=1): large ÷ small, repetition by repetition (queries/s):"
+		echo
+		for cache in $CACHES; do
+			awk -F'\t' -v c="$cache" '$2 == c && $1 == "small" {s[$5] = $6} $2 == c && $1 == "large" {l[$5] = $6}
+				END {printf "- cache %s:", c == "true" ? "on" : "off"; for (r = 1; r in s; r++) if (s[r] > 0) printf " %.2f", l[r] / s[r]; printf "\n"}' "$RAW"
+		done
+	fi
 } | tee "$OUT/summary.md"
