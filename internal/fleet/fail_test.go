@@ -177,6 +177,10 @@ func TestAllMembersDown(t *testing.T) {
 		c.Restart(i)
 	}
 	waitFor(t, "a and b back with etcd", func() bool { return a.Degraded() == nil && b.Degraded() == nil })
+	// A hold waits for the gateways registered in etcd: until a sees b
+	// registered again (b's lease may have run out during the outage, and
+	// b re-registers on its own schedule), a has nobody to wait for.
+	settle(t, a, b)
 	waitFor(t, "b to get what a learned without etcd", func() bool { return b.holds(during) })
 	if !a.holds(before) || !b.holds(before) || !a.holds(during) {
 		t.Fatal("the resync dropped a live element")
