@@ -14,7 +14,6 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
@@ -31,10 +30,7 @@ func TestAdoptListsEveryElement(t *testing.T) {
 	p := mustParse(t, memoryPolicy)
 	first := startBackend(t, ns, Config{Hook: policy.HookForward}, p)
 	const n = 20_000
-	names := make([]dnsname.Name, n/10)
-	for i := range names {
-		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
-	}
+	names := memoryNames(n / 10)
 	exp := time.Now().Add(time.Hour)
 	fillLearned(t, first, names, exp)
 	if got := first.Stats().Learned; got != n {

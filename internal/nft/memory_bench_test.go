@@ -54,6 +54,16 @@ rules:
 // memoryRuleGroups are the rule and group pairs of memoryPolicy.
 var memoryRuleGroups = [][2]string{{"web", "office"}, {"web", "lab"}, {"api", "servers"}, {"updates", ""}, {"db", "servers"}, {"db", "office"}}
 
+// memoryNames returns n names spread over memoryPolicy's rules:
+// host<i>.<rule>.example.
+func memoryNames(n int) []dnsname.Name {
+	names := make([]dnsname.Name, n)
+	for i := range names {
+		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
+	}
+	return names
+}
+
 // memoryAddr is the i-th address: one in eight IPv4, from the benchmarking
 // range 198.18.0.0/15 (RFC 2544; nothing is sent to it), the rest IPv6 in
 // 2001:db8::/32.
@@ -172,10 +182,7 @@ func learnedMemory(b *testing.B, n int) {
 	go func() { be.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done; be.Close() }()
 
-	names := make([]dnsname.Name, n/10)
-	for i := range names {
-		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
-	}
+	names := memoryNames(n / 10)
 	heap0 := float64(memtest.SettledHeap())
 	scan0 := float64(memtest.ScannableHeap())
 	debug.FreeOSMemory()

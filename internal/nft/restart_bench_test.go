@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
 )
@@ -75,10 +74,7 @@ func restart(b *testing.B, n int, journal bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan struct{})
 	go func() { be.Run(ctx); close(ran) }()
-	names := make([]dnsname.Name, n/10)
-	for i := range names {
-		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
-	}
+	names := memoryNames(n / 10)
 	fillLearned(b, be, names, time.Now().Add(time.Hour))
 	if got := be.Stats().Learned; got != n {
 		b.Fatalf("the backend holds %d addresses, want %d", got, n)

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
@@ -35,10 +34,7 @@ func TestRestartTakesStateFile(t *testing.T) {
 	cfg := Config{Hook: policy.HookForward, StateFile: state}
 	first, stop := runBackend(t, ns, cfg, p)
 	const n = 20_000
-	names := make([]dnsname.Name, n/10)
-	for i := range names {
-		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
-	}
+	names := memoryNames(n / 10)
 	fillLearned(t, first, names, time.Now().Add(time.Hour))
 	long := first.Learned()
 	var short []learn.Entry

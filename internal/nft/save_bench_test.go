@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fqdngate/fqdngate/internal/dnsname"
 	"github.com/fqdngate/fqdngate/internal/learn"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/testutil/netns"
@@ -53,10 +52,7 @@ func saveChurn(b *testing.B, n int) {
 	ran := make(chan struct{})
 	go func() { be.Run(ctx); close(ran) }()
 	defer func() { cancel(); <-ran; be.Close() }()
-	names := make([]dnsname.Name, n/10)
-	for i := range names {
-		names[i] = dnsname.Name(fmt.Sprintf("host%d.%s.example", i, memoryRuleGroups[i%len(memoryRuleGroups)][0]))
-	}
+	names := memoryNames(n / 10)
 	base := time.Now().Add(time.Hour)
 	fillLearned(b, be, names, base)
 	if got := be.Stats().Learned; got != n {
