@@ -5,7 +5,8 @@
 // Anything outside the subset (or not YAML at all) is ErrOutside: the caller
 // parses the file with yaml.v3 instead, which words every syntax error. The
 // subset is one document (after an optional leading "---") whose root is a
-// block mapping, a block sequence or a one-line flow collection, made of:
+// block mapping, a block sequence, a one-line flow collection or a one-line
+// scalar, made of:
 //
 //   - block mappings and sequences, including "- key: v" and "- - x" compact
 //     forms and a sequence at the indentation of its key;
@@ -18,7 +19,7 @@
 // Outside it: anchors, aliases, tags, block scalars, multi-line scalars and
 // flow collections, "?" keys, "<<", directives, "..." and a second
 // document, tabs and non-ASCII bytes outside comments, CR, nesting deeper
-// than maxDepth, keys longer than maxKeyLen bytes, a root that is a scalar.
+// than maxDepth, keys longer than maxKeyLen bytes.
 //
 // The nodes equal yaml.v3's in Kind, Style, Value, Line, Column and Content.
 // Comments are dropped (HeadComment, LineComment and FootComment are empty).
@@ -221,8 +222,21 @@ func (p *parser) document() *yaml.Node {
 			return p.fail()
 		}
 		p.nextLine(false)
+	} else if p.isEntry() {
+		root = p.seq(p.ind, false)
 	} else {
-		root = p.block(p.ind, true)
+		k, isKey := p.inline(false)
+		switch {
+		case k == nil:
+			return nil
+		case isKey:
+			root = p.mapping(p.ind, k, true)
+		case !p.endLine():
+			return p.fail()
+		default: // a scalar
+			root = k
+			p.nextLine(false)
+		}
 	}
 	if p.bad || p.ind != -1 {
 		return p.fail()
@@ -357,7 +371,7 @@ func (p *parser) comment() bool {
 
 // block reads the block mapping or sequence whose first line starts at pos,
 // in column c.
-func (p *parser) block(c int, root bool) *yaml.Node {
+func (p *parser) block(c int) *yaml.Node {
 	if p.isEntry() {
 		return p.seq(c, false)
 	}
@@ -365,7 +379,7 @@ func (p *parser) block(c int, root bool) *yaml.Node {
 	if k == nil || !isKey {
 		return p.fail()
 	}
-	return p.mapping(c, k, root)
+	return p.mapping(c, k, false)
 }
 
 // mapping reads a block mapping in column c whose first key, k, has been
@@ -431,7 +445,7 @@ func (p *parser) value(c int, lazy bool) *yaml.Node {
 	case p.ind >= c && p.isEntry() && lazy:
 		return p.lazySeq(c)
 	case p.ind > c:
-		return p.block(p.ind, false)
+		return p.block(p.ind)
 	case p.ind == c && p.isEntry():
 		return p.seq(c, true)
 	}
@@ -481,7 +495,7 @@ func (p *parser) entry(c int) *yaml.Node {
 			return nil
 		}
 		if p.ind > c {
-			return p.block(p.ind, false)
+			return p.block(p.ind)
 		}
 		return p.node(yaml.ScalarNode, nullTag, line, c+1)
 	}
