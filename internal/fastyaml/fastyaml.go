@@ -147,6 +147,7 @@ type parser struct {
 	depth           int
 	bad             bool
 	wide            bool // a character of more than one byte on this line
+	colAt, colRunes int  // runeCol's last answer: colRunes characters to colAt
 
 	lazy     string
 	doc      *Doc
@@ -167,6 +168,7 @@ func (p *parser) fail() *yaml.Node {
 
 func (p *parser) seek(m mark) {
 	p.pos, p.line, p.lineStart, p.ind = m.pos, m.line, m.lineStart, m.ind
+	p.wide, p.colAt, p.colRunes = false, m.lineStart, 0 // only spaces before pos
 }
 
 func (p *parser) mark() mark { return mark{p.pos, p.line, p.lineStart, p.ind} }
@@ -292,6 +294,7 @@ func (p *parser) newline() {
 	p.line++
 	p.lineStart = p.pos
 	p.wide = false
+	p.colAt, p.colRunes = p.pos, 0
 }
 
 // char is the length of the UTF-8 character at i if yaml.v3 reads it as a
@@ -315,7 +318,14 @@ func (p *parser) runeCol() int {
 	if !p.wide {
 		return p.pos - p.lineStart
 	}
-	return utf8.RuneCount(p.data[p.lineStart:p.pos])
+	// Counted from the last column asked for, so a long line of many
+	// scalars is not counted over and over.
+	if p.pos < p.colAt {
+		p.colAt, p.colRunes = p.lineStart, 0
+	}
+	p.colRunes += utf8.RuneCount(p.data[p.colAt:p.pos])
+	p.colAt = p.pos
+	return p.colRunes
 }
 
 // endLine moves past spaces, a comment and the line break that end a line.
@@ -527,7 +537,7 @@ func (p *parser) entries(c int, f func(*yaml.Node) bool) bool {
 	for {
 		p.tmp.reset()
 		v := p.entry(c)
-		if v == nil {
+		if v == nil || p.bad { // a bad comment after a good value
 			return false
 		}
 		if !f(v) {

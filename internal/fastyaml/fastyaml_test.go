@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -163,6 +164,7 @@ var accepted = []struct{ name, in string }{
 	{"space before colon", "a : b\n\"c\" : d\n"},
 	{"utf8 values", "caf\u00e9: [b\u00fccher.example, \"\u00e9\", x]\n\u00e9: \n- [\U0001F600, y]\n"},
 	{"utf8 comment", "# caf\u00e9 \u2014 ok\na: b # na\u00efve\n"},
+	{"wide line", "- [\u00e9, \u00e9\u00e9, 'x\u00e9', {\u00e9: \u00e9}, \"\u00e9\"]\n- \u00e9: \n  b\u00e9:\n"},
 	{"tab in comment", "a: b #\tc\n"},
 	{"blank lines between", "a:\n\n  - b\n\n  - c\n\nd: e\n"},
 	{"comment between key and value", "a:\n# c\n  b: 1\n"},
@@ -211,6 +213,8 @@ var outside = []struct{ name, in string }{
 	{"hash without space", "a: 'b'#c\n"},
 	{"too deep", strings.Repeat("[", 100) + strings.Repeat("]", 100) + "\n"},
 	{"long key", strings.Repeat("k", 1100) + ": v\n"},
+	{"bad comment after an item", "rules:\n- a # \x01\n"},
+	{"bad comment after a middle item", "rules:\n- a # \x01\n- b\nc: d\n"},
 	{"two lazy keys", "rules:\n- a\nrules:\n- b\n"},
 }
 
@@ -427,4 +431,21 @@ func FuzzParse(f *testing.F) {
 			check(t, data, lazy)
 		}
 	})
+}
+
+// TestLongLines checks hostile input costs time in proportion to its size:
+// columns on a long line of wide characters, and a deep flow nesting.
+func TestLongLines(t *testing.T) {
+	for name, in := range map[string]string{
+		"wide flow":    "a: [" + strings.Repeat("\u00e9, ", 200_000) + "x]\n",
+		"deep flow":    strings.Repeat("[", 1_000_000),
+		"long key":     strings.Repeat("k", 1_000_000) + ": v\n",
+		"many entries": strings.Repeat("- \n", 300_000),
+	} {
+		start := time.Now()
+		_, err := fast([]byte(in), "rules")
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("%s: took %v (%v)", name, d, err)
+		}
+	}
 }
