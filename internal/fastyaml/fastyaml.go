@@ -988,25 +988,94 @@ func plainTag(v string) string {
 	return intTag
 }
 
-// keys are the policy's keys, shared by every mapping that has them.
-var keys = func() map[string]string {
-	m := map[string]string{}
-	for _, k := range []string{
-		"to", "name", "ports", "dns", "from", "sources", "rules", "listen", "firewall",
-		"backend", "upstreams", "tls", "proxy", "mode", "hook", "admin",
-		"transparent_ports", "transparent", "log", "kubernetes", "deny_with", "users",
-		"groups", "allow_public_suffix", "verify", "state_file", "rule", "reason",
-		"min_ttl", "inspect_tunnels", "forward", "format", "dnssec", "cluster",
-		"ca_file", "via", "timeout", "cidrs", "interfaces", "inside", "qtypes", "pattern",
-	} {
-		m[k] = k
-	}
-	return m
-}()
-
+// internKey shares the policy's keys between all the mappings that have
+// them, instead of a string each (the switch does not allocate).
 func internKey(b []byte) string {
-	if k, ok := keys[string(b)]; ok {
-		return k
+	switch string(b) {
+	case "to":
+		return "to"
+	case "name":
+		return "name"
+	case "ports":
+		return "ports"
+	case "dns":
+		return "dns"
+	case "from":
+		return "from"
+	case "sources":
+		return "sources"
+	case "rules":
+		return "rules"
+	case "listen":
+		return "listen"
+	case "firewall":
+		return "firewall"
+	case "backend":
+		return "backend"
+	case "upstreams":
+		return "upstreams"
+	case "tls":
+		return "tls"
+	case "proxy":
+		return "proxy"
+	case "mode":
+		return "mode"
+	case "hook":
+		return "hook"
+	case "admin":
+		return "admin"
+	case "transparent_ports":
+		return "transparent_ports"
+	case "transparent":
+		return "transparent"
+	case "log":
+		return "log"
+	case "kubernetes":
+		return "kubernetes"
+	case "deny_with":
+		return "deny_with"
+	case "users":
+		return "users"
+	case "groups":
+		return "groups"
+	case "allow_public_suffix":
+		return "allow_public_suffix"
+	case "verify":
+		return "verify"
+	case "state_file":
+		return "state_file"
+	case "rule":
+		return "rule"
+	case "reason":
+		return "reason"
+	case "min_ttl":
+		return "min_ttl"
+	case "inspect_tunnels":
+		return "inspect_tunnels"
+	case "forward":
+		return "forward"
+	case "format":
+		return "format"
+	case "dnssec":
+		return "dnssec"
+	case "cluster":
+		return "cluster"
+	case "ca_file":
+		return "ca_file"
+	case "via":
+		return "via"
+	case "timeout":
+		return "timeout"
+	case "cidrs":
+		return "cidrs"
+	case "interfaces":
+		return "interfaces"
+	case "inside":
+		return "inside"
+	case "qtypes":
+		return "qtypes"
+	case "pattern":
+		return "pattern"
 	}
 	return string(b)
 }
