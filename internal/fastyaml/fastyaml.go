@@ -60,7 +60,7 @@ const (
 	mapTag   = "!!map"
 )
 
-// Doc is one parsed document.
+// Doc is one parsed document. Until its items are read it holds the input.
 type Doc struct {
 	Root *yaml.Node // what yaml.v3 puts in DocumentNode.Content[0]; nil for an empty document
 	Lazy *yaml.Node // the lazy sequence's node inside Root (Content nil), or nil
@@ -97,6 +97,9 @@ func Parse(data []byte, lazy string) (*Doc, error) {
 		return nil, ErrOutside
 	}
 	d.Root = root
+	if d.Lazy == nil {
+		d.p = nil // let the input go
+	}
 	return d, nil
 }
 
@@ -111,6 +114,7 @@ func (d *Doc) Items() iter.Seq[*yaml.Node] {
 		}
 		d.ranged = true
 		p := d.p
+		defer func() { d.p = nil }() // let the input go
 		p.seek(d.items)
 		col := d.items.ind
 		stopped := false
