@@ -372,6 +372,14 @@ func TestLazyInTheMiddle(t *testing.T) {
 		t.Fatal("Items yielded on a second range")
 	}
 	check(t, []byte(in), "rules")
+
+	// The benchmark's policy with its rules first, indentless.
+	bench := string(benchPolicyYAML(50))
+	i := strings.Index(bench, "rules:\n")
+	rules := strings.ReplaceAll(bench[i:], "\n  ", "\n")
+	if !check(t, []byte(rules+bench[:i]), "rules") {
+		t.Error("rules first: got ErrOutside, want it read")
+	}
 }
 
 // TestItemsOutside checks that items leaving the subset after Parse end the
