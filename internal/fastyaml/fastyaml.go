@@ -23,10 +23,9 @@
 //
 // The nodes equal yaml.v3's in Kind, Style, Value, Line, Column and Content.
 // Comments are dropped (HeadComment, LineComment and FootComment are empty).
-// Tags are yaml.v3's for collections, quoted scalars, nulls, booleans,
-// .inf/.nan and decimal integers; any other plain scalar is tagged "!!str",
-// even where yaml.v3 resolves it to !!int, !!float or !!timestamp ("0x10",
-// "1.5", "2001-01-01"), since telling those apart costs what yaml.v3 costs.
+// Tags are yaml.v3's: resolve.go gives plain scalars the tag yaml.v3's
+// resolve does, without its error allocations for values that are not
+// numbers.
 // Every Value is a string of its own, never a substring of the input, so a
 // tree does not keep the input alive.
 package fastyaml
@@ -961,35 +960,6 @@ func (p *parser) spaces() {
 	for p.pos < len(p.data) && p.data[p.pos] == ' ' {
 		p.pos++
 	}
-}
-
-// plainTag is the tag yaml.v3 resolves a plain scalar to, or "!!str" where
-// that would take more (see the package doc); "" for "<<", which is out.
-func plainTag(v string) string {
-	switch v {
-	case "~", "null", "Null", "NULL":
-		return nullTag
-	case "true", "True", "TRUE", "false", "False", "FALSE":
-		return boolTag
-	case ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF":
-		return floatTag
-	case "<<":
-		return ""
-	}
-	// Decimal integers without a leading zero that fit in an int64.
-	d := v
-	if len(d) > 0 && (d[0] == '-' || d[0] == '+') {
-		d = d[1:]
-	}
-	if len(d) == 0 || len(d) > 18 || d[0] == '0' && len(d) > 1 {
-		return strTag
-	}
-	for i := 0; i < len(d); i++ {
-		if d[i] < '0' || d[i] > '9' {
-			return strTag
-		}
-	}
-	return intTag
 }
 
 // internKey shares the policy's keys between all the mappings that have

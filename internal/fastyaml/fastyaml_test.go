@@ -76,7 +76,7 @@ func diff(got, want *yaml.Node, path string) string {
 		return ""
 	}
 	if got.Kind != want.Kind || got.Style != want.Style || got.Value != want.Value ||
-		got.Line != want.Line || got.Column != want.Column || !sameTag(got, want) ||
+		got.Line != want.Line || got.Column != want.Column || got.Tag != want.Tag ||
 		got.Anchor != "" || got.Alias != nil || got.HeadComment != "" || got.LineComment != "" || got.FootComment != "" {
 		return fmt.Sprintf("%s: got {kind %v style %v tag %q %q at %d:%d}, want {kind %v style %v tag %q %q at %d:%d}", path,
 			got.Kind, got.Style, got.Tag, got.Value, got.Line, got.Column,
@@ -91,22 +91,6 @@ func diff(got, want *yaml.Node, path string) string {
 		}
 	}
 	return ""
-}
-
-// sameTag allows "!!str" for a plain scalar yaml.v3 resolves to a number or
-// a time, as the package doc says.
-func sameTag(got, want *yaml.Node) bool {
-	if got.Tag == want.Tag {
-		return true
-	}
-	if got.Tag != strTag || got.Style != 0 || got.Kind != yaml.ScalarNode {
-		return false
-	}
-	switch want.Tag {
-	case intTag, floatTag, "!!timestamp":
-		return true
-	}
-	return false
 }
 
 // check compares fastyaml with yaml.v3 on data; accepted is whether
@@ -161,6 +145,8 @@ var accepted = []struct{ name, in string }{
 	{"colon in scalar", "a: http://x:80/y\nb: 127.0.0.1:53\nc: [127.0.0.1:53]\n"},
 	{"keys", "\"a b\": 1\n-1: 2\n~: 3\nnull: 4\n0x10: 5\n.inf: 6\ntrue: 7\n"},
 	{"scalars", "- -1\n- 0x10\n- .inf\n- -.Inf\n- .nan\n- 1.5\n- 012\n- 2001-01-01\n- yes\n- on\n- True\n- 1_000\n- 8000-8100\n- +5\n"},
+	{"numbers", "[0b-1, 0o17, -0b11, -0o7, 0b, 08, 1e5, 1., -.5, .5e3, .5e, 99999999999999999999, -99999999999999999999, 0x, 0xG, +0x1F, 1_0, 0_x1, 1e400, .1e400, +1, -0]\n"},
+	{"times", "- 2001-12-14t21:59:43.10-05:00\n- 2001-12-14 21:59:43.10\n- 2002-2-30\n- 2002-2-3\n- 2002-02-03T04:05:06Z\n- 2002-02-03x\n- 1234-5-6 7\n"},
 	{"space before colon", "a : b\n\"c\" : d\n"},
 	{"utf8 values", "caf\u00e9: [b\u00fccher.example, \"\u00e9\", x]\n\u00e9: \n- [\U0001F600, y]\n"},
 	{"utf8 comment", "# caf\u00e9 \u2014 ok\na: b # na\u00efve\n"},
@@ -477,4 +463,25 @@ func TestLongLines(t *testing.T) {
 			t.Errorf("%s: took %v (%v)", name, d, err)
 		}
 	}
+}
+
+// FuzzPlainTag compares plainTag with yaml.v3's resolution of a plain
+// scalar: a root scalar is the plainest place to ask.
+func FuzzPlainTag(f *testing.F) {
+	for _, s := range []string{"0b-1", "0o17", "08", "1e5", ".5", "2001-12-14 21:59:43.10", "2002-2-30", "+0x1F", "1_0", "8000-8100", "10.0.0.0/8", "-.inf", "~"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := Parse([]byte(s), "")
+		if err != nil || d.Root == nil || d.Root.Style != 0 {
+			return
+		}
+		want, err := v3([]byte(s))
+		if err != nil {
+			t.Fatalf("%q: fastyaml read it, yaml.v3 says %v", s, err)
+		}
+		if d.Root.Tag != want.Tag {
+			t.Fatalf("%q: got tag %s, want %s", s, d.Root.Tag, want.Tag)
+		}
+	})
 }
