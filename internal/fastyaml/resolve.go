@@ -27,7 +27,8 @@ func plainTag(v string) string {
 	}
 	switch c := v[0]; {
 	case c == '.':
-		if isFloat(v) {
+		// resolve asks ParseFloat, which takes "_" between digits.
+		if strings.Trim(v, "0123456789_eE+-.") == "" {
 			if _, err := strconv.ParseFloat(v, 64); err == nil {
 				return floatTag
 			}
