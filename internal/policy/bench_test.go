@@ -351,7 +351,7 @@ func BenchmarkReloadInBatches(b *testing.B) {
 				p.Rules = append(p.Rules, r)
 			}
 		}
-		p.idx = buildIndex(p.Rules)
+		p.idx = buildIndex(p.Rules, nil)
 		b.StopTimer()
 		cpu += cpuTime() - c0
 		close(stop)

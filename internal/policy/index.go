@@ -11,8 +11,8 @@ import (
 // nodes list the rules (by index, ascending) that match at that depth.
 type index struct {
 	root  *node
-	cidrs []cidrRule // sorted by rule index
-	names map[string]int32
+	cidrs []cidrRule          // sorted by rule index
+	names map[string]ruleSeen // every rule's, by name
 }
 
 type node struct {
@@ -33,26 +33,49 @@ type cidrRule struct {
 	rule   int32
 }
 
-func (n *node) child(label string) *node {
+// child returns n's child for label, taking a new one from slab if there
+// is none yet.
+func (n *node) child(label string, slab *nodeSlab) *node {
 	if n.children == nil {
 		n.children = make(map[string]*node)
 	}
 	c := n.children[label]
 	if c == nil {
-		c = &node{}
+		c = slab.new()
 		n.children[label] = c
 	}
 	return c
 }
 
-func buildIndex(rules []*Rule) *index {
-	ix := &index{root: &node{}, names: make(map[string]int32, len(rules))}
+// nodeSlab hands out an index's nodes a chunk at a time: one allocation
+// for many, and neighbours in memory. The nodes of an index live and die
+// together, so a chunk holds nothing longer than its index does.
+type nodeSlab []node
+
+func (s *nodeSlab) new() *node {
+	if len(*s) == cap(*s) {
+		*s = make([]node, 0, 1024)
+	}
+	*s = (*s)[:len(*s)+1]
+	return &(*s)[len(*s)-1]
+}
+
+// buildIndex indexes rules. names are their names as compileRules
+// collected them; nil has buildIndex collect them.
+func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
+	if names == nil {
+		names = make(map[string]ruleSeen, len(rules))
+		for _, r := range rules {
+			names[r.Name] = ruleSeen{index: int32(r.Index)}
+		}
+	}
+	ix := &index{root: &node{}, names: names}
+	var slab nodeSlab
 	for i, r := range rules {
 		if i%ruleYieldEvery == ruleYieldEvery-1 {
 			runtime.Gosched() // as compileRules does
 		}
 		ri := int32(r.Index)
-		ix.names[r.Name] = ri
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
 			n := ix.root
@@ -60,7 +83,7 @@ func buildIndex(rules []*Rule) *index {
 			// (strings.Split would allocate a slice per pattern).
 			for rest := string(p.Base); ; {
 				i := strings.LastIndexByte(rest, '.')
-				n = n.child(rest[i+1:])
+				n = n.child(rest[i+1:], &slab)
 				if i < 0 {
 					break
 				}

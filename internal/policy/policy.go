@@ -431,8 +431,8 @@ func (p *Policy) Rule(name string) *Rule {
 	if p.idx == nil {
 		return nil
 	}
-	if i, ok := p.idx.names[name]; ok {
-		return p.Rules[i]
+	if n, ok := p.idx.names[name]; ok && n.index >= 0 {
+		return p.Rules[n.index]
 	}
 	return nil
 }
