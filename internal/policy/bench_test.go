@@ -15,43 +15,17 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fqdngate/fqdngate/internal/policy/bigpolicy"
 )
 
 // benchRules is the rule count for the matcher and loader benchmarks.
 const benchRules = 100_000
 
-// benchPolicyYAML generates a policy of n rules: a third exact names, a
-// third *. wildcards, a third **. wildcards, spread over 101 second-level
-// domains; every fourth rule is limited to one of 20 source groups and
-// every fifth has ports other than the default.
-func benchPolicyYAML(n int) []byte {
-	var b strings.Builder
-	b.WriteString("dns: {upstreams: [192.0.2.53]}\nsources:\n")
-	for g := range 20 {
-		fmt.Fprintf(&b, "  g%d: [10.%d.0.0/16]\n", g, g)
-	}
-	b.WriteString("rules:\n")
-	for i := range n {
-		fmt.Fprintf(&b, "  - name: r%d\n    to: [%q]\n", i, benchTarget(i))
-		if i%4 == 0 {
-			fmt.Fprintf(&b, "    from: [g%d]\n", i%20)
-		}
-		if i%5 == 0 {
-			b.WriteString("    ports: [80, 443, 8000-8100]\n")
-		}
-	}
-	return []byte(b.String())
-}
+// benchPolicyYAML is the policy of n rules the loader's benchmarks load.
+func benchPolicyYAML(n int) []byte { return bigpolicy.YAML(n) }
 
-func benchTarget(i int) string {
-	switch i % 3 {
-	case 0:
-		return fmt.Sprintf("host%d.svc%d.example%d.com", i, i%997, i%101)
-	case 1:
-		return fmt.Sprintf("*.w%d.example%d.com", i, i%101)
-	}
-	return fmt.Sprintf("**.d%d.example%d.com", i, i%101)
-}
+func benchTarget(i int) string { return bigpolicy.Target(i) }
 
 var benchPolicy = sync.OnceValues(func() (*Policy, error) {
 	return Parse("bench.yaml", benchPolicyYAML(benchRules))

@@ -1,0 +1,22 @@
+// Command genpolicy writes bench/reload's policy: bigpolicy's rules with
+// the listeners and log settings a daemon needs.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/fqdngate/fqdngate/internal/policy/bigpolicy"
+)
+
+func main() {
+	rules := flag.Int("rules", 100_000, "how many rules")
+	dns := flag.String("dns", "127.0.0.1:25353", "listen.dns")
+	admin := flag.String("admin", "127.0.0.1:25380", "listen.admin")
+	upstream := flag.String("upstream", "127.0.0.1:25300", "dns.upstreams (nothing needs to answer: the benchmark asks no questions)")
+	flag.Parse()
+	fmt.Printf("listen: {dns: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\n", *dns, *admin)
+	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("192.0.2.53"), []byte(*upstream), 1))
+}
