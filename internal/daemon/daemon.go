@@ -390,6 +390,7 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 // reload and of a new shared revision. On error what is in force stays.
 // Callers hold reloadMu.
 func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
+	start := time.Now()
 	p, rev, err := d.compose(data)
 	if err == nil {
 		var ch *change
@@ -410,7 +411,7 @@ func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	}
 	d.localData = data
 	d.m.loaded(true, true, time.Now())
-	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String()}
+	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String(), "took_ms", time.Since(start).Milliseconds()}
 	if d.fl != nil {
 		d.fl.applied(rev)
 		if rev != nil {
