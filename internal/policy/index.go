@@ -10,16 +10,21 @@ import (
 // query name, not the number of rules: a trie over reversed labels whose
 // nodes list the rules (by index, ascending) that match at that depth.
 type index struct {
-	root  *node
+	// nodes are the trie's nodes by the name suffix each stands for
+	// ("com", "example.com", "api.example.com"); every suffix of a
+	// node's is a node too, so a walk may stop at the first missing.
+	// One map sized once, not a map of children per node: building
+	// 100,000 rules' maps of children, growing one entry at a time, was
+	// a quarter of a reload.
+	nodes map[string]*node
 	cidrs []cidrRule          // sorted by rule index
 	names map[string]ruleSeen // every rule's, by name
 }
 
 type node struct {
-	children map[string]*node
-	exact    []ref // rules naming this node exactly (or apex of ".x")
-	one      []ref // rules with *.this
-	many     []ref // rules with **.this or .this
+	exact []ref // rules naming this node exactly (or apex of ".x")
+	one   []ref // rules with *.this
+	many  []ref // rules with **.this or .this
 }
 
 // ref points at one pattern of one rule.
@@ -31,20 +36,6 @@ type cidrRule struct {
 	prefix netip.Prefix
 	raw    string // prefix.String(), kept so Decide need not allocate it
 	rule   int32
-}
-
-// child returns n's child for label, taking a new one from slab if there
-// is none yet.
-func (n *node) child(label string, slab *nodeSlab) *node {
-	if n.children == nil {
-		n.children = make(map[string]*node)
-	}
-	c := n.children[label]
-	if c == nil {
-		c = slab.new()
-		n.children[label] = c
-	}
-	return c
 }
 
 // nodeSlab hands out an index's nodes a chunk at a time: one allocation
@@ -69,7 +60,13 @@ func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
 			names[r.Name] = ruleSeen{index: int32(r.Index)}
 		}
 	}
-	ix := &index{root: &node{}, names: names}
+	patterns := 0
+	for _, r := range rules {
+		patterns += len(r.Names)
+	}
+	// A pattern's base is a node of its own, most of the time, and names
+	// share the suffixes above: a quarter more is room for those.
+	ix := &index{nodes: make(map[string]*node, patterns+patterns/4), names: names}
 	var slab nodeSlab
 	for i, r := range rules {
 		if i%ruleYieldEvery == ruleYieldEvery-1 {
@@ -78,16 +75,21 @@ func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
 		ri := int32(r.Index)
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
-			n := ix.root
-			// Labels from the last to the first, as substrings of Base
-			// (strings.Split would allocate a slice per pattern).
-			for rest := string(p.Base); ; {
-				i := strings.LastIndexByte(rest, '.')
-				n = n.child(rest[i+1:], &slab)
-				if i < 0 {
+			// Every suffix from the last label to the whole base, as
+			// substrings of Base (no allocation per label).
+			base := string(p.Base)
+			var n *node
+			for end := len(base); ; {
+				dot := strings.LastIndexByte(base[:end], '.')
+				suffix := base[dot+1:]
+				if n = ix.nodes[suffix]; n == nil {
+					n = slab.new()
+					ix.nodes[suffix] = n
+				}
+				if dot < 0 {
 					break
 				}
-				rest = rest[:i]
+				end = dot
 			}
 			switch p.Kind {
 			case Exact:
