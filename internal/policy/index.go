@@ -75,21 +75,25 @@ func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
 		ri := int32(r.Index)
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
-			// Every suffix from the last label to the whole base, as
-			// substrings of Base (no allocation per label).
 			base := string(p.Base)
-			var n *node
-			for end := len(base); ; {
-				dot := strings.LastIndexByte(base[:end], '.')
-				suffix := base[dot+1:]
-				if n = ix.nodes[suffix]; n == nil {
-					n = slab.new()
-					ix.nodes[suffix] = n
+			n := ix.nodes[base]
+			if n == nil {
+				n = slab.new()
+				ix.nodes[base] = n
+				// And the suffixes above it, up to the first that
+				// is a node already (then so are all above that),
+				// as substrings of Base: no allocation per label.
+				for rest := base; ; {
+					dot := strings.IndexByte(rest, '.')
+					if dot < 0 {
+						break
+					}
+					rest = rest[dot+1:]
+					if ix.nodes[rest] != nil {
+						break
+					}
+					ix.nodes[rest] = slab.new()
 				}
-				if dot < 0 {
-					break
-				}
-				end = dot
 			}
 			switch p.Kind {
 			case Exact:
