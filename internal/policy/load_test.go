@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/fqdngate/fqdngate/internal/fastyaml"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -571,4 +574,38 @@ rules: [{name: a, to: [a.example]}]
 	if err == nil || !strings.Contains(err.Error(), "p.yaml:3:21: with firewall.backend: nftables, listen.dns needs a fixed port") {
 		t.Errorf("got %v, want a positioned error about listen.dns port 0", err)
 	}
+}
+
+// TestFastYAMLSamePolicy compiles policies fastyaml takes, and one it
+// does not, both ways: what a policy means must not depend on which
+// reader read it. The repository's policies and the generated large one
+// must take the fast path, or its speed is nobody's.
+func TestFastYAMLSamePolicy(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	examples, _ := filepath.Glob("../../examples/*.yaml")
+	inputs := map[string][]byte{"bigpolicy": benchPolicyYAML(2_000)}
+	for _, f := range append(files, examples...) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inputs[f] = data
+	}
+	for name, data := range inputs {
+		t.Run(name, func(t *testing.T) {
+			if _, err := fastyaml.Parse(data, "rules"); err != nil {
+				t.Errorf("fastyaml does not take %s: %v", name, err)
+			}
+			p, err := Parse("f.yaml", data)
+			checkSameAsYAMLv3(t, data, p, err)
+		})
+	}
+	// Rules that leave fastyaml's subset part-way (an anchor in the
+	// last rule) are read again by yaml.v3 from the start.
+	data := append(benchPolicyYAML(2_000), "  - name: anchored\n    to: &t [late.example]\n"...)
+	p, err := Parse("f.yaml", data)
+	if err != nil || p.Rule("anchored") == nil || len(p.Rules) != 2_001 {
+		t.Fatalf("a policy whose last rule has an anchor: %v", err)
+	}
+	checkSameAsYAMLv3(t, data, p, err)
 }
