@@ -40,7 +40,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 kb() { awk -v k="$1:" '$1==k {print $2}' /proc/$pid/status; }
-reloads() { grep -c '"policy reloaded"' "$OUT/daemon.log" || true; }
+reloads() { grep -c 'policy reloaded' "$OUT/daemon.log" || true; }
 
 printf '%s\t%s\t%s\t%s\t%s\n' rep took_ms steady_kb peak_kb peak/steady > "$OUT/raw.tsv"
 for rep in $(seq "$REPS"); do
@@ -52,7 +52,7 @@ for rep in $(seq "$REPS"); do
   for _ in $(seq 600); do [ "$(reloads)" -gt "$n" ] && break; sleep 0.05; done
   [ "$(reloads)" -gt "$n" ] || { echo "reload $rep did not finish"; tail "$OUT/daemon.log"; exit 1; }
   peak=$(kb VmHWM)
-  took=$(grep '"policy reloaded"' "$OUT/daemon.log" | tail -1 | sed 's/.*"took_ms":\([0-9]*\).*/\1/')
+  took=$(grep 'policy reloaded' "$OUT/daemon.log" | tail -1 | grep -o 'took_ms[=":]*[0-9]*' | grep -o '[0-9]*$')
   printf '%s\t%s\t%s\t%s\t%s\n' "$rep" "$took" "$steady" "$peak" "$(awk -v p="$peak" -v s="$steady" 'BEGIN{printf "%.2f", p/s}')" >> "$OUT/raw.tsv"
 done
 column -t "$OUT/raw.tsv"

@@ -17,6 +17,6 @@ func main() {
 	admin := flag.String("admin", "127.0.0.1:25380", "listen.admin")
 	upstream := flag.String("upstream", "127.0.0.1:25300", "dns.upstreams (nothing needs to answer: the benchmark asks no questions)")
 	flag.Parse()
-	fmt.Printf("listen: {dns: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\n", *dns, *admin)
+	fmt.Printf("listen: {dns: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\nhistory: {enabled: false}\n", *dns, *admin)
 	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("192.0.2.53"), []byte(*upstream), 1))
 }
