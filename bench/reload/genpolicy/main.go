@@ -15,8 +15,9 @@ func main() {
 	rules := flag.Int("rules", 100_000, "how many rules")
 	dns := flag.String("dns", "127.0.0.1:25353", "listen.dns")
 	admin := flag.String("admin", "127.0.0.1:25380", "listen.admin")
+	proxy := flag.String("proxy", "127.0.0.1:23128", "listen.proxy")
 	upstream := flag.String("upstream", "127.0.0.1:25300", "dns.upstreams (nothing needs to answer: the benchmark asks no questions)")
 	flag.Parse()
-	fmt.Printf("listen: {dns: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\nhistory: {enabled: false}\n", *dns, *admin)
+	fmt.Printf("listen: {dns: %q, proxy: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\nhistory: {enabled: false}\n", *dns, *proxy, *admin)
 	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("192.0.2.53"), []byte(*upstream), 1))
 }
