@@ -584,9 +584,9 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) map[string]ruleSeen {
 		return nil
 	}
 	var items iter.Seq[*yaml.Node]
-	count := 0 // how many items, when known up front
+	count := 0 // how many items, known or estimated up front
 	if lz, ok := d.lazy[n]; ok {
-		items = d.lazyItems(lz)
+		items, count = d.lazyItems(lz), lz.hint
 	} else {
 		switch m := d.deref(n); {
 		case m.Kind == yaml.SequenceNode:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"gopkg.in/yaml.v3"
 
 	"github.com/fqdngate/fqdngate/internal/fastyaml"
 )
@@ -608,4 +609,30 @@ func TestFastYAMLSamePolicy(t *testing.T) {
 		t.Fatalf("a policy whose last rule has an anchor: %v", err)
 	}
 	checkSameAsYAMLv3(t, data, p, err)
+}
+
+func TestItemsHint(t *testing.T) {
+	for _, c := range []struct {
+		yaml string
+		want int
+	}{
+		{"rules:\n  - name: a\n    to: [a.example]\n  - name: b\n    to: [b.example]\n", 2},
+		{"rules:\n- name: a\n  to: [a.example]\n- {name: b, to: [b.example]}\nsources: {}\n", 2},
+		{"dns: {}\nrules:\n\n  # a comment\n  - name: a\n    to:\n      - a.example\n      - b.example\n", 1},
+	} {
+		var root yaml.Node
+		if err := yaml.Unmarshal([]byte(c.yaml), &root); err != nil {
+			t.Fatal(err)
+		}
+		top := root.Content[0]
+		var seq *yaml.Node
+		for i := 0; i+1 < len(top.Content); i += 2 {
+			if top.Content[i].Value == "rules" {
+				seq = top.Content[i+1]
+			}
+		}
+		if got := itemsHint([]byte(c.yaml), seq); got != c.want {
+			t.Errorf("itemsHint(%q) = %d, want %d", c.yaml, got, c.want)
+		}
+	}
 }
