@@ -16,8 +16,11 @@ func main() {
 	dns := flag.String("dns", "127.0.0.1:25353", "listen.dns")
 	admin := flag.String("admin", "127.0.0.1:25380", "listen.admin")
 	proxy := flag.String("proxy", "127.0.0.1:23128", "listen.proxy")
-	upstream := flag.String("upstream", "127.0.0.1:25300", "dns.upstreams (nothing needs to answer: the benchmark asks no questions)")
+	upstream := flag.String("upstream", "127.0.0.1:25300", "dns.upstreams")
 	flag.Parse()
 	fmt.Printf("listen: {dns: %q, proxy: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\nhistory: {enabled: false}\n", *dns, *proxy, *admin)
 	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("192.0.2.53"), []byte(*upstream), 1))
+	// The names bench/dns/upstream answers, for the answers timed during
+	// reloads.
+	fmt.Print("  - name: bench\n    to: [\"**.bench.example\"]\n")
 }
