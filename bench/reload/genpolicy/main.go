@@ -21,8 +21,8 @@ func main() {
 	fmt.Printf("listen: {dns: %q, proxy: %q, admin: %q}\nfirewall: {backend: none}\nlog: {format: json}\nhistory: {enabled: false}\n", *dns, *proxy, *admin)
 	// The timed client asks 1,000 names under one wildcard as fast as it
 	// is answered: lift the per-client bounds, as bench/dns does.
-	dns := fmt.Sprintf("dns: {upstreams: [%s], rate_limit: 0, wildcard_budget: 1000000}", *upstream)
-	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("dns: {upstreams: [192.0.2.53]}"), []byte(dns), 1))
+	dnsLine := fmt.Sprintf("dns: {upstreams: [%s], rate_limit: 0, wildcard_budget: 1000000}", *upstream)
+	os.Stdout.Write(bytes.Replace(bigpolicy.YAML(*rules), []byte("dns: {upstreams: [192.0.2.53]}"), []byte(dnsLine), 1))
 	// The names bench/dns/upstream answers, for the answers timed during
 	// reloads.
 	fmt.Print("  - name: bench\n    to: [\"**.bench.example\"]\n")
