@@ -97,8 +97,9 @@ type Daemon struct {
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
-	// boot is the policy the components were built from: restart-only
-	// settings are in force as it has them. Set once by start.
+	// boot is the policy the components were built from, without its
+	// rules (Policy.Settings): restart-only settings are in force as it
+	// has them. Set once by start.
 	boot *policy.Policy
 	// pending lists the restart-only settings the policy in force changed.
 	pending atomic.Pointer[[]admin.Pending]
@@ -268,7 +269,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	// The components read the policy while they are built; nothing serves
 	// it before the commit below publishes it as generation 1.
 	d.pol.Store(p)
-	d.boot = p
+	d.boot = p.Settings() // (its rules would stay alive until the daemon stops)
 	d.comps, err = newComponents(d, p)
 	if err != nil {
 		d.closeFleet()
