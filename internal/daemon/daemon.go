@@ -392,7 +392,12 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 // Callers hold reloadMu.
 func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	start := time.Now()
-	p, rev, err := d.compose(data)
+	var (
+		p   *policy.Policy
+		rev *cluster.Revision
+		err error
+	)
+	inBackground(func() { p, rev, err = d.compose(data) })
 	if err == nil {
 		var ch *change
 		if ch, err = d.prepare(p); err == nil {
