@@ -617,8 +617,7 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) map[string]ruleSeen {
 		p.Rules = make([]*Rule, 0, count)
 	}
 	// Every rule name seen: the line that first used it, and its rule's
-	// index once compiled (-1 before, or if it failed), which becomes
-	// the index's names.
+	// index (-1 if it did not compile); the index keeps it as its names.
 	names := make(map[string]ruleSeen, count)
 	var w wireRule
 	i := 0
