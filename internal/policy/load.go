@@ -746,7 +746,7 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		ok = false
 	}
 	if w.fromSet {
-		r.From = []string{}
+		r.From = make([]string, 0, len(w.from))
 		if len(w.from) == 0 {
 			d.errorf(w.node, "rule %q: from is empty, so it would allow nothing; omit from to apply to every source", r.Name)
 			ok = false
@@ -757,6 +757,9 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 				d.errorf(g.n, "rule %q: source group %q is not defined under sources; %s", r.Name, g.v, defineGroupHint(g.v, p))
 				ok = false
 				continue
+			}
+			if r.fromGroups == nil {
+				r.fromGroups = make([]groupRef, 0, len(w.from))
 			}
 			r.From = append(r.From, g.v)
 			r.fromGroups = append(r.fromGroups, groupRef{g.v, pfx, p.Dynamic(g.v)})
@@ -797,7 +800,9 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		r.Names = append(r.Names, pat)
 	}
 	if !w.portsSet {
-		r.Ports = []PortRange{{Lo: 443, Hi: 443, Proto: TCP}}
+		r.Ports = defaultPorts[:1:1] // shared: nothing writes a rule's ports
+	} else {
+		r.Ports = make([]PortRange, 0, len(w.ports))
 	}
 	if w.portsSet && len(w.ports) == 0 {
 		d.errorf(w.node, "rule %q: ports is empty; omit it for 443/tcp or list ports", r.Name)
@@ -862,6 +867,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	}
 	return r
 }
+
+// defaultPorts are the ports of a rule that lists none: 443/tcp. Rules
+// share the one slice (most of a large policy's rules list no ports).
+var defaultPorts = []PortRange{{Lo: 443, Hi: 443, Proto: TCP}}
 
 // defineGroupHint says how to fix a reference to an undefined group.
 func defineGroupHint(g string, p *Policy) string {
