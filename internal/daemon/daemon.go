@@ -97,8 +97,9 @@ type Daemon struct {
 
 	reloadMu sync.Mutex // serialises reloads and listener changes
 	comps    *components
-	// boot is the policy the components were built from: restart-only
-	// settings are in force as it has them. Set once by start.
+	// boot is the policy the components were built from, without its
+	// rules (Policy.Settings): restart-only settings are in force as it
+	// has them. Set once by start.
 	boot *policy.Policy
 	// pending lists the restart-only settings the policy in force changed.
 	pending atomic.Pointer[[]admin.Pending]
@@ -268,7 +269,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	// The components read the policy while they are built; nothing serves
 	// it before the commit below publishes it as generation 1.
 	d.pol.Store(p)
-	d.boot = p
+	d.boot = p.Settings() // (its rules would stay alive until the daemon stops)
 	d.comps, err = newComponents(d, p)
 	if err != nil {
 		d.closeFleet()
@@ -390,7 +391,13 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 // reload and of a new shared revision. On error what is in force stays.
 // Callers hold reloadMu.
 func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
-	p, rev, err := d.compose(data)
+	start := time.Now()
+	var (
+		p   *policy.Policy
+		rev *cluster.Revision
+		err error
+	)
+	inBackground(func() { p, rev, err = d.compose(data) })
 	if err == nil {
 		var ch *change
 		if ch, err = d.prepare(p); err == nil {
@@ -410,7 +417,7 @@ func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	}
 	d.localData = data
 	d.m.loaded(true, true, time.Now())
-	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String()}
+	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String(), "took_ms", time.Since(start).Milliseconds()}
 	if d.fl != nil {
 		d.fl.applied(rev)
 		if rev != nil {

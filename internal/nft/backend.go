@@ -137,6 +137,7 @@ type Backend struct {
 	// connRaw is conn's socket, to drain what a failed transaction left
 	// (see drainLocked).
 	connRaw syscall.RawConn
+	rcvBuf  int // connRaw's receive buffer as last set (fitAcks)
 	// elems programs learned elements (the hot path); tx is its scratch.
 	elems *elemConn
 	tx    txScratch
@@ -324,8 +325,8 @@ func New(cfg Config) (*Backend, error) {
 			return err
 		}
 		setBuffer(raw, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, 64<<20)
-		setBuffer(raw, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, 8<<20)
-		b.connRaw = raw
+		setBuffer(raw, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, minRcvBuf)
+		b.connRaw, b.rcvBuf = raw, minRcvBuf
 		connPort, err = netlinkPort(c)
 		return err
 	})}
@@ -688,6 +689,26 @@ func (d *desired) matches(kind matchKind) bool {
 	return false
 }
 
+// minRcvBuf is the receive buffer of the socket transactions go through:
+// room for the acknowledgements of about 8,000 messages.
+const minRcvBuf = 8 << 20
+
+// ackRoom is what one acknowledgement takes of a socket's receive buffer
+// (its buffer's true size, not its 36 bytes), as nft reckons it.
+const ackRoom = 1024
+
+// fitAcks grows the receive buffer of the transaction socket to hold the
+// acknowledgements of msgs messages, which the kernel queues while it
+// applies the transaction, before any is read: a policy of 4,000 rules
+// (some 25,000 messages) overflowed 8 MiB and failed with ENOBUFS. The
+// buffer only reserves: memory is taken by what is queued.
+func (b *Backend) fitAcks(msgs int) {
+	if need := msgs * ackRoom; need > b.rcvBuf && b.connRaw != nil {
+		setBuffer(b.connRaw, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, need)
+		b.rcvBuf = need
+	}
+}
+
 // commitResult is what a commit left in the kernel.
 type commitResult struct {
 	sets int
@@ -780,9 +801,14 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 	for i := range d.chains {
 		made[i] = c.AddChain(newChain(b.table, &d.chains[i]))
 	}
+	// msgs bounds the messages of the transaction from above: the kernel
+	// acknowledges each, and the acknowledgements must fit the socket's
+	// receive buffer while the transaction is read back.
+	msgs := 8 + 2*len(chains) + len(b.sets) + 3*len(d.sets)
 	for i := range d.chains {
 		for _, r := range d.chains[i].rules {
 			c.AddRule(&nftables.Rule{Table: b.table, Chain: made[i], Exprs: r.exprs(sets), UserData: commentData(r.comment)})
+			msgs++
 		}
 	}
 	elems, fromState := b.learnedElementsLocked(d, sets, carried, rebuild)
@@ -793,8 +819,10 @@ func (b *Backend) commitLocked(d *desired, rebuild bool) (commitResult, error) {
 				return commitResult{}, fmt.Errorf("nftables: encoding set %s: %w", name, err)
 			}
 			es = es[n:]
+			msgs++
 		}
 	}
+	b.fitAcks(msgs)
 	if b.breakApply != nil {
 		b.breakApply(c)
 	}

@@ -121,19 +121,21 @@ func isSharedKey(key string) bool {
 // returns nil and no error for a file without one. Only the cluster
 // section is checked; Compose checks the whole.
 func ParseCluster(file string, data []byte) (*Cluster, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, ErrorList{yamlError(file, err)}
+	d := &decoder{file: file}
+	// Read as a reload reads it: with fastyaml the rules are not read at
+	// all here (a whole tree of them was a third of a large policy's
+	// start).
+	top, err := d.document(Source{Name: file, Data: data}, true)
+	if err != nil {
+		return nil, ErrorList{err}
 	}
-	if len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+	if top == nil || top.Kind != yaml.MappingNode {
 		return nil, nil
 	}
-	top := root.Content[0]
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		if top.Content[i].Value != "cluster" {
 			continue
 		}
-		d := &decoder{file: file}
 		c := d.cluster(top.Content[i], top.Content[i+1])
 		if errs := d.result(); errs != nil {
 			return nil, errs

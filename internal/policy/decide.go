@@ -62,18 +62,18 @@ func (p *Policy) decideOnly(q Query, only int32) Decision {
 		return Decision{Reason: ReasonForwarded, Pattern: string(z.Zone)}
 	}
 	m := matcher{p: p, q: q, best: -1, only: only}
-	n := p.idx.root
+	var n *node // the node of the suffix after b[:end]; nil before the first
 	end := len(b)
 	for {
 		start := bytes.LastIndexByte(b[:end], '.') + 1
-		if n != p.idx.root {
+		if n != nil {
 			// n matches the suffix after b[:end]; one or more labels remain.
 			m.consider(n.many)
 			if start == 0 {
 				m.consider(n.one)
 			}
 		}
-		c := n.children[string(b[start:end])]
+		c := p.idx.nodes[string(b[start:])]
 		if c == nil {
 			break
 		}

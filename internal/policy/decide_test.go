@@ -433,3 +433,20 @@ func TestWildcardPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestSettingsHasNoRules(t *testing.T) {
+	p, err := Parse("f.yaml", []byte("sources: {web: [10.0.0.0/8]}\nrules:\n  - name: a\n    to: [a.example]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := p.Settings()
+	if len(s.Rules) != 0 || s.Rule("a") != nil || len(s.Sources) != 1 {
+		t.Fatalf("Settings kept rules %v, rule a %v, sources %v", s.Rules, s.Rule("a"), s.Sources)
+	}
+	if d := s.Decide(Query{Source: netip.MustParseAddr("10.0.0.1"), Name: "a.example", Port: 443, Proto: TCP}); d.Action == Allow {
+		t.Fatalf("Settings' policy allowed a.example: %+v", d)
+	}
+	if p.Rule("a") == nil {
+		t.Fatal("Settings changed the policy it copied")
+	}
+}

@@ -30,6 +30,11 @@ type decoder struct {
 	// ruleFields decode a rule's keys into rw, the rule being decoded.
 	ruleFields []field
 	rw         *wireRule
+	// lazy holds the rules sequences fastyaml left unread, by their node.
+	lazy map[*yaml.Node]lazyRules
+	// outside is set when a lazy sequence turned out to be beyond
+	// fastyaml: the parse is thrown away and done again with yaml.v3.
+	outside bool
 }
 
 // maxErrors bounds an ErrorList: past a hundred, more messages help nobody
@@ -145,9 +150,16 @@ func pathOr(p string) string {
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
 func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
+	return d.scalarAt(n, path, "")
+}
+
+// scalarAt is scalar for the value path+suffix names, joined only for a
+// message: a list's items are "<path> item", and joining that for every
+// item was a tenth of what a reload of 100,000 rules allocated.
+func (d *decoder) scalarAt(n *yaml.Node, path, suffix string) (string, bool) {
 	n = d.deref(n)
 	if n.Kind != yaml.ScalarNode {
-		d.errorf(n, "%s must be a single value, not a list or mapping", path)
+		d.errorf(n, "%s%s must be a single value, not a list or mapping", path, suffix)
 		return "", false
 	}
 	return n.Value, true
@@ -270,7 +282,7 @@ func (d *decoder) positionedList(dst *[]positioned, set *bool, path string) func
 			*dst = make([]positioned, 0, len(n.Content))
 		}
 		d.list(n, path, func(it *yaml.Node) {
-			if s, ok := d.scalar(it, path+" item"); ok {
+			if s, ok := d.scalarAt(it, path, " item"); ok {
 				*dst = append(*dst, positioned{s, d.deref(it)})
 			}
 		})

@@ -208,6 +208,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(kubeAgentPolicy(", forward: [{zone: corp.example.com, to: [198.51.100.53]}]", ", intercept_dns: [198.51.100.10], unfiltered: [198.51.100.0/24]", ", domain: k8s.example, nodelocal: 169.254.20.10", "")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("f.yaml", data)
+		checkSameAsYAMLv3(t, data, p, err)
 		if err == nil {
 			if p == nil || p.idx == nil {
 				t.Fatal("Parse returned neither a policy nor an error")
@@ -243,6 +244,20 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkSameAsYAMLv3 checks that Parse's result for data, p and err, is
+// what reading data with yaml.v3 alone gives: the same policy or the same
+// errors, whether fastyaml took the file or not.
+func checkSameAsYAMLv3(t *testing.T, data []byte, p *Policy, err error) {
+	t.Helper()
+	slow, serr := parseWith(Source{Name: "f.yaml", Data: data}, nil, false, false)
+	if (err == nil) != (serr == nil) || err != nil && err.Error() != serr.Error() {
+		t.Fatalf("Parse's error:\n%v\nwith yaml.v3 alone:\n%v", err, serr)
+	}
+	if !reflect.DeepEqual(p, slow) {
+		t.Fatalf("Parse and yaml.v3 alone compiled different policies from %.300q", data)
+	}
 }
 
 // FuzzDocument checks that document, which reads through a yieldingReader

@@ -10,16 +10,21 @@ import (
 // query name, not the number of rules: a trie over reversed labels whose
 // nodes list the rules (by index, ascending) that match at that depth.
 type index struct {
-	root  *node
-	cidrs []cidrRule // sorted by rule index
-	names map[string]int32
+	// nodes are the trie's nodes by the name suffix each stands for
+	// ("com", "example.com", "api.example.com"); every suffix of a
+	// node's is a node too, so a walk may stop at the first missing.
+	// One map sized once, not a map of children per node: building
+	// 100,000 rules' maps of children, growing one entry at a time, was
+	// a quarter of a reload.
+	nodes map[string]*node
+	cidrs []cidrRule          // sorted by rule index
+	names map[string]ruleSeen // every rule's, by name
 }
 
 type node struct {
-	children map[string]*node
-	exact    []ref // rules naming this node exactly (or apex of ".x")
-	one      []ref // rules with *.this
-	many     []ref // rules with **.this or .this
+	exact []ref // rules naming this node exactly (or apex of ".x")
+	one   []ref // rules with *.this
+	many  []ref // rules with **.this or .this
 }
 
 // ref points at one pattern of one rule.
@@ -33,38 +38,62 @@ type cidrRule struct {
 	rule   int32
 }
 
-func (n *node) child(label string) *node {
-	if n.children == nil {
-		n.children = make(map[string]*node)
+// nodeSlab hands out an index's nodes a chunk at a time: one allocation
+// for many, and neighbours in memory. The nodes of an index live and die
+// together, so a chunk holds nothing longer than its index does.
+type nodeSlab []node
+
+func (s *nodeSlab) new() *node {
+	if len(*s) == cap(*s) {
+		*s = make([]node, 0, 1024)
 	}
-	c := n.children[label]
-	if c == nil {
-		c = &node{}
-		n.children[label] = c
-	}
-	return c
+	*s = (*s)[:len(*s)+1]
+	return &(*s)[len(*s)-1]
 }
 
-func buildIndex(rules []*Rule) *index {
-	ix := &index{root: &node{}, names: make(map[string]int32, len(rules))}
+// buildIndex indexes rules. names are their names as compileRules
+// collected them; nil has buildIndex collect them.
+func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
+	if names == nil {
+		names = make(map[string]ruleSeen, len(rules))
+		for _, r := range rules {
+			names[r.Name] = ruleSeen{index: int32(r.Index)}
+		}
+	}
+	patterns := 0
+	for _, r := range rules {
+		patterns += len(r.Names)
+	}
+	// A pattern's base is a node of its own, most of the time, and names
+	// share the suffixes above: a quarter more is room for those.
+	ix := &index{nodes: make(map[string]*node, patterns+patterns/4), names: names}
+	var slab nodeSlab
 	for i, r := range rules {
 		if i%ruleYieldEvery == ruleYieldEvery-1 {
 			runtime.Gosched() // as compileRules does
 		}
 		ri := int32(r.Index)
-		ix.names[r.Name] = ri
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}
-			n := ix.root
-			// Labels from the last to the first, as substrings of Base
-			// (strings.Split would allocate a slice per pattern).
-			for rest := string(p.Base); ; {
-				i := strings.LastIndexByte(rest, '.')
-				n = n.child(rest[i+1:])
-				if i < 0 {
-					break
+			base := string(p.Base)
+			n := ix.nodes[base]
+			if n == nil {
+				n = slab.new()
+				ix.nodes[base] = n
+				// And the suffixes above it, up to the first that
+				// is a node already (then so are all above that),
+				// as substrings of Base: no allocation per label.
+				for rest := base; ; {
+					dot := strings.IndexByte(rest, '.')
+					if dot < 0 {
+						break
+					}
+					rest = rest[dot+1:]
+					if ix.nodes[rest] != nil {
+						break
+					}
+					ix.nodes[rest] = slab.new()
 				}
-				rest = rest[:i]
 			}
 			switch p.Kind {
 			case Exact:

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"net/url"
 	"os"
@@ -378,7 +379,10 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 		p.Users[name] = usr
 	}
 
-	d.compileRules(rulesNode, p)
+	names := d.compileRules(rulesNode, p)
+	if d.outside {
+		return nil, errOutside
+	}
 	d.firewall(p, &fw)
 	d.compileForward(p, forward)
 
@@ -391,7 +395,7 @@ func (d *decoder) compile(file string, top *yaml.Node) (*Policy, error) {
 	if len(p.Pods) > 0 {
 		p.members = &membership{}
 	}
-	p.idx = buildIndex(p.Rules)
+	p.idx = buildIndex(p.Rules, names)
 	return p, nil
 }
 
@@ -575,34 +579,50 @@ func (d *decoder) users(n *yaml.Node, users map[string]*wireUser) {
 // at a time: a rule's wire form is reused for the next (in a reload of
 // 100,000 rules, a wire rule each was 17 MB of garbage), and its YAML
 // nodes are let go once it is compiled.
-func (d *decoder) compileRules(n *yaml.Node, p *Policy) {
+func (d *decoder) compileRules(n *yaml.Node, p *Policy) map[string]ruleSeen {
 	if n == nil {
-		return
+		return nil
 	}
-	var items []*yaml.Node
-	switch m := d.deref(n); {
-	case m.Kind == yaml.SequenceNode:
-		items = slices.Clone(m.Content)
-		if m == n {
-			// Not reached through an alias, so nothing else decodes these
-			// nodes: the tree lets go of each rule, and the loop below
-			// of each rule it has compiled.
-			clear(m.Content)
+	var items iter.Seq[*yaml.Node]
+	count := 0 // how many items, known or estimated up front
+	if lz, ok := d.lazy[n]; ok {
+		items, count = d.lazyItems(lz), lz.hint
+	} else {
+		switch m := d.deref(n); {
+		case m.Kind == yaml.SequenceNode:
+			its := slices.Clone(m.Content)
+			if m == n {
+				// Not reached through an alias, so nothing else decodes
+				// these nodes: the tree lets go of each rule, and the
+				// loop below of each rule it has compiled.
+				clear(m.Content)
+			}
+			count = len(its)
+			items = func(yield func(*yaml.Node) bool) {
+				for i, it := range its {
+					its[i] = nil
+					if !yield(it) {
+						return
+					}
+				}
+			}
+		case m.Kind == yaml.ScalarNode && !isNull(m):
+			items = slices.Values([]*yaml.Node{m}) // reported by rule: not a mapping
+		default:
+			d.list(m, "rules", func(*yaml.Node) {}) // null: no rules; else an error
+			return nil
 		}
-	case m.Kind == yaml.ScalarNode && !isNull(m):
-		items = []*yaml.Node{m} // reported by rule: not a mapping
-	default:
-		d.list(m, "rules", func(*yaml.Node) {}) // null: no rules; else an error
-		return
 	}
-	if len(items) > 0 {
-		p.Rules = make([]*Rule, 0, len(items))
+	if count > 0 {
+		p.Rules = make([]*Rule, 0, count)
 	}
-	ruleNames := make(map[string]int, len(items)) // name: line
+	// Every rule name seen: the line that first used it, and its rule's
+	// index (-1 if it did not compile); the index keeps it as its names.
+	names := make(map[string]ruleSeen, count)
 	var w wireRule
-	for i, it := range items {
-		items[i] = nil
-		if i%ruleYieldEvery == ruleYieldEvery-1 {
+	i := 0
+	for it := range items {
+		if i++; i%ruleYieldEvery == 0 {
 			runtime.Gosched() // as yieldingReader does, for answers served meanwhile
 		}
 		if !d.rule(&w, it) {
@@ -610,26 +630,58 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) {
 		}
 		// Checked before compiling, so a duplicate is reported even when
 		// either rule has other problems.
-		dup := false
-		if prev, ok := ruleNames[w.name.v]; ok {
-			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev)
-			dup = true
-		} else {
-			ruleNames[w.name.v] = w.name.n.Line
+		prev, dup := names[w.name.v]
+		if dup {
+			d.errorf(w.name.n, "rule name %q is already used at line %d; rule names must be unique (they appear in the audit log)", w.name.v, prev.line)
 		}
 		r := d.compileRule(&w, p)
 		if r == nil || dup {
+			if !dup {
+				names[w.name.v] = ruleSeen{line: int32(w.name.n.Line), index: -1}
+			}
 			continue
 		}
 		r.Index = len(p.Rules)
 		r.usage = &Usage{}
 		p.Rules = append(p.Rules, r)
+		names[r.Name] = ruleSeen{line: int32(w.name.n.Line), index: int32(r.Index)}
+	}
+	return names
+}
+
+// ruleSeen is what compileRules knows of a rule name: the line of its
+// first use and the index of its compiled rule (-1 if it did not compile).
+type ruleSeen struct{ line, index int32 }
+
+// lazyItems yields the items of a rules sequence fastyaml left unread,
+// each positioned in its file; if they turn out to be beyond fastyaml,
+// d.outside is set.
+func (d *decoder) lazyItems(lz lazyRules) iter.Seq[*yaml.Node] {
+	return func(yield func(*yaml.Node) bool) {
+		for it := range lz.doc.Items() {
+			if d.origin != nil {
+				d.mark(it, lz.file)
+			}
+			ok := yield(it)
+			if d.origin != nil {
+				d.unmark(it) // its nodes are reused for the next item
+			}
+			if !ok {
+				return
+			}
+		}
+		if lz.doc.Err() != nil {
+			d.outside = true
+		}
 	}
 }
 
 // ruleYieldEvery is how many rules are compiled between two yields, a
-// millisecond or two of work.
-const ruleYieldEvery = 1024
+// few hundred microseconds of work: a goroutine that becomes ready on the
+// reload's processor (an answer) waits at most that long for it. (Every
+// 1,024 rules, about 3 ms, was the p99 of the answers served during a
+// reload of 100,000 rules: bench/reload, busy machine.)
+const ruleYieldEvery = 128
 
 // rule decodes n into w, which it resets first (keeping the room of its
 // lists), and reports whether n is a rule worth compiling.
@@ -697,7 +749,7 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		ok = false
 	}
 	if w.fromSet {
-		r.From = []string{}
+		r.From = make([]string, 0, len(w.from))
 		if len(w.from) == 0 {
 			d.errorf(w.node, "rule %q: from is empty, so it would allow nothing; omit from to apply to every source", r.Name)
 			ok = false
@@ -708,6 +760,9 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 				d.errorf(g.n, "rule %q: source group %q is not defined under sources; %s", r.Name, g.v, defineGroupHint(g.v, p))
 				ok = false
 				continue
+			}
+			if r.fromGroups == nil {
+				r.fromGroups = make([]groupRef, 0, len(w.from))
 			}
 			r.From = append(r.From, g.v)
 			r.fromGroups = append(r.fromGroups, groupRef{g.v, pfx, p.Dynamic(g.v)})
@@ -748,7 +803,9 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 		r.Names = append(r.Names, pat)
 	}
 	if !w.portsSet {
-		r.Ports = []PortRange{{Lo: 443, Hi: 443, Proto: TCP}}
+		r.Ports = defaultPorts[:1:1] // shared: nothing writes a rule's ports
+	} else {
+		r.Ports = make([]PortRange, 0, len(w.ports))
 	}
 	if w.portsSet && len(w.ports) == 0 {
 		d.errorf(w.node, "rule %q: ports is empty; omit it for 443/tcp or list ports", r.Name)
@@ -814,6 +871,10 @@ func (d *decoder) compileRule(w *wireRule, p *Policy) *Rule {
 	return r
 }
 
+// defaultPorts are the ports of a rule that lists none: 443/tcp. Rules
+// share the one slice (most of a large policy's rules list no ports).
+var defaultPorts = []PortRange{{Lo: 443, Hi: 443, Proto: TCP}}
+
 // defineGroupHint says how to fix a reference to an undefined group.
 func defineGroupHint(g string, p *Policy) string {
 	if s := suggest(g, sortedKeys(p.Sources)); s != "" {
@@ -825,6 +886,9 @@ func defineGroupHint(g string, p *Policy) string {
 // targetHint recognises targets written as URLs or host:port, which people
 // paste from elsewhere, and says what to write instead.
 func targetHint(s string) string {
+	if strings.IndexByte(s, ':') < 0 {
+		return "" // both hints need one; most targets are names
+	}
 	if i := strings.Index(s, "://"); i >= 0 {
 		host := s[i+3:]
 		if j := strings.IndexAny(host, "/:"); j >= 0 {

@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"gopkg.in/yaml.v3"
+
+	"github.com/fqdngate/fqdngate/internal/fastyaml"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -570,5 +574,65 @@ rules: [{name: a, to: [a.example]}]
 `))
 	if err == nil || !strings.Contains(err.Error(), "p.yaml:3:21: with firewall.backend: nftables, listen.dns needs a fixed port") {
 		t.Errorf("got %v, want a positioned error about listen.dns port 0", err)
+	}
+}
+
+// TestFastYAMLSamePolicy compiles policies fastyaml takes, and one it
+// does not, both ways: what a policy means must not depend on which
+// reader read it. The repository's policies and the generated large one
+// must take the fast path, or its speed is nobody's.
+func TestFastYAMLSamePolicy(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	examples, _ := filepath.Glob("../../examples/*.yaml")
+	inputs := map[string][]byte{"bigpolicy": benchPolicyYAML(2_000)}
+	for _, f := range append(files, examples...) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inputs[f] = data
+	}
+	for name, data := range inputs {
+		t.Run(name, func(t *testing.T) {
+			if _, err := fastyaml.Parse(data, "rules"); err != nil {
+				t.Errorf("fastyaml does not take %s: %v", name, err)
+			}
+			p, err := Parse("f.yaml", data)
+			checkSameAsYAMLv3(t, data, p, err)
+		})
+	}
+	// Rules that leave fastyaml's subset part-way (an anchor in the
+	// last rule) are read again by yaml.v3 from the start.
+	data := append(benchPolicyYAML(2_000), "  - name: anchored\n    to: &t [late.example]\n"...)
+	p, err := Parse("f.yaml", data)
+	if err != nil || p.Rule("anchored") == nil || len(p.Rules) != 2_001 {
+		t.Fatalf("a policy whose last rule has an anchor: %v", err)
+	}
+	checkSameAsYAMLv3(t, data, p, err)
+}
+
+func TestItemsHint(t *testing.T) {
+	for _, c := range []struct {
+		yaml string
+		want int
+	}{
+		{"rules:\n  - name: a\n    to: [a.example]\n  - name: b\n    to: [b.example]\n", 2},
+		{"rules:\n- name: a\n  to: [a.example]\n- {name: b, to: [b.example]}\nsources: {}\n", 2},
+		{"dns: {}\nrules:\n\n  # a comment\n  - name: a\n    to:\n      - a.example\n      - b.example\n", 1},
+	} {
+		var root yaml.Node
+		if err := yaml.Unmarshal([]byte(c.yaml), &root); err != nil {
+			t.Fatal(err)
+		}
+		top := root.Content[0]
+		var seq *yaml.Node
+		for i := 0; i+1 < len(top.Content); i += 2 {
+			if top.Content[i].Value == "rules" {
+				seq = top.Content[i+1]
+			}
+		}
+		if got := itemsHint([]byte(c.yaml), seq); got != c.want {
+			t.Errorf("itemsHint(%q) = %d, want %d", c.yaml, got, c.want)
+		}
 	}
 }

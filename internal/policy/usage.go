@@ -64,8 +64,14 @@ func (p *Policy) KeepUsage(old *Policy) {
 	if old == nil {
 		return
 	}
-	for _, r := range p.Rules {
-		if o := old.Rule(r.Name); o != nil && o.usage != nil && sameMeaning(r, o) {
+	for i, r := range p.Rules {
+		var o *Rule
+		if i < len(old.Rules) && old.Rules[i].Name == r.Name {
+			o = old.Rules[i] // a reload mostly keeps the rules in order
+		} else {
+			o = old.Rule(r.Name)
+		}
+		if o != nil && o.usage != nil && sameMeaning(r, o) {
 			r.usage = o.usage
 		}
 	}

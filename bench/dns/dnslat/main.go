@@ -36,6 +36,8 @@ func run(args []string) int {
 	warm := fs.Int("w", 1000, "queries to send first, untimed")
 	timeout := fs.Duration("t", time.Second, "wait for each answer; a query that times out counts as lost")
 	seed := fs.Uint64("seed", 1, "seed for the choice of names")
+	dur := fs.Duration("for", 0, "time queries for this long instead of -n of them")
+	trace := fs.String("trace", "", "also write every timed query here, a line each: when it was sent (Unix ns) and its latency (ns; -1 lost, -2 not NOERROR)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -51,12 +53,33 @@ func run(args []string) int {
 	}
 	defer conn.Close()
 
+	var tw *bufio.Writer
+	if *trace != "" {
+		f, err := os.Create(*trace)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dnslat: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		tw = bufio.NewWriter(f)
+		defer tw.Flush()
+	}
 	rng := rand.New(rand.NewPCG(*seed, 0))
 	lat := make([]time.Duration, 0, *n)
+	var until time.Time // with -for: when timing stops
+	more := func(i int) bool {
+		if *dur == 0 {
+			return i < *warm+*n
+		}
+		if i == *warm {
+			until = time.Now().Add(*dur)
+		}
+		return i < *warm || time.Now().Before(until)
+	}
 	var lost, bad int
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 512)
-	for i := range *warm + *n {
+	for i := 0; more(i); i++ {
 		var m dns.Msg
 		m.SetQuestion(names[rng.IntN(len(names))], dns.TypeA)
 		m.Id = uint16(rng.Uint32())
@@ -73,6 +96,15 @@ func run(args []string) int {
 		}
 		if i < *warm {
 			continue
+		}
+		if tw != nil {
+			t := d
+			if !ok {
+				t = -1
+			} else if d < 0 {
+				t = -2
+			}
+			fmt.Fprintf(tw, "%d %d\n", start.UnixNano(), t)
 		}
 		switch {
 		case !ok:

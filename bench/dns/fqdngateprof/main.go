@@ -44,7 +44,9 @@ func run(args []string) int {
 		return 1
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	err = daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: os.Stdout})
+	hup := make(chan os.Signal, 1) // SIGHUP reloads, as with fqdngate run
+	signal.Notify(hup, syscall.SIGHUP)
+	err = daemon.Run(ctx, daemon.Options{PolicyPath: *cfg, Logger: logger, Stdout: os.Stdout, Reload: hup})
 	pprof.StopCPUProfile()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fqdngateprof: %v\n", err)
