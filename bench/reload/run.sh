@@ -25,6 +25,7 @@ cd "$(dirname "$0")/../.."
 RULES=${RULES:-100000}
 REPS=${REPS:-5}
 SETTLE=${SETTLE:-10}
+LATENCY=${LATENCY:-1}
 OUT=${OUT:-bench/results/tmp/reload-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 DNS=127.0.0.1:25353 ADMIN=127.0.0.1:25380 UP=127.0.0.1:25300
@@ -53,8 +54,8 @@ kb() { awk -v k="$1:" '$1==k {print $2}' /proc/$pid/status; }
 reloads() { grep -c 'policy reloaded' "$OUT/daemon.log" || true; }
 
 # Timed answers from the first repetition's wait to the end.
-"$OUT/dnslat" -s $DNS -d "$OUT/names.txt" -w 2000 -for $(( (SETTLE + 2) * REPS + 5 ))s -trace "$OUT/trace.txt" > "$OUT/dnslat.txt" 2>&1 &
-lat=$!
+[ "$LATENCY" = 1 ] && "$OUT/dnslat" -s $DNS -d "$OUT/names.txt" -w 2000 -for $(( (SETTLE + 2) * REPS + 5 ))s -trace "$OUT/trace.txt" > "$OUT/dnslat.txt" 2>&1 &
+[ "$LATENCY" = 1 ] && lat=$!
 : > "$OUT/windows.txt"
 printf '%s\t%s\t%s\t%s\t%s\n' rep took_ms steady_kb peak_kb peak/steady > "$OUT/raw.tsv"
 for rep in $(seq "$REPS"); do
@@ -71,9 +72,11 @@ for rep in $(seq "$REPS"); do
   echo "$t0 $(( t0 + took * 1000000 ))" >> "$OUT/windows.txt"
   printf '%s\t%s\t%s\t%s\t%s\n' "$rep" "$took" "$steady" "$peak" "$(awk -v p="$peak" -v s="$steady" 'BEGIN{printf "%.2f", p/s}')" >> "$OUT/raw.tsv"
 done
-wait $lat || { cat "$OUT/dnslat.txt"; exit 1; }
-lat=
 column -t "$OUT/raw.tsv"
-cat "$OUT/dnslat.txt"
-go run ./bench/reload/during -trace "$OUT/trace.txt" -windows "$OUT/windows.txt" | tee "$OUT/during.txt"
+if [ "$LATENCY" = 1 ]; then
+  wait $lat || { cat "$OUT/dnslat.txt"; exit 1; }
+  lat=
+  cat "$OUT/dnslat.txt"
+  go run ./bench/reload/during -trace "$OUT/trace.txt" -windows "$OUT/windows.txt" | tee "$OUT/during.txt"
+fi
 echo "raw output: $OUT"
