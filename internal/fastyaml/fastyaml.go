@@ -623,9 +623,9 @@ func (p *parser) inline(flow bool) (n *yaml.Node, isKey bool) {
 		}
 		return n, false
 	case '"':
-		v, style = p.double(), yaml.DoubleQuotedStyle
+		v, style = p.quoted('"'), yaml.DoubleQuotedStyle
 	case '\'':
-		v, style = p.single(), yaml.SingleQuotedStyle
+		v, style = p.quoted('\''), yaml.SingleQuotedStyle
 	default:
 		v = p.plain(flow)
 	}
@@ -728,75 +728,38 @@ func isFlowIndicator(c byte) bool {
 	return c == ',' || c == '[' || c == ']' || c == '{' || c == '}'
 }
 
-// single reads a single-quoted scalar within the line.
-func (p *parser) single() []byte {
+// quoted reads a scalar quoted with q, ' or ", within the line: in
+// single quotes ” stands for ', in double quotes a backslash escapes.
+// The value is a slice of the input when nothing was escaped, else of
+// p.buf.
+func (p *parser) quoted(q byte) []byte {
 	data := p.data
 	i := p.pos + 1
 	start := i
 	p.buf = p.buf[:0]
 	copied := false
-	for i < len(data) {
-		c := data[i]
-		switch {
-		case c == '\'':
-			if i+1 < len(data) && data[i+1] == '\'' {
-				if !copied {
-					p.buf = append(p.buf, data[start:i]...)
-					copied = true
-				}
-				p.buf = append(p.buf, '\'')
-				i += 2
-				continue
-			}
-			p.pos = i + 1
-			if copied {
-				return p.buf
-			}
-			return data[start:i]
-		case c >= 0x80:
-			size := p.char(i)
-			if size == 0 {
-				return nil
-			}
-			if copied {
-				p.buf = append(p.buf, data[i:i+size]...)
-			}
-			i += size
-			continue
-		case c < 0x20 || c > 0x7e:
-			p.bad = true
-			return nil
+	copyOnce := func() {
+		if !copied {
+			p.buf = append(p.buf, data[start:i]...)
+			copied = true
 		}
-		if copied {
-			p.buf = append(p.buf, c)
-		}
-		i++
 	}
-	p.bad = true
-	return nil
-}
-
-// double reads a double-quoted scalar within the line.
-func (p *parser) double() []byte {
-	data := p.data
-	i := p.pos + 1
-	start := i
-	p.buf = p.buf[:0]
-	copied := false
 	for i < len(data) {
 		c := data[i]
 		switch {
-		case c == '"':
+		case c == '\'' && q == '\'' && i+1 < len(data) && data[i+1] == '\'':
+			copyOnce()
+			p.buf = append(p.buf, '\'')
+			i += 2
+			continue
+		case c == q:
 			p.pos = i + 1
 			if copied {
 				return p.buf
 			}
 			return data[start:i]
-		case c == '\\':
-			if !copied {
-				p.buf = append(p.buf, data[start:i]...)
-				copied = true
-			}
+		case c == '\\' && q == '"':
+			copyOnce()
 			n, ok := p.escape(i + 1)
 			if !ok {
 				p.bad = true

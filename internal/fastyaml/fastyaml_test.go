@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/fqdngate/fqdngate/internal/policy/bigpolicy"
 )
 
 // v3 is the oracle: what internal/policy's document() gets from yaml.v3.
@@ -231,35 +233,8 @@ func TestSubset(t *testing.T) {
 	}
 }
 
-// benchPolicyYAML is internal/policy's generator (bench_test.go), copied.
-func benchPolicyYAML(n int) []byte {
-	var b strings.Builder
-	b.WriteString("dns: {upstreams: [192.0.2.53]}\nsources:\n")
-	for g := range 20 {
-		fmt.Fprintf(&b, "  g%d: [10.%d.0.0/16]\n", g, g)
-	}
-	b.WriteString("rules:\n")
-	for i := range n {
-		fmt.Fprintf(&b, "  - name: r%d\n    to: [%q]\n", i, benchTarget(i))
-		if i%4 == 0 {
-			fmt.Fprintf(&b, "    from: [g%d]\n", i%20)
-		}
-		if i%5 == 0 {
-			b.WriteString("    ports: [80, 443, 8000-8100]\n")
-		}
-	}
-	return []byte(b.String())
-}
-
-func benchTarget(i int) string {
-	switch i % 3 {
-	case 0:
-		return fmt.Sprintf("host%d.svc%d.example%d.com", i, i%997, i%101)
-	case 1:
-		return fmt.Sprintf("*.w%d.example%d.com", i, i%101)
-	}
-	return fmt.Sprintf("**.d%d.example%d.com", i, i%101)
-}
+// benchPolicyYAML is the policy the loader's reload benchmarks load.
+func benchPolicyYAML(n int) []byte { return bigpolicy.YAML(n) }
 
 // realYAML is every policy people read: the examples, the loader's
 // testdata, the YAML snippets of the docs and the benchmark's policy.
