@@ -165,8 +165,13 @@ func itemsHint(data []byte, seq *yaml.Node) int {
 	item = append(item, '\n')
 	item = append(item, bytes.Repeat([]byte{' '}, seq.Column-1)...)
 	item = append(item, '-', ' ')
-	return bytes.Count(data[at-1:], item)
+	// A hint sizes allocations before any rule is read: bound it, so a
+	// file of a million "- " lines costs its parse, not more.
+	return min(bytes.Count(data[at-1:], item), maxItemsHint)
 }
+
+// maxItemsHint bounds itemsHint: room for a million rules.
+const maxItemsHint = 1 << 20
 
 // document returns the top node of src as yaml.v3 reads it, nil for an
 // empty document.
