@@ -737,18 +737,14 @@ func (p *parser) quoted(q byte) []byte {
 	i := p.pos + 1
 	start := i
 	p.buf = p.buf[:0]
-	copied := false
-	copyOnce := func() {
-		if !copied {
-			p.buf = append(p.buf, data[start:i]...)
-			copied = true
-		}
-	}
+	copied := false // (inline, not a closure: one kept i and copied out of registers)
 	for i < len(data) {
 		c := data[i]
 		switch {
 		case c == '\'' && q == '\'' && i+1 < len(data) && data[i+1] == '\'':
-			copyOnce()
+			if !copied {
+				p.buf, copied = append(p.buf, data[start:i]...), true
+			}
 			p.buf = append(p.buf, '\'')
 			i += 2
 			continue
@@ -759,7 +755,9 @@ func (p *parser) quoted(q byte) []byte {
 			}
 			return data[start:i]
 		case c == '\\' && q == '"':
-			copyOnce()
+			if !copied {
+				p.buf, copied = append(p.buf, data[start:i]...), true
+			}
 			n, ok := p.escape(i + 1)
 			if !ok {
 				p.bad = true
