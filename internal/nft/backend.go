@@ -697,13 +697,19 @@ const minRcvBuf = 8 << 20
 // (its buffer's true size, not its 36 bytes), as nft reckons it.
 const ackRoom = 1024
 
+// maxRcvBuf bounds what fitAcks asks of the kernel: 256 MiB, the
+// acknowledgements of some 40,000 rules, whose transaction would take
+// minutes (BENCHMARKS.md). A larger one fails with ENOBUFS, and the rules
+// in force stay.
+const maxRcvBuf = 256 << 20
+
 // fitAcks grows the receive buffer of the transaction socket to hold the
 // acknowledgements of msgs messages, which the kernel queues while it
 // applies the transaction, before any is read: a policy of 4,000 rules
 // (some 25,000 messages) overflowed 8 MiB and failed with ENOBUFS. The
 // buffer only reserves: memory is taken by what is queued.
 func (b *Backend) fitAcks(msgs int) {
-	if need := msgs * ackRoom; need > b.rcvBuf && b.connRaw != nil {
+	if need := min(msgs*ackRoom, maxRcvBuf); need > b.rcvBuf && b.connRaw != nil {
 		setBuffer(b.connRaw, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, need)
 		b.rcvBuf = need
 	}
