@@ -29,11 +29,7 @@ func TestManyRules(t *testing.T) {
 		}
 		return p
 	}
-	be, err := New(Config{Table: "fqdngate", Hook: policy.HookForward, NetNSFd: ns.Fd(), StateFile: filepath.Join(t.TempDir(), "state.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	be := startBackend(t, ns, Config{Hook: policy.HookForward, StateFile: filepath.Join(t.TempDir(), "state.json")}, nil)
 	for _, what := range []string{"start", "reload"} {
 		if err := be.Apply(context.Background(), parse()); err != nil {
 			t.Fatalf("%s with %d rules: %v", what, n, err)
