@@ -223,6 +223,7 @@ type Backend struct {
 	// Config.Watch; closeMon closes it once. wake wakes the watcher.
 	mon      *monitor
 	closeMon func()
+	monReads atomic.Uint64 // datagrams the monitor read: what its filter let through
 	wake     chan struct{}
 	watchMu  sync.Mutex // guards following
 	// bad is what another process did to the table, from the moment the
@@ -367,7 +368,7 @@ func New(cfg Config) (*Backend, error) {
 		if b.query, err = netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: cfg.NetNSFd}); err != nil {
 			return fail(netlinkErr("opening netlink", err))
 		}
-		mon, err := openMonitor(cfg.NetNSFd, connPort, elemsPort)
+		mon, err := openMonitor(cfg.NetNSFd, connPort, elemsPort, cfg.Table)
 		if err != nil {
 			return fail(err)
 		}

@@ -47,17 +47,15 @@ type monitor struct {
 }
 
 // openMonitor subscribes to nf_tables' notifications in the namespace
-// netnsFd (0: the current one). A socket filter drops, in the kernel,
-// the notifications of the backend's own transactions: all of elems's
-// (its element updates, a transaction per published answer, would
-// otherwise all reach the monitor) and all of conn's but their NEWGEN
-// messages, which mark in the stream where each of its commits falls.
-func openMonitor(netnsFd int, conn, elems uint32) (*monitor, error) {
+// netnsFd (0: the current one). A socket filter (monitorFilter) drops,
+// in the kernel, the notifications of the backend's own transactions and
+// those about other tables than table.
+func openMonitor(netnsFd int, conn, elems uint32, table string) (*monitor, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netnsFd})
 	if err != nil {
 		return nil, netlinkErr("opening the nftables monitor", err)
 	}
-	filter, err := ownFilter(conn, elems)
+	filter, err := monitorFilter(conn, elems, table)
 	if err == nil {
 		err = c.SetBPF(filter)
 	}
@@ -78,27 +76,156 @@ func openMonitor(netnsFd int, conn, elems uint32) (*monitor, error) {
 	return &monitor{c: c, raw: raw, buf: make([]byte, monitorMaxMsg)}, nil
 }
 
-// ownFilter is the monitor's socket filter. It looks at a datagram's
-// first message only: the kernel batches the notifications of one
-// transaction, and only of one, into a datagram, and sends the
-// transaction's NEWGEN in a datagram of its own.
-func ownFilter(conn, elems uint32) ([]bpf.RawInstruction, error) {
-	// A classic BPF load reads big-endian; the netlink header is in host
-	// order.
+// The monitor's socket filter. The kernel sends the notifications of one
+// transaction, and only of one, in a datagram (several, if large), and
+// the transaction's NEWGEN in a datagram of its own; every message
+// carries the port of the socket that sent the transaction.
+//
+//   - A datagram from elems (element updates, a transaction per published
+//     answer) is dropped whole, and one from conn but for its NEWGEN
+//     messages, which mark in the stream where each of its commits falls.
+//     These look at the first message only.
+//   - A datagram from any other socket is dropped when every message in
+//     it is about another table. Those are most of what a busy host sends
+//     (kube-proxy's or a container runtime's sets, other gateways' tables
+//     in one namespace), and reading them costs the watcher a wake-up and
+//     a parse each.
+//
+// Anything the filter cannot vouch for is kept, for parseNotifications
+// to judge: a NEWGEN, a message whose first attribute is not a table
+// name (attribute 1 of every object nf_tables notifies about), a message
+// too short or too long for the filter's arithmetic, and messages past
+// the first filterMsgs of a datagram. The filter never needs to be right
+// about what to keep, only about what to drop.
+const filterMsgs = 64
+
+// Offsets in a notification: the netlink header (16 bytes), nfgenmsg (4),
+// then the first attribute's length, type and value.
+const (
+	offMsgLen   = 0
+	offMsgType  = 4
+	offMsgPort  = 12
+	offAttrLen  = unix.NLMSG_HDRLEN + 4
+	offAttrType = offAttrLen + 2
+	offAttrVal  = offAttrLen + 4
+)
+
+func monitorFilter(conn, elems uint32, table string) ([]bpf.RawInstruction, error) {
+	// Classic BPF loads read big-endian; netlink headers and attribute
+	// headers are in host order.
 	be32 := func(v uint32) uint32 { return binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, v)) }
 	be16 := func(v uint16) uint32 {
 		return uint32(binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)))
 	}
-	return bpf.Assemble([]bpf.Instruction{
-		bpf.LoadAbsolute{Off: 12, Size: 4}, // nlmsg_pid
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be32(elems), SkipTrue: 4},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be32(conn), SkipFalse: 2},
-		bpf.LoadAbsolute{Off: 4, Size: 2}, // nlmsg_type
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN), SkipFalse: 1},
-		bpf.RetConstant{Val: 0xffffffff},
-		bpf.RetConstant{Val: 0},
-	})
+	const (
+		keep = 0xffffffff
+		drop = 0
+	)
+	newgen := be16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN)
+	// The table attribute's value as the kernel writes it: the name and a
+	// NUL (then padding to four bytes, which the comparison masks off).
+	name := []byte(table + "\x00")
+	padded := (len(name) + 3) &^ 3
+	ins := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: offMsgPort, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: be32(elems), SkipTrue: 1},
+		bpf.RetConstant{Val: drop},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: be32(conn), SkipTrue: 4},
+		bpf.LoadAbsolute{Off: offMsgType, Size: 2},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: newgen, SkipTrue: 1},
+		bpf.RetConstant{Val: keep},
+		bpf.RetConstant{Val: drop},
+		bpf.LoadConstant{Dst: bpf.RegX, Val: 0}, // X: the offset of the message looked at
+	}
+	// One message: the instructions from its start to next, where X
+	// moves to the message after it.
+	msg := func() []bpf.Instruction {
+		var m []bpf.Instruction
+		// Past the last message: every one was about another table.
+		m = append(m,
+			bpf.LoadExtension{Num: bpf.ExtLen},
+			bpf.JumpIfX{Cond: bpf.JumpGreaterThan, SkipTrue: 1},
+			bpf.RetConstant{Val: drop},
+			// Too short to hold the name compared below: keep.
+			bpf.ALUOpX{Op: bpf.ALUOpSub},
+			bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: uint32(offAttrVal + padded), SkipTrue: 1},
+			bpf.RetConstant{Val: keep},
+			bpf.LoadIndirect{Off: offMsgType, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: newgen, SkipTrue: 1},
+			bpf.RetConstant{Val: keep},
+			bpf.LoadIndirect{Off: offAttrType, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: be16(1), SkipTrue: 1},
+			bpf.RetConstant{Val: keep},
+		)
+		// The table's name: ours is kept; any other skips to next.
+		cmp := []bpf.Instruction{
+			bpf.LoadIndirect{Off: offAttrLen, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: be16(uint16(4 + len(table) + 1))},
+		}
+		for i := 0; i < len(name); i += 4 {
+			var word [4]byte
+			n := copy(word[:], name[i:])
+			cmp = append(cmp, bpf.LoadIndirect{Off: uint32(offAttrVal + i), Size: 4})
+			if n < 4 {
+				cmp = append(cmp, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ^uint32(0) << (8 * (4 - n))})
+			}
+			cmp = append(cmp, bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: binary.BigEndian.Uint32(word[:])})
+		}
+		cmp = append(cmp, bpf.RetConstant{Val: keep})
+		for i, in := range cmp {
+			if j, ok := in.(bpf.JumpIf); ok {
+				j.SkipTrue = uint8(len(cmp) - i - 1) // to next
+				cmp[i] = j
+			}
+		}
+		m = append(m, cmp...)
+		// next: X += the message's length, rounded up to four bytes. A
+		// length of 64 KiB or more, or under a header's, is beyond the
+		// filter: keep.
+		lo, hi := uint32(0), uint32(1) // little-endian: the low byte first
+		rest := uint32(2)
+		if binary.NativeEndian.Uint16([]byte{0, 1}) == 1 { // big-endian
+			lo, hi, rest = 3, 2, 0
+		}
+		m = append(m,
+			bpf.TXA{},
+			bpf.StoreScratch{Src: bpf.RegA, N: 0},
+			bpf.LoadIndirect{Off: offMsgLen + rest, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
+			bpf.RetConstant{Val: keep},
+			bpf.LoadIndirect{Off: offMsgLen + hi, Size: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpShiftLeft, Val: 8},
+			bpf.StoreScratch{Src: bpf.RegA, N: 1},
+			bpf.LoadIndirect{Off: offMsgLen + lo, Size: 1},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 1},
+			bpf.ALUOpX{Op: bpf.ALUOpAdd},
+			bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: unix.NLMSG_HDRLEN, SkipTrue: 1},
+			bpf.RetConstant{Val: keep},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 3},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ^uint32(3)},
+			bpf.LoadScratch{Dst: bpf.RegX, N: 0},
+			bpf.ALUOpX{Op: bpf.ALUOpAdd},
+			bpf.TAX{},
+		)
+		return m
+	}
+	one := msg()
+	n := min(filterMsgs, (bpfMaxInsns-len(ins)-4)/len(one))
+	for range n {
+		ins = append(ins, one...)
+	}
+	// More messages than the filter looks at: keep.
+	ins = append(ins,
+		bpf.LoadExtension{Num: bpf.ExtLen},
+		bpf.JumpIfX{Cond: bpf.JumpGreaterThan, SkipTrue: 1},
+		bpf.RetConstant{Val: drop},
+		bpf.RetConstant{Val: keep},
+	)
+	return bpf.Assemble(ins)
 }
+
+// bpfMaxInsns is the kernel's bound on a classic BPF program (BPF_MAXINSNS).
+const bpfMaxInsns = 4096
 
 // setBuffer sets a socket buffer size, beyond the system's maximum if
 // the process may (CAP_NET_ADMIN, which the backend has anyway). A
@@ -222,8 +349,8 @@ func parseNotifications(b []byte, table string, ours []uint32) (changes []change
 		if isOurs(port, ours) {
 			continue
 		}
-		if family != unix.NFPROTO_INET || attrString(attrs, 1) != table {
-			continue // every object's table is attribute 1
+		if family != unix.NFPROTO_INET || tableOf(attrs) != table {
+			continue
 		}
 		if kind == unix.NFT_MSG_DELSETELEM && port == 0 {
 			continue
@@ -286,6 +413,26 @@ func forAttrs(b []byte, f func(typ uint16, v []byte)) {
 		f(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[4:l])
 		b = b[min(len(b), (l+3)&^3):]
 	}
+}
+
+// tableOf returns the table a notification is about: its first
+// attribute, which the kernel writes first in every notification of an
+// object (attribute 1, NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_SET_TABLE
+// and so on), or "". The monitor's socket filter reads it at the same
+// place.
+func tableOf(attrs []byte) string {
+	if len(attrs) < 4 {
+		return ""
+	}
+	l := int(binary.NativeEndian.Uint16(attrs))
+	if l < 4 || l > len(attrs) || binary.NativeEndian.Uint16(attrs[2:]) != 1 {
+		return ""
+	}
+	v := attrs[4:l]
+	if len(v) == 0 || v[len(v)-1] != 0 {
+		return "" // the kernel writes a name and one NUL
+	}
+	return string(v[:len(v)-1])
 }
 
 // attrString returns the string attribute typ of b, or "".

@@ -3,8 +3,10 @@ package nft
 import (
 	"encoding/binary"
 	"reflect"
+	"strings"
 	"testing"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,5 +77,124 @@ func FuzzParseNotifications(f *testing.F) {
 	f.Add(notification(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_INET, 7, attr(1, "fqdngate\x00"), attr(unix.NFTA_SET_ELEM_LIST_SET, "s\x00")))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		parseNotifications(b, "fqdngate", []uint32{1})
+	})
+}
+
+// filterVM runs the monitor's socket filter for ports conn and elems and
+// table as the kernel would, in golang.org/x/net/bpf's interpreter.
+func filterVM(t testing.TB, conn, elems uint32, table string) func([]byte) bool {
+	t.Helper()
+	raw, err := monitorFilter(conn, elems, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) > bpfMaxInsns {
+		t.Fatalf("the filter has %d instructions; the kernel takes at most %d", len(raw), bpfMaxInsns)
+	}
+	ins, ok := bpf.Disassemble(raw)
+	if !ok {
+		t.Fatal("the filter does not disassemble")
+	}
+	vm, err := bpf.NewVM(ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(b []byte) bool {
+		n, err := vm.Run(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n != 0
+	}
+}
+
+func TestMonitorFilter(t *testing.T) {
+	const conn, elems, theirs = 100, 101, 200
+	ours := attr(1, "fqdngate\x00")
+	elem := func(port uint32, table [2]string) []byte {
+		return notification(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_INET, port, table, attr(unix.NFTA_SET_ELEM_LIST_SET, "learn4.a\x00"))
+	}
+	other := attr(1, "kube-proxy\x00")
+	gen := func(port uint32) []byte {
+		return notification(unix.NFT_MSG_NEWGEN, unix.AF_UNSPEC, port, attr(1, "\x00\x00\x00\x07"), attr(nftaGenProcName, "nft\x00"))
+	}
+	many := func(n int, last []byte) [][]byte {
+		var out [][]byte
+		for range n {
+			out = append(out, elem(theirs, other))
+		}
+		return append(out, last)
+	}
+	for _, c := range []struct {
+		name string
+		in   [][]byte
+		keep bool
+	}{
+		{"our table", [][]byte{elem(theirs, ours)}, true},
+		{"another table", [][]byte{elem(theirs, other)}, false},
+		{"another table, then ours", [][]byte{elem(theirs, other), elem(theirs, other), notification(unix.NFT_MSG_DELTABLE, unix.NFPROTO_INET, theirs, ours)}, true},
+		{"ours, then another", [][]byte{elem(theirs, ours), elem(theirs, other)}, true},
+		{"a name of the same length", [][]byte{elem(theirs, attr(1, "fqdngatf\x00"))}, false},
+		{"a longer name", [][]byte{elem(theirs, attr(1, "fqdngate2\x00"))}, false},
+		{"a shorter name", [][]byte{elem(theirs, attr(1, "fqdngat\x00"))}, false},
+		{"our name in another family", [][]byte{notification(unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, theirs, ours)}, true},
+		{"no table attribute first", [][]byte{notification(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_INET, theirs, attr(unix.NFTA_SET_ELEM_LIST_SET, "x\x00"), other)}, true},
+		{"a committer", [][]byte{gen(theirs)}, true},
+		{"their elements, then a committer", [][]byte{elem(theirs, other), gen(theirs)}, true},
+		{"our elements socket", [][]byte{elem(elems, ours)}, false},
+		{"our ruleset socket", [][]byte{elem(conn, ours)}, false},
+		{"our ruleset socket's commit", [][]byte{gen(conn)}, true},
+		{"more messages than the filter reads", many(filterMsgs, elem(theirs, other)), true},
+		{"as many as it reads", many(filterMsgs-1, elem(theirs, other)), false},
+		{"ours after as many as it reads", many(filterMsgs-1, elem(theirs, ours)), true},
+		{"cut short", [][]byte{elem(theirs, other)[:30]}, true},
+		{"empty", [][]byte{{}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var b []byte
+			for _, m := range c.in {
+				b = append(b, m...)
+			}
+			if got := filterVM(t, conn, elems, "fqdngate")(b); got != c.keep {
+				t.Errorf("kept = %v, want %v", got, c.keep)
+			}
+		})
+	}
+	// Every length of table name the kernel takes (NFT_NAME_MAXLEN 256,
+	// NUL included) fits, and matches itself only.
+	for _, n := range []int{1, 2, 3, 4, 5, 7, 8, 63, 64, 255} {
+		name := strings.Repeat("t", n)
+		keep := filterVM(t, conn, elems, name)
+		if !keep(elem(theirs, attr(1, name+"\x00"))) {
+			t.Errorf("a table named with %d characters: its own notification is dropped", n)
+		}
+		if keep(elem(theirs, attr(1, name+"u\x00"))) || keep(elem(theirs, attr(1, "u"+name[1:]+"\x00"))) {
+			t.Errorf("a table named with %d characters: another table's notification is kept", n)
+		}
+	}
+}
+
+// FuzzMonitorFilter: the filter drops nothing parseNotifications would
+// act on. Whatever a datagram from another socket holds, if the filter
+// drops it, parsing it finds no change to the table and no committer.
+func FuzzMonitorFilter(f *testing.F) {
+	const conn, elems, theirs = 100, 101, 200
+	ours, other := attr(1, "fqdngate\x00"), attr(1, "other\x00")
+	f.Add(notification(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_INET, theirs, other))
+	f.Add(append(notification(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_INET, theirs, other), notification(unix.NFT_MSG_DELTABLE, unix.NFPROTO_INET, theirs, ours)...))
+	f.Add(notification(unix.NFT_MSG_NEWGEN, unix.AF_UNSPEC, theirs, attr(nftaGenProcPID, "\x00\x00\x00\x01")))
+	keep := filterVM(f, conn, elems, "fqdngate")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) >= unix.NLMSG_HDRLEN {
+			if port := binary.NativeEndian.Uint32(b[12:]); port == conn || port == elems {
+				return // our own: dropped by port, not by table
+			}
+		}
+		if keep(b) {
+			return
+		}
+		if changes, procs := parseNotifications(b, "fqdngate", []uint32{conn, elems}); len(changes) != 0 || len(procs) != 0 {
+			t.Errorf("the filter drops a datagram with changes %v and committers %v", changes, procs)
+		}
 	})
 }

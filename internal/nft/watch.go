@@ -287,6 +287,7 @@ func (b *Backend) readMonitor(ctx context.Context) {
 		}
 		buf, err := b.mon.read(true, time.Time{})
 		for err == nil && buf != nil {
+			b.monReads.Add(1)
 			b.noteNotifications(buf)
 			buf, err = b.mon.read(false, time.Time{})
 		}
@@ -300,6 +301,7 @@ func (b *Backend) readMonitor(ctx context.Context) {
 				if buf, err = b.mon.read(true, deadline); buf == nil {
 					break
 				}
+				b.monReads.Add(1)
 				b.noteNotifications(buf)
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {

@@ -197,6 +197,43 @@ func TestWatchRestoresChanges(t *testing.T) {
 	}
 }
 
+// TestWatchFiltersOtherTables: changes to other tables (kube-proxy's, a
+// container runtime's, another gateway's) do not reach the watcher, save
+// their transactions' commit messages, while a transaction that changes
+// another table and then ours is still seen and undone.
+func TestWatchFiltersOtherTables(t *testing.T) {
+	n := newForwardNet(t)
+	b := startBackend(t, n.gw, Config{Hook: policy.HookForward, Watch: true}, mustParse(t, forwardPolicy))
+	publish(t, b, "bank-api", "payments", srvA, time.Minute)
+	n.gw.MustExec("nft", "add table inet other; add set inet other s { type ipv4_addr; }")
+	const commits = 5
+	before := b.monReads.Load()
+	for i := range commits {
+		var elems []string
+		for j := range 200 {
+			elems = append(elems, fmt.Sprintf("10.%d.%d.%d", i, j/250, j%250))
+		}
+		n.gw.MustExec("nft", "add element inet other s { "+strings.Join(elems, ", ")+" }")
+	}
+	// Each commit's NEWGEN comes after its elements: once the watcher has
+	// read one datagram per commit, it has read whatever of the elements
+	// got through.
+	waitFor(t, "the commits' messages", func() bool { return b.monReads.Load()-before >= commits })
+	time.Sleep(100 * time.Millisecond)
+	if got := b.monReads.Load() - before; got != commits {
+		t.Errorf("the watcher read %d datagrams for %d commits of 200 elements each to another table, want %d (their commit messages only)", got, commits, commits)
+	}
+	if got := b.Stats().Restores; got != 0 {
+		t.Fatalf("Stats().Restores = %d after changes to another table, want 0", got)
+	}
+	// Another table first, then ours, in one transaction.
+	n.gw.MustExec("nft", "add element inet other s { 192.0.2.99 }; add element inet fqdngate learn4.bank-api.payments { "+srvC+" }")
+	waitFor(t, "the restore", func() bool { return b.Stats().Restores >= 1 && b.Enforcing() == nil })
+	if out := n.gw.MustExec("nft", "list", "set", "inet", "fqdngate", "learn4.bank-api.payments"); strings.Contains(out, srvC) {
+		t.Errorf("the element added alongside another table's survived the restore:\n%s", out)
+	}
+}
+
 // TestWatchIgnoresOwnChangesAndExpiry: the backend's own transactions
 // (publications, evictions, a reload) and the kernel's expiry of learned
 // elements are not changes to undo, for the monitor or for a check.
