@@ -48,3 +48,28 @@ func TestInBackgroundLowersOnlyItsThread(t *testing.T) {
 		}
 	}
 }
+
+// TestInBackgroundAddsAProcessor: f runs with one processor more than the
+// answers have, and the count is back afterwards, whether the runtime
+// chose it or the environment fixed it.
+func TestInBackgroundAddsAProcessor(t *testing.T) {
+	for _, env := range []string{"", "3"} {
+		t.Run("GOMAXPROCS="+env, func(t *testing.T) {
+			t.Setenv("GOMAXPROCS", env)
+			before := runtime.GOMAXPROCS(0)
+			if env != "" {
+				runtime.GOMAXPROCS(3)
+				before = 3
+			}
+			defer runtime.SetDefaultGOMAXPROCS()
+			var inside int
+			inBackground(func() { inside = runtime.GOMAXPROCS(0) })
+			if inside != before+1 {
+				t.Errorf("GOMAXPROCS inside inBackground = %d, want %d", inside, before+1)
+			}
+			if after := runtime.GOMAXPROCS(0); after != before {
+				t.Errorf("GOMAXPROCS after inBackground = %d, want %d", after, before)
+			}
+		})
+	}
+}

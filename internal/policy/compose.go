@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"runtime"
 
 	"github.com/fqdngate/fqdngate/internal/fastyaml"
 	"gopkg.in/yaml.v3"
@@ -177,8 +176,8 @@ const maxItemsHint = 1 << 20
 // empty document.
 func document(src Source) (*yaml.Node, *Error) {
 	var root yaml.Node
-	// What yaml.Unmarshal does, reading through a yieldingReader.
-	err := yaml.NewDecoder(&yieldingReader{r: bytes.NewReader(src.Data)}).Decode(&root)
+	// What yaml.Unmarshal does.
+	err := yaml.NewDecoder(bytes.NewReader(src.Data)).Decode(&root)
 	if errors.Is(err, io.EOF) { // no document at all
 		return nil, nil
 	}
@@ -237,27 +236,4 @@ func (d *decoder) fileOf(n *yaml.Node) string {
 		}
 	}
 	return d.file
-}
-
-// yieldEvery is how much of a policy is parsed between two yields of
-// yieldingReader, a millisecond or two of work.
-const yieldEvery = 16 << 10
-
-// yieldingReader gives the YAML parser its input and lets other goroutines
-// run every yieldEvery bytes. A reload parses while the DNS firewall
-// answers, and yaml.v3 builds a large policy's tree in one call, which the
-// scheduler would otherwise preempt only every 10 ms; on a machine of few
-// cores the answers waiting meanwhile are what a reload slows.
-type yieldingReader struct {
-	r *bytes.Reader
-	n int // bytes read since the last yield
-}
-
-func (y *yieldingReader) Read(p []byte) (int, error) {
-	n, err := y.r.Read(p)
-	if y.n += n; y.n >= yieldEvery {
-		y.n = 0
-		runtime.Gosched()
-	}
-	return n, err
 }

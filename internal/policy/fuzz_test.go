@@ -283,18 +283,19 @@ func FuzzDocument(f *testing.F) {
 	f.Fuzz(checkDocument)
 }
 
-// TestDocumentAcrossYields is FuzzDocument's check on policies larger than
-// yieldEvery, which the parser reads across yields (too large to fuzz
-// from: the fuzzer spends its time minimizing them).
-func TestDocumentAcrossYields(t *testing.T) {
+// TestDocumentLarge is FuzzDocument's check on policies larger than the
+// decoder's reads (too large to fuzz from: the fuzzer spends its time
+// minimizing them), cut at every few kilobytes too, so that errors fall
+// across reads.
+func TestDocumentLarge(t *testing.T) {
+	const cut = 16 << 10
 	for _, n := range []int{1000, 2000} {
 		data := benchPolicyYAML(n)
-		if len(data) < 2*yieldEvery {
-			t.Fatalf("%d rules are %d bytes, not more than twice yieldEvery", n, len(data))
+		if len(data) < 2*cut {
+			t.Fatalf("%d rules are %d bytes, not more than %d", n, len(data), 2*cut)
 		}
 		checkDocument(t, data)
-		// And cut at every few kilobytes, so errors fall across yields.
-		for i := yieldEvery - 7; i < len(data); i += 5003 {
+		for i := cut - 7; i < len(data); i += 5003 {
 			checkDocument(t, append(data[:i:i], "\n  - name: [\n"...))
 		}
 	}

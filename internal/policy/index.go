@@ -2,7 +2,6 @@ package policy
 
 import (
 	"net/netip"
-	"runtime"
 	"strings"
 )
 
@@ -68,10 +67,7 @@ func buildIndex(rules []*Rule, names map[string]ruleSeen) *index {
 	// share the suffixes above: a quarter more is room for those.
 	ix := &index{nodes: make(map[string]*node, patterns+patterns/4), names: names}
 	var slab nodeSlab
-	for i, r := range rules {
-		if i%ruleYieldEvery == ruleYieldEvery-1 {
-			runtime.Gosched() // as compileRules does
-		}
+	for _, r := range rules {
 		ri := int32(r.Index)
 		for pi, p := range r.Names {
 			rf := ref{ri, int32(pi)}

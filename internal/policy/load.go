@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"os"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -620,11 +619,7 @@ func (d *decoder) compileRules(n *yaml.Node, p *Policy) map[string]ruleSeen {
 	// index (-1 if it did not compile); the index keeps it as its names.
 	names := make(map[string]ruleSeen, count)
 	var w wireRule
-	i := 0
 	for it := range items {
-		if i++; i%ruleYieldEvery == 0 {
-			runtime.Gosched() // as yieldingReader does, for answers served meanwhile
-		}
 		if !d.rule(&w, it) {
 			continue
 		}
@@ -675,13 +670,6 @@ func (d *decoder) lazyItems(lz lazyRules) iter.Seq[*yaml.Node] {
 		}
 	}
 }
-
-// ruleYieldEvery is how many rules are compiled between two yields, a
-// few hundred microseconds of work: a goroutine that becomes ready on the
-// reload's processor (an answer) waits at most that long for it. (Every
-// 1,024 rules, about 3 ms, was the p99 of the answers served during a
-// reload of 100,000 rules: bench/reload, busy machine.)
-const ruleYieldEvery = 128
 
 // rule decodes n into w, which it resets first (keeping the room of its
 // lists), and reports whether n is a rule worth compiling.
