@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -20,6 +21,12 @@ rules:
     to: [api.bank.example]
 `
 	p := writePolicy(t, dir, shadowed)
+	var many strings.Builder
+	many.WriteString("firewall: {backend: nftables}\nrules:\n")
+	for i := range 4001 {
+		fmt.Fprintf(&many, "  - {name: r%d, to: [r%d.example]}\n", i, i)
+	}
+	manyRules := writePolicy(t, t.TempDir(), many.String())
 	tests := []struct {
 		name    string
 		args    []string
@@ -41,6 +48,7 @@ rules:
 		{"strict stdin", []string{"--strict", "-"}, shadowed, 1, "<stdin>: ok", []string{"<stdin>:5:5: warning: rule \"pay-api\""}},
 		{"strict clean", []string{"--strict", "../../examples/quickstart.yaml"}, "", 0, "ok", nil},
 		{"strict gateway example", []string{"--strict", "--host=false", "../../examples/gateway.yaml"}, "", 0, "ok", nil},
+		{"too many for the kernel", []string{"--host=false", manyRules}, "", 0, "ok: 4001 rules", []string{manyRules + ": warning: firewall.backend nftables with 4001 rules"}},
 		{"twice", []string{"-c", p, p}, "", 2, "", []string{"give the policy once"}},
 		{"none", nil, "", 2, "", []string{"give the policy file"}},
 	}

@@ -300,7 +300,10 @@ DESCRIPTION
     history.path; see fqdngate history): candidates for pruning.
 
     A source group's observe_until that has passed is reported as a
-    warning with or without --strict: the group is enforced already.
+    warning with or without --strict: the group is enforced already. So
+    is a policy with firewall.backend: nftables and more than 4,000 rule
+    and source group pairs, which the kernel takes many seconds to
+    program at start and on every reload (and fails past about 40,000).
 
     A POLICY with a cluster section is a fleet gateway's local file: check
     validates it together with the shared policy, SHARED if given, else
@@ -400,14 +403,15 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			}
 		}
 	}
-	passed := review.ObservePassed(p, reviewed, time.Now())
+	// Warned about with or without --strict.
+	always := append(review.ObservePassed(p, reviewed, time.Now()), review.NftablesScale(p, name)...)
 	if !*strict {
-		for _, w := range passed {
+		for _, w := range always {
 			fmt.Fprintln(stderr, w)
 		}
 		return 0
 	}
-	ws := append(review.Strict(p, reviewed, reviewedData), passed...)
+	ws := append(review.Strict(p, reviewed, reviewedData), always...)
 	if *histFile != "" {
 		hw, err := neverHit(ctx, p, reviewed, reviewedData, *histFile)
 		if err != nil {

@@ -1,6 +1,7 @@
 package review
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -178,5 +179,39 @@ func TestCovers(t *testing.T) {
 		if got := covers(pat(tt.p), pat(tt.q)); got != tt.want {
 			t.Errorf("covers(%s, %s) = %v, want %v", tt.p, tt.q, got, tt.want)
 		}
+	}
+}
+
+func TestNftablesScale(t *testing.T) {
+	rules := func(n int, from string) string {
+		var b strings.Builder
+		b.WriteString("sources:\n  a: [10.0.0.0/8]\n  b: [192.168.0.0/16]\nrules:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - {name: r%d, to: [r%d.example]%s}\n", i, i, from)
+		}
+		return b.String()
+	}
+	for _, c := range []struct {
+		name, yaml string
+		warn       bool
+	}{
+		{"nftables, 4,000 rules", "firewall: {backend: nftables}\n" + rules(4000, ""), false},
+		{"nftables, 4,001 rules", "firewall: {backend: nftables}\n" + rules(4001, ""), true},
+		{"nftables, 2,001 rules from two groups", "firewall: {backend: nftables}\n" + rules(2001, ", from: [a, b]"), true},
+		{"no backend, 5,000 rules", rules(5000, ""), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := policy.Parse("p.yaml", []byte(c.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ws := NftablesScale(p, "p.yaml")
+			if (len(ws) > 0) != c.warn {
+				t.Fatalf("warnings %v, want a warning: %v", ws, c.warn)
+			}
+			if c.warn && !strings.Contains(ws[0].String(), "p.yaml: warning: firewall.backend nftables with") {
+				t.Errorf("warning %q", ws[0])
+			}
+		})
 	}
 }
