@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+	"weak"
 
 	"github.com/miekg/dns"
 
@@ -239,9 +240,11 @@ func compactForm(m *dns.Msg, n int) *form {
 const publishSlack = time.Second
 
 // policyEpoch numbers a policy, with the host's addresses it is applied
-// to, for readies.
+// to, for readies. The policy is held weakly: the last one queried must
+// not stay alive after a reload until the next query (a 100,000-rule
+// policy is 50 MB); once collected it equals no policy in force.
 type policyEpoch struct {
-	p    *policy.Policy
+	p    weak.Pointer[policy.Policy]
 	host uint64 // the version of Config.Local
 	n    uint64
 }
@@ -261,10 +264,10 @@ func (f *Firewall) epoch(p *policy.Policy) uint64 {
 	}
 	for {
 		e := f.polEpoch.Load()
-		if e != nil && e.p == p && e.host == host {
+		if e != nil && e.p.Value() == p && e.host == host {
 			return e.n
 		}
-		next := &policyEpoch{p: p, host: host, n: 1}
+		next := &policyEpoch{p: weak.Make(p), host: host, n: 1}
 		if e != nil {
 			next.n = e.n + 1
 		}
@@ -325,6 +328,15 @@ type fastQuery struct {
 	// made one (admitted): the ordinary path carries on from it.
 	adm      admission
 	admitted bool
+}
+
+// take returns the admission of the query serveFast just declined, and
+// whether it made one, for the ordinary path. fq keeps no pointer to the
+// policy: a reader idle after a reload must not hold the old one.
+func (fq *fastQuery) take() (admission, bool) {
+	a := fq.adm
+	fq.adm.pol = nil
+	return a, fq.admitted
 }
 
 // serveFast answers the query in b from src through w and reports whether
@@ -418,15 +430,16 @@ func (f *Firewall) serveFast(ctx context.Context, fq *fastQuery, b []byte, src n
 	}
 
 	f.metrics.cacheHits.Inc()
-	x := exchangePool.Get().(*exchange)
-	x.reset()
+	x := getExchange()
 	x.start, x.src = now, src
 	x.decided, x.dec, x.allow = true, a.dec, a.allow
 	x.cached = true
 	x.validating, x.dnssec = validate, tagState(e.Tag())
 	x.answers = r.answers
+	// Answered: fq keeps no pointer to the policy (see take).
+	a.pol = nil
 	name := q.name[:len(q.name)-1] // the audit line's names have no trailing dot
 	f.recordQuestion(ctx, unsafe.String(unsafe.SliceData(name), len(name)), q.qtype, x, dns.RcodeSuccess)
-	exchangePool.Put(x)
+	putExchange(x)
 	return true
 }

@@ -72,13 +72,12 @@ func (h *handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if !h.f.fromInside(remoteAddr(w), addrPortOf(w.LocalAddr()).Addr(), h.tcp) {
 		return // no reply
 	}
-	x := exchangePool.Get().(*exchange)
-	x.reset()
+	x := getExchange()
 	x.start = h.f.now()
 	x.src = remoteAddr(w)
 	x.tcp = h.tcp
 	h.f.serve(h.ctx, w, req, x)
-	exchangePool.Put(x)
+	putExchange(x)
 }
 
 // exchange is one query's state, pooled so a query allocates only what it
@@ -142,6 +141,18 @@ type exchange struct {
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
+
+// getExchange takes an exchange from the pool, as new.
+func getExchange() *exchange { return exchangePool.Get().(*exchange) }
+
+// putExchange resets x and gives it back to the pool. Reset here rather
+// than when taken: a pooled exchange must not hold the policy and rules
+// of its last query, or a reload's collection could not free the policy
+// it replaced.
+func putExchange(x *exchange) {
+	x.reset()
+	exchangePool.Put(x)
+}
 
 func (x *exchange) reset() {
 	in, attrs, unv, batch := x.in, x.attrs, x.unverified, x.batch

@@ -40,9 +40,8 @@ func (f *Firewall) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	}
 	lookup := func(qtype uint16) result {
 		req := new(dns.Msg).SetQuestion(fqdn, qtype)
-		x := exchangePool.Get().(*exchange)
-		defer exchangePool.Put(x)
-		x.reset()
+		x := getExchange()
+		defer putExchange(x)
 		m, err := f.resolve(ctx, p, req, false, false, x)
 		if err != nil {
 			return result{err: err}

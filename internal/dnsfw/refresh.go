@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/miekg/dns"
 
@@ -56,8 +57,11 @@ func (f *Firewall) RunRefresh(ctx context.Context) error {
 // refresher is RunRefresh's state. Resolutions run in goroutines of their
 // own, so a slow upstream never holds up the tick that reads the policy.
 type refresher struct {
-	f       *Firewall
-	pol     *policy.Policy // the policy targets were built from
+	f *Firewall
+	// pol is the policy targets were built from, compared with the one
+	// in force at each tick. Weak: a reload's old policy (rules, index
+	// and all) must not stay alive until the next tick because of it.
+	pol     weak.Pointer[policy.Policy]
 	targets map[refreshKey]*refreshTarget
 	sem     chan struct{} // bounds resolutions in progress
 	wg      sync.WaitGroup
@@ -90,7 +94,7 @@ func (r *refresher) tick(ctx context.Context) {
 		// this one takes over.
 		return
 	}
-	if p != r.pol {
+	if weak.Make(p) != r.pol {
 		r.sync(p)
 	}
 	now := r.f.now()
@@ -148,7 +152,7 @@ func (r *refresher) sync(p *policy.Policy) {
 			next[k] = t
 		}
 	}
-	r.targets, r.pol = next, p
+	r.targets, r.pol = next, weak.Make(p)
 }
 
 func refreshSig(r *policy.Rule) string {
@@ -172,9 +176,8 @@ func (f *Firewall) refreshName(ctx context.Context, p *policy.Policy, rule *poli
 // refreshQuery resolves one name and type for rule, publishes what it
 // learned, audits it, and returns when to ask again.
 func (f *Firewall) refreshQuery(ctx context.Context, p *policy.Policy, rule *policy.Rule, fqdn string, qtype uint16) time.Duration {
-	x := exchangePool.Get().(*exchange)
-	defer exchangePool.Put(x)
-	x.reset()
+	x := getExchange()
+	defer putExchange(x)
 	x.start = f.now()
 	x.refresh = true
 	x.decided = true

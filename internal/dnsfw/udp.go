@@ -149,7 +149,8 @@ func (s *udpServer) read(ctx context.Context) error {
 			s.bufs.put(bp)
 			continue
 		}
-		p.adm, p.handed = s.fq.adm, s.fq.admitted && !s.f.noFast
+		p.adm, p.handed = s.fq.take()
+		p.handed = p.handed && !s.f.noFast
 		s.dispatch(p, nil)
 	}
 }
@@ -185,7 +186,8 @@ func (s *udpServer) readBatched(ctx context.Context, mc *mmsgConn) error {
 			if !truncated && !s.f.noFast && s.f.serveFast(s.ctx, fq, b, from, mc.replyTo(i)) {
 				continue
 			}
-			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from, adm: fq.adm, handed: fq.admitted}
+			p := udpPacket{buf: mc.rbuf[i], n: len(b), from: from}
+			p.adm, p.handed = fq.take()
 			mc.setBuf(i, s.bufs.get())
 			s.dispatch(p, mc)
 		}
@@ -295,8 +297,7 @@ func (s *udpServer) handle(p udpPacket, w *udpReply) {
 		}
 		return
 	}
-	x := exchangePool.Get().(*exchange)
-	x.reset()
+	x := getExchange()
 	x.start = s.f.now()
 	x.src = p.from
 	if p.handed {
@@ -304,7 +305,7 @@ func (s *udpServer) handle(p udpPacket, w *udpReply) {
 		x.adm, x.handed, x.start = p.adm, true, p.adm.at
 	}
 	s.f.serve(s.ctx, w, req, x)
-	exchangePool.Put(x)
+	putExchange(x)
 }
 
 func udpAddrPort(a net.Addr) netip.AddrPort {
