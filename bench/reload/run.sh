@@ -17,7 +17,8 @@
 # duration as the daemon logs it ("took_ms", from reading the file to the
 # new policy in force), steady and peak RSS (the whole process: runtime,
 # buffers, the policy in force and the collector's headroom). Then the
-# answers sent while a reload ran (from SIGHUP to SIGHUP + took_ms)
+# answers sent while a reload ran (from SIGHUP to SIGHUP + took_ms +
+# collect_ms, the collection that follows it)
 # against all others: count, losses, p50/p90/p99 and their ratio.
 #
 set -euo pipefail
@@ -57,7 +58,7 @@ reloads() { grep -c 'policy reloaded' "$OUT/daemon.log" || true; }
 [ "$LATENCY" = 1 ] && "$OUT/dnslat" -s $DNS -d "$OUT/names.txt" -w 2000 -for $(( (SETTLE + 2) * REPS + 5 ))s -trace "$OUT/trace.txt" > "$OUT/dnslat.txt" 2>&1 &
 [ "$LATENCY" = 1 ] && lat=$!
 : > "$OUT/windows.txt"
-printf '%s\t%s\t%s\t%s\t%s\n' rep took_ms steady_kb peak_kb peak/steady > "$OUT/raw.tsv"
+printf '%s\t%s\t%s\t%s\t%s\t%s\n' rep took_ms collect_ms steady_kb peak_kb peak/steady > "$OUT/raw.tsv"
 for rep in $(seq "$REPS"); do
   sleep "$SETTLE"
   steady=$(kb VmRSS)
@@ -68,9 +69,11 @@ for rep in $(seq "$REPS"); do
   for _ in $(seq 600); do [ "$(reloads)" -gt "$n" ] && break; sleep 0.05; done
   [ "$(reloads)" -gt "$n" ] || { echo "reload $rep did not finish"; tail "$OUT/daemon.log"; exit 1; }
   peak=$(kb VmHWM)
-  took=$(grep 'policy reloaded' "$OUT/daemon.log" | tail -1 | grep -o 'took_ms[=":]*[0-9]*' | grep -o '[0-9]*$')
-  echo "$t0 $(( t0 + took * 1000000 ))" >> "$OUT/windows.txt"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$rep" "$took" "$steady" "$peak" "$(awk -v p="$peak" -v s="$steady" 'BEGIN{printf "%.2f", p/s}')" >> "$OUT/raw.tsv"
+  line=$(grep 'policy reloaded' "$OUT/daemon.log" | tail -1)
+  took=$(echo "$line" | grep -o 'took_ms[=":]*[0-9]*' | grep -o '[0-9]*$')
+  collect=$(echo "$line" | grep -o 'collect_ms[=":]*[0-9]*' | grep -o '[0-9]*$' || echo 0)
+  echo "$t0 $(( t0 + (took + collect) * 1000000 ))" >> "$OUT/windows.txt"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$took" "$collect" "$steady" "$peak" "$(awk -v p="$peak" -v s="$steady" 'BEGIN{printf "%.2f", p/s}')" >> "$OUT/raw.tsv"
 done
 column -t "$OUT/raw.tsv"
 if [ "$LATENCY" = 1 ]; then

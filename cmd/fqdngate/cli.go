@@ -16,6 +16,7 @@ import (
 
 	"github.com/fqdngate/fqdngate/internal/daemon"
 	"github.com/fqdngate/fqdngate/internal/explain"
+	"github.com/fqdngate/fqdngate/internal/gctune"
 	"github.com/fqdngate/fqdngate/internal/importer"
 	"github.com/fqdngate/fqdngate/internal/review"
 	"github.com/fqdngate/fqdngate/internal/sdnotify"
@@ -254,7 +255,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, nil)
 	}
 	logger := slog.New(h)
-	tuneGC(ctx)
+	gctune.Start(ctx)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

@@ -23,6 +23,7 @@ import (
 	"github.com/fqdngate/fqdngate/internal/audit"
 	"github.com/fqdngate/fqdngate/internal/caps"
 	"github.com/fqdngate/fqdngate/internal/cluster"
+	"github.com/fqdngate/fqdngate/internal/gctune"
 	"github.com/fqdngate/fqdngate/internal/policy"
 	"github.com/fqdngate/fqdngate/internal/resolver"
 	"github.com/fqdngate/fqdngate/internal/sdnotify"
@@ -392,6 +393,10 @@ func (d *Daemon) reload(ctx context.Context, why string, force bool) {
 // Callers hold reloadMu.
 func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	start := time.Now()
+	// No collection until the new policy is in force or refused; then
+	// one, which frees the old policy too.
+	collect := gctune.Postpone()
+	defer collect()
 	var (
 		p   *policy.Policy
 		rev *cluster.Revision
@@ -417,7 +422,8 @@ func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	}
 	d.localData = data
 	d.m.loaded(true, true, time.Now())
-	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String(), "took_ms", time.Since(start).Milliseconds()}
+	took := time.Since(start)
+	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String(), "took_ms", took.Milliseconds(), "collect_ms", collect().Milliseconds()}
 	if d.fl != nil {
 		d.fl.applied(rev)
 		if rev != nil {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -620,5 +621,23 @@ func TestReloadForwardZones(t *testing.T) {
 	}
 	if got := w.metric(w.v1.listen.admin, `fqdngate_policy_reloads_total{result="success"}`); got != 3 {
 		t.Errorf("successful reloads: %v, want 3\n%s", got, w.log.String())
+	}
+}
+
+// TestReloadFreesOldPolicy: the collection at the end of a reload frees
+// the policy it replaced, rules and index, so that the process does not
+// hold two policies until some later collection (a 100,000-rule policy
+// is 50 MB). Nothing may keep a pointer to it once it is out of force;
+// the DNS refresher's did until its next tick.
+func TestReloadFreesOldPolicy(t *testing.T) {
+	w, d, _ := startV1(t)
+	freed := make(chan struct{})
+	runtime.AddCleanup(d.Policy(), func(c chan struct{}) { close(c) }, freed)
+	w.write(w.v1)
+	w.reload(d)
+	select {
+	case <-freed:
+	case <-time.After(300 * time.Millisecond): // under the refresher's tick
+		t.Fatal("the policy a reload replaced is still reachable after the reload's collection")
 	}
 }
