@@ -241,6 +241,10 @@ func (s *udpServer) worker(p udpPacket) {
 	defer idle.Stop()
 	for {
 		s.handle(p, w)
+		// An idle worker holds nothing of its last query: its
+		// admission's policy would outlive a reload by up to
+		// udpWorkerIdle.
+		p = udpPacket{}
 		idle.Reset(udpWorkerIdle)
 		select {
 		case q, ok := <-s.work:
