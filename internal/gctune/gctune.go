@@ -15,14 +15,14 @@ import (
 )
 
 // mu guards the collector's settings and the postponement: adapt
-// changes GOGC every second, and leaves it alone while Postpone has turned
-// collection off.
+// changes GOGC every second, and leaves it alone while Postpone has
+// raised it.
 var (
 	mu sync.Mutex
-	// postponed counts the Postpone calls not yet resumed; percent and
-	// limit are the settings the first of them found.
-	postponed      int
-	percent, limit int64
+	// postponed counts the Postpone calls not yet resumed; percent is
+	// the GOGC the first of them found.
+	postponed int
+	percent   int64
 )
 
 // Start trades memory for CPU: fqdngate's live heap is small (a few MiB
@@ -113,30 +113,30 @@ func memoryLimit(path string) int64 {
 	return min(n/10*8, fallback)
 }
 
-// Postpone turns collection off until resume is called. It is for a
+// Postpone holds collection back until resume is called. It is for a
 // reload: parsing and compiling a large policy allocates tens of MB, most
 // of which stays live as the new policy, and with the few MiB of headroom
 // a large heap gets (gcPercentFor) the collector would mark the whole
 // heap, the policy in force included, two or three times meanwhile: a
-// quarter of a 100,000-rule reload's CPU (BENCHMARKS.md, issue 16).
+// quarter of the CPU a reload of 100,000 rules took, on the processors
+// that serve the answers (BENCHMARKS.md, issue 16).
 //
-// Meanwhile the heap may grow to twice the memory the process has in use
-// when Postpone is called, or by 32 MiB if that is more, and never past
-// the memory limit: there the collector runs, as with any memory limit.
-// resume (once; later calls do nothing) puts the settings back, collects,
-// and returns the memory freed to the operating system, so the reload's
-// garbage and the policy it replaced do not stay in the process's RSS;
-// it reports how long that took. Calls may overlap (several gateways in
-// one test process): collection stays off until the last one resumes.
+// Meanwhile the heap may grow by as much memory as the process has in use
+// when Postpone is called (at least 32 MiB) before the collector runs:
+// GOGC is raised to that, never lowered, and the memory limit stays.
+// Raised rather than turned off, so that a reload that needs more (a
+// policy yaml.v3 reads, with its whole tree) is collected as usual, not
+// at every step against a fixed bound. resume (once; later calls do
+// nothing) puts GOGC back, collects, and returns the memory freed to the
+// operating system, so the reload's garbage and the policy it replaced
+// do not stay in the process's RSS; it reports how long that took. Calls
+// may overlap (several gateways in one test process): GOGC stays raised
+// until the last one resumes.
 func Postpone() (resume func() time.Duration) {
 	mu.Lock()
 	if postponed == 0 {
-		inUse := memoryInUse()
-		limit = debug.SetMemoryLimit(-1) // -1 reads it
-		percent = int64(debug.SetGCPercent(-1))
-		if inUse > 0 {
-			debug.SetMemoryLimit(min(limit, max(2*inUse, inUse+gcHeadroom)))
-		}
+		percent = int64(debug.SetGCPercent(-1)) // read it; set below
+		debug.SetGCPercent(postponedPercent(percent, liveHeap(), memoryInUse()))
 	}
 	postponed++
 	mu.Unlock()
@@ -146,7 +146,6 @@ func Postpone() (resume func() time.Duration) {
 			mu.Lock()
 			if postponed--; postponed == 0 {
 				debug.SetGCPercent(int(percent))
-				debug.SetMemoryLimit(limit)
 			}
 			mu.Unlock()
 			start := time.Now()
@@ -157,13 +156,35 @@ func Postpone() (resume func() time.Duration) {
 	}
 }
 
-// memoryInUse is the memory the runtime counts against its memory limit:
-// all it has mapped, less what it has returned to the operating system.
-func memoryInUse() int64 {
+// postponedPercent is the GOGC that lets a heap of live bytes grow by
+// inUse bytes (at least gcHeadroom) before it is collected, or percent
+// if that allows more (-1, off, included). Without the runtime's figures
+// it is percent.
+func postponedPercent(percent int64, live, inUse uint64) int {
+	if percent < 0 || live == 0 || inUse == 0 {
+		return int(percent)
+	}
+	p := int64(max(inUse, gcHeadroom) * 100 / live)
+	return int(max(percent, p))
+}
+
+// liveHeap is the heap the last collection marked live, or 0.
+func liveHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
+// memoryInUse is the memory the runtime has mapped, less what it has
+// returned to the operating system (what its memory limit counts), or 0.
+func memoryInUse() uint64 {
 	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	metrics.Read(s)
 	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
 		return 0 // not this runtime's metrics
 	}
-	return int64(s[0].Value.Uint64() - s[1].Value.Uint64())
+	return s[0].Value.Uint64() - s[1].Value.Uint64()
 }

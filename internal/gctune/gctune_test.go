@@ -2,12 +2,10 @@ package gctune
 
 import (
 	"context"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -83,11 +81,10 @@ func numGC() uint32 {
 }
 
 // TestPostpone: while postponed, allocation that collects several times
-// otherwise does not collect at all; resume puts GOGC and the memory limit
-// back and collects once.
+// otherwise does not collect at all; resume puts GOGC back and collects
+// once.
 func TestPostpone(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(20))
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
 	runtime.GC()
 
 	// The same allocation without Postpone collects: the test can fail.
@@ -100,9 +97,6 @@ func TestPostpone(t *testing.T) {
 	runtime.GC()
 	n = numGC()
 	resume := Postpone()
-	if got := debug.SetGCPercent(-1); got != -1 {
-		t.Errorf("GOGC while postponed: %d, want -1 (off)", got)
-	}
 	garbage(16 << 20)
 	if got := numGC(); got != n {
 		t.Errorf("%d collections while postponed, want none", got-n)
@@ -117,40 +111,33 @@ func TestPostpone(t *testing.T) {
 	if got := debug.SetGCPercent(20); got != 20 {
 		t.Errorf("GOGC after resume: %d, want 20 back", got)
 	}
-	if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
-		t.Errorf("memory limit after resume: %d, want %d back", got, int64(math.MaxInt64))
-	}
 	if again := resume(); again != 0 {
 		t.Errorf("a second resume collected again (%v)", again)
 	}
 }
 
-// TestPostponeLimit: while postponed, the heap may grow to twice the
-// memory in use (at least by 32 MiB), never past a lower limit in force.
-func TestPostponeLimit(t *testing.T) {
-	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
-	inUse := memoryInUse()
-	if inUse <= 0 {
-		t.Fatal("memoryInUse: this runtime has no /memory/classes metrics")
-	}
-	resume := Postpone()
-	got := debug.SetMemoryLimit(-1)
-	resume()
-	if lo, hi := max(2*inUse, inUse+gcHeadroom), max(2*inUse, inUse+gcHeadroom)+8<<20; got < lo || got > hi {
-		t.Errorf("memory limit while postponed: %d MiB, want about %d MiB (in use %d MiB)", got>>20, lo>>20, inUse>>20)
-	}
-
-	debug.SetMemoryLimit(1 << 20)
-	resume = Postpone()
-	got = debug.SetMemoryLimit(-1)
-	resume()
-	if got != 1<<20 {
-		t.Errorf("memory limit while postponed under a 1 MiB limit: %d, want the limit kept", got)
+func TestPostponedPercent(t *testing.T) {
+	const mib = 1 << 20
+	for _, tt := range []struct {
+		percent     int64
+		live, inUse uint64
+		want        int
+	}{
+		{55, 57 * mib, 75 * mib, 131},  // a 100,000-rule policy in force: +75 MiB
+		{400, 2 * mib, 8 * mib, 1600},  // small: +32 MiB
+		{400, 40 * mib, 60 * mib, 400}, // 400 allows more already
+		{-1, 57 * mib, 75 * mib, -1},   // off stays off
+		{55, 0, 75 * mib, 55},          // no figures: unchanged
+		{55, 57 * mib, 0, 55},
+	} {
+		if got := postponedPercent(tt.percent, tt.live, tt.inUse); got != tt.want {
+			t.Errorf("GOGC %d, live %d MiB, in use %d MiB: %d, want %d", tt.percent, tt.live/mib, tt.inUse/mib, got, tt.want)
+		}
 	}
 }
 
-// TestPostponeOverlapping: collection stays off until the last of
-// overlapping postponements resumes; adapt leaves it off meanwhile.
+// TestPostponeOverlapping: GOGC stays raised until the last of
+// overlapping postponements resumes; adapt leaves it alone meanwhile.
 func TestPostponeOverlapping(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -159,28 +146,27 @@ func TestPostponeOverlapping(t *testing.T) {
 	adaptEvery = time.Millisecond
 	live := make([]byte, 48<<20) // so that adapt wants a GOGC under 400
 	runtime.GC()
-	if p := gcPercentFor(liveHeap()); p == 400 {
+	wants := gcPercentFor(liveHeap())
+	if wants == 400 {
 		t.Fatalf("live heap %d MiB: adapt would keep 400; the test proves nothing", liveHeap()>>20)
 	}
 	a := Postpone()
 	b := Postpone()
+	mu.Lock()
+	raised := debug.SetGCPercent(-1)
+	debug.SetGCPercent(raised)
+	mu.Unlock()
 	go adapt(ctx) // every millisecond
 	time.Sleep(50 * time.Millisecond)
 	a()
 	time.Sleep(50 * time.Millisecond)
 	mu.Lock()
-	got := debug.SetGCPercent(-1)
+	got := debug.SetGCPercent(raised)
 	mu.Unlock()
-	if got != -1 {
-		t.Errorf("GOGC with one postponement left: %d, want -1 (off)", got)
+	if got != raised {
+		t.Errorf("GOGC with one postponement left: %d, want %d (raised; adapt wants %d)", got, raised, wants)
 	}
 	b()
 	cancel()
 	runtime.KeepAlive(live)
-}
-
-func liveHeap() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
 }
