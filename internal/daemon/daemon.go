@@ -409,6 +409,8 @@ func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 			err = d.commit(ctx, ch)
 		}
 	}
+	took := time.Since(start)
+	d.m.reloadSeconds.Observe(took.Seconds())
 	if err != nil {
 		d.m.loaded(false, true, time.Now())
 		if d.fl != nil {
@@ -422,7 +424,6 @@ func (d *Daemon) apply(ctx context.Context, why string, data []byte) error {
 	}
 	d.localData = data
 	d.m.loaded(true, true, time.Now())
-	took := time.Since(start)
 	attrs := []any{"trigger", why, "file", p.File, "generation", d.gen.Load(), "rules", len(p.Rules), "mode", p.Mode.String(), "took_ms", took.Milliseconds(), "collect_ms", collect().Milliseconds()}
 	if d.fl != nil {
 		d.fl.applied(rev)

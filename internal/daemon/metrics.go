@@ -25,6 +25,7 @@ type metrics struct {
 	lastOK         prometheus.Gauge
 	lastOKTime     prometheus.Gauge
 	restartPending prometheus.Gauge
+	reloadSeconds  prometheus.Histogram
 }
 
 func newMetrics(reg *prometheus.Registry, version, revision string) *metrics {
@@ -57,6 +58,11 @@ func newMetrics(reg *prometheus.Registry, version, revision string) *metrics {
 			Name: "fqdngate_config_restart_pending",
 			Help: "Settings of the policy in force that take effect only at the next restart (listed in the log and in /v1/policy); 0 when every setting is in force.",
 		}),
+		reloadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fqdngate_policy_reload_duration_seconds",
+			Help:    "How long reloads took, from reading the policy file to the new policy in force or refused (took_ms in the log); the collection after it is not counted.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "fqdngate_build_info",
@@ -64,7 +70,7 @@ func newMetrics(reg *prometheus.Registry, version, revision string) *metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(m.decisions, m.reloads, m.generation, m.rules, m.lastOK, m.lastOKTime, m.restartPending, buildInfo,
+	reg.MustRegister(m.decisions, m.reloads, m.generation, m.rules, m.lastOK, m.lastOKTime, m.restartPending, m.reloadSeconds, buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")

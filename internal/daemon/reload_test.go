@@ -371,6 +371,7 @@ func (w *world) stillOld(d *Daemon, started float64) {
 	for series, want := range map[string]float64{
 		`fqdngate_policy_reloads_total{result="failure"}`:       1,
 		`fqdngate_policy_reloads_total{result="success"}`:       0,
+		`fqdngate_policy_reload_duration_seconds_count`:         1, // refusals too
 		`fqdngate_config_last_reload_successful`:                0,
 		`fqdngate_config_last_reload_success_timestamp_seconds`: started,
 		`fqdngate_policy_generation`:                            1,
@@ -523,6 +524,7 @@ func TestReloadSwitchesEverything(t *testing.T) {
 	for series, want := range map[string]float64{
 		`fqdngate_policy_reloads_total{result="failure"}`: 0,
 		`fqdngate_policy_reloads_total{result="success"}`: 1,
+		`fqdngate_policy_reload_duration_seconds_count`:   1,
 		`fqdngate_config_last_reload_successful`:          1,
 		`fqdngate_policy_generation`:                      2,
 		`fqdngate_config_restart_pending`:                 2,
