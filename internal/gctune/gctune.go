@@ -73,7 +73,6 @@ var adaptEvery = time.Second
 
 // adapt sets GOGC from the live heap every adaptEvery.
 func adapt(ctx context.Context) {
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	current := 400
 	t := time.NewTicker(adaptEvery)
 	defer t.Stop()
@@ -83,11 +82,11 @@ func adapt(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		metrics.Read(sample)
-		if sample[0].Value.Kind() != metrics.KindUint64 {
+		live := liveHeap()
+		if live == 0 {
 			return // not this runtime's metric: keep 400
 		}
-		if p := gcPercentFor(sample[0].Value.Uint64()); p != current {
+		if p := gcPercentFor(live); p != current {
 			mu.Lock()
 			if postponed == 0 {
 				debug.SetGCPercent(p)
